@@ -1,1 +1,132 @@
-fn main(){}
+//! The kernel binary: boots the BSP, brings up every AP, then either
+//! reports and exits (`mode=run`) or runs the in-kernel tests (`mode=test`).
+#![no_std]
+#![no_main]
+#![feature(abi_x86_interrupt)]
+
+mod cmdline;
+mod fatal;
+mod fault_catch;
+mod gdt;
+mod interrupts;
+mod logger;
+mod memory;
+mod tests;
+mod workers;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::{entry_point, BootInfo};
+use drivers::hpet::Hpet;
+use drivers::lapic::ApicMode;
+use drivers::pm_timer::PmTimer;
+use drivers::qemu_exit::{exit, ExitCode};
+use drivers::{acpi_tables, serial, tsc};
+use smp::bringup::{self, ApHooks, TRAMPOLINE_RESERVED};
+use smp::percpu::PerCpu;
+use smp::MAX_CPUS;
+use spin::Once;
+
+/// The bootloader puts everything it maps (kernel, boot stack, boot info,
+/// direct map) in the upper half below 0xFFFF_FF00_0000_0000; the top
+/// 1 TiB is the kernel's own mapping area (`mm::kernel_map`).
+const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.mappings.dynamic_range_start = Some(0xFFFF_8000_0000_0000);
+    config.mappings.dynamic_range_end = Some(0xFFFF_FEFF_FFFF_FFFF);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+/// What boot learned about the machine, for tests and reports.
+pub struct BootFacts {
+    pub cpus_total: usize,
+    pub apic_mode: ApicMode,
+    pub hpet: Option<Hpet>,
+    pub pm_timer: Option<PmTimer>,
+}
+
+pub static FACTS: Once<BootFacts> = Once::new();
+
+/// IST stacks of each AP, mapped by the BSP before the AP starts.
+static AP_IST: [Once<gdt::IstStacks>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    // SAFETY: first thing on the BSP: nothing has used per-CPU data yet.
+    unsafe { bringup::install_bsp_percpu() };
+    serial::init();
+    logger::init();
+    let phys_offset = boot_info.physical_memory_offset.into_option().expect("bootloader gave no direct map");
+    // SAFETY: once, on the BSP, with the bootloader's direct-map offset.
+    unsafe { memory::init(&boot_info.memory_regions, phys_offset) };
+    gdt::load(0, memory::map_ist_stacks().expect("no memory for the BSP's interrupt stacks"));
+    interrupts::load();
+    drivers::pic::disable();
+
+    let (tsc_hz, tsc_source) = tsc::calibrate().unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
+    log::info!("tsc: {} MHz ({})", tsc_hz / 1_000_000, tsc_source.name());
+
+    let rsdp = boot_info.rsdp_addr.into_option().expect("bootloader found no ACPI RSDP");
+    // SAFETY: the RSDP comes from the firmware via the bootloader, and the
+    // direct map covers all RAM and the first 4 GiB.
+    let platform = unsafe { acpi_tables::read_platform(rsdp, phys_offset) }
+        .unwrap_or_else(|e| panic!("reading ACPI tables: {e:?}"));
+    // SAFETY: once, on the BSP; the direct map covers the APIC page (< 4 GiB).
+    let bsp = unsafe { bringup::init_bsp(phys_offset + platform.lapic_phys) };
+    let apic_mode = smp::percpu::with_local_apic(|l| l.mode());
+    log::info!("apic: {apic_mode:?}, BSP APIC id {}, MADT lists {} CPUs", bsp.apic_id(), platform.cpus_total);
+
+    let report = if memory::is_usable(&boot_info.memory_regions, TRAMPOLINE_RESERVED) {
+        let hooks = ApHooks { arch_init: ap_arch_init, main: workers::ap_main };
+        // SAFETY: the trampoline pages are usable RAM (checked above) that
+        // the boot allocator never hands out (it skips the first MiB).
+        unsafe {
+            bringup::start_aps(phys_offset, &platform.apic_ids, platform.cpus_total as usize, map_ap_stacks, hooks)
+        }
+    } else {
+        log::error!("smp: low memory {TRAMPOLINE_RESERVED:#x?} is not usable RAM; APs not started");
+        bringup::Report { online: 1, total: platform.cpus_total as usize, failures: Default::default() }
+    };
+    x86_64::instructions::interrupts::enable();
+    serial::write_fmt(format_args!("smp: {} of {} CPUs online\n", report.online, report.total));
+
+    FACTS.call_once(|| BootFacts {
+        cpus_total: report.total,
+        apic_mode,
+        // SAFETY: the HPET block is below 4 GiB, inside the direct map.
+        hpet: platform.hpet_phys.and_then(|p| unsafe { Hpet::new(phys_offset + p) }),
+        pm_timer: platform.pm_timer,
+    });
+    logger::emit(&record::Record::Boot {
+        cpus_online: report.online as u32,
+        cpus_total: report.total as u32,
+        apic: match apic_mode {
+            ApicMode::XApic => record::ApicMode::XApic,
+            ApicMode::X2Apic => record::ApicMode::X2Apic,
+        },
+        tsc_hz,
+        tsc_source: tsc_source.name(),
+        usable_bytes: memory::usable_bytes(&boot_info.memory_regions),
+    });
+
+    match cmdline::read().mode {
+        cmdline::Mode::Run => exit(ExitCode::Success),
+        cmdline::Mode::Test => exit(tests::run_all()),
+    }
+}
+
+/// Maps AP `index`'s kernel stack and interrupt stacks; returns the stack top.
+fn map_ap_stacks(index: usize) -> Option<u64> {
+    let top = memory::map_stack(memory::KERNEL_STACK_PAGES)?;
+    let ist = memory::map_ist_stacks()?;
+    AP_IST[index].call_once(|| ist);
+    Some(top)
+}
+
+fn ap_arch_init(cpu: &'static PerCpu) {
+    let ist = *AP_IST[cpu.index()].get().expect("AP started without interrupt stacks");
+    gdt::load(cpu.index(), ist);
+    interrupts::load();
+}

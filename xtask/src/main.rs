@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask`: the host side of the kernel project (matklad's cargo-xtask
+//! convention). This file is only the command line; each subcommand lives in
+//! its own module.
+//!
+//! xtask builds with the machine's default *stable* toolchain because it is
+//! what installs the pinned nightly (see `toolchain.rs`) on a fresh machine.
+
+mod build;
+mod cmd;
+mod exit;
+mod install;
+mod qemu;
+mod records;
+mod run;
+mod suite;
+mod test;
+mod toolchain;
+
+#[cfg(test)]
+mod fake_qemu_tests;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test the kernel under QEMU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the kernel and its BIOS and UEFI disk images (target/image/).
+    Build {
+        /// Also make sure the OVMF firmware for UEFI runs is installed.
+        #[arg(long)]
+        uefi: bool,
+    },
+    /// Build, then boot the kernel in QEMU and report what it sent back.
+    Run(RunArgs),
+    /// Host unit tests plus the in-kernel suites at several CPU counts.
+    Test {
+        /// Skip the UEFI and forced-xAPIC kernel runs.
+        #[arg(long)]
+        quick: bool,
+        /// Also show the guest's free-text serial output.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+/// What the guest kernel is asked to do (passed on its command line).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Mode {
+    /// Boot, send the Boot record, exit.
+    Run,
+    /// Run the in-kernel test suites.
+    Test,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Test => "test",
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: u32,
+    /// Guest RAM in QEMU syntax: a number with an optional K, M or G suffix
+    /// (no suffix means MiB, as for `qemu -m`).
+    #[arg(long, default_value = "1G", value_parser = qemu::parse_mem)]
+    mem: qemu::Mem,
+    /// Boot through OVMF (UEFI) instead of the legacy BIOS.
+    #[arg(long)]
+    uefi: bool,
+    /// Hide x2APIC from the guest CPU (`-cpu max,-x2apic`).
+    #[arg(long)]
+    xapic: bool,
+    /// Kill QEMU after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    #[arg(long, value_enum, default_value_t = Mode::Run)]
+    mode: Mode,
+    /// In test mode, also show the guest's free-text serial output.
+    #[arg(long)]
+    verbose: bool,
+    /// Boot the image already in target/image instead of rebuilding it.
+    #[arg(long)]
+    no_build: bool,
+    /// Extra arguments appended to the QEMU command line.
+    #[arg(last = true)]
+    qemu_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build { uefi } => build_cmd(uefi),
+        Command::Run(args) => run_cmd(args),
+        Command::Test { quick, verbose } => test::test(quick, verbose),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_cmd(uefi: bool) -> Result<ExitCode> {
+    toolchain::ensure_toolchain()?;
+    if uefi {
+        install::ensure_ovmf()?;
+    }
+    let images = build::build()?;
+    let image = if uefi { &images.uefi } else { &images.bios };
+    eprintln!("==> image: {}", image.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_cmd(args: RunArgs) -> Result<ExitCode> {
+    let qemu = install::ensure_qemu()?;
+    let firmware = if args.uefi {
+        qemu::Firmware::Uefi {
+            ovmf: install::ensure_ovmf()?,
+        }
+    } else {
+        qemu::Firmware::Bios
+    };
+    let images = if args.no_build {
+        build::Images::existing()
+    } else {
+        toolchain::ensure_toolchain()?;
+        build::build()?
+    };
+    let config = qemu::Config {
+        smp: args.smp,
+        mem: args.mem,
+        firmware,
+        xapic: args.xapic,
+        guest: qemu::GuestOptions { mode: args.mode },
+        extra: args.qemu_args,
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    match args.mode {
+        Mode::Run => {
+            run::boot(&qemu, &images, &config, timeout)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Test => {
+            let tally = suite::kernel_run(&qemu, &images, &config, timeout, args.verbose);
+            println!("{tally}");
+            Ok(tally.exit_code())
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The end of a failed run: report on serial and exit QEMU with the
+//! failure code. Never returns, never hangs.
+
+use core::panic::PanicInfo;
+
+use drivers::qemu_exit::{exit, ExitCode};
+use drivers::serial;
+use x86_64::structures::idt::InterruptStackFrame;
+
+fn cpu() -> usize {
+    smp::percpu::current_index()
+}
+
+pub fn exception(vector: u8, name: &str, error_code: Option<u64>, frame: &InterruptStackFrame, cr2: u64) -> ! {
+    let code = error_code.map_or(-1, |c| c as i64);
+    serial::write_fmt_emergency(format_args!(
+        "FATAL: cpu {} exception {vector} ({name}) error_code={code:#x} rip={:#x} cr2={cr2:#x} rsp={:#x}\n",
+        cpu(),
+        frame.instruction_pointer.as_u64(),
+        frame.stack_pointer.as_u64(),
+    ));
+    exit(ExitCode::Failure)
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    serial::write_fmt_emergency(format_args!("FATAL: cpu {} panicked: {info}\n", cpu()));
+    exit(ExitCode::Failure)
+}

@@ -1,0 +1,141 @@
+//! The IDT shared by all CPUs: exception handlers that report and fail the
+//! run (unless a test is catching that fault), and the IPI vectors.
+
+use spin::LazyLock;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+use crate::fault_catch;
+use crate::fatal;
+use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST, PAGE_FAULT_IST};
+use crate::workers;
+
+/// Vector used by the IPI tests.
+pub const TEST_VECTOR: u8 = 0xF2;
+
+static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.divide_error.set_handler_fn(divide_error);
+    idt.debug.set_handler_fn(debug);
+    idt.breakpoint.set_handler_fn(breakpoint);
+    idt.overflow.set_handler_fn(overflow);
+    idt.bound_range_exceeded.set_handler_fn(bound_range);
+    idt.invalid_opcode.set_handler_fn(invalid_opcode);
+    idt.device_not_available.set_handler_fn(device_not_available);
+    idt.invalid_tss.set_handler_fn(invalid_tss);
+    idt.segment_not_present.set_handler_fn(segment_not_present);
+    idt.stack_segment_fault.set_handler_fn(stack_segment_fault);
+    idt.general_protection_fault.set_handler_fn(general_protection);
+    idt.x87_floating_point.set_handler_fn(x87_floating_point);
+    idt.alignment_check.set_handler_fn(alignment_check);
+    idt.simd_floating_point.set_handler_fn(simd_floating_point);
+    // SAFETY: the IST indexes name stacks every CPU's TSS provides (gdt.rs).
+    unsafe {
+        idt.double_fault.set_handler_fn(double_fault).set_stack_index(DOUBLE_FAULT_IST);
+        idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(NMI_IST);
+        idt.page_fault.set_handler_fn(page_fault).set_stack_index(PAGE_FAULT_IST);
+    }
+    idt.machine_check.set_handler_fn(machine_check);
+    idt[smp::ipi::CROSS_CALL_VECTOR].set_handler_fn(cross_call);
+    idt[workers::WAKE_VECTOR].set_handler_fn(wake);
+    idt[TEST_VECTOR].set_handler_fn(test_ipi);
+    idt[drivers::lapic::ERROR_VECTOR].set_handler_fn(apic_error);
+    idt[drivers::lapic::SPURIOUS_VECTOR].set_handler_fn(spurious);
+    idt[drivers::pic::SPURIOUS_MASTER].set_handler_fn(spurious);
+    idt[drivers::pic::SPURIOUS_SLAVE].set_handler_fn(spurious);
+    idt[drivers::lapic::TIMER_VECTOR].set_handler_fn(apic_timer);
+    idt
+});
+
+/// Loads the IDT on the running CPU.
+pub fn load() {
+    IDT.load();
+}
+
+/// Reports an exception and ends the run, unless a test catches it.
+fn exception(frame: &mut InterruptStackFrame, vector: u8, name: &str, error_code: Option<u64>) {
+    let cr2 = Cr2::read_raw();
+    if fault_catch::try_recover(frame, vector, error_code.unwrap_or(0), cr2) {
+        return;
+    }
+    fatal::exception(vector, name, error_code, frame, cr2)
+}
+
+macro_rules! handlers {
+    ($($name:ident => $vector:literal, $text:literal;)*) => {$(
+        extern "x86-interrupt" fn $name(mut frame: InterruptStackFrame) {
+            exception(&mut frame, $vector, $text, None);
+        }
+    )*};
+}
+
+macro_rules! handlers_with_code {
+    ($($name:ident => $vector:literal, $text:literal;)*) => {$(
+        extern "x86-interrupt" fn $name(mut frame: InterruptStackFrame, code: u64) {
+            exception(&mut frame, $vector, $text, Some(code));
+        }
+    )*};
+}
+
+handlers! {
+    divide_error => 0, "divide error";
+    debug => 1, "debug";
+    breakpoint => 3, "breakpoint";
+    overflow => 4, "overflow";
+    bound_range => 5, "bound range exceeded";
+    invalid_opcode => 6, "invalid opcode";
+    device_not_available => 7, "device not available";
+    x87_floating_point => 16, "x87 floating point";
+    simd_floating_point => 19, "SIMD floating point";
+}
+
+handlers_with_code! {
+    invalid_tss => 10, "invalid TSS";
+    segment_not_present => 11, "segment not present";
+    stack_segment_fault => 12, "stack-segment fault";
+    general_protection => 13, "general protection fault";
+    alignment_check => 17, "alignment check";
+}
+
+extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    exception(&mut frame, 14, "page fault", Some(code.bits()));
+}
+
+extern "x86-interrupt" fn nmi(mut frame: InterruptStackFrame) {
+    exception(&mut frame, 2, "non-maskable interrupt", None);
+}
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
+    fatal::exception(8, "double fault", Some(code), &frame, Cr2::read_raw())
+}
+
+extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    fatal::exception(18, "machine check", None, &frame, Cr2::read_raw())
+}
+
+extern "x86-interrupt" fn cross_call(_frame: InterruptStackFrame) {
+    smp::ipi::handle_cross_call_interrupt();
+}
+
+extern "x86-interrupt" fn wake(_frame: InterruptStackFrame) {
+    // Only wakes the CPU from `hlt`; the idle loop looks for work.
+    smp::percpu::with_local_apic(|l| l.end_of_interrupt());
+}
+
+extern "x86-interrupt" fn test_ipi(_frame: InterruptStackFrame) {
+    crate::tests::ipi::received();
+    smp::percpu::with_local_apic(|l| l.end_of_interrupt());
+}
+
+extern "x86-interrupt" fn apic_error(_frame: InterruptStackFrame) {
+    log::error!("local APIC error interrupt");
+    smp::percpu::with_local_apic(|l| l.end_of_interrupt());
+}
+
+extern "x86-interrupt" fn apic_timer(_frame: InterruptStackFrame) {
+    smp::percpu::with_local_apic(|l| l.end_of_interrupt());
+}
+
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
+    // Spurious interrupts must not be acknowledged.
+}

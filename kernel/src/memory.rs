@@ -1,0 +1,71 @@
+//! Boot-time memory: the usable regions from the bootloader, the boot frame
+//! allocator over them, and CPU stacks mapped with guard pages.
+
+use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use mm::boot_frames::BootFrames;
+use mm::kernel_map::KernelMap;
+use spin::Mutex;
+use x86_64::registers::control::Cr3;
+
+use crate::gdt::{IstStacks, IST_COUNT};
+
+/// Below 1 MiB: real-mode IVT, BIOS data, EBDA, the AP trampoline
+/// (`smp::bringup::TRAMPOLINE_RESERVED`). The bootloader calls some of it
+/// usable; no allocator may hand it out.
+const LOW_MEMORY: core::ops::Range<u64> = 0..0x10_0000;
+
+pub const KERNEL_STACK_PAGES: u64 = 16;
+pub const IST_STACK_PAGES: u64 = 4;
+
+pub struct BootMemory {
+    pub frames: BootFrames,
+    pub map: KernelMap,
+}
+
+pub static BOOT_MEMORY: Mutex<Option<BootMemory>> = Mutex::new(None);
+
+/// Total usable bytes the firmware reported.
+pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
+    regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum()
+}
+
+/// Whether `range` lies inside one usable region (so we may take it over).
+pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool {
+    regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= range.start && range.end <= r.end)
+}
+
+/// Sets up the boot frame allocator and the kernel page-table editor.
+///
+/// # Safety
+/// Call once, on the BSP, with the bootloader's direct-map offset.
+pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
+    let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.start..r.end);
+    let frames = BootFrames::new(usable, &[LOW_MEMORY]).expect("memory map has too many regions");
+    let (pml4, _) = Cr3::read();
+    // SAFETY: per this function's contract; nothing else edits page tables
+    // during boot.
+    let map = unsafe { KernelMap::new(phys_offset, pml4.start_address().as_u64()) };
+    *BOOT_MEMORY.lock() = Some(BootMemory { frames, map });
+}
+
+/// Maps a stack of `pages` pages (plus guard) and returns its top.
+pub fn map_stack(pages: u64) -> Option<u64> {
+    let mut guard = BOOT_MEMORY.lock();
+    let mem = guard.as_mut().expect("memory::init first");
+    match mem.map.map_stack(pages, &mut mem.frames) {
+        Ok(top) => Some(top),
+        Err(e) => {
+            log::error!("mapping a {pages}-page stack failed: {e:?}");
+            None
+        }
+    }
+}
+
+/// The interrupt stacks for one CPU.
+pub fn map_ist_stacks() -> Option<IstStacks> {
+    let mut tops = [0; IST_COUNT];
+    for t in tops.iter_mut() {
+        *t = map_stack(IST_STACK_PAGES)?;
+    }
+    Some(IstStacks(tops))
+}

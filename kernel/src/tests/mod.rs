@@ -1,0 +1,97 @@
+//! The in-kernel test runner: named tests, one result line (and one
+//! record for the host) per test, then a summary. A test that expects a
+//! CPU exception passes only if that exception happens and is caught.
+
+use core::fmt::Write;
+
+use drivers::qemu_exit::ExitCode;
+use drivers::tsc;
+
+use crate::fault_catch;
+use crate::logger::{self, Text};
+
+mod faults;
+pub mod ipi;
+mod smp_tests;
+mod time;
+
+pub type Failure = Text<256>;
+pub type TestResult = Result<(), Failure>;
+
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn() -> TestResult,
+    /// Passes only if this exception vector is raised (and caught).
+    pub expect_fault: Option<u8>,
+}
+
+impl Test {
+    pub const fn new(name: &'static str, run: fn() -> TestResult) -> Test {
+        Test { name, run, expect_fault: None }
+    }
+
+    pub const fn expecting_fault(name: &'static str, vector: u8, run: fn() -> TestResult) -> Test {
+        Test { name, run, expect_fault: Some(vector) }
+    }
+}
+
+/// Fails the test with a formatted message unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            let mut text = $crate::tests::Failure::new();
+            let _ = core::fmt::Write::write_fmt(&mut text, format_args!($($fmt)+));
+            return Err(text);
+        }
+    };
+}
+pub(crate) use ensure;
+
+const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS];
+
+fn run_one(test: &Test) -> (TestResult, Failure) {
+    let mut note = Failure::new();
+    let result = match test.expect_fault {
+        None => (test.run)(),
+        Some(vector) => match fault_catch::catch(vector, || {
+            let _ = (test.run)();
+        }) {
+            Err(f) => {
+                let _ = write!(note, "caught vector {} at rip {:#x}, cr2 {:#x}", f.vector, f.rip, f.cr2);
+                Ok(())
+            }
+            Ok(()) => {
+                let mut t = Failure::new();
+                let _ = write!(t, "expected exception {vector} did not happen");
+                Err(t)
+            }
+        },
+    };
+    (result, note)
+}
+
+/// Runs every suite on the BSP (tests fan out to other CPUs themselves).
+pub fn run_all() -> ExitCode {
+    let (mut passed, mut failed) = (0u32, 0u32);
+    for test in SUITES.iter().flat_map(|s| s.iter()) {
+        let start = tsc::now_ns();
+        let (result, note) = run_one(test);
+        let ns = tsc::now_ns() - start;
+        let (outcome, detail) = match &result {
+            Ok(()) => {
+                passed += 1;
+                log::info!("test {} ... ok ({} ms) {}", test.name, ns / 1_000_000, note.0);
+                (record::Outcome::Pass, "")
+            }
+            Err(e) => {
+                failed += 1;
+                log::error!("test {} ... FAILED: {}", test.name, e.0);
+                (record::Outcome::Fail, e.0.as_str())
+            }
+        };
+        logger::emit(&record::Record::Test { name: test.name, outcome, ns, detail });
+    }
+    log::info!("{passed} passed, {failed} failed");
+    logger::emit(&record::Record::Summary { passed, failed });
+    if failed == 0 { ExitCode::Success } else { ExitCode::Failure }
+}

@@ -1,0 +1,66 @@
+//! Running kernel code on every CPU at once, in thread context.
+//!
+//! APs sit in an idle loop (`ap_main`). `run_on_all` posts a function to
+//! each AP, wakes them with an IPI, runs it on the BSP too and waits,
+//! bounded, until every AP reports done. Tests and benchmarks use this;
+//! cross-calls (interrupt context, must not nest) are for short work.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use drivers::tsc;
+use smp::{percpu, CpuSet, MAX_CPUS};
+use x86_64::instructions::interrupts;
+
+pub const WAKE_VECTOR: u8 = 0xF1;
+
+static JOB: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+static DONE: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotFinished {
+    pub cpus: CpuSet,
+}
+
+/// Idle loop of every AP once it is online.
+pub fn ap_main() -> ! {
+    let me = percpu::current_index();
+    loop {
+        // Check for work with interrupts off, then `sti; hlt` atomically:
+        // a wake IPI that arrives after the check still ends the `hlt`.
+        interrupts::disable();
+        let job = JOB[me].swap(0, Ordering::Acquire);
+        if job == 0 {
+            interrupts::enable_and_hlt();
+            continue;
+        }
+        interrupts::enable();
+        // SAFETY: only `run_on_all` stores into JOB, always a `fn(usize)`.
+        let f = unsafe { core::mem::transmute::<usize, fn(usize)>(job) };
+        f(me);
+        DONE.fetch_or(1 << me, Ordering::Release);
+    }
+}
+
+/// Runs `f(cpu_index)` on every online CPU at once (the caller, CPU 0,
+/// included) and waits up to `timeout_ns` for the others.
+pub fn run_on_all(f: fn(usize), timeout_ns: u64) -> Result<(), NotFinished> {
+    let me = percpu::current_index();
+    let others = percpu::online_set().without(me);
+    DONE.store(0, Ordering::Relaxed);
+    for cpu in others.iter() {
+        JOB[cpu].store(f as *const () as usize, Ordering::Release);
+    }
+    smp::ipi::send_set(others, WAKE_VECTOR);
+    f(me);
+    let deadline = tsc::now_ns() + timeout_ns;
+    loop {
+        let done = CpuSet::from_bits(DONE.load(Ordering::Acquire));
+        if done.intersect(others) == others {
+            return Ok(());
+        }
+        if tsc::now_ns() > deadline {
+            return Err(NotFinished { cpus: CpuSet::from_bits(others.bits() & !done.bits()) });
+        }
+        core::hint::spin_loop();
+    }
+}

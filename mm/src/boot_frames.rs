@@ -1,0 +1,126 @@
+//! Boot-time frame allocator: hands out 4 KiB frames from the firmware's
+//! usable regions before the real frame allocator exists.
+//!
+//! It never gives out memory inside a reserved range (the first MiB, with
+//! the AP trampoline and legacy BIOS areas), and it takes frames from the
+//! top of the highest region, so what it leaves is still a list of whole
+//! regions (`remaining`) the later allocator can take over as-is.
+
+use arrayvec::ArrayVec;
+use core::ops::Range;
+
+use crate::PAGE_SIZE;
+
+pub const MAX_REGIONS: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootAllocError {
+    /// More usable regions than `MAX_REGIONS` after cutting out reserved ranges.
+    TooManyRegions,
+}
+
+pub struct BootFrames {
+    /// Page-aligned, non-empty, sorted by start, reserved ranges removed.
+    regions: ArrayVec<Range<u64>, MAX_REGIONS>,
+    allocated: u64,
+}
+
+impl BootFrames {
+    /// Builds the allocator from usable `regions` (any order, any
+    /// alignment) minus `reserved`.
+    pub fn new(
+        regions: impl IntoIterator<Item = Range<u64>>,
+        reserved: &[Range<u64>],
+    ) -> Result<BootFrames, BootAllocError> {
+        let mut out: ArrayVec<Range<u64>, MAX_REGIONS> = ArrayVec::new();
+        for r in regions {
+            let start = r.start.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            let end = r.end / PAGE_SIZE * PAGE_SIZE;
+            let mut pieces: ArrayVec<Range<u64>, 8> = ArrayVec::new();
+            pieces.push(start..end);
+            for cut in reserved {
+                let mut next = ArrayVec::<Range<u64>, 8>::new();
+                for p in pieces.drain(..) {
+                    let (a, b) = (p.start..p.end.min(cut.start), p.start.max(cut.end)..p.end);
+                    for part in [a, b] {
+                        if part.start < part.end {
+                            next.try_push(part).map_err(|_| BootAllocError::TooManyRegions)?;
+                        }
+                    }
+                }
+                pieces = next;
+            }
+            for p in pieces {
+                out.try_push(p).map_err(|_| BootAllocError::TooManyRegions)?;
+            }
+        }
+        out.sort_unstable_by_key(|r| r.start);
+        Ok(BootFrames { regions: out, allocated: 0 })
+    }
+
+    /// One frame, or `None` when memory is exhausted.
+    pub fn alloc(&mut self) -> Option<u64> {
+        let last = self.regions.last_mut()?;
+        last.end -= PAGE_SIZE;
+        let frame = last.end;
+        if last.start == last.end {
+            self.regions.pop();
+        }
+        self.allocated += 1;
+        Some(frame)
+    }
+
+    /// Frames handed out so far.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Bytes still free.
+    pub fn free_bytes(&self) -> u64 {
+        self.regions.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// What is left, for the allocator that takes over.
+    pub fn remaining(&self) -> &[Range<u64>] {
+        &self.regions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn cuts_reserved_ranges_and_aligns() {
+        let f = BootFrames::new([0x500..0x9F000, MIB + 1..8 * MIB + 100], &[0..MIB]).unwrap();
+        assert_eq!(f.remaining(), &[MIB + PAGE_SIZE..8 * MIB]);
+    }
+
+    #[test]
+    fn reserved_range_in_the_middle_splits_a_region() {
+        let f = BootFrames::new([0..4 * PAGE_SIZE], &[PAGE_SIZE..2 * PAGE_SIZE]).unwrap();
+        assert_eq!(f.remaining(), &[0..PAGE_SIZE, 2 * PAGE_SIZE..4 * PAGE_SIZE]);
+    }
+
+    #[test]
+    fn allocates_from_the_top_until_exhausted_without_duplicates() {
+        let mut f = BootFrames::new([3 * MIB..3 * MIB + 2 * PAGE_SIZE, MIB..MIB + PAGE_SIZE], &[]).unwrap();
+        let total = f.free_bytes() / PAGE_SIZE;
+        let got: Vec<u64> = core::iter::from_fn(|| f.alloc()).collect();
+        assert_eq!(got, vec![3 * MIB + PAGE_SIZE, 3 * MIB, MIB]);
+        assert_eq!(got.len() as u64, total);
+        assert_eq!(f.allocated(), 3);
+        assert_eq!(f.free_bytes(), 0);
+        assert_eq!(f.alloc(), None);
+    }
+
+    #[test]
+    fn never_returns_reserved_frames() {
+        let mut f = BootFrames::new([0..2 * MIB], &[0..MIB, 0x8000..0xC000]).unwrap();
+        while let Some(frame) = f.alloc() {
+            assert!(frame >= MIB, "frame {frame:#x} is reserved");
+        }
+    }
+}

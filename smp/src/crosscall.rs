@@ -1,0 +1,221 @@
+//! Cross-calls: run a function on a set of CPUs and wait until each has run
+//! it, without a global lock.
+//!
+//! Each CPU owns one outgoing call slot (function, argument, and the set of
+//! targets that have not acknowledged) and one inbox word (the set of CPUs
+//! with a call waiting for it). A caller fills its slot, sets its bit in
+//! every target's inbox, signals them (an IPI in the kernel) and waits.
+//! A target swaps its inbox to zero, runs each sender's function and clears
+//! its own bit in that sender's `outstanding` set.
+//!
+//! A waiting caller keeps servicing its own inbox, so two CPUs that call
+//! each other at the same moment both finish even with interrupts off.
+//! The wait is bounded: on timeout the caller takes back the requests that
+//! no target has picked up yet (an atomic `fetch_and` on the inbox races
+//! fairly with the target's `swap`), and reports those CPUs. A target that
+//! did pick up the call but never finishes it is reported separately: its
+//! function may still be using the caller's argument.
+
+use crate::cpuset::CpuSet;
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+
+/// What the protocol needs from its environment.
+pub trait Platform {
+    /// Prod the CPUs in `targets` to call [`CrossCalls::service`].
+    fn signal(&self, targets: CpuSet);
+    /// A monotonic clock in nanoseconds for the wait bound.
+    fn now_ns(&self) -> u64;
+    /// Called on every iteration of a wait loop.
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossCallError {
+    /// These targets never picked the call up within the bound; the call was
+    /// withdrawn from them, so they will not run it later.
+    Timeout { missing: CpuSet },
+    /// These targets picked the call up but did not finish it within the
+    /// bound. The caller's slot stays busy until they do.
+    Stuck { running: CpuSet },
+}
+
+struct Slot {
+    func: AtomicUsize,
+    arg: AtomicUsize,
+    /// Targets that have been asked and have not acknowledged.
+    outstanding: AtomicU64,
+}
+
+/// Mailboxes for `N` CPUs (indexes `0..N`, `N <= 64`).
+pub struct CrossCalls<const N: usize> {
+    inbox: [AtomicU64; N],
+    slots: [Slot; N],
+}
+
+impl<const N: usize> Default for CrossCalls<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> CrossCalls<N> {
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        const EMPTY_SLOT: Slot =
+            Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
+        #[allow(clippy::declare_interior_mutable_const)]
+        const ZERO: AtomicU64 = AtomicU64::new(0);
+        CrossCalls { inbox: [ZERO; N], slots: [EMPTY_SLOT; N] }
+    }
+
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        CrossCalls {
+            inbox: core::array::from_fn(|_| AtomicU64::new(0)),
+            slots: core::array::from_fn(|_| Slot {
+                func: AtomicUsize::new(0),
+                arg: AtomicUsize::new(0),
+                outstanding: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Runs `func(arg)` on every CPU in `targets` (including `me` if it is
+    /// in the set, locally while the remote requests are in flight) and
+    /// waits up to `timeout_ns` for all of them.
+    pub fn call(
+        &self,
+        me: usize,
+        targets: CpuSet,
+        func: fn(usize),
+        arg: usize,
+        timeout_ns: u64,
+        platform: &impl Platform,
+    ) -> Result<(), CrossCallError> {
+        let slot = &self.slots[me];
+        // A previous call whose targets got stuck still owns the slot.
+        let deadline = platform.now_ns().saturating_add(timeout_ns);
+        if !self.wait_acked(me, deadline, platform) {
+            return Err(CrossCallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+        }
+
+        let remote = targets.without(me);
+        slot.func.store(func as usize, Ordering::Relaxed);
+        slot.arg.store(arg, Ordering::Relaxed);
+        slot.outstanding.store(remote.bits(), Ordering::Relaxed);
+        for cpu in remote.iter() {
+            // Release publishes func/arg/outstanding to the target's swap.
+            self.inbox[cpu].fetch_or(1 << me, Ordering::Release);
+        }
+        if !remote.is_empty() {
+            platform.signal(remote);
+        }
+        if targets.contains(me) {
+            func(arg);
+        }
+
+        let deadline = platform.now_ns().saturating_add(timeout_ns);
+        if self.wait_acked(me, deadline, platform) {
+            return Ok(());
+        }
+
+        // Withdraw the requests nobody took.
+        let mut missing = CpuSet::EMPTY;
+        for cpu in CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)).iter() {
+            let before = self.inbox[cpu].fetch_and(!(1 << me), Ordering::AcqRel);
+            if before & (1 << me) != 0 {
+                slot.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
+                missing.insert(cpu);
+            }
+        }
+        // Whoever took it is running it now; give them one more bound.
+        let deadline = platform.now_ns().saturating_add(timeout_ns);
+        if !self.wait_acked(me, deadline, platform) {
+            return Err(CrossCallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+        }
+        if missing.is_empty() {
+            Ok(()) // everyone answered while we were withdrawing
+        } else {
+            Err(CrossCallError::Timeout { missing })
+        }
+    }
+
+    /// Waits until `me`'s slot has no outstanding targets, servicing
+    /// incoming calls meanwhile. Returns false at the deadline.
+    fn wait_acked(&self, me: usize, deadline: u64, platform: &impl Platform) -> bool {
+        let slot = &self.slots[me];
+        loop {
+            if slot.outstanding.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            self.service(me);
+            if platform.now_ns() >= deadline {
+                return slot.outstanding.load(Ordering::Acquire) == 0;
+            }
+            platform.relax();
+        }
+    }
+
+    /// Runs every call waiting for CPU `me`; returns how many ran. Called
+    /// from the IPI handler and from wait loops.
+    pub fn service(&self, me: usize) -> usize {
+        let senders = self.inbox[me].swap(0, Ordering::Acquire);
+        for sender in CpuSet::from_bits(senders).iter() {
+            let slot = &self.slots[sender];
+            let func = slot.func.load(Ordering::Relaxed);
+            let arg = slot.arg.load(Ordering::Relaxed);
+            run(func, arg);
+            slot.outstanding.fetch_and(!(1 << me), Ordering::Release);
+        }
+        senders.count_ones() as usize
+    }
+
+    /// Whether any call is waiting for `me` (for idle loops).
+    pub fn has_pending(&self, me: usize) -> bool {
+        self.inbox[me].load(Ordering::Relaxed) != 0
+    }
+}
+
+/// Calls the `fn(usize)` whose address `call` stored.
+fn run(func: usize, arg: usize) {
+    // SAFETY: `func` was produced by `func as usize` from a `fn(usize)` in
+    // `call`, published with Release and read after an Acquire swap, so it
+    // is a valid function pointer of exactly this type.
+    let f: fn(usize) = unsafe { core::mem::transmute::<usize, fn(usize)>(func) };
+    f(arg)
+}
+
+/// Adapts a closure to the `fn(usize)` + argument form of [`CrossCalls::call`].
+///
+/// Returns an error like `call`. On `Stuck` the closure may still be running
+/// on the reported CPUs, so the reference cannot be released: this panics
+/// instead of returning, which is the only sound report left.
+pub fn call_closure<const N: usize, F: Fn() + Sync>(
+    calls: &CrossCalls<N>,
+    me: usize,
+    targets: CpuSet,
+    f: &F,
+    timeout_ns: u64,
+    platform: &impl Platform,
+) -> Result<(), CrossCallError> {
+    fn trampoline<F: Fn() + Sync>(arg: usize) {
+        // SAFETY: `arg` is `f as *const F` from `call_closure`, which does
+        // not return while any CPU that picked up the call is still in it
+        // (it panics on `Stuck`), so the pointee is alive.
+        let f = unsafe { &*(arg as *const F) };
+        f()
+    }
+    match calls.call(me, targets, trampoline::<F>, f as *const F as usize, timeout_ns, platform) {
+        Err(CrossCallError::Stuck { running }) => {
+            panic!("cross-call from cpu {me}: cpus {running:?} took the call and never finished it")
+        }
+        other => other,
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;
+#[cfg(all(test, loom))]
+mod loom_tests;

@@ -1,0 +1,132 @@
+use super::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize as StdAtomicUsize, Ordering as O};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct HostPlatform {
+    start: Instant,
+}
+
+impl Platform for HostPlatform {
+    fn signal(&self, _targets: CpuSet) {} // targets poll `service`
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+    fn relax(&self) {
+        std::thread::yield_now();
+    }
+}
+
+fn host() -> HostPlatform {
+    HostPlatform { start: Instant::now() }
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+#[test]
+fn local_only_call_runs_inline() {
+    let calls = CrossCalls::<4>::new();
+    let hits = StdAtomicUsize::new(0);
+    call_closure(&calls, 2, CpuSet::single(2), &|| { hits.fetch_add(1, O::Relaxed); }, SECOND, &host()).unwrap();
+    assert_eq!(hits.load(O::Relaxed), 1);
+}
+
+#[test]
+fn every_cpu_calls_every_other_many_rounds() {
+    const CPUS: usize = 4;
+    const ROUNDS: usize = 300;
+    let calls = Arc::new(CrossCalls::<CPUS>::new());
+    let ran: Arc<[StdAtomicUsize; CPUS]> = Arc::new(Default::default());
+    let finished = Arc::new(StdAtomicUsize::new(0));
+    let threads: Vec<_> = (0..CPUS)
+        .map(|me| {
+            let (calls, ran, finished) = (calls.clone(), ran.clone(), finished.clone());
+            std::thread::spawn(move || {
+                let p = host();
+                for round in 0..ROUNDS {
+                    // Vary the target set, always including at least one other CPU.
+                    let mut targets = CpuSet::first(CPUS).without(me);
+                    if round % 3 == 1 {
+                        targets = CpuSet::single((me + 1) % CPUS);
+                    }
+                    let record = || {
+                        // Runs on the target: count it there.
+                        ran[me].fetch_add(1, O::Relaxed);
+                    };
+                    call_closure(&calls, me, targets, &record, 5 * SECOND, &p).unwrap();
+                }
+                finished.fetch_add(1, O::SeqCst);
+                // Keep answering the others until everyone is done.
+                while finished.load(O::SeqCst) < CPUS {
+                    calls.service(me);
+                    std::thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (me, count) in ran.iter().enumerate() {
+        let per_round: usize = (0..ROUNDS).map(|r| if r % 3 == 1 { 1 } else { CPUS - 1 }).sum();
+        assert_eq!(count.load(O::Relaxed), per_round, "calls issued by cpu {me}");
+    }
+}
+
+#[test]
+fn unanswered_call_is_withdrawn_and_never_runs_later() {
+    let calls = CrossCalls::<2>::new();
+    let hits = StdAtomicUsize::new(0);
+    let r = call_closure(&calls, 0, CpuSet::single(1), &|| { hits.fetch_add(1, O::Relaxed); }, 20_000_000, &host());
+    assert_eq!(r, Err(CrossCallError::Timeout { missing: CpuSet::single(1) }));
+    assert!(!calls.has_pending(1));
+    assert_eq!(calls.service(1), 0);
+    assert_eq!(hits.load(O::Relaxed), 0);
+    // The slot is free again.
+    let stop = AtomicBool::new(false);
+    let ok = std::thread::scope(|s| {
+        let (calls, stop) = (&calls, &stop);
+        s.spawn(move || while !stop.load(O::SeqCst) { calls.service(1); });
+        let r = call_closure(calls, 0, CpuSet::single(1), &|| { hits.fetch_add(1, O::Relaxed); }, SECOND, &host());
+        stop.store(true, O::SeqCst);
+        r
+    });
+    assert_eq!(ok, Ok(()));
+    assert_eq!(hits.load(O::Relaxed), 1);
+}
+
+#[test]
+fn target_stuck_in_the_function_is_reported_as_stuck() {
+    let calls = Arc::new(CrossCalls::<2>::new());
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    static ENTERED: AtomicBool = AtomicBool::new(false);
+    fn block(_: usize) {
+        ENTERED.store(true, O::SeqCst);
+        while !RELEASE.load(O::SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+    let target = {
+        let calls = calls.clone();
+        std::thread::spawn(move || {
+            while calls.service(1) == 0 {
+                std::thread::yield_now();
+            }
+        })
+    };
+    let r = calls.call(0, CpuSet::single(1), block, 0, 20_000_000, &host());
+    assert!(ENTERED.load(O::SeqCst));
+    assert_eq!(r, Err(CrossCallError::Stuck { running: CpuSet::single(1) }));
+    // While the target is still inside, the slot cannot be reused.
+    let again = calls.call(0, CpuSet::single(1), |_| {}, 0, 10_000_000, &host());
+    assert_eq!(again, Err(CrossCallError::Stuck { running: CpuSet::single(1) }));
+    RELEASE.store(true, O::SeqCst);
+    target.join().unwrap();
+    let p = host();
+    let served = std::thread::spawn({
+        let calls = calls.clone();
+        move || while calls.service(1) == 0 { std::thread::yield_now(); }
+    });
+    assert_eq!(calls.call(0, CpuSet::single(1), |_| {}, 0, SECOND, &p), Ok(()));
+    served.join().unwrap();
+}

@@ -1,0 +1,90 @@
+//! Sending inter-processor interrupts by CPU index, and the cross-call
+//! service built on them.
+
+use drivers::tsc;
+
+use crate::crosscall::{self, CrossCallError, CrossCalls, Platform};
+use crate::cpuset::{CpuSet, MAX_CPUS};
+use crate::percpu::{self, cpu, with_local_apic};
+
+/// Vector of the cross-call IPI; the kernel's IDT routes it to
+/// [`handle_cross_call_interrupt`].
+pub const CROSS_CALL_VECTOR: u8 = 0xF0;
+
+/// How long a cross-call waits for acknowledgements before it reports the
+/// CPUs that did not answer. Generous: under TCG with more vCPUs than host
+/// cores a vCPU may not be scheduled for tens of milliseconds.
+pub const CROSS_CALL_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Sends `vector` to one CPU.
+pub fn send(target: usize, vector: u8) {
+    let apic_id = cpu(target).apic_id();
+    with_local_apic(|lapic| lapic.send_ipi(vector, apic_id));
+}
+
+/// Sends `vector` to every CPU in `targets` (one ICR write each).
+pub fn send_set(targets: CpuSet, vector: u8) {
+    with_local_apic(|lapic| {
+        for t in targets.iter() {
+            lapic.send_ipi(vector, cpu(t).apic_id());
+        }
+    });
+}
+
+/// Sends `vector` to every CPU but this one, with the APIC's shorthand.
+pub fn send_all_but_self(vector: u8) {
+    with_local_apic(|lapic| lapic.send_ipi_all_but_self(vector));
+}
+
+static CALLS: CrossCalls<MAX_CPUS> = CrossCalls::new();
+
+struct IpiPlatform;
+
+impl Platform for IpiPlatform {
+    fn signal(&self, targets: CpuSet) {
+        let others = percpu::online_set().without(percpu::current_index());
+        if targets == others && others.len() > 1 {
+            send_all_but_self(CROSS_CALL_VECTOR);
+        } else {
+            send_set(targets, CROSS_CALL_VECTOR);
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        tsc::now_ns()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// Some targets are not online; nothing was sent.
+    NotOnline { cpus: CpuSet },
+    /// See [`CrossCallError::Timeout`].
+    Timeout { missing: CpuSet },
+}
+
+/// Runs `f` on every CPU in `targets` (the caller too, if included) and
+/// returns once all have finished it.
+///
+/// Interrupts are off on the caller for the duration; while waiting it
+/// runs calls aimed at itself, so CPUs calling each other cannot deadlock.
+/// `f` runs in interrupt context on the targets and must not cross-call.
+pub fn cross_call<F: Fn() + Sync>(targets: CpuSet, f: &F) -> Result<(), CallError> {
+    let offline = CpuSet::from_bits(targets.bits() & !percpu::online_set().bits());
+    if !offline.is_empty() {
+        return Err(CallError::NotOnline { cpus: offline });
+    }
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        crosscall::call_closure(&CALLS, percpu::current_index(), targets, f, CROSS_CALL_TIMEOUT_NS, &IpiPlatform)
+    })
+    .map_err(|e| match e {
+        CrossCallError::Timeout { missing } => CallError::Timeout { missing },
+        CrossCallError::Stuck { .. } => unreachable!("call_closure panics on Stuck"),
+    })
+}
+
+/// Body of the cross-call interrupt handler.
+pub fn handle_cross_call_interrupt() {
+    CALLS.service(percpu::current_index());
+    with_local_apic(|lapic| lapic.end_of_interrupt());
+}

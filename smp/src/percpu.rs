@@ -1,0 +1,159 @@
+//! Per-CPU data, reached through the GS base.
+//!
+//! Every CPU's GS base points at its own `PerCpu`, whose first word points
+//! back at itself, so `current()` is one `mov` from `gs:0`. The kernel
+//! never migrates code between CPUs (there is no preemption), so the CPU
+//! cannot change under a caller between reading `current()` and using it;
+//! state that interrupt handlers also touch is accessed with interrupts off.
+
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use drivers::lapic::Lapic;
+use x86_64::instructions::interrupts;
+use x86_64::registers::model_specific::GsBase;
+use x86_64::VirtAddr;
+
+use crate::cpuset::{CpuSet, MAX_CPUS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CpuState {
+    /// Not (yet) started.
+    Absent = 0,
+    /// Running kernel code, not yet ready for IPIs.
+    Starting = 1,
+    /// Ready: in the online set, answers IPIs.
+    Online = 2,
+}
+
+#[repr(C)]
+pub struct PerCpu {
+    /// Must stay the first field: `current()` reads it at `gs:0`.
+    self_ptr: AtomicPtr<PerCpu>,
+    index: usize,
+    apic_id: AtomicU32,
+    state: AtomicU8,
+    /// Only ever touched by this CPU, with interrupts off (`with_local_apic`).
+    lapic: UnsafeCell<Option<Lapic>>,
+}
+
+// SAFETY: every field but `lapic` is atomic or immutable; `lapic` is only
+// accessed through `with_local_apic`, on its own CPU with interrupts off,
+// so no two contexts ever hold a reference to it at once.
+unsafe impl Sync for PerCpu {}
+
+static CPUS: [PerCpu; MAX_CPUS] = {
+    let mut cpus = [const {
+        PerCpu {
+            self_ptr: AtomicPtr::new(core::ptr::null_mut()),
+            index: 0,
+            apic_id: AtomicU32::new(u32::MAX),
+            state: AtomicU8::new(CpuState::Absent as u8),
+            lapic: UnsafeCell::new(None),
+        }
+    }; MAX_CPUS];
+    let mut i = 0;
+    while i < MAX_CPUS {
+        cpus[i].index = i;
+        i += 1;
+    }
+    cpus
+};
+
+static ONLINE: AtomicU64 = AtomicU64::new(0);
+
+/// The data of CPU `index`.
+pub fn cpu(index: usize) -> &'static PerCpu {
+    &CPUS[index]
+}
+
+/// Points this CPU's GS base at `CPUS[index]`.
+///
+/// # Safety
+/// Must run on the CPU that will own `index`, once, before anything calls
+/// `current()` there; no two CPUs may install the same index.
+pub(crate) unsafe fn install(index: usize) -> &'static PerCpu {
+    let me = &CPUS[index];
+    me.self_ptr.store(me as *const PerCpu as *mut PerCpu, Ordering::Relaxed);
+    GsBase::write(VirtAddr::from_ptr(me));
+    me
+}
+
+/// The running CPU's data.
+pub fn current() -> &'static PerCpu {
+    let ptr: *const PerCpu;
+    // SAFETY: `install` ran on this CPU before any kernel code that can call
+    // this (the BSP installs index 0 first thing in the entry point, APs in
+    // their entry), so `gs:0` holds a pointer into the static `CPUS`.
+    unsafe { asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: see above; `CPUS` is 'static.
+    unsafe { &*ptr }
+}
+
+/// Index of the running CPU.
+pub fn current_index() -> usize {
+    current().index
+}
+
+/// CPUs that are online (answer IPIs).
+pub fn online_set() -> CpuSet {
+    CpuSet::from_bits(ONLINE.load(Ordering::Acquire))
+}
+
+pub fn online_count() -> usize {
+    online_set().len()
+}
+
+/// Runs `f` with this CPU's local APIC, interrupts off for the duration.
+pub fn with_local_apic<R>(f: impl FnOnce(&mut Lapic) -> R) -> R {
+    interrupts::without_interrupts(|| {
+        let me = current();
+        // SAFETY: only this CPU reaches its own `lapic` cell, and only here
+        // with interrupts off, so this is the sole live reference.
+        let lapic = unsafe { &mut *me.lapic.get() };
+        f(lapic.as_mut().expect("local APIC used before it was enabled"))
+    })
+}
+
+impl PerCpu {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn apic_id(&self) -> u32 {
+        self.apic_id.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> CpuState {
+        match self.state.load(Ordering::Acquire) {
+            1 => CpuState::Starting,
+            2 => CpuState::Online,
+            _ => CpuState::Absent,
+        }
+    }
+
+    pub(crate) fn set_expected_apic_id(&self, apic_id: u32) {
+        self.apic_id.store(apic_id, Ordering::Release);
+    }
+
+    pub(crate) fn mark_starting(&self) {
+        self.state.store(CpuState::Starting as u8, Ordering::Release);
+    }
+
+    /// Stores the enabled local APIC and joins the online set.
+    ///
+    /// Must run on this CPU (the APIC handle belongs to it).
+    pub(crate) fn go_online(&self, lapic: Lapic) {
+        assert!(core::ptr::eq(self, current()), "go_online on a foreign CPU");
+        self.apic_id.store(lapic.id(), Ordering::Release);
+        interrupts::without_interrupts(|| {
+            // SAFETY: on this CPU with interrupts off, and nothing has used
+            // the cell yet (the CPU was not online).
+            unsafe { *self.lapic.get() = Some(lapic) };
+        });
+        self.state.store(CpuState::Online as u8, Ordering::Release);
+        ONLINE.fetch_or(1 << self.index, Ordering::AcqRel);
+    }
+}

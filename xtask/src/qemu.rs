@@ -1,0 +1,298 @@
+//! Which QEMU we have and the command line we give it. Installing it is in
+//! `install.rs`; running it is in `run.rs`.
+
+use crate::build::Images;
+use crate::Mode;
+use anyhow::{bail, Context, Result};
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Setting `XTASK_QEMU=/path/to/program` makes xtask run that program
+/// instead of `qemu-system-x86_64` and skips installing QEMU. It exists so
+/// the run loop can be tried with a fake QEMU (a script that prints record
+/// lines and exits 33) and to pick a self-built QEMU.
+pub const QEMU_ENV: &str = "XTASK_QEMU";
+pub const QEMU_BIN: &str = "qemu-system-x86_64";
+
+/// The QEMU binary to run: `$XTASK_QEMU` if set.
+pub fn binary() -> (String, bool) {
+    match std::env::var(QEMU_ENV) {
+        Ok(bin) if !bin.is_empty() => (bin, true),
+        _ => (QEMU_BIN.to_string(), false),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+pub struct Qemu {
+    pub bin: String,
+    pub version: Version,
+}
+
+impl Qemu {
+    /// Asks `bin --version` which QEMU it is.
+    pub fn probe(bin: String) -> Result<Qemu> {
+        let out = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("could not run `{bin} --version`"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = parse_version(&text)
+            .with_context(|| format!("`{bin} --version` printed {:?}", text.trim()))?;
+        Ok(Qemu { bin, version })
+    }
+
+    /// TCG emulates x2APIC only from QEMU 8.1 on; older ones drop the
+    /// CPUID bit even for `-cpu max`, so the kernel must fall back to xAPIC.
+    pub fn x2apic_under_tcg(&self) -> bool {
+        self.version >= Version(8, 1, 0)
+    }
+
+    pub fn describe(&self) -> String {
+        if self.x2apic_under_tcg() {
+            format!("qemu {}: x2APIC available under TCG", self.version)
+        } else {
+            format!(
+                "qemu {}: xAPIC only under TCG (x2APIC needs >= 8.1)",
+                self.version
+            )
+        }
+    }
+}
+
+/// Parses `QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)`.
+pub fn parse_version(text: &str) -> Result<Version> {
+    let Some(rest) = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("QEMU emulator version "))
+    else {
+        bail!("no \"QEMU emulator version\" line");
+    };
+    let word = rest.split_whitespace().next().unwrap_or("");
+    // Release candidates look like `8.0.90`; a `-dirty`/`+ds` tail is noise.
+    let numbers: Vec<u32> = word
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map_while(|n| n.parse().ok())
+        .collect();
+    match numbers[..] {
+        [major, minor, patch] => Ok(Version(major, minor, patch)),
+        [major, minor] => Ok(Version(major, minor, 0)),
+        _ => bail!("cannot read a version number from {word:?}"),
+    }
+}
+
+/// Guest RAM as the user wrote it (passed through to `-m` unchanged) and
+/// in bytes (for checks and messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mem {
+    pub text: String,
+    pub bytes: u64,
+}
+
+/// Accepts what `qemu -m` accepts in its common form: digits with an
+/// optional K/M/G suffix (either case). No suffix means MiB, as in QEMU.
+pub fn parse_mem(text: &str) -> Result<Mem> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let shift = match suffix {
+        "K" | "k" => 10,
+        "" | "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => bail!("memory size {text:?}: expected a number with an optional K, M or G suffix (e.g. 512M, 4G)"),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("memory size {text:?}: no number"))?;
+    let bytes = n.checked_mul(1 << shift).filter(|&b| b > 0);
+    let Some(bytes) = bytes else {
+        bail!("memory size {text:?} is zero or too large")
+    };
+    if bytes < 32 << 20 {
+        bail!("memory size {text:?} is below 32M; the guest cannot boot in that");
+    }
+    Ok(Mem {
+        text: text.to_string(),
+        bytes,
+    })
+}
+
+pub enum Firmware {
+    Bios,
+    Uefi { ovmf: PathBuf },
+}
+
+/// Options the guest reads from its command line (fw_cfg
+/// `opt/smpmm/cmdline`): space-separated `key=value` pairs.
+pub struct GuestOptions {
+    pub mode: Mode,
+}
+
+impl GuestOptions {
+    /// The one place the guest command line is built; new options
+    /// (`seed=...`) are added here.
+    pub fn cmdline(&self) -> String {
+        let pairs = [("mode", self.mode.as_str().to_string())];
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+pub struct Config {
+    pub smp: u32,
+    pub mem: Mem,
+    pub firmware: Firmware,
+    pub xapic: bool,
+    pub guest: GuestOptions,
+    pub extra: Vec<String>,
+}
+
+impl Config {
+    pub fn firmware_name(&self) -> &'static str {
+        match self.firmware {
+            Firmware::Bios => "bios",
+            Firmware::Uefi { .. } => "uefi",
+        }
+    }
+
+    /// Short name of the run for output lines: `smp 8 bios xapic`.
+    pub fn label(&self) -> String {
+        format!(
+            "smp {} {}{}",
+            self.smp,
+            self.firmware_name(),
+            if self.xapic { " xapic" } else { "" }
+        )
+    }
+
+    /// Everything after the QEMU program name.
+    pub fn args(&self, images: &Images) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        // Multi-threaded TCG: the machines' /dev/kvm is a slow software KVM.
+        push(&["-machine", "q35", "-accel", "tcg,thread=multi"]);
+        push(&["-cpu", if self.xapic { "max,-x2apic" } else { "max" }]);
+        push(&["-smp", &self.smp.to_string(), "-m", &self.mem.text]);
+        // Keep the default VGA device: the bootloader's BIOS stage 2 sets a
+        // VESA mode and halts when there is no display adapter.
+        push(&[
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ]);
+        // The guest exits by writing to port 0xf4 (see run::Exit).
+        push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        // QEMU option values escape a comma by doubling it.
+        let cmdline = self.guest.cmdline().replace(',', ",,");
+        push(&[
+            "-fw_cfg",
+            &format!("name=opt/smpmm/cmdline,string={cmdline}"),
+        ]);
+        match &self.firmware {
+            Firmware::Bios => push(&[
+                "-drive",
+                &format!("format=raw,file={}", images.bios.display()),
+            ]),
+            Firmware::Uefi { ovmf } => {
+                push(&[
+                    "-drive",
+                    &format!("if=pflash,format=raw,readonly=on,file={}", ovmf.display()),
+                ]);
+                push(&[
+                    "-drive",
+                    &format!("format=raw,file={}", images.uefi.display()),
+                ]);
+            }
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_debian_and_plain_versions() {
+        let debian = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright (c) 2003-2025";
+        assert_eq!(parse_version(debian).unwrap(), Version(10, 0, 2));
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u13)").unwrap(),
+            Version(7, 2, 15)
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 8.1.0-dirty\n").unwrap(),
+            Version(8, 1, 0)
+        );
+        assert!(parse_version("qemu-img version 8.0").is_err());
+        assert!(parse_version("QEMU emulator version (weird)").is_err());
+    }
+
+    #[test]
+    fn x2apic_needs_8_1() {
+        let q = |v| Qemu {
+            bin: String::new(),
+            version: v,
+        };
+        assert!(!q(Version(7, 2, 15)).x2apic_under_tcg());
+        assert!(!q(Version(8, 0, 90)).x2apic_under_tcg());
+        assert!(q(Version(8, 1, 0)).x2apic_under_tcg());
+        assert!(q(Version(10, 0, 2)).x2apic_under_tcg());
+    }
+
+    #[test]
+    fn memory_sizes_follow_qemu_syntax() {
+        assert_eq!(parse_mem("128M").unwrap().bytes, 128 << 20);
+        assert_eq!(parse_mem("4G").unwrap().bytes, 4 << 30);
+        assert_eq!(parse_mem("1g").unwrap().bytes, 1 << 30);
+        assert_eq!(
+            parse_mem("512").unwrap().bytes,
+            512 << 20,
+            "no suffix is MiB"
+        );
+        assert_eq!(parse_mem("65536K").unwrap().bytes, 64 << 20);
+        assert_eq!(
+            parse_mem("1G").unwrap().text,
+            "1G",
+            "passed through as written"
+        );
+        for bad in [
+            "",
+            "G",
+            "512MiB",
+            "1.5G",
+            "-1G",
+            "0",
+            "16M",
+            "4T",
+            "1 G",
+            "99999999999999999G",
+        ] {
+            assert!(parse_mem(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn cmdline_is_key_value_pairs() {
+        assert_eq!(GuestOptions { mode: Mode::Test }.cmdline(), "mode=test");
+        assert_eq!(GuestOptions { mode: Mode::Run }.cmdline(), "mode=run");
+    }
+}

@@ -1,0 +1,217 @@
+//! `cargo xtask test`: host unit tests, then the in-kernel suites at several
+//! CPU counts and firmware/APIC combinations. The last stdout line is always
+//! `N passed, M failed`.
+
+use crate::qemu::{parse_mem, Config, Firmware, GuestOptions};
+use crate::{build, install, suite, toolchain, Mode};
+use anyhow::{anyhow, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)
+    }
+}
+
+impl Tally {
+    pub fn exit_code(self) -> ExitCode {
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One QEMU run of the kernel suites.
+struct Suite {
+    smp: u32,
+    uefi: bool,
+    xapic: bool,
+}
+
+fn plan(quick: bool) -> Vec<Suite> {
+    // (smp, uefi, xapic). --quick keeps the BIOS/x2APIC runs only.
+    let all = [
+        (1, false, false),
+        (2, false, false),
+        (8, false, false),
+        (8, false, true),
+        (4, true, false),
+    ];
+    let n = if quick { 3 } else { all.len() };
+    let suites = all[..n].iter();
+    suites
+        .map(|&(smp, uefi, xapic)| Suite { smp, uefi, xapic })
+        .collect()
+}
+
+pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
+    let mut total = Tally::default();
+    // Every stage failure is counted, not returned, so the summary line is
+    // always printed last.
+    let toolchain = toolchain::ensure_toolchain().map_err(|e| format!("{e:#}"));
+    match &toolchain {
+        Ok(()) => total += host_tests(),
+        Err(e) => broken("host tests", &format!("not run: {e}"), &mut total),
+    }
+
+    let suites = plan(quick);
+    let prepared = toolchain
+        .map_err(|e| anyhow!(e))
+        .and_then(|()| Ok((install::ensure_qemu()?, build::build()?)));
+    match prepared {
+        Ok((qemu, images)) => {
+            let mut ovmf = None;
+            for suite in &suites {
+                let firmware = if suite.uefi {
+                    match ovmf
+                        .get_or_insert_with(|| install::ensure_ovmf().map_err(|e| format!("{e:#}")))
+                    {
+                        Ok(path) => Firmware::Uefi { ovmf: path.clone() },
+                        Err(e) => {
+                            let label = format!("smp {} uefi", suite.smp);
+                            broken(&label, &format!("not run: {e}"), &mut total);
+                            continue;
+                        }
+                    }
+                } else {
+                    Firmware::Bios
+                };
+                let config = Config {
+                    smp: suite.smp,
+                    mem: parse_mem("1G").expect("a valid size"),
+                    firmware,
+                    xapic: suite.xapic,
+                    guest: GuestOptions { mode: Mode::Test },
+                    extra: Vec::new(),
+                };
+                total += suite::kernel_run(&qemu, &images, &config, SUITE_TIMEOUT, verbose);
+            }
+        }
+        Err(e) => {
+            broken("kernel suites", &format!("not run: {e:#}"), &mut total);
+            // One failure per run that could not happen.
+            total.failed += suites.len() as u64 - 1;
+        }
+    }
+    println!("{total}");
+    Ok(total.exit_code())
+}
+
+/// Counts a stage or run that produced no trustworthy counts as one failure.
+pub fn broken(what: &str, why: &str, total: &mut Tally) {
+    eprintln!("[{what}] {why}");
+    total.failed += 1;
+}
+
+/// `cargo +PIN test` over the host-testable crates; prints their output
+/// and adds up their `test result:` lines.
+fn host_tests() -> Tally {
+    eprintln!("==> host unit tests");
+    let packages = [
+        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "xtask",
+    ];
+    // --no-fail-fast: a failing crate must not hide the others' counts.
+    let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);
+    cargo
+        .args(packages)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("    $ {}", crate::cmd::show(&cargo));
+    let mut tally = Tally::default();
+    let mut child = match cargo.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            broken(
+                "host tests",
+                &format!("could not start cargo: {e}"),
+                &mut tally,
+            );
+            return tally;
+        }
+    };
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(counts) = parse_test_result(&line) {
+            tally += counts;
+        }
+    }
+    match child.wait() {
+        Ok(status) if status.success() => {}
+        // The failed tests already explain a nonzero exit; otherwise it is
+        // a build failure or crash and counts as one failure.
+        Ok(_) if tally.failed > 0 => {}
+        Ok(status) => broken(
+            "host tests",
+            &format!("cargo test failed ({status})"),
+            &mut tally,
+        ),
+        Err(e) => broken("host tests", &format!("waiting for cargo: {e}"), &mut tally),
+    }
+    tally
+}
+
+/// Reads `test result: ok. 12 passed; 0 failed; 0 ignored; ...`.
+fn parse_test_result(line: &str) -> Option<Tally> {
+    let rest = line.trim_start().strip_prefix("test result:")?;
+    let mut tally = Tally::default();
+    let mut found = (false, false);
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(label), Some(number)) = (words.next(), words.next()) else {
+            continue;
+        };
+        match (label, number.parse::<u64>()) {
+            ("passed", Ok(n)) => (tally.passed, found.0) = (n, true),
+            ("failed", Ok(n)) => (tally.failed, found.1) = (n, true),
+            _ => {}
+        }
+    }
+    (found == (true, true)).then_some(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let ok = "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(
+            parse_test_result(ok),
+            Some(Tally {
+                passed: 12,
+                failed: 0
+            })
+        );
+        let bad = "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s";
+        assert_eq!(
+            parse_test_result(bad),
+            Some(Tally {
+                passed: 3,
+                failed: 2
+            })
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
+        assert_eq!(parse_test_result("test result: garbled"), None);
+    }
+}
