@@ -42,6 +42,7 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 
 /// What boot learned about the machine, for tests and reports.
 pub struct BootFacts {
+    pub phys_offset: u64,
     pub cpus_total: usize,
     pub apic_mode: ApicMode,
     pub hpet: Option<Hpet>,
@@ -79,12 +80,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::info!("apic: {apic_mode:?}, BSP APIC id {}, MADT lists {} CPUs", bsp.apic_id(), platform.cpus_total);
 
     let report = if memory::is_usable(&boot_info.memory_regions, TRAMPOLINE_RESERVED) {
-        let hooks = ApHooks { arch_init: ap_arch_init, main: workers::ap_main };
         // SAFETY: the trampoline pages are usable RAM (checked above) that
         // the boot allocator never hands out (it skips the first MiB).
-        unsafe {
-            bringup::start_aps(phys_offset, &platform.apic_ids, platform.cpus_total as usize, map_ap_stacks, hooks)
-        }
+        unsafe { start_aps(phys_offset, &platform.apic_ids, platform.cpus_total as usize) }
     } else {
         log::error!("smp: low memory {TRAMPOLINE_RESERVED:#x?} is not usable RAM; APs not started");
         bringup::Report { online: 1, total: platform.cpus_total as usize, failures: Default::default() }
@@ -93,6 +91,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial::write_fmt(format_args!("smp: {} of {} CPUs online\n", report.online, report.total));
 
     FACTS.call_once(|| BootFacts {
+        phys_offset,
         cpus_total: report.total,
         apic_mode,
         // SAFETY: the HPET block is below 4 GiB, inside the direct map.
@@ -115,6 +114,16 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         cmdline::Mode::Run => exit(ExitCode::Success),
         cmdline::Mode::Test => exit(tests::run_all()),
     }
+}
+
+/// Starts the APs in `apic_ids` that are not running yet.
+///
+/// # Safety
+/// As `smp::bringup::start_aps`.
+pub unsafe fn start_aps(phys_offset: u64, apic_ids: &[u32], cpus_total: usize) -> bringup::Report {
+    let hooks = ApHooks { arch_init: ap_arch_init, main: workers::ap_main };
+    // SAFETY: per this function's contract.
+    unsafe { bringup::start_aps(phys_offset, apic_ids, cpus_total, map_ap_stacks, hooks) }
 }
 
 /// Maps AP `index`'s kernel stack and interrupt stacks; returns the stack top.

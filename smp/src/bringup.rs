@@ -85,8 +85,9 @@ pub unsafe fn install_bsp_percpu() {
     unsafe { percpu::install(0) };
 }
 
-/// Starts every AP in `apic_ids` (the MADT's enabled CPUs; the BSP's own id
-/// is skipped). `stack_top(index)` provides each AP's kernel stack.
+/// Starts every AP in `apic_ids` (the MADT's enabled CPUs; ids already
+/// online are skipped). New CPUs get the next free indexes.
+/// `stack_top(index)` provides each AP's kernel stack.
 ///
 /// # Safety
 /// `phys_offset` is the direct-map offset, the trampoline's low pages are
@@ -107,10 +108,11 @@ pub unsafe fn start_aps(
 
     // SAFETY: per this function's contract.
     let trampoline = unsafe { Trampoline::install(phys_offset, frame.start_address().as_u64()) };
-    let bsp_apic = percpu::current().apic_id();
-    let mut report = Report { online: 1, total: cpus_total, failures: arrayvec::ArrayVec::new() };
-    let mut next_index = 1;
-    for &apic_id in apic_ids.iter().filter(|&&id| id != bsp_apic) {
+    let online = percpu::online_set();
+    let running = |id: u32| online.iter().any(|c| percpu::cpu(c).apic_id() == id);
+    let mut report = Report { online: online.len(), total: cpus_total, failures: arrayvec::ArrayVec::new() };
+    let mut next_index = online.len();
+    for &apic_id in apic_ids.iter().filter(|&&id| !running(id)) {
         let mut fail = |f| {
             log::error!("smp: CPU with APIC id {apic_id} failed to start: {f:?}");
             let _ = report.failures.try_push((apic_id, f));
@@ -133,8 +135,9 @@ pub unsafe fn start_aps(
             }
             Err(f) => {
                 // Put it back into wait-for-SIPI so it cannot run later on a
-                // data block armed for another AP.
+                // data block armed for another AP, and free its index.
                 percpu::with_local_apic(|l| l.send_init(apic_id));
+                cpu.reset();
                 fail(f);
             }
         }

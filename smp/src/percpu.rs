@@ -138,6 +138,13 @@ impl PerCpu {
         self.apic_id.store(apic_id, Ordering::Release);
     }
 
+    /// Returns an index whose CPU never came online to `Absent`.
+    pub(crate) fn reset(&self) {
+        assert!(self.state() != CpuState::Online, "resetting online cpu {}", self.index);
+        self.apic_id.store(u32::MAX, Ordering::Release);
+        self.state.store(CpuState::Absent as u8, Ordering::Release);
+    }
+
     pub(crate) fn mark_starting(&self) {
         self.state.store(CpuState::Starting as u8, Ordering::Release);
     }

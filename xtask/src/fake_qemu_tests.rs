@@ -154,7 +154,7 @@ fn run_qemu_passes_the_command_line() {
     )
     .unwrap();
     assert_eq!(cap.exit, Exit::Qemu(0));
-    let want = "-machine q35 -accel tcg,thread=multi -cpu max,-x2apic -smp 4 -m 512M -display none \
+    let want = "-machine q35 -accel tcg,thread=multi -cpu max,-x2apic -smp 4 -m 512M -nic none -display none \
         -serial stdio -monitor none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
         -fw_cfg name=opt/smpmm/cmdline,string=mode=test \
         -drive if=pflash,format=raw,readonly=on,file=/fw/OVMF_CODE_4M.fd -drive format=raw,file=/img/uefi.img -d int";

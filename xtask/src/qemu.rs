@@ -188,7 +188,10 @@ impl Config {
         push(&["-smp", &self.smp.to_string(), "-m", &self.mem.text]);
         // Keep the default VGA device: the bootloader's BIOS stage 2 sets a
         // VESA mode and halts when there is no display adapter.
+        // No network card: nothing uses it, and its option ROM slows boot.
         push(&[
+            "-nic",
+            "none",
             "-display",
             "none",
             "-serial",

@@ -69,7 +69,10 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
     // always printed last.
     let toolchain = toolchain::ensure_toolchain().map_err(|e| format!("{e:#}"));
     match &toolchain {
-        Ok(()) => total += host_tests(),
+        Ok(()) => {
+            total += host_tests();
+            total += loom_models();
+        }
         Err(e) => broken("host tests", &format!("not run: {e}"), &mut total),
     }
 
@@ -122,8 +125,7 @@ pub fn broken(what: &str, why: &str, total: &mut Tally) {
     total.failed += 1;
 }
 
-/// `cargo +PIN test` over the host-testable crates; prints their output
-/// and adds up their `test result:` lines.
+/// `cargo +PIN test` over the host-testable crates.
 fn host_tests() -> Tally {
     eprintln!("==> host unit tests");
     let packages = [
@@ -131,20 +133,31 @@ fn host_tests() -> Tally {
     ];
     // --no-fail-fast: a failing crate must not hide the others' counts.
     let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);
+    cargo.args(packages);
+    cargo_tests("host tests", cargo)
+}
+
+/// The loom models of the lock-free protocols. `--cfg loom` changes every
+/// crate's build, so they get their own target directory.
+fn loom_models() -> Tally {
+    eprintln!("==> loom models");
+    let mut cargo = toolchain::cargo(&["test", "--release", "--lib", "-p", "smp"]);
     cargo
-        .args(packages)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .args(["--target-dir", "target/loom", "--", "loom"])
+        .env("RUSTFLAGS", "--cfg loom");
+    cargo_tests("loom models", cargo)
+}
+
+/// Runs a `cargo test` command, prints its output and adds up its
+/// `test result:` lines.
+fn cargo_tests(label: &str, mut cargo: std::process::Command) -> Tally {
+    cargo.stdout(Stdio::piped()).stderr(Stdio::inherit());
     eprintln!("    $ {}", crate::cmd::show(&cargo));
     let mut tally = Tally::default();
     let mut child = match cargo.spawn() {
         Ok(child) => child,
         Err(e) => {
-            broken(
-                "host tests",
-                &format!("could not start cargo: {e}"),
-                &mut tally,
-            );
+            broken(label, &format!("could not start cargo: {e}"), &mut tally);
             return tally;
         }
     };
@@ -160,12 +173,8 @@ fn host_tests() -> Tally {
         // The failed tests already explain a nonzero exit; otherwise it is
         // a build failure or crash and counts as one failure.
         Ok(_) if tally.failed > 0 => {}
-        Ok(status) => broken(
-            "host tests",
-            &format!("cargo test failed ({status})"),
-            &mut tally,
-        ),
-        Err(e) => broken("host tests", &format!("waiting for cargo: {e}"), &mut tally),
+        Ok(status) => broken(label, &format!("cargo test failed ({status})"), &mut tally),
+        Err(e) => broken(label, &format!("waiting for cargo: {e}"), &mut tally),
     }
     tally
 }

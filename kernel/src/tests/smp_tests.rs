@@ -15,6 +15,7 @@ pub const TESTS: &[Test] = &[
     Test::new("smp::cross_call_every_cpu_many_rounds", cross_call_rounds),
     Test::new("smp::concurrent_mutual_cross_calls", mutual_cross_calls),
     Test::new("smp::cross_call_to_offline_cpu_is_rejected", offline_target_rejected),
+    Test::new("smp::missing_ap_is_reported_and_boot_goes_on", missing_ap_reported),
 ];
 
 fn all_cpus_online() -> TestResult {
@@ -135,5 +136,33 @@ fn offline_target_rejected() -> TestResult {
     ensure!(r == Err(CallError::NotOnline { cpus: offline }), "got {r:?}");
     let ran: u64 = HITS.iter().map(|h| h.load(Ordering::Relaxed)).sum();
     ensure!(ran == 0, "the rejected call still ran {ran} times");
+    Ok(())
+}
+
+/// Asking bring-up to start an APIC id nobody has must end, within its
+/// bounds, with that id reported and every running CPU untouched.
+fn missing_ap_reported() -> TestResult {
+    const NOBODY: u32 = 0xFE; // not a CPU at any -smp we run; not broadcast
+    let facts = crate::FACTS.get().expect("boot facts");
+    let before = percpu::online_set();
+    ensure!(!before.iter().any(|c| percpu::cpu(c).apic_id() == NOBODY), "APIC id {NOBODY} exists here");
+    let start = drivers::tsc::now_ns();
+    // SAFETY: same direct map and reserved trampoline as at boot; no AP is
+    // in the trampoline now (all are online or parked by INIT).
+    let report = unsafe { crate::start_aps(facts.phys_offset, &[NOBODY], facts.cpus_total) };
+    let ms = (drivers::tsc::now_ns() - start) / 1_000_000;
+    ensure!(ms < 3_000, "bring-up of a missing CPU took {ms} ms");
+    ensure!(
+        report.failures.as_slice() == [(NOBODY, smp::bringup::ApFailure::NoResponse)],
+        "failures reported: {:?}",
+        report.failures.as_slice()
+    );
+    ensure!(report.online == before.len(), "report says {} online, {} were", report.online, before.len());
+    ensure!(percpu::online_set() == before, "online set changed: {:?} -> {:?}", before, percpu::online_set());
+    // Every CPU still answers.
+    reset_hits();
+    if let Err(e) = cross_call(before, &hit) {
+        ensure!(false, "cross-call after the failed start: {e:?}");
+    }
     Ok(())
 }
