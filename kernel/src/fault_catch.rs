@@ -83,10 +83,9 @@ pub fn catch<F: FnOnce()>(vector: u8, f: F) -> Result<(), CaughtFault> {
     let mut f = Some(f);
     *CAUGHT[cpu].lock() = None;
     EXPECTED[cpu].store(vector, Ordering::Relaxed);
-    // SAFETY: `guarded_call` follows the C ABI, saves and restores every
-    // callee-saved register on both paths, and the slot is this CPU's own.
-    // The closure's state may be abandoned mid-way on a fault; it owns
-    // nothing that needs dropping beyond what the test accepts.
+    // A fault abandons the closure mid-way, skipping its destructors.
+    // SAFETY: `guarded_call` follows the C ABI and restores every callee-saved
+    // register on both paths; the slot is this CPU's own.
     let faulted = unsafe { guarded_call(run::<F>, &mut f as *mut Option<F> as usize, RECOVERY_RSP[cpu].as_ptr()) };
     EXPECTED[cpu].store(0, Ordering::Relaxed);
     if faulted == 0 {

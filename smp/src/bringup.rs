@@ -188,10 +188,9 @@ fn wake(trampoline: &Trampoline, cpu: &PerCpu, apic_id: u32) -> Result<(), ApFai
 
 /// Rust entry of an AP, called by the trampoline on its own stack.
 extern "C" fn ap_entry(cpu: &'static PerCpu) -> ! {
-    // SAFETY: the values were read from the BSP, whose kernel is running
-    // with them; the trampoline's tables map the kernel identically, so
-    // switching CR3 does not move the code or stack under us. LA57 cannot
-    // change while paging is on and the BSP does not use it.
+    // LA57 cannot change while paging is on, and the BSP does not use it.
+    // SAFETY: the BSP's kernel runs with these values, and the trampoline's
+    // tables map the kernel identically, so code and stack stay put.
     unsafe {
         let cr4 = BSP_CR4.load(Ordering::Relaxed) & !Cr4Flags::L5_PAGING.bits();
         core::arch::asm!(
