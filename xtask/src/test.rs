@@ -141,7 +141,7 @@ fn host_tests() -> Tally {
 /// crate's build, so they get their own target directory.
 fn loom_models() -> Tally {
     eprintln!("==> loom models");
-    let mut cargo = toolchain::cargo(&["test", "--release", "--lib", "-p", "smp"]);
+    let mut cargo = toolchain::cargo(&["test", "--release", "--lib", "-p", "smp", "-p", "mm"]);
     cargo
         .args(["--target-dir", "target/loom", "--", "loom"])
         .env("RUSTFLAGS", "--cfg loom");

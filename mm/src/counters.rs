@@ -1,0 +1,77 @@
+//! Per-CPU allocator counters. Each CPU only bumps its own, with a plain
+//! load and store (no locked instruction); readers get a snapshot.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct CpuCounters {
+    pub fast_allocs: AtomicU64,
+    pub fast_frees: AtomicU64,
+    pub depot_exchanges: AtomicU64,
+    pub buddy_locks: AtomicU64,
+    pub remote_frees: AtomicU64,
+    pub reclaims: AtomicU64,
+    /// All order-0 allocations, however served.
+    pub allocs: AtomicU64,
+    pub frees: AtomicU64,
+}
+
+/// A copy of one CPU's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub fast_allocs: u64,
+    pub fast_frees: u64,
+    pub depot_exchanges: u64,
+    pub buddy_locks: u64,
+    pub remote_frees: u64,
+    pub reclaims: u64,
+    pub allocs: u64,
+    pub frees: u64,
+}
+
+/// Adds one to a counter only its owner writes.
+pub fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+impl CpuCounters {
+    pub const fn new() -> CpuCounters {
+        CpuCounters {
+            fast_allocs: AtomicU64::new(0),
+            fast_frees: AtomicU64::new(0),
+            depot_exchanges: AtomicU64::new(0),
+            buddy_locks: AtomicU64::new(0),
+            remote_frees: AtomicU64::new(0),
+            reclaims: AtomicU64::new(0),
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+        }
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            fast_allocs: r(&self.fast_allocs),
+            fast_frees: r(&self.fast_frees),
+            depot_exchanges: r(&self.depot_exchanges),
+            buddy_locks: r(&self.buddy_locks),
+            remote_frees: r(&self.remote_frees),
+            reclaims: r(&self.reclaims),
+            allocs: r(&self.allocs),
+            frees: r(&self.frees),
+        }
+    }
+}
+
+impl core::ops::AddAssign for CounterSnapshot {
+    fn add_assign(&mut self, o: CounterSnapshot) {
+        self.fast_allocs += o.fast_allocs;
+        self.fast_frees += o.fast_frees;
+        self.depot_exchanges += o.depot_exchanges;
+        self.buddy_locks += o.buddy_locks;
+        self.remote_frees += o.remote_frees;
+        self.reclaims += o.reclaims;
+        self.allocs += o.allocs;
+        self.frees += o.frees;
+    }
+}

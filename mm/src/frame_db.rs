@@ -1,0 +1,119 @@
+//! The page-frame database: one entry per frame from the lowest to the
+//! highest usable frame, each with an atomic state word and the virtual
+//! address the frame backs (for the reverse map eviction needs).
+//!
+//! Every state change is a compare-and-swap from an expected state: an
+//! illegal transition (double free, freeing a reserved frame) fails without
+//! changing anything, and of two CPUs racing on one frame exactly one wins.
+
+use crate::frame::{FrameError, FrameKind, Pfn};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::PAGE_SIZE;
+
+/// Bits 8..16 of the state word: the CPU that allocated the frame.
+const CPU_SHIFT: u32 = 8;
+
+pub struct FrameEntry {
+    state: AtomicU32,
+    /// Virtual address this frame backs when mapped (0: none).
+    pub vaddr: AtomicU64,
+}
+
+impl FrameEntry {
+    #[cfg(not(loom))]
+    pub const fn new() -> FrameEntry {
+        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0) }
+    }
+
+    #[cfg(loom)]
+    pub fn new() -> FrameEntry {
+        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0) }
+    }
+}
+
+impl Default for FrameEntry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct FrameDb<'a> {
+    /// PFN of `entries[0]`.
+    base: Pfn,
+    entries: &'a [FrameEntry],
+}
+
+impl<'a> FrameDb<'a> {
+    /// `entries[i]` describes frame `base + i`. All start `Reserved`.
+    pub fn new(base: Pfn, entries: &'a [FrameEntry]) -> FrameDb<'a> {
+        FrameDb { base, entries }
+    }
+
+    pub fn base(&self) -> Pfn {
+        self.base
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn phys_of(&self, index: usize) -> u64 {
+        (self.base + index as u64) * PAGE_SIZE
+    }
+
+    /// Entry index of physical address `phys`, checking it names a frame.
+    pub fn index_of(&self, phys: u64) -> Result<usize, FrameError> {
+        if phys % PAGE_SIZE != 0 {
+            return Err(FrameError::NotAligned { phys });
+        }
+        let pfn = phys / PAGE_SIZE;
+        match pfn.checked_sub(self.base) {
+            Some(i) if (i as usize) < self.entries.len() => Ok(i as usize),
+            _ => Err(FrameError::NotRam { phys }),
+        }
+    }
+
+    pub fn kind(&self, index: usize) -> FrameKind {
+        FrameKind::from_bits(self.entries[index].state.load(Ordering::Acquire))
+    }
+
+    /// CPU recorded by the last transition to `Allocated`.
+    pub fn owner_cpu(&self, index: usize) -> usize {
+        ((self.entries[index].state.load(Ordering::Relaxed) >> CPU_SHIFT) & 0xFF) as usize
+    }
+
+    pub fn entry(&self, index: usize) -> &FrameEntry {
+        &self.entries[index]
+    }
+
+    /// Moves frame `index` from `from` to `to`, recording `cpu`. On failure
+    /// returns the kind the frame actually has and changes nothing.
+    pub fn transition(&self, index: usize, from: FrameKind, to: FrameKind, cpu: usize) -> Result<(), FrameKind> {
+        let state = &self.entries[index].state;
+        let mut current = state.load(Ordering::Relaxed);
+        loop {
+            if FrameKind::from_bits(current) != from {
+                return Err(FrameKind::from_bits(current));
+            }
+            let new = (to as u32) | ((cpu as u32 & 0xFF) << CPU_SHIFT);
+            match state.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The error for trying to free frame `index` whose kind is `actual`.
+    pub fn free_error(&self, index: usize, actual: FrameKind) -> FrameError {
+        let phys = self.phys_of(index);
+        match actual {
+            FrameKind::Reserved => FrameError::Reserved { phys },
+            FrameKind::Free | FrameKind::Cached => FrameError::AlreadyFree { phys },
+            FrameKind::Allocated => unreachable!("freeing an allocated frame is legal"),
+        }
+    }
+}

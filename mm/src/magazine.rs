@@ -1,0 +1,149 @@
+//! Bonwick & Adams magazines: small stacks of free frames a CPU allocates
+//! from and frees to without touching shared state, and the depot of full
+//! magazines they are exchanged with.
+
+use arrayvec::ArrayVec;
+
+/// Largest magazine; the capacity in use is chosen at run time (`cap`).
+pub const MAG_MAX: usize = 64;
+
+/// Frame indexes (into the frame database).
+pub type Magazine = ArrayVec<u32, MAG_MAX>;
+
+/// One CPU's pair of magazines. `previous` lets a CPU that alternates
+/// between allocating and freeing around a magazine boundary avoid a depot
+/// trip every time.
+#[derive(Default)]
+pub struct CpuCache {
+    pub loaded: Magazine,
+    pub previous: Magazine,
+}
+
+impl CpuCache {
+    pub const fn new() -> CpuCache {
+        CpuCache { loaded: ArrayVec::new_const(), previous: ArrayVec::new_const() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.loaded.len() + self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A frame from the loaded magazine, or from the previous one.
+    pub fn pop(&mut self) -> Option<u32> {
+        if self.loaded.is_empty() && !self.previous.is_empty() {
+            core::mem::swap(&mut self.loaded, &mut self.previous);
+        }
+        self.loaded.pop()
+    }
+
+    /// Stores a frame if either magazine has room within `cap`; gives it
+    /// back when both are full (the caller then exchanges with the depot).
+    pub fn push(&mut self, frame: u32, cap: usize) -> Result<(), u32> {
+        if self.loaded.len() >= cap {
+            if !self.previous.is_empty() {
+                return Err(frame);
+            }
+            core::mem::swap(&mut self.loaded, &mut self.previous);
+        }
+        self.loaded.push(frame);
+        Ok(())
+    }
+
+    /// Empties both magazines.
+    pub fn take_all(&mut self) -> [Magazine; 2] {
+        [core::mem::take(&mut self.loaded), core::mem::take(&mut self.previous)]
+    }
+}
+
+/// The depot: full magazines waiting for a CPU that runs dry, in storage
+/// the owner provides (one slot per magazine it may hold).
+pub struct Depot<'a> {
+    slots: &'a mut [Magazine],
+    full: usize,
+    frames: usize,
+}
+
+impl<'a> Depot<'a> {
+    pub fn new(slots: &'a mut [Magazine]) -> Depot<'a> {
+        Depot { slots, full: 0, frames: 0 }
+    }
+
+    pub fn take(&mut self) -> Option<Magazine> {
+        if self.full == 0 {
+            return None;
+        }
+        self.full -= 1;
+        let mag = core::mem::take(&mut self.slots[self.full]);
+        self.frames -= mag.len();
+        Some(mag)
+    }
+
+    /// Keeps a full magazine, or hands it back when every slot is taken.
+    pub fn put(&mut self, mag: Magazine) -> Result<(), Magazine> {
+        if self.full == self.slots.len() {
+            return Err(mag);
+        }
+        self.frames += mag.len();
+        self.slots[self.full] = mag;
+        self.full += 1;
+        Ok(())
+    }
+
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    pub fn magazines(&self) -> impl Iterator<Item = &Magazine> {
+        self.slots[..self.full].iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternating_at_a_boundary_stays_local() {
+        let mut c = CpuCache::new();
+        for f in 0..2 {
+            c.push(f, 2).unwrap();
+        }
+        // Loaded is full; the next push swaps in the empty previous.
+        c.push(2, 2).unwrap();
+        assert_eq!((c.loaded.len(), c.previous.len()), (1, 2));
+        assert_eq!(c.pop(), Some(2));
+        assert_eq!(c.pop(), Some(1), "falls back to the previous magazine");
+        c.push(9, 2).unwrap();
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn both_full_refuses() {
+        let mut c = CpuCache::new();
+        for f in 0..4 {
+            c.push(f, 2).unwrap();
+        }
+        assert_eq!(c.push(4, 2), Err(4));
+        assert_eq!(c.len(), 4);
+        let [a, b] = c.take_all();
+        assert_eq!(a.len() + b.len(), 4);
+        assert!(c.is_empty() && c.pop().is_none());
+    }
+
+    #[test]
+    fn depot_respects_its_limit() {
+        let mut slots = [Magazine::new()];
+        let mut d = Depot::new(&mut slots);
+        let mut m = Magazine::new();
+        m.push(7);
+        d.put(m.clone()).unwrap();
+        assert_eq!(d.put(m.clone()), Err(m));
+        assert_eq!(d.frames(), 1);
+        assert_eq!(d.take().map(|m| m.len()), Some(1));
+        assert!(d.take().is_none());
+    }
+}

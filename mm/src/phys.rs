@@ -1,0 +1,515 @@
+//! The physical frame allocator: per-CPU magazines and a depot in front of
+//! one buddy allocator, with the frame database checking every transition.
+//!
+//! Order-0 allocations and frees go to the running CPU's magazines; only
+//! when both are empty (full) does the CPU exchange a magazine with the
+//! depot, and only when the depot cannot help does it take the buddy lock,
+//! once per magazine's worth of frames. Frees from any CPU go to the local
+//! magazines. Under memory pressure an allocation drains every CPU's
+//! magazines and the depot back to the buddy before reporting
+//! `OutOfMemory`.
+//!
+//! `Policy::GlobalLock` is the baseline design (Zephyr's: one free list
+//! under one lock): every order-0 request goes straight to the buddy under
+//! its lock. Both policies share the frame database and the buddy, so
+//! benchmarks can switch between them at run time.
+//!
+//! Lock order: a CPU cache, then the depot or the buddy; the depot and the
+//! buddy are never held together, and no CPU holds two caches.
+
+use core::ops::Range;
+
+use crate::buddy::{order_for, Buddy, Link, MAX_ORDER};
+use crate::counters::{bump, CounterSnapshot, CpuCounters};
+use crate::frame::{FrameError, FrameKind};
+use crate::frame_db::FrameDb;
+use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
+use crate::platform::Platform;
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::PAGE_SIZE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Magazine = 0,
+    GlobalLock = 1,
+}
+
+/// Depot lock contentions between magazine growth steps (illumos rule:
+/// a contended depot means magazines are too small).
+const GROW_AFTER_CONTENTIONS: u64 = 16;
+
+/// One CPU's share of the allocator.
+pub struct CpuSlot {
+    cache: Mutex<CpuCache>,
+    /// Frames in `cache`, kept for `free_bytes` (written under the lock).
+    cached: AtomicU64,
+    pub counters: CpuCounters,
+}
+
+impl CpuSlot {
+    #[cfg(not(loom))]
+    pub const fn new() -> CpuSlot {
+        CpuSlot { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+    }
+
+    #[cfg(loom)]
+    pub fn new() -> CpuSlot {
+        CpuSlot { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+    }
+}
+
+impl Default for CpuSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where every frame is, as counted by `audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Census {
+    pub usable: u64,
+    pub buddy: u64,
+    pub magazines: u64,
+    pub depot: u64,
+    pub allocated: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditViolation {
+    /// A frame found in a structure has the wrong state word.
+    WrongState { phys: u64, found_in: &'static str, state: FrameKind },
+    /// The structures hold a different number of frames than the frame
+    /// database says are in that state: some frame is in two places.
+    CountMismatch { what: &'static str, structures: u64, database: u64 },
+    /// buddy + magazines + depot + allocated != usable.
+    NotConserved { census: Census },
+}
+
+pub struct PhysAllocator<'a, P: Platform> {
+    db: FrameDb<'a>,
+    buddy: Mutex<Buddy<'a>>,
+    buddy_free: AtomicU64,
+    depot: Mutex<Depot<'a>>,
+    depot_frames: AtomicU64,
+    depot_contention: AtomicU64,
+    cpus: &'a [CpuSlot],
+    policy: AtomicUsize,
+    mag_cap: AtomicUsize,
+    usable: u64,
+    platform: P,
+}
+
+impl<'a, P: Platform> PhysAllocator<'a, P> {
+    /// Takes over `db`, whose frames are all `Reserved`, and makes the
+    /// frames in `usable` (index ranges) free. `links` has one entry per
+    /// frame; `cpus` one slot per CPU; `depot` one slot per full magazine
+    /// the depot may keep. `db.base()` must be aligned to `2^MAX_ORDER`
+    /// frames so buddy blocks are physically aligned.
+    pub fn new(
+        db: FrameDb<'a>,
+        links: &'a mut [Link],
+        usable: impl IntoIterator<Item = Range<usize>>,
+        cpus: &'a [CpuSlot],
+        magazine_capacity: usize,
+        depot: &'a mut [Magazine],
+        platform: P,
+    ) -> PhysAllocator<'a, P> {
+        assert_eq!(db.base() % (1 << MAX_ORDER), 0, "frame database base must be 2^MAX_ORDER aligned");
+        assert_eq!(links.len(), db.len());
+        let mut buddy = Buddy::new(links);
+        let mut count = 0;
+        for r in usable {
+            for i in r.clone() {
+                db.transition(i, FrameKind::Reserved, FrameKind::Free, 0).expect("usable ranges overlap");
+            }
+            count += r.len() as u64;
+            buddy.free_range(r.start, r.end);
+        }
+        PhysAllocator {
+            db,
+            buddy_free: AtomicU64::new(buddy.free_frames()),
+            buddy: Mutex::new(buddy),
+            depot: Mutex::new(Depot::new(depot)),
+            depot_frames: AtomicU64::new(0),
+            depot_contention: AtomicU64::new(0),
+            cpus,
+            policy: AtomicUsize::new(Policy::Magazine as usize),
+            mag_cap: AtomicUsize::new(magazine_capacity.clamp(1, MAG_MAX)),
+            usable: count,
+            platform,
+        }
+    }
+
+    pub fn db(&self) -> &FrameDb<'a> {
+        &self.db
+    }
+
+    pub fn usable_frames(&self) -> u64 {
+        self.usable
+    }
+
+    pub fn policy(&self) -> Policy {
+        match self.policy.load(Ordering::Relaxed) {
+            0 => Policy::Magazine,
+            _ => Policy::GlobalLock,
+        }
+    }
+
+    /// Switches policy; cached frames go back to the buddy first. Call at
+    /// a quiescent point (benchmarks switch between runs).
+    pub fn set_policy(&self, policy: Policy) {
+        self.platform.without_interrupts(|| self.reclaim_all());
+        self.policy.store(policy as usize, Ordering::Relaxed);
+    }
+
+    pub fn magazine_capacity(&self) -> usize {
+        self.mag_cap.load(Ordering::Relaxed)
+    }
+
+    pub fn set_magazine_capacity(&self, cap: usize) {
+        self.mag_cap.store(cap.clamp(1, MAG_MAX), Ordering::Relaxed);
+    }
+
+    /// Free bytes, cached frames included. A snapshot: other CPUs may be
+    /// allocating while it is summed.
+    pub fn free_bytes(&self) -> u64 {
+        let cached: u64 = self.cpus.iter().map(|c| c.cached.load(Ordering::Relaxed)).sum();
+        (self.buddy_free.load(Ordering::Relaxed) + self.depot_frames.load(Ordering::Relaxed) + cached) * PAGE_SIZE
+    }
+
+    pub fn counters(&self, cpu: usize) -> CounterSnapshot {
+        self.cpus[cpu].counters.snapshot()
+    }
+
+    /// Allocates one frame; returns its physical address.
+    pub fn alloc_page(&self) -> Result<u64, FrameError> {
+        self.platform.without_interrupts(|| {
+            let cpu = self.platform.cpu_index();
+            bump(&self.cpus[cpu].counters.allocs);
+            let index = match self.policy() {
+                Policy::GlobalLock => self.buddy_alloc(cpu, 0)?,
+                Policy::Magazine => self.magazine_alloc(cpu)?,
+            };
+            Ok(self.db.phys_of(index))
+        })
+    }
+
+    /// Frees one frame allocated by `alloc_page` or `alloc_contiguous`, on
+    /// any CPU. Bad input changes nothing.
+    pub fn free_page(&self, phys: u64) -> Result<(), FrameError> {
+        let index = self.db.index_of(phys)?;
+        self.platform.without_interrupts(|| {
+            let cpu = self.platform.cpu_index();
+            let owner = self.db.owner_cpu(index);
+            let to = match self.policy() {
+                Policy::Magazine => FrameKind::Cached,
+                Policy::GlobalLock => FrameKind::Free,
+            };
+            self.db.transition(index, FrameKind::Allocated, to, cpu).map_err(|k| self.db.free_error(index, k))?;
+            let counters = &self.cpus[cpu].counters;
+            bump(&counters.frees);
+            if owner != cpu {
+                bump(&counters.remote_frees);
+            }
+            match to {
+                FrameKind::Cached => self.magazine_free(cpu, index as u32),
+                _ => self.buddy_free_range(cpu, index..index + 1),
+            }
+            Ok(())
+        })
+    }
+
+    /// `count` physically contiguous frames; a power-of-two `count` is
+    /// naturally aligned to its size.
+    pub fn alloc_contiguous(&self, count: u64) -> Result<u64, FrameError> {
+        if count == 0 {
+            return Err(FrameError::ZeroCount);
+        }
+        let max = (1u64 << MAX_ORDER).min(self.usable);
+        if count > max {
+            return Err(FrameError::TooLarge { count, max });
+        }
+        self.platform.without_interrupts(|| {
+            let cpu = self.platform.cpu_index();
+            let order = order_for(count);
+            let start = {
+                let mut buddy = self.lock_buddy(cpu);
+                let found = buddy.alloc(order);
+                let start = found.map(|s| {
+                    buddy.free_range(s + count as usize, s + (1 << order));
+                    s
+                });
+                self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+                start
+            };
+            let start = match start {
+                Some(s) => s,
+                None => {
+                    self.reclaim_all();
+                    let mut buddy = self.lock_buddy(cpu);
+                    let s = buddy.alloc(order).ok_or(FrameError::OutOfMemory)?;
+                    buddy.free_range(s + count as usize, s + (1 << order));
+                    self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+                    s
+                }
+            };
+            for i in start..start + count as usize {
+                self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
+            }
+            Ok(self.db.phys_of(start))
+        })
+    }
+
+    /// Frees `count` frames starting at `phys`. Every frame must be
+    /// allocated; otherwise nothing is freed.
+    pub fn free_contiguous(&self, phys: u64, count: u64) -> Result<(), FrameError> {
+        if count == 0 {
+            return Err(FrameError::ZeroCount);
+        }
+        let start = self.db.index_of(phys)?;
+        let end = start + count as usize;
+        if end > self.db.len() {
+            return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()) });
+        }
+        self.platform.without_interrupts(|| {
+            let cpu = self.platform.cpu_index();
+            for i in start..end {
+                if let Err(kind) = self.db.transition(i, FrameKind::Allocated, FrameKind::Free, cpu) {
+                    // Put back the ones already taken: nothing changes.
+                    for j in start..i {
+                        self.expect_transition(j, FrameKind::Free, FrameKind::Allocated, cpu);
+                    }
+                    return Err(self.db.free_error(i, kind));
+                }
+            }
+            self.buddy_free_range(cpu, start..end);
+            Ok(())
+        })
+    }
+
+    fn expect_transition(&self, index: usize, from: FrameKind, to: FrameKind, cpu: usize) {
+        if let Err(actual) = self.db.transition(index, from, to, cpu) {
+            panic!("frame {:#x}: expected {from:?} on the way to {to:?}, found {actual:?}", self.db.phys_of(index));
+        }
+    }
+
+    fn lock_buddy(&self, cpu: usize) -> crate::sync::MutexGuard<'_, Buddy<'a>> {
+        bump(&self.cpus[cpu].counters.buddy_locks);
+        self.buddy.lock()
+    }
+
+    /// One block of `2^order` frames straight from the buddy, reclaiming
+    /// cached frames if it is empty.
+    fn buddy_alloc(&self, cpu: usize, order: usize) -> Result<usize, FrameError> {
+        let take = || {
+            let mut buddy = self.lock_buddy(cpu);
+            let got = buddy.alloc(order);
+            self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+            got
+        };
+        let index = match take() {
+            Some(i) => i,
+            None => {
+                self.reclaim_all();
+                take().ok_or(FrameError::OutOfMemory)?
+            }
+        };
+        for i in index..index + (1 << order) {
+            self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
+        }
+        Ok(index)
+    }
+
+    /// Frames whose state is already `Free` go back into the buddy.
+    fn buddy_free_range(&self, cpu: usize, range: Range<usize>) {
+        let mut buddy = self.lock_buddy(cpu);
+        buddy.free_range(range.start, range.end);
+        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+    }
+
+    fn magazine_alloc(&self, cpu: usize) -> Result<usize, FrameError> {
+        let slot = &self.cpus[cpu];
+        let mut cache = slot.cache.lock();
+        let index = match cache.pop() {
+            Some(i) => {
+                bump(&slot.counters.fast_allocs);
+                Some(i)
+            }
+            None => {
+                self.refill(cpu, &mut cache);
+                cache.pop()
+            }
+        };
+        slot.cached.store(cache.len() as u64, Ordering::Relaxed);
+        drop(cache);
+        match index {
+            Some(i) => {
+                self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Allocated, cpu);
+                Ok(i as usize)
+            }
+            // Nothing here, in the depot or in the buddy: take back what
+            // other CPUs have parked, then try the buddy once more.
+            None => self.buddy_alloc(cpu, 0),
+        }
+    }
+
+    /// Loads a magazine from the depot, or a batch of frames from the buddy.
+    fn refill(&self, cpu: usize, cache: &mut CpuCache) {
+        let counters = &self.cpus[cpu].counters;
+        if let Some(mag) = self.with_depot(|d| d.take()) {
+            bump(&counters.depot_exchanges);
+            cache.loaded = mag;
+            return;
+        }
+        let mut batch = Magazine::new();
+        {
+            let mut buddy = self.lock_buddy(cpu);
+            while batch.len() < self.magazine_capacity() {
+                match buddy.alloc(0) {
+                    Some(i) => batch.push(i as u32),
+                    None => break,
+                }
+            }
+            self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+        }
+        for &i in &batch {
+            self.expect_transition(i as usize, FrameKind::Free, FrameKind::Cached, cpu);
+        }
+        cache.loaded = batch;
+    }
+
+    fn magazine_free(&self, cpu: usize, index: u32) {
+        let slot = &self.cpus[cpu];
+        let cap = self.magazine_capacity();
+        let mut cache = slot.cache.lock();
+        match cache.push(index, cap) {
+            Ok(()) => bump(&slot.counters.fast_frees),
+            Err(index) => {
+                // Both magazines full: the previous one goes to the depot (or,
+                // if the depot is at its limit, back to the buddy).
+                let full = core::mem::take(&mut cache.previous);
+                bump(&slot.counters.depot_exchanges);
+                if let Err(full) = self.with_depot(|d| d.put(full)) {
+                    self.drain(cpu, &full);
+                }
+                cache.push(index, cap).expect("previous magazine was just emptied");
+            }
+        }
+        slot.cached.store(cache.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the depot, keeping its frame count current, and grows
+    /// magazines when the depot lock is contended.
+    fn with_depot<R>(&self, f: impl FnOnce(&mut Depot<'a>) -> R) -> R {
+        let mut depot = match self.depot.try_lock() {
+            Some(d) => d,
+            None => {
+                let n = self.depot_contention.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % GROW_AFTER_CONTENTIONS == 0 {
+                    let cap = self.magazine_capacity();
+                    let _ = self.mag_cap.compare_exchange(cap, (cap + 1).min(MAG_MAX), Ordering::Relaxed, Ordering::Relaxed);
+                }
+                self.depot.lock()
+            }
+        };
+        let r = f(&mut depot);
+        self.depot_frames.store(depot.frames() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// Cached frames back to the buddy, under one buddy lock hold.
+    fn drain(&self, cpu: usize, frames: &[u32]) {
+        if frames.is_empty() {
+            return;
+        }
+        for &i in frames {
+            self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Free, cpu);
+        }
+        let mut buddy = self.lock_buddy(cpu);
+        for &i in frames {
+            buddy.free(i as usize, 0);
+        }
+        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+    }
+
+    /// Empties every CPU's magazines and the depot into the buddy. Called
+    /// with no cache lock held.
+    fn reclaim_all(&self) {
+        let cpu = self.platform.cpu_index();
+        bump(&self.cpus[cpu].counters.reclaims);
+        for slot in self.cpus {
+            let mut cache = slot.cache.lock();
+            for mag in cache.take_all() {
+                self.drain(cpu, &mag);
+            }
+            slot.cached.store(0, Ordering::Relaxed);
+        }
+        // One magazine at a time: the depot lock is never held with the
+        // buddy lock, and nothing large lands on the stack.
+        while let Some(mag) = self.with_depot(|d| d.take()) {
+            self.drain(cpu, &mag);
+        }
+    }
+
+    /// Proves frame conservation at a quiescent point: every frame in the
+    /// buddy is `Free`, every frame in a magazine or the depot is `Cached`,
+    /// each structure holds exactly as many frames as the database has in
+    /// that state (so none is in two places), and the states add up.
+    pub fn audit(&self) -> Result<Census, AuditViolation> {
+        self.platform.without_interrupts(|| {
+            let caches: arrayvec::ArrayVec<_, { crate::MAX_CPUS }> = self.cpus.iter().map(|c| c.cache.lock()).collect();
+            let depot = self.depot.lock();
+            let buddy = self.buddy.lock();
+            let check = |index: usize, want: FrameKind, found_in: &'static str| {
+                let state = self.db.kind(index);
+                if state == want { Ok(()) } else { Err(AuditViolation::WrongState { phys: self.db.phys_of(index), found_in, state }) }
+            };
+            let mut census = Census { usable: self.usable, ..Census::default() };
+            for order in 0..=MAX_ORDER {
+                for head in buddy.iter_order(order) {
+                    for i in head..head + (1 << order) {
+                        check(i, FrameKind::Free, "buddy")?;
+                    }
+                    census.buddy += 1 << order;
+                }
+            }
+            for cache in &caches {
+                for &i in cache.loaded.iter().chain(cache.previous.iter()) {
+                    check(i as usize, FrameKind::Cached, "magazine")?;
+                    census.magazines += 1;
+                }
+            }
+            for mag in depot.magazines() {
+                for &i in mag {
+                    check(i as usize, FrameKind::Cached, "depot")?;
+                    census.depot += 1;
+                }
+            }
+            let (mut free, mut cached) = (0u64, 0u64);
+            for i in 0..self.db.len() {
+                match self.db.kind(i) {
+                    FrameKind::Free => free += 1,
+                    FrameKind::Cached => cached += 1,
+                    FrameKind::Allocated => census.allocated += 1,
+                    FrameKind::Reserved => {}
+                }
+            }
+            let mismatch = |what, structures, database| AuditViolation::CountMismatch { what, structures, database };
+            if census.buddy != free || buddy.free_frames() != free {
+                return Err(mismatch("buddy", census.buddy, free));
+            }
+            if census.magazines + census.depot != cached {
+                return Err(mismatch("magazines + depot", census.magazines + census.depot, cached));
+            }
+            if census.buddy + census.magazines + census.depot + census.allocated != census.usable {
+                return Err(AuditViolation::NotConserved { census });
+            }
+            Ok(census)
+        })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;
+#[cfg(all(test, loom))]
+mod loom_tests;

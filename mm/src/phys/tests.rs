@@ -1,0 +1,290 @@
+use super::*;
+use crate::frame_db::FrameEntry;
+use std::cell::Cell;
+use std::sync::atomic::AtomicU64 as StdU64;
+
+thread_local! {
+    static CPU: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Host stand-in for the kernel: a thread plays one CPU.
+struct Threads;
+
+impl Platform for Threads {
+    fn cpu_index(&self) -> usize {
+        CPU.with(|c| c.get())
+    }
+    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
+fn on_cpu(cpu: usize) {
+    CPU.with(|c| c.set(cpu));
+}
+
+const BASE_PFN: u64 = 1 << 12; // 16 MiB, aligned to 2^MAX_ORDER frames
+
+/// An allocator over `frames` frames of which `usable` index ranges are RAM.
+fn allocator(frames: usize, usable: &[Range<usize>], cpus: usize, cap: usize, depot: usize) -> PhysAllocator<'static, Threads> {
+    let depot = Vec::leak(vec![Magazine::new(); depot]);
+    let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
+    let links = Vec::leak(vec![Link::EMPTY; frames]);
+    let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
+    on_cpu(0);
+    PhysAllocator::new(FrameDb::new(BASE_PFN, entries), links, usable.iter().cloned(), slots, cap, depot, Threads)
+}
+
+fn phys(i: usize) -> u64 {
+    (BASE_PFN + i as u64) * PAGE_SIZE
+}
+
+fn census(a: &PhysAllocator<'_, Threads>) -> Census {
+    a.audit().unwrap_or_else(|v| panic!("audit failed: {v:?}"))
+}
+
+#[test]
+fn accounting_is_exact_over_alloc_free_cycles() {
+    let a = allocator(2048, &[1..1000, 1100..2048], 2, 8, 4);
+    let usable = 999 + 948;
+    assert_eq!(a.usable_frames(), usable);
+    assert_eq!(a.free_bytes(), usable * PAGE_SIZE);
+    for round in 0..5 {
+        let held: Vec<u64> = (0..300 + round * 50).map(|_| a.alloc_page().unwrap()).collect();
+        let c = census(&a);
+        assert_eq!(c.allocated, held.len() as u64);
+        assert_eq!(a.free_bytes(), (usable - held.len() as u64) * PAGE_SIZE);
+        for p in held {
+            a.free_page(p).unwrap();
+        }
+        assert_eq!(census(&a).allocated, 0);
+        assert_eq!(a.free_bytes(), usable * PAGE_SIZE);
+    }
+}
+
+#[test]
+fn contiguous_blocks_are_aligned_and_trimmed() {
+    let a = allocator(4096, &[0..4096], 1, 8, 4);
+    let p8 = a.alloc_contiguous(8).unwrap();
+    assert_eq!(p8 % (8 * PAGE_SIZE), 0, "8 frames naturally aligned");
+    let p1024 = a.alloc_contiguous(1024).unwrap();
+    assert_eq!(p1024 % (1024 * PAGE_SIZE), 0);
+    let p5 = a.alloc_contiguous(5).unwrap();
+    assert_eq!(census(&a).allocated, 8 + 1024 + 5, "the 3 frames past 5 went back");
+    for i in 0..5 {
+        assert_eq!(a.db().kind(a.db().index_of(p5 + i * PAGE_SIZE).unwrap()), FrameKind::Allocated);
+    }
+    a.free_contiguous(p5, 5).unwrap();
+    a.free_contiguous(p1024, 1024).unwrap();
+    a.free_contiguous(p8, 8).unwrap();
+    assert_eq!(census(&a).buddy, 4096);
+}
+
+#[test]
+fn contiguous_bad_sizes_are_errors() {
+    let a = allocator(2048, &[0..2048], 1, 8, 4);
+    assert_eq!(a.alloc_contiguous(0), Err(FrameError::ZeroCount));
+    assert_eq!(a.alloc_contiguous(1025), Err(FrameError::TooLarge { count: 1025, max: 1024 }));
+    let small = allocator(1024, &[0..100], 1, 8, 4);
+    assert_eq!(small.alloc_contiguous(101), Err(FrameError::TooLarge { count: 101, max: 100 }));
+    assert_eq!(census(&a).allocated, 0);
+}
+
+#[test]
+fn exhaustion_then_full_recovery_at_tiny_capacities() {
+    let a = allocator(1024, &[3..700], 3, 2, 1);
+    let mut held = Vec::new();
+    for i in 0.. {
+        on_cpu(i % 3);
+        match a.alloc_page() {
+            Ok(p) => held.push(p),
+            Err(e) => {
+                assert_eq!(e, FrameError::OutOfMemory);
+                break;
+            }
+        }
+    }
+    assert_eq!(held.len() as u64, a.usable_frames(), "every frame handed out before OOM");
+    assert_eq!(a.free_bytes(), 0);
+    assert_eq!(a.alloc_contiguous(1), Err(FrameError::OutOfMemory));
+    for (i, p) in held.iter().enumerate() {
+        on_cpu((i + 1) % 3); // remote frees
+        a.free_page(*p).unwrap();
+    }
+    let c = census(&a);
+    assert_eq!(c.allocated, 0);
+    assert_eq!(c.buddy + c.magazines + c.depot, a.usable_frames());
+    assert_eq!(a.free_bytes(), a.usable_frames() * PAGE_SIZE);
+    let remote: u64 = (0..3).map(|c| a.counters(c).remote_frees).sum();
+    assert_eq!(remote, held.len() as u64);
+}
+
+#[test]
+fn bad_frees_are_typed_errors_and_change_nothing() {
+    let a = allocator(1024, &[0..10, 20..1024], 1, 4, 2);
+    let p = a.alloc_page().unwrap();
+    let q = a.alloc_page().unwrap();
+    a.free_page(p).unwrap();
+    let (before, free_before) = (census(&a), a.free_bytes());
+    let unused = (0..1024).find(|&i| a.db().kind(i) == FrameKind::Free).unwrap();
+    let cases = [
+        (p, FrameError::AlreadyFree { phys: p }),
+        (phys(unused), FrameError::AlreadyFree { phys: phys(unused) }),
+        (phys(12), FrameError::Reserved { phys: phys(12) }),
+        (phys(3) + 8, FrameError::NotAligned { phys: phys(3) + 8 }),
+        (0x1000, FrameError::NotRam { phys: 0x1000 }),
+        (phys(5000), FrameError::NotRam { phys: phys(5000) }),
+    ];
+    for (addr, err) in cases {
+        assert_eq!(a.free_page(addr), Err(err));
+        assert_eq!(census(&a), before, "{err:?} changed where frames are");
+        assert_eq!(a.free_bytes(), free_before, "{err:?} changed the free count");
+    }
+    a.free_page(q).unwrap();
+    assert_eq!(census(&a).allocated, 0);
+}
+
+#[test]
+fn partial_contiguous_free_is_refused_whole() {
+    let a = allocator(1024, &[0..1024], 1, 4, 2);
+    let run = a.alloc_contiguous(8).unwrap();
+    a.free_page(run + 5 * PAGE_SIZE).unwrap();
+    let before = census(&a);
+    assert_eq!(a.free_contiguous(run, 8), Err(FrameError::AlreadyFree { phys: run + 5 * PAGE_SIZE }));
+    assert_eq!(census(&a), before, "the frames before the bad one were put back");
+    for i in [0, 1, 2, 3, 4, 6, 7] {
+        let idx = a.db().index_of(run + i * PAGE_SIZE).unwrap();
+        assert_eq!(a.db().kind(idx), FrameKind::Allocated);
+    }
+    assert_eq!(a.free_contiguous(run, 0), Err(FrameError::ZeroCount));
+    assert_eq!(a.free_contiguous(phys(1020), 8), Err(FrameError::NotRam { phys: phys(1024) }));
+}
+
+#[test]
+fn magazines_refill_and_drain_through_depot_and_buddy() {
+    let a = allocator(1024, &[0..1024], 1, 2, 1);
+    let p: Vec<u64> = (0..2).map(|_| a.alloc_page().unwrap()).collect();
+    let c = a.counters(0);
+    assert_eq!((c.buddy_locks, c.fast_allocs), (1, 1), "one buddy trip fills a 2-frame magazine");
+    let more: Vec<u64> = (0..6).map(|_| a.alloc_page().unwrap()).collect();
+    assert_eq!(a.counters(0).buddy_locks, 4, "one buddy trip per magazine");
+    // Frees: 4 fit in loaded+previous, the 5th sends a full one to the depot,
+    // the 7th finds the depot (limit 1) full and drains to the buddy.
+    for (n, q) in p.iter().chain(more.iter()).enumerate() {
+        a.free_page(*q).unwrap();
+        let c = census(&a);
+        assert_eq!(c.magazines + c.depot + c.buddy + c.allocated, 1024, "after free {n}");
+    }
+    let c = census(&a);
+    assert!(c.depot <= 2 && c.magazines <= 4, "{c:?}");
+    assert!(a.counters(0).depot_exchanges >= 2);
+    // The depot's full magazine comes back before the buddy is asked.
+    let locks = a.counters(0).buddy_locks;
+    let x: Vec<u64> = (0..c.magazines as usize + c.depot as usize).map(|_| a.alloc_page().unwrap()).collect();
+    assert_eq!(a.counters(0).buddy_locks, locks, "served from magazines and depot only");
+    for q in x {
+        a.free_page(q).unwrap();
+    }
+}
+
+#[test]
+fn pressure_reclaims_frames_parked_on_other_cpus() {
+    let a = allocator(1024, &[0..64], 2, 16, 4);
+    on_cpu(0);
+    let held: Vec<u64> = (0..64).map(|_| a.alloc_page().unwrap()).collect();
+    for p in &held[..40] {
+        a.free_page(*p).unwrap(); // parked in cpu 0's magazines and the depot
+    }
+    on_cpu(1);
+    let got: Vec<u64> = (0..40).map(|_| a.alloc_page().unwrap()).collect();
+    assert_eq!(got.len(), 40);
+    assert!(a.counters(1).reclaims >= 1);
+    assert_eq!(a.alloc_page(), Err(FrameError::OutOfMemory));
+    assert_eq!(census(&a).allocated, 64);
+}
+
+#[test]
+fn global_lock_policy_bypasses_magazines() {
+    let a = allocator(1024, &[0..1024], 1, 8, 4);
+    let p = a.alloc_page().unwrap();
+    a.free_page(p).unwrap(); // now cached
+    a.set_policy(Policy::GlobalLock);
+    assert_eq!(census(&a).magazines, 0, "switching drains the caches");
+    let before = a.counters(0);
+    let q: Vec<u64> = (0..10).map(|_| a.alloc_page().unwrap()).collect();
+    for p in q {
+        a.free_page(p).unwrap();
+    }
+    let after = a.counters(0);
+    assert_eq!(after.fast_allocs, before.fast_allocs);
+    assert_eq!(after.buddy_locks - before.buddy_locks, 20, "every alloc and free takes the lock");
+    assert_eq!(census(&a).buddy, 1024);
+}
+
+/// Threads as CPUs, each allocating and freeing at random, passing frames
+/// to a neighbour to free. Every frame held is stamped with its holder, so
+/// handing one frame to two holders is caught at once.
+#[test]
+fn concurrent_random_alloc_free_with_remote_frees() {
+    const CPUS: usize = 4;
+    const FRAMES: usize = 2048;
+    let a: &'static PhysAllocator<'static, Threads> = Box::leak(Box::new(allocator(FRAMES, &[0..FRAMES], CPUS, 4, 2)));
+    let stamps: &'static [StdU64] = Vec::leak((0..FRAMES).map(|_| StdU64::new(0)).collect());
+    let mailbox: &'static [std::sync::Mutex<Vec<u64>>] = Vec::leak((0..CPUS).map(|_| Default::default()).collect());
+    let threads: Vec<_> = (0..CPUS)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                on_cpu(cpu);
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ cpu as u64;
+                let mut held: Vec<(u64, u64)> = Vec::new();
+                for seq in 1..20_000u64 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let stamp = ((cpu as u64) << 32) | seq;
+                    match rng % 4 {
+                        0 | 1 if held.len() < 200 => {
+                            if let Ok(p) = a.alloc_page() {
+                                let i = a.db().index_of(p).unwrap();
+                                let prev = stamps[i].swap(stamp, std::sync::atomic::Ordering::SeqCst);
+                                assert_eq!(prev, 0, "frame {p:#x} handed out while held");
+                                held.push((p, stamp));
+                            }
+                        }
+                        2 if !held.is_empty() => {
+                            let (p, s) = held.swap_remove(rng as usize % held.len());
+                            let i = a.db().index_of(p).unwrap();
+                            assert_eq!(stamps[i].swap(0, std::sync::atomic::Ordering::SeqCst), s);
+                            mailbox[(cpu + 1) % CPUS].lock().unwrap().push(p);
+                        }
+                        _ => {
+                            let incoming = std::mem::take(&mut *mailbox[cpu].lock().unwrap());
+                            for p in incoming {
+                                a.free_page(p).unwrap();
+                            }
+                        }
+                    }
+                }
+                for (p, _) in held {
+                    let i = a.db().index_of(p).unwrap();
+                    stamps[i].store(0, std::sync::atomic::Ordering::SeqCst);
+                    a.free_page(p).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (cpu, m) in mailbox.iter().enumerate() {
+        on_cpu(cpu);
+        for p in m.lock().unwrap().drain(..) {
+            a.free_page(p).unwrap();
+        }
+    }
+    let c = census(a);
+    assert_eq!(c.allocated, 0);
+    assert_eq!(a.free_bytes(), FRAMES as u64 * PAGE_SIZE);
+    let remote: u64 = (0..CPUS).map(|c| a.counters(c).remote_frees).sum();
+    assert!(remote > 0, "the test passes frames between CPUs");
+}
