@@ -4,10 +4,14 @@
 #![no_main]
 #![feature(abi_x86_interrupt)]
 
+extern crate alloc;
+
 mod cmdline;
 mod fatal;
 mod fault_catch;
+mod frames;
 mod gdt;
+mod heap;
 mod interrupts;
 mod logger;
 mod memory;
@@ -90,6 +94,16 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     x86_64::instructions::interrupts::enable();
     serial::write_fmt(format_args!("smp: {} of {} CPUs online\n", report.online, report.total));
 
+    let cmdline = cmdline::read();
+    let frames = frames::init(phys_offset, cmdline.magazine_capacity);
+    heap::init(phys_offset);
+    log::info!(
+        "frames: {} MiB free of {} MiB usable, magazines of {}",
+        frames.free_bytes() >> 20,
+        frames.usable_frames() * mm::PAGE_SIZE >> 20,
+        frames.magazine_capacity()
+    );
+
     FACTS.call_once(|| BootFacts {
         phys_offset,
         cpus_total: report.total,
@@ -110,9 +124,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         usable_bytes: memory::usable_bytes(&boot_info.memory_regions),
     });
 
-    match cmdline::read().mode {
+    match cmdline.mode {
         cmdline::Mode::Run => exit(ExitCode::Success),
-        cmdline::Mode::Test => exit(tests::run_all()),
+        cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc))),
     }
 }
 

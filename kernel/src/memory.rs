@@ -1,5 +1,6 @@
 //! Boot-time memory: the usable regions from the bootloader, the boot frame
-//! allocator over them, and CPU stacks mapped with guard pages.
+//! allocator over them until the real frame allocator takes over, and CPU
+//! stacks mapped with guard pages.
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::boot_frames::BootFrames;
@@ -7,6 +8,7 @@ use mm::kernel_map::KernelMap;
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
 
+use crate::frames;
 use crate::gdt::{IstStacks, IST_COUNT};
 
 /// Below 1 MiB: real-mode IVT, BIOS data, EBDA, the AP trampoline
@@ -17,12 +19,13 @@ const LOW_MEMORY: core::ops::Range<u64> = 0..0x10_0000;
 pub const KERNEL_STACK_PAGES: u64 = 16;
 pub const IST_STACK_PAGES: u64 = 4;
 
-pub struct BootMemory {
-    pub frames: BootFrames,
-    pub map: KernelMap,
+struct BootMemory {
+    /// `None` once `frames::init` has taken the rest of memory.
+    frames: Option<BootFrames>,
+    map: KernelMap,
 }
 
-pub static BOOT_MEMORY: Mutex<Option<BootMemory>> = Mutex::new(None);
+static BOOT_MEMORY: Mutex<Option<BootMemory>> = Mutex::new(None);
 
 /// Total usable bytes the firmware reported.
 pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
@@ -45,14 +48,25 @@ pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
     // SAFETY: per this function's contract; nothing else edits page tables
     // during boot.
     let map = unsafe { KernelMap::new(phys_offset, pml4.start_address().as_u64()) };
-    *BOOT_MEMORY.lock() = Some(BootMemory { frames, map });
+    *BOOT_MEMORY.lock() = Some(BootMemory { frames: Some(frames), map });
+}
+
+/// Hands what the boot allocator has left to `f` (the frame allocator's
+/// set-up); afterwards new kernel mappings take frames from the allocator.
+pub fn take_boot_frames<R>(f: impl FnOnce(BootFrames) -> R) -> R {
+    let frames = BOOT_MEMORY.lock().as_mut().and_then(|m| m.frames.take()).expect("boot frames already taken");
+    f(frames)
 }
 
 /// Maps a stack of `pages` pages (plus guard) and returns its top.
 pub fn map_stack(pages: u64) -> Option<u64> {
     let mut guard = BOOT_MEMORY.lock();
     let mem = guard.as_mut().expect("memory::init first");
-    match mem.map.map_stack(pages, &mut mem.frames) {
+    let result = match mem.frames.as_mut() {
+        Some(boot) => mem.map.map_stack(pages, &mut || boot.alloc()),
+        None => mem.map.map_stack(pages, &mut || frames::get().alloc_page().ok()),
+    };
+    match result {
         Ok(top) => Some(top),
         Err(e) => {
             log::error!("mapping a {pages}-page stack failed: {e:?}");

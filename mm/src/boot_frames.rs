@@ -70,6 +70,21 @@ impl BootFrames {
         Some(frame)
     }
 
+    /// `pages` physically contiguous frames from the top of the highest
+    /// region that has room; returns the first frame's address.
+    pub fn alloc_contiguous(&mut self, pages: u64) -> Option<u64> {
+        let bytes = pages.checked_mul(PAGE_SIZE)?;
+        let pos = self.regions.iter().rposition(|r| r.end - r.start >= bytes)?;
+        let r = &mut self.regions[pos];
+        r.end -= bytes;
+        let start = r.end;
+        if r.start == r.end {
+            self.regions.remove(pos);
+        }
+        self.allocated += pages;
+        Some(start)
+    }
+
     /// Frames handed out so far.
     pub fn allocated(&self) -> u64 {
         self.allocated
@@ -114,6 +129,16 @@ mod tests {
         assert_eq!(f.allocated(), 3);
         assert_eq!(f.free_bytes(), 0);
         assert_eq!(f.alloc(), None);
+    }
+
+    #[test]
+    fn contiguous_runs_come_from_a_region_big_enough() {
+        let mut f = BootFrames::new([MIB..MIB + 8 * PAGE_SIZE, 4 * MIB..4 * MIB + 2 * PAGE_SIZE], &[]).unwrap();
+        assert_eq!(f.alloc_contiguous(3), Some(MIB + 5 * PAGE_SIZE));
+        assert_eq!(f.alloc_contiguous(6), None);
+        assert_eq!(f.alloc_contiguous(2), Some(4 * MIB));
+        assert_eq!(f.remaining(), &[MIB..MIB + 5 * PAGE_SIZE]);
+        assert_eq!(f.allocated(), 5);
     }
 
     #[test]

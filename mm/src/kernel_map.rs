@@ -7,7 +7,6 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-use crate::boot_frames::BootFrames;
 use crate::PAGE_SIZE;
 
 /// Start of the kernel's own mapping area (top 1 TiB of the address space,
@@ -23,13 +22,17 @@ pub enum MapError {
     AlreadyMapped,
 }
 
-struct Frames<'a>(&'a mut BootFrames);
+/// Where new frames come from: the boot allocator early, the frame
+/// allocator once it runs. Must return unused, page-aligned RAM.
+pub type FrameSource<'a> = &'a mut dyn FnMut() -> Option<u64>;
 
-// SAFETY: `BootFrames` returns each usable frame at most once and never a
-// reserved one, which is what `FrameAllocator` requires.
-unsafe impl FrameAllocator<Size4KiB> for Frames<'_> {
+struct Frames<'a, 'b>(&'b mut FrameSource<'a>);
+
+// SAFETY: every `FrameSource` returns each frame at most once and never a
+// reserved one (its contract above), which is what `FrameAllocator` needs.
+unsafe impl FrameAllocator<Size4KiB> for Frames<'_, '_> {
     fn allocate_frame(&mut self) -> Option<PhysFrame> {
-        self.0.alloc().map(|a| PhysFrame::containing_address(PhysAddr::new(a)))
+        (self.0)().map(|a| PhysFrame::containing_address(PhysAddr::new(a)))
     }
 }
 
@@ -59,7 +62,7 @@ impl KernelMap {
 
     /// Maps a zeroed stack of `pages` pages below an unmapped guard page and
     /// returns its top (16-byte aligned).
-    pub fn map_stack(&mut self, pages: u64, frames: &mut BootFrames) -> Result<u64, MapError> {
+    pub fn map_stack(&mut self, pages: u64, mut frames: FrameSource<'_>) -> Result<u64, MapError> {
         let bottom = self.next_stack + PAGE_SIZE; // guard page stays unmapped
         let top = bottom + pages * PAGE_SIZE;
         if top > STACK_AREA.end {
@@ -68,14 +71,14 @@ impl KernelMap {
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         for i in 0..pages {
             let page = Page::<Size4KiB>::containing_address(VirtAddr::new(bottom + i * PAGE_SIZE));
-            let frame = frames.alloc().ok_or(MapError::OutOfFrames)?;
+            let frame = frames().ok_or(MapError::OutOfFrames)?;
             // SAFETY: the frame is fresh from the boot allocator and in the
             // direct map; zeroing it touches nothing else.
             unsafe { core::ptr::write_bytes((frame + self.phys_offset) as *mut u8, 0, PAGE_SIZE as usize) };
             let frame = PhysFrame::containing_address(PhysAddr::new(frame));
             // SAFETY: the stack area is ours alone (no other mapping lives
             // there) and the frame is unused, so no existing memory aliases.
-            let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(frames)) };
+            let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(&mut frames)) };
             // Fresh mapping of a never-mapped page: nothing stale to flush on
             // other CPUs; flush locally for form.
             flush.map_err(|_| MapError::AlreadyMapped)?.flush();

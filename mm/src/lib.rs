@@ -1,7 +1,9 @@
 //! Memory management.
 //!
-//! `boot_frames` is portable and unit-tested on the host; `kernel_map`
-//! edits live page tables and only builds for the kernel target.
+//! Everything is portable and unit-tested on the host (loom models under
+//! `cfg(loom)`) except `kernel_map`, which edits live page tables, and
+//! `raw`, which turns physical memory into slices; those two hold the
+//! crate's `unsafe` and only build for the kernel target.
 #![cfg_attr(not(test), no_std)]
 
 pub mod boot_frames;
@@ -9,9 +11,13 @@ pub mod buddy;
 pub mod counters;
 pub mod frame;
 pub mod frame_db;
+#[cfg(not(loom))]
+pub mod heap;
 pub mod magazine;
 pub mod phys;
 pub mod platform;
+#[cfg(target_os = "none")]
+pub mod raw;
 mod sync;
 #[cfg(target_os = "none")]
 pub mod kernel_map;

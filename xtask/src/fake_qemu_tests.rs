@@ -142,7 +142,7 @@ fn run_qemu_passes_the_command_line() {
             ovmf: "/fw/OVMF_CODE_4M.fd".into(),
         },
         xapic: true,
-        guest: GuestOptions { mode: Mode::Test },
+        guest: GuestOptions { mode: Mode::Test, ..Default::default() },
         extra: vec!["-d".into(), "int".into()],
     };
     let cap = run_qemu(

@@ -56,9 +56,10 @@ enum Command {
 }
 
 /// What the guest kernel is asked to do (passed on its command line).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, ValueEnum)]
 pub enum Mode {
     /// Boot, send the Boot record, exit.
+    #[default]
     Run,
     /// Run the in-kernel test suites.
     Test,
@@ -93,6 +94,13 @@ struct RunArgs {
     timeout: u64,
     #[arg(long, value_enum, default_value_t = Mode::Run)]
     mode: Mode,
+    /// Seed for the guest's randomised tests (decimal or 0x-hex); the
+    /// guest prints the one it used, so a failing run can be replayed.
+    #[arg(long, value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// Frames per magazine in the guest's frame allocator (1..=64).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    mag: Option<u32>,
     /// In test mode, also show the guest's free-text serial output.
     #[arg(long)]
     verbose: bool,
@@ -102,6 +110,14 @@ struct RunArgs {
     /// Extra arguments appended to the QEMU command line.
     #[arg(last = true)]
     qemu_args: Vec<String>,
+}
+
+fn parse_seed(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a decimal or 0x-hex number: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -151,7 +167,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         mem: args.mem,
         firmware,
         xapic: args.xapic,
-        guest: qemu::GuestOptions { mode: args.mode },
+        guest: qemu::GuestOptions { mode: args.mode, seed: args.seed, magazine: args.mag },
         extra: args.qemu_args,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);

@@ -134,15 +134,25 @@ pub enum Firmware {
 
 /// Options the guest reads from its command line (fw_cfg
 /// `opt/smpmm/cmdline`): space-separated `key=value` pairs.
+#[derive(Default)]
 pub struct GuestOptions {
     pub mode: Mode,
+    /// Seed of the randomised tests (`seed=`); the guest picks one if absent.
+    pub seed: Option<u64>,
+    /// Frames per magazine (`mag=`); the guest's default if absent.
+    pub magazine: Option<u32>,
 }
 
 impl GuestOptions {
-    /// The one place the guest command line is built; new options
-    /// (`seed=...`) are added here.
+    /// The one place the guest command line is built.
     pub fn cmdline(&self) -> String {
-        let pairs = [("mode", self.mode.as_str().to_string())];
+        let mut pairs = vec![("mode", self.mode.as_str().to_string())];
+        if let Some(seed) = self.seed {
+            pairs.push(("seed", format!("{seed:#x}")));
+        }
+        if let Some(mag) = self.magazine {
+            pairs.push(("mag", mag.to_string()));
+        }
         pairs
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -170,12 +180,14 @@ impl Config {
 
     /// Short name of the run for output lines: `smp 8 bios xapic`.
     pub fn label(&self) -> String {
-        format!(
-            "smp {} {}{}",
-            self.smp,
-            self.firmware_name(),
-            if self.xapic { " xapic" } else { "" }
-        )
+        let mut label = format!("smp {} {}", self.smp, self.firmware_name());
+        if self.xapic {
+            label += " xapic";
+        }
+        if let Some(mag) = self.guest.magazine {
+            label += &format!(" mag={mag}");
+        }
+        label
     }
 
     /// Everything after the QEMU program name.
@@ -295,7 +307,9 @@ mod tests {
 
     #[test]
     fn cmdline_is_key_value_pairs() {
-        assert_eq!(GuestOptions { mode: Mode::Test }.cmdline(), "mode=test");
-        assert_eq!(GuestOptions { mode: Mode::Run }.cmdline(), "mode=run");
+        assert_eq!(GuestOptions { mode: Mode::Test, ..Default::default() }.cmdline(), "mode=test");
+        assert_eq!(GuestOptions { mode: Mode::Run, ..Default::default() }.cmdline(), "mode=run");
+        let all = GuestOptions { mode: Mode::Test, seed: Some(255), magazine: Some(4) };
+        assert_eq!(all.cmdline(), "mode=test seed=0xff mag=4");
     }
 }

@@ -11,7 +11,10 @@ use crate::fault_catch;
 use crate::logger::{self, Text};
 
 mod faults;
+mod frames;
+mod heap;
 pub mod ipi;
+mod rng;
 mod smp_tests;
 mod time;
 
@@ -47,7 +50,15 @@ macro_rules! ensure {
 }
 pub(crate) use ensure;
 
-const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS];
+const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS, frames::TESTS, heap::TESTS];
+
+static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The seed of this run's randomised tests (printed, and replayable with
+/// `seed=` on the kernel command line).
+pub fn seed() -> u64 {
+    SEED.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 fn run_one(test: &Test) -> (TestResult, Failure) {
     let mut note = Failure::new();
@@ -71,7 +82,9 @@ fn run_one(test: &Test) -> (TestResult, Failure) {
 }
 
 /// Runs every suite on the BSP (tests fan out to other CPUs themselves).
-pub fn run_all() -> ExitCode {
+pub fn run_all(seed: u64) -> ExitCode {
+    SEED.store(seed, core::sync::atomic::Ordering::Relaxed);
+    log::info!("tests: seed {seed:#x} (replay with seed={seed:#x})");
     let (mut passed, mut failed) = (0u32, 0u32);
     for test in SUITES.iter().flat_map(|s| s.iter()) {
         let start = tsc::now_ns();

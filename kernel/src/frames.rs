@@ -1,0 +1,69 @@
+//! The kernel's physical frame allocator: `mm::phys::PhysAllocator` over
+//! all memory the boot allocator did not use, with the platform hooks
+//! implemented by `smp`.
+
+use mm::buddy::{Link, MAX_ORDER};
+use mm::frame_db::{FrameDb, FrameEntry};
+use mm::magazine::Magazine;
+use mm::phys::{CpuSlot, PhysAllocator};
+use mm::platform::Platform;
+use mm::PAGE_SIZE;
+use smp::MAX_CPUS;
+use spin::Once;
+
+const _: () = assert!(mm::MAX_CPUS == MAX_CPUS, "mm and smp disagree on MAX_CPUS");
+
+/// Full magazines the depot may hold before it drains to the buddy.
+const DEPOT_SLOTS: usize = 2 * MAX_CPUS;
+
+pub struct KernelPlatform;
+
+impl Platform for KernelPlatform {
+    fn cpu_index(&self) -> usize {
+        smp::percpu::current_index()
+    }
+
+    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
+        x86_64::instructions::interrupts::without_interrupts(f)
+    }
+}
+
+pub type Frames = PhysAllocator<'static, KernelPlatform>;
+
+static CPU_SLOTS: [CpuSlot; MAX_CPUS] = [const { CpuSlot::new() }; MAX_CPUS];
+static FRAMES: Once<Frames> = Once::new();
+
+/// The frame allocator. Panics before `init`.
+pub fn get() -> &'static Frames {
+    FRAMES.get().expect("frame allocator used before frames::init")
+}
+
+/// Builds the frame allocator from everything the boot allocator has left:
+/// its own tables are carved from that memory first (and stay reserved).
+pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
+    crate::memory::take_boot_frames(|mut boot| {
+        let regions = boot.remaining();
+        let lowest = regions.iter().map(|r| r.start).min().expect("no usable memory left");
+        let highest = regions.iter().map(|r| r.end).max().expect("no usable memory left");
+        // Buddy blocks are aligned by index, so start at an aligned PFN.
+        let base = (lowest / PAGE_SIZE) & !((1 << MAX_ORDER) - 1);
+        let count = (highest / PAGE_SIZE - base) as usize;
+        // SAFETY: the direct map covers all RAM, and `boot` hands out each
+        // frame once; these tables are never freed.
+        let (entries, links, depot) = unsafe {
+            (
+                mm::raw::carve(&mut boot, phys_offset, count, FrameEntry::new).expect("no room for the frame database"),
+                mm::raw::carve(&mut boot, phys_offset, count, || Link::EMPTY).expect("no room for buddy links"),
+                mm::raw::carve(&mut boot, phys_offset, DEPOT_SLOTS, Magazine::new).expect("no room for the depot"),
+            )
+        };
+        let usable = boot
+            .remaining()
+            .iter()
+            .map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
+        let db = FrameDb::new(base, entries);
+        FRAMES.call_once(|| {
+            PhysAllocator::new(db, links, usable, &CPU_SLOTS, magazine_capacity, depot, KernelPlatform)
+        })
+    })
+}

@@ -1,0 +1,69 @@
+//! `alloc::` collections on every CPU at once, with objects freed by a CPU
+//! other than the one that allocated them.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use smp::{percpu, MAX_CPUS};
+use spin::Mutex;
+
+use super::rng::Rng;
+use super::{ensure, Test, TestResult};
+use crate::heap::HEAP;
+use crate::workers;
+
+pub const TESTS: &[Test] = &[Test::new("heap::collections_on_every_cpu", collections_on_every_cpu)];
+
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+static PASSED: [Mutex<Vec<Box<[u64]>>>; MAX_CPUS] = [const { Mutex::new(Vec::new()) }; MAX_CPUS];
+
+fn worker(cpu: usize) {
+    let mut rng = Rng::new(super::seed() ^ cpu as u64);
+    let neighbour = (cpu + 1) % percpu::online_count();
+    for round in 0..200u64 {
+        let mut v: Vec<u64> = Vec::new();
+        let n = 1 + rng.below(300);
+        v.extend((0..n).map(|i| i * round));
+        let mut map = BTreeMap::new();
+        for i in 0..(n % 40) {
+            map.insert(i, i * 3);
+        }
+        let mut s = String::new();
+        let _ = write!(s, "cpu {cpu} round {round} {}", map.len());
+        let ok = v.iter().enumerate().all(|(i, &x)| x == i as u64 * round)
+            && map.iter().all(|(k, v)| *v == k * 3)
+            && s.starts_with("cpu ");
+        if !ok {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+        // Hand a boxed slice to the neighbour; free whatever we were given.
+        let tag = (cpu as u64) << 32 | round;
+        let boxed: Box<[u64]> = (0..1 + rng.below(600)).map(|_| tag).collect();
+        PASSED[neighbour].lock().push(boxed);
+        let mine = core::mem::take(&mut *PASSED[cpu].lock());
+        for b in mine {
+            if b.iter().any(|&x| x != b[0]) {
+                ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn collections_on_every_cpu() -> TestResult {
+    ERRORS.store(0, Ordering::Relaxed);
+    let before = HEAP.stats().in_use;
+    if let Err(e) = workers::run_on_all(worker, 60_000_000_000) {
+        ensure!(false, "cpus {:?} did not finish", e.cpus);
+    }
+    for cpu in 0..MAX_CPUS {
+        drop(core::mem::take(&mut *PASSED[cpu].lock()));
+    }
+    ensure!(ERRORS.load(Ordering::Relaxed) == 0, "{} corrupted objects", ERRORS.load(Ordering::Relaxed));
+    let after = HEAP.stats().in_use;
+    ensure!(after == before, "heap bytes in use {before} before, {after} after");
+    Ok(())
+}
