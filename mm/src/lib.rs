@@ -19,6 +19,8 @@ pub mod platform;
 #[cfg(target_os = "none")]
 pub mod raw;
 mod sync;
+#[cfg(test)]
+mod testing;
 #[cfg(target_os = "none")]
 pub mod kernel_map;
 

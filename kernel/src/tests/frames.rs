@@ -32,10 +32,10 @@ fn phys_offset() -> u64 {
 /// The first and last words of a frame, through the direct map.
 fn frame_words(phys: u64) -> (&'static AtomicU64, &'static AtomicU64) {
     let base = (phys + phys_offset()) as *const AtomicU64;
-    // SAFETY: `phys` is a frame the caller holds (allocated to it), mapped
-    // by the direct map; AtomicU64 is valid for any bit pattern, and other
-    // CPUs touch it only if the allocator wrongly hands it out twice,
+    // Other CPUs touch the frame only if the allocator hands it out twice,
     // which is exactly what the stamps detect.
+    // SAFETY: the caller holds `phys`, mapped by the direct map; AtomicU64
+    // is valid for any bit pattern.
     unsafe { (&*base, &*base.add(PAGE_SIZE as usize / 8 - 1)) }
 }
 

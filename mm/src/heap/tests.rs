@@ -1,21 +1,6 @@
 use super::*;
 use std::alloc::Layout;
-use std::cell::Cell;
-
-thread_local! {
-    static CPU: Cell<usize> = const { Cell::new(0) };
-}
-
-struct Threads;
-
-impl Platform for Threads {
-    fn cpu_index(&self) -> usize {
-        CPU.with(|c| c.get())
-    }
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
-        f()
-    }
-}
+use crate::testing::{on_cpu, Threads};
 
 /// Pages from the host allocator, with a budget to test exhaustion.
 struct HostPages {
@@ -113,7 +98,7 @@ fn threads_allocating_and_freeing_each_others_objects() {
             let next = tx[(cpu + 1) % CPUS].clone();
             let inbox = rx[cpu].take().unwrap();
             std::thread::spawn(move || {
-                CPU.with(|c| c.set(cpu));
+                on_cpu(cpu);
                 for i in 0..5000usize {
                     let size = [8, 40, 200, 1000, 3000][i % 5];
                     let a = h.alloc(size, 8).unwrap();

@@ -5,24 +5,7 @@ use super::*;
 use crate::frame_db::FrameEntry;
 use loom::sync::Arc;
 
-loom::thread_local! {
-    static CPU: core::cell::Cell<usize> = core::cell::Cell::new(0);
-}
-
-struct LoomCpus;
-
-impl Platform for LoomCpus {
-    fn cpu_index(&self) -> usize {
-        CPU.with(|c| c.get())
-    }
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
-        f()
-    }
-}
-
-fn on_cpu(cpu: usize) {
-    CPU.with(|c| c.set(cpu));
-}
+use crate::testing::{on_cpu, Threads as LoomCpus};
 
 const FRAMES: usize = 4;
 

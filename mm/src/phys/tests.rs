@@ -1,27 +1,7 @@
 use super::*;
 use crate::frame_db::FrameEntry;
-use std::cell::Cell;
+use crate::testing::{on_cpu, Threads};
 use std::sync::atomic::AtomicU64 as StdU64;
-
-thread_local! {
-    static CPU: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Host stand-in for the kernel: a thread plays one CPU.
-struct Threads;
-
-impl Platform for Threads {
-    fn cpu_index(&self) -> usize {
-        CPU.with(|c| c.get())
-    }
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
-        f()
-    }
-}
-
-fn on_cpu(cpu: usize) {
-    CPU.with(|c| c.set(cpu));
-}
 
 const BASE_PFN: u64 = 1 << 12; // 16 MiB, aligned to 2^MAX_ORDER frames
 
