@@ -60,18 +60,24 @@ pub fn take_boot_frames<R>(f: impl FnOnce(BootFrames) -> R) -> R {
 
 /// Maps a stack of `pages` pages (plus guard) and returns its top.
 pub fn map_stack(pages: u64) -> Option<u64> {
-    let mut guard = BOOT_MEMORY.lock();
-    let mem = guard.as_mut().expect("memory::init first");
-    let result = match mem.frames.as_mut() {
-        Some(boot) => mem.map.map_stack(pages, &mut || boot.alloc()),
-        None => mem.map.map_stack(pages, &mut || frames::get().alloc_page().ok()),
-    };
-    match result {
+    match with_kernel_map(|map, frames| map.map_stack(pages, frames)) {
         Ok(top) => Some(top),
         Err(e) => {
             log::error!("mapping a {pages}-page stack failed: {e:?}");
             None
         }
+    }
+}
+
+/// Runs `f` with the kernel page-table editor and a frame source for new
+/// page tables (the boot allocator before the hand-over, then the frame
+/// allocator).
+pub fn with_kernel_map<R>(f: impl FnOnce(&mut KernelMap, mm::kernel_map::FrameSource<'_>) -> R) -> R {
+    let mut guard = BOOT_MEMORY.lock();
+    let mem = guard.as_mut().expect("memory::init first");
+    match mem.frames.as_mut() {
+        Some(boot) => f(&mut mem.map, &mut || boot.alloc()),
+        None => f(&mut mem.map, &mut || frames::get().alloc_page().ok()),
     }
 }
 

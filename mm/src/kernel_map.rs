@@ -14,12 +14,16 @@ use crate::PAGE_SIZE;
 pub const KERNEL_AREA_START: u64 = 0xFFFF_FF00_0000_0000;
 /// Stacks for every CPU: up to 1 GiB.
 pub const STACK_AREA: core::ops::Range<u64> = KERNEL_AREA_START..KERNEL_AREA_START + (1 << 30);
+/// Scratch pages for in-kernel tests of translation and shootdown, until
+/// the kernel mapping area and its region allocator exist.
+pub const TEST_AREA: core::ops::Range<u64> = STACK_AREA.end..STACK_AREA.end + (1 << 21);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapError {
     OutOfFrames,
     OutOfVirtualSpace,
     AlreadyMapped,
+    NotMapped,
 }
 
 /// Where new frames come from: the boot allocator early, the frame
@@ -58,6 +62,51 @@ impl KernelMap {
 
     pub fn phys_offset(&self) -> u64 {
         self.phys_offset
+    }
+
+    /// Maps `virt` to the frame at `phys`, writable and not executable,
+    /// inside `TEST_AREA`. Page tables come from `frames`.
+    pub fn map_test_page(&mut self, virt: u64, phys: u64, mut frames: FrameSource<'_>) -> Result<(), MapError> {
+        if !TEST_AREA.contains(&virt) {
+            return Err(MapError::OutOfVirtualSpace);
+        }
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        // SAFETY: the test area holds no other mapping, and the caller owns
+        // the frame, so no memory the kernel uses becomes aliased.
+        let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(&mut frames)) };
+        flush.map_err(|_| MapError::AlreadyMapped)?.flush();
+        Ok(())
+    }
+
+    /// Points the test page `virt` at `phys` *without* any TLB flush:
+    /// CPUs that cached the old translation keep it until shot down.
+    pub fn retarget_test_page(&mut self, virt: u64, phys: u64) -> Result<(), MapError> {
+        if !TEST_AREA.contains(&virt) {
+            return Err(MapError::OutOfVirtualSpace);
+        }
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        self.table.unmap(page).map_err(|_| MapError::NotMapped)?.1.ignore();
+        // SAFETY: as in `map_test_page`; the page was just unmapped, so its
+        // table exists and no frame is needed.
+        let mut no_frames: FrameSource<'_> = &mut || None;
+        let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(&mut no_frames)) };
+        flush.map_err(|_| MapError::AlreadyMapped)?.ignore();
+        Ok(())
+    }
+
+    /// Removes the test page `virt` without a TLB flush; returns its frame.
+    pub fn unmap_test_page(&mut self, virt: u64) -> Result<u64, MapError> {
+        if !TEST_AREA.contains(&virt) {
+            return Err(MapError::OutOfVirtualSpace);
+        }
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        let (frame, flush) = self.table.unmap(page).map_err(|_| MapError::NotMapped)?;
+        flush.ignore();
+        Ok(frame.start_address().as_u64())
     }
 
     /// Maps a zeroed stack of `pages` pages below an unmapped guard page and

@@ -18,6 +18,8 @@ pub mod ipi;
 #[cfg(target_os = "none")]
 pub mod percpu;
 #[cfg(target_os = "none")]
+pub mod tlb;
+#[cfg(target_os = "none")]
 mod trampoline;
 
 pub use cpuset::{CpuSet, MAX_CPUS};

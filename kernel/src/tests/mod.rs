@@ -17,6 +17,7 @@ pub mod ipi;
 mod rng;
 mod smp_tests;
 mod time;
+mod tlb;
 
 pub type Failure = Text<256>;
 pub type TestResult = Result<(), Failure>;
@@ -50,7 +51,7 @@ macro_rules! ensure {
 }
 pub(crate) use ensure;
 
-const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS, frames::TESTS, heap::TESTS];
+const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS, frames::TESTS, heap::TESTS, tlb::TESTS];
 
 static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 

@@ -1,0 +1,177 @@
+//! TLB shootdown: stale translations are gone on every target when the
+//! call returns; long ranges take a full flush; CPUs shooting each other
+//! all finish; bad targets change nothing. Also logs the latency by the
+//! number of target CPUs (measured, never asserted).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mm::kernel_map::TEST_AREA;
+use smp::tlb::{self, FULL_FLUSH_PAGES};
+use smp::{percpu, CpuSet, MAX_CPUS};
+
+use super::{ensure, Failure, Test, TestResult};
+use crate::{frames, memory, workers};
+
+pub const TESTS: &[Test] = &[
+    Test::new("tlb::shootdown_removes_stale_translations", stale_translations_removed),
+    Test::new("tlb::long_ranges_take_a_full_flush", long_ranges_full_flush),
+    Test::new("tlb::concurrent_mutual_shootdowns", mutual_shootdowns),
+    Test::new("tlb::offline_target_rejected_and_uncounted", offline_target),
+    Test::new("tlb::latency_by_target_count", latency_by_targets),
+];
+
+const VA: u64 = TEST_AREA.start;
+const OLD: u64 = 0x0101_0101_0101_0101;
+const NEW: u64 = 0x0202_0202_0202_0202;
+
+static SEEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn text(args: core::fmt::Arguments) -> Failure {
+    let mut t = Failure::new();
+    let _ = core::fmt::Write::write_fmt(&mut t, args);
+    t
+}
+
+fn phys_offset() -> u64 {
+    crate::FACTS.get().expect("boot facts").phys_offset
+}
+
+fn fill(phys: u64, value: u64) {
+    let p = (phys + phys_offset()) as *mut u64;
+    for i in 0..512 {
+        // SAFETY: the caller owns the frame; the direct map covers it.
+        unsafe { p.add(i).write_volatile(value) };
+    }
+}
+
+fn read_worker(cpu: usize) {
+    // SAFETY: VA is mapped (by the test) for as long as the workers run.
+    SEEN[cpu].store(unsafe { (VA as *const u64).read_volatile() }, Ordering::Relaxed);
+}
+
+fn read_everywhere() -> Result<(), Failure> {
+    workers::run_on_all(read_worker, 30_000_000_000).map_err(|e| text(format_args!("cpus {:?} did not read", e.cpus)))
+}
+
+/// The test page, mapped to a frame holding `OLD`; returns both frames.
+fn set_up() -> Result<(u64, u64), Failure> {
+    let f = frames::get();
+    let (a, b) = (f.alloc_page().map_err(|_| text(format_args!("no frame")))?, f.alloc_page().map_err(|_| text(format_args!("no frame")))?);
+    fill(a, OLD);
+    fill(b, NEW);
+    memory::with_kernel_map(|map, src| map.map_test_page(VA, a, src)).map_err(|e| text(format_args!("map: {e:?}")))?;
+    Ok((a, b))
+}
+
+fn tear_down(a: u64, b: u64) -> TestResult {
+    memory::with_kernel_map(|map, _| map.unmap_test_page(VA)).map_err(|e| text(format_args!("unmap: {e:?}")))?;
+    tlb::shootdown(percpu::online_set(), VA, 1).map_err(|e| text(format_args!("{e:?}")))?;
+    let f = frames::get();
+    f.free_page(a).map_err(|e| text(format_args!("{e:?}")))?;
+    f.free_page(b).map_err(|e| text(format_args!("{e:?}")))?;
+    Ok(())
+}
+
+/// Every CPU caches VA -> A; the PTE is pointed at B without a flush; after
+/// the shootdown every CPU must read B's contents.
+fn stale_translations_removed() -> TestResult {
+    let (a, b) = set_up()?;
+    read_everywhere()?;
+    let online = percpu::online_set();
+    for cpu in online.iter() {
+        ensure!(SEEN[cpu].load(Ordering::Relaxed) == OLD, "cpu {cpu} did not see the first frame");
+    }
+    memory::with_kernel_map(|map, _| map.retarget_test_page(VA, b)).map_err(|e| text(format_args!("{e:?}")))?;
+    read_everywhere()?;
+    let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
+    log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());
+    tlb::shootdown(online, VA, 1).map_err(|e| text(format_args!("shootdown: {e:?}")))?;
+    read_everywhere()?;
+    for cpu in online.iter() {
+        let v = SEEN[cpu].load(Ordering::Relaxed);
+        ensure!(v == NEW, "cpu {cpu} read {v:#x} after the shootdown: stale translation");
+    }
+    tear_down(a, b)
+}
+
+fn long_ranges_full_flush() -> TestResult {
+    let online = percpu::online_set();
+    let me = percpu::current_index();
+    let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let r = tlb::shootdown(online, VA, FULL_FLUSH_PAGES + 7);
+    ensure!(r.is_ok(), "{r:?}");
+    let mid: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    for cpu in online.iter() {
+        ensure!(mid[cpu].full_flushes == before[cpu].full_flushes + 1, "cpu {cpu}: no full flush for a long range");
+        ensure!(mid[cpu].pages_invalidated == before[cpu].pages_invalidated, "cpu {cpu} flushed pages one by one");
+    }
+    ensure!(tlb::shootdown(online, VA, 3).is_ok(), "short shootdown failed");
+    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    for cpu in online.iter() {
+        ensure!(after[cpu].pages_invalidated == mid[cpu].pages_invalidated + 3, "cpu {cpu}: 3 pages not invalidated");
+        ensure!(after[cpu].full_flushes == mid[cpu].full_flushes, "cpu {cpu}: full flush for 3 pages");
+    }
+    ensure!(after[me].shootdowns == before[me].shootdowns + 2, "shootdowns not counted");
+    let others = online.len() as u64 - 1;
+    ensure!(after[me].ipis == before[me].ipis + 2 * others, "expected {} IPIs, counted {}", 2 * others, after[me].ipis - before[me].ipis);
+    Ok(())
+}
+
+const MUTUAL_ROUNDS: u64 = 100;
+static MUTUAL_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+fn mutual_shootdowns() -> TestResult {
+    MUTUAL_ERRORS.store(0, Ordering::Relaxed);
+    let before: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).shootdowns).sum();
+    fn worker(me: usize) {
+        let others = percpu::online_set().without(me);
+        for round in 0..MUTUAL_ROUNDS {
+            if tlb::shootdown(others, VA, 1 + round % 40).is_err() {
+                MUTUAL_ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    workers::run_on_all(worker, 60_000_000_000).map_err(|e| text(format_args!("cpus {:?} did not finish", e.cpus)))?;
+    ensure!(MUTUAL_ERRORS.load(Ordering::Relaxed) == 0, "{} shootdowns failed", MUTUAL_ERRORS.load(Ordering::Relaxed));
+    let after: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).shootdowns).sum();
+    let n = percpu::online_count() as u64;
+    ensure!(after - before == n * MUTUAL_ROUNDS, "{} shootdowns counted, {} made", after - before, n * MUTUAL_ROUNDS);
+    Ok(())
+}
+
+fn offline_target() -> TestResult {
+    let online = percpu::online_set();
+    if online.len() == MAX_CPUS {
+        return Ok(()); // no offline index to name
+    }
+    let me = percpu::current_index();
+    let before = tlb::counters(me);
+    let r = tlb::shootdown(online.union(CpuSet::single(MAX_CPUS - 1)), VA, 1);
+    ensure!(matches!(r, Err(smp::ipi::CallError::NotOnline { .. })), "got {r:?}");
+    ensure!(tlb::counters(me) == before, "a refused shootdown was counted");
+    Ok(())
+}
+
+/// Median time of a one-page shootdown to 1, 2, 4, ... other CPUs and to
+/// all of them.
+fn latency_by_targets() -> TestResult {
+    let me = percpu::current_index();
+    let others: arrayvec::ArrayVec<usize, MAX_CPUS> = percpu::online_set().without(me).iter().collect();
+    let mut k = 1;
+    while k <= others.len() {
+        let targets = others[..k].iter().fold(CpuSet::EMPTY, |mut s, &c| {
+            s.insert(c);
+            s
+        });
+        let mut samples = [0u64; 31];
+        for s in samples.iter_mut() {
+            let t0 = drivers::tsc::now_ns();
+            tlb::shootdown(targets, VA, 1).map_err(|e| text(format_args!("{e:?}")))?;
+            *s = drivers::tsc::now_ns() - t0;
+        }
+        samples.sort_unstable();
+        log::info!("tlb: shootdown to {k} CPUs: p50 {} ns, max {} ns", samples[15], samples[30]);
+        k = if k == others.len() { k + 1 } else { (k * 2).min(others.len()) };
+    }
+    Ok(())
+}
