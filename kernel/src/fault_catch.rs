@@ -69,8 +69,16 @@ extern "C" {
 }
 
 /// Runs `f`; if it raises exception `vector` on this CPU, returns what the
-/// handler saw instead of failing the run.
-pub fn catch<F: FnOnce()>(vector: u8, f: F) -> Result<(), CaughtFault> {
+/// handler saw instead of failing the run. Interrupts are masked while `f`
+/// runs, so a fault can only come from `f` itself, not from an interrupt
+/// handler nested inside it.
+///
+/// # Safety
+/// A fault abandons `f` mid-way: nothing between the fault and this call
+/// is dropped or unwound. `f` must not hold a lock, a guard or anything
+/// else whose drop matters at the point that may fault, and must not wait
+/// on other CPUs (no cross-calls) while interrupts are masked.
+pub unsafe fn catch<F: FnOnce()>(vector: u8, f: F) -> Result<(), CaughtFault> {
     extern "C" fn run<F: FnOnce()>(arg: usize) {
         // SAFETY: `arg` points at the `Option<F>` on `catch`'s stack, which
         // outlives this call; `take` runs the closure at most once.
@@ -83,10 +91,12 @@ pub fn catch<F: FnOnce()>(vector: u8, f: F) -> Result<(), CaughtFault> {
     let mut f = Some(f);
     *CAUGHT[cpu].lock() = None;
     EXPECTED[cpu].store(vector, Ordering::Relaxed);
-    // A fault abandons the closure mid-way, skipping its destructors.
-    // SAFETY: `guarded_call` follows the C ABI and restores every callee-saved
-    // register on both paths; the slot is this CPU's own.
-    let faulted = unsafe { guarded_call(run::<F>, &mut f as *mut Option<F> as usize, RECOVERY_RSP[cpu].as_ptr()) };
+    let faulted = x86_64::instructions::interrupts::without_interrupts(|| {
+        // SAFETY: `guarded_call` follows the C ABI and restores every
+        // callee-saved register on both paths; the slot is this CPU's own;
+        // what the fault abandons is covered by this function's contract.
+        unsafe { guarded_call(run::<F>, &mut f as *mut Option<F> as usize, RECOVERY_RSP[cpu].as_ptr()) }
+    });
     EXPECTED[cpu].store(0, Ordering::Relaxed);
     if faulted == 0 {
         return Ok(());

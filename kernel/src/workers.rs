@@ -14,7 +14,9 @@ use x86_64::instructions::interrupts;
 pub const WAKE_VECTOR: u8 = 0xF1;
 
 static JOB: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
-static DONE: AtomicU64 = AtomicU64::new(0);
+/// CPUs given a job that they have not finished. A CPU that overran an
+/// earlier run's bound stays here, and no new run starts on it.
+static BUSY: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotFinished {
@@ -37,16 +39,21 @@ pub fn ap_main() -> ! {
         // SAFETY: only `run_on_all` stores into JOB, always a `fn(usize)`.
         let f = unsafe { core::mem::transmute::<usize, fn(usize)>(job) };
         f(me);
-        DONE.fetch_or(1 << me, Ordering::Release);
+        BUSY.fetch_and(!(1 << me), Ordering::Release);
     }
 }
 
 /// Runs `f(cpu_index)` on every online CPU at once (the caller, CPU 0,
-/// included) and waits up to `timeout_ns` for the others.
+/// included) and waits up to `timeout_ns` for the others. Refuses to start
+/// while a CPU is still running an earlier job.
 pub fn run_on_all(f: fn(usize), timeout_ns: u64) -> Result<(), NotFinished> {
     let me = percpu::current_index();
     let others = percpu::online_set().without(me);
-    DONE.store(0, Ordering::Relaxed);
+    let still_busy = BUSY.load(Ordering::Acquire) & others.bits();
+    if still_busy != 0 {
+        return Err(NotFinished { cpus: CpuSet::from_bits(still_busy) });
+    }
+    BUSY.fetch_or(others.bits(), Ordering::AcqRel);
     for cpu in others.iter() {
         JOB[cpu].store(f as *const () as usize, Ordering::Release);
     }
@@ -54,12 +61,12 @@ pub fn run_on_all(f: fn(usize), timeout_ns: u64) -> Result<(), NotFinished> {
     f(me);
     let deadline = tsc::now_ns() + timeout_ns;
     loop {
-        let done = CpuSet::from_bits(DONE.load(Ordering::Acquire));
-        if done.intersect(others) == others {
+        let busy = BUSY.load(Ordering::Acquire) & others.bits();
+        if busy == 0 {
             return Ok(());
         }
         if tsc::now_ns() > deadline {
-            return Err(NotFinished { cpus: CpuSet::from_bits(others.bits() & !done.bits()) });
+            return Err(NotFinished { cpus: CpuSet::from_bits(busy) });
         }
         core::hint::spin_loop();
     }

@@ -12,6 +12,9 @@ use crate::PAGE_SIZE;
 
 /// Bits 8..16 of the state word: the CPU that allocated the frame.
 const CPU_SHIFT: u32 = 8;
+/// Set by the auditor on frames it has found in a structure; transitions
+/// never look at it and clear it.
+const AUDIT_SEEN: u32 = 1 << 16;
 
 pub struct FrameEntry {
     state: AtomicU32,
@@ -104,6 +107,18 @@ impl<'a> FrameDb<'a> {
                 Ok(_) => return Ok(()),
                 Err(actual) => current = actual,
             }
+        }
+    }
+
+    /// Marks frame `index` as found by the auditor; false if it already was.
+    pub fn mark_seen(&self, index: usize) -> bool {
+        self.entries[index].state.fetch_or(AUDIT_SEEN, Ordering::Relaxed) & AUDIT_SEEN == 0
+    }
+
+    /// Clears every audit mark.
+    pub fn clear_seen_marks(&self) {
+        for e in self.entries {
+            e.state.fetch_and(!AUDIT_SEEN, Ordering::Relaxed);
         }
     }
 

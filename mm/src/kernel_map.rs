@@ -117,6 +117,10 @@ impl KernelMap {
         if top > STACK_AREA.end {
             return Err(MapError::OutOfVirtualSpace);
         }
+        // Claim the range first: if mapping fails part-way, the next stack
+        // goes above it instead of colliding with what was mapped. (Frames
+        // already mapped into a failed stack stay there.)
+        self.next_stack = top;
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         for i in 0..pages {
             let page = Page::<Size4KiB>::containing_address(VirtAddr::new(bottom + i * PAGE_SIZE));
@@ -132,7 +136,6 @@ impl KernelMap {
             // other CPUs; flush locally for form.
             flush.map_err(|_| MapError::AlreadyMapped)?.flush();
         }
-        self.next_stack = top;
         Ok(top)
     }
 }

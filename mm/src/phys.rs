@@ -34,6 +34,9 @@ pub enum Policy {
     GlobalLock = 1,
 }
 
+/// Drain-and-retry rounds before an allocation reports `OutOfMemory`.
+const RECLAIM_ATTEMPTS: usize = 4;
+
 /// Depot lock contentions between magazine growth steps (illumos rule:
 /// a contended depot means magazines are too small).
 const GROW_AFTER_CONTENTIONS: u64 = 16;
@@ -78,6 +81,8 @@ pub struct Census {
 pub enum AuditViolation {
     /// A frame found in a structure has the wrong state word.
     WrongState { phys: u64, found_in: &'static str, state: FrameKind },
+    /// A frame is in more than one structure (or twice in one).
+    InTwoPlaces { phys: u64, found_in: &'static str },
     /// The structures hold a different number of frames than the frame
     /// database says are in that state: some frame is in two places.
     CountMismatch { what: &'static str, structures: u64, database: u64 },
@@ -244,14 +249,15 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             };
             let start = match start {
                 Some(s) => s,
-                None => {
-                    self.reclaim_all();
-                    let mut buddy = self.lock_buddy(cpu);
-                    let s = buddy.alloc(order).ok_or(FrameError::OutOfMemory)?;
-                    buddy.free_range(s + count as usize, s + (1 << order));
-                    self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
-                    s
-                }
+                None => self
+                    .after_reclaim(|| {
+                        let mut buddy = self.lock_buddy(cpu);
+                        let s = buddy.alloc(order)?;
+                        buddy.free_range(s + count as usize, s + (1 << order));
+                        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+                        Some(s)
+                    })
+                    .ok_or(FrameError::OutOfMemory)?,
             };
             for i in start..start + count as usize {
                 self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
@@ -267,10 +273,10 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             return Err(FrameError::ZeroCount);
         }
         let start = self.db.index_of(phys)?;
-        let end = start + count as usize;
-        if end > self.db.len() {
-            return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()) });
-        }
+        let end = match start.checked_add(count as usize) {
+            Some(end) if count <= self.db.len() as u64 && end <= self.db.len() => end,
+            _ => return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()) }),
+        };
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
             for i in start..end {
@@ -309,15 +315,28 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         };
         let index = match take() {
             Some(i) => i,
-            None => {
-                self.reclaim_all();
-                take().ok_or(FrameError::OutOfMemory)?
-            }
+            None => self.after_reclaim(take).ok_or(FrameError::OutOfMemory)?,
         };
         for i in index..index + (1 << order) {
             self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
         }
         Ok(index)
+    }
+
+    /// Drains every cache and retries `take`. Another CPU may refill its
+    /// magazine between the drain and the retry, so while frames are still
+    /// cached somewhere the drain is repeated (a bounded number of times).
+    fn after_reclaim<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
+        for _ in 0..RECLAIM_ATTEMPTS {
+            self.reclaim_all();
+            if let Some(t) = take() {
+                return Some(t);
+            }
+            if self.free_bytes() == 0 {
+                break;
+            }
+        }
+        None
     }
 
     /// Frames whose state is already `Free` go back into the buddy.
@@ -460,52 +479,74 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             let caches: arrayvec::ArrayVec<_, { crate::MAX_CPUS }> = self.cpus.iter().map(|c| c.cache.lock()).collect();
             let depot = self.depot.lock();
             let buddy = self.buddy.lock();
+            // Each frame found in a structure gets the database's audit mark;
+            // finding it marked already means it is in two places.
             let check = |index: usize, want: FrameKind, found_in: &'static str| {
+                let phys = self.db.phys_of(index);
                 let state = self.db.kind(index);
-                if state == want { Ok(()) } else { Err(AuditViolation::WrongState { phys: self.db.phys_of(index), found_in, state }) }
+                if state != want {
+                    return Err(AuditViolation::WrongState { phys, found_in, state });
+                }
+                if !self.db.mark_seen(index) {
+                    return Err(AuditViolation::InTwoPlaces { phys, found_in });
+                }
+                Ok(())
             };
-            let mut census = Census { usable: self.usable, ..Census::default() };
-            for order in 0..=MAX_ORDER {
-                for head in buddy.iter_order(order) {
-                    for i in head..head + (1 << order) {
-                        check(i, FrameKind::Free, "buddy")?;
-                    }
-                    census.buddy += 1 << order;
-                }
-            }
-            for cache in &caches {
-                for &i in cache.loaded.iter().chain(cache.previous.iter()) {
-                    check(i as usize, FrameKind::Cached, "magazine")?;
-                    census.magazines += 1;
-                }
-            }
-            for mag in depot.magazines() {
-                for &i in mag {
-                    check(i as usize, FrameKind::Cached, "depot")?;
-                    census.depot += 1;
-                }
-            }
-            let (mut free, mut cached) = (0u64, 0u64);
-            for i in 0..self.db.len() {
-                match self.db.kind(i) {
-                    FrameKind::Free => free += 1,
-                    FrameKind::Cached => cached += 1,
-                    FrameKind::Allocated => census.allocated += 1,
-                    FrameKind::Reserved => {}
-                }
-            }
-            let mismatch = |what, structures, database| AuditViolation::CountMismatch { what, structures, database };
-            if census.buddy != free || buddy.free_frames() != free {
-                return Err(mismatch("buddy", census.buddy, free));
-            }
-            if census.magazines + census.depot != cached {
-                return Err(mismatch("magazines + depot", census.magazines + census.depot, cached));
-            }
-            if census.buddy + census.magazines + census.depot + census.allocated != census.usable {
-                return Err(AuditViolation::NotConserved { census });
-            }
-            Ok(census)
+            let result = self.census(&caches, &depot, &buddy, check);
+            self.db.clear_seen_marks();
+            result
         })
+    }
+
+    /// The walk behind `audit`, with every lock held.
+    fn census(
+        &self,
+        caches: &[crate::sync::MutexGuard<'_, CpuCache>],
+        depot: &Depot<'a>,
+        buddy: &Buddy<'a>,
+        check: impl Fn(usize, FrameKind, &'static str) -> Result<(), AuditViolation>,
+    ) -> Result<Census, AuditViolation> {
+        let mut census = Census { usable: self.usable, ..Census::default() };
+        for order in 0..=MAX_ORDER {
+            for head in buddy.iter_order(order) {
+                for i in head..head + (1 << order) {
+                    check(i, FrameKind::Free, "buddy")?;
+                }
+                census.buddy += 1 << order;
+            }
+        }
+        for cache in caches {
+            for &i in cache.loaded.iter().chain(cache.previous.iter()) {
+                check(i as usize, FrameKind::Cached, "magazine")?;
+                census.magazines += 1;
+            }
+        }
+        for mag in depot.magazines() {
+            for &i in mag {
+                check(i as usize, FrameKind::Cached, "depot")?;
+                census.depot += 1;
+            }
+        }
+        let (mut free, mut cached) = (0u64, 0u64);
+        for i in 0..self.db.len() {
+            match self.db.kind(i) {
+                FrameKind::Free => free += 1,
+                FrameKind::Cached => cached += 1,
+                FrameKind::Allocated => census.allocated += 1,
+                FrameKind::Reserved => {}
+            }
+        }
+        let mismatch = |what, structures, database| AuditViolation::CountMismatch { what, structures, database };
+        if census.buddy != free || buddy.free_frames() != free {
+            return Err(mismatch("buddy", census.buddy, free));
+        }
+        if census.magazines + census.depot != cached {
+            return Err(mismatch("magazines + depot", census.magazines + census.depot, cached));
+        }
+        if census.buddy + census.magazines + census.depot + census.allocated != census.usable {
+            return Err(AuditViolation::NotConserved { census });
+        }
+        Ok(census)
     }
 }
 

@@ -4,7 +4,7 @@
 //! An AP that never answers is reported by APIC id, put back to sleep with
 //! an INIT, and boot goes on with the others.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use drivers::lapic::Lapic;
 use drivers::tsc;
@@ -53,6 +53,9 @@ static BSP_CR4: AtomicU64 = AtomicU64::new(0);
 static BSP_EFER: AtomicU64 = AtomicU64::new(0);
 static HOOKS: spin::Once<ApHooks> = spin::Once::new();
 static LAPIC_VIRT: AtomicU64 = AtomicU64::new(0);
+/// Next CPU index to hand out. An index is never reused after a failed
+/// start: the CPU behind it may still wake up late (and then parks).
+static NEXT_INDEX: AtomicUsize = AtomicUsize::new(0);
 
 /// Waits between the INIT and the first SIPI (Intel's 10 ms).
 const INIT_DELAY_NS: u64 = 10_000_000;
@@ -72,7 +75,10 @@ pub unsafe fn init_bsp(lapic_virt: u64) -> &'static PerCpu {
     LAPIC_VIRT.store(lapic_virt, Ordering::Relaxed);
     // SAFETY: `lapic_virt` maps the APIC page; this is the BSP's only handle.
     let lapic = unsafe { Lapic::enable_current(lapic_virt) };
-    me.go_online(lapic);
+    me.set_expected_apic_id(lapic.id());
+    let started = me.transition(CpuState::Absent, CpuState::Starting);
+    assert!(started && me.go_online(lapic), "BSP initialised twice");
+    NEXT_INDEX.store(1, Ordering::Relaxed);
     me
 }
 
@@ -86,7 +92,7 @@ pub unsafe fn install_bsp_percpu() {
 }
 
 /// Starts every AP in `apic_ids` (the MADT's enabled CPUs; ids already
-/// online are skipped). New CPUs get the next free indexes.
+/// online are skipped). New CPUs get the next unused indexes.
 /// `stack_top(index)` provides each AP's kernel stack.
 ///
 /// # Safety
@@ -111,35 +117,27 @@ pub unsafe fn start_aps(
     let online = percpu::online_set();
     let running = |id: u32| online.iter().any(|c| percpu::cpu(c).apic_id() == id);
     let mut report = Report { online: online.len(), total: cpus_total, failures: arrayvec::ArrayVec::new() };
-    let mut next_index = online.len();
     for &apic_id in apic_ids.iter().filter(|&&id| !running(id)) {
         let mut fail = |f| {
             log::error!("smp: CPU with APIC id {apic_id} failed to start: {f:?}");
             let _ = report.failures.try_push((apic_id, f));
         };
-        if next_index >= MAX_CPUS {
+        let index = NEXT_INDEX.load(Ordering::Relaxed);
+        if index >= MAX_CPUS {
             fail(ApFailure::TooMany);
             continue;
         }
-        let Some(stack) = stack_top(next_index) else {
+        let Some(stack) = stack_top(index) else {
             fail(ApFailure::NoStack);
             continue;
         };
-        let cpu = percpu::cpu(next_index);
+        NEXT_INDEX.store(index + 1, Ordering::Relaxed);
+        let cpu = percpu::cpu(index);
         cpu.set_expected_apic_id(apic_id);
         trampoline.arm(stack, ap_entry as *const () as u64, cpu as *const PerCpu as u64);
         match wake(&trampoline, cpu, apic_id) {
-            Ok(()) => {
-                report.online += 1;
-                next_index += 1;
-            }
-            Err(f) => {
-                // Put it back into wait-for-SIPI so it cannot run later on a
-                // data block armed for another AP, and free its index.
-                percpu::with_local_apic(|l| l.send_init(apic_id));
-                cpu.reset();
-                fail(f);
-            }
+            Ok(()) => report.online += 1,
+            Err(f) => fail(f),
         }
     }
     report
@@ -176,13 +174,29 @@ fn wake(trampoline: &Trampoline, cpu: &PerCpu, apic_id: u32) -> Result<(), ApFai
             break;
         }
     }
-    if !started {
+    // Giving up races with the AP's own progress; a CAS decides. An AP that
+    // loses parks itself, so its index is simply never used again.
+    if !started && cpu.transition(CpuState::Absent, CpuState::Abandoned) {
+        // It never entered the kernel, so it holds nothing: reset it so it
+        // cannot wake up later on a trampoline armed for another AP.
+        percpu::with_local_apic(|l| l.send_init(apic_id));
         return Err(ApFailure::NoResponse);
     }
-    if wait_until(ONLINE_WAIT_NS, || cpu.state() == CpuState::Online) {
-        Ok(())
-    } else {
-        Err(ApFailure::Stalled)
+    if wait_until(ONLINE_WAIT_NS, || cpu.state() == CpuState::Online)
+        || !cpu.transition(CpuState::Starting, CpuState::Abandoned)
+    {
+        return Ok(());
+    }
+    // It is running kernel code (and may hold a lock), so no INIT: it will
+    // see `Abandoned` when it tries to come online, and park.
+    Err(ApFailure::Stalled)
+}
+
+/// Where an abandoned AP ends up: halted with interrupts off for good.
+fn park() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
     }
 }
 
@@ -207,7 +221,9 @@ extern "C" fn ap_entry(cpu: &'static PerCpu) -> ! {
     // SAFETY: this AP owns `cpu` (the BSP armed the trampoline with it and
     // waits for us before arming another), and nothing has run here yet.
     unsafe { percpu::install(cpu.index()) };
-    cpu.mark_starting();
+    if !cpu.transition(CpuState::Absent, CpuState::Starting) {
+        park(); // the BSP gave up on us before we got here
+    }
 
     let hooks = *HOOKS.get().expect("start_aps sets the hooks before waking APs");
     (hooks.arch_init)(cpu);
@@ -216,7 +232,10 @@ extern "C" fn ap_entry(cpu: &'static PerCpu) -> ! {
     let expected = cpu.apic_id();
     if lapic.id() != expected {
         log::warn!("smp: cpu {} has APIC id {} (MADT order said {expected})", cpu.index(), lapic.id());
+        cpu.set_expected_apic_id(lapic.id());
     }
-    cpu.go_online(lapic);
+    if !cpu.go_online(lapic) {
+        park(); // abandoned while we were setting up
+    }
     (hooks.main)()
 }

@@ -26,6 +26,9 @@ pub enum CpuState {
     Starting = 1,
     /// Ready: in the online set, answers IPIs.
     Online = 2,
+    /// Given up on by the BSP; if the CPU ever gets here it parks itself.
+    /// The index is never reused.
+    Abandoned = 3,
 }
 
 #[repr(C)]
@@ -130,6 +133,7 @@ impl PerCpu {
         match self.state.load(Ordering::Acquire) {
             1 => CpuState::Starting,
             2 => CpuState::Online,
+            3 => CpuState::Abandoned,
             _ => CpuState::Absent,
         }
     }
@@ -138,29 +142,28 @@ impl PerCpu {
         self.apic_id.store(apic_id, Ordering::Release);
     }
 
-    /// Returns an index whose CPU never came online to `Absent`.
-    pub(crate) fn reset(&self) {
-        assert!(self.state() != CpuState::Online, "resetting online cpu {}", self.index);
-        self.apic_id.store(u32::MAX, Ordering::Release);
-        self.state.store(CpuState::Absent as u8, Ordering::Release);
+    /// Moves `from` -> `to` if the state is still `from`. The BSP and the
+    /// AP race on these transitions; exactly one of them wins.
+    pub(crate) fn transition(&self, from: CpuState, to: CpuState) -> bool {
+        self.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
-    pub(crate) fn mark_starting(&self) {
-        self.state.store(CpuState::Starting as u8, Ordering::Release);
-    }
-
-    /// Stores the enabled local APIC and joins the online set.
+    /// Stores the enabled local APIC and joins the online set. Returns
+    /// false, leaving the online set alone, if the BSP has abandoned this
+    /// CPU (it was `Starting` for too long).
     ///
     /// Must run on this CPU (the APIC handle belongs to it).
-    pub(crate) fn go_online(&self, lapic: Lapic) {
+    pub(crate) fn go_online(&self, lapic: Lapic) -> bool {
         assert!(core::ptr::eq(self, current()), "go_online on a foreign CPU");
-        self.apic_id.store(lapic.id(), Ordering::Release);
         interrupts::without_interrupts(|| {
             // SAFETY: on this CPU with interrupts off, and nothing has used
             // the cell yet (the CPU was not online).
             unsafe { *self.lapic.get() = Some(lapic) };
         });
-        self.state.store(CpuState::Online as u8, Ordering::Release);
+        if !self.transition(CpuState::Starting, CpuState::Online) {
+            return false;
+        }
         ONLINE.fetch_or(1 << self.index, Ordering::AcqRel);
+        true
     }
 }

@@ -100,11 +100,31 @@ fn flush_all_local() {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShootdownError {
+    /// Zero pages, or a range that wraps or leaves canonical addresses.
+    BadRange { start: u64, pages: u64 },
+    /// The cross-call failed (offline target, or CPUs that did not answer).
+    Call(CallError),
+}
+
+/// Whether `start .. start + pages * 4096` is a non-empty range of
+/// canonical addresses within one half of the address space.
+fn valid_range(start: u64, pages: u64) -> bool {
+    let canonical = |a: u64| VirtAddr::try_new(a).is_ok();
+    let Some(len) = pages.checked_mul(PAGE) else { return false };
+    let Some(end) = start.checked_add(len) else { return false };
+    pages > 0 && canonical(start) && canonical(end - 1) && (start >> 63) == ((end - 1) >> 63)
+}
+
 /// Invalidates `pages` pages from `start` on every CPU in `targets` (the
 /// caller included if it is in the set) and returns once all have done so.
-/// A target set naming an offline CPU is refused before anything is sent
-/// or counted.
-pub fn shootdown(targets: CpuSet, start: u64, pages: u64) -> Result<(), CallError> {
+/// Bad input (a bad range, an offline target) is refused before anything
+/// is sent or counted.
+pub fn shootdown(targets: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownError> {
+    if !valid_range(start, pages) {
+        return Err(ShootdownError::BadRange { start, pages });
+    }
     let result = cross_call(targets, &|| flush_local(start, pages));
     if !matches!(result, Err(CallError::NotOnline { .. })) {
         let me = percpu::current_index();
@@ -112,5 +132,5 @@ pub fn shootdown(targets: CpuSet, start: u64, pages: u64) -> Result<(), CallErro
         add(&c.shootdowns, 1);
         add(&c.ipis, targets.without(me).len() as u64);
     }
-    result
+    result.map_err(ShootdownError::Call)
 }

@@ -30,10 +30,13 @@ fn read_guard_page() -> TestResult {
 
 fn catch_reports_details() -> TestResult {
     let addr = GUARD + 0x18;
-    let read = fault_catch::catch(PAGE_FAULT, || {
-        // SAFETY: faults (unmapped); `catch` unwinds to its caller.
-        unsafe { ptr::read_volatile(addr as *const u64) };
-    });
+    // SAFETY: the closure holds nothing and only performs the faulting
+    // read (the page is unmapped), which `catch` turns into an error.
+    let read = unsafe {
+        fault_catch::catch(PAGE_FAULT, || {
+            ptr::read_volatile(addr as *const u64);
+        })
+    };
     let Err(f) = read else {
         ensure!(false, "read of {addr:#x} did not fault");
         return Ok(());
@@ -43,10 +46,12 @@ fn catch_reports_details() -> TestResult {
     ensure!(!code.contains(PageFaultErrorCode::PROTECTION_VIOLATION), "not-present fault reported as protection: {code:?}");
     ensure!(!code.contains(PageFaultErrorCode::CAUSED_BY_WRITE), "read reported as write: {code:?}");
 
-    let write = fault_catch::catch(PAGE_FAULT, || {
-        // SAFETY: as above.
-        unsafe { ptr::write_volatile(addr as *mut u64, 1) };
-    });
+    // SAFETY: as above, with a write.
+    let write = unsafe {
+        fault_catch::catch(PAGE_FAULT, || {
+            ptr::write_volatile(addr as *mut u64, 1);
+        })
+    };
     let Err(f) = write else {
         ensure!(false, "write to {addr:#x} did not fault");
         return Ok(());
@@ -54,15 +59,20 @@ fn catch_reports_details() -> TestResult {
     let code = PageFaultErrorCode::from_bits_truncate(f.error_code);
     ensure!(code.contains(PageFaultErrorCode::CAUSED_BY_WRITE), "write reported as read: {code:?}");
     // Nothing is caught outside `catch`: a normal closure returns Ok.
-    ensure!(fault_catch::catch(PAGE_FAULT, || {}).is_ok(), "catch reported a fault that did not happen");
+    // SAFETY: an empty closure holds nothing and cannot fault.
+    let nothing = unsafe { fault_catch::catch(PAGE_FAULT, || {}) };
+    ensure!(nothing.is_ok(), "catch reported a fault that did not happen");
     Ok(())
 }
 
 fn invalid_opcode() -> TestResult {
-    let r = fault_catch::catch(INVALID_OPCODE, || {
-        // SAFETY: `ud2` raises #UD, which `catch` turns into an error.
-        unsafe { core::arch::asm!("ud2") };
-    });
+    // SAFETY: `ud2` raises #UD, which `catch` turns into an error; the
+    // closure holds nothing.
+    let r = unsafe {
+        fault_catch::catch(INVALID_OPCODE, || {
+            core::arch::asm!("ud2");
+        })
+    };
     ensure!(matches!(r, Err(f) if f.vector == INVALID_OPCODE), "ud2 gave {r:?}");
     Ok(())
 }

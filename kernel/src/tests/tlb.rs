@@ -6,7 +6,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::kernel_map::TEST_AREA;
-use smp::tlb::{self, FULL_FLUSH_PAGES};
+use smp::tlb::{self, ShootdownError, FULL_FLUSH_PAGES};
 use smp::{percpu, CpuSet, MAX_CPUS};
 
 use super::{ensure, Failure, Test, TestResult};
@@ -17,6 +17,7 @@ pub const TESTS: &[Test] = &[
     Test::new("tlb::long_ranges_take_a_full_flush", long_ranges_full_flush),
     Test::new("tlb::concurrent_mutual_shootdowns", mutual_shootdowns),
     Test::new("tlb::offline_target_rejected_and_uncounted", offline_target),
+    Test::new("tlb::bad_ranges_rejected_and_uncounted", bad_ranges),
     Test::new("tlb::latency_by_target_count", latency_by_targets),
 ];
 
@@ -85,6 +86,8 @@ fn stale_translations_removed() -> TestResult {
     read_everywhere()?;
     let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
     log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());
+    // Without a stale reader the rest of the test would prove nothing.
+    ensure!(stale > 0, "no CPU kept the old translation; the test cannot tell a shootdown from none");
     tlb::shootdown(online, VA, 1).map_err(|e| text(format_args!("shootdown: {e:?}")))?;
     read_everywhere()?;
     for cpu in online.iter() {
@@ -147,8 +150,23 @@ fn offline_target() -> TestResult {
     let me = percpu::current_index();
     let before = tlb::counters(me);
     let r = tlb::shootdown(online.union(CpuSet::single(MAX_CPUS - 1)), VA, 1);
-    ensure!(matches!(r, Err(smp::ipi::CallError::NotOnline { .. })), "got {r:?}");
+    ensure!(matches!(r, Err(ShootdownError::Call(smp::ipi::CallError::NotOnline { .. }))), "got {r:?}");
     ensure!(tlb::counters(me) == before, "a refused shootdown was counted");
+    Ok(())
+}
+
+/// Ranges that are empty, wrap, or leave canonical addresses are refused
+/// before any CPU is disturbed.
+fn bad_ranges() -> TestResult {
+    let me = percpu::current_index();
+    let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let online = percpu::online_set();
+    for (start, pages) in [(VA, 0), (0x0000_7FFF_FFFF_F000, 2), (0xFFFF_FFFF_FFFF_F000, 2), (0x0000_8000_0000_0000, 1), (VA, u64::MAX)] {
+        let r = tlb::shootdown(online, start, pages);
+        ensure!(r == Err(ShootdownError::BadRange { start, pages }), "shootdown({start:#x}, {pages}) = {r:?}");
+    }
+    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    ensure!(after == before, "refused shootdowns changed counters (cpu {me})");
     Ok(())
 }
 
