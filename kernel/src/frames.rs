@@ -33,6 +33,11 @@ pub type Frames = PhysAllocator<'static, KernelPlatform>;
 static CPU_SLOTS: [CpuSlot; MAX_CPUS] = [const { CpuSlot::new() }; MAX_CPUS];
 static FRAMES: Once<Frames> = Once::new();
 
+/// Whether `init` has run.
+pub fn ready() -> bool {
+    FRAMES.get().is_some()
+}
+
 /// The frame allocator. Panics before `init`.
 pub fn get() -> &'static Frames {
     FRAMES.get().expect("frame allocator used before frames::init")

@@ -3,26 +3,23 @@
 //! `alloc::` collections work on every CPU.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::heap::{Heap, HeapCpu, PageSource};
 use smp::MAX_CPUS;
 
 use crate::frames::{self, KernelPlatform};
-
-/// Direct-map offset, set once by `init` before the first allocation.
-static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
+use crate::memory;
 
 pub struct FramePages;
 
 impl PageSource for FramePages {
     fn alloc_pages(&self, pages: usize) -> Option<usize> {
         let phys = frames::get().alloc_contiguous(pages as u64).ok()?;
-        Some((phys + PHYS_OFFSET.load(Ordering::Relaxed)) as usize)
+        Some(memory::virt_of(phys) as usize)
     }
 
     fn free_pages(&self, addr: usize, pages: usize) {
-        let phys = addr as u64 - PHYS_OFFSET.load(Ordering::Relaxed);
+        let phys = addr as u64 - memory::phys_offset();
         if let Err(e) = frames::get().free_contiguous(phys, pages as u64) {
             panic!("heap: freeing {pages} pages at {phys:#x}: {e:?}");
         }
@@ -32,11 +29,6 @@ impl PageSource for FramePages {
 static CPUS: [HeapCpu; MAX_CPUS] = [const { HeapCpu::new() }; MAX_CPUS];
 pub static HEAP: Heap<'static, FramePages, KernelPlatform> = Heap::new(&CPUS, FramePages, KernelPlatform);
 
-/// Enables the heap; the frame allocator must be running.
-pub fn init(phys_offset: u64) {
-    PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
-}
-
 struct KernelHeap;
 
 // SAFETY: `Heap::alloc` returns memory of at least `size` bytes aligned to
@@ -44,7 +36,8 @@ struct KernelHeap;
 // exactly what `alloc` returned with the same layout.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if PHYS_OFFSET.load(Ordering::Relaxed) == 0 {
+        // Until the frame allocator runs there is nothing to carve from.
+        if !frames::ready() {
             return core::ptr::null_mut();
         }
         HEAP.alloc(layout.size(), layout.align()).map_or(core::ptr::null_mut(), |a| a as *mut u8)

@@ -46,7 +46,6 @@ entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
 
 /// What boot learned about the machine, for tests and reports.
 pub struct BootFacts {
-    pub phys_offset: u64,
     pub cpus_total: usize,
     pub apic_mode: ApicMode,
     pub hpet: Option<Hpet>,
@@ -96,7 +95,6 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let cmdline = cmdline::read();
     let frames = frames::init(phys_offset, cmdline.magazine_capacity);
-    heap::init(phys_offset);
     log::info!(
         "frames: {} MiB free of {} MiB usable, magazines of {}",
         frames.free_bytes() >> 20,
@@ -105,7 +103,6 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
 
     FACTS.call_once(|| BootFacts {
-        phys_offset,
         cpus_total: report.total,
         apic_mode,
         // SAFETY: the HPET block is below 4 GiB, inside the direct map.

@@ -2,6 +2,8 @@
 //! allocator over them until the real frame allocator takes over, and CPU
 //! stacks mapped with guard pages.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::boot_frames::BootFrames;
 use mm::kernel_map::KernelMap;
@@ -26,6 +28,17 @@ struct BootMemory {
 }
 
 static BOOT_MEMORY: Mutex<Option<BootMemory>> = Mutex::new(None);
+/// Offset of the bootloader's direct map of physical memory.
+static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
+
+/// Virtual address of physical `phys` in the direct map.
+pub fn virt_of(phys: u64) -> u64 {
+    phys + phys_offset()
+}
+
+pub fn phys_offset() -> u64 {
+    PHYS_OFFSET.load(Ordering::Relaxed)
+}
 
 /// Total usable bytes the firmware reported.
 pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
@@ -44,6 +57,7 @@ pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool 
 pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
     let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.start..r.end);
     let frames = BootFrames::new(usable, &[LOW_MEMORY]).expect("memory map has too many regions");
+    PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
     let (pml4, _) = Cr3::read();
     // SAFETY: per this function's contract; nothing else edits page tables
     // during boot.

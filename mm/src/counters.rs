@@ -63,6 +63,24 @@ impl CpuCounters {
     }
 }
 
+impl core::ops::Sub for CounterSnapshot {
+    type Output = CounterSnapshot;
+
+    /// What happened between two snapshots of the same CPU.
+    fn sub(self, o: CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            fast_allocs: self.fast_allocs - o.fast_allocs,
+            fast_frees: self.fast_frees - o.fast_frees,
+            depot_exchanges: self.depot_exchanges - o.depot_exchanges,
+            buddy_locks: self.buddy_locks - o.buddy_locks,
+            remote_frees: self.remote_frees - o.remote_frees,
+            reclaims: self.reclaims - o.reclaims,
+            allocs: self.allocs - o.allocs,
+            frees: self.frees - o.frees,
+        }
+    }
+}
+
 impl core::ops::AddAssign for CounterSnapshot {
     fn add_assign(&mut self, o: CounterSnapshot) {
         self.fast_allocs += o.fast_allocs;

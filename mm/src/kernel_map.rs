@@ -66,47 +66,36 @@ impl KernelMap {
 
     /// Maps `virt` to the frame at `phys`, writable and not executable,
     /// inside `TEST_AREA`. Page tables come from `frames`.
-    pub fn map_test_page(&mut self, virt: u64, phys: u64, mut frames: FrameSource<'_>) -> Result<(), MapError> {
-        if !TEST_AREA.contains(&virt) {
-            return Err(MapError::OutOfVirtualSpace);
-        }
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
-        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-        // SAFETY: the test area holds no other mapping, and the caller owns
-        // the frame, so no memory the kernel uses becomes aliased.
-        let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(&mut frames)) };
-        flush.map_err(|_| MapError::AlreadyMapped)?.flush();
+    pub fn map_test_page(&mut self, virt: u64, phys: u64, frames: FrameSource<'_>) -> Result<(), MapError> {
+        self.map_test_page_unflushed(virt, phys, frames)?;
+        x86_64::instructions::tlb::flush(VirtAddr::new(virt));
         Ok(())
     }
 
     /// Points the test page `virt` at `phys` *without* any TLB flush:
     /// CPUs that cached the old translation keep it until shot down.
     pub fn retarget_test_page(&mut self, virt: u64, phys: u64) -> Result<(), MapError> {
-        if !TEST_AREA.contains(&virt) {
-            return Err(MapError::OutOfVirtualSpace);
-        }
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
-        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-        self.table.unmap(page).map_err(|_| MapError::NotMapped)?.1.ignore();
-        // SAFETY: as in `map_test_page`; the page was just unmapped, so its
-        // table exists and no frame is needed.
-        let mut no_frames: FrameSource<'_> = &mut || None;
-        let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(&mut no_frames)) };
-        flush.map_err(|_| MapError::AlreadyMapped)?.ignore();
-        Ok(())
+        self.unmap_test_page(virt)?;
+        // The page table is still there, so no frame is needed.
+        self.map_test_page_unflushed(virt, phys, &mut || None)
     }
 
     /// Removes the test page `virt` without a TLB flush; returns its frame.
     pub fn unmap_test_page(&mut self, virt: u64) -> Result<u64, MapError> {
-        if !TEST_AREA.contains(&virt) {
-            return Err(MapError::OutOfVirtualSpace);
-        }
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-        let (frame, flush) = self.table.unmap(page).map_err(|_| MapError::NotMapped)?;
+        let (frame, flush) = self.table.unmap(test_page(virt)?).map_err(|_| MapError::NotMapped)?;
         flush.ignore();
         Ok(frame.start_address().as_u64())
+    }
+
+    fn map_test_page_unflushed(&mut self, virt: u64, phys: u64, mut frames: FrameSource<'_>) -> Result<(), MapError> {
+        let page = test_page(virt)?;
+        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        // SAFETY: the test area holds no other mapping, and the caller owns
+        // the frame, so no memory the kernel uses becomes aliased.
+        let flush = unsafe { self.table.map_to(page, frame, flags, &mut Frames(&mut frames)) };
+        flush.map_err(|_| MapError::AlreadyMapped)?.ignore();
+        Ok(())
     }
 
     /// Maps a zeroed stack of `pages` pages below an unmapped guard page and
@@ -138,4 +127,12 @@ impl KernelMap {
         }
         Ok(top)
     }
+}
+
+/// The page of `virt`, which must lie in `TEST_AREA`.
+fn test_page(virt: u64) -> Result<Page<Size4KiB>, MapError> {
+    if !TEST_AREA.contains(&virt) {
+        return Err(MapError::OutOfVirtualSpace);
+    }
+    Ok(Page::containing_address(VirtAddr::new(virt)))
 }

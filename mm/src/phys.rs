@@ -237,27 +237,17 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
             let order = order_for(count);
-            let start = {
-                let mut buddy = self.lock_buddy(cpu);
-                let found = buddy.alloc(order);
-                let start = found.map(|s| {
+            // The block is trimmed to `count` frames under the same lock hold.
+            let take = || {
+                self.with_buddy(cpu, |buddy| {
+                    let s = buddy.alloc(order)?;
                     buddy.free_range(s + count as usize, s + (1 << order));
-                    s
-                });
-                self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
-                start
+                    Some(s)
+                })
             };
-            let start = match start {
+            let start = match take() {
                 Some(s) => s,
-                None => self
-                    .after_reclaim(|| {
-                        let mut buddy = self.lock_buddy(cpu);
-                        let s = buddy.alloc(order)?;
-                        buddy.free_range(s + count as usize, s + (1 << order));
-                        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
-                        Some(s)
-                    })
-                    .ok_or(FrameError::OutOfMemory)?,
+                None => self.after_reclaim(take).ok_or(FrameError::OutOfMemory)?,
             };
             for i in start..start + count as usize {
                 self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
@@ -299,20 +289,20 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         }
     }
 
-    fn lock_buddy(&self, cpu: usize) -> crate::sync::MutexGuard<'_, Buddy<'a>> {
+    /// Runs `f` under the buddy lock (counted for `cpu`) and keeps the
+    /// lock-free copy of the buddy's free count current.
+    fn with_buddy<R>(&self, cpu: usize, f: impl FnOnce(&mut Buddy<'a>) -> R) -> R {
         bump(&self.cpus[cpu].counters.buddy_locks);
-        self.buddy.lock()
+        let mut buddy = self.buddy.lock();
+        let r = f(&mut buddy);
+        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+        r
     }
 
     /// One block of `2^order` frames straight from the buddy, reclaiming
     /// cached frames if it is empty.
     fn buddy_alloc(&self, cpu: usize, order: usize) -> Result<usize, FrameError> {
-        let take = || {
-            let mut buddy = self.lock_buddy(cpu);
-            let got = buddy.alloc(order);
-            self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
-            got
-        };
+        let take = || self.with_buddy(cpu, |buddy| buddy.alloc(order));
         let index = match take() {
             Some(i) => i,
             None => self.after_reclaim(take).ok_or(FrameError::OutOfMemory)?,
@@ -341,9 +331,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
 
     /// Frames whose state is already `Free` go back into the buddy.
     fn buddy_free_range(&self, cpu: usize, range: Range<usize>) {
-        let mut buddy = self.lock_buddy(cpu);
-        buddy.free_range(range.start, range.end);
-        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+        self.with_buddy(cpu, |buddy| buddy.free_range(range.start, range.end));
     }
 
     fn magazine_alloc(&self, cpu: usize) -> Result<usize, FrameError> {
@@ -380,17 +368,16 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             cache.loaded = mag;
             return;
         }
+        let cap = self.magazine_capacity();
         let mut batch = Magazine::new();
-        {
-            let mut buddy = self.lock_buddy(cpu);
-            while batch.len() < self.magazine_capacity() {
+        self.with_buddy(cpu, |buddy| {
+            while batch.len() < cap {
                 match buddy.alloc(0) {
                     Some(i) => batch.push(i as u32),
                     None => break,
                 }
             }
-            self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
-        }
+        });
         for &i in &batch {
             self.expect_transition(i as usize, FrameKind::Free, FrameKind::Cached, cpu);
         }
@@ -444,11 +431,11 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         for &i in frames {
             self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Free, cpu);
         }
-        let mut buddy = self.lock_buddy(cpu);
-        for &i in frames {
-            buddy.free(i as usize, 0);
-        }
-        self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
+        self.with_buddy(cpu, |buddy| {
+            for &i in frames {
+                buddy.free(i as usize, 0);
+            }
+        });
     }
 
     /// Empties every CPU's magazines and the depot into the buddy. Called

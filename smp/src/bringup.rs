@@ -64,14 +64,14 @@ const SIPI_WAIT_NS: u64 = 200_000_000;
 /// Waits for an AP that reached the kernel to finish its set-up.
 const ONLINE_WAIT_NS: u64 = 2_000_000_000;
 
-/// Makes the running CPU (the BSP) CPU 0: per-CPU data and local APIC.
+/// Makes the running CPU (the BSP) CPU 0: enables its local APIC and puts
+/// it online. `install_bsp_percpu` must have run first.
 ///
 /// # Safety
-/// Call once, on the BSP, before anything calls `percpu::current()`;
-/// `lapic_virt` must map the local APIC's MMIO page.
+/// Call once, on the BSP; `lapic_virt` must map the local APIC's MMIO page.
 pub unsafe fn init_bsp(lapic_virt: u64) -> &'static PerCpu {
-    // SAFETY: per this function's contract (first, once, on the BSP).
-    let me = unsafe { percpu::install(0) };
+    let me = percpu::current();
+    assert_eq!(me.index(), 0, "init_bsp on a CPU other than the BSP");
     LAPIC_VIRT.store(lapic_virt, Ordering::Relaxed);
     // SAFETY: `lapic_virt` maps the APIC page; this is the BSP's only handle.
     let lapic = unsafe { Lapic::enable_current(lapic_virt) };
@@ -82,10 +82,12 @@ pub unsafe fn init_bsp(lapic_virt: u64) -> &'static PerCpu {
     me
 }
 
-/// Only the per-CPU pointer for the very first log lines, before the APIC.
+/// Points the BSP's GS base at CPU 0's data, first thing at boot, so even
+/// the earliest log lines know their CPU.
 ///
 /// # Safety
-/// As for `init_bsp`; `init_bsp` must follow before any IPI use.
+/// Call once, on the BSP, before anything calls `percpu::current()`;
+/// `init_bsp` must follow before any IPI use.
 pub unsafe fn install_bsp_percpu() {
     // SAFETY: per this function's contract.
     unsafe { percpu::install(0) };

@@ -11,8 +11,8 @@ use smp::{percpu, MAX_CPUS};
 use spin::Mutex;
 
 use super::rng::Rng;
-use super::{ensure, Test, TestResult};
-use crate::{frames, workers};
+use super::{ensure, failure, Test, TestResult};
+use crate::{frames, memory, workers};
 
 pub const TESTS: &[Test] = &[
     Test::new("frames::bad_frees_change_nothing", bad_frees_change_nothing),
@@ -25,13 +25,9 @@ pub const TESTS: &[Test] = &[
 
 const TIMEOUT_NS: u64 = 120_000_000_000;
 
-fn phys_offset() -> u64 {
-    crate::FACTS.get().expect("boot facts").phys_offset
-}
-
 /// The first and last words of a frame, through the direct map.
 fn frame_words(phys: u64) -> (&'static AtomicU64, &'static AtomicU64) {
-    let base = (phys + phys_offset()) as *const AtomicU64;
+    let base = memory::virt_of(phys) as *const AtomicU64;
     // Other CPUs touch the frame only if the allocator hands it out twice,
     // which is exactly what the stamps detect.
     // SAFETY: the caller holds `phys`, mapped by the direct map; AtomicU64
@@ -51,23 +47,19 @@ fn stamp_ok(phys: u64, value: u64) -> bool {
 }
 
 fn audit() -> Result<Census, super::Failure> {
-    frames::get().audit().map_err(|v| {
-        let mut t = super::Failure::new();
-        let _ = core::fmt::Write::write_fmt(&mut t, format_args!("audit violation: {v:?}"));
-        t
-    })
+    frames::get().audit().map_err(|v| failure(format_args!("audit violation: {v:?}")))
 }
 
 /// Every kind of bad free is refused with its own error, and neither the
 /// free count nor where any frame is changes.
 fn bad_frees_change_nothing() -> TestResult {
     let f = frames::get();
-    let p = f.alloc_page().map_err(|_| fail("no frame"))?;
-    f.free_page(p).map_err(|_| fail("first free failed"))?;
+    let p = f.alloc_page().map_err(|_| failure(format_args!("no frame")))?;
+    f.free_page(p).map_err(|_| failure(format_args!("first free failed")))?;
     let (census, free) = (audit()?, f.free_bytes());
     let db = f.db();
     // A frame of the frame database itself: inside the range, reserved.
-    let own_table = db.entry(0) as *const _ as u64 - phys_offset();
+    let own_table = db.entry(0) as *const _ as u64 - memory::phys_offset();
     let beyond = db.phys_of(db.len()) + 16 * PAGE_SIZE;
     let cases: [(u64, FrameError); 4] = [
         (p, FrameError::AlreadyFree { phys: p }),
@@ -89,18 +81,12 @@ fn bad_frees_change_nothing() -> TestResult {
     Ok(())
 }
 
-fn fail(msg: &str) -> super::Failure {
-    let mut t = super::Failure::new();
-    let _ = core::fmt::Write::write_str(&mut t, msg);
-    t
-}
-
 fn contiguous_runs_are_aligned() -> TestResult {
     let f = frames::get();
     let before = f.free_bytes();
     for order in 0..=9u32 {
         let count = 1u64 << order;
-        let p = f.alloc_contiguous(count).map_err(|_| fail("contiguous allocation failed"))?;
+        let p = f.alloc_contiguous(count).map_err(|_| failure(format_args!("contiguous allocation failed")))?;
         ensure!(p % (count * PAGE_SIZE) == 0, "{count} frames at {p:#x} not naturally aligned");
         for i in 0..count {
             stamp(p + i * PAGE_SIZE, i ^ 0x5A5A);
@@ -108,10 +94,10 @@ fn contiguous_runs_are_aligned() -> TestResult {
         for i in 0..count {
             ensure!(stamp_ok(p + i * PAGE_SIZE, i ^ 0x5A5A), "frame {i} of run {p:#x} overwritten");
         }
-        f.free_contiguous(p, count).map_err(|_| fail("contiguous free failed"))?;
+        f.free_contiguous(p, count).map_err(|_| failure(format_args!("contiguous free failed")))?;
     }
-    let odd = f.alloc_contiguous(5).map_err(|_| fail("5 frames"))?;
-    f.free_contiguous(odd, 5).map_err(|_| fail("free 5"))?;
+    let odd = f.alloc_contiguous(5).map_err(|_| failure(format_args!("5 frames")))?;
+    f.free_contiguous(odd, 5).map_err(|_| failure(format_args!("free 5")))?;
     ensure!(f.free_bytes() == before, "free count drifted: {before} -> {}", f.free_bytes());
     audit()?;
     Ok(())
@@ -222,18 +208,7 @@ fn report_counters(policy: Policy, before: &[mm::counters::CounterSnapshot; MAX_
     let f = frames::get();
     let mut total = mm::counters::CounterSnapshot::default();
     for cpu in percpu::online_set().iter() {
-        let now = f.counters(cpu);
-        let b = before[cpu];
-        let d = mm::counters::CounterSnapshot {
-            fast_allocs: now.fast_allocs - b.fast_allocs,
-            fast_frees: now.fast_frees - b.fast_frees,
-            depot_exchanges: now.depot_exchanges - b.depot_exchanges,
-            buddy_locks: now.buddy_locks - b.buddy_locks,
-            remote_frees: now.remote_frees - b.remote_frees,
-            reclaims: now.reclaims - b.reclaims,
-            allocs: now.allocs - b.allocs,
-            frees: now.frees - b.frees,
-        };
+        let d = f.counters(cpu) - before[cpu];
         log::info!(
             "frames[{policy:?}] cpu{cpu}: allocs {} (fast {}), frees {} (fast {}, remote {}), depot {}, buddy locks {}",
             d.allocs, d.fast_allocs, d.frees, d.fast_frees, d.remote_frees, d.depot_exchanges, d.buddy_locks

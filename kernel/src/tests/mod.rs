@@ -42,13 +42,18 @@ impl Test {
     }
 }
 
+/// A failure message (cut off if it does not fit).
+pub fn failure(args: core::fmt::Arguments) -> Failure {
+    let mut text = Failure::new();
+    let _ = text.write_fmt(args);
+    text
+}
+
 /// Fails the test with a formatted message unless `cond` holds.
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
-            let mut text = $crate::tests::Failure::new();
-            let _ = core::fmt::Write::write_fmt(&mut text, format_args!($($fmt)+));
-            return Err(text);
+            return Err($crate::tests::failure(format_args!($($fmt)+)));
         }
     };
 }
@@ -79,11 +84,7 @@ fn run_one(test: &Test) -> (TestResult, Failure) {
                 let _ = write!(note, "caught vector {} at rip {:#x}, cr2 {:#x}", f.vector, f.rip, f.cr2);
                 Ok(())
             }
-            Ok(()) => {
-                let mut t = Failure::new();
-                let _ = write!(t, "expected exception {vector} did not happen");
-                Err(t)
-            }
+            Ok(()) => Err(failure(format_args!("expected exception {vector} did not happen"))),
         },
     };
     (result, note)

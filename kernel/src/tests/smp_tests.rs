@@ -158,7 +158,7 @@ fn missing_ap_reported() -> TestResult {
     let start = drivers::tsc::now_ns();
     // SAFETY: same direct map and reserved trampoline as at boot; no AP is
     // in the trampoline now (all are online or parked by INIT).
-    let report = unsafe { crate::start_aps(facts.phys_offset, &[NOBODY], facts.cpus_total) };
+    let report = unsafe { crate::start_aps(crate::memory::phys_offset(), &[NOBODY], facts.cpus_total) };
     let ms = (drivers::tsc::now_ns() - start) / 1_000_000;
     ensure!(ms < 3_000, "bring-up of a missing CPU took {ms} ms");
     let why = if before.len() == MAX_CPUS { smp::bringup::ApFailure::TooMany } else { smp::bringup::ApFailure::NoResponse };

@@ -9,7 +9,7 @@ use mm::kernel_map::TEST_AREA;
 use smp::tlb::{self, ShootdownError, FULL_FLUSH_PAGES};
 use smp::{percpu, CpuSet, MAX_CPUS};
 
-use super::{ensure, Failure, Test, TestResult};
+use super::{ensure, failure, Failure, Test, TestResult};
 use crate::{frames, memory, workers};
 
 pub const TESTS: &[Test] = &[
@@ -27,18 +27,8 @@ const NEW: u64 = 0x0202_0202_0202_0202;
 
 static SEEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
-fn text(args: core::fmt::Arguments) -> Failure {
-    let mut t = Failure::new();
-    let _ = core::fmt::Write::write_fmt(&mut t, args);
-    t
-}
-
-fn phys_offset() -> u64 {
-    crate::FACTS.get().expect("boot facts").phys_offset
-}
-
 fn fill(phys: u64, value: u64) {
-    let p = (phys + phys_offset()) as *mut u64;
+    let p = memory::virt_of(phys) as *mut u64;
     for i in 0..512 {
         // SAFETY: the caller owns the frame; the direct map covers it.
         unsafe { p.add(i).write_volatile(value) };
@@ -51,25 +41,25 @@ fn read_worker(cpu: usize) {
 }
 
 fn read_everywhere() -> Result<(), Failure> {
-    workers::run_on_all(read_worker, 30_000_000_000).map_err(|e| text(format_args!("cpus {:?} did not read", e.cpus)))
+    workers::run_on_all(read_worker, 30_000_000_000).map_err(|e| failure(format_args!("cpus {:?} did not read", e.cpus)))
 }
 
 /// The test page, mapped to a frame holding `OLD`; returns both frames.
 fn set_up() -> Result<(u64, u64), Failure> {
     let f = frames::get();
-    let (a, b) = (f.alloc_page().map_err(|_| text(format_args!("no frame")))?, f.alloc_page().map_err(|_| text(format_args!("no frame")))?);
+    let (a, b) = (f.alloc_page().map_err(|_| failure(format_args!("no frame")))?, f.alloc_page().map_err(|_| failure(format_args!("no frame")))?);
     fill(a, OLD);
     fill(b, NEW);
-    memory::with_kernel_map(|map, src| map.map_test_page(VA, a, src)).map_err(|e| text(format_args!("map: {e:?}")))?;
+    memory::with_kernel_map(|map, src| map.map_test_page(VA, a, src)).map_err(|e| failure(format_args!("map: {e:?}")))?;
     Ok((a, b))
 }
 
 fn tear_down(a: u64, b: u64) -> TestResult {
-    memory::with_kernel_map(|map, _| map.unmap_test_page(VA)).map_err(|e| text(format_args!("unmap: {e:?}")))?;
-    tlb::shootdown(percpu::online_set(), VA, 1).map_err(|e| text(format_args!("{e:?}")))?;
+    memory::with_kernel_map(|map, _| map.unmap_test_page(VA)).map_err(|e| failure(format_args!("unmap: {e:?}")))?;
+    tlb::shootdown(percpu::online_set(), VA, 1).map_err(|e| failure(format_args!("{e:?}")))?;
     let f = frames::get();
-    f.free_page(a).map_err(|e| text(format_args!("{e:?}")))?;
-    f.free_page(b).map_err(|e| text(format_args!("{e:?}")))?;
+    f.free_page(a).map_err(|e| failure(format_args!("{e:?}")))?;
+    f.free_page(b).map_err(|e| failure(format_args!("{e:?}")))?;
     Ok(())
 }
 
@@ -82,13 +72,13 @@ fn stale_translations_removed() -> TestResult {
     for cpu in online.iter() {
         ensure!(SEEN[cpu].load(Ordering::Relaxed) == OLD, "cpu {cpu} did not see the first frame");
     }
-    memory::with_kernel_map(|map, _| map.retarget_test_page(VA, b)).map_err(|e| text(format_args!("{e:?}")))?;
+    memory::with_kernel_map(|map, _| map.retarget_test_page(VA, b)).map_err(|e| failure(format_args!("{e:?}")))?;
     read_everywhere()?;
     let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
     log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());
     // Without a stale reader the rest of the test would prove nothing.
     ensure!(stale > 0, "no CPU kept the old translation; the test cannot tell a shootdown from none");
-    tlb::shootdown(online, VA, 1).map_err(|e| text(format_args!("shootdown: {e:?}")))?;
+    tlb::shootdown(online, VA, 1).map_err(|e| failure(format_args!("shootdown: {e:?}")))?;
     read_everywhere()?;
     for cpu in online.iter() {
         let v = SEEN[cpu].load(Ordering::Relaxed);
@@ -134,7 +124,7 @@ fn mutual_shootdowns() -> TestResult {
             }
         }
     }
-    workers::run_on_all(worker, 60_000_000_000).map_err(|e| text(format_args!("cpus {:?} did not finish", e.cpus)))?;
+    workers::run_on_all(worker, 60_000_000_000).map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
     ensure!(MUTUAL_ERRORS.load(Ordering::Relaxed) == 0, "{} shootdowns failed", MUTUAL_ERRORS.load(Ordering::Relaxed));
     let after: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).shootdowns).sum();
     let n = percpu::online_count() as u64;
@@ -184,7 +174,7 @@ fn latency_by_targets() -> TestResult {
         let mut samples = [0u64; 31];
         for s in samples.iter_mut() {
             let t0 = drivers::tsc::now_ns();
-            tlb::shootdown(targets, VA, 1).map_err(|e| text(format_args!("{e:?}")))?;
+            tlb::shootdown(targets, VA, 1).map_err(|e| failure(format_args!("{e:?}")))?;
             *s = drivers::tsc::now_ns() - t0;
         }
         samples.sort_unstable();
