@@ -15,7 +15,9 @@ mod heap;
 mod interrupts;
 mod logger;
 mod memory;
+mod pat;
 mod tests;
+mod vm;
 mod workers;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
@@ -67,6 +69,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     unsafe { memory::init(&boot_info.memory_regions, phys_offset) };
     gdt::load(0, memory::map_ist_stacks().expect("no memory for the BSP's interrupt stacks"));
     interrupts::load();
+    pat::init();
     drivers::pic::disable();
 
     let (tsc_hz, tsc_source) = tsc::calibrate().unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
@@ -149,4 +152,5 @@ fn ap_arch_init(cpu: &'static PerCpu) {
     let ist = *AP_IST[cpu.index()].get().expect("AP started without interrupt stacks");
     gdt::load(cpu.index(), ist);
     interrupts::load();
+    pat::init();
 }

@@ -6,11 +6,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::boot_frames::BootFrames;
-use mm::kernel_map::KernelMap;
+use mm::vm::DirectWindow;
 use spin::Mutex;
-use x86_64::registers::control::Cr3;
 
-use crate::frames;
+use crate::vm;
 use crate::gdt::{IstStacks, IST_COUNT};
 
 /// Below 1 MiB: real-mode IVT, BIOS data, EBDA, the AP trampoline
@@ -21,13 +20,18 @@ const LOW_MEMORY: core::ops::Range<u64> = 0..0x10_0000;
 pub const KERNEL_STACK_PAGES: u64 = 16;
 pub const IST_STACK_PAGES: u64 = 4;
 
-struct BootMemory {
-    /// `None` once `frames::init` has taken the rest of memory.
-    frames: Option<BootFrames>,
-    map: KernelMap,
-}
+/// `None` once `frames::init` has taken the rest of memory.
+static BOOT_FRAMES: Mutex<Option<BootFrames>> = Mutex::new(None);
+static WINDOW: spin::Once<DirectWindow> = spin::Once::new();
 
-static BOOT_MEMORY: Mutex<Option<BootMemory>> = Mutex::new(None);
+/// The bootloader maps physical memory up to the end of the highest
+/// region in its memory map, and at least the first 4 GiB.
+const DIRECT_MAP_MIN: u64 = 4 << 30;
+
+/// The direct map, bounds-checked: `virtualize(phys)` and `phys(virt)`.
+pub fn direct_map() -> &'static DirectWindow {
+    WINDOW.get().expect("memory::init first")
+}
 /// Offset of the bootloader's direct map of physical memory.
 static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
 
@@ -40,6 +44,15 @@ pub fn phys_offset() -> u64 {
     PHYS_OFFSET.load(Ordering::Relaxed)
 }
 
+/// Fills frame `phys` with the word `value`; the caller owns the frame.
+pub fn fill_words(phys: u64, value: u64) {
+    let p = virt_of(phys) as *mut u64;
+    for i in 0..(mm::PAGE_SIZE / 8) as usize {
+        // SAFETY: the caller owns the frame and the direct map covers it.
+        unsafe { p.add(i).write_volatile(value) };
+    }
+}
+
 /// Total usable bytes the firmware reported.
 pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
     regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum()
@@ -50,7 +63,8 @@ pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool 
     regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= range.start && range.end <= r.end)
 }
 
-/// Sets up the boot frame allocator and the kernel page-table editor.
+/// Sets up the boot frame allocator and adopts the running page tables as
+/// the kernel address space.
 ///
 /// # Safety
 /// Call once, on the BSP, with the bootloader's direct-map offset.
@@ -58,40 +72,33 @@ pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
     let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.start..r.end);
     let frames = BootFrames::new(usable, &[LOW_MEMORY]).expect("memory map has too many regions");
     PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
-    let (pml4, _) = Cr3::read();
-    // SAFETY: per this function's contract; nothing else edits page tables
-    // during boot.
-    let map = unsafe { KernelMap::new(phys_offset, pml4.start_address().as_u64()) };
-    *BOOT_MEMORY.lock() = Some(BootMemory { frames: Some(frames), map });
+    let top = regions.iter().map(|r| r.end).max().unwrap_or(0).max(DIRECT_MAP_MIN);
+    WINDOW.call_once(|| DirectWindow::new(phys_offset, top).expect("direct map wraps"));
+    *BOOT_FRAMES.lock() = Some(frames);
+    // SAFETY: once, on the BSP, with the direct-map offset (contract).
+    unsafe { vm::init(phys_offset) };
+}
+
+/// A frame from the boot allocator, before the frame allocator takes over.
+pub fn boot_frame() -> Option<u64> {
+    BOOT_FRAMES.lock().as_mut()?.alloc()
 }
 
 /// Hands what the boot allocator has left to `f` (the frame allocator's
 /// set-up); afterwards new kernel mappings take frames from the allocator.
 pub fn take_boot_frames<R>(f: impl FnOnce(BootFrames) -> R) -> R {
-    let frames = BOOT_MEMORY.lock().as_mut().and_then(|m| m.frames.take()).expect("boot frames already taken");
+    let frames = BOOT_FRAMES.lock().take().expect("boot frames already taken");
     f(frames)
 }
 
 /// Maps a stack of `pages` pages (plus guard) and returns its top.
 pub fn map_stack(pages: u64) -> Option<u64> {
-    match with_kernel_map(|map, frames| map.map_stack(pages, frames)) {
+    match vm::get().map_stack(pages) {
         Ok(top) => Some(top),
         Err(e) => {
             log::error!("mapping a {pages}-page stack failed: {e:?}");
             None
         }
-    }
-}
-
-/// Runs `f` with the kernel page-table editor and a frame source for new
-/// page tables (the boot allocator before the hand-over, then the frame
-/// allocator).
-pub fn with_kernel_map<R>(f: impl FnOnce(&mut KernelMap, mm::kernel_map::FrameSource<'_>) -> R) -> R {
-    let mut guard = BOOT_MEMORY.lock();
-    let mem = guard.as_mut().expect("memory::init first");
-    match mem.frames.as_mut() {
-        Some(boot) => f(&mut mem.map, &mut || boot.alloc()),
-        None => f(&mut mem.map, &mut || frames::get().alloc_page().ok()),
     }
 }
 

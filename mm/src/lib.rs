@@ -1,10 +1,13 @@
 //! Memory management.
 //!
 //! Everything is portable and unit-tested on the host (loom models under
-//! `cfg(loom)`) except `kernel_map`, which edits live page tables, and
-//! `raw`, which turns physical memory into slices; those two hold the
-//! crate's `unsafe` and only build for the kernel target.
+//! `cfg(loom)`) except `direct_map`, which reaches page tables and frames
+//! through the direct map, and `raw`, which turns physical memory into
+//! slices; those two hold the crate's `unsafe` and only build for the
+//! kernel target.
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
 
 pub mod boot_frames;
 pub mod buddy;
@@ -22,7 +25,9 @@ mod sync;
 #[cfg(test)]
 mod testing;
 #[cfg(target_os = "none")]
-pub mod kernel_map;
+pub mod direct_map;
+#[cfg(not(loom))]
+pub mod vm;
 
 pub const PAGE_SIZE: u64 = 4096;
 

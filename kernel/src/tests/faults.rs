@@ -2,7 +2,7 @@
 
 use core::ptr;
 
-use mm::kernel_map::STACK_AREA;
+use mm::vm::STACK_AREA;
 use x86_64::structures::idt::PageFaultErrorCode;
 
 use super::{ensure, Test, TestResult};

@@ -13,6 +13,9 @@ use crate::logger::{self, Text};
 mod faults;
 mod frames;
 mod heap;
+mod mapping;
+mod mapping_smp;
+mod probe;
 pub mod ipi;
 mod rng;
 mod smp_tests;
@@ -59,7 +62,7 @@ macro_rules! ensure {
 }
 pub(crate) use ensure;
 
-const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS, frames::TESTS, heap::TESTS, tlb::TESTS];
+const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS, frames::TESTS, heap::TESTS, tlb::TESTS, mapping::TESTS, mapping_smp::TESTS];
 
 static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 

@@ -1,0 +1,247 @@
+//! The mapping API on live page tables: k_mem_map/k_mem_unmap, guard
+//! pages, read-only aliases, NX, phys_map with cache modes, bad input that
+//! changes nothing, the fault-injection sweep and the page-table audit.
+
+use mm::vm::{CacheMode, Flags, KMemFlags, PageSize, VmError, KERNEL_SEED_AREA, PAGE};
+use smp::tlb::{self, TlbSnapshot};
+use smp::MAX_CPUS;
+use x86_64::structures::idt::PageFaultErrorCode as Code;
+
+use super::probe;
+use super::{ensure, failure, Failure, Test, TestResult};
+use crate::{frames, memory, pat, vm};
+
+pub const TESTS: &[Test] = &[
+    Test::new("vm::map_unmap_ten_times", map_unmap_ten_times),
+    Test::new("vm::guard_pages_fault", guard_pages_fault),
+    Test::new("vm::read_only_alias_refuses_writes", read_only_alias),
+    Test::new("vm::nx_pages_do_not_execute", nx_pages),
+    Test::new("vm::phys_map_odd_region_and_cache_modes", phys_map_odd_region),
+    Test::new("vm::bad_inputs_change_nothing", bad_inputs),
+    Test::new("vm::fault_injection_sweep_rolls_back", fault_injection_sweep),
+    Test::new("vm::page_table_audit", page_table_audit),
+    Test::new("vm::direct_map_is_bounds_checked", direct_map_bounds),
+];
+
+fn err(e: VmError) -> Failure {
+    failure(format_args!("{e:?}"))
+}
+
+/// Everything a failed call must leave as it was.
+#[derive(PartialEq, Eq, Debug)]
+struct State {
+    free: u64,
+    regions: u64,
+    tlb: [TlbSnapshot; MAX_CPUS],
+}
+
+fn state() -> State {
+    State { free: frames::get().free_bytes(), regions: vm::get().region_bytes(), tlb: core::array::from_fn(tlb::counters) }
+}
+
+fn map_unmap_ten_times() -> TestResult {
+    let vm = vm::get();
+    let before = frames::get().free_bytes();
+    let pages = 4;
+    let mut first = 0;
+    for round in 0..10u64 {
+        let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(err)?;
+        if round == 0 {
+            first = a;
+        }
+        ensure!(a == first, "round {round}: mapped at {a:#x}, first round at {first:#x}");
+        for w in (0..pages * PAGE).step_by(8) {
+            let v = probe::read(a + w).map_err(|f| failure(format_args!("read of fresh memory faulted: {f:?}")))?;
+            ensure!(v == 0, "round {round}: word {w:#x} of fresh memory is {v:#x}");
+        }
+        for p in 0..pages {
+            probe::write(a + p * PAGE, round << 8 | p).map_err(|f| failure(format_args!("{f:?}")))?;
+        }
+        let used = before - frames::get().free_bytes();
+        ensure!(used >= pages * PAGE, "free count dropped by {used} bytes for {pages} pages");
+        vm.k_mem_unmap(a, pages * PAGE).map_err(err)?;
+        let now = frames::get().free_bytes();
+        ensure!(now == before, "round {round}: free count {now} after unmap, {before} before map");
+        let after = probe::read(a);
+        ensure!(matches!(after, Err(f) if f.cr2 == a), "read after unmap gave {after:?}");
+    }
+    Ok(())
+}
+
+fn guard_pages_fault() -> TestResult {
+    let vm = vm::get();
+    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).map_err(err)?;
+    let below = probe::read(a - 8);
+    let above = probe::write(a + 2 * PAGE, 1);
+    let inside = probe::write(a + 2 * PAGE - 8, 1);
+    vm.k_mem_unmap(a, 2 * PAGE).map_err(err)?;
+    ensure!(matches!(below, Err(f) if f.cr2 == a - 8 && !probe::code(&f).contains(Code::PROTECTION_VIOLATION)), "guard below: {below:?}");
+    ensure!(matches!(above, Err(f) if f.cr2 == a + 2 * PAGE && probe::code(&f).contains(Code::CAUSED_BY_WRITE)), "guard above: {above:?}");
+    ensure!(inside.is_ok(), "last word of the region: {inside:?}");
+    Ok(())
+}
+
+fn read_only_alias() -> TestResult {
+    let vm = vm::get();
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(err)?;
+    let frame = vm.map_get(vm.kernel(), a).map_err(err)?.phys;
+    let alias = KERNEL_SEED_AREA.start + 0x10_0000;
+    vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(err)?;
+    probe::write(a + 16, 0x5eed).map_err(|f| failure(format_args!("{f:?}")))?;
+    let seen = probe::read(alias + 16);
+    let write = probe::write(alias + 16, 1);
+    let audit = vm.audit_tables(&[]);
+    let unmapped = vm.umap_single(vm.kernel(), alias, PageSize::Size4K);
+    vm.k_mem_unmap(a, PAGE).map_err(err)?;
+    ensure!(seen == Ok(0x5eed), "alias read {seen:?}");
+    ensure!(
+        matches!(write, Err(f) if f.cr2 == alias + 16 && probe::code(&f).contains(Code::CAUSED_BY_WRITE | Code::PROTECTION_VIOLATION)),
+        "write through the read-only alias: {write:?}"
+    );
+    ensure!(matches!(audit, Ok(r) if r.pinned_aliases >= 1), "audit of a pinned alias: {audit:?}");
+    ensure!(unmapped == Ok(frame), "umap_single of the alias gave {unmapped:?}");
+    Ok(())
+}
+
+/// `mov eax, 42; ret`
+const RETURN_42: [u8; 6] = [0xB8, 42, 0, 0, 0, 0xC3];
+
+fn nx_pages() -> TestResult {
+    let vm = vm::get();
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(err)?;
+    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(err)?.phys) as *mut u8;
+    // SAFETY: the frame is ours (just mapped); the direct map covers it.
+    unsafe { core::ptr::copy_nonoverlapping(RETURN_42.as_ptr(), code, RETURN_42.len()) };
+    let nx = probe::call(a);
+    // Flip to read+exec (never write+exec), run it, then back to NX.
+    vm.protect(vm.kernel(), a, 1, Flags::EXEC).map_err(err)?;
+    let exec = probe::call(a);
+    vm.protect(vm.kernel(), a, 1, Flags::READ).map_err(err)?;
+    let nx_again = probe::call(a);
+    vm.k_mem_unmap(a, PAGE).map_err(err)?;
+    let fetch = |r: &Result<u64, crate::fault_catch::CaughtFault>| {
+        matches!(r, Err(f) if f.cr2 == a && probe::code(f).contains(Code::INSTRUCTION_FETCH | Code::PROTECTION_VIOLATION))
+    };
+    ensure!(fetch(&nx), "call into an NX page: {nx:?}");
+    ensure!(exec == Ok(42), "call into an executable page: {exec:?}");
+    ensure!(fetch(&nx_again), "call after the downgrade to NX: {nx_again:?}");
+    Ok(())
+}
+
+fn phys_map_odd_region() -> TestResult {
+    let vm = vm::get();
+    ensure!(pat::read() == pat::LAYOUT, "PAT is {:#x}, expected {:#x}", pat::read(), pat::LAYOUT);
+    let f = frames::get();
+    let base = f.alloc_contiguous(2).map_err(|e| failure(format_args!("{e:?}")))?;
+    let words = memory::virt_of(base) as *mut u64;
+    for i in 0..1024 {
+        // SAFETY: the two frames are ours; the direct map covers them.
+        unsafe { words.add(i).write_volatile(0xA000 + i as u64) };
+    }
+    // Starts 0x128 into the first frame, ends 0xF28 into the second.
+    let (phys, size) = (base + 0x128, 0x1E00);
+    let mut result = Ok(());
+    for cache in [CacheMode::WriteBack, CacheMode::WriteThrough, CacheMode::Uncached] {
+        let v = vm.phys_map(phys, size, cache).map_err(err)?;
+        let t = vm.map_get(vm.kernel(), v + 0x1000);
+        let first = probe::read(v);
+        let last = probe::read(v + size - 8);
+        vm.phys_unmap(v, size).map_err(err)?;
+        let gone = probe::read(v);
+        let check = (|| {
+            ensure!(v % PAGE == 0x128, "{cache:?}: offset lost: {v:#x}");
+            ensure!(matches!(t, Ok(t) if t.cache == cache && t.phys == phys + 0x1000), "{cache:?}: {t:?}");
+            ensure!(first == Ok(0xA000 + 0x128 / 8), "{cache:?}: first word {first:?}");
+            ensure!(last == Ok(0xA000 + (0x128 + size - 8) / 8), "{cache:?}: last word {last:?}");
+            ensure!(gone.is_err(), "{cache:?}: readable after phys_unmap");
+            Ok(())
+        })();
+        result = result.and(check);
+    }
+    f.free_contiguous(base, 2).map_err(|e| failure(format_args!("{e:?}")))?;
+    result
+}
+
+fn bad_inputs() -> TestResult {
+    let vm = vm::get();
+    let k = vm.kernel();
+    let region = vm.k_mem_map(3 * PAGE, KMemFlags::RW).map_err(err)?;
+    let before = state();
+    let seed = KERNEL_SEED_AREA.start;
+    let checks: [(Result<(), VmError>, VmError); 12] = [
+        (vm.k_mem_map(0, KMemFlags::RW).map(drop), VmError::ZeroSize),
+        (vm.k_mem_map(PAGE + 1, KMemFlags::RW).map(drop), VmError::NotAligned { value: PAGE + 1 }),
+        (vm.k_mem_map(PAGE, KMemFlags::USER | KMemFlags::UNINIT).map(drop), VmError::UserUninit),
+        (vm.k_mem_map(1 << 40, KMemFlags::RW).map(drop), VmError::OutOfVirtualSpace),
+        (vm.k_mem_unmap(region + PAGE, 2 * PAGE), VmError::NotARegion { addr: region + PAGE, size: 2 * PAGE }),
+        (vm.k_mem_unmap(region, 2 * PAGE), VmError::NotARegion { addr: region, size: 2 * PAGE }),
+        (vm.k_mem_unmap(region - PAGE, 5 * PAGE), VmError::NotARegion { addr: region - PAGE, size: 5 * PAGE }),
+        (vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K), VmError::NotAligned { value: seed + 8 }),
+        (vm.map_single(k, u64::MAX & !0xFFF, 0x1000, Flags::READ, PageSize::Size4K), VmError::BadRange { start: u64::MAX & !0xFFF, len: PAGE }),
+        (vm.umap_single(k, seed, PageSize::Size4K).map(drop), VmError::NotMapped { virt: seed }),
+        (vm.vmfree(k, seed, 3), VmError::NotMapped { virt: seed }),
+        (vm.phys_unmap(region, PAGE), VmError::NotARegion { addr: region, size: PAGE }),
+    ];
+    let after = state();
+    vm.k_mem_unmap(region, 3 * PAGE).map_err(err)?;
+    for (i, (got, want)) in checks.iter().enumerate() {
+        ensure!(*got == Err(*want), "case {i}: got {got:?}, expected {want:?}");
+    }
+    ensure!(after == before, "refused calls changed state: free {} -> {}, regions {} -> {}", before.free, after.free, before.regions, after.regions);
+    Ok(())
+}
+
+fn fault_injection_sweep() -> TestResult {
+    let vm = vm::get();
+    let me = smp::percpu::current_index();
+    let pages = 600;
+    let before = state();
+    let mut failures = 0u64;
+    for k in 1..10_000 {
+        vm.inject().arm(me, k);
+        let r = vm.k_mem_map(pages * PAGE, KMemFlags::RW | KMemFlags::LOCK);
+        let fired = vm.inject().fired(me);
+        vm.inject().arm(me, 0);
+        if !fired {
+            let a = r.map_err(err)?;
+            vm.k_mem_unmap(a, pages * PAGE).map_err(err)?;
+            ensure!(failures >= pages, "only {failures} failure points for {pages} pages");
+            log::info!("vm: fault-injection sweep: {failures} failure points of k_mem_map({pages} pages), all rolled back");
+            return Ok(());
+        }
+        failures += 1;
+        ensure!(r == Err(VmError::OutOfFrames), "k = {k}: {r:?}");
+        let now = state();
+        ensure!(now.free == before.free && now.regions == before.regions, "k = {k}: free {} -> {}, regions {} -> {}", before.free, now.free, before.regions, now.regions);
+    }
+    Err(failure(format_args!("k_mem_map kept failing")))
+}
+
+fn page_table_audit() -> TestResult {
+    let vm = vm::get();
+    let a = vm.k_mem_map(8 * PAGE, KMemFlags::RW).map_err(err)?;
+    let report = vm.audit_tables(&[]);
+    vm.k_mem_unmap(a, 8 * PAGE).map_err(err)?;
+    let report = report.map_err(|v| failure(format_args!("page-table audit: {v:?}")))?;
+    ensure!(report.leaves > 8, "audit saw only {} leaves", report.leaves);
+    log::info!("vm: audit checked {} leaf entries: W^X, null page, no double mappings", report.leaves);
+    Ok(())
+}
+
+fn direct_map_bounds() -> TestResult {
+    let window = memory::direct_map();
+    let frame = frames::get().alloc_page().map_err(|e| failure(format_args!("{e:?}")))?;
+    memory::fill_words(frame, 0x51DE);
+    let virt = window.virtualize(frame + 0x40);
+    let back = virt.and_then(|v| window.phys(v));
+    let seen = virt.map(|v| probe::read(v));
+    frames::get().free_page(frame).map_err(|e| failure(format_args!("{e:?}")))?;
+    ensure!(virt == Ok(memory::virt_of(frame) + 0x40), "virtualize gave {virt:?}");
+    ensure!(back == Ok(frame + 0x40), "phys(virtualize(p)) gave {back:?}");
+    ensure!(seen == Ok(Ok(0x51DE)), "read through the direct map: {seen:?}");
+    let end = window.len();
+    ensure!(window.virtualize(end) == Err(VmError::BadPhys { phys: end }), "virtualize past the end");
+    let stack = &end as *const u64 as u64;
+    ensure!(window.phys(stack) == Err(VmError::NotDirectMapped { virt: stack }), "a stack address is not direct-mapped");
+    Ok(())
+}

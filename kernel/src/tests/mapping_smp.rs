@@ -1,0 +1,393 @@
+//! The mapping API on every CPU at once: unmap racing readers (no stale
+//! translation survives the unmap, no freed frame is seen through one),
+//! permission downgrades, full flushes that keep other mappings, map/unmap
+//! storms in one space and in separate spaces, and shootdowns that reach
+//! only the CPUs where a space is active.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mm::vm::{AddressSpace, Flags, KMemFlags, VmError, PAGE, USER_END, USER_START};
+use smp::tlb::{self, FULL_FLUSH_PAGES};
+use smp::{percpu, MAX_CPUS};
+use spin::Mutex;
+use x86_64::structures::idt::PageFaultErrorCode as Code;
+
+use super::probe;
+use super::{ensure, failure, rng::Rng, Failure, Test, TestResult};
+use crate::{frames, vm, workers};
+
+pub const TESTS: &[Test] = &[
+    Test::new("vm_smp::unmap_races_readers", unmap_races_readers),
+    Test::new("vm_smp::downgrade_seen_by_every_cpu", downgrade_everywhere),
+    Test::new("vm_smp::full_flush_keeps_other_mappings", full_flush_keeps_others),
+    Test::new("vm_smp::map_unmap_storm_one_space", storm_one_space),
+    Test::new("vm_smp::map_unmap_storm_separate_spaces", storm_separate_spaces),
+    Test::new("vm_smp::shootdowns_reach_only_active_cpus", targeted_shootdowns),
+];
+
+const RUN_NS: u64 = 60_000_000_000;
+const POISON: u64 = 0xDEAD_BEEF_DEAD_BEEF;
+const ROUNDS: u64 = 20;
+
+static ADDR: AtomicU64 = AtomicU64::new(0);
+static ROUND: AtomicU64 = AtomicU64::new(0);
+static UNMAPPED: AtomicBool = AtomicBool::new(false);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+static FIRST_ERROR: Mutex<Option<Failure>> = Mutex::new(None);
+
+fn fail(args: core::fmt::Arguments) {
+    ERRORS.fetch_add(1, Ordering::Relaxed);
+    let mut first = FIRST_ERROR.lock();
+    if first.is_none() {
+        *first = Some(failure(args));
+    }
+}
+
+fn reset() {
+    ERRORS.store(0, Ordering::Relaxed);
+    *FIRST_ERROR.lock() = None;
+}
+
+fn run(f: fn(usize)) -> TestResult {
+    reset();
+    workers::run_on_all(f, RUN_NS).map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
+    match FIRST_ERROR.lock().take() {
+        Some(e) => Err(failure(format_args!("{} errors; first: {}", ERRORS.load(Ordering::Relaxed), e.0))),
+        None => Ok(()),
+    }
+}
+
+fn spin_until(cond: impl Fn() -> bool) -> bool {
+    let deadline = drivers::tsc::now_ns() + 5_000_000_000;
+    while !cond() {
+        if drivers::tsc::now_ns() > deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// CPU 0 maps a page, bumps a counter in it while the others read it,
+/// unmaps it, takes the freed frame back and fills it with poison. A
+/// reader that started after the unmap returned must fault; no reader may
+/// ever see the counter go back or see the poison.
+fn unmap_races_readers() -> TestResult {
+    ROUND.store(0, Ordering::Relaxed);
+    TOTAL_READS.store(0, Ordering::Relaxed);
+    LATE_FAULTS.store(0, Ordering::Relaxed);
+    run(|cpu| {
+        for round in 1..=ROUNDS {
+            if cpu == 0 {
+                unmapper(round);
+            } else {
+                reader(cpu, round);
+            }
+        }
+    })?;
+    let (reads, faults) = (TOTAL_READS.load(Ordering::Relaxed), LATE_FAULTS.load(Ordering::Relaxed));
+    log::info!("vm_smp: {ROUNDS} unmaps raced {reads} reads; readers faulted {faults} times after the unmap returned");
+    let readers = percpu::online_count() as u64 - 1;
+    ensure!(readers == 0 || (reads > 0 && faults == readers * ROUNDS), "{reads} reads, {faults} late faults: the race was not exercised");
+    Ok(())
+}
+
+/// Successful reads, and faults seen once the unmap had returned.
+static TOTAL_READS: AtomicU64 = AtomicU64::new(0);
+static LATE_FAULTS: AtomicU64 = AtomicU64::new(0);
+/// Frames taken back after an unmap: its data frame and the page tables it
+/// freed come back among the first few.
+const TAKE_BACK: usize = 8;
+
+static READS: AtomicU64 = AtomicU64::new(0);
+
+fn unmapper(round: u64) {
+    let vm = vm::get();
+    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW) else { return fail(format_args!("round {round}: map failed")) };
+    let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys).unwrap_or(0);
+    READS.store(0, Ordering::Relaxed);
+    UNMAPPED.store(false, Ordering::Relaxed);
+    ADDR.store(a, Ordering::Relaxed);
+    ROUND.store(round, Ordering::Release);
+    let others = percpu::online_count() as u64 - 1;
+    let mut seq = 1;
+    // Let the readers cache the translation and read a while (bounded:
+    // vCPUs time-share the host's cores).
+    let deadline = drivers::tsc::now_ns() + 2_000_000_000;
+    while READS.load(Ordering::Relaxed) < 50 * others && drivers::tsc::now_ns() < deadline {
+        let _ = probe::write(a, seq);
+        seq += 1;
+    }
+    if let Err(e) = vm.k_mem_unmap(a, PAGE) {
+        return fail(format_args!("round {round}: unmap: {e:?}"));
+    }
+    // The freed frames go back to this CPU's magazine: take them again and
+    // poison them, so a stale translation would show the poison.
+    let mut taken = arrayvec::ArrayVec::<u64, TAKE_BACK>::new();
+    while let (false, Ok(f)) = (taken.is_full(), frames::get().alloc_page()) {
+        crate::memory::fill_words(f, POISON);
+        taken.push(f);
+    }
+    UNMAPPED.store(true, Ordering::Release);
+    if !taken.contains(&frame) {
+        fail(format_args!("round {round}: the unmapped frame {frame:#x} was not among the next {TAKE_BACK} allocations"));
+    }
+    if !spin_until(|| ROUND_DONE.load(Ordering::Acquire) == others) {
+        fail(format_args!("round {round}: readers did not finish"));
+    }
+    for f in taken {
+        let _ = frames::get().free_page(f);
+    }
+    ROUND_DONE.store(0, Ordering::Release);
+}
+
+static ROUND_DONE: AtomicU64 = AtomicU64::new(0);
+
+fn reader(cpu: usize, round: u64) {
+    if !spin_until(|| ROUND.load(Ordering::Acquire) >= round) {
+        return fail(format_args!("cpu {cpu}: round {round} never started"));
+    }
+    let a = ADDR.load(Ordering::Relaxed);
+    let (mut last, mut mine) = (0, 0);
+    let deadline = drivers::tsc::now_ns() + 10_000_000_000;
+    loop {
+        let after_unmap = UNMAPPED.load(Ordering::Acquire);
+        match probe::read(a) {
+            Ok(v) if v == POISON => break fail(format_args!("cpu {cpu} round {round}: read poison through a stale translation")),
+            Ok(_) if after_unmap => break fail(format_args!("cpu {cpu} round {round}: read after unmap returned")),
+            Ok(v) if v < last => break fail(format_args!("cpu {cpu} round {round}: counter went back {last} -> {v}")),
+            Ok(v) => {
+                last = v;
+                READS.fetch_add(1, Ordering::Relaxed);
+                mine += 1;
+            }
+            Err(f) if f.cr2 != a => break fail(format_args!("cpu {cpu}: fault at {:#x}, not {a:#x}", f.cr2)),
+            Err(_) if after_unmap => {
+                LATE_FAULTS.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(_) => {} // unmapped, flag not yet raised: keep reading
+        }
+        if drivers::tsc::now_ns() > deadline {
+            break fail(format_args!("cpu {cpu} round {round}: the page never went away"));
+        }
+    }
+    TOTAL_READS.fetch_add(mine, Ordering::Relaxed);
+    ROUND_DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+fn downgrade_everywhere() -> TestResult {
+    let vm = vm::get();
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
+    ADDR.store(a, Ordering::Relaxed);
+    let writable = run(|cpu| {
+        let a = ADDR.load(Ordering::Relaxed);
+        if let Err(f) = probe::write(a + 8 * cpu as u64, cpu as u64 + 1) {
+            fail(format_args!("cpu {cpu}: write before the downgrade faulted: {f:?}"));
+        }
+    });
+    let protect = vm.protect(vm.kernel(), a, 1, Flags::READ);
+    let readonly = run(|cpu| {
+        let a = ADDR.load(Ordering::Relaxed);
+        let slot = a + 8 * cpu as u64;
+        match probe::write(slot, 0) {
+            Err(f) if f.cr2 == slot && probe::code(&f).contains(Code::CAUSED_BY_WRITE | Code::PROTECTION_VIOLATION) => {}
+            other => fail(format_args!("cpu {cpu}: write after the downgrade: {other:?}")),
+        }
+        if probe::read(slot) != Ok(cpu as u64 + 1) {
+            fail(format_args!("cpu {cpu}: read after the downgrade: {:?}", probe::read(slot)));
+        }
+    });
+    vm.k_mem_unmap(a, PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    writable?;
+    protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
+    readonly
+}
+
+static OTHER: AtomicU64 = AtomicU64::new(0);
+
+/// A downgrade of more than `FULL_FLUSH_PAGES` pages flushes whole TLBs;
+/// every CPU must still read another region correctly afterwards.
+fn full_flush_keeps_others() -> TestResult {
+    let vm = vm::get();
+    let pages = FULL_FLUSH_PAGES + 3;
+    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
+    let other = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
+    for i in 0..512 {
+        let _ = probe::write(other + 8 * i, 0x1000 + i);
+    }
+    OTHER.store(other, Ordering::Relaxed);
+    let read_other = |cpu: usize| {
+        let o = OTHER.load(Ordering::Relaxed);
+        for i in 0..512 {
+            if probe::read(o + 8 * i) != Ok(0x1000 + i) {
+                return fail(format_args!("cpu {cpu}: word {i} of the other region wrong"));
+            }
+        }
+    };
+    let warm = run(read_other);
+    let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let protect = vm.protect(vm.kernel(), big, pages, Flags::READ);
+    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let reread = run(read_other);
+    vm.k_mem_unmap(big, pages * PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    vm.k_mem_unmap(other, PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    warm?;
+    protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
+    for cpu in percpu::online_set().iter() {
+        ensure!(after[cpu].full_flushes == before[cpu].full_flushes + 1, "cpu {cpu} did not flush fully");
+    }
+    reread
+}
+
+const STORM_ROUNDS: u64 = 150;
+static UNMAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Every CPU maps, fills, checks and unmaps regions of random size in the
+/// kernel space; afterwards every frame and range is back.
+fn storm_one_space() -> TestResult {
+    let vm = vm::get();
+    let before = (frames::get().free_bytes(), vm.region_bytes());
+    let ipis_before: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).ipis).sum();
+    UNMAPS.store(0, Ordering::Relaxed);
+    let r = run(|cpu| {
+        let vm = vm::get();
+        let mut rng = Rng::new(super::seed() ^ cpu as u64);
+        for round in 0..STORM_ROUNDS {
+            let pages = 1 + rng.below(8);
+            let a = match vm.k_mem_map(pages * PAGE, KMemFlags::RW) {
+                Ok(a) => a,
+                Err(e) => return fail(format_args!("cpu {cpu} round {round}: map: {e:?}")),
+            };
+            let tag = (cpu as u64) << 32 | round;
+            for p in 0..pages {
+                let _ = probe::write(a + p * PAGE + 8 * (round % 512), tag);
+            }
+            for p in 0..pages {
+                let v = probe::read(a + p * PAGE + 8 * (round % 512));
+                if v != Ok(tag) {
+                    return fail(format_args!("cpu {cpu} round {round}: page {p} reads {v:?}, wrote {tag:#x}"));
+                }
+            }
+            if let Err(e) = vm.k_mem_unmap(a, pages * PAGE) {
+                return fail(format_args!("cpu {cpu} round {round}: unmap: {e:?}"));
+            }
+            UNMAPS.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    r?;
+    // A prune that lost the table lock to a mapper is finished by the
+    // next unmap.
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
+    vm.k_mem_unmap(a, PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    let ipis: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).ipis).sum::<u64>() - ipis_before;
+    let unmaps = UNMAPS.load(Ordering::Relaxed);
+    log::info!("vm: {unmaps} kernel unmaps from {} CPUs sent {ipis} IPIs: {:.2} per unmap", percpu::online_count(), ipis as f64 / unmaps as f64);
+    let after = (frames::get().free_bytes(), vm.region_bytes());
+    ensure!(after == before, "free bytes/regions {before:?} before, {after:?} after");
+    frames::get().audit().map_err(|v| failure(format_args!("frame audit: {v:?}")))?;
+    vm.audit_tables(&[]).map_err(|v| failure(format_args!("page-table audit: {v:?}")))?;
+    Ok(())
+}
+
+static SWITCH_ON: AtomicBool = AtomicBool::new(false);
+static SPACES: [Mutex<Option<AddressSpace>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
+
+/// Each CPU runs in its own user space and vmallocs/vmfrees there: its
+/// shootdowns target only itself, so no IPI is sent at all.
+fn storm_separate_spaces() -> TestResult {
+    let vm = vm::get();
+    let before = frames::get().free_bytes();
+    let counters: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let r = run(|cpu| {
+        let vm = vm::get();
+        let space = match vm.new_user_space() {
+            Ok(s) => s,
+            Err(e) => return fail(format_args!("cpu {cpu}: new space: {e:?}")),
+        };
+        vm.activate(&space);
+        let mut rng = Rng::new(super::seed() ^ !(cpu as u64));
+        for round in 0..STORM_ROUNDS {
+            let pages = 1 + rng.below(40);
+            let r = vm.vmalloc(&space, USER_START, USER_END, pages, Flags::USER | Flags::WRITE).and_then(|a| {
+                let t = vm.map_get(&space, a + (pages - 1) * PAGE)?;
+                if !t.flags.contains(Flags::USER | Flags::WRITE) {
+                    return Err(VmError::NotMapped { virt: a });
+                }
+                vm.vmfree(&space, a, pages)
+            });
+            if let Err(e) = r {
+                fail(format_args!("cpu {cpu} round {round}: {e:?}"));
+                break;
+            }
+        }
+        vm.deactivate(&space);
+        if let Err((e, _)) = vm.destroy_space(space) {
+            fail(format_args!("cpu {cpu}: destroy: {e:?}"));
+        }
+    });
+    r?;
+    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    for cpu in percpu::online_set().iter() {
+        ensure!(after[cpu].ipis == counters[cpu].ipis, "cpu {cpu} sent {} IPIs for private spaces", after[cpu].ipis - counters[cpu].ipis);
+        ensure!(after[cpu].shootdowns >= counters[cpu].shootdowns + STORM_ROUNDS, "cpu {cpu}: unmaps not shot down locally");
+    }
+    let now = frames::get().free_bytes();
+    ensure!(now == before, "free bytes {before} before, {now} after the spaces were destroyed");
+    let _ = vm;
+    Ok(())
+}
+
+/// A user space active on CPU 0 and one other CPU: its unmaps send one IPI
+/// each, to that CPU only; CPUs not running it invalidate nothing.
+fn targeted_shootdowns() -> TestResult {
+    let vm = vm::get();
+    let online = percpu::online_set();
+    let Some(other) = online.without(0).iter().next() else {
+        log::info!("vm_smp: one CPU: no remote CPU to target");
+        return Ok(());
+    };
+    let space = vm.new_user_space().map_err(|e| failure(format_args!("{e:?}")))?;
+    *SPACES[0].lock() = Some(space);
+    OTHER.store(other as u64, Ordering::Relaxed);
+    let switch = |on: bool| {
+        SWITCH_ON.store(on, Ordering::Relaxed);
+        run(|cpu| {
+            if cpu == 0 || cpu == OTHER.load(Ordering::Relaxed) as usize {
+                let guard = SPACES[0].lock();
+                let space = guard.as_ref().expect("space set");
+                if SWITCH_ON.load(Ordering::Relaxed) {
+                    vm::get().activate(space)
+                } else {
+                    vm::get().deactivate(space)
+                }
+            }
+        })
+    };
+    switch(true)?;
+    let guard = SPACES[0].lock();
+    let space = guard.as_ref().expect("space set");
+    let active = space.active_cpus();
+    let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let mut result = Ok(());
+    for _ in 0..10 {
+        result = result.and(
+            vm.vmalloc(space, USER_START, USER_END, 3, Flags::USER | Flags::WRITE)
+                .and_then(|a| vm.vmfree(space, a, 3))
+                .map_err(|e| failure(format_args!("{e:?}"))),
+        );
+    }
+    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    drop(guard);
+    switch(false)?;
+    let space = SPACES[0].lock().take().expect("space set");
+    vm.destroy_space(space).map_err(|(e, _)| failure(format_args!("destroy: {e:?}")))?;
+    result?;
+    ensure!(active == 1 | 1 << other, "active set {active:#x}, expected CPUs 0 and {other}");
+    ensure!(after[0].ipis - before[0].ipis == 10, "10 unmaps sent {} IPIs", after[0].ipis - before[0].ipis);
+    ensure!(after[other].pages_invalidated - before[other].pages_invalidated == 30, "cpu {other} invalidated {}", after[other].pages_invalidated - before[other].pages_invalidated);
+    for cpu in online.without(0).without(other).iter() {
+        ensure!(after[cpu] == before[cpu], "cpu {cpu} (space not active) was disturbed: {:?} -> {:?}", before[cpu], after[cpu]);
+    }
+    Ok(())
+}

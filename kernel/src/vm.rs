@@ -1,0 +1,93 @@
+//! The kernel's virtual memory: `mm::vm::Vm` over the bootloader's page
+//! tables (adopted as the kernel space), reaching tables through the direct
+//! map, taking frames from the boot allocator until the frame allocator
+//! runs, and shooting down with `smp::tlb`.
+
+use mm::direct_map::DirectMap;
+use mm::frame::FrameError;
+use mm::vm::{ShootdownFailed, Table, Vm, VmPlatform};
+use smp::tlb::{self, ShootdownError};
+use smp::{percpu, CpuSet};
+use spin::Once;
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::PhysAddr;
+
+use crate::{frames, memory};
+
+pub struct KernelVm {
+    direct: DirectMap,
+}
+
+static VM: Once<Vm<KernelVm>> = Once::new();
+
+/// The virtual-memory manager. Panics before `init`.
+pub fn get() -> &'static Vm<KernelVm> {
+    VM.get().expect("vm used before vm::init")
+}
+
+/// Adopts the running page tables as the kernel space.
+///
+/// # Safety
+/// Once, on the BSP, with the direct-map offset, after `memory::init`.
+pub unsafe fn init(phys_offset: u64) {
+    // SAFETY: per this function's contract, the offset is the direct map's.
+    let direct = unsafe { DirectMap::new(phys_offset) };
+    let (root, _) = Cr3::read();
+    let vm = Vm::new(KernelVm { direct }, root.start_address().as_u64()).expect("no frame for the kernel area's table");
+    VM.call_once(|| vm);
+}
+
+impl VmPlatform for KernelVm {
+    fn table(&self, phys: u64) -> &Table {
+        self.direct.table(phys)
+    }
+
+    fn fill_frame(&self, phys: u64, byte: u8) {
+        self.direct.fill(phys, byte)
+    }
+
+    fn copy_frame(&self, from: u64, to: u64) {
+        self.direct.copy(from, to)
+    }
+
+    fn alloc_frame(&self) -> Result<u64, FrameError> {
+        if frames::ready() {
+            frames::get().alloc_page()
+        } else {
+            memory::boot_frame().ok_or(FrameError::OutOfMemory)
+        }
+    }
+
+    fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
+        frames::get().free_page(phys)
+    }
+
+    fn cpu_index(&self) -> usize {
+        percpu::current_index()
+    }
+
+    fn online_cpus(&self) -> u64 {
+        percpu::online_set().bits()
+    }
+
+    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+        tlb::shootdown(CpuSet::from_bits(targets), start, pages).map_err(|e| {
+            log::error!("shootdown of {pages} pages at {start:#x} to {targets:#x} failed: {e:?}");
+            let cpus = match e {
+                ShootdownError::Call(smp::ipi::CallError::Timeout { missing }) => missing.bits(),
+                ShootdownError::Call(smp::ipi::CallError::NotOnline { cpus }) => cpus.bits(),
+                ShootdownError::BadRange { .. } => targets,
+            };
+            ShootdownFailed { cpus }
+        })
+    }
+
+    fn load_root(&self, root: u64) {
+        let frame = PhysFrame::containing_address(PhysAddr::new(root));
+        // SAFETY: every root `Vm` hands out is a PML4 whose upper half is
+        // the kernel's (copied from the kernel space), so the code, stack
+        // and data running now stay mapped across the switch.
+        unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    }
+}

@@ -1,0 +1,207 @@
+//! Zephyr's kernel-level mapping calls: `k_mem_map`/`k_mem_unmap` (anonymous
+//! memory between two unmapped guard pages) and `phys_map`/`phys_unmap`
+//! (device memory with a cache mode), over the region allocator.
+
+use core::ops::BitOr;
+use core::sync::atomic::Ordering;
+
+use super::mapping::{check_phys, Vm};
+use super::pte::{self, CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
+use super::region::{RegionError, RegionKind};
+use super::table::{self, Lookup};
+use super::{VmError, VmPlatform, PAGE};
+
+/// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
+/// `K_MEM_PERM_USER`, `K_MEM_MAP_UNINIT`, `K_MEM_MAP_LOCK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KMemFlags(u8);
+
+impl KMemFlags {
+    /// Read-only, kernel only, not executable, zeroed.
+    pub const NONE: KMemFlags = KMemFlags(0);
+    pub const RW: KMemFlags = KMemFlags(1);
+    pub const EXEC: KMemFlags = KMemFlags(2);
+    pub const USER: KMemFlags = KMemFlags(4);
+    /// Do not zero the memory (kernel-only mappings).
+    pub const UNINIT: KMemFlags = KMemFlags(8);
+    /// Pin the frames: never paged out.
+    pub const LOCK: KMemFlags = KMemFlags(16);
+
+    pub const fn contains(self, other: KMemFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    fn access(self) -> Flags {
+        let mut f = Flags::READ;
+        if self.contains(KMemFlags::RW) {
+            f = f | Flags::WRITE;
+        }
+        if self.contains(KMemFlags::EXEC) {
+            f = f | Flags::EXEC;
+        }
+        if self.contains(KMemFlags::USER) {
+            f = f | Flags::USER;
+        }
+        f
+    }
+}
+
+impl BitOr for KMemFlags {
+    type Output = KMemFlags;
+    fn bitor(self, rhs: KMemFlags) -> KMemFlags {
+        KMemFlags(self.0 | rhs.0)
+    }
+}
+
+/// Zephyr's `k_mem_region_align`: the `align`-aligned range covering
+/// `addr .. addr + size`, as (aligned start, aligned size, offset of
+/// `addr` in it). `align` must be a power of two. `None` if the range
+/// wraps.
+pub fn region_align(addr: u64, size: u64, align: u64) -> Option<(u64, u64, u64)> {
+    debug_assert!(align.is_power_of_two());
+    let start = addr & !(align - 1);
+    let end = addr.checked_add(size)?.checked_add(align - 1)? & !(align - 1);
+    Some((start, end - start, addr - start))
+}
+
+fn check_size(size: u64) -> Result<u64, VmError> {
+    if size == 0 {
+        return Err(VmError::ZeroSize);
+    }
+    if size % PAGE != 0 {
+        return Err(VmError::NotAligned { value: size });
+    }
+    Ok(size / PAGE)
+}
+
+impl<P: VmPlatform> Vm<P> {
+    /// Maps `size` bytes (page multiple) of fresh memory in the kernel area
+    /// between two unmapped guard pages and returns its start. Zeroed
+    /// unless `UNINIT`; `USER` with `UNINIT` is refused.
+    pub fn k_mem_map(&self, size: u64, flags: KMemFlags) -> Result<u64, VmError> {
+        let pages = check_size(size)?;
+        if flags.contains(KMemFlags::USER | KMemFlags::UNINIT) {
+            return Err(VmError::UserUninit);
+        }
+        let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let region = self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
+        let mut bits = flags.access().pte_bits() | SW_OWNED;
+        if flags.contains(KMemFlags::LOCK) {
+            bits |= SW_PINNED;
+        }
+        let start = region + PAGE;
+        if let Err(e) = self.populate(self.kernel(), start, pages, bits, !flags.contains(KMemFlags::UNINIT)) {
+            self.region_free(region, total, RegionKind::KMem);
+            return Err(e);
+        }
+        Ok(start)
+    }
+
+    /// Unmaps a region `k_mem_map` returned (`addr` and `size` exactly as
+    /// mapped, guard pages still unmapped, every page mapped) and frees its
+    /// frames once no CPU can reach them. Anything else is an error and
+    /// changes nothing.
+    pub fn k_mem_unmap(&self, addr: u64, size: u64) -> Result<(), VmError> {
+        let pages = check_size(size)?;
+        if addr % PAGE != 0 {
+            return Err(VmError::NotAligned { value: addr });
+        }
+        let not_region = VmError::NotARegion { addr, size };
+        let region = addr.checked_sub(PAGE).ok_or(not_region)?;
+        let total = size.checked_add(2 * PAGE).ok_or(not_region)?;
+        if !self.regions.is_region(region, total, RegionKind::KMem) {
+            return Err(not_region);
+        }
+        self.check_guards(region, addr + size).map_err(|_| not_region)?;
+        {
+            let _shared = self.kernel().tables.read();
+            self.mapped_slots(self.kernel(), addr, pages)?;
+        }
+        self.teardown(self.kernel(), addr, pages)?;
+        self.region_free(region, total, RegionKind::KMem);
+        Ok(())
+    }
+
+    /// Both guard pages must be unmapped.
+    fn check_guards(&self, below: u64, above: u64) -> Result<(), ()> {
+        for g in [below, above] {
+            if self.map_get(self.kernel(), g).is_ok() {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps the physical range `phys .. phys + size` (any alignment) with
+    /// `cache` for device access, writable and not executable, between
+    /// guard pages; returns the virtual address of `phys`.
+    pub fn phys_map(&self, phys: u64, size: u64, cache: CacheMode) -> Result<u64, VmError> {
+        if size == 0 {
+            return Err(VmError::ZeroSize);
+        }
+        let (base, len, offset) = region_align(phys, size, PAGE).ok_or(VmError::BadPhys { phys })?;
+        check_phys(base, PAGE, len)?;
+        let total = len + 2 * PAGE;
+        let region = match self.regions.alloc(total, RegionKind::Phys, self.p.cpu_index()) {
+            Ok(r) => r,
+            Err(RegionError::Exhausted | RegionError::NotARegion) => return Err(VmError::OutOfVirtualSpace),
+        };
+        let virt = region + PAGE;
+        let bits = Flags::WRITE.pte_bits() | cache.pte_bits() | SW_DEVICE;
+        let shared = self.kernel().tables.read();
+        for i in 0..len / PAGE {
+            let done = self.install(self.kernel(), virt + i * PAGE, (base + i * PAGE) | bits, 0);
+            if let Err(e) = done {
+                drop(shared);
+                self.teardown(self.kernel(), virt, i)?;
+                self.region_free(region, total, RegionKind::Phys);
+                return Err(e);
+            }
+        }
+        Ok(virt + offset)
+    }
+
+    /// Undoes `phys_map`: `virt` and `size` as given to and returned by it.
+    pub fn phys_unmap(&self, virt: u64, size: u64) -> Result<(), VmError> {
+        if size == 0 {
+            return Err(VmError::ZeroSize);
+        }
+        let not_region = VmError::NotARegion { addr: virt, size };
+        let (base, len, _) = region_align(virt, size, PAGE).ok_or(not_region)?;
+        let region = base.checked_sub(PAGE).ok_or(not_region)?;
+        if !self.regions.is_region(region, len + 2 * PAGE, RegionKind::Phys) {
+            return Err(not_region);
+        }
+        {
+            let _shared = self.kernel().tables.read();
+            for s in self.mapped_slots(self.kernel(), base, len / PAGE)? {
+                if s.load(Ordering::Relaxed) & SW_DEVICE == 0 {
+                    return Err(not_region);
+                }
+            }
+        }
+        self.teardown(self.kernel(), base, len / PAGE)?;
+        self.region_free(region, len + 2 * PAGE, RegionKind::Phys);
+        Ok(())
+    }
+
+    /// Whether the kernel page at `virt` is mapped (for callers checking
+    /// guard pages).
+    pub fn is_mapped(&self, virt: u64) -> bool {
+        matches!(table::lookup(&self.p, self.kernel().root, virt, 0),
+            Lookup::Entry { slot, .. } if pte::is_present(slot.load(Ordering::Acquire)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_align_covers_odd_ranges() {
+        assert_eq!(region_align(0x1234, 0x10, 0x1000), Some((0x1000, 0x1000, 0x234)));
+        assert_eq!(region_align(0x1ff0, 0x20, 0x1000), Some((0x1000, 0x2000, 0xff0)));
+        assert_eq!(region_align(0x2000, 0x1000, 0x1000), Some((0x2000, 0x1000, 0)));
+        assert_eq!(region_align(u64::MAX - 10, 100, 0x1000), None);
+    }
+}

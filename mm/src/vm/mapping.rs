@@ -1,0 +1,464 @@
+//! `Vm`: the kernel space, user spaces, and the seed API over them
+//! (`map_single`, `map_get`, `umap_single`, `protect`, `vmfind`,
+//! `vmalloc`, `vmfree`).
+//!
+//! Every removal or downgrade of a translation follows one order: change
+//! the entries, detach tables that became empty, shoot the range down on
+//! every CPU that may cache it, and only then free frames and tables. If
+//! the shootdown fails, the frames are quarantined (never reused).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::vec::Vec;
+
+use super::inject::Inject;
+use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
+use super::region::{RegionKind, Regions};
+use super::space::{check_range_in, AddressSpace, SpaceKind};
+use super::table::{self, Lookup, TOP};
+use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+
+/// Attempts at the exclusive table lock before pruning is left to a later
+/// unmap (mappers hold the shared lock only briefly, so this rarely runs
+/// out; it bounds the wait when it does).
+const PRUNE_ATTEMPTS: usize = 1000;
+
+/// What `map_get` finds at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The physical address `virt` translates to (page offset included).
+    pub phys: u64,
+    pub flags: Flags,
+    pub size: PageSize,
+    pub cache: CacheMode,
+    /// Made with `LOCK`: the frame is pinned.
+    pub pinned: bool,
+}
+
+pub struct Vm<P: VmPlatform> {
+    pub(super) p: P,
+    kernel: AddressSpace,
+    pub(super) regions: Regions,
+    pub(super) inject: Inject,
+    next_stack: AtomicU64,
+    quarantined: AtomicU64,
+    /// An unmap could not prune the kernel space's tables; the next one
+    /// that can prunes the whole kernel area.
+    kernel_prune_pending: core::sync::atomic::AtomicBool,
+}
+
+impl<P: VmPlatform> Vm<P> {
+    /// Adopts the page tables at `root` (the running ones) as the kernel
+    /// space and gives the kernel area's PML4 slot a table, so that every
+    /// user space created later shares it.
+    pub fn new(p: P, root: u64) -> Result<Vm<P>, VmError> {
+        let vm = Vm {
+            p,
+            kernel: AddressSpace::new(root, SpaceKind::Kernel),
+            regions: Regions::new(KERNEL_REGION_AREA),
+            inject: Inject::new(),
+            next_stack: AtomicU64::new(STACK_AREA.start),
+            quarantined: AtomicU64::new(0),
+            kernel_prune_pending: core::sync::atomic::AtomicBool::new(false),
+        };
+        table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, &mut || vm.alloc())?;
+        Ok(vm)
+    }
+
+    pub fn platform(&self) -> &P {
+        &self.p
+    }
+
+    pub fn kernel(&self) -> &AddressSpace {
+        &self.kernel
+    }
+
+    /// The fault-injection switch.
+    pub fn inject(&self) -> &Inject {
+        &self.inject
+    }
+
+    /// Frames kept out of use because a shootdown did not complete.
+    pub fn quarantined_frames(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of kernel virtual regions in use.
+    pub fn region_bytes(&self) -> u64 {
+        self.regions.used_bytes()
+    }
+
+    /// A frame for a mapping or a page table (subject to fault injection).
+    pub(super) fn alloc(&self) -> Result<u64, VmError> {
+        if self.inject.should_fail(self.p.cpu_index()) {
+            return Err(VmError::OutOfFrames);
+        }
+        self.p.alloc_frame().map_err(|_| VmError::OutOfFrames)
+    }
+
+    /// CPUs that may cache translations of `space`.
+    pub fn shootdown_targets(&self, space: &AddressSpace) -> u64 {
+        match space.kind() {
+            SpaceKind::Kernel => self.p.online_cpus(),
+            SpaceKind::User => space.active_cpus(),
+        }
+    }
+
+    fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
+        match self.shootdown_targets(space) {
+            0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
+            targets => Ok(self.p.shootdown(targets, start, pages)?),
+        }
+    }
+
+    // ---- spaces ----
+
+    /// A new user space: an empty lower half and the kernel's upper half.
+    pub fn new_user_space(&self) -> Result<AddressSpace, VmError> {
+        let root = self.alloc()?;
+        self.p.fill_frame(root, 0);
+        let (k, u) = (self.p.table(self.kernel.root), self.p.table(root));
+        for i in 256..512 {
+            u[i].store(k[i].load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        Ok(AddressSpace::new(root, SpaceKind::User))
+    }
+
+    /// Frees a user space's tables, its root and the frames its mappings
+    /// own. It must not be active on any CPU.
+    pub fn destroy_space(&self, space: AddressSpace) -> Result<(), (VmError, AddressSpace)> {
+        let cpus = space.active_cpus();
+        if space.kind() == SpaceKind::Kernel || cpus != 0 {
+            return Err((VmError::SpaceActive { cpus }, space));
+        }
+        let (mut tables, mut owned) = (Vec::new(), Vec::new());
+        table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);
+        for f in owned.into_iter().chain(tables).chain([space.root]) {
+            let _ = self.p.free_frame(f);
+        }
+        Ok(())
+    }
+
+    /// Runs `space` on this CPU (loads its root). Its bit in the active set
+    /// is set before the load, so an unmapper that reads the set after
+    /// changing an entry either targets this CPU or this CPU loads the
+    /// changed tables.
+    pub fn activate(&self, space: &AddressSpace) {
+        if space.kind() == SpaceKind::User {
+            space.active.fetch_or(1 << self.p.cpu_index(), Ordering::SeqCst);
+        }
+        self.p.load_root(space.root);
+    }
+
+    /// Leaves `space` for the kernel space on this CPU. Loading the root
+    /// drops the space's translations here, so the bit is cleared after.
+    pub fn deactivate(&self, space: &AddressSpace) {
+        self.p.load_root(self.kernel.root);
+        if space.kind() == SpaceKind::User {
+            space.active.fetch_and(!(1 << self.p.cpu_index()), Ordering::SeqCst);
+        }
+    }
+
+    // ---- the seed API ----
+
+    /// Maps one page of size class `size` at `virt` to `phys`. The caller
+    /// keeps owning the frame (`umap_single` hands it back).
+    pub fn map_single(&self, space: &AddressSpace, virt: u64, phys: u64, flags: Flags, size: PageSize) -> Result<(), VmError> {
+        let bytes = size.bytes();
+        if virt % bytes != 0 {
+            return Err(VmError::NotAligned { value: virt });
+        }
+        check_phys(phys, bytes, bytes)?;
+        space.check_range(virt, bytes / PAGE)?;
+        let huge = if size == PageSize::Size4K { 0 } else { HUGE };
+        let _shared = space.tables.read();
+        self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
+    }
+
+    /// Sets the entry at `level` for `virt` to `value` if it is empty,
+    /// creating tables on the way. Holds no lock itself.
+    pub(super) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
+        let slot = table::entry_for(&self.p, space.root, virt, level, &mut || self.alloc())?;
+        if level > 0 {
+            // A table below this entry means smaller pages may be mapped.
+            let e = slot.load(Ordering::Acquire);
+            if pte::is_present(e) && e & HUGE == 0 {
+                return Err(VmError::AlreadyMapped { virt });
+            }
+        }
+        slot.compare_exchange(0, value, Ordering::AcqRel, Ordering::Relaxed)
+            .map(|_| ())
+            .map_err(|_| VmError::AlreadyMapped { virt })
+    }
+
+    /// What `virt` translates to in `space`, any size class.
+    pub fn map_get(&self, space: &AddressSpace, virt: u64) -> Result<Translation, VmError> {
+        match table::lookup(&self.p, space.root, virt, 0) {
+            Lookup::Entry { slot, level } => {
+                let e = slot.load(Ordering::Acquire);
+                if !pte::is_present(e) {
+                    return Err(VmError::NotMapped { virt });
+                }
+                let size = PageSize::at_level(level);
+                // In huge entries bit 12 is the PAT bit, not address.
+                let base = if level == 0 { pte::addr(e) } else { pte::addr(e) & !(size.bytes() - 1) };
+                Ok(Translation {
+                    phys: base + (virt & (size.bytes() - 1)),
+                    flags: Flags::from_pte(e),
+                    size,
+                    cache: CacheMode::from_pte(e),
+                    pinned: e & SW_PINNED != 0,
+                })
+            }
+            Lookup::NoTable { .. } => Err(VmError::NotMapped { virt }),
+        }
+    }
+
+    /// Unmaps the page of size class `size` at `virt` and returns its
+    /// frame, after every CPU that may cache it has dropped it.
+    pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<u64, VmError> {
+        let bytes = size.bytes();
+        if virt % bytes != 0 {
+            return Err(VmError::NotAligned { value: virt });
+        }
+        space.check_range(virt, bytes / PAGE)?;
+        let t = self.map_get(space, virt)?;
+        if t.size != size {
+            return Err(VmError::SizeMismatch { virt, mapped: t.size });
+        }
+        let old = {
+            let _shared = space.tables.read();
+            let Lookup::Entry { slot, .. } = table::lookup(&self.p, space.root, virt, size.level()) else {
+                return Err(VmError::NotMapped { virt });
+            };
+            let e = slot.load(Ordering::Acquire);
+            if !pte::is_present(e) || slot.compare_exchange(e, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                return Err(VmError::NotMapped { virt }); // a concurrent unmap won
+            }
+            e
+        };
+        self.finish_unmap(space, virt, bytes / PAGE, &[])?;
+        // In huge entries bit 12 is the PAT bit, not address.
+        Ok(pte::addr(old) & !(bytes - 1))
+    }
+
+    /// Changes the access of `npages` mapped 4 KiB pages from `virt` and
+    /// shoots them down, so a downgrade holds on every CPU on return.
+    pub fn protect(&self, space: &AddressSpace, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
+        check_range_in(space.protectable(), virt, npages)?;
+        let _shared = space.tables.read();
+        let slots = self.mapped_slots(space, virt, npages)?;
+        let keep = pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
+        for s in &slots {
+            let mut e = s.load(Ordering::Acquire);
+            // Loop: the CPU may set accessed/dirty bits meanwhile.
+            while let Err(now) = s.compare_exchange_weak(e, (e & keep) | flags.pte_bits(), Ordering::AcqRel, Ordering::Acquire) {
+                e = now;
+            }
+        }
+        drop(_shared);
+        self.flush(space, virt, npages)
+    }
+
+    /// The 4 KiB leaf entries of `npages` pages from `virt`, all of which
+    /// must be mapped (else `NotMapped`/`SizeMismatch`, nothing changed).
+    pub(super) fn mapped_slots(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<Vec<&core::sync::atomic::AtomicU64>, VmError> {
+        let mut slots = Vec::with_capacity(npages as usize);
+        for i in 0..npages {
+            let va = virt + i * PAGE;
+            match table::lookup(&self.p, space.root, va, 0) {
+                Lookup::Entry { slot, level } if pte::is_present(slot.load(Ordering::Acquire)) => {
+                    if level != 0 {
+                        return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) });
+                    }
+                    slots.push(slot);
+                }
+                _ => return Err(VmError::NotMapped { virt: va }),
+            }
+        }
+        Ok(slots)
+    }
+
+    /// The first `npages` unmapped pages in `from..to` of `space`.
+    pub fn vmfind(&self, space: &AddressSpace, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
+        if from % PAGE != 0 || to % PAGE != 0 {
+            return Err(VmError::NotAligned { value: if from % PAGE != 0 { from } else { to } });
+        }
+        let area = space.mappable();
+        let (from, to) = (from.max(area.start), to.min(area.end));
+        if npages == 0 {
+            return Err(VmError::ZeroSize);
+        }
+        let len = npages.checked_mul(PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let mut start = from;
+        while let Some(end) = start.checked_add(len).filter(|&e| e <= to) {
+            match table::first_mapped(&self.p, space.root, start, end) {
+                None => return Ok(start),
+                Some(m) => start = m + PAGE,
+            }
+        }
+        Err(VmError::OutOfVirtualSpace)
+    }
+
+    /// Finds `npages` free pages in `from..to`, backs them with fresh
+    /// zeroed frames and maps them with `flags`. All or nothing.
+    pub fn vmalloc(&self, space: &AddressSpace, from: u64, to: u64, npages: u64, flags: Flags) -> Result<u64, VmError> {
+        // Two CPUs may find the same range; the loser sees AlreadyMapped
+        // part-way, rolls back and looks again.
+        for _ in 0..16 {
+            let virt = self.vmfind(space, from, to, npages)?;
+            match self.populate(space, virt, npages, flags.pte_bits() | SW_OWNED, true) {
+                Err(VmError::AlreadyMapped { .. }) => continue,
+                r => return r.map(|_| virt),
+            }
+        }
+        Err(VmError::OutOfVirtualSpace)
+    }
+
+    /// Maps `npages` fresh frames from `virt` with entry bits `bits`,
+    /// zeroed if `zero`. On any failure undoes what it did.
+    pub(super) fn populate(&self, space: &AddressSpace, virt: u64, npages: u64, bits: u64, zero: bool) -> Result<(), VmError> {
+        let shared = space.tables.read();
+        for i in 0..npages {
+            let va = virt + i * PAGE;
+            let done = self.alloc().and_then(|frame| {
+                if zero {
+                    self.p.fill_frame(frame, 0);
+                }
+                self.install(space, va, frame | bits, 0).inspect_err(|_| {
+                    let _ = self.p.free_frame(frame);
+                })
+            });
+            if let Err(e) = done {
+                drop(shared);
+                // Undo the pages mapped so far (none if i is 0: then only
+                // tables made on the way go, still after a shootdown,
+                // since a CPU may have cached an entry pointing at them).
+                self.teardown(space, virt, i)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps `npages` pages from `virt` that `vmalloc` mapped and frees
+    /// their frames. Checks every page first: on error nothing changes.
+    pub fn vmfree(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
+        space.check_range(virt, npages)?;
+        {
+            let _shared = space.tables.read();
+            for (i, s) in self.mapped_slots(space, virt, npages)?.iter().enumerate() {
+                if s.load(Ordering::Relaxed) & SW_OWNED == 0 {
+                    return Err(VmError::NotOwned { virt: virt + i as u64 * PAGE });
+                }
+            }
+        }
+        self.teardown(space, virt, npages)
+    }
+
+    /// Clears `npages` entries from `virt`, prunes, shoots down, then frees
+    /// the frames the entries owned and the detached tables.
+    pub(super) fn teardown(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
+        let mut owned = Vec::new();
+        {
+            let _shared = space.tables.read();
+            for i in 0..npages {
+                if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) {
+                    let e = slot.swap(0, Ordering::AcqRel);
+                    if pte::is_present(e) && e & SW_OWNED != 0 {
+                        owned.push(pte::addr(e));
+                    }
+                }
+            }
+        }
+        self.finish_unmap(space, virt, npages, &owned)
+    }
+
+    /// After entries were cleared: prune, shoot down, free `owned` frames
+    /// and the pruned tables (or quarantine them all if the flush failed).
+    fn finish_unmap(&self, space: &AddressSpace, virt: u64, npages: u64, owned: &[u64]) -> Result<(), VmError> {
+        let mut tables = Vec::new();
+        self.prune(space, virt, npages.max(1) * PAGE, &mut tables);
+        if npages == 0 && tables.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.flush(space, virt, npages.max(1)) {
+            self.quarantined.fetch_add((owned.len() + tables.len()) as u64, Ordering::Relaxed);
+            return Err(e);
+        }
+        for &f in owned.iter().chain(tables.iter()) {
+            let _ = self.p.free_frame(f);
+        }
+        Ok(())
+    }
+
+    /// Detaches tables left empty around `virt..virt + len` into `out`.
+    /// Takes the space's table lock exclusively, boundedly; if it cannot,
+    /// a later prune covers the whole area.
+    fn prune(&self, space: &AddressSpace, virt: u64, len: u64, out: &mut Vec<u64>) {
+        let Some(_excl) = (0..PRUNE_ATTEMPTS).find_map(|_| {
+            let g = space.tables.try_write();
+            if g.is_none() {
+                core::hint::spin_loop();
+            }
+            g
+        }) else {
+            if space.kind() == SpaceKind::Kernel {
+                self.kernel_prune_pending.store(true, Ordering::Relaxed);
+            }
+            return;
+        };
+        let range = match space.kind() {
+            SpaceKind::Kernel if self.kernel_prune_pending.swap(false, Ordering::Relaxed) => {
+                (KERNEL_SEED_AREA.start, KERNEL_REGION_AREA.end)
+            }
+            _ => (virt, virt + len),
+        };
+        table::prune(&self.p, space.root, TOP, 0, range, space.kind() == SpaceKind::Kernel, out);
+    }
+
+    // ---- kernel stacks ----
+
+    /// Maps a zeroed stack of `pages` pages in the stack area below an
+    /// unmapped guard page; returns its top. Stacks are never unmapped.
+    pub fn map_stack(&self, pages: u64) -> Result<u64, VmError> {
+        let len = (pages + 1) * PAGE;
+        let base = self.next_stack.fetch_add(len, Ordering::Relaxed);
+        check_range_in(STACK_AREA, base, pages + 1).map_err(|_| VmError::OutOfVirtualSpace)?;
+        let bottom = base + PAGE;
+        self.populate(&self.kernel, bottom, pages, Flags::WRITE.pte_bits() | SW_OWNED, true)?;
+        Ok(bottom + pages * PAGE)
+    }
+
+    /// Points the kernel page at `virt` (in the seed area, mapped) at
+    /// `phys` without any TLB flush and returns the old frame. Only for
+    /// tests of the shootdown itself: CPUs keep the old translation until
+    /// shot down.
+    #[doc(hidden)]
+    pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
+        check_range_in(KERNEL_SEED_AREA, virt, 1)?;
+        check_phys(phys, PAGE, PAGE)?;
+        let _shared = self.kernel.tables.read();
+        let slots = self.mapped_slots(&self.kernel, virt, 1)?;
+        let old = slots[0].swap(phys | (slots[0].load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
+        Ok(pte::addr(old))
+    }
+
+    /// Regions handed out by the region allocator (for `kmem`).
+    pub(super) fn region_free(&self, start: u64, len: u64, kind: RegionKind) {
+        let freed = self.regions.free(start, len, kind);
+        debug_assert!(freed.is_ok(), "region {start:#x}+{len:#x} vanished");
+    }
+}
+
+/// Checks that `phys` is aligned to `align` and that `len` bytes from it
+/// are representable in an entry.
+pub(super) fn check_phys(phys: u64, align: u64, len: u64) -> Result<(), VmError> {
+    if phys % align != 0 {
+        return Err(VmError::NotAligned { value: phys });
+    }
+    if phys.checked_add(len).is_none_or(|end| end > pte::MAX_PHYS) {
+        return Err(VmError::BadPhys { phys });
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Virtual memory: address spaces over four-level page tables, the mapping
+//! API (the seed API's `map_single`/`map_get`/`umap_single`/`vmfind`/
+//! `vmalloc`/`vmfree` and Zephyr's `k_mem_map`/`k_mem_unmap`/`phys_map`),
+//! TLB shootdown before any frame is reused, and a page-table audit.
+//!
+//! The code is portable: page tables are reached through `VmPlatform`,
+//! which the kernel implements with the direct map and `smp`, and host
+//! tests with a vector of frames.
+//!
+//! Concurrency: leaf entries change only by compare-and-swap, intermediate
+//! tables are installed by compare-and-swap, so CPUs map and unmap in one
+//! space at once under a shared (read) lock. Freeing empty tables takes the
+//! space's lock exclusively, and only opportunistically (`try_write`), so
+//! no mapper ever waits behind a pruner for more than one prune.
+
+mod audit;
+mod direct;
+mod inject;
+mod kmem;
+mod mapping;
+pub mod pte;
+pub mod region;
+mod space;
+mod table;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use audit::{AuditReport, PtViolation};
+pub use direct::DirectWindow;
+pub use kmem::{region_align, KMemFlags};
+pub use mapping::Vm;
+pub use pte::{CacheMode, Flags, PageSize};
+pub use space::{AddressSpace, SpaceKind};
+pub use table::Table;
+
+use crate::frame::FrameError;
+
+pub const PAGE: u64 = crate::PAGE_SIZE;
+
+/// User halves: everything below the canonical hole, except the null page.
+pub const USER_START: u64 = PAGE;
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+/// Kernel half: the kernel's own mapping area, PML4 slot 510 (the
+/// bootloader's mappings and the direct map sit below it).
+pub const KERNEL_AREA_START: u64 = 0xFFFF_FF00_0000_0000;
+/// CPU stacks, each below an unmapped guard page: 1 GiB.
+pub const STACK_AREA: core::ops::Range<u64> = KERNEL_AREA_START..KERNEL_AREA_START + (1 << 30);
+/// Where the seed API (`map_single`, `vmalloc`, ...) maps in the kernel
+/// space: 1 GiB.
+pub const KERNEL_SEED_AREA: core::ops::Range<u64> = STACK_AREA.end..STACK_AREA.end + (1 << 30);
+/// `k_mem_map` and `phys_map` regions, from the region allocator: the
+/// rest of PML4 slot 510.
+pub const KERNEL_REGION_AREA: core::ops::Range<u64> = KERNEL_SEED_AREA.end..KERNEL_AREA_START + (1 << 39);
+
+/// What the virtual-memory code needs from the machine.
+pub trait VmPlatform: Sync {
+    /// The page table held by frame `phys`.
+    fn table(&self, phys: u64) -> &Table;
+    /// Fills frame `phys` with `byte` (zeroing, poisoning).
+    fn fill_frame(&self, phys: u64, byte: u8);
+    /// Copies frame `from` into frame `to`.
+    fn copy_frame(&self, from: u64, to: u64);
+    fn alloc_frame(&self) -> Result<u64, FrameError>;
+    fn free_frame(&self, phys: u64) -> Result<(), FrameError>;
+    /// Index of the running CPU, `0..MAX_CPUS`.
+    fn cpu_index(&self) -> usize;
+    /// Bit mask of the online CPUs.
+    fn online_cpus(&self) -> u64;
+    /// Invalidates `pages` pages from `start` on every CPU in `targets`
+    /// (the caller too when it is in the set) and returns once all have.
+    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed>;
+    /// Makes `root` the running CPU's page-table root (CR3).
+    fn load_root(&self, root: u64);
+}
+
+/// A shootdown that did not complete: CPUs in `cpus` may still hold the
+/// translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShootdownFailed {
+    pub cpus: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmError {
+    /// An address or size that must be page-aligned is not.
+    NotAligned { value: u64 },
+    /// A size (or page count) of zero.
+    ZeroSize,
+    /// The range wraps, or leaves the part of the space the call may use.
+    BadRange { start: u64, len: u64 },
+    /// The null page is never mapped.
+    NullPage,
+    /// A physical address an entry cannot hold, or outside the direct map.
+    BadPhys { phys: u64 },
+    /// A virtual address outside the direct map (`DirectWindow::phys`).
+    NotDirectMapped { virt: u64 },
+    AlreadyMapped { virt: u64 },
+    NotMapped { virt: u64 },
+    /// The mapping at `virt` has another size class than the call named.
+    SizeMismatch { virt: u64, mapped: PageSize },
+    /// `vmfree` of a page `vmalloc` did not map (its frame is not ours).
+    NotOwned { virt: u64 },
+    /// `k_mem_unmap`/`phys_unmap` of a range that is not exactly one
+    /// region `k_mem_map`/`phys_map` made.
+    NotARegion { addr: u64, size: u64 },
+    /// `USER` together with `UNINIT`: user code must never see old data.
+    UserUninit,
+    OutOfVirtualSpace,
+    OutOfFrames,
+    /// Destroying a space that is still active on some CPU.
+    SpaceActive { cpus: u64 },
+    /// The mapping is gone but CPUs in `cpus` did not confirm the flush;
+    /// its frames are kept out of use (quarantined), never reused.
+    Shootdown { cpus: u64 },
+}
+
+impl From<ShootdownFailed> for VmError {
+    fn from(e: ShootdownFailed) -> VmError {
+        VmError::Shootdown { cpus: e.cpus }
+    }
+}

@@ -1,0 +1,90 @@
+//! An address space: a root page table, what part of the address space
+//! callers may map in it, and the set of CPUs on which it is active (the
+//! targets of its shootdowns).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::RwLock;
+
+use super::{VmError, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, USER_END, USER_START};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceKind {
+    /// The one kernel space: its upper half is shared by every space and
+    /// its translations may be cached on every online CPU.
+    Kernel,
+    /// A user space: its own lower half, the kernel's upper half.
+    User,
+}
+
+pub struct AddressSpace {
+    pub(super) root: u64,
+    kind: SpaceKind,
+    /// CPUs that run on this space now (user spaces; the kernel space is
+    /// on every online CPU).
+    pub(super) active: AtomicU64,
+    /// Shared by map and unmap, exclusive for freeing empty tables.
+    pub(super) tables: RwLock<()>,
+}
+
+impl AddressSpace {
+    pub(super) fn new(root: u64, kind: SpaceKind) -> AddressSpace {
+        AddressSpace { root, kind, active: AtomicU64::new(0), tables: RwLock::new(()) }
+    }
+
+    /// Physical address of the root table (what CR3 holds).
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    pub fn kind(&self) -> SpaceKind {
+        self.kind
+    }
+
+    /// CPUs the space is active on now.
+    pub fn active_cpus(&self) -> u64 {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// The addresses the seed API may map in this space.
+    pub fn mappable(&self) -> core::ops::Range<u64> {
+        match self.kind {
+            SpaceKind::Kernel => KERNEL_SEED_AREA,
+            SpaceKind::User => USER_START..USER_END,
+        }
+    }
+
+    /// The addresses whose access `protect` may change: the seed area and,
+    /// in the kernel space, `k_mem_map` regions too.
+    pub fn protectable(&self) -> core::ops::Range<u64> {
+        match self.kind {
+            SpaceKind::Kernel => KERNEL_SEED_AREA.start..KERNEL_REGION_AREA.end,
+            SpaceKind::User => USER_START..USER_END,
+        }
+    }
+
+    /// Checks that `npages` pages from `virt` are a non-empty, aligned
+    /// range inside `mappable()` and returns its end.
+    pub fn check_range(&self, virt: u64, npages: u64) -> Result<u64, VmError> {
+        check_range_in(self.mappable(), virt, npages)
+    }
+}
+
+/// Checks `npages` pages from `virt` against `area`; returns the end.
+pub fn check_range_in(area: core::ops::Range<u64>, virt: u64, npages: u64) -> Result<u64, VmError> {
+    if virt % PAGE != 0 {
+        return Err(VmError::NotAligned { value: virt });
+    }
+    if npages == 0 {
+        return Err(VmError::ZeroSize);
+    }
+    if virt < PAGE {
+        return Err(VmError::NullPage);
+    }
+    let len = npages.checked_mul(PAGE).ok_or(VmError::BadRange { start: virt, len: u64::MAX })?;
+    let end = virt.checked_add(len).ok_or(VmError::BadRange { start: virt, len })?;
+    if virt < area.start || end > area.end {
+        return Err(VmError::BadRange { start: virt, len });
+    }
+    Ok(end)
+}

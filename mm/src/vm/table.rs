@@ -1,0 +1,196 @@
+//! Walking four-level page tables whose entries are atomics: lookups,
+//! installing intermediate tables by compare-and-swap, and pruning tables
+//! that have become empty.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::vec::Vec;
+
+use super::pte::{self, HUGE, TABLE_FLAGS};
+use super::{VmError, VmPlatform, PAGE};
+
+pub type Table = [AtomicU64; 512];
+
+/// The root table's level; 0 is the page table.
+pub const TOP: usize = 3;
+
+/// Index into the level-`level` table for `virt`.
+pub const fn index(virt: u64, level: usize) -> usize {
+    ((virt >> (12 + 9 * level)) & 511) as usize
+}
+
+/// Bytes one entry at `level` covers.
+pub const fn span(level: usize) -> u64 {
+    PAGE << (9 * level)
+}
+
+/// Sign-extends a 48-bit address to canonical form.
+pub const fn canonical(virt: u64) -> u64 {
+    (((virt << 16) as i64) >> 16) as u64
+}
+
+/// Where a lookup of one address ended.
+pub enum Lookup<'t> {
+    /// The entry at `level` that maps the address (a leaf: a 4 KiB entry,
+    /// a huge entry, or the entry at the level asked for), possibly not
+    /// present.
+    Entry { slot: &'t AtomicU64, level: usize },
+    /// No table at `level` covers the address.
+    NoTable { level: usize },
+}
+
+/// Follows `virt` from `root` down to `stop` (or to a huge entry above it).
+pub fn lookup<P: VmPlatform>(p: &P, root: u64, virt: u64, stop: usize) -> Lookup<'_> {
+    let mut table = p.table(root);
+    let mut level = TOP;
+    loop {
+        let slot = &table[index(virt, level)];
+        if level == stop {
+            return Lookup::Entry { slot, level };
+        }
+        let e = slot.load(Ordering::Acquire);
+        if !pte::is_present(e) {
+            return Lookup::NoTable { level: level - 1 };
+        }
+        if e & HUGE != 0 {
+            return Lookup::Entry { slot, level };
+        }
+        table = p.table(pte::addr(e));
+        level -= 1;
+    }
+}
+
+/// The level-`stop` entry for `virt`, creating missing tables with frames
+/// from `alloc`. A huge page on the way is `AlreadyMapped`.
+pub fn entry_for<'p, P: VmPlatform>(
+    p: &'p P,
+    root: u64,
+    virt: u64,
+    stop: usize,
+    alloc: &mut dyn FnMut() -> Result<u64, VmError>,
+) -> Result<&'p AtomicU64, VmError> {
+    let mut table = p.table(root);
+    let mut level = TOP;
+    while level > stop {
+        let slot = &table[index(virt, level)];
+        let mut e = slot.load(Ordering::Acquire);
+        if !pte::is_present(e) {
+            let fresh = alloc()?;
+            p.fill_frame(fresh, 0);
+            match slot.compare_exchange(0, fresh | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => e = fresh | TABLE_FLAGS,
+                Err(actual) => {
+                    // Another CPU installed a table first; ours was never
+                    // visible, so it goes straight back.
+                    let _ = p.free_frame(fresh);
+                    e = actual;
+                }
+            }
+        }
+        if e & HUGE != 0 {
+            return Err(VmError::AlreadyMapped { virt });
+        }
+        table = p.table(pte::addr(e));
+        level -= 1;
+    }
+    Ok(&table[index(virt, stop)])
+}
+
+/// Whether every entry of the table in frame `phys` is zero.
+pub fn is_empty<P: VmPlatform>(p: &P, phys: u64) -> bool {
+    p.table(phys).iter().all(|e| e.load(Ordering::Relaxed) == 0)
+}
+
+/// Detaches and collects (in `out`) every table below `table` (at
+/// `level`, covering addresses from `base`) that is empty within
+/// `start..end`. The caller holds the space's table lock exclusively and
+/// must shoot down the range before freeing what `out` collects.
+/// `keep_children` protects the tables directly below (a root's kernel
+/// half, shared with every space).
+pub fn prune<P: VmPlatform>(
+    p: &P,
+    table: u64,
+    level: usize,
+    base: u64,
+    range: (u64, u64),
+    keep_children: bool,
+    out: &mut Vec<u64>,
+) {
+    if level == 0 {
+        return;
+    }
+    let t = p.table(table);
+    for (i, slot) in t.iter().enumerate() {
+        let lo = canonical(base + i as u64 * span(level));
+        let hi = lo.wrapping_add(span(level));
+        if hi <= range.0 && hi != 0 || lo >= range.1 {
+            continue;
+        }
+        let e = slot.load(Ordering::Acquire);
+        if !pte::is_present(e) || e & HUGE != 0 {
+            continue;
+        }
+        let child = pte::addr(e);
+        prune(p, child, level - 1, lo, range, false, out);
+        if !keep_children && is_empty(p, child) {
+            slot.store(0, Ordering::Release);
+            out.push(child);
+        }
+    }
+}
+
+/// Collects every table below `table` (at `level`, from `base`) that
+/// lies in `start..end`, and every frame a leaf there maps with `SW_OWNED`,
+/// for tearing down a whole space.
+pub fn collect_all<P: VmPlatform>(
+    p: &P,
+    table: u64,
+    level: usize,
+    base: u64,
+    range: (u64, u64),
+    tables: &mut Vec<u64>,
+    owned: &mut Vec<u64>,
+) {
+    for (i, slot) in p.table(table).iter().enumerate() {
+        let lo = canonical(base + i as u64 * span(level));
+        let hi = lo.wrapping_add(span(level));
+        if hi <= range.0 && hi != 0 || lo >= range.1 {
+            continue;
+        }
+        let e = slot.load(Ordering::Acquire);
+        if !pte::is_present(e) {
+            continue;
+        }
+        if level == 0 || e & HUGE != 0 {
+            if e & pte::SW_OWNED != 0 {
+                owned.push(pte::addr(e));
+            }
+            continue;
+        }
+        collect_all(p, pte::addr(e), level - 1, lo, range, tables, owned);
+        tables.push(pte::addr(e));
+    }
+}
+
+/// First address in `from..to` (page-aligned, `from < to`) that is
+/// mapped, skipping absent tables whole.
+pub fn first_mapped<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option<u64> {
+    let mut virt = from;
+    while virt < to {
+        match lookup(p, root, virt, 0) {
+            Lookup::Entry { slot, level } => {
+                if pte::is_present(slot.load(Ordering::Acquire)) {
+                    return Some(virt);
+                }
+                // An empty leaf slot: go on with the next entry.
+                virt = (virt & !(span(level) - 1)).checked_add(span(level))?;
+            }
+            Lookup::NoTable { level } => {
+                // Nothing mapped in the whole range the missing table
+                // would cover.
+                virt = (virt & !(span(level + 1) - 1)).checked_add(span(level + 1))?;
+            }
+        }
+    }
+    None
+}

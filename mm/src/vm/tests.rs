@@ -1,0 +1,310 @@
+use super::testing::Machine;
+use super::*;
+use crate::testing::on_cpu;
+
+const SEED: u64 = KERNEL_SEED_AREA.start;
+
+fn machine(cpus: usize) -> Vm<Machine> {
+    on_cpu(0);
+    let m = Machine::new(4096, cpus);
+    let root = m.frames.alloc_page().unwrap();
+    m.fill_frame(root, 0);
+    Vm::new(m, root).unwrap()
+}
+
+fn free(vm: &Vm<Machine>) -> u64 {
+    vm.platform().free_bytes()
+}
+
+fn shootdowns(vm: &Vm<Machine>) -> Vec<(u64, u64, u64)> {
+    vm.platform().shootdowns.lock().unwrap().clone()
+}
+
+#[test]
+fn map_get_and_unmap_one_page() {
+    let vm = machine(2);
+    let k = vm.kernel();
+    let frame = vm.platform().frames.alloc_page().unwrap();
+    let before = free(&vm);
+    vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    let t = vm.map_get(k, SEED + 0x5123).unwrap();
+    assert_eq!((t.phys, t.flags, t.size, t.cache), (frame + 0x123, Flags::WRITE, PageSize::Size4K, CacheMode::WriteBack));
+    assert!(free(&vm) < before, "page tables were allocated");
+    assert_eq!(vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: SEED + 0x5000 }));
+    assert_eq!(
+        vm.umap_single(k, SEED + 0x5000, PageSize::Size2M),
+        Err(VmError::NotAligned { value: SEED + 0x5000 })
+    );
+    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(frame));
+    assert_eq!(free(&vm), before, "empty tables freed");
+    assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
+    assert_eq!(shootdowns(&vm), vec![(0b11, SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
+    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
+}
+
+#[test]
+fn size_classes_must_match() {
+    let vm = machine(1);
+    let k = vm.kernel();
+    let big = SEED + (4 << 21);
+    vm.map_single(k, big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
+    assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys, 0x20_1234);
+    assert_eq!(vm.umap_single(k, big, PageSize::Size4K), Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M }));
+    assert_eq!(vm.map_single(k, big + PAGE, 0x1000, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: big + PAGE }));
+    vm.map_single(k, SEED, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    assert_eq!(vm.umap_single(k, SEED, PageSize::Size2M), Err(VmError::SizeMismatch { virt: SEED, mapped: PageSize::Size4K }));
+    assert_eq!(vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M), Err(VmError::AlreadyMapped { virt: SEED }));
+    assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(0x20_0000));
+}
+
+#[test]
+fn bad_inputs_are_refused_and_change_nothing() {
+    let vm = machine(2);
+    let k = vm.kernel();
+    let user = vm.new_user_space().unwrap();
+    let before = (free(&vm), shootdowns(&vm));
+    let f = Flags::WRITE;
+    let s4 = PageSize::Size4K;
+    assert_eq!(vm.map_single(k, SEED + 1, 0x1000, f, s4), Err(VmError::NotAligned { value: SEED + 1 }));
+    assert_eq!(vm.map_single(k, SEED, 0x1001, f, s4), Err(VmError::NotAligned { value: 0x1001 }));
+    assert_eq!(vm.map_single(k, SEED, 1 << 52, f, s4), Err(VmError::BadPhys { phys: 1 << 52 }));
+    assert_eq!(vm.map_single(k, 0x1000, 0x1000, f, s4), Err(VmError::BadRange { start: 0x1000, len: PAGE }), "user address in kernel space");
+    assert_eq!(vm.map_single(&user, 0, 0x1000, f, s4), Err(VmError::NullPage));
+    assert_eq!(vm.map_single(&user, SEED, 0x1000, f, s4), Err(VmError::BadRange { start: SEED, len: PAGE }), "kernel address in user space");
+    assert_eq!(vm.map_single(&user, USER_END - PAGE, 0x1000, f, PageSize::Size2M), Err(VmError::NotAligned { value: USER_END - PAGE }));
+    assert_eq!(vm.vmalloc(&user, 0x1000, 0x10_0000, 0, f), Err(VmError::ZeroSize));
+    assert_eq!(vm.vmfree(&user, 0x4000, 1), Err(VmError::NotMapped { virt: 0x4000 }));
+    assert_eq!(vm.vmfree(&user, u64::MAX & !0xfff, 2), Err(VmError::BadRange { start: u64::MAX & !0xfff, len: 2 * PAGE }));
+    assert_eq!(vm.k_mem_map(0, KMemFlags::RW), Err(VmError::ZeroSize));
+    assert_eq!(vm.k_mem_map(100, KMemFlags::RW), Err(VmError::NotAligned { value: 100 }));
+    assert_eq!(vm.k_mem_map(PAGE, KMemFlags::USER | KMemFlags::UNINIT), Err(VmError::UserUninit));
+    assert_eq!(vm.k_mem_map(u64::MAX & !0xfff, KMemFlags::RW), Err(VmError::OutOfVirtualSpace));
+    assert_eq!(vm.k_mem_unmap(KERNEL_REGION_AREA.start + PAGE, PAGE), Err(VmError::NotARegion { addr: KERNEL_REGION_AREA.start + PAGE, size: PAGE }));
+    assert_eq!(vm.phys_unmap(SEED, 10), Err(VmError::NotARegion { addr: SEED, size: 10 }));
+    assert_eq!((free(&vm), shootdowns(&vm)), before);
+    assert_eq!(vm.region_bytes(), 0);
+}
+
+#[test]
+fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
+    let vm = machine(1);
+    let user = vm.new_user_space().unwrap();
+    let m = vm.platform();
+    let before = free(&vm);
+    let a = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 3, Flags::WRITE | Flags::USER).unwrap();
+    assert_eq!(a, 0x40_0000);
+    let t = vm.map_get(&user, a).unwrap();
+    assert_eq!(m.word(t.phys, 0), 0, "zeroed");
+    m.set_word(t.phys, 0, 7);
+    let b = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 2, Flags::USER).unwrap();
+    assert_eq!(b, a + 3 * PAGE, "vmfind skips mapped pages");
+    assert_eq!(vm.vmfind(&user, 0x40_0000, 0x40_0000 + 5 * PAGE, 1), Err(VmError::OutOfVirtualSpace));
+    // A page mapped with map_single is not vmalloc's: vmfree refuses it.
+    vm.map_single(&user, b + 2 * PAGE, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    let mid = free(&vm);
+    assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE }));
+    assert_eq!(vm.vmfree(&user, a, 6), Err(VmError::NotMapped { virt: a + 6 * PAGE - PAGE }).or(Err(VmError::NotOwned { virt: b + 2 * PAGE })));
+    assert_eq!(free(&vm), mid, "refused vmfree changed nothing");
+    assert!(vm.map_get(&user, a).is_ok());
+    assert_eq!(vm.umap_single(&user, b + 2 * PAGE, PageSize::Size4K), Ok(0x1000));
+    vm.vmfree(&user, a, 3).unwrap();
+    vm.vmfree(&user, b, 2).unwrap();
+    assert_eq!(free(&vm), before);
+    assert!(shootdowns(&vm).is_empty(), "a space active nowhere needs no shootdown");
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+}
+
+#[test]
+fn user_shootdowns_target_only_cpus_running_the_space() {
+    let vm = machine(4);
+    let user = vm.new_user_space().unwrap();
+    for cpu in [1, 3] {
+        on_cpu(cpu);
+        vm.activate(&user);
+        assert_eq!(vm.platform().roots[cpu].load(core::sync::atomic::Ordering::Relaxed), user.root());
+    }
+    on_cpu(0);
+    let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();
+    vm.vmfree(&user, a, 40).unwrap();
+    assert_eq!(shootdowns(&vm), vec![(0b1010, a, 40)], "one batched shootdown to CPUs 1 and 3");
+    let user = match vm.destroy_space(user) {
+        Err((VmError::SpaceActive { cpus: 0b1010 }, s)) => s,
+        other => panic!("destroying an active space: {:?}", other.err().map(|e| e.0)),
+    };
+    for cpu in [1, 3] {
+        on_cpu(cpu);
+        vm.deactivate(&user);
+    }
+    on_cpu(0);
+    assert_eq!(user.active_cpus(), 0);
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+}
+
+#[test]
+fn destroying_a_space_frees_its_tables_and_owned_frames() {
+    let vm = machine(1);
+    let before = free(&vm);
+    let user = vm.new_user_space().unwrap();
+    vm.vmalloc(&user, 0x1000, USER_END, 5, Flags::USER).unwrap();
+    vm.vmalloc(&user, 0x7000_0000_0000, USER_END, 600, Flags::USER).unwrap();
+    vm.map_single(&user, 0x2000_0000, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+    assert_eq!(free(&vm), before);
+    assert!(vm.platform().frames.audit().is_ok());
+}
+
+#[test]
+fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
+    let vm = machine(2);
+    let before = free(&vm);
+    let mut first = None;
+    for round in 0..10 {
+        let a = vm.k_mem_map(3 * PAGE, KMemFlags::RW).unwrap();
+        assert_eq!(*first.get_or_insert(a), a, "round {round}: same address reused");
+        assert!(!vm.is_mapped(a - PAGE) && !vm.is_mapped(a + 3 * PAGE), "guard pages unmapped");
+        for i in 0..3 {
+            let t = vm.map_get(vm.kernel(), a + i * PAGE).unwrap();
+            assert_eq!(vm.platform().word(t.phys, 8), 0, "zeroed");
+            vm.platform().set_word(t.phys, 8, 0xdead);
+        }
+        assert!(free(&vm) <= before - 3 * PAGE);
+        vm.k_mem_unmap(a, 3 * PAGE).unwrap();
+        assert_eq!(free(&vm), before, "round {round}");
+    }
+    assert_eq!(vm.region_bytes(), 0);
+}
+
+#[test]
+fn k_mem_unmap_refuses_anything_but_a_whole_region() {
+    let vm = machine(2);
+    let a = vm.k_mem_map(4 * PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    let snapshot = (free(&vm), shootdowns(&vm), vm.region_bytes());
+    for (addr, size) in [(a + PAGE, 3 * PAGE), (a, 3 * PAGE), (a, 5 * PAGE), (a - PAGE, 6 * PAGE), (a + 1, PAGE)] {
+        let r = vm.k_mem_unmap(addr, size);
+        assert!(matches!(r, Err(VmError::NotARegion { .. } | VmError::NotAligned { .. })), "k_mem_unmap({addr:#x}, {size:#x}) = {r:?}");
+    }
+    // A page unmapped behind its back: refused, the rest stays.
+    let frame = vm.umap_single(vm.kernel(), a + PAGE, PageSize::Size4K);
+    assert_eq!(frame, Err(VmError::BadRange { start: a + PAGE, len: PAGE }), "seed API cannot reach regions");
+    assert!(vm.map_get(vm.kernel(), a).unwrap().pinned);
+    assert_eq!((free(&vm), shootdowns(&vm), vm.region_bytes()), snapshot);
+    vm.k_mem_unmap(a, 4 * PAGE).unwrap();
+}
+
+#[test]
+fn fault_injection_sweep_rolls_back_every_failure_point() {
+    let vm = machine(2);
+    let before = free(&vm);
+    let mut failures = 0;
+    for k in 1.. {
+        vm.inject().arm(0, k);
+        let r = vm.k_mem_map(700 * PAGE, KMemFlags::RW);
+        let fired = vm.inject().fired(0);
+        vm.inject().arm(0, 0);
+        if !fired {
+            let a = r.unwrap();
+            vm.k_mem_unmap(a, 700 * PAGE).unwrap();
+            break;
+        }
+        failures += 1;
+        assert_eq!(r, Err(VmError::OutOfFrames), "k = {k}");
+        assert_eq!(free(&vm), before, "k = {k}: frames or tables leaked");
+        assert_eq!(vm.region_bytes(), 0, "k = {k}: virtual range leaked");
+        assert!(vm.platform().frames.audit().is_ok());
+    }
+    // 700 frames plus a page directory and two page tables.
+    assert_eq!(failures, 703);
+    assert_eq!(free(&vm), before);
+}
+
+#[test]
+fn phys_map_keeps_the_offset_and_cache_mode() {
+    let vm = machine(1);
+    let v = vm.phys_map(0xFEE0_0123, 0x2000, CacheMode::Uncached).unwrap();
+    assert_eq!(v % PAGE, 0x123);
+    for i in 0..3 {
+        let t = vm.map_get(vm.kernel(), v - 0x123 + i * PAGE).unwrap();
+        assert_eq!((t.phys, t.cache, t.flags), (0xFEE0_0000 + i * PAGE, CacheMode::Uncached, Flags::WRITE));
+    }
+    assert!(!vm.is_mapped(v - 0x123 + 3 * PAGE));
+    assert_eq!(vm.phys_unmap(v, 0x1000), Err(VmError::NotARegion { addr: v, size: 0x1000 }));
+    vm.phys_unmap(v, 0x2000).unwrap();
+    assert!(!vm.is_mapped(v));
+    assert_eq!(vm.region_bytes(), 0);
+}
+
+#[test]
+fn a_failed_shootdown_quarantines_the_frames() {
+    let vm = machine(2);
+    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    let held = free(&vm);
+    vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(free(&vm), held, "no frame reused before the flush");
+    assert!(vm.quarantined_frames() >= 2);
+}
+
+#[test]
+fn protect_downgrades_and_shoots_down() {
+    let vm = machine(2);
+    let user = vm.new_user_space().unwrap();
+    let a = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::WRITE | Flags::USER).unwrap();
+    on_cpu(1);
+    vm.activate(&user);
+    on_cpu(0);
+    vm.protect(&user, a, 2, Flags::USER).unwrap();
+    assert_eq!(vm.map_get(&user, a + PAGE).unwrap().flags, Flags::USER);
+    assert_eq!(shootdowns(&vm), vec![(0b10, a, 2)]);
+    assert_eq!(vm.protect(&user, a, 3, Flags::READ), Err(VmError::NotMapped { virt: a + 2 * PAGE }));
+    assert_eq!(vm.map_get(&user, a).unwrap().flags, Flags::USER, "refused protect changed nothing");
+}
+
+#[test]
+fn audit_finds_double_mappings_and_allows_pinned_aliases() {
+    let vm = machine(1);
+    let user = vm.new_user_space().unwrap();
+    vm.vmalloc(&user, 0x1000, USER_END, 4, Flags::USER).unwrap();
+    assert!(vm.audit_tables(&[&user]).is_ok());
+    let locked = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    let frame = vm.map_get(vm.kernel(), locked).unwrap().phys;
+    vm.map_single(&user, 0x10_0000, frame, Flags::USER, PageSize::Size4K).unwrap();
+    assert_eq!(vm.audit_tables(&[&user]).unwrap().pinned_aliases, 1);
+    let plain = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    let frame = vm.map_get(vm.kernel(), plain).unwrap().phys;
+    vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K).unwrap();
+    assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys == frame));
+    vm.umap_single(vm.kernel(), SEED, PageSize::Size4K).unwrap();
+    vm.map_single(vm.kernel(), SEED, 0x1000, Flags::WRITE | Flags::EXEC, PageSize::Size4K).unwrap();
+    assert_eq!(vm.audit_tables(&[]), Err(PtViolation::WriteAndExecute { virt: SEED }));
+}
+
+#[test]
+fn cpus_map_and_unmap_in_one_space_at_once() {
+    let vm = std::sync::Arc::new(machine(4));
+    let before = free(&vm);
+    let handles: Vec<_> = (0..4)
+        .map(|cpu| {
+            let vm = vm.clone();
+            std::thread::spawn(move || {
+                on_cpu(cpu);
+                for round in 0..300u64 {
+                    let pages = 1 + (round + cpu as u64) % 7;
+                    let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
+                    let t = vm.map_get(vm.kernel(), a).unwrap();
+                    vm.platform().set_word(t.phys, 0, cpu as u64);
+                    assert_eq!(vm.platform().word(t.phys, 0), cpu as u64);
+                    vm.k_mem_unmap(a, pages * PAGE).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    on_cpu(0);
+    // A prune that lost the race to a mapper is left to the next unmap.
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    vm.k_mem_unmap(a, PAGE).unwrap();
+    assert_eq!(free(&vm), before);
+    assert!(vm.platform().frames.audit().is_ok());
+}
