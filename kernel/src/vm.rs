@@ -60,6 +60,10 @@ impl VmPlatform for KernelVm {
     }
 
     fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
+        if !frames::ready() {
+            // Boot-allocator frames are never given back.
+            return Err(FrameError::Reserved { phys });
+        }
         frames::get().free_page(phys)
     }
 

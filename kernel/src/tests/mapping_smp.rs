@@ -21,6 +21,7 @@ pub const TESTS: &[Test] = &[
     Test::new("vm_smp::downgrade_seen_by_every_cpu", downgrade_everywhere),
     Test::new("vm_smp::full_flush_keeps_other_mappings", full_flush_keeps_others),
     Test::new("vm_smp::map_unmap_storm_one_space", storm_one_space),
+    Test::new("vm_smp::vmalloc_storm_shared_tables", storm_shared_tables),
     Test::new("vm_smp::map_unmap_storm_separate_spaces", storm_separate_spaces),
     Test::new("vm_smp::shootdowns_reach_only_active_cpus", targeted_shootdowns),
 ];
@@ -291,6 +292,45 @@ fn storm_one_space() -> TestResult {
 }
 
 static SWITCH_ON: AtomicBool = AtomicBool::new(false);
+/// Every CPU vmallocs and vmfrees small runs in the kernel's seed area,
+/// first fit from one start, so CPUs share page tables: installs, prunes
+/// and in-transit entries of neighbours interleave.
+fn storm_shared_tables() -> TestResult {
+    let vm = vm::get();
+    let before = frames::get().free_bytes();
+    run(|cpu| {
+        let vm = vm::get();
+        let area = mm::vm::KERNEL_SEED_AREA;
+        let mut rng = Rng::new(super::seed() ^ (cpu as u64) << 8);
+        for round in 0..STORM_ROUNDS {
+            let pages = 1 + rng.below(4);
+            let a = match vm.vmalloc(vm.kernel(), area.start, area.end, pages, Flags::WRITE) {
+                Ok(a) => a,
+                Err(e) => return fail(format_args!("cpu {cpu} round {round}: vmalloc: {e:?}")),
+            };
+            let tag = (cpu as u64) << 32 | round;
+            for p in 0..pages {
+                if probe::read(a + p * PAGE) != Ok(0) || probe::write(a + p * PAGE, tag).is_err() {
+                    return fail(format_args!("cpu {cpu} round {round}: fresh page {p} at {a:#x} not zero or not writable"));
+                }
+            }
+            for p in 0..pages {
+                if probe::read(a + p * PAGE) != Ok(tag) {
+                    return fail(format_args!("cpu {cpu} round {round}: page {p} at {a:#x} lost its data"));
+                }
+            }
+            if let Err(e) = vm.vmfree(vm.kernel(), a, pages) {
+                return fail(format_args!("cpu {cpu} round {round}: vmfree: {e:?}"));
+            }
+        }
+    })?;
+    let a = vm.vmalloc(vm.kernel(), mm::vm::KERNEL_SEED_AREA.start, mm::vm::KERNEL_SEED_AREA.end, 1, Flags::WRITE).map_err(|e| failure(format_args!("{e:?}")))?;
+    vm.vmfree(vm.kernel(), a, 1).map_err(|e| failure(format_args!("{e:?}")))?;
+    let now = frames::get().free_bytes();
+    ensure!(now == before, "free bytes {before} before, {now} after");
+    Ok(())
+}
+
 static SPACES: [Mutex<Option<AddressSpace>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
 
 /// Each CPU runs in its own user space and vmallocs/vmfrees there: its

@@ -91,7 +91,10 @@ impl<P: VmPlatform> Vm<P> {
         }
         let start = region + PAGE;
         if let Err(e) = self.populate(self.kernel(), start, pages, bits, !flags.contains(KMemFlags::UNINIT)) {
-            self.region_free(region, total, RegionKind::KMem);
+            // After a failed shootdown the range stays reserved for good.
+            if !matches!(e, VmError::Shootdown { .. }) {
+                self.region_free(region, total, RegionKind::KMem);
+            }
             return Err(e);
         }
         Ok(start)
@@ -109,14 +112,16 @@ impl<P: VmPlatform> Vm<P> {
         let not_region = VmError::NotARegion { addr, size };
         let region = addr.checked_sub(PAGE).ok_or(not_region)?;
         let total = size.checked_add(2 * PAGE).ok_or(not_region)?;
-        if !self.regions.is_region(region, total, RegionKind::KMem) {
+        // The claim makes this caller the only one tearing the region down.
+        if !self.regions.claim(region, total, RegionKind::KMem) {
             return Err(not_region);
         }
-        self.check_guards(region, addr + size).map_err(|_| not_region)?;
-        {
-            let _shared = self.kernel().tables.read();
-            self.mapped_slots(self.kernel(), addr, pages)?;
+        let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| self.check_mapped(self.kernel(), addr, pages));
+        if let Err(e) = intact {
+            self.regions.unclaim(region);
+            return Err(e);
         }
+        // On a failed shootdown the region stays claimed: never reused.
         self.teardown(self.kernel(), addr, pages)?;
         self.region_free(region, total, RegionKind::KMem);
         Ok(())
@@ -157,6 +162,7 @@ impl<P: VmPlatform> Vm<P> {
                 self.region_free(region, total, RegionKind::Phys);
                 return Err(e);
             }
+            // (A failed rollback shootdown returns above: region kept.)
         }
         Ok(virt + offset)
     }
@@ -169,25 +175,30 @@ impl<P: VmPlatform> Vm<P> {
         let not_region = VmError::NotARegion { addr: virt, size };
         let (base, len, _) = region_align(virt, size, PAGE).ok_or(not_region)?;
         let region = base.checked_sub(PAGE).ok_or(not_region)?;
-        if !self.regions.is_region(region, len + 2 * PAGE, RegionKind::Phys) {
+        let total = len.checked_add(2 * PAGE).ok_or(not_region)?;
+        if !self.regions.claim(region, total, RegionKind::Phys) {
             return Err(not_region);
         }
-        {
+        let intact = {
             let _shared = self.kernel().tables.read();
-            for s in self.mapped_slots(self.kernel(), base, len / PAGE)? {
-                if s.load(Ordering::Relaxed) & SW_DEVICE == 0 {
-                    return Err(not_region);
-                }
-            }
+            self.for_each_leaf(self.kernel(), base, len / PAGE, &mut |_, slot| match slot.load(Ordering::Relaxed) & SW_DEVICE {
+                0 => Err(not_region),
+                _ => Ok(()),
+            })
+        };
+        if let Err(e) = intact {
+            self.regions.unclaim(region);
+            return Err(e);
         }
         self.teardown(self.kernel(), base, len / PAGE)?;
-        self.region_free(region, len + 2 * PAGE, RegionKind::Phys);
+        self.region_free(region, total, RegionKind::Phys);
         Ok(())
     }
 
     /// Whether the kernel page at `virt` is mapped (for callers checking
     /// guard pages).
     pub fn is_mapped(&self, virt: u64) -> bool {
+        let _shared = self.kernel().tables.read();
         matches!(table::lookup(&self.p, self.kernel().root, virt, 0),
             Lookup::Entry { slot, .. } if pte::is_present(slot.load(Ordering::Acquire)))
     }

@@ -18,11 +18,6 @@ use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
 
-/// Attempts at the exclusive table lock before pruning is left to a later
-/// unmap (mappers hold the shared lock only briefly, so this rarely runs
-/// out; it bounds the wait when it does).
-const PRUNE_ATTEMPTS: usize = 1000;
-
 /// What `map_get` finds at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
@@ -42,9 +37,6 @@ pub struct Vm<P: VmPlatform> {
     pub(super) inject: Inject,
     next_stack: AtomicU64,
     quarantined: AtomicU64,
-    /// An unmap could not prune the kernel space's tables; the next one
-    /// that can prunes the whole kernel area.
-    kernel_prune_pending: core::sync::atomic::AtomicBool,
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -59,7 +51,6 @@ impl<P: VmPlatform> Vm<P> {
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
             quarantined: AtomicU64::new(0),
-            kernel_prune_pending: core::sync::atomic::AtomicBool::new(false),
         };
         table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, &mut || vm.alloc())?;
         Ok(vm)
@@ -78,9 +69,14 @@ impl<P: VmPlatform> Vm<P> {
         &self.inject
     }
 
-    /// Frames kept out of use because a shootdown did not complete.
+    /// Pages and tables kept out of use because a shootdown did not
+    /// complete.
     pub fn quarantined_frames(&self) -> u64 {
         self.quarantined.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn quarantine(&self, frames: u64) {
+        self.quarantined.fetch_add(frames, Ordering::Relaxed);
     }
 
     /// Bytes of kernel virtual regions in use.
@@ -104,7 +100,7 @@ impl<P: VmPlatform> Vm<P> {
         }
     }
 
-    fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
+    pub(super) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
         match self.shootdown_targets(space) {
             0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
             targets => Ok(self.p.shootdown(targets, start, pages)?),
@@ -139,7 +135,8 @@ impl<P: VmPlatform> Vm<P> {
         Ok(())
     }
 
-    /// Runs `space` on this CPU (loads its root). Its bit in the active set
+    /// Runs `space` on this CPU (loads its root), coming from the kernel
+    /// space; `deactivate` goes back. Its bit in the active set
     /// is set before the load, so an unmapper that reads the set after
     /// changing an entry either targets this CPU or this CPU loads the
     /// changed tables.
@@ -193,6 +190,8 @@ impl<P: VmPlatform> Vm<P> {
 
     /// What `virt` translates to in `space`, any size class.
     pub fn map_get(&self, space: &AddressSpace, virt: u64) -> Result<Translation, VmError> {
+        // Shared: a prune must not free a table this walk is reading.
+        let _shared = space.tables.read();
         match table::lookup(&self.p, space.root, virt, 0) {
             Lookup::Entry { slot, level } => {
                 let e = slot.load(Ordering::Acquire);
@@ -210,7 +209,7 @@ impl<P: VmPlatform> Vm<P> {
                     pinned: e & SW_PINNED != 0,
                 })
             }
-            Lookup::NoTable { .. } => Err(VmError::NotMapped { virt }),
+            Lookup::NoTable => Err(VmError::NotMapped { virt }),
         }
     }
 
@@ -228,16 +227,23 @@ impl<P: VmPlatform> Vm<P> {
         }
         let old = {
             let _shared = space.tables.read();
-            let Lookup::Entry { slot, .. } = table::lookup(&self.p, space.root, virt, size.level()) else {
+            let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
             let e = slot.load(Ordering::Acquire);
-            if !pte::is_present(e) || slot.compare_exchange(e, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            // Re-check under the lock: the mapping may have changed since
+            // `map_get` (a table now where a huge page was).
+            let leaf = level == size.level() && (level == 0 || e & HUGE != 0);
+            if !pte::is_present(e) || !leaf {
+                return Err(VmError::NotMapped { virt });
+            }
+            // The caller takes the frame back: the marker does not own it.
+            if slot.compare_exchange(e, super::unmap::transit(e, bytes, false), Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 return Err(VmError::NotMapped { virt }); // a concurrent unmap won
             }
             e
         };
-        self.finish_unmap(space, virt, bytes / PAGE, &[])?;
+        self.finish_unmap(space, virt, 1, size)?;
         // In huge entries bit 12 is the PAT bit, not address.
         Ok(pte::addr(old) & !(bytes - 1))
     }
@@ -246,37 +252,23 @@ impl<P: VmPlatform> Vm<P> {
     /// shoots them down, so a downgrade holds on every CPU on return.
     pub fn protect(&self, space: &AddressSpace, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
         check_range_in(space.protectable(), virt, npages)?;
-        let _shared = space.tables.read();
-        let slots = self.mapped_slots(space, virt, npages)?;
+        let shared = space.tables.read();
+        self.for_each_leaf(space, virt, npages, &mut |_, _| Ok(()))?;
         let keep = pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
-        for s in &slots {
-            let mut e = s.load(Ordering::Acquire);
-            // Loop: the CPU may set accessed/dirty bits meanwhile.
-            while let Err(now) = s.compare_exchange_weak(e, (e & keep) | flags.pte_bits(), Ordering::AcqRel, Ordering::Acquire) {
-                e = now;
-            }
-        }
-        drop(_shared);
-        self.flush(space, virt, npages)
-    }
-
-    /// The 4 KiB leaf entries of `npages` pages from `virt`, all of which
-    /// must be mapped (else `NotMapped`/`SizeMismatch`, nothing changed).
-    pub(super) fn mapped_slots(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<Vec<&core::sync::atomic::AtomicU64>, VmError> {
-        let mut slots = Vec::with_capacity(npages as usize);
-        for i in 0..npages {
-            let va = virt + i * PAGE;
-            match table::lookup(&self.p, space.root, va, 0) {
-                Lookup::Entry { slot, level } if pte::is_present(slot.load(Ordering::Acquire)) => {
-                    if level != 0 {
-                        return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) });
-                    }
-                    slots.push(slot);
+        let _ = self.for_each_leaf(space, virt, npages, &mut |_, slot| {
+            let mut e = slot.load(Ordering::Acquire);
+            // Loop: the CPU may set accessed/dirty bits meanwhile. A
+            // racing unmap that got there first wins: never re-present.
+            while pte::is_present(e) {
+                match slot.compare_exchange_weak(e, (e & keep) | flags.pte_bits(), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(now) => e = now,
                 }
-                _ => return Err(VmError::NotMapped { virt: va }),
             }
-        }
-        Ok(slots)
+            Ok(())
+        });
+        drop(shared);
+        self.flush(space, virt, npages)
     }
 
     /// The first `npages` unmapped pages in `from..to` of `space`.
@@ -290,11 +282,12 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::ZeroSize);
         }
         let len = npages.checked_mul(PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let _shared = space.tables.read();
         let mut start = from;
         while let Some(end) = start.checked_add(len).filter(|&e| e <= to) {
-            match table::first_mapped(&self.p, space.root, start, end) {
+            match table::first_used(&self.p, space.root, start, end) {
                 None => return Ok(start),
-                Some(m) => start = m + PAGE,
+                Some(used_end) => start = used_end,
             }
         }
         Err(VmError::OutOfVirtualSpace)
@@ -347,74 +340,12 @@ impl<P: VmPlatform> Vm<P> {
         space.check_range(virt, npages)?;
         {
             let _shared = space.tables.read();
-            for (i, s) in self.mapped_slots(space, virt, npages)?.iter().enumerate() {
-                if s.load(Ordering::Relaxed) & SW_OWNED == 0 {
-                    return Err(VmError::NotOwned { virt: virt + i as u64 * PAGE });
-                }
-            }
+            self.for_each_leaf(space, virt, npages, &mut |va, slot| match slot.load(Ordering::Relaxed) & SW_OWNED {
+                0 => Err(VmError::NotOwned { virt: va }),
+                _ => Ok(()),
+            })?;
         }
         self.teardown(space, virt, npages)
-    }
-
-    /// Clears `npages` entries from `virt`, prunes, shoots down, then frees
-    /// the frames the entries owned and the detached tables.
-    pub(super) fn teardown(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
-        let mut owned = Vec::new();
-        {
-            let _shared = space.tables.read();
-            for i in 0..npages {
-                if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) {
-                    let e = slot.swap(0, Ordering::AcqRel);
-                    if pte::is_present(e) && e & SW_OWNED != 0 {
-                        owned.push(pte::addr(e));
-                    }
-                }
-            }
-        }
-        self.finish_unmap(space, virt, npages, &owned)
-    }
-
-    /// After entries were cleared: prune, shoot down, free `owned` frames
-    /// and the pruned tables (or quarantine them all if the flush failed).
-    fn finish_unmap(&self, space: &AddressSpace, virt: u64, npages: u64, owned: &[u64]) -> Result<(), VmError> {
-        let mut tables = Vec::new();
-        self.prune(space, virt, npages.max(1) * PAGE, &mut tables);
-        if npages == 0 && tables.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = self.flush(space, virt, npages.max(1)) {
-            self.quarantined.fetch_add((owned.len() + tables.len()) as u64, Ordering::Relaxed);
-            return Err(e);
-        }
-        for &f in owned.iter().chain(tables.iter()) {
-            let _ = self.p.free_frame(f);
-        }
-        Ok(())
-    }
-
-    /// Detaches tables left empty around `virt..virt + len` into `out`.
-    /// Takes the space's table lock exclusively, boundedly; if it cannot,
-    /// a later prune covers the whole area.
-    fn prune(&self, space: &AddressSpace, virt: u64, len: u64, out: &mut Vec<u64>) {
-        let Some(_excl) = (0..PRUNE_ATTEMPTS).find_map(|_| {
-            let g = space.tables.try_write();
-            if g.is_none() {
-                core::hint::spin_loop();
-            }
-            g
-        }) else {
-            if space.kind() == SpaceKind::Kernel {
-                self.kernel_prune_pending.store(true, Ordering::Relaxed);
-            }
-            return;
-        };
-        let range = match space.kind() {
-            SpaceKind::Kernel if self.kernel_prune_pending.swap(false, Ordering::Relaxed) => {
-                (KERNEL_SEED_AREA.start, KERNEL_REGION_AREA.end)
-            }
-            _ => (virt, virt + len),
-        };
-        table::prune(&self.p, space.root, TOP, 0, range, space.kind() == SpaceKind::Kernel, out);
     }
 
     // ---- kernel stacks ----
@@ -439,8 +370,11 @@ impl<P: VmPlatform> Vm<P> {
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE, PAGE)?;
         let _shared = self.kernel.tables.read();
-        let slots = self.mapped_slots(&self.kernel, virt, 1)?;
-        let old = slots[0].swap(phys | (slots[0].load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
+        let mut old = 0;
+        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot| {
+            old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
+            Ok(())
+        })?;
         Ok(pte::addr(old))
     }
 

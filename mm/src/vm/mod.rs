@@ -22,6 +22,7 @@ pub mod pte;
 pub mod region;
 mod space;
 mod table;
+mod unmap;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

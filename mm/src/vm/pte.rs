@@ -23,6 +23,12 @@ pub const SW_DEVICE: u64 = 1 << 10;
 /// Software bit: the mapping owns its frame (made by `vmalloc` or
 /// `k_mem_map`), so unmapping it frees the frame.
 pub const SW_OWNED: u64 = 1 << 11;
+/// Software bit of a not-present entry: the mapping was removed and its
+/// shootdown has not finished. The entry keeps the frame address (and
+/// `SW_OWNED`) so the frame is freed after the flush; until then the slot
+/// counts as used, so nothing new is mapped where a CPU may still hold the
+/// old translation.
+pub const SW_TRANSIT: u64 = 1 << 52;
 pub const NO_EXECUTE: u64 = 1 << 63;
 pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 

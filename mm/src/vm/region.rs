@@ -36,8 +36,9 @@ pub enum RegionError {
 struct Arena {
     /// start -> length of each free range; never adjacent (coalesced).
     free: BTreeMap<u64, u64>,
-    /// start -> (length, kind) of each region handed out.
-    used: BTreeMap<u64, (u64, RegionKind)>,
+    /// start -> (length, kind, claimed) of each region handed out;
+    /// `claimed` while one caller is tearing it down.
+    used: BTreeMap<u64, (u64, RegionKind, bool)>,
 }
 
 impl Arena {
@@ -47,13 +48,14 @@ impl Arena {
         if have > len {
             self.free.insert(start + len, have - len);
         }
-        self.used.insert(start, (len, kind));
+        self.used.insert(start, (len, kind, false));
         Some(start)
     }
 
     fn free(&mut self, start: u64, len: u64, kind: RegionKind) -> Result<(), RegionError> {
-        if self.used.get(&start) != Some(&(len, kind)) {
-            return Err(RegionError::NotARegion);
+        match self.used.get(&start) {
+            Some(&(l, k, _)) if (l, k) == (len, kind) => {}
+            _ => return Err(RegionError::NotARegion),
         }
         self.used.remove(&start);
         let (mut start, mut len) = (start, len);
@@ -113,9 +115,27 @@ impl Regions {
         (i < ARENAS as u64).then_some(i as usize)
     }
 
-    /// Whether `start, len` is exactly a region handed out as `kind`.
-    pub fn is_region(&self, start: u64, len: u64, kind: RegionKind) -> bool {
-        self.arena_of(start).is_some_and(|i| self.arenas[i].lock().used.get(&start) == Some(&(len, kind)))
+    /// Claims `start, len` for tearing down if it is exactly a region
+    /// handed out as `kind` and nobody else claimed it; of two callers
+    /// unmapping one region at once, only one gets it.
+    pub fn claim(&self, start: u64, len: u64, kind: RegionKind) -> bool {
+        let Some(i) = self.arena_of(start) else { return false };
+        match self.arenas[i].lock().used.get_mut(&start) {
+            Some((l, k, claimed)) if (*l, *k, *claimed) == (len, kind, false) => {
+                *claimed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives up a claim (the teardown found the region not removable).
+    pub fn unclaim(&self, start: u64) {
+        if let Some(i) = self.arena_of(start) {
+            if let Some((_, _, claimed)) = self.arenas[i].lock().used.get_mut(&start) {
+                *claimed = false;
+            }
+        }
     }
 
     /// Gives back a region; it must be exactly one `alloc` returned.
@@ -126,7 +146,7 @@ impl Regions {
 
     /// Bytes handed out and not freed, over all arenas.
     pub fn used_bytes(&self) -> u64 {
-        self.arenas.iter().map(|a| a.lock().used.values().map(|(l, _)| l).sum::<u64>()).sum()
+        self.arenas.iter().map(|a| a.lock().used.values().map(|(l, _, _)| l).sum::<u64>()).sum()
     }
 }
 
@@ -169,7 +189,11 @@ mod tests {
         assert_eq!(r.free(s, 3 * PAGE, RegionKind::KMem), Err(RegionError::NotARegion));
         assert_eq!(r.free(s, 4 * PAGE, RegionKind::Phys), Err(RegionError::NotARegion));
         assert_eq!(r.free(0, PAGE, RegionKind::KMem), Err(RegionError::NotARegion));
-        assert!(r.is_region(s, 4 * PAGE, RegionKind::KMem));
+        assert!(!r.claim(s, 4 * PAGE, RegionKind::Phys));
+        assert!(r.claim(s, 4 * PAGE, RegionKind::KMem));
+        assert!(!r.claim(s, 4 * PAGE, RegionKind::KMem), "claimed twice");
+        r.unclaim(s);
+        assert!(r.claim(s, 4 * PAGE, RegionKind::KMem));
         r.free(s, 4 * PAGE, RegionKind::KMem).unwrap();
         assert_eq!(r.free(s, 4 * PAGE, RegionKind::KMem), Err(RegionError::NotARegion), "double free");
     }

@@ -2,7 +2,7 @@
 //! callers may map in it, and the set of CPUs on which it is active (the
 //! targets of its shootdowns).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use spin::RwLock;
 
@@ -17,6 +17,9 @@ pub enum SpaceKind {
     User,
 }
 
+/// Dropping a space without `Vm::destroy_space` leaks its tables and
+/// frames: destroy it.
+#[must_use = "a user space must be destroyed with Vm::destroy_space"]
 pub struct AddressSpace {
     pub(super) root: u64,
     kind: SpaceKind,
@@ -25,11 +28,14 @@ pub struct AddressSpace {
     pub(super) active: AtomicU64,
     /// Shared by map and unmap, exclusive for freeing empty tables.
     pub(super) tables: RwLock<()>,
+    /// An unmap could not prune (lock busy, or too many tables at once);
+    /// the next prune sweeps the whole space.
+    pub(super) prune_pending: AtomicBool,
 }
 
 impl AddressSpace {
     pub(super) fn new(root: u64, kind: SpaceKind) -> AddressSpace {
-        AddressSpace { root, kind, active: AtomicU64::new(0), tables: RwLock::new(()) }
+        AddressSpace { root, kind, active: AtomicU64::new(0), tables: RwLock::new(()), prune_pending: AtomicBool::new(false) }
     }
 
     /// Physical address of the root table (what CR3 holds).

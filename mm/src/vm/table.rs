@@ -5,8 +5,9 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::vec::Vec;
+use arrayvec::ArrayVec;
 
-use super::pte::{self, HUGE, TABLE_FLAGS};
+use super::pte::{self, HUGE, SW_TRANSIT, TABLE_FLAGS};
 use super::{VmError, VmPlatform, PAGE};
 
 pub type Table = [AtomicU64; 512];
@@ -35,8 +36,8 @@ pub enum Lookup<'t> {
     /// a huge entry, or the entry at the level asked for), possibly not
     /// present.
     Entry { slot: &'t AtomicU64, level: usize },
-    /// No table at `level` covers the address.
-    NoTable { level: usize },
+    /// No table covers the address.
+    NoTable,
 }
 
 /// Follows `virt` from `root` down to `stop` (or to a huge entry above it).
@@ -50,7 +51,7 @@ pub fn lookup<P: VmPlatform>(p: &P, root: u64, virt: u64, stop: usize) -> Lookup
         }
         let e = slot.load(Ordering::Acquire);
         if !pte::is_present(e) {
-            return Lookup::NoTable { level: level - 1 };
+            return Lookup::NoTable;
         }
         if e & HUGE != 0 {
             return Lookup::Entry { slot, level };
@@ -96,28 +97,39 @@ pub fn entry_for<'p, P: VmPlatform>(
     Ok(&table[index(virt, stop)])
 }
 
-/// Whether every entry of the table in frame `phys` is zero.
-pub fn is_empty<P: VmPlatform>(p: &P, phys: u64) -> bool {
-    p.table(phys).iter().all(|e| e.load(Ordering::Relaxed) == 0)
+/// Page tables one unmap may detach; more wait for a later prune.
+pub const PRUNE_MAX: usize = 64;
+
+/// Whether the table in frame `phys` maps nothing any more: every entry is
+/// zero or a removed mapping waiting for its shootdown.
+pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64) -> bool {
+    p.table(phys).iter().all(|e| {
+        let v = e.load(Ordering::Relaxed);
+        v == 0 || v & SW_TRANSIT != 0
+    })
 }
 
-/// Detaches and collects (in `out`) every table below `table` (at
-/// `level`, covering addresses from `base`) that is empty within
-/// `start..end`. The caller holds the space's table lock exclusively and
-/// must shoot down the range before freeing what `out` collects.
-/// `keep_children` protects the tables directly below (a root's kernel
-/// half, shared with every space).
-pub fn prune<P: VmPlatform>(
-    p: &P,
+/// Detaches every table below `table` (at `level`, covering addresses
+/// from `base`) that maps nothing within `range`, collecting the parent
+/// slot and its old value in `out` (so a failed shootdown can put them
+/// back).
+/// The caller holds the space's table lock exclusively and keeps it until
+/// it has shot the range down and freed what `out` holds, so no CPU can
+/// install into a detached slot while another may still cache the old
+/// pointer. `keep_children` protects the tables directly below (a root's
+/// kernel half, shared with every space). Returns false if `out` filled
+/// up before the walk was done.
+pub fn prune<'p, P: VmPlatform>(
+    p: &'p P,
     table: u64,
     level: usize,
     base: u64,
     range: (u64, u64),
     keep_children: bool,
-    out: &mut Vec<u64>,
-) {
+    out: &mut ArrayVec<(&'p AtomicU64, u64), PRUNE_MAX>,
+) -> bool {
     if level == 0 {
-        return;
+        return true;
     }
     let t = p.table(table);
     for (i, slot) in t.iter().enumerate() {
@@ -131,12 +143,18 @@ pub fn prune<P: VmPlatform>(
             continue;
         }
         let child = pte::addr(e);
-        prune(p, child, level - 1, lo, range, false, out);
-        if !keep_children && is_empty(p, child) {
+        if !prune(p, child, level - 1, lo, range, false, out) {
+            return false;
+        }
+        if !keep_children && is_reclaimable(p, child) {
+            if out.is_full() {
+                return false;
+            }
             slot.store(0, Ordering::Release);
-            out.push(child);
+            out.push((slot, e));
         }
     }
+    true
 }
 
 /// Collects every table below `table` (at `level`, from `base`) that
@@ -172,24 +190,26 @@ pub fn collect_all<P: VmPlatform>(
     }
 }
 
-/// First address in `from..to` (page-aligned, `from < to`) that is
-/// mapped, skipping absent tables whole.
-pub fn first_mapped<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option<u64> {
+/// If anything in `from..to` (`from < to`) is in use — mapped, or a
+/// removed mapping still waiting for its shootdown — the end of the first
+/// used entry's span; absent tables are skipped whole.
+pub fn first_used<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option<u64> {
     let mut virt = from;
-    while virt < to {
-        match lookup(p, root, virt, 0) {
-            Lookup::Entry { slot, level } => {
-                if pte::is_present(slot.load(Ordering::Acquire)) {
-                    return Some(virt);
-                }
-                // An empty leaf slot: go on with the next entry.
-                virt = (virt & !(span(level) - 1)).checked_add(span(level))?;
+    'outer: while virt < to {
+        let mut table = p.table(root);
+        let mut level = TOP;
+        loop {
+            let e = table[index(virt, level)].load(Ordering::Acquire);
+            let entry_end = (virt & !(span(level) - 1)).checked_add(span(level));
+            if e == 0 {
+                virt = entry_end?;
+                continue 'outer;
             }
-            Lookup::NoTable { level } => {
-                // Nothing mapped in the whole range the missing table
-                // would cover.
-                virt = (virt & !(span(level + 1) - 1)).checked_add(span(level + 1))?;
+            if level == 0 || !pte::is_present(e) || e & HUGE != 0 {
+                return entry_end.or(Some(u64::MAX));
             }
+            table = p.table(pte::addr(e));
+            level -= 1;
         }
     }
     None

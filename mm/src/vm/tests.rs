@@ -103,7 +103,8 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     vm.map_single(&user, b + 2 * PAGE, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
     let mid = free(&vm);
     assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE }));
-    assert_eq!(vm.vmfree(&user, a, 6), Err(VmError::NotMapped { virt: a + 6 * PAGE - PAGE }).or(Err(VmError::NotOwned { virt: b + 2 * PAGE })));
+    assert_eq!(vm.vmfree(&user, a, 6), Err(VmError::NotOwned { virt: b + 2 * PAGE }), "the first foreign page is named");
+    assert_eq!(vm.vmfree(&user, a, (USER_END - a) / PAGE), Err(VmError::NotOwned { virt: b + 2 * PAGE }), "a huge count is checked page by page");
     assert_eq!(free(&vm), mid, "refused vmfree changed nothing");
     assert!(vm.map_get(&user, a).is_ok());
     assert_eq!(vm.umap_single(&user, b + 2 * PAGE, PageSize::Size4K), Ok(0x1000));
@@ -183,7 +184,7 @@ fn k_mem_unmap_refuses_anything_but_a_whole_region() {
         let r = vm.k_mem_unmap(addr, size);
         assert!(matches!(r, Err(VmError::NotARegion { .. } | VmError::NotAligned { .. })), "k_mem_unmap({addr:#x}, {size:#x}) = {r:?}");
     }
-    // A page unmapped behind its back: refused, the rest stays.
+    // The seed API cannot reach into regions.
     let frame = vm.umap_single(vm.kernel(), a + PAGE, PageSize::Size4K);
     assert_eq!(frame, Err(VmError::BadRange { start: a + PAGE, len: PAGE }), "seed API cannot reach regions");
     assert!(vm.map_get(vm.kernel(), a).unwrap().pinned);
@@ -242,6 +243,44 @@ fn a_failed_shootdown_quarantines_the_frames() {
     assert_eq!(vm.k_mem_unmap(a, 2 * PAGE), Err(VmError::Shootdown { cpus: 0b11 }));
     assert_eq!(free(&vm), held, "no frame reused before the flush");
     assert!(vm.quarantined_frames() >= 2);
+    assert_ne!(vm.k_mem_map(2 * PAGE, KMemFlags::RW), Ok(a), "the range is not handed out again");
+    // In a user space the unmapped pages stay reserved: vmalloc goes around.
+    let user = vm.new_user_space().unwrap();
+    vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
+    let u = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::USER).unwrap();
+    on_cpu(1);
+    vm.activate(&user);
+    on_cpu(0);
+    vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
+    vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE));
+    assert_eq!(vm.map_single(&user, u, 0x1000, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: u }));
+}
+
+#[test]
+fn concurrent_unmaps_of_one_region_free_it_once() {
+    let vm = std::sync::Arc::new(machine(4));
+    let before = free(&vm);
+    for _ in 0..50 {
+        let a = vm.k_mem_map(8 * PAGE, KMemFlags::RW).unwrap();
+        let ok: usize = (0..3)
+            .map(|cpu| {
+                let vm = vm.clone();
+                std::thread::spawn(move || {
+                    on_cpu(cpu + 1);
+                    vm.k_mem_unmap(a, 8 * PAGE).is_ok() as usize
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(ok, 1, "exactly one unmap wins");
+    }
+    on_cpu(0);
+    assert_eq!(free(&vm), before);
+    assert!(vm.platform().frames.audit().is_ok());
 }
 
 #[test]
