@@ -7,6 +7,7 @@
 extern crate alloc;
 
 mod cmdline;
+mod cpu_features;
 mod fatal;
 mod fault_catch;
 mod frames;
@@ -67,6 +68,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     unsafe { memory::init(&boot_info.memory_regions, phys_offset) };
     gdt::load(0, memory::map_ist_stacks().expect("no memory for the BSP's interrupt stacks"));
     interrupts::load();
+    cpu_features::enable();
     drivers::pic::disable();
 
     let (tsc_hz, tsc_source) = tsc::calibrate().unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
@@ -149,4 +151,5 @@ fn ap_arch_init(cpu: &'static PerCpu) {
     let ist = *AP_IST[cpu.index()].get().expect("AP started without interrupt stacks");
     gdt::load(cpu.index(), ist);
     interrupts::load();
+    cpu_features::enable();
 }
