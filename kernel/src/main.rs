@@ -17,6 +17,8 @@ mod interrupts;
 mod logger;
 mod memory;
 mod tests;
+mod user_program;
+mod usermode;
 mod workers;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
