@@ -9,8 +9,8 @@ use x86_64::{PrivilegeLevel, VirtAddr};
 
 use crate::fault_catch;
 use crate::fatal;
-use crate::usermode;
 use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST, PAGE_FAULT_IST};
+use crate::usermode;
 use crate::workers;
 
 /// Vector used by the IPI tests.

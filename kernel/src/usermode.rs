@@ -166,8 +166,8 @@ pub fn exit_gate_addr() -> u64 {
 /// must not load segment registers (see the module comment).
 pub unsafe fn run_user(entry: u64, stack_top: u64, arg0: u64, arg1: u64) -> UserExit {
     assert!(entry < USER_END && stack_top < USER_END, "run_user({entry:#x}, {stack_top:#x}): not a lower-half address");
-    // iretq to ring 3 would null a DPL-0 GS selector, and QEMU (like Intel
-    // CPUs) then clears the GS base that holds this CPU's data.
+    // `gdt::load` leaves GS null; a DPL-0 selector there would be nulled by
+    // iretq to ring 3, clearing the GS base that holds this CPU's data.
     assert!(GS::get_reg().index() == 0, "GS holds a selector; ring 3 would lose the per-CPU base");
     let sel = gdt::selectors();
     let frame = Entry {
