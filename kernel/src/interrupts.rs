@@ -1,13 +1,16 @@
 //! The IDT shared by all CPUs: exception handlers that report and fail the
-//! run (unless a test is catching that fault), and the IPI vectors.
+//! run (unless a test is catching that fault, or ring-3 code raised it),
+//! the IPI vectors, and the gate ring-3 code exits through.
 
 use spin::LazyLock;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+use x86_64::{PrivilegeLevel, VirtAddr};
 
 use crate::fault_catch;
 use crate::fatal;
 use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST, PAGE_FAULT_IST};
+use crate::usermode;
 use crate::workers;
 
 /// Vector used by the IPI tests.
@@ -44,6 +47,14 @@ static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
     idt[drivers::pic::SPURIOUS_MASTER].set_handler_fn(spurious);
     idt[drivers::pic::SPURIOUS_SLAVE].set_handler_fn(spurious);
     idt[drivers::lapic::TIMER_VECTOR].set_handler_fn(apic_timer);
+    // SAFETY: the address is the `int 0x80` stub in `usermode`, which takes
+    // the frame of an interrupt without error code and ends with `iretq`;
+    // DPL 3 lets ring 3 raise it with `int`.
+    unsafe {
+        idt[usermode::EXIT_VECTOR]
+            .set_handler_addr(VirtAddr::new(usermode::exit_gate_addr()))
+            .set_privilege_level(PrivilegeLevel::Ring3);
+    }
     idt
 });
 
@@ -52,10 +63,19 @@ pub fn load() {
     IDT.load();
 }
 
-/// Reports an exception and ends the run, unless a test catches it.
+/// Reports an exception and ends the run, unless ring-3 code under
+/// `run_user` raised it (the run ends instead) or a test catches it. An
+/// exception from ring 3 is never offered to `fault_catch`, which guards
+/// kernel code.
 fn exception(frame: &mut InterruptStackFrame, vector: u8, name: &str, error_code: Option<u64>) {
     let cr2 = Cr2::read_raw();
-    if fault_catch::try_recover(frame, vector, error_code.unwrap_or(0), cr2) {
+    let code = error_code.unwrap_or(0);
+    let handled = if usermode::from_ring3(frame) {
+        usermode::exit_on_fault(frame, vector, code, cr2)
+    } else {
+        fault_catch::try_recover(frame, vector, code, cr2)
+    };
+    if handled {
         return;
     }
     fatal::exception(vector, name, error_code, frame, cr2)

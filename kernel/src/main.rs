@@ -7,6 +7,7 @@
 extern crate alloc;
 
 mod cmdline;
+mod cpu_features;
 mod fatal;
 mod fault_catch;
 mod frames;
@@ -17,6 +18,8 @@ mod logger;
 mod memory;
 mod pat;
 mod tests;
+mod user_program;
+mod usermode;
 mod vm;
 mod workers;
 
@@ -56,8 +59,8 @@ pub struct BootFacts {
 
 pub static FACTS: Once<BootFacts> = Once::new();
 
-/// IST stacks of each AP, mapped by the BSP before the AP starts.
-static AP_IST: [Once<gdt::IstStacks>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+/// Interrupt stacks of each AP, mapped by the BSP before the AP starts.
+static AP_STACKS: [Once<gdt::InterruptStacks>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     // SAFETY: first thing on the BSP: nothing has used per-CPU data yet.
@@ -67,9 +70,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let phys_offset = boot_info.physical_memory_offset.into_option().expect("bootloader gave no direct map");
     // SAFETY: once, on the BSP, with the bootloader's direct-map offset.
     unsafe { memory::init(&boot_info.memory_regions, phys_offset) };
-    gdt::load(0, memory::map_ist_stacks().expect("no memory for the BSP's interrupt stacks"));
+    gdt::load(0, memory::map_interrupt_stacks().expect("no memory for the BSP's interrupt stacks"));
     interrupts::load();
     pat::init();
+    cpu_features::enable();
     drivers::pic::disable();
 
     let (tsc_hz, tsc_source) = tsc::calibrate().unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
@@ -143,14 +147,15 @@ pub unsafe fn start_aps(phys_offset: u64, apic_ids: &[u32], cpus_total: usize) -
 /// Maps AP `index`'s kernel stack and interrupt stacks; returns the stack top.
 fn map_ap_stacks(index: usize) -> Option<u64> {
     let top = memory::map_stack(memory::KERNEL_STACK_PAGES)?;
-    let ist = memory::map_ist_stacks()?;
-    AP_IST[index].call_once(|| ist);
+    let stacks = memory::map_interrupt_stacks()?;
+    AP_STACKS[index].call_once(|| stacks);
     Some(top)
 }
 
 fn ap_arch_init(cpu: &'static PerCpu) {
-    let ist = *AP_IST[cpu.index()].get().expect("AP started without interrupt stacks");
-    gdt::load(cpu.index(), ist);
+    let stacks = *AP_STACKS[cpu.index()].get().expect("AP started without interrupt stacks");
+    gdt::load(cpu.index(), stacks);
     interrupts::load();
     pat::init();
+    cpu_features::enable();
 }

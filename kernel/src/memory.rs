@@ -9,8 +9,8 @@ use mm::boot_frames::BootFrames;
 use mm::vm::DirectWindow;
 use spin::Mutex;
 
+use crate::gdt::{InterruptStacks, IST_COUNT};
 use crate::vm;
-use crate::gdt::{IstStacks, IST_COUNT};
 
 /// Below 1 MiB: real-mode IVT, BIOS data, EBDA, the AP trampoline
 /// (`smp::bringup::TRAMPOLINE_RESERVED`). The bootloader calls some of it
@@ -18,7 +18,7 @@ use crate::gdt::{IstStacks, IST_COUNT};
 const LOW_MEMORY: core::ops::Range<u64> = 0..0x10_0000;
 
 pub const KERNEL_STACK_PAGES: u64 = 16;
-pub const IST_STACK_PAGES: u64 = 4;
+pub const INTERRUPT_STACK_PAGES: u64 = 4;
 
 /// `None` once `frames::init` has taken the rest of memory.
 static BOOT_FRAMES: Mutex<Option<BootFrames>> = Mutex::new(None);
@@ -102,11 +102,12 @@ pub fn map_stack(pages: u64) -> Option<u64> {
     }
 }
 
-/// The interrupt stacks for one CPU.
-pub fn map_ist_stacks() -> Option<IstStacks> {
-    let mut tops = [0; IST_COUNT];
-    for t in tops.iter_mut() {
-        *t = map_stack(IST_STACK_PAGES)?;
+/// The interrupt stacks for one CPU: its IST stacks and its ring-0 stack
+/// for interrupts from ring 3, each below its own guard page.
+pub fn map_interrupt_stacks() -> Option<InterruptStacks> {
+    let mut ist = [0; IST_COUNT];
+    for t in ist.iter_mut() {
+        *t = map_stack(INTERRUPT_STACK_PAGES)?;
     }
-    Some(IstStacks(tops))
+    Some(InterruptStacks { ist, rsp0: map_stack(INTERRUPT_STACK_PAGES)? })
 }

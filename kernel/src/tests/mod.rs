@@ -21,6 +21,9 @@ mod rng;
 mod smp_tests;
 mod time;
 mod tlb;
+/// Temporary: user pages for the ring-3 tests until address spaces exist.
+mod user_pages;
+mod usermode;
 
 pub type Failure = Text<256>;
 pub type TestResult = Result<(), Failure>;
@@ -62,7 +65,18 @@ macro_rules! ensure {
 }
 pub(crate) use ensure;
 
-const SUITES: &[&[Test]] = &[smp_tests::TESTS, ipi::TESTS, time::TESTS, faults::TESTS, frames::TESTS, heap::TESTS, tlb::TESTS, mapping::TESTS, mapping_smp::TESTS];
+const SUITES: &[&[Test]] = &[
+    smp_tests::TESTS,
+    ipi::TESTS,
+    time::TESTS,
+    faults::TESTS,
+    frames::TESTS,
+    heap::TESTS,
+    tlb::TESTS,
+    mapping::TESTS,
+    mapping_smp::TESTS,
+    usermode::TESTS,
+];
 
 static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 

@@ -54,6 +54,10 @@ impl Flags {
         self.0 & other.0 == other.0
     }
 
+    pub const fn union(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+
     /// The permission bits of a leaf entry with these flags.
     pub const fn pte_bits(self) -> u64 {
         let mut bits = PRESENT;
