@@ -27,6 +27,8 @@ mod testing;
 #[cfg(target_os = "none")]
 pub mod direct_map;
 #[cfg(not(loom))]
+pub mod paging;
+#[cfg(not(loom))]
 pub mod vm;
 
 pub const PAGE_SIZE: u64 = 4096;

@@ -24,7 +24,7 @@ mod space;
 mod table;
 mod unmap;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,130 @@
+//! The backing store: where evicted pages go. A trait (Zephyr's
+//! `k_mem_paging_backing_store_*` calls) and a RAM-backed store in memory
+//! set aside at boot; a block-device store implements the same trait.
+
+use super::slots::{SlotError, SlotMap};
+use crate::vm::{VmPlatform, PAGE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// No slot left (outside a page fault, the reserved one is not given).
+    Full,
+    /// A slot the store does not have or has not handed out.
+    BadSlot { slot: u64 },
+    /// The device failed the transfer; nothing was changed.
+    Io { slot: u64 },
+}
+
+impl From<SlotError> for StoreError {
+    fn from(e: SlotError) -> StoreError {
+        match e {
+            SlotError::Full => StoreError::Full,
+            SlotError::OutOfRange { slot } | SlotError::NotAllocated { slot } => StoreError::BadSlot { slot },
+        }
+    }
+}
+
+pub trait BackingStore: Sync {
+    /// A slot for a page about to be paged out. `page_fault`: the caller
+    /// evicts to satisfy a fault and may take the reserved last slot.
+    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError>;
+    /// Gives a slot back (its page was paged in for good or unmapped).
+    fn location_free(&self, slot: u64) -> Result<(), StoreError>;
+    /// Copies frame `frame` into slot `slot`.
+    fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError>;
+    /// Copies slot `slot` into frame `frame`.
+    fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError>;
+    /// (slots in use, slots in all).
+    fn usage(&self) -> (u64, u64);
+    /// What the store is, for reports.
+    fn name(&self) -> &'static str;
+}
+
+/// Slots are frames of a physically contiguous run set aside at boot.
+pub struct RamStore<'m, M: VmPlatform> {
+    mem: &'m M,
+    base: u64,
+    slots: SlotMap,
+}
+
+impl<'m, M: VmPlatform> RamStore<'m, M> {
+    /// A store of `count` slots in the frames from `base` (page-aligned,
+    /// owned by the store for good), reached through `mem`.
+    pub fn new(mem: &'m M, base: u64, count: u64) -> RamStore<'m, M> {
+        debug_assert_eq!(base % PAGE, 0);
+        RamStore { mem, base, slots: SlotMap::new(count) }
+    }
+
+    fn frame_of(&self, slot: u64) -> Result<u64, StoreError> {
+        if !self.slots.is_used(slot) {
+            return Err(StoreError::BadSlot { slot });
+        }
+        Ok(self.base + slot * PAGE)
+    }
+}
+
+impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
+    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
+        Ok(self.slots.alloc(page_fault)?)
+    }
+
+    fn location_free(&self, slot: u64) -> Result<(), StoreError> {
+        Ok(self.slots.free(slot)?)
+    }
+
+    fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+        self.mem.copy_frame(frame, self.frame_of(slot)?);
+        Ok(())
+    }
+
+    fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+        self.mem.copy_frame(self.frame_of(slot)?, frame);
+        Ok(())
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        (self.slots.used(), self.slots.total())
+    }
+
+    fn name(&self) -> &'static str {
+        "ram"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::testing::Machine;
+
+    #[test]
+    fn pages_go_out_and_come_back() {
+        let m = Machine::new(256, 1);
+        let base = m.frames.alloc_contiguous(8).unwrap();
+        let store = RamStore::new(&m, base, 8);
+        let frame = m.frames.alloc_page().unwrap();
+        for i in 0..512 {
+            m.set_word(frame, i * 8, 0xABC0 + i);
+        }
+        let slot = store.location_get(false).unwrap();
+        store.page_out(slot, frame).unwrap();
+        m.fill_frame(frame, 0);
+        store.page_in(slot, frame).unwrap();
+        assert!((0..512).all(|i| m.word(frame, i * 8) == 0xABC0 + i));
+        assert_eq!(store.usage(), (1, 8));
+        store.location_free(slot).unwrap();
+        assert_eq!(store.page_in(slot, frame), Err(StoreError::BadSlot { slot }), "a freed slot holds nothing");
+        assert_eq!(store.page_out(99, frame), Err(StoreError::BadSlot { slot: 99 }));
+        assert_eq!(store.location_free(slot), Err(StoreError::BadSlot { slot }));
+        assert_eq!(store.usage(), (0, 8));
+    }
+
+    #[test]
+    fn a_fault_gets_the_reserved_slot() {
+        let m = Machine::new(64, 1);
+        let base = m.frames.alloc_contiguous(2).unwrap();
+        let store = RamStore::new(&m, base, 2);
+        store.location_get(false).unwrap();
+        assert_eq!(store.location_get(false), Err(StoreError::Full));
+        assert!(store.location_get(true).is_ok());
+    }
+}

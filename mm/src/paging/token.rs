@@ -1,0 +1,80 @@
+//! Where a page that has no frame lives, recorded in its not-present PTE
+//! (Zephyr's `ARCH_UNPAGED_ANON_ZERO` and backing-store locations): the
+//! hardware ignores every other bit of a not-present entry, so the entry
+//! keeps the location and the page's permissions for the page-in.
+
+use crate::vm::pte::{ADDR_MASK, NO_EXECUTE, PRESENT, SW_OWNED, SW_TRANSIT, USER, WRITABLE};
+
+/// Marks a not-present entry as a paged page (not a hole, not in transit).
+pub const SW_PAGED: u64 = 1 << 53;
+const KIND_SHIFT: u32 = 54;
+const KIND_MASK: u64 = 0b11 << KIND_SHIFT;
+/// The permission bits a token keeps for the page-in.
+pub const KEPT: u64 = WRITABLE | USER | NO_EXECUTE | SW_OWNED;
+/// Largest slot index a token can hold (it sits where a frame address
+/// would).
+pub const MAX_SLOT: u64 = ADDR_MASK >> 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// Not touched yet: the first touch gets a zeroed frame.
+    AnonZero,
+    /// Not touched yet, contents undefined (kernel-only `UNINIT` maps).
+    AnonUninit,
+    /// Paged out to this backing-store slot.
+    Slot(u64),
+}
+
+/// The not-present entry for a page at `loc` with permissions from the
+/// entry bits `perms` (only `KEPT` bits are used). `None` if the slot does
+/// not fit.
+pub const fn encode(loc: Location, perms: u64) -> Option<u64> {
+    let (kind, slot) = match loc {
+        Location::AnonZero => (0, 0),
+        Location::AnonUninit => (1, 0),
+        Location::Slot(s) => (2, s),
+    };
+    if slot > MAX_SLOT {
+        return None;
+    }
+    Some(SW_PAGED | (kind << KIND_SHIFT) | (slot << 12) | (perms & KEPT))
+}
+
+/// The location and kept permissions of a token; `None` for anything
+/// else (present entries, holes, in-transit markers).
+pub const fn decode(e: u64) -> Option<(Location, u64)> {
+    if e & PRESENT != 0 || e & SW_PAGED == 0 || e & SW_TRANSIT != 0 {
+        return None;
+    }
+    let loc = match (e & KIND_MASK) >> KIND_SHIFT {
+        0 => Location::AnonZero,
+        1 => Location::AnonUninit,
+        2 => Location::Slot((e & ADDR_MASK) >> 12),
+        _ => return None,
+    };
+    Some((loc, e & KEPT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_with_permissions() {
+        let perms = WRITABLE | NO_EXECUTE | SW_OWNED;
+        for loc in [Location::AnonZero, Location::AnonUninit, Location::Slot(0), Location::Slot(MAX_SLOT)] {
+            let e = encode(loc, perms | PRESENT | 0x60).unwrap();
+            assert_eq!(e & PRESENT, 0, "a token is never present");
+            assert_eq!(decode(e), Some((loc, perms)));
+        }
+        assert_eq!(encode(Location::Slot(MAX_SLOT + 1), 0), None);
+    }
+
+    #[test]
+    fn other_entries_are_not_tokens() {
+        assert_eq!(decode(0), None);
+        assert_eq!(decode(0x1000 | PRESENT | WRITABLE), None);
+        assert_eq!(decode(0x1000 | SW_TRANSIT), None);
+        assert_eq!(decode(encode(Location::AnonZero, 0).unwrap() | PRESENT), None);
+    }
+}
