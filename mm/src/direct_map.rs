@@ -25,10 +25,11 @@ impl DirectMap {
     /// number of shared references to one may exist.
     pub fn table(self, phys: u64) -> &'static Table {
         debug_assert_eq!(phys % PAGE, 0);
-        // SAFETY: the direct map covers the frame (constructor contract),
-        // the address is page-aligned so aligned for `Table`, and every
-        // bit pattern is a valid array of `AtomicU64`; all access goes
-        // through atomics, so aliasing references cannot race unsoundly.
+        // Why this holds: the direct map covers the frame (constructor
+        // contract), the address is page-aligned so aligned for `Table`,
+        // and every bit pattern is a valid array of `AtomicU64`.
+        // SAFETY: all access goes through atomics, so aliasing references
+        // cannot race unsoundly.
         unsafe { &*((phys + self.offset) as *const Table) }
     }
 
