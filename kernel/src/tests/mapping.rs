@@ -8,7 +8,7 @@ use smp::MAX_CPUS;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
 use super::probe;
-use super::{ensure, failure, Failure, Test, TestResult};
+use super::{ensure, fails, failure, Test, TestResult};
 use crate::{frames, memory, pat, vm};
 
 pub const TESTS: &[Test] = &[
@@ -22,10 +22,6 @@ pub const TESTS: &[Test] = &[
     Test::new("vm::page_table_audit", page_table_audit),
     Test::new("vm::direct_map_is_bounds_checked", direct_map_bounds),
 ];
-
-fn err(e: VmError) -> Failure {
-    failure(format_args!("{e:?}"))
-}
 
 /// Everything a failed call must leave as it was.
 #[derive(PartialEq, Eq, Debug)]
@@ -45,7 +41,7 @@ fn map_unmap_ten_times() -> TestResult {
     let pages = 4;
     let mut first = 0;
     for round in 0..10u64 {
-        let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(err)?;
+        let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
         if round == 0 {
             first = a;
         }
@@ -59,7 +55,7 @@ fn map_unmap_ten_times() -> TestResult {
         }
         let used = before - frames::get().free_bytes();
         ensure!(used >= pages * PAGE, "free count dropped by {used} bytes for {pages} pages");
-        vm.k_mem_unmap(a, pages * PAGE).map_err(err)?;
+        vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
         let now = frames::get().free_bytes();
         ensure!(now == before, "round {round}: free count {now} after unmap, {before} before map");
         let after = probe::read(a);
@@ -70,11 +66,11 @@ fn map_unmap_ten_times() -> TestResult {
 
 fn guard_pages_fault() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).map_err(err)?;
+    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).map_err(fails)?;
     let below = probe::read(a - 8);
     let above = probe::write(a + 2 * PAGE, 1);
     let inside = probe::write(a + 2 * PAGE - 8, 1);
-    vm.k_mem_unmap(a, 2 * PAGE).map_err(err)?;
+    vm.k_mem_unmap(a, 2 * PAGE).map_err(fails)?;
     ensure!(matches!(below, Err(f) if f.cr2 == a - 8 && !probe::code(&f).contains(Code::PROTECTION_VIOLATION)), "guard below: {below:?}");
     ensure!(matches!(above, Err(f) if f.cr2 == a + 2 * PAGE && probe::code(&f).contains(Code::CAUSED_BY_WRITE)), "guard above: {above:?}");
     ensure!(inside.is_ok(), "last word of the region: {inside:?}");
@@ -83,16 +79,16 @@ fn guard_pages_fault() -> TestResult {
 
 fn read_only_alias() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(err)?;
-    let frame = vm.map_get(vm.kernel(), a).map_err(err)?.phys;
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys;
     let alias = KERNEL_SEED_AREA.start + 0x10_0000;
-    vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(err)?;
+    vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(fails)?;
     probe::write(a + 16, 0x5eed).map_err(|f| failure(format_args!("{f:?}")))?;
     let seen = probe::read(alias + 16);
     let write = probe::write(alias + 16, 1);
     let audit = vm.audit_tables(&[]);
     let unmapped = vm.umap_single(vm.kernel(), alias, PageSize::Size4K);
-    vm.k_mem_unmap(a, PAGE).map_err(err)?;
+    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
     ensure!(seen == Ok(0x5eed), "alias read {seen:?}");
     ensure!(
         matches!(write, Err(f) if f.cr2 == alias + 16 && probe::code(&f).contains(Code::CAUSED_BY_WRITE | Code::PROTECTION_VIOLATION)),
@@ -108,17 +104,17 @@ const RETURN_42: [u8; 6] = [0xB8, 42, 0, 0, 0, 0xC3];
 
 fn nx_pages() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(err)?;
-    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(err)?.phys) as *mut u8;
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys) as *mut u8;
     // SAFETY: the frame is ours (just mapped); the direct map covers it.
     unsafe { core::ptr::copy_nonoverlapping(RETURN_42.as_ptr(), code, RETURN_42.len()) };
     let nx = probe::call(a);
     // Flip to read+exec (never write+exec), run it, then back to NX.
-    vm.protect(vm.kernel(), a, 1, Flags::EXEC).map_err(err)?;
+    vm.protect(vm.kernel(), a, 1, Flags::EXEC).map_err(fails)?;
     let exec = probe::call(a);
-    vm.protect(vm.kernel(), a, 1, Flags::READ).map_err(err)?;
+    vm.protect(vm.kernel(), a, 1, Flags::READ).map_err(fails)?;
     let nx_again = probe::call(a);
-    vm.k_mem_unmap(a, PAGE).map_err(err)?;
+    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
     let fetch = |r: &Result<u64, crate::fault_catch::CaughtFault>| {
         matches!(r, Err(f) if f.cr2 == a && probe::code(f).contains(Code::INSTRUCTION_FETCH | Code::PROTECTION_VIOLATION))
     };
@@ -132,7 +128,7 @@ fn phys_map_odd_region() -> TestResult {
     let vm = vm::get();
     ensure!(pat::read() == pat::LAYOUT, "PAT is {:#x}, expected {:#x}", pat::read(), pat::LAYOUT);
     let f = frames::get();
-    let base = f.alloc_contiguous(2).map_err(|e| failure(format_args!("{e:?}")))?;
+    let base = f.alloc_contiguous(2).map_err(fails)?;
     let words = memory::virt_of(base) as *mut u64;
     for i in 0..1024 {
         // SAFETY: the two frames are ours; the direct map covers them.
@@ -142,11 +138,11 @@ fn phys_map_odd_region() -> TestResult {
     let (phys, size) = (base + 0x128, 0x1E00);
     let mut result = Ok(());
     for cache in [CacheMode::WriteBack, CacheMode::WriteThrough, CacheMode::Uncached] {
-        let v = vm.phys_map(phys, size, cache).map_err(err)?;
+        let v = vm.phys_map(phys, size, cache).map_err(fails)?;
         let t = vm.map_get(vm.kernel(), v + 0x1000);
         let first = probe::read(v);
         let last = probe::read(v + size - 8);
-        vm.phys_unmap(v, size).map_err(err)?;
+        vm.phys_unmap(v, size).map_err(fails)?;
         let gone = probe::read(v);
         let check = (|| {
             ensure!(v % PAGE == 0x128, "{cache:?}: offset lost: {v:#x}");
@@ -158,14 +154,14 @@ fn phys_map_odd_region() -> TestResult {
         })();
         result = result.and(check);
     }
-    f.free_contiguous(base, 2).map_err(|e| failure(format_args!("{e:?}")))?;
+    f.free_contiguous(base, 2).map_err(fails)?;
     result
 }
 
 fn bad_inputs() -> TestResult {
     let vm = vm::get();
     let k = vm.kernel();
-    let region = vm.k_mem_map(3 * PAGE, KMemFlags::RW).map_err(err)?;
+    let region = vm.k_mem_map(3 * PAGE, KMemFlags::RW).map_err(fails)?;
     let before = state();
     let seed = KERNEL_SEED_AREA.start;
     let checks: [(Result<(), VmError>, VmError); 12] = [
@@ -183,7 +179,7 @@ fn bad_inputs() -> TestResult {
         (vm.phys_unmap(region, PAGE), VmError::NotARegion { addr: region, size: PAGE }),
     ];
     let after = state();
-    vm.k_mem_unmap(region, 3 * PAGE).map_err(err)?;
+    vm.k_mem_unmap(region, 3 * PAGE).map_err(fails)?;
     for (i, (got, want)) in checks.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: got {got:?}, expected {want:?}");
     }
@@ -203,8 +199,8 @@ fn fault_injection_sweep() -> TestResult {
         let fired = vm.inject().fired(me);
         vm.inject().arm(me, 0);
         if !fired {
-            let a = r.map_err(err)?;
-            vm.k_mem_unmap(a, pages * PAGE).map_err(err)?;
+            let a = r.map_err(fails)?;
+            vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
             ensure!(failures >= pages, "only {failures} failure points for {pages} pages");
             log::info!("vm: fault-injection sweep: {failures} failure points of k_mem_map({pages} pages), all rolled back");
             return Ok(());
@@ -219,9 +215,9 @@ fn fault_injection_sweep() -> TestResult {
 
 fn page_table_audit() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(8 * PAGE, KMemFlags::RW).map_err(err)?;
+    let a = vm.k_mem_map(8 * PAGE, KMemFlags::RW).map_err(fails)?;
     let report = vm.audit_tables(&[]);
-    vm.k_mem_unmap(a, 8 * PAGE).map_err(err)?;
+    vm.k_mem_unmap(a, 8 * PAGE).map_err(fails)?;
     let report = report.map_err(|v| failure(format_args!("page-table audit: {v:?}")))?;
     ensure!(report.leaves > 8, "audit saw only {} leaves", report.leaves);
     log::info!("vm: audit checked {} leaf entries: W^X, null page, no double mappings", report.leaves);
@@ -230,12 +226,12 @@ fn page_table_audit() -> TestResult {
 
 fn direct_map_bounds() -> TestResult {
     let window = memory::direct_map();
-    let frame = frames::get().alloc_page().map_err(|e| failure(format_args!("{e:?}")))?;
+    let frame = frames::get().alloc_page().map_err(fails)?;
     memory::fill_words(frame, 0x51DE);
     let virt = window.virtualize(frame + 0x40);
     let back = virt.and_then(|v| window.phys(v));
     let seen = virt.map(|v| probe::read(v));
-    frames::get().free_page(frame).map_err(|e| failure(format_args!("{e:?}")))?;
+    frames::get().free_page(frame).map_err(fails)?;
     ensure!(virt == Ok(memory::virt_of(frame) + 0x40), "virtualize gave {virt:?}");
     ensure!(back == Ok(frame + 0x40), "phys(virtualize(p)) gave {back:?}");
     ensure!(seen == Ok(Ok(0x51DE)), "read through the direct map: {seen:?}");

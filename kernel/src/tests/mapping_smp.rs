@@ -13,7 +13,7 @@ use spin::Mutex;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
 use super::probe;
-use super::{ensure, failure, rng::Rng, Failure, Test, TestResult};
+use super::{ensure, fails, failure, rng::Rng, Failure, Test, TestResult};
 use crate::{frames, vm, workers};
 
 pub const TESTS: &[Test] = &[
@@ -179,7 +179,7 @@ fn reader(cpu: usize, round: u64) {
 
 fn downgrade_everywhere() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
     ADDR.store(a, Ordering::Relaxed);
     let writable = run(|cpu| {
         let a = ADDR.load(Ordering::Relaxed);
@@ -199,7 +199,7 @@ fn downgrade_everywhere() -> TestResult {
             fail(format_args!("cpu {cpu}: read after the downgrade: {:?}", probe::read(slot)));
         }
     });
-    vm.k_mem_unmap(a, PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
     writable?;
     protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
     readonly
@@ -212,8 +212,8 @@ static OTHER: AtomicU64 = AtomicU64::new(0);
 fn full_flush_keeps_others() -> TestResult {
     let vm = vm::get();
     let pages = FULL_FLUSH_PAGES + 3;
-    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
-    let other = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
+    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
+    let other = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
     for i in 0..512 {
         let _ = probe::write(other + 8 * i, 0x1000 + i);
     }
@@ -231,8 +231,8 @@ fn full_flush_keeps_others() -> TestResult {
     let protect = vm.protect(vm.kernel(), big, pages, Flags::READ);
     let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let reread = run(read_other);
-    vm.k_mem_unmap(big, pages * PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
-    vm.k_mem_unmap(other, PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    vm.k_mem_unmap(big, pages * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(other, PAGE).map_err(fails)?;
     warm?;
     protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
     for cpu in percpu::online_set().iter() {
@@ -279,8 +279,8 @@ fn storm_one_space() -> TestResult {
     r?;
     // A prune that lost the table lock to a mapper is finished by the
     // next unmap.
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(|e| failure(format_args!("{e:?}")))?;
-    vm.k_mem_unmap(a, PAGE).map_err(|e| failure(format_args!("{e:?}")))?;
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
     let ipis: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).ipis).sum::<u64>() - ipis_before;
     let unmaps = UNMAPS.load(Ordering::Relaxed);
     log::info!("vm: {unmaps} kernel unmaps from {} CPUs sent {ipis} IPIs: {:.2} per unmap", percpu::online_count(), ipis as f64 / unmaps as f64);
@@ -324,8 +324,8 @@ fn storm_shared_tables() -> TestResult {
             }
         }
     })?;
-    let a = vm.vmalloc(vm.kernel(), mm::vm::KERNEL_SEED_AREA.start, mm::vm::KERNEL_SEED_AREA.end, 1, Flags::WRITE).map_err(|e| failure(format_args!("{e:?}")))?;
-    vm.vmfree(vm.kernel(), a, 1).map_err(|e| failure(format_args!("{e:?}")))?;
+    let a = vm.vmalloc(vm.kernel(), mm::vm::KERNEL_SEED_AREA.start, mm::vm::KERNEL_SEED_AREA.end, 1, Flags::WRITE).map_err(fails)?;
+    vm.vmfree(vm.kernel(), a, 1).map_err(fails)?;
     let now = frames::get().free_bytes();
     ensure!(now == before, "free bytes {before} before, {now} after");
     Ok(())
@@ -336,7 +336,6 @@ static SPACES: [Mutex<Option<AddressSpace>>; MAX_CPUS] = [const { Mutex::new(Non
 /// Each CPU runs in its own user space and vmallocs/vmfrees there: its
 /// shootdowns target only itself, so no IPI is sent at all.
 fn storm_separate_spaces() -> TestResult {
-    let vm = vm::get();
     let before = frames::get().free_bytes();
     let counters: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let r = run(|cpu| {
@@ -374,7 +373,6 @@ fn storm_separate_spaces() -> TestResult {
     }
     let now = frames::get().free_bytes();
     ensure!(now == before, "free bytes {before} before, {now} after the spaces were destroyed");
-    let _ = vm;
     Ok(())
 }
 
@@ -387,7 +385,7 @@ fn targeted_shootdowns() -> TestResult {
         log::info!("vm_smp: one CPU: no remote CPU to target");
         return Ok(());
     };
-    let space = vm.new_user_space().map_err(|e| failure(format_args!("{e:?}")))?;
+    let space = vm.new_user_space().map_err(fails)?;
     *SPACES[0].lock() = Some(space);
     OTHER.store(other as u64, Ordering::Relaxed);
     let switch = |on: bool| {
@@ -414,7 +412,7 @@ fn targeted_shootdowns() -> TestResult {
         result = result.and(
             vm.vmalloc(space, USER_START, USER_END, 3, Flags::USER | Flags::WRITE)
                 .and_then(|a| vm.vmfree(space, a, 3))
-                .map_err(|e| failure(format_args!("{e:?}"))),
+                .map_err(fails),
         );
     }
     let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);

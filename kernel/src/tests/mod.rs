@@ -55,6 +55,11 @@ pub fn failure(args: core::fmt::Arguments) -> Failure {
     text
 }
 
+/// A failure that shows an error value (`map_err(fails)`).
+pub fn fails(e: impl core::fmt::Debug) -> Failure {
+    failure(format_args!("{e:?}"))
+}
+
 /// Fails the test with a formatted message unless `cond` holds.
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {

@@ -9,7 +9,7 @@ use mm::vm::{Flags, PageSize, KERNEL_SEED_AREA};
 use smp::tlb::{self, ShootdownError, FULL_FLUSH_PAGES};
 use smp::{percpu, CpuSet, MAX_CPUS};
 
-use super::{ensure, failure, Failure, Test, TestResult};
+use super::{ensure, fails, failure, Failure, Test, TestResult};
 use crate::{frames, memory, vm, workers};
 
 pub const TESTS: &[Test] = &[
@@ -52,8 +52,8 @@ fn tear_down(a: u64, b: u64) -> TestResult {
     let vm = vm::get();
     vm.umap_single(vm.kernel(), VA, PageSize::Size4K).map_err(|e| failure(format_args!("unmap: {e:?}")))?;
     let f = frames::get();
-    f.free_page(a).map_err(|e| failure(format_args!("{e:?}")))?;
-    f.free_page(b).map_err(|e| failure(format_args!("{e:?}")))?;
+    f.free_page(a).map_err(fails)?;
+    f.free_page(b).map_err(fails)?;
     Ok(())
 }
 
@@ -66,7 +66,7 @@ fn stale_translations_removed() -> TestResult {
     for cpu in online.iter() {
         ensure!(SEEN[cpu].load(Ordering::Relaxed) == OLD, "cpu {cpu} did not see the first frame");
     }
-    vm::get().retarget_unflushed(VA, b).map_err(|e| failure(format_args!("{e:?}")))?;
+    vm::get().retarget_unflushed(VA, b).map_err(fails)?;
     read_everywhere()?;
     let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
     log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());
@@ -170,7 +170,7 @@ fn latency_by_targets() -> TestResult {
         let mut samples = [0u64; 31];
         for s in samples.iter_mut() {
             let t0 = drivers::tsc::now_ns();
-            tlb::shootdown(targets, VA, 1).map_err(|e| failure(format_args!("{e:?}")))?;
+            tlb::shootdown(targets, VA, 1).map_err(fails)?;
             *s = drivers::tsc::now_ns() - t0;
         }
         samples.sort_unstable();

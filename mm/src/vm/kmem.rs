@@ -6,9 +6,8 @@ use core::ops::BitOr;
 use core::sync::atomic::Ordering;
 
 use super::mapping::{check_phys, Vm};
-use super::pte::{self, CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
+use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
-use super::table::{self, Lookup};
 use super::{VmError, VmPlatform, PAGE};
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
@@ -32,17 +31,10 @@ impl KMemFlags {
     }
 
     fn access(self) -> Flags {
-        let mut f = Flags::READ;
-        if self.contains(KMemFlags::RW) {
-            f = f | Flags::WRITE;
-        }
-        if self.contains(KMemFlags::EXEC) {
-            f = f | Flags::EXEC;
-        }
-        if self.contains(KMemFlags::USER) {
-            f = f | Flags::USER;
-        }
-        f
+        [(KMemFlags::RW, Flags::WRITE), (KMemFlags::EXEC, Flags::EXEC), (KMemFlags::USER, Flags::USER)]
+            .into_iter()
+            .filter(|&(k, _)| self.contains(k))
+            .fold(Flags::READ, |f, (_, a)| f.union(a))
     }
 }
 
@@ -129,10 +121,8 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Both guard pages must be unmapped.
     fn check_guards(&self, below: u64, above: u64) -> Result<(), ()> {
-        for g in [below, above] {
-            if self.map_get(self.kernel(), g).is_ok() {
-                return Err(());
-            }
+        if self.is_mapped(below) || self.is_mapped(above) {
+            return Err(());
         }
         Ok(())
     }
@@ -198,9 +188,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Whether the kernel page at `virt` is mapped (for callers checking
     /// guard pages).
     pub fn is_mapped(&self, virt: u64) -> bool {
-        let _shared = self.kernel().tables.read();
-        matches!(table::lookup(&self.p, self.kernel().root, virt, 0),
-            Lookup::Entry { slot, .. } if pte::is_present(slot.load(Ordering::Acquire)))
+        self.map_get(self.kernel(), virt).is_ok()
     }
 }
 

@@ -92,7 +92,7 @@ impl Flags {
 impl BitOr for Flags {
     type Output = Flags;
     fn bitor(self, rhs: Flags) -> Flags {
-        Flags(self.0 | rhs.0)
+        self.union(rhs)
     }
 }
 
