@@ -19,6 +19,16 @@ pub struct Cmdline {
     pub magazine_capacity: usize,
     /// Seed for randomised tests (`seed=N`); from the TSC when absent.
     pub seed: Option<u64>,
+    /// Eviction policy (`evict=clock` or `evict=lru`).
+    pub eviction: Eviction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Clock over not-recently-used classes.
+    Clock,
+    /// Least recently used with a second chance.
+    Lru,
 }
 
 pub const DEFAULT_MAGAZINE_CAPACITY: usize = 32;
@@ -27,7 +37,7 @@ static BUF: spin::Mutex<[u8; 512]> = spin::Mutex::new([0; 512]);
 
 /// Reads and parses the command line; absent means `mode=run`.
 pub fn read() -> Cmdline {
-    let mut cmd = Cmdline { mode: Mode::Run, magazine_capacity: DEFAULT_MAGAZINE_CAPACITY, seed: None };
+    let mut cmd = Cmdline { mode: Mode::Run, magazine_capacity: DEFAULT_MAGAZINE_CAPACITY, seed: None, eviction: Eviction::Clock };
     let mut buf = BUF.lock();
     let text = match fw_cfg::read_file(FW_CFG_NAME, &mut buf[..]) {
         Ok(bytes) => core::str::from_utf8(bytes).unwrap_or(""),
@@ -45,6 +55,8 @@ pub fn read() -> Cmdline {
                 Ok(n) if (1..=mm::magazine::MAG_MAX).contains(&n) => cmd.magazine_capacity = n,
                 _ => log::warn!("cmdline: mag={n:?} is not 1..={}", mm::magazine::MAG_MAX),
             },
+            Some(("evict", "clock")) => cmd.eviction = Eviction::Clock,
+            Some(("evict", "lru")) => cmd.eviction = Eviction::Lru,
             Some(("seed", n)) => match parse_u64(n) {
                 Some(s) => cmd.seed = Some(s),
                 None => log::warn!("cmdline: seed={n:?} is not a number"),

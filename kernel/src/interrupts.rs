@@ -118,6 +118,10 @@ handlers_with_code! {
 }
 
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    // Kernel code touching an on-demand page: page it in and retry.
+    if !usermode::from_ring3(&frame) && crate::paging::resolve_fault(Cr2::read_raw(), code.bits()) {
+        return;
+    }
     exception(&mut frame, 14, "page fault", Some(code.bits()));
 }
 

@@ -16,6 +16,7 @@ mod heap;
 mod interrupts;
 mod logger;
 mod memory;
+mod paging;
 mod pat;
 mod tests;
 mod user_program;
@@ -108,6 +109,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         frames.usable_frames() * mm::PAGE_SIZE >> 20,
         frames.magazine_capacity()
     );
+
+    paging::init(cmdline.eviction);
 
     FACTS.call_once(|| BootFacts {
         cpus_total: report.total,

@@ -87,6 +87,27 @@ impl VmPlatform for KernelVm {
         })
     }
 
+    fn free_frames(&self) -> u64 {
+        if frames::ready() {
+            frames::get().free_bytes() / mm::PAGE_SIZE
+        } else {
+            0
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        drivers::tsc::now_ns()
+    }
+
+    fn wait_step(&self) {
+        smp::ipi::service_pending();
+        core::hint::spin_loop();
+    }
+
+    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
+        x86_64::instructions::interrupts::without_interrupts(f)
+    }
+
     fn load_root(&self, root: u64) {
         let frame = PhysFrame::containing_address(PhysAddr::new(root));
         // SAFETY: every root `Vm` hands out is a PML4 whose upper half is

@@ -16,21 +16,46 @@ const CPU_SHIFT: u32 = 8;
 /// never look at it and clear it.
 const AUDIT_SEEN: u32 = 1 << 16;
 
+/// Demand-paging flags of an `Allocated` frame (bits 17..). Any transition
+/// of the kind (a free) clears them.
+pub mod paging {
+    /// Backs the pageable kernel page at the entry's `vaddr` (the reverse
+    /// map eviction follows to the page-table entry).
+    pub const MAPPED: u32 = 1 << 17;
+    /// Never evicted until unpinned.
+    pub const PINNED: u32 = 1 << 18;
+    /// One CPU owns the frame for an eviction, page-out, pin or unmap;
+    /// everyone else leaves it alone or waits.
+    pub const BUSY: u32 = 1 << 19;
+    /// Holds what its location token would give again (zeroes for an
+    /// anonymous page, nothing for an uninitialised one) and has not been
+    /// written since: eviction drops it without a write.
+    pub const FRESH_ZERO: u32 = 1 << 20;
+    pub const FRESH_UNINIT: u32 = 1 << 21;
+    /// Pinned by a `pin` call still in progress, so a failure part-way
+    /// unpins exactly what that call pinned.
+    pub const PIN_NEW: u32 = 1 << 22;
+    pub const ALL: u32 = MAPPED | PINNED | BUSY | FRESH_ZERO | FRESH_UNINIT | PIN_NEW;
+}
+
 pub struct FrameEntry {
     state: AtomicU32,
     /// Virtual address this frame backs when mapped (0: none).
     pub vaddr: AtomicU64,
+    /// Backing-store slot + 1 holding a valid copy of this frame's page
+    /// (0: none), so a clean eviction needs no write.
+    pub copy: AtomicU64,
 }
 
 impl FrameEntry {
     #[cfg(not(loom))]
     pub const fn new() -> FrameEntry {
-        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0) }
+        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0), copy: AtomicU64::new(0) }
     }
 
     #[cfg(loom)]
     pub fn new() -> FrameEntry {
-        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0) }
+        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0), copy: AtomicU64::new(0) }
     }
 }
 
@@ -105,6 +130,36 @@ impl<'a> FrameDb<'a> {
             let new = (to as u32) | ((cpu as u32 & 0xFF) << CPU_SHIFT);
             match state.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The paging flags of frame `index` (0 unless it is `Allocated`).
+    pub fn paging_flags(&self, index: usize) -> u32 {
+        let s = self.entries[index].state.load(Ordering::Acquire);
+        if FrameKind::from_bits(s) == FrameKind::Allocated {
+            s & paging::ALL
+        } else {
+            0
+        }
+    }
+
+    /// If frame `index` is `Allocated` with every flag of `need` set and
+    /// every flag of `refuse` clear, sets `set` and clears `clear` in one
+    /// compare-and-swap and returns the flags it had; otherwise changes
+    /// nothing and returns them in the error.
+    pub fn update_paging(&self, index: usize, need: u32, refuse: u32, set: u32, clear: u32) -> Result<u32, u32> {
+        let state = &self.entries[index].state;
+        let mut current = state.load(Ordering::Relaxed);
+        loop {
+            let flags = current & paging::ALL;
+            if FrameKind::from_bits(current) != FrameKind::Allocated || flags & need != need || flags & refuse != 0 {
+                return Err(flags);
+            }
+            let new = (current | set) & !clear;
+            match state.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(flags),
                 Err(actual) => current = actual,
             }
         }

@@ -83,6 +83,12 @@ pub fn cross_call<F: Fn() + Sync>(targets: CpuSet, f: &F) -> Result<(), CallErro
     })
 }
 
+/// Runs the cross-calls (TLB shootdowns) waiting for this CPU now: for
+/// code that waits on another CPU with interrupts off.
+pub fn service_pending() {
+    CALLS.service(percpu::current_index());
+}
+
 /// Body of the cross-call interrupt handler.
 pub fn handle_cross_call_interrupt() {
     CALLS.service(percpu::current_index());

@@ -101,6 +101,9 @@ struct RunArgs {
     /// Frames per magazine in the guest's frame allocator (1..=64).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     mag: Option<u32>,
+    /// Eviction policy of the guest's demand paging.
+    #[arg(long, value_enum)]
+    evict: Option<qemu::Eviction>,
     /// In test mode, also show the guest's free-text serial output.
     #[arg(long)]
     verbose: bool,
@@ -167,7 +170,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         mem: args.mem,
         firmware,
         xapic: args.xapic,
-        guest: qemu::GuestOptions { mode: args.mode, seed: args.seed, magazine: args.mag },
+        guest: qemu::GuestOptions { mode: args.mode, seed: args.seed, magazine: args.mag, eviction: args.evict },
         extra: args.qemu_args,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);

@@ -141,6 +141,27 @@ pub struct GuestOptions {
     pub seed: Option<u64>,
     /// Frames per magazine (`mag=`); the guest's default if absent.
     pub magazine: Option<u32>,
+    /// Eviction policy for demand paging (`evict=`); the guest's default
+    /// (the clock) if absent.
+    pub eviction: Option<Eviction>,
+}
+
+/// The guest's eviction policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Eviction {
+    /// Clock over not-recently-used classes.
+    Clock,
+    /// Least recently used, with a second chance.
+    Lru,
+}
+
+impl Eviction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Clock => "clock",
+            Eviction::Lru => "lru",
+        }
+    }
 }
 
 impl GuestOptions {
@@ -152,6 +173,9 @@ impl GuestOptions {
         }
         if let Some(mag) = self.magazine {
             pairs.push(("mag", mag.to_string()));
+        }
+        if let Some(e) = self.eviction {
+            pairs.push(("evict", e.as_str().to_string()));
         }
         pairs
             .iter()
@@ -186,6 +210,9 @@ impl Config {
         }
         if let Some(mag) = self.guest.magazine {
             label += &format!(" mag={mag}");
+        }
+        if let Some(e) = self.guest.eviction {
+            label += &format!(" evict={}", e.as_str());
         }
         label
     }
@@ -309,7 +336,7 @@ mod tests {
     fn cmdline_is_key_value_pairs() {
         assert_eq!(GuestOptions { mode: Mode::Test, ..Default::default() }.cmdline(), "mode=test");
         assert_eq!(GuestOptions { mode: Mode::Run, ..Default::default() }.cmdline(), "mode=run");
-        let all = GuestOptions { mode: Mode::Test, seed: Some(255), magazine: Some(4) };
-        assert_eq!(all.cmdline(), "mode=test seed=0xff mag=4");
+        let all = GuestOptions { mode: Mode::Test, seed: Some(255), magazine: Some(4), eviction: Some(Eviction::Lru) };
+        assert_eq!(all.cmdline(), "mode=test seed=0xff mag=4 evict=lru");
     }
 }

@@ -2,14 +2,14 @@
 //! CPU counts and firmware/APIC combinations. The last stdout line is always
 //! `N passed, M failed`.
 
-use crate::qemu::{parse_mem, Config, Firmware, GuestOptions};
+use crate::qemu::{parse_mem, Config, Eviction, Firmware, GuestOptions};
 use crate::{build, install, suite, toolchain, Mode};
 use anyhow::{anyhow, Result};
 use std::io::{BufRead, BufReader};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tally {
@@ -47,13 +47,15 @@ struct Suite {
     xapic: bool,
     /// Frames per magazine; tiny ones keep the depot and buddy paths busy.
     magazine: Option<u32>,
+    /// The paging suites run with the clock unless this says otherwise.
+    eviction: Option<Eviction>,
 }
 
 fn plan(quick: bool) -> Vec<Suite> {
-    let run = |smp, uefi, xapic, magazine| Suite { smp, uefi, xapic, magazine };
+    let run = |smp, uefi, xapic, magazine| Suite { smp, uefi, xapic, magazine, eviction: None };
     let mut suites = vec![run(1, false, false, None), run(2, false, false, None), run(8, false, false, None)];
     if !quick {
-        suites.push(run(8, false, true, Some(2)));
+        suites.push(Suite { eviction: Some(Eviction::Lru), ..run(8, false, true, Some(2)) });
         suites.push(run(4, true, false, None));
     }
     suites
@@ -99,7 +101,7 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
                     mem: parse_mem("1G").expect("a valid size"),
                     firmware,
                     xapic: suite.xapic,
-                    guest: GuestOptions { mode: Mode::Test, magazine: suite.magazine, ..Default::default() },
+                    guest: GuestOptions { mode: Mode::Test, magazine: suite.magazine, eviction: suite.eviction, ..Default::default() },
                     extra: Vec::new(),
                 };
                 total += suite::kernel_run(&qemu, &images, &config, SUITE_TIMEOUT, verbose);

@@ -104,7 +104,7 @@ const RETURN_42: [u8; 6] = [0xB8, 42, 0, 0, 0, 0xC3];
 
 fn nx_pages() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys) as *mut u8;
     // SAFETY: the frame is ours (just mapped); the direct map covers it.
     unsafe { core::ptr::copy_nonoverlapping(RETURN_42.as_ptr(), code, RETURN_42.len()) };

@@ -12,9 +12,10 @@ use smp::{percpu, MAX_CPUS};
 use spin::Mutex;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
+use super::on_all::{fail, run};
 use super::probe;
-use super::{ensure, fails, failure, rng::Rng, Failure, Test, TestResult};
-use crate::{frames, vm, workers};
+use super::{ensure, fails, failure, rng::Rng, Test, TestResult};
+use crate::{frames, vm};
 
 pub const TESTS: &[Test] = &[
     Test::new("vm_smp::unmap_races_readers", unmap_races_readers),
@@ -26,37 +27,12 @@ pub const TESTS: &[Test] = &[
     Test::new("vm_smp::shootdowns_reach_only_active_cpus", targeted_shootdowns),
 ];
 
-const RUN_NS: u64 = 60_000_000_000;
 const POISON: u64 = 0xDEAD_BEEF_DEAD_BEEF;
 const ROUNDS: u64 = 20;
 
 static ADDR: AtomicU64 = AtomicU64::new(0);
 static ROUND: AtomicU64 = AtomicU64::new(0);
 static UNMAPPED: AtomicBool = AtomicBool::new(false);
-static ERRORS: AtomicU64 = AtomicU64::new(0);
-static FIRST_ERROR: Mutex<Option<Failure>> = Mutex::new(None);
-
-fn fail(args: core::fmt::Arguments) {
-    ERRORS.fetch_add(1, Ordering::Relaxed);
-    let mut first = FIRST_ERROR.lock();
-    if first.is_none() {
-        *first = Some(failure(args));
-    }
-}
-
-fn reset() {
-    ERRORS.store(0, Ordering::Relaxed);
-    *FIRST_ERROR.lock() = None;
-}
-
-fn run(f: fn(usize)) -> TestResult {
-    reset();
-    workers::run_on_all(f, RUN_NS).map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
-    match FIRST_ERROR.lock().take() {
-        Some(e) => Err(failure(format_args!("{} errors; first: {}", ERRORS.load(Ordering::Relaxed), e.0))),
-        None => Ok(()),
-    }
-}
 
 fn spin_until(cond: impl Fn() -> bool) -> bool {
     let deadline = drivers::tsc::now_ns() + 5_000_000_000;
@@ -104,7 +80,7 @@ static READS: AtomicU64 = AtomicU64::new(0);
 
 fn unmapper(round: u64) {
     let vm = vm::get();
-    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW) else { return fail(format_args!("round {round}: map failed")) };
+    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK) else { return fail(format_args!("round {round}: map failed")) };
     let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys).unwrap_or(0);
     READS.store(0, Ordering::Relaxed);
     UNMAPPED.store(false, Ordering::Relaxed);
@@ -179,7 +155,7 @@ fn reader(cpu: usize, round: u64) {
 
 fn downgrade_everywhere() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     ADDR.store(a, Ordering::Relaxed);
     let writable = run(|cpu| {
         let a = ADDR.load(Ordering::Relaxed);
@@ -212,7 +188,7 @@ static OTHER: AtomicU64 = AtomicU64::new(0);
 fn full_flush_keeps_others() -> TestResult {
     let vm = vm::get();
     let pages = FULL_FLUSH_PAGES + 3;
-    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
+    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let other = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
     for i in 0..512 {
         let _ = probe::write(other + 8 * i, 0x1000 + i);

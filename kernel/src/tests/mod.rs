@@ -15,6 +15,9 @@ mod frames;
 mod heap;
 mod mapping;
 mod mapping_smp;
+mod on_all;
+mod paging;
+mod paging_smp;
 mod probe;
 pub mod ipi;
 mod rng;
@@ -80,6 +83,8 @@ const SUITES: &[&[Test]] = &[
     tlb::TESTS,
     mapping::TESTS,
     mapping_smp::TESTS,
+    paging::TESTS,
+    paging_smp::TESTS,
     usermode::TESTS,
 ];
 

@@ -1,10 +1,282 @@
-//! Demand paging.
+//! Demand paging for the kernel's `k_mem_map` regions, on all CPUs at once.
 //!
-//! The portable pieces so far: location tokens in not-present entries
-//! (`token`), the backing-store trait with a RAM store (`store`) over a
-//! slot allocator that keeps one slot for page faults (`slots`), and the
-//! replaceable eviction policies, clock/NRU and LRU (`policy`).
+//! Zephyr's demand paging (`kernel/mmu.c`) is the functional model; it is
+//! uniprocessor and takes `irq_lock()` around every fault. Here no lock is
+//! shared by all CPUs on the fault path. A page is serialised by its own
+//! state:
+//! - a page with no frame has a location token in its not-present entry
+//!   (`token`); the CPU that swaps the token for a busy marker (one
+//!   compare-and-swap) pages it in, others wait and look again;
+//! - a resident page's frame carries flags in the frame database
+//!   (`frame_db::paging`): `MAPPED` with the page's address (the reverse
+//!   map), `PINNED`, and `BUSY` for the one CPU evicting, pinning or
+//!   unmapping it.
+//!
+//! Eviction picks victims with a replaceable policy (`policy`), marks
+//! them busy, swaps their entries for busy markers, shoots the batch down
+//! once, writes dirty pages (or pages with no valid copy) to the backing
+//! store (`store`) and leaves a token with the slot. A clean page whose
+//! copy is still valid, or a fresh page never written, is dropped.
+//!
+//! Every entry point runs with interrupts off and answers shootdowns only
+//! in its waits, between walks: page tables are freed only after a
+//! shootdown to every CPU, so that is what keeps the tables a walk is
+//! reading alive without a lock. The baseline mode (`Mode::GlobalLock`)
+//! wraps the same code in one global lock, as Zephyr does, for
+//! benchmarks.
+
+mod api;
+mod audit;
+mod evict;
+mod fault;
+mod kmem;
 pub mod policy;
 pub mod slots;
+pub mod stats;
 pub mod store;
 pub mod token;
+mod view;
+#[cfg(test)]
+mod tests;
+
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+pub use audit::{PagingAudit, PagingViolation};
+pub use fault::Access;
+pub use policy::{EvictionPolicy, PolicyError};
+pub use stats::{Counts, Event, HistogramSnapshot, Stats, Timing};
+pub use store::{BackingStore, StoreError};
+
+use crate::frame_db::FrameDb;
+use crate::vm::{Vm, VmError, VmPlatform};
+
+/// How long a CPU waits for a busy page (or, in the baseline, for the
+/// global lock) before it reports `BusyTimeout`.
+pub const BUSY_WAIT_NS: u64 = 5_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagingError {
+    /// `enable_paging` has not run.
+    NotEnabled,
+    /// `enable_paging` ran before.
+    AlreadyEnabled,
+    /// Nothing pageable is mapped at `virt`: a guard page, a hole, or a
+    /// mapping made with `LOCK` or by `phys_map`.
+    NotPageable { virt: u64 },
+    /// The page's mapping does not allow the access.
+    Protection { virt: u64 },
+    /// The page is pinned.
+    Pinned { virt: u64 },
+    /// `evict_frame` of a frame that backs no pageable page.
+    NotAPageFrame { phys: u64 },
+    /// A frame was needed and every resident page is pinned or busy.
+    NoEvictableFrame,
+    /// The backing store has no slot left.
+    StoreFull,
+    /// The backing store failed a transfer.
+    Store(StoreError),
+    /// The page (or the baseline's global lock) stayed busy past
+    /// `BUSY_WAIT_NS`.
+    BusyTimeout { virt: u64 },
+    /// CPUs in `cpus` did not confirm an eviction's shootdown; the pages
+    /// stay resident.
+    Shootdown { cpus: u64 },
+    /// The range itself is bad (alignment, size, outside the region area).
+    Range(VmError),
+}
+
+/// How faults, evictions and page-ins are serialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Per-page busy states; no lock shared by all CPUs.
+    BusyState = 0,
+    /// Zephyr's way: everything under one global lock with interrupts off.
+    GlobalLock = 1,
+}
+
+pub struct PagerConfig {
+    pub db: &'static FrameDb<'static>,
+    pub store: &'static dyn BackingStore,
+    pub policy: &'static dyn EvictionPolicy,
+    /// Most frames pageable pages may hold at once (`u64::MAX`: as many as
+    /// the allocator gives).
+    pub resident_limit: u64,
+    /// Free frames kept for the rest of the kernel: below this, a page-in
+    /// evicts first.
+    pub reserve: u64,
+}
+
+pub struct Pager {
+    pub(crate) db: &'static FrameDb<'static>,
+    pub(crate) store: &'static dyn BackingStore,
+    pub(crate) policy: &'static dyn EvictionPolicy,
+    resident_limit: AtomicU64,
+    reserve: u64,
+    /// Pageable pages that have a frame.
+    pub(crate) resident: AtomicU64,
+    /// One bit per frame of the database, set while the frame backs a
+    /// pageable page: the clock jumps over the frames paging does not use.
+    candidates: alloc::vec::Vec<AtomicU64>,
+    /// Pageable pages mapped (resident or not).
+    pub(crate) committed: AtomicU64,
+    mode: AtomicU8,
+    global: spin::Mutex<()>,
+    pub(crate) stats: Stats,
+}
+
+impl Pager {
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &'static dyn BackingStore {
+        self.store
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => Mode::GlobalLock,
+            _ => Mode::BusyState,
+        }
+    }
+
+    /// Switches serialisation. Only between workloads: a CPU inside a
+    /// paging call keeps the mode it started with.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    pub fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    pub fn resident_limit(&self) -> u64 {
+        self.resident_limit.load(Ordering::Relaxed)
+    }
+
+    /// Caps the frames pageable pages hold; pages over the cap are evicted
+    /// by the next page-ins, not at once.
+    pub fn set_resident_limit(&self, frames: u64) {
+        self.resident_limit.store(frames.max(1), Ordering::Relaxed);
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Marks frame `i` as backing a pageable page (or not any more).
+    pub(crate) fn set_candidate(&self, i: usize, on: bool) {
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        if on {
+            self.candidates[w].fetch_or(bit, Ordering::Release);
+        } else {
+            self.candidates[w].fetch_and(!bit, Ordering::Release);
+        }
+    }
+
+    /// The first frame at or after `i` marked as backing a pageable page,
+    /// or the database length.
+    pub(crate) fn next_candidate(&self, i: usize) -> usize {
+        let n = self.db.len();
+        let mut w = i / 64;
+        if i >= n {
+            return n;
+        }
+        let mut bits = self.candidates[w].load(Ordering::Acquire) & (!0u64 << (i % 64));
+        loop {
+            if bits != 0 {
+                return (w * 64 + bits.trailing_zeros() as usize).min(n);
+            }
+            w += 1;
+            if w == self.candidates.len() {
+                return n;
+            }
+            bits = self.candidates[w].load(Ordering::Acquire);
+        }
+    }
+
+    /// Whether a page-in must evict first.
+    fn over_budget(&self, free_frames: u64) -> bool {
+        self.resident() >= self.resident_limit() || free_frames < self.reserve
+    }
+
+    /// Pages that on-demand mappings may commit in all: RAM for paging
+    /// (the resident limit, or what is free now plus what paging holds)
+    /// plus the store's slots but the one kept for faults.
+    pub(crate) fn commit_limit(&self, free_frames: u64) -> u64 {
+        let ram = self.resident_limit().min(free_frames.saturating_sub(self.reserve) + self.resident());
+        ram + self.store.usage().1.saturating_sub(1)
+    }
+}
+
+impl<P: VmPlatform> Vm<P> {
+    /// Turns on demand paging: from now on `k_mem_map` without `LOCK`
+    /// maps pages on demand.
+    pub fn enable_paging(&self, c: PagerConfig) -> Result<(), PagingError> {
+        if self.paging.get().is_some() {
+            return Err(PagingError::AlreadyEnabled);
+        }
+        let pager = Pager {
+            db: c.db,
+            store: c.store,
+            policy: c.policy,
+            resident_limit: AtomicU64::new(c.resident_limit.max(1)),
+            reserve: c.reserve,
+            resident: AtomicU64::new(0),
+            candidates: (0..c.db.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            committed: AtomicU64::new(0),
+            mode: AtomicU8::new(Mode::BusyState as u8),
+            global: spin::Mutex::new(()),
+            stats: Stats::new(),
+        };
+        let mut fresh = false;
+        self.paging.call_once(|| {
+            fresh = true;
+            pager
+        });
+        if fresh { Ok(()) } else { Err(PagingError::AlreadyEnabled) }
+    }
+
+    pub fn pager(&self) -> Result<&Pager, PagingError> {
+        self.paging.get().ok_or(PagingError::NotEnabled)
+    }
+
+    /// Runs one paging operation with interrupts off, under the global
+    /// lock in the baseline mode.
+    pub(crate) fn paging_op<R>(&self, f: impl FnOnce(&Pager) -> Result<R, PagingError>) -> Result<R, PagingError> {
+        let pg = self.pager()?;
+        self.p.without_interrupts(|| {
+            let _global = match pg.mode() {
+                Mode::GlobalLock => Some(self.lock_global(pg)?),
+                Mode::BusyState => None,
+            };
+            f(pg)
+        })
+    }
+
+    /// The baseline's lock. Waiters answer shootdowns: the holder may be
+    /// waiting for them.
+    fn lock_global<'g>(&self, pg: &'g Pager) -> Result<spin::MutexGuard<'g, ()>, PagingError> {
+        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        loop {
+            if let Some(g) = pg.global.try_lock() {
+                return Ok(g);
+            }
+            if self.p.now_ns() > deadline {
+                return Err(PagingError::BusyTimeout { virt: 0 });
+            }
+            self.p.wait_step();
+        }
+    }
+
+    /// One step of waiting for busy page `virt`, or `BusyTimeout` once
+    /// `deadline` has passed.
+    pub(crate) fn wait_busy(&self, deadline: u64, virt: u64) -> Result<(), PagingError> {
+        if self.p.now_ns() > deadline {
+            return Err(PagingError::BusyTimeout { virt });
+        }
+        self.p.wait_step();
+        Ok(())
+    }
+}

@@ -35,6 +35,11 @@ pub trait FrameView {
     /// Clears the accessed bit of frame `i` (its second chance). Returns
     /// the previous value.
     fn clear_accessed(&self, i: usize) -> bool;
+    /// The first frame at or after `i` that may be evictable (`len()` if
+    /// none is), so a scan can jump over frames paging does not use.
+    fn next_candidate(&self, i: usize) -> usize {
+        i
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,10 @@ pub trait EvictionPolicy: Sync {
 fn class(info: FrameInfo) -> u8 {
     (u8::from(info.accessed) << 1) | u8::from(info.dirty)
 }
+
+/// Evictable frames the clock looks at before it settles for the best
+/// class it has seen.
+pub const NRU_WINDOW: usize = 32;
 
 /// Clock over NRU classes. The hand is one counter for all CPUs and each
 /// step of a search claims the next frame with `fetch_add`, so concurrent
@@ -84,12 +93,23 @@ impl Nru {
     fn lowest_class(frames: &dyn FrameView, start: usize) -> Result<usize, PolicyError> {
         let n = frames.len();
         let mut best: Option<(u8, usize)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
+        // From `start` to the end, then from 0 back to `start`.
+        let mut i = frames.next_candidate(start);
+        let mut wrapped = false;
+        loop {
+            if i >= n && !wrapped {
+                wrapped = true;
+                i = frames.next_candidate(0);
+                continue;
+            }
+            if i >= n || (wrapped && i >= start) {
+                break;
+            }
             let info = frames.info(i);
             if info.evictable && best.is_none_or(|(c, _)| class(info) < c) {
                 best = Some((class(info), i));
             }
+            i = frames.next_candidate(i + 1);
         }
         best.map(|(_, i)| i).ok_or(PolicyError::NoEvictableFrame)
     }
@@ -110,17 +130,29 @@ impl EvictionPolicy for Nru {
         let mut best: Option<(u8, usize)> = None;
         let mut start = None;
         let mut cleared = false;
+        let mut seen = 0;
         // Two sweeps: the first gives accessed frames their second chance,
-        // the second finds those not used since.
-        for step in 0..2 * n {
+        // the second finds those not used since. `travelled` counts the
+        // frames the hand passed, jumps over non-candidates included.
+        let mut travelled = 0;
+        while travelled < 2 * n {
             // Nothing was cleared, so a second sweep could find only what
             // the first already ranked.
-            if step == n && !cleared {
+            if travelled >= n && !cleared {
                 break;
             }
             // Relaxed: the hand only spreads searches out; the frame
             // database's compare-and-swap is what orders ownership.
-            let i = self.hand.fetch_add(1, Ordering::Relaxed) % n;
+            let raw = self.hand.fetch_add(1, Ordering::Relaxed) % n;
+            let i = frames.next_candidate(raw);
+            if i >= n {
+                // Nothing up to the end: the hand goes round to 0.
+                self.hand.fetch_add(n - raw - 1, Ordering::Relaxed);
+                travelled += n - raw;
+                continue;
+            }
+            self.hand.fetch_add(i - raw, Ordering::Relaxed);
+            travelled += i - raw + 1;
             start.get_or_insert(i);
             let info = frames.info(i);
             if !info.evictable {
@@ -130,12 +162,19 @@ impl EvictionPolicy for Nru {
             if c == 0 {
                 return Ok(i);
             }
+            seen += 1;
             if info.accessed {
                 frames.clear_accessed(i);
                 cleared = true;
             }
             if best.is_none_or(|(b, _)| c < b) {
                 best = Some((c, i));
+            }
+            // Bounded: the best of a window of candidates, so a search
+            // costs O(WINDOW) evictable frames, not O(frames), when none is
+            // clean and idle (e.g. every page was just written).
+            if seen >= NRU_WINDOW {
+                break;
             }
         }
         match best {

@@ -2,6 +2,8 @@
 //! `k_mem_paging_backing_store_*` calls) and a RAM-backed store in memory
 //! set aside at boot; a block-device store implements the same trait.
 
+use alloc::vec::Vec;
+
 use super::slots::{SlotError, SlotMap};
 use crate::vm::{VmPlatform, PAGE};
 
@@ -34,32 +36,38 @@ pub trait BackingStore: Sync {
     fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError>;
     /// Copies slot `slot` into frame `frame`.
     fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError>;
+    /// Whether `slot` is handed out (holds a page or is about to).
+    fn holds(&self, slot: u64) -> bool;
     /// (slots in use, slots in all).
     fn usage(&self) -> (u64, u64);
     /// What the store is, for reports.
     fn name(&self) -> &'static str;
 }
 
-/// Slots are frames of a physically contiguous run set aside at boot.
+/// Slots are frames set aside for good, in physically contiguous runs of
+/// equal length (the allocator's largest blocks).
 pub struct RamStore<'m, M: VmPlatform> {
     mem: &'m M,
-    base: u64,
+    runs: Vec<u64>,
+    run_frames: u64,
     slots: SlotMap,
 }
 
 impl<'m, M: VmPlatform> RamStore<'m, M> {
-    /// A store of `count` slots in the frames from `base` (page-aligned,
-    /// owned by the store for good), reached through `mem`.
-    pub fn new(mem: &'m M, base: u64, count: u64) -> RamStore<'m, M> {
-        debug_assert_eq!(base % PAGE, 0);
-        RamStore { mem, base, slots: SlotMap::new(count) }
+    /// A store over runs of `run_frames` frames starting at each address
+    /// in `runs` (page-aligned, owned by the store for good), reached
+    /// through `mem`.
+    pub fn new(mem: &'m M, runs: Vec<u64>, run_frames: u64) -> RamStore<'m, M> {
+        debug_assert!(runs.iter().all(|r| r % PAGE == 0));
+        let slots = SlotMap::new(runs.len() as u64 * run_frames);
+        RamStore { mem, runs, run_frames, slots }
     }
 
     fn frame_of(&self, slot: u64) -> Result<u64, StoreError> {
         if !self.slots.is_used(slot) {
             return Err(StoreError::BadSlot { slot });
         }
-        Ok(self.base + slot * PAGE)
+        Ok(self.runs[(slot / self.run_frames) as usize] + slot % self.run_frames * PAGE)
     }
 }
 
@@ -82,6 +90,10 @@ impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
         Ok(())
     }
 
+    fn holds(&self, slot: u64) -> bool {
+        self.slots.is_used(slot)
+    }
+
     fn usage(&self) -> (u64, u64) {
         (self.slots.used(), self.slots.total())
     }
@@ -99,18 +111,23 @@ mod tests {
     #[test]
     fn pages_go_out_and_come_back() {
         let m = Machine::new(256, 1);
-        let base = m.frames.alloc_contiguous(8).unwrap();
-        let store = RamStore::new(&m, base, 8);
+        let runs = vec![m.frames.alloc_contiguous(4).unwrap(), m.frames.alloc_contiguous(4).unwrap()];
+        let store = RamStore::new(&m, runs, 4);
         let frame = m.frames.alloc_page().unwrap();
         for i in 0..512 {
             m.set_word(frame, i * 8, 0xABC0 + i);
         }
-        let slot = store.location_get(false).unwrap();
+        let slots: Vec<u64> = (0..6).map(|_| store.location_get(false).unwrap()).collect();
+        let slot = slots[5];
+        assert!(slot >= 4, "the sixth slot lies in the second run");
         store.page_out(slot, frame).unwrap();
         m.fill_frame(frame, 0);
         store.page_in(slot, frame).unwrap();
         assert!((0..512).all(|i| m.word(frame, i * 8) == 0xABC0 + i));
-        assert_eq!(store.usage(), (1, 8));
+        assert_eq!(store.usage(), (6, 8));
+        for &s in &slots[..5] {
+            store.location_free(s).unwrap();
+        }
         store.location_free(slot).unwrap();
         assert_eq!(store.page_in(slot, frame), Err(StoreError::BadSlot { slot }), "a freed slot holds nothing");
         assert_eq!(store.page_out(99, frame), Err(StoreError::BadSlot { slot: 99 }));
@@ -122,7 +139,7 @@ mod tests {
     fn a_fault_gets_the_reserved_slot() {
         let m = Machine::new(64, 1);
         let base = m.frames.alloc_contiguous(2).unwrap();
-        let store = RamStore::new(&m, base, 2);
+        let store = RamStore::new(&m, vec![base], 2);
         store.location_get(false).unwrap();
         assert_eq!(store.location_get(false), Err(StoreError::Full));
         assert!(store.location_get(true).is_ok());

@@ -5,8 +5,15 @@
 
 use crate::vm::pte::{ADDR_MASK, NO_EXECUTE, PRESENT, SW_OWNED, SW_TRANSIT, USER, WRITABLE};
 
-/// Marks a not-present entry as a paged page (not a hole, not in transit).
+/// Marks an entry as a pageable page: a not-present one holds a location
+/// token, a present one maps a frame the pager may evict. (Bits 52..58 of
+/// a present entry are ignored by the hardware.)
 pub const SW_PAGED: u64 = 1 << 53;
+/// With `SW_PAGED` in a not-present entry: one CPU is paging the page in
+/// or out. Others wait for the bit to go and look again. The entry keeps
+/// the token's bits (page-in) or the frame address (eviction), and is
+/// never reclaimed by a prune, so its table stays while the owner works.
+pub const SW_BUSY: u64 = 1 << 56;
 const KIND_SHIFT: u32 = 54;
 const KIND_MASK: u64 = 0b11 << KIND_SHIFT;
 /// The permission bits a token keeps for the page-in.
@@ -43,7 +50,7 @@ pub const fn encode(loc: Location, perms: u64) -> Option<u64> {
 /// The location and kept permissions of a token; `None` for anything
 /// else (present entries, holes, in-transit markers).
 pub const fn decode(e: u64) -> Option<(Location, u64)> {
-    if e & PRESENT != 0 || e & SW_PAGED == 0 || e & SW_TRANSIT != 0 {
+    if e & PRESENT != 0 || e & SW_PAGED == 0 || e & (SW_TRANSIT | SW_BUSY) != 0 {
         return None;
     }
     let loc = match (e & KIND_MASK) >> KIND_SHIFT {
@@ -53,6 +60,16 @@ pub const fn decode(e: u64) -> Option<(Location, u64)> {
         _ => return None,
     };
     Some((loc, e & KEPT))
+}
+
+/// Whether `e` is a busy marker: a page some CPU is paging in or out.
+pub const fn is_busy(e: u64) -> bool {
+    e & (PRESENT | SW_PAGED | SW_BUSY) == SW_PAGED | SW_BUSY
+}
+
+/// Whether `e` maps a pageable page's frame.
+pub const fn is_resident(e: u64) -> bool {
+    e & (PRESENT | SW_PAGED) == PRESENT | SW_PAGED
 }
 
 #[cfg(test)]
@@ -76,5 +93,9 @@ mod tests {
         assert_eq!(decode(0x1000 | PRESENT | WRITABLE), None);
         assert_eq!(decode(0x1000 | SW_TRANSIT), None);
         assert_eq!(decode(encode(Location::AnonZero, 0).unwrap() | PRESENT), None);
+        let busy = encode(Location::Slot(3), WRITABLE).unwrap() | SW_BUSY;
+        assert_eq!(decode(busy), None, "a busy page has no token to act on");
+        assert!(is_busy(busy) && !is_resident(busy));
+        assert!(is_resident(0x5000 | PRESENT | SW_PAGED) && !is_busy(0x5000 | PRESENT | SW_PAGED | SW_BUSY));
     }
 }

@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering;
 use super::mapping::{check_phys, Vm};
 use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
+use crate::paging::token::Location;
 use super::{VmError, VmPlatform, PAGE};
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
@@ -69,20 +70,40 @@ fn check_size(size: u64) -> Result<u64, VmError> {
 impl<P: VmPlatform> Vm<P> {
     /// Maps `size` bytes (page multiple) of fresh memory in the kernel area
     /// between two unmapped guard pages and returns its start. Zeroed
-    /// unless `UNINIT`; `USER` with `UNINIT` is refused.
+    /// unless `UNINIT`; `USER` with `UNINIT` is refused. With demand
+    /// paging on, pages get frames on first touch unless `LOCK` asks for
+    /// them (pinned) now.
     pub fn k_mem_map(&self, size: u64, flags: KMemFlags) -> Result<u64, VmError> {
-        let pages = check_size(size)?;
+        check_size(size)?;
         if flags.contains(KMemFlags::USER | KMemFlags::UNINIT) {
             return Err(VmError::UserUninit);
         }
-        let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
-        let region = self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
+        if self.paging.get().is_some() && !flags.contains(KMemFlags::LOCK) {
+            let loc = if flags.contains(KMemFlags::UNINIT) { Location::AnonUninit } else { Location::AnonZero };
+            return self.k_mem_map_with(size, flags, &|_| loc);
+        }
+        let zero = !flags.contains(KMemFlags::UNINIT);
         let mut bits = flags.access().pte_bits() | SW_OWNED;
         if flags.contains(KMemFlags::LOCK) {
             bits |= SW_PINNED;
         }
+        self.in_region(size, &|start, pages| self.populate(self.kernel(), start, pages, bits, zero))
+    }
+
+    /// `k_mem_map` of on-demand pages, page `i` at `loc(i)`.
+    pub(crate) fn k_mem_map_with(&self, size: u64, flags: KMemFlags, loc: &dyn Fn(u64) -> Location) -> Result<u64, VmError> {
+        let perms = flags.access().pte_bits() | SW_OWNED;
+        self.in_region(size, &|start, pages| self.map_tokens(start, pages, perms, loc))
+    }
+
+    /// Takes a region for `size` bytes plus guard pages and maps it with
+    /// `map(start, pages)`; gives the region back if that fails.
+    fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
+        let pages = check_size(size)?;
+        let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let region = self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
         let start = region + PAGE;
-        if let Err(e) = self.populate(self.kernel(), start, pages, bits, !flags.contains(KMemFlags::UNINIT)) {
+        if let Err(e) = map(start, pages) {
             // After a failed shootdown the range stays reserved for good.
             if !matches!(e, VmError::Shootdown { .. }) {
                 self.region_free(region, total, RegionKind::KMem);
@@ -93,9 +114,9 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Unmaps a region `k_mem_map` returned (`addr` and `size` exactly as
-    /// mapped, guard pages still unmapped, every page mapped) and frees its
-    /// frames once no CPU can reach them. Anything else is an error and
-    /// changes nothing.
+    /// mapped, guard pages still unmapped, every page there) and frees its
+    /// frames once no CPU can reach them, and the store slots of its
+    /// paged-out pages. Anything else is an error and changes nothing.
     pub fn k_mem_unmap(&self, addr: u64, size: u64) -> Result<(), VmError> {
         let pages = check_size(size)?;
         if addr % PAGE != 0 {
@@ -108,13 +129,19 @@ impl<P: VmPlatform> Vm<P> {
         if !self.regions.claim(region, total, RegionKind::KMem) {
             return Err(not_region);
         }
-        let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| self.check_mapped(self.kernel(), addr, pages));
+        let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| {
+            let _shared = self.kernel().tables.read();
+            match (0..pages).map(|i| addr + i * PAGE).find(|&va| !self.kmem_page_present(va)) {
+                Some(va) => Err(VmError::NotMapped { virt: va }),
+                None => Ok(()),
+            }
+        });
         if let Err(e) = intact {
             self.regions.unclaim(region);
             return Err(e);
         }
         // On a failed shootdown the region stays claimed: never reused.
-        self.teardown(self.kernel(), addr, pages)?;
+        self.unmap_kmem_pages(addr, pages)?;
         self.region_free(region, total, RegionKind::KMem);
         Ok(())
     }

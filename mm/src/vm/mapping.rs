@@ -31,8 +31,10 @@ pub struct Translation {
 }
 
 pub struct Vm<P: VmPlatform> {
-    pub(super) p: P,
+    pub(crate) p: P,
     kernel: AddressSpace,
+    /// Demand paging, once enabled.
+    pub(crate) paging: spin::Once<crate::paging::Pager>,
     pub(super) regions: Regions,
     pub(super) inject: Inject,
     next_stack: AtomicU64,
@@ -47,6 +49,7 @@ impl<P: VmPlatform> Vm<P> {
         let vm = Vm {
             p,
             kernel: AddressSpace::new(root, SpaceKind::Kernel),
+            paging: spin::Once::new(),
             regions: Regions::new(KERNEL_REGION_AREA),
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
@@ -85,7 +88,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// A frame for a mapping or a page table (subject to fault injection).
-    pub(super) fn alloc(&self) -> Result<u64, VmError> {
+    pub(crate) fn alloc(&self) -> Result<u64, VmError> {
         if self.inject.should_fail(self.p.cpu_index()) {
             return Err(VmError::OutOfFrames);
         }
@@ -100,7 +103,7 @@ impl<P: VmPlatform> Vm<P> {
         }
     }
 
-    pub(super) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
+    pub(crate) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
         match self.shootdown_targets(space) {
             0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
             targets => Ok(self.p.shootdown(targets, start, pages)?),
@@ -174,7 +177,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
     /// creating tables on the way. Holds no lock itself.
-    pub(super) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
+    pub(crate) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
         let slot = table::entry_for(&self.p, space.root, virt, level, &mut || self.alloc())?;
         if level > 0 {
             // A table below this entry means smaller pages may be mapped.
@@ -253,7 +256,12 @@ impl<P: VmPlatform> Vm<P> {
     pub fn protect(&self, space: &AddressSpace, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
         check_range_in(space.protectable(), virt, npages)?;
         let shared = space.tables.read();
-        self.for_each_leaf(space, virt, npages, &mut |_, _| Ok(()))?;
+        // The pager owns the permissions of on-demand pages (their tokens
+        // keep them too): those are mapped with LOCK when they need protect.
+        self.for_each_leaf(space, virt, npages, &mut |va, slot| match slot.load(Ordering::Relaxed) & crate::paging::token::SW_PAGED {
+            0 => Ok(()),
+            _ => Err(VmError::Pageable { virt: va }),
+        })?;
         let keep = pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
         let _ = self.for_each_leaf(space, virt, npages, &mut |_, slot| {
             let mut e = slot.load(Ordering::Acquire);
@@ -379,7 +387,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Regions handed out by the region allocator (for `kmem`).
-    pub(super) fn region_free(&self, start: u64, len: u64, kind: RegionKind) {
+    pub(crate) fn region_free(&self, start: u64, len: u64, kind: RegionKind) {
         let freed = self.regions.free(start, len, kind);
         debug_assert!(freed.is_ok(), "region {start:#x}+{len:#x} vanished");
     }

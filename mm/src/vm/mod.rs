@@ -20,9 +20,9 @@ mod kmem;
 mod mapping;
 pub mod pte;
 pub mod region;
-mod space;
-mod table;
-mod unmap;
+pub(crate) mod space;
+pub(crate) mod table;
+pub(crate) mod unmap;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -74,6 +74,19 @@ pub trait VmPlatform: Sync {
     fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed>;
     /// Makes `root` the running CPU's page-table root (CR3).
     fn load_root(&self, root: u64);
+    /// Frames the allocator has free (for the paging reserve).
+    fn free_frames(&self) -> u64;
+    /// Nanoseconds from a monotonic clock (timing and wait bounds).
+    fn now_ns(&self) -> u64;
+    /// One step of a wait on another CPU: runs the cross-calls (TLB
+    /// shootdowns) aimed at this CPU, then pauses. Waits with interrupts
+    /// off use it, so no CPU ever waits with requests to it unanswered.
+    fn wait_step(&self);
+    /// Runs `f` with interrupts off on this CPU. The paging code runs so:
+    /// a CPU answers a shootdown only between walks, which is what keeps
+    /// the page tables it walks from being freed under it (tables are freed
+    /// only after a shootdown to every CPU).
+    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R;
 }
 
 /// A shootdown that did not complete: CPUs in `cpus` may still hold the
@@ -115,6 +128,14 @@ pub enum VmError {
     /// The mapping is gone but CPUs in `cpus` did not confirm the flush;
     /// its frames are kept out of use (quarantined), never reused.
     Shootdown { cpus: u64 },
+    /// An on-demand mapping of `pages` pages would commit more than RAM
+    /// for paging plus the backing store can hold (`available` pages).
+    CommitLimit { pages: u64, available: u64 },
+    /// `protect` of an on-demand page (map it with `LOCK` instead).
+    Pageable { virt: u64 },
+    /// A page of the range stayed busy (paging in or out) past the wait
+    /// bound.
+    Busy { virt: u64 },
 }
 
 impl From<ShootdownFailed> for VmError {

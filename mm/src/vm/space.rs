@@ -27,7 +27,7 @@ pub struct AddressSpace {
     /// on every online CPU).
     pub(super) active: AtomicU64,
     /// Shared by map and unmap, exclusive for freeing empty tables.
-    pub(super) tables: RwLock<()>,
+    pub(crate) tables: RwLock<()>,
     /// An unmap could not prune (lock busy, or too many tables at once);
     /// the next prune sweeps the whole space.
     pub(super) prune_pending: AtomicBool,

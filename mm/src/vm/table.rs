@@ -100,12 +100,16 @@ pub fn entry_for<'p, P: VmPlatform>(
 /// Page tables one unmap may detach; more wait for a later prune.
 pub const PRUNE_MAX: usize = 64;
 
-/// Whether the table in frame `phys` maps nothing any more: every entry is
-/// zero or a removed mapping waiting for its shootdown.
-pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64) -> bool {
-    p.table(phys).iter().all(|e| {
+/// Whether the table in frame `phys` (entries at `level`, covering from
+/// `base`) maps nothing any more: every entry is zero, or a removed
+/// mapping inside `range` waiting for the caller's shootdown. A marker
+/// outside `range` belongs to another unmap whose shootdown does not
+/// cover this caller's range and vice versa: that table stays.
+pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64, level: usize, base: u64, range: (u64, u64)) -> bool {
+    p.table(phys).iter().enumerate().all(|(i, e)| {
         let v = e.load(Ordering::Relaxed);
-        v == 0 || v & SW_TRANSIT != 0
+        let lo = canonical(base + i as u64 * span(level));
+        v == 0 || (v & SW_TRANSIT != 0 && lo >= range.0 && lo.wrapping_add(span(level)) <= range.1)
     })
 }
 
@@ -146,7 +150,7 @@ pub fn prune<'p, P: VmPlatform>(
         if !prune(p, child, level - 1, lo, range, false, out) {
             return false;
         }
-        if !keep_children && is_reclaimable(p, child) {
+        if !keep_children && is_reclaimable(p, child, level - 1, lo, range) {
             if out.is_full() {
                 return false;
             }
@@ -213,4 +217,26 @@ pub fn first_used<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option
         }
     }
     None
+}
+
+/// Calls `f(virt, entry)` for every non-zero 4 KiB entry in `range`
+/// (present or not) below `table` at `level` (covering from `base`).
+/// Huge pages and absent tables are skipped.
+pub fn for_each_pte<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, range: (u64, u64), f: &mut dyn FnMut(u64, u64)) {
+    for (i, slot) in p.table(table).iter().enumerate() {
+        let lo = canonical(base + i as u64 * span(level));
+        let hi = lo.wrapping_add(span(level));
+        if hi <= range.0 && hi != 0 || lo >= range.1 {
+            continue;
+        }
+        let e = slot.load(Ordering::Acquire);
+        if e == 0 {
+            continue;
+        }
+        if level == 0 {
+            f(lo, e);
+        } else if pte::is_present(e) && e & HUGE == 0 {
+            for_each_pte(p, pte::addr(e), level - 1, lo, range, f);
+        }
+    }
 }

@@ -104,4 +104,21 @@ impl VmPlatform for Machine {
     fn load_root(&self, root: u64) {
         self.roots[self.cpu_index()].store(root, Ordering::Relaxed);
     }
+
+    fn free_frames(&self) -> u64 {
+        self.frames.free_bytes() / PAGE
+    }
+
+    fn now_ns(&self) -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    }
+
+    fn wait_step(&self) {
+        std::thread::yield_now();
+    }
+
+    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }

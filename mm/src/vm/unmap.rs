@@ -33,7 +33,7 @@ const PRUNE_ATTEMPTS: usize = 1000;
 /// The in-transit marker for a removed entry `e` mapping `bytes`.
 /// `keep_owner`: the frame is freed after the flush (else the caller
 /// takes it back).
-pub(super) fn transit(e: u64, bytes: u64, keep_owner: bool) -> u64 {
+pub(crate) fn transit(e: u64, bytes: u64, keep_owner: bool) -> u64 {
     // In huge entries bit 12 is the PAT bit, not address.
     let owner = if keep_owner { e & SW_OWNED } else { 0 };
     (pte::addr(e) & !(bytes - 1)) | owner | SW_TRANSIT
@@ -65,12 +65,6 @@ impl<P: VmPlatform> Vm<P> {
         Ok(())
     }
 
-    /// Checks that `npages` pages from `virt` are all mapped 4 KiB pages.
-    pub(super) fn check_mapped(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
-        let _shared = space.tables.read();
-        self.for_each_leaf(space, virt, npages, &mut |_, _| Ok(()))
-    }
-
     /// Unmaps `npages` 4 KiB pages from `virt` (those mapped), frees the
     /// frames their entries own once no CPU can reach them.
     pub(super) fn teardown(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
@@ -93,7 +87,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Steps 2-4 for `count` entries of size `size` from `virt` that are
     /// now in-transit markers.
-    pub(super) fn finish_unmap(&self, space: &AddressSpace, virt: u64, count: u64, size: PageSize) -> Result<(), VmError> {
+    pub(crate) fn finish_unmap(&self, space: &AddressSpace, virt: u64, count: u64, size: PageSize) -> Result<(), VmError> {
         let pages = count * (size.bytes() / PAGE);
         let mut tables = ArrayVec::<(&AtomicU64, u64), PRUNE_MAX>::new();
         let exclusive = self.lock_exclusive(space);

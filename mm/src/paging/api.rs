@@ -1,0 +1,235 @@
+//! The explicit paging calls (Zephyr's `k_mem_page_in`, `k_mem_page_out`,
+//! `k_mem_pin`, `k_mem_unpin`, `k_mem_page_frame_evict`). Each checks its
+//! whole range first, so bad input is an error that changes nothing.
+
+use core::sync::atomic::Ordering;
+
+use super::evict::Victims;
+use super::fault::{frame_of, is_dirty, Access};
+use super::token;
+use super::{Pager, PagingError, BUSY_WAIT_NS};
+use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED, PIN_NEW};
+use crate::vm::space::check_range_in;
+use crate::vm::{Vm, VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
+
+/// Pages in `virt .. virt + size`, checked for alignment and for lying in
+/// the region area.
+fn pages_of(virt: u64, size: u64) -> Result<u64, PagingError> {
+    if size == 0 {
+        return Err(PagingError::Range(VmError::ZeroSize));
+    }
+    if virt % PAGE != 0 || size % PAGE != 0 {
+        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE != 0 { virt } else { size } }));
+    }
+    check_range_in(KERNEL_REGION_AREA, virt, size / PAGE).map_err(PagingError::Range)?;
+    Ok(size / PAGE)
+}
+
+impl<P: VmPlatform> Vm<P> {
+    /// Checks that every page of the range is a pageable page.
+    fn check_pageable(&self, virt: u64, npages: u64) -> Result<(), PagingError> {
+        for va in (0..npages).map(|i| virt + i * PAGE) {
+            let e = self.paged_slot(va)?.load(Ordering::Acquire);
+            if !(token::is_resident(e) || token::is_busy(e) || token::decode(e).is_some()) {
+                return Err(PagingError::NotPageable { virt: va });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every page of the range resident. Pages are read in order; if
+    /// one fails (no frame, store error), those before it stay resident:
+    /// residency is the only change, never contents.
+    pub fn page_in(&self, virt: u64, size: u64) -> Result<(), PagingError> {
+        let npages = pages_of(virt, size)?;
+        self.paging_op(|pg| {
+            self.check_pageable(virt, npages)?;
+            for va in (0..npages).map(|i| virt + i * PAGE) {
+                self.fault_in(pg, va, Access::READ, false)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Evicts every resident page of the range, writing those that need
+    /// it. Refused up front, changing nothing, if a page is pinned or the
+    /// store lacks the slots. An error part-way (a store I/O error, a race
+    /// with `pin`) leaves the pages before the failing batch paged out and
+    /// the rest resident; no page is ever half done.
+    pub fn page_out(&self, virt: u64, size: u64) -> Result<(), PagingError> {
+        let npages = pages_of(virt, size)?;
+        self.paging_op(|pg| {
+            self.check_pageable(virt, npages)?;
+            let mut writes = 0;
+            for va in (0..npages).map(|i| virt + i * PAGE) {
+                let e = self.paged_slot(va)?.load(Ordering::Acquire);
+                if !token::is_resident(e) {
+                    continue;
+                }
+                let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
+                let flags = pg.db.paging_flags(index);
+                if flags & PINNED != 0 {
+                    return Err(PagingError::Pinned { virt: va });
+                }
+                let fresh = flags & (FRESH_ZERO | FRESH_UNINIT) != 0;
+                if is_dirty(e) || (!fresh && pg.db.entry(index).copy.load(Ordering::Relaxed) == 0) {
+                    writes += 1;
+                }
+            }
+            let (used, total) = pg.store.usage();
+            // The last slot stays for page faults.
+            if used + writes + 1 > total {
+                return Err(PagingError::StoreFull);
+            }
+            let mut batch = Victims::new();
+            for va in (0..npages).map(|i| virt + i * PAGE) {
+                let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+                let claimed = loop {
+                    match self.claim_page(pg, va) {
+                        Ok(v) => break v,
+                        // Never wait holding claimed pages: the CPU that has
+                        // this page busy may be waiting for one of them.
+                        Err(PagingError::BusyTimeout { .. }) => {
+                            self.evict_now(pg, &mut batch)?;
+                            self.wait_busy(deadline, va)?;
+                        }
+                        Err(e) => {
+                            let _ = self.evict_now(pg, &mut batch);
+                            return Err(e);
+                        }
+                    }
+                };
+                if let Some(v) = claimed {
+                    batch.push(v);
+                }
+                if batch.is_full() {
+                    self.evict_now(pg, &mut batch)?;
+                }
+            }
+            self.evict_now(pg, &mut batch)
+        })
+    }
+
+    /// Claims resident page `va` for eviction. `None` if it is not
+    /// resident; `BusyTimeout` at once if another CPU has it busy.
+    fn claim_page(&self, pg: &Pager, va: u64) -> Result<Option<super::evict::Victim<'_>>, PagingError> {
+        let busy = Err(PagingError::BusyTimeout { virt: va });
+        {
+            let e = self.paged_slot(va)?.load(Ordering::Acquire);
+            if token::is_busy(e) {
+                return busy;
+            }
+            if !token::is_resident(e) {
+                return Ok(None);
+            }
+            let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
+            if let Some(v) = self.claim_victim(pg, index) {
+                return Ok(Some(v));
+            }
+            if pg.db.paging_flags(index) & PINNED != 0 {
+                return Err(PagingError::Pinned { virt: va });
+            }
+            busy
+        }
+    }
+
+    /// Evicts the claimed pages in `batch` (one shootdown) and frees
+    /// their frames.
+    fn evict_now(&self, pg: &Pager, batch: &mut Victims<'_>) -> Result<(), PagingError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), false);
+        for f in frames {
+            let _ = self.p.free_frame(f);
+        }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Makes every page of the range resident and keeps it so until
+    /// `unpin`. On failure the pages this call pinned are unpinned again.
+    pub fn pin(&self, virt: u64, size: u64) -> Result<(), PagingError> {
+        let npages = pages_of(virt, size)?;
+        self.paging_op(|pg| {
+            self.check_pageable(virt, npages)?;
+            let result = (0..npages).try_for_each(|i| self.pin_page(pg, virt + i * PAGE));
+            // PIN_NEW marks what this call pinned: undo that on failure,
+            // forget it on success.
+            let clear = if result.is_ok() { PIN_NEW } else { PIN_NEW | PINNED };
+            for va in (0..npages).map(|i| virt + i * PAGE) {
+                let e = self.paged_slot(va)?.load(Ordering::Acquire);
+                if let (true, Ok(index)) = (token::is_resident(e), pg.db.index_of(frame_of(e))) {
+                    let _ = pg.db.update_paging(index, PIN_NEW, 0, 0, clear);
+                }
+            }
+            result
+        })
+    }
+
+    fn pin_page(&self, pg: &Pager, va: u64) -> Result<(), PagingError> {
+        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        loop {
+            self.fault_in(pg, va, Access::READ, false)?;
+            let slot = self.paged_slot(va)?;
+            let e = slot.load(Ordering::Acquire);
+            if !token::is_resident(e) {
+                self.wait_busy(deadline, va)?; // evicted again meanwhile
+                continue;
+            }
+            let frame = frame_of(e);
+            let index = pg.db.index_of(frame).map_err(|_| PagingError::NotPageable { virt: va })?;
+            match pg.db.update_paging(index, MAPPED, BUSY | PINNED, PINNED | PIN_NEW, 0) {
+                // The frame may have gone to another page between the
+                // look and the pin: only a pin of this page's frame counts.
+                Ok(_) if frame_of(slot.load(Ordering::Acquire)) == frame && token::is_resident(slot.load(Ordering::Acquire)) => return Ok(()),
+                Ok(_) => {
+                    let _ = pg.db.update_paging(index, 0, 0, 0, PINNED | PIN_NEW);
+                }
+                Err(flags) if flags & PINNED != 0 && flags & MAPPED != 0 => return Ok(()),
+                Err(_) => self.wait_busy(deadline, va)?,
+            }
+        }
+    }
+
+    /// Lets the range's pages be evicted again.
+    pub fn unpin(&self, virt: u64, size: u64) -> Result<(), PagingError> {
+        let npages = pages_of(virt, size)?;
+        self.paging_op(|pg| {
+            self.check_pageable(virt, npages)?;
+            for va in (0..npages).map(|i| virt + i * PAGE) {
+                let e = self.paged_slot(va)?.load(Ordering::Acquire);
+                if let (true, Ok(index)) = (token::is_resident(e), pg.db.index_of(frame_of(e))) {
+                    let _ = pg.db.update_paging(index, MAPPED, 0, 0, PINNED | PIN_NEW);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Evicts the page frame `phys` backs (Zephyr's
+    /// `k_mem_page_frame_evict`).
+    pub fn evict_frame(&self, phys: u64) -> Result<(), PagingError> {
+        self.paging_op(|pg| {
+            let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
+            let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+            loop {
+                let flags = pg.db.paging_flags(index);
+                let va = pg.db.entry(index).vaddr.load(Ordering::Acquire);
+                if flags & MAPPED == 0 {
+                    return Err(PagingError::NotAPageFrame { phys });
+                }
+                if flags & PINNED != 0 {
+                    return Err(PagingError::Pinned { virt: va });
+                }
+                if flags & BUSY == 0 {
+                    if let Some(v) = self.claim_victim(pg, index) {
+                        let mut batch = Victims::new();
+                        batch.push(v);
+                        return self.evict_now(pg, &mut batch);
+                    }
+                }
+                self.wait_busy(deadline, va)?;
+            }
+        })
+    }
+}

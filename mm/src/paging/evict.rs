@@ -1,0 +1,209 @@
+//! Eviction: choose victims, claim each (frame busy, entry swapped for a
+//! busy marker that keeps the frame address), shoot the batch down once,
+//! then write back what needs writing and leave a token with the
+//! location. Only after the shootdown is a page copied or its frame
+//! reused: until then another CPU may still write through its TLB.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use arrayvec::ArrayVec;
+
+use super::fault::{frame_of, is_dirty};
+use super::stats::{Event, Timing};
+use super::token::{self, Location, KEPT, SW_BUSY, SW_PAGED};
+use super::view::View;
+use super::{Pager, PagingError, StoreError};
+use crate::frame_db::paging::{ALL, BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
+use crate::vm::{Vm, VmError, VmPlatform, PAGE};
+
+/// Victims per eviction: one shootdown covers them all.
+pub(crate) const BATCH: usize = 8;
+/// Policy choices that may turn out taken (another CPU claimed the frame
+/// first) per victim wanted, before the batch goes with what it has.
+const SELECT_ATTEMPTS: usize = 4;
+/// Valid copies given back per try when the store is full.
+const COPIES_DROPPED: usize = 32;
+
+/// A claimed victim: frame busy, entry a busy marker.
+pub(crate) struct Victim<'t> {
+    pub index: usize,
+    pub frame: u64,
+    pub va: u64,
+    pub slot: &'t AtomicU64,
+    /// The entry as it was when claimed (accessed and dirty bits included).
+    pub old: u64,
+}
+
+pub(crate) type Victims<'t> = ArrayVec<Victim<'t>, BATCH>;
+
+impl<P: VmPlatform> Vm<P> {
+    /// Evicts up to `want` (at most `BATCH`) pages chosen by the policy and
+    /// returns their frames, still allocated, for the caller to reuse or
+    /// free. `NoEvictableFrame` if the policy found nothing.
+    pub(crate) fn evict_batch(&self, pg: &Pager, want: usize, for_fault: bool) -> Result<ArrayVec<u64, BATCH>, PagingError> {
+        let want = want.min(BATCH);
+        let view = View { vm: self, pager: pg, db: pg.db };
+        let mut victims = Victims::new();
+        let mut misses = 0;
+        while victims.len() < want && misses < want * SELECT_ATTEMPTS {
+            let start = self.p.now_ns();
+            let picked = pg.policy.select(&view);
+            pg.stats.time(Timing::Select, self.p.now_ns().saturating_sub(start));
+            let Ok(i) = picked else { break };
+            match self.claim_victim(pg, i) {
+                Some(v) => victims.push(v),
+                None => misses += 1,
+            }
+        }
+        if victims.is_empty() {
+            return Err(PagingError::NoEvictableFrame);
+        }
+        let (frames, error) = self.evict_claimed(pg, victims, for_fault);
+        match error {
+            Some(e) if frames.is_empty() => Err(e),
+            _ => Ok(frames),
+        }
+    }
+
+    /// Claims frame `i` for eviction if it backs a resident, unpinned page
+    /// nobody else is working on.
+    pub(crate) fn claim_victim(&self, pg: &Pager, i: usize) -> Option<Victim<'_>> {
+        pg.db.update_paging(i, MAPPED, PINNED | BUSY, BUSY, 0).ok()?;
+        let frame = pg.db.phys_of(i);
+        let va = pg.db.entry(i).vaddr.load(Ordering::Acquire);
+        if let Ok(slot) = self.paged_slot(va) {
+            let mut e = slot.load(Ordering::Acquire);
+            // Loop: the CPU may set accessed or dirty bits meanwhile.
+            while token::is_resident(e) && frame_of(e) == frame {
+                let marker = (e & KEPT) | SW_PAGED | SW_BUSY | frame;
+                match slot.compare_exchange_weak(e, marker, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Some(Victim { index: i, frame, va, slot, old: e }),
+                    Err(now) => e = now,
+                }
+            }
+        }
+        let _ = pg.db.update_paging(i, BUSY, 0, 0, BUSY);
+        None
+    }
+
+    /// Shoots the victims down in one go, then writes each back and leaves
+    /// its token. Returns the frames of the pages evicted and the first
+    /// error; a victim that failed is resident again, as it was.
+    pub(crate) fn evict_claimed(&self, pg: &Pager, victims: Victims<'_>, for_fault: bool) -> (ArrayVec<u64, BATCH>, Option<PagingError>) {
+        let mut freed = ArrayVec::new();
+        let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
+        let hi = victims.iter().map(|v| v.va).max().unwrap_or(0);
+        if let Err(e) = self.flush(self.kernel(), lo, (hi - lo) / PAGE + 1) {
+            for v in &victims {
+                self.unclaim(pg, v);
+            }
+            let cpus = match e {
+                VmError::Shootdown { cpus } => cpus,
+                _ => 0,
+            };
+            return (freed, Some(PagingError::Shootdown { cpus }));
+        }
+        let mut error = None;
+        for v in &victims {
+            match self.write_back(pg, v, for_fault) {
+                Ok(token) => {
+                    v.slot.store(token, Ordering::Release);
+                    let entry = pg.db.entry(v.index);
+                    entry.vaddr.store(0, Ordering::Relaxed);
+                    entry.copy.store(0, Ordering::Relaxed);
+                    let _ = pg.db.update_paging(v.index, BUSY, 0, 0, ALL);
+                    pg.set_candidate(v.index, false);
+                    pg.policy.on_unmapped(v.index);
+                    pg.resident.fetch_sub(1, Ordering::Relaxed);
+                    freed.push(v.frame);
+                }
+                Err(e) => {
+                    self.unclaim(pg, v);
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        (freed, error)
+    }
+
+    /// Puts a claimed victim back as it was.
+    fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
+        v.slot.store(v.old, Ordering::Release);
+        let _ = pg.db.update_paging(v.index, BUSY, 0, 0, BUSY);
+    }
+
+    /// Saves victim `v`'s contents if they cannot be had again, and returns
+    /// the token that says where they are.
+    fn write_back(&self, pg: &Pager, v: &Victim<'_>, for_fault: bool) -> Result<u64, PagingError> {
+        let flags = pg.db.paging_flags(v.index);
+        let copy = pg.db.entry(v.index).copy.load(Ordering::Relaxed);
+        let perms = v.old & KEPT;
+        let token = |loc| token::encode(loc, perms).expect("store slots fit in a token");
+        if !is_dirty(v.old) {
+            let again = if flags & FRESH_ZERO != 0 {
+                Some(Location::AnonZero)
+            } else if flags & FRESH_UNINIT != 0 {
+                Some(Location::AnonUninit)
+            } else {
+                copy.checked_sub(1).map(Location::Slot)
+            };
+            if let Some(loc) = again {
+                pg.stats.count(self.p.cpu_index(), Event::EvictClean);
+                return Ok(token(loc));
+            }
+        }
+        let slot = match copy {
+            0 => self.take_slot(pg, for_fault)?,
+            c => c - 1,
+        };
+        let start = self.p.now_ns();
+        let written = pg.store.page_out(slot, v.frame);
+        pg.stats.time(Timing::StoreOut, self.p.now_ns().saturating_sub(start));
+        if let Err(e) = written {
+            if copy == 0 {
+                let _ = pg.store.location_free(slot);
+            }
+            return Err(PagingError::Store(e));
+        }
+        let cpu = self.p.cpu_index();
+        pg.stats.count(cpu, Event::PageOut);
+        pg.stats.count(cpu, Event::EvictDirty);
+        Ok(token(Location::Slot(slot)))
+    }
+
+    /// A store slot; when the store is full, valid copies of resident pages
+    /// are given back first (they only save writes).
+    fn take_slot(&self, pg: &Pager, for_fault: bool) -> Result<u64, PagingError> {
+        match pg.store.location_get(for_fault) {
+            Err(StoreError::Full) => {
+                self.drop_copies(pg);
+                pg.store.location_get(for_fault).map_err(|e| match e {
+                    StoreError::Full => PagingError::StoreFull,
+                    e => PagingError::Store(e),
+                })
+            }
+            r => r.map_err(PagingError::Store),
+        }
+    }
+
+    /// Frees up to `COPIES_DROPPED` slots that hold copies of resident
+    /// pages. Each frame is claimed busy while its copy goes, so no
+    /// eviction is writing to that slot meanwhile.
+    fn drop_copies(&self, pg: &Pager) {
+        let mut dropped = 0;
+        for i in 0..pg.db.len() {
+            if dropped == COPIES_DROPPED {
+                break;
+            }
+            if pg.db.entry(i).copy.load(Ordering::Relaxed) == 0 || pg.db.update_paging(i, MAPPED, BUSY, BUSY, 0).is_err() {
+                continue;
+            }
+            let c = pg.db.entry(i).copy.swap(0, Ordering::AcqRel);
+            if c != 0 {
+                let _ = pg.store.location_free(c - 1);
+                dropped += 1;
+            }
+            let _ = pg.db.update_paging(i, BUSY, 0, 0, BUSY);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The page-fault path: find the page's entry, win it with one
+//! compare-and-swap (token to busy marker), get a frame (evicting if the
+//! budget says so), fill it, install it. A CPU that finds the page busy
+//! waits, answering shootdowns, and looks again.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::token::{self, Location, SW_BUSY, SW_PAGED};
+use super::{Pager, PagingError, BUSY_WAIT_NS};
+use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
+use crate::paging::stats::{Event, Timing};
+use crate::vm::pte::{self, ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::vm::table::{self, Lookup};
+use crate::vm::{Vm, VmPlatform, KERNEL_REGION_AREA, PAGE};
+
+/// What a faulting access wanted (from the page-fault error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    pub write: bool,
+    pub exec: bool,
+    pub user: bool,
+}
+
+impl Access {
+    pub const READ: Access = Access { write: false, exec: false, user: false };
+    pub const WRITE: Access = Access { write: true, exec: false, user: false };
+
+    /// From an x86 page-fault error code (bit 1 write, 2 user, 4 fetch).
+    pub const fn from_error_code(code: u64) -> Access {
+        Access { write: code & 2 != 0, user: code & 4 != 0, exec: code & 16 != 0 }
+    }
+}
+
+/// Whether entry bits `e` allow `access` to page `virt`.
+fn check_access(e: u64, access: Access, virt: u64) -> Result<(), PagingError> {
+    let denied = (access.write && e & WRITABLE == 0) || (access.exec && e & NO_EXECUTE != 0) || (access.user && e & USER == 0);
+    if denied { Err(PagingError::Protection { virt }) } else { Ok(()) }
+}
+
+impl<P: VmPlatform> Vm<P> {
+    /// Handles a page fault at `virt`. `Ok` means the access can be
+    /// retried: the page is resident (paged in by this CPU or another).
+    /// A fault on anything but a pageable page, or one the mapping does
+    /// not allow, is an error and changes nothing.
+    pub fn page_fault(&self, virt: u64, access: Access) -> Result<(), PagingError> {
+        let start = self.p.now_ns();
+        let paged = self.paging_op(|pg| self.fault_in(pg, virt & !(PAGE - 1), access, true))?;
+        if paged {
+            let pg = self.pager()?;
+            pg.stats.count(self.p.cpu_index(), Event::Fault);
+            pg.stats.time(Timing::Fault, self.p.now_ns().saturating_sub(start));
+        }
+        Ok(())
+    }
+
+    /// Makes page `va` resident. `Ok(true)` if this call paged it in.
+    /// `for_fault`: a page fault, which may take the store's reserved slot.
+    pub(crate) fn fault_in(&self, pg: &Pager, va: u64, access: Access, for_fault: bool) -> Result<bool, PagingError> {
+        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let mut waited = false;
+        loop {
+            let slot = self.paged_slot(va)?;
+            let e = slot.load(Ordering::Acquire);
+            if token::is_resident(e) {
+                check_access(e, access, va)?;
+                return Ok(false);
+            }
+            if token::is_busy(e) {
+                if !waited {
+                    pg.stats.count(self.p.cpu_index(), Event::BusyWait);
+                    waited = true;
+                }
+                self.wait_busy(deadline, va)?;
+                continue;
+            }
+            let Some((loc, perms)) = token::decode(e) else {
+                return Err(PagingError::NotPageable { virt: va });
+            };
+            check_access(perms, access, va)?;
+            if slot.compare_exchange(e, e | SW_BUSY, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue; // another CPU won the page, or unmapped it
+            }
+            self.page_in_owned(pg, va, slot, e, loc, for_fault)?;
+            return Ok(true);
+        }
+    }
+
+    /// The 4 KiB entry of kernel page `va` in the region area.
+    pub(crate) fn paged_slot(&self, va: u64) -> Result<&AtomicU64, PagingError> {
+        if !KERNEL_REGION_AREA.contains(&va) {
+            return Err(PagingError::NotPageable { virt: va });
+        }
+        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+            Lookup::Entry { slot, level: 0 } => Ok(slot),
+            _ => Err(PagingError::NotPageable { virt: va }),
+        }
+    }
+
+    /// Pages in `va`, whose entry this CPU turned from `token` into a busy
+    /// marker. On failure the token goes back exactly as it was.
+    fn page_in_owned(&self, pg: &Pager, va: u64, slot: &AtomicU64, token: u64, loc: Location, for_fault: bool) -> Result<(), PagingError> {
+        let restore = |e: PagingError| {
+            slot.store(token, Ordering::Release);
+            Err(e)
+        };
+        let frame = match self.frame_for_page_in(pg, for_fault) {
+            Ok(f) => f,
+            Err(e) => return restore(e),
+        };
+        let index = pg.db.index_of(frame).expect("the allocator handed out a frame outside its database");
+        let fresh = match loc {
+            Location::AnonZero => {
+                self.p.fill_frame(frame, 0);
+                FRESH_ZERO
+            }
+            Location::AnonUninit => FRESH_UNINIT,
+            Location::Slot(s) => {
+                let start = self.p.now_ns();
+                let read = pg.store.page_in(s, frame);
+                pg.stats.time(Timing::StoreIn, self.p.now_ns().saturating_sub(start));
+                if let Err(e) = read {
+                    let _ = self.p.free_frame(frame);
+                    return restore(PagingError::Store(e));
+                }
+                pg.stats.count(self.p.cpu_index(), Event::PageIn);
+                0
+            }
+        };
+        // Keep the slot as a valid copy (a clean eviction then needs no
+        // write) while the store has room; give it back when it is filling.
+        let copy = match loc {
+            Location::Slot(s) => {
+                let (used, total) = pg.store.usage();
+                if used * 4 < total * 3 {
+                    s + 1
+                } else {
+                    let _ = pg.store.location_free(s);
+                    0
+                }
+            }
+            _ => 0,
+        };
+        let entry = pg.db.entry(index);
+        entry.vaddr.store(va, Ordering::Relaxed);
+        entry.copy.store(copy, Ordering::Relaxed);
+        // Busy until the entry is in: an evictor that finds the frame by
+        // the reverse map must find the entry that maps it.
+        let marked = pg.db.update_paging(index, 0, u32::MAX, MAPPED | BUSY | fresh, 0);
+        debug_assert!(marked.is_ok(), "a fresh frame had paging flags");
+        let kept = token & super::token::KEPT;
+        slot.store(frame | kept | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
+        pg.set_candidate(index, true);
+        let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+        pg.resident.fetch_add(1, Ordering::Relaxed);
+        pg.policy.on_mapped(index);
+        Ok(())
+    }
+
+    /// A frame for a page-in: from eviction when paging is over its budget
+    /// (a batch of victims, one reused, the rest freed), otherwise from
+    /// the running CPU's magazine, with eviction as the fallback. When
+    /// every resident page is busy (other CPUs are evicting them), waits
+    /// for those evictions; only when every one is pinned is it an error.
+    fn frame_for_page_in(&self, pg: &Pager, for_fault: bool) -> Result<u64, PagingError> {
+        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        // The allocator failed us: evict even under the budget.
+        let mut starved = false;
+        loop {
+            let over = starved || pg.over_budget(self.p.free_frames());
+            let got = if over { self.evict_batch(pg, super::evict::BATCH, for_fault) } else { Err(PagingError::NoEvictableFrame) };
+            match got {
+                Ok(mut frames) => {
+                    let reuse = frames.pop().expect("eviction returns at least one frame");
+                    for f in frames {
+                        let _ = self.p.free_frame(f);
+                    }
+                    return Ok(reuse);
+                }
+                Err(PagingError::NoEvictableFrame) if !over || pg.resident() < pg.resident_limit() => {
+                    match self.alloc() {
+                        Ok(f) => return Ok(f),
+                        Err(_) if !starved => {
+                            starved = true;
+                            continue;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Err(PagingError::NoEvictableFrame) => {}
+                Err(e) => return Err(e),
+            }
+            if !self.any_unpinned_resident(pg) {
+                return Err(PagingError::NoEvictableFrame);
+            }
+            self.wait_busy(deadline, 0)?;
+        }
+    }
+
+    /// Whether some resident page is not pinned (so it will be evictable
+    /// once whoever holds it busy is done).
+    fn any_unpinned_resident(&self, pg: &Pager) -> bool {
+        let mut i = pg.next_candidate(0);
+        while i < pg.db.len() {
+            let flags = pg.db.paging_flags(i);
+            if flags & MAPPED != 0 && flags & PINNED == 0 {
+                return true;
+            }
+            i = pg.next_candidate(i + 1);
+        }
+        false
+    }
+}
+
+/// Whether the resident entry `e` was written since it was installed.
+pub(crate) fn is_dirty(e: u64) -> bool {
+    e & DIRTY != 0
+}
+
+/// Frame address of a resident entry.
+pub(crate) fn frame_of(e: u64) -> u64 {
+    pte::addr(e)
+}

@@ -1,0 +1,171 @@
+//! On-demand `k_mem_map` regions: mapping tokens instead of frames
+//! (within the commit limit), `k_mem_map_unpaged` over caller-given store
+//! slots, and unmapping pages in any paging state.
+
+use core::sync::atomic::Ordering;
+
+use super::fault::frame_of;
+use super::token::{self, Location};
+use super::{Pager, PagingError, BUSY_WAIT_NS};
+use crate::frame_db::paging::{ALL, BUSY, MAPPED};
+use crate::vm::pte::{self, PageSize};
+use crate::vm::table::{self, Lookup};
+use crate::vm::unmap::transit;
+use crate::vm::{KMemFlags, Vm, VmError, VmPlatform, PAGE};
+
+impl<P: VmPlatform> Vm<P> {
+    /// Reserves `pages` pages of the commit limit.
+    fn commit(&self, pg: &Pager, pages: u64) -> Result<(), VmError> {
+        let available = pg.commit_limit(self.p.free_frames());
+        let mut cur = pg.committed.load(Ordering::Relaxed);
+        loop {
+            if cur.checked_add(pages).is_none_or(|n| n > available) {
+                return Err(VmError::CommitLimit { pages, available: available.saturating_sub(cur) });
+            }
+            match pg.committed.compare_exchange_weak(cur, cur + pages, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Maps `pages` pages from `virt` (inside a fresh region) as tokens:
+    /// page `i` at `loc(i)`, with the permission bits `perms`. On failure
+    /// removes what it installed; the slots stay the caller's.
+    pub(crate) fn map_tokens(&self, virt: u64, pages: u64, perms: u64, loc: &dyn Fn(u64) -> Location) -> Result<(), VmError> {
+        let pg = self.pager().map_err(|_| VmError::OutOfFrames)?;
+        self.commit(pg, pages)?;
+        let shared = self.kernel().tables.read();
+        for i in 0..pages {
+            let t = token::encode(loc(i), perms).expect("callers pass slots that fit");
+            if let Err(e) = self.install(self.kernel(), virt + i * PAGE, t, 0) {
+                drop(shared);
+                self.clear_tokens(virt, i);
+                pg.committed.fetch_sub(pages, Ordering::Relaxed);
+                // Tables made on the way go after a shootdown.
+                self.finish_unmap(self.kernel(), virt, i, PageSize::Size4K)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears the `pages` tokens from `virt` (nobody has touched them).
+    fn clear_tokens(&self, virt: u64, pages: u64) {
+        let _shared = self.kernel().tables.read();
+        for i in 0..pages {
+            if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), virt + i * PAGE, 0) {
+                slot.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// Maps `size` bytes whose pages are already in the backing store,
+    /// page `i` in slot `first_slot + i` (slots the caller got from the
+    /// store and filled), between guard pages; Zephyr's
+    /// `k_mem_map_unpaged`. The mapping takes the slots over: they are
+    /// freed when their pages are paged in for good or unmapped.
+    pub fn k_mem_map_unpaged(&self, first_slot: u64, size: u64, flags: KMemFlags) -> Result<u64, PagingError> {
+        let pg = self.pager()?;
+        if flags.contains(KMemFlags::LOCK) || flags.contains(KMemFlags::UNINIT) {
+            // Pinned or uninitialised pages have no store contents to map.
+            return Err(PagingError::Range(VmError::NotARegion { addr: first_slot, size }));
+        }
+        if size == 0 || size % PAGE != 0 {
+            return Err(PagingError::Range(if size == 0 { VmError::ZeroSize } else { VmError::NotAligned { value: size } }));
+        }
+        let pages = size / PAGE;
+        for s in first_slot..first_slot.checked_add(pages).ok_or(PagingError::Store(super::StoreError::BadSlot { slot: first_slot }))? {
+            if !pg.store.holds(s) || s > token::MAX_SLOT {
+                return Err(PagingError::Store(super::StoreError::BadSlot { slot: s }));
+            }
+        }
+        self.k_mem_map_with(size, flags, &|i| Location::Slot(first_slot + i)).map_err(PagingError::Range)
+    }
+
+    /// Whether page `va` of a `k_mem_map` region is there: mapped, or a
+    /// pageable page in any state.
+    pub(crate) fn kmem_page_present(&self, va: u64) -> bool {
+        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+            Lookup::Entry { slot, level: 0 } => {
+                let e = slot.load(Ordering::Acquire);
+                pte::is_present(e) || token::is_busy(e) || token::decode(e).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// Unmaps `pages` pages of a `k_mem_map` region from `virt`, whatever
+    /// their paging state: frames are freed after the shootdown, store
+    /// slots (of paged-out pages and of copies) at once, and a page being
+    /// paged in or out is waited for. A wait past the bound is `Busy`,
+    /// with the pages before it unmapped (the region stays claimed).
+    pub(crate) fn unmap_kmem_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
+        let mut paged = 0;
+        let result = self.p.without_interrupts(|| {
+            (0..pages).try_for_each(|i| {
+                let va = virt + i * PAGE;
+                let done = self.unmap_one(va)?;
+                paged += u64::from(done);
+                Ok(())
+            })
+        });
+        if let Some(pg) = self.paging.get() {
+            pg.committed.fetch_sub(paged, Ordering::Relaxed);
+        }
+        let flushed = self.finish_unmap(self.kernel(), virt, pages, PageSize::Size4K);
+        result.and(flushed)
+    }
+
+    /// Takes page `va` out of its table (a resident or ordinary page
+    /// becomes an in-transit marker for `finish_unmap`). True if it was a
+    /// pageable page.
+    fn unmap_one(&self, va: u64) -> Result<bool, VmError> {
+        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let pg = self.paging.get();
+        loop {
+            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
+                return Ok(false);
+            };
+            let e = slot.load(Ordering::Acquire);
+            if let (Some(pg), true) = (pg, token::is_resident(e)) {
+                let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
+                if pg.db.update_paging(index, MAPPED, BUSY, BUSY, 0).is_ok() {
+                    if slot.compare_exchange(e, transit(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                        let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+                        continue; // accessed or dirty bits changed
+                    }
+                    let entry = pg.db.entry(index);
+                    if let Some(s) = entry.copy.swap(0, Ordering::AcqRel).checked_sub(1) {
+                        let _ = pg.store.location_free(s);
+                    }
+                    entry.vaddr.store(0, Ordering::Relaxed);
+                    let _ = pg.db.update_paging(index, BUSY, 0, 0, ALL);
+                    pg.set_candidate(index, false);
+                    pg.policy.on_unmapped(index);
+                    pg.resident.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(true);
+                }
+            } else if let (Some(pg), Some((loc, _))) = (pg, token::decode(e)) {
+                if slot.compare_exchange(e, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    if let Location::Slot(s) = loc {
+                        let _ = pg.store.location_free(s);
+                    }
+                    return Ok(true);
+                }
+                continue;
+            } else if pte::is_present(e) {
+                if slot.compare_exchange(e, transit(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    return Ok(false);
+                }
+                continue;
+            } else if !token::is_busy(e) {
+                return Ok(false);
+            }
+            if let Some(pg) = pg {
+                pg.stats.count(self.p.cpu_index(), super::Event::BusyWait);
+            }
+            self.wait_busy(deadline, va).map_err(|_| VmError::Busy { virt: va })?;
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Paging statistics (Zephyr's `k_mem_paging_stats` and its timing
+//! histograms): counters per CPU, so counting never shares a cache line
+//! between CPUs, and log2 histograms of nanoseconds.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::MAX_CPUS;
+
+/// Bucket `k` counts durations in `[2^k, 2^(k+1))` ns (bucket 0 also 0);
+/// 40 buckets reach past 15 minutes.
+pub const BUCKETS: usize = 40;
+
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    max: AtomicU64,
+}
+
+impl Histogram {
+    pub const fn new() -> Histogram {
+        Histogram { buckets: [const { AtomicU64::new(0) }; BUCKETS], max: AtomicU64::new(0) }
+    }
+
+    pub fn record(&self, ns: u64) {
+        let k = (63 - ns.max(1).leading_zeros() as usize).min(BUCKETS - 1);
+        self.buckets[k].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: core::array::from_fn(|k| self.buckets[k].load(Ordering::Relaxed)),
+            max: self.max.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    pub buckets: [u64; BUCKETS],
+    pub max: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Upper bound (ns) of the bucket holding the `pct`-th percentile
+    /// sample, capped at the largest sample; 0 with no samples.
+    pub fn percentile(&self, pct: u64) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        let rank = (n * pct).div_ceil(100).max(1);
+        let mut seen = 0;
+        for (k, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return ((2u64 << k) - 1).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// Counters of one CPU.
+#[derive(Default)]
+struct CpuCounters {
+    faults: AtomicU64,
+    evictions_clean: AtomicU64,
+    evictions_dirty: AtomicU64,
+    page_ins: AtomicU64,
+    page_outs: AtomicU64,
+    busy_waits: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Page faults that paged a page in (spurious ones, where another CPU
+    /// had already done it, are not counted).
+    pub faults: u64,
+    /// Evictions that needed no write: a fresh page or a valid copy.
+    pub evictions_clean: u64,
+    /// Evictions that wrote the page to the backing store.
+    pub evictions_dirty: u64,
+    /// Pages read from the backing store.
+    pub page_ins: u64,
+    /// Pages written to the backing store.
+    pub page_outs: u64,
+    /// Times a CPU found a page busy and waited for it.
+    pub busy_waits: u64,
+}
+
+impl Counts {
+    pub fn evictions(&self) -> u64 {
+        self.evictions_clean + self.evictions_dirty
+    }
+
+    fn add(&mut self, o: &Counts) {
+        self.faults += o.faults;
+        self.evictions_clean += o.evictions_clean;
+        self.evictions_dirty += o.evictions_dirty;
+        self.page_ins += o.page_ins;
+        self.page_outs += o.page_outs;
+        self.busy_waits += o.busy_waits;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Event {
+    Fault,
+    EvictClean,
+    EvictDirty,
+    PageIn,
+    PageOut,
+    BusyWait,
+}
+
+/// What a histogram times.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Timing {
+    /// Choosing a victim (the policy's `select`).
+    Select,
+    /// One backing-store page-in.
+    StoreIn,
+    /// One backing-store page-out.
+    StoreOut,
+    /// A whole page fault that paged in.
+    Fault,
+}
+
+pub struct Stats {
+    cpus: [CpuCounters; MAX_CPUS],
+    histograms: [Histogram; 4],
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats { cpus: core::array::from_fn(|_| CpuCounters::default()), histograms: [const { Histogram::new() }; 4] }
+    }
+
+    pub fn count(&self, cpu: usize, e: Event) {
+        let c = &self.cpus[cpu];
+        let counter = match e {
+            Event::Fault => &c.faults,
+            Event::EvictClean => &c.evictions_clean,
+            Event::EvictDirty => &c.evictions_dirty,
+            Event::PageIn => &c.page_ins,
+            Event::PageOut => &c.page_outs,
+            Event::BusyWait => &c.busy_waits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn time(&self, t: Timing, ns: u64) {
+        self.histograms[t as usize].record(ns);
+    }
+
+    pub fn cpu(&self, cpu: usize) -> Counts {
+        let c = &self.cpus[cpu];
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            faults: l(&c.faults),
+            evictions_clean: l(&c.evictions_clean),
+            evictions_dirty: l(&c.evictions_dirty),
+            page_ins: l(&c.page_ins),
+            page_outs: l(&c.page_outs),
+            busy_waits: l(&c.busy_waits),
+        }
+    }
+
+    pub fn total(&self) -> Counts {
+        let mut t = Counts::default();
+        for cpu in 0..MAX_CPUS {
+            t.add(&self.cpu(cpu));
+        }
+        t
+    }
+
+    pub fn histogram(&self, t: Timing) -> HistogramSnapshot {
+        self.histograms[t as usize].snapshot()
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_log2_buckets() {
+        let h = Histogram::new();
+        assert_eq!(h.snapshot().percentile(50), 0);
+        for ns in [100, 100, 100, 5000] {
+            h.record(ns);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.percentile(50), 127, "100 ns lies in [64, 128)");
+        assert_eq!(s.percentile(99), 5000, "capped at the largest sample");
+        assert_eq!(s.max, 5000);
+    }
+
+    #[test]
+    fn counters_are_per_cpu_and_add_up() {
+        let s = Stats::new();
+        s.count(0, Event::Fault);
+        s.count(3, Event::Fault);
+        s.count(3, Event::EvictDirty);
+        assert_eq!(s.cpu(3).faults, 1);
+        assert_eq!(s.total().faults, 2);
+        assert_eq!(s.total().evictions(), 1);
+    }
+}

@@ -1,0 +1,339 @@
+//! Host tests of demand paging on the simulated machine: threads play
+//! CPUs and `access` plays the MMU (walks the entry, sets accessed and
+//! dirty bits, raises a page fault when the entry does not allow it).
+
+use std::sync::atomic::Ordering;
+use std::vec;
+use std::vec::Vec;
+
+use super::policy::{Lru, Nru};
+use super::store::RamStore;
+use super::*;
+use crate::testing::on_cpu;
+use crate::vm::pte::{ACCESSED, DIRTY, PRESENT, WRITABLE};
+use crate::vm::table::{lookup, Lookup};
+use crate::vm::testing::Machine;
+use crate::vm::{KMemFlags, PAGE};
+
+type TestVm = Vm<Machine>;
+
+/// A machine of 4096 frames with paging on: a RAM store of `slots` slots
+/// (a power of two up to 1024) and at most `limit` resident pages.
+fn rig(slots: u64, limit: u64, lru: bool) -> &'static TestVm {
+    on_cpu(0);
+    let m = Machine::new(4096, 4);
+    let root = m.frames.alloc_page().unwrap();
+    m.fill_frame(root, 0);
+    let vm: &'static TestVm = Box::leak(Box::new(Vm::new(m, root).unwrap()));
+    let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
+    let store: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
+    let db = vm.platform().frames.db();
+    let policy: &'static dyn EvictionPolicy = if lru { Box::leak(Box::new(Lru::new(db.len()))) } else { Box::leak(Box::new(Nru::new())) };
+    vm.enable_paging(PagerConfig { db, store, policy, resident_limit: limit, reserve: 0 }).unwrap();
+    vm
+}
+
+fn entry(vm: &TestVm, va: u64) -> u64 {
+    match lookup(vm.platform(), vm.kernel().root(), va, 0) {
+        Lookup::Entry { slot, level: 0 } => slot.load(Ordering::Acquire),
+        _ => 0,
+    }
+}
+
+/// One access to the word at `va`, as the CPU makes it: a write if
+/// `value` is given. Returns the word read (or written).
+fn access(vm: &TestVm, va: u64, value: Option<u64>) -> Result<u64, PagingError> {
+    loop {
+        if let Lookup::Entry { slot, level: 0 } = lookup(vm.platform(), vm.kernel().root(), va, 0) {
+            let e = slot.load(Ordering::Acquire);
+            if e & PRESENT != 0 && (value.is_none() || e & WRITABLE != 0) {
+                let bits = if value.is_some() { ACCESSED | DIRTY } else { ACCESSED };
+                // The MMU sets the bits only on the entry it walked.
+                if slot.compare_exchange(e, e | bits, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                    continue;
+                }
+                let (frame, offset) = (crate::vm::pte::addr(e), va % PAGE);
+                return Ok(match value {
+                    Some(v) => {
+                        vm.platform().set_word(frame, offset, v);
+                        v
+                    }
+                    None => vm.platform().word(frame, offset),
+                });
+            }
+        }
+        vm.page_fault(va, if value.is_some() { Access::WRITE } else { Access::READ })?;
+    }
+}
+
+fn stats(vm: &TestVm) -> Counts {
+    vm.pager().unwrap().stats().total()
+}
+
+fn used_slots(vm: &TestVm) -> u64 {
+    vm.pager().unwrap().store().usage().0
+}
+
+/// Word `k` of page `va` for generation `gen`: its own address mixed
+/// with the generation, so a wrong page or a stale copy shows.
+fn pattern(va: u64, k: u64, gen: u64) -> u64 {
+    (va + k * 8) ^ (gen << 48)
+}
+
+/// Writes and checks words 0 and 511 of every page in `order`.
+fn write_pass(vm: &TestVm, base: u64, order: &[u64], gen: u64) {
+    for &p in order {
+        for k in [0, 511] {
+            access(vm, base + p * PAGE + k * 8, Some(pattern(base + p * PAGE, k, gen))).unwrap();
+        }
+    }
+}
+
+fn check_pass(vm: &TestVm, base: u64, order: &[u64], gen: u64) {
+    for &p in order {
+        for k in [0, 511] {
+            let got = access(vm, base + p * PAGE + k * 8, None).unwrap();
+            assert_eq!(got, pattern(base + p * PAGE, k, gen), "page {p} word {k} generation {gen}");
+        }
+    }
+}
+
+fn orders(n: u64) -> [Vec<u64>; 3] {
+    let forward: Vec<u64> = (0..n).collect();
+    let reverse: Vec<u64> = (0..n).rev().collect();
+    let zigzag: Vec<u64> = (0..n).map(|i| if i % 2 == 0 { i / 2 } else { n - 1 - i / 2 }).collect();
+    [forward, reverse, zigzag]
+}
+
+fn overcommit(lru: bool) {
+    let (slots, limit) = (256, 64);
+    let vm = rig(slots, limit, lru);
+    let free_before = vm.platform().free_bytes();
+    let pages = limit + slots / 2;
+    let base = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
+    assert_eq!(vm.pager().unwrap().resident(), 0, "nothing is mapped up front");
+    for p in 0..pages {
+        assert_eq!(access(vm, base + p * PAGE + 8 * 7, None), Ok(0), "fresh memory reads zero");
+    }
+    for (gen, order) in orders(pages).iter().enumerate() {
+        write_pass(vm, base, order, gen as u64 + 1);
+        check_pass(vm, base, order, gen as u64 + 1);
+        vm.audit_paging().unwrap();
+    }
+    let s = stats(vm);
+    assert!(s.faults > pages, "{s:?}");
+    assert!(s.evictions_clean > 0 && s.evictions_dirty > 0, "{s:?}");
+    assert!(vm.pager().unwrap().resident() <= limit);
+    vm.k_mem_unmap(base, pages * PAGE).unwrap();
+    assert_eq!(used_slots(vm), 0, "unmapping frees every slot");
+    assert_eq!(vm.pager().unwrap().resident(), 0);
+    assert_eq!(vm.pager().unwrap().committed(), 0);
+    assert_eq!(vm.platform().free_bytes(), free_before, "every frame came back");
+    vm.audit_paging().unwrap();
+}
+
+#[test]
+fn overcommit_keeps_every_word_with_the_clock() {
+    overcommit(false);
+}
+
+#[test]
+fn overcommit_keeps_every_word_with_lru() {
+    overcommit(true);
+}
+
+#[test]
+fn page_out_then_exactly_that_many_faults() {
+    let vm = rig(128, 1000, false);
+    let base = vm.k_mem_map(32 * PAGE, KMemFlags::RW).unwrap();
+    write_pass(vm, base, &(0..32).collect::<Vec<_>>(), 1);
+    vm.page_out(base, 16 * PAGE).unwrap();
+    assert_eq!(used_slots(vm), 16);
+    let before = stats(vm);
+    check_pass(vm, base, &(0..32).collect::<Vec<_>>(), 1);
+    assert_eq!(stats(vm).faults - before.faults, 16, "one fault per paged-out page");
+    vm.page_out(base, 32 * PAGE).unwrap();
+    vm.page_in(base, 32 * PAGE).unwrap();
+    let before = stats(vm);
+    check_pass(vm, base, &(0..32).collect::<Vec<_>>(), 1);
+    assert_eq!(stats(vm).faults, before.faults, "page_in leaves nothing to fault");
+    vm.audit_paging().unwrap();
+}
+
+#[test]
+fn a_clean_page_with_a_copy_is_dropped_without_a_write() {
+    let vm = rig(64, 1000, false);
+    let base = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    access(vm, base, Some(42)).unwrap();
+    vm.page_out(base, PAGE).unwrap();
+    assert_eq!(access(vm, base, None), Ok(42));
+    let before = stats(vm);
+    vm.page_out(base, PAGE).unwrap();
+    let after = stats(vm);
+    assert_eq!((after.page_outs, after.evictions_clean), (before.page_outs, before.evictions_clean + 1));
+    assert_eq!(access(vm, base, None), Ok(42));
+    // Written again: the copy is stale, so the next eviction writes.
+    access(vm, base, Some(43)).unwrap();
+    vm.page_out(base, PAGE).unwrap();
+    assert_eq!(stats(vm).page_outs, after.page_outs + 1);
+    assert_eq!(access(vm, base, None), Ok(43));
+    vm.audit_paging().unwrap();
+}
+
+#[test]
+fn pinned_pages_never_leave_and_unpin_lets_them() {
+    let vm = rig(128, 16, false);
+    let base = vm.k_mem_map(48 * PAGE, KMemFlags::RW).unwrap();
+    vm.pin(base, 8 * PAGE).unwrap();
+    let pinned: Vec<u64> = (0..8).map(|p| entry(vm, base + p * PAGE)).collect();
+    assert!(pinned.iter().all(|e| token::is_resident(*e)));
+    for gen in 1..4 {
+        write_pass(vm, base, &(8..48).collect::<Vec<_>>(), gen);
+        check_pass(vm, base, &(8..48).collect::<Vec<_>>(), gen);
+    }
+    for p in 0..8 {
+        assert_eq!(crate::vm::pte::addr(entry(vm, base + p * PAGE)), crate::vm::pte::addr(pinned[p as usize]), "pinned page {p} kept its frame");
+    }
+    let (used, resident) = (used_slots(vm), vm.pager().unwrap().resident());
+    assert_eq!(vm.page_out(base, 9 * PAGE), Err(PagingError::Pinned { virt: base }));
+    assert_eq!((used_slots(vm), vm.pager().unwrap().resident()), (used, resident), "a refused page-out changes nothing");
+    vm.unpin(base, 8 * PAGE).unwrap();
+    vm.page_out(base, 8 * PAGE).unwrap();
+    assert!(!token::is_resident(entry(vm, base)));
+    vm.audit_paging().unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let vm = rig(8, 4, false);
+    let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
+    let ro = vm.k_mem_map(PAGE, KMemFlags::NONE).unwrap();
+    let locked = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    let snapshot = |vm: &TestVm| (vm.platform().free_bytes(), used_slots(vm), vm.pager().unwrap().resident(), entry(vm, ro), entry(vm, base));
+    let before = snapshot(vm);
+    let guard = base - PAGE;
+    assert_eq!(vm.page_fault(guard, Access::READ), Err(PagingError::NotPageable { virt: guard }));
+    assert_eq!(vm.page_fault(locked, Access::WRITE), Err(PagingError::NotPageable { virt: locked }));
+    assert_eq!(vm.page_fault(ro, Access::WRITE), Err(PagingError::Protection { virt: ro }));
+    assert_eq!(vm.page_fault(ro, Access { exec: true, ..Access::READ }), Err(PagingError::Protection { virt: ro }));
+    assert_eq!(vm.page_in(guard, PAGE), Err(PagingError::NotPageable { virt: guard }));
+    assert_eq!(vm.pin(base, 5 * PAGE), Err(PagingError::NotPageable { virt: base + 4 * PAGE }));
+    assert_eq!(vm.page_out(base + 1, PAGE), Err(PagingError::Range(VmError::NotAligned { value: base + 1 })));
+    assert_eq!(vm.page_out(base, 0), Err(PagingError::Range(VmError::ZeroSize)));
+    assert_eq!(vm.page_out(0x1000, PAGE), Err(PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })));
+    assert_eq!(vm.evict_frame(0x7000), Err(PagingError::NotAPageFrame { phys: 0x7000 }));
+    assert_eq!(vm.evict_frame(0x7001), Err(PagingError::NotAPageFrame { phys: 0x7001 }));
+    assert!(matches!(vm.k_mem_map(1 << 30, KMemFlags::RW), Err(VmError::CommitLimit { .. })));
+    assert_eq!(snapshot(vm), before, "the read-only page is still untouched, nothing was paged");
+    // A full store: page-out refuses up front.
+    for p in 0..4 {
+        access(vm, base + p * PAGE, Some(p)).unwrap();
+    }
+    let hog: Vec<u64> = (0..5).map(|_| vm.pager().unwrap().store().location_get(false).unwrap()).collect();
+    let before = snapshot(vm);
+    assert_eq!(vm.page_out(base, 4 * PAGE), Err(PagingError::StoreFull));
+    assert_eq!(snapshot(vm), before);
+    for s in hog {
+        vm.pager().unwrap().store().location_free(s).unwrap();
+    }
+    // Every resident page pinned: a fault that needs a frame fails and
+    // leaves its token.
+    vm.pin(base, 4 * PAGE).unwrap();
+    let token = entry(vm, ro);
+    assert_eq!(vm.page_fault(ro, Access::READ), Err(PagingError::NoEvictableFrame));
+    assert_eq!(entry(vm, ro), token);
+    vm.unpin(base, 4 * PAGE).unwrap();
+    assert_eq!(access(vm, ro, None), Ok(0));
+    vm.audit_paging().unwrap();
+}
+
+#[test]
+fn unmapped_pages_give_their_slots_back() {
+    let vm = rig(64, 1000, false);
+    let base = vm.k_mem_map(10 * PAGE, KMemFlags::RW).unwrap();
+    write_pass(vm, base, &(0..10).collect::<Vec<_>>(), 3);
+    vm.page_out(base, 6 * PAGE).unwrap();
+    vm.page_in(base, 2 * PAGE).unwrap(); // keeps copies: slots still used
+    assert_eq!(used_slots(vm), 6);
+    assert_eq!(vm.audit_paging().unwrap().copies, 2);
+    vm.k_mem_unmap(base, 10 * PAGE).unwrap();
+    assert_eq!(used_slots(vm), 0);
+    assert_eq!(vm.audit_paging().unwrap(), PagingAudit::default());
+}
+
+#[test]
+fn an_unpaged_mapping_reads_what_the_store_holds() {
+    let vm = rig(64, 1000, false);
+    let pg = vm.pager().unwrap();
+    let frame = vm.platform().frames.alloc_page().unwrap();
+    let first = pg.store().location_get(false).unwrap();
+    let second = pg.store().location_get(false).unwrap();
+    assert_eq!(second, first + 1);
+    for (slot, word) in [(first, 0xAAAA), (second, 0xBBBB)] {
+        vm.platform().set_word(frame, 16, word);
+        pg.store().page_out(slot, frame).unwrap();
+    }
+    assert_eq!(vm.k_mem_map_unpaged(first, 3 * PAGE, KMemFlags::RW), Err(PagingError::Store(StoreError::BadSlot { slot: first + 2 })));
+    let va = vm.k_mem_map_unpaged(first, 2 * PAGE, KMemFlags::RW).unwrap();
+    assert_eq!(access(vm, va + 16, None), Ok(0xAAAA));
+    assert_eq!(access(vm, va + PAGE + 16, None), Ok(0xBBBB));
+    vm.k_mem_unmap(va, 2 * PAGE).unwrap();
+    assert_eq!(used_slots(vm), 0, "the mapping owned the slots");
+}
+
+/// Four threads (CPUs) write and check their own word of every page of
+/// one shared region, far bigger than the resident limit; each keeps a
+/// shadow of what it wrote (uffd-stress style).
+fn shared_thrash(mode: Mode) {
+    let vm = rig(256, 24, false);
+    vm.pager().unwrap().set_mode(mode);
+    let pages = 96;
+    let base = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
+    std::thread::scope(|s| {
+        for cpu in 0..4u64 {
+            s.spawn(move || {
+                on_cpu(cpu as usize);
+                let mut shadow = vec![0u64; pages as usize];
+                let mut x = cpu * 7 + 1;
+                for round in 1..=400u64 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let p = (x >> 33) % pages;
+                    let va = base + p * PAGE + cpu * 8;
+                    assert_eq!(access(vm, va, None).unwrap(), shadow[p as usize], "cpu {cpu} page {p}");
+                    let v = (round << 8) | cpu;
+                    access(vm, va, Some(v)).unwrap();
+                    shadow[p as usize] = v;
+                }
+            });
+        }
+    });
+    vm.audit_paging().unwrap();
+    let s = stats(vm);
+    assert!(s.evictions() > 0 && s.page_ins > 0, "{s:?}");
+    vm.k_mem_unmap(base, pages * PAGE).unwrap();
+    assert_eq!(used_slots(vm), 0);
+}
+
+#[test]
+fn cpus_thrash_one_region_with_busy_states() {
+    shared_thrash(Mode::BusyState);
+}
+
+#[test]
+fn cpus_thrash_one_region_under_the_global_lock() {
+    shared_thrash(Mode::GlobalLock);
+}
+
+#[test]
+fn the_clock_jumps_to_the_frames_paging_uses() {
+    let vm = rig(16, 1000, false);
+    let pg = vm.pager().unwrap();
+    let n = pg.db.len();
+    assert_eq!(pg.next_candidate(0), n);
+    let base = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    access(vm, base, Some(1)).unwrap();
+    let i = pg.db.index_of(crate::vm::pte::addr(entry(vm, base))).unwrap();
+    assert_eq!((pg.next_candidate(0), pg.next_candidate(i), pg.next_candidate(i + 1)), (i, i, n));
+    vm.page_out(base, PAGE).unwrap();
+    assert_eq!(pg.next_candidate(0), n, "an evicted frame is no candidate");
+}
