@@ -32,10 +32,7 @@ pub mod paging {
     /// written since: eviction drops it without a write.
     pub const FRESH_ZERO: u32 = 1 << 20;
     pub const FRESH_UNINIT: u32 = 1 << 21;
-    /// Pinned by a `pin` call still in progress, so a failure part-way
-    /// unpins exactly what that call pinned.
-    pub const PIN_NEW: u32 = 1 << 22;
-    pub const ALL: u32 = MAPPED | PINNED | BUSY | FRESH_ZERO | FRESH_UNINIT | PIN_NEW;
+    pub const ALL: u32 = MAPPED | PINNED | BUSY | FRESH_ZERO | FRESH_UNINIT;
 }
 
 pub struct FrameEntry {

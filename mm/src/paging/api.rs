@@ -4,11 +4,13 @@
 
 use core::sync::atomic::Ordering;
 
+use alloc::vec;
+
 use super::evict::Victims;
 use super::fault::{frame_of, is_dirty, Access};
 use super::token;
 use super::{Pager, PagingError, BUSY_WAIT_NS};
-use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED, PIN_NEW};
+use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
 use crate::vm::{Vm, VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
 
@@ -124,9 +126,14 @@ impl<P: VmPlatform> Vm<P> {
             }
             let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
             if let Some(v) = self.claim_victim(pg, index) {
-                return Ok(Some(v));
+                if v.va == va {
+                    return Ok(Some(v));
+                }
+                // The frame went to another page since the look.
+                self.unclaim(pg, &v);
+                return busy;
             }
-            if pg.db.paging_flags(index) & PINNED != 0 {
+            if pg.db.paging_flags(index) & PINNED != 0 && frame_of(self.paged_slot(va)?.load(Ordering::Acquire)) == frame_of(e) {
                 return Err(PagingError::Pinned { virt: va });
             }
             busy
@@ -147,47 +154,76 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Makes every page of the range resident and keeps it so until
-    /// `unpin`. On failure the pages this call pinned are unpinned again.
+    /// `unpin`. On failure the pages this call pinned are unpinned again
+    /// (pages pinned before stay pinned).
     pub fn pin(&self, virt: u64, size: u64) -> Result<(), PagingError> {
         let npages = pages_of(virt, size)?;
+        // Which pages this call pinned, for the rollback.
+        let mut newly = vec![0u64; npages.div_ceil(64) as usize];
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
-            let result = (0..npages).try_for_each(|i| self.pin_page(pg, virt + i * PAGE));
-            // PIN_NEW marks what this call pinned: undo that on failure,
-            // forget it on success.
-            let clear = if result.is_ok() { PIN_NEW } else { PIN_NEW | PINNED };
-            for va in (0..npages).map(|i| virt + i * PAGE) {
-                let e = self.paged_slot(va)?.load(Ordering::Acquire);
-                if let (true, Ok(index)) = (token::is_resident(e), pg.db.index_of(frame_of(e))) {
-                    let _ = pg.db.update_paging(index, PIN_NEW, 0, 0, clear);
+            let result = (0..npages).try_for_each(|i| {
+                if self.pin_page(pg, virt + i * PAGE)? {
+                    newly[(i / 64) as usize] |= 1 << (i % 64);
+                }
+                Ok(())
+            });
+            if result.is_err() {
+                for i in (0..npages).filter(|i| newly[(i / 64) as usize] & (1 << (i % 64)) != 0) {
+                    self.with_page_frame(pg, virt + i * PAGE, &mut |index| {
+                        let _ = pg.db.update_paging(index, BUSY, 0, 0, PINNED);
+                    })?;
                 }
             }
             result
         })
     }
 
-    fn pin_page(&self, pg: &Pager, va: u64) -> Result<(), PagingError> {
+    /// Pins page `va`, paging it in first; true if it was not pinned.
+    fn pin_page(&self, pg: &Pager, va: u64) -> Result<bool, PagingError> {
         let deadline = self.p.now_ns() + BUSY_WAIT_NS;
         loop {
             self.fault_in(pg, va, Access::READ, false)?;
+            let mut old = 0;
+            let pinned = self.with_page_frame(pg, va, &mut |index| {
+                old = pg.db.update_paging(index, BUSY, 0, PINNED, 0).unwrap_or(0);
+            })?;
+            if pinned {
+                return Ok(old & PINNED == 0);
+            }
+            self.wait_busy(deadline, va)?; // evicted again meanwhile
+        }
+    }
+
+    /// Runs `f(frame index)` with the frame that backs page `va` claimed
+    /// busy, so it cannot change page (be evicted, reused) meanwhile.
+    /// False if the page is not resident. Waits, bounded, while another
+    /// CPU has the frame busy.
+    fn with_page_frame(&self, pg: &Pager, va: u64, f: &mut dyn FnMut(usize)) -> Result<bool, PagingError> {
+        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        loop {
             let slot = self.paged_slot(va)?;
             let e = slot.load(Ordering::Acquire);
-            if !token::is_resident(e) {
-                self.wait_busy(deadline, va)?; // evicted again meanwhile
+            if token::is_busy(e) {
+                self.wait_busy(deadline, va)?;
                 continue;
             }
-            let frame = frame_of(e);
-            let index = pg.db.index_of(frame).map_err(|_| PagingError::NotPageable { virt: va })?;
-            match pg.db.update_paging(index, MAPPED, BUSY | PINNED, PINNED | PIN_NEW, 0) {
-                // The frame may have gone to another page between the
-                // look and the pin: only a pin of this page's frame counts.
-                Ok(_) if frame_of(slot.load(Ordering::Acquire)) == frame && token::is_resident(slot.load(Ordering::Acquire)) => return Ok(()),
-                Ok(_) => {
-                    let _ = pg.db.update_paging(index, 0, 0, 0, PINNED | PIN_NEW);
-                }
-                Err(flags) if flags & PINNED != 0 && flags & MAPPED != 0 => return Ok(()),
-                Err(_) => self.wait_busy(deadline, va)?,
+            if !token::is_resident(e) {
+                return Ok(false);
             }
+            let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
+            if pg.db.update_paging(index, MAPPED, BUSY, BUSY, 0).is_err() {
+                self.wait_busy(deadline, va)?;
+                continue;
+            }
+            // Claimed: still this page's frame?
+            let now = slot.load(Ordering::Acquire);
+            if token::is_resident(now) && frame_of(now) == frame_of(e) {
+                f(index);
+                let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+                return Ok(true);
+            }
+            let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
         }
     }
 
@@ -197,10 +233,9 @@ impl<P: VmPlatform> Vm<P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             for va in (0..npages).map(|i| virt + i * PAGE) {
-                let e = self.paged_slot(va)?.load(Ordering::Acquire);
-                if let (true, Ok(index)) = (token::is_resident(e), pg.db.index_of(frame_of(e))) {
-                    let _ = pg.db.update_paging(index, MAPPED, 0, 0, PINNED | PIN_NEW);
-                }
+                self.with_page_frame(pg, va, &mut |index| {
+                    let _ = pg.db.update_paging(index, BUSY, 0, 0, PINNED);
+                })?;
             }
             Ok(())
         })

@@ -127,7 +127,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Puts a claimed victim back as it was.
-    fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
+    pub(crate) fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
         v.slot.store(v.old, Ordering::Release);
         let _ = pg.db.update_paging(v.index, BUSY, 0, 0, BUSY);
     }

@@ -19,21 +19,25 @@ pub struct Access {
     pub write: bool,
     pub exec: bool,
     pub user: bool,
+    /// The CPU found the page present and still refused the access (SMAP,
+    /// SMEP, a reserved bit): paging cannot help, whatever the entry says.
+    pub denied: bool,
 }
 
 impl Access {
-    pub const READ: Access = Access { write: false, exec: false, user: false };
-    pub const WRITE: Access = Access { write: true, exec: false, user: false };
+    pub const READ: Access = Access { write: false, exec: false, user: false, denied: false };
+    pub const WRITE: Access = Access { write: true, ..Access::READ };
 
-    /// From an x86 page-fault error code (bit 1 write, 2 user, 4 fetch).
+    /// From an x86 page-fault error code (bit 0 present, 1 write, 2 user,
+    /// 3 reserved bit, 4 fetch).
     pub const fn from_error_code(code: u64) -> Access {
-        Access { write: code & 2 != 0, user: code & 4 != 0, exec: code & 16 != 0 }
+        Access { write: code & 2 != 0, user: code & 4 != 0, exec: code & 16 != 0, denied: code & 9 != 0 }
     }
 }
 
 /// Whether entry bits `e` allow `access` to page `virt`.
 fn check_access(e: u64, access: Access, virt: u64) -> Result<(), PagingError> {
-    let denied = (access.write && e & WRITABLE == 0) || (access.exec && e & NO_EXECUTE != 0) || (access.user && e & USER == 0);
+    let denied = access.denied || (access.write && e & WRITABLE == 0) || (access.exec && e & NO_EXECUTE != 0) || (access.user && e & USER == 0);
     if denied { Err(PagingError::Protection { virt }) } else { Ok(()) }
 }
 
@@ -149,10 +153,12 @@ impl<P: VmPlatform> Vm<P> {
         debug_assert!(marked.is_ok(), "a fresh frame had paging flags");
         let kept = token & super::token::KEPT;
         slot.store(frame | kept | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
-        pg.set_candidate(index, true);
-        let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+        // Counted before the frame is published (not busy), so an evictor
+        // that takes it at once never counts it out first.
         pg.resident.fetch_add(1, Ordering::Relaxed);
         pg.policy.on_mapped(index);
+        pg.set_candidate(index, true);
+        let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
         Ok(())
     }
 

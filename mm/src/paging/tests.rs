@@ -229,6 +229,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     for p in 0..4 {
         access(vm, base + p * PAGE, Some(p)).unwrap();
     }
+    let smap = Access { denied: true, ..Access::READ };
+    assert_eq!(vm.page_fault(base, smap), Err(PagingError::Protection { virt: base }), "a present page the CPU refused");
     let hog: Vec<u64> = (0..5).map(|_| vm.pager().unwrap().store().location_get(false).unwrap()).collect();
     let before = snapshot(vm);
     assert_eq!(vm.page_out(base, 4 * PAGE), Err(PagingError::StoreFull));

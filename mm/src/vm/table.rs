@@ -97,6 +97,15 @@ pub fn entry_for<'p, P: VmPlatform>(
     Ok(&table[index(virt, stop)])
 }
 
+/// Start of entry `i` of a level-`level` table covering from `base`, if
+/// the entry's span overlaps `range` (the last span of the address space
+/// wraps to 0 at its end).
+fn entry_in(base: u64, i: usize, level: usize, range: (u64, u64)) -> Option<u64> {
+    let lo = canonical(base + i as u64 * span(level));
+    let hi = lo.wrapping_add(span(level));
+    (!(hi <= range.0 && hi != 0 || lo >= range.1)).then_some(lo)
+}
+
 /// Page tables one unmap may detach; more wait for a later prune.
 pub const PRUNE_MAX: usize = 64;
 
@@ -137,11 +146,7 @@ pub fn prune<'p, P: VmPlatform>(
     }
     let t = p.table(table);
     for (i, slot) in t.iter().enumerate() {
-        let lo = canonical(base + i as u64 * span(level));
-        let hi = lo.wrapping_add(span(level));
-        if hi <= range.0 && hi != 0 || lo >= range.1 {
-            continue;
-        }
+        let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = slot.load(Ordering::Acquire);
         if !pte::is_present(e) || e & HUGE != 0 {
             continue;
@@ -174,11 +179,7 @@ pub fn collect_all<P: VmPlatform>(
     owned: &mut Vec<u64>,
 ) {
     for (i, slot) in p.table(table).iter().enumerate() {
-        let lo = canonical(base + i as u64 * span(level));
-        let hi = lo.wrapping_add(span(level));
-        if hi <= range.0 && hi != 0 || lo >= range.1 {
-            continue;
-        }
+        let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = slot.load(Ordering::Acquire);
         if !pte::is_present(e) {
             continue;
@@ -224,11 +225,7 @@ pub fn first_used<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option
 /// Huge pages and absent tables are skipped.
 pub fn for_each_pte<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, range: (u64, u64), f: &mut dyn FnMut(u64, u64)) {
     for (i, slot) in p.table(table).iter().enumerate() {
-        let lo = canonical(base + i as u64 * span(level));
-        let hi = lo.wrapping_add(span(level));
-        if hi <= range.0 && hi != 0 || lo >= range.1 {
-            continue;
-        }
+        let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = slot.load(Ordering::Acquire);
         if e == 0 {
             continue;
