@@ -70,8 +70,8 @@ pub fn audit(when: &str) -> TestResult {
     Ok(())
 }
 
-/// Word `k` of page `page` in generation `gen`: its own address and the
-/// generation, so a wrong page or a stale copy shows.
+/// The value the word at `addr` holds in generation `gen`: its own
+/// address and the generation, so a wrong page or a stale copy shows.
 pub fn pattern(addr: u64, gen: u64) -> u64 {
     addr ^ (gen << 52)
 }

@@ -32,7 +32,7 @@ impl<P: VmPlatform> Vm<P> {
     fn check_pageable(&self, virt: u64, npages: u64) -> Result<(), PagingError> {
         for va in (0..npages).map(|i| virt + i * PAGE) {
             let e = self.paged_slot(va)?.load(Ordering::Acquire);
-            if !(token::is_resident(e) || token::is_busy(e) || token::decode(e).is_some()) {
+            if !token::is_pageable(e) {
                 return Err(PagingError::NotPageable { virt: va });
             }
         }
@@ -220,10 +220,10 @@ impl<P: VmPlatform> Vm<P> {
             let now = slot.load(Ordering::Acquire);
             if token::is_resident(now) && frame_of(now) == frame_of(e) {
                 f(index);
-                let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+                pg.release(index);
                 return Ok(true);
             }
-            let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+            pg.release(index);
         }
     }
 

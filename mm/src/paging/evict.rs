@@ -13,7 +13,7 @@ use super::stats::{Event, Timing};
 use super::token::{self, Location, KEPT, SW_BUSY, SW_PAGED};
 use super::view::View;
 use super::{Pager, PagingError, StoreError};
-use crate::frame_db::paging::{ALL, BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
+use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::{Vm, VmError, VmPlatform, PAGE};
 
 /// Victims per eviction: one shootdown covers them all.
@@ -82,7 +82,7 @@ impl<P: VmPlatform> Vm<P> {
                 }
             }
         }
-        let _ = pg.db.update_paging(i, BUSY, 0, 0, BUSY);
+        pg.release(i);
         None
     }
 
@@ -107,14 +107,9 @@ impl<P: VmPlatform> Vm<P> {
         for v in &victims {
             match self.write_back(pg, v, for_fault) {
                 Ok(token) => {
+                    // The copy slot, if any, went into the token.
                     v.slot.store(token, Ordering::Release);
-                    let entry = pg.db.entry(v.index);
-                    entry.vaddr.store(0, Ordering::Relaxed);
-                    entry.copy.store(0, Ordering::Relaxed);
-                    let _ = pg.db.update_paging(v.index, BUSY, 0, 0, ALL);
-                    pg.set_candidate(v.index, false);
-                    pg.policy.on_unmapped(v.index);
-                    pg.resident.fetch_sub(1, Ordering::Relaxed);
+                    pg.forget(v.index);
                     freed.push(v.frame);
                 }
                 Err(e) => {
@@ -129,7 +124,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Puts a claimed victim back as it was.
     pub(crate) fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
         v.slot.store(v.old, Ordering::Release);
-        let _ = pg.db.update_paging(v.index, BUSY, 0, 0, BUSY);
+        pg.release(v.index);
     }
 
     /// Saves victim `v`'s contents if they cannot be had again, and returns
@@ -203,7 +198,7 @@ impl<P: VmPlatform> Vm<P> {
                 let _ = pg.store.location_free(c - 1);
                 dropped += 1;
             }
-            let _ = pg.db.update_paging(i, BUSY, 0, 0, BUSY);
+            pg.release(i);
         }
     }
 }

@@ -48,13 +48,13 @@ impl<P: VmPlatform> Vm<P> {
     /// not allow, is an error and changes nothing.
     pub fn page_fault(&self, virt: u64, access: Access) -> Result<(), PagingError> {
         let start = self.p.now_ns();
-        let paged = self.paging_op(|pg| self.fault_in(pg, virt & !(PAGE - 1), access, true))?;
-        if paged {
-            let pg = self.pager()?;
-            pg.stats.count(self.p.cpu_index(), Event::Fault);
-            pg.stats.time(Timing::Fault, self.p.now_ns().saturating_sub(start));
-        }
-        Ok(())
+        self.paging_op(|pg| {
+            if self.fault_in(pg, virt & !(PAGE - 1), access, true)? {
+                pg.stats.count(self.p.cpu_index(), Event::Fault);
+                pg.stats.time(Timing::Fault, self.p.now_ns().saturating_sub(start));
+            }
+            Ok(())
+        })
     }
 
     /// Makes page `va` resident. `Ok(true)` if this call paged it in.
@@ -158,7 +158,7 @@ impl<P: VmPlatform> Vm<P> {
         pg.resident.fetch_add(1, Ordering::Relaxed);
         pg.policy.on_mapped(index);
         pg.set_candidate(index, true);
-        let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+        pg.release(index);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 use super::fault::frame_of;
 use super::token::{self, Location};
 use super::{Pager, PagingError, BUSY_WAIT_NS};
-use crate::frame_db::paging::{ALL, BUSY, MAPPED};
+use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
 use crate::vm::unmap::transit;
@@ -89,7 +89,7 @@ impl<P: VmPlatform> Vm<P> {
         match table::lookup(&self.p, self.kernel().root(), va, 0) {
             Lookup::Entry { slot, level: 0 } => {
                 let e = slot.load(Ordering::Acquire);
-                pte::is_present(e) || token::is_busy(e) || token::decode(e).is_some()
+                pte::is_present(e) || token::is_pageable(e)
             }
             _ => false,
         }
@@ -123,6 +123,7 @@ impl<P: VmPlatform> Vm<P> {
     fn unmap_one(&self, va: u64) -> Result<bool, VmError> {
         let deadline = self.p.now_ns() + BUSY_WAIT_NS;
         let pg = self.paging.get();
+        let mut waited = false;
         loop {
             let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
                 return Ok(false);
@@ -132,18 +133,13 @@ impl<P: VmPlatform> Vm<P> {
                 let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
                 if pg.db.update_paging(index, MAPPED, BUSY, BUSY, 0).is_ok() {
                     if slot.compare_exchange(e, transit(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                        let _ = pg.db.update_paging(index, BUSY, 0, 0, BUSY);
+                        pg.release(index);
                         continue; // accessed or dirty bits changed
                     }
-                    let entry = pg.db.entry(index);
-                    if let Some(s) = entry.copy.swap(0, Ordering::AcqRel).checked_sub(1) {
+                    if let Some(s) = pg.db.entry(index).copy.swap(0, Ordering::AcqRel).checked_sub(1) {
                         let _ = pg.store.location_free(s);
                     }
-                    entry.vaddr.store(0, Ordering::Relaxed);
-                    let _ = pg.db.update_paging(index, BUSY, 0, 0, ALL);
-                    pg.set_candidate(index, false);
-                    pg.policy.on_unmapped(index);
-                    pg.resident.fetch_sub(1, Ordering::Relaxed);
+                    pg.forget(index);
                     return Ok(true);
                 }
             } else if let (Some(pg), Some((loc, _))) = (pg, token::decode(e)) {
@@ -162,8 +158,9 @@ impl<P: VmPlatform> Vm<P> {
             } else if !token::is_busy(e) {
                 return Ok(false);
             }
-            if let Some(pg) = pg {
+            if let (Some(pg), false) = (pg, waited) {
                 pg.stats.count(self.p.cpu_index(), super::Event::BusyWait);
+                waited = true;
             }
             self.wait_busy(deadline, va).map_err(|_| VmError::Busy { virt: va })?;
         }

@@ -47,6 +47,7 @@ pub use policy::{EvictionPolicy, PolicyError};
 pub use stats::{Counts, Event, HistogramSnapshot, Stats, Timing};
 pub use store::{BackingStore, StoreError};
 
+use crate::frame_db::paging::{ALL, BUSY};
 use crate::frame_db::FrameDb;
 use crate::vm::{Vm, VmError, VmPlatform};
 
@@ -197,6 +198,24 @@ impl Pager {
             }
             bits = self.candidates[w].load(Ordering::Acquire);
         }
+    }
+
+    /// Gives up this CPU's `BUSY` claim on frame `i`.
+    pub(crate) fn release(&self, i: usize) {
+        let _ = self.db.update_paging(i, BUSY, 0, 0, BUSY);
+    }
+
+    /// Frame `i`, claimed busy, no longer backs a page (evicted or
+    /// unmapped; its copy slot, if any, was handed on or freed): clears
+    /// its paging state and takes it out of the policy and the counts.
+    pub(crate) fn forget(&self, i: usize) {
+        let entry = self.db.entry(i);
+        entry.vaddr.store(0, Ordering::Relaxed);
+        entry.copy.store(0, Ordering::Relaxed);
+        let _ = self.db.update_paging(i, BUSY, 0, 0, ALL);
+        self.set_candidate(i, false);
+        self.policy.on_unmapped(i);
+        self.resident.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether a page-in must evict first.

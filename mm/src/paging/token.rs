@@ -67,6 +67,11 @@ pub const fn is_busy(e: u64) -> bool {
     e & (PRESENT | SW_PAGED | SW_BUSY) == SW_PAGED | SW_BUSY
 }
 
+/// Whether `e` is a pageable page in any state: resident, busy, or a token.
+pub const fn is_pageable(e: u64) -> bool {
+    is_resident(e) || is_busy(e) || decode(e).is_some()
+}
+
 /// Whether `e` maps a pageable page's frame.
 pub const fn is_resident(e: u64) -> bool {
     e & (PRESENT | SW_PAGED) == PRESENT | SW_PAGED
