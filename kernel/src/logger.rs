@@ -44,7 +44,7 @@ pub fn init() {
 }
 
 /// Sends a result record to the host: `record::PREFIX` + JSON, one line.
-pub fn emit(rec: &record::Record<&str>) {
+pub fn emit(rec: &record::GuestRecord) {
     match record::to_json(rec) {
         Ok(json) => serial::write_fmt(format_args!("{}{}\n", record::PREFIX, json)),
         Err(_) => log::error!("record too long for one line; dropped"),

@@ -10,23 +10,54 @@
 //! Parsing (feature `parse`) needs `std`: serde's tagged enums buffer.
 #![cfg_attr(not(test), no_std)]
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 #[cfg(feature = "parse")]
 use serde::Deserialize;
+
+#[cfg(feature = "parse")]
+extern crate alloc;
 
 /// Marks a record line on the serial console.
 pub const PREFIX: &str = "@@smpmm ";
 
 /// Bumped whenever a record changes shape incompatibly.
-pub const SCHEMA: u32 = 1;
+/// 2: benchmark and stress records; counters as a JSON object.
+pub const SCHEMA: u32 = 2;
+
+/// The variant every other variant of a benchmark is compared with (the
+/// global-lock design), when the benchmark has one.
+pub const BASELINE_VARIANT: &str = "global";
 
 /// Wrapper that carries the schema version with every record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "parse", derive(Deserialize))]
-pub struct Envelope<S> {
+pub struct Envelope<S, C> {
     pub schema: u32,
-    pub record: Record<S>,
+    pub record: Record<S, C>,
 }
+
+/// Named counters as the guest sends them (a JSON object `{"name":n,...}`),
+/// without a heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters<'a>(pub &'a [(&'a str, u64)]);
+
+impl Serialize for Counters<'_> {
+    fn serialize<Z: Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A record as the guest builds it.
+pub type GuestRecord<'a> = Record<&'a str, Counters<'a>>;
+
+/// A record as the host parses it.
+#[cfg(feature = "parse")]
+pub type HostRecord = Record<alloc::string::String, alloc::collections::BTreeMap<alloc::string::String, u64>>;
 
 /// How the local APIC is driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,7 +80,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "parse", derive(Deserialize))]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Record<S> {
+pub enum Record<S, C> {
     /// Sent once after AP bring-up.
     Boot {
         cpus_online: u32,
@@ -70,6 +101,51 @@ pub enum Record<S> {
     },
     /// Last record of a test run.
     Summary { passed: u32, failed: u32 },
+    /// First record of a benchmark run: how many `Bench` records follow
+    /// (runs × repetitions), for the host's progress display.
+    BenchPlan { runs: u32, reps: u32, quick: bool },
+    /// One measured repetition of one variant of one benchmark, on every
+    /// online CPU at once. Warm-up repetitions are not sent.
+    Bench {
+        /// `frames.pair`, `fault.anon`, ...
+        bench: S,
+        /// `magazine`, `busy`, [`BASELINE_VARIANT`], ...
+        variant: S,
+        /// CPUs that ran the workload.
+        smp: u32,
+        /// Repetition number, from 0.
+        rep: u32,
+        /// Operations done by all CPUs together.
+        ops: u64,
+        /// Wall-clock time of the repetition, first start to last finish.
+        ns: u64,
+        ops_per_sec: u64,
+        /// Per-operation latency percentiles, from a histogram whose
+        /// buckets are at most 1/16 wide (values are bucket upper bounds).
+        ns_p50: u64,
+        ns_p99: u64,
+        ns_max: u64,
+        /// Subsystem counters summed over CPUs for this repetition.
+        counters: C,
+    },
+    /// A benchmark whose correctness check failed: its figures are void
+    /// and the run fails.
+    BenchFail { bench: S, variant: S, smp: u32, detail: S },
+    /// Last record of a benchmark run.
+    BenchDone { runs: u32, failed: u32 },
+    /// Stress mode's periodic progress (one per audit round).
+    StressRound { round: u32, elapsed_ms: u64, audits: u64, ops: C },
+    /// Stress mode's result: operations per subsystem, audits passed, and
+    /// the first violation (empty when none) with what replays it.
+    Stress {
+        seed: u64,
+        seconds: u64,
+        smp: u32,
+        audits: u64,
+        violations: u64,
+        ops: C,
+        detail: S,
+    },
 }
 
 /// Longest record line the guest can format (without the prefix).
@@ -77,7 +153,7 @@ pub const MAX_LINE: usize = 1024;
 
 /// Formats `record` as JSON (without the prefix). Fails only when the line
 /// would be longer than [`MAX_LINE`].
-pub fn to_json(record: &Record<&str>) -> Result<heapless::String<MAX_LINE>, serde_json_core::ser::Error> {
+pub fn to_json(record: &GuestRecord) -> Result<heapless::String<MAX_LINE>, serde_json_core::ser::Error> {
     serde_json_core::to_string(&Envelope { schema: SCHEMA, record: record.clone() })
 }
 
@@ -87,6 +163,35 @@ pub use serde_json_core::heapless;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn bench_record_counters_are_an_object() {
+        let counters = [("allocs", 640u64), ("buddy_locks", 3)];
+        let rec = Record::Bench {
+            bench: "frames.pair",
+            variant: "magazine",
+            smp: 8,
+            rep: 2,
+            ops: 640,
+            ns: 1000,
+            ops_per_sec: 640_000_000_000,
+            ns_p50: 90,
+            ns_p99: 200,
+            ns_max: 5000,
+            counters: Counters(&counters),
+        };
+        let line = to_json(&rec).unwrap();
+        assert!(line.contains(r#""counters":{"allocs":640,"buddy_locks":3}"#), "{line}");
+        let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
+        match parsed.record {
+            Record::Bench { bench, smp: 8, rep: 2, counters, .. } => {
+                assert_eq!(bench, "frames.pair");
+                assert_eq!(counters["buddy_locks"], 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn guest_line_parses_on_host() {
@@ -97,7 +202,7 @@ mod tests {
             detail: "cpu 3 \"late\"",
         })
         .unwrap();
-        let parsed: Envelope<String> = serde_json::from_str(&line).unwrap();
+        let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed.schema, SCHEMA);
         assert_eq!(
             parsed.record,
@@ -107,7 +212,7 @@ mod tests {
 
     #[test]
     fn boot_record_round_trips() {
-        let rec = Record::Boot {
+        let rec: GuestRecord = Record::Boot {
             cpus_online: 8,
             cpus_total: 8,
             apic: ApicMode::X2Apic,
@@ -117,7 +222,7 @@ mod tests {
         };
         let line = to_json(&rec).unwrap();
         assert!(line.contains("\"kind\":\"boot\""), "{line}");
-        let parsed: Envelope<String> = serde_json::from_str(&line).unwrap();
+        let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
         assert!(matches!(parsed.record, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, .. }));
     }
 

@@ -1,17 +1,17 @@
 //! Recognising and parsing the guest's record lines (format: `record` crate).
 
 use anyhow::{bail, Context, Result};
-use record::{ApicMode, Envelope, Record, PREFIX, SCHEMA};
+use record::{ApicMode, Envelope, HostRecord, PREFIX, SCHEMA};
 
 /// `None` for free text; `Some(Err)` for a record line we cannot use.
 /// The prefix may sit mid-line: another CPU's unterminated text or a
 /// firmware escape sequence can precede it on the same serial line.
-pub fn parse_line(line: &str) -> Option<Result<Record<String>>> {
+pub fn parse_line(line: &str) -> Option<Result<HostRecord>> {
     let at = line.find(PREFIX)?;
     Some(parse_json(&line[at + PREFIX.len()..]))
 }
 
-fn parse_json(json: &str) -> Result<Record<String>> {
+fn parse_json(json: &str) -> Result<HostRecord> {
     // Check the schema before the shape, so a kernel speaking a newer
     // schema gets "schema mismatch" and not a confusing field error.
     let value: serde_json::Value =
@@ -21,7 +21,7 @@ fn parse_json(json: &str) -> Result<Record<String>> {
         Some(s) => bail!("record schema {s} but this xtask reads schema {SCHEMA}; rebuild both from the same tree: {json}"),
         None => bail!("record without a numeric \"schema\": {json}"),
     }
-    let envelope: Envelope<String> =
+    let envelope: Envelope<String, std::collections::BTreeMap<String, u64>> =
         serde_json::from_value(value).with_context(|| format!("bad record: {json}"))?;
     Ok(envelope.record)
 }
@@ -46,7 +46,7 @@ pub fn duration(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use record::Outcome;
+    use record::{Outcome, Record};
 
     #[test]
     fn free_text_is_not_a_record() {
@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn prefix_in_the_middle_of_a_line() {
-        let line = r#"cpu 3 says hi@@smpmm {"schema":1,"record":{"kind":"summary","passed":4,"failed":1}}"#;
+        let line = r#"cpu 3 says hi@@smpmm {"schema":2,"record":{"kind":"summary","passed":4,"failed":1}}"#;
         let rec = parse_line(line).unwrap().unwrap();
         assert_eq!(
             rec,
@@ -109,7 +109,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record JSON"), "{err:#}");
-        let err = parse_line(r#"@@smpmm {"schema":1,"record":{"kind":"nonsense"}}"#)
+        let err = parse_line(r#"@@smpmm {"schema":2,"record":{"kind":"nonsense"}}"#)
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record"), "{err:#}");
@@ -117,11 +117,11 @@ mod tests {
 
     #[test]
     fn wrong_schema_is_named_as_such() {
-        let err = parse_line(r#"@@smpmm {"schema":2,"record":{"kind":"whatever","x":1}}"#)
+        let err = parse_line(r#"@@smpmm {"schema":3,"record":{"kind":"whatever","x":1}}"#)
             .unwrap()
             .unwrap_err();
         assert!(
-            format!("{err:#}").contains("record schema 2 but this xtask reads schema 1"),
+            format!("{err:#}").contains("record schema 3 but this xtask reads schema 2"),
             "{err:#}"
         );
         let err = parse_line(r#"@@smpmm {"record":{"kind":"summary","passed":0,"failed":0}}"#)

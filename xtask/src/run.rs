@@ -6,7 +6,7 @@ use crate::exit::Exit;
 use crate::qemu::{Config, Qemu};
 use crate::{cmd, records};
 use anyhow::{bail, Context, Result};
-use record::{Outcome, Record};
+use record::{HostRecord, Outcome, Record};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, ExitStatus, Stdio};
@@ -31,7 +31,7 @@ pub enum Echo {
 /// Everything a run produced.
 pub struct Capture {
     pub exit: Exit,
-    pub records: Vec<Record<String>>,
+    pub records: Vec<HostRecord>,
     /// Record lines that did not parse (each one makes the run fail).
     pub bad_records: Vec<String>,
     pub tail: VecDeque<String>,
@@ -193,7 +193,7 @@ fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Result<Opti
 
 struct Sink {
     echo: Echo,
-    records: Vec<Record<String>>,
+    records: Vec<HostRecord>,
     bad_records: Vec<String>,
     tail: VecDeque<String>,
 }

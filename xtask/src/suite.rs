@@ -75,6 +75,7 @@ fn judge(cap: &Capture, smp: u32, expected_apic: Option<ApicMode>) -> (Tally, Ve
             Record::Summary { passed, failed } => {
                 summary = Some((u64::from(*passed), u64::from(*failed)))
             }
+            other => problems.push(format!("unexpected record in a test run: {other:?}")),
         }
     }
     match cap.exit {
@@ -125,8 +126,9 @@ fn judge(cap: &Capture, smp: u32, expected_apic: Option<ApicMode>) -> (Tally, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use record::HostRecord;
 
-    fn cap(exit: Exit, records: Vec<Record<String>>) -> Capture {
+    fn cap(exit: Exit, records: Vec<HostRecord>) -> Capture {
         Capture {
             exit,
             records,
@@ -136,7 +138,7 @@ mod tests {
             elapsed: Duration::ZERO,
         }
     }
-    fn boot(n: u32, apic: ApicMode) -> Record<String> {
+    fn boot(n: u32, apic: ApicMode) -> HostRecord {
         Record::Boot {
             cpus_online: n,
             cpus_total: n,
@@ -146,7 +148,7 @@ mod tests {
             usable_bytes: 1,
         }
     }
-    fn test(outcome: Outcome) -> Record<String> {
+    fn test(outcome: Outcome) -> HostRecord {
         Record::Test {
             name: "t".into(),
             outcome,
