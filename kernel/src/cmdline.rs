@@ -11,6 +11,10 @@ pub enum Mode {
     Run,
     /// Run the in-kernel test suites.
     Test,
+    /// Run the benchmarks (`only=`, `quick=1`) and send their records.
+    Bench,
+    /// Run the mixed stress workload for `seconds=` with `seed=`.
+    Stress,
 }
 
 pub struct Cmdline {
@@ -21,6 +25,12 @@ pub struct Cmdline {
     pub seed: Option<u64>,
     /// Eviction policy (`evict=clock` or `evict=lru`).
     pub eviction: Eviction,
+    /// Benchmarks to run (`only=a,b`: name prefixes); empty means all.
+    pub only: arrayvec::ArrayString<256>,
+    /// Shorter benchmark runs (`quick=1`).
+    pub quick: bool,
+    /// How long stress mode runs (`seconds=N`).
+    pub seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +47,7 @@ static BUF: spin::Mutex<[u8; 512]> = spin::Mutex::new([0; 512]);
 
 /// Reads and parses the command line; absent means `mode=run`.
 pub fn read() -> Cmdline {
-    let mut cmd = Cmdline { mode: Mode::Run, magazine_capacity: DEFAULT_MAGAZINE_CAPACITY, seed: None, eviction: Eviction::Clock };
+    let mut cmd = Cmdline { mode: Mode::Run, magazine_capacity: DEFAULT_MAGAZINE_CAPACITY, seed: None, eviction: Eviction::Clock, only: arrayvec::ArrayString::new(), quick: false, seconds: 60 };
     let mut buf = BUF.lock();
     let text = match fw_cfg::read_file(FW_CFG_NAME, &mut buf[..]) {
         Ok(bytes) => core::str::from_utf8(bytes).unwrap_or(""),
@@ -51,6 +61,18 @@ pub fn read() -> Cmdline {
         match word.split_once('=') {
             Some(("mode", "run")) => cmd.mode = Mode::Run,
             Some(("mode", "test")) => cmd.mode = Mode::Test,
+            Some(("mode", "bench")) => cmd.mode = Mode::Bench,
+            Some(("mode", "stress")) => cmd.mode = Mode::Stress,
+            Some(("only", names)) => {
+                if cmd.only.try_push_str(names).is_err() {
+                    log::warn!("cmdline: only= longer than {} bytes; running all benchmarks", cmd.only.capacity());
+                }
+            }
+            Some(("quick", v)) => cmd.quick = v == "1",
+            Some(("seconds", n)) => match parse_u64(n) {
+                Some(s) if s > 0 => cmd.seconds = s,
+                _ => log::warn!("cmdline: seconds={n:?} is not a positive number"),
+            },
             Some(("mag", n)) => match n.parse() {
                 Ok(n) if (1..=mm::magazine::MAG_MAX).contains(&n) => cmd.magazine_capacity = n,
                 _ => log::warn!("cmdline: mag={n:?} is not 1..={}", mm::magazine::MAG_MAX),

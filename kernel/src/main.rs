@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+mod bench_machine;
 mod cmdline;
 mod cpu_features;
 mod fatal;
@@ -134,6 +135,17 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     match cmdline.mode {
         cmdline::Mode::Run => exit(ExitCode::Success),
         cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc))),
+        cmdline::Mode::Bench => {
+            let plan = if cmdline.quick { bench::Plan::QUICK } else { bench::Plan::FULL };
+            let seed = cmdline.seed.unwrap_or_else(tsc::rdtsc);
+            let ok = bench::run_benchmarks(&bench_machine::REPORTING, &cmdline.only, plan, cmdline.quick, seed);
+            exit(if ok { ExitCode::Success } else { ExitCode::Failure })
+        }
+        cmdline::Mode::Stress => {
+            let seed = cmdline.seed.unwrap_or_else(tsc::rdtsc);
+            let ok = bench::stress::run(&bench_machine::REPORTING, cmdline.seconds, seed);
+            exit(if ok { ExitCode::Success } else { ExitCode::Failure })
+        }
     }
 }
 

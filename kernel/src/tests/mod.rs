@@ -10,6 +10,7 @@ use drivers::tsc;
 use crate::fault_catch;
 use crate::logger::{self, Text};
 
+mod bench;
 mod faults;
 mod frames;
 mod heap;
@@ -86,6 +87,7 @@ const SUITES: &[&[Test]] = &[
     paging::TESTS,
     paging_smp::TESTS,
     usermode::TESTS,
+    bench::TESTS,
 ];
 
 static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

@@ -82,6 +82,15 @@ impl<P: VmPlatform> Vm<P> {
         self.quarantined.fetch_add(frames, Ordering::Relaxed);
     }
 
+    /// Page tables mapping the kernel's `k_mem_map` area. Emptied tables
+    /// may stay for reuse (a prune skips a table while another unmap's
+    /// markers are in it), so a ledger of frames must count them.
+    pub fn region_table_frames(&self) -> u64 {
+        let _shared = self.kernel.tables.read();
+        let area = super::KERNEL_REGION_AREA;
+        table::count_tables(&self.p, self.kernel.root, table::TOP, 0, (area.start, area.end))
+    }
+
     /// Bytes of kernel virtual regions in use.
     pub fn region_bytes(&self) -> u64 {
         self.regions.used_bytes()

@@ -195,6 +195,19 @@ pub fn collect_all<P: VmPlatform>(
     }
 }
 
+/// Tables below `table` (at `level`, from `base`) that lie in `range`.
+pub fn count_tables<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, range: (u64, u64)) -> u64 {
+    let mut count = 0;
+    for (i, slot) in p.table(table).iter().enumerate() {
+        let Some(lo) = entry_in(base, i, level, range) else { continue };
+        let e = slot.load(Ordering::Acquire);
+        if level > 0 && pte::is_present(e) && e & HUGE == 0 {
+            count += 1 + count_tables(p, pte::addr(e), level - 1, lo, range);
+        }
+    }
+    count
+}
+
 /// If anything in `from..to` (`from < to`) is in use — mapped, or a
 /// removed mapping still waiting for its shootdown — the end of the first
 /// used entry's span; absent tables are skipped whole.

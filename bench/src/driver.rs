@@ -1,0 +1,99 @@
+//! The benchmark driver: for each selected benchmark and variant, warm-up
+//! repetitions, then measured ones, each sending one `Bench` record with
+//! ops, time, latency percentiles and counters. A workload that fails its
+//! own correctness check sends `BenchFail` and fails the run.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use record::{Counters, Record};
+
+use crate::counters::{self, Group};
+use crate::failure::Failure;
+use crate::machine::Machine;
+use crate::options::{selected, Plan};
+use crate::team::Team;
+use crate::workloads;
+
+/// One repetition's parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Rep {
+    pub duration_ns: u64,
+    /// Different for every repetition of every run, from the run's seed.
+    pub seed: u64,
+}
+
+/// A benchmark: name, counter groups, variants at a CPU count, and one
+/// repetition of a variant (which fills a team's results).
+pub struct Bench<M: Machine> {
+    pub name: &'static str,
+    pub groups: &'static [Group],
+    pub variants: fn(usize) -> Vec<String>,
+    pub run: fn(&'static M, &str, &Rep) -> Result<alloc::sync::Arc<Team>, Failure>,
+}
+
+/// Runs the selected benchmarks; true if none failed.
+pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: bool, seed: u64) -> bool {
+    let benches: Vec<Bench<M>> = workloads::all::<M>().into_iter().filter(|b| selected(only, b.name)).collect();
+    let cpus = m.cpus();
+    let runs: u32 = benches.iter().map(|b| (b.variants)(cpus).len() as u32).sum();
+    m.emit(&Record::BenchPlan { runs, reps: plan.reps, quick });
+    log::info!("bench: {} benchmarks, {runs} runs of {} repetitions on {cpus} CPUs", benches.len(), plan.reps);
+    let mut failed = 0;
+    let mut seq = seed;
+    for b in &benches {
+        for variant in (b.variants)(cpus) {
+            if let Err(e) = run_variant(m, b, &variant, plan, &mut seq) {
+                failed += 1;
+                log::error!("bench {} [{variant}] FAILED: {e}", b.name);
+                m.emit(&Record::BenchFail { bench: b.name, variant: &variant, smp: cpus as u32, detail: &e });
+            }
+        }
+    }
+    m.emit(&Record::BenchDone { runs, failed });
+    failed == 0
+}
+
+fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Plan, seq: &mut u64) -> Result<(), Failure> {
+    let mut next_rep = || {
+        *seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        Rep { duration_ns: plan.rep_ns, seed: *seq }
+    };
+    for _ in 0..plan.warmups {
+        (b.run)(m, variant, &next_rep())?;
+    }
+    for rep in 0..plan.reps {
+        let before = counters::snapshot(m);
+        let team = (b.run)(m, variant, &next_rep())?;
+        let after = counters::snapshot(m);
+        let (ops, ns, hist) = team.totals();
+        let list = counters::delta(&before, &after, b.groups);
+        let ops_per_sec = if ns == 0 { 0 } else { (ops as u128 * 1_000_000_000 / ns as u128) as u64 };
+        log::info!(
+            "bench {} [{variant}] rep {rep}: {ops} ops in {} us, {ops_per_sec} ops/s, p50 {} ns, p99 {} ns",
+            b.name,
+            ns / 1000,
+            hist.percentile(50),
+            hist.percentile(99)
+        );
+        m.emit(&Record::Bench {
+            bench: b.name,
+            variant,
+            smp: m.cpus() as u32,
+            rep,
+            ops,
+            ns,
+            ops_per_sec,
+            ns_p50: hist.percentile(50),
+            ns_p99: hist.percentile(99),
+            ns_max: hist.max(),
+            counters: Counters(&list),
+        });
+    }
+    Ok(())
+}
+
+/// The one variant of a benchmark without alternatives.
+pub fn single(_: usize) -> Vec<String> {
+    alloc::vec![String::from("default")]
+}

@@ -1,0 +1,24 @@
+//! In-kernel throughput benchmarks and the mixed stress mode.
+//!
+//! Every workload runs on all online CPUs at once (they start together at
+//! a barrier), checks its own results (a fast but wrong run fails), and
+//! reports per repetition through `record` records. Everything here is
+//! safe code over the [`Machine`] the kernel implements; portable parts
+//! (histogram, option parsing) are unit-tested on the host.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod counters;
+pub mod driver;
+pub mod failure;
+pub mod histogram;
+pub mod machine;
+pub mod options;
+pub mod team;
+pub(crate) mod workloads;
+
+pub use driver::run_benchmarks;
+pub use machine::{Machine, TlbCounts};
+pub use options::Plan;
+pub mod stress;

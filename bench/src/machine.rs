@@ -1,0 +1,52 @@
+//! What the benchmarks need from the kernel. The kernel implements this
+//! with `smp` and its hardware modules; everything in this crate is safe
+//! code on top of it.
+
+use mm::phys::PhysAllocator;
+use mm::platform::Platform;
+use mm::vm::{Vm, VmPlatform};
+use record::GuestRecord;
+
+/// Shootdown work one CPU did (from `smp::tlb`'s counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TlbCounts {
+    pub shootdowns: u64,
+    pub ipis: u64,
+}
+
+pub trait Machine: Sync + 'static {
+    type Phys: Platform + 'static;
+    type VmP: VmPlatform + 'static;
+
+    fn frames(&self) -> &'static PhysAllocator<'static, Self::Phys>;
+    fn vm(&self) -> &'static Vm<Self::VmP>;
+    /// Index of the running CPU.
+    fn cpu(&self) -> usize;
+    /// CPUs online, indices `0..cpus()`.
+    fn cpus(&self) -> usize;
+    fn now_ns(&self) -> u64;
+    /// Runs `f(cpu)` on every online CPU at once, the caller (CPU 0)
+    /// included, and waits up to `timeout_ns`; `Err` holds the CPUs (as a
+    /// bit set) that did not finish.
+    fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), u64>;
+    /// One step of a spin wait on another CPU: answers pending shootdowns
+    /// and cross-calls so the CPU waited for can finish.
+    fn wait_step(&self);
+    /// Sends a record to the host.
+    fn emit(&self, record: &GuestRecord);
+    fn tlb_counts(&self, cpu: usize) -> TlbCounts;
+    /// The kernel heap's bytes in use and pages held (the heap takes and
+    /// gives back frames behind a benchmark's back).
+    fn heap_stats(&self) -> mm::heap::HeapStats;
+    /// Reads/writes a word of memory the benchmark itself mapped (and keeps
+    /// mapped, or on demand) in the kernel's mapping area or in a user space
+    /// active on this CPU. The kernel refuses addresses outside those areas.
+    fn read_word(&self, virt: u64) -> u64;
+    fn write_word(&self, virt: u64, value: u64);
+}
+
+/// Free frames plus the frames the heap holds: what a benchmark that gives
+/// back everything it took must leave unchanged.
+pub fn frames_accounted<M: Machine>(m: &M) -> u64 {
+    m.frames().free_bytes() / mm::PAGE_SIZE + m.heap_stats().pages
+}

@@ -1,0 +1,285 @@
+//! Stress mode: every subsystem at once on every CPU for a given time.
+//!
+//! Each CPU runs a random mix (from the seed, its index and the round) of
+//! frame alloc/free, heap objects of mixed sizes, map/write/read/unmap in
+//! its own user space, accesses to its own pages of one shared on-demand
+//! region kept over a small resident limit (so evictions run all the
+//! time), explicit page-out/page-in/pin/unpin of those pages, and bad
+//! calls that must be refused. Everything a CPU holds is checked (stamps,
+//! shadows of what it wrote) and given back at the end of a round; then
+//! CPU 0 runs the frame and paging audits. At the end the region is
+//! unmapped and the frame ledger must be exactly as at the start.
+//!
+//! The seed fixes each CPU's sequence of operations; the interleaving of
+//! CPUs is up to the machine, so a replay reruns the same operations, not
+//! the same timing.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use arrayvec::ArrayVec;
+use mm::vm::{AddressSpace, Flags, PageSize, VmPlatform};
+use record::{Counters, Record};
+
+use crate::failure::{check, fails, failure, Failure};
+use crate::machine::{frames_accounted, Machine};
+use crate::team::Team;
+use crate::workloads::space::page;
+
+/// Length of one round between audits.
+const ROUND_NS: u64 = 2_000_000_000;
+/// The shared on-demand region and the resident limit over it.
+const PAGED: u64 = 512;
+const RESIDENT: u64 = 128;
+
+const KINDS: [&str; 6] = ["frames", "heap", "vm", "paging", "pin", "refused"];
+
+struct Shared {
+    region: u64,
+    spaces: Vec<AddressSpace>,
+    /// Per CPU: the generation each of its region pages holds.
+    shadows: Vec<spin::Mutex<Vec<u64>>>,
+}
+
+type Ops = [AtomicU64; KINDS.len()];
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn pattern(va: u64, gen: u64) -> u64 {
+    if gen == 0 {
+        0
+    } else {
+        va ^ gen << 40
+    }
+}
+
+fn counts(ops: &Ops) -> ArrayVec<(&'static str, u64), { KINDS.len() }> {
+    KINDS.iter().zip(ops).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).collect()
+}
+
+/// Runs stress mode for `seconds`; true if no violation was found.
+pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
+    let n = m.cpus();
+    log::info!("stress: {seconds} s on {n} CPUs, seed {seed:#x}");
+    let start = m.now_ns();
+    let ops: Arc<Ops> = Arc::new(Default::default());
+    let (mut audits, mut round) = (0u64, 0u32);
+    let result = (|| -> Result<(), Failure> {
+        let pg = m.vm().pager().map_err(|e| fails("paging", e))?;
+        let ledger = || frames_accounted(m) + m.vm().region_table_frames();
+        let before = ledger();
+        let limit = pg.resident_limit();
+        pg.set_resident_limit(RESIDENT);
+        let region = m.vm().k_mem_map(PAGED * mm::PAGE_SIZE, mm::vm::KMemFlags::RW).map_err(|e| fails("k_mem_map", e))?;
+        let spaces = (0..n).map(|_| m.vm().new_user_space()).collect::<Result<Vec<_>, _>>().map_err(|e| fails("new space", e))?;
+        let shared = Arc::new(Shared {
+            region,
+            spaces,
+            shadows: (0..n).map(|c| spin::Mutex::new(vec![0; (c..PAGED as usize).step_by(n).count()])).collect(),
+        });
+        let r = (|| {
+            while m.now_ns() - start < seconds * 1_000_000_000 {
+                let team = Team::new(n);
+                let (s, o) = (shared.clone(), ops.clone());
+                let round_seed = seed ^ (round as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                team.run(m, move |team, cpu| worker(m, team, &s, &o, cpu, round_seed))?;
+                m.frames().audit().map_err(|e| failure(format_args!("frame audit: {e:?}")))?;
+                m.vm().audit_paging().map_err(|e| failure(format_args!("paging audit: {e:?}")))?;
+                audits += 2;
+                let c = counts(&ops);
+                m.emit(&Record::StressRound { round, elapsed_ms: (m.now_ns() - start) / 1_000_000, audits, ops: Counters(&c) });
+                round += 1;
+            }
+            Ok(())
+        })();
+        m.vm().k_mem_unmap(region, PAGED * mm::PAGE_SIZE).map_err(|e| fails("k_mem_unmap", e))?;
+        pg.set_resident_limit(limit);
+        let shared = Arc::try_unwrap(shared).map_err(|_| failure(format_args!("a CPU still holds the stress state")))?;
+        for s in shared.spaces {
+            m.vm().destroy_space(s).map_err(|(e, _)| fails("destroy space", e))?;
+        }
+        r?;
+        let after = ledger();
+        check!(after == before, "frames (free, heap, region tables): {before} before the run, {after} after");
+        audits += 1;
+        Ok(())
+    })();
+    let c = counts(&ops);
+    let (violations, detail) = match &result {
+        Ok(()) => (0, Failure::new()),
+        Err(e) => (1, failure(format_args!("round {round}, seed {seed:#x}: {e}"))),
+    };
+    log::info!("stress: {round} rounds, {audits} audits, {violations} violations {detail}");
+    m.emit(&Record::Stress { seed, seconds, smp: n as u32, audits, violations, ops: Counters(&c), detail: &detail });
+    violations == 0
+}
+
+/// One CPU's round in its own user space.
+fn worker<M: Machine>(m: &M, team: &Team, s: &Shared, ops: &Ops, cpu: usize, seed: u64) -> Result<(), Failure> {
+    let space = &s.spaces[cpu];
+    m.vm().activate(space);
+    let mut held = Held::default();
+    let mut done = [0u64; KINDS.len()];
+    let mut rng = seed ^ (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut op = 0u64;
+    let r = (|| {
+        let mut shadow = s.shadows[cpu].lock();
+        team.barrier(m)?;
+        let end = m.now_ns() + ROUND_NS;
+        while m.now_ns() < end && !team.aborted() {
+            op += 1;
+            let kind = mix_step(m, s, space, &mut held, &mut shadow, cpu, &mut rng, op)?;
+            done[kind] += 1;
+        }
+        Ok(())
+    })();
+    let n = s.spaces.len();
+    let r = r.and_then(|()| held.give_back(m, space, |i| s.region + (cpu + i * n) as u64 * mm::PAGE_SIZE));
+    m.vm().deactivate(space);
+    for (total, d) in ops.iter().zip(done) {
+        total.fetch_add(d, Ordering::Relaxed);
+    }
+    r.map_err(|e| failure(format_args!("cpu {cpu} op {op}: {e}")))
+}
+
+/// What a CPU holds during a round.
+#[derive(Default)]
+struct Held {
+    frames: ArrayVec<u64, 64>,
+    objects: ArrayVec<(Box<[u64]>, u64), 32>,
+    /// (address in the CPU's space, frame, stamp)
+    mapped: ArrayVec<(u64, u64, u64), 32>,
+    next_page: u64,
+    /// Indices of its region pages it pinned.
+    pinned: ArrayVec<usize, 4>,
+}
+
+impl Held {
+    fn drop_object(&mut self) -> Result<(), Failure> {
+        let (obj, stamp) = self.objects.remove(0);
+        check!(obj.iter().all(|&w| w == stamp), "heap object {stamp:#x} was overwritten");
+        Ok(())
+    }
+
+    fn unmap_oldest<M: Machine>(&mut self, m: &M, space: &AddressSpace) -> Result<(), Failure> {
+        let (va, phys, stamp) = self.mapped.remove(0);
+        let got = m.read_word(va);
+        check!(got == stamp, "page {va:#x} reads {got:#x}, wrote {stamp:#x}");
+        let back = m.vm().umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+        check!(back == phys, "unmap of {va:#x} gave {back:#x}, mapped {phys:#x}");
+        m.frames().free_page(phys).map_err(|e| fails("free", e))
+    }
+
+    fn give_back<M: Machine>(&mut self, m: &M, space: &AddressSpace, region_page: impl Fn(usize) -> u64) -> Result<(), Failure> {
+        while let Some(i) = self.pinned.pop() {
+            m.vm().unpin(region_page(i), mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
+        }
+        while let Some(phys) = self.frames.pop() {
+            m.frames().free_page(phys).map_err(|e| fails("free", e))?;
+        }
+        while !self.objects.is_empty() {
+            self.drop_object()?;
+        }
+        while !self.mapped.is_empty() {
+            self.unmap_oldest(m, space)?;
+        }
+        Ok(())
+    }
+}
+
+/// One random operation; returns its kind (an index into `KINDS`).
+#[allow(clippy::too_many_arguments)]
+fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held, shadow: &mut [u64], cpu: usize, rng: &mut u64, op: u64) -> Result<usize, Failure> {
+    let (vm, frames) = (m.vm(), m.frames());
+    let r = xorshift(rng);
+    let coin = r >> 32 & 1 == 1;
+    let n = s.spaces.len();
+    // This CPU's pages of the shared region: cpu, cpu + n, ...
+    let i = (r >> 40) as usize % shadow.len();
+    let va = s.region + (cpu + i * n) as u64 * mm::PAGE_SIZE;
+    let pinned = held.pinned.contains(&i);
+    Ok(match r % 16 {
+        0..=2 => {
+            if held.frames.is_full() || (coin && !held.frames.is_empty()) {
+                let phys = held.frames.swap_remove((r >> 8) as usize % held.frames.len());
+                frames.free_page(phys).map_err(|e| fails("free", e))?;
+            } else {
+                held.frames.push(frames.alloc_page().map_err(|e| fails("alloc", e))?);
+            }
+            0
+        }
+        3..=5 => {
+            if held.objects.is_full() || (coin && !held.objects.is_empty()) {
+                held.drop_object()?;
+            } else {
+                let words = [2, 3, 4, 8, 16, 32, 64][(r >> 8) as usize % 7];
+                let stamp = (cpu as u64) << 48 | op;
+                held.objects.push((vec![stamp; words].into_boxed_slice(), stamp));
+            }
+            1
+        }
+        6..=7 => {
+            if held.mapped.is_full() || (coin && !held.mapped.is_empty()) {
+                held.unmap_oldest(m, space)?;
+            } else {
+                let va = page(0, held.next_page);
+                held.next_page += 1;
+                let phys = frames.alloc_page().map_err(|e| fails("alloc", e))?;
+                vm.platform().fill_frame(phys, 0);
+                if let Err(e) = vm.map_single(space, va, phys, Flags::WRITE, PageSize::Size4K) {
+                    frames.free_page(phys).map_err(|e| fails("free", e))?;
+                    return Err(fails("map", e));
+                }
+                check!(m.read_word(va) == 0, "new page {va:#x} is not zeroed");
+                let stamp = va ^ phys ^ op;
+                m.write_word(va, stamp);
+                held.mapped.push((va, phys, stamp));
+            }
+            2
+        }
+        8..=12 => {
+            let got = m.read_word(va);
+            check!(got == pattern(va, shadow[i]), "region page {va:#x} reads {got:#x}, wrote generation {} last", shadow[i]);
+            shadow[i] += 1;
+            m.write_word(va, pattern(va, shadow[i]));
+            3
+        }
+        13 => {
+            let r = if coin { vm.page_out(va, mm::PAGE_SIZE) } else { vm.page_in(va, mm::PAGE_SIZE) };
+            match (r, pinned, coin) {
+                (Ok(()), false, _) | (Ok(()), true, false) => {}
+                (Err(mm::paging::PagingError::Pinned { .. }), true, true) => {}
+                (r, _, _) => return Err(failure(format_args!("page {} of {va:#x} (pinned: {pinned}): {r:?}", if coin { "out" } else { "in" }))),
+            }
+            3
+        }
+        14 => {
+            if pinned {
+                vm.unpin(va, mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
+                held.pinned.retain(|&mut p| p != i);
+            } else if !held.pinned.is_full() {
+                vm.pin(va, mm::PAGE_SIZE).map_err(|e| fails("pin", e))?;
+                held.pinned.push(i);
+            }
+            4
+        }
+        _ => {
+            // Bad calls: each must fail with its own error.
+            let unaligned = frames.free_page(0x1001);
+            check!(matches!(unaligned, Err(mm::frame::FrameError::NotAligned { .. })), "free of 0x1001: {unaligned:?}");
+            let unmapped = vm.umap_single(space, page(1, op), PageSize::Size4K);
+            check!(matches!(unmapped, Err(mm::vm::VmError::NotMapped { .. })), "unmap of an unmapped page: {unmapped:?}");
+            let odd = vm.page_out(va + 8, mm::PAGE_SIZE);
+            check!(odd.is_err(), "page-out of an unaligned address succeeded");
+            5
+        }
+    })
+}

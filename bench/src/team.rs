@@ -1,0 +1,182 @@
+//! Running one workload on every online CPU at once: a job slot that turns
+//! a closure into the plain `fn(usize)` the kernel's CPU runner takes, a
+//! barrier whose waits are bounded and answer shootdowns, and per-CPU
+//! result slots (ops, start, end, latency histogram).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use spin::Mutex;
+
+use crate::failure::{failure, Failure};
+use crate::histogram::Histogram;
+use crate::machine::Machine;
+
+/// Longest a CPU waits at a barrier for the others.
+pub const BARRIER_WAIT_NS: u64 = 20_000_000_000;
+/// Longest one workload runs on the other CPUs after CPU 0 finished.
+const RUN_TIMEOUT_NS: u64 = 120_000_000_000;
+
+type Job = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// The job every CPU runs: set only by `Team::run`, which runs one team
+/// at a time (it is called from CPU 0 only, and waits for the others).
+static JOB: Mutex<Option<Job>> = Mutex::new(None);
+
+fn trampoline(cpu: usize) {
+    let job = JOB.lock().clone();
+    if let Some(job) = job {
+        job(cpu);
+    }
+}
+
+/// What one CPU did in one repetition.
+#[derive(Default)]
+pub struct CpuResult {
+    pub ops: u64,
+    pub start: u64,
+    pub end: u64,
+    pub hist: Histogram,
+}
+
+pub struct Team {
+    pub n: usize,
+    arrived: AtomicUsize,
+    generation: AtomicU64,
+    abort: AtomicBool,
+    errors: AtomicU64,
+    first_error: Mutex<Option<Failure>>,
+    results: Vec<Mutex<CpuResult>>,
+}
+
+impl Team {
+    pub fn new(n: usize) -> Arc<Team> {
+        Arc::new(Team {
+            n,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            abort: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            results: (0..n).map(|_| Mutex::new(CpuResult::default())).collect(),
+        })
+    }
+
+    /// Runs `body(cpu)` on every CPU and returns the first failure any CPU
+    /// reported (with how many there were).
+    pub fn run<M: Machine>(self: &Arc<Self>, m: &M, body: impl Fn(&Team, usize) -> Result<(), Failure> + Send + Sync + 'static) -> Result<(), Failure> {
+        let team = self.clone();
+        *JOB.lock() = Some(Arc::new(move |cpu| {
+            if let Err(e) = body(&team, cpu) {
+                team.fail(e);
+            }
+        }));
+        let ran = m.run_on_all(trampoline, RUN_TIMEOUT_NS);
+        *JOB.lock() = None;
+        if let Err(cpus) = ran {
+            return Err(failure(format_args!("CPUs {cpus:#x} did not finish within {} s", RUN_TIMEOUT_NS / 1_000_000_000)));
+        }
+        match self.first_error.lock().take() {
+            Some(e) => Err(failure(format_args!("{} errors; first: {e}", self.errors.load(Ordering::Relaxed)))),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failure and makes every CPU's waits and loops stop.
+    pub fn fail(&self, e: Failure) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.abort.store(true, Ordering::Release);
+        let mut first = self.first_error.lock();
+        if first.is_none() {
+            *first = Some(e);
+        }
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Acquire)
+    }
+
+    /// Waits until all `n` CPUs have arrived (bounded; answers shootdowns
+    /// while it spins). Fails at once if the run was aborted.
+    pub fn barrier<M: Machine>(&self, m: &M) -> Result<(), Failure> {
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return Ok(());
+        }
+        let deadline = m.now_ns() + BARRIER_WAIT_NS;
+        while self.generation.load(Ordering::Acquire) == gen {
+            if self.aborted() {
+                return Err(failure(format_args!("cpu {} left a barrier: another CPU failed", m.cpu())));
+            }
+            if m.now_ns() > deadline {
+                return Err(failure(format_args!("cpu {} waited {} s at a barrier", m.cpu(), BARRIER_WAIT_NS / 1_000_000_000)));
+            }
+            m.wait_step();
+        }
+        Ok(())
+    }
+
+    /// This CPU's result slot.
+    pub fn result(&self, cpu: usize) -> spin::MutexGuard<'_, CpuResult> {
+        self.results[cpu].lock()
+    }
+
+    /// Ops of all CPUs, first start to last finish, and merged latencies.
+    pub fn totals(&self) -> (u64, u64, Histogram) {
+        let mut hist = Histogram::new();
+        let (mut ops, mut start, mut end) = (0, u64::MAX, 0);
+        for r in &self.results {
+            let r = r.lock();
+            if r.ops == 0 && r.hist.count() == 0 {
+                continue;
+            }
+            ops += r.ops;
+            start = start.min(r.start);
+            end = end.max(r.end);
+            hist.merge(&r.hist);
+        }
+        (ops, end.saturating_sub(start), hist)
+    }
+}
+
+/// A CPU's timed loop: runs until `duration_ns` has passed since `begin`
+/// or the team aborted, timing each operation.
+pub struct Timed<'a, M: Machine> {
+    m: &'a M,
+    pub result: CpuResult,
+    deadline: u64,
+}
+
+impl<'a, M: Machine> Timed<'a, M> {
+    pub fn begin(m: &'a M, duration_ns: u64) -> Timed<'a, M> {
+        let start = m.now_ns();
+        Timed { m, result: CpuResult { start, ..CpuResult::default() }, deadline: start + duration_ns }
+    }
+
+    pub fn running(&self, team: &Team) -> bool {
+        !team.aborted() && self.m.now_ns() < self.deadline
+    }
+
+    /// Runs one operation, records its latency, counts `ops` operations.
+    pub fn op<R>(&mut self, ops: u64, f: impl FnOnce() -> R) -> R {
+        let t0 = self.m.now_ns();
+        let r = f();
+        self.result.hist.record(self.m.now_ns() - t0);
+        self.result.ops += ops;
+        r
+    }
+
+    /// Counts operations whose latency is not recorded one by one.
+    pub fn count(&mut self, ops: u64) {
+        self.result.ops += ops;
+    }
+
+    /// Stores the result in the team's slot for this CPU.
+    pub fn finish(mut self, team: &Team, cpu: usize) {
+        self.result.end = self.m.now_ns();
+        *team.result(cpu) = self.result;
+    }
+}

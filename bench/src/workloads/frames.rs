@@ -1,0 +1,139 @@
+//! Frame allocator workloads, each with the magazine allocator and the
+//! global-lock baseline: `pair` (alloc+free one frame), `batch` (alloc 64,
+//! free 64), `remote` (frames freed by the next CPU, not the allocating
+//! one). Latency samples are single alloc or free calls. Checks: no
+//! allocation fails, a batch holds 64 distinct frames, the free count is
+//! back where it was, and the frame audit (conservation) passes.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use arrayvec::ArrayVec;
+use mm::phys::Policy;
+use spin::Mutex;
+
+use crate::driver::Rep;
+use crate::failure::{check, fails, failure, Failure};
+use crate::machine::{frames_accounted, Machine};
+use crate::team::{Team, Timed};
+
+const BATCH: usize = 64;
+/// Frames in flight to a neighbour before the sender frees locally.
+const MAILBOX: usize = 256;
+
+pub fn variants(_: usize) -> Vec<String> {
+    alloc::vec![String::from("magazine"), String::from(record::BASELINE_VARIANT)]
+}
+
+fn policy(variant: &str) -> Result<Policy, Failure> {
+    match variant {
+        "magazine" => Ok(Policy::Magazine),
+        v if v == record::BASELINE_VARIANT => Ok(Policy::GlobalLock),
+        v => Err(failure(format_args!("no frames variant {v:?}"))),
+    }
+}
+
+/// Runs `body` under the variant's policy and checks the allocator after.
+fn with_policy<M: Machine>(m: &'static M, variant: &str, body: impl FnOnce() -> Result<Arc<Team>, Failure>) -> Result<Arc<Team>, Failure> {
+    let frames = m.frames();
+    frames.set_policy(policy(variant)?);
+    let before = frames_accounted(m);
+    let result = body();
+    frames.set_policy(Policy::Magazine);
+    let team = result?;
+    let after = frames_accounted(m);
+    check!(after == before, "{before} frames free or in the heap before, {after} after");
+    frames.audit().map_err(|e| fails("frame audit", e))?;
+    Ok(team)
+}
+
+pub fn pair<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    let d = rep.duration_ns;
+    with_policy(m, variant, || {
+        let team = Team::new(m.cpus());
+        team.run(m, move |team, cpu| {
+            let f = m.frames();
+            team.barrier(m)?;
+            let mut t = Timed::begin(m, d);
+            while t.running(team) {
+                let phys = t.op(1, || f.alloc_page()).map_err(|e| fails("alloc", e))?;
+                t.op(0, || f.free_page(phys)).map_err(|e| fails("free", e))?;
+            }
+            t.finish(team, cpu);
+            Ok(())
+        })?;
+        Ok(team)
+    })
+}
+
+pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    let d = rep.duration_ns;
+    with_policy(m, variant, || {
+        let team = Team::new(m.cpus());
+        team.run(m, move |team, cpu| {
+            let f = m.frames();
+            let mut held = ArrayVec::<u64, BATCH>::new();
+            team.barrier(m)?;
+            let mut t = Timed::begin(m, d);
+            let mut round = 0u64;
+            while t.running(team) {
+                for _ in 0..BATCH {
+                    held.push(t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?);
+                }
+                if round % 64 == 0 {
+                    let mut sorted = held.clone();
+                    sorted.sort_unstable();
+                    check!(sorted.windows(2).all(|w| w[0] != w[1]), "cpu {cpu}: a batch holds one frame twice");
+                }
+                for phys in held.drain(..) {
+                    t.op(1, || f.free_page(phys)).map_err(|e| fails("free", e))?;
+                }
+                round += 1;
+            }
+            t.finish(team, cpu);
+            Ok(())
+        })?;
+        Ok(team)
+    })
+}
+
+pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    let d = rep.duration_ns;
+    with_policy(m, variant, || {
+        let n = m.cpus();
+        let team = Team::new(n);
+        let boxes: Arc<Vec<Mutex<ArrayVec<u64, MAILBOX>>>> = Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
+        team.run(m, move |team, cpu| {
+            let f = m.frames();
+            let next = &boxes[(cpu + 1) % n];
+            let mine = &boxes[cpu];
+            let mut inbox = ArrayVec::<u64, MAILBOX>::new();
+            team.barrier(m)?;
+            let mut t = Timed::begin(m, d);
+            let mut i = 0u64;
+            while t.running(team) {
+                let phys = t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?;
+                if let Err(e) = next.lock().try_push(phys) {
+                    // The neighbour is behind: keep the frame moving.
+                    t.op(1, || f.free_page(e.element())).map_err(|e| fails("free", e))?;
+                }
+                i += 1;
+                if i % 16 == 0 {
+                    core::mem::swap(&mut inbox, &mut *mine.lock());
+                    for phys in inbox.drain(..) {
+                        t.op(1, || f.free_page(phys)).map_err(|e| fails("remote free", e))?;
+                    }
+                }
+            }
+            t.finish(team, cpu);
+            // Nobody sends after this barrier: take what is left.
+            team.barrier(m)?;
+            for phys in mine.lock().drain(..) {
+                f.free_page(phys).map_err(|e| fails("final free", e))?;
+            }
+            Ok(())
+        })?;
+        Ok(team)
+    })
+}

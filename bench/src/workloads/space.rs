@@ -1,0 +1,64 @@
+//! User spaces for the mapping workloads: made before a run, activated on
+//! the CPUs that use them, destroyed after; pages mapped supervisor-only in
+//! the lower half (so no SMAP window is needed), each CPU in its own 2 MiB
+//! window. The frame ledger must balance once the spaces are gone.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use mm::vm::{AddressSpace, Flags, PageSize, VmPlatform};
+
+use crate::failure::{check, fails, Failure};
+use crate::machine::{frames_accounted, Machine};
+
+pub const BASE: u64 = 0x4000_0000;
+/// Each CPU's window of addresses.
+pub const WINDOW: u64 = 0x20_0000;
+
+pub fn page(cpu: usize, i: u64) -> u64 {
+    BASE + cpu as u64 * WINDOW + (i % (WINDOW / mm::PAGE_SIZE)) * mm::PAGE_SIZE
+}
+
+/// A word that fills a frame filled with `byte`.
+pub fn filled(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// Maps a fresh frame at `virt`, filled with `byte`.
+pub fn map_filled<M: Machine>(m: &M, space: &AddressSpace, virt: u64, byte: u8) -> Result<u64, Failure> {
+    let phys = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
+    m.vm().platform().fill_frame(phys, byte);
+    m.vm().map_single(space, virt, phys, Flags::WRITE, PageSize::Size4K).map_err(|e| fails("map", e))?;
+    Ok(phys)
+}
+
+/// Unmaps `virt`, checks it was `phys`, poisons and frees the frame (a CPU
+/// that still read it through a stale translation would see the poison).
+pub fn unmap_poison<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<(), Failure> {
+    let back = m.vm().umap_single(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+    check!(back == phys, "unmap of {virt:#x} gave frame {back:#x}, mapped {phys:#x}");
+    m.vm().platform().fill_frame(phys, POISON);
+    m.frames().free_page(phys).map_err(|e| fails("free", e))
+}
+
+pub const POISON: u8 = 0xEE;
+
+/// `count` new user spaces, and the frame ledger before them.
+pub fn make<M: Machine>(m: &M, count: usize) -> Result<(Arc<Vec<AddressSpace>>, u64), Failure> {
+    let before = frames_accounted(m);
+    let spaces = (0..count).map(|_| m.vm().new_user_space()).collect::<Result<Vec<_>, _>>().map_err(|e| fails("new space", e))?;
+    Ok((Arc::new(spaces), before))
+}
+
+/// Destroys the spaces (no CPU may have them active) and checks that every
+/// frame the run took is back.
+pub fn destroy<M: Machine>(m: &M, spaces: Arc<Vec<AddressSpace>>, before: u64) -> Result<(), Failure> {
+    let spaces = Arc::try_unwrap(spaces).map_err(|_| crate::failure::failure(format_args!("a CPU still holds the spaces")))?;
+    for s in spaces {
+        check!(s.active_cpus() == 0, "space still active on {:#x}", s.active_cpus());
+        m.vm().destroy_space(s).map_err(|(e, _)| fails("destroy space", e))?;
+    }
+    let after = frames_accounted(m);
+    check!(after == before, "{before} frames free or in the heap before, {after} after");
+    Ok(())
+}

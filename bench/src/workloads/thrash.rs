@@ -1,0 +1,96 @@
+//! `paging.thrash`: a working set four times the RAM paging may use. One
+//! on-demand region of 1024 pages with the resident limit at 256 frames;
+//! each CPU owns every n-th page and walks its pages in order (`seq-*`) or
+//! at random (`random-*`), checking that each page holds the generation it
+//! last wrote there and writing the next one, with per-page busy states
+//! (`*-busy`) or the global-lock baseline (`*-global`).
+//!
+//! Ops are accesses; the latency samples are the accesses that faulted
+//! (so the percentiles are page-in latency as the faulting CPU sees it).
+//! Checks: every read matches the CPU's shadow, all pages again at the
+//! end, audits and the ledger after unmap.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::paged::{self, my_faults};
+use crate::driver::Rep;
+use crate::failure::{check, failure, Failure};
+use crate::machine::Machine;
+use crate::team::{Team, Timed};
+
+const PAGES: u64 = 1024;
+const RESIDENT: u64 = 256;
+
+pub fn variants(_: usize) -> Vec<String> {
+    ["seq-busy", "seq-global", "random-busy", "random-global"].iter().map(|v| String::from(*v)).collect()
+}
+
+/// What page `va` holds in generation `gen` (0: never written, zero).
+fn pattern(va: u64, gen: u64) -> u64 {
+    if gen == 0 {
+        0
+    } else {
+        va ^ gen << 40
+    }
+}
+
+pub fn thrash<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    let random = match variant.split('-').next() {
+        Some("seq") => false,
+        Some("random") => true,
+        _ => return Err(failure(format_args!("no paging.thrash variant {variant:?}"))),
+    };
+    let (d, seed) = (rep.duration_ns, rep.seed);
+    paged::with_mode(m, variant, Some(RESIDENT), || {
+        let n = m.cpus() as u64;
+        let team = Team::new(n as usize);
+        let base = paged::map(m, PAGES)?;
+        let region = Arc::new(AtomicU64::new(base));
+        let ran = team.run(m, move |team, cpu| {
+            let base = region.load(Ordering::Relaxed);
+            let mine: Vec<u64> = (cpu as u64..PAGES).step_by(n as usize).collect();
+            let mut shadow = vec![0u64; mine.len()];
+            let mut rng = seed ^ (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            team.barrier(m)?;
+            let mut t = Timed::begin(m, d);
+            let mut k = 0usize;
+            while t.running(team) {
+                let i = if random {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % mine.len() as u64) as usize
+                } else {
+                    k = (k + 1) % mine.len();
+                    k
+                };
+                let va = base + mine[i] * mm::PAGE_SIZE;
+                let faults = my_faults(m);
+                let t0 = m.now_ns();
+                let got = m.read_word(va);
+                m.write_word(va, pattern(va, shadow[i] + 1));
+                let ns = m.now_ns() - t0;
+                check!(got == pattern(va, shadow[i]), "cpu {cpu}: page {va:#x} reads {got:#x}, wrote generation {} last", shadow[i]);
+                shadow[i] += 1;
+                t.count(1);
+                if my_faults(m) != faults {
+                    t.result.hist.record(ns);
+                }
+            }
+            t.finish(team, cpu);
+            for (i, &p) in mine.iter().enumerate() {
+                let va = base + p * mm::PAGE_SIZE;
+                let got = m.read_word(va);
+                check!(got == pattern(va, shadow[i]), "cpu {cpu}: at the end page {va:#x} reads {got:#x}");
+            }
+            Ok(())
+        });
+        paged::unmap(m, base, PAGES)?;
+        ran?;
+        Ok(team)
+    })
+}

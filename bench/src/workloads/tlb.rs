@@ -1,0 +1,113 @@
+//! Shootdown workloads, in rounds: some CPUs read pages (so their TLBs
+//! cache them), then CPU 0 unmaps and remaps them onto new frames.
+//! - `vm.global`: every CPU reads a 16-page region; CPU 0 moves all 16.
+//! - `tlb.shootdown` (`cached-K`): only the first K CPUs run the space and
+//!   read one page; CPU 0's unmap latency is the sample, so it shows the
+//!   cost of a shootdown to K-1 other CPUs.
+//!
+//! Old frames are poisoned after the unmap and new ones hold the round's
+//! byte, so a CPU that kept a stale translation reads the poison and fails
+//! the run.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::space::{self, filled, page};
+use crate::driver::Rep;
+use crate::failure::{check, failure, Failure};
+use crate::machine::Machine;
+use crate::team::{Team, Timed};
+
+const GLOBAL_PAGES: u64 = 16;
+
+pub fn shootdown_variants(cpus: usize) -> Vec<String> {
+    let mut k = 1;
+    let mut v = Vec::new();
+    while k < cpus {
+        v.push(alloc::format!("cached-{k}"));
+        k *= 2;
+    }
+    v.push(alloc::format!("cached-{cpus}"));
+    v
+}
+
+pub fn global<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    rounds(m, m.cpus(), GLOBAL_PAGES, rep)
+}
+
+pub fn shootdown<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    let k = variant
+        .strip_prefix("cached-")
+        .and_then(|k| k.parse::<usize>().ok())
+        .filter(|&k| (1..=m.cpus()).contains(&k))
+        .ok_or_else(|| failure(format_args!("no tlb.shootdown variant {variant:?}")))?;
+    rounds(m, k, 1, rep)
+}
+
+/// The byte pages hold in round `gen` (never 0 or the poison).
+fn round_byte(gen: u64) -> u8 {
+    (gen % 200) as u8 + 1
+}
+
+/// Rounds until the time is up: the first `readers` CPUs read `pages`
+/// pages, then CPU 0 moves each page to a new frame (one timed op each).
+/// The other CPUs leave at once and idle (halted), so on a host with fewer
+/// cores than vCPUs they do not take time from the CPUs being measured.
+fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> Result<Arc<Team>, Failure> {
+    let (spaces, before) = space::make(m, 1)?;
+    let mut frames = Vec::new();
+    for i in 0..pages {
+        frames.push(AtomicU64::new(space::map_filled(m, &spaces[0], page(0, i), round_byte(0))?));
+    }
+    let frames = Arc::new(frames);
+    let gen = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let team = Team::new(readers);
+    let d = rep.duration_ns;
+    let (s, f) = (spaces.clone(), frames.clone());
+    let ran = team.run(m, move |team, cpu| {
+        if cpu >= readers {
+            return Ok(());
+        }
+        let space = &s[0];
+        m.vm().activate(space);
+        let r = (|| {
+            team.barrier(m)?;
+            let mut t = Timed::begin(m, d);
+            loop {
+                let want = filled(round_byte(gen.load(Ordering::Acquire)));
+                for i in 0..pages {
+                    let got = m.read_word(page(0, i));
+                    check!(got == want, "cpu {cpu}: page {i} reads {got:#x}, want {want:#x} (a stale translation?)");
+                }
+                team.barrier(m)?;
+                if cpu == 0 {
+                    let g = gen.load(Ordering::Relaxed) + 1;
+                    for i in 0..pages {
+                        let va = page(0, i);
+                        t.op(1, || space::unmap_poison(m, space, va, f[i as usize].load(Ordering::Relaxed)))?;
+                        f[i as usize].store(space::map_filled(m, space, va, round_byte(g))?, Ordering::Relaxed);
+                    }
+                    gen.store(g, Ordering::Release);
+                    stop.store(!t.running(team), Ordering::Release);
+                }
+                team.barrier(m)?;
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            t.finish(team, cpu);
+            Ok(())
+        })();
+        m.vm().deactivate(space);
+        r
+    });
+    for i in 0..pages {
+        space::unmap_poison(m, &spaces[0], page(0, i), frames[i as usize].load(Ordering::Relaxed))?;
+    }
+    space::destroy(m, spaces, before)?;
+    ran?;
+    Ok(team)
+}

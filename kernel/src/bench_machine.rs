@@ -1,0 +1,92 @@
+//! The kernel side of the benchmarks: `bench::Machine` over the kernel's
+//! frame allocator, virtual memory, CPU runner, TSC and serial records.
+//! The word accessors are the only `unsafe` here.
+
+use bench::{Machine, TlbCounts};
+use mm::vm::{Vm, KERNEL_REGION_AREA, KERNEL_SEED_AREA, USER_END, USER_START};
+
+use crate::frames::{self, Frames, KernelPlatform};
+use crate::vm::KernelVm;
+use crate::{logger, vm, workers};
+
+pub struct KernelMachine {
+    /// Whether records go to the host (off for the in-kernel smoke test,
+    /// whose run is judged by test records only).
+    send_records: bool,
+}
+
+/// The machine `mode=bench` and `mode=stress` use.
+pub static REPORTING: KernelMachine = KernelMachine { send_records: true };
+/// The machine the in-kernel tests use: logs, but sends no bench records.
+pub static QUIET: KernelMachine = KernelMachine { send_records: false };
+
+/// Addresses benchmark memory can be at: the kernel's seed and `k_mem_map`
+/// areas, and the lower half (user spaces, mapped supervisor-only).
+fn benchmark_memory(virt: u64) -> bool {
+    let in_kernel = KERNEL_SEED_AREA.start <= virt && virt < KERNEL_REGION_AREA.end;
+    let in_user = (USER_START..USER_END).contains(&virt);
+    (in_kernel || in_user) && virt % 8 == 0
+}
+
+impl Machine for KernelMachine {
+    type Phys = KernelPlatform;
+    type VmP = KernelVm;
+
+    fn frames(&self) -> &'static Frames {
+        frames::get()
+    }
+
+    fn vm(&self) -> &'static Vm<KernelVm> {
+        vm::get()
+    }
+
+    fn cpu(&self) -> usize {
+        smp::percpu::current_index()
+    }
+
+    fn cpus(&self) -> usize {
+        smp::percpu::online_count()
+    }
+
+    fn now_ns(&self) -> u64 {
+        drivers::tsc::now_ns()
+    }
+
+    fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), u64> {
+        workers::run_on_all(f, timeout_ns).map_err(|e| e.cpus.bits())
+    }
+
+    fn wait_step(&self) {
+        smp::ipi::service_pending();
+        core::hint::spin_loop();
+    }
+
+    fn emit(&self, record: &record::GuestRecord) {
+        if self.send_records {
+            logger::emit(record);
+        }
+    }
+
+    fn tlb_counts(&self, cpu: usize) -> TlbCounts {
+        let c = smp::tlb::counters(cpu);
+        TlbCounts { shootdowns: c.shootdowns, ipis: c.ipis }
+    }
+
+    fn heap_stats(&self) -> mm::heap::HeapStats {
+        crate::heap::HEAP.stats()
+    }
+
+    fn read_word(&self, virt: u64) -> u64 {
+        assert!(benchmark_memory(virt), "bench read of {virt:#x} outside benchmark memory");
+        // SAFETY: the address is aligned and inside the areas benchmarks map
+        // their own memory in (checked above), never kernel code or data; a
+        // page there that is not mapped faults and the handler reports it.
+        unsafe { (virt as *const u64).read_volatile() }
+    }
+
+    fn write_word(&self, virt: u64, value: u64) {
+        assert!(benchmark_memory(virt), "bench write to {virt:#x} outside benchmark memory");
+        // SAFETY: as in `read_word`: aligned, in benchmark memory only.
+        unsafe { (virt as *mut u64).write_volatile(value) }
+    }
+}
