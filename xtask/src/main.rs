@@ -63,6 +63,12 @@ pub enum Mode {
     Run,
     /// Run the in-kernel test suites.
     Test,
+    /// Run the benchmarks (`cargo xtask bench`; not a `run --mode`).
+    #[value(skip)]
+    Bench,
+    /// Run the mixed stress workload (`cargo xtask stress`).
+    #[value(skip)]
+    Stress,
 }
 
 impl Mode {
@@ -70,6 +76,8 @@ impl Mode {
         match self {
             Mode::Run => "run",
             Mode::Test => "test",
+            Mode::Bench => "bench",
+            Mode::Stress => "stress",
         }
     }
 }
@@ -170,7 +178,13 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         mem: args.mem,
         firmware,
         xapic: args.xapic,
-        guest: qemu::GuestOptions { mode: args.mode, seed: args.seed, magazine: args.mag, eviction: args.evict },
+        guest: qemu::GuestOptions {
+            mode: args.mode,
+            seed: args.seed,
+            magazine: args.mag,
+            eviction: args.evict,
+            ..Default::default()
+        },
         extra: args.qemu_args,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);
@@ -183,6 +197,10 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
             let tally = suite::kernel_run(&qemu, &images, &config, timeout, args.verbose);
             println!("{tally}");
             Ok(tally.exit_code())
+        }
+        // `#[value(skip)]` keeps these out of `--mode`; they have commands.
+        Mode::Bench | Mode::Stress => {
+            anyhow::bail!("use `cargo xtask {}`", args.mode.as_str())
         }
     }
 }

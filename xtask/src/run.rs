@@ -23,6 +23,10 @@ pub enum Echo {
     /// One line per Test record (`[smp 8 bios] pass name (12 ms)`), plus
     /// the free-text lines when `verbose`.
     Compact { label: String, verbose: bool },
+    /// Each serial line and, for a record line, the parsed record are
+    /// handed to the callback (benchmark progress, stress rounds); the
+    /// callback decides what to show.
+    Observe(Box<dyn FnMut(&str, Option<&HostRecord>)>),
     /// Nothing (unit tests).
     #[cfg(test)]
     Quiet,
@@ -201,6 +205,9 @@ struct Sink {
 impl Sink {
     fn line(&mut self, line: String) {
         let parsed = records::parse_line(&line);
+        if let Echo::Observe(observe) = &mut self.echo {
+            observe(&line, parsed.as_ref().and_then(|p| p.as_ref().ok()));
+        }
         match (&self.echo, &parsed) {
             (Echo::All, _) => println!("{line}"),
             (Echo::Compact { verbose: true, .. }, None) => println!("{line}"),
