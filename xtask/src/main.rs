@@ -5,6 +5,7 @@
 //! xtask builds with the machine's default *stable* toolchain because it is
 //! what installs the pinned nightly (see `toolchain.rs`) on a fresh machine.
 
+mod bench;
 mod build;
 mod cmd;
 mod exit;
@@ -53,6 +54,9 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Benchmarks at several CPU counts, written to target/bench/<run>/
+    /// (report.json, report.md, plots/); or compare two runs.
+    Bench(bench::BenchArgs),
 }
 
 /// What the guest kernel is asked to do (passed on its command line).
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         Command::Build { uefi } => build_cmd(uefi),
         Command::Run(args) => run_cmd(args),
         Command::Test { quick, verbose } => test::test(quick, verbose),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(code) => code,
