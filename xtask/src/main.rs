@@ -13,6 +13,7 @@ mod install;
 mod qemu;
 mod records;
 mod run;
+mod stress;
 mod suite;
 mod test;
 mod toolchain;
@@ -57,6 +58,9 @@ enum Command {
     /// Benchmarks at several CPU counts, written to target/bench/<run>/
     /// (report.json, report.md, plots/); or compare two runs.
     Bench(bench::BenchArgs),
+    /// Mixed concurrent stress with the auditors for a fixed time; prints
+    /// the seed that replays it.
+    Stress(stress::StressArgs),
 }
 
 /// What the guest kernel is asked to do (passed on its command line).
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd(args),
         Command::Test { quick, verbose } => test::test(quick, verbose),
         Command::Bench(args) => bench::bench(args),
+        Command::Stress(args) => stress::stress(args),
     };
     match result {
         Ok(code) => code,

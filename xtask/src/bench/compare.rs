@@ -77,7 +77,7 @@ pub fn render(old: &Report, new: &Report, old_name: &str, new_name: &str) -> Str
     }
     out.push('\n');
     let mut table: Vec<Vec<String>> = vec![[
-        "benchmark", "variant", "CPUs", "old ops/s", "new ops/s", "change", "noise", "p50 old→new", "p50", "p99", "verdict",
+        "benchmark", "variant", "CPUs", "old ops/s", "new ops/s", "change", "noise", "p50 old→new", "Δp50", "Δp99", "verdict",
     ]
     .map(String::from)
     .to_vec()];
@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(
             &lines[head..head + 3],
             [
-                "benchmark    variant   CPUs  old ops/s  new ops/s  change  noise    p50 old→new     p50    p99  verdict",
+                "benchmark    variant   CPUs  old ops/s  new ops/s  change  noise    p50 old→new    Δp50   Δp99  verdict",
                 "frames.pair  magazine     1      1.00M      1.01M   +1.0%    ±3%  100 ns→100 ns   +0.0%  +0.0%  ~",
                 "frames.pair  magazine     8      4.00M      6.00M  +50.0%    ±4%   100 ns→80 ns  -20.0%  +0.0%  faster",
             ]

@@ -64,7 +64,9 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         let root = bench_root();
         let (old, new) = (report_json::resolve(&pair[0], &root), report_json::resolve(&pair[1], &root));
         let (a, b) = (Report::read(&old)?, Report::read(&new)?);
-        print!("{}", compare::render(&a, &b, &old.display().to_string(), &new.display().to_string()));
+        // `latest` is a copy: name the run folder it stands for.
+        let name = |r: &Report, path: &Path| r.run_dir.clone().unwrap_or_else(|| path.display().to_string());
+        print!("{}", compare::render(&a, &b, &name(&a, &old), &name(&b, &new)));
         return Ok(ExitCode::SUCCESS);
     }
     let qemu = install::ensure_qemu()?;
