@@ -29,7 +29,7 @@ use std::process::ExitCode;
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Build, run and test the kernel under QEMU"
+    about = "Build, run, test, benchmark and stress the kernel under QEMU"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// Serial lines kept for failure reports.
 const TAIL: usize = 40;
 
+/// Called with each serial line and, for a record line, its record.
+pub type Observer = Box<dyn FnMut(&str, Option<&HostRecord>)>;
+
 /// What to show on the terminal while the guest runs.
 pub enum Echo {
     /// Every serial line as it arrives.
@@ -26,7 +29,7 @@ pub enum Echo {
     /// Each serial line and, for a record line, the parsed record are
     /// handed to the callback (benchmark progress, stress rounds); the
     /// callback decides what to show.
-    Observe(Box<dyn FnMut(&str, Option<&HostRecord>)>),
+    Observe(Observer),
     /// Nothing (unit tests).
     #[cfg(test)]
     Quiet,

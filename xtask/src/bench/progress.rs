@@ -70,7 +70,8 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            // Cleared: the caller prints a line about the finished boot.
+            bar.finish_and_clear();
         }
     }
 }

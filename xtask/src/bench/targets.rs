@@ -111,7 +111,7 @@ fn no_ipis(idx: &Index) -> TargetResult {
         .collect();
     match measured.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)) {
         None => result(name, Status::NotMeasured, "no vm.local private figures with an ipis counter".into()),
-        Some((_, worst)) if worst == 0.0 => {
+        Some((_, 0.0)) => {
             let at: Vec<String> = measured.iter().map(|m| m.0.to_string()).collect();
             judged(name, true, format!("0 at {} CPUs", at.join(", ")))
         }
