@@ -5,6 +5,7 @@
 //! xtask builds with the machine's default *stable* toolchain because it is
 //! what installs the pinned nightly (see `toolchain.rs`) on a fresh machine.
 
+mod bench;
 mod build;
 mod cmd;
 mod exit;
@@ -12,6 +13,7 @@ mod install;
 mod qemu;
 mod records;
 mod run;
+mod stress;
 mod suite;
 mod test;
 mod toolchain;
@@ -27,7 +29,7 @@ use std::process::ExitCode;
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Build, run and test the kernel under QEMU"
+    about = "Build, run, test, benchmark and stress the kernel under QEMU"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,6 +55,12 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Benchmarks at several CPU counts, written to target/bench/<run>/
+    /// (report.json, report.md, plots/); or compare two runs.
+    Bench(bench::BenchArgs),
+    /// Mixed concurrent stress with the auditors for a fixed time; prints
+    /// the seed that replays it.
+    Stress(stress::StressArgs),
 }
 
 /// What the guest kernel is asked to do (passed on its command line).
@@ -63,6 +71,12 @@ pub enum Mode {
     Run,
     /// Run the in-kernel test suites.
     Test,
+    /// Run the benchmarks (`cargo xtask bench`; not a `run --mode`).
+    #[value(skip)]
+    Bench,
+    /// Run the mixed stress workload (`cargo xtask stress`).
+    #[value(skip)]
+    Stress,
 }
 
 impl Mode {
@@ -70,6 +84,8 @@ impl Mode {
         match self {
             Mode::Run => "run",
             Mode::Test => "test",
+            Mode::Bench => "bench",
+            Mode::Stress => "stress",
         }
     }
 }
@@ -129,6 +145,8 @@ fn main() -> ExitCode {
         Command::Build { uefi } => build_cmd(uefi),
         Command::Run(args) => run_cmd(args),
         Command::Test { quick, verbose } => test::test(quick, verbose),
+        Command::Bench(args) => bench::bench(args),
+        Command::Stress(args) => stress::stress(args),
     };
     match result {
         Ok(code) => code,
@@ -170,7 +188,13 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         mem: args.mem,
         firmware,
         xapic: args.xapic,
-        guest: qemu::GuestOptions { mode: args.mode, seed: args.seed, magazine: args.mag, eviction: args.evict },
+        guest: qemu::GuestOptions {
+            mode: args.mode,
+            seed: args.seed,
+            magazine: args.mag,
+            eviction: args.evict,
+            ..Default::default()
+        },
         extra: args.qemu_args,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);
@@ -183,6 +207,10 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
             let tally = suite::kernel_run(&qemu, &images, &config, timeout, args.verbose);
             println!("{tally}");
             Ok(tally.exit_code())
+        }
+        // `#[value(skip)]` keeps these out of `--mode`; they have commands.
+        Mode::Bench | Mode::Stress => {
+            anyhow::bail!("use `cargo xtask {}`", args.mode.as_str())
         }
     }
 }

@@ -144,6 +144,12 @@ pub struct GuestOptions {
     /// Eviction policy for demand paging (`evict=`); the guest's default
     /// (the clock) if absent.
     pub eviction: Option<Eviction>,
+    /// Benchmark name prefixes to run (`only=a,b`); all when empty.
+    pub only: Vec<String>,
+    /// Fewer repetitions and shorter runs (`quick=1`).
+    pub quick: bool,
+    /// How long stress mode runs (`seconds=`).
+    pub seconds: Option<u64>,
 }
 
 /// The guest's eviction policies.
@@ -176,6 +182,15 @@ impl GuestOptions {
         }
         if let Some(e) = self.eviction {
             pairs.push(("evict", e.as_str().to_string()));
+        }
+        if !self.only.is_empty() {
+            pairs.push(("only", self.only.join(",")));
+        }
+        if self.quick {
+            pairs.push(("quick", "1".to_string()));
+        }
+        if let Some(seconds) = self.seconds {
+            pairs.push(("seconds", seconds.to_string()));
         }
         pairs
             .iter()
@@ -336,7 +351,22 @@ mod tests {
     fn cmdline_is_key_value_pairs() {
         assert_eq!(GuestOptions { mode: Mode::Test, ..Default::default() }.cmdline(), "mode=test");
         assert_eq!(GuestOptions { mode: Mode::Run, ..Default::default() }.cmdline(), "mode=run");
-        let all = GuestOptions { mode: Mode::Test, seed: Some(255), magazine: Some(4), eviction: Some(Eviction::Lru) };
+        let all = GuestOptions {
+            mode: Mode::Test,
+            seed: Some(255),
+            magazine: Some(4),
+            eviction: Some(Eviction::Lru),
+            ..Default::default()
+        };
         assert_eq!(all.cmdline(), "mode=test seed=0xff mag=4 evict=lru");
+        let bench = GuestOptions {
+            mode: Mode::Bench,
+            only: vec!["frames".into(), "vm.local".into()],
+            quick: true,
+            ..Default::default()
+        };
+        assert_eq!(bench.cmdline(), "mode=bench only=frames,vm.local quick=1");
+        let stress = GuestOptions { mode: Mode::Stress, seed: Some(0xabc), seconds: Some(30), ..Default::default() };
+        assert_eq!(stress.cmdline(), "mode=stress seed=0xabc seconds=30");
     }
 }

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// Serial lines kept for failure reports.
 const TAIL: usize = 40;
 
+/// Called with each serial line and, for a record line, its record.
+pub type Observer = Box<dyn FnMut(&str, Option<&HostRecord>)>;
+
 /// What to show on the terminal while the guest runs.
 pub enum Echo {
     /// Every serial line as it arrives.
@@ -23,6 +26,10 @@ pub enum Echo {
     /// One line per Test record (`[smp 8 bios] pass name (12 ms)`), plus
     /// the free-text lines when `verbose`.
     Compact { label: String, verbose: bool },
+    /// Each serial line and, for a record line, the parsed record are
+    /// handed to the callback (benchmark progress, stress rounds); the
+    /// callback decides what to show.
+    Observe(Observer),
     /// Nothing (unit tests).
     #[cfg(test)]
     Quiet,
@@ -201,6 +208,9 @@ struct Sink {
 impl Sink {
     fn line(&mut self, line: String) {
         let parsed = records::parse_line(&line);
+        if let Echo::Observe(observe) = &mut self.echo {
+            observe(&line, parsed.as_ref().and_then(|p| p.as_ref().ok()));
+        }
         match (&self.echo, &parsed) {
             (Echo::All, _) => println!("{line}"),
             (Echo::Compact { verbose: true, .. }, None) => println!("{line}"),

@@ -1,0 +1,152 @@
+//! `bench` end to end against fake QEMUs: shell scripts that print the
+//! records a guest would send and exit as QEMU would.
+
+use super::report_json::{FailureKind, Host, Report};
+use super::targets::Status;
+use super::{measure, Options};
+use crate::qemu::Config;
+use crate::run::{capture, Capture, Echo};
+use anyhow::Result;
+use std::cell::RefCell;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn host(smp: Vec<u32>) -> Host {
+    Host {
+        cores: 2,
+        qemu_version: "10.0.2".into(),
+        accel: "tcg,thread=multi".into(),
+        kernel_commit: "0123456789abcdef".into(),
+        dirty: false,
+        date: "2026-11-21T04:05:24Z".into(),
+        quick: true,
+        smp,
+        only: vec!["frames".into()],
+    }
+}
+
+fn rec(json: &str) -> String {
+    format!("echo '@@smpmm {{\"schema\":2,\"record\":{json}}}'\n")
+}
+
+fn boot(smp: u32) -> String {
+    rec(&format!(
+        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":2000000000,"tsc_source":"pit","usable_bytes":4096}}"#
+    ))
+}
+
+fn bench(variant: &str, smp: u32, rep: u32, ops_per_sec: u64, buddy_locks: u64) -> String {
+    rec(&format!(
+        r#"{{"kind":"bench","bench":"frames.pair","variant":"{variant}","smp":{smp},"rep":{rep},"ops":1000,"ns":5000,"ops_per_sec":{ops_per_sec},"ns_p50":120,"ns_p99":900,"ns_max":4000,"counters":{{"allocs":1000,"frees":1000,"buddy_locks":{buddy_locks}}}}}"#
+    ))
+}
+
+/// A guest that measures frames.pair (magazine and global, 2 repetitions)
+/// and scales the magazine perfectly; `fail` makes the global check fail.
+fn guest(smp: u32, fail: bool) -> String {
+    let mut s = format!("echo 'kernel booting'\n{}", boot(smp));
+    s += &rec(r#"{"kind":"bench_plan","runs":2,"reps":2,"quick":true}"#);
+    for rep in 0..2 {
+        s += &bench("magazine", smp, rep, 10_000_000 * u64::from(smp) + u64::from(rep) * 100_000, 10);
+    }
+    for rep in 0..2 {
+        s += &bench("global", smp, rep, 4_000_000 / u64::from(smp), 1000);
+    }
+    if fail {
+        s += &rec(&format!(r#"{{"kind":"bench_fail","bench":"frames.pair","variant":"global","smp":{smp},"detail":"3 frames lost"}}"#));
+    }
+    s += &rec(&format!(r#"{{"kind":"bench_done","runs":2,"failed":{}}}"#, u32::from(fail)));
+    s + if fail { "exit 35" } else { "exit 33" }
+}
+
+/// Runs `measure` with `script(smp)` as the guest of each boot; also
+/// returns the guest command lines the boots were given.
+fn run(smp: Vec<u32>, root: &Path, script: impl Fn(u32) -> String) -> (std::path::PathBuf, bool, Vec<String>) {
+    let cmdlines = RefCell::new(Vec::new());
+    let mut launch = |config: &Config, echo: Echo| -> Result<Capture> {
+        cmdlines.borrow_mut().push(config.guest.cmdline());
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(script(config.smp));
+        capture(sh, Duration::from_secs(1), echo)
+    };
+    let options = Options { live: false, verbose: false };
+    let (dir, ok) = measure(host(smp), &options, &mut launch, root).unwrap();
+    (dir, ok, cmdlines.into_inner())
+}
+
+#[test]
+fn a_clean_run_writes_the_whole_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, ok, cmdlines) = run(vec![1, 2, 4], root.path(), |smp| guest(smp, false));
+    assert!(ok);
+    assert_eq!(cmdlines, ["mode=bench only=frames quick=1"; 3]);
+    assert_eq!(dir, root.path().join("20261121T040524Z-0123456"));
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    assert_eq!(report.runs.iter().map(|r| (r.smp, r.ok, r.cpus_online)).collect::<Vec<_>>(), [
+        (1, true, Some(1)),
+        (2, true, Some(2)),
+        (4, true, Some(4))
+    ]);
+    assert_eq!(report.records.len(), 12);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let s = report.summary.iter().find(|s| s.variant == "magazine" && s.smp == 4).unwrap();
+    assert_eq!((s.reps, s.ops_per_sec), (2, 40_050_000.0));
+    assert_eq!(s.counters_per_op["buddy_locks"], 0.01);
+    // 40.05M against 1M: met; 1 buddy lock per 100 allocs: met.
+    assert_eq!(report.targets[0].status, Status::Met, "{:?}", report.targets[0]);
+    assert_eq!(report.targets[1].status, Status::Met, "{:?}", report.targets[1]);
+    assert_eq!(report.targets[4].status, Status::NotMeasured);
+
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 3.99× (4/1) | 40.05× |"), "{md}");
+    assert!(md.contains("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)"));
+    let svg = std::fs::read_to_string(dir.join("plots/frames.pair.svg")).unwrap();
+    assert!(svg.contains("\nmagazine\n") && svg.contains("\nglobal (baseline)\n"), "legend in {svg}");
+
+    let latest = Report::read(&root.path().join("latest.json")).unwrap();
+    assert_eq!(latest.run_dir.as_deref(), Some(dir.to_str().unwrap()));
+    assert_eq!(Report { run_dir: None, ..latest }, report);
+
+    // A second run in the same second gets its own folder.
+    let (again, _, _) = run(vec![1], root.path(), |smp| guest(smp, false));
+    assert_eq!(again, root.path().join("20261121T040524Z-0123456-2"));
+}
+
+#[test]
+fn a_failed_check_fails_the_command_but_the_report_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, ok, _) = run(vec![1, 2], root.path(), |smp| guest(smp, smp == 2));
+    assert!(!ok);
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    assert!(report.runs.iter().all(|r| r.ok), "the boot itself was fine: {:?}", report.runs);
+    assert_eq!(report.failures.len(), 1);
+    let f = &report.failures[0];
+    assert_eq!((f.kind.clone(), f.smp, f.variant.as_deref(), f.detail.as_str()), (FailureKind::Bench, 2, Some("global"), "3 frames lost"));
+    let voided: Vec<_> = report.summary.iter().filter(|s| s.failed).map(|s| (s.variant.as_str(), s.smp)).collect();
+    assert_eq!(voided, [("global", 2)]);
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("- frames.pair global at 2 CPUs: check failed, figures void: 3 frames lost"), "{md}");
+    assert!(md.contains("| 2 | global | failed (void) |"), "{md}");
+}
+
+#[test]
+fn a_timeout_keeps_what_arrived() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, ok, _) = run(vec![1, 2], root.path(), |smp| {
+        if smp == 2 {
+            // Boots, measures one repetition, then hangs.
+            format!("{}{}{}exec sleep 1000", boot(2), rec(r#"{"kind":"bench_plan","runs":2,"reps":2,"quick":true}"#), bench("magazine", 2, 0, 5, 0))
+        } else {
+            guest(smp, false)
+        }
+    });
+    assert!(!ok);
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    let run2 = &report.runs[1];
+    assert_eq!((run2.smp, run2.ok, run2.exit.as_str()), (2, false, "timeout after 1 s"));
+    assert_eq!((run2.expected_records, run2.received_records), (Some(4), 1));
+    assert_eq!(report.records.len(), 5, "4 from the first boot, 1 before the hang");
+    let details: Vec<&str> = report.failures.iter().map(|f| f.detail.as_str()).collect();
+    assert_eq!(details, ["timeout after 1 s", "no BenchDone record (the run stopped after 1 Bench records)"]);
+}

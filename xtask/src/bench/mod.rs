@@ -1,0 +1,183 @@
+//! `cargo xtask bench`: boots the guest in benchmark mode once per CPU
+//! count, collects its records and writes a run folder
+//! `target/bench/<UTC time>-<commit>/` with `report.json`, `report.md` and
+//! `plots/<bench>.svg`. `--compare OLD NEW` compares two such runs.
+
+mod compare;
+mod judge;
+mod plot;
+mod progress;
+pub mod report_json;
+mod report_md;
+mod stats;
+pub mod targets;
+
+#[cfg(test)]
+mod fake_qemu_tests;
+
+use crate::qemu::{parse_mem, Config, Firmware, GuestOptions};
+use crate::run::{self, Capture, Echo};
+use crate::{build, install, toolchain, Mode};
+use anyhow::{Context, Result};
+use report_json::{Failure, FailureKind, Host, Report, REPORT_SCHEMA};
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// CPU counts to boot, comma-separated; one boot each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8],
+          value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: Vec<u32>,
+    /// Run only benchmarks whose names start with one of these
+    /// (`--only frames,vm.local` or `--only frames vm.local`).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    only: Vec<String>,
+    /// Fewer repetitions and shorter runs.
+    #[arg(long)]
+    quick: bool,
+    /// Kill a boot after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Also show the guest's free-text serial output.
+    #[arg(long)]
+    verbose: bool,
+    /// Boot the image already in target/image instead of rebuilding it.
+    #[arg(long)]
+    no_build: bool,
+    /// Compare two runs instead of measuring: run folders, report.json
+    /// files, or `latest`.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    compare: Option<Vec<String>>,
+}
+
+/// Where run folders and `latest.json` go.
+pub fn bench_root() -> PathBuf {
+    toolchain::target_dir().join("bench")
+}
+
+pub fn bench(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(pair) = &args.compare {
+        let root = bench_root();
+        let (old, new) = (report_json::resolve(&pair[0], &root), report_json::resolve(&pair[1], &root));
+        let (a, b) = (Report::read(&old)?, Report::read(&new)?);
+        // `latest` is a copy: name the run folder it stands for.
+        let name = |r: &Report, path: &Path| r.run_dir.clone().unwrap_or_else(|| path.display().to_string());
+        print!("{}", compare::render(&a, &b, &name(&a, &old), &name(&b, &new)));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let qemu = install::ensure_qemu()?;
+    let images = if args.no_build {
+        build::Images::existing()
+    } else {
+        toolchain::ensure_toolchain()?;
+        build::build()?
+    };
+    let mut smp = args.smp.clone();
+    smp.sort_unstable();
+    smp.dedup();
+    let host = Host::gather(qemu.version.to_string(), args.quick, smp, args.only.clone());
+    let timeout = Duration::from_secs(args.timeout);
+    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose };
+    let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
+    let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
+    println!("report: {}", dir.join("report.md").display());
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub struct Options {
+    /// Draw progress bars (stderr is a terminal).
+    pub live: bool,
+    pub verbose: bool,
+}
+
+/// Boots once per CPU count in `host.smp` through `launch`, then writes the
+/// run folder under `root` (also when boots failed: what arrived is still
+/// worth keeping). Returns the folder and whether everything went right.
+pub fn measure(
+    host: Host,
+    options: &Options,
+    launch: &mut dyn FnMut(&Config, Echo) -> Result<Capture>,
+    root: &Path,
+) -> Result<(PathBuf, bool)> {
+    let (mut runs, mut rows, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    for &smp in &host.smp {
+        let config = Config {
+            smp,
+            mem: parse_mem("1G").expect("a valid size"),
+            firmware: Firmware::Bios,
+            xapic: false,
+            guest: GuestOptions { mode: Mode::Bench, only: host.only.clone(), quick: host.quick, ..Default::default() },
+            extra: Vec::new(),
+        };
+        let display = progress::Progress::new(smp, options.live, options.verbose);
+        let cap = launch(&config, display.echo());
+        display.finish();
+        let cap = match cap {
+            Ok(cap) => cap,
+            Err(e) => {
+                eprintln!("[smp {smp}] not run: {e:#}");
+                failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("not run: {e:#}") });
+                continue;
+            }
+        };
+        let judged = judge::judge(&cap, smp);
+        for f in &judged.failures {
+            let what = match (&f.bench, &f.variant) {
+                (Some(b), Some(v)) => format!("{b} {v} failed its check"),
+                _ => "broken run".into(),
+            };
+            eprintln!("[smp {smp}] {what}: {}", f.detail);
+        }
+        if !judged.failures.is_empty() {
+            cap.print_failure_context();
+        }
+        eprintln!("[smp {smp}] {} Bench records in {:.1} s", judged.run.received_records, cap.elapsed.as_secs_f64());
+        runs.push(judged.run);
+        rows.extend(judged.rows);
+        failures.extend(judged.failures);
+    }
+
+    let voided: BTreeSet<(String, String, u32)> = failures
+        .iter()
+        .filter(|f| f.kind == FailureKind::Bench)
+        .filter_map(|f| Some((f.bench.clone()?, f.variant.clone()?, f.smp)))
+        .collect();
+    let summary = stats::summarize(&rows, &voided);
+    let report = Report {
+        schema: REPORT_SCHEMA,
+        record_schema: record::SCHEMA,
+        host,
+        runs,
+        records: rows,
+        failures,
+        targets: targets::evaluate(&summary),
+        summary,
+        run_dir: None,
+    };
+    let ok = report.failures.is_empty() && report.runs.len() == report.host.smp.len();
+    let dir = write_run(&report, root)?;
+    Ok((dir, ok))
+}
+
+/// Writes the run folder and `latest.json` next to it.
+fn write_run(report: &Report, root: &Path) -> Result<PathBuf> {
+    let name = report.host.run_folder_name();
+    // Two runs in the same second get `-2`, `-3`, ... rather than mixing.
+    let dir = (1..)
+        .map(|i| if i == 1 { root.join(&name) } else { root.join(format!("{name}-{i}")) })
+        .find(|d| !d.exists())
+        .expect("some suffix is free");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    report.write(&dir.join("report.json"))?;
+    let plotted: BTreeSet<String> = plot::write_all(&stats::Index::new(&report.summary), &dir.join("plots")).into_iter().collect();
+    let md = report_md::render(report, &plotted);
+    let md_path = dir.join("report.md");
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    let latest = Report { run_dir: Some(dir.display().to_string()), ..report.clone() };
+    latest.write(&root.join("latest.json"))?;
+    Ok(dir)
+}

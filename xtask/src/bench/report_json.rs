@@ -1,0 +1,314 @@
+//! `report.json`: everything a benchmark run measured, in a form later
+//! runs can be compared with (`bench --compare`). These are the host's own
+//! types; the guest's records are only their input.
+
+use super::targets::TargetResult;
+use crate::cmd;
+use anyhow::{Context, Result};
+use record::{HostRecord, Record};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever the report changes shape incompatibly.
+pub const REPORT_SCHEMA: u32 = 1;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Report {
+    pub schema: u32,
+    pub record_schema: u32,
+    pub host: Host,
+    pub runs: Vec<RunInfo>,
+    /// Every Bench record, as sent.
+    pub records: Vec<BenchRow>,
+    /// BenchFail records and broken boots.
+    pub failures: Vec<Failure>,
+    pub summary: Vec<Summary>,
+    pub targets: Vec<TargetResult>,
+    /// The run folder; only in `target/bench/latest.json`, which is a copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Host {
+    /// Host cores: vCPUs beyond this time-share them.
+    pub cores: u32,
+    pub qemu_version: String,
+    pub accel: String,
+    pub kernel_commit: String,
+    /// The tree had uncommitted changes: the commit is not the whole story.
+    pub dirty: bool,
+    /// UTC, ISO-8601.
+    pub date: String,
+    pub quick: bool,
+    pub smp: Vec<u32>,
+    /// `--only` prefixes; empty for all benchmarks.
+    pub only: Vec<String>,
+}
+
+/// One boot of the guest at one CPU count.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub smp: u32,
+    /// How QEMU ended, in words.
+    pub exit: String,
+    /// No problem with this boot (BenchFails are counted separately).
+    pub ok: bool,
+    pub duration_s: f64,
+    pub cpus_online: Option<u32>,
+    pub apic: Option<String>,
+    pub tsc_hz: Option<u64>,
+    /// Bench records the guest announced (runs × reps) and sent.
+    pub expected_records: Option<u32>,
+    pub received_records: u32,
+}
+
+/// One measured repetition (a Bench record).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BenchRow {
+    pub bench: String,
+    pub variant: String,
+    pub smp: u32,
+    pub rep: u32,
+    pub ops: u64,
+    pub ns: u64,
+    pub ops_per_sec: u64,
+    pub ns_p50: u64,
+    pub ns_p99: u64,
+    pub ns_max: u64,
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl BenchRow {
+    pub fn from_record(record: &HostRecord) -> Option<BenchRow> {
+        match record {
+            Record::Bench { bench, variant, smp, rep, ops, ns, ops_per_sec, ns_p50, ns_p99, ns_max, counters } => {
+                Some(BenchRow {
+                    bench: bench.clone(),
+                    variant: variant.clone(),
+                    smp: *smp,
+                    rep: *rep,
+                    ops: *ops,
+                    ns: *ns,
+                    ops_per_sec: *ops_per_sec,
+                    ns_p50: *ns_p50,
+                    ns_p99: *ns_p99,
+                    ns_max: *ns_max,
+                    counters: counters.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// A benchmark's correctness check failed (BenchFail).
+    Bench,
+    /// The boot itself went wrong: bad exit, timeout, missing records.
+    Run,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub smp: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    pub detail: String,
+}
+
+/// Figures of one bench/variant at one CPU count over its repetitions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub bench: String,
+    pub variant: String,
+    pub smp: u32,
+    pub reps: u32,
+    /// Median over repetitions.
+    pub ops_per_sec: f64,
+    pub ops_per_sec_min: f64,
+    pub ops_per_sec_max: f64,
+    /// Run-to-run noise of ops/s (standard deviation / mean).
+    pub cv: f64,
+    /// Medians over repetitions of the per-repetition percentiles.
+    pub ns_p50: f64,
+    pub ns_p99: f64,
+    pub counters_per_op: BTreeMap<String, f64>,
+    /// Its correctness check failed: the figures are void.
+    pub failed: bool,
+}
+
+impl Host {
+    /// Facts about this machine and tree for the report header.
+    pub fn gather(qemu_version: String, quick: bool, smp: Vec<u32>, only: Vec<String>) -> Host {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
+        let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+        let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+        Host {
+            cores,
+            qemu_version,
+            accel: "tcg,thread=multi".into(),
+            kernel_commit: commit,
+            dirty,
+            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            quick,
+            smp,
+            only,
+        }
+    }
+
+    /// `20261121T040524Z-e020fd2`: sorts by time, names the commit.
+    pub fn run_folder_name(&self) -> String {
+        let stamp: String = self.date.chars().filter(|c| !matches!(c, '-' | ':')).collect();
+        let short: String = self.kernel_commit.chars().take(7).collect();
+        format!("{stamp}-{short}")
+    }
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let root = crate::toolchain::workspace_root();
+    let mut full = vec!["-C", root.to_str()?];
+    full.extend_from_slice(args);
+    cmd::output("git", &full).map(|s| s.trim().to_string())
+}
+
+impl Report {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).context("serialising the report")?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<Report> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        // Name a schema mismatch as such instead of a missing-field error.
+        match value.get("schema").and_then(|s| s.as_u64()) {
+            Some(s) if s == u64::from(REPORT_SCHEMA) => {}
+            other => anyhow::bail!(
+                "{} has report schema {other:?}; this xtask reads schema {REPORT_SCHEMA}",
+                path.display()
+            ),
+        }
+        serde_json::from_value(value).with_context(|| format!("{} is not a benchmark report", path.display()))
+    }
+}
+
+/// A run folder, a `report.json`, or `latest` (under `bench_root`).
+pub fn resolve(arg: &str, bench_root: &Path) -> PathBuf {
+    let path = if arg == "latest" { bench_root.join("latest.json") } else { PathBuf::from(arg) };
+    if path.is_dir() {
+        path.join("report.json")
+    } else {
+        path
+    }
+}
+
+/// A small report for other modules' tests.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+    use crate::bench::targets::Status;
+
+    /// `sample()` with another summary.
+    pub fn sample_with(summary: Vec<Summary>) -> Report {
+        Report { summary, ..sample() }
+    }
+
+    pub fn sample() -> Report {
+        let host = Host {
+            cores: 2,
+            qemu_version: "10.0.2".into(),
+            accel: "tcg,thread=multi".into(),
+            kernel_commit: "e020fd2abcdef".into(),
+            dirty: true,
+            date: "2026-11-21T04:05:24Z".into(),
+            quick: true,
+            smp: vec![1, 2],
+            only: vec!["frames".into()],
+        };
+        let row = BenchRow {
+            bench: "frames.pair".into(),
+            variant: "magazine".into(),
+            smp: 2,
+            rep: 0,
+            ops: 10,
+            ns: 20,
+            ops_per_sec: 500_000_000,
+            ns_p50: 3,
+            ns_p99: 4,
+            ns_max: 5,
+            counters: BTreeMap::from([("allocs".into(), 10)]),
+        };
+        Report {
+            schema: REPORT_SCHEMA,
+            record_schema: record::SCHEMA,
+            host,
+            runs: vec![RunInfo {
+                smp: 2,
+                exit: "guest exited with success".into(),
+                ok: true,
+                duration_s: 1.5,
+                cpus_online: Some(2),
+                apic: Some("x2apic".into()),
+                tsc_hz: Some(1_000_000),
+                expected_records: Some(1),
+                received_records: 1,
+            }],
+            summary: super::super::stats::summarize(std::slice::from_ref(&row), &Default::default()),
+            records: vec![row],
+            failures: vec![Failure {
+                kind: FailureKind::Bench,
+                smp: 2,
+                bench: Some("frames.batch".into()),
+                variant: Some("global".into()),
+                detail: "frame leaked".into(),
+            }],
+            targets: vec![TargetResult { name: "t".into(), status: Status::NotMeasured, detail: "no data".into() }],
+            run_dir: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::sample;
+    use super::*;
+
+    #[test]
+    fn round_trips_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        let report = sample();
+        report.write(&path).unwrap();
+        assert_eq!(Report::read(&path).unwrap(), report);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"record_schema\": 2"), "{text}");
+        assert!(text.contains("\"kind\": \"bench\""), "{text}");
+        assert!(!text.contains("run_dir"), "only latest.json names its folder");
+    }
+
+    #[test]
+    fn other_schemas_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        std::fs::write(&path, r#"{"schema": 99}"#).unwrap();
+        let err = format!("{:#}", Report::read(&path).unwrap_err());
+        assert!(err.contains("report schema Some(99)"), "{err}");
+    }
+
+    #[test]
+    fn folder_names_and_paths() {
+        assert_eq!(sample().host.run_folder_name(), "20261121T040524Z-e020fd2");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resolve("latest", dir.path()), dir.path().join("latest.json"));
+        assert_eq!(resolve(dir.path().to_str().unwrap(), Path::new("/x")), dir.path().join("report.json"));
+        assert_eq!(resolve("/a/report.json", dir.path()), PathBuf::from("/a/report.json"));
+    }
+}

@@ -1,0 +1,282 @@
+//! `report.md`: the run for people. Host facts and the TCG caveat first,
+//! then a summary table, one section per benchmark, and the targets.
+
+use super::report_json::{FailureKind, Report, Summary};
+use super::stats::{baseline_of, buddy_locks_per_100_allocs, latency, si, Index};
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+/// Renders the report; `plotted` names the benchmarks that have an SVG in
+/// `plots/`.
+pub fn render(report: &Report, plotted: &BTreeSet<String>) -> String {
+    let mut md = String::new();
+    header(&mut md, report);
+    failures(&mut md, report);
+    let idx = Index::new(&report.summary);
+    let smps = cpu_counts(report);
+    summary_table(&mut md, &idx, &smps);
+    for (bench, variants) in idx.benches() {
+        bench_section(&mut md, &idx, bench, &variants, plotted.contains(bench));
+    }
+    targets(&mut md, report);
+    md
+}
+
+fn header(md: &mut String, r: &Report) {
+    let h = &r.host;
+    let dirty = if h.dirty { " (with uncommitted changes)" } else { "" };
+    let _ = writeln!(md, "# Benchmark report\n");
+    let _ = writeln!(md, "- Kernel commit: `{}`{dirty}", h.kernel_commit);
+    let _ = writeln!(md, "- Date (UTC): {}", h.date);
+    let _ = writeln!(md, "- Host: {} cores; QEMU {}, `-accel {}`", h.cores, h.qemu_version, h.accel);
+    let smp: Vec<String> = h.smp.iter().map(u32::to_string).collect();
+    let only = if h.only.is_empty() { "all".to_string() } else { h.only.join(", ") };
+    let quick = if h.quick { " (quick: fewer, shorter repetitions)" } else { "" };
+    let _ = writeln!(md, "- CPU counts: {}; benchmarks: {only}{quick}", smp.join(", "));
+    for run in &r.runs {
+        let boot = match (run.cpus_online, &run.apic, run.tsc_hz) {
+            (Some(cpus), Some(apic), Some(hz)) => {
+                format!(", {cpus} CPUs online, {apic}, TSC {:.3} GHz", hz as f64 / 1e9)
+            }
+            _ => ", no Boot record".to_string(),
+        };
+        let mark = if run.ok { "" } else { " **(broken run)**" };
+        let cpus = if run.smp == 1 { "CPU" } else { "CPUs" };
+        let _ = writeln!(md, "- Run at {} {cpus}: {} in {:.1} s{boot}{mark}", run.smp, run.exit, run.duration_s);
+    }
+    let _ = writeln!(
+        md,
+        "\n> **How to read this.** The host has {cores} cores and QEMU emulates the CPUs with TCG. \
+         With more vCPUs than {cores}, the vCPUs take turns on the host cores, so scaling past \
+         {cores} CPUs shows contention costs (locks, cache-line and IPI traffic), not parallel speed.\n",
+        cores = h.cores
+    );
+}
+
+fn failures(md: &mut String, r: &Report) {
+    if r.failures.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Failures\n");
+    for f in &r.failures {
+        match f.kind {
+            FailureKind::Bench => {
+                let (b, v) = (f.bench.as_deref().unwrap_or("?"), f.variant.as_deref().unwrap_or("?"));
+                let _ = writeln!(md, "- {b} {v} at {} CPUs: check failed, figures void: {}", f.smp, f.detail);
+            }
+            FailureKind::Run => {
+                let _ = writeln!(md, "- run at {} CPUs: {}", f.smp, f.detail);
+            }
+        }
+    }
+    md.push('\n');
+}
+
+/// The CPU counts asked for plus any that arrived.
+fn cpu_counts(r: &Report) -> Vec<u32> {
+    let set: BTreeSet<u32> = r.host.smp.iter().copied().chain(r.summary.iter().map(|s| s.smp)).collect();
+    set.into_iter().collect()
+}
+
+fn summary_table(md: &mut String, idx: &Index, smps: &[u32]) {
+    let _ = writeln!(md, "## Summary\n");
+    let _ = writeln!(md, "Median ops/s (all CPUs together) at each CPU count; speedup and ratio to the baseline variant at the largest CPU count measured.\n");
+    let mut head = String::from("| benchmark | variant |");
+    let mut rule = String::from("|---|---|");
+    for n in smps {
+        let _ = write!(head, " {n} CPU{} |", if *n == 1 { "" } else { "s" });
+        rule += "---:|";
+    }
+    let _ = writeln!(md, "{head} speedup | vs baseline |\n{rule}---:|---:|");
+    for (bench, variants) in idx.benches() {
+        for variant in variants {
+            let mut line = format!("| {bench} | {variant} |");
+            for &n in smps {
+                let cell = match idx.get(bench, variant, n) {
+                    Some(s) if s.failed => "failed".to_string(),
+                    Some(s) => si(s.ops_per_sec),
+                    None => "–".to_string(),
+                };
+                let _ = write!(line, " {cell} |");
+            }
+            let max = idx.smps(bench, variant).into_iter().max().unwrap_or(1);
+            let speedup = idx.speedup(bench, variant, max).map_or("–".into(), |x| format!("{x:.2}× ({max}/1)"));
+            let _ = writeln!(md, "{line} {speedup} | {} |", vs_baseline(idx, bench, variant, max));
+        }
+    }
+    md.push('\n');
+}
+
+fn vs_baseline(idx: &Index, bench: &str, variant: &str, smp: u32) -> String {
+    if baseline_of(variant) == variant {
+        return "baseline".into();
+    }
+    idx.vs_baseline(bench, variant, smp).map_or("–".into(), |x| format!("{x:.2}×"))
+}
+
+fn bench_section(md: &mut String, idx: &Index, bench: &str, variants: &[&str], plotted: bool) {
+    let _ = writeln!(md, "## {bench}\n");
+    let _ = writeln!(md, "| CPUs | variant | ops/s | speedup | vs baseline | p50 | p99 | counters per op |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---|");
+    let smps: BTreeSet<u32> = variants.iter().flat_map(|v| idx.smps(bench, v)).collect();
+    for n in smps {
+        for &variant in variants {
+            let Some(s) = idx.get(bench, variant, n) else { continue };
+            if s.failed {
+                let _ = writeln!(md, "| {n} | {variant} | failed (void) | | | | | |");
+                continue;
+            }
+            let speedup = idx.speedup(bench, variant, n).map_or("–".into(), |x| format!("{x:.2}×"));
+            let _ = writeln!(
+                md,
+                "| {n} | {variant} | {} | {speedup} | {} | {} | {} | {} |",
+                rate(s),
+                vs_baseline(idx, bench, variant, n),
+                latency(s.ns_p50),
+                latency(s.ns_p99),
+                counters(s)
+            );
+        }
+    }
+    if plotted {
+        let _ = writeln!(md, "\n![{bench}: ops/s against CPU count](plots/{bench}.svg)");
+    }
+    md.push('\n');
+}
+
+/// `12.3M ± 4%`: the median and half the min–max range around it, or the
+/// median alone for a single repetition.
+fn rate(s: &Summary) -> String {
+    if s.reps < 2 || s.ops_per_sec <= 0.0 {
+        return si(s.ops_per_sec);
+    }
+    let spread = 100.0 * (s.ops_per_sec_max - s.ops_per_sec_min) / 2.0 / s.ops_per_sec;
+    format!("{} ± {spread:.0}%", si(s.ops_per_sec))
+}
+
+fn counters(s: &Summary) -> String {
+    let mut parts: Vec<String> = s.counters_per_op.iter().map(|(k, v)| format!("{k} {}", per_op(*v))).collect();
+    if let Some(per100) = buddy_locks_per_100_allocs(s) {
+        parts.push(format!("**{per100:.2} buddy_locks/100 allocs**"));
+    }
+    parts.join(", ")
+}
+
+/// Enough digits to tell 0.002 from 0.02 without a wall of decimals.
+fn per_op(v: f64) -> String {
+    match v {
+        0.0 => "0".into(),
+        v if v >= 100.0 => format!("{v:.0}"),
+        v if v >= 1.0 => format!("{v:.2}"),
+        v if v >= 0.001 => format!("{v:.4}"),
+        v => format!("{v:.1e}"),
+    }
+}
+
+fn targets(md: &mut String, r: &Report) {
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| target | status | measured |\n|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(md, "| {} | {} | {} |", t.name, t.status.word(), t.detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::report_json::{BenchRow, Failure, Host, RunInfo, REPORT_SCHEMA};
+    use crate::bench::{stats::summarize, targets::evaluate};
+    use std::collections::BTreeMap;
+
+    fn row(bench: &str, variant: &str, smp: u32, rep: u32, ops_per_sec: u64) -> BenchRow {
+        BenchRow {
+            bench: bench.into(),
+            variant: variant.into(),
+            smp,
+            rep,
+            ops: 1000,
+            ns: 1,
+            ops_per_sec,
+            ns_p50: 95,
+            ns_p99: 2400,
+            ns_max: 9000,
+            counters: BTreeMap::from([("allocs".into(), 1000), ("buddy_locks".into(), 10)]),
+        }
+    }
+
+    fn report() -> Report {
+        let records = vec![
+            row("frames.pair", "magazine", 1, 0, 1_000_000),
+            row("frames.pair", "magazine", 1, 1, 1_200_000),
+            row("frames.pair", "global", 1, 0, 900_000),
+            row("frames.pair", "magazine", 8, 0, 4_000_000),
+            row("frames.pair", "global", 8, 0, 500_000),
+            row("frames.batch", "global", 8, 0, 10),
+        ];
+        let failed = [("frames.batch".to_string(), "global".to_string(), 8)].into();
+        let summary = summarize(&records, &failed);
+        Report {
+            schema: REPORT_SCHEMA,
+            record_schema: record::SCHEMA,
+            host: Host {
+                cores: 2,
+                qemu_version: "10.0.2".into(),
+                accel: "tcg,thread=multi".into(),
+                kernel_commit: "abc".into(),
+                dirty: false,
+                date: "2026-11-21T04:05:24Z".into(),
+                quick: false,
+                smp: vec![1, 8],
+                only: vec![],
+            },
+            runs: vec![RunInfo {
+                smp: 8,
+                exit: "guest reported failure (QEMU exit 35)".into(),
+                ok: true,
+                duration_s: 12.34,
+                cpus_online: Some(8),
+                apic: Some("x2apic".into()),
+                tsc_hz: Some(2_500_000_000),
+                expected_records: Some(3),
+                received_records: 3,
+            }],
+            targets: evaluate(&summary),
+            summary,
+            records,
+            failures: vec![Failure {
+                kind: FailureKind::Bench,
+                smp: 8,
+                bench: Some("frames.batch".into()),
+                variant: Some("global".into()),
+                detail: "2 frames lost".into(),
+            }],
+            run_dir: None,
+        }
+    }
+
+    #[test]
+    fn key_lines() {
+        let md = render(&report(), &["frames.pair".to_string()].into());
+        let has = |line: &str| assert!(md.lines().any(|l| l == line), "missing {line:?} in\n{md}");
+        has("- Host: 2 cores; QEMU 10.0.2, `-accel tcg,thread=multi`");
+        has("- Run at 8 CPUs: guest reported failure (QEMU exit 35) in 12.3 s, 8 CPUs online, x2apic, TSC 2.500 GHz");
+        assert!(md.contains("The host has 2 cores") && md.contains("scaling past 2 CPUs shows contention costs"), "{md}");
+        has("- frames.batch global at 8 CPUs: check failed, figures void: 2 frames lost");
+        has("| benchmark | variant | 1 CPU | 8 CPUs | speedup | vs baseline |");
+        has("| frames.pair | magazine | 1.10M | 4.00M | 3.64× (8/1) | 8.00× |");
+        has("| frames.pair | global | 900k | 500k | 0.56× (8/1) | baseline |");
+        has("| frames.batch | global | – | failed | – | baseline |");
+        has("| 1 | magazine | 1.10M ± 9% | 1.00× | 1.22× | 95 ns | 2.4 µs | allocs 1.00, buddy_locks 0.0100, **1.00 buddy_locks/100 allocs** |");
+        has("| 8 | magazine | 4.00M | 3.64× | 8.00× | 95 ns | 2.4 µs | allocs 1.00, buddy_locks 0.0100, **1.00 buddy_locks/100 allocs** |");
+        has("| 8 | global | failed (void) | | | | | |");
+        has("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)");
+        assert!(!md.contains("plots/frames.batch.svg"), "no plot, no image link");
+        has("| frames.pair magazine ≥ 5× global at the largest CPU count | met | 8.00× at 8 CPUs |");
+        has("| frames.pair magazine ≤ 2 buddy_locks per 100 allocs | met | worst 1.00 at 8 CPUs |");
+        has("| fault.anon busy ≥ 3× global at the largest CPU count | not measured | no usable fault.anon busy and global at the same CPU count |");
+        // Sections in order: summary, benchmarks by name, targets last.
+        let at = |s: &str| md.find(s).unwrap();
+        assert!(at("## Summary") < at("## frames.batch") && at("## frames.batch") < at("## frames.pair"));
+        assert!(at("## frames.pair") < at("## Targets"));
+    }
+}
