@@ -10,7 +10,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub const FULL: Plan = Plan { reps: 5, warmups: 1, rep_ns: 250_000_000 };
+    pub const FULL: Plan = Plan { reps: 5, warmups: 1, rep_ns: 400_000_000 };
     pub const QUICK: Plan = Plan { reps: 3, warmups: 1, rep_ns: 60_000_000 };
     /// For the in-kernel test that runs every benchmark once.
     pub const SMOKE: Plan = Plan { reps: 1, warmups: 0, rep_ns: 10_000_000 };

@@ -127,7 +127,7 @@ pub fn broken(what: &str, why: &str, total: &mut Tally) {
 fn host_tests() -> Tally {
     eprintln!("==> host unit tests");
     let packages = [
-        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "xtask",
+        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask",
     ];
     // --no-fail-fast: a failing crate must not hide the others' counts.
     let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);

@@ -40,7 +40,8 @@ pub fn write_all(idx: &Index, dir: &Path) -> Vec<String> {
 }
 
 /// Draws the plot into `svg`. The CPU axis is logarithmic with a tick at
-/// each measured count, so 1, 2, 4, 8 are evenly spaced and labelled. Returns false when there is
+/// each measured count, so 1, 2, 4, 8 are evenly spaced and labelled; the
+/// ops/s axis is logarithmic too. Returns false when there is
 /// nothing usable to draw (every figure failed its check).
 pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> Result<bool> {
     let lines: Vec<(&str, Vec<(f64, f64)>)> = variants
@@ -57,7 +58,11 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
     }
     let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let (x_lo, x_hi) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
-    let y_hi = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(0.0, f64::max).max(1.0) * 1.15;
+    // Logarithmic ops/s: figures that fall from 10^5 to 10^2 when IPIs
+    // meet busy host cores stay readable next to flat ones.
+    let ys = || lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let y_hi = ys().fold(0.0, f64::max).max(1.0) * 2.0;
+    let y_lo = ys().fold(f64::MAX, f64::min).max(1.0) / 2.0;
     let mut ticks: Vec<f64> = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
@@ -72,12 +77,12 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d(x_range.with_key_points(ticks), 0.0..y_hi)
+        .build_cartesian_2d(x_range.with_key_points(ticks), (y_lo..y_hi).log_scale().with_key_points(log_ticks(y_lo, y_hi)))
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc("CPUs (vCPUs under TCG)")
-        .y_desc("ops/s, all CPUs together (median)")
+        .y_desc("ops/s, all CPUs together (median, log scale)")
         .x_label_formatter(&|x| format!("{x}"))
         .y_label_formatter(&|y| si(*y))
         .light_line_style(RGBColor(238, 238, 238))
@@ -120,8 +125,26 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
     Ok(true)
 }
 
+/// 1, 2 and 5 times each power of ten in `lo..=hi`, so even a range
+/// inside one decade gets labels.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powi(lo.log10().floor() as i32);
+    while decade <= hi {
+        ticks.extend([1.0, 2.0, 5.0].iter().map(|m| m * decade).filter(|t| (lo..=hi).contains(t)));
+        decade *= 10.0;
+    }
+    ticks
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_ticks_inside_one_decade() {
+        assert_eq!(super::log_ticks(116e3, 722e3), vec![200e3, 500e3]);
+        assert_eq!(super::log_ticks(40.0, 1200.0), vec![50.0, 100.0, 200.0, 500.0, 1000.0]);
+    }
+
     use super::*;
     use crate::bench::report_json::BenchRow;
     use crate::bench::stats::summarize;
@@ -154,7 +177,7 @@ mod tests {
         assert!(render(&idx, "frames.pair", &["global", "magazine"], &mut svg).unwrap());
         assert!(svg.starts_with("<svg"), "{svg}");
         let texts = texts(&svg);
-        for text in ["frames.pair: throughput by CPU count", "CPUs (vCPUs under TCG)", "magazine", "global (baseline)", "1", "2", "4", "8", "8.00M"] {
+        for text in ["frames.pair: throughput by CPU count", "CPUs (vCPUs under TCG)", "magazine", "global (baseline)", "1", "2", "4", "8", "100k", "1.00M", "10.0M"] {
             assert!(texts.iter().any(|t| t == text), "no {text:?} in {texts:?}");
         }
         assert!(!texts.iter().any(|t| t == "3" || t == "1.5"), "only measured CPU counts are ticks: {texts:?}");
