@@ -24,6 +24,10 @@ type Job = Arc<dyn Fn(usize) + Send + Sync>;
 /// at a time (it is called from CPU 0 only, and waits for the others).
 static JOB: Mutex<Option<Job>> = Mutex::new(None);
 
+/// Set when a run's CPUs did not finish in time. They may still be inside
+/// that run, or pick up a later run's job late, so no further run starts.
+static STUCK: AtomicBool = AtomicBool::new(false);
+
 fn trampoline(cpu: usize) {
     let job = JOB.lock().clone();
     if let Some(job) = job {
@@ -66,6 +70,9 @@ impl Team {
     /// Runs `body(cpu)` on every CPU and returns the first failure any CPU
     /// reported (with how many there were).
     pub fn run<M: Machine>(self: &Arc<Self>, m: &M, body: impl Fn(&Team, usize) -> Result<(), Failure> + Send + Sync + 'static) -> Result<(), Failure> {
+        if STUCK.load(Ordering::Acquire) {
+            return Err(failure(format_args!("not run: an earlier run's CPUs never finished")));
+        }
         let team = self.clone();
         *JOB.lock() = Some(Arc::new(move |cpu| {
             if let Err(e) = body(&team, cpu) {
@@ -75,6 +82,9 @@ impl Team {
         let ran = m.run_on_all(trampoline, RUN_TIMEOUT_NS);
         *JOB.lock() = None;
         if let Err(cpus) = ran {
+            // Make the late CPUs leave their loops and barriers.
+            self.abort.store(true, Ordering::Release);
+            STUCK.store(true, Ordering::Release);
             return Err(failure(format_args!("CPUs {cpus:#x} did not finish within {} s", RUN_TIMEOUT_NS / 1_000_000_000)));
         }
         match self.first_error.lock().take() {
@@ -83,14 +93,24 @@ impl Team {
         }
     }
 
-    /// Records a failure and makes every CPU's waits and loops stop.
+    /// Records a failure and makes every CPU's waits and loops stop. The
+    /// message is stored before the others are told to stop, so the first
+    /// error is the cause, not a CPU that left a barrier because of it.
     pub fn fail(&self, e: Failure) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.abort.store(true, Ordering::Release);
-        let mut first = self.first_error.lock();
-        if first.is_none() {
-            *first = Some(e);
+        {
+            let mut first = self.first_error.lock();
+            if first.is_none() {
+                *first = Some(e);
+            }
         }
+        self.abort.store(true, Ordering::Release);
+    }
+
+    /// Whether `run` left its CPUs still running (teardown must not free
+    /// what they may use).
+    pub fn stuck() -> bool {
+        STUCK.load(Ordering::Acquire)
     }
 
     pub fn aborted(&self) -> bool {

@@ -2,6 +2,8 @@
 //! frame allocator, virtual memory, CPU runner, TSC and serial records.
 //! The word accessors are the only `unsafe` here.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use bench::{Machine, TlbCounts};
 use mm::vm::{Vm, KERNEL_REGION_AREA, KERNEL_SEED_AREA, USER_END, USER_START};
 
@@ -77,16 +79,22 @@ impl Machine for KernelMachine {
     }
 
     fn read_word(&self, virt: u64) -> u64 {
-        assert!(benchmark_memory(virt), "bench read of {virt:#x} outside benchmark memory");
-        // SAFETY: the address is aligned and inside the areas benchmarks map
-        // their own memory in (checked above), never kernel code or data; a
-        // page there that is not mapped faults and the handler reports it.
-        unsafe { (virt as *const u64).read_volatile() }
+        word(virt).load(Ordering::Relaxed)
     }
 
     fn write_word(&self, virt: u64, value: u64) {
-        assert!(benchmark_memory(virt), "bench write to {virt:#x} outside benchmark memory");
-        // SAFETY: as in `read_word`: aligned, in benchmark memory only.
-        unsafe { (virt as *mut u64).write_volatile(value) }
+        word(virt).store(value, Ordering::Relaxed)
     }
+}
+
+/// The word at `virt` as an atomic (CPUs may touch one word at once).
+fn word(virt: u64) -> &'static AtomicU64 {
+    assert!(benchmark_memory(virt), "bench access to {virt:#x} outside benchmark memory");
+    // SAFETY: the address is 8-byte aligned and inside the areas benchmarks
+    // map their own memory in (checked above): the seed and `k_mem_map`
+    // areas and the lower half, never the kernel image, stacks or heap. The
+    // check cannot tell a benchmark's mapping from another user of those
+    // areas; the benchmarks only pass addresses of mappings they made. A
+    // page there that is not mapped faults, and the handler reports it.
+    unsafe { AtomicU64::from_ptr(virt as *mut u64) }
 }

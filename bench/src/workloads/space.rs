@@ -32,13 +32,19 @@ pub fn map_filled<M: Machine>(m: &M, space: &AddressSpace, virt: u64, byte: u8) 
     Ok(phys)
 }
 
-/// Unmaps `virt`, checks it was `phys`, poisons and frees the frame (a CPU
-/// that still read it through a stale translation would see the poison).
+/// Unmaps `virt`, checks it was `phys`, poisons and frees the frame.
 pub fn unmap_poison<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<(), Failure> {
+    unmap_poison_keep(m, space, virt, phys)?;
+    m.frames().free_page(phys).map_err(|e| fails("free", e))
+}
+
+/// Unmaps `virt`, checks it was `phys` and poisons the frame, keeping it:
+/// a CPU that still reads it through a stale translation sees the poison.
+pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<(), Failure> {
     let back = m.vm().umap_single(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
     check!(back == phys, "unmap of {virt:#x} gave frame {back:#x}, mapped {phys:#x}");
     m.vm().platform().fill_frame(phys, POISON);
-    m.frames().free_page(phys).map_err(|e| fails("free", e))
+    Ok(())
 }
 
 pub const POISON: u8 = 0xEE;

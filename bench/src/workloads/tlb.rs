@@ -5,9 +5,10 @@
 //!   read one page; CPU 0's unmap latency is the sample, so it shows the
 //!   cost of a shootdown to K-1 other CPUs.
 //!
-//! Old frames are poisoned after the unmap and new ones hold the round's
-//! byte, so a CPU that kept a stale translation reads the poison and fails
-//! the run.
+//! Old frames are poisoned after the unmap and given back only a round
+//! later (so the allocator cannot hand the same frame straight back), and
+//! new ones hold the round's byte for that page, so a CPU that kept a
+//! stale translation reads the poison and fails the run.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -46,9 +47,11 @@ pub fn shootdown<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<
     rounds(m, k, 1, rep)
 }
 
-/// The byte pages hold in round `gen` (never 0 or the poison).
-fn round_byte(gen: u64) -> u8 {
-    (gen % 200) as u8 + 1
+/// The byte page `i` holds in round `gen`: never 0 or the poison, and
+/// different for neighbouring pages, so a translation to the wrong frame
+/// shows too.
+fn round_byte(gen: u64, i: u64) -> u8 {
+    ((gen * 17 + i) % 200) as u8 + 1
 }
 
 /// Rounds until the time is up: the first `readers` CPUs read `pages`
@@ -59,36 +62,48 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     let (spaces, before) = space::make(m, 1)?;
     let mut frames = Vec::new();
     for i in 0..pages {
-        frames.push(AtomicU64::new(space::map_filled(m, &spaces[0], page(0, i), round_byte(0))?));
+        frames.push(AtomicU64::new(space::map_filled(m, &spaces[0], page(0, i), round_byte(0, i))?));
     }
     let frames = Arc::new(frames);
+    // Poisoned frames not yet given back (see the move step).
+    let retired: Arc<spin::Mutex<Vec<u64>>> = Arc::new(spin::Mutex::new(Vec::new()));
     let gen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let team = Team::new(readers);
     let d = rep.duration_ns;
-    let (s, f) = (spaces.clone(), frames.clone());
+    let (s, f, r) = (spaces.clone(), frames.clone(), retired.clone());
     let ran = team.run(m, move |team, cpu| {
         if cpu >= readers {
             return Ok(());
         }
         let space = &s[0];
+        let retired = &r;
         m.vm().activate(space);
         let r = (|| {
             team.barrier(m)?;
             let mut t = Timed::begin(m, d);
             loop {
-                let want = filled(round_byte(gen.load(Ordering::Acquire)));
+                let g = gen.load(Ordering::Acquire);
                 for i in 0..pages {
+                    let want = filled(round_byte(g, i));
                     let got = m.read_word(page(0, i));
                     check!(got == want, "cpu {cpu}: page {i} reads {got:#x}, want {want:#x} (a stale translation?)");
                 }
                 team.barrier(m)?;
                 if cpu == 0 {
                     let g = gen.load(Ordering::Relaxed) + 1;
+                    // Frames moved away from a round ago: every reader has
+                    // checked its pages since, so they may be reused now.
+                    let mut old = retired.lock();
+                    for phys in old.drain(..) {
+                        m.frames().free_page(phys).map_err(|e| crate::failure::fails("free", e))?;
+                    }
                     for i in 0..pages {
                         let va = page(0, i);
-                        t.op(1, || space::unmap_poison(m, space, va, f[i as usize].load(Ordering::Relaxed)))?;
-                        f[i as usize].store(space::map_filled(m, space, va, round_byte(g))?, Ordering::Relaxed);
+                        let phys = f[i as usize].load(Ordering::Relaxed);
+                        t.op(1, || space::unmap_poison_keep(m, space, va, phys))?;
+                        old.push(phys);
+                        f[i as usize].store(space::map_filled(m, space, va, round_byte(g, i))?, Ordering::Relaxed);
                     }
                     gen.store(g, Ordering::Release);
                     stop.store(!t.running(team), Ordering::Release);
@@ -104,10 +119,15 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
         m.vm().deactivate(space);
         r
     });
+    // After a failure the pages' state is unknown (and late CPUs may still
+    // read them): leave them mapped rather than free what may be in use.
+    ran?;
     for i in 0..pages {
         space::unmap_poison(m, &spaces[0], page(0, i), frames[i as usize].load(Ordering::Relaxed))?;
     }
+    for phys in retired.lock().drain(..) {
+        m.frames().free_page(phys).map_err(|e| crate::failure::fails("free", e))?;
+    }
     space::destroy(m, spaces, before)?;
-    ran?;
     Ok(team)
 }

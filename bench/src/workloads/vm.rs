@@ -68,8 +68,10 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         vm.deactivate(space);
         r
     });
-    space::destroy(m, spaces, before)?;
+    // The run's own error first: a failed run may leave the ledger short.
+    let destroyed = space::destroy(m, spaces, before);
     ran?;
+    destroyed?;
     Ok(team)
 }
 
@@ -122,7 +124,9 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
         vm.deactivate(space);
         r
     });
-    space::destroy(m, spaces, before)?;
+    // The run's own error first: a failed run may leave the ledger short.
+    let destroyed = space::destroy(m, spaces, before);
     ran?;
+    destroyed?;
     Ok(team)
 }
