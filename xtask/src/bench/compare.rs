@@ -5,9 +5,12 @@ use super::report_json::{Report, Summary};
 use super::stats::{latency, si};
 use std::collections::BTreeMap;
 
-/// Changes smaller than this are never flagged: with one or two
-/// repetitions the measured noise can be zero by luck.
-pub const NOISE_FLOOR: f64 = 0.03;
+/// Changes smaller than this are never flagged. Repetitions inside one
+/// boot agree more closely than boots do: two runs of the same code on a
+/// 2-core host moved single rows by up to 19% while their repetitions
+/// varied by 5% or less (host scheduling of the vCPU threads differs from
+/// boot to boot).
+pub const NOISE_FLOOR: f64 = 0.20;
 
 /// How far a change must go to count as real: twice the larger
 /// coefficient of variation of the two runs, at least [`NOISE_FLOOR`].
@@ -166,11 +169,11 @@ mod tests {
     fn noise_decides_the_flag() {
         assert_eq!(threshold(0.0, 0.0), NOISE_FLOOR);
         assert_eq!(threshold(0.05, 0.1), 0.2);
-        // +10% with 2% noise: faster; with 6% noise (threshold 12%): same.
-        assert_eq!(verdict(&s("m", 1, 100.0, 0.02), &s("m", 1, 110.0, 0.01)), Verdict::Faster);
-        assert_eq!(verdict(&s("m", 1, 100.0, 0.06), &s("m", 1, 110.0, 0.01)), Verdict::Same);
-        assert_eq!(verdict(&s("m", 1, 100.0, 0.0), &s("m", 1, 98.0, 0.0)), Verdict::Same, "inside the floor");
-        assert_eq!(verdict(&s("m", 1, 100.0, 0.0), &s("m", 1, 90.0, 0.0)), Verdict::Slower);
+        // +30% with 2% noise: faster; with 16% noise (threshold 32%): same.
+        assert_eq!(verdict(&s("m", 1, 100.0, 0.02), &s("m", 1, 130.0, 0.01)), Verdict::Faster);
+        assert_eq!(verdict(&s("m", 1, 100.0, 0.16), &s("m", 1, 130.0, 0.01)), Verdict::Same);
+        assert_eq!(verdict(&s("m", 1, 100.0, 0.0), &s("m", 1, 85.0, 0.0)), Verdict::Same, "inside the floor");
+        assert_eq!(verdict(&s("m", 1, 100.0, 0.0), &s("m", 1, 70.0, 0.0)), Verdict::Slower);
         let mut failed = s("m", 1, 90.0, 0.0);
         failed.failed = true;
         assert_eq!(verdict(&s("m", 1, 100.0, 0.0), &failed), Verdict::Void);
@@ -189,8 +192,8 @@ mod tests {
             &lines[head..head + 3],
             [
                 "benchmark    variant   CPUs  old ops/s  new ops/s  change  noise    p50 old→new    Δp50   Δp99  verdict",
-                "frames.pair  magazine     1      1.00M      1.01M   +1.0%    ±3%  100 ns→100 ns   +0.0%  +0.0%  ~",
-                "frames.pair  magazine     8      4.00M      6.00M  +50.0%    ±4%   100 ns→80 ns  -20.0%  +0.0%  faster",
+                "frames.pair  magazine     1      1.00M      1.01M   +1.0%   ±20%  100 ns→100 ns   +0.0%  +0.0%  ~",
+                "frames.pair  magazine     8      4.00M      6.00M  +50.0%   ±20%   100 ns→80 ns  -20.0%  +0.0%  faster",
             ]
         );
         assert!(text.contains("\nonly in OLD: frames.pair global @8\n"), "{text}");
