@@ -26,6 +26,16 @@ fn image_dir() -> PathBuf {
     target_dir().join("image")
 }
 
+/// The images to boot: the ones on disk with `--no-build`, else freshly
+/// built (installing the pinned toolchain first if needed).
+pub fn images(no_build: bool) -> Result<Images> {
+    if no_build {
+        return Ok(Images::existing());
+    }
+    crate::toolchain::ensure_toolchain()?;
+    build()
+}
+
 /// Builds the kernel and both images (mkimage always writes both; once its
 /// builder is compiled that takes ~20 ms).
 pub fn build() -> Result<Images> {

@@ -177,12 +177,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
     } else {
         qemu::Firmware::Bios
     };
-    let images = if args.no_build {
-        build::Images::existing()
-    } else {
-        toolchain::ensure_toolchain()?;
-        build::build()?
-    };
+    let images = build::images(args.no_build)?;
     let config = qemu::Config {
         smp: args.smp,
         mem: args.mem,

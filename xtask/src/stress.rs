@@ -6,7 +6,7 @@
 use crate::exit::Exit;
 use crate::qemu::{parse_mem, Config, Firmware, GuestOptions};
 use crate::run::{self, Capture, Echo};
-use crate::{build, install, toolchain, Mode};
+use crate::{build, install, Mode};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use record::Record;
@@ -61,12 +61,7 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
     // Before anything can fail or hang: the seed is what replays the run.
     println!("stress: seed {seed:#x}");
     let qemu = install::ensure_qemu()?;
-    let images = if args.no_build {
-        build::Images::existing()
-    } else {
-        toolchain::ensure_toolchain()?;
-        build::build()?
-    };
+    let images = build::images(args.no_build)?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(args.seconds + 300));
     let plan = Plan {
         smp: args.smp,

@@ -113,7 +113,7 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
             let next = &boxes[(cpu + 1) % n];
             let mine = &boxes[cpu];
             let mut outbox = ArrayVec::<u64, HANDOFF>::new();
-            let mut inbox = ArrayVec::<u64, MAILBOX>::new();
+            let mut inbox = ArrayVec::<u64, HANDOFF>::new();
             team.barrier(m)?;
             let mut t = Timed::begin(m, d);
             while t.running(team) {
@@ -131,7 +131,12 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
                     }
                 }
                 if inbox.is_empty() {
-                    core::mem::swap(&mut inbox, &mut *mine.lock());
+                    // A handful at a time from the back: no copy of the box.
+                    let mut from = mine.lock();
+                    while !inbox.is_full() {
+                        let Some(phys) = from.pop() else { break };
+                        inbox.push(phys);
+                    }
                 }
                 if let Some(phys) = inbox.pop() {
                     t.op(1, || f.free_page(phys)).map_err(|e| fails("remote free", e))?;

@@ -70,12 +70,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let qemu = install::ensure_qemu()?;
-    let images = if args.no_build {
-        build::Images::existing()
-    } else {
-        toolchain::ensure_toolchain()?;
-        build::build()?
-    };
+    let images = build::images(args.no_build)?;
     let mut smp = args.smp.clone();
     smp.sort_unstable();
     smp.dedup();

@@ -90,15 +90,17 @@ fn buddy_locks(idx: &Index) -> TargetResult {
 
 fn remote_vs_pair(idx: &Index) -> TargetResult {
     let name = "frames.remote magazine ns/op ≤ 1.5× frames.pair magazine ns/op";
+    // At 1 CPU the "neighbour" is the CPU itself: nothing is remote.
     let measured: Vec<(u32, f64)> = rows(idx, "frames.remote", "magazine")
         .into_iter()
+        .filter(|remote| remote.smp >= 2)
         .filter_map(|remote| {
             let pair = idx.good("frames.pair", "magazine", remote.smp)?;
             Some((remote.smp, ns_per_op_per_cpu(remote)? / ns_per_op_per_cpu(pair)?))
         })
         .collect();
     match measured.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)) {
-        None => result(name, Status::NotMeasured, "no frames.remote and frames.pair magazine figures at the same CPU count".into()),
+        None => result(name, Status::NotMeasured, "no frames.remote and frames.pair magazine figures at the same CPU count (2 or more)".into()),
         Some((smp, worst)) => judged(name, worst <= 1.5, format!("worst {worst:.2}× at {smp} CPUs")),
     }
 }
