@@ -90,11 +90,10 @@ impl Machine for KernelMachine {
 /// The word at `virt` as an atomic (CPUs may touch one word at once).
 fn word(virt: u64) -> &'static AtomicU64 {
     assert!(benchmark_memory(virt), "bench access to {virt:#x} outside benchmark memory");
-    // SAFETY: the address is 8-byte aligned and inside the areas benchmarks
-    // map their own memory in (checked above): the seed and `k_mem_map`
-    // areas and the lower half, never the kernel image, stacks or heap. The
-    // check cannot tell a benchmark's mapping from another user of those
-    // areas; the benchmarks only pass addresses of mappings they made. A
-    // page there that is not mapped faults, and the handler reports it.
+    // The check cannot tell a benchmark's mapping from another user of
+    // those areas; the benchmarks only pass addresses of mappings they made.
+    // SAFETY: aligned, and in the seed, `k_mem_map` or lower-half areas
+    // (checked above), never the kernel image, stacks or heap; an unmapped
+    // page there faults and the handler reports it.
     unsafe { AtomicU64::from_ptr(virt as *mut u64) }
 }
