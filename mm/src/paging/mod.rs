@@ -27,8 +27,10 @@
 
 mod api;
 mod audit;
+pub mod block_store;
 mod evict;
 mod fault;
+pub mod faulty_store;
 mod kmem;
 pub mod policy;
 pub mod slots;

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::vec;
 use std::vec::Vec;
 
+use super::faulty_store::{FaultyStore, Transfer};
 use super::policy::{Lru, Nru};
 use super::store::RamStore;
 use super::*;
@@ -20,17 +21,24 @@ type TestVm = Vm<Machine>;
 /// A machine of 4096 frames with paging on: a RAM store of `slots` slots
 /// (a power of two up to 1024) and at most `limit` resident pages.
 fn rig(slots: u64, limit: u64, lru: bool) -> &'static TestVm {
+    rig_faulty(slots, limit, lru).0
+}
+
+type Faulty = FaultyStore<RamStore<'static, Machine>>;
+
+/// `rig`, with the store behind a (disarmed) fault injector.
+fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static Faulty) {
     on_cpu(0);
     let m = Machine::new(4096, 4);
     let root = m.frames.alloc_page().unwrap();
     m.fill_frame(root, 0);
     let vm: &'static TestVm = Box::leak(Box::new(Vm::new(m, root).unwrap()));
     let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
-    let store: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
+    let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(RamStore::new(vm.platform(), vec![run], slots))));
     let db = vm.platform().frames.db();
     let policy: &'static dyn EvictionPolicy = if lru { Box::leak(Box::new(Lru::new(db.len()))) } else { Box::leak(Box::new(Nru::new())) };
     vm.enable_paging(PagerConfig { db, store, policy, resident_limit: limit, reserve: 0 }).unwrap();
-    vm
+    (vm, store)
 }
 
 fn entry(vm: &TestVm, va: u64) -> u64 {
@@ -338,4 +346,70 @@ fn the_clock_jumps_to_the_frames_paging_uses() {
     assert_eq!((pg.next_candidate(0), pg.next_candidate(i), pg.next_candidate(i + 1)), (i, i, n));
     vm.page_out(base, PAGE).unwrap();
     assert_eq!(pg.next_candidate(0), n, "an evicted frame is no candidate");
+}
+
+#[test]
+fn a_failed_page_out_leaves_the_page_resident_and_mapped() {
+    let (vm, faulty) = rig_faulty(8, 64, false);
+    let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
+    write_pass(vm, base, &[0, 1, 2, 3], 1);
+    let before = (stats(vm), used_slots(vm), vm.pager().unwrap().resident());
+    faulty.arm(Transfer::Out, 1);
+    let r = vm.page_out(base + PAGE, PAGE);
+    assert!(matches!(r, Err(PagingError::Store(StoreError::Io { .. }))), "{r:?}");
+    assert_eq!(faulty.failed(), 1);
+    let e = entry(vm, base + PAGE);
+    assert!(e & PRESENT != 0 && e & DIRTY != 0, "still mapped and still dirty: {e:#x}");
+    assert_eq!((stats(vm).page_outs, used_slots(vm), vm.pager().unwrap().resident()), (before.0.page_outs, before.1, before.2));
+    check_pass(vm, base, &[0, 1, 2, 3], 1);
+    assert_eq!(stats(vm).faults, before.0.faults, "nothing had to fault back");
+    // The next try writes it.
+    vm.page_out(base + PAGE, PAGE).unwrap();
+    check_pass(vm, base, &[0, 1, 2, 3], 1);
+    vm.audit_paging().unwrap();
+    vm.k_mem_unmap(base, 4 * PAGE).unwrap();
+}
+
+#[test]
+fn a_failed_write_while_evicting_for_a_fault_loses_nothing() {
+    let (vm, faulty) = rig_faulty(8, 2, false);
+    let base = vm.k_mem_map(3 * PAGE, KMemFlags::RW).unwrap();
+    write_pass(vm, base, &[0, 1], 1);
+    faulty.arm(Transfer::Out, 1);
+    // The third page needs a frame: a dirty victim is written, and fails.
+    let r = access(vm, base + 2 * PAGE, Some(7));
+    faulty.disarm();
+    match r {
+        Err(PagingError::Store(StoreError::Io { .. })) => {}
+        Ok(_) => assert_eq!(faulty.failed(), 1, "eviction went on with another victim after the failure"),
+        Err(e) => panic!("{e:?}"),
+    }
+    check_pass(vm, base, &[0, 1], 1);
+    assert_eq!(access(vm, base + 2 * PAGE, Some(7)).unwrap(), 7);
+    check_pass(vm, base, &[0, 1], 1);
+    vm.audit_paging().unwrap();
+    vm.k_mem_unmap(base, 3 * PAGE).unwrap();
+}
+
+#[test]
+fn a_failed_page_in_leaves_the_page_out_and_its_data_intact() {
+    let (vm, faulty) = rig_faulty(8, 64, false);
+    let base = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    write_pass(vm, base, &[0, 1], 3);
+    vm.page_out(base, 2 * PAGE).unwrap();
+    let before = (used_slots(vm), vm.pager().unwrap().resident(), entry(vm, base));
+    faulty.arm(Transfer::In, 1);
+    let r = vm.page_in(base, PAGE);
+    assert!(matches!(r, Err(PagingError::Store(StoreError::Io { .. }))), "{r:?}");
+    assert_eq!((used_slots(vm), vm.pager().unwrap().resident(), entry(vm, base)), before, "the page is still out, in its slot");
+    // The same through a fault: the fault fails, the page stays out.
+    faulty.arm(Transfer::In, 1);
+    let r = access(vm, base + 8, None);
+    assert!(matches!(r, Err(PagingError::Store(StoreError::Io { .. }))), "{r:?}");
+    assert_eq!((used_slots(vm), vm.pager().unwrap().resident(), entry(vm, base)), before);
+    assert_eq!(faulty.failed(), 2);
+    check_pass(vm, base, &[0, 1], 3);
+    vm.audit_paging().unwrap();
+    vm.k_mem_unmap(base, 2 * PAGE).unwrap();
+    assert_eq!(used_slots(vm), 0);
 }
