@@ -3,6 +3,9 @@
 
 use arrayvec::ArrayVec;
 
+use mm::paging::stats::HistogramSnapshot;
+use mm::paging::Timing;
+
 use crate::machine::Machine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,12 +13,17 @@ pub enum Group {
     Frames,
     Tlb,
     Paging,
+    /// Median store transfer times (`*_ns`: latencies, not counts; from
+    /// the pager's log2 histograms, so a bucket's upper bound).
+    StoreLatency,
 }
 
 pub type CounterList = ArrayVec<(&'static str, u64), 16>;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Snapshot {
+    store_in: Option<HistogramSnapshot>,
+    store_out: Option<HistogramSnapshot>,
     allocs: u64,
     frees: u64,
     buddy_locks: u64,
@@ -50,6 +58,8 @@ pub fn snapshot<M: Machine>(m: &M) -> Snapshot {
         s.page_ins = c.page_ins;
         s.page_outs = c.page_outs;
         s.busy_waits = c.busy_waits;
+        s.store_in = Some(p.stats().histogram(Timing::StoreIn));
+        s.store_out = Some(p.stats().histogram(Timing::StoreOut));
     }
     s
 }
@@ -75,6 +85,13 @@ pub fn delta(before: &Snapshot, after: &Snapshot, groups: &[Group]) -> CounterLi
                 ("page_outs", d(before.page_outs, after.page_outs)),
                 ("busy_waits", d(before.busy_waits, after.busy_waits)),
             ],
+            Group::StoreLatency => {
+                let p50 = |a: &Option<HistogramSnapshot>, b: &Option<HistogramSnapshot>| match (a, b) {
+                    (Some(a), Some(b)) => b.since(a).percentile(50),
+                    _ => 0,
+                };
+                &[("store_in_p50_ns", p50(&before.store_in, &after.store_in)), ("store_out_p50_ns", p50(&before.store_out, &after.store_out))]
+            }
         };
         list.extend(named.iter().copied());
     }

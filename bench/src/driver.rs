@@ -28,7 +28,7 @@ pub struct Rep {
 pub struct Bench<M: Machine> {
     pub name: &'static str,
     pub groups: &'static [Group],
-    pub variants: fn(usize) -> Vec<String>,
+    pub variants: fn(&M) -> Vec<String>,
     pub run: fn(&'static M, &str, &Rep) -> Result<alloc::sync::Arc<Team>, Failure>,
 }
 
@@ -36,13 +36,13 @@ pub struct Bench<M: Machine> {
 pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: bool, seed: u64) -> bool {
     let benches: Vec<Bench<M>> = workloads::all::<M>().into_iter().filter(|b| selected(only, b.name)).collect();
     let cpus = m.cpus();
-    let runs: u32 = benches.iter().map(|b| (b.variants)(cpus).len() as u32).sum();
+    let runs: u32 = benches.iter().map(|b| (b.variants)(m).len() as u32).sum();
     m.emit(&Record::BenchPlan { runs, reps: plan.reps, quick });
     log::info!("bench: {} benchmarks, {runs} runs of {} repetitions on {cpus} CPUs", benches.len(), plan.reps);
     let mut failed = 0;
     let mut seq = seed;
     for b in &benches {
-        for variant in (b.variants)(cpus) {
+        for variant in (b.variants)(m) {
             if let Err(e) = run_variant(m, b, &variant, plan, &mut seq) {
                 failed += 1;
                 log::error!("bench {} [{variant}] FAILED: {e}", b.name);
@@ -94,6 +94,6 @@ fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Pla
 }
 
 /// The one variant of a benchmark without alternatives.
-pub fn single(_: usize) -> Vec<String> {
+pub fn single<M>(_: &M) -> Vec<String> {
     alloc::vec![String::from("default")]
 }

@@ -35,6 +35,11 @@ pub trait Machine: Sync + 'static {
     /// Sends a record to the host.
     fn emit(&self, record: &GuestRecord);
     fn tlb_counts(&self, cpu: usize) -> TlbCounts;
+    /// The backing stores demand paging can use, the default first.
+    fn stores(&self) -> alloc::vec::Vec<&'static str>;
+    /// Moves paging to store `name`; refused while the current one holds
+    /// pages.
+    fn use_store(&self, name: &str) -> Result<(), mm::paging::StoreError>;
     /// The kernel heap's bytes in use and pages held (the heap takes and
     /// gives back frames behind a benchmark's back).
     fn heap_stats(&self) -> mm::heap::HeapStats;

@@ -7,6 +7,7 @@
 use acpi::{
     fadt::Fadt,
     madt::{Madt, MadtEntry},
+    mcfg::Mcfg,
     AcpiHandler, AcpiTables, HpetInfo, PhysicalMapping,
 };
 use arrayvec::ArrayVec;
@@ -30,6 +31,22 @@ pub struct Platform {
     pub lapic_phys: u64,
     pub hpet_phys: Option<u64>,
     pub pm_timer: Option<PmTimer>,
+    /// PCIe memory-mapped configuration of segment 0, from the MCFG.
+    pub ecam: Option<Ecam>,
+}
+
+/// Where ECAM puts the configuration space of buses `buses`.
+#[derive(Debug, Clone)]
+pub struct Ecam {
+    pub phys: u64,
+    pub buses: core::ops::RangeInclusive<u8>,
+}
+
+impl Ecam {
+    /// Bytes of configuration space for its buses (1 MiB per bus).
+    pub fn len(&self) -> u64 {
+        (u64::from(*self.buses.end()) + 1) << 20
+    }
 }
 
 /// Maps ACPI tables through the bootloader's direct map of physical memory.
@@ -73,6 +90,7 @@ pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<Platform
         },
         hpet_phys: None,
         pm_timer: None,
+        ecam: None,
     };
     for entry in madt.get().entries() {
         let (apic_id, flags) = match entry {
@@ -92,6 +110,13 @@ pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<Platform
     }
 
     platform.hpet_phys = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
+    if let Ok(mcfg) = tables.find_table::<Mcfg>() {
+        // ECAM's base address is that of bus 0 even when the range starts later.
+        platform.ecam = mcfg.get().entries().iter().find(|e| { e.pci_segment_group } == 0).map(|e| Ecam {
+            phys: e.base_address,
+            buses: e.bus_number_start..=e.bus_number_end,
+        });
+    }
     if let Ok(fadt) = tables.find_table::<Fadt>() {
         if let Ok(Some(block)) = fadt.pm_timer_block() {
             if block.address_space == acpi::address::AddressSpace::SystemIo {

@@ -9,6 +9,7 @@ pub mod acpi_tables;
 pub mod fw_cfg;
 pub mod hpet;
 pub mod lapic;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod pm_timer;

@@ -74,6 +74,14 @@ impl Machine for KernelMachine {
         TlbCounts { shootdowns: c.shootdowns, ipis: c.ipis }
     }
 
+    fn stores(&self) -> alloc::vec::Vec<&'static str> {
+        crate::paging::stores()
+    }
+
+    fn use_store(&self, name: &str) -> Result<(), mm::paging::StoreError> {
+        crate::paging::use_store(name)
+    }
+
     fn heap_stats(&self) -> mm::heap::HeapStats {
         crate::heap::HEAP.stats()
     }

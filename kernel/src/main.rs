@@ -17,11 +17,14 @@ mod heap;
 mod interrupts;
 mod logger;
 mod memory;
+mod nap;
 mod paging;
 mod pat;
+mod swap_disk;
 mod tests;
 mod user_program;
 mod usermode;
+mod virtio_hal;
 mod vm;
 mod workers;
 
@@ -111,7 +114,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         frames.magazine_capacity()
     );
 
-    paging::init(cmdline.eviction);
+    let disk = swap_disk::probe(platform.ecam.as_ref());
+    paging::init(cmdline.eviction, disk);
 
     FACTS.call_once(|| BootFacts {
         cpus_total: report.total,
@@ -130,6 +134,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         tsc_hz,
         tsc_source: tsc_source.name(),
         usable_bytes: memory::usable_bytes(&boot_info.memory_regions),
+        store: paging::store_name(),
     });
 
     match cmdline.mode {

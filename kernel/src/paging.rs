@@ -6,17 +6,32 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use mm::buddy::MAX_ORDER;
+use mm::paging::block_store::BlockStore;
+use mm::paging::faulty_store::FaultyStore;
 use mm::paging::policy::{Lru, Nru};
 use mm::paging::store::RamStore;
-use mm::paging::{Access, EvictionPolicy, PagerConfig, PagingError};
+use mm::paging::store_switch::StoreSwitch;
+use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, PagingError, StoreError};
+use spin::Once;
 use smp::MAX_CPUS;
 
 use crate::cmdline::Eviction;
-use crate::vm::KernelVm;
 use crate::{frames, vm};
 
 /// Slots of the RAM backing store: 16 MiB.
 pub const STORE_SLOTS: u64 = 4096;
+/// Most slots used on a swap disk: 1 GiB.
+const DISK_SLOTS: u64 = 1 << 18;
+
+/// The store paging uses, behind a (disarmed) fault injector for tests.
+static STORE: Once<&'static FaultyStore> = Once::new();
+/// The stores behind it.
+static SWITCH: Once<&'static StoreSwitch> = Once::new();
+
+/// The fault injector in front of the store.
+pub fn faulty_store() -> &'static FaultyStore {
+    STORE.get().expect("paging::init has not run")
+}
 /// Free frames kept for the rest of the kernel: below this a page-in
 /// evicts first.
 const RESERVE_FRAMES: u64 = 512;
@@ -25,21 +40,49 @@ const RESERVE_FRAMES: u64 = 512;
 /// test can tell a reported fault from a resolved one.
 static LAST_ERROR: [spin::Mutex<Option<PagingError>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
 
-/// Sets the store aside (runs of the buddy's largest block) and turns
-/// paging on.
-pub fn init(eviction: Eviction) {
+/// Turns paging on over the swap disk when there is one, else over the RAM
+/// store (16 MiB set aside from the frame allocator in runs of its largest
+/// block, made either way so benchmarks can compare the two).
+pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let f = frames::get();
     let run = 1u64 << MAX_ORDER;
     let runs: Vec<u64> = (0..STORE_SLOTS / run).map(|_| f.alloc_contiguous(run).expect("no memory for the RAM backing store")).collect();
-    let store: &'static RamStore<'static, KernelVm> = Box::leak(Box::new(RamStore::new(vm::get().platform(), runs, run)));
+    let ram: &'static dyn BackingStore = Box::leak(Box::new(RamStore::new(vm::get().platform(), runs, run)));
+    let mut stores = Vec::new();
+    if let Some(disk) = disk {
+        let disk: &'static dyn BackingStore = Box::leak(Box::new(BlockStore::new(disk, DISK_SLOTS)));
+        stores.push(disk);
+    }
+    stores.push(ram);
+    let switch: &'static StoreSwitch = Box::leak(Box::new(StoreSwitch::new(stores)));
+    SWITCH.call_once(|| switch);
+    let faulty: &'static FaultyStore = Box::leak(Box::new(FaultyStore::new(switch)));
+    STORE.call_once(|| faulty);
     let db = f.db();
     let policy: &'static dyn EvictionPolicy = match eviction {
         Eviction::Clock => Box::leak(Box::new(Nru::new())),
         Eviction::Lru => Box::leak(Box::new(Lru::new(db.len()))),
     };
-    let config = PagerConfig { db, store, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
+    let config = PagerConfig { db, store: faulty, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
     vm::get().enable_paging(config).expect("paging enabled twice");
-    log::info!("paging: {eviction:?} eviction, RAM store of {} MiB", STORE_SLOTS * mm::PAGE_SIZE >> 20);
+    let slots = switch.usage().1;
+    log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), slots * mm::PAGE_SIZE >> 20);
+}
+
+/// The stores paging can use, the one it starts on first.
+pub fn stores() -> Vec<&'static str> {
+    SWITCH.get().expect("paging::init has not run").names().collect()
+}
+
+/// Moves paging to the store called `name` (only while no page is in the
+/// current one).
+pub fn use_store(name: &str) -> Result<(), StoreError> {
+    SWITCH.get().expect("paging::init has not run").select(name)
+}
+
+/// The name of the store paging uses (`ram`, `virtio-blk`).
+pub fn store_name() -> &'static str {
+    faulty_store().name()
 }
 
 /// Called by the page-fault handler for faults from kernel code: true if

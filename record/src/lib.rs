@@ -23,7 +23,8 @@ pub const PREFIX: &str = "@@smpmm ";
 
 /// Bumped whenever a record changes shape incompatibly.
 /// 2: benchmark and stress records; counters as a JSON object.
-pub const SCHEMA: u32 = 2;
+/// 3: the Boot record names the paging store.
+pub const SCHEMA: u32 = 3;
 
 /// The variant every other variant of a benchmark is compared with (the
 /// global-lock design), when the benchmark has one.
@@ -90,6 +91,8 @@ pub enum Record<S, C> {
         /// Where the TSC frequency came from (`cpuid15`, `pit`).
         tsc_source: S,
         usable_bytes: u64,
+        /// The demand-paging backing store (`ram`, `virtio-blk`).
+        store: S,
     },
     /// One per test, from the CPU that ran the runner.
     Test {
@@ -219,6 +222,7 @@ mod tests {
             tsc_hz: 2_000_000_000,
             tsc_source: "pit",
             usable_bytes: 1 << 30,
+            store: "ram",
         };
         let line = to_json(&rec).unwrap();
         assert!(line.contains("\"kind\":\"boot\""), "{line}");

@@ -15,6 +15,7 @@ mod records;
 mod run;
 mod stress;
 mod suite;
+mod swap;
 mod test;
 mod toolchain;
 
@@ -126,6 +127,10 @@ struct RunArgs {
     /// Boot the image already in target/image instead of rebuilding it.
     #[arg(long)]
     no_build: bool,
+    /// Attach a fresh sparse swap disk of this size (target/swap/run.img,
+    /// virtio-blk); the guest pages to it instead of its RAM store.
+    #[arg(long, value_parser = qemu::parse_mem)]
+    swap: Option<qemu::Mem>,
     /// Extra arguments appended to the QEMU command line.
     #[arg(last = true)]
     qemu_args: Vec<String>,
@@ -190,6 +195,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
             eviction: args.evict,
             ..Default::default()
         },
+        swap: args.swap.map(|size| swap::Swap::create("run", size)).transpose()?,
         extra: args.qemu_args,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);

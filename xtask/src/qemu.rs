@@ -206,6 +206,8 @@ pub struct Config {
     pub firmware: Firmware,
     pub xapic: bool,
     pub guest: GuestOptions,
+    /// A swap disk to attach.
+    pub swap: Option<crate::swap::Swap>,
     pub extra: Vec<String>,
 }
 
@@ -228,6 +230,9 @@ impl Config {
         }
         if let Some(e) = self.guest.eviction {
             label += &format!(" evict={}", e.as_str());
+        }
+        if let Some(swap) = &self.swap {
+            label += &format!(" swap={}", swap.size.text);
         }
         label
     }
@@ -277,6 +282,9 @@ impl Config {
                     &format!("format=raw,file={}", images.uefi.display()),
                 ]);
             }
+        }
+        if let Some(swap) = &self.swap {
+            a.extend(swap.args());
         }
         a.extend(self.extra.iter().cloned());
         a

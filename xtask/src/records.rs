@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn prefix_in_the_middle_of_a_line() {
-        let line = r#"cpu 3 says hi@@smpmm {"schema":2,"record":{"kind":"summary","passed":4,"failed":1}}"#;
+        let line = r#"cpu 3 says hi@@smpmm {"schema":3,"record":{"kind":"summary","passed":4,"failed":1}}"#;
         let rec = parse_line(line).unwrap().unwrap();
         assert_eq!(
             rec,
@@ -76,6 +76,7 @@ mod tests {
             tsc_hz: 2_000_000_000,
             tsc_source: "cpuid15",
             usable_bytes: 1 << 30,
+            store: "ram".into(),
         })
         .unwrap();
         let rec = parse_line(&format!("{PREFIX}{json}")).unwrap().unwrap();
@@ -109,7 +110,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record JSON"), "{err:#}");
-        let err = parse_line(r#"@@smpmm {"schema":2,"record":{"kind":"nonsense"}}"#)
+        let err = parse_line(r#"@@smpmm {"schema":3,"record":{"kind":"nonsense"}}"#)
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record"), "{err:#}");
@@ -117,11 +118,11 @@ mod tests {
 
     #[test]
     fn wrong_schema_is_named_as_such() {
-        let err = parse_line(r#"@@smpmm {"schema":3,"record":{"kind":"whatever","x":1}}"#)
+        let err = parse_line(r#"@@smpmm {"schema":4,"record":{"kind":"whatever","x":1}}"#)
             .unwrap()
             .unwrap_err();
         assert!(
-            format!("{err:#}").contains("record schema 3 but this xtask reads schema 2"),
+            format!("{err:#}").contains("record schema 4 but this xtask reads schema 3"),
             "{err:#}"
         );
         let err = parse_line(r#"@@smpmm {"record":{"kind":"summary","passed":0,"failed":0}}"#)

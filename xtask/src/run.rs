@@ -276,10 +276,11 @@ pub fn boot(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration) ->
         tsc_hz,
         tsc_source,
         usable_bytes,
+        store,
     }) = boot
     {
         println!(
-            "boot ok in {:.1} s: {cpus_online}/{cpus_total} CPUs online, {}, TSC {:.3} GHz ({tsc_source}), {} MiB usable",
+            "boot ok in {:.1} s: {cpus_online}/{cpus_total} CPUs online, {}, TSC {:.3} GHz ({tsc_source}), {} MiB usable, paging store {store}",
             cap.elapsed.as_secs_f64(),
             records::apic_name(*apic),
             *tsc_hz as f64 / 1e9,

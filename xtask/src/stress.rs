@@ -4,7 +4,7 @@
 //! can be replayed with the same command line.
 
 use crate::exit::Exit;
-use crate::qemu::{parse_mem, Config, Firmware, GuestOptions};
+use crate::qemu::{parse_mem, Config, Firmware, GuestOptions, Mem};
 use crate::run::{self, Capture, Echo};
 use crate::{build, install, Mode};
 use anyhow::{Context, Result};
@@ -35,6 +35,9 @@ pub struct StressArgs {
     /// Boot the image already in target/image instead of rebuilding it.
     #[arg(long)]
     no_build: bool,
+    /// Attach a fresh sparse swap disk of this size (virtio-blk).
+    #[arg(long, value_parser = parse_mem)]
+    swap: Option<Mem>,
 }
 
 /// What one stress boot is asked to do.
@@ -45,6 +48,8 @@ pub struct Plan {
     /// Show rounds on a redrawn line (stderr is a terminal).
     pub live: bool,
     pub verbose: bool,
+    /// Size of a swap disk to attach.
+    pub swap: Option<Mem>,
 }
 
 /// The outcome: `text` is the final summary for stdout.
@@ -69,6 +74,7 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
         seed,
         live: std::io::stderr().is_terminal(),
         verbose: args.verbose,
+        swap: args.swap.clone(),
     };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let verdict = run_stress(&plan, &mut launch)?;
@@ -84,6 +90,7 @@ pub fn run_stress(plan: &Plan, launch: &mut dyn FnMut(&Config, Echo) -> Result<C
         firmware: Firmware::Bios,
         xapic: false,
         guest: GuestOptions { mode: Mode::Stress, seed: Some(plan.seed), seconds: Some(plan.seconds), ..Default::default() },
+        swap: plan.swap.clone().map(|size| crate::swap::Swap::create("stress", size)).transpose()?,
         extra: Vec::new(),
     };
     let bar = plan.live.then(|| {
@@ -199,10 +206,10 @@ mod tests {
     use crate::run::capture;
     use std::process::Command;
 
-    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096}"#;
+    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}"#;
 
     fn rec(json: &str) -> String {
-        format!("echo '@@smpmm {{\"schema\":2,\"record\":{json}}}'\n")
+        format!("echo '@@smpmm {{\"schema\":3,\"record\":{json}}}'\n")
     }
 
     fn round(n: u32) -> String {
@@ -218,7 +225,7 @@ mod tests {
     /// Runs the stress command against `script`; returns the verdict and
     /// the guest command line it was given.
     fn run(script: String) -> (Verdict, String) {
-        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false };
+        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None };
         let mut cmdline = String::new();
         let mut launch = |config: &Config, echo: Echo| {
             cmdline = config.guest.cmdline();

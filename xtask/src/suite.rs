@@ -36,7 +36,9 @@ pub fn kernel_run(
     } else {
         qemu.x2apic_under_tcg().then_some(ApicMode::X2Apic)
     };
-    let (mut tally, problems) = judge(&cap, config.smp, expected_apic);
+    // With a swap disk attached the guest must page to it, not to RAM.
+    let expected_store = if config.swap.is_some() { "virtio-blk" } else { "ram" };
+    let (mut tally, problems) = judge(&cap, config.smp, expected_apic, expected_store);
     for problem in &problems {
         eprintln!("[{label}] broken run: {problem}");
     }
@@ -53,7 +55,7 @@ pub fn kernel_run(
 /// Test counts from the Test records, and everything that makes the run
 /// untrustworthy: a bad exit, bad record lines, a missing or inconsistent
 /// Summary, a Boot record with the wrong CPU count or APIC mode.
-fn judge(cap: &Capture, smp: u32, expected_apic: Option<ApicMode>) -> (Tally, Vec<String>) {
+fn judge(cap: &Capture, smp: u32, expected_apic: Option<ApicMode>, expected_store: &str) -> (Tally, Vec<String>) {
     let mut tally = Tally::default();
     let mut problems: Vec<String> = cap
         .bad_records
@@ -105,8 +107,12 @@ fn judge(cap: &Capture, smp: u32, expected_apic: Option<ApicMode>) -> (Tally, Ve
             cpus_online,
             cpus_total,
             apic,
+            store,
             ..
         }) => {
+            if store != expected_store {
+                problems.push(format!("Boot record: paging store {store}, expected {expected_store}"));
+            }
             if (*cpus_online, *cpus_total) != (smp, smp) {
                 problems.push(format!("Boot record: {cpus_online} of {cpus_total} CPUs online, expected {smp} of {smp}"));
             }
@@ -146,6 +152,7 @@ mod tests {
             tsc_hz: 1,
             tsc_source: "pit".into(),
             usable_bytes: 1,
+            store: "ram".into(),
         }
     }
     fn test(outcome: Outcome) -> HostRecord {
@@ -172,7 +179,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            judge(&c, 8, Some(ApicMode::X2Apic)),
+            judge(&c, 8, Some(ApicMode::X2Apic), "ram"),
             (
                 Tally {
                     passed: 1,
@@ -196,7 +203,7 @@ mod tests {
                 },
             ],
         );
-        let (tally, problems) = judge(&c, 8, Some(ApicMode::XApic));
+        let (tally, problems) = judge(&c, 8, Some(ApicMode::XApic), "virtio-blk");
         assert_eq!(
             tally,
             Tally {
@@ -204,7 +211,8 @@ mod tests {
                 failed: 0
             }
         );
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems.contains(&"Boot record: paging store ram, expected virtio-blk".to_string()), "{problems:?}");
         let (_, problems) = judge(
             &cap(
                 Exit::Timeout(Duration::from_secs(180)),
@@ -212,6 +220,7 @@ mod tests {
             ),
             1,
             None,
+            "ram",
         );
         assert_eq!(
             problems,

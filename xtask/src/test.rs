@@ -3,13 +3,16 @@
 //! `N passed, M failed`.
 
 use crate::qemu::{parse_mem, Config, Eviction, Firmware, GuestOptions};
+use crate::swap::Swap;
 use crate::{build, install, suite, toolchain, Mode};
 use anyhow::{anyhow, Result};
 use std::io::{BufRead, BufReader};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest one kernel suite may run (the -smp 8 suites on the swap disk
+/// take about 200 s on a 2-core host).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tally {
@@ -49,11 +52,18 @@ struct Suite {
     magazine: Option<u32>,
     /// The paging suites run with the clock unless this says otherwise.
     eviction: Option<Eviction>,
+    /// Page to a virtio-blk disk instead of the RAM store.
+    swap: bool,
 }
 
+/// Swap disk of the virtio-backed suites.
+const SWAP_SIZE: &str = "64M";
+
 fn plan(quick: bool) -> Vec<Suite> {
-    let run = |smp, uefi, xapic, magazine| Suite { smp, uefi, xapic, magazine, eviction: None };
+    let run = |smp, uefi, xapic, magazine| Suite { smp, uefi, xapic, magazine, eviction: None, swap: false };
+    let swapped = |smp| Suite { swap: true, ..run(smp, false, false, None) };
     let mut suites = vec![run(1, false, false, None), run(2, false, false, None), run(8, false, false, None)];
+    suites.extend([swapped(1), swapped(2), swapped(8)]);
     if !quick {
         suites.push(Suite { eviction: Some(Eviction::Lru), ..run(8, false, true, Some(2)) });
         suites.push(run(4, true, false, None));
@@ -102,6 +112,16 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
                     firmware,
                     xapic: suite.xapic,
                     guest: GuestOptions { mode: Mode::Test, magazine: suite.magazine, eviction: suite.eviction, ..Default::default() },
+                    swap: match suite.swap {
+                        true => match Swap::create(&format!("test-smp{}", suite.smp), parse_mem(SWAP_SIZE).expect("a valid size")) {
+                            Ok(swap) => Some(swap),
+                            Err(e) => {
+                                broken(&format!("smp {} swap", suite.smp), &format!("not run: {e:#}"), &mut total);
+                                continue;
+                            }
+                        },
+                        false => None,
+                    },
                     extra: Vec::new(),
                 };
                 total += suite::kernel_run(&qemu, &images, &config, SUITE_TIMEOUT, verbose);

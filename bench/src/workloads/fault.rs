@@ -25,7 +25,7 @@ use crate::team::{Team, Timed};
 /// faults, as will-it-scale's 128 MiB regions do.
 const PAGES: u64 = 1024;
 
-pub fn variants(_: usize) -> Vec<String> {
+pub fn variants() -> Vec<String> {
     alloc::vec![String::from("busy"), String::from(record::BASELINE_VARIANT)]
 }
 

@@ -22,7 +22,7 @@ const BATCH: usize = 64;
 /// Frames in flight to a neighbour before the sender frees locally.
 const MAILBOX: usize = 256;
 
-pub fn variants(_: usize) -> Vec<String> {
+pub fn variants() -> Vec<String> {
     alloc::vec![String::from("magazine"), String::from(record::BASELINE_VARIANT)]
 }
 

@@ -1,7 +1,8 @@
 //! `paging.thrash`: a working set four times the RAM paging may use. One
 //! on-demand region of 1024 pages with the resident limit at 256 frames;
 //! each CPU owns every n-th page and walks its pages in order (`seq-*`) or
-//! at random (`random-*`), checking that each page holds the generation it
+//! at random (`random-*`), on each backing store paging has (RAM, and the
+//! virtio-blk disk when one is attached), checking that each page holds the generation it
 //! last wrote there and writing the next one, with per-page busy states
 //! (`*-busy`) or the global-lock baseline (`*-global`).
 //!
@@ -18,15 +19,25 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::paged::{self, my_faults};
 use crate::driver::Rep;
-use crate::failure::{check, failure, Failure};
+use crate::failure::{check, fails, failure, Failure};
 use crate::machine::Machine;
 use crate::team::{Team, Timed};
 
 const PAGES: u64 = 1024;
 const RESIDENT: u64 = 256;
 
-pub fn variants(_: usize) -> Vec<String> {
-    ["seq-busy", "seq-global", "random-busy", "random-global"].iter().map(|v| String::from(*v)).collect()
+/// `<store>-<order>-<mode>` for every store paging has: `ram-seq-busy`,
+/// `virtio-blk-random-global`, ...
+pub fn variants<M: Machine>(m: &M) -> Vec<String> {
+    let shapes = ["seq-busy", "seq-global", "random-busy", "random-global"];
+    m.stores().iter().flat_map(|store| shapes.iter().map(move |s| alloc::format!("{store}-{s}"))).collect()
+}
+
+/// (store, order, mode) of a variant; the store name may hold dashes.
+fn parse(variant: &str) -> Option<(&str, &str, &str)> {
+    let (rest, mode) = variant.rsplit_once('-')?;
+    let (store, order) = rest.rsplit_once('-')?;
+    Some((store, order, mode))
 }
 
 /// What page `va` holds in generation `gen` (0: never written, zero).
@@ -39,13 +50,23 @@ fn pattern(va: u64, gen: u64) -> u64 {
 }
 
 pub fn thrash<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let random = match variant.split('-').next() {
-        Some("seq") => false,
-        Some("random") => true,
-        _ => return Err(failure(format_args!("no paging.thrash variant {variant:?}"))),
+    let bad = || failure(format_args!("no paging.thrash variant {variant:?}"));
+    let (store, order, mode) = parse(variant).ok_or_else(bad)?;
+    let random = match order {
+        "seq" => false,
+        "random" => true,
+        _ => return Err(bad()),
     };
+    let default = m.stores()[0];
+    m.use_store(store).map_err(|e| fails("switching store", e))?;
+    let r = run(m, random, mode, rep);
+    m.use_store(default).map_err(|e| fails("switching back", e))?;
+    r
+}
+
+fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
     let (d, seed) = (rep.duration_ns, rep.seed);
-    paged::with_mode(m, variant, Some(RESIDENT), || {
+    paged::with_mode(m, mode, Some(RESIDENT), || {
         let n = m.cpus() as u64;
         let team = Team::new(n as usize);
         let base = paged::map(m, PAGES)?;

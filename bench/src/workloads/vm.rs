@@ -23,7 +23,7 @@ use crate::failure::{check, fails, failure, Failure};
 use crate::machine::Machine;
 use crate::team::{Team, Timed};
 
-pub fn local_variants(_: usize) -> Vec<String> {
+pub fn local_variants() -> Vec<String> {
     alloc::vec![String::from("shared"), String::from("private")]
 }
 

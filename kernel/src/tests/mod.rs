@@ -19,6 +19,7 @@ mod mapping_smp;
 mod on_all;
 mod paging;
 mod paging_smp;
+mod paging_store;
 mod probe;
 pub mod ipi;
 mod rng;
@@ -86,6 +87,7 @@ const SUITES: &[&[Test]] = &[
     mapping_smp::TESTS,
     paging::TESTS,
     paging_smp::TESTS,
+    paging_store::TESTS,
     usermode::TESTS,
     bench::TESTS,
 ];

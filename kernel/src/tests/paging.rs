@@ -40,7 +40,7 @@ pub fn put(addr: u64, value: u64) {
 
 /// What a refused call must leave as it was.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-struct State {
+pub(crate) struct State {
     free: u64,
     regions: u64,
     slots: u64,
@@ -48,7 +48,7 @@ struct State {
     committed: u64,
 }
 
-fn state() -> State {
+pub(crate) fn state() -> State {
     let pg = pager();
     State {
         free: frames::get().free_bytes(),
@@ -59,7 +59,7 @@ fn state() -> State {
     }
 }
 
-fn my_counts() -> Counts {
+pub(crate) fn my_counts() -> Counts {
     pager().stats().cpu(smp::percpu::current_index())
 }
 

@@ -15,8 +15,8 @@ pub enum Transfer {
     In,
 }
 
-pub struct FaultyStore<S: BackingStore> {
-    inner: S,
+pub struct FaultyStore {
+    inner: &'static dyn BackingStore,
     /// Countdown to the failing page-out / page-in (0: disarmed).
     fail_out: AtomicU64,
     fail_in: AtomicU64,
@@ -24,8 +24,8 @@ pub struct FaultyStore<S: BackingStore> {
     failed: AtomicU64,
 }
 
-impl<S: BackingStore> FaultyStore<S> {
-    pub fn new(inner: S) -> FaultyStore<S> {
+impl FaultyStore {
+    pub fn new(inner: &'static dyn BackingStore) -> FaultyStore {
         FaultyStore { inner, fail_out: AtomicU64::new(0), fail_in: AtomicU64::new(0), failed: AtomicU64::new(0) }
     }
 
@@ -43,8 +43,8 @@ impl<S: BackingStore> FaultyStore<S> {
         self.failed.load(Ordering::SeqCst)
     }
 
-    pub fn inner(&self) -> &S {
-        &self.inner
+    pub fn inner(&self) -> &'static dyn BackingStore {
+        self.inner
     }
 
     fn counter(&self, t: Transfer) -> &AtomicU64 {
@@ -57,7 +57,14 @@ impl<S: BackingStore> FaultyStore<S> {
     /// Counts one transfer of kind `t`; true if this one must fail.
     fn fails_now(&self, t: Transfer) -> bool {
         let c = self.counter(t);
-        let hit = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > 0).then(|| n - 1)) == Ok(1);
+        let mut n = c.load(Ordering::SeqCst);
+        while n > 0 {
+            match c.compare_exchange(n, n - 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        let hit = n == 1;
         if hit {
             self.failed.fetch_add(1, Ordering::SeqCst);
         }
@@ -65,7 +72,7 @@ impl<S: BackingStore> FaultyStore<S> {
     }
 }
 
-impl<S: BackingStore> BackingStore for FaultyStore<S> {
+impl BackingStore for FaultyStore {
     fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
         self.inner.location_get(page_fault)
     }

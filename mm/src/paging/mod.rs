@@ -36,6 +36,7 @@ pub mod policy;
 pub mod slots;
 pub mod stats;
 pub mod store;
+pub mod store_switch;
 pub mod token;
 mod view;
 #[cfg(test)]

@@ -47,6 +47,15 @@ pub struct HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
+    /// What was recorded after `before` was taken.
+    pub fn since(&self, before: &HistogramSnapshot) -> HistogramSnapshot {
+        let mut d = *self;
+        for (b, old) in d.buckets.iter_mut().zip(&before.buckets) {
+            *b = b.saturating_sub(*old);
+        }
+        d
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }

@@ -15,6 +15,10 @@ pub enum StoreError {
     BadSlot { slot: u64 },
     /// The device failed the transfer; nothing was changed.
     Io { slot: u64 },
+    /// Switching away from a store that still holds `slots` pages.
+    InUse { slots: u64 },
+    /// No store by that name.
+    NoSuchStore,
 }
 
 impl From<SlotError> for StoreError {

@@ -24,7 +24,7 @@ fn rig(slots: u64, limit: u64, lru: bool) -> &'static TestVm {
     rig_faulty(slots, limit, lru).0
 }
 
-type Faulty = FaultyStore<RamStore<'static, Machine>>;
+type Faulty = FaultyStore;
 
 /// `rig`, with the store behind a (disarmed) fault injector.
 fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static Faulty) {
@@ -34,7 +34,8 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
     m.fill_frame(root, 0);
     let vm: &'static TestVm = Box::leak(Box::new(Vm::new(m, root).unwrap()));
     let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
-    let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(RamStore::new(vm.platform(), vec![run], slots))));
+    let ram: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
+    let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(ram)));
     let db = vm.platform().frames.db();
     let policy: &'static dyn EvictionPolicy = if lru { Box::leak(Box::new(Lru::new(db.len()))) } else { Box::leak(Box::new(Nru::new())) };
     vm.enable_paging(PagerConfig { db, store, policy, resident_limit: limit, reserve: 0 }).unwrap();

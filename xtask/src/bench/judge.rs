@@ -127,6 +127,7 @@ mod tests {
             tsc_hz: 3,
             tsc_source: "pit".into(),
             usable_bytes: 1,
+            store: "ram".into(),
         }
     }
     fn bench(variant: &str, smp: u32, rep: u32) -> HostRecord {

@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// Boot the image already in target/image instead of rebuilding it.
     #[arg(long)]
     no_build: bool,
+    /// Size of the sparse swap disk (virtio-blk) attached to every boot, so
+    /// paging.thrash runs on the disk as well as on the RAM store; `0`
+    /// attaches none.
+    #[arg(long, default_value = "256M", value_parser = parse_mem)]
+    swap: crate::qemu::Mem,
     /// Compare two runs instead of measuring: run folders, report.json
     /// files, or `latest`.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
@@ -76,7 +81,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     smp.dedup();
     let host = Host::gather(qemu.version.to_string(), args.quick, smp, args.only.clone());
     let timeout = Duration::from_secs(args.timeout);
-    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose };
+    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: (args.swap.bytes > 0).then(|| args.swap.clone()) };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
     println!("report: {}", dir.join("report.md").display());
@@ -87,6 +92,8 @@ pub struct Options {
     /// Draw progress bars (stderr is a terminal).
     pub live: bool,
     pub verbose: bool,
+    /// Size of a swap disk to attach to every boot.
+    pub swap: Option<crate::qemu::Mem>,
 }
 
 /// Boots once per CPU count in `host.smp` through `launch`, then writes the
@@ -106,6 +113,7 @@ pub fn measure(
             firmware: Firmware::Bios,
             xapic: false,
             guest: GuestOptions { mode: Mode::Bench, only: host.only.clone(), quick: host.quick, ..Default::default() },
+            swap: options.swap.clone().map(|size| crate::swap::Swap::create(&format!("bench-smp{smp}"), size)).transpose()?,
             extra: Vec::new(),
         };
         let display = progress::Progress::new(smp, options.live, options.verbose);

@@ -289,7 +289,7 @@ mod tests {
         report.write(&path).unwrap();
         assert_eq!(Report::read(&path).unwrap(), report);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"record_schema\": 2"), "{text}");
+        assert!(text.contains(&format!("\"record_schema\": {}", record::SCHEMA)), "{text}");
         assert!(text.contains("\"kind\": \"bench\""), "{text}");
         assert!(!text.contains("run_dir"), "only latest.json names its folder");
     }

@@ -2,7 +2,7 @@
 //! then a summary table, one section per benchmark, and the targets.
 
 use super::report_json::{FailureKind, Report, Summary};
-use super::stats::{baseline_of, buddy_locks_per_100_allocs, latency, si, Index};
+use super::stats::{baseline_of, buddy_locks_per_100_allocs, is_latency, latency, si, Index};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -155,7 +155,11 @@ fn rate(s: &Summary) -> String {
 }
 
 fn counters(s: &Summary) -> String {
-    let mut parts: Vec<String> = s.counters_per_op.iter().map(|(k, v)| format!("{k} {}", per_op(*v))).collect();
+    let mut parts: Vec<String> = s
+        .counters_per_op
+        .iter()
+        .map(|(k, v)| if is_latency(k) { format!("{k} {}", latency(*v)) } else { format!("{k} {}", per_op(*v)) })
+        .collect();
     if let Some(per100) = buddy_locks_per_100_allocs(s) {
         parts.push(format!("**{per100:.2} buddy_locks/100 allocs**"));
     }

@@ -77,19 +77,36 @@ pub fn summarize(rows: &[BenchRow], failed: &BTreeSet<(String, String, u32)>) ->
 
 /// Each counter's total over the repetitions divided by their total
 /// operations (totals, not a median of ratios: a counter that fires once
-/// in a while should not round to zero in most repetitions).
+/// in a while should not round to zero in most repetitions). Counters
+/// named `*_ns` are latencies, not counts: their median over the
+/// repetitions is kept as it is.
 pub fn counters_per_op(reps: &[&BenchRow]) -> BTreeMap<String, f64> {
     let ops: u64 = reps.iter().map(|r| r.ops).sum();
-    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    let mut totals: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for rep in reps {
         for (name, value) in &rep.counters {
-            *totals.entry(name.clone()).or_default() += value;
+            totals.entry(name.clone()).or_default().push(*value);
         }
     }
     totals
         .into_iter()
-        .map(|(name, total)| (name, if ops == 0 { 0.0 } else { total as f64 / ops as f64 }))
+        .map(|(name, mut values)| {
+            let v = if is_latency(&name) {
+                values.sort_unstable();
+                values[values.len() / 2] as f64
+            } else if ops == 0 {
+                0.0
+            } else {
+                values.iter().sum::<u64>() as f64 / ops as f64
+            };
+            (name, v)
+        })
         .collect()
+}
+
+/// A counter that holds nanoseconds of one event, not a count.
+pub fn is_latency(name: &str) -> bool {
+    name.ends_with("_ns")
 }
 
 /// Buddy-lock acquisitions per 100 frame allocations, when the row counts
@@ -232,6 +249,19 @@ mod tests {
         assert_eq!(baseline_of("seq-busy"), "seq-global");
         assert_eq!(baseline_of("random-global"), "random-global");
         assert_eq!(baseline_of("a-b-busy"), "a-b-global");
+    }
+
+    #[test]
+    fn latency_counters_are_medians_not_per_op() {
+        let mut a = row("paging.thrash", "ram-seq-busy", 1, 0, 100);
+        let mut b = row("paging.thrash", "ram-seq-busy", 1, 1, 100);
+        let mut c = row("paging.thrash", "ram-seq-busy", 1, 2, 100);
+        for (r, ns) in [(&mut a, 4096u64), (&mut b, 8192), (&mut c, 2048)] {
+            r.counters = BTreeMap::from([("store_in_p50_ns".to_string(), ns), ("page_ins".to_string(), 50)]);
+        }
+        let per_op = counters_per_op(&[&a, &b, &c]);
+        assert_eq!(per_op["store_in_p50_ns"], 4096.0);
+        assert_eq!(per_op["page_ins"], 150.0 / (3 * a.ops) as f64);
     }
 
     #[test]

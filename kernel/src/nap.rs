@@ -1,0 +1,20 @@
+//! Short sleeps for waits on devices and other CPUs. Under QEMU a halted
+//! vCPU gives its host core back, so on a host with fewer cores than vCPUs
+//! a waiter that naps lets the thread it waits for (another vCPU, QEMU's
+//! I/O completion) run; a spinning one takes the core from it.
+
+use x86_64::instructions::interrupts;
+
+/// Halts this CPU until an interrupt: the one-shot timer after about `us`
+/// microseconds, or sooner an IPI (a shootdown is served by its handler
+/// meanwhile). Interrupts are back in their state on entry afterwards.
+pub fn nap(us: u32) {
+    let enabled = interrupts::are_enabled();
+    interrupts::disable();
+    smp::percpu::with_local_apic(|l| l.one_shot(us.saturating_mul(1000)));
+    // `sti; hlt` is atomic: an interrupt due before the `hlt` still ends it.
+    interrupts::enable_and_hlt();
+    if !enabled {
+        interrupts::disable();
+    }
+}

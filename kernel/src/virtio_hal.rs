@@ -1,0 +1,81 @@
+//! `virtio_drivers::Hal` for the kernel: DMA memory from the frame
+//! allocator reached through the direct map, device registers mapped
+//! uncached with `phys_map`, and buffers shared by their physical address
+//! (they must be physically contiguous: the drivers here only pass frames
+//! and heap objects, both in the direct map).
+
+use core::ptr::NonNull;
+
+use mm::vm::CacheMode;
+use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
+
+use crate::{frames, memory, vm};
+
+pub struct KernelHal;
+
+/// Frames for a DMA allocation: the allocator's contiguous runs are powers
+/// of two.
+fn run_frames(pages: usize) -> u64 {
+    (pages.max(1) as u64).next_power_of_two()
+}
+
+/// The physical address of `len` bytes at `virt` if they are physically
+/// contiguous (checked page by page through the kernel's tables).
+fn contiguous_phys(virt: u64, len: u64) -> Option<u64> {
+    let vm = vm::get();
+    let start = vm.map_get(vm.kernel(), virt).ok()?.phys;
+    let mut page = virt & !(PAGE_SIZE as u64 - 1);
+    while page < virt + len {
+        let at = page.max(virt);
+        if vm.map_get(vm.kernel(), at).ok()?.phys != start + (at - virt) {
+            return None;
+        }
+        page += PAGE_SIZE as u64;
+    }
+    Some(start)
+}
+
+// SAFETY: `dma_alloc` hands out zeroed frames nobody else owns, through
+// the direct map (valid, page-aligned, not aliased by other allocations);
+// `mmio_phys_to_virt` maps the device's own registers afresh; `share`
+// returns the real physical address of memory the caller keeps alive.
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        match frames::get().alloc_contiguous(run_frames(pages)) {
+            Ok(phys) => {
+                for i in 0..run_frames(pages) {
+                    memory::fill_words(phys + i * PAGE_SIZE as u64, 0);
+                }
+                (phys, NonNull::new(memory::virt_of(phys) as *mut u8).expect("direct map at 0"))
+            }
+            // The driver reads a zero address as a failed allocation.
+            Err(_) => (0, NonNull::dangling()),
+        }
+    }
+
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        match frames::get().free_contiguous(paddr, run_frames(pages)) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::error!("virtio: freeing DMA memory at {paddr:#x}: {e:?}");
+                -1
+            }
+        }
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        // Device registers stay mapped for as long as the device is used:
+        // for good.
+        let virt = vm::get()
+            .phys_map(paddr, size as u64, CacheMode::Uncached)
+            .unwrap_or_else(|e| panic!("virtio: mapping registers at {paddr:#x} (+{size:#x}): {e:?}"));
+        NonNull::new(virt as *mut u8).expect("phys_map returned 0")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        let (virt, len) = (buffer.as_ptr() as *mut u8 as u64, buffer.len() as u64);
+        contiguous_phys(virt, len).unwrap_or_else(|| panic!("virtio: buffer at {virt:#x} (+{len:#x}) is not physically contiguous"))
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
