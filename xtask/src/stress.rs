@@ -191,8 +191,9 @@ fn judge(cap: &Capture, plan: &Plan) -> Verdict {
         cap.elapsed.as_secs_f64()
     );
     text = head + &text;
+    let swap = plan.swap.as_ref().map(|m| format!(" --swap {}", m.text)).unwrap_or_default();
     text += &format!(
-        "seed {seed:#x} (replay: cargo xtask stress --smp {smp} --seconds {s} --seed {seed:#x})\n",
+        "seed {seed:#x} (replay: cargo xtask stress --smp {smp} --seconds {s} --seed {seed:#x}{swap})\n",
         seed = plan.seed,
         smp = plan.smp,
         s = plan.seconds
