@@ -32,6 +32,10 @@ pub trait Machine: Sync + 'static {
     /// One step of a spin wait on another CPU: answers pending shootdowns
     /// and cross-calls so the CPU waited for can finish.
     fn wait_step(&self);
+    /// Sleeps this CPU for about `us` microseconds or until an interrupt
+    /// (an IPI is answered meanwhile), giving its host core back under
+    /// QEMU.
+    fn nap(&self, us: u32);
     /// Sends a record to the host.
     fn emit(&self, record: &GuestRecord);
     fn tlb_counts(&self, cpu: usize) -> TlbCounts;

@@ -15,6 +15,9 @@ use crate::machine::Machine;
 
 /// Longest a CPU waits at a barrier for the others.
 pub const BARRIER_WAIT_NS: u64 = 20_000_000_000;
+/// A barrier waiter spins this long, then naps `NAP_US` at a time.
+const SPIN_NS: u64 = 50_000;
+const NAP_US: u32 = 20;
 /// Longest one workload runs on the other CPUs after CPU 0 finished.
 const RUN_TIMEOUT_NS: u64 = 120_000_000_000;
 
@@ -126,15 +129,24 @@ impl Team {
             self.generation.fetch_add(1, Ordering::Release);
             return Ok(());
         }
-        let deadline = m.now_ns() + BARRIER_WAIT_NS;
+        let start = m.now_ns();
         while self.generation.load(Ordering::Acquire) == gen {
             if self.aborted() {
                 return Err(failure(format_args!("cpu {} left a barrier: another CPU failed", m.cpu())));
             }
-            if m.now_ns() > deadline {
+            let waited = m.now_ns() - start;
+            if waited > BARRIER_WAIT_NS {
                 return Err(failure(format_args!("cpu {} waited {} s at a barrier", m.cpu(), BARRIER_WAIT_NS / 1_000_000_000)));
             }
-            m.wait_step();
+            // Spin briefly (a barrier usually opens within microseconds),
+            // then nap: with more vCPUs than host cores a spinning waiter
+            // takes the core from the CPUs it waits for, and from those
+            // that must answer a shootdown.
+            if waited < SPIN_NS {
+                m.wait_step();
+            } else {
+                m.nap(NAP_US);
+            }
         }
         Ok(())
     }

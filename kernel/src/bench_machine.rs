@@ -63,6 +63,10 @@ impl Machine for KernelMachine {
         core::hint::spin_loop();
     }
 
+    fn nap(&self, us: u32) {
+        crate::nap::nap(us);
+    }
+
     fn emit(&self, record: &record::GuestRecord) {
         if self.send_records {
             logger::emit(record);

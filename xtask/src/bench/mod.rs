@@ -51,12 +51,23 @@ pub struct BenchArgs {
     /// Size of the sparse swap disk (virtio-blk) attached to every boot, so
     /// paging.thrash runs on the disk as well as on the RAM store; `0`
     /// attaches none.
-    #[arg(long, default_value = "256M", value_parser = parse_mem)]
-    swap: crate::qemu::Mem,
+    #[arg(long, default_value = "256M", value_parser = parse_swap)]
+    swap: SwapSize,
     /// Compare two runs instead of measuring: run folders, report.json
     /// files, or `latest`.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     compare: Option<Vec<String>>,
+}
+
+/// A swap disk size, or none (`0`).
+#[derive(Clone, Debug)]
+pub struct SwapSize(Option<crate::qemu::Mem>);
+
+fn parse_swap(text: &str) -> Result<SwapSize> {
+    match text {
+        "0" => Ok(SwapSize(None)),
+        _ => Ok(SwapSize(Some(parse_mem(text)?))),
+    }
 }
 
 /// Where run folders and `latest.json` go.
@@ -81,7 +92,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     smp.dedup();
     let host = Host::gather(qemu.version.to_string(), args.quick, smp, args.only.clone());
     let timeout = Duration::from_secs(args.timeout);
-    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: (args.swap.bytes > 0).then(|| args.swap.clone()) };
+    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: args.swap.0.clone() };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
     println!("report: {}", dir.join("report.md").display());
@@ -183,4 +194,16 @@ fn write_run(report: &Report, root: &Path) -> Result<PathBuf> {
     let latest = Report { run_dir: Some(dir.display().to_string()), ..report.clone() };
     latest.write(&root.join("latest.json"))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_zero_means_no_disk() {
+        assert!(parse_swap("0").unwrap().0.is_none());
+        assert_eq!(parse_swap("64M").unwrap().0.unwrap().bytes, 64 << 20);
+        assert!(parse_swap("lots").is_err());
+    }
 }
