@@ -15,6 +15,7 @@ pub mod failure;
 pub mod histogram;
 pub mod machine;
 pub mod options;
+pub mod rng;
 pub mod team;
 pub(crate) mod workloads;
 

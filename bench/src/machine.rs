@@ -59,3 +59,10 @@ pub trait Machine: Sync + 'static {
 pub fn frames_accounted<M: Machine>(m: &M) -> u64 {
     m.frames().free_bytes() / mm::PAGE_SIZE + m.heap_stats().pages
 }
+
+/// `frames_accounted` plus the page tables of the kernel's region area,
+/// for workloads that map kernel regions (concurrent unmaps may leave an
+/// emptied table in place for reuse).
+pub fn frame_ledger<M: Machine>(m: &M) -> u64 {
+    frames_accounted(m) + m.vm().region_table_frames()
+}

@@ -25,9 +25,10 @@ use mm::vm::{AddressSpace, Flags, PageSize, VmPlatform};
 use record::{Counters, Record};
 
 use crate::failure::{check, fails, failure, Failure};
-use crate::machine::{frames_accounted, Machine};
+use crate::machine::{frame_ledger, Machine};
+use crate::rng::Rng;
 use crate::team::Team;
-use crate::workloads::space::page;
+use crate::workloads::space::{page, within};
 
 /// Length of one round between audits.
 const ROUND_NS: u64 = 2_000_000_000;
@@ -45,13 +46,6 @@ struct Shared {
 }
 
 type Ops = [AtomicU64; KINDS.len()];
-
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
 
 fn pattern(va: u64, gen: u64) -> u64 {
     if gen == 0 {
@@ -74,7 +68,7 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
     let (mut audits, mut round) = (0u64, 0u32);
     let result = (|| -> Result<(), Failure> {
         let pg = m.vm().pager().map_err(|e| fails("paging", e))?;
-        let ledger = || frames_accounted(m) + m.vm().region_table_frames();
+        let ledger = || frame_ledger(m);
         let before = ledger();
         let limit = pg.resident_limit();
         pg.set_resident_limit(RESIDENT);
@@ -134,25 +128,25 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
 /// One CPU's round in its own user space.
 fn worker<M: Machine>(m: &M, team: &Team, s: &Shared, ops: &Ops, cpu: usize, seed: u64) -> Result<(), Failure> {
     let space = &s.spaces[cpu];
-    m.vm().activate(space);
     let mut held = Held::default();
     let mut done = [0u64; KINDS.len()];
-    let mut rng = seed ^ (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::for_cpu(seed, cpu);
     let mut op = 0u64;
-    let r = (|| {
-        let mut shadow = s.shadows[cpu].lock();
-        team.barrier(m)?;
-        let end = m.now_ns() + ROUND_NS;
-        while m.now_ns() < end && !team.aborted() {
-            op += 1;
-            let kind = mix_step(m, s, space, &mut held, &mut shadow, cpu, &mut rng, op)?;
-            done[kind] += 1;
-        }
-        Ok(())
-    })();
     let n = s.spaces.len();
-    let r = r.and_then(|()| held.give_back(m, space, |i| s.region + (cpu + i * n) as u64 * mm::PAGE_SIZE));
-    m.vm().deactivate(space);
+    let r = within(m, space, || {
+        let mixed = (|| {
+            let mut shadow = s.shadows[cpu].lock();
+            team.barrier(m)?;
+            let end = m.now_ns() + ROUND_NS;
+            while m.now_ns() < end && !team.aborted() {
+                op += 1;
+                let kind = mix_step(m, s, space, &mut held, &mut shadow, cpu, &mut rng, op)?;
+                done[kind] += 1;
+            }
+            Ok(())
+        })();
+        mixed.and_then(|()| held.give_back(m, space, |i| s.region + (cpu + i * n) as u64 * mm::PAGE_SIZE))
+    });
     for (total, d) in ops.iter().zip(done) {
         total.fetch_add(d, Ordering::Relaxed);
     }
@@ -206,9 +200,9 @@ impl Held {
 
 /// One random operation; returns its kind (an index into `KINDS`).
 #[allow(clippy::too_many_arguments)]
-fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held, shadow: &mut [u64], cpu: usize, rng: &mut u64, op: u64) -> Result<usize, Failure> {
+fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held, shadow: &mut [u64], cpu: usize, rng: &mut Rng, op: u64) -> Result<usize, Failure> {
     let (vm, frames) = (m.vm(), m.frames());
-    let r = xorshift(rng);
+    let r = rng.next();
     let coin = r >> 32 & 1 == 1;
     let n = s.spaces.len();
     // This CPU's pages of the shared region: cpu, cpu + n, ...

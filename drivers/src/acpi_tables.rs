@@ -42,12 +42,6 @@ pub struct Ecam {
     pub buses: core::ops::RangeInclusive<u8>,
 }
 
-impl Ecam {
-    /// Bytes of configuration space for its buses (1 MiB per bus).
-    pub fn len(&self) -> u64 {
-        (u64::from(*self.buses.end()) + 1) << 20
-    }
-}
 
 /// Maps ACPI tables through the bootloader's direct map of physical memory.
 #[derive(Clone)]

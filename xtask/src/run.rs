@@ -46,6 +46,14 @@ pub struct Capture {
     pub elapsed: Duration,
 }
 
+#[cfg(test)]
+impl Capture {
+    /// A run that ended with `exit` after `elapsed`, having sent `records`.
+    pub fn of(exit: Exit, records: Vec<HostRecord>, elapsed: Duration) -> Capture {
+        Capture { exit, records, bad_records: Vec::new(), tail: Default::default(), stderr: String::new(), elapsed }
+    }
+}
+
 impl Capture {
     /// The last serial lines and QEMU's stderr, for a failure report.
     pub fn print_failure_context(&self) {

@@ -135,14 +135,7 @@ mod tests {
     use record::HostRecord;
 
     fn cap(exit: Exit, records: Vec<HostRecord>) -> Capture {
-        Capture {
-            exit,
-            records,
-            bad_records: Vec::new(),
-            tail: Default::default(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-        }
+        Capture::of(exit, records, Duration::ZERO)
     }
     fn boot(n: u32, apic: ApicMode) -> HostRecord {
         Record::Boot {

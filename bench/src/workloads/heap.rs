@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use crate::driver::Rep;
 use crate::failure::{check, Failure};
 use crate::machine::Machine;
+use crate::rng::Rng;
 use crate::team::{Team, Timed};
 
 const SIZES: [usize; 8] = [16, 24, 32, 48, 64, 128, 256, 512];
@@ -23,15 +24,12 @@ pub fn small<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
     let in_use = m.heap_stats().in_use;
     team.run(m, move |team, cpu| {
         let mut ring: Vec<Option<Box<[u64]>>> = (0..LIVE).map(|_| None).collect();
-        let mut rng = seed ^ (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::for_cpu(seed, cpu);
         team.barrier(m)?;
         let mut t = Timed::begin(m, d);
         let mut seq = 0u64;
         while t.running(team) {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let words = SIZES[(rng % SIZES.len() as u64) as usize] / 8;
+            let words = SIZES[(rng.next() % SIZES.len() as u64) as usize] / 8;
             let stamp = (cpu as u64) << 48 | seq;
             let slot = &mut ring[(seq % LIVE as u64) as usize];
             if let Some(old) = slot.take() {

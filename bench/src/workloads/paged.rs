@@ -6,7 +6,7 @@ use mm::paging::{Mode, Pager};
 use mm::vm::KMemFlags;
 
 use crate::failure::{check, fails, failure, Failure};
-use crate::machine::{frames_accounted, Machine};
+use crate::machine::{frame_ledger, Machine};
 
 /// `busy` → per-page busy states; the baseline → one global lock.
 pub fn mode(variant: &str) -> Result<Mode, Failure> {
@@ -25,7 +25,7 @@ pub fn pager<M: Machine>(m: &M) -> Result<&Pager, Failure> {
 /// restores both and checks the ledger and the audits after.
 pub fn with_mode<M: Machine, T>(m: &M, variant: &str, resident_limit: Option<u64>, body: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
     let pg = pager(m)?;
-    let ledger = || frames_accounted(m) + m.vm().region_table_frames();
+    let ledger = || frame_ledger(m);
     let (frames, committed, resident) = (ledger(), pg.committed(), pg.resident());
     let limit = pg.resident_limit();
     pg.set_mode(mode(variant)?);

@@ -49,6 +49,23 @@ pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phy
 
 pub const POISON: u8 = 0xEE;
 
+/// Runs `f` with `space` active on this CPU and leaves the space after,
+/// whatever `f` returned.
+pub fn within<M: Machine, R>(m: &M, space: &AddressSpace, f: impl FnOnce() -> R) -> R {
+    m.vm().activate(space);
+    let r = f();
+    m.vm().deactivate(space);
+    r
+}
+
+/// After a run in `spaces`: destroys them and checks the ledger, but
+/// reports the run's own error first (a failed run may leave it short).
+pub fn finish<M: Machine>(m: &M, ran: Result<(), Failure>, spaces: Arc<Vec<AddressSpace>>, before: u64) -> Result<(), Failure> {
+    let destroyed = destroy(m, spaces, before);
+    ran?;
+    destroyed
+}
+
 /// `count` new user spaces, and the frame ledger before them.
 pub fn make<M: Machine>(m: &M, count: usize) -> Result<(Arc<Vec<AddressSpace>>, u64), Failure> {
     let before = frames_accounted(m);

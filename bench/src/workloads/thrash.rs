@@ -21,6 +21,7 @@ use super::paged::{self, my_faults};
 use crate::driver::Rep;
 use crate::failure::{check, fails, failure, Failure};
 use crate::machine::Machine;
+use crate::rng::Rng;
 use crate::team::{Team, Timed};
 
 const PAGES: u64 = 1024;
@@ -75,16 +76,13 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
             let base = region.load(Ordering::Relaxed);
             let mine: Vec<u64> = (cpu as u64..PAGES).step_by(n as usize).collect();
             let mut shadow = vec![0u64; mine.len()];
-            let mut rng = seed ^ (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut rng = Rng::for_cpu(seed, cpu);
             team.barrier(m)?;
             let mut t = Timed::begin(m, d);
             let mut k = 0usize;
             while t.running(team) {
                 let i = if random {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    (rng % mine.len() as u64) as usize
+                    (rng.next() % mine.len() as u64) as usize
                 } else {
                     k = (k + 1) % mine.len();
                     k

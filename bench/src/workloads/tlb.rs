@@ -78,8 +78,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
         }
         let space = &s[0];
         let retired = &r;
-        m.vm().activate(space);
-        let r = (|| {
+        space::within(m, space, || {
             team.barrier(m)?;
             let mut t = Timed::begin(m, d);
             loop {
@@ -115,9 +114,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
             }
             t.finish(team, cpu);
             Ok(())
-        })();
-        m.vm().deactivate(space);
-        r
+        })
     });
     // After a failure the pages' state is unknown (and late CPUs may still
     // read them): leave them mapped rather than free what may be in use.

@@ -41,8 +41,7 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
     let ran = team.run(m, move |team, cpu| {
         let (vm, frames) = (m.vm(), m.frames());
         let space = &s[if private { cpu } else { 0 }];
-        vm.activate(space);
-        let r = (|| {
+        space::within(m, space, || {
             team.barrier(m)?;
             let mut t = Timed::begin(m, d);
             let mut i = 0u64;
@@ -64,14 +63,9 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
             t.finish(team, cpu);
             // Everyone stops unmapping before anyone leaves the space.
             team.barrier(m)
-        })();
-        vm.deactivate(space);
-        r
+        })
     });
-    // The run's own error first: a failed run may leave the ledger short.
-    let destroyed = space::destroy(m, spaces, before);
-    ran?;
-    destroyed?;
+    space::finish(m, ran, spaces, before)?;
     Ok(team)
 }
 
@@ -87,11 +81,9 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
     let d = rep.duration_ns;
     let s = spaces.clone();
     let ran = team.run(m, move |team, cpu| {
-        let vm = m.vm();
         let space = &s[0];
         let (next, mine) = (&boxes[(cpu + 1) % n], &boxes[cpu]);
-        vm.activate(space);
-        let r = (|| {
+        space::within(m, space, || {
             let mut batch = ArrayVec::<(u64, u64), PIPE>::new();
             let take = |t: &mut Timed<M>, batch: &mut ArrayVec<(u64, u64), PIPE>| -> Result<(), Failure> {
                 core::mem::swap(batch, &mut *mine.lock());
@@ -120,13 +112,8 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
             take(&mut t, &mut batch)?;
             t.finish(team, cpu);
             team.barrier(m)
-        })();
-        vm.deactivate(space);
-        r
+        })
     });
-    // The run's own error first: a failed run may leave the ledger short.
-    let destroyed = space::destroy(m, spaces, before);
-    ran?;
-    destroyed?;
+    space::finish(m, ran, spaces, before)?;
     Ok(team)
 }

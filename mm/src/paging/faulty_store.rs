@@ -43,10 +43,6 @@ impl FaultyStore {
         self.failed.load(Ordering::SeqCst)
     }
 
-    pub fn inner(&self) -> &'static dyn BackingStore {
-        self.inner
-    }
-
     fn counter(&self, t: Transfer) -> &AtomicU64 {
         match t {
             Transfer::Out => &self.fail_out,

@@ -110,14 +110,7 @@ mod tests {
     use std::time::Duration;
 
     fn cap(exit: Exit, records: Vec<HostRecord>) -> Capture {
-        Capture {
-            exit,
-            records,
-            bad_records: Vec::new(),
-            tail: Default::default(),
-            stderr: String::new(),
-            elapsed: Duration::from_millis(1500),
-        }
+        Capture::of(exit, records, Duration::from_millis(1500))
     }
     fn boot(n: u32) -> HostRecord {
         Record::Boot {
