@@ -64,5 +64,7 @@ pub fn frames_accounted<M: Machine>(m: &M) -> u64 {
 /// for workloads that map kernel regions (concurrent unmaps may leave an
 /// emptied table in place for reuse).
 pub fn frame_ledger<M: Machine>(m: &M) -> u64 {
-    frames_accounted(m) + m.vm().region_table_frames()
+    // Called at quiescent points, where nobody holds the table lock.
+    let tables = m.vm().region_table_frames().unwrap_or_else(|e| panic!("counting region tables: {e:?}"));
+    frames_accounted(m) + tables
 }

@@ -10,7 +10,7 @@ use super::{Pager, PagingError, BUSY_WAIT_NS};
 use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
-use crate::vm::unmap::transit;
+use crate::vm::marker::UnmapOp;
 use crate::vm::{KMemFlags, Vm, VmError, VmPlatform, PAGE};
 
 impl<P: VmPlatform> Vm<P> {
@@ -35,15 +35,23 @@ impl<P: VmPlatform> Vm<P> {
     pub(crate) fn map_tokens(&self, virt: u64, pages: u64, perms: u64, loc: &dyn Fn(u64) -> Location) -> Result<(), VmError> {
         let pg = self.pager().map_err(|_| VmError::OutOfFrames)?;
         self.commit(pg, pages)?;
-        let shared = self.kernel().tables.read();
+        let shared = match self.kernel().tables.read(&self.p) {
+            Ok(g) => g,
+            Err(e) => {
+                pg.committed.fetch_sub(pages, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         for i in 0..pages {
             let t = token::encode(loc(i), perms).expect("callers pass slots that fit");
             if let Err(e) = self.install(self.kernel(), virt + i * PAGE, t, 0) {
-                drop(shared);
+                // Nobody has touched the tokens yet (the region is this
+                // call's): clear them under the same lock.
                 self.clear_tokens(virt, i);
+                drop(shared);
                 pg.committed.fetch_sub(pages, Ordering::Relaxed);
                 // Tables made on the way go after a shootdown.
-                self.finish_unmap(self.kernel(), virt, i, PageSize::Size4K)?;
+                self.finish_unmap(self.kernel(), self.begin_unmap(), virt, i, PageSize::Size4K)?;
                 return Err(e);
             }
         }
@@ -51,8 +59,8 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Clears the `pages` tokens from `virt` (nobody has touched them).
+    /// The caller holds the shared table lock.
     fn clear_tokens(&self, virt: u64, pages: u64) {
-        let _shared = self.kernel().tables.read();
         for i in 0..pages {
             if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), virt + i * PAGE, 0) {
                 slot.store(0, Ordering::Release);
@@ -102,10 +110,11 @@ impl<P: VmPlatform> Vm<P> {
     /// with the pages before it unmapped (the region stays claimed).
     pub(crate) fn unmap_kmem_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
         let mut paged = 0;
+        let op = self.begin_unmap();
         let result = self.p.without_interrupts(|| {
             (0..pages).try_for_each(|i| {
                 let va = virt + i * PAGE;
-                let done = self.unmap_one(va)?;
+                let done = self.unmap_one(&op, va)?;
                 paged += u64::from(done);
                 Ok(())
             })
@@ -113,14 +122,14 @@ impl<P: VmPlatform> Vm<P> {
         if let Some(pg) = self.paging.get() {
             pg.committed.fetch_sub(paged, Ordering::Relaxed);
         }
-        let flushed = self.finish_unmap(self.kernel(), virt, pages, PageSize::Size4K);
+        let flushed = self.finish_unmap(self.kernel(), op, virt, pages, PageSize::Size4K);
         result.and(flushed)
     }
 
     /// Takes page `va` out of its table (a resident or ordinary page
     /// becomes an in-transit marker for `finish_unmap`). True if it was a
     /// pageable page.
-    fn unmap_one(&self, va: u64) -> Result<bool, VmError> {
+    fn unmap_one(&self, op: &UnmapOp, va: u64) -> Result<bool, VmError> {
         let deadline = self.p.now_ns() + BUSY_WAIT_NS;
         let pg = self.paging.get();
         let mut waited = false;
@@ -132,7 +141,7 @@ impl<P: VmPlatform> Vm<P> {
             if let (Some(pg), true) = (pg, token::is_resident(e)) {
                 let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
                 if pg.db.update_paging(index, MAPPED, BUSY, BUSY, 0).is_ok() {
-                    if slot.compare_exchange(e, transit(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                    if slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_err() {
                         pg.release(index);
                         continue; // accessed or dirty bits changed
                     }
@@ -151,7 +160,7 @@ impl<P: VmPlatform> Vm<P> {
                 }
                 continue;
             } else if pte::is_present(e) {
-                if slot.compare_exchange(e, transit(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                     return Ok(false);
                 }
                 continue;

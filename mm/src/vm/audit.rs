@@ -20,6 +20,8 @@ pub enum PtViolation {
     /// A frame mapped at two addresses (in the kernel area or user
     /// halves), neither mapping pinned.
     DoubleMapped { phys: u64, first: u64, second: u64 },
+    /// The space's table lock stayed held past its bound: not audited.
+    TablesBusy { root: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,7 +55,7 @@ impl<P: VmPlatform> Vm<P> {
                 SpaceKind::User => 0..256,
             };
             let mut result = Ok(());
-            let _shared = space.tables.read();
+            let _shared = space.tables.read(&self.p).map_err(|_| PtViolation::TablesBusy { root: space.root() })?;
             self.walk(space.root(), TOP, 0, WRITABLE, half, &mut |leaf| {
                 report.leaves += 1;
                 let e = leaf.entry;

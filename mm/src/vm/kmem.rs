@@ -3,7 +3,6 @@
 //! (device memory with a cache mode), over the region allocator.
 
 use core::ops::BitOr;
-use core::sync::atomic::Ordering;
 
 use super::mapping::{check_phys, Vm};
 use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
@@ -130,7 +129,7 @@ impl<P: VmPlatform> Vm<P> {
             return Err(not_region);
         }
         let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| {
-            let _shared = self.kernel().tables.read();
+            let _shared = self.kernel().tables.read(&self.p)?;
             match (0..pages).map(|i| addr + i * PAGE).find(|&va| !self.kmem_page_present(va)) {
                 Some(va) => Err(VmError::NotMapped { virt: va }),
                 None => Ok(()),
@@ -170,12 +169,12 @@ impl<P: VmPlatform> Vm<P> {
         };
         let virt = region + PAGE;
         let bits = Flags::WRITE.pte_bits() | cache.pte_bits() | SW_DEVICE;
-        let shared = self.kernel().tables.read();
+        let shared = self.kernel().tables.read(&self.p)?;
         for i in 0..len / PAGE {
             let done = self.install(self.kernel(), virt + i * PAGE, (base + i * PAGE) | bits, 0);
             if let Err(e) = done {
                 drop(shared);
-                self.teardown(self.kernel(), virt, i)?;
+                self.unmap_mapped(self.kernel(), virt, i)?;
                 self.region_free(region, total, RegionKind::Phys);
                 return Err(e);
             }
@@ -196,18 +195,19 @@ impl<P: VmPlatform> Vm<P> {
         if !self.regions.claim(region, total, RegionKind::Phys) {
             return Err(not_region);
         }
-        let intact = {
-            let _shared = self.kernel().tables.read();
-            self.for_each_leaf(self.kernel(), base, len / PAGE, &mut |_, slot| match slot.load(Ordering::Relaxed) & SW_DEVICE {
-                0 => Err(not_region),
-                _ => Ok(()),
-            })
-        };
-        if let Err(e) = intact {
-            self.regions.unclaim(region);
-            return Err(e);
+        let unmapped = self.unmap_all(self.kernel(), base, len / PAGE, &|_, e| match e & SW_DEVICE {
+            0 => Err(not_region),
+            _ => Ok(()),
+        });
+        match unmapped {
+            // After a failed shootdown the range stays reserved for good.
+            Err(VmError::Shootdown { cpus }) => return Err(VmError::Shootdown { cpus }),
+            Err(e) => {
+                self.regions.unclaim(region);
+                return Err(e);
+            }
+            Ok(()) => {}
         }
-        self.teardown(self.kernel(), base, len / PAGE)?;
         self.region_free(region, total, RegionKind::Phys);
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! every CPU that may cache it, and only then free frames and tables. If
 //! the shootdown fails, the frames are quarantined (never reused).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
@@ -17,6 +17,7 @@ use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+use crate::MAX_CPUS;
 
 /// What `map_get` finds at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,10 @@ pub struct Vm<P: VmPlatform> {
     pub(super) regions: Regions,
     pub(super) inject: Inject,
     next_stack: AtomicU64,
+    /// Pages held back by markers whose shootdown failed.
     quarantined: AtomicU64,
+    /// Per CPU: how many unmap operations it began (`marker`'s stamps).
+    pub(super) unmap_generation: [AtomicU8; MAX_CPUS],
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -54,6 +58,7 @@ impl<P: VmPlatform> Vm<P> {
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
             quarantined: AtomicU64::new(0),
+            unmap_generation: [const { AtomicU8::new(0) }; MAX_CPUS],
         };
         table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, &mut || vm.alloc())?;
         Ok(vm)
@@ -72,8 +77,9 @@ impl<P: VmPlatform> Vm<P> {
         &self.inject
     }
 
-    /// Pages and tables kept out of use because a shootdown did not
-    /// complete.
+    /// Pages kept out of use for good because their shootdown did not
+    /// complete: exactly the quarantined markers in the tables (their
+    /// tables stay too, and no sweep takes them).
     pub fn quarantined_frames(&self) -> u64 {
         self.quarantined.load(Ordering::Relaxed)
     }
@@ -85,10 +91,10 @@ impl<P: VmPlatform> Vm<P> {
     /// Page tables mapping the kernel's `k_mem_map` area. Emptied tables
     /// may stay for reuse (a prune skips a table while another unmap's
     /// markers are in it), so a ledger of frames must count them.
-    pub fn region_table_frames(&self) -> u64 {
-        let _shared = self.kernel.tables.read();
+    pub fn region_table_frames(&self) -> Result<u64, VmError> {
+        let _shared = self.kernel.tables.read(&self.p)?;
         let area = super::KERNEL_REGION_AREA;
-        table::count_tables(&self.p, self.kernel.root, table::TOP, 0, (area.start, area.end))
+        Ok(table::count_tables(&self.p, self.kernel.root, table::TOP, 0, (area.start, area.end)))
     }
 
     /// Bytes of kernel virtual regions in use.
@@ -112,7 +118,21 @@ impl<P: VmPlatform> Vm<P> {
         }
     }
 
+    /// Shoots `pages` pages from `start` down on every CPU that may cache
+    /// them. Callers have just changed entries or detached tables.
+    ///
+    /// Invariant 8: the fence keeps the load of the active set (or the
+    /// online set) from being satisfied before those changes are visible.
+    /// x86-TSO lets a load pass an earlier plain store (`prune` detaches a
+    /// table with one); without the fence, a CPU could join the set
+    /// (`activate`: a locked `fetch_or`, a full barrier, then CR3) and walk
+    /// the old parent entry while this load still reads the set without
+    /// it, and the table would be freed under that CPU's paging-structure
+    /// cache. With it, either this load sees the CPU (it is shot down), or
+    /// the CPU's `fetch_or` comes later in the total order of fences and
+    /// locked operations, so its walk after loading CR3 sees the change.
     pub(crate) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
+        fence(Ordering::SeqCst);
         match self.shootdown_targets(space) {
             0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
             targets => Ok(self.p.shootdown(targets, start, pages)?),
@@ -180,7 +200,7 @@ impl<P: VmPlatform> Vm<P> {
         check_phys(phys, bytes, bytes)?;
         space.check_range(virt, bytes / PAGE)?;
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
-        let _shared = space.tables.read();
+        let _shared = space.tables.read(&self.p)?;
         self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
     }
 
@@ -203,7 +223,7 @@ impl<P: VmPlatform> Vm<P> {
     /// What `virt` translates to in `space`, any size class.
     pub fn map_get(&self, space: &AddressSpace, virt: u64) -> Result<Translation, VmError> {
         // Shared: a prune must not free a table this walk is reading.
-        let _shared = space.tables.read();
+        let _shared = space.tables.read(&self.p)?;
         match table::lookup(&self.p, space.root, virt, 0) {
             Lookup::Entry { slot, level } => {
                 let e = slot.load(Ordering::Acquire);
@@ -237,8 +257,9 @@ impl<P: VmPlatform> Vm<P> {
         if t.size != size {
             return Err(VmError::SizeMismatch { virt, mapped: t.size });
         }
+        let op = self.begin_unmap();
         let old = {
-            let _shared = space.tables.read();
+            let _shared = space.tables.read(&self.p)?;
             let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
@@ -250,12 +271,12 @@ impl<P: VmPlatform> Vm<P> {
                 return Err(VmError::NotMapped { virt });
             }
             // The caller takes the frame back: the marker does not own it.
-            if slot.compare_exchange(e, super::unmap::transit(e, bytes, false), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if slot.compare_exchange(e, op.marker(e, bytes, false), Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 return Err(VmError::NotMapped { virt }); // a concurrent unmap won
             }
             e
         };
-        self.finish_unmap(space, virt, 1, size)?;
+        self.finish_unmap(space, op, virt, 1, size)?;
         // In huge entries bit 12 is the PAT bit, not address.
         Ok(pte::addr(old) & !(bytes - 1))
     }
@@ -264,7 +285,7 @@ impl<P: VmPlatform> Vm<P> {
     /// shoots them down, so a downgrade holds on every CPU on return.
     pub fn protect(&self, space: &AddressSpace, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
         check_range_in(space.protectable(), virt, npages)?;
-        let shared = space.tables.read();
+        let shared = space.tables.read(&self.p)?;
         // The pager owns the permissions of on-demand pages (their tokens
         // keep them too): those are mapped with LOCK when they need protect.
         self.for_each_leaf(space, virt, npages, &mut |va, slot| match slot.load(Ordering::Relaxed) & crate::paging::token::SW_PAGED {
@@ -299,7 +320,7 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::ZeroSize);
         }
         let len = npages.checked_mul(PAGE).ok_or(VmError::OutOfVirtualSpace)?;
-        let _shared = space.tables.read();
+        let _shared = space.tables.read(&self.p)?;
         let mut start = from;
         while let Some(end) = start.checked_add(len).filter(|&e| e <= to) {
             match table::first_used(&self.p, space.root, start, end) {
@@ -328,7 +349,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps `npages` fresh frames from `virt` with entry bits `bits`,
     /// zeroed if `zero`. On any failure undoes what it did.
     pub(super) fn populate(&self, space: &AddressSpace, virt: u64, npages: u64, bits: u64, zero: bool) -> Result<(), VmError> {
-        let shared = space.tables.read();
+        let shared = space.tables.read(&self.p)?;
         for i in 0..npages {
             let va = virt + i * PAGE;
             let done = self.alloc().and_then(|frame| {
@@ -344,7 +365,7 @@ impl<P: VmPlatform> Vm<P> {
                 // Undo the pages mapped so far (none if i is 0: then only
                 // tables made on the way go, still after a shootdown,
                 // since a CPU may have cached an entry pointing at them).
-                self.teardown(space, virt, i)?;
+                self.unmap_mapped(space, virt, i)?;
                 return Err(e);
             }
         }
@@ -353,16 +374,14 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Unmaps `npages` pages from `virt` that `vmalloc` mapped and frees
     /// their frames. Checks every page first: on error nothing changes.
+    /// A page another call is unmapping at the same time fails the whole
+    /// call (`NotMapped`): the pages this call had taken are put back.
     pub fn vmfree(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
         space.check_range(virt, npages)?;
-        {
-            let _shared = space.tables.read();
-            self.for_each_leaf(space, virt, npages, &mut |va, slot| match slot.load(Ordering::Relaxed) & SW_OWNED {
-                0 => Err(VmError::NotOwned { virt: va }),
-                _ => Ok(()),
-            })?;
-        }
-        self.teardown(space, virt, npages)
+        self.unmap_all(space, virt, npages, &|va, e| match e & SW_OWNED {
+            0 => Err(VmError::NotOwned { virt: va }),
+            _ => Ok(()),
+        })
     }
 
     // ---- kernel stacks ----
@@ -386,7 +405,7 @@ impl<P: VmPlatform> Vm<P> {
     pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE, PAGE)?;
-        let _shared = self.kernel.tables.read();
+        let _shared = self.kernel.tables.read(&self.p)?;
         let mut old = 0;
         self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot| {
             old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);

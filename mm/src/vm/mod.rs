@@ -18,10 +18,12 @@ mod direct;
 mod inject;
 mod kmem;
 mod mapping;
+pub(crate) mod marker;
 pub mod pte;
 pub mod region;
 pub(crate) mod space;
 pub(crate) mod table;
+pub mod table_lock;
 pub(crate) mod unmap;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -126,8 +128,13 @@ pub enum VmError {
     /// Destroying a space that is still active on some CPU.
     SpaceActive { cpus: u64 },
     /// The mapping is gone but CPUs in `cpus` did not confirm the flush;
-    /// its frames are kept out of use (quarantined), never reused.
+    /// its frames (and its address range) are kept out of use for good
+    /// (quarantined). A frame `umap_single` would have handed back is
+    /// held too: the caller must not reuse it.
     Shootdown { cpus: u64 },
+    /// A space's table lock stayed held past its bound
+    /// (`table_lock::TABLE_WAIT_NS`).
+    TablesBusy,
     /// An on-demand mapping of `pages` pages would commit more than RAM
     /// for paging plus the backing store can hold (`available` pages).
     CommitLimit { pages: u64, available: u64 },

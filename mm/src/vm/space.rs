@@ -4,8 +4,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use spin::RwLock;
-
+use super::table_lock::TableLock;
 use super::{VmError, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, USER_END, USER_START};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub struct AddressSpace {
     /// on every online CPU).
     pub(super) active: AtomicU64,
     /// Shared by map and unmap, exclusive for freeing empty tables.
-    pub(crate) tables: RwLock<()>,
+    pub(crate) tables: TableLock,
     /// An unmap could not prune (lock busy, or too many tables at once);
     /// the next prune sweeps the whole space.
     pub(super) prune_pending: AtomicBool,
@@ -35,7 +34,7 @@ pub struct AddressSpace {
 
 impl AddressSpace {
     pub(super) fn new(root: u64, kind: SpaceKind) -> AddressSpace {
-        AddressSpace { root, kind, active: AtomicU64::new(0), tables: RwLock::new(()), prune_pending: AtomicBool::new(false) }
+        AddressSpace { root, kind, active: AtomicU64::new(0), tables: TableLock::new(), prune_pending: AtomicBool::new(false) }
     }
 
     /// Physical address of the root table (what CR3 holds).

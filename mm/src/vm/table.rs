@@ -7,7 +7,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 
-use super::pte::{self, HUGE, SW_TRANSIT, TABLE_FLAGS};
+use super::marker;
+use super::pte::{self, HUGE, TABLE_FLAGS};
 use super::{VmError, VmPlatform, PAGE};
 
 pub type Table = [AtomicU64; 512];
@@ -111,14 +112,16 @@ pub const PRUNE_MAX: usize = 64;
 
 /// Whether the table in frame `phys` (entries at `level`, covering from
 /// `base`) maps nothing any more: every entry is zero, or a removed
-/// mapping inside `range` waiting for the caller's shootdown. A marker
+/// mapping inside `range` waiting for a shootdown (the caller's flush of
+/// `range` will cover it, so the caller may take it over). A marker
 /// outside `range` belongs to another unmap whose shootdown does not
-/// cover this caller's range and vice versa: that table stays.
+/// cover this caller's range and vice versa, and a quarantined marker is
+/// held for good: those tables stay.
 pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64, level: usize, base: u64, range: (u64, u64)) -> bool {
     p.table(phys).iter().enumerate().all(|(i, e)| {
         let v = e.load(Ordering::Relaxed);
         let lo = canonical(base + i as u64 * span(level));
-        v == 0 || (v & SW_TRANSIT != 0 && lo >= range.0 && lo.wrapping_add(span(level)) <= range.1)
+        v == 0 || (marker::is_marker(v) && !marker::is_quarantined(v) && lo >= range.0 && lo.wrapping_add(span(level)) <= range.1)
     })
 }
 
