@@ -29,6 +29,8 @@ pub(crate) mod unmap;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod same_page_tests;
 
 pub use audit::{AuditReport, PtViolation};
 pub use direct::DirectWindow;

@@ -86,7 +86,19 @@ impl<P: VmPlatform> Vm<P> {
         let op = self.begin_unmap();
         {
             let _shared = space.tables.read(&self.p)?;
-            self.for_each_leaf(space, virt, npages, &mut |va, slot| check(va, slot.load(Ordering::Acquire)))?;
+            // One load per entry: the check must judge the value it saw
+            // present (a racing unmap may turn it into a marker at once).
+            for i in 0..npages {
+                let va = virt + i * PAGE;
+                match table::lookup(&self.p, space.root, va, 0) {
+                    Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
+                        e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
+                        _ if level != 0 => return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) }),
+                        e => check(va, e)?,
+                    },
+                    Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
+                }
+            }
             let mut placed = 0;
             let lost = (0..npages).find(|&i| {
                 let taken = self.take_leaf(space, &op, virt + i * PAGE, true);
