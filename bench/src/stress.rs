@@ -2,10 +2,15 @@
 //!
 //! Each CPU runs a random mix (from the seed, its index and the round) of
 //! frame alloc/free, heap objects of mixed sizes, map/write/read/unmap in
-//! its own user space, accesses to its own pages of one shared on-demand
-//! region kept over a small resident limit (so evictions run all the
-//! time), explicit page-out/page-in/pin/unpin of those pages, and bad
-//! calls that must be refused. Everything a CPU holds is checked (stamps,
+//! its own window of one user space active on every CPU, `vmalloc`,
+//! `vmfree` and `umap_single` of a few pages at a time in a window all CPUs
+//! share (so their markers, sweeps and reused addresses meet in one page
+//! table), kernel `k_mem_map`/`k_mem_unmap` of regions that span whole page
+//! tables (so unmaps detach tables and hold the table lock across their
+//! shootdown while other CPUs page to the store), accesses to its own
+//! pages of one shared on-demand region kept over a small resident limit
+//! (so evictions run all the time), explicit page-out/page-in/pin/unpin of
+//! those pages, and bad calls that must be refused. Everything a CPU holds is checked (stamps,
 //! shadows of what it wrote) and given back at the end of a round; then
 //! CPU 0 runs the frame and paging audits. At the end the region is
 //! unmapped and the frame ledger must be exactly as at the start.
@@ -36,11 +41,19 @@ const ROUND_NS: u64 = 2_000_000_000;
 const PAGED: u64 = 512;
 const RESIDENT: u64 = 128;
 
-const KINDS: [&str; 6] = ["frames", "heap", "vm", "paging", "pin", "refused"];
+/// `vmalloc` ranges come from here, the same for every CPU: one page
+/// table's span.
+const SHARED_WINDOW: core::ops::Range<u64> = 0x7000_0000..0x7020_0000;
+/// A `k_mem_map` of this size covers at least one whole page table.
+const KMEM_SPAN: u64 = 4 << 20;
+
+const KINDS: [&str; 8] = ["frames", "heap", "vm", "paging", "pin", "refused", "vmalloc", "kmem"];
 
 struct Shared {
     region: u64,
-    spaces: Vec<AddressSpace>,
+    /// The one user space every CPU runs in.
+    space: AddressSpace,
+    cpus: usize,
     /// Per CPU: the generation each of its region pages holds.
     shadows: Vec<spin::Mutex<Vec<u64>>>,
 }
@@ -73,10 +86,11 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
         let limit = pg.resident_limit();
         pg.set_resident_limit(RESIDENT);
         let region = m.vm().k_mem_map(PAGED * mm::PAGE_SIZE, mm::vm::KMemFlags::RW).map_err(|e| fails("k_mem_map", e))?;
-        let spaces = (0..n).map(|_| m.vm().new_user_space()).collect::<Result<Vec<_>, _>>().map_err(|e| fails("new space", e))?;
+        let space = m.vm().new_user_space().map_err(|e| fails("new space", e))?;
         let shared = Arc::new(Shared {
             region,
-            spaces,
+            space,
+            cpus: n,
             shadows: (0..n).map(|c| spin::Mutex::new(vec![0; (c..PAGED as usize).step_by(n).count()])).collect(),
         });
         let r = (|| {
@@ -102,9 +116,7 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
             m.vm().k_mem_unmap(region, PAGED * mm::PAGE_SIZE).map_err(|e| fails("k_mem_unmap", e))?;
             pg.set_resident_limit(limit);
             let shared = Arc::try_unwrap(shared).map_err(|_| failure(format_args!("a CPU still holds the stress state")))?;
-            for s in shared.spaces {
-                m.vm().destroy_space(s).map_err(|(e, _)| fails("destroy space", e))?;
-            }
+            m.vm().destroy_space(shared.space).map_err(|(e, _)| fails("destroy space", e))?;
             Ok(())
         })();
         // The rounds' own error first: a failed round leaves things held.
@@ -125,14 +137,14 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
     violations == 0
 }
 
-/// One CPU's round in its own user space.
+/// One CPU's round in the shared user space.
 fn worker<M: Machine>(m: &M, team: &Team, s: &Shared, ops: &Ops, cpu: usize, seed: u64) -> Result<(), Failure> {
-    let space = &s.spaces[cpu];
+    let space = &s.space;
     let mut held = Held::default();
     let mut done = [0u64; KINDS.len()];
     let mut rng = Rng::for_cpu(seed, cpu);
     let mut op = 0u64;
-    let n = s.spaces.len();
+    let n = s.cpus;
     let r = within(m, space, || {
         let mixed = (|| {
             let mut shadow = s.shadows[cpu].lock();
@@ -163,6 +175,8 @@ struct Held {
     next_page: u64,
     /// Indices of its region pages it pinned.
     pinned: ArrayVec<usize, 4>,
+    /// `vmalloc` ranges in the shared window: (start, pages, stamp).
+    allocated: ArrayVec<(u64, u64, u64), 8>,
 }
 
 impl Held {
@@ -194,8 +208,56 @@ impl Held {
         while !self.mapped.is_empty() {
             self.unmap_oldest(m, space)?;
         }
+        while !self.allocated.is_empty() {
+            self.vmfree_oldest(m, space, false)?;
+        }
         Ok(())
     }
+
+    /// Checks the oldest `vmalloc` range's stamps and gives it back: with
+    /// `split`, its second page by `umap_single` (its frame comes back to
+    /// this CPU, which frees it) and the rest by `vmfree` around the hole.
+    fn vmfree_oldest<M: Machine>(&mut self, m: &M, space: &AddressSpace, split: bool) -> Result<(), Failure> {
+        let (start, pages, stamp) = self.allocated.remove(0);
+        let page = |i: u64| start + i * mm::PAGE_SIZE;
+        for i in 0..pages {
+            let got = m.read_word(page(i));
+            check!(got == stamp ^ i, "vmalloc page {:#x} reads {got:#x}, wrote {:#x}", page(i), stamp ^ i);
+        }
+        if split && pages >= 2 {
+            let phys = m.vm().map_get(space, page(1)).map_err(|e| fails("map_get", e))?.phys;
+            let back = m.vm().umap_single(space, page(1), PageSize::Size4K).map_err(|e| fails("umap_single", e))?;
+            check!(back == phys, "umap_single of {:#x} gave {back:#x}, mapped {phys:#x}", page(1));
+            m.frames().free_page(phys).map_err(|e| fails("free", e))?;
+            m.vm().vmfree(space, page(0), 1).map_err(|e| fails("vmfree", e))?;
+            if pages > 2 {
+                m.vm().vmfree(space, page(2), pages - 2).map_err(|e| fails("vmfree", e))?;
+            }
+            return Ok(());
+        }
+        m.vm().vmfree(space, start, pages).map_err(|e| fails("vmfree", e))
+    }
+}
+
+/// A `k_mem_map` of a region spanning whole page tables, checked and
+/// unmapped at once: the unmap detaches tables and holds the kernel table
+/// lock across its shootdown, which every other CPU (paging with
+/// interrupts off, swapping to the disk) must answer.
+fn kmem_round_trip<M: Machine>(m: &M, op: u64) -> Result<(), Failure> {
+    let flags = mm::vm::KMemFlags::RW | mm::vm::KMemFlags::LOCK;
+    let a = m.vm().k_mem_map(KMEM_SPAN, flags).map_err(|e| fails("k_mem_map", e))?;
+    let pages = KMEM_SPAN / mm::PAGE_SIZE;
+    for i in [0, pages / 2, pages - 1] {
+        let va = a + i * mm::PAGE_SIZE;
+        check!(m.read_word(va) == 0, "k_mem_map page {va:#x} is not zeroed");
+        m.write_word(va, va ^ op);
+        check!(m.read_word(va) == va ^ op, "k_mem_map page {va:#x} lost a write");
+    }
+    // A CPU that cannot answer the shootdown makes this fail (Shootdown).
+    m.vm().k_mem_unmap(a, KMEM_SPAN).map_err(|e| fails("k_mem_unmap", e))?;
+    let q = m.vm().quarantined_frames();
+    check!(q == 0, "{q} frames quarantined");
+    Ok(())
 }
 
 /// One random operation; returns its kind (an index into `KINDS`).
@@ -204,12 +266,12 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
     let (vm, frames) = (m.vm(), m.frames());
     let r = rng.next();
     let coin = r >> 32 & 1 == 1;
-    let n = s.spaces.len();
+    let n = s.cpus;
     // This CPU's pages of the shared region: cpu, cpu + n, ...
     let i = (r >> 40) as usize % shadow.len();
     let va = s.region + (cpu + i * n) as u64 * mm::PAGE_SIZE;
     let pinned = held.pinned.contains(&i);
-    Ok(match r % 16 {
+    Ok(match r % 20 {
         0..=2 => {
             if held.frames.is_full() || (coin && !held.frames.is_empty()) {
                 let phys = held.frames.swap_remove((r >> 8) as usize % held.frames.len());
@@ -233,7 +295,7 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
             if held.mapped.is_full() || (coin && !held.mapped.is_empty()) {
                 held.unmap_oldest(m, space)?;
             } else {
-                let va = page(0, held.next_page);
+                let va = page(cpu, held.next_page);
                 held.next_page += 1;
                 let phys = frames.alloc_page().map_err(|e| fails("alloc", e))?;
                 vm.platform().fill_frame(phys, 0);
@@ -274,15 +336,38 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
             }
             4
         }
-        _ => {
+        15 => {
             // Bad calls: each must fail with its own error.
             let unaligned = frames.free_page(0x1001);
             check!(matches!(unaligned, Err(mm::frame::FrameError::NotAligned { .. })), "free of 0x1001: {unaligned:?}");
-            let unmapped = vm.umap_single(space, page(1, op), PageSize::Size4K);
+            let unmapped = vm.umap_single(space, page(n + cpu, op), PageSize::Size4K);
             check!(matches!(unmapped, Err(mm::vm::VmError::NotMapped { .. })), "unmap of an unmapped page: {unmapped:?}");
             let odd = vm.page_out(va + 8, mm::PAGE_SIZE);
             check!(matches!(odd, Err(mm::paging::PagingError::Range(mm::vm::VmError::NotAligned { .. }))), "page-out of an unaligned address: {odd:?}");
             5
+        }
+        16..=18 => {
+            if held.allocated.is_full() || (coin && !held.allocated.is_empty()) {
+                held.vmfree_oldest(m, space, r >> 33 & 1 == 1)?;
+            } else {
+                let pages = 1 + (r >> 8) % 4;
+                let a = vm.vmalloc(space, SHARED_WINDOW.start, SHARED_WINDOW.end, pages, Flags::WRITE).map_err(|e| fails("vmalloc", e))?;
+                let stamp = (cpu as u64) << 48 | op << 8;
+                for i in 0..pages {
+                    let va = a + i * mm::PAGE_SIZE;
+                    check!(m.read_word(va) == 0, "vmalloc page {va:#x} is not zeroed");
+                    m.write_word(va, stamp ^ i);
+                }
+                held.allocated.push((a, pages, stamp));
+            }
+            6
+        }
+        _ => {
+            // Rare: each is 1024 frames mapped, zeroed and unmapped.
+            if (r >> 8) % 8 == 0 {
+                kmem_round_trip(m, op)?;
+            }
+            7
         }
     })
 }
