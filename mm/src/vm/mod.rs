@@ -11,7 +11,10 @@
 //! tables are installed by compare-and-swap, so CPUs map and unmap in one
 //! space at once under a shared (read) lock. Freeing empty tables takes the
 //! space's lock exclusively, and only opportunistically (`try_write`), so
-//! no mapper ever waits behind a pruner for more than one prune.
+//! no mapper ever waits behind a pruner for more than one prune; a mapper
+//! that does wait answers shootdowns meanwhile (`table_lock`), since the
+//! pruner holds the lock across one. An unmap leaves markers stamped with
+//! its own identity (`marker`) and finishes only those.
 
 mod audit;
 mod direct;
