@@ -51,7 +51,7 @@ impl<P: VmPlatform> Vm<P> {
                 drop(shared);
                 pg.committed.fetch_sub(pages, Ordering::Relaxed);
                 // Tables made on the way go after a shootdown.
-                self.finish_unmap(self.kernel(), self.begin_unmap(), virt, i, PageSize::Size4K)?;
+                self.finish_rollback(self.kernel(), self.begin_unmap(), virt, i)?;
                 return Err(e);
             }
         }

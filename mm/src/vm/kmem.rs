@@ -145,10 +145,13 @@ impl<P: VmPlatform> Vm<P> {
         Ok(())
     }
 
-    /// Both guard pages must be unmapped.
+    /// Both guard pages must be unmapped (and the tables readable).
     fn check_guards(&self, below: u64, above: u64) -> Result<(), ()> {
-        if self.is_mapped(below) || self.is_mapped(above) {
-            return Err(());
+        for guard in [below, above] {
+            match self.map_get(self.kernel(), guard) {
+                Err(VmError::NotMapped { .. }) => {}
+                _ => return Err(()),
+            }
         }
         Ok(())
     }
@@ -169,16 +172,24 @@ impl<P: VmPlatform> Vm<P> {
         };
         let virt = region + PAGE;
         let bits = Flags::WRITE.pte_bits() | cache.pte_bits() | SW_DEVICE;
-        let shared = self.kernel().tables.read(&self.p)?;
-        for i in 0..len / PAGE {
-            let done = self.install(self.kernel(), virt + i * PAGE, (base + i * PAGE) | bits, 0);
-            if let Err(e) = done {
-                drop(shared);
-                self.unmap_mapped(self.kernel(), virt, i)?;
+        let shared = match self.kernel().tables.read(&self.p) {
+            Ok(g) => g,
+            Err(e) => {
                 self.region_free(region, total, RegionKind::Phys);
                 return Err(e);
             }
-            // (A failed rollback shootdown returns above: region kept.)
+        };
+        for i in 0..len / PAGE {
+            let done = self.install(self.kernel(), virt + i * PAGE, (base + i * PAGE) | bits, 0);
+            if let Err(e) = done {
+                let op = self.begin_unmap();
+                self.mark_mapped(self.kernel(), &op, virt, i);
+                drop(shared);
+                // A failed rollback shootdown returns here: region kept.
+                self.finish_rollback(self.kernel(), op, virt, i)?;
+                self.region_free(region, total, RegionKind::Phys);
+                return Err(e);
+            }
         }
         Ok(virt + offset)
     }

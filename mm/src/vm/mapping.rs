@@ -263,18 +263,21 @@ impl<P: VmPlatform> Vm<P> {
             let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
-            let e = slot.load(Ordering::Acquire);
-            // Re-check under the lock: the mapping may have changed since
-            // `map_get` (a table now where a huge page was).
-            let leaf = level == size.level() && (level == 0 || e & HUGE != 0);
-            if !pte::is_present(e) || !leaf {
-                return Err(VmError::NotMapped { virt });
+            let mut e = slot.load(Ordering::Acquire);
+            loop {
+                // Re-check under the lock: the mapping may have changed
+                // since `map_get` (a table now where a huge page was), or
+                // a concurrent unmap won.
+                let leaf = level == size.level() && (level == 0 || e & HUGE != 0);
+                if !pte::is_present(e) || !leaf {
+                    return Err(VmError::NotMapped { virt });
+                }
+                // The caller takes the frame back: the marker does not own it.
+                match slot.compare_exchange(e, op.marker(e, bytes, false), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break e,
+                    Err(now) => e = now, // accessed/dirty bits, or a protect
+                }
             }
-            // The caller takes the frame back: the marker does not own it.
-            if slot.compare_exchange(e, op.marker(e, bytes, false), Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                return Err(VmError::NotMapped { virt }); // a concurrent unmap won
-            }
-            e
         };
         self.finish_unmap(space, op, virt, 1, size)?;
         // In huge entries bit 12 is the PAT bit, not address.
@@ -293,18 +296,27 @@ impl<P: VmPlatform> Vm<P> {
             _ => Err(VmError::Pageable { virt: va }),
         })?;
         let keep = pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
-        let _ = self.for_each_leaf(space, virt, npages, &mut |_, slot| {
+        for i in 0..npages {
+            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) else { continue };
             let mut e = slot.load(Ordering::Acquire);
-            // Loop: the CPU may set accessed/dirty bits meanwhile. A
-            // racing unmap that got there first wins: never re-present.
-            while pte::is_present(e) {
-                match slot.compare_exchange_weak(e, (e & keep) | flags.pte_bits(), Ordering::AcqRel, Ordering::Acquire) {
+            // Loop: the CPU may set accessed/dirty bits meanwhile. A page a
+            // racing unmap took is a marker: it gets the new access too,
+            // so that an unmap that loses a race and puts the page back
+            // puts it back downgraded.
+            loop {
+                let new = if pte::is_present(e) {
+                    (e & keep) | flags.pte_bits()
+                } else if super::marker::is_marker(e) {
+                    super::marker::with_access(e, flags.pte_bits())
+                } else {
+                    break;
+                };
+                match slot.compare_exchange_weak(e, new, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => break,
                     Err(now) => e = now,
                 }
             }
-            Ok(())
-        });
+        }
         drop(shared);
         self.flush(space, virt, npages)
     }
@@ -361,11 +373,14 @@ impl<P: VmPlatform> Vm<P> {
                 })
             });
             if let Err(e) = done {
-                drop(shared);
                 // Undo the pages mapped so far (none if i is 0: then only
                 // tables made on the way go, still after a shootdown,
-                // since a CPU may have cached an entry pointing at them).
-                self.unmap_mapped(space, virt, i)?;
+                // since a CPU may have cached an entry pointing at them),
+                // marked under the lock this call holds.
+                let op = self.begin_unmap();
+                self.mark_mapped(space, &op, virt, i);
+                drop(shared);
+                self.finish_rollback(space, op, virt, i)?;
                 return Err(e);
             }
         }

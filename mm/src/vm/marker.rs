@@ -98,6 +98,13 @@ pub const fn restored(m: u64) -> u64 {
     pte::addr(m) | (m & (KEPT | SW_OWNED)) | PRESENT | ACCESSED | DIRTY
 }
 
+/// Marker `m` with the access bits (`WRITABLE`, `USER`, `NO_EXECUTE`) of
+/// leaf bits `access` instead of its own, for a `restored` entry.
+pub const fn with_access(m: u64, access: u64) -> u64 {
+    const ACCESS: u64 = WRITABLE | USER | NO_EXECUTE;
+    (m & !ACCESS) | (access & ACCESS)
+}
+
 /// Whether `e` is an in-transit marker (of any operation).
 pub const fn is_marker(e: u64) -> bool {
     e & (PRESENT | SW_TRANSIT) == SW_TRANSIT
@@ -137,6 +144,9 @@ mod tests {
             assert_eq!(m & !STAMP_MASK, other.marker(e, 4096, true) & !STAMP_MASK, "same frame, same bits but the stamp");
         }
         assert!(!op.placed(quarantined(m)) && is_quarantined(quarantined(m)));
+        let read_only = with_access(m, PRESENT | NO_EXECUTE);
+        assert!(op.placed(read_only), "a protect keeps the stamp");
+        assert_eq!(restored(read_only), (e | DIRTY) & !WRITABLE, "and the restored entry has the new access");
         assert!(UnmapOp::new(7, 1).placed(UnmapOp::new(7, 1 + GENERATIONS).marker(e, 4096, true)), "the generation wraps at GENERATIONS");
     }
 

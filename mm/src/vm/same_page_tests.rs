@@ -2,6 +2,7 @@
 //! a call that loses any page fails as a whole and changes nothing, and a
 //! failed shootdown holds back exactly what it says.
 
+use std::boxed::Box;
 use std::sync::{Arc, Barrier};
 use std::vec::Vec;
 
@@ -133,4 +134,56 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     fail(false);
     assert_eq!(vm.quarantined_frames(), 3);
     assert_eq!(vm.vmfind(vm.kernel(), KERNEL_SEED_AREA.start, KERNEL_SEED_AREA.end, 1), Ok(KERNEL_SEED_AREA.start + PAGE), "the address stays reserved");
+}
+
+#[test]
+fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
+    // A long range, so that the protect can run while the vmfree has
+    // taken the first pages and not yet lost the last one.
+    const LONG: u64 = 64;
+    let vm = Arc::new(machine(4));
+    let user = Arc::new(vm.new_user_space().unwrap());
+    let mut protected = 0;
+    for round in 0..200 {
+        let a = vm.vmalloc(&user, 0x10_0000, USER_END, LONG, Flags::WRITE | Flags::USER).unwrap();
+        let start = Arc::new(Barrier::new(3));
+        let spawn = |cpu: usize, f: Box<dyn FnOnce(&Vm<Machine>, &AddressSpace) -> Result<u64, VmError> + Send>| {
+            let (vm, user, start) = (vm.clone(), user.clone(), start.clone());
+            std::thread::spawn(move || {
+                on_cpu(cpu);
+                start.wait();
+                f(&vm, &user)
+            })
+        };
+        // The vmfree loses the last page to the umap_single (often) and
+        // puts the others back, maybe after a protect that returned Ok.
+        let f = spawn(2, Box::new(move |vm, u| vm.vmfree(u, a, LONG).map(|_| 0)));
+        let p = spawn(1, Box::new(move |vm, u| vm.protect(u, a, LONG, Flags::USER).map(|_| 0)));
+        let s = spawn(3, Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE, PageSize::Size4K)));
+        let (p, f, s) = (p.join().unwrap(), f.join().unwrap(), s.join().unwrap());
+        if let Ok(frame) = s {
+            vm.platform().free_frame(frame).unwrap();
+        }
+        protected += u32::from(p.is_ok());
+        for i in 0..LONG {
+            if let Ok(t) = vm.map_get(&user, a + i * PAGE) {
+                assert!(p.is_err() || t.flags == Flags::USER, "round {round}: page {i} is {:?} after protect {p:?}, vmfree {f:?}, umap {s:?}", t.flags);
+                vm.vmfree(&user, a + i * PAGE, 1).unwrap();
+            }
+        }
+    }
+    assert!(protected > 0, "protect never won");
+    let user = Arc::into_inner(user).unwrap();
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+    assert!(vm.platform().frames.audit().is_ok());
+}
+
+#[test]
+fn a_huge_page_quarantine_counts_every_page() {
+    let vm = machine(2);
+    let big = KERNEL_SEED_AREA.start + (4 << 21);
+    vm.map_single(vm.kernel(), big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
+    vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
+    assert_eq!(vm.umap_single(vm.kernel(), big, PageSize::Size2M), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(vm.quarantined_frames(), 512);
 }

@@ -1,9 +1,11 @@
 //! Taking translations away, in the one order that keeps every CPU safe:
 //!
-//! 1. under the shared table lock, present entries become in-transit
-//!    markers stamped with this operation (`marker`): not present, frame
-//!    address kept, so nothing new is mapped where a CPU may still hold the
-//!    old translation;
+//! 1. present entries become in-transit markers stamped with this
+//!    operation (`marker`): not present, frame address kept, so nothing new
+//!    is mapped where a CPU may still hold the old translation. Under the
+//!    shared table lock, or (paging's `unmap_one`) with interrupts off and
+//!    no point between the walk and the change where this CPU answers a
+//!    shootdown, which keeps the table alive the same way;
 //! 2. under the exclusive lock (only tried, never waited for), tables left
 //!    with nothing mapped are detached;
 //! 3. a full fence, then the range is shot down on every CPU the space is
@@ -11,15 +13,17 @@
 //!    were detached, so no CPU installs into a detached slot while another
 //!    may cache the old pointer (CPUs waiting for the shared side answer
 //!    the shootdown while they wait: `table_lock`);
-//! 4. only then are frames and detached tables freed and this operation's
-//!    markers cleared. Markers of other operations are left alone, except
-//!    in tables this operation detached: those it takes over, frees after
-//!    its own flush, and their placers find them gone (invariant 7).
+//! 4. only then are this operation's markers cleared and their frames and
+//!    the detached tables freed. Markers of other operations are left
+//!    alone, except in tables this operation detached: those it takes over
+//!    and frees after its own flush, and their placers find them gone
+//!    (invariant 7).
 //!
-//! If the shootdown fails, this operation's markers are quarantined and
-//! they, their frames and their tables stay as they are for good: that
-//! memory and that address range are never reused, and
-//! `Vm::quarantined_frames` counts exactly those markers.
+//! If the shootdown fails, this operation's markers still in the tables
+//! are quarantined: they, their frames and their tables stay for good, that
+//! address range is never reused, and `Vm::quarantined_frames` counts
+//! exactly those pages. (If a sweep already took every one of them over,
+//! its own flush covered them and the call succeeds.)
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,8 +90,8 @@ impl<P: VmPlatform> Vm<P> {
         let op = self.begin_unmap();
         {
             let _shared = space.tables.read(&self.p)?;
-            // One load per entry: the check must judge the value it saw
-            // present (a racing unmap may turn it into a marker at once).
+            // Check everything before changing anything, so bad input
+            // never unmaps a page even for a moment.
             for i in 0..npages {
                 let va = virt + i * PAGE;
                 match table::lookup(&self.p, space.root, va, 0) {
@@ -99,63 +103,89 @@ impl<P: VmPlatform> Vm<P> {
                     Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
                 }
             }
-            let mut placed = 0;
-            let lost = (0..npages).find(|&i| {
-                let taken = self.take_leaf(space, &op, virt + i * PAGE, true);
-                placed += u64::from(taken);
-                !taken
-            });
-            if let Some(i) = lost {
-                // A concurrent unmap won page i: put back what this call
-                // took (no sweep can have touched it: that needs the
-                // exclusive lock, and we hold the shared one).
-                for j in 0..placed {
+            // Then take each page, judging again the value taken: a racing
+            // unmap may have taken a page, and a mapper put another there.
+            let mut lost = None;
+            for i in 0..npages {
+                let va = virt + i * PAGE;
+                if let Err(e) = self.take_leaf(space, &op, va, check) {
+                    lost = Some((i, e));
+                    break;
+                }
+            }
+            if let Some((i, e)) = lost {
+                // Put back what this call took (no sweep can have touched
+                // it: that needs the exclusive lock, and we hold the
+                // shared one).
+                for j in 0..i {
                     self.restore_leaf(space, &op, virt + j * PAGE);
                 }
-                return Err(VmError::NotMapped { virt: virt + i * PAGE });
+                return Err(e);
             }
         }
         self.finish_unmap(space, op, virt, npages, PageSize::Size4K)
     }
 
-    /// Unmaps those of `npages` 4 KiB pages from `virt` that are still
-    /// mapped (undoing a mapping call that failed part-way: a concurrent
-    /// unmap of a page it made may have won), freeing owned frames once no
-    /// CPU can reach them.
-    pub(super) fn unmap_mapped(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
-        let op = self.begin_unmap();
-        {
-            let _shared = space.tables.read(&self.p)?;
-            for i in 0..npages {
-                self.take_leaf(space, &op, virt + i * PAGE, true);
-            }
+    /// Marks for `op` those of `npages` 4 KiB pages from `virt` that are
+    /// still mapped, undoing a mapping call that failed part-way (a racing
+    /// unmap of a page it made may have won). The caller holds the shared
+    /// table lock, then calls `finish_rollback`.
+    pub(super) fn mark_mapped(&self, space: &AddressSpace, op: &UnmapOp, virt: u64, npages: u64) {
+        for i in 0..npages {
+            let _ = self.take_leaf(space, op, virt + i * PAGE, &|_, _| Ok(()));
         }
+    }
+
+    /// Finishes a rollback's `op` over `npages` pages from `virt`. Tables
+    /// made for the page that failed lie past the range: the next unmap
+    /// sweeps them.
+    pub(crate) fn finish_rollback(&self, space: &AddressSpace, op: UnmapOp, virt: u64, npages: u64) -> Result<(), VmError> {
+        space.prune_pending.store(true, Ordering::Relaxed);
         self.finish_unmap(space, op, virt, npages, PageSize::Size4K)
     }
 
-    /// Turns the present 4 KiB entry at `va` into a marker of `op`; false
-    /// if it is not (or no longer) present. The caller holds the shared
-    /// table lock.
-    fn take_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64, keep_owner: bool) -> bool {
-        let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) else { return false };
+    /// Turns the present 4 KiB entry at `va` into a marker of `op` (owning
+    /// the frame if the entry does) if `check` accepts its value; else
+    /// `NotMapped` (not, or no longer, present) or `check`'s error. The
+    /// caller holds the shared table lock.
+    fn take_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64, check: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<(), VmError> {
+        let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) else {
+            return Err(VmError::NotMapped { virt: va });
+        };
         let mut e = slot.load(Ordering::Acquire);
         while pte::is_present(e) {
-            match slot.compare_exchange(e, op.marker(e, PAGE, keep_owner), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => e = now, // accessed/dirty bits changed
+            check(va, e)?;
+            match slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => e = now, // accessed/dirty bits changed, or a protect
             }
         }
-        false
+        Err(VmError::NotMapped { virt: va })
     }
-    /// Puts back the entry `op`'s marker at `va` was made from (made with
-    /// `keep_owner`). The caller holds the shared table lock since it
-    /// placed the marker, so no sweep can have taken it.
+
+    /// Puts back the entry `op`'s marker at `va` was made from. The caller
+    /// holds the shared table lock since it placed the marker, so no sweep
+    /// can have taken it (a `protect` may have changed its access bits:
+    /// the entry comes back with those).
     fn restore_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64) {
         if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) {
-            let m = slot.load(Ordering::Acquire);
-            let back = op.placed(m) && slot.compare_exchange(m, marker::restored(m), Ordering::AcqRel, Ordering::Relaxed).is_ok();
-            debug_assert!(back, "marker at {va:#x} vanished under the shared lock");
+            let back = Self::settle(slot, op, &marker::restored);
+            debug_assert!(back.is_some(), "marker at {va:#x} vanished under the shared lock");
         }
+    }
+
+    /// Replaces `op`'s marker in `slot`, if it is there, with `new(marker)`;
+    /// returns the marker replaced. Loops: a `protect` may change the
+    /// access bits a marker keeps.
+    fn settle(slot: &AtomicU64, op: &UnmapOp, new: &dyn Fn(u64) -> u64) -> Option<u64> {
+        let mut m = slot.load(Ordering::Acquire);
+        while op.placed(m) {
+            match slot.compare_exchange(m, new(m), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(m),
+                Err(now) => m = now,
+            }
+        }
+        None
     }
 
     /// Steps 2-4 for `count` entries of size `size` from `virt`, of which
@@ -188,34 +218,36 @@ impl<P: VmPlatform> Vm<P> {
         }
         // `flush` fences before it reads who is active (invariant 8).
         let flushed = self.flush(space, flush.0, flush.1.max(1));
-        if flushed.is_err() {
+        if flushed.is_err() && !tables.is_empty() {
             // Put the tables back, so their markers keep the range
-            // reserved; nothing is freed.
+            // reserved and their placers find them; nothing is freed. A
+            // later unmap prunes them.
             for (slot, old) in tables.iter().rev() {
                 slot.store(*old, Ordering::Release);
             }
+            space.prune_pending.store(true, Ordering::Relaxed);
         }
         // The walks below need the lock: the exclusive side we hold, or
         // else the shared one (a pruner must not free a table under us).
-        // If even that cannot be had, this call's markers stay as they
-        // are, in transit: a later sweep takes them over after its own
-        // full flush.
-        let shared = match exclusive {
-            Some(_) => Ok(None),
-            None => space.tables.read(&self.p).map(Some),
+        // That wait is bounded by the pruner's own shootdown; should it
+        // still time out, this call's markers stay in transit, holding
+        // their frames and range (safely: a later sweep over them may
+        // take them over after its own flush).
+        let _shared = match exclusive {
+            Some(_) => None,
+            None => Some(space.tables.read(&self.p)?),
         };
         if let Err(e) = flushed {
-            if shared.is_ok() {
-                let held = self.settle_own(space, &op, virt, count, size, &|m| Some(marker::quarantined(m)));
-                self.quarantine(held);
+            let held = self.settle_own(space, &op, virt, count, size, &marker::quarantined, &|_| {});
+            if held == 0 {
+                // Every marker was taken over by sweeps whose flushes
+                // covered them: nothing of this call is held back.
+                return Ok(());
             }
+            self.quarantine(held * (size.bytes() / PAGE));
             return Err(e);
         }
-        let _shared = shared?;
-        self.settle_own(space, &op, virt, count, size, &|m| {
-            self.release(m);
-            Some(0)
-        });
+        self.settle_own(space, &op, virt, count, size, &|_| 0, &|m| self.release(m));
         for &(_, old) in &tables {
             let t = pte::addr(old);
             // Every marker in a table this call detached is taken over:
@@ -234,22 +266,28 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Replaces each marker `op` placed among `count` entries of size
-    /// `size` from `virt` with `f(marker)`; returns how many. The caller
+    /// `size` from `virt` with `new(marker)`, then calls `after(marker)`
+    /// (once the marker is out of the entry); returns how many. The caller
     /// holds the table lock.
-    fn settle_own(&self, space: &AddressSpace, op: &UnmapOp, virt: u64, count: u64, size: PageSize, f: &dyn Fn(u64) -> Option<u64>) -> u64 {
+    fn settle_own(
+        &self,
+        space: &AddressSpace,
+        op: &UnmapOp,
+        virt: u64,
+        count: u64,
+        size: PageSize,
+        new: &dyn Fn(u64) -> u64,
+        after: &dyn Fn(u64),
+    ) -> u64 {
         let mut n = 0;
         for i in 0..count {
             let va = virt + i * size.bytes();
             if let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, va, size.level()) {
-                let m = slot.load(Ordering::Acquire);
-                if level != size.level() || !op.placed(m) {
-                    continue;
-                }
-                if let Some(new) = f(m) {
-                    // Only this operation changes its own markers.
-                    let swapped = slot.compare_exchange(m, new, Ordering::AcqRel, Ordering::Relaxed);
-                    debug_assert!(swapped.is_ok(), "someone else changed the marker at {va:#x}");
-                    n += 1;
+                if level == size.level() {
+                    if let Some(m) = Self::settle(slot, op, new) {
+                        after(m);
+                        n += 1;
+                    }
                 }
             }
         }
