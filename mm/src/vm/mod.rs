@@ -27,6 +27,10 @@ pub(crate) mod unmap;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tlb_sim;
+#[cfg(test)]
+mod tlb_sim_tests;
 
 pub use audit::{AuditReport, PtViolation};
 pub use direct::DirectWindow;
