@@ -31,6 +31,8 @@ mod tests;
 pub(crate) mod tlb_sim;
 #[cfg(test)]
 mod tlb_sim_tests;
+#[cfg(test)]
+pub(crate) mod shootdown_gate;
 
 pub use audit::{AuditReport, PtViolation};
 pub use direct::DirectWindow;

@@ -3,10 +3,12 @@
 //! threads play CPUs, and shootdowns are recorded and act on a simulated
 //! TLB (`tlb_sim`) instead of being sent. Before each platform call the
 //! simulated TLBs refill, so freeing a frame a CPU may still hold panics.
+//! A test can park one CPU's shootdown (`shootdown_gate`) to script races.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::shootdown_gate::{Park, ShootdownGate, Shot};
 use super::tlb_sim::TlbSim;
 use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE};
 use crate::buddy::Link;
@@ -27,6 +29,7 @@ pub struct Machine {
     /// Makes every shootdown fail (CPUs that do not answer).
     pub fail_shootdowns: AtomicBool,
     tlb: TlbSim,
+    gate: ShootdownGate,
 }
 
 impl Machine {
@@ -45,6 +48,7 @@ impl Machine {
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
             tlb: TlbSim::new(),
+            gate: ShootdownGate::new(),
         }
     }
 
@@ -85,6 +89,26 @@ impl Machine {
     /// Whether `cpu` may hold frame `phys` as a page table.
     pub fn holds_table(&self, cpu: usize, phys: u64) -> bool {
         self.tlb.holds_table(cpu, phys)
+    }
+
+    /// `cpu`'s next shootdown stops at `at` until `release_shootdown`.
+    pub fn park_shootdowns_of(&self, cpu: usize, at: Park) {
+        self.gate.arm(cpu, at);
+    }
+
+    /// Waits (at most `shootdown_gate::WAIT`) until `cpu`'s shootdown is
+    /// parked; returns its arguments.
+    pub fn wait_parked(&self, cpu: usize) -> Shot {
+        self.gate.wait_parked(cpu)
+    }
+
+    pub fn release_shootdown(&self, cpu: usize) {
+        self.gate.release(cpu);
+    }
+
+    /// Releases every parked shootdown and disarms the rest.
+    pub fn release_all_shootdowns(&self) {
+        self.gate.release_all();
     }
 
     /// The word at byte offset `offset` of frame `phys`.
@@ -148,6 +172,8 @@ impl VmPlatform for Machine {
     }
 
     fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+        let (cpu, shot) = (self.cpu_index(), Shot { targets, start, pages });
+        self.gate.pass(cpu, Park::BeforeSend, shot);
         if self.fail_shootdowns.load(Ordering::Relaxed) {
             // Nobody answered: every TLB keeps what it holds.
             self.tlb.refill(&self.memory);
@@ -155,6 +181,7 @@ impl VmPlatform for Machine {
         }
         self.tlb.shootdown(&self.memory, targets, start, pages);
         self.shootdowns.lock().unwrap().push((targets, start, pages));
+        self.gate.pass(cpu, Park::AfterAcks, shot);
         Ok(())
     }
 

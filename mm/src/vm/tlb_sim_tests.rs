@@ -1,8 +1,9 @@
-//! The simulated TLB itself: what a CPU may hold, what drops it, and
-//! that each broken promise panics.
+//! The simulated TLB and the shootdown gate themselves: what a CPU may
+//! hold, what drops it, and that each broken promise panics.
 
 use core::sync::atomic::Ordering;
 
+use super::shootdown_gate::{Park, Shot};
 use super::table::{lookup, Lookup};
 use super::testing::{boot, Machine};
 use super::*;
@@ -138,4 +139,31 @@ fn freeing_a_loaded_root_panics() {
     on_cpu(1);
     vm.activate(&user);
     let _ = vm.platform().free_frame(user.root());
+}
+
+#[test]
+fn a_parked_shootdown_waits_for_its_release() {
+    let vm = boot(256, 2);
+    map(&vm, SEED);
+    let m = vm.platform();
+    let shot = Shot { targets: 0b10, start: SEED, pages: 1 };
+    for at in [Park::BeforeSend, Park::AfterAcks] {
+        m.shootdowns.lock().unwrap().clear();
+        m.touch(1, SEED);
+        m.park_shootdowns_of(1, at);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                on_cpu(1);
+                m.shootdown(shot.targets, shot.start, shot.pages)
+            });
+            assert_eq!(m.wait_parked(1), shot);
+            let sent = !m.shootdowns.lock().unwrap().is_empty();
+            assert_eq!(sent, at == Park::AfterAcks, "{at:?}");
+            assert_eq!(m.may_hold(1, SEED).is_empty(), at == Park::AfterAcks, "{at:?}");
+            assert!(!h.is_finished(), "{at:?}: returned while parked");
+            m.release_shootdown(1);
+            assert_eq!(h.join().unwrap(), Ok(()));
+        });
+        assert!(m.may_hold(1, SEED).is_empty());
+    }
 }
