@@ -33,6 +33,8 @@ pub(crate) mod tlb_sim;
 mod tlb_sim_tests;
 #[cfg(test)]
 pub(crate) mod shootdown_gate;
+#[cfg(test)]
+mod race_tests;
 
 pub use audit::{AuditReport, PtViolation};
 pub use direct::DirectWindow;
