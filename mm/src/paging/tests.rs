@@ -13,7 +13,7 @@ use super::*;
 use crate::testing::on_cpu;
 use crate::vm::pte::{ACCESSED, DIRTY, PRESENT, WRITABLE};
 use crate::vm::table::{lookup, Lookup};
-use crate::vm::testing::Machine;
+use crate::vm::testing::{boot, Machine};
 use crate::vm::{KMemFlags, PAGE};
 
 type TestVm = Vm<Machine>;
@@ -28,11 +28,9 @@ type Faulty = FaultyStore;
 
 /// `rig`, with the store behind a (disarmed) fault injector.
 fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static Faulty) {
-    on_cpu(0);
-    let m = Machine::new(4096, 4);
-    let root = m.frames.alloc_page().unwrap();
-    m.fill_frame(root, 0);
-    let vm: &'static TestVm = Box::leak(Box::new(Vm::new(m, root).unwrap()));
+    // Every CPU has the kernel root loaded: evictions are checked against
+    // all four TLBs.
+    let vm: &'static TestVm = Box::leak(Box::new(boot(4096, 4)));
     let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
     let ram: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
     let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(ram)));

@@ -34,6 +34,14 @@ pub(crate) mod testing;
 mod tests;
 #[cfg(test)]
 mod same_page_tests;
+#[cfg(test)]
+pub(crate) mod tlb_sim;
+#[cfg(test)]
+mod tlb_sim_tests;
+#[cfg(test)]
+pub(crate) mod shootdown_gate;
+#[cfg(test)]
+mod race_tests;
 
 pub use audit::{AuditReport, PtViolation};
 pub use direct::DirectWindow;

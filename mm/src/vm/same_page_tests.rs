@@ -6,18 +6,16 @@ use std::boxed::Box;
 use std::sync::{Arc, Barrier};
 use std::vec::Vec;
 
-use super::testing::Machine;
+use super::testing::{boot, Machine};
 use super::*;
 use crate::testing::on_cpu;
 
 const PAGES: u64 = 8;
 
+/// The kernel root loaded on every CPU, so the simulated TLB checks every
+/// free against what each CPU may hold.
 fn machine(cpus: usize) -> Vm<Machine> {
-    on_cpu(0);
-    let m = Machine::new(4096, cpus);
-    let root = m.frames.alloc_page().unwrap();
-    m.fill_frame(root, 0);
-    Vm::new(m, root).unwrap()
+    boot(4096, cpus)
 }
 
 fn free(vm: &Vm<Machine>) -> u64 {

@@ -1,18 +1,23 @@
 //! A host machine for `vm` tests: physical memory is a vector of frames
 //! (frame i at physical i * 4096), frames come from a real `PhysAllocator`,
-//! threads play CPUs, and shootdowns are recorded instead of sent.
+//! threads play CPUs, and shootdowns are recorded and act on a simulated
+//! TLB (`tlb_sim`) instead of being sent. Before each platform call the
+//! simulated TLBs refill, so freeing a frame a CPU may still hold panics.
+//! A test can park one CPU's shootdown (`shootdown_gate`) to script races.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{ShootdownFailed, Table, VmPlatform, PAGE};
+use super::shootdown_gate::{Park, ShootdownGate, Shot};
+use super::tlb_sim::TlbSim;
+use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE};
 use crate::buddy::Link;
 use crate::frame::FrameError;
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
 use crate::phys::{CpuSlot, PhysAllocator};
 use crate::platform::Platform;
-use crate::testing::Threads;
+use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
 
 pub struct Machine {
@@ -23,7 +28,8 @@ pub struct Machine {
     pub shootdowns: Mutex<Vec<(u64, u64, u64)>>,
     /// Makes every shootdown fail (CPUs that do not answer).
     pub fail_shootdowns: AtomicBool,
-    pub roots: [AtomicU64; MAX_CPUS],
+    tlb: TlbSim,
+    gate: ShootdownGate,
 }
 
 impl Machine {
@@ -41,8 +47,68 @@ impl Machine {
             online: AtomicU64::new((1u64 << cpus) - 1),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
-            roots: [const { AtomicU64::new(0) }; MAX_CPUS],
+            tlb: TlbSim::new(),
+            gate: ShootdownGate::new(),
         }
+    }
+
+    /// The root `cpu` has loaded (none until a `load_root` there).
+    pub fn loaded_root(&self, cpu: usize) -> Option<u64> {
+        self.tlb.root(cpu)
+    }
+
+    /// Each CPU in `cpus` loads `root`, as if it had called `load_root`.
+    pub fn load_root_on(&self, cpus: u64, root: u64) {
+        for cpu in (0..MAX_CPUS).filter(|c| cpus & (1 << c) != 0) {
+            self.tlb.load_root(&self.memory, cpu, root);
+        }
+    }
+
+    /// An access by `cpu` to `virt`: its TLB refills (and so holds the
+    /// translation, if any). Returns the physical address reached, `None`
+    /// where the access would fault.
+    pub fn touch(&self, cpu: usize, virt: u64) -> Option<u64> {
+        self.tlb.refill(&self.memory);
+        let root = self.loaded_root(cpu)?;
+        match super::table::lookup(self, root, virt, 0) {
+            super::table::Lookup::Entry { slot, level } => {
+                let e = slot.load(Ordering::Acquire);
+                let bytes = super::table::span(level);
+                // In huge entries bit 12 is the PAT bit, not address.
+                super::pte::is_present(e).then(|| (super::pte::addr(e) & !(bytes - 1)) + (virt & (bytes - 1)))
+            }
+            super::table::Lookup::NoTable => None,
+        }
+    }
+
+    /// The frames `cpu` may translate page `virt` to.
+    pub fn may_hold(&self, cpu: usize, virt: u64) -> Vec<u64> {
+        self.tlb.may_hold(cpu, virt)
+    }
+
+    /// Whether `cpu` may hold frame `phys` as a page table.
+    pub fn holds_table(&self, cpu: usize, phys: u64) -> bool {
+        self.tlb.holds_table(cpu, phys)
+    }
+
+    /// `cpu`'s next shootdown stops at `at` until `release_shootdown`.
+    pub fn park_shootdowns_of(&self, cpu: usize, at: Park) {
+        self.gate.arm(cpu, at);
+    }
+
+    /// Waits (at most `shootdown_gate::WAIT`) until `cpu`'s shootdown is
+    /// parked; returns its arguments.
+    pub fn wait_parked(&self, cpu: usize) -> Shot {
+        self.gate.wait_parked(cpu)
+    }
+
+    pub fn release_shootdown(&self, cpu: usize) {
+        self.gate.release(cpu);
+    }
+
+    /// Releases every parked shootdown and disarms the rest.
+    pub fn release_all_shootdowns(&self) {
+        self.gate.release_all();
     }
 
     /// The word at byte offset `offset` of frame `phys`.
@@ -60,11 +126,19 @@ impl Machine {
 }
 
 impl VmPlatform for Machine {
+    // Every call but `cpu_index` and `now_ns` refills the simulated TLBs
+    // first (between any two calls every CPU may have walked). `table`
+    // too, though it runs at every step of every software walk: the code
+    // writes entries through what it returns, so a mapping made and
+    // removed with only walks between is seen only there.
+
     fn table(&self, phys: u64) -> &Table {
+        self.tlb.refill(&self.memory);
         &self.memory[(phys / PAGE) as usize]
     }
 
     fn fill_frame(&self, phys: u64, byte: u8) {
+        self.tlb.refill(&self.memory);
         let word = u64::from_ne_bytes([byte; 8]);
         for w in self.table(phys) {
             w.store(word, Ordering::Relaxed);
@@ -72,16 +146,19 @@ impl VmPlatform for Machine {
     }
 
     fn copy_frame(&self, from: u64, to: u64) {
+        self.tlb.refill(&self.memory);
         for (a, b) in self.table(from).iter().zip(self.table(to)) {
             b.store(a.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
     fn alloc_frame(&self) -> Result<u64, FrameError> {
+        self.tlb.refill(&self.memory);
         self.frames.alloc_page()
     }
 
     fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
+        self.tlb.check_free(&self.memory, phys);
         self.frames.free_page(phys)
     }
 
@@ -90,22 +167,30 @@ impl VmPlatform for Machine {
     }
 
     fn online_cpus(&self) -> u64 {
+        self.tlb.refill(&self.memory);
         self.online.load(Ordering::Relaxed)
     }
 
     fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+        let (cpu, shot) = (self.cpu_index(), Shot { targets, start, pages });
+        self.gate.pass(cpu, Park::BeforeSend, shot);
         if self.fail_shootdowns.load(Ordering::Relaxed) {
+            // Nobody answered: every TLB keeps what it holds.
+            self.tlb.refill(&self.memory);
             return Err(ShootdownFailed { cpus: targets });
         }
+        self.tlb.shootdown(&self.memory, targets, start, pages);
         self.shootdowns.lock().unwrap().push((targets, start, pages));
+        self.gate.pass(cpu, Park::AfterAcks, shot);
         Ok(())
     }
 
     fn load_root(&self, root: u64) {
-        self.roots[self.cpu_index()].store(root, Ordering::Relaxed);
+        self.tlb.load_root(&self.memory, self.cpu_index(), root);
     }
 
     fn free_frames(&self) -> u64 {
+        self.tlb.refill(&self.memory);
         self.frames.free_bytes() / PAGE
     }
 
@@ -115,10 +200,26 @@ impl VmPlatform for Machine {
     }
 
     fn wait_step(&self) {
+        self.tlb.refill(&self.memory);
         std::thread::yield_now();
     }
 
     fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.tlb.refill(&self.memory);
         f()
     }
+}
+
+/// A machine of `frames` frames and `cpus` CPUs with a `Vm` on it whose
+/// kernel root every online CPU has loaded, as in the kernel, where every
+/// CPU runs on the kernel space from boot (so kernel unmaps and evictions
+/// are checked against every CPU's TLB). The calling thread is CPU 0.
+pub fn boot(frames: usize, cpus: usize) -> Vm<Machine> {
+    on_cpu(0);
+    let m = Machine::new(frames, cpus);
+    let root = m.frames.alloc_page().unwrap();
+    m.fill_frame(root, 0);
+    let vm = Vm::new(m, root).unwrap();
+    vm.platform().load_root_on(vm.platform().online.load(Ordering::Relaxed), root);
+    vm
 }

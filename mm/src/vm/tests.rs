@@ -1,15 +1,12 @@
-use super::testing::Machine;
+use super::testing::{boot, Machine};
 use super::*;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
+/// 4096 frames, `cpus` CPUs, each with the kernel root loaded.
 fn machine(cpus: usize) -> Vm<Machine> {
-    on_cpu(0);
-    let m = Machine::new(4096, cpus);
-    let root = m.frames.alloc_page().unwrap();
-    m.fill_frame(root, 0);
-    Vm::new(m, root).unwrap()
+    boot(4096, cpus)
 }
 
 fn free(vm: &Vm<Machine>) -> u64 {
@@ -122,7 +119,7 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     for cpu in [1, 3] {
         on_cpu(cpu);
         vm.activate(&user);
-        assert_eq!(vm.platform().roots[cpu].load(core::sync::atomic::Ordering::Relaxed), user.root());
+        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root()));
     }
     on_cpu(0);
     let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();
