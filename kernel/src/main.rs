@@ -139,7 +139,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     match cmdline.mode {
         cmdline::Mode::Run => exit(ExitCode::Success),
-        cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc))),
+        cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc), &cmdline.only)),
         cmdline::Mode::Bench => {
             let plan = if cmdline.quick { bench::Plan::QUICK } else { bench::Plan::FULL };
             let seed = cmdline.seed.unwrap_or_else(tsc::rdtsc);
