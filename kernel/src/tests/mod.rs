@@ -30,6 +30,7 @@ mod tlb;
 /// Temporary: user pages for the ring-3 tests until address spaces exist.
 mod user_pages;
 mod usermode;
+mod virtio_hal;
 
 pub type Failure = Text<256>;
 pub type TestResult = Result<(), Failure>;
@@ -108,6 +109,7 @@ const SUITES: &[&[Test]] = &[
     paging_smp::TESTS,
     paging_store::TESTS,
     paging_stall::TESTS,
+    virtio_hal::TESTS,
     usermode::TESTS,
     bench::TESTS,
 ];
