@@ -18,6 +18,7 @@ mod mapping;
 mod mapping_smp;
 mod on_all;
 mod paging;
+mod paging_lost_write;
 mod paging_smp;
 mod paging_stall;
 mod paging_store;
@@ -109,6 +110,7 @@ const SUITES: &[&[Test]] = &[
     paging_smp::TESTS,
     paging_store::TESTS,
     paging_stall::TESTS,
+    paging_lost_write::TESTS,
     virtio_hal::TESTS,
     usermode::TESTS,
     bench::TESTS,
