@@ -13,6 +13,7 @@ mod fatal;
 mod fault_catch;
 mod frames;
 mod gdt;
+mod guard_page;
 mod heap;
 mod interrupts;
 mod logger;

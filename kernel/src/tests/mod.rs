@@ -16,6 +16,7 @@ mod frames;
 mod heap;
 mod mapping;
 mod mapping_smp;
+mod nested_fault;
 mod on_all;
 mod paging;
 mod paging_lost_write;
@@ -111,6 +112,7 @@ const SUITES: &[&[Test]] = &[
     paging_store::TESTS,
     paging_stall::TESTS,
     paging_lost_write::TESTS,
+    nested_fault::TESTS,
     virtio_hal::TESTS,
     usermode::TESTS,
     bench::TESTS,
