@@ -12,6 +12,7 @@ fn cpu() -> usize {
 }
 
 const DOUBLE_FAULT: u8 = 8;
+const PAGE_FAULT: u8 = 14;
 
 pub fn exception(vector: u8, name: &str, error_code: Option<u64>, frame: &InterruptStackFrame, cr2: u64) -> ! {
     let code = error_code.map_or(-1, |c| c as i64);
@@ -21,6 +22,11 @@ pub fn exception(vector: u8, name: &str, error_code: Option<u64>, frame: &Interr
         frame.instruction_pointer.as_u64(),
         frame.stack_pointer.as_u64(),
     ));
+    if vector == PAGE_FAULT {
+        if let Some(e) = crate::paging::peek_last_error() {
+            serial::write_fmt_emergency(format_args!("FATAL: cpu {}: paging's last refusal on this cpu: {e:?}\n", cpu()));
+        }
+    }
     if vector == DOUBLE_FAULT {
         // Page faults run on the faulting stack, so one that cannot push
         // its frame (the stack ran into its guard page) ends here, on the
