@@ -25,7 +25,8 @@ pub struct Cmdline {
     pub seed: Option<u64>,
     /// Eviction policy (`evict=clock` or `evict=lru`).
     pub eviction: Eviction,
-    /// Benchmarks to run (`only=a,b`: name prefixes); empty means all.
+    /// Benchmarks or tests to run (`only=a,b`: name prefixes); empty
+    /// means all.
     pub only: arrayvec::ArrayString<256>,
     /// Shorter benchmark runs (`quick=1`).
     pub quick: bool,
@@ -65,7 +66,7 @@ pub fn read() -> Cmdline {
             Some(("mode", "stress")) => cmd.mode = Mode::Stress,
             Some(("only", names)) => {
                 if cmd.only.try_push_str(names).is_err() {
-                    log::warn!("cmdline: only= longer than {} bytes; running all benchmarks", cmd.only.capacity());
+                    log::warn!("cmdline: only= longer than {} bytes; running everything", cmd.only.capacity());
                 }
             }
             Some(("quick", v)) => cmd.quick = v == "1",

@@ -11,6 +11,9 @@ fn cpu() -> usize {
     smp::percpu::current_index()
 }
 
+const DOUBLE_FAULT: u8 = 8;
+const PAGE_FAULT: u8 = 14;
+
 pub fn exception(vector: u8, name: &str, error_code: Option<u64>, frame: &InterruptStackFrame, cr2: u64) -> ! {
     let code = error_code.map_or(-1, |c| c as i64);
     serial::write_fmt_emergency(format_args!(
@@ -19,6 +22,23 @@ pub fn exception(vector: u8, name: &str, error_code: Option<u64>, frame: &Interr
         frame.instruction_pointer.as_u64(),
         frame.stack_pointer.as_u64(),
     ));
+    if vector == PAGE_FAULT {
+        if let Some(e) = crate::paging::peek_last_error() {
+            serial::write_fmt_emergency(format_args!("FATAL: cpu {}: paging's last refusal on this cpu: {e:?}\n", cpu()));
+        }
+    }
+    if vector == DOUBLE_FAULT {
+        // Page faults run on the faulting stack, so one that cannot push
+        // its frame (the stack ran into its guard page) ends here, on the
+        // double fault's own stack, with CR2 in that guard page.
+        match crate::guard_page::guard_page_of(cr2) {
+            Some(page) => serial::write_fmt_emergency(format_args!(
+                "FATAL: cpu {}: kernel stack overflow: cr2 {cr2:#x} is in the unmapped page {page:#x} right below mapped memory, a stack's guard page\n",
+                cpu()
+            )),
+            None => serial::write_fmt_emergency(format_args!("FATAL: cpu {}: cr2 {cr2:#x} is not in a stack guard page\n", cpu())),
+        }
+    }
     exit(ExitCode::Failure)
 }
 

@@ -13,13 +13,17 @@ use x86_64::VirtAddr;
 
 use smp::MAX_CPUS;
 
-/// IST slots (1-based in hardware, 0-based in the TSS array).
+/// IST slots (1-based in hardware, 0-based in the TSS array). Only
+/// exceptions that never nest get one: a second exception of the same
+/// vector would start at the same stack top, over the first one's frame.
+/// Page faults do nest (a fault handler may nap with interrupts on, and an
+/// interrupt handler may fault), so they run on the current stack, as in
+/// Linux; a kernel stack overflow is then a page fault that cannot push
+/// its frame, which the CPU turns into a double fault, and that is
+/// reported from its own stack.
 pub const DOUBLE_FAULT_IST: u16 = 0;
 pub const NMI_IST: u16 = 1;
-/// Page faults get their own stack so a kernel stack overflow (a fault on
-/// the guard page) can still be reported.
-pub const PAGE_FAULT_IST: u16 = 2;
-pub const IST_COUNT: usize = 3;
+pub const IST_COUNT: usize = 2;
 
 /// Tops of a CPU's interrupt stacks, allocated on the BSP before the CPU
 /// starts.

@@ -2,6 +2,9 @@
 //! run (unless a test is catching that fault, or ring-3 code raised it),
 //! the IPI vectors, and the gate ring-3 code exits through.
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use smp::MAX_CPUS;
 use spin::LazyLock;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
@@ -9,7 +12,7 @@ use x86_64::{PrivilegeLevel, VirtAddr};
 
 use crate::fault_catch;
 use crate::fatal;
-use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST, PAGE_FAULT_IST};
+use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST};
 use crate::usermode;
 use crate::workers;
 
@@ -36,8 +39,9 @@ static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
     unsafe {
         idt.double_fault.set_handler_fn(double_fault).set_stack_index(DOUBLE_FAULT_IST);
         idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(NMI_IST);
-        idt.page_fault.set_handler_fn(page_fault).set_stack_index(PAGE_FAULT_IST);
     }
+    // No IST: page faults nest (see gdt.rs); an overflow becomes #DF.
+    idt.page_fault.set_handler_fn(page_fault);
     idt.machine_check.set_handler_fn(machine_check);
     idt[smp::ipi::CROSS_CALL_VECTOR].set_handler_fn(cross_call);
     idt[workers::WAKE_VECTOR].set_handler_fn(wake);
@@ -117,12 +121,36 @@ handlers_with_code! {
     alignment_check => 17, "alignment check";
 }
 
+/// Per CPU: page faults being handled now (more than one when a fault is
+/// taken while handling another, e.g. by an interrupt during a nap).
+static PAGE_FAULT_DEPTH: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
+/// How many page faults this CPU is handling at the moment.
+pub fn page_fault_depth() -> u32 {
+    PAGE_FAULT_DEPTH[smp::percpu::current_index()].load(Ordering::Relaxed)
+}
+
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    let depth = &PAGE_FAULT_DEPTH[smp::percpu::current_index()];
+    depth.fetch_add(1, Ordering::Relaxed);
     // Kernel code touching an on-demand page: page it in and retry.
-    if !usermode::from_ring3(&frame) && crate::paging::resolve_fault(Cr2::read_raw(), code.bits()) {
-        return;
+    let resolved = !usermode::from_ring3(&frame) && crate::paging::resolve_fault(Cr2::read_raw(), code.bits());
+    if !resolved {
+        exception(&mut frame, 14, "page fault", Some(code.bits()));
     }
-    exception(&mut frame, 14, "page fault", Some(code.bits()));
+    depth.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The IST slot (1-based, 0 for none: the current stack) the loaded IDT
+/// gives `vector`, as the CPU reads it.
+pub fn ist_of(vector: u8) -> u16 {
+    let idt = x86_64::instructions::tables::sidt();
+    // Gate descriptors are 16 bytes; bits 0..3 of the word at byte 4 are
+    // the IST index.
+    let options = idt.base.as_u64() + u64::from(vector) * 16 + 4;
+    // SAFETY: `sidt` names the IDT this CPU uses, a 'static table of 256
+    // gates (`IDT`), so the word read lies inside it and is initialised.
+    (unsafe { (options as *const u16).read_volatile() }) & 0b111
 }
 
 extern "x86-interrupt" fn nmi(mut frame: InterruptStackFrame) {

@@ -55,8 +55,8 @@ pub fn emit(rec: &record::GuestRecord) {
 pub struct Text<const N: usize>(pub arrayvec::ArrayString<N>);
 
 impl<const N: usize> Text<N> {
-    pub fn new() -> Self {
-        Text(arrayvec::ArrayString::new())
+    pub const fn new() -> Self {
+        Text(arrayvec::ArrayString::new_const())
     }
 }
 

@@ -13,6 +13,7 @@ mod fatal;
 mod fault_catch;
 mod frames;
 mod gdt;
+mod guard_page;
 mod heap;
 mod interrupts;
 mod logger;
@@ -139,7 +140,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     match cmdline.mode {
         cmdline::Mode::Run => exit(ExitCode::Success),
-        cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc))),
+        cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc), &cmdline.only)),
         cmdline::Mode::Bench => {
             let plan = if cmdline.quick { bench::Plan::QUICK } else { bench::Plan::FULL };
             let seed = cmdline.seed.unwrap_or_else(tsc::rdtsc);

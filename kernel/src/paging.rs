@@ -101,6 +101,12 @@ pub fn resolve_fault(addr: u64, error_code: u64) -> bool {
     }
 }
 
+/// The error of the last fault on this CPU paging refused, left in place
+/// (for the fatal report; `None` if the slot is busy).
+pub fn peek_last_error() -> Option<PagingError> {
+    *LAST_ERROR[smp::percpu::current_index()].try_lock()?
+}
+
 /// The error of the last fault on this CPU paging refused, and clears it.
 pub fn take_last_error() -> Option<PagingError> {
     LAST_ERROR[smp::percpu::current_index()].lock().take()

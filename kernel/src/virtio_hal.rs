@@ -1,8 +1,8 @@
 //! `virtio_drivers::Hal` for the kernel: DMA memory from the frame
 //! allocator reached through the direct map, device registers mapped
-//! uncached with `phys_map`, and buffers shared by their physical address
-//! (they must be physically contiguous: the drivers here only pass frames
-//! and heap objects, both in the direct map).
+//! uncached with `phys_map`, and buffers shared by their physical address,
+//! computed from the direct map (the drivers here only pass frames and
+//! heap objects, both in it; anything else is a panic).
 
 use core::ptr::NonNull;
 
@@ -19,19 +19,18 @@ fn run_frames(pages: usize) -> u64 {
     (pages.max(1) as u64).next_power_of_two()
 }
 
-/// The physical address of `len` bytes at `virt` if they are physically
-/// contiguous (checked page by page through the kernel's tables).
-fn contiguous_phys(virt: u64, len: u64) -> Option<u64> {
-    let vm = vm::get();
-    let start = vm.map_get(vm.kernel(), virt).ok()?.phys;
-    let mut page = virt & !(PAGE_SIZE as u64 - 1);
-    while page < virt + len {
-        let at = page.max(virt);
-        if vm.map_get(vm.kernel(), at).ok()?.phys != start + (at - virt) {
-            return None;
-        }
-        page += PAGE_SIZE as u64;
-    }
+/// The physical address of the `len` bytes at `virt`, if they all lie in
+/// the direct map. It maps physical memory linearly, so such bytes are
+/// physically contiguous and their address is arithmetic: no table walk
+/// and no lock. That matters: swap I/O runs inside paging with interrupts
+/// off, and waiting there for the kernel's table lock, which an unmap
+/// holds across a shootdown to this very CPU, stalls both until the
+/// shootdown times out (and the unmap quarantines its frames).
+pub fn direct_phys(virt: u64, len: u64) -> Option<u64> {
+    let window = memory::direct_map();
+    let start = window.phys(virt).ok()?;
+    let last = virt.checked_add(len.max(1) - 1)?;
+    window.phys(last).ok()?;
     Some(start)
 }
 
@@ -73,8 +72,12 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        // What the swap disk shares: the request header and status (in its
+        // heap-allocated state) and the page's frame (through the direct
+        // map). Without the crate's `alloc` feature there are no indirect
+        // descriptor lists; the rings come from `dma_alloc`.
         let (virt, len) = (buffer.as_ptr() as *mut u8 as u64, buffer.len() as u64);
-        contiguous_phys(virt, len).unwrap_or_else(|| panic!("virtio: buffer at {virt:#x} (+{len:#x}) is not physically contiguous"))
+        direct_phys(virt, len).unwrap_or_else(|| panic!("virtio: buffer at {virt:#x} (+{len:#x}) is outside the direct map; only frames and heap objects may be shared"))
     }
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}

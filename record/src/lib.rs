@@ -99,7 +99,7 @@ pub enum Record<S, C> {
         name: S,
         outcome: Outcome,
         ns: u64,
-        /// Failure message; empty on success.
+        /// Failure message; on success empty or a note (a measurement).
         detail: S,
     },
     /// Last record of a test run.

@@ -124,6 +124,10 @@ struct RunArgs {
     /// In test mode, also show the guest's free-text serial output.
     #[arg(long)]
     verbose: bool,
+    /// In test mode, run only the tests whose names start with one of
+    /// these prefixes (`--only paging::,tlb::`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Boot the image already in target/image instead of rebuilding it.
     #[arg(long)]
     no_build: bool,
@@ -193,6 +197,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
             seed: args.seed,
             magazine: args.mag,
             eviction: args.evict,
+            only: args.only,
             ..Default::default()
         },
         swap: args.swap.map(|size| swap::Swap::create("run", size)).transpose()?,

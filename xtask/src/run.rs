@@ -231,7 +231,8 @@ impl Sink {
                     detail,
                 })),
             ) => match outcome {
-                Outcome::Pass => println!("[{label}] pass {name} ({})", records::duration(*ns)),
+                Outcome::Pass if detail.is_empty() => println!("[{label}] pass {name} ({})", records::duration(*ns)),
+                Outcome::Pass => println!("[{label}] pass {name} ({}): {detail}", records::duration(*ns)),
                 Outcome::Fail => println!(
                     "[{label}] fail {name} ({}): {detail}",
                     records::duration(*ns)

@@ -2,14 +2,19 @@
 
 use core::ptr;
 
-use mm::vm::STACK_AREA;
+use mm::vm::{KMemFlags, PAGE, STACK_AREA};
 use x86_64::structures::idt::PageFaultErrorCode;
 
-use super::{ensure, Test, TestResult};
+use super::{ensure, fails, Test, TestResult};
 use crate::fault_catch;
+use crate::guard_page::guard_page_of;
+use crate::interrupts::ist_of;
+use crate::vm;
 
 const PAGE_FAULT: u8 = 14;
 const INVALID_OPCODE: u8 = 6;
+const NMI: u8 = 2;
+const DOUBLE_FAULT: u8 = 8;
 
 /// The first page of the stack area is a guard page: never mapped.
 const GUARD: u64 = STACK_AREA.start;
@@ -18,6 +23,8 @@ pub const TESTS: &[Test] = &[
     Test::expecting_fault("fault::unmapped_read_is_a_caught_page_fault", PAGE_FAULT, read_guard_page),
     Test::new("fault::catch_reports_address_and_access", catch_reports_details),
     Test::new("fault::invalid_opcode_is_caught", invalid_opcode),
+    Test::new("fault::page_faults_run_on_the_current_stack", page_fault_gate),
+    Test::new("fault::stack_guard_pages_are_recognised", guard_pages),
 ];
 
 fn read_guard_page() -> TestResult {
@@ -74,5 +81,38 @@ fn invalid_opcode() -> TestResult {
         })
     };
     ensure!(matches!(r, Err(f) if f.vector == INVALID_OPCODE), "ud2 gave {r:?}");
+    Ok(())
+}
+
+/// A page fault can be taken while another is handled (an interrupt
+/// during the first one's nap faults): on an IST stack the second would
+/// start at the same top and overwrite the first's frame. So #PF stays on
+/// the current stack, and a stack overflow (a #PF that cannot push its
+/// frame) becomes a double fault, which has its own IST stack.
+fn page_fault_gate() -> TestResult {
+    let pf = ist_of(PAGE_FAULT);
+    ensure!(pf == 0, "the page-fault gate switches to IST stack {pf}: a nested page fault would overwrite the first one's frame");
+    ensure!(ist_of(DOUBLE_FAULT) != 0, "the double-fault gate has no IST stack: a stack overflow could not be reported");
+    ensure!(ist_of(NMI) != 0, "the NMI gate has no IST stack");
+    Ok(())
+}
+
+/// What the double-fault report calls a stack overflow: CR2 in an
+/// unmapped page right below mapped memory (the lock-free walk agrees with
+/// the mappings made here).
+fn guard_pages() -> TestResult {
+    // The first stack mapped (the BSP's interrupt stacks) sits on GUARD.
+    ensure!(guard_page_of(GUARD + 0x18) == Some(GUARD), "the stack area's first guard page {GUARD:#x}: {:?}", guard_page_of(GUARD + 0x18));
+    let local = 0u64;
+    let here = &local as *const u64 as u64;
+    ensure!(guard_page_of(here).is_none(), "this stack's own page {here:#x} taken for a guard page");
+    let vm = vm::get();
+    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let (below, on) = (guard_page_of(a - 8), guard_page_of(a));
+    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    ensure!(below == Some(a - PAGE) && on.is_none(), "region at {a:#x}: guard below {below:?}, its page {on:?}");
+    // Once unmapped, nothing mapped is above that page any more.
+    ensure!(guard_page_of(a - 8).is_none(), "an unmapped page with nothing above it taken for a guard page");
+    ensure!(guard_page_of(0x0000_8000_0000_0000).is_none(), "a non-canonical address taken for a guard page");
     Ok(())
 }

@@ -16,9 +16,12 @@ mod frames;
 mod heap;
 mod mapping;
 mod mapping_smp;
+mod nested_fault;
 mod on_all;
 mod paging;
+mod paging_lost_write;
 mod paging_smp;
+mod paging_stall;
 mod paging_store;
 mod probe;
 pub mod ipi;
@@ -29,6 +32,7 @@ mod tlb;
 /// Temporary: user pages for the ring-3 tests until address spaces exist.
 mod user_pages;
 mod usermode;
+mod virtio_hal;
 
 pub type Failure = Text<256>;
 pub type TestResult = Result<(), Failure>;
@@ -38,19 +42,37 @@ pub struct Test {
     pub run: fn() -> TestResult,
     /// Passes only if this exception vector is raised (and caught).
     pub expect_fault: Option<u8>,
+    /// Why the test does not apply to this boot (`None`: it does). A
+    /// test that does not apply is not run and sends no record, so the
+    /// suites that count it are the ones whose boot it fits.
+    pub applies: Option<fn() -> Option<&'static str>>,
 }
 
 impl Test {
     pub const fn new(name: &'static str, run: fn() -> TestResult) -> Test {
-        Test { name, run, expect_fault: None }
+        Test { name, run, expect_fault: None, applies: None }
+    }
+
+    /// Runs only on boots where `why_not()` is `None`.
+    pub const fn only_if(self, why_not: fn() -> Option<&'static str>) -> Test {
+        Test { applies: Some(why_not), ..self }
     }
 
     /// A test that passes only if `vector` is raised. Its body runs under
     /// `fault_catch::catch` and must meet that function's contract: hold
     /// no lock or guard where it may fault, and not wait on other CPUs.
     pub const fn expecting_fault(name: &'static str, vector: u8, run: fn() -> TestResult) -> Test {
-        Test { name, run, expect_fault: Some(vector) }
+        Test { name, run, expect_fault: Some(vector), applies: None }
     }
+}
+
+/// Per run: what a passing test wants said about it (a measurement),
+/// sent as its record's detail.
+static NOTE: spin::Mutex<Failure> = spin::Mutex::new(Failure::new());
+
+/// Sets the running test's note (the last one wins).
+pub fn note(args: core::fmt::Arguments) {
+    *NOTE.lock() = failure(args);
 }
 
 /// A failure message (cut off if it does not fit).
@@ -88,6 +110,10 @@ const SUITES: &[&[Test]] = &[
     paging::TESTS,
     paging_smp::TESTS,
     paging_store::TESTS,
+    paging_stall::TESTS,
+    paging_lost_write::TESTS,
+    nested_fault::TESTS,
+    virtio_hal::TESTS,
     usermode::TESTS,
     bench::TESTS,
 ];
@@ -101,7 +127,7 @@ pub fn seed() -> u64 {
 }
 
 fn run_one(test: &Test) -> (TestResult, Failure) {
-    let mut note = Failure::new();
+    *NOTE.lock() = Failure::new();
     let result = match test.expect_fault {
         None => (test.run)(),
         // SAFETY: tests declared with `expecting_fault` promise what
@@ -112,21 +138,36 @@ fn run_one(test: &Test) -> (TestResult, Failure) {
             })
         } {
             Err(f) => {
-                let _ = write!(note, "caught vector {} at rip {:#x}, cr2 {:#x}", f.vector, f.rip, f.cr2);
+                note(format_args!("caught vector {} at rip {:#x}, cr2 {:#x}", f.vector, f.rip, f.cr2));
                 Ok(())
             }
             Ok(()) => Err(failure(format_args!("expected exception {vector} did not happen"))),
         },
     };
+    let note = core::mem::replace(&mut *NOTE.lock(), Failure::new());
     (result, note)
 }
 
-/// Runs every suite on the BSP (tests fan out to other CPUs themselves).
-pub fn run_all(seed: u64) -> ExitCode {
+/// Whether `name` is picked by `only` (comma-separated name prefixes;
+/// empty picks every test).
+fn picked(name: &str, only: &str) -> bool {
+    only.is_empty() || only.split(',').any(|p| !p.is_empty() && name.starts_with(p))
+}
+
+/// Runs every suite on the BSP (tests fan out to other CPUs themselves),
+/// or the tests whose names start with one of the `only` prefixes.
+pub fn run_all(seed: u64, only: &str) -> ExitCode {
     SEED.store(seed, core::sync::atomic::Ordering::Relaxed);
     log::info!("tests: seed {seed:#x} (replay with seed={seed:#x})");
+    if !only.is_empty() {
+        log::info!("tests: only {only}");
+    }
     let (mut passed, mut failed) = (0u32, 0u32);
-    for test in SUITES.iter().flat_map(|s| s.iter()) {
+    for test in SUITES.iter().flat_map(|s| s.iter()).filter(|t| picked(t.name, only)) {
+        if let Some(why) = test.applies.and_then(|f| f()) {
+            log::info!("test {} ... not run: {why}", test.name);
+            continue;
+        }
         let start = tsc::now_ns();
         let (result, note) = run_one(test);
         let ns = tsc::now_ns() - start;
@@ -134,7 +175,7 @@ pub fn run_all(seed: u64) -> ExitCode {
             Ok(()) => {
                 passed += 1;
                 log::info!("test {} ... ok ({} ms) {}", test.name, ns / 1_000_000, note.0);
-                (record::Outcome::Pass, "")
+                (record::Outcome::Pass, note.0.as_str())
             }
             Err(e) => {
                 failed += 1;

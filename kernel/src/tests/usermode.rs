@@ -253,7 +253,7 @@ fn start_value(cpu: usize) -> u64 {
 }
 
 /// Every CPU runs the program four times on its own u64 of the data page:
-/// a return, a page fault (page-fault IST stack), a #GP (rsp0 stack) and a
+/// a return, a page fault and a #GP (both on the rsp0 stack) and a
 /// return again.
 fn every_cpu_runs_ring3() -> TestResult {
     fn worker(cpu: usize) {
