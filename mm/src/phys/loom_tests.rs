@@ -39,8 +39,10 @@ fn assert_conserved(a: &PhysAllocator<'static, LoomCpus>, allocated: u64) {
     assert_eq!(c.buddy + c.magazines + c.depot + c.allocated, FRAMES as u64);
 }
 
-/// Two CPUs cycle frames through magazines of one, so every second free
-/// sends a magazine to the depot and allocations take it back.
+/// Two CPUs cycle two frames each through their two magazines of one.
+/// Two frees fill both magazines, so neither CPU reaches the depot (a
+/// third free would: `loom_depot_put_meets_reclaim_all`); the CPUs meet
+/// only at the buddy lock.
 #[test]
 fn loom_depot_exchange_two_cpus() {
     model(|| {
@@ -90,6 +92,9 @@ fn loom_concurrent_double_free_has_one_winner() {
 }
 
 /// CPU 1 frees a frame CPU 0 allocated while CPU 0 refills from the buddy.
+/// The two touch no common lock or word (the free goes to CPU 1's own
+/// magazine), so loom needs a single interleaving: this checks the remote
+/// free's accounting, not a race.
 #[test]
 fn loom_remote_free_while_owner_refills() {
     model(|| {
