@@ -212,3 +212,8 @@ pub fn pin_claimed(db: &FrameDb<'_>, index: usize) -> u32 {
 pub fn unpin_claimed(db: &FrameDb<'_>, index: usize) {
     let _ = db.update_paging(index, BUSY, 0, 0, PINNED);
 }
+
+#[cfg(all(test, loom))]
+mod loom_machine;
+#[cfg(all(test, loom))]
+mod loom_tests;
