@@ -30,6 +30,18 @@ pub mod direct_map;
 pub mod paging;
 #[cfg(not(loom))]
 pub mod vm;
+/// Under loom, only what the paging model needs: the entry layout and the
+/// page-state steps (the rest of `vm` and `paging` uses core atomics and
+/// spin locks loom cannot see).
+#[cfg(loom)]
+pub mod vm {
+    pub mod pte;
+}
+#[cfg(loom)]
+pub mod paging {
+    pub mod token;
+    pub mod transition;
+}
 
 pub const PAGE_SIZE: u64 = 4096;
 

@@ -9,6 +9,7 @@ use alloc::vec;
 use super::evict::Victims;
 use super::fault::{frame_of, is_dirty, Access};
 use super::token;
+use super::transition::{self, FrameClaim};
 use super::{Pager, PagingError, BUSY_WAIT_NS};
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
@@ -170,9 +171,7 @@ impl<P: VmPlatform> Vm<P> {
             });
             if result.is_err() {
                 for i in (0..npages).filter(|i| newly[(i / 64) as usize] & (1 << (i % 64)) != 0) {
-                    self.with_page_frame(pg, virt + i * PAGE, &mut |index| {
-                        let _ = pg.db.update_paging(index, BUSY, 0, 0, PINNED);
-                    })?;
+                    self.with_page_frame(pg, virt + i * PAGE, &mut |index| transition::unpin_claimed(pg.db, index))?;
                 }
             }
             result
@@ -185,9 +184,7 @@ impl<P: VmPlatform> Vm<P> {
         loop {
             self.fault_in(pg, va, Access::READ, false)?;
             let mut old = 0;
-            let pinned = self.with_page_frame(pg, va, &mut |index| {
-                old = pg.db.update_paging(index, BUSY, 0, PINNED, 0).unwrap_or(0);
-            })?;
+            let pinned = self.with_page_frame(pg, va, &mut |index| old = transition::pin_claimed(pg.db, index))?;
             if pinned {
                 return Ok(old & PINNED == 0);
             }
@@ -202,28 +199,17 @@ impl<P: VmPlatform> Vm<P> {
     fn with_page_frame(&self, pg: &Pager, va: u64, f: &mut dyn FnMut(usize)) -> Result<bool, PagingError> {
         let deadline = self.p.now_ns() + BUSY_WAIT_NS;
         loop {
-            let slot = self.paged_slot(va)?;
-            let e = slot.load(Ordering::Acquire);
-            if token::is_busy(e) {
-                self.wait_busy(deadline, va)?;
-                continue;
+            match transition::claim_frame_of(pg.db, self.paged_slot(va)?) {
+                Ok(index) => {
+                    f(index);
+                    pg.release(index);
+                    return Ok(true);
+                }
+                Err(FrameClaim::Busy) => self.wait_busy(deadline, va)?,
+                Err(FrameClaim::NotResident) => return Ok(false),
+                Err(FrameClaim::NotInDb) => return Err(PagingError::NotPageable { virt: va }),
+                Err(FrameClaim::Moved) => {}
             }
-            if !token::is_resident(e) {
-                return Ok(false);
-            }
-            let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
-            if pg.db.update_paging(index, MAPPED, BUSY, BUSY, 0).is_err() {
-                self.wait_busy(deadline, va)?;
-                continue;
-            }
-            // Claimed: still this page's frame?
-            let now = slot.load(Ordering::Acquire);
-            if token::is_resident(now) && frame_of(now) == frame_of(e) {
-                f(index);
-                pg.release(index);
-                return Ok(true);
-            }
-            pg.release(index);
         }
     }
 
@@ -233,9 +219,7 @@ impl<P: VmPlatform> Vm<P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             for va in (0..npages).map(|i| virt + i * PAGE) {
-                self.with_page_frame(pg, va, &mut |index| {
-                    let _ = pg.db.update_paging(index, BUSY, 0, 0, PINNED);
-                })?;
+                self.with_page_frame(pg, va, &mut |index| transition::unpin_claimed(pg.db, index))?;
             }
             Ok(())
         })

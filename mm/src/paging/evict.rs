@@ -8,12 +8,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 
-use super::fault::{frame_of, is_dirty};
 use super::stats::{Event, Timing};
-use super::token::{self, Location, KEPT, SW_BUSY, SW_PAGED};
+use super::token::{self, Location, KEPT};
+use super::transition;
 use super::view::View;
 use super::{Pager, PagingError, StoreError};
-use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
+use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::{Vm, VmError, VmPlatform, PAGE};
 
 /// Victims per eviction: one shootdown covers them all.
@@ -68,22 +68,8 @@ impl<P: VmPlatform> Vm<P> {
     /// Claims frame `i` for eviction if it backs a resident, unpinned page
     /// nobody else is working on.
     pub(crate) fn claim_victim(&self, pg: &Pager, i: usize) -> Option<Victim<'_>> {
-        pg.db.update_paging(i, MAPPED, PINNED | BUSY, BUSY, 0).ok()?;
-        let frame = pg.db.phys_of(i);
-        let va = pg.db.entry(i).vaddr.load(Ordering::Acquire);
-        if let Ok(slot) = self.paged_slot(va) {
-            let mut e = slot.load(Ordering::Acquire);
-            // Loop: the CPU may set accessed or dirty bits meanwhile.
-            while token::is_resident(e) && frame_of(e) == frame {
-                let marker = (e & KEPT) | SW_PAGED | SW_BUSY | frame;
-                match slot.compare_exchange_weak(e, marker, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return Some(Victim { index: i, frame, va, slot, old: e }),
-                    Err(now) => e = now,
-                }
-            }
-        }
-        pg.release(i);
-        None
+        let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_slot(va).ok())?;
+        Some(Victim { index: i, frame: pg.db.phys_of(i), va: c.va, slot: c.slot, old: c.old })
     }
 
     /// Shoots the victims down in one go, then writes each back and leaves
@@ -108,8 +94,8 @@ impl<P: VmPlatform> Vm<P> {
             match self.write_back(pg, v, for_fault) {
                 Ok(token) => {
                     // The copy slot, if any, went into the token.
-                    v.slot.store(token, Ordering::Release);
-                    pg.forget(v.index);
+                    transition::finish_eviction(pg.db, v.index, v.slot, token);
+                    pg.untrack(v.index);
                     freed.push(v.frame);
                 }
                 Err(e) => {
@@ -123,8 +109,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Puts a claimed victim back as it was.
     pub(crate) fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
-        v.slot.store(v.old, Ordering::Release);
-        pg.release(v.index);
+        transition::unclaim(pg.db, v.index, v.slot, v.old);
     }
 
     /// Saves victim `v`'s contents if they cannot be had again, and returns
@@ -134,18 +119,9 @@ impl<P: VmPlatform> Vm<P> {
         let copy = pg.db.entry(v.index).copy.load(Ordering::Relaxed);
         let perms = v.old & KEPT;
         let token = |loc| token::encode(loc, perms).expect("store slots fit in a token");
-        if !is_dirty(v.old) {
-            let again = if flags & FRESH_ZERO != 0 {
-                Some(Location::AnonZero)
-            } else if flags & FRESH_UNINIT != 0 {
-                Some(Location::AnonUninit)
-            } else {
-                copy.checked_sub(1).map(Location::Slot)
-            };
-            if let Some(loc) = again {
-                pg.stats.count(self.p.cpu_index(), Event::EvictClean);
-                return Ok(token(loc));
-            }
+        if let Some(loc) = transition::clean_location(v.old, flags, copy) {
+            pg.stats.count(self.p.cpu_index(), Event::EvictClean);
+            return Ok(token(loc));
         }
         let slot = match copy {
             0 => self.take_slot(pg, for_fault)?,

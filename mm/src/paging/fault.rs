@@ -5,11 +5,12 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::token::{self, Location, SW_BUSY, SW_PAGED};
+use super::token::Location;
+use super::transition::{self, Look};
 use super::{Pager, PagingError, BUSY_WAIT_NS};
-use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
+use crate::frame_db::paging::{FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::paging::stats::{Event, Timing};
-use crate::vm::pte::{self, ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::vm::pte::{self, DIRTY, NO_EXECUTE, USER, WRITABLE};
 use crate::vm::table::{self, Lookup};
 use crate::vm::{Vm, VmPlatform, KERNEL_REGION_AREA, PAGE};
 
@@ -64,27 +65,27 @@ impl<P: VmPlatform> Vm<P> {
         let mut waited = false;
         loop {
             let slot = self.paged_slot(va)?;
-            let e = slot.load(Ordering::Acquire);
-            if token::is_resident(e) {
-                check_access(e, access, va)?;
-                return Ok(false);
-            }
-            if token::is_busy(e) {
-                if !waited {
-                    pg.stats.count(self.p.cpu_index(), Event::BusyWait);
-                    waited = true;
+            let (token, loc, perms) = match transition::look(slot) {
+                Look::Resident(e) => {
+                    check_access(e, access, va)?;
+                    return Ok(false);
                 }
-                self.wait_busy(deadline, va)?;
-                continue;
-            }
-            let Some((loc, perms)) = token::decode(e) else {
-                return Err(PagingError::NotPageable { virt: va });
+                Look::Busy => {
+                    if !waited {
+                        pg.stats.count(self.p.cpu_index(), Event::BusyWait);
+                        waited = true;
+                    }
+                    self.wait_busy(deadline, va)?;
+                    continue;
+                }
+                Look::Token { token, loc, perms } => (token, loc, perms),
+                Look::Other(_) => return Err(PagingError::NotPageable { virt: va }),
             };
             check_access(perms, access, va)?;
-            if slot.compare_exchange(e, e | SW_BUSY, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if !transition::claim_token(slot, token) {
                 continue; // another CPU won the page, or unmapped it
             }
-            self.page_in_owned(pg, va, slot, e, loc, for_fault)?;
+            self.page_in_owned(pg, va, slot, token, loc, for_fault)?;
             return Ok(true);
         }
     }
@@ -104,7 +105,7 @@ impl<P: VmPlatform> Vm<P> {
     /// marker. On failure the token goes back exactly as it was.
     fn page_in_owned(&self, pg: &Pager, va: u64, slot: &AtomicU64, token: u64, loc: Location, for_fault: bool) -> Result<(), PagingError> {
         let restore = |e: PagingError| {
-            slot.store(token, Ordering::Release);
+            transition::restore_token(slot, token);
             Err(e)
         };
         let frame = match self.frame_for_page_in(pg, for_fault) {
@@ -144,15 +145,8 @@ impl<P: VmPlatform> Vm<P> {
             }
             _ => 0,
         };
-        let entry = pg.db.entry(index);
-        entry.vaddr.store(va, Ordering::Relaxed);
-        entry.copy.store(copy, Ordering::Relaxed);
-        // Busy until the entry is in: an evictor that finds the frame by
-        // the reverse map must find the entry that maps it.
-        let marked = pg.db.update_paging(index, 0, u32::MAX, MAPPED | BUSY | fresh, 0);
-        debug_assert!(marked.is_ok(), "a fresh frame had paging flags");
-        let kept = token & super::token::KEPT;
-        slot.store(frame | kept | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
+        let marked = transition::install_resident(pg.db, index, slot, token, va, copy, fresh);
+        debug_assert!(marked, "a fresh frame had paging flags");
         // Counted before the frame is published (not busy), so an evictor
         // that takes it at once never counts it out first.
         pg.resident.fetch_add(1, Ordering::Relaxed);

@@ -6,8 +6,8 @@ use core::sync::atomic::Ordering;
 
 use super::fault::frame_of;
 use super::token::{self, Location};
+use super::transition::{self, Refused};
 use super::{Pager, PagingError, BUSY_WAIT_NS};
-use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
 use crate::vm::marker::UnmapOp;
@@ -129,6 +129,11 @@ impl<P: VmPlatform> Vm<P> {
     /// Takes page `va` out of its table (a resident or ordinary page
     /// becomes an in-transit marker for `finish_unmap`). True if it was a
     /// pageable page.
+    ///
+    /// Takes no table lock: the caller runs with interrupts off, and there
+    /// is no point between the walk and the entry's change where this CPU
+    /// answers a shootdown (the busy wait below looks the entry up again),
+    /// so no table it walks can be freed under it.
     fn unmap_one(&self, op: &UnmapOp, va: u64) -> Result<bool, VmError> {
         let deadline = self.p.now_ns() + BUSY_WAIT_NS;
         let pg = self.paging.get();
@@ -140,19 +145,19 @@ impl<P: VmPlatform> Vm<P> {
             let e = slot.load(Ordering::Acquire);
             if let (Some(pg), true) = (pg, token::is_resident(e)) {
                 let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
-                if pg.db.update_paging(index, MAPPED, BUSY, BUSY, 0).is_ok() {
-                    if slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                        pg.release(index);
-                        continue; // accessed or dirty bits changed
+                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE, true)) {
+                    Ok(copy) => {
+                        if let Some(s) = copy {
+                            let _ = pg.store.location_free(s);
+                        }
+                        pg.forget(index);
+                        return Ok(true);
                     }
-                    if let Some(s) = pg.db.entry(index).copy.swap(0, Ordering::AcqRel).checked_sub(1) {
-                        let _ = pg.store.location_free(s);
-                    }
-                    pg.forget(index);
-                    return Ok(true);
+                    Err(Refused::Changed) => continue, // accessed or dirty bits changed
+                    Err(Refused::Busy) => {}
                 }
             } else if let (Some(pg), Some((loc, _))) = (pg, token::decode(e)) {
-                if slot.compare_exchange(e, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if transition::clear_token(slot, e) {
                     if let Location::Slot(s) = loc {
                         let _ = pg.store.location_free(s);
                     }

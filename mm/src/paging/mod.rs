@@ -38,6 +38,7 @@ pub mod stats;
 pub mod store;
 pub mod store_switch;
 pub mod token;
+pub(crate) mod transition;
 mod view;
 #[cfg(test)]
 mod tests;
@@ -50,7 +51,6 @@ pub use policy::{EvictionPolicy, PolicyError};
 pub use stats::{Counts, Event, HistogramSnapshot, Stats, Timing};
 pub use store::{BackingStore, StoreError};
 
-use crate::frame_db::paging::{ALL, BUSY};
 use crate::frame_db::FrameDb;
 use crate::vm::{Vm, VmError, VmPlatform};
 
@@ -205,17 +205,19 @@ impl Pager {
 
     /// Gives up this CPU's `BUSY` claim on frame `i`.
     pub(crate) fn release(&self, i: usize) {
-        let _ = self.db.update_paging(i, BUSY, 0, 0, BUSY);
+        transition::release(self.db, i);
     }
 
     /// Frame `i`, claimed busy, no longer backs a page (evicted or
     /// unmapped; its copy slot, if any, was handed on or freed): clears
     /// its paging state and takes it out of the policy and the counts.
     pub(crate) fn forget(&self, i: usize) {
-        let entry = self.db.entry(i);
-        entry.vaddr.store(0, Ordering::Relaxed);
-        entry.copy.store(0, Ordering::Relaxed);
-        let _ = self.db.update_paging(i, BUSY, 0, 0, ALL);
+        transition::forget_frame(self.db, i);
+        self.untrack(i);
+    }
+
+    /// Frame `i`, just forgotten, leaves the policy and the counts.
+    pub(crate) fn untrack(&self, i: usize) {
         self.set_candidate(i, false);
         self.policy.on_unmapped(i);
         self.resident.fetch_sub(1, Ordering::Relaxed);

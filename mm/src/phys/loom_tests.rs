@@ -4,6 +4,7 @@
 use super::*;
 use crate::frame_db::FrameEntry;
 use loom::sync::Arc;
+use std::sync::atomic::{AtomicBool as StdBool, AtomicU64 as StdU64, Ordering::SeqCst};
 
 use crate::testing::{on_cpu, Threads as LoomCpus};
 
@@ -22,7 +23,14 @@ fn tiny(cpus: usize) -> Arc<PhysAllocator<'static, LoomCpus>> {
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(2);
-    b.check(f);
+    // Counted so `--nocapture` shows how much each model explores.
+    let runs = std::sync::Arc::new(StdU64::new(0));
+    let counter = runs.clone();
+    b.check(move || {
+        counter.fetch_add(1, SeqCst);
+        f()
+    });
+    eprintln!("{} interleavings", runs.load(SeqCst));
 }
 
 fn assert_conserved(a: &PhysAllocator<'static, LoomCpus>, allocated: u64) {
@@ -31,8 +39,10 @@ fn assert_conserved(a: &PhysAllocator<'static, LoomCpus>, allocated: u64) {
     assert_eq!(c.buddy + c.magazines + c.depot + c.allocated, FRAMES as u64);
 }
 
-/// Two CPUs cycle frames through magazines of one, so every second free
-/// sends a magazine to the depot and allocations take it back.
+/// Two CPUs cycle two frames each through their two magazines of one.
+/// Two frees fill both magazines, so neither CPU reaches the depot (a
+/// third free would: `loom_depot_put_meets_reclaim_all`); the CPUs meet
+/// only at the buddy lock.
 #[test]
 fn loom_depot_exchange_two_cpus() {
     model(|| {
@@ -82,6 +92,9 @@ fn loom_concurrent_double_free_has_one_winner() {
 }
 
 /// CPU 1 frees a frame CPU 0 allocated while CPU 0 refills from the buddy.
+/// The two touch no common lock or word (the free goes to CPU 1's own
+/// magazine), so loom needs a single interleaving: this checks the remote
+/// free's accounting, not a race.
 #[test]
 fn loom_remote_free_while_owner_refills() {
     model(|| {
@@ -103,4 +116,80 @@ fn loom_remote_free_while_owner_refills() {
         a.free_page(q).unwrap();
         assert_conserved(&a, 0);
     });
+}
+
+/// Which interleavings `loom_depot_put_meets_reclaim_all` reached, over
+/// all its iterations; it fails if one never happened (a vacuous model).
+static DEPOT_PUT_SEEN: StdBool = StdBool::new(false);
+static RECLAIM_MID_FREE_SEEN: StdBool = StdBool::new(false);
+static RECLAIM_AFTER_PUT_SEEN: StdBool = StdBool::new(false);
+
+/// CPU 0 frees three frames into magazines of one, so the third free puts
+/// a full magazine in the depot, while CPU 1 takes the buddy's last frame
+/// and allocates again, so it drains every cache with `reclaim_all`,
+/// between or during CPU 0's frees. Checked: no frame is handed out while
+/// CPU 0 still holds it or twice to CPU 1; an allocation that starts with
+/// a frame free somewhere gets one (the drain misses nothing); the census
+/// adds up at the end.
+#[test]
+fn loom_depot_put_meets_reclaim_all() {
+    model(|| {
+        let a = tiny(2);
+        on_cpu(0);
+        let mine = [a.alloc_page().unwrap(), a.alloc_page().unwrap(), a.alloc_page().unwrap()];
+        // Plain (not loom) atomics: bookkeeping of the test itself, which
+        // must add no interleavings. Loom runs one thread at a time, so
+        // they are exact. Bit i: CPU 0 still holds `mine[i]`.
+        let held = Arc::new(StdU64::new(0b111));
+        let freed = Arc::new(StdU64::new(0));
+        let t = {
+            let (a, held, freed, mine) = (a.clone(), held.clone(), freed.clone(), mine);
+            loom::thread::spawn(move || {
+                on_cpu(1);
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    let free_at_start = FRAMES as u64 - (mine.len() as u64 - freed.load(SeqCst)) - got.len() as u64;
+                    let (reclaims, before) = (a.counters(1).reclaims, freed.load(SeqCst));
+                    let r = a.alloc_page();
+                    if a.counters(1).reclaims > reclaims {
+                        // CPU 0 had finished one free but not all three all along.
+                        if before >= 1 && freed.load(SeqCst) < 3 {
+                            RECLAIM_MID_FREE_SEEN.store(true, SeqCst);
+                        }
+                        if a.counters(0).depot_exchanges > 0 {
+                            RECLAIM_AFTER_PUT_SEEN.store(true, SeqCst);
+                        }
+                    }
+                    match r {
+                        Ok(p) => {
+                            let held = held.load(SeqCst);
+                            let clash = mine.iter().enumerate().any(|(i, &m)| m == p && held & (1 << i) != 0);
+                            assert!(!clash, "{p:#x} handed out while CPU 0 still holds it");
+                            assert!(!got.contains(&p), "{p:#x} handed out twice");
+                            got.push(p);
+                        }
+                        Err(e) => {
+                            assert_eq!(e, FrameError::OutOfMemory);
+                            assert_eq!(free_at_start, 0, "out of memory with {free_at_start} frames free");
+                        }
+                    }
+                }
+                got.len() as u64
+            })
+        };
+        for (i, &p) in mine.iter().enumerate() {
+            // Given up before the call: the frame may be reused before it returns.
+            held.fetch_and(!(1 << i), SeqCst);
+            a.free_page(p).unwrap();
+            freed.fetch_add(1, SeqCst);
+        }
+        if a.counters(0).depot_exchanges > 0 {
+            DEPOT_PUT_SEEN.store(true, SeqCst);
+        }
+        let allocated = t.join().unwrap();
+        assert_conserved(&a, allocated);
+    });
+    assert!(DEPOT_PUT_SEEN.load(SeqCst), "CPU 0 never put a magazine in the depot");
+    assert!(RECLAIM_MID_FREE_SEEN.load(SeqCst), "reclaim_all never ran between CPU 0's frees");
+    assert!(RECLAIM_AFTER_PUT_SEEN.load(SeqCst), "reclaim_all never ran after a depot put");
 }
