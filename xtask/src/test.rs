@@ -155,8 +155,12 @@ fn host_tests() -> Tally {
     cargo_tests("host tests", cargo)
 }
 
-/// The loom models of the lock-free protocols. `--cfg loom` changes every
-/// crate's build, so they get their own target directory.
+/// The loom models of the lock-free protocols: every `--lib` test whose
+/// name has `loom` in it (the cross-calls; the frame allocator's
+/// magazines, depot and reclaim; one page under the fault, eviction,
+/// unmap and pin steps). About 80 s on a 2-core host, most of it the
+/// paging models. `--cfg loom` changes every crate's build, so they get
+/// their own target directory.
 fn loom_models() -> Tally {
     eprintln!("==> loom models");
     let mut cargo = toolchain::cargo(&["test", "--release", "--lib", "-p", "smp", "-p", "mm"]);

@@ -200,15 +200,18 @@ fn pin(m: &Machine) -> Result<(), Gone> {
         }
         loom::thread::yield_now(); // evicted again meanwhile
     };
-    match look(&m.entry) {
-        Look::Resident(e) => {
-            assert_eq!(m.index_of(e), index, "a pinned page moved");
-            m.saw(Seen::PinnedResident);
-        }
-        Look::Other(_) => {} // unmapped
-        other => panic!("a pinned page went out: {other:?}"),
+    // Checked at the unpin, so that every step the other CPUs took while
+    // the page was pinned has had its chance to move it.
+    let unpinned = with_page_frame(m, |i| {
+        assert_eq!(i, index, "a pinned page moved");
+        assert_ne!(m.db.paging_flags(i) & PINNED, 0, "a pinned page lost its pin");
+        m.saw(Seen::PinnedResident);
+        unpin_claimed(&m.db, i);
+    });
+    if !unpinned {
+        let now = look(&m.entry);
+        assert!(matches!(now, Look::Other(_)), "a pinned page went out: {now:?}"); // else unmapped
     }
-    with_page_frame(m, |i| unpin_claimed(&m.db, i));
     Ok(())
 }
 
