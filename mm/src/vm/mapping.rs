@@ -291,7 +291,7 @@ impl<P: VmPlatform> Vm<P> {
         let shared = space.tables.read(&self.p)?;
         // The pager owns the permissions of on-demand pages (their tokens
         // keep them too): those are mapped with LOCK when they need protect.
-        self.for_each_leaf(space, virt, npages, &mut |va, slot| match slot.load(Ordering::Relaxed) & crate::paging::token::SW_PAGED {
+        self.for_each_leaf(space, virt, npages, &mut |va, _, e| match e & crate::paging::token::SW_PAGED {
             0 => Ok(()),
             _ => Err(VmError::Pageable { virt: va }),
         })?;
@@ -422,7 +422,7 @@ impl<P: VmPlatform> Vm<P> {
         check_phys(phys, PAGE, PAGE)?;
         let _shared = self.kernel.tables.read(&self.p)?;
         let mut old = 0;
-        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot| {
+        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot, _| {
             old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
             Ok(())
         })?;

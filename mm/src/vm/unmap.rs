@@ -52,25 +52,26 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Calls `f` on the 4 KiB leaf entry of each of `npages` pages from
-    /// `virt`. A page that is not mapped is `NotMapped`, part of a bigger
-    /// page `SizeMismatch`. The caller holds the shared table lock.
+    /// `virt`, with the present value it was found with (one load: `f`
+    /// judges the value that was seen present). A page that is not mapped
+    /// is `NotMapped`, part of a bigger page `SizeMismatch`. The caller
+    /// holds the shared table lock.
     pub(super) fn for_each_leaf(
         &self,
         space: &AddressSpace,
         virt: u64,
         npages: u64,
-        f: &mut dyn FnMut(u64, &AtomicU64) -> Result<(), VmError>,
+        f: &mut dyn FnMut(u64, &AtomicU64, u64) -> Result<(), VmError>,
     ) -> Result<(), VmError> {
         for i in 0..npages {
             let va = virt + i * PAGE;
             match table::lookup(&self.p, space.root, va, 0) {
-                Lookup::Entry { slot, level } if pte::is_present(slot.load(Ordering::Acquire)) => {
-                    if level != 0 {
-                        return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) });
-                    }
-                    f(va, slot)?;
-                }
-                _ => return Err(VmError::NotMapped { virt: va }),
+                Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
+                    e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
+                    _ if level != 0 => return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) }),
+                    e => f(va, slot, e)?,
+                },
+                Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
             }
         }
         Ok(())
@@ -92,17 +93,7 @@ impl<P: VmPlatform> Vm<P> {
             let _shared = space.tables.read(&self.p)?;
             // Check everything before changing anything, so bad input
             // never unmaps a page even for a moment.
-            for i in 0..npages {
-                let va = virt + i * PAGE;
-                match table::lookup(&self.p, space.root, va, 0) {
-                    Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
-                        e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
-                        _ if level != 0 => return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) }),
-                        e => check(va, e)?,
-                    },
-                    Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
-                }
-            }
+            self.for_each_leaf(space, virt, npages, &mut |va, _, e| check(va, e))?;
             // Then take each page, judging again the value taken: a racing
             // unmap may have taken a page, and a mapper put another there.
             let mut lost = None;
