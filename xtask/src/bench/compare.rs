@@ -162,6 +162,11 @@ mod tests {
             ns_p99: 1000.0,
             counters_per_op: Default::default(),
             failed: false,
+            sample_every: 64,
+            samples: 100,
+            solo: None,
+            ceiling: None,
+            efficiency: None,
         }
     }
 

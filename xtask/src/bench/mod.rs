@@ -160,7 +160,8 @@ pub fn measure(
         .filter(|f| f.kind == FailureKind::Bench)
         .filter_map(|f| Some((f.bench.clone()?, f.variant.clone()?, f.smp)))
         .collect();
-    let summary = stats::summarize(&rows, &voided);
+    let mut summary = stats::summarize(&rows, &voided);
+    stats::set_ceilings(&mut summary, host.cores);
     let report = Report {
         schema: REPORT_SCHEMA,
         record_schema: record::SCHEMA,
