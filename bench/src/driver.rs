@@ -67,7 +67,9 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
         for variant in (b.variants)(m) {
             let mut result = run_variant(m, b, &variant, plan, cpus, &mut seq);
             if result.is_ok() && solo(b) {
-                result = run_variant(m, b, &variant, plan, 1, &mut seq);
+                // Straight after the same workload on every CPU: warm
+                // already, so no warm-up repetition.
+                result = run_variant(m, b, &variant, Plan { warmups: 0, ..plan }, 1, &mut seq);
             }
             if let Err(e) = result {
                 failed += 1;
