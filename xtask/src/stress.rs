@@ -17,9 +17,12 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct StressArgs {
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=255))]
+    /// Number of virtual CPUs (1 to the kernel's limit, 64).
+    #[arg(long, default_value_t = 8, value_parser = crate::qemu::parse_smp)]
     smp: u32,
+    /// Accelerator (see `run --accel`).
+    #[arg(long, value_enum, default_value_t = crate::accel::AccelChoice::Auto)]
+    accel: crate::accel::AccelChoice,
     /// How long the guest runs the workload.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
@@ -36,7 +39,7 @@ pub struct StressArgs {
     #[arg(long)]
     no_build: bool,
     /// Attach a fresh sparse swap disk of this size (virtio-blk).
-    #[arg(long, value_parser = parse_mem)]
+    #[arg(long, value_parser = crate::swap::parse_swap_size)]
     swap: Option<Mem>,
 }
 
@@ -50,6 +53,7 @@ pub struct Plan {
     pub verbose: bool,
     /// Size of a swap disk to attach.
     pub swap: Option<Mem>,
+    pub accel: crate::accel::Accel,
 }
 
 /// The outcome: `text` is the final summary for stdout.
@@ -65,6 +69,7 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
     };
     // Before anything can fail or hang: the seed is what replays the run.
     println!("stress: seed {seed:#x}");
+    let accel = crate::accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
     let images = build::images(args.no_build)?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(args.seconds + 300));
@@ -75,6 +80,7 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
         live: std::io::stderr().is_terminal(),
         verbose: args.verbose,
         swap: args.swap.clone(),
+        accel,
     };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let verdict = run_stress(&plan, &mut launch)?;
@@ -86,6 +92,8 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
 pub fn run_stress(plan: &Plan, launch: &mut dyn FnMut(&Config, Echo) -> Result<Capture>) -> Result<Verdict> {
     let config = Config {
         smp: plan.smp,
+        accel: plan.accel,
+        gdb: None,
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
         xapic: false,
@@ -144,8 +152,11 @@ fn judge(cap: &Capture, plan: &Plan) -> Verdict {
     let mut result = None;
     for record in &cap.records {
         match record {
-            Record::Boot { cpus_online, .. } if *cpus_online != plan.smp => {
-                problems.push(format!("Boot record: {cpus_online} CPUs online, expected {}", plan.smp))
+            Record::Boot { cpus_online, accel, .. } => {
+                if *cpus_online != plan.smp {
+                    problems.push(format!("Boot record: {cpus_online} CPUs online, expected {}", plan.smp));
+                }
+                problems.extend(crate::accel::check_boot(plan.accel, *accel));
             }
             Record::Stress { .. } => result = Some(record),
             _ => {}
@@ -207,10 +218,10 @@ mod tests {
     use crate::run::capture;
     use std::process::Command;
 
-    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}"#;
+    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}"#;
 
     fn rec(json: &str) -> String {
-        format!("echo '@@smpmm {{\"schema\":3,\"record\":{json}}}'\n")
+        format!("echo '@@smpmm {{\"schema\":4,\"record\":{json}}}'\n")
     }
 
     fn round(n: u32) -> String {
@@ -226,7 +237,7 @@ mod tests {
     /// Runs the stress command against `script`; returns the verdict and
     /// the guest command line it was given.
     fn run(script: String) -> (Verdict, String) {
-        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None };
+        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg };
         let mut cmdline = String::new();
         let mut launch = |config: &Config, echo: Echo| {
             cmdline = config.guest.cmdline();

@@ -27,12 +27,12 @@ fn host(smp: Vec<u32>) -> Host {
 }
 
 fn rec(json: &str) -> String {
-    format!("echo '@@smpmm {{\"schema\":3,\"record\":{json}}}'\n")
+    format!("echo '@@smpmm {{\"schema\":4,\"record\":{json}}}'\n")
 }
 
 fn boot(smp: u32) -> String {
     rec(&format!(
-        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":2000000000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}}"#
+        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":2000000000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}}"#
     ))
 }
 
@@ -70,7 +70,7 @@ fn run(smp: Vec<u32>, root: &Path, script: impl Fn(u32) -> String) -> (std::path
         sh.arg("-c").arg(script(config.smp));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg };
     let (dir, ok) = measure(host(smp), &options, &mut launch, root).unwrap();
     (dir, ok, cmdlines.into_inner())
 }
