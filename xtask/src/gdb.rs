@@ -94,7 +94,7 @@ pub fn stage(qemu: &Qemu, images: &Images, accel: Accel) -> Tally {
     eprintln!("==> gdb stage: hbreak {ENTRY} from reset, then continue to the end of the boot");
     match run_stage(qemu, images, accel) {
         Ok(problems) if problems.is_empty() => {
-            println!("[gdb] pass gdb::hbreak_at_entry");
+            println!("[gdb] pass gdb::hbreak_at_entry: stopped at {ENTRY}, continued, the boot completed");
             tally.passed += 1;
         }
         Ok(problems) => {
@@ -129,7 +129,9 @@ fn run_stage(qemu: &Qemu, images: &Images, accel: Accel) -> Result<Vec<String>> 
     // listens. It ends when QEMU does, so its wait is bounded by QEMU's.
     let mut session = Command::new(&gdb);
     session.args(["-batch", "-nx", "-ex", "set tcp connect-timeout 60"]).args(attach_args(&elf, port));
-    for step in [&format!("hbreak {ENTRY}"), "continue", "info symbol $pc", "delete", "continue"] {
+    // `*`: the function's first instruction, not the line after its
+    // prologue, so `info symbol $pc` names it with no `+ offset`.
+    for step in [&format!("hbreak *{ENTRY}"), "continue", "info symbol $pc", "delete", "continue"] {
         session.args(["-ex", step]);
     }
     eprintln!("    $ {}", crate::cmd::show(&session));
@@ -163,8 +165,13 @@ fn judge(gdb_out: &str, gdb_ok: bool, cap: &Capture, accel: Accel) -> Vec<String
     if !gdb_out.lines().any(|l| l.starts_with("Breakpoint 1, ")) {
         problems.push(format!("gdb never stopped at the hardware breakpoint on {ENTRY}"));
     }
-    if !gdb_out.lines().any(|l| l.starts_with(&format!("{ENTRY} in section .text"))) {
-        problems.push(format!("gdb stopped, but `info symbol $pc` does not name {ENTRY}"));
+    // `info symbol $pc` at the entry itself: `kernel[<hash>]::kernel_main
+    // in section .text` (an offset, `+ 20`, would mean elsewhere).
+    let at_entry = |l: &str| {
+        l.split_once(" in section .text").is_some_and(|(sym, _)| sym == ENTRY || sym.ends_with(&format!("::{ENTRY}")))
+    };
+    if !gdb_out.lines().any(at_entry) {
+        problems.push(format!("gdb stopped, but `info symbol $pc` does not name the first instruction of {ENTRY}"));
     }
     if cap.exit != Exit::GuestSuccess {
         problems.push(format!("after the breakpoint the boot did not complete: {}", cap.exit.describe()));
@@ -186,8 +193,8 @@ mod tests {
     const SESSION: &str = "0x000000000000fff0 in ?? ()\n\
         Hardware assisted breakpoint 1 at 0xffff80000004b2f0: file kernel/src/main.rs, line 71.\n\
         \n\
-        Breakpoint 1, kernel::kernel_main (boot_info=...) at kernel/src/main.rs:71\n\
-        kernel_main in section .text\n\
+        Breakpoint 1, 0xffff8000000362c0 in kernel_main () at kernel/src/main.rs:77\n\
+        kernel[8afe9dfa53aba23c]::kernel_main in section .text\n\
         [Inferior 1 (process 1) exited with code 041]\n";
 
     fn boot() -> record::HostRecord {
@@ -215,8 +222,10 @@ mod tests {
         let ran_through = "0x000000000000fff0 in ?? ()\n[Inferior 1 (process 1) exited with code 041]\n";
         assert_eq!(
             judge(ran_through, true, &cap, Accel::Tcg),
-            ["gdb never stopped at the hardware breakpoint on kernel_main", "gdb stopped, but `info symbol $pc` does not name kernel_main"]
+            ["gdb never stopped at the hardware breakpoint on kernel_main", "gdb stopped, but `info symbol $pc` does not name the first instruction of kernel_main"]
         );
+        let past_prologue = SESSION.replace("::kernel_main in", "::kernel_main + 20 in");
+        assert_eq!(judge(&past_prologue, true, &cap, Accel::Tcg).len(), 1);
         let hung = Capture::of(Exit::Timeout(STAGE_TIMEOUT), vec![], Duration::ZERO);
         assert_eq!(
             judge(SESSION, false, &hung, Accel::Tcg),

@@ -63,13 +63,14 @@ pub struct Verdict {
 }
 
 pub fn stress(args: StressArgs) -> Result<ExitCode> {
+    // Bad input is refused before a seed is announced.
+    let accel = crate::accel::resolve(args.accel)?;
     let seed = match args.seed {
         Some(seed) => seed,
         None => getrandom::u64().map_err(|e| anyhow::anyhow!("no random seed from the OS: {e}"))?,
     };
     // Before anything can fail or hang: the seed is what replays the run.
     println!("stress: seed {seed:#x}");
-    let accel = crate::accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
     let images = build::images(args.no_build)?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(args.seconds + 300));

@@ -90,6 +90,7 @@ fn a_clean_run_writes_the_whole_folder() {
     ]);
     assert_eq!(report.records.len(), 12);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.runs.iter().all(|r| r.accel.as_deref() == Some("tcg")), "the Boot record's accelerator is kept");
     let s = report.summary.iter().find(|s| s.variant == "magazine" && s.smp == 4).unwrap();
     assert_eq!((s.reps, s.ops_per_sec), (2, 40_050_000.0));
     assert_eq!(s.counters_per_op["buddy_locks"], 0.01);
@@ -101,6 +102,7 @@ fn a_clean_run_writes_the_whole_folder() {
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 3.99× (4/1) | 40.05× |"), "{md}");
     assert!(md.contains("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)"));
+    assert!(md.contains("- Run at 4 CPUs: guest exited with success in ") && md.contains(", 4 CPUs online, accel tcg, x2apic, TSC 2.000 GHz"), "{md}");
     let svg = std::fs::read_to_string(dir.join("plots/frames.pair.svg")).unwrap();
     assert!(svg.contains("\nmagazine\n") && svg.contains("\nglobal (baseline)\n"), "legend in {svg}");
 
