@@ -287,4 +287,19 @@ mod tests {
         assert!(v.text.contains("broken run: the guest ran seed 0x7 on 4 CPUs for 5 s; asked for seed 0x2a"), "{}", v.text);
         assert!(v.text.contains("broken run: guest reported failure (exit 35) but the Stress record shows no violation"), "{}", v.text);
     }
+
+    #[test]
+    fn a_boot_on_the_wrong_accelerator_is_broken() {
+        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm };
+        let script = format!("{}{}exit 33", rec(BOOT), stress(42, 0, ""));
+        let mut launch = |_: &Config, echo: Echo| {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c").arg(&script);
+            capture(sh, Duration::from_secs(1), echo)
+        };
+        let v = run_stress(&plan, &mut launch).unwrap();
+        assert!(!v.ok);
+        assert!(v.text.contains("broken run: Boot record: the guest runs on tcg, but QEMU was asked for kvm\n"), "{}", v.text);
+    }
 }
+

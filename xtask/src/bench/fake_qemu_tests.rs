@@ -152,3 +152,26 @@ fn a_timeout_keeps_what_arrived() {
     let details: Vec<&str> = report.failures.iter().map(|f| f.detail.as_str()).collect();
     assert_eq!(details, ["timeout after 1 s", "no BenchDone record (the run stopped after 1 Bench records)"]);
 }
+
+/// `--accel kvm` reaches every boot's QEMU command line, and a guest that
+/// finds itself on TCG anyway makes the boot broken (report written).
+#[test]
+fn a_boot_on_the_wrong_accelerator_is_broken() {
+    let root = tempfile::tempdir().unwrap();
+    let images = crate::build::Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
+    let lines = RefCell::new(Vec::new());
+    let mut launch = |config: &Config, echo: Echo| -> Result<Capture> {
+        lines.borrow_mut().push(config.args(&images).join(" "));
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(guest(config.smp, false));
+        capture(sh, Duration::from_secs(1), echo)
+    };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm };
+    let (dir, ok) = measure(host(vec![1]), &options, &mut launch, root.path()).unwrap();
+    assert!(!ok);
+    assert!(lines.borrow()[0].starts_with("-machine q35 -accel kvm -cpu host -smp 1 "), "{:?}", lines.borrow());
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    assert_eq!(report.runs[0].accel.as_deref(), Some("tcg"));
+    let details: Vec<&str> = report.failures.iter().map(|f| f.detail.as_str()).collect();
+    assert_eq!(details, ["Boot record: the guest runs on tcg, but QEMU was asked for kvm"]);
+}
