@@ -22,6 +22,12 @@ impl Images {
     }
 }
 
+/// The kernel ELF the images are made from, with its symbols (release
+/// profile: `debug = "line-tables-only"`, not stripped), for gdb.
+pub fn kernel_elf() -> PathBuf {
+    target_dir().join(KERNEL_TARGET).join("release").join("kernel")
+}
+
 fn image_dir() -> PathBuf {
     target_dir().join("image")
 }
@@ -49,10 +55,7 @@ pub fn build() -> Result<Images> {
         KERNEL_TARGET,
     ]))
     .context("building the kernel")?;
-    let kernel = target_dir()
-        .join(KERNEL_TARGET)
-        .join("release")
-        .join("kernel");
+    let kernel = kernel_elf();
     anyhow::ensure!(
         kernel.is_file(),
         "the kernel build succeeded but {} is missing",
