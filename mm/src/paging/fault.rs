@@ -120,6 +120,7 @@ impl<P: VmPlatform> Vm<P> {
             }
             Location::AnonUninit => FRESH_UNINIT,
             Location::Slot(s) => {
+                pg.stats.count(self.p.cpu_index(), Event::StoreRead);
                 let start = self.p.now_ns();
                 let read = pg.store.page_in(s, frame);
                 pg.stats.time(Timing::StoreIn, self.p.now_ns().saturating_sub(start));

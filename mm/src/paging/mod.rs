@@ -284,16 +284,27 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The baseline's lock. Waiters answer shootdowns: the holder may be
     /// waiting for them.
+    /// Counted for this CPU: a wait is contended, its steps are spins.
     fn lock_global<'g>(&self, pg: &'g Pager) -> Result<spin::MutexGuard<'g, ()>, PagingError> {
+        let counts = pg.stats.global_lock(self.p.cpu_index());
+        if let Some(g) = pg.global.try_lock() {
+            counts.taken(0);
+            return Ok(g);
+        }
+        // The clock is read only once the fast path failed.
         let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let mut steps = 0;
         loop {
-            if let Some(g) = pg.global.try_lock() {
-                return Ok(g);
-            }
             if self.p.now_ns() > deadline {
+                counts.refused(steps);
                 return Err(PagingError::BusyTimeout { virt: 0 });
             }
             self.p.wait_step();
+            steps += 1;
+            if let Some(g) = pg.global.try_lock() {
+                counts.taken(steps);
+                return Ok(g);
+            }
         }
     }
 
