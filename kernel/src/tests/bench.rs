@@ -43,7 +43,7 @@ fn shootdown_counters() -> TestResult {
         ensure!(targets == r.ops * (k - 1), "{}: {targets} targets for {} ops, want {} per op", r.variant, r.ops, k - 1);
         ensure!(r.counter("invlpg") >= r.ops * k, "{}: {} pages invalidated for {} ops on {k} CPUs", r.variant, r.counter("invlpg"), r.ops);
         ensure!(r.counter("full_flushes") == 0, "{}: a full flush for one page", r.variant);
-        let _ = core::fmt::Write::write_fmt(&mut seen, format_args!("{} ipis/op {:.2}; ", r.variant, r.counter("ipis") as f64 / r.ops as f64));
+        let _ = core::fmt::Write::write_fmt(&mut seen, format_args!("{} ipis/op {:.2} ({} ipis {} ops); ", r.variant, r.counter("ipis") as f64 / r.ops as f64, r.counter("ipis"), r.ops));
     }
     super::note(format_args!("{seen}"));
     Ok(())
