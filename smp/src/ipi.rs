@@ -94,9 +94,14 @@ pub fn cross_call<F: Fn() + Sync>(targets: CpuSet, f: &F) -> Result<(), CallErro
 }
 
 /// Runs the cross-calls (TLB shootdowns) waiting for this CPU now: for
-/// code that waits on another CPU with interrupts off.
+/// code that waits on another CPU with interrupts off. Interrupts are off
+/// while they run even for a caller that has them on, as in the handler:
+/// a flush's count (`counts`, a plain load and store) must not be
+/// interleaved with the cross-call interrupt's count on the same CPU.
 pub fn service_pending() {
-    CALLS.service(percpu::current_index());
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        CALLS.service(percpu::current_index());
+    });
 }
 
 /// Body of the cross-call interrupt handler.
