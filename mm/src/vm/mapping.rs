@@ -63,7 +63,7 @@ impl<P: VmPlatform> Vm<P> {
             unmap_generation: [const { AtomicU8::new(0) }; MAX_CPUS],
             counts: super::counts::VmCounts::new(),
         };
-        // Boot, on the first CPU (per-CPU data may not be up yet).
+        // `new` runs once, at boot, on the bootstrap CPU (index 0).
         table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, vm.counts.cpu(0), &mut || vm.alloc())?;
         Ok(vm)
     }
