@@ -7,11 +7,18 @@ use mm::platform::Platform;
 use mm::vm::{Vm, VmPlatform};
 use record::GuestRecord;
 
-/// Shootdown work one CPU did (from `smp::tlb`'s counters).
+/// Shootdown and IPI work one CPU did (from `smp::tlb`'s counters).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TlbCounts {
+    /// Shootdowns it started.
     pub shootdowns: u64,
+    /// Other CPUs those shootdowns asked.
+    pub targets: u64,
+    /// IPIs it sent (ICR writes; a broadcast is one).
     pub ipis: u64,
+    /// Pages it invalidated one by one.
+    pub invlpg: u64,
+    pub full_flushes: u64,
 }
 
 /// The time source: nanoseconds since boot. Separate from [`Machine`] so

@@ -15,12 +15,34 @@ pub struct KernelMachine {
     /// Whether records go to the host (off for the in-kernel smoke test,
     /// whose run is judged by test records only).
     send_records: bool,
+    /// Whether `Bench` records are kept in `CAPTURED` (for in-kernel tests
+    /// that check a benchmark's counters).
+    capture: bool,
 }
 
 /// The machine `mode=bench` and `mode=stress` use.
-pub static REPORTING: KernelMachine = KernelMachine { send_records: true };
+pub static REPORTING: KernelMachine = KernelMachine { send_records: true, capture: false };
 /// The machine the in-kernel tests use: logs, but sends no bench records.
-pub static QUIET: KernelMachine = KernelMachine { send_records: false };
+pub static QUIET: KernelMachine = KernelMachine { send_records: false, capture: false };
+/// Like `QUIET`, but keeps each `Bench` record's figures in `CAPTURED`.
+pub static CAPTURING: KernelMachine = KernelMachine { send_records: false, capture: true };
+
+/// One `Bench` record as `CAPTURING` kept it.
+pub struct Captured {
+    pub bench: alloc::string::String,
+    pub variant: alloc::string::String,
+    pub ops: u64,
+    pub counters: alloc::vec::Vec<(alloc::string::String, u64)>,
+}
+
+impl Captured {
+    /// Counter `name`, 0 if the record had none.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+}
+
+pub static CAPTURED: spin::Mutex<alloc::vec::Vec<Captured>> = spin::Mutex::new(alloc::vec::Vec::new());
 
 /// Addresses benchmark memory can be at: the kernel's seed and `k_mem_map`
 /// areas, and the lower half (user spaces, mapped supervisor-only).
@@ -79,11 +101,15 @@ impl Machine for KernelMachine {
         if self.send_records {
             logger::emit(record);
         }
+        if let (true, record::Record::Bench { bench, variant, ops, counters, .. }) = (self.capture, record) {
+            let counters = counters.0.iter().map(|(n, v)| (alloc::string::String::from(*n), *v)).collect();
+            CAPTURED.lock().push(Captured { bench: (*bench).into(), variant: (*variant).into(), ops: *ops, counters });
+        }
     }
 
     fn tlb_counts(&self, cpu: usize) -> TlbCounts {
         let c = smp::tlb::counters(cpu);
-        TlbCounts { shootdowns: c.shootdowns, ipis: c.ipis }
+        TlbCounts { shootdowns: c.shootdowns, targets: c.targets, ipis: c.ipis, invlpg: c.pages_invalidated, full_flushes: c.full_flushes }
     }
 
     fn stores(&self) -> alloc::vec::Vec<&'static str> {

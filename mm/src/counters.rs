@@ -1,14 +1,23 @@
 //! Per-CPU allocator counters. Each CPU only bumps its own, with a plain
-//! load and store (no locked instruction); readers get a snapshot.
+//! load and store (no locked instruction); readers get a snapshot. One
+//! CPU's counters fill cache lines of their own (`align(64)`), so counting
+//! never makes two CPUs write one line.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::lock_count::{LockCounts, LockSnapshot};
+
 #[derive(Default)]
+#[repr(align(64))]
 pub struct CpuCounters {
     pub fast_allocs: AtomicU64,
     pub fast_frees: AtomicU64,
     pub depot_exchanges: AtomicU64,
-    pub buddy_locks: AtomicU64,
+    /// Acquisitions of the buddy lock (under `Policy::GlobalLock` the buddy
+    /// lock is the baseline's one global lock).
+    pub buddy: LockCounts,
+    /// Acquisitions of the depot lock.
+    pub depot: LockCounts,
     pub remote_frees: AtomicU64,
     pub reclaims: AtomicU64,
     /// All order-0 allocations, however served.
@@ -22,7 +31,10 @@ pub struct CounterSnapshot {
     pub fast_allocs: u64,
     pub fast_frees: u64,
     pub depot_exchanges: u64,
+    /// Buddy lock acquisitions (`buddy.acquired`, kept under its old name).
     pub buddy_locks: u64,
+    pub buddy: LockSnapshot,
+    pub depot: LockSnapshot,
     pub remote_frees: u64,
     pub reclaims: u64,
     pub allocs: u64,
@@ -40,7 +52,8 @@ impl CpuCounters {
             fast_allocs: AtomicU64::new(0),
             fast_frees: AtomicU64::new(0),
             depot_exchanges: AtomicU64::new(0),
-            buddy_locks: AtomicU64::new(0),
+            buddy: LockCounts::new(),
+            depot: LockCounts::new(),
             remote_frees: AtomicU64::new(0),
             reclaims: AtomicU64::new(0),
             allocs: AtomicU64::new(0),
@@ -50,11 +63,14 @@ impl CpuCounters {
 
     pub fn snapshot(&self) -> CounterSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let buddy = self.buddy.snapshot();
         CounterSnapshot {
             fast_allocs: r(&self.fast_allocs),
             fast_frees: r(&self.fast_frees),
             depot_exchanges: r(&self.depot_exchanges),
-            buddy_locks: r(&self.buddy_locks),
+            buddy_locks: buddy.acquired,
+            buddy,
+            depot: self.depot.snapshot(),
             remote_frees: r(&self.remote_frees),
             reclaims: r(&self.reclaims),
             allocs: r(&self.allocs),
@@ -73,6 +89,8 @@ impl core::ops::Sub for CounterSnapshot {
             fast_frees: self.fast_frees - o.fast_frees,
             depot_exchanges: self.depot_exchanges - o.depot_exchanges,
             buddy_locks: self.buddy_locks - o.buddy_locks,
+            buddy: self.buddy - o.buddy,
+            depot: self.depot - o.depot,
             remote_frees: self.remote_frees - o.remote_frees,
             reclaims: self.reclaims - o.reclaims,
             allocs: self.allocs - o.allocs,
@@ -87,9 +105,25 @@ impl core::ops::AddAssign for CounterSnapshot {
         self.fast_frees += o.fast_frees;
         self.depot_exchanges += o.depot_exchanges;
         self.buddy_locks += o.buddy_locks;
+        self.buddy += o.buddy;
+        self.depot += o.depot;
         self.remote_frees += o.remote_frees;
         self.reclaims += o.reclaims;
         self.allocs += o.allocs;
         self.frees += o.frees;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cpus_counters_fill_lines_of_their_own() {
+        assert_eq!(core::mem::align_of::<CpuCounters>(), 64);
+        assert_eq!(core::mem::size_of::<CpuCounters>() % 64, 0);
+        let two = [CpuCounters::new(), CpuCounters::new()];
+        let (a, b) = (&two[0] as *const _ as usize, &two[1] as *const _ as usize);
+        assert!(b - a >= 64 && a % 64 == 0, "neighbours share no line");
     }
 }

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod frame_db;
 #[cfg(not(loom))]
 pub mod heap;
+pub mod lock_count;
 pub mod magazine;
 pub mod phys;
 pub mod platform;

@@ -292,8 +292,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// Runs `f` under the buddy lock (counted for `cpu`) and keeps the
     /// lock-free copy of the buddy's free count current.
     fn with_buddy<R>(&self, cpu: usize, f: impl FnOnce(&mut Buddy<'a>) -> R) -> R {
-        bump(&self.cpus[cpu].counters.buddy_locks);
-        let mut buddy = self.buddy.lock();
+        let mut buddy = self.buddy.lock_counted(&self.cpus[cpu].counters.buddy);
         let r = f(&mut buddy);
         self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
         r
@@ -363,7 +362,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// Loads a magazine from the depot, or a batch of frames from the buddy.
     fn refill(&self, cpu: usize, cache: &mut CpuCache) {
         let counters = &self.cpus[cpu].counters;
-        if let Some(mag) = self.with_depot(|d| d.take()) {
+        if let Some(mag) = self.with_depot(cpu, |d| d.take()) {
             bump(&counters.depot_exchanges);
             cache.loaded = mag;
             return;
@@ -395,7 +394,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 // if the depot is at its limit, back to the buddy).
                 let full = core::mem::take(&mut cache.previous);
                 bump(&slot.counters.depot_exchanges);
-                if let Err(full) = self.with_depot(|d| d.put(full)) {
+                if let Err(full) = self.with_depot(cpu, |d| d.put(full)) {
                     self.drain(cpu, &full);
                 }
                 cache.push(index, cap).expect("previous magazine was just emptied");
@@ -406,16 +405,20 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
 
     /// Runs `f` on the depot, keeping its frame count current, and grows
     /// magazines when the depot lock is contended.
-    fn with_depot<R>(&self, f: impl FnOnce(&mut Depot<'a>) -> R) -> R {
+    fn with_depot<R>(&self, cpu: usize, f: impl FnOnce(&mut Depot<'a>) -> R) -> R {
+        let counts = &self.cpus[cpu].counters.depot;
         let mut depot = match self.depot.try_lock() {
-            Some(d) => d,
+            Some(d) => {
+                counts.taken(0);
+                d
+            }
             None => {
                 let n = self.depot_contention.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % GROW_AFTER_CONTENTIONS == 0 {
                     let cap = self.magazine_capacity();
                     let _ = self.mag_cap.compare_exchange(cap, (cap + 1).min(MAG_MAX), Ordering::Relaxed, Ordering::Relaxed);
                 }
-                self.depot.lock()
+                self.depot.lock_contended(counts)
             }
         };
         let r = f(&mut depot);
@@ -452,7 +455,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         }
         // One magazine at a time: the depot lock is never held with the
         // buddy lock, and nothing large lands on the stack.
-        while let Some(mag) = self.with_depot(|d| d.take()) {
+        while let Some(mag) = self.with_depot(cpu, |d| d.take()) {
             self.drain(cpu, &mag);
         }
     }

@@ -37,6 +37,46 @@ impl<T> Mutex<T> {
         return self.inner.lock().unwrap();
     }
 
+    /// `lock`, counted in `counts` (the running CPU's): a wait spins on a
+    /// plain read of the lock word (test and test-and-set, as `spin`'s own
+    /// `lock` does) and counts its iterations; the first try that fails
+    /// makes the acquisition contended.
+    pub fn lock_counted(&self, counts: &crate::lock_count::LockCounts) -> MutexGuard<'_, T> {
+        if let Some(g) = self.try_lock() {
+            counts.taken(0);
+            return g;
+        }
+        self.lock_contended(counts)
+    }
+
+    /// The wait of `lock_counted`, for a caller whose own first try just
+    /// failed: counted as contended (at least one spin) however soon the
+    /// lock comes free.
+    pub fn lock_contended(&self, counts: &crate::lock_count::LockCounts) -> MutexGuard<'_, T> {
+        #[cfg(not(loom))]
+        {
+            let mut spins = 0u64;
+            loop {
+                while self.inner.is_locked() {
+                    spins += 1;
+                    core::hint::spin_loop();
+                }
+                if let Some(g) = self.inner.try_lock() {
+                    counts.taken(spins.max(1));
+                    return g;
+                }
+                spins += 1;
+            }
+        }
+        #[cfg(loom)]
+        {
+            // loom's lock blocks the modelled thread instead of spinning.
+            let g = self.lock();
+            counts.taken(1);
+            g
+        }
+    }
+
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         #[cfg(not(loom))]
         return self.inner.try_lock();

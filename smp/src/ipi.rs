@@ -3,7 +3,9 @@
 
 use drivers::tsc;
 
+use crate::counts::use_shorthand;
 use crate::crosscall::{self, CrossCallError, CrossCalls, Platform};
+use crate::tlb::COUNTS;
 use crate::cpuset::{CpuSet, MAX_CPUS};
 use crate::percpu::{self, cpu, with_local_apic};
 
@@ -19,7 +21,10 @@ pub const CROSS_CALL_TIMEOUT_NS: u64 = 5_000_000_000;
 /// Sends `vector` to one CPU.
 pub fn send(target: usize, vector: u8) {
     let apic_id = cpu(target).apic_id();
-    with_local_apic(|lapic| lapic.send_ipi(vector, apic_id));
+    with_local_apic(|lapic| {
+        lapic.send_ipi(vector, apic_id);
+        COUNTS.ipis(percpu::current_index(), 1);
+    });
 }
 
 /// Sends `vector` to every CPU in `targets` (one ICR write each).
@@ -28,12 +33,17 @@ pub fn send_set(targets: CpuSet, vector: u8) {
         for t in targets.iter() {
             lapic.send_ipi(vector, cpu(t).apic_id());
         }
+        COUNTS.ipis(percpu::current_index(), targets.len() as u64);
     });
 }
 
-/// Sends `vector` to every CPU but this one, with the APIC's shorthand.
+/// Sends `vector` to every CPU but this one, with the APIC's shorthand
+/// (one ICR write).
 pub fn send_all_but_self(vector: u8) {
-    with_local_apic(|lapic| lapic.send_ipi_all_but_self(vector));
+    with_local_apic(|lapic| {
+        lapic.send_ipi_all_but_self(vector);
+        COUNTS.ipis(percpu::current_index(), 1);
+    });
 }
 
 static CALLS: CrossCalls<MAX_CPUS> = CrossCalls::new();
@@ -43,7 +53,7 @@ struct IpiPlatform;
 impl Platform for IpiPlatform {
     fn signal(&self, targets: CpuSet) {
         let others = percpu::online_set().without(percpu::current_index());
-        if targets == others && others.len() > 1 {
+        if use_shorthand(targets, others) {
             send_all_but_self(CROSS_CALL_VECTOR);
         } else {
             send_set(targets, CROSS_CALL_VECTOR);
@@ -84,9 +94,14 @@ pub fn cross_call<F: Fn() + Sync>(targets: CpuSet, f: &F) -> Result<(), CallErro
 }
 
 /// Runs the cross-calls (TLB shootdowns) waiting for this CPU now: for
-/// code that waits on another CPU with interrupts off.
+/// code that waits on another CPU with interrupts off. Interrupts are off
+/// while they run even for a caller that has them on, as in the handler:
+/// a flush's count (`counts`, a plain load and store) must not be
+/// interleaved with the cross-call interrupt's count on the same CPU.
 pub fn service_pending() {
-    CALLS.service(percpu::current_index());
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        CALLS.service(percpu::current_index());
+    });
 }
 
 /// Body of the cross-call interrupt handler.

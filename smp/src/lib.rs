@@ -7,6 +7,7 @@
 //! target.
 #![cfg_attr(not(test), no_std)]
 
+pub mod counts;
 pub mod cpuset;
 pub mod crosscall;
 mod sync;

@@ -10,77 +10,35 @@
 //! returns, no CPU in `targets` holds a translation for the range, so the
 //! caller may free or reuse the frames behind it.
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 use x86_64::instructions::tlb;
 use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::VirtAddr;
 
+use crate::counts::{Counts, Flush};
 use crate::cpuset::{CpuSet, MAX_CPUS};
 use crate::ipi::{cross_call, CallError};
 use crate::percpu;
 
-/// Ranges longer than this are flushed whole.
-pub const FULL_FLUSH_PAGES: u64 = 33;
+pub use crate::counts::{TlbSnapshot, FULL_FLUSH_PAGES};
 const PAGE: u64 = 4096;
 
-/// Per-CPU shootdown counters (each CPU writes only its own).
-#[derive(Default)]
-pub struct TlbCounters {
-    /// Shootdowns this CPU started.
-    pub shootdowns: AtomicU64,
-    /// IPIs this CPU sent for them.
-    pub ipis: AtomicU64,
-    /// Pages this CPU invalidated one by one (for itself or others).
-    pub pages_invalidated: AtomicU64,
-    /// Full flushes this CPU performed.
-    pub full_flushes: AtomicU64,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TlbSnapshot {
-    pub shootdowns: u64,
-    pub ipis: u64,
-    pub pages_invalidated: u64,
-    pub full_flushes: u64,
-}
-
-static COUNTERS: [TlbCounters; MAX_CPUS] = [const {
-    TlbCounters {
-        shootdowns: AtomicU64::new(0),
-        ipis: AtomicU64::new(0),
-        pages_invalidated: AtomicU64::new(0),
-        full_flushes: AtomicU64::new(0),
-    }
-}; MAX_CPUS];
-
-fn add(c: &AtomicU64, n: u64) {
-    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-}
+/// Every CPU's shootdown and IPI counts (`counts`).
+pub(crate) static COUNTS: Counts<MAX_CPUS> = Counts::new();
 
 pub fn counters(cpu: usize) -> TlbSnapshot {
-    let c = &COUNTERS[cpu];
-    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    TlbSnapshot {
-        shootdowns: r(&c.shootdowns),
-        ipis: r(&c.ipis),
-        pages_invalidated: r(&c.pages_invalidated),
-        full_flushes: r(&c.full_flushes),
-    }
+    COUNTS.snapshot(cpu)
 }
 
 /// Flushes this CPU's TLB for `pages` pages from `start` (all of it above
 /// the threshold), counting the work.
 pub fn flush_local(start: u64, pages: u64) {
-    let me = &COUNTERS[percpu::current_index()];
-    if pages > FULL_FLUSH_PAGES {
-        flush_all_local();
-        add(&me.full_flushes, 1);
-    } else {
-        for i in 0..pages {
-            tlb::flush(VirtAddr::new(start + i * PAGE));
+    match COUNTS.flush(percpu::current_index(), pages) {
+        Flush::All => flush_all_local(),
+        Flush::Pages(n) => {
+            for i in 0..n {
+                tlb::flush(VirtAddr::new(start + i * PAGE));
+            }
         }
-        add(&me.pages_invalidated, pages);
     }
 }
 
@@ -127,10 +85,9 @@ pub fn shootdown(targets: CpuSet, start: u64, pages: u64) -> Result<(), Shootdow
     }
     let result = cross_call(targets, &|| flush_local(start, pages));
     if !matches!(result, Err(CallError::NotOnline { .. })) {
-        let me = percpu::current_index();
-        let c = &COUNTERS[me];
-        add(&c.shootdowns, 1);
-        add(&c.ipis, targets.without(me).len() as u64);
+        // Interrupts may be on here, but nothing an interrupt handler
+        // does on this CPU counts shootdowns or targets.
+        COUNTS.shootdown(percpu::current_index(), targets);
     }
     result.map_err(ShootdownError::Call)
 }

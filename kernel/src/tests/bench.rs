@@ -4,11 +4,12 @@
 //! `cargo xtask bench`, never asserted here.)
 
 use super::{ensure, Test, TestResult};
-use crate::bench_machine::QUIET;
+use crate::bench_machine::{CAPTURED, CAPTURING, QUIET};
 
 pub const TESTS: &[Test] = &[
     Test::new("bench::every_benchmark_checks_out", every_benchmark),
     Test::new("bench::stress_finds_no_violation", stress),
+    Test::new("bench::shootdown_counters_match_the_cached_cpus", shootdown_counters),
 ];
 
 fn every_benchmark() -> TestResult {
@@ -20,5 +21,30 @@ fn every_benchmark() -> TestResult {
 fn stress() -> TestResult {
     let ok = bench::stress::run(&QUIET, 4, super::seed());
     ensure!(ok, "stress found a violation (see the log)");
+    Ok(())
+}
+
+/// tlb.shootdown cached-k: each operation is one shootdown from CPU 0 to
+/// the k CPUs running the space, so its counters must say exactly one
+/// shootdown and k - 1 other CPUs asked per operation, one or more
+/// invalidated pages, and no full flush.
+fn shootdown_counters() -> TestResult {
+    CAPTURED.lock().clear();
+    let ok = bench::run_benchmarks(&CAPTURING, "tlb.shootdown", bench::Plan::SMOKE, true, super::seed());
+    ensure!(ok, "tlb.shootdown failed its checks");
+    let records = core::mem::take(&mut *CAPTURED.lock());
+    ensure!(!records.is_empty(), "no tlb.shootdown record");
+    let mut seen = alloc::string::String::new();
+    for r in &records {
+        let k: u64 = r.variant.strip_prefix("cached-").and_then(|k| k.parse().ok()).ok_or_else(|| super::failure(format_args!("variant {}", r.variant)))?;
+        let (shootdowns, targets) = (r.counter("shootdowns"), r.counter("targets"));
+        ensure!(r.ops > 0, "{} {}: no operations", r.bench, r.variant);
+        ensure!(shootdowns == r.ops, "{}: {shootdowns} shootdowns for {} ops", r.variant, r.ops);
+        ensure!(targets == r.ops * (k - 1), "{}: {targets} targets for {} ops, want {} per op", r.variant, r.ops, k - 1);
+        ensure!(r.counter("invlpg") >= r.ops * k, "{}: {} pages invalidated for {} ops on {k} CPUs", r.variant, r.counter("invlpg"), r.ops);
+        ensure!(r.counter("full_flushes") == 0, "{}: a full flush for one page", r.variant);
+        let _ = core::fmt::Write::write_fmt(&mut seen, format_args!("{} ipis/op {:.2} ({} ipis {} ops); ", r.variant, r.counter("ipis") as f64 / r.ops as f64, r.counter("ipis"), r.ops));
+    }
+    super::note(format_args!("{seen}"));
     Ok(())
 }

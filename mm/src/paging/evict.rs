@@ -127,6 +127,7 @@ impl<P: VmPlatform> Vm<P> {
             0 => self.take_slot(pg, for_fault)?,
             c => c - 1,
         };
+        pg.stats.count(self.p.cpu_index(), Event::StoreWrite);
         let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
         let written = pg.store.page_out(slot, v.frame);
         pg.stats.finish(Timing::StoreOut, start, || self.p.now_ns());

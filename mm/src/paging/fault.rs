@@ -124,6 +124,7 @@ impl<P: VmPlatform> Vm<P> {
             }
             Location::AnonUninit => FRESH_UNINIT,
             Location::Slot(s) => {
+                pg.stats.count(self.p.cpu_index(), Event::StoreRead);
                 let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
                 let read = pg.store.page_in(s, frame);
                 pg.stats.finish(Timing::StoreIn, start, || self.p.now_ns());

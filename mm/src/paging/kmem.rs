@@ -35,7 +35,7 @@ impl<P: VmPlatform> Vm<P> {
     pub(crate) fn map_tokens(&self, virt: u64, pages: u64, perms: u64, loc: &dyn Fn(u64) -> Location) -> Result<(), VmError> {
         let pg = self.pager().map_err(|_| VmError::OutOfFrames)?;
         self.commit(pg, pages)?;
-        let shared = match self.kernel().tables.read(&self.p) {
+        let shared = match self.shared(self.kernel()) {
             Ok(g) => g,
             Err(e) => {
                 pg.committed.fetch_sub(pages, Ordering::Relaxed);

@@ -284,13 +284,25 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The baseline's lock. Waiters answer shootdowns: the holder may be
     /// waiting for them.
+    /// Counted for this CPU: a wait is contended, its steps are spins.
     fn lock_global<'g>(&self, pg: &'g Pager) -> Result<spin::MutexGuard<'g, ()>, PagingError> {
+        let counts = pg.stats.global_lock(self.p.cpu_index());
+        if let Some(g) = pg.global.try_lock() {
+            counts.taken(0);
+            return Ok(g);
+        }
         let mut deadline = None;
+        let mut steps = 0;
         loop {
+            if let Err(e) = self.wait_busy(&mut deadline, 0) {
+                counts.refused(steps);
+                return Err(e);
+            }
+            steps += 1;
             if let Some(g) = pg.global.try_lock() {
+                counts.taken(steps);
                 return Ok(g);
             }
-            self.wait_busy(&mut deadline, 0)?;
         }
     }
 

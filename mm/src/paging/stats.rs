@@ -10,6 +10,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::lock_count::{LockCounts, LockSnapshot};
 use crate::MAX_CPUS;
 
 /// Bucket `k` counts durations in `[2^k, 2^(k+1))` ns (bucket 0 also 0);
@@ -89,8 +90,10 @@ impl HistogramSnapshot {
 /// average, per CPU) is timed into the histograms.
 pub const TIMING_SAMPLE: u32 = 16;
 
-/// Counters of one CPU.
+/// Counters of one CPU, on cache lines of their own, written only by that
+/// CPU (paging runs with interrupts off) with a plain load and store.
 #[derive(Default)]
+#[repr(align(64))]
 struct CpuCounters {
     /// Events until this CPU's next timed one, and its xorshift state.
     /// Only the CPU itself writes them (a nested fault on the same CPU can
@@ -103,6 +106,10 @@ struct CpuCounters {
     page_ins: AtomicU64,
     page_outs: AtomicU64,
     busy_waits: AtomicU64,
+    store_reads: AtomicU64,
+    store_writes: AtomicU64,
+    /// The baseline's global lock (`Mode::GlobalLock`).
+    global_lock: LockCounts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +127,12 @@ pub struct Counts {
     pub page_outs: u64,
     /// Times a CPU found a page busy and waited for it.
     pub busy_waits: u64,
+    /// Calls of the backing store's `page_in` (failed ones included).
+    pub store_reads: u64,
+    /// Calls of the backing store's `page_out` (failed ones included).
+    pub store_writes: u64,
+    /// The baseline's global lock: acquisitions, waits, wait steps.
+    pub global_lock: LockSnapshot,
 }
 
 impl Counts {
@@ -134,6 +147,9 @@ impl Counts {
         self.page_ins += o.page_ins;
         self.page_outs += o.page_outs;
         self.busy_waits += o.busy_waits;
+        self.store_reads += o.store_reads;
+        self.store_writes += o.store_writes;
+        self.global_lock += o.global_lock;
     }
 }
 
@@ -145,6 +161,8 @@ pub enum Event {
     PageIn,
     PageOut,
     BusyWait,
+    StoreRead,
+    StoreWrite,
 }
 
 /// What a histogram times.
@@ -179,8 +197,15 @@ impl Stats {
             Event::PageIn => &c.page_ins,
             Event::PageOut => &c.page_outs,
             Event::BusyWait => &c.busy_waits,
+            Event::StoreRead => &c.store_reads,
+            Event::StoreWrite => &c.store_writes,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// CPU `cpu`'s counts of the baseline's global lock.
+    pub(crate) fn global_lock(&self, cpu: usize) -> &LockCounts {
+        &self.cpus[cpu].global_lock
     }
 
     /// Whether CPU `cpu` times its next event (see [`TIMING_SAMPLE`]).
@@ -230,6 +255,9 @@ impl Stats {
             page_ins: l(&c.page_ins),
             page_outs: l(&c.page_outs),
             busy_waits: l(&c.busy_waits),
+            store_reads: l(&c.store_reads),
+            store_writes: l(&c.store_writes),
+            global_lock: c.global_lock.snapshot(),
         }
     }
 
@@ -300,5 +328,17 @@ mod tests {
         assert_eq!(s.cpu(3).faults, 1);
         assert_eq!(s.total().faults, 2);
         assert_eq!(s.total().evictions(), 1);
+        assert_eq!((s.total().store_reads, s.total().store_writes), (0, 0));
+        s.count(1, Event::StoreRead);
+        s.count(1, Event::StoreWrite);
+        s.count(1, Event::StoreWrite);
+        assert_eq!((s.cpu(1).store_reads, s.cpu(1).store_writes), (1, 2));
+        assert_eq!(s.cpu(3).store_reads, 0);
+    }
+
+    #[test]
+    fn each_cpus_counters_fill_lines_of_their_own() {
+        assert_eq!(core::mem::align_of::<CpuCounters>(), 64);
+        assert_eq!(core::mem::size_of::<CpuCounters>() % 64, 0);
     }
 }

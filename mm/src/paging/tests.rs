@@ -412,3 +412,61 @@ fn a_failed_page_in_leaves_the_page_out_and_its_data_intact() {
     vm.k_mem_unmap(base, 2 * PAGE).unwrap();
     assert_eq!(used_slots(vm), 0);
 }
+
+#[test]
+fn store_reads_and_writes_are_counted_per_transfer() {
+    let (vm, faulty) = rig_faulty(64, 1000, false);
+    let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
+    let before = stats(vm);
+    write_pass(vm, base, &[0, 1, 2, 3], 1);
+    let d = stats(vm);
+    assert_eq!((d.store_reads, d.store_writes), (before.store_reads, before.store_writes), "fresh pages touch no store");
+    vm.page_out(base, 4 * PAGE).unwrap();
+    let out = stats(vm);
+    assert_eq!((out.store_writes - d.store_writes, out.store_reads - d.store_reads), (4, 0));
+    check_pass(vm, base, &[0, 1, 2, 3], 1);
+    let back = stats(vm);
+    assert_eq!((back.store_reads - out.store_reads, back.store_writes - out.store_writes), (4, 0));
+    // Clean pages with a valid copy are dropped: no write.
+    vm.page_out(base, 4 * PAGE).unwrap();
+    assert_eq!(stats(vm).store_writes, back.store_writes);
+    // A failed read is a read the store was asked for.
+    faulty.arm(Transfer::In, 1);
+    assert!(vm.page_in(base, PAGE).is_err());
+    assert_eq!(stats(vm).store_reads, back.store_reads + 1);
+    assert_eq!(stats(vm).global_lock, crate::lock_count::LockSnapshot::default(), "busy-state mode takes no global lock");
+    vm.k_mem_unmap(base, 4 * PAGE).unwrap();
+}
+
+#[test]
+fn the_global_lock_is_counted_and_contended_only_when_held() {
+    let vm = rig(64, 1000, false);
+    let pg = vm.pager().unwrap();
+    pg.set_mode(Mode::GlobalLock);
+    let base = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    let before = pg.stats().cpu(0).global_lock;
+    access(vm, base, Some(1)).unwrap();
+    let alone = pg.stats().cpu(0).global_lock - before;
+    assert!(alone.acquired >= 1, "{alone:?}");
+    assert_eq!((alone.contended, alone.spins), (0, 0), "{alone:?}");
+    let held = std::sync::Barrier::new(2);
+    let before = pg.stats().cpu(0).global_lock;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            on_cpu(1);
+            let g = pg.global.lock();
+            held.wait();
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(g);
+        });
+        held.wait();
+        on_cpu(0);
+        access(vm, base + PAGE, Some(2)).unwrap();
+    });
+    let d = pg.stats().cpu(0).global_lock - before;
+    assert_eq!(d.contended, 1, "{d:?}");
+    assert!(d.acquired >= 1 && d.spins > 0, "{d:?}");
+    assert_eq!(pg.stats().cpu(1).global_lock.acquired, 0, "the holder took it outside the pager");
+    pg.set_mode(Mode::BusyState);
+    vm.k_mem_unmap(base, 2 * PAGE).unwrap();
+}

@@ -1,5 +1,6 @@
 use super::*;
 use crate::frame_db::FrameEntry;
+use crate::lock_count::LockSnapshot;
 use crate::testing::{on_cpu, Threads};
 use std::sync::atomic::AtomicU64 as StdU64;
 
@@ -303,4 +304,71 @@ fn audit_catches_a_frame_in_two_places() {
         cache.loaded.push(a.db().index_of(q).unwrap() as u32);
     }
     census(&a);
+}
+
+/// One CPU alone never finds a lock taken: every acquisition is counted,
+/// none is contended.
+#[test]
+fn uncontended_locks_count_acquisitions_only() {
+    let a = allocator(1024, &[0..1024], 2, 8, 4);
+    for policy in [Policy::Magazine, Policy::GlobalLock] {
+        a.set_policy(policy);
+        let held: Vec<u64> = (0..40).map(|_| a.alloc_page().unwrap()).collect();
+        for p in held {
+            a.free_page(p).unwrap();
+        }
+    }
+    let c = a.counters(0);
+    assert!(c.buddy.acquired >= 80, "the global-lock round alone takes the buddy lock 80 times: {c:?}");
+    assert!(c.depot.acquired > 0, "magazines went through the depot: {c:?}");
+    assert_eq!((c.buddy.contended, c.buddy.spins, c.depot.contended, c.depot.spins), (0, 0, 0, 0), "{c:?}");
+    assert_eq!(c.buddy_locks, c.buddy.acquired);
+    assert_eq!(a.counters(1), CounterSnapshot::default(), "CPU 1 did nothing");
+}
+
+/// Runs `op` on CPU 0 while CPU 1 holds `lock` for a while: the
+/// acquisition inside `op` must wait.
+fn while_held<T: Send>(lock: &Mutex<T>, op: impl FnOnce()) {
+    let held = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            on_cpu(1);
+            let g = lock.lock();
+            held.wait();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(g);
+        });
+        held.wait();
+        on_cpu(0);
+        op();
+    });
+}
+
+#[test]
+fn a_held_buddy_lock_is_counted_contended_with_its_spins() {
+    let a = allocator(1024, &[0..1024], 2, 8, 4);
+    a.set_policy(Policy::GlobalLock);
+    let before = a.counters(0);
+    while_held(&a.buddy, || {
+        let p = a.alloc_page().unwrap();
+        a.free_page(p).unwrap();
+    });
+    let d = a.counters(0) - before;
+    assert_eq!((d.buddy.acquired, d.buddy.contended), (2, 1), "the alloc waited, the free did not: {d:?}");
+    assert!(d.buddy.spins > 0, "{d:?}");
+    assert_eq!(a.counters(1).buddy, LockSnapshot::default(), "the holder took the lock outside the allocator");
+}
+
+#[test]
+fn a_held_depot_lock_is_counted_contended() {
+    let a = allocator(1024, &[0..1024], 2, 8, 4);
+    let before = a.counters(0);
+    // Empty magazines: the first allocation asks the depot.
+    while_held(&a.depot, || {
+        a.alloc_page().unwrap();
+    });
+    let d = a.counters(0) - before;
+    assert_eq!((d.depot.acquired, d.depot.contended), (1, 1), "{d:?}");
+    assert!(d.depot.spins > 0, "{d:?}");
+    assert_eq!(d.buddy.contended, 0, "the buddy lock was free: {d:?}");
 }

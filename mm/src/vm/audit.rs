@@ -55,7 +55,7 @@ impl<P: VmPlatform> Vm<P> {
                 SpaceKind::User => 0..256,
             };
             let mut result = Ok(());
-            let _shared = space.tables.read(&self.p).map_err(|_| PtViolation::TablesBusy { root: space.root() })?;
+            let _shared = self.shared(space).map_err(|_| PtViolation::TablesBusy { root: space.root() })?;
             self.walk(space.root(), TOP, 0, WRITABLE, half, &mut |leaf| {
                 report.leaves += 1;
                 let e = leaf.entry;

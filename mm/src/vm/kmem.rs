@@ -129,7 +129,7 @@ impl<P: VmPlatform> Vm<P> {
             return Err(not_region);
         }
         let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| {
-            let _shared = self.kernel().tables.read(&self.p)?;
+            let _shared = self.shared(self.kernel())?;
             match (0..pages).map(|i| addr + i * PAGE).find(|&va| !self.kmem_page_present(va)) {
                 Some(va) => Err(VmError::NotMapped { virt: va }),
                 None => Ok(()),
@@ -172,7 +172,7 @@ impl<P: VmPlatform> Vm<P> {
         };
         let virt = region + PAGE;
         let bits = Flags::WRITE.pte_bits() | cache.pte_bits() | SW_DEVICE;
-        let shared = match self.kernel().tables.read(&self.p) {
+        let shared = match self.shared(self.kernel()) {
             Ok(g) => g,
             Err(e) => {
                 self.region_free(region, total, RegionKind::Phys);

@@ -43,6 +43,8 @@ pub struct Vm<P: VmPlatform> {
     quarantined: AtomicU64,
     /// Per CPU: how many unmap operations it began (`marker`'s stamps).
     pub(super) unmap_generation: [AtomicU8; MAX_CPUS],
+    /// Per CPU: tables allocated, zeroed, freed; table-lock acquisitions.
+    counts: super::counts::VmCounts,
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -59,8 +61,10 @@ impl<P: VmPlatform> Vm<P> {
             next_stack: AtomicU64::new(STACK_AREA.start),
             quarantined: AtomicU64::new(0),
             unmap_generation: [const { AtomicU8::new(0) }; MAX_CPUS],
+            counts: super::counts::VmCounts::new(),
         };
-        table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, &mut || vm.alloc())?;
+        // `new` runs once, at boot, on the bootstrap CPU (index 0).
+        table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, vm.counts.cpu(0), &mut || vm.alloc())?;
         Ok(vm)
     }
 
@@ -92,9 +96,24 @@ impl<P: VmPlatform> Vm<P> {
     /// may stay for reuse (a prune skips a table while another unmap's
     /// markers are in it), so a ledger of frames must count them.
     pub fn region_table_frames(&self) -> Result<u64, VmError> {
-        let _shared = self.kernel.tables.read(&self.p)?;
+        let _shared = self.shared(&self.kernel)?;
         let area = super::KERNEL_REGION_AREA;
         Ok(table::count_tables(&self.p, self.kernel.root, table::TOP, 0, (area.start, area.end)))
+    }
+
+    /// What CPU `cpu` counted (`counts`).
+    pub fn counts(&self, cpu: usize) -> super::VmCountSnapshot {
+        self.counts.cpu(cpu).snapshot()
+    }
+
+    /// The running CPU's counters.
+    pub(crate) fn my_counts(&self) -> &super::counts::CpuVmCounts {
+        self.counts.cpu(self.p.cpu_index())
+    }
+
+    /// The shared side of `space`'s table lock, counted for this CPU.
+    pub(crate) fn shared<'s>(&self, space: &'s AddressSpace) -> Result<super::table_lock::Shared<'s>, VmError> {
+        space.tables.read(&self.p, &self.my_counts().table_lock)
     }
 
     /// Bytes of kernel virtual regions in use.
@@ -145,6 +164,9 @@ impl<P: VmPlatform> Vm<P> {
     pub fn new_user_space(&self) -> Result<AddressSpace, VmError> {
         let root = self.alloc()?;
         self.p.fill_frame(root, 0);
+        let counts = self.my_counts();
+        counts.table_allocated();
+        counts.table_zeroed();
         let (k, u) = (self.p.table(self.kernel.root), self.p.table(root));
         for i in 256..512 {
             u[i].store(k[i].load(Ordering::Relaxed), Ordering::Relaxed);
@@ -161,6 +183,7 @@ impl<P: VmPlatform> Vm<P> {
         }
         let (mut tables, mut owned) = (Vec::new(), Vec::new());
         table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);
+        self.my_counts().tables_freed(tables.len() as u64 + 1);
         for f in owned.into_iter().chain(tables).chain([space.root]) {
             let _ = self.p.free_frame(f);
         }
@@ -200,14 +223,14 @@ impl<P: VmPlatform> Vm<P> {
         check_phys(phys, bytes, bytes)?;
         space.check_range(virt, bytes / PAGE)?;
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
-        let _shared = space.tables.read(&self.p)?;
+        let _shared = self.shared(space)?;
         self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
     }
 
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
     /// creating tables on the way. Holds no lock itself.
     pub(crate) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
-        let slot = table::entry_for(&self.p, space.root, virt, level, &mut || self.alloc())?;
+        let slot = table::entry_for(&self.p, space.root, virt, level, self.my_counts(), &mut || self.alloc())?;
         if level > 0 {
             // A table below this entry means smaller pages may be mapped.
             let e = slot.load(Ordering::Acquire);
@@ -223,7 +246,7 @@ impl<P: VmPlatform> Vm<P> {
     /// What `virt` translates to in `space`, any size class.
     pub fn map_get(&self, space: &AddressSpace, virt: u64) -> Result<Translation, VmError> {
         // Shared: a prune must not free a table this walk is reading.
-        let _shared = space.tables.read(&self.p)?;
+        let _shared = self.shared(space)?;
         match table::lookup(&self.p, space.root, virt, 0) {
             Lookup::Entry { slot, level } => {
                 let e = slot.load(Ordering::Acquire);
@@ -259,7 +282,7 @@ impl<P: VmPlatform> Vm<P> {
         }
         let op = self.begin_unmap();
         let old = {
-            let _shared = space.tables.read(&self.p)?;
+            let _shared = self.shared(space)?;
             let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
@@ -288,7 +311,7 @@ impl<P: VmPlatform> Vm<P> {
     /// shoots them down, so a downgrade holds on every CPU on return.
     pub fn protect(&self, space: &AddressSpace, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
         check_range_in(space.protectable(), virt, npages)?;
-        let shared = space.tables.read(&self.p)?;
+        let shared = self.shared(space)?;
         // The pager owns the permissions of on-demand pages (their tokens
         // keep them too): those are mapped with LOCK when they need protect.
         self.for_each_leaf(space, virt, npages, &mut |va, _, e| match e & crate::paging::token::SW_PAGED {
@@ -332,7 +355,7 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::ZeroSize);
         }
         let len = npages.checked_mul(PAGE).ok_or(VmError::OutOfVirtualSpace)?;
-        let _shared = space.tables.read(&self.p)?;
+        let _shared = self.shared(space)?;
         let mut start = from;
         while let Some(end) = start.checked_add(len).filter(|&e| e <= to) {
             match table::first_used(&self.p, space.root, start, end) {
@@ -361,7 +384,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps `npages` fresh frames from `virt` with entry bits `bits`,
     /// zeroed if `zero`. On any failure undoes what it did.
     pub(super) fn populate(&self, space: &AddressSpace, virt: u64, npages: u64, bits: u64, zero: bool) -> Result<(), VmError> {
-        let shared = space.tables.read(&self.p)?;
+        let shared = self.shared(space)?;
         for i in 0..npages {
             let va = virt + i * PAGE;
             let done = self.alloc().and_then(|frame| {
@@ -420,7 +443,7 @@ impl<P: VmPlatform> Vm<P> {
     pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE, PAGE)?;
-        let _shared = self.kernel.tables.read(&self.p)?;
+        let _shared = self.shared(&self.kernel)?;
         let mut old = 0;
         self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot, _| {
             old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);

@@ -17,6 +17,7 @@
 //! its own identity (`marker`) and finishes only those.
 
 mod audit;
+pub mod counts;
 mod direct;
 mod inject;
 mod kmem;
@@ -42,8 +43,11 @@ mod tlb_sim_tests;
 pub(crate) mod shootdown_gate;
 #[cfg(test)]
 mod race_tests;
+#[cfg(test)]
+mod counts_tests;
 
 pub use audit::{AuditReport, PtViolation};
+pub use counts::VmCountSnapshot;
 pub use direct::DirectWindow;
 pub use kmem::{region_align, KMemFlags};
 pub use mapping::Vm;

@@ -82,7 +82,7 @@ fn defect_a(how: Unmap) {
         //    leaves the prune to a later unmap; then its thread stalls
         //    after its shootdown.
         m.park_shootdowns_of(V, Park::AfterAcks);
-        let reader = space.tables.read(vm.platform()).unwrap();
+        let reader = vm.shared(space).unwrap();
         let v = scope.spawn(|| {
             on_cpu(V);
             vm.vmfree(space, X, 1)

@@ -69,6 +69,7 @@ pub fn entry_for<'p, P: VmPlatform>(
     root: u64,
     virt: u64,
     stop: usize,
+    counts: &super::counts::CpuVmCounts,
     alloc: &mut dyn FnMut() -> Result<u64, VmError>,
 ) -> Result<&'p AtomicU64, VmError> {
     let mut table = p.table(root);
@@ -78,13 +79,16 @@ pub fn entry_for<'p, P: VmPlatform>(
         let mut e = slot.load(Ordering::Acquire);
         if !pte::is_present(e) {
             let fresh = alloc()?;
+            counts.table_allocated();
             p.fill_frame(fresh, 0);
+            counts.table_zeroed();
             match slot.compare_exchange(0, fresh | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => e = fresh | TABLE_FLAGS,
                 Err(actual) => {
                     // Another CPU installed a table first; ours was never
                     // visible, so it goes straight back.
                     let _ = p.free_frame(fresh);
+                    counts.tables_freed(1);
                     e = actual;
                 }
             }

@@ -22,6 +22,7 @@
 use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{VmError, VmPlatform};
+use crate::lock_count::LockCounts;
 
 /// Longest wait for the shared side. The exclusive holder keeps it for one
 /// prune and one shootdown, and a shootdown is bounded itself (in the
@@ -47,18 +48,25 @@ impl TableLock {
 
     /// The shared side: at once unless a pruner holds the lock; then waits,
     /// answering cross-calls at every step, for at most `TABLE_WAIT_NS`.
-    pub fn read<P: VmPlatform>(&self, p: &P) -> Result<Shared<'_>, VmError> {
+    /// Counted in `counts` (the running CPU's): a wait is contended, its
+    /// wait steps are its spins.
+    pub fn read<P: VmPlatform>(&self, p: &P, counts: &LockCounts) -> Result<Shared<'_>, VmError> {
         if let Some(g) = self.inner.try_read() {
+            counts.taken(0);
             return Ok(Shared(g));
         }
         // The clock is read only once the fast path failed.
         let deadline = p.now_ns().saturating_add(TABLE_WAIT_NS);
+        let mut steps = 0;
         loop {
             p.wait_step();
+            steps += 1;
             if let Some(g) = self.inner.try_read() {
+                counts.taken(steps);
                 return Ok(Shared(g));
             }
             if p.now_ns() > deadline {
+                counts.refused(steps);
                 return Err(VmError::TablesBusy);
             }
         }

@@ -90,7 +90,7 @@ impl<P: VmPlatform> Vm<P> {
     ) -> Result<(), VmError> {
         let op = self.begin_unmap();
         {
-            let _shared = space.tables.read(&self.p)?;
+            let _shared = self.shared(space)?;
             // Check everything before changing anything, so bad input
             // never unmaps a page even for a moment.
             self.for_each_leaf(space, virt, npages, &mut |va, _, e| check(va, e))?;
@@ -226,7 +226,7 @@ impl<P: VmPlatform> Vm<P> {
         // take them over after its own flush).
         let _shared = match exclusive {
             Some(_) => None,
-            None => Some(space.tables.read(&self.p)?),
+            None => Some(self.shared(space)?),
         };
         if let Err(e) = flushed {
             let held = self.settle_own(space, &op, virt, count, size, &marker::quarantined, &|_| {});
@@ -252,6 +252,7 @@ impl<P: VmPlatform> Vm<P> {
             }
             let _ = self.p.free_frame(t);
         }
+        self.my_counts().tables_freed(tables.len() as u64);
         drop(exclusive);
         Ok(())
     }
@@ -295,13 +296,16 @@ impl<P: VmPlatform> Vm<P> {
     /// The exclusive table lock, if it comes free within a bounded number
     /// of attempts.
     fn lock_exclusive<'s>(&self, space: &'s AddressSpace) -> Option<Exclusive<'s>> {
-        (0..PRUNE_ATTEMPTS).find_map(|_| {
-            let g = space.tables.try_write();
-            if g.is_none() {
-                core::hint::spin_loop();
+        let counts = &self.my_counts().table_lock;
+        for failed in 0..PRUNE_ATTEMPTS {
+            if let Some(g) = space.tables.try_write() {
+                counts.taken(failed as u64);
+                return Some(g);
             }
-            g
-        })
+            core::hint::spin_loop();
+        }
+        counts.refused(PRUNE_ATTEMPTS as u64);
+        None
     }
 
     /// Where tables of `space` may be pruned: never the stack area.

@@ -204,4 +204,19 @@ mod tests {
         assert!(text.contains("\nonly in OLD: frames.pair global @8\n"), "{text}");
         assert!(text.contains("\nonly in NEW: frames.pair magazine @2\n"), "{text}");
     }
+
+    /// `--compare` of a report the previous xtask wrote (schema 1) with a
+    /// current one.
+    #[test]
+    fn an_old_schema_report_compares_with_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        std::fs::write(&path, crate::bench::report_json::tests_support::SCHEMA_1_REPORT).unwrap();
+        let old = Report::read(&path).unwrap();
+        let mut row = old.summary[0].clone();
+        row.ops_per_sec = 600_000.0;
+        let new = sample_with(vec![row]);
+        let text = render(&old, &new, "OLD", "NEW");
+        assert!(text.contains("tlb.shootdown  cached-2     2       500k       600k  +20.0%"), "{text}");
+    }
 }

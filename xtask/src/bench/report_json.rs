@@ -11,11 +11,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the report changes shape.
-/// 2: rows say how many CPUs worked and how latencies were sampled; solo
-/// runs, host ceilings and efficiencies in the summary.
+/// 2: `ipis` counts IPIs sent (ICR writes; a broadcast is one); what it
+///    counted before, the CPUs shootdowns asked, is now `targets`. Rows
+///    carry lock, contention, invalidation, table and store counters, how
+///    many CPUs worked (solo runs) and how latencies were sampled; the
+///    summary has solo runs, host ceilings and efficiencies. Schema 1
+///    reports are read with `ipis` renamed (`upgrade_from_1`) and the new
+///    fields at their defaults.
 pub const REPORT_SCHEMA: u32 = 2;
-/// Report schemas this xtask reads (older ones lack fields that default).
-pub const READABLE_SCHEMAS: std::ops::RangeInclusive<u32> = 1..=REPORT_SCHEMA;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Report {
@@ -255,17 +258,39 @@ impl Report {
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         // Name a schema mismatch as such instead of a missing-field error.
-        match value.get("schema").and_then(|s| s.as_u64()) {
-            Some(s) if READABLE_SCHEMAS.contains(&(s as u32)) && s <= u64::from(u32::MAX) => {}
+        let value = match value.get("schema").and_then(|s| s.as_u64()) {
+            Some(s) if s == u64::from(REPORT_SCHEMA) => value,
+            Some(1) => upgrade_from_1(value),
             other => anyhow::bail!(
-                "{} has report schema {other:?}; this xtask reads schemas {}–{}",
-                path.display(),
-                READABLE_SCHEMAS.start(),
-                READABLE_SCHEMAS.end()
+                "{} has report schema {other:?}; this xtask reads schemas 1 to {REPORT_SCHEMA}",
+                path.display()
             ),
-        }
+        };
         serde_json::from_value(value).with_context(|| format!("{} is not a benchmark report", path.display()))
     }
+}
+
+/// A schema 1 report in schema 2 terms: its `ipis` counted the CPUs each
+/// shootdown asked, which schema 2 calls `targets` (schema 2's `ipis`
+/// counts ICR writes, which schema 1 did not count). Nothing else moved;
+/// the counters schema 1 did not have are simply absent.
+fn upgrade_from_1(mut report: serde_json::Value) -> serde_json::Value {
+    let rename = |counters: Option<&mut serde_json::Value>| {
+        if let Some(serde_json::Value::Object(map)) = counters {
+            if let Some(v) = map.remove("ipis") {
+                map.insert("targets".into(), v);
+            }
+        }
+    };
+    for (list, field) in [("records", "counters"), ("summary", "counters_per_op")] {
+        if let Some(serde_json::Value::Array(items)) = report.get_mut(list) {
+            for item in items {
+                rename(item.get_mut(field));
+            }
+        }
+    }
+    report["schema"] = REPORT_SCHEMA.into();
+    report
 }
 
 /// A run folder, a `report.json`, or `latest` (under `bench_root`).
@@ -283,6 +308,25 @@ pub fn resolve(arg: &str, bench_root: &Path) -> PathBuf {
 pub mod tests_support {
     use super::*;
     use crate::bench::targets::Status;
+
+    /// What `cargo xtask bench --only tlb.shootdown --smp 2 --quick` wrote
+    /// with report schema 1 (trimmed to one row).
+    pub const SCHEMA_1_REPORT: &str = r#"{
+  "schema": 1,
+  "record_schema": 3,
+  "host": {"cores": 2, "qemu_version": "10.0.2", "accel": "tcg,thread=multi", "kernel_commit": "36718e9aaaaaaaaa",
+           "dirty": false, "date": "2026-12-01T12:00:00Z", "quick": true, "smp": [2], "only": ["tlb.shootdown"]},
+  "runs": [{"smp": 2, "exit": "guest exited with success", "ok": true, "duration_s": 9.5, "cpus_online": 2,
+            "apic": "x2apic", "tsc_hz": 2596000000, "expected_records": 1, "received_records": 1}],
+  "records": [{"bench": "tlb.shootdown", "variant": "cached-2", "smp": 2, "rep": 0, "ops": 1000, "ns": 60000000,
+               "ops_per_sec": 500000, "ns_p50": 1500, "ns_p99": 9000, "ns_max": 20000,
+               "counters": {"ipis": 1000, "shootdowns": 1000}}],
+  "failures": [],
+  "summary": [{"bench": "tlb.shootdown", "variant": "cached-2", "smp": 2, "reps": 1, "ops_per_sec": 500000.0,
+               "ops_per_sec_min": 500000.0, "ops_per_sec_max": 500000.0, "cv": 0.0, "ns_p50": 1500.0, "ns_p99": 9000.0,
+               "counters_per_op": {"ipis": 1.0, "shootdowns": 1.0}, "failed": false}],
+  "targets": [{"name": "t", "status": "not_measured", "detail": "no data"}]
+}"#;
 
     /// `sample()` with another summary.
     pub fn sample_with(summary: Vec<Summary>) -> Report {
@@ -348,7 +392,7 @@ pub mod tests_support {
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::sample;
+    use super::tests_support::{sample, SCHEMA_1_REPORT};
     use super::*;
 
     #[test]
@@ -370,7 +414,7 @@ mod tests {
         let path = dir.path().join("r.json");
         std::fs::write(&path, r#"{"schema": 99}"#).unwrap();
         let err = format!("{:#}", Report::read(&path).unwrap_err());
-        assert!(err.contains("report schema Some(99)") && err.contains("reads schemas 1–2"), "{err}");
+        assert!(err.contains("report schema Some(99)") && err.contains("reads schemas 1 to 2"), "{err}");
     }
 
     #[test]
@@ -397,6 +441,25 @@ mod tests {
         assert!(!old.records[0].is_solo());
         assert_eq!(old.summary[0].ops_per_sec, sample().summary[0].ops_per_sec);
     }
+
+    /// A schema 1 report (as the previous xtask wrote it) reads, with its
+    /// shootdown counts under their schema 2 name.
+    #[test]
+    fn schema_1_reports_are_read_with_ipis_as_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        std::fs::write(&path, SCHEMA_1_REPORT).unwrap();
+        let r = Report::read(&path).unwrap();
+        assert_eq!(r.schema, REPORT_SCHEMA);
+        let row = &r.records[0];
+        assert_eq!((row.bench.as_str(), row.smp), ("tlb.shootdown", 2));
+        assert_eq!(row.counters.get("targets"), Some(&1000));
+        assert_eq!(row.counters.get("ipis"), None, "schema 1 never counted ICR writes");
+        assert_eq!(row.counters.get("shootdowns"), Some(&1000));
+        assert_eq!(r.summary[0].counters_per_op.get("targets"), Some(&1.0));
+        assert!(!r.summary[0].counters_per_op.contains_key("ipis"));
+    }
+
 
     #[test]
     fn folder_names_and_paths() {

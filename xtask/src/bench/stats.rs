@@ -148,6 +148,36 @@ pub fn counters_per_op(reps: &[&BenchRow]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The counted costs `report.md` shows, each the sum of the per-op
+/// counters it names. A cost appears only when the row has one of its
+/// counters, so each benchmark shows what its groups count: frames rows
+/// the buddy/depot locks, vm and tlb rows IPIs, targets, invalidations,
+/// tables and the table lock, fault and paging rows those and the paging
+/// lock and store transfers.
+pub const COSTS: &[(&str, &[&str])] = &[
+    ("locks", &["buddy_locks", "depot_locks", "table_locks", "paging_locks"]),
+    ("contended", &["buddy_contended", "depot_contended", "table_contended", "paging_contended"]),
+    ("spins", &["buddy_spins", "depot_spins", "table_spins", "paging_spins"]),
+    ("IPIs", &["ipis"]),
+    ("targets", &["targets"]),
+    ("invlpg", &["invlpg"]),
+    ("full flushes", &["full_flushes"]),
+    ("tables", &["tables_allocated"]),
+    ("faults", &["faults"]),
+    ("store r+w", &["store_reads", "store_writes"]),
+];
+
+/// The row's counted costs per operation, in `COSTS` order.
+pub fn costs(s: &Summary) -> Vec<(&'static str, f64)> {
+    COSTS
+        .iter()
+        .filter_map(|(name, parts)| {
+            let found: Vec<f64> = parts.iter().filter_map(|p| s.counters_per_op.get(*p).copied()).collect();
+            (!found.is_empty()).then(|| (*name, found.iter().sum()))
+        })
+        .collect()
+}
+
 /// A counter that holds nanoseconds of one event, not a count.
 pub fn is_latency(name: &str) -> bool {
     name.ends_with("_ns")
@@ -323,6 +353,29 @@ mod tests {
         assert_eq!(baseline_of("seq-busy"), "seq-global");
         assert_eq!(baseline_of("random-global"), "random-global");
         assert_eq!(baseline_of("a-b-busy"), "a-b-global");
+    }
+
+    #[test]
+    fn costs_sum_their_counters_and_skip_the_absent() {
+        let mut r = row("fault.anon", "busy", 2, 0, 1);
+        r.counters = BTreeMap::from([
+            ("table_locks".to_string(), 3000),
+            ("paging_locks".to_string(), 0),
+            ("table_contended".to_string(), 10),
+            ("ipis".to_string(), 500),
+            ("store_reads".to_string(), 100),
+            ("store_writes".to_string(), 300),
+        ]);
+        let s = &summarize(&[r.clone()], &BTreeSet::new())[0];
+        let per = |x: u64| x as f64 / r.ops as f64;
+        assert_eq!(
+            costs(s),
+            vec![("locks", per(3000)), ("contended", per(10)), ("IPIs", per(500)), ("store r+w", per(400))],
+            "no spins, targets, invlpg, tables or faults counters: none shown"
+        );
+        let mut frames = row("frames.pair", "magazine", 1, 0, 1);
+        frames.counters = BTreeMap::from([("allocs".to_string(), 10)]);
+        assert!(costs(&summarize(&[frames], &BTreeSet::new())[0]).is_empty());
     }
 
     #[test]
