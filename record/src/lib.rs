@@ -24,7 +24,8 @@ pub const PREFIX: &str = "@@smpmm ";
 /// Bumped whenever a record changes shape incompatibly.
 /// 2: benchmark and stress records; counters as a JSON object.
 /// 3: the Boot record names the paging store.
-pub const SCHEMA: u32 = 3;
+/// 4: the Boot record carries the TSC calibration's spread and bound.
+pub const SCHEMA: u32 = 4;
 
 /// The variant every other variant of a benchmark is compared with (the
 /// global-lock design), when the benchmark has one.
@@ -88,8 +89,15 @@ pub enum Record<S, C> {
         cpus_total: u32,
         apic: ApicMode,
         tsc_hz: u64,
-        /// Where the TSC frequency came from (`cpuid15`, `pit`).
+        /// Where the TSC frequency came from (`cpuid15`, `hpet`,
+        /// `pm_timer`, `pit`).
         tsc_source: S,
+        /// How much the calibration's kept windows disagree: (max − min)
+        /// relative to `tsc_hz`, in ppm (0 when CPUID states the rate).
+        tsc_spread_ppm: u64,
+        /// Worst-case error of the chosen window from its bracketing
+        /// reads, in ppm (0 when CPUID states the rate).
+        tsc_bound_ppm: u64,
         usable_bytes: u64,
         /// The demand-paging backing store (`ram`, `virtio-blk`).
         store: S,
@@ -220,14 +228,20 @@ mod tests {
             cpus_total: 8,
             apic: ApicMode::X2Apic,
             tsc_hz: 2_000_000_000,
-            tsc_source: "pit",
+            tsc_source: "hpet",
+            tsc_spread_ppm: 420,
+            tsc_bound_ppm: 130,
             usable_bytes: 1 << 30,
             store: "ram",
         };
         let line = to_json(&rec).unwrap();
         assert!(line.contains("\"kind\":\"boot\""), "{line}");
+        assert!(line.contains(r#""tsc_source":"hpet","tsc_spread_ppm":420,"tsc_bound_ppm":130"#), "{line}");
         let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
-        assert!(matches!(parsed.record, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, .. }));
+        assert!(matches!(
+            parsed.record,
+            Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, tsc_spread_ppm: 420, tsc_bound_ppm: 130, .. }
+        ));
     }
 
     #[test]
