@@ -18,15 +18,15 @@ fn run_script(body: &str, timeout: Duration) -> crate::run::Capture {
     capture(sh, timeout, Echo::Quiet).unwrap()
 }
 
-const BOOT: &str = r#"{"schema":3,"record":{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}}"#;
+const BOOT: &str = r#"{"schema":4,"record":{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","tsc_spread_ppm":0,"tsc_bound_ppm":0,"usable_bytes":4096,"store":"ram"}}"#;
 
 #[test]
 fn records_and_success_exit() {
     let body = format!(
         r#"printf 'kernel says hi\r\n'
 printf 'noise@@smpmm %s\r\n' '{BOOT}'
-echo '@@smpmm {{"schema":3,"record":{{"kind":"test","name":"a","outcome":"pass","ns":5,"detail":""}}}}'
-echo '@@smpmm {{"schema":3,"record":{{"kind":"summary","passed":1,"failed":0}}}}'
+echo '@@smpmm {{"schema":4,"record":{{"kind":"test","name":"a","outcome":"pass","ns":5,"detail":""}}}}'
+echo '@@smpmm {{"schema":4,"record":{{"kind":"summary","passed":1,"failed":0}}}}'
 printf 'no newline at the end'
 exit 33"#
     );

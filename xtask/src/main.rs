@@ -9,6 +9,7 @@ mod bench;
 mod build;
 mod cmd;
 mod exit;
+mod host_tsc;
 mod install;
 mod qemu;
 mod records;

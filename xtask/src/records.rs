@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn prefix_in_the_middle_of_a_line() {
-        let line = r#"cpu 3 says hi@@smpmm {"schema":3,"record":{"kind":"summary","passed":4,"failed":1}}"#;
+        let line = r#"cpu 3 says hi@@smpmm {"schema":4,"record":{"kind":"summary","passed":4,"failed":1}}"#;
         let rec = parse_line(line).unwrap().unwrap();
         assert_eq!(
             rec,
@@ -75,6 +75,8 @@ mod tests {
             apic: ApicMode::X2Apic,
             tsc_hz: 2_000_000_000,
             tsc_source: "cpuid15",
+            tsc_spread_ppm: 0,
+            tsc_bound_ppm: 0,
             usable_bytes: 1 << 30,
             store: "ram".into(),
         })
@@ -110,7 +112,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record JSON"), "{err:#}");
-        let err = parse_line(r#"@@smpmm {"schema":3,"record":{"kind":"nonsense"}}"#)
+        let err = parse_line(r#"@@smpmm {"schema":4,"record":{"kind":"nonsense"}}"#)
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record"), "{err:#}");
@@ -118,11 +120,11 @@ mod tests {
 
     #[test]
     fn wrong_schema_is_named_as_such() {
-        let err = parse_line(r#"@@smpmm {"schema":4,"record":{"kind":"whatever","x":1}}"#)
+        let err = parse_line(r#"@@smpmm {"schema":99,"record":{"kind":"whatever","x":1}}"#)
             .unwrap()
             .unwrap_err();
         assert!(
-            format!("{err:#}").contains("record schema 4 but this xtask reads schema 3"),
+            format!("{err:#}").contains(&format!("record schema 99 but this xtask reads schema {SCHEMA}")),
             "{err:#}"
         );
         let err = parse_line(r#"@@smpmm {"record":{"kind":"summary","passed":0,"failed":0}}"#)

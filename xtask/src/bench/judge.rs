@@ -22,11 +22,15 @@ pub struct Judged {
 pub fn judge(cap: &Capture, smp: u32) -> Judged {
     let mut problems: Vec<String> = cap.bad_records.iter().map(|e| format!("bad record: {e}")).collect();
     let (mut boot, mut plan, mut done) = (None, None, None);
+    let mut tsc = None;
     let mut rows = Vec::new();
     let mut fails = Vec::new();
     for record in &cap.records {
         match record {
-            Record::Boot { cpus_online, apic, tsc_hz, .. } => boot = Some((*cpus_online, *apic, *tsc_hz)),
+            Record::Boot { cpus_online, apic, tsc_hz, tsc_source, tsc_spread_ppm, .. } => {
+                boot = Some((*cpus_online, *apic, *tsc_hz));
+                tsc = Some((tsc_source.clone(), *tsc_spread_ppm));
+            }
             Record::BenchPlan { runs, reps, .. } => plan = Some((*runs, *reps)),
             Record::Bench { .. } => rows.extend(BenchRow::from_record(record)),
             Record::BenchFail { bench, variant, smp, detail } => fails.push(Failure {
@@ -96,6 +100,12 @@ pub fn judge(cap: &Capture, smp: u32) -> Judged {
         cpus_online,
         apic,
         tsc_hz,
+        tsc_source: tsc.as_ref().map(|t| t.0.clone()),
+        tsc_spread_ppm: tsc.map(|t| t.1),
+        // The host's side is `measure`'s: it measured the host.
+        host_tsc_hz: None,
+        tsc_host_ppm: None,
+        tsc_flagged: false,
         expected_records: plan.map(|(runs, reps)| runs * reps),
         received_records: received,
     };
@@ -118,7 +128,9 @@ mod tests {
             cpus_total: n,
             apic: ApicMode::X2Apic,
             tsc_hz: 3,
-            tsc_source: "pit".into(),
+            tsc_source: "hpet".into(),
+            tsc_spread_ppm: 7,
+            tsc_bound_ppm: 2,
             usable_bytes: 1,
             store: "ram".into(),
         }
@@ -160,6 +172,7 @@ mod tests {
         assert!(j.failures.is_empty(), "{:?}", details(&j));
         assert!(j.run.ok);
         assert_eq!((j.run.cpus_online, j.run.apic.as_deref(), j.run.tsc_hz), (Some(2), Some("x2apic"), Some(3)));
+        assert_eq!((j.run.tsc_source.as_deref(), j.run.tsc_spread_ppm), (Some("hpet"), Some(7)));
         assert_eq!((j.run.expected_records, j.run.received_records), (Some(2), 2));
         assert_eq!(j.rows[1].variant, "global");
     }
