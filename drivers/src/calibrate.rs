@@ -180,8 +180,11 @@ pub fn window(start: &Sample, end: &Sample, len: TickLength) -> Option<Window> {
     let hz = (2 * tsc * 1_000_000_000_000_000 / fs2) as u64;
     // Each TSC read lies within half its bracket of the midpoint, so the
     // elapsed reference time is off by at most (w_start + w_end) / 2:
-    // relative to ref2 / 2 that is (w_start + w_end) / ref2.
-    let widths = start.width() as u128 + end.width() as u128;
+    // relative to ref2 / 2 that is (w_start + w_end) / ref2. A counter read
+    // of v means a time in [v, v + 1) ticks, so each bracket is one tick
+    // wider than its reads' difference (a PM timer tick is 279 ns, longer
+    // than an emulated read).
+    let widths = start.width() as u128 + end.width() as u128 + 2;
     let bound_ppm = (widths * 1_000_000).div_ceil(ref2) as u64;
     Some(Window { hz, bound_ppm })
 }
@@ -412,15 +415,16 @@ mod tests {
     #[test]
     fn window_arithmetic() {
         // 10 ms of HPET (1e6 ticks of 10 ns), 26e6 TSC ticks: 2.6 GHz;
-        // brackets of 100 + 100 ticks: the elapsed time is off by at most
-        // their mean, 100 ticks of 1e6: 100 ppm.
+        // brackets of 100 + 100 ticks, each one more for the counter's
+        // resolution: the elapsed time is off by at most their mean, 101
+        // ticks of 1e6: 101 ppm.
         let s = Sample { ref_before: 0, tsc: 0, ref_after: 100 };
         let e = Sample { ref_before: 1_000_000, tsc: 26_000_000, ref_after: 1_000_100 };
-        assert_eq!(window(&s, &e, HPET), Some(Window { hz: 2_600_000_000, bound_ppm: 100 }));
+        assert_eq!(window(&s, &e, HPET), Some(Window { hz: 2_600_000_000, bound_ppm: 101 }));
         // The PM timer's tick is not a whole number of fs.
         let e = Sample { ref_before: 3_579_545, tsc: 2_000_000_000, ref_after: 3_579_545 };
         let s = Sample { ref_before: 0, tsc: 0, ref_after: 0 };
-        assert_eq!(window(&s, &e, PM).unwrap().hz, 2_000_000_000);
+        assert_eq!(window(&s, &e, PM).unwrap(), Window { hz: 2_000_000_000, bound_ppm: 1 });
         // Out of order or a TSC that stood still: no window.
         assert_eq!(window(&e, &s, PM), None);
         assert_eq!(window(&s, &Sample { tsc: 0, ..e }, PM), None);
