@@ -1,5 +1,5 @@
-//! The HPET main counter: a second, independent clock used to check the
-//! TSC calibration.
+//! The HPET main counter: the reference the TSC is calibrated against
+//! (`tsc::calibrate`) and one of the clocks the time test checks it with.
 
 use core::ptr::{read_volatile, write_volatile};
 
