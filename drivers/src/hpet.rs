@@ -1,5 +1,5 @@
-//! The HPET main counter: a second, independent clock used to check the
-//! TSC calibration.
+//! The HPET main counter: the reference the TSC is calibrated against
+//! (`tsc::calibrate`) and one of the clocks the time test checks it with.
 
 use core::ptr::{read_volatile, write_volatile};
 
@@ -7,10 +7,13 @@ const CAPABILITIES: usize = 0x00;
 const CONFIG: usize = 0x10;
 const MAIN_COUNTER: usize = 0xF0;
 const ENABLE_CNF: u64 = 1;
+/// Capabilities bit: the main counter is 64 bits wide (else 32).
+const COUNT_SIZE_CAP: u64 = 1 << 13;
 
 pub struct Hpet {
     base: *mut u64,
     period_fs: u64,
+    bits: u32,
 }
 
 // SAFETY: the HPET registers are global MMIO; reads of the main counter are
@@ -39,12 +42,23 @@ impl Hpet {
             let cfg = read_volatile(base.byte_add(CONFIG));
             write_volatile(base.byte_add(CONFIG), cfg | ENABLE_CNF);
         }
-        Some(Hpet { base, period_fs })
+        let bits = if caps & COUNT_SIZE_CAP != 0 { 64 } else { 32 };
+        Some(Hpet { base, period_fs, bits })
     }
 
     pub fn counter(&self) -> u64 {
         // SAFETY: `new`'s contract keeps the block mapped.
         unsafe { read_volatile(self.base.byte_add(MAIN_COUNTER)) }
+    }
+
+    /// The counter's tick, as the capabilities register states it.
+    pub fn period_fs(&self) -> u64 {
+        self.period_fs
+    }
+
+    /// Width of the main counter (32 or 64 bits).
+    pub fn counter_bits(&self) -> u32 {
+        self.bits
     }
 
     pub fn ticks_to_ns(&self, ticks: u64) -> u64 {

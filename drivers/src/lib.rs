@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod acpi_tables;
+pub mod calibrate;
 pub mod fw_cfg;
 pub mod hpet;
 pub mod lapic;

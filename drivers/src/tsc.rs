@@ -1,18 +1,27 @@
 //! Nanosecond time from the TSC, calibrated once at boot.
 //!
-//! The frequency comes from CPUID leaf 0x15 when the CPU reports it fully,
-//! otherwise from the PIT. It is stored once and then only read, so `now_ns`
-//! is a `rdtsc` plus a multiply on any CPU.
+//! The frequency comes from CPUID leaf 0x15 when the CPU states it fully,
+//! otherwise it is measured against the HPET's main counter, or the ACPI
+//! PM timer when there is no HPET, or the PIT last, with bracketed reads
+//! (`calibrate`) so a host that deschedules the vCPU cannot skew it. It is
+//! stored once and then only read, so `now_ns` is a `rdtsc` plus a multiply
+//! on any CPU.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::calibrate::{self, Plan, TickLength, Unwrap};
+use crate::hpet::Hpet;
 use crate::pit;
+use crate::pm_timer::{PmTimer, PM_TIMER_HZ};
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static BOUND_PPM: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TscSource {
     Cpuid15,
+    Hpet,
+    PmTimer,
     Pit,
 }
 
@@ -20,15 +29,28 @@ impl TscSource {
     pub fn name(self) -> &'static str {
         match self {
             TscSource::Cpuid15 => "cpuid15",
+            TscSource::Hpet => "hpet",
+            TscSource::PmTimer => "pm_timer",
             TscSource::Pit => "pit",
         }
     }
 }
 
+/// The calibration's result, for the Boot record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TscCalibration {
+    pub hz: u64,
+    pub source: TscSource,
+    /// (max − min) of the kept windows relative to `hz`; 0 for CPUID.
+    pub spread_ppm: u64,
+    /// Worst-case error of the chosen window; 0 for CPUID.
+    pub bound_ppm: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibrationError {
-    /// The PIT never finished a countdown.
-    NoPit,
+    /// Every reference failed; this is the last one's (the PIT's) error.
+    Measurement(calibrate::CalibrationError),
     /// The measured frequency is outside anything plausible.
     Implausible { hz: u64 },
 }
@@ -52,33 +74,52 @@ fn cpuid15_hz() -> Option<u64> {
     Some(crystal_hz * numerator / denominator)
 }
 
-/// Measures the TSC against the PIT over `ms` milliseconds (at most 54).
-pub fn measure_against_pit(ms: u64) -> Result<u64, CalibrationError> {
-    let ticks = (pit::PIT_HZ * ms / 1000).min(u16::MAX as u64) as u16;
-    let (start, end) = pit::measure(ticks, rdtsc).ok_or(CalibrationError::NoPit)?;
-    Ok((end - start) * pit::PIT_HZ / ticks as u64)
+/// Measures the TSC against a counter of `bits` bits read by `raw`.
+fn against(len: TickLength, bits: u32, mut raw: impl FnMut() -> u64) -> Result<calibrate::Calibration, calibrate::CalibrationError> {
+    let mut unwrap = Unwrap::new(bits, raw());
+    calibrate::measure(&Plan::for_reference(len), len, || unwrap.extend(raw()), rdtsc)
 }
 
 /// Calibrates the TSC and makes `now_ns` usable. Run on the BSP before the
-/// APs start, so the PIT measurement is not disturbed by their boot.
-pub fn calibrate() -> Result<(u64, TscSource), CalibrationError> {
-    let (hz, source) = match cpuid15_hz() {
-        Some(hz) => (hz, TscSource::Cpuid15),
-        None => {
-            // Three 50 ms windows; the median rejects one disturbed window.
-            let mut runs = [0u64; 3];
-            for r in runs.iter_mut() {
-                *r = measure_against_pit(50)?;
-            }
-            runs.sort_unstable();
-            (runs[1], TscSource::Pit)
-        }
+/// APs start, so nothing else uses the reference clocks. A reference that
+/// fails (stopped, or too few tight windows) hands over to the next.
+pub fn calibrate(hpet: Option<&Hpet>, pm_timer: Option<&PmTimer>) -> Result<TscCalibration, CalibrationError> {
+    let measured = |source, r: Result<calibrate::Calibration, _>| {
+        r.map(|c| TscCalibration { hz: c.hz, source, spread_ppm: c.spread_ppm, bound_ppm: c.bound_ppm })
     };
-    if !(10_000_000..=100_000_000_000).contains(&hz) {
-        return Err(CalibrationError::Implausible { hz });
+    let mut result = Err(calibrate::CalibrationError::Degenerate);
+    if let Some(hz) = cpuid15_hz() {
+        result = Ok(TscCalibration { hz, source: TscSource::Cpuid15, spread_ppm: 0, bound_ppm: 0 });
     }
-    TSC_HZ.store(hz, Ordering::Relaxed);
-    Ok((hz, source))
+    if let (Err(_), Some(h)) = (&result, hpet) {
+        result = measured(TscSource::Hpet, against(TickLength::femtos(h.period_fs()), h.counter_bits(), || h.counter()));
+        if let Err(e) = &result {
+            log::warn!("tsc: calibration against the HPET failed ({e:?}); trying the next clock");
+        }
+    }
+    if let (Err(_), Some(pm)) = (&result, pm_timer) {
+        let bits = if pm.is_32bit { 32 } else { 24 };
+        result = measured(TscSource::PmTimer, against(TickLength::hz(PM_TIMER_HZ), bits, || pm.read() as u64));
+        if let Err(e) = &result {
+            log::warn!("tsc: calibration against the PM timer failed ({e:?}); trying the PIT");
+        }
+    }
+    if result.is_err() {
+        let pit = pit::FreeRunning::start();
+        result = measured(TscSource::Pit, against(TickLength::hz(pit::PIT_HZ), 16, || pit.read()));
+    }
+    let cal = result.map_err(CalibrationError::Measurement)?;
+    if !(10_000_000..=100_000_000_000).contains(&cal.hz) {
+        return Err(CalibrationError::Implausible { hz: cal.hz });
+    }
+    TSC_HZ.store(cal.hz, Ordering::Relaxed);
+    BOUND_PPM.store(cal.bound_ppm, Ordering::Relaxed);
+    Ok(cal)
+}
+
+/// The calibration's worst-case error (ppm), for checks of `tsc_hz`.
+pub fn bound_ppm() -> u64 {
+    BOUND_PPM.load(Ordering::Relaxed)
 }
 
 pub fn tsc_hz() -> u64 {

@@ -87,14 +87,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     cpu_features::enable();
     drivers::pic::disable();
 
-    let (tsc_hz, tsc_source) = tsc::calibrate().unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
-    log::info!("tsc: {} MHz ({})", tsc_hz / 1_000_000, tsc_source.name());
-
     let rsdp = boot_info.rsdp_addr.into_option().expect("bootloader found no ACPI RSDP");
     // SAFETY: the RSDP comes from the firmware via the bootloader, and the
     // direct map covers all RAM and the first 4 GiB.
     let platform = unsafe { acpi_tables::read_platform(rsdp, phys_offset) }
         .unwrap_or_else(|e| panic!("reading ACPI tables: {e:?}"));
+    // SAFETY: the HPET block is below 4 GiB, inside the direct map.
+    let hpet = platform.hpet_phys.and_then(|p| unsafe { Hpet::new(phys_offset + p) });
+    // Before the APs start: nothing else touches the reference clocks.
+    let tsc_cal = tsc::calibrate(hpet.as_ref(), platform.pm_timer.as_ref())
+        .unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
+    log::info!(
+        "tsc: {} kHz ({}), spread {} ppm, bound {} ppm",
+        tsc_cal.hz / 1_000,
+        tsc_cal.source.name(),
+        tsc_cal.spread_ppm,
+        tsc_cal.bound_ppm
+    );
     // SAFETY: once, on the BSP; the direct map covers the APIC page (< 4 GiB).
     let bsp = unsafe { bringup::init_bsp(phys_offset + platform.lapic_phys) };
     let apic_mode = smp::percpu::with_local_apic(|l| l.mode());
@@ -126,8 +135,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     FACTS.call_once(|| BootFacts {
         cpus_total: report.total,
         apic_mode,
-        // SAFETY: the HPET block is below 4 GiB, inside the direct map.
-        hpet: platform.hpet_phys.and_then(|p| unsafe { Hpet::new(phys_offset + p) }),
+        hpet,
         pm_timer: platform.pm_timer,
     });
     logger::emit(&record::Record::Boot {
@@ -137,8 +145,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             ApicMode::XApic => record::ApicMode::XApic,
             ApicMode::X2Apic => record::ApicMode::X2Apic,
         },
-        tsc_hz,
-        tsc_source: tsc_source.name(),
+        tsc_hz: tsc_cal.hz,
+        tsc_source: tsc_cal.source.name(),
+        tsc_spread_ppm: tsc_cal.spread_ppm,
+        tsc_bound_ppm: tsc_cal.bound_ppm,
         usable_bytes: memory::usable_bytes(&boot_info.memory_regions),
         store: paging::store_name(),
         accel: hypervisor::detect(),

@@ -28,7 +28,8 @@ pub const PREFIX: &str = "@@smpmm ";
 /// 2: benchmark and stress records; counters as a JSON object.
 /// 3: the Boot record names the paging store.
 /// 4: Bench records say how many CPUs worked and how latencies were
-/// sampled; the Boot record names the accelerator the guest runs on.
+/// sampled; the Boot record names the accelerator the guest runs on and
+/// carries the TSC calibration's spread and bound.
 pub const SCHEMA: u32 = 4;
 
 /// The variant every other variant of a benchmark is compared with (the
@@ -93,8 +94,15 @@ pub enum Record<S, C> {
         cpus_total: u32,
         apic: ApicMode,
         tsc_hz: u64,
-        /// Where the TSC frequency came from (`cpuid15`, `pit`).
+        /// Where the TSC frequency came from (`cpuid15`, `hpet`,
+        /// `pm_timer`, `pit`).
         tsc_source: S,
+        /// How much the calibration's kept windows disagree: (max − min)
+        /// relative to `tsc_hz`, in ppm (0 when CPUID states the rate).
+        tsc_spread_ppm: u64,
+        /// Worst-case error of the chosen window from its bracketing
+        /// reads, in ppm (0 when CPUID states the rate).
+        tsc_bound_ppm: u64,
         usable_bytes: u64,
         /// The demand-paging backing store (`ram`, `virtio-blk`).
         store: S,
@@ -242,7 +250,9 @@ mod tests {
             cpus_total: 8,
             apic: ApicMode::X2Apic,
             tsc_hz: 2_000_000_000,
-            tsc_source: "pit",
+            tsc_source: "hpet",
+            tsc_spread_ppm: 420,
+            tsc_bound_ppm: 130,
             usable_bytes: 1 << 30,
             store: "ram",
             accel: Accel::Kvm,
@@ -252,6 +262,12 @@ mod tests {
         assert!(line.contains("\"accel\":\"kvm\""), "{line}");
         let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
         assert!(matches!(parsed.record, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, accel: Accel::Kvm, .. }));
+        assert!(line.contains(r#""tsc_source":"hpet","tsc_spread_ppm":420,"tsc_bound_ppm":130"#), "{line}");
+        let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
+        assert!(matches!(
+            parsed.record,
+            Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, tsc_spread_ppm: 420, tsc_bound_ppm: 130, .. }
+        ));
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn run_script(body: &str, timeout: Duration) -> crate::run::Capture {
 /// A Boot record line of this xtask's record schema.
 fn boot_line() -> String {
     format!(
-        r#"{{"schema":{},"record":{{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}}}}"#,
+        r#"{{"schema":{},"record":{{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","tsc_spread_ppm":0,"tsc_bound_ppm":0,"usable_bytes":4096,"store":"ram","accel":"tcg"}}}}"#,
         record::SCHEMA
     )
 }

@@ -204,6 +204,8 @@ mod tests {
             apic: record::ApicMode::X2Apic,
             tsc_hz: 1,
             tsc_source: "pit".into(),
+            tsc_spread_ppm: 0,
+            tsc_bound_ppm: 0,
             usable_bytes: 1,
             store: "ram".into(),
             accel: record::Accel::Tcg,

@@ -11,6 +11,7 @@ mod build;
 mod cmd;
 mod exit;
 mod gdb;
+mod host_tsc;
 mod install;
 mod qemu;
 mod records;

@@ -75,6 +75,8 @@ mod tests {
             apic: ApicMode::X2Apic,
             tsc_hz: 2_000_000_000,
             tsc_source: "cpuid15",
+            tsc_spread_ppm: 0,
+            tsc_bound_ppm: 0,
             usable_bytes: 1 << 30,
             store: "ram".into(),
             accel: record::Accel::Tcg,

@@ -265,6 +265,8 @@ impl Sink {
 /// `run --mode run`: boot once; success needs the guest's success exit and
 /// its Boot record.
 pub fn boot(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration) -> Result<()> {
+    // Before the boot, so the guest does not compete with it (200 ms).
+    let host_tsc = crate::host_tsc::measure();
     let cap = run_qemu(qemu, images, config, timeout, Echo::All)?;
     let boot = cap
         .records
@@ -280,19 +282,34 @@ pub fn boot(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration) ->
         apic,
         tsc_hz,
         tsc_source,
+        tsc_spread_ppm,
+        tsc_bound_ppm,
         usable_bytes,
         store,
         accel,
     }) = boot
     {
         println!(
-            "boot ok in {:.1} s: {cpus_online}/{cpus_total} CPUs online, accel {}, {}, TSC {:.3} GHz ({tsc_source}), {} MiB usable, paging store {store}",
+            "boot ok in {:.1} s: {cpus_online}/{cpus_total} CPUs online, accel {}, {}, TSC {:.6} GHz ({tsc_source}, spread {tsc_spread_ppm} ppm, bound {tsc_bound_ppm} ppm), {} MiB usable, paging store {store}",
             cap.elapsed.as_secs_f64(),
             accel.name(),
             records::apic_name(*apic),
             *tsc_hz as f64 / 1e9,
             usable_bytes >> 20
         );
+        let host_hz = host_tsc.map(|r| r.hz);
+        match (host_tsc, host_hz.and_then(|h| crate::host_tsc::disagreement_ppm(*tsc_hz, h))) {
+            (Some(r), Some(ppm)) => println!(
+                "host TSC {:.6} GHz (bound {} ppm): the guest's is {ppm} ppm from it ({})",
+                r.hz as f64 / 1e9,
+                r.bound_ppm,
+                crate::host_tsc::TCG_ONLY
+            ),
+            _ => println!("host TSC: not measured (every bracket was preempted)"),
+        }
+        if let Some(warning) = crate::host_tsc::flag(Some(*tsc_hz), host_hz) {
+            eprintln!("warning: {warning}");
+        }
     }
     Ok(())
 }
@@ -341,6 +358,8 @@ mod tests {
             apic: record::ApicMode::X2Apic,
             tsc_hz: 1,
             tsc_source: "pit".into(),
+            tsc_spread_ppm: 0,
+            tsc_bound_ppm: 0,
             usable_bytes: 1,
             store: "ram".into(),
             accel,

@@ -219,7 +219,7 @@ mod tests {
     use crate::run::capture;
     use std::process::Command;
 
-    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}"#;
+    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","tsc_spread_ppm":0,"tsc_bound_ppm":0,"usable_bytes":4096,"store":"ram","accel":"tcg"}"#;
 
     fn rec(json: &str) -> String {
         format!("echo '@@smpmm {{\"schema\":{},\"record\":{json}}}'\n", record::SCHEMA)

@@ -149,6 +149,8 @@ mod tests {
             apic,
             tsc_hz: 1,
             tsc_source: "pit".into(),
+            tsc_spread_ppm: 0,
+            tsc_bound_ppm: 0,
             usable_bytes: 1,
             store: "ram".into(),
             accel: record::Accel::Tcg,

@@ -23,6 +23,7 @@ fn host(smp: Vec<u32>) -> Host {
         quick: true,
         smp,
         only: vec!["frames".into()],
+        tsc_hz: None,
     }
 }
 
@@ -31,8 +32,16 @@ fn rec(json: &str) -> String {
 }
 
 fn boot(smp: u32) -> String {
+    boot_at(smp, HOST_TSC_HZ)
+}
+
+/// The host's TSC rate as the fake measurement gives it.
+const HOST_TSC_HZ: u64 = 2_000_000_000;
+
+/// A Boot record whose calibration found `tsc_hz`.
+fn boot_at(smp: u32, tsc_hz: u64) -> String {
     rec(&format!(
-        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":2000000000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}}"#
+        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":{tsc_hz},"tsc_source":"hpet","tsc_spread_ppm":40,"tsc_bound_ppm":12,"usable_bytes":4096,"store":"ram","accel":"tcg"}}"#
     ))
 }
 
@@ -83,7 +92,7 @@ fn run(smp: Vec<u32>, root: &Path, script: impl Fn(u32) -> String) -> (std::path
         sh.arg("-c").arg(script(config.smp));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, host_tsc: || Some(HOST_TSC_HZ) };
     let (dir, ok) = measure(host(smp), &options, &mut launch, root).unwrap();
     (dir, ok, cmdlines.into_inner())
 }
@@ -131,6 +140,33 @@ fn a_clean_run_writes_the_whole_folder() {
     // A second run in the same second gets its own folder.
     let (again, _, _) = run(vec![1], root.path(), |smp| guest(smp, false));
     assert_eq!(again, root.path().join("20261121T040524Z-0123456-2"));
+}
+
+#[test]
+fn a_boot_whose_tsc_disagrees_with_the_host_is_flagged() {
+    let root = tempfile::tempdir().unwrap();
+    // 0.5% off at 1 CPU: fine; 4% off at 2 CPUs (as the old PIT
+    // calibration was under load): flagged, but the run still counts.
+    let (dir, ok, _) = run(vec![1, 2], root.path(), |smp| {
+        let hz = if smp == 2 { 2_080_000_000 } else { 2_010_000_000 };
+        guest(smp, false).replacen(&boot(smp), &boot_at(smp, hz), 1)
+    });
+    assert!(ok);
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    assert_eq!(report.host.tsc_hz, Some(HOST_TSC_HZ));
+    let facts: Vec<_> = report
+        .runs
+        .iter()
+        .map(|r| (r.smp, r.host_tsc_hz, r.tsc_host_ppm, r.tsc_flagged, r.tsc_source.as_deref(), r.tsc_spread_ppm))
+        .collect();
+    assert_eq!(facts, [
+        (1, Some(HOST_TSC_HZ), Some(5_000), false, Some("hpet"), Some(40)),
+        (2, Some(HOST_TSC_HZ), Some(40_000), true, Some("hpet"), Some(40))
+    ]);
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("- Host TSC: 2.000 GHz"), "{md}");
+    assert!(md.contains("Run at 1 CPU") && md.contains("TSC 2.010 GHz (hpet, spread 40 ppm; 0.50% from the host's)"), "{md}");
+    assert!(md.contains("TSC 2.080 GHz (hpet, spread 40 ppm; 4.00% from the host's) **TSC off by more than 1%"), "{md}");
 }
 
 #[test]
@@ -184,7 +220,7 @@ fn a_boot_on_the_wrong_accelerator_is_broken() {
         sh.arg("-c").arg(guest(config.smp, false));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm, host_tsc: || Some(HOST_TSC_HZ) };
     let (dir, ok) = measure(host(vec![1]), &options, &mut launch, root.path()).unwrap();
     assert!(!ok);
     assert!(lines.borrow()[0].starts_with("-machine q35 -accel kvm -cpu host -smp 1 "), "{:?}", lines.borrow());

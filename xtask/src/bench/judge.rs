@@ -22,12 +22,14 @@ pub struct Judged {
 pub fn judge(cap: &Capture, smp: u32, accel: crate::accel::Accel) -> Judged {
     let mut problems: Vec<String> = cap.bad_records.iter().map(|e| format!("bad record: {e}")).collect();
     let (mut boot, mut plan, mut done, mut guest_accel) = (None, None, None, None);
+    let mut tsc = None;
     let mut rows = Vec::new();
     let mut fails = Vec::new();
     for record in &cap.records {
         match record {
-            Record::Boot { cpus_online, apic, tsc_hz, accel: found, .. } => {
+            Record::Boot { cpus_online, apic, tsc_hz, tsc_source, tsc_spread_ppm, accel: found, .. } => {
                 boot = Some((*cpus_online, *apic, *tsc_hz));
+                tsc = Some((tsc_source.clone(), *tsc_spread_ppm));
                 guest_accel = Some(*found);
                 problems.extend(crate::accel::check_boot(accel, *found));
             }
@@ -101,6 +103,12 @@ pub fn judge(cap: &Capture, smp: u32, accel: crate::accel::Accel) -> Judged {
         apic,
         tsc_hz,
         accel: guest_accel.map(|a| a.name().to_string()),
+        tsc_source: tsc.as_ref().map(|t| t.0.clone()),
+        tsc_spread_ppm: tsc.map(|t| t.1),
+        // The host's side is `measure`'s: it measured the host.
+        host_tsc_hz: None,
+        tsc_host_ppm: None,
+        tsc_flagged: false,
         expected_records: plan.map(|(runs, reps)| runs * reps),
         received_records: received,
     };
@@ -124,7 +132,9 @@ mod tests {
             cpus_total: n,
             apic: ApicMode::X2Apic,
             tsc_hz: 3,
-            tsc_source: "pit".into(),
+            tsc_source: "hpet".into(),
+            tsc_spread_ppm: 7,
+            tsc_bound_ppm: 2,
             usable_bytes: 1,
             store: "ram".into(),
             accel: record::Accel::Tcg,
@@ -172,6 +182,7 @@ mod tests {
         assert!(j.run.ok);
         assert_eq!((j.run.cpus_online, j.run.apic.as_deref(), j.run.tsc_hz), (Some(2), Some("x2apic"), Some(3)));
         assert_eq!(j.run.accel.as_deref(), Some("tcg"));
+        assert_eq!((j.run.tsc_source.as_deref(), j.run.tsc_spread_ppm), (Some("hpet"), Some(7)));
         assert_eq!((j.run.expected_records, j.run.received_records), (Some(2), 2));
         assert_eq!(j.rows[1].variant, "global");
     }

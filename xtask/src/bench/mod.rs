@@ -115,7 +115,13 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     smp.dedup();
     let host = Host::gather(qemu.version.to_string(), accel.qemu_accel(), args.quick, smp, args.only.clone());
     let timeout = Duration::from_secs(args.timeout);
-    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: args.swap.0.clone(), accel };
+    let options = Options {
+        live: std::io::stderr().is_terminal(),
+        verbose: args.verbose,
+        swap: args.swap.0.clone(),
+        accel,
+        host_tsc: || crate::host_tsc::measure().map(|r| r.hz),
+    };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
     println!("report: {}", dir.join("report.md").display());
@@ -129,13 +135,16 @@ pub struct Options {
     /// Size of a swap disk to attach to every boot.
     pub swap: Option<crate::qemu::Mem>,
     pub accel: crate::accel::Accel,
+    /// Measures the host's TSC rate (Hz) before each boot, to check the
+    /// guest's calibration against (`host_tsc`).
+    pub host_tsc: fn() -> Option<u64>,
 }
 
 /// Boots once per CPU count in `host.smp` through `launch`, then writes the
 /// run folder under `root` (also when boots failed: what arrived is still
 /// worth keeping). Returns the folder and whether everything went right.
 pub fn measure(
-    host: Host,
+    mut host: Host,
     options: &Options,
     launch: &mut dyn FnMut(&Config, Echo) -> Result<Capture>,
     root: &Path,
@@ -153,6 +162,8 @@ pub fn measure(
             swap: options.swap.clone().map(|size| crate::swap::Swap::create(&format!("bench-smp{smp}"), size)).transpose()?,
             extra: Vec::new(),
         };
+        let host_tsc_hz = (options.host_tsc)();
+        host.tsc_hz = host.tsc_hz.or(host_tsc_hz);
         let display = progress::Progress::new(smp, options.live, options.verbose);
         let cap = launch(&config, display.echo());
         display.finish();
@@ -164,7 +175,8 @@ pub fn measure(
                 continue;
             }
         };
-        let judged = judge::judge(&cap, smp, options.accel);
+        let mut judged = judge::judge(&cap, smp, options.accel);
+        note_host_tsc(&mut judged.run, host_tsc_hz);
         for f in &judged.failures {
             let what = match (&f.bench, &f.variant) {
                 (Some(b), Some(v)) => format!("{b} {v} failed its check"),
@@ -202,6 +214,17 @@ pub fn measure(
     let ok = report.failures.is_empty() && report.runs.len() == report.host.smp.len();
     let dir = write_run(&report, root)?;
     Ok((dir, ok))
+}
+
+/// Adds the host's TSC rate to a boot's facts and warns when the guest's
+/// calibration disagrees with it by more than 1%.
+fn note_host_tsc(run: &mut report_json::RunInfo, host_hz: Option<u64>) {
+    run.host_tsc_hz = host_hz;
+    run.tsc_host_ppm = run.tsc_hz.zip(host_hz).and_then(|(g, h)| crate::host_tsc::disagreement_ppm(g, h));
+    if let Some(warning) = crate::host_tsc::flag(run.tsc_hz, host_hz) {
+        run.tsc_flagged = true;
+        eprintln!("[smp {}] warning: {warning}", run.smp);
+    }
 }
 
 /// Writes the run folder and `latest.json` next to it.

@@ -52,6 +52,10 @@ pub struct Host {
     pub smp: Vec<u32>,
     /// `--only` prefixes; empty for all benchmarks.
     pub only: Vec<String>,
+    /// The host's TSC rate (Hz) measured before the first boot; under TCG
+    /// each boot's calibrated `tsc_hz` should match it within 1%.
+    #[serde(default)]
+    pub tsc_hz: Option<u64>,
 }
 
 /// One boot of the guest at one CPU count.
@@ -70,6 +74,21 @@ pub struct RunInfo {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// The Boot record's calibration source and spread (ppm).
+    #[serde(default)]
+    pub tsc_source: Option<String>,
+    #[serde(default)]
+    pub tsc_spread_ppm: Option<u64>,
+    /// The host's TSC rate, measured by xtask just before this boot.
+    #[serde(default)]
+    pub host_tsc_hz: Option<u64>,
+    /// |tsc_hz − host_tsc_hz| in ppm of the host's rate.
+    #[serde(default)]
+    pub tsc_host_ppm: Option<u64>,
+    /// `tsc_hz` is more than 1% from the host's rate: this boot's time
+    /// figures are off by as much (meaningful under TCG only).
+    #[serde(default)]
+    pub tsc_flagged: bool,
     /// Bench records the guest announced (runs × reps) and sent.
     pub expected_records: Option<u32>,
     pub received_records: u32,
@@ -229,6 +248,7 @@ impl Host {
             quick,
             smp,
             only,
+            tsc_hz: None,
         }
     }
 
@@ -344,6 +364,7 @@ pub mod tests_support {
             quick: true,
             smp: vec![1, 2],
             only: vec!["frames".into()],
+            tsc_hz: Some(1_000_100),
         };
         let row = BenchRow {
             bench: "frames.pair".into(),
@@ -372,6 +393,11 @@ pub mod tests_support {
                 apic: Some("x2apic".into()),
                 tsc_hz: Some(1_000_000),
                 accel: Some("tcg".into()),
+                tsc_source: Some("hpet".into()),
+                tsc_spread_ppm: Some(30),
+                host_tsc_hz: Some(1_000_100),
+                tsc_host_ppm: Some(99),
+                tsc_flagged: false,
                 expected_records: Some(1),
                 received_records: 1,
             }],
@@ -406,6 +432,23 @@ mod tests {
         assert!(text.contains(&format!("\"record_schema\": {}", record::SCHEMA)), "{text}");
         assert!(text.contains("\"kind\": \"bench\""), "{text}");
         assert!(!text.contains("run_dir"), "only latest.json names its folder");
+    }
+
+    #[test]
+    fn reports_without_the_tsc_check_still_read() {
+        // The host TSC fields are additions with defaults: a report
+        // written before them reads, with nothing to compare.
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["host"].as_object_mut().unwrap().remove("tsc_hz");
+        let run = value["runs"][0].as_object_mut().unwrap();
+        for key in ["tsc_source", "tsc_spread_ppm", "host_tsc_hz", "tsc_host_ppm", "tsc_flagged"] {
+            run.remove(key).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        std::fs::write(&path, value.to_string()).unwrap();
+        let old = Report::read(&path).unwrap();
+        assert_eq!((old.host.tsc_hz, old.runs[0].host_tsc_hz, old.runs[0].tsc_flagged), (None, None, false));
     }
 
     #[test]

@@ -34,12 +34,21 @@ fn header(md: &mut String, r: &Report) {
     let only = if h.only.is_empty() { "all".to_string() } else { h.only.join(", ") };
     let quick = if h.quick { " (quick: fewer, shorter repetitions)" } else { "" };
     let _ = writeln!(md, "- CPU counts: {}; benchmarks: {only}{quick}", smp.join(", "));
+    if let Some(hz) = h.tsc_hz {
+        let _ = writeln!(
+            md,
+            "- Host TSC: {:.3} GHz, measured by xtask against its monotonic clock; a boot whose calibration is more than 1% \
+             from it is flagged ({})",
+            hz as f64 / 1e9,
+            crate::host_tsc::TCG_ONLY
+        );
+    }
     for run in &r.runs {
         // Older reports do not record the guest's accelerator.
         let accel = run.accel.as_ref().map(|a| format!(", accel {a}")).unwrap_or_default();
         let boot = match (run.cpus_online, &run.apic, run.tsc_hz) {
             (Some(cpus), Some(apic), Some(hz)) => {
-                format!(", {cpus} CPUs online{accel}, {apic}, TSC {:.3} GHz", hz as f64 / 1e9)
+                format!(", {cpus} CPUs online{accel}, {apic}, TSC {:.3} GHz{}", hz as f64 / 1e9, tsc_note(run))
             }
             _ => ", no Boot record".to_string(),
         };
@@ -58,6 +67,25 @@ fn header(md: &mut String, r: &Report) {
         cores = h.cores,
         how = if h.accel.starts_with("kvm") { "runs the CPUs under KVM" } else { "emulates the CPUs with TCG" }
     );
+}
+
+/// How a boot calibrated its TSC and how that compares with the host.
+fn tsc_note(run: &crate::bench::report_json::RunInfo) -> String {
+    let mut facts = Vec::new();
+    if let Some(source) = &run.tsc_source {
+        facts.push(match run.tsc_spread_ppm {
+            Some(ppm) => format!("{source}, spread {ppm} ppm"),
+            None => source.clone(),
+        });
+    }
+    if let Some(ppm) = run.tsc_host_ppm {
+        facts.push(format!("{:.2}% from the host's", ppm as f64 / 1e4));
+    }
+    let mut note = if facts.is_empty() { String::new() } else { format!(" ({})", facts.join("; ")) };
+    if run.tsc_flagged {
+        note += " **TSC off by more than 1% from the host's: this boot's ns and ops/s figures are off by as much**";
+    }
+    note
 }
 
 fn failures(md: &mut String, r: &Report) {
@@ -321,6 +349,7 @@ mod tests {
                 quick: false,
                 smp: vec![1, 8],
                 only: vec![],
+                tsc_hz: None,
             },
             runs: vec![RunInfo {
                 smp: 8,
@@ -331,6 +360,11 @@ mod tests {
                 apic: Some("x2apic".into()),
                 tsc_hz: Some(2_500_000_000),
                 accel: Some("tcg".into()),
+                tsc_source: None,
+                tsc_spread_ppm: None,
+                host_tsc_hz: None,
+                tsc_host_ppm: None,
+                tsc_flagged: false,
                 expected_records: Some(3),
                 received_records: 3,
             }],
