@@ -41,9 +41,11 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
     log::info!("bench: {} benchmarks, {runs} runs of {} repetitions on {cpus} CPUs", benches.len(), plan.reps);
     let mut failed = 0;
     let mut seq = seed;
+    // Bench records sent so far: the tracer's window number for the next.
+    let mut sent = 0u32;
     for b in &benches {
         for variant in (b.variants)(m) {
-            if let Err(e) = run_variant(m, b, &variant, plan, &mut seq) {
+            if let Err(e) = run_variant(m, b, &variant, plan, &mut seq, &mut sent) {
                 failed += 1;
                 log::error!("bench {} [{variant}] FAILED: {e}", b.name);
                 m.emit(&Record::BenchFail { bench: b.name, variant: &variant, smp: cpus as u32, detail: &e });
@@ -54,7 +56,14 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
     failed == 0
 }
 
-fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Plan, seq: &mut u64) -> Result<(), Failure> {
+fn run_variant<M: Machine>(
+    m: &'static M,
+    b: &Bench<M>,
+    variant: &str,
+    plan: Plan,
+    seq: &mut u64,
+    sent: &mut u32,
+) -> Result<(), Failure> {
     let mut next_rep = || {
         *seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         Rep { duration_ns: plan.rep_ns, seed: *seq }
@@ -64,7 +73,12 @@ fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Pla
     }
     for rep in 0..plan.reps {
         let before = counters::snapshot(m);
-        let team = (b.run)(m, variant, &next_rep())?;
+        let next = next_rep();
+        // The tracer's window is exactly the repetition; a failed one gets
+        // no end mark, so its window is dropped with its record.
+        m.trace_mark(true, *sent);
+        let team = (b.run)(m, variant, &next)?;
+        m.trace_mark(false, *sent);
         let after = counters::snapshot(m);
         let (ops, ns, hist) = team.totals();
         let list = counters::delta(&before, &after, b.groups);
@@ -89,6 +103,7 @@ fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Pla
             ns_max: hist.max(),
             counters: Counters(&list),
         });
+        *sent += 1;
     }
     Ok(())
 }

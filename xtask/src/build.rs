@@ -36,6 +36,11 @@ pub fn images(no_build: bool) -> Result<Images> {
     build()
 }
 
+/// The kernel ELF `build` makes (with symbols).
+pub fn kernel_elf() -> PathBuf {
+    target_dir().join(KERNEL_TARGET).join("release").join("kernel")
+}
+
 /// Builds the kernel and both images (mkimage always writes both; once its
 /// builder is compiled that takes ~20 ms).
 pub fn build() -> Result<Images> {
@@ -49,10 +54,7 @@ pub fn build() -> Result<Images> {
         KERNEL_TARGET,
     ]))
     .context("building the kernel")?;
-    let kernel = target_dir()
-        .join(KERNEL_TARGET)
-        .join("release")
-        .join("kernel");
+    let kernel = kernel_elf();
     anyhow::ensure!(
         kernel.is_file(),
         "the kernel build succeeded but {} is missing",

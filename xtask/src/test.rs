@@ -126,6 +126,7 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
                 };
                 total += suite::kernel_run(&qemu, &images, &config, SUITE_TIMEOUT, verbose);
             }
+            total += trace_proof(&qemu, &images);
         }
         Err(e) => {
             broken("kernel suites", &format!("not run: {e:#}"), &mut total);
@@ -135,6 +136,28 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
     }
     println!("{total}");
     Ok(total.exit_code())
+}
+
+/// The sharing tracer's calibration (`bench::trace::proof`): one count
+/// per check.
+fn trace_proof(qemu: &crate::qemu::Qemu, images: &build::Images) -> Tally {
+    eprintln!("==> sharing tracer calibration (traced boot, smp {})", crate::bench::trace::proof::SMP);
+    let mut tally = Tally::default();
+    match crate::bench::trace::proof::run(qemu, images) {
+        Ok(verdicts) => {
+            for v in verdicts {
+                let word = if v.ok { "pass" } else { "FAIL" };
+                eprintln!("[trace] {word} {}: {}", v.name, v.detail);
+                if v.ok {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
+        }
+        Err(e) => broken("trace", &format!("{e:#}"), &mut tally),
+    }
+    tally
 }
 
 /// Counts a stage or run that produced no trustworthy counts as one failure.
@@ -147,7 +170,7 @@ pub fn broken(what: &str, why: &str, total: &mut Tally) {
 fn host_tests() -> Tally {
     eprintln!("==> host unit tests");
     let packages = [
-        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask",
+        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask", "-p", "tracer",
     ];
     // --no-fail-fast: a failing crate must not hide the others' counts.
     let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);

@@ -11,6 +11,7 @@ pub mod report_json;
 mod report_md;
 mod stats;
 pub mod targets;
+pub mod trace;
 
 #[cfg(test)]
 mod fake_qemu_tests;
@@ -57,6 +58,11 @@ pub struct BenchArgs {
     /// files, or `latest`.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     compare: Option<Vec<String>>,
+    /// Also boot each CPU count under the sharing tracer (a QEMU plugin):
+    /// instructions, locked instructions, conflicting accesses and IPIs
+    /// per operation, and the most-accessed conflicting lines.
+    #[arg(long)]
+    trace: bool,
 }
 
 /// A swap disk size, or none (`0`).
@@ -86,13 +92,23 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let qemu = install::ensure_qemu()?;
+    // Refused before anything boots when this QEMU cannot load the plugin.
+    let tracing = match args.trace {
+        true => {
+            let plugin = trace::plugin::build()?;
+            trace::plugin::check(&qemu, &plugin)?;
+            Some(trace::Tracing { plugin, kernel_elf: build::kernel_elf() })
+        }
+        false => None,
+    };
     let images = build::images(args.no_build)?;
     let mut smp = args.smp.clone();
     smp.sort_unstable();
     smp.dedup();
     let host = Host::gather(qemu.version.to_string(), args.quick, smp, args.only.clone());
     let timeout = Duration::from_secs(args.timeout);
-    let options = Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: args.swap.0.clone() };
+    let options =
+        Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: args.swap.0.clone(), trace: tracing };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
     println!("report: {}", dir.join("report.md").display());
@@ -105,6 +121,8 @@ pub struct Options {
     pub verbose: bool,
     /// Size of a swap disk to attach to every boot.
     pub swap: Option<crate::qemu::Mem>,
+    /// `--trace`: boot every CPU count a second time under the tracer.
+    pub trace: Option<trace::Tracing>,
 }
 
 /// Boots once per CPU count in `host.smp` through `launch`, then writes the
@@ -117,42 +135,34 @@ pub fn measure(
     root: &Path,
 ) -> Result<(PathBuf, bool)> {
     let (mut runs, mut rows, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    let mut traced_runs = Vec::new();
+    let trace_tmp = root.join("trace-tmp");
+    let symbols = options.trace.as_ref().map(|t| trace::symbols::Symbols::read(&t.kernel_elf)).transpose()?;
     for &smp in &host.smp {
-        let config = Config {
-            smp,
-            mem: parse_mem("1G").expect("a valid size"),
-            firmware: Firmware::Bios,
-            xapic: false,
-            guest: GuestOptions { mode: Mode::Bench, only: host.only.clone(), quick: host.quick, ..Default::default() },
-            swap: options.swap.clone().map(|size| crate::swap::Swap::create(&format!("bench-smp{smp}"), size)).transpose()?,
-            extra: Vec::new(),
-        };
-        let display = progress::Progress::new(smp, options.live, options.verbose);
-        let cap = launch(&config, display.echo());
-        display.finish();
-        let cap = match cap {
-            Ok(cap) => cap,
-            Err(e) => {
-                eprintln!("[smp {smp}] not run: {e:#}");
-                failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("not run: {e:#}") });
-                continue;
+        let Some(mut judged) = boot(&host, options, launch, smp, None, &mut failures)? else { continue };
+        if let Some(tracing) = &options.trace {
+            std::fs::create_dir_all(&trace_tmp).with_context(|| format!("creating {}", trace_tmp.display()))?;
+            let out = trace_tmp.join(format!("smp{smp}.jsonl"));
+            let _ = std::fs::remove_file(&out);
+            let extra = trace::plugin::args(&tracing.plugin, &out);
+            if let Some(traced) = boot(&host, options, launch, smp, Some(extra), &mut failures)? {
+                let problems = match trace::read_windows(&out) {
+                    Ok(windows) => {
+                        let (traces, mut problems) = trace::match_windows(&traced.rows, windows, symbols.as_ref());
+                        problems.extend(trace::attach(&mut judged.rows, traces));
+                        problems
+                    }
+                    Err(e) => vec![format!("{e:#}")],
+                };
+                for p in problems {
+                    eprintln!("[smp {smp}] trace: {p}");
+                    failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("trace: {p}") });
+                }
+                traced_runs.push(traced.run);
             }
-        };
-        let judged = judge::judge(&cap, smp);
-        for f in &judged.failures {
-            let what = match (&f.bench, &f.variant) {
-                (Some(b), Some(v)) => format!("{b} {v} failed its check"),
-                _ => "broken run".into(),
-            };
-            eprintln!("[smp {smp}] {what}: {}", f.detail);
         }
-        if !judged.failures.is_empty() {
-            cap.print_failure_context();
-        }
-        eprintln!("[smp {smp}] {} Bench records in {:.1} s", judged.run.received_records, cap.elapsed.as_secs_f64());
         runs.push(judged.run);
         rows.extend(judged.rows);
-        failures.extend(judged.failures);
     }
 
     let voided: BTreeSet<(String, String, u32)> = failures
@@ -160,7 +170,8 @@ pub fn measure(
         .filter(|f| f.kind == FailureKind::Bench)
         .filter_map(|f| Some((f.bench.clone()?, f.variant.clone()?, f.smp)))
         .collect();
-    let summary = stats::summarize(&rows, &voided);
+    let mut summary = stats::summarize(&rows, &voided);
+    trace::summarize(&rows, &mut summary);
     let report = Report {
         schema: REPORT_SCHEMA,
         record_schema: record::SCHEMA,
@@ -170,11 +181,72 @@ pub fn measure(
         failures,
         targets: targets::evaluate(&summary),
         summary,
+        traced_runs,
         run_dir: None,
     };
-    let ok = report.failures.is_empty() && report.runs.len() == report.host.smp.len();
+    let traced_all = options.trace.is_none() || report.traced_runs.len() == report.host.smp.len();
+    let ok = report.failures.is_empty() && report.runs.len() == report.host.smp.len() && traced_all;
     let dir = write_run(&report, root)?;
+    if options.trace.is_some() {
+        // Keep the tracer's raw windows with the run.
+        for &smp in &report.host.smp {
+            let _ = std::fs::rename(trace_tmp.join(format!("smp{smp}.jsonl")), dir.join(format!("trace-smp{smp}.jsonl")));
+        }
+    }
     Ok((dir, ok))
+}
+
+/// One boot at `smp` CPUs (`extra`: the tracer's QEMU arguments, for the
+/// traced boot), judged; `None` when it could not start (recorded in
+/// `failures`). The judged failures are added to `failures`.
+fn boot(
+    host: &Host,
+    options: &Options,
+    launch: &mut dyn FnMut(&Config, Echo) -> Result<Capture>,
+    smp: u32,
+    extra: Option<Vec<String>>,
+    failures: &mut Vec<Failure>,
+) -> Result<Option<judge::Judged>> {
+    let traced = extra.is_some();
+    let (tag, disk) = if traced { (" traced", format!("bench-smp{smp}-traced")) } else { ("", format!("bench-smp{smp}")) };
+    let config = Config {
+        smp,
+        mem: parse_mem("1G").expect("a valid size"),
+        firmware: Firmware::Bios,
+        xapic: false,
+        guest: GuestOptions { mode: Mode::Bench, only: host.only.clone(), quick: host.quick, ..Default::default() },
+        swap: options.swap.clone().map(|size| crate::swap::Swap::create(&disk, size)).transpose()?,
+        extra: extra.unwrap_or_default(),
+    };
+    let display = progress::Progress::new(smp, options.live, options.verbose);
+    let cap = launch(&config, display.echo());
+    display.finish();
+    let cap = match cap {
+        Ok(cap) => cap,
+        Err(e) => {
+            eprintln!("[smp {smp}{tag}] not run: {e:#}");
+            let prefix = if traced { "traced boot: " } else { "" };
+            failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("{prefix}not run: {e:#}") });
+            return Ok(None);
+        }
+    };
+    let mut judged = judge::judge(&cap, smp);
+    for f in &mut judged.failures {
+        let what = match (&f.bench, &f.variant) {
+            (Some(b), Some(v)) => format!("{b} {v} failed its check"),
+            _ => "broken run".into(),
+        };
+        eprintln!("[smp {smp}{tag}] {what}: {}", f.detail);
+        if traced {
+            f.detail = format!("traced boot: {}", f.detail);
+        }
+    }
+    if !judged.failures.is_empty() {
+        cap.print_failure_context();
+    }
+    eprintln!("[smp {smp}{tag}] {} Bench records in {:.1} s", judged.run.received_records, cap.elapsed.as_secs_f64());
+    failures.append(&mut judged.failures);
+    Ok(Some(judged))
 }
 
 /// Writes the run folder and `latest.json` next to it.

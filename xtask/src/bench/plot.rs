@@ -162,6 +162,7 @@ mod tests {
             ns_p99: 1,
             ns_max: 1,
             counters: Default::default(),
+            trace: None,
         }
     }
 

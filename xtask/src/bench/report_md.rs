@@ -18,6 +18,7 @@ pub fn render(report: &Report, plotted: &BTreeSet<String>) -> String {
     for (bench, variants) in idx.benches() {
         bench_section(&mut md, &idx, bench, &variants, plotted.contains(bench));
     }
+    super::trace::md::section(&mut md, &report.summary);
     targets(&mut md, report);
     md
 }
@@ -205,6 +206,7 @@ mod tests {
             ns_p99: 2400,
             ns_max: 9000,
             counters: BTreeMap::from([("allocs".into(), 1000), ("buddy_locks".into(), 10)]),
+            trace: None,
         }
     }
 
@@ -254,6 +256,7 @@ mod tests {
                 variant: Some("global".into()),
                 detail: "2 frames lost".into(),
             }],
+            traced_runs: Vec::new(),
             run_dir: None,
         }
     }

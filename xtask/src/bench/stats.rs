@@ -70,6 +70,7 @@ pub fn summarize(rows: &[BenchRow], failed: &BTreeSet<(String, String, u32)>) ->
                 variant,
                 smp,
                 failed,
+                trace: None,
             }
         })
         .collect()
@@ -228,6 +229,7 @@ mod tests {
             ns_p99: 900,
             ns_max: 5000,
             counters: BTreeMap::from([("allocs".into(), 1000), ("buddy_locks".into(), 15 + u64::from(rep))]),
+            trace: None,
         }
     }
 
