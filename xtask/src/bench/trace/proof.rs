@@ -1,0 +1,52 @@
+//! The `trace` stage of `cargo xtask test`: one traced boot at 2 CPUs of
+//! the calibration rows (`floor.rmw`, `tlb.shootdown`, quick repetitions),
+//! judged by `check::calibrate`. About 30 s here.
+
+use super::check::{calibrate, Verdict};
+use super::symbols::Symbols;
+use crate::bench::judge;
+use crate::build::{self, Images};
+use crate::qemu::{parse_mem, Config, Firmware, GuestOptions, Qemu};
+use crate::run;
+use crate::Mode;
+use anyhow::{Context, Result};
+use std::time::Duration;
+
+pub const SMP: u32 = 2;
+pub const ONLY: [&str; 2] = ["floor.rmw", "tlb.shootdown"];
+
+pub fn run(qemu: &Qemu, images: &Images) -> Result<Vec<Verdict>> {
+    let plugin = super::plugin::build()?;
+    super::plugin::check(qemu, &plugin)?;
+    let symbols = Symbols::read(&build::kernel_elf())?;
+    let dir = crate::toolchain::target_dir().join("trace-test");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join("windows.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let config = Config {
+        smp: SMP,
+        mem: parse_mem("1G").expect("a valid size"),
+        firmware: Firmware::Bios,
+        xapic: false,
+        guest: GuestOptions { mode: Mode::Bench, only: ONLY.map(String::from).to_vec(), quick: true, ..Default::default() },
+        swap: None,
+        extra: super::plugin::args(&plugin, &out),
+    };
+    let display = crate::bench::progress::Progress::new(SMP, false, false);
+    let cap = run::run_qemu(qemu, images, &config, Duration::from_secs(300), display.echo());
+    display.finish();
+    let cap = cap?;
+    let judged = judge::judge(&cap, SMP);
+    if !judged.failures.is_empty() {
+        cap.print_failure_context();
+        let details: Vec<&str> = judged.failures.iter().map(|f| f.detail.as_str()).collect();
+        anyhow::bail!("the traced boot failed: {}", details.join("; "));
+    }
+    let mut rows = judged.rows;
+    let (traces, problems) = super::match_windows(&rows, super::read_windows(&out)?, Some(&symbols));
+    anyhow::ensure!(problems.is_empty(), "matching the tracer's windows: {}", problems.join("; "));
+    // Each row gets the trace of its own repetition (no plain boot here).
+    let unmatched = super::attach(&mut rows, traces);
+    anyhow::ensure!(unmatched.is_empty(), "{}", unmatched.join("; "));
+    Ok(calibrate(&rows))
+}
