@@ -23,6 +23,9 @@ use symbols::Symbols;
 /// Conflicting lines kept per summary row.
 pub const SUMMARY_LINES: usize = 3;
 
+/// Traces by (bench, variant, rep) of one boot.
+pub type Traces = BTreeMap<(String, String, u32), RepTrace>;
+
 /// What `measure` needs to trace.
 pub struct Tracing {
     pub plugin: PathBuf,
@@ -156,7 +159,7 @@ pub fn match_windows(
     traced: &[BenchRow],
     windows: Vec<Window>,
     symbols: Option<&Symbols>,
-) -> (BTreeMap<(String, String, u32), RepTrace>, Vec<String>) {
+) -> (Traces, Vec<String>) {
     let mut problems = Vec::new();
     let mut by_seq: BTreeMap<u32, Window> = BTreeMap::new();
     for w in windows {
@@ -182,7 +185,7 @@ pub fn match_windows(
 
 /// Attaches the traces of a traced boot to the same repetitions of the
 /// plain boot; names the plain repetitions left without one.
-pub fn attach(plain: &mut [BenchRow], mut traces: BTreeMap<(String, String, u32), RepTrace>) -> Vec<String> {
+pub fn attach(plain: &mut [BenchRow], mut traces: Traces) -> Vec<String> {
     let mut missing = BTreeSet::new();
     for row in plain.iter_mut() {
         match traces.remove(&(row.bench.clone(), row.variant.clone(), row.rep)) {
@@ -220,19 +223,20 @@ pub fn summarize(rows: &[BenchRow], summary: &mut [Summary]) {
         let rates: Vec<f64> = reps.iter().map(|t| t.ops_per_sec as f64).collect();
         let traced = super::stats::median(&rates).unwrap_or(0.0);
         let ns: u64 = reps.iter().map(|t| t.ns).sum();
-        let mut lines: BTreeMap<u64, (u64, u64, u64, Option<String>, BTreeSet<u32>)> = BTreeMap::new();
+        // Per line over the repetitions: its first line, accesses, writes, CPUs.
+        let mut merged: BTreeMap<u64, (&TraceLine, u64, u64, BTreeSet<u32>)> = BTreeMap::new();
         for l in reps.iter().flat_map(|t| &t.lines) {
-            let e = lines.entry(l.phys).or_insert_with(|| (l.vaddr, 0, 0, l.symbol.clone(), BTreeSet::new()));
+            let e = merged.entry(l.phys).or_insert_with(|| (l, 0, 0, BTreeSet::new()));
             e.1 += l.accesses;
             e.2 += l.writes;
-            e.4.extend(&l.vcpus);
+            e.3.extend(&l.vcpus);
         }
-        let mut lines: Vec<SummaryLine> = lines
-            .into_iter()
-            .map(|(phys, (vaddr, acc, wr, symbol, vcpus))| SummaryLine {
-                phys,
-                vaddr,
-                symbol,
+        let mut lines: Vec<SummaryLine> = merged
+            .into_values()
+            .map(|(first, acc, wr, vcpus)| SummaryLine {
+                phys: first.phys,
+                vaddr: first.vaddr,
+                symbol: first.symbol.clone(),
                 accesses_per_op: per_op(acc, ops),
                 writes_per_op: per_op(wr, ops),
                 vcpus: vcpus.into_iter().collect(),

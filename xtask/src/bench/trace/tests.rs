@@ -129,7 +129,9 @@ fn the_report_section_names_lines_and_the_slowdown() {
     assert!(none.is_empty(), "no section without traces");
 }
 
-fn traced(bench: &str, variant: &str, rep: u32, ops: u64, conflicting: u64, top: Option<&str>, cross: u64, kernel_ipis: Option<u64>) -> BenchRow {
+/// A calibration row: (bench, variant, rep), ops, conflicting accesses,
+/// the top line's symbol, cross-call IPIs seen and the kernel's count.
+fn traced((bench, variant, rep): (&str, &str, u32), ops: u64, conflicting: u64, top: Option<&str>, (cross, kernel_ipis): (u64, Option<u64>)) -> BenchRow {
     let mut r = row(bench, variant, rep, ops);
     if let Some(n) = kernel_ipis {
         r.counters.insert("ipis".into(), n);
@@ -153,9 +155,9 @@ fn traced(bench: &str, variant: &str, rep: u32, ops: u64, conflicting: u64, top:
 #[test]
 fn calibration_passes_on_the_expected_figures() {
     let rows = [
-        traced("floor.rmw", "shared", 0, 1000, 2100, Some(SHARED_SYMBOL), 0, None),
-        traced("floor.rmw", "private", 0, 1000, 3, Some("bench::team::JOB"), 0, None),
-        traced("tlb.shootdown", "cached-2", 0, 10, 0, None, 10, Some(10)),
+        traced(("floor.rmw", "shared", 0), 1000, 2100, Some(SHARED_SYMBOL), (0, None)),
+        traced(("floor.rmw", "private", 0), 1000, 3, Some("bench::team::JOB"), (0, None)),
+        traced(("tlb.shootdown", "cached-2", 0), 10, 0, None, (10, Some(10))),
     ];
     let v = calibrate(&rows);
     assert!(v.iter().all(|v| v.ok), "{v:?}");
@@ -165,11 +167,11 @@ fn calibration_passes_on_the_expected_figures() {
 #[test]
 fn calibration_fails_on_each_wrong_figure() {
     let rows = [
-        traced("floor.rmw", "shared", 0, 1000, 900, Some(SHARED_SYMBOL), 0, None),
-        traced("floor.rmw", "shared", 1, 1000, 2000, Some("kernel::heap::HEAP"), 0, None),
-        traced("floor.rmw", "private", 0, 1000, (PRIVATE_BOUND * 1000.0) as u64 + 1, None, 0, None),
-        traced("floor.rmw", "private", 1, 1000, 0, Some("bench::workloads::floor::PRIVATE+0x40"), 0, None),
-        traced("tlb.shootdown", "cached-2", 0, 10, 0, None, 9, Some(10)),
+        traced(("floor.rmw", "shared", 0), 1000, 900, Some(SHARED_SYMBOL), (0, None)),
+        traced(("floor.rmw", "shared", 1), 1000, 2000, Some("kernel::heap::HEAP"), (0, None)),
+        traced(("floor.rmw", "private", 0), 1000, (PRIVATE_BOUND * 1000.0) as u64 + 1, None, (0, None)),
+        traced(("floor.rmw", "private", 1), 1000, 0, Some("bench::workloads::floor::PRIVATE+0x40"), (0, None)),
+        traced(("tlb.shootdown", "cached-2", 0), 10, 0, None, (9, Some(10))),
     ];
     let v = calibrate(&rows);
     assert!(v.iter().all(|v| !v.ok), "{v:?}");
