@@ -21,6 +21,22 @@ pub struct Rep {
     pub duration_ns: u64,
     /// Different for every repetition of every run, from the run's seed.
     pub seed: u64,
+    /// CPUs that run the workload (`0..cpus`; the others idle): all
+    /// online CPUs, or 1 for the solo runs that give the host ceiling.
+    pub cpus: usize,
+    /// One operation in this many (on average, chosen at random) is timed.
+    pub sample_every: u32,
+}
+
+/// Who runs a benchmark's workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every CPU does the same work: at more than one CPU the driver also
+    /// runs it on CPU 0 alone (the others halted) in the same boot, and the
+    /// host sets the result against min(CPUs, host cores) × that solo rate.
+    EveryCpu,
+    /// Some CPUs drive and others serve (shootdown targets): no solo run.
+    Directed,
 }
 
 /// A benchmark: name, counter groups, variants at a CPU count, and one
@@ -28,6 +44,11 @@ pub struct Rep {
 pub struct Bench<M: Machine> {
     pub name: &'static str,
     pub groups: &'static [Group],
+    pub scope: Scope,
+    /// Mean gap between timed operations (see [`Rep::sample_every`]): wide
+    /// for operations of a few hundred ns, narrower for slow ones, where a
+    /// clock read costs little and operations are few.
+    pub sample_every: u32,
     pub variants: fn(&M) -> Vec<String>,
     pub run: fn(&'static M, &str, &Rep) -> Result<alloc::sync::Arc<Team>, Failure>,
 }
@@ -36,7 +57,8 @@ pub struct Bench<M: Machine> {
 pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: bool, seed: u64) -> bool {
     let benches: Vec<Bench<M>> = workloads::all::<M>().into_iter().filter(|b| selected(only, b.name)).collect();
     let cpus = m.cpus();
-    let runs: u32 = benches.iter().map(|b| (b.variants)(m).len() as u32).sum();
+    let solo = |b: &Bench<M>| b.scope == Scope::EveryCpu && cpus > 1;
+    let runs: u32 = benches.iter().map(|b| (b.variants)(m).len() as u32 * if solo(b) { 2 } else { 1 }).sum();
     m.emit(&Record::BenchPlan { runs, reps: plan.reps, quick });
     log::info!("bench: {} benchmarks, {runs} runs of {} repetitions on {cpus} CPUs", benches.len(), plan.reps);
     let mut failed = 0;
@@ -45,7 +67,13 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
     let mut sent = 0u32;
     for b in &benches {
         for variant in (b.variants)(m) {
-            if let Err(e) = run_variant(m, b, &variant, plan, &mut seq, &mut sent) {
+            let mut result = run_variant(m, b, &variant, plan, cpus, &mut seq, &mut sent);
+            if result.is_ok() && solo(b) {
+                // Straight after the same workload on every CPU: warm
+                // already, so no warm-up repetition.
+                result = run_variant(m, b, &variant, Plan { warmups: 0, ..plan }, 1, &mut seq, &mut sent);
+            }
+            if let Err(e) = result {
                 failed += 1;
                 log::error!("bench {} [{variant}] FAILED: {e}", b.name);
                 m.emit(&Record::BenchFail { bench: b.name, variant: &variant, smp: cpus as u32, detail: &e });
@@ -56,17 +84,20 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
     failed == 0
 }
 
+/// Warm-up and measured repetitions of one variant on CPUs `0..workers`.
+/// `sent` counts the Bench records sent in this boot.
 fn run_variant<M: Machine>(
     m: &'static M,
     b: &Bench<M>,
     variant: &str,
     plan: Plan,
+    workers: usize,
     seq: &mut u64,
     sent: &mut u32,
 ) -> Result<(), Failure> {
     let mut next_rep = || {
         *seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        Rep { duration_ns: plan.rep_ns, seed: *seq }
+        Rep { duration_ns: plan.rep_ns, seed: *seq, cpus: workers, sample_every: b.sample_every }
     };
     for _ in 0..plan.warmups {
         (b.run)(m, variant, &next_rep())?;
@@ -84,7 +115,7 @@ fn run_variant<M: Machine>(
         let list = counters::delta(&before, &after, b.groups);
         let ops_per_sec = if ns == 0 { 0 } else { (ops as u128 * 1_000_000_000 / ns as u128) as u64 };
         log::info!(
-            "bench {} [{variant}] rep {rep}: {ops} ops in {} us, {ops_per_sec} ops/s, p50 {} ns, p99 {} ns",
+            "bench {} [{variant}] on {workers} CPUs rep {rep}: {ops} ops in {} us, {ops_per_sec} ops/s, p50 {} ns, p99 {} ns",
             b.name,
             ns / 1000,
             hist.percentile(50),
@@ -94,6 +125,7 @@ fn run_variant<M: Machine>(
             bench: b.name,
             variant,
             smp: m.cpus() as u32,
+            workers: workers as u32,
             rep,
             ops,
             ns,
@@ -101,6 +133,8 @@ fn run_variant<M: Machine>(
             ns_p50: hist.percentile(50),
             ns_p99: hist.percentile(99),
             ns_max: hist.max(),
+            sample_every: b.sample_every,
+            samples: hist.count(),
             counters: Counters(&list),
         });
         *sent += 1;

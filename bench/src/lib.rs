@@ -16,6 +16,7 @@ pub mod histogram;
 pub mod machine;
 pub mod options;
 pub mod rng;
+pub mod sampling;
 pub mod team;
 pub(crate) mod workloads;
 

@@ -36,6 +36,9 @@ pub trait Machine: Sync + 'static {
     /// (an IPI is answered meanwhile), giving its host core back under
     /// QEMU.
     fn nap(&self, us: u32);
+    /// A cross-call to `cpu` that runs nothing and returns once `cpu`
+    /// answered (bounded); `Err` holds the CPUs (as a bit set) that did not.
+    fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64>;
     /// Sends a record to the host.
     fn emit(&self, record: &GuestRecord);
     fn tlb_counts(&self, cpu: usize) -> TlbCounts;

@@ -9,9 +9,12 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
+use crate::driver::Rep;
 use crate::failure::{failure, Failure};
 use crate::histogram::Histogram;
 use crate::machine::Machine;
+use crate::rng::Rng;
+use crate::sampling::{Pacer, Sampler};
 
 /// Longest a CPU waits at a barrier for the others.
 pub const BARRIER_WAIT_NS: u64 = 20_000_000_000;
@@ -70,7 +73,7 @@ impl Team {
         })
     }
 
-    /// Runs `body(cpu)` on every CPU and returns the first failure any CPU
+    /// Runs `body(cpu)` on CPUs `0..n` (the others idle) and returns the first failure any CPU
     /// reported (with how many there were).
     pub fn run<M: Machine>(self: &Arc<Self>, m: &M, body: impl Fn(&Team, usize) -> Result<(), Failure> + Send + Sync + 'static) -> Result<(), Failure> {
         if STUCK.load(Ordering::Acquire) {
@@ -78,6 +81,11 @@ impl Team {
         }
         let team = self.clone();
         *JOB.lock() = Some(Arc::new(move |cpu| {
+            // A team smaller than the machine (a solo run for the host
+            // ceiling): the other CPUs go back to idle (halted) at once.
+            if cpu >= team.n {
+                return;
+            }
             if let Err(e) = body(&team, cpu) {
                 team.fail(e);
             }
@@ -130,11 +138,19 @@ impl Team {
             return Ok(());
         }
         let start = m.now_ns();
+        let mut waited = 0;
+        let mut steps = 0u32;
         while self.generation.load(Ordering::Acquire) == gen {
             if self.aborted() {
                 return Err(failure(format_args!("cpu {} left a barrier: another CPU failed", m.cpu())));
             }
-            let waited = m.now_ns() - start;
+            // While spinning, look at the clock every 16th step only: the
+            // CPUs still working may be inside a measured window, and under
+            // TCG every clock read takes a lock they need too.
+            steps += 1;
+            if waited >= SPIN_NS || steps % 16 == 0 {
+                waited = m.now_ns() - start;
+            }
             if waited > BARRIER_WAIT_NS {
                 return Err(failure(format_args!("cpu {} waited {} s at a barrier", m.cpu(), BARRIER_WAIT_NS / 1_000_000_000)));
             }
@@ -174,31 +190,61 @@ impl Team {
     }
 }
 
-/// A CPU's timed loop: runs until `duration_ns` has passed since `begin`
-/// or the team aborted, timing each operation.
+/// A CPU's timed loop: runs until the repetition's time has passed since
+/// `begin` or the team aborted. It reads the clock only when its
+/// [`Pacer`] says so (about every 20 µs) and times only the operations its
+/// [`Sampler`] picks (one in `Rep::sample_every` on average, at random),
+/// so the clock is never read per operation.
 pub struct Timed<'a, M: Machine> {
     m: &'a M,
     pub result: CpuResult,
-    deadline: u64,
+    pacer: Pacer,
+    sampler: Sampler,
 }
 
+/// Seeds the sampler's stream apart from the workload's own (same seed).
+const SAMPLER_SALT: u64 = 0x5A3F_1E0D_C0FF_EE11;
+
 impl<'a, M: Machine> Timed<'a, M> {
-    pub fn begin(m: &'a M, duration_ns: u64) -> Timed<'a, M> {
+    pub fn begin(m: &'a M, rep: &Rep, cpu: usize) -> Timed<'a, M> {
         let start = m.now_ns();
-        Timed { m, result: CpuResult { start, ..CpuResult::default() }, deadline: start + duration_ns }
+        Timed {
+            m,
+            result: CpuResult { start, ..CpuResult::default() },
+            pacer: Pacer::new(start, rep.duration_ns),
+            sampler: Sampler::new(rep.sample_every, Rng::for_cpu(rep.seed ^ SAMPLER_SALT, cpu)),
+        }
     }
 
-    pub fn running(&self, team: &Team) -> bool {
-        !team.aborted() && self.m.now_ns() < self.deadline
+    /// Whether to go on: the team did not abort and the time is not up.
+    /// Call once per loop iteration.
+    pub fn running(&mut self, team: &Team) -> bool {
+        if team.aborted() {
+            return false;
+        }
+        !self.pacer.due() || self.pacer.observe(self.m.now_ns())
     }
 
-    /// Runs one operation, records its latency, counts `ops` operations.
+    /// Runs one operation, counts `ops` operations, and records its latency
+    /// if it is sampled.
     pub fn op<R>(&mut self, ops: u64, f: impl FnOnce() -> R) -> R {
+        let (r, ns) = self.measure(ops, f);
+        if let Some(ns) = ns {
+            self.result.hist.record(ns);
+        }
+        r
+    }
+
+    /// Runs one operation and counts `ops` operations; returns its latency
+    /// if it is sampled, for the caller to record or not.
+    pub fn measure<R>(&mut self, ops: u64, f: impl FnOnce() -> R) -> (R, Option<u64>) {
+        self.result.ops += ops;
+        if !self.sampler.next() {
+            return (f(), None);
+        }
         let t0 = self.m.now_ns();
         let r = f();
-        self.result.hist.record(self.m.now_ns() - t0);
-        self.result.ops += ops;
-        r
+        (r, Some(self.m.now_ns() - t0))
     }
 
     /// Counts operations whose latency is not recorded one by one.

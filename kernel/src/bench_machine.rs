@@ -68,6 +68,12 @@ impl Machine for KernelMachine {
         crate::nap::nap(us);
     }
 
+    fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64> {
+        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| match e {
+            smp::ipi::CallError::NotOnline { cpus } | smp::ipi::CallError::Timeout { missing: cpus } => cpus.bits(),
+        })
+    }
+
     fn emit(&self, record: &record::GuestRecord) {
         if self.send_records {
             logger::emit(record);

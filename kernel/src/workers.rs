@@ -12,6 +12,10 @@ use smp::{percpu, CpuSet, MAX_CPUS};
 use x86_64::instructions::interrupts;
 
 pub const WAKE_VECTOR: u8 = 0xF1;
+/// Plain loads of the busy set before the waiting CPU starts napping.
+const SPIN_STEPS: u32 = 4096;
+/// One nap of the waiting CPU (its timer or any IPI ends it sooner).
+const NAP_US: u32 = 20;
 
 static JOB: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 /// CPUs given a job that they have not finished. A CPU that overran an
@@ -59,15 +63,24 @@ pub fn run_on_all(f: fn(usize), timeout_ns: u64) -> Result<(), NotFinished> {
     }
     smp::ipi::send_set(others, WAKE_VECTOR);
     f(me);
-    let deadline = tsc::now_ns() + timeout_ns;
+    let start = tsc::now_ns();
+    let mut steps = 0u32;
     loop {
         let busy = BUSY.load(Ordering::Acquire) & others.bits();
         if busy == 0 {
             return Ok(());
         }
-        if tsc::now_ns() > deadline {
+        // The others may still be measuring: under TCG a clock read and a
+        // `PAUSE` both take locks their vCPUs need, so spin with neither
+        // for a while, then nap (an IPI or the timer ends the nap).
+        steps += 1;
+        if steps < SPIN_STEPS {
+            continue;
+        }
+        let now = tsc::now_ns();
+        if now - start > timeout_ns {
             return Err(NotFinished { cpus: CpuSet::from_bits(busy) });
         }
-        core::hint::spin_loop();
+        crate::nap::nap(NAP_US);
     }
 }

@@ -24,7 +24,8 @@ pub const PREFIX: &str = "@@smpmm ";
 /// Bumped whenever a record changes shape incompatibly.
 /// 2: benchmark and stress records; counters as a JSON object.
 /// 3: the Boot record names the paging store.
-pub const SCHEMA: u32 = 3;
+/// 4: Bench records say how many CPUs worked and how latencies were sampled.
+pub const SCHEMA: u32 = 4;
 
 /// The variant every other variant of a benchmark is compared with (the
 /// global-lock design), when the benchmark has one.
@@ -114,8 +115,12 @@ pub enum Record<S, C> {
         bench: S,
         /// `magazine`, `busy`, [`BASELINE_VARIANT`], ...
         variant: S,
-        /// CPUs that ran the workload.
+        /// CPUs online in the boot.
         smp: u32,
+        /// CPUs that ran the workload: `smp`, or 1 for the solo run (the
+        /// others halted) that gives the host ceiling of an every-CPU
+        /// benchmark.
+        workers: u32,
         /// Repetition number, from 0.
         rep: u32,
         /// Operations done by all CPUs together.
@@ -123,11 +128,17 @@ pub enum Record<S, C> {
         /// Wall-clock time of the repetition, first start to last finish.
         ns: u64,
         ops_per_sec: u64,
-        /// Per-operation latency percentiles, from a histogram whose
-        /// buckets are at most 1/16 wide (values are bucket upper bounds).
+        /// Per-operation latency percentiles of the sampled operations,
+        /// from a histogram whose buckets are at most 1/16 wide (values are
+        /// bucket upper bounds); `ns_max` is the largest sample.
         ns_p50: u64,
         ns_p99: u64,
         ns_max: u64,
+        /// One operation in this many, on average and at random, was timed
+        /// (the clock is not read for the others).
+        sample_every: u32,
+        /// Operations timed.
+        samples: u64,
         /// Subsystem counters summed over CPUs for this repetition.
         counters: C,
     },
@@ -175,6 +186,7 @@ mod tests {
             bench: "frames.pair",
             variant: "magazine",
             smp: 8,
+            workers: 8,
             rep: 2,
             ops: 640,
             ns: 1000,
@@ -182,6 +194,8 @@ mod tests {
             ns_p50: 90,
             ns_p99: 200,
             ns_max: 5000,
+            sample_every: 64,
+            samples: 10,
             counters: Counters(&counters),
         };
         let line = to_json(&rec).unwrap();

@@ -18,17 +18,25 @@ fn run_script(body: &str, timeout: Duration) -> crate::run::Capture {
     capture(sh, timeout, Echo::Quiet).unwrap()
 }
 
-const BOOT: &str = r#"{"schema":3,"record":{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}}"#;
+/// A Boot record line of this xtask's record schema.
+fn boot_line() -> String {
+    format!(
+        r#"{{"schema":{},"record":{{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}}}}"#,
+        record::SCHEMA
+    )
+}
 
 #[test]
 fn records_and_success_exit() {
     let body = format!(
         r#"printf 'kernel says hi\r\n'
 printf 'noise@@smpmm %s\r\n' '{BOOT}'
-echo '@@smpmm {{"schema":3,"record":{{"kind":"test","name":"a","outcome":"pass","ns":5,"detail":""}}}}'
-echo '@@smpmm {{"schema":3,"record":{{"kind":"summary","passed":1,"failed":0}}}}'
+echo '@@smpmm {{"schema":{schema},"record":{{"kind":"test","name":"a","outcome":"pass","ns":5,"detail":""}}}}'
+echo '@@smpmm {{"schema":{schema},"record":{{"kind":"summary","passed":1,"failed":0}}}}'
 printf 'no newline at the end'
-exit 33"#
+exit 33"#,
+        BOOT = boot_line(),
+        schema = record::SCHEMA
     );
     let cap = run_script(&body, Duration::from_secs(20));
     assert_eq!(cap.exit, Exit::GuestSuccess);

@@ -56,8 +56,8 @@ mod tests {
 
     #[test]
     fn prefix_in_the_middle_of_a_line() {
-        let line = r#"cpu 3 says hi@@smpmm {"schema":3,"record":{"kind":"summary","passed":4,"failed":1}}"#;
-        let rec = parse_line(line).unwrap().unwrap();
+        let line = format!(r#"cpu 3 says hi@@smpmm {{"schema":{},"record":{{"kind":"summary","passed":4,"failed":1}}}}"#, record::SCHEMA);
+        let rec = parse_line(&line).unwrap().unwrap();
         assert_eq!(
             rec,
             Record::Summary {
@@ -110,7 +110,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record JSON"), "{err:#}");
-        let err = parse_line(r#"@@smpmm {"schema":3,"record":{"kind":"nonsense"}}"#)
+        let err = parse_line(&format!(r#"@@smpmm {{"schema":{},"record":{{"kind":"nonsense"}}}}"#, record::SCHEMA))
             .unwrap()
             .unwrap_err();
         assert!(format!("{err:#}").contains("bad record"), "{err:#}");
@@ -118,11 +118,12 @@ mod tests {
 
     #[test]
     fn wrong_schema_is_named_as_such() {
-        let err = parse_line(r#"@@smpmm {"schema":4,"record":{"kind":"whatever","x":1}}"#)
+        let other = record::SCHEMA + 1;
+        let err = parse_line(&format!(r#"@@smpmm {{"schema":{other},"record":{{"kind":"whatever","x":1}}}}"#))
             .unwrap()
             .unwrap_err();
         assert!(
-            format!("{err:#}").contains("record schema 4 but this xtask reads schema 3"),
+            format!("{err:#}").contains(&format!("record schema {other} but this xtask reads schema {}", record::SCHEMA)),
             "{err:#}"
         );
         let err = parse_line(r#"@@smpmm {"record":{"kind":"summary","passed":0,"failed":0}}"#)

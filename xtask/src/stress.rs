@@ -210,7 +210,7 @@ mod tests {
     const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}"#;
 
     fn rec(json: &str) -> String {
-        format!("echo '@@smpmm {{\"schema\":3,\"record\":{json}}}'\n")
+        format!("echo '@@smpmm {{\"schema\":{},\"record\":{json}}}'\n", record::SCHEMA)
     }
 
     fn round(n: u32) -> String {

@@ -49,12 +49,12 @@ fn touch<M: Machine>(m: &M, t: &mut Timed<M>, base: u64, first: u64, step: u64, 
 }
 
 pub fn anon<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let d = rep.duration_ns;
+    let rep = *rep;
     paged::with_mode(m, variant, None, || {
-        let team = Team::new(m.cpus());
+        let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             while t.running(team) {
                 let base = paged::map(m, PAGES)?;
                 let r = touch(m, &mut t, base, 0, 1, PAGES, cpu);
@@ -69,14 +69,14 @@ pub fn anon<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<T
 }
 
 pub fn shared<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let d = rep.duration_ns;
+    let rep = *rep;
     paged::with_mode(m, variant, None, || {
-        let n = m.cpus() as u64;
+        let n = rep.cpus as u64;
         let team = Team::new(n as usize);
         let (region, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
         team.run(m, move |team, cpu| {
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             loop {
                 if cpu == 0 {
                     region.store(paged::map(m, PAGES * n)?, Ordering::Release);

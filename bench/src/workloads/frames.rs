@@ -49,13 +49,13 @@ fn with_policy<M: Machine>(m: &'static M, variant: &str, body: impl FnOnce() -> 
 }
 
 pub fn pair<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let d = rep.duration_ns;
+    let rep = *rep;
     with_policy(m, variant, || {
-        let team = Team::new(m.cpus());
+        let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             let f = m.frames();
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             while t.running(team) {
                 let phys = t.op(1, || f.alloc_page()).map_err(|e| fails("alloc", e))?;
                 t.op(0, || f.free_page(phys)).map_err(|e| fails("free", e))?;
@@ -68,14 +68,14 @@ pub fn pair<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<T
 }
 
 pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let d = rep.duration_ns;
+    let rep = *rep;
     with_policy(m, variant, || {
-        let team = Team::new(m.cpus());
+        let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             let f = m.frames();
             let mut held = ArrayVec::<u64, BATCH>::new();
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             let mut round = 0u64;
             while t.running(team) {
                 for _ in 0..BATCH {
@@ -103,9 +103,9 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
 const HANDOFF: usize = 16;
 
 pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let d = rep.duration_ns;
+    let rep = *rep;
     with_policy(m, variant, || {
-        let n = m.cpus();
+        let n = rep.cpus;
         let team = Team::new(n);
         let boxes: Arc<Vec<Mutex<ArrayVec<u64, MAILBOX>>>> = Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
         team.run(m, move |team, cpu| {
@@ -115,7 +115,7 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
             let mut outbox = ArrayVec::<u64, HANDOFF>::new();
             let mut inbox = ArrayVec::<u64, HANDOFF>::new();
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             while t.running(team) {
                 outbox.push(t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?);
                 if outbox.is_full() {

@@ -19,14 +19,14 @@ const SIZES: [usize; 8] = [16, 24, 32, 48, 64, 128, 256, 512];
 const LIVE: usize = 32;
 
 pub fn small<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let (d, seed) = (rep.duration_ns, rep.seed);
-    let team = Team::new(m.cpus());
+    let (rep, seed) = (*rep, rep.seed);
+    let team = Team::new(rep.cpus);
     let in_use = m.heap_stats().in_use;
     team.run(m, move |team, cpu| {
         let mut ring: Vec<Option<Box<[u64]>>> = (0..LIVE).map(|_| None).collect();
         let mut rng = Rng::for_cpu(seed, cpu);
         team.barrier(m)?;
-        let mut t = Timed::begin(m, d);
+        let mut t = Timed::begin(m, &rep, cpu);
         let mut seq = 0u64;
         while t.running(team) {
             let words = SIZES[(rng.next() % SIZES.len() as u64) as usize] / 8;

@@ -66,9 +66,9 @@ pub fn thrash<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
 }
 
 fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let (d, seed) = (rep.duration_ns, rep.seed);
+    let (rep, seed) = (*rep, rep.seed);
     paged::with_mode(m, mode, Some(RESIDENT), || {
-        let n = m.cpus() as u64;
+        let n = rep.cpus as u64;
         let team = Team::new(n as usize);
         let base = paged::map(m, PAGES)?;
         let region = Arc::new(AtomicU64::new(base));
@@ -78,7 +78,7 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
             let mut shadow = vec![0u64; mine.len()];
             let mut rng = Rng::for_cpu(seed, cpu);
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             let mut k = 0usize;
             while t.running(team) {
                 let i = if random {
@@ -89,14 +89,15 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
                 };
                 let va = base + mine[i] * mm::PAGE_SIZE;
                 let faults = my_faults(m);
-                let t0 = m.now_ns();
-                let got = m.read_word(va);
-                m.write_word(va, pattern(va, shadow[i] + 1));
-                let ns = m.now_ns() - t0;
+                let (got, ns) = t.measure(1, || {
+                    let got = m.read_word(va);
+                    m.write_word(va, pattern(va, shadow[i] + 1));
+                    got
+                });
                 check!(got == pattern(va, shadow[i]), "cpu {cpu}: page {va:#x} reads {got:#x}, wrote generation {} last", shadow[i]);
                 shadow[i] += 1;
-                t.count(1);
-                if my_faults(m) != faults {
+                // Latency samples are the sampled accesses that faulted.
+                if let (Some(ns), true) = (ns, my_faults(m) != faults) {
                     t.result.hist.record(ns);
                 }
             }

@@ -70,7 +70,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     let gen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let team = Team::new(readers);
-    let d = rep.duration_ns;
+    let rep = *rep;
     let (s, f, r) = (spaces.clone(), frames.clone(), retired.clone());
     let ran = team.run(m, move |team, cpu| {
         if cpu >= readers {
@@ -80,7 +80,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
         let retired = &r;
         space::within(m, space, || {
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             loop {
                 let g = gen.load(Ordering::Acquire);
                 for i in 0..pages {

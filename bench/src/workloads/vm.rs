@@ -28,7 +28,7 @@ pub fn local_variants() -> Vec<String> {
 }
 
 pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let n = m.cpus();
+    let n = rep.cpus;
     let private = match variant {
         "shared" => false,
         "private" => true,
@@ -36,14 +36,14 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
     };
     let (spaces, before) = space::make(m, if private { n } else { 1 })?;
     let team = Team::new(n);
-    let d = rep.duration_ns;
+    let rep = *rep;
     let s = spaces.clone();
     let ran = team.run(m, move |team, cpu| {
         let (vm, frames) = (m.vm(), m.frames());
         let space = &s[if private { cpu } else { 0 }];
         space::within(m, space, || {
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             let mut i = 0u64;
             while t.running(team) {
                 let va = page(cpu, i);
@@ -74,11 +74,11 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
 const PIPE: usize = 64;
 
 pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
-    let n = m.cpus();
+    let n = rep.cpus;
     let (spaces, before) = space::make(m, 1)?;
     let boxes: Arc<Vec<Mutex<ArrayVec<(u64, u64), PIPE>>>> = Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
     let team = Team::new(n);
-    let d = rep.duration_ns;
+    let rep = *rep;
     let s = spaces.clone();
     let ran = team.run(m, move |team, cpu| {
         let space = &s[0];
@@ -95,7 +95,7 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
                 Ok(())
             };
             team.barrier(m)?;
-            let mut t = Timed::begin(m, d);
+            let mut t = Timed::begin(m, &rep, cpu);
             let mut k = 0u64;
             while t.running(team) {
                 if next.lock().len() < PIPE {

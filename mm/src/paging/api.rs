@@ -10,7 +10,7 @@ use super::evict::Victims;
 use super::fault::{frame_of, is_dirty, Access};
 use super::token;
 use super::transition::{self, FrameClaim};
-use super::{Pager, PagingError, BUSY_WAIT_NS};
+use super::{Pager, PagingError};
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
 use crate::vm::{Vm, VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
@@ -86,7 +86,7 @@ impl<P: VmPlatform> Vm<P> {
             }
             let mut batch = Victims::new();
             for va in (0..npages).map(|i| virt + i * PAGE) {
-                let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+                let mut deadline = None;
                 let claimed = loop {
                     match self.claim_page(pg, va) {
                         Ok(v) => break v,
@@ -94,7 +94,7 @@ impl<P: VmPlatform> Vm<P> {
                         // this page busy may be waiting for one of them.
                         Err(PagingError::BusyTimeout { .. }) => {
                             self.evict_now(pg, &mut batch)?;
-                            self.wait_busy(deadline, va)?;
+                            self.wait_busy(&mut deadline, va)?;
                         }
                         Err(e) => {
                             let _ = self.evict_now(pg, &mut batch);
@@ -180,7 +180,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Pins page `va`, paging it in first; true if it was not pinned.
     fn pin_page(&self, pg: &Pager, va: u64) -> Result<bool, PagingError> {
-        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let mut deadline = None;
         loop {
             self.fault_in(pg, va, Access::READ, false)?;
             let mut old = 0;
@@ -188,7 +188,7 @@ impl<P: VmPlatform> Vm<P> {
             if pinned {
                 return Ok(old & PINNED == 0);
             }
-            self.wait_busy(deadline, va)?; // evicted again meanwhile
+            self.wait_busy(&mut deadline, va)?; // evicted again meanwhile
         }
     }
 
@@ -197,7 +197,7 @@ impl<P: VmPlatform> Vm<P> {
     /// False if the page is not resident. Waits, bounded, while another
     /// CPU has the frame busy.
     fn with_page_frame(&self, pg: &Pager, va: u64, f: &mut dyn FnMut(usize)) -> Result<bool, PagingError> {
-        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let mut deadline = None;
         loop {
             match transition::claim_frame_of(pg.db, self.paged_slot(va)?) {
                 Ok(index) => {
@@ -205,7 +205,7 @@ impl<P: VmPlatform> Vm<P> {
                     pg.release(index);
                     return Ok(true);
                 }
-                Err(FrameClaim::Busy) => self.wait_busy(deadline, va)?,
+                Err(FrameClaim::Busy) => self.wait_busy(&mut deadline, va)?,
                 Err(FrameClaim::NotResident) => return Ok(false),
                 Err(FrameClaim::NotInDb) => return Err(PagingError::NotPageable { virt: va }),
                 Err(FrameClaim::Moved) => {}
@@ -230,7 +230,7 @@ impl<P: VmPlatform> Vm<P> {
     pub fn evict_frame(&self, phys: u64) -> Result<(), PagingError> {
         self.paging_op(|pg| {
             let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
-            let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+            let mut deadline = None;
             loop {
                 let flags = pg.db.paging_flags(index);
                 let va = pg.db.entry(index).vaddr.load(Ordering::Acquire);
@@ -247,7 +247,7 @@ impl<P: VmPlatform> Vm<P> {
                         return self.evict_now(pg, &mut batch);
                     }
                 }
-                self.wait_busy(deadline, va)?;
+                self.wait_busy(&mut deadline, va)?;
             }
         })
     }

@@ -46,9 +46,9 @@ impl<P: VmPlatform> Vm<P> {
         let mut victims = Victims::new();
         let mut misses = 0;
         while victims.len() < want && misses < want * SELECT_ATTEMPTS {
-            let start = self.p.now_ns();
+            let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
             let picked = pg.policy.select(&view);
-            pg.stats.time(Timing::Select, self.p.now_ns().saturating_sub(start));
+            pg.stats.finish(Timing::Select, start, || self.p.now_ns());
             let Ok(i) = picked else { break };
             match self.claim_victim(pg, i) {
                 Some(v) => victims.push(v),
@@ -127,9 +127,9 @@ impl<P: VmPlatform> Vm<P> {
             0 => self.take_slot(pg, for_fault)?,
             c => c - 1,
         };
-        let start = self.p.now_ns();
+        let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
         let written = pg.store.page_out(slot, v.frame);
-        pg.stats.time(Timing::StoreOut, self.p.now_ns().saturating_sub(start));
+        pg.stats.finish(Timing::StoreOut, start, || self.p.now_ns());
         if let Err(e) = written {
             if copy == 0 {
                 let _ = pg.store.location_free(slot);

@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 use super::fault::frame_of;
 use super::token::{self, Location};
 use super::transition::{self, Refused};
-use super::{Pager, PagingError, BUSY_WAIT_NS};
+use super::{Pager, PagingError};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
 use crate::vm::marker::UnmapOp;
@@ -135,7 +135,7 @@ impl<P: VmPlatform> Vm<P> {
     /// answers a shootdown (the busy wait below looks the entry up again),
     /// so no table it walks can be freed under it.
     fn unmap_one(&self, op: &UnmapOp, va: u64) -> Result<bool, VmError> {
-        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let mut deadline = None;
         let pg = self.paging.get();
         let mut waited = false;
         loop {
@@ -176,7 +176,7 @@ impl<P: VmPlatform> Vm<P> {
                 pg.stats.count(self.p.cpu_index(), super::Event::BusyWait);
                 waited = true;
             }
-            self.wait_busy(deadline, va).map_err(|_| VmError::Busy { virt: va })?;
+            self.wait_busy(&mut deadline, va).map_err(|_| VmError::Busy { virt: va })?;
         }
     }
 }

@@ -285,22 +285,22 @@ impl<P: VmPlatform> Vm<P> {
     /// The baseline's lock. Waiters answer shootdowns: the holder may be
     /// waiting for them.
     fn lock_global<'g>(&self, pg: &'g Pager) -> Result<spin::MutexGuard<'g, ()>, PagingError> {
-        let deadline = self.p.now_ns() + BUSY_WAIT_NS;
+        let mut deadline = None;
         loop {
             if let Some(g) = pg.global.try_lock() {
                 return Ok(g);
             }
-            if self.p.now_ns() > deadline {
-                return Err(PagingError::BusyTimeout { virt: 0 });
-            }
-            self.p.wait_step();
+            self.wait_busy(&mut deadline, 0)?;
         }
     }
 
     /// One step of waiting for busy page `virt`, or `BusyTimeout` once
-    /// `deadline` has passed.
-    pub(crate) fn wait_busy(&self, deadline: u64, virt: u64) -> Result<(), PagingError> {
-        if self.p.now_ns() > deadline {
+    /// `BUSY_WAIT_NS` have passed since the first step. `deadline` starts
+    /// as `None` and is set by the first step, so an operation that never
+    /// waits never reads the clock.
+    pub(crate) fn wait_busy(&self, deadline: &mut Option<u64>, virt: u64) -> Result<(), PagingError> {
+        let now = self.p.now_ns();
+        if now > *deadline.get_or_insert(now + BUSY_WAIT_NS) {
             return Err(PagingError::BusyTimeout { virt });
         }
         self.p.wait_step();

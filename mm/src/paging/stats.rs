@@ -1,8 +1,14 @@
 //! Paging statistics (Zephyr's `k_mem_paging_stats` and its timing
 //! histograms): counters per CPU, so counting never shares a cache line
 //! between CPUs, and log2 histograms of nanoseconds.
+//!
+//! The histograms hold a random sample: one timed event in
+//! [`TIMING_SAMPLE`] on average per CPU (gaps uniform on
+//! `1..=2*TIMING_SAMPLE-1`, so periodic workloads do not alias), because
+//! under QEMU's TCG every clock read takes a lock all vCPUs share and a
+//! fault that read it four times measured QEMU rather than the fault.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::MAX_CPUS;
 
@@ -79,9 +85,18 @@ impl HistogramSnapshot {
     }
 }
 
+/// One fault, store transfer or victim selection in this many (on
+/// average, per CPU) is timed into the histograms.
+pub const TIMING_SAMPLE: u32 = 16;
+
 /// Counters of one CPU.
 #[derive(Default)]
 struct CpuCounters {
+    /// Events until this CPU's next timed one, and its xorshift state.
+    /// Only the CPU itself writes them (a nested fault on the same CPU can
+    /// lose an update: that only moves one sample).
+    sample_left: AtomicU32,
+    sample_rng: AtomicU64,
     faults: AtomicU64,
     evictions_clean: AtomicU64,
     evictions_dirty: AtomicU64,
@@ -168,6 +183,39 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether CPU `cpu` times its next event (see [`TIMING_SAMPLE`]).
+    pub fn sampled(&self, cpu: usize) -> bool {
+        let c = &self.cpus[cpu];
+        let left = c.sample_left.load(Ordering::Relaxed);
+        if left > 1 {
+            c.sample_left.store(left - 1, Ordering::Relaxed);
+            return false;
+        }
+        let mut x = c.sample_rng.load(Ordering::Relaxed);
+        if x == 0 {
+            x = (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.sample_rng.store(x, Ordering::Relaxed);
+        c.sample_left.store(1 + (x % (2 * TIMING_SAMPLE as u64 - 1)) as u32, Ordering::Relaxed);
+        true
+    }
+
+    /// Starts timing an event of CPU `cpu` if it is sampled: the start
+    /// time from `now`, which is called only then.
+    pub fn start(&self, cpu: usize, now: impl FnOnce() -> u64) -> Option<u64> {
+        self.sampled(cpu).then(now)
+    }
+
+    /// Records a sampled event that started at `start` (from [`Self::start`]).
+    pub fn finish(&self, t: Timing, start: Option<u64>, now: impl FnOnce() -> u64) {
+        if let Some(start) = start {
+            self.time(t, now().saturating_sub(start));
+        }
+    }
+
     pub fn time(&self, t: Timing, ns: u64) {
         self.histograms[t as usize].record(ns);
     }
@@ -220,6 +268,27 @@ mod tests {
         assert_eq!(s.percentile(50), 127, "100 ns lies in [64, 128)");
         assert_eq!(s.percentile(99), 5000, "capped at the largest sample");
         assert_eq!(s.max, 5000);
+    }
+
+    #[test]
+    fn one_event_in_timing_sample_is_timed_per_cpu() {
+        let s = Stats::new();
+        let n = 100_000;
+        let timed = (0..n).filter(|_| s.sampled(3)).count() as f64;
+        let rate = n as f64 / timed;
+        assert!((TIMING_SAMPLE as f64 * 0.9..TIMING_SAMPLE as f64 * 1.1).contains(&rate), "one in {rate}");
+        // Another CPU's sampler is its own: its first event is timed.
+        assert!(s.sampled(4));
+        let mut clock_reads = 0;
+        for _ in 0..n {
+            let start = s.start(5, || {
+                clock_reads += 1;
+                0
+            });
+            s.finish(Timing::Fault, start, || 10);
+        }
+        assert_eq!(s.histogram(Timing::Fault).count(), clock_reads);
+        assert!(clock_reads < n as u64 / 8, "{clock_reads} clock reads for {n} events");
     }
 
     #[test]

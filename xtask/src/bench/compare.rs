@@ -163,6 +163,11 @@ mod tests {
             counters_per_op: Default::default(),
             failed: false,
             trace: None,
+            sample_every: 64,
+            samples: 100,
+            solo: None,
+            ceiling: None,
+            efficiency: None,
         }
     }
 

@@ -27,7 +27,7 @@ fn host(smp: Vec<u32>) -> Host {
 }
 
 fn rec(json: &str) -> String {
-    format!("echo '@@smpmm {{\"schema\":3,\"record\":{json}}}'\n")
+    format!("echo '@@smpmm {{\"schema\":{},\"record\":{json}}}'\n", record::SCHEMA)
 }
 
 fn boot(smp: u32) -> String {
@@ -37,18 +37,31 @@ fn boot(smp: u32) -> String {
 }
 
 fn bench(variant: &str, smp: u32, rep: u32, ops_per_sec: u64, buddy_locks: u64) -> String {
+    bench_on(variant, smp, smp, rep, ops_per_sec, buddy_locks)
+}
+
+/// A repetition on `workers` of the `smp` CPUs (1: a solo run).
+fn bench_on(variant: &str, smp: u32, workers: u32, rep: u32, ops_per_sec: u64, buddy_locks: u64) -> String {
     rec(&format!(
-        r#"{{"kind":"bench","bench":"frames.pair","variant":"{variant}","smp":{smp},"rep":{rep},"ops":1000,"ns":5000,"ops_per_sec":{ops_per_sec},"ns_p50":120,"ns_p99":900,"ns_max":4000,"counters":{{"allocs":1000,"frees":1000,"buddy_locks":{buddy_locks}}}}}"#
+        r#"{{"kind":"bench","bench":"frames.pair","variant":"{variant}","smp":{smp},"workers":{workers},"rep":{rep},"ops":1000,"ns":5000,"ops_per_sec":{ops_per_sec},"ns_p50":120,"ns_p99":900,"ns_max":4000,"sample_every":64,"samples":16,"counters":{{"allocs":1000,"frees":1000,"buddy_locks":{buddy_locks}}}}}"#
     ))
 }
 
 /// A guest that measures frames.pair (magazine and global, 2 repetitions)
 /// and scales the magazine perfectly; `fail` makes the global check fail.
+/// Above one CPU the magazine variant also has its solo run (CPU 0 alone,
+/// at the 1-CPU rate), as the guest sends for every-CPU benchmarks.
 fn guest(smp: u32, fail: bool) -> String {
     let mut s = format!("echo 'kernel booting'\n{}", boot(smp));
-    s += &rec(r#"{"kind":"bench_plan","runs":2,"reps":2,"quick":true}"#);
+    let runs = if smp > 1 { 3 } else { 2 };
+    s += &rec(&format!(r#"{{"kind":"bench_plan","runs":{runs},"reps":2,"quick":true}}"#));
     for rep in 0..2 {
         s += &bench("magazine", smp, rep, 10_000_000 * u64::from(smp) + u64::from(rep) * 100_000, 10);
+    }
+    if smp > 1 {
+        for rep in 0..2 {
+            s += &bench_on("magazine", smp, 1, rep, 10_000_000, 10);
+        }
     }
     for rep in 0..2 {
         s += &bench("global", smp, rep, 4_000_000 / u64::from(smp), 1000);
@@ -56,7 +69,7 @@ fn guest(smp: u32, fail: bool) -> String {
     if fail {
         s += &rec(&format!(r#"{{"kind":"bench_fail","bench":"frames.pair","variant":"global","smp":{smp},"detail":"3 frames lost"}}"#));
     }
-    s += &rec(&format!(r#"{{"kind":"bench_done","runs":2,"failed":{}}}"#, u32::from(fail)));
+    s += &rec(&format!(r#"{{"kind":"bench_done","runs":{runs},"failed":{}}}"#, u32::from(fail)));
     s + if fail { "exit 35" } else { "exit 33" }
 }
 
@@ -88,18 +101,23 @@ fn a_clean_run_writes_the_whole_folder() {
         (2, true, Some(2)),
         (4, true, Some(4))
     ]);
-    assert_eq!(report.records.len(), 12);
+    assert_eq!(report.records.len(), 16, "12 measured and 4 solo repetitions");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let s = report.summary.iter().find(|s| s.variant == "magazine" && s.smp == 4).unwrap();
     assert_eq!((s.reps, s.ops_per_sec), (2, 40_050_000.0));
     assert_eq!(s.counters_per_op["buddy_locks"], 0.01);
+    // 2 host cores: the ceiling at 4 CPUs is 2 × 10M, which 40M exceeds
+    // (a fake guest can); the row is set against it all the same.
+    assert_eq!((s.ceiling, s.efficiency), (Some(20_000_000.0), Some(40_050_000.0 / 20_000_000.0)));
+    let g = report.summary.iter().find(|s| s.variant == "global" && s.smp == 4).unwrap();
+    assert_eq!(g.ceiling, None, "no solo run, no ceiling");
     // 40.05M against 1M: met; 1 buddy lock per 100 allocs: met.
     assert_eq!(report.targets[0].status, Status::Met, "{:?}", report.targets[0]);
     assert_eq!(report.targets[1].status, Status::Met, "{:?}", report.targets[1]);
     assert_eq!(report.targets[4].status, Status::NotMeasured);
 
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 3.99× (4/1) | 40.05× |"), "{md}");
+    assert!(md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 100% / 200% | 3.99× (4/1) | 40.05× |"), "{md}");
     assert!(md.contains("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)"));
     let svg = std::fs::read_to_string(dir.join("plots/frames.pair.svg")).unwrap();
     assert!(svg.contains("\nmagazine\n") && svg.contains("\nglobal (baseline)\n"), "legend in {svg}");
@@ -162,7 +180,9 @@ fn traced_run(root: &Path, drop: Option<u32>) -> (std::path::PathBuf, bool, Vec<
         let mut script = String::new();
         if let Some(arg) = plugin {
             let out = arg.split_once(",out=").unwrap().1.to_string();
-            for seq in (0..4).filter(|&s| Some(s) != drop) {
+            // The fake guest's 6 records: magazine, magazine on CPU 0 alone,
+            // global, 2 repetitions each.
+            for seq in (0..6).filter(|&s| Some(s) != drop) {
                 let line = format!(
                     r#"{{"seq":{seq},"begin_pc":0,"end_pc":0,"vcpus":[{{"insns":{},"locked":5,"ipis":1,"conflicting":40}}],"ipi_vectors":{{"241":1}},"conflicting_lines":1,"lines":[{{"phys":4096,"vaddr":8192,"accesses":40,"writes":20,"vcpus":[0,1]}}]}}"#,
                     50_000 * (seq + 1)
@@ -190,10 +210,11 @@ fn trace_boots_each_count_twice_and_attaches_the_windows() {
     let report = Report::read(&dir.join("report.json")).unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!((report.runs.len(), report.traced_runs.len()), (1, 1));
-    // The fake guest sends magazine rep 0, 1, then global rep 0, 1: window
-    // 2 is global rep 0's.
+    // Window 4 is global rep 0's; window 2 the solo run's rep 0.
     let global0 = report.records.iter().find(|r| r.variant == "global" && r.rep == 0).unwrap();
-    assert_eq!(global0.trace.as_ref().unwrap().insns, 150_000);
+    assert_eq!(global0.trace.as_ref().unwrap().insns, 250_000);
+    let solo0 = report.records.iter().find(|r| r.is_solo() && r.rep == 0).unwrap();
+    assert_eq!(solo0.trace.as_ref().unwrap().insns, 150_000);
     let s = report.summary.iter().find(|s| s.variant == "magazine").unwrap();
     let t = s.trace.as_ref().unwrap();
     // (50k + 100k) instructions over 2 × 1000 ops; every boot of the fake

@@ -128,6 +128,7 @@ mod tests {
             bench: "frames.pair".into(),
             variant: variant.into(),
             smp,
+            workers: smp,
             rep,
             ops: 10,
             ns: 10,
@@ -135,6 +136,8 @@ mod tests {
             ns_p50: 1,
             ns_p99: 2,
             ns_max: 3,
+            sample_every: 64,
+            samples: 1,
             counters: [("allocs".to_string(), 10)].into(),
         }
     }

@@ -172,6 +172,7 @@ pub fn measure(
         .collect();
     let mut summary = stats::summarize(&rows, &voided);
     trace::summarize(&rows, &mut summary);
+    stats::set_ceilings(&mut summary, host.cores);
     let report = Report {
         schema: REPORT_SCHEMA,
         record_schema: record::SCHEMA,

@@ -1,4 +1,6 @@
-//! `plots/<bench>.svg`: ops/s against CPU count, one line per variant.
+//! `plots/<bench>.svg`: ops/s against CPU count, one line per variant with
+//! min–max whiskers over its repetitions, and a dotted "host ceiling" line
+//! per variant where every CPU works (min(N, host cores) × its solo rate).
 
 use super::stats::{baseline_of, si, Index};
 use anyhow::{anyhow, Result};
@@ -44,26 +46,34 @@ pub fn write_all(idx: &Index, dir: &Path) -> Vec<String> {
 /// ops/s axis is logarithmic too. Returns false when there is
 /// nothing usable to draw (every figure failed its check).
 pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> Result<bool> {
-    let lines: Vec<(&str, Vec<(f64, f64)>)> = variants
+    let lines: Vec<Line> = variants
         .iter()
         .map(|&v| {
-            let points =
-                idx.smps(bench, v).into_iter().filter_map(|n| idx.good(bench, v, n)).map(|s| (f64::from(s.smp), s.ops_per_sec)).collect();
-            (v, points)
+            let rows: Vec<_> = idx.smps(bench, v).into_iter().filter_map(|n| idx.good(bench, v, n)).collect();
+            Line {
+                variant: v,
+                points: rows.iter().map(|s| (f64::from(s.smp), s.ops_per_sec)).collect(),
+                whiskers: rows.iter().map(|s| (f64::from(s.smp), s.ops_per_sec_min, s.ops_per_sec_max)).collect(),
+                ceiling: rows.iter().filter_map(|s| Some((f64::from(s.smp), s.ceiling?))).collect(),
+            }
         })
-        .filter(|(_, points): &(&str, Vec<(f64, f64)>)| !points.is_empty())
+        .filter(|l| !l.points.is_empty())
         .collect();
     if lines.is_empty() {
         return Ok(false);
     }
-    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let xs = lines.iter().flat_map(|l| l.points.iter().map(|q| q.0));
     let (x_lo, x_hi) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
     // Logarithmic ops/s: figures that fall from 10^5 to 10^2 when IPIs
     // meet busy host cores stay readable next to flat ones.
-    let ys = || lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let ys = || {
+        lines.iter().flat_map(|l| {
+            l.whiskers.iter().flat_map(|w| [w.1, w.2]).chain(l.points.iter().map(|q| q.1)).chain(l.ceiling.iter().map(|c| c.1))
+        })
+    };
     let y_hi = ys().fold(0.0, f64::max).max(1.0) * 2.0;
     let y_lo = ys().fold(f64::MAX, f64::min).max(1.0) / 2.0;
-    let mut ticks: Vec<f64> = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
+    let mut ticks: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().map(|q| q.0)).collect();
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
     // A little room either side so end points do not sit on the frame.
@@ -90,7 +100,8 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
         .axis_desc_style(("sans-serif", 15))
         .draw()
         .map_err(|e| err(&e))?;
-    for (i, (variant, points)) in lines.iter().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
+        let (variant, points) = (&line.variant, &line.points);
         let color = COLOURS[i % COLOURS.len()];
         let style = color.stroke_width(2);
         // Global-lock baselines dashed, so the designs they measure stand out.
@@ -110,6 +121,18 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(|e| err(&e))?;
+        // Min–max over the repetitions.
+        chart
+            .draw_series(line.whiskers.iter().map(|&(x, lo, hi)| PathElement::new([(x, lo), (x, hi)], color.stroke_width(1))))
+            .map_err(|e| err(&e))?;
+        if line.ceiling.len() > 1 {
+            let thin = color.mix(0.6).stroke_width(1);
+            chart
+                .draw_series(DashedLineSeries::new(line.ceiling.iter().copied(), 3, 4, thin))
+                .map_err(|e| err(&e))?
+                .label(format!("{variant} host ceiling"))
+                .legend(move |(x, y)| plotters::element::DashedPathElement::new([(x, y), (x + 20, y)], 3, 4, thin));
+        }
     }
     chart
         .configure_series_labels()
@@ -123,6 +146,14 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
     drop(chart);
     drop(root);
     Ok(true)
+}
+
+/// One variant's figures: medians, whiskers (x, min, max), ceiling.
+struct Line<'a> {
+    variant: &'a str,
+    points: Vec<(f64, f64)>,
+    whiskers: Vec<(f64, f64, f64)>,
+    ceiling: Vec<(f64, f64)>,
 }
 
 /// 1, 2 and 5 times each power of ten in `lo..=hi`, so even a range
@@ -162,7 +193,7 @@ mod tests {
             ns_p99: 1,
             ns_max: 1,
             counters: Default::default(),
-            trace: None,
+            ..Default::default()
         }
     }
 
@@ -172,10 +203,14 @@ mod tests {
             .into_iter()
             .flat_map(|n| [row("magazine", n, 1_000_000 * u64::from(n)), row("global", n, 900_000 / u64::from(n))])
             .collect();
-        let summary = summarize(&rows, &Default::default());
+        let mut rows = rows;
+        rows.extend([2, 4, 8].map(|n| BenchRow { workers: 1, ..row("magazine", n, 1_100_000) }));
+        let mut summary = summarize(&rows, &Default::default());
+        crate::bench::stats::set_ceilings(&mut summary, 2);
         let idx = Index::new(&summary);
         let mut svg = String::new();
         assert!(render(&idx, "frames.pair", &["global", "magazine"], &mut svg).unwrap());
+        assert!(svg.contains("magazine host ceiling"), "ceiling in the legend: {svg}");
         assert!(svg.starts_with("<svg"), "{svg}");
         let texts = texts(&svg);
         for text in ["frames.pair: throughput by CPU count", "CPUs (vCPUs under TCG)", "magazine", "global (baseline)", "1", "2", "4", "8", "100k", "1.00M", "10.0M"] {

@@ -83,8 +83,9 @@ pub fn describe(record: &HostRecord) -> Option<String> {
         Record::BenchPlan { runs, reps, quick } => {
             format!("plan: {runs} runs × {reps} repetitions{}", if *quick { " (quick)" } else { "" })
         }
-        Record::Bench { bench, variant, rep, ops_per_sec, ns_p50, ns_p99, .. } => format!(
-            "{bench} {variant} rep {rep}: {} ops/s, p50 {}, p99 {}",
+        Record::Bench { bench, variant, smp, workers, rep, ops_per_sec, ns_p50, ns_p99, .. } => format!(
+            "{bench} {variant}{} rep {rep}: {} ops/s, p50 {}, p99 {}",
+            if workers < smp { " (CPU 0 alone)" } else { "" },
             si(*ops_per_sec as f64),
             latency(*ns_p50 as f64),
             latency(*ns_p99 as f64)
@@ -105,6 +106,7 @@ mod tests {
             bench: "vm.local".into(),
             variant: "private".into(),
             smp: 4,
+            workers: 4,
             rep: 3,
             ops: 1,
             ns: 1,
@@ -112,6 +114,8 @@ mod tests {
             ns_p50: 1_500,
             ns_p99: 42_000,
             ns_max: 1,
+            sample_every: 64,
+            samples: 1,
             counters: Default::default(),
         };
         assert_eq!(describe(&bench).unwrap(), "vm.local private rep 3: 2.50M ops/s, p50 1.5 µs, p99 42.0 µs");

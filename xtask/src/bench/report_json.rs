@@ -11,8 +11,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Bumped whenever the report changes shape incompatibly.
-pub const REPORT_SCHEMA: u32 = 1;
+/// Bumped whenever the report changes shape.
+/// 2: rows say how many CPUs worked and how latencies were sampled; solo
+/// runs, host ceilings and efficiencies in the summary.
+pub const REPORT_SCHEMA: u32 = 2;
+/// Report schemas this xtask reads (older ones lack fields that default).
+pub const READABLE_SCHEMAS: std::ops::RangeInclusive<u32> = 1..=REPORT_SCHEMA;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Report {
@@ -71,11 +75,15 @@ pub struct RunInfo {
 }
 
 /// One measured repetition (a Bench record).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct BenchRow {
     pub bench: String,
     pub variant: String,
     pub smp: u32,
+    /// CPUs that ran the workload: `smp`, or 1 in a solo run (0 in reports
+    /// of schema 1, which had no solo runs: all of them).
+    #[serde(default)]
+    pub workers: u32,
     pub rep: u32,
     pub ops: u64,
     pub ns: u64,
@@ -83,6 +91,12 @@ pub struct BenchRow {
     pub ns_p50: u64,
     pub ns_p99: u64,
     pub ns_max: u64,
+    /// One operation in this many was timed (0: not said, schema 1).
+    #[serde(default)]
+    pub sample_every: u32,
+    /// Operations timed.
+    #[serde(default)]
+    pub samples: u64,
     pub counters: BTreeMap<String, u64>,
     /// `--trace`: the tracer's counts for the traced boot's same repetition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,13 +104,34 @@ pub struct BenchRow {
 }
 
 impl BenchRow {
+    /// A solo run: CPU 0 alone, for the host ceiling of the row at `smp`.
+    pub fn is_solo(&self) -> bool {
+        self.workers != 0 && self.workers < self.smp
+    }
+
     pub fn from_record(record: &HostRecord) -> Option<BenchRow> {
         match record {
-            Record::Bench { bench, variant, smp, rep, ops, ns, ops_per_sec, ns_p50, ns_p99, ns_max, counters } => {
+            Record::Bench {
+                bench,
+                variant,
+                smp,
+                workers,
+                rep,
+                ops,
+                ns,
+                ops_per_sec,
+                ns_p50,
+                ns_p99,
+                ns_max,
+                sample_every,
+                samples,
+                counters,
+            } => {
                 Some(BenchRow {
                     bench: bench.clone(),
                     variant: variant.clone(),
                     smp: *smp,
+                    workers: *workers,
                     rep: *rep,
                     ops: *ops,
                     ns: *ns,
@@ -104,6 +139,8 @@ impl BenchRow {
                     ns_p50: *ns_p50,
                     ns_p99: *ns_p99,
                     ns_max: *ns_max,
+                    sample_every: *sample_every,
+                    samples: *samples,
                     counters: counters.clone(),
                     trace: None,
                 })
@@ -155,6 +192,31 @@ pub struct Summary {
     /// `--trace`: the tracer's figures per operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceSummary>,
+    /// One operation in this many was timed for the latencies (0: not
+    /// said), and how many were, over all repetitions.
+    #[serde(default)]
+    pub sample_every: u32,
+    #[serde(default)]
+    pub samples: u64,
+    /// The same workload on CPU 0 alone (the others halted) in the same
+    /// boot, for rows where every CPU works: median, min and max ops/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solo: Option<Spread>,
+    /// What the host can give this row: min(smp, host cores) × the solo
+    /// median (ops/s), and the row's median over it. At 1 CPU the row is
+    /// its own solo run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<f64>,
+}
+
+/// Median, min and max of a figure over repetitions.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Host {
@@ -203,10 +265,12 @@ impl Report {
             serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         // Name a schema mismatch as such instead of a missing-field error.
         match value.get("schema").and_then(|s| s.as_u64()) {
-            Some(s) if s == u64::from(REPORT_SCHEMA) => {}
+            Some(s) if READABLE_SCHEMAS.contains(&(s as u32)) && s <= u64::from(u32::MAX) => {}
             other => anyhow::bail!(
-                "{} has report schema {other:?}; this xtask reads schema {REPORT_SCHEMA}",
-                path.display()
+                "{} has report schema {other:?}; this xtask reads schemas {}–{}",
+                path.display(),
+                READABLE_SCHEMAS.start(),
+                READABLE_SCHEMAS.end()
             ),
         }
         serde_json::from_value(value).with_context(|| format!("{} is not a benchmark report", path.display()))
@@ -258,7 +322,7 @@ pub mod tests_support {
             ns_p99: 4,
             ns_max: 5,
             counters: BTreeMap::from([("allocs".into(), 10)]),
-            trace: None,
+            ..Default::default()
         };
         Report {
             schema: REPORT_SCHEMA,
@@ -315,7 +379,32 @@ mod tests {
         let path = dir.path().join("r.json");
         std::fs::write(&path, r#"{"schema": 99}"#).unwrap();
         let err = format!("{:#}", Report::read(&path).unwrap_err());
-        assert!(err.contains("report schema Some(99)"), "{err}");
+        assert!(err.contains("report schema Some(99)") && err.contains("reads schemas 1–2"), "{err}");
+    }
+
+    #[test]
+    fn schema_1_reports_still_read() {
+        // A report as schema 1 wrote it: rows without workers or sampling,
+        // summaries without solo runs.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["schema"] = 1.into();
+        for row in v["records"].as_array_mut().unwrap() {
+            for k in ["workers", "sample_every", "samples"] {
+                row.as_object_mut().unwrap().remove(k);
+            }
+        }
+        for s in v["summary"].as_array_mut().unwrap() {
+            for k in ["sample_every", "samples", "solo", "ceiling", "efficiency"] {
+                s.as_object_mut().unwrap().remove(k);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+        let old = Report::read(&path).unwrap();
+        assert_eq!(old.records[0].workers, 0);
+        assert!(!old.records[0].is_solo());
+        assert_eq!(old.summary[0].ops_per_sec, sample().summary[0].ops_per_sec);
     }
 
     #[test]

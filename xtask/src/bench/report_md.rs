@@ -14,6 +14,7 @@ pub fn render(report: &Report, plotted: &BTreeSet<String>) -> String {
     failures(&mut md, report);
     let idx = Index::new(&report.summary);
     let smps = cpu_counts(report);
+    floor_table(&mut md, &idx, &smps);
     summary_table(&mut md, &idx, &smps);
     for (bench, variants) in idx.benches() {
         bench_section(&mut md, &idx, bench, &variants, plotted.contains(bench));
@@ -49,7 +50,10 @@ fn header(md: &mut String, r: &Report) {
         md,
         "\n> **How to read this.** The host has {cores} cores and QEMU emulates the CPUs with TCG. \
          With more vCPUs than {cores}, the vCPUs take turns on the host cores, so scaling past \
-         {cores} CPUs shows contention costs (locks, cache-line and IPI traffic), not parallel speed.\n",
+         {cores} CPUs shows contention costs (locks, cache-line and IPI traffic), not parallel speed. \
+         The efficiency columns show it: each row where every CPU works is set against its host \
+         ceiling, min(CPUs, {cores}) × the rate of CPU 0 running the same workload alone (the others \
+         halted) in the same boot.\n",
         cores = h.cores
     );
 }
@@ -81,14 +85,21 @@ fn cpu_counts(r: &Report) -> Vec<u32> {
 
 fn summary_table(md: &mut String, idx: &Index, smps: &[u32]) {
     let _ = writeln!(md, "## Summary\n");
-    let _ = writeln!(md, "Median ops/s (all CPUs together) at each CPU count; speedup and ratio to the baseline variant at the largest CPU count measured.\n");
+    let _ = writeln!(
+        md,
+        "Median ops/s (all CPUs together) at each CPU count; efficiency against the host ceiling at each CPU count \
+         above one (rows where only some CPUs work have none); speedup and ratio to the baseline variant at the \
+         largest CPU count measured.\n"
+    );
+    let many: Vec<u32> = smps.iter().copied().filter(|&n| n > 1).collect();
     let mut head = String::from("| benchmark | variant |");
     let mut rule = String::from("|---|---|");
     for n in smps {
         let _ = write!(head, " {n} CPU{} |", if *n == 1 { "" } else { "s" });
         rule += "---:|";
     }
-    let _ = writeln!(md, "{head} speedup | vs baseline |\n{rule}---:|---:|");
+    let eff_head = format!("efficiency ({})", many.iter().map(u32::to_string).collect::<Vec<_>>().join(" / "));
+    let _ = writeln!(md, "{head} {eff_head} | speedup | vs baseline |\n{rule}---:|---:|---:|");
     for (bench, variants) in idx.benches() {
         for variant in variants {
             let mut line = format!("| {bench} | {variant} |");
@@ -100,9 +111,57 @@ fn summary_table(md: &mut String, idx: &Index, smps: &[u32]) {
                 };
                 let _ = write!(line, " {cell} |");
             }
+            let effs: Vec<String> =
+                many.iter().map(|&n| idx.good(bench, variant, n).and_then(|s| s.efficiency).map_or("–".into(), percent)).collect();
+            let effs = if effs.iter().all(|e| e == "–") { "–".to_string() } else { effs.join(" / ") };
             let max = idx.smps(bench, variant).into_iter().max().unwrap_or(1);
             let speedup = idx.speedup(bench, variant, max).map_or("–".into(), |x| format!("{x:.2}× ({max}/1)"));
-            let _ = writeln!(md, "{line} {speedup} | {} |", vs_baseline(idx, bench, variant, max));
+            let _ = writeln!(md, "{line} {effs} | {speedup} | {} |", vs_baseline(idx, bench, variant, max));
+        }
+    }
+    md.push('\n');
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.0}%", 100.0 * x)
+}
+
+/// The floor suite as the limits the other rows run against: the time one
+/// CPU spends per operation (CPUs working at once share the rate).
+fn floor_table(md: &mut String, idx: &Index, smps: &[u32]) {
+    let rows: Vec<(&str, Vec<&str>)> = idx.benches().into_iter().filter(|(b, _)| b.starts_with("floor.")).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Physical limits of this host (floor suite)\n");
+    let _ = writeln!(
+        md,
+        "What one CPU spends per basic step, from the floor.* rows: a clock read, a locked increment of a private \
+         line and of one line every CPU writes, zeroing 4 KiB, and CPU 0's IPI round trip to a CPU that spins or \
+         halts. With N CPUs working at once each spends N / (ops/s) per operation.\n"
+    );
+    let mut head = String::from("| step | variant |");
+    let mut rule = String::from("|---|---|");
+    for n in smps {
+        let _ = write!(head, " {n} CPU{} |", if *n == 1 { "" } else { "s" });
+        rule += "---:|";
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for (bench, variants) in rows {
+        for variant in variants {
+            let mut line = format!("| {bench} | {variant} |");
+            for &n in smps {
+                let cell = match idx.good(bench, variant, n) {
+                    Some(s) if s.ops_per_sec > 0.0 => {
+                        // Rows without a solo run are CPU 0's work alone.
+                        let working = if n == 1 || s.solo.is_some() { f64::from(n) } else { 1.0 };
+                        latency(working * 1e9 / s.ops_per_sec)
+                    }
+                    _ => "–".to_string(),
+                };
+                let _ = write!(line, " {cell} |");
+            }
+            let _ = writeln!(md, "{line}");
         }
     }
     md.push('\n');
@@ -117,24 +176,30 @@ fn vs_baseline(idx: &Index, bench: &str, variant: &str, smp: u32) -> String {
 
 fn bench_section(md: &mut String, idx: &Index, bench: &str, variants: &[&str], plotted: bool) {
     let _ = writeln!(md, "## {bench}\n");
-    let _ = writeln!(md, "| CPUs | variant | ops/s | speedup | vs baseline | p50 | p99 | counters per op |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---|");
+    if let Some(every) = variants.iter().flat_map(|v| idx.smps(bench, v).into_iter().filter_map(move |n| idx.get(bench, v, n))).map(|s| s.sample_every).max().filter(|&e| e > 0) {
+        let _ = writeln!(md, "Latencies from operations sampled at random, one in {every} on average (the clock is not read for the others).\n");
+    }
+    let _ = writeln!(md, "| CPUs | variant | ops/s | host ceiling | efficiency | speedup | vs baseline | p50 | p99 | samples | counters per op |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let smps: BTreeSet<u32> = variants.iter().flat_map(|v| idx.smps(bench, v)).collect();
     for n in smps {
         for &variant in variants {
             let Some(s) = idx.get(bench, variant, n) else { continue };
             if s.failed {
-                let _ = writeln!(md, "| {n} | {variant} | failed (void) | | | | | |");
+                let _ = writeln!(md, "| {n} | {variant} | failed (void) | | | | | | | | |");
                 continue;
             }
             let speedup = idx.speedup(bench, variant, n).map_or("–".into(), |x| format!("{x:.2}×"));
             let _ = writeln!(
                 md,
-                "| {n} | {variant} | {} | {speedup} | {} | {} | {} | {} |",
+                "| {n} | {variant} | {} | {} | {} | {speedup} | {} | {} | {} | {} | {} |",
                 rate(s),
+                s.ceiling.map_or("–".into(), si),
+                s.efficiency.map_or("–".into(), percent),
                 vs_baseline(idx, bench, variant, n),
                 latency(s.ns_p50),
                 latency(s.ns_p99),
+                if s.samples > 0 { si(s.samples as f64) } else { "–".into() },
                 counters(s)
             );
         }
@@ -207,11 +272,19 @@ mod tests {
             ns_max: 9000,
             counters: BTreeMap::from([("allocs".into(), 1000), ("buddy_locks".into(), 10)]),
             trace: None,
+            workers: smp,
+            sample_every: 64,
+            samples: 10,
         }
     }
 
     fn report() -> Report {
         let records = vec![
+            row("floor.rmw", "shared", 1, 0, 1_000_000),
+            row("floor.rmw", "shared", 8, 0, 4_000_000),
+            BenchRow { workers: 1, ..row("floor.rmw", "shared", 8, 0, 1_000_000) },
+            row("floor.ipi", "halted", 8, 0, 50_000),
+            BenchRow { workers: 1, ..row("frames.pair", "magazine", 8, 0, 2_500_000) },
             row("frames.pair", "magazine", 1, 0, 1_000_000),
             row("frames.pair", "magazine", 1, 1, 1_200_000),
             row("frames.pair", "global", 1, 0, 900_000),
@@ -220,7 +293,8 @@ mod tests {
             row("frames.batch", "global", 8, 0, 10),
         ];
         let failed = [("frames.batch".to_string(), "global".to_string(), 8)].into();
-        let summary = summarize(&records, &failed);
+        let mut summary = summarize(&records, &failed);
+        crate::bench::stats::set_ceilings(&mut summary, 2);
         Report {
             schema: REPORT_SCHEMA,
             record_schema: record::SCHEMA,
@@ -269,13 +343,19 @@ mod tests {
         has("- Run at 8 CPUs: guest reported failure (QEMU exit 35) in 12.3 s, 8 CPUs online, x2apic, TSC 2.500 GHz");
         assert!(md.contains("The host has 2 cores") && md.contains("scaling past 2 CPUs shows contention costs"), "{md}");
         has("- frames.batch global at 8 CPUs: check failed, figures void: 2 frames lost");
-        has("| benchmark | variant | 1 CPU | 8 CPUs | speedup | vs baseline |");
-        has("| frames.pair | magazine | 1.10M | 4.00M | 3.64× (8/1) | 8.00× |");
-        has("| frames.pair | global | 900k | 500k | 0.56× (8/1) | baseline |");
-        has("| frames.batch | global | – | failed | – | baseline |");
-        has("| 1 | magazine | 1.10M ± 9% | 1.00× | 1.22× | 95 ns | 2.4 µs | allocs 1.00, buddy_locks 0.0100, **1.00 buddy_locks/100 allocs** |");
-        has("| 8 | magazine | 4.00M | 3.64× | 8.00× | 95 ns | 2.4 µs | allocs 1.00, buddy_locks 0.0100, **1.00 buddy_locks/100 allocs** |");
-        has("| 8 | global | failed (void) | | | | | |");
+        has("| benchmark | variant | 1 CPU | 8 CPUs | efficiency (8) | speedup | vs baseline |");
+        has("| frames.pair | magazine | 1.10M | 4.00M | 80% | 3.64× (8/1) | 8.00× |");
+        has("| frames.pair | global | 900k | 500k | – | 0.56× (8/1) | baseline |");
+        has("| frames.batch | global | – | failed | – | – | baseline |");
+        has("| 1 | magazine | 1.10M ± 9% | 1.10M | 100% | 1.00× | 1.22× | 95 ns | 2.4 µs | 20 | allocs 1.00, buddy_locks 0.0100, **1.00 buddy_locks/100 allocs** |");
+        has("| 8 | magazine | 4.00M | 5.00M | 80% | 3.64× | 8.00× | 95 ns | 2.4 µs | 10 | allocs 1.00, buddy_locks 0.0100, **1.00 buddy_locks/100 allocs** |");
+        has("| 8 | global | failed (void) | | | | | | | | |");
+        has("Latencies from operations sampled at random, one in 64 on average (the clock is not read for the others).");
+        assert!(md.contains("min(CPUs, 2) × the rate of CPU 0 running the same workload alone"), "{md}");
+        // The floor suite comes first, as per-CPU costs.
+        has("| floor.rmw | shared | 1.0 µs | 2.0 µs |");
+        has("| floor.ipi | halted | – | 20.0 µs |");
+        assert!(md.find("## Physical limits").unwrap() < md.find("## Summary").unwrap());
         has("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)");
         assert!(!md.contains("plots/frames.batch.svg"), "no plot, no image link");
         has("| frames.pair magazine ≥ 5× global at the largest CPU count | met | 8.00× at 8 CPUs |");

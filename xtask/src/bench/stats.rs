@@ -2,7 +2,7 @@
 //! counters per operation, speedups and baselines. Pure functions over the
 //! report's rows, so the markdown, plots, targets and compare agree.
 
-use super::report_json::{BenchRow, Summary};
+use super::report_json::{BenchRow, Spread, Summary};
 use record::BASELINE_VARIANT;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,20 +43,30 @@ pub fn baseline_of(variant: &str) -> String {
     }
 }
 
-/// One summary row per bench/variant/smp, from the repetitions. `failed`
-/// names the bench/variant/smp whose correctness check failed.
+/// One summary row per bench/variant/smp, from the repetitions (solo runs
+/// go into the row they are the ceiling of). `failed` names the
+/// bench/variant/smp whose correctness check failed.
 pub fn summarize(rows: &[BenchRow], failed: &BTreeSet<(String, String, u32)>) -> Vec<Summary> {
-    let mut groups: BTreeMap<(String, String, u32), Vec<&BenchRow>> = BTreeMap::new();
+    type Key = (String, String, u32);
+    let mut groups: BTreeMap<Key, Vec<&BenchRow>> = BTreeMap::new();
+    let mut solos: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     for row in rows {
-        groups.entry((row.bench.clone(), row.variant.clone(), row.smp)).or_default().push(row);
+        let key = (row.bench.clone(), row.variant.clone(), row.smp);
+        if row.is_solo() {
+            solos.entry(key).or_default().push(row.ops_per_sec as f64);
+        } else {
+            groups.entry(key).or_default().push(row);
+        }
     }
     groups
         .into_iter()
-        .map(|((bench, variant, smp), reps)| {
+        .map(|(key, reps)| {
             let rates: Vec<f64> = reps.iter().map(|r| r.ops_per_sec as f64).collect();
             let p50: Vec<f64> = reps.iter().map(|r| r.ns_p50 as f64).collect();
             let p99: Vec<f64> = reps.iter().map(|r| r.ns_p99 as f64).collect();
-            let failed = failed.contains(&(bench.clone(), variant.clone(), smp));
+            let failed = failed.contains(&key);
+            let solo = solos.get(&key).and_then(|v| spread(v));
+            let (bench, variant, smp) = key;
             Summary {
                 reps: reps.len() as u32,
                 ops_per_sec: median(&rates).unwrap_or(0.0),
@@ -66,6 +76,11 @@ pub fn summarize(rows: &[BenchRow], failed: &BTreeSet<(String, String, u32)>) ->
                 ns_p50: median(&p50).unwrap_or(0.0),
                 ns_p99: median(&p99).unwrap_or(0.0),
                 counters_per_op: counters_per_op(&reps),
+                sample_every: reps.iter().map(|r| r.sample_every).max().unwrap_or(0),
+                samples: reps.iter().map(|r| r.samples).sum(),
+                solo,
+                ceiling: None,
+                efficiency: None,
                 bench,
                 variant,
                 smp,
@@ -74,6 +89,35 @@ pub fn summarize(rows: &[BenchRow], failed: &BTreeSet<(String, String, u32)>) ->
             }
         })
         .collect()
+}
+
+fn spread(values: &[f64]) -> Option<Spread> {
+    Some(Spread {
+        median: median(values)?,
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+/// Sets each row's host ceiling, min(smp, `cores`) × its solo rate, and its
+/// efficiency against it, for benchmarks where every CPU works (those with
+/// solo runs). Their 1-CPU row is its own solo run.
+pub fn set_ceilings(summary: &mut [Summary], cores: u32) {
+    let every_cpu: BTreeSet<(String, String)> =
+        summary.iter().filter(|s| s.solo.is_some()).map(|s| (s.bench.clone(), s.variant.clone())).collect();
+    for s in summary.iter_mut() {
+        if s.failed || !every_cpu.contains(&(s.bench.clone(), s.variant.clone())) {
+            continue;
+        }
+        let solo = match (s.smp, s.solo) {
+            (1, _) => s.ops_per_sec,
+            (_, Some(solo)) => solo.median,
+            (_, None) => continue,
+        };
+        let ceiling = f64::from(s.smp.min(cores.max(1))) * solo;
+        s.ceiling = Some(ceiling);
+        s.efficiency = (ceiling > 0.0).then(|| s.ops_per_sec / ceiling);
+    }
 }
 
 /// Each counter's total over the repetitions divided by their total
@@ -229,8 +273,37 @@ mod tests {
             ns_p99: 900,
             ns_max: 5000,
             counters: BTreeMap::from([("allocs".into(), 1000), ("buddy_locks".into(), 15 + u64::from(rep))]),
-            trace: None,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn solo_runs_give_the_ceiling_and_efficiency() {
+        let solo = |rep, ops| BenchRow { workers: 1, ..row("frames.pair", "magazine", 8, rep, ops) };
+        let rows = vec![
+            row("frames.pair", "magazine", 1, 0, 1_000_000),
+            row("frames.pair", "magazine", 2, 0, 1_800_000),
+            BenchRow { workers: 1, ..row("frames.pair", "magazine", 2, 0, 1_000_000) },
+            row("frames.pair", "magazine", 8, 0, 1_500_000),
+            solo(0, 900_000),
+            solo(1, 1_000_000),
+            solo(2, 1_100_000),
+            // Only CPU 0 works: no solo runs, no ceiling.
+            row("tlb.shootdown", "cached-2", 2, 0, 5_000),
+        ];
+        let mut summary = summarize(&rows, &BTreeSet::new());
+        assert_eq!(summary.len(), 4, "solo runs are not rows of their own");
+        set_ceilings(&mut summary, 2);
+        let idx = Index::new(&summary);
+        let at = |b, v, n| idx.get(b, v, n).unwrap();
+        assert_eq!(at("frames.pair", "magazine", 8).solo, Some(Spread { median: 1_000_000.0, min: 900_000.0, max: 1_100_000.0 }));
+        assert_eq!(at("frames.pair", "magazine", 8).reps, 1);
+        // 2 host cores: the ceiling at 8 CPUs is 2 × the solo rate.
+        assert_eq!(at("frames.pair", "magazine", 8).ceiling, Some(2_000_000.0));
+        assert_eq!(at("frames.pair", "magazine", 8).efficiency, Some(0.75));
+        assert_eq!(at("frames.pair", "magazine", 2).efficiency, Some(0.9));
+        assert_eq!(at("frames.pair", "magazine", 1).efficiency, Some(1.0));
+        assert_eq!(at("tlb.shootdown", "cached-2", 2).ceiling, None);
     }
 
     #[test]

@@ -141,7 +141,7 @@ mod tests {
             ns_p99: 1,
             ns_max: 1,
             counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
-            trace: None,
+            ..Default::default()
         }
     }
 

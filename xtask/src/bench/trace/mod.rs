@@ -23,8 +23,13 @@ use symbols::Symbols;
 /// Conflicting lines kept per summary row.
 pub const SUMMARY_LINES: usize = 3;
 
-/// Traces by (bench, variant, rep) of one boot.
-pub type Traces = BTreeMap<(String, String, u32), RepTrace>;
+/// Traces of one boot by (bench, variant, workers, rep): a row where every
+/// CPU works and its solo run (CPU 0 alone) share the rest.
+pub type Traces = BTreeMap<(String, String, u32, u32), RepTrace>;
+
+fn key(row: &BenchRow) -> (String, String, u32, u32) {
+    (row.bench.clone(), row.variant.clone(), row.workers, row.rep)
+}
 
 /// What `measure` needs to trace.
 pub struct Tracing {
@@ -171,7 +176,7 @@ pub fn match_windows(
     for (i, row) in traced.iter().enumerate() {
         match by_seq.remove(&(i as u32)) {
             Some(w) => {
-                out.insert((row.bench.clone(), row.variant.clone(), row.rep), RepTrace::of(row, w, symbols));
+                out.insert(key(row), RepTrace::of(row, w, symbols));
             }
             None => problems.push(format!("no trace window for Bench record {i} ({} {} rep {})", row.bench, row.variant, row.rep)),
         }
@@ -188,7 +193,7 @@ pub fn match_windows(
 pub fn attach(plain: &mut [BenchRow], mut traces: Traces) -> Vec<String> {
     let mut missing = BTreeSet::new();
     for row in plain.iter_mut() {
-        match traces.remove(&(row.bench.clone(), row.variant.clone(), row.rep)) {
+        match traces.remove(&key(row)) {
             Some(t) => row.trace = Some(t),
             None => {
                 missing.insert(format!("{} {}", row.bench, row.variant));
@@ -211,7 +216,7 @@ pub fn summarize(rows: &[BenchRow], summary: &mut [Summary]) {
     for s in summary.iter_mut() {
         let reps: Vec<&RepTrace> = rows
             .iter()
-            .filter(|r| r.bench == s.bench && r.variant == s.variant && r.smp == s.smp)
+            .filter(|r| r.bench == s.bench && r.variant == s.variant && r.smp == s.smp && !r.is_solo())
             .filter_map(|r| r.trace.as_ref())
             .collect();
         if reps.is_empty() {

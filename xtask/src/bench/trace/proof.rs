@@ -50,3 +50,20 @@ pub fn run(qemu: &Qemu, images: &Images) -> Result<Vec<Verdict>> {
     anyhow::ensure!(unmatched.is_empty(), "{}", unmatched.join("; "));
     Ok(calibrate(&rows))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The stage alone, against the real QEMU and the kernel image already
+    /// built (`cargo xtask build` first): `cargo test -p xtask -- --ignored
+    /// trace_calibration`.
+    #[test]
+    #[ignore = "boots QEMU; run by the trace stage of cargo xtask test"]
+    fn trace_calibration() {
+        let qemu = crate::install::ensure_qemu().unwrap();
+        let verdicts = super::run(&qemu, &crate::build::Images::existing()).unwrap();
+        for v in &verdicts {
+            eprintln!("[trace] {} {}: {}", if v.ok { "pass" } else { "FAIL" }, v.name, v.detail);
+        }
+        assert!(verdicts.iter().all(|v| v.ok));
+    }
+}
