@@ -19,14 +19,17 @@ pub const PRIVATE_SYMBOL: &str = "bench::workloads::floor::PRIVATE";
 /// counter counts shootdown targets only, so that vector is compared.
 pub const CROSS_CALL_VECTOR: u8 = 0xf0;
 /// Conflicting accesses per operation `floor.rmw private` may show. What
-/// remains there (measured: 0.03/op at 2 CPUs) is the team's coordination
-/// inside the window, a per-repetition cost rather than a per-operation
-/// one: the abort flag, which CPU 0 wrote when it made the team and every
-/// CPU reads at each deadline check (about every 20 µs of guest time, some
-/// 3000 times per CPU in a 60 ms repetition), and the barrier and result
-/// slots (a few hundred). Against some 100k traced operations per CPU per
-/// repetition that is well under 0.1; a per-operation share would be >= 1.
-pub const PRIVATE_BOUND: f64 = 0.1;
+/// remains there (measured: 0.03-0.05/op at 2 CPUs) is the team's
+/// coordination inside the window, a per-repetition cost rather than a
+/// per-operation one: the abort flag, which CPU 0 wrote when it made the
+/// team and every CPU reads at each deadline check (about every 20 µs of
+/// guest time, some 3000 times per CPU in a 60 ms repetition), and the
+/// barrier and result slots (a few hundred). Traced operations per CPU and
+/// repetition vary with the host's load (60k-100k here), so the bound
+/// leaves room for a host twice as busy; an operation that touched a
+/// shared written line would show >= 1 (`shared` shows 2: the locked
+/// increment's read and write).
+pub const PRIVATE_BOUND: f64 = 0.25;
 
 /// One check's verdict.
 #[derive(Debug, PartialEq)]

@@ -1,6 +1,7 @@
-//! The `trace` stage of `cargo xtask test`: one traced boot at 2 CPUs of
-//! the calibration rows (`floor.rmw`, `tlb.shootdown`, quick repetitions),
-//! judged by `check::calibrate`. About 30 s here.
+//! The `trace` stage of `cargo xtask test`: traced boots at 2 CPUs of the
+//! calibration rows (`floor.rmw`, `tlb.shootdown`, quick repetitions),
+//! judged by `check::calibrate`: one with x2APIC (IPIs are `wrmsr`s) and
+//! one with xAPIC (IPIs are MMIO writes). About 25 s here.
 
 use super::check::{calibrate, Verdict};
 use super::symbols::Symbols;
@@ -19,18 +20,29 @@ pub fn run(qemu: &Qemu, images: &Images) -> Result<Vec<Verdict>> {
     let plugin = super::plugin::build()?;
     super::plugin::check(qemu, &plugin)?;
     let symbols = Symbols::read(&build::kernel_elf())?;
+    let mut verdicts = Vec::new();
+    for xapic in [false, true] {
+        for mut v in traced_boot(qemu, images, &plugin, &symbols, xapic)? {
+            v.name += if xapic { " (xapic)" } else { " (x2apic)" };
+            verdicts.push(v);
+        }
+    }
+    Ok(verdicts)
+}
+
+fn traced_boot(qemu: &Qemu, images: &Images, plugin: &std::path::Path, symbols: &Symbols, xapic: bool) -> Result<Vec<Verdict>> {
     let dir = crate::toolchain::target_dir().join("trace-test");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = dir.join("windows.jsonl");
+    let out = dir.join(if xapic { "windows-xapic.jsonl" } else { "windows.jsonl" });
     let _ = std::fs::remove_file(&out);
     let config = Config {
         smp: SMP,
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
-        xapic: false,
+        xapic,
         guest: GuestOptions { mode: Mode::Bench, only: ONLY.map(String::from).to_vec(), quick: true, ..Default::default() },
         swap: None,
-        extra: super::plugin::args(&plugin, &out),
+        extra: super::plugin::args(plugin, &out),
     };
     let display = crate::bench::progress::Progress::new(SMP, false, false);
     let cap = run::run_qemu(qemu, images, &config, Duration::from_secs(300), display.echo());
@@ -43,7 +55,7 @@ pub fn run(qemu: &Qemu, images: &Images) -> Result<Vec<Verdict>> {
         anyhow::bail!("the traced boot failed: {}", details.join("; "));
     }
     let mut rows = judged.rows;
-    let (traces, problems) = super::match_windows(&rows, super::read_windows(&out)?, Some(&symbols));
+    let (traces, problems) = super::match_windows(&rows, super::read_windows(&out)?, Some(symbols));
     anyhow::ensure!(problems.is_empty(), "matching the tracer's windows: {}", problems.join("; "));
     // Each row gets the trace of its own repetition (no plain boot here).
     let unmatched = super::attach(&mut rows, traces);
