@@ -221,7 +221,7 @@ fn trace_boots_each_count_twice_and_attaches_the_windows() {
     // guest runs at the same speed, so the slowdown is 1.
     assert_eq!((t.insns_per_op, t.conflicting_per_op, t.slowdown), (75.0, 0.04, Some(1.0)));
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| frames.pair | magazine | 2 | 75.0 | 0.005 | 0.040 | 0.0010 | 1.0× | `0x2000` (phys 0x1000) 0.04/op, CPUs 0,1 |"), "{md}");
+    assert!(md.contains("| frames.pair | magazine | 2 | 75.0 | 0.005 | 0.040 | 0.0010 | 1.0× | `0x2000` (phys 0x1000) 0.04/op, 0.020 writes/op, CPUs 0,1 |"), "{md}");
     assert!(dir.join("trace-smp2.jsonl").is_file(), "the raw windows are kept with the run");
 }
 

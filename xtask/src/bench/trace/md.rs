@@ -8,7 +8,9 @@ use std::fmt::Write;
 fn line(l: &SummaryLine) -> String {
     let name = l.symbol.clone().unwrap_or_else(|| format!("{:#x}", l.vaddr));
     let cpus: Vec<String> = l.vcpus.iter().map(u32::to_string).collect();
-    format!("`{name}` (phys {:#x}) {:.2}/op, CPUs {}", l.phys, l.accesses_per_op, cpus.join(","))
+    // Writes per op tell a line every CPU writes from a read-mostly line a
+    // rare write makes conflicting (false sharing with a hot word).
+    format!("`{name}` (phys {:#x}) {:.2}/op, {:.3} writes/op, CPUs {}", l.phys, l.accesses_per_op, l.writes_per_op, cpus.join(","))
 }
 
 /// The section, or nothing when no row was traced.

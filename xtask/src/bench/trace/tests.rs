@@ -124,7 +124,7 @@ fn the_report_section_names_lines_and_the_slowdown() {
     assert!(md.contains("## Sharing trace"), "{md}");
     assert!(md.contains("not speed figures"), "{md}");
     assert!(md.contains("| frames.pair | magazine | 2 | 20.0 | 2.000 | 0.200 | 0.2000 |"), "{md}");
-    assert!(md.contains("`kernel::heap::HEAP+0x8` (phys 0x1040) 0.20/op, CPUs 0,1"), "{md}");
+    assert!(md.contains("`kernel::heap::HEAP+0x8` (phys 0x1040) 0.20/op, 0.500 writes/op, CPUs 0,1"), "{md}");
     let mut none = String::new();
     md::section(&mut none, &sample().summary);
     assert!(none.is_empty(), "no section without traces");
