@@ -141,7 +141,7 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
 /// The sharing tracer's calibration (`bench::trace::proof`): one count
 /// per check.
 fn trace_proof(qemu: &crate::qemu::Qemu, images: &build::Images) -> Tally {
-    eprintln!("==> sharing tracer calibration (traced boot, smp {})", crate::bench::trace::proof::SMP);
+    eprintln!("==> sharing tracer calibration (traced boots: {:?} as (CPUs, xAPIC))", crate::bench::trace::proof::BOOTS);
     let mut tally = Tally::default();
     match crate::bench::trace::proof::run(qemu, images) {
         Ok(verdicts) => {
