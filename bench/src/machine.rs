@@ -14,7 +14,13 @@ pub struct TlbCounts {
     pub ipis: u64,
 }
 
-pub trait Machine: Sync + 'static {
+/// The time source: nanoseconds since boot. Separate from [`Machine`] so
+/// the timing harness can be tested on the host with a counting clock.
+pub trait Clock {
+    fn now_ns(&self) -> u64;
+}
+
+pub trait Machine: Clock + Sync + 'static {
     type Phys: Platform + 'static;
     type VmP: VmPlatform + 'static;
 
@@ -24,7 +30,6 @@ pub trait Machine: Sync + 'static {
     fn cpu(&self) -> usize;
     /// CPUs online, indices `0..cpus()`.
     fn cpus(&self) -> usize;
-    fn now_ns(&self) -> u64;
     /// Runs `f(cpu)` on every online CPU at once, the caller (CPU 0)
     /// included, and waits up to `timeout_ns`; `Err` holds the CPUs (as a
     /// bit set) that did not finish.

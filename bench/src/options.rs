@@ -18,10 +18,11 @@ impl Plan {
 
 /// Whether benchmark `name` is selected by `only` (empty: all). Each
 /// comma-separated word selects the names it is a prefix of, so `frames`
-/// selects `frames.pair`, `frames.batch` and `frames.remote`.
+/// selects `frames.pair`, `frames.batch` and `frames.remote`. The rule
+/// lives in `record`, so xtask's check of `bench --only` and the guest's
+/// choice cannot disagree.
 pub fn selected(only: &str, name: &str) -> bool {
-    let mut words = only.split(',').filter(|w| !w.is_empty()).peekable();
-    words.peek().is_none() || words.any(|w| name.starts_with(w))
+    record::selected(only, name)
 }
 
 #[cfg(test)]

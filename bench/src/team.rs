@@ -12,7 +12,7 @@ use spin::Mutex;
 use crate::driver::Rep;
 use crate::failure::{failure, Failure};
 use crate::histogram::Histogram;
-use crate::machine::Machine;
+use crate::machine::{Clock, Machine};
 use crate::rng::Rng;
 use crate::sampling::{Pacer, Sampler};
 
@@ -195,7 +195,7 @@ impl Team {
 /// [`Pacer`] says so (about every 20 µs) and times only the operations its
 /// [`Sampler`] picks (one in `Rep::sample_every` on average, at random),
 /// so the clock is never read per operation.
-pub struct Timed<'a, M: Machine> {
+pub struct Timed<'a, M: Clock + ?Sized> {
     m: &'a M,
     pub result: CpuResult,
     pacer: Pacer,
@@ -205,7 +205,7 @@ pub struct Timed<'a, M: Machine> {
 /// Seeds the sampler's stream apart from the workload's own (same seed).
 const SAMPLER_SALT: u64 = 0x5A3F_1E0D_C0FF_EE11;
 
-impl<'a, M: Machine> Timed<'a, M> {
+impl<'a, M: Clock + ?Sized> Timed<'a, M> {
     pub fn begin(m: &'a M, rep: &Rep, cpu: usize) -> Timed<'a, M> {
         let start = m.now_ns();
         Timed {
@@ -261,5 +261,51 @@ impl<'a, M: Machine> Timed<'a, M> {
     pub fn finish(mut self, team: &Team, cpu: usize) {
         self.result.end = self.m.now_ns();
         *team.result(cpu) = self.result;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::Cell;
+
+    /// A clock that counts its reads; time moves only when told.
+    struct CountingClock {
+        now: Cell<u64>,
+        reads: Cell<u64>,
+    }
+
+    impl Clock for CountingClock {
+        fn now_ns(&self) -> u64 {
+            self.reads.set(self.reads.get() + 1);
+            self.now.get()
+        }
+    }
+
+    /// A frames.pair-like loop of two 150 ns operations per iteration for
+    /// a 100 ms repetition.
+    #[test]
+    fn a_timed_loop_reads_the_clock_rarely_and_still_stops_on_time() {
+        let clock = CountingClock { now: Cell::new(1_000), reads: Cell::new(0) };
+        let team = Team::new(1);
+        let rep = Rep { duration_ns: 100_000_000, seed: 9, cpus: 1, sample_every: 64 };
+        let mut t = Timed::begin(&clock, &rep, 0);
+        let step = |c: &CountingClock| c.now.set(c.now.get() + 150);
+        while t.running(&team) {
+            t.op(1, || step(&clock));
+            t.op(0, || step(&clock));
+        }
+        let (ops, samples, reads) = (t.result.ops, t.result.hist.count(), clock.reads.get());
+        let late = clock.now.get() - 1_000 - rep.duration_ns;
+        t.finish(&team, 0);
+        assert!(ops > 300_000, "{ops} ops");
+        assert!(late <= 2 * crate::sampling::CHECK_NS, "stopped {late} ns after the deadline");
+        // Reads: two per sampled operation (2/64 per operation, two
+        // operations per iteration), a deadline look about every 20 µs
+        // (one per ~67 iterations here), the start and the end: about one
+        // per 13 iterations, where timing every operation took five.
+        assert!((reads as f64) < 0.1 * ops as f64, "{reads} clock reads for {ops} iterations");
+        let per = (2 * ops) as f64 / samples as f64;
+        assert!((56.0..72.0).contains(&per), "one operation in {per} timed");
     }
 }

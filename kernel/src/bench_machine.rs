@@ -5,7 +5,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use bench::{Machine, TlbCounts};
+use bench::{Clock, Machine, TlbCounts};
 use mm::vm::{Vm, KERNEL_REGION_AREA, KERNEL_SEED_AREA, USER_END, USER_START};
 
 use crate::frames::{self, Frames, KernelPlatform};
@@ -31,6 +31,12 @@ fn benchmark_memory(virt: u64) -> bool {
     (in_kernel || in_user) && virt % 8 == 0
 }
 
+impl Clock for KernelMachine {
+    fn now_ns(&self) -> u64 {
+        drivers::tsc::now_ns()
+    }
+}
+
 impl Machine for KernelMachine {
     type Phys = KernelPlatform;
     type VmP = KernelVm;
@@ -49,10 +55,6 @@ impl Machine for KernelMachine {
 
     fn cpus(&self) -> usize {
         smp::percpu::online_count()
-    }
-
-    fn now_ns(&self) -> u64 {
-        drivers::tsc::now_ns()
     }
 
     fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), u64> {

@@ -15,6 +15,7 @@ mod frames;
 mod gdt;
 mod guard_page;
 mod heap;
+mod hypervisor;
 mod interrupts;
 mod logger;
 mod memory;
@@ -51,6 +52,10 @@ const BOOTLOADER_CONFIG: BootloaderConfig = {
     config.mappings.dynamic_range_start = Some(0xFFFF_8000_0000_0000);
     config.mappings.dynamic_range_end = Some(0xFFFF_FEFF_FFFF_FFFF);
     config.kernel_stack_size = 256 * 1024;
+    // Pinned where the bootloader's dynamic choice put it anyway (the first
+    // free PML4 slot), so `cargo xtask run --gdb` knows the offset of the
+    // ELF's symbols (see `record::KERNEL_BASE`).
+    config.mappings.kernel_base = Mapping::FixedAddress(record::KERNEL_BASE);
     config
 };
 
@@ -137,6 +142,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         tsc_source: tsc_source.name(),
         usable_bytes: memory::usable_bytes(&boot_info.memory_regions),
         store: paging::store_name(),
+        accel: hypervisor::detect(),
     });
 
     match cmdline.mode {

@@ -45,5 +45,6 @@ pub mod paging {
 
 pub const PAGE_SIZE: u64 = 4096;
 
-/// Most CPUs the allocator keeps per-CPU state for (matches `smp`).
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs the allocator keeps per-CPU state for (`smp`'s limit too; the
+/// one definition is in `record`, which xtask checks `--smp` against).
+pub const MAX_CPUS: usize = record::MAX_CPUS as usize;

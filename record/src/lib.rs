@@ -18,13 +18,17 @@ use serde::Deserialize;
 #[cfg(feature = "parse")]
 extern crate alloc;
 
+mod shared;
+pub use shared::{selected, Accel, BENCHMARKS, KERNEL_BASE, MAX_CPUS};
+
 /// Marks a record line on the serial console.
 pub const PREFIX: &str = "@@smpmm ";
 
 /// Bumped whenever a record changes shape incompatibly.
 /// 2: benchmark and stress records; counters as a JSON object.
 /// 3: the Boot record names the paging store.
-/// 4: Bench records say how many CPUs worked and how latencies were sampled.
+/// 4: Bench records say how many CPUs worked and how latencies were
+/// sampled; the Boot record names the accelerator the guest runs on.
 pub const SCHEMA: u32 = 4;
 
 /// The variant every other variant of a benchmark is compared with (the
@@ -94,6 +98,8 @@ pub enum Record<S, C> {
         usable_bytes: u64,
         /// The demand-paging backing store (`ram`, `virtio-blk`).
         store: S,
+        /// The accelerator, from CPUID's hypervisor leaf.
+        accel: Accel,
     },
     /// One per test, from the CPU that ran the runner.
     Test {
@@ -237,11 +243,13 @@ mod tests {
             tsc_source: "pit",
             usable_bytes: 1 << 30,
             store: "ram",
+            accel: Accel::Kvm,
         };
         let line = to_json(&rec).unwrap();
         assert!(line.contains("\"kind\":\"boot\""), "{line}");
+        assert!(line.contains("\"accel\":\"kvm\""), "{line}");
         let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
-        assert!(matches!(parsed.record, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, .. }));
+        assert!(matches!(parsed.record, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, accel: Accel::Kvm, .. }));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Sets of CPUs by index, as one 64-bit word so a whole set can be updated
 //! with one atomic operation.
 
-/// Most CPUs the kernel runs. Indexes are dense: 0 is the BSP.
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs the kernel runs. Indexes are dense: 0 is the BSP. The one
+/// definition is in `record`, so xtask refuses a larger `--smp` with it.
+pub const MAX_CPUS: usize = record::MAX_CPUS as usize;
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CpuSet(u64);

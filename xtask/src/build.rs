@@ -22,6 +22,13 @@ impl Images {
     }
 }
 
+/// The kernel ELF the images are made from, with its symbols (release
+/// profile: `debug = "line-tables-only"`, not stripped), for gdb and the
+/// sharing tracer's symbol names.
+pub fn kernel_elf() -> PathBuf {
+    target_dir().join(KERNEL_TARGET).join("release").join("kernel")
+}
+
 fn image_dir() -> PathBuf {
     target_dir().join("image")
 }
@@ -34,11 +41,6 @@ pub fn images(no_build: bool) -> Result<Images> {
     }
     crate::toolchain::ensure_toolchain()?;
     build()
-}
-
-/// The kernel ELF `build` makes (with symbols).
-pub fn kernel_elf() -> PathBuf {
-    target_dir().join(KERNEL_TARGET).join("release").join("kernel")
 }
 
 /// Builds the kernel and both images (mkimage always writes both; once its

@@ -1,6 +1,7 @@
 //! The run loop against fake QEMUs: shell scripts that print serial lines
 //! and exit the way QEMU would. Nothing here needs QEMU or a kernel.
 
+use crate::accel::{self, Accel, AccelChoice};
 use crate::build::Images;
 use crate::exit::Exit;
 use crate::qemu::{parse_mem, Config, Firmware, GuestOptions, Qemu, Version};
@@ -21,7 +22,7 @@ fn run_script(body: &str, timeout: Duration) -> crate::run::Capture {
 /// A Boot record line of this xtask's record schema.
 fn boot_line() -> String {
     format!(
-        r#"{{"schema":{},"record":{{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}}}}"#,
+        r#"{{"schema":{},"record":{{"kind":"boot","cpus_online":2,"cpus_total":2,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}}}}"#,
         record::SCHEMA
     )
 }
@@ -145,6 +146,8 @@ fn run_qemu_passes_the_command_line() {
     };
     let config = Config {
         smp: 4,
+        accel: Accel::Tcg,
+        gdb: None,
         mem: parse_mem("512M").unwrap(),
         firmware: Firmware::Uefi {
             ovmf: "/fw/OVMF_CODE_4M.fd".into(),
@@ -168,4 +171,40 @@ fn run_qemu_passes_the_command_line() {
         -fw_cfg name=opt/smpmm/cmdline,string=mode=test \
         -drive if=pflash,format=raw,readonly=on,file=/fw/OVMF_CODE_4M.fd -drive format=raw,file=/img/uefi.img -d int";
     assert_eq!(cap.tail.back().unwrap(), want);
+}
+
+/// What `run` hands QEMU for `--accel` and `--gdb`, decided from a host
+/// description as `accel::resolve` would: this machine's kind (/dev/kvm
+/// opens, no vmx/svm) gets TCG from `auto`, one with VT-x gets KVM.
+#[test]
+fn accel_and_gdb_reach_the_command_line() {
+    let qemu = Qemu { bin: "/bin/echo".into(), version: Version(10, 0, 2) };
+    let images = Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
+    let no_virt = "processor\t: 0\nflags\t\t: fpu tsc msr hypervisor\n";
+    let vmx = "processor\t: 0\nflags\t\t: fpu tsc msr vmx\n";
+    let line = |accel: Accel, xapic: bool, gdb: Option<u16>| {
+        let config = Config {
+            smp: 2,
+            accel,
+            gdb,
+            mem: parse_mem("1G").unwrap(),
+            firmware: Firmware::Bios,
+            xapic,
+            guest: GuestOptions { mode: Mode::Run, ..Default::default() },
+            swap: None,
+            extra: vec![],
+        };
+        let cap = run_qemu(&qemu, &images, &config, Duration::from_secs(20), Echo::Quiet).unwrap();
+        cap.tail.back().unwrap().clone()
+    };
+    let here = accel::decide(AccelChoice::Auto, true, no_virt).unwrap();
+    assert!(line(here, false, None).starts_with("-machine q35 -accel tcg,thread=multi -cpu max -smp 2 "));
+    let kvm = accel::decide(AccelChoice::Auto, true, vmx).unwrap();
+    assert!(line(kvm, false, None).starts_with("-machine q35 -accel kvm -cpu host -smp 2 "));
+    let kvm_xapic = line(kvm, true, Some(4321));
+    assert!(kvm_xapic.starts_with("-machine q35 -accel kvm -cpu host,-x2apic -smp 2 "), "{kvm_xapic}");
+    assert!(kvm_xapic.ends_with("-drive format=raw,file=/img/bios.img -gdb tcp::4321 -S"), "{kvm_xapic}");
+    assert!(line(here, true, None).contains(" -cpu max,-x2apic "));
+    // --accel kvm on this kind of host: refused, nothing started.
+    assert!(accel::decide(AccelChoice::Kvm, true, no_virt).is_err());
 }

@@ -70,6 +70,30 @@ fn install_qemu() -> Result<()> {
     cmd::run(&mut apt(&["install", "-y", "qemu-system-x86", "ovmf"]))
 }
 
+/// The gdb to attach to QEMU's gdbstub (`run --gdb`, the gdb test
+/// stage), installing Debian's `gdb` package when it is missing and we are
+/// root.
+pub fn ensure_gdb() -> Result<String> {
+    const GDB: &str = "gdb";
+    if cmd::which(GDB).is_some() {
+        return Ok(GDB.to_string());
+    }
+    if !can_apt() {
+        bail!("gdb is not installed and xtask can only install it as root with apt-get; run:\n    sudo apt-get install -y gdb");
+    }
+    eprintln!("==> gdb not found; installing it");
+    if let Err(e) = cmd::run(&mut apt(&["install", "-y", "gdb"])) {
+        // A fresh container may have empty package lists.
+        eprintln!("    {e:#}; updating the package lists and retrying");
+        cmd::run(&mut apt(&["update"]))?;
+        cmd::run(&mut apt(&["install", "-y", "gdb"]))?;
+    }
+    if cmd::which(GDB).is_none() {
+        bail!("gdb is still not on PATH after installing the gdb package");
+    }
+    Ok(GDB.to_string())
+}
+
 /// Path of the OVMF code image for `-drive if=pflash`, installing the
 /// `ovmf` package when it is missing and we are root.
 pub fn ensure_ovmf() -> Result<PathBuf> {

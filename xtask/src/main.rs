@@ -5,10 +5,12 @@
 //! xtask builds with the machine's default *stable* toolchain because it is
 //! what installs the pinned nightly (see `toolchain.rs`) on a fresh machine.
 
+mod accel;
 mod bench;
 mod build;
 mod cmd;
 mod exit;
+mod gdb;
 mod install;
 mod qemu;
 mod records;
@@ -48,14 +50,7 @@ enum Command {
     /// Build, then boot the kernel in QEMU and report what it sent back.
     Run(RunArgs),
     /// Host unit tests plus the in-kernel suites at several CPU counts.
-    Test {
-        /// Skip the UEFI and forced-xAPIC kernel runs.
-        #[arg(long)]
-        quick: bool,
-        /// Also show the guest's free-text serial output.
-        #[arg(long)]
-        verbose: bool,
-    },
+    Test(test::TestArgs),
     /// Benchmarks at several CPU counts, written to target/bench/<run>/
     /// (report.json, report.md, plots/); or compare two runs.
     Bench(bench::BenchArgs),
@@ -93,9 +88,20 @@ impl Mode {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=255))]
+    /// Number of virtual CPUs (1 to the kernel's limit, 64).
+    #[arg(long, default_value_t = 8, value_parser = qemu::parse_smp)]
     smp: u32,
+    /// Accelerator: `auto` takes KVM when /dev/kvm opens and the CPU has
+    /// vmx or svm, TCG otherwise.
+    #[arg(long, value_enum, default_value_t = accel::AccelChoice::Auto)]
+    accel: accel::AccelChoice,
+    /// Start QEMU's gdbstub halted at reset and print the gdb command that
+    /// attaches; no timeout unless --timeout is given.
+    #[arg(long)]
+    gdb: bool,
+    /// TCP port of the gdbstub (with --gdb).
+    #[arg(long, default_value_t = gdb::DEFAULT_PORT, requires = "gdb")]
+    gdb_port: u16,
     /// Guest RAM in QEMU syntax: a number with an optional K, M or G suffix
     /// (no suffix means MiB, as for `qemu -m`).
     #[arg(long, default_value = "1G", value_parser = qemu::parse_mem)]
@@ -106,9 +112,9 @@ struct RunArgs {
     /// Hide x2APIC from the guest CPU (`-cpu max,-x2apic`).
     #[arg(long)]
     xapic: bool,
-    /// Kill QEMU after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
+    /// Kill QEMU after this many seconds (default 120; none with --gdb).
+    #[arg(long)]
+    timeout: Option<u64>,
     #[arg(long, value_enum, default_value_t = Mode::Run)]
     mode: Mode,
     /// Seed for the guest's randomised tests (decimal or 0x-hex); the
@@ -133,7 +139,7 @@ struct RunArgs {
     no_build: bool,
     /// Attach a fresh sparse swap disk of this size (target/swap/run.img,
     /// virtio-blk); the guest pages to it instead of its RAM store.
-    #[arg(long, value_parser = qemu::parse_mem)]
+    #[arg(long, value_parser = swap::parse_swap_size)]
     swap: Option<qemu::Mem>,
     /// Extra arguments appended to the QEMU command line.
     #[arg(last = true)]
@@ -153,7 +159,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build { uefi } => build_cmd(uefi),
         Command::Run(args) => run_cmd(args),
-        Command::Test { quick, verbose } => test::test(quick, verbose),
+        Command::Test(args) => test::test(args),
         Command::Bench(args) => bench::bench(args),
         Command::Stress(args) => stress::stress(args),
     };
@@ -178,6 +184,8 @@ fn build_cmd(uefi: bool) -> Result<ExitCode> {
 }
 
 fn run_cmd(args: RunArgs) -> Result<ExitCode> {
+    // Refused before anything is installed, built or booted.
+    let accel = accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
     let firmware = if args.uefi {
         qemu::Firmware::Uefi {
@@ -189,6 +197,8 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
     let images = build::images(args.no_build)?;
     let config = qemu::Config {
         smp: args.smp,
+        accel,
+        gdb: args.gdb.then_some(args.gdb_port),
         mem: args.mem,
         firmware,
         xapic: args.xapic,
@@ -203,7 +213,16 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         swap: args.swap.map(|size| swap::Swap::create("run", size)).transpose()?,
         extra: args.qemu_args,
     };
-    let timeout = std::time::Duration::from_secs(args.timeout);
+    // A session being debugged sits at breakpoints for as long as it
+    // likes: with --gdb only an explicit --timeout ends it.
+    let timeout = match (args.timeout, args.gdb) {
+        (Some(secs), _) => std::time::Duration::from_secs(secs),
+        (None, false) => std::time::Duration::from_secs(120),
+        (None, true) => run::NO_TIMEOUT,
+    };
+    if let Some(port) = config.gdb {
+        gdb::announce(&install::ensure_gdb()?, &build::kernel_elf(), port)?;
+    }
     match args.mode {
         Mode::Run => {
             run::boot(&qemu, &images, &config, timeout)?;

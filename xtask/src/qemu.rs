@@ -98,9 +98,32 @@ pub struct Mem {
     pub bytes: u64,
 }
 
+/// Guest RAM: a [`parse_size`] of at least 32M.
+pub fn parse_mem(text: &str) -> Result<Mem> {
+    let mem = parse_size(text)?;
+    if mem.bytes < 32 << 20 {
+        bail!("memory size {text:?} is below 32M; the guest cannot boot in that");
+    }
+    Ok(mem)
+}
+
+/// `--smp`: at least 1 and at most the kernel's limit (`record::MAX_CPUS`,
+/// the size of its CPU sets), which it would otherwise silently apply by
+/// leaving the other CPUs off.
+pub fn parse_smp(text: &str) -> Result<u32> {
+    let max = record::MAX_CPUS;
+    let n: u32 = text.trim().parse().with_context(|| format!("CPU count {text:?} is not a number"))?;
+    match n {
+        0 => bail!("CPU count 0: the guest needs at least 1 CPU"),
+        n if n > max => bail!("CPU count {n}: the kernel runs at most {max} CPUs (record::MAX_CPUS, the width of its CPU sets)"),
+        n => Ok(n),
+    }
+}
+
 /// Accepts what `qemu -m` accepts in its common form: digits with an
 /// optional K/M/G suffix (either case). No suffix means MiB, as in QEMU.
-pub fn parse_mem(text: &str) -> Result<Mem> {
+/// No lower bound: callers check theirs.
+pub fn parse_size(text: &str) -> Result<Mem> {
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -118,9 +141,6 @@ pub fn parse_mem(text: &str) -> Result<Mem> {
     let Some(bytes) = bytes else {
         bail!("memory size {text:?} is zero or too large")
     };
-    if bytes < 32 << 20 {
-        bail!("memory size {text:?} is below 32M; the guest cannot boot in that");
-    }
     Ok(Mem {
         text: text.to_string(),
         bytes,
@@ -202,6 +222,9 @@ impl GuestOptions {
 
 pub struct Config {
     pub smp: u32,
+    pub accel: crate::accel::Accel,
+    /// Start QEMU's gdbstub on this TCP port, halted at reset (`--gdb`).
+    pub gdb: Option<u16>,
     pub mem: Mem,
     pub firmware: Firmware,
     pub xapic: bool,
@@ -222,6 +245,9 @@ impl Config {
     /// Short name of the run for output lines: `smp 8 bios xapic`.
     pub fn label(&self) -> String {
         let mut label = format!("smp {} {}", self.smp, self.firmware_name());
+        if self.accel == crate::accel::Accel::Kvm {
+            label += " kvm";
+        }
         if self.xapic {
             label += " xapic";
         }
@@ -241,9 +267,10 @@ impl Config {
     pub fn args(&self, images: &Images) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        // Multi-threaded TCG: the machines' /dev/kvm is a slow software KVM.
-        push(&["-machine", "q35", "-accel", "tcg,thread=multi"]);
-        push(&["-cpu", if self.xapic { "max,-x2apic" } else { "max" }]);
+        // TCG unless --accel picked KVM (see accel.rs: these machines'
+        // /dev/kvm is a slow software KVM).
+        push(&["-machine", "q35", "-accel", self.accel.qemu_accel()]);
+        push(&["-cpu", self.accel.qemu_cpu(self.xapic)]);
         push(&["-smp", &self.smp.to_string(), "-m", &self.mem.text]);
         // Keep the default VGA device: the bootloader's BIOS stage 2 sets a
         // VESA mode and halts when there is no display adapter.
@@ -285,6 +312,10 @@ impl Config {
         }
         if let Some(swap) = &self.swap {
             a.extend(swap.args());
+        }
+        if let Some(port) = self.gdb {
+            // -S: the CPUs stay halted at reset until gdb says continue.
+            a.extend(["-gdb".to_string(), format!("tcp::{port}"), "-S".to_string()]);
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -353,6 +384,17 @@ mod tests {
         ] {
             assert!(parse_mem(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn smp_is_refused_above_the_kernel_limit() {
+        assert_eq!(parse_smp("1").unwrap(), 1);
+        assert_eq!(parse_smp("64").unwrap(), 64);
+        let e = format!("{:#}", parse_smp("100").unwrap_err());
+        assert_eq!(e, "CPU count 100: the kernel runs at most 64 CPUs (record::MAX_CPUS, the width of its CPU sets)");
+        assert!(format!("{:#}", parse_smp("0").unwrap_err()).contains("at least 1"));
+        assert!(parse_smp("eight").is_err());
+        assert!(parse_smp("-1").is_err());
     }
 
     #[test]

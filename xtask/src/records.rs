@@ -77,6 +77,7 @@ mod tests {
             tsc_source: "cpuid15",
             usable_bytes: 1 << 30,
             store: "ram".into(),
+            accel: record::Accel::Tcg,
         })
         .unwrap();
         let rec = parse_line(&format!("{PREFIX}{json}")).unwrap().unwrap();

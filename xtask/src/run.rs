@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// Serial lines kept for failure reports.
 const TAIL: usize = 40;
 
+/// A timeout that never fires (a `--gdb` session without `--timeout`).
+pub const NO_TIMEOUT: Duration = Duration::MAX;
+
 /// Called with each serial line and, for a record line, its record.
 pub type Observer = Box<dyn FnMut(&str, Option<&HostRecord>)>;
 
@@ -111,7 +114,8 @@ pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Ca
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let deadline = start + timeout;
+    // None: no deadline (NO_TIMEOUT, or one too far off to represent).
+    let deadline = start.checked_add(timeout);
     let mut child = command
         .spawn()
         .with_context(|| format!("could not start `{}`", cmd::show(&command)))?;
@@ -147,8 +151,11 @@ pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Ca
     };
     let mut timed_out = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
+        let next = match deadline {
+            Some(deadline) => lines.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            None => lines.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
             Ok(line) => sink.line(line),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 timed_out = true;
@@ -194,12 +201,12 @@ pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Ca
     })
 }
 
-fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Result<Option<ExitStatus>> {
+fn wait_until(child: &mut std::process::Child, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
     loop {
         if let Some(status) = child.try_wait().context("waiting for QEMU")? {
             return Ok(Some(status));
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -263,18 +270,7 @@ pub fn boot(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration) ->
         .records
         .iter()
         .find(|r| matches!(r, Record::Boot { .. }));
-    let problem = match (cap.exit, boot) {
-        (Exit::GuestSuccess, Some(_)) if cap.bad_records.is_empty() => None,
-        (Exit::GuestSuccess, Some(_)) => Some(format!(
-            "{} unreadable record line(s)",
-            cap.bad_records.len()
-        )),
-        (Exit::GuestSuccess, None) => {
-            Some("the guest exited with success but sent no Boot record".to_string())
-        }
-        (exit, _) => Some(exit.describe()),
-    };
-    if let Some(problem) = problem {
+    if let Some(problem) = boot_problem(&cap, config) {
         cap.print_failure_context();
         bail!("{} run failed: {problem}", config.label());
     }
@@ -286,15 +282,91 @@ pub fn boot(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration) ->
         tsc_source,
         usable_bytes,
         store,
+        accel,
     }) = boot
     {
         println!(
-            "boot ok in {:.1} s: {cpus_online}/{cpus_total} CPUs online, {}, TSC {:.3} GHz ({tsc_source}), {} MiB usable, paging store {store}",
+            "boot ok in {:.1} s: {cpus_online}/{cpus_total} CPUs online, accel {}, {}, TSC {:.3} GHz ({tsc_source}), {} MiB usable, paging store {store}",
             cap.elapsed.as_secs_f64(),
+            accel.name(),
             records::apic_name(*apic),
             *tsc_hz as f64 / 1e9,
             usable_bytes >> 20
         );
     }
     Ok(())
+}
+
+/// Why a `mode=run` boot failed, if it did: it needs the guest's success
+/// exit, readable records and a Boot record from the accelerator asked for.
+fn boot_problem(cap: &Capture, config: &Config) -> Option<String> {
+    let boot = cap.records.iter().find_map(|r| match r {
+        Record::Boot { accel, .. } => Some(*accel),
+        _ => None,
+    });
+    match (cap.exit, boot) {
+        (Exit::GuestSuccess, Some(_)) if !cap.bad_records.is_empty() => {
+            Some(format!("{} unreadable record line(s)", cap.bad_records.len()))
+        }
+        (Exit::GuestSuccess, Some(accel)) => crate::accel::check_boot(config.accel, accel),
+        (Exit::GuestSuccess, None) => Some("the guest exited with success but sent no Boot record".to_string()),
+        (exit, _) => Some(exit.describe()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::Accel;
+    use crate::qemu::{parse_mem, Firmware, GuestOptions};
+
+    fn config(accel: Accel) -> Config {
+        Config {
+            smp: 1,
+            accel,
+            gdb: None,
+            mem: parse_mem("1G").unwrap(),
+            firmware: Firmware::Bios,
+            xapic: false,
+            guest: GuestOptions::default(),
+            swap: None,
+            extra: vec![],
+        }
+    }
+
+    fn boot(accel: record::Accel) -> record::HostRecord {
+        Record::Boot {
+            cpus_online: 1,
+            cpus_total: 1,
+            apic: record::ApicMode::X2Apic,
+            tsc_hz: 1,
+            tsc_source: "pit".into(),
+            usable_bytes: 1,
+            store: "ram".into(),
+            accel,
+        }
+    }
+
+    #[test]
+    fn a_boot_must_run_on_the_accelerator_asked_for() {
+        let cap = |accel| Capture::of(Exit::GuestSuccess, vec![boot(accel)], Duration::ZERO);
+        assert_eq!(boot_problem(&cap(record::Accel::Tcg), &config(Accel::Tcg)), None);
+        assert_eq!(boot_problem(&cap(record::Accel::Kvm), &config(Accel::Kvm)), None);
+        assert_eq!(
+            boot_problem(&cap(record::Accel::Tcg), &config(Accel::Kvm)).as_deref(),
+            Some("Boot record: the guest runs on tcg, but QEMU was asked for kvm")
+        );
+        let none = Capture::of(Exit::GuestSuccess, vec![], Duration::ZERO);
+        assert_eq!(boot_problem(&none, &config(Accel::Tcg)).as_deref(), Some("the guest exited with success but sent no Boot record"));
+    }
+
+    /// `--gdb` without `--timeout`: a session waits as long as it likes.
+    #[test]
+    fn no_timeout_waits_for_the_end() {
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg("sleep 1; echo late; exit 33");
+        let cap = capture(sh, NO_TIMEOUT, Echo::Quiet).unwrap();
+        assert_eq!(cap.exit, Exit::GuestSuccess);
+        assert_eq!(cap.tail.back().unwrap(), "late");
+    }
 }

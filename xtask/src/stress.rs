@@ -17,9 +17,12 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct StressArgs {
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=255))]
+    /// Number of virtual CPUs (1 to the kernel's limit, 64).
+    #[arg(long, default_value_t = 8, value_parser = crate::qemu::parse_smp)]
     smp: u32,
+    /// Accelerator (see `run --accel`).
+    #[arg(long, value_enum, default_value_t = crate::accel::AccelChoice::Auto)]
+    accel: crate::accel::AccelChoice,
     /// How long the guest runs the workload.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
@@ -36,7 +39,7 @@ pub struct StressArgs {
     #[arg(long)]
     no_build: bool,
     /// Attach a fresh sparse swap disk of this size (virtio-blk).
-    #[arg(long, value_parser = parse_mem)]
+    #[arg(long, value_parser = crate::swap::parse_swap_size)]
     swap: Option<Mem>,
 }
 
@@ -50,6 +53,7 @@ pub struct Plan {
     pub verbose: bool,
     /// Size of a swap disk to attach.
     pub swap: Option<Mem>,
+    pub accel: crate::accel::Accel,
 }
 
 /// The outcome: `text` is the final summary for stdout.
@@ -59,6 +63,8 @@ pub struct Verdict {
 }
 
 pub fn stress(args: StressArgs) -> Result<ExitCode> {
+    // Bad input is refused before a seed is announced.
+    let accel = crate::accel::resolve(args.accel)?;
     let seed = match args.seed {
         Some(seed) => seed,
         None => getrandom::u64().map_err(|e| anyhow::anyhow!("no random seed from the OS: {e}"))?,
@@ -75,6 +81,7 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
         live: std::io::stderr().is_terminal(),
         verbose: args.verbose,
         swap: args.swap.clone(),
+        accel,
     };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let verdict = run_stress(&plan, &mut launch)?;
@@ -86,6 +93,8 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
 pub fn run_stress(plan: &Plan, launch: &mut dyn FnMut(&Config, Echo) -> Result<Capture>) -> Result<Verdict> {
     let config = Config {
         smp: plan.smp,
+        accel: plan.accel,
+        gdb: None,
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
         xapic: false,
@@ -144,8 +153,11 @@ fn judge(cap: &Capture, plan: &Plan) -> Verdict {
     let mut result = None;
     for record in &cap.records {
         match record {
-            Record::Boot { cpus_online, .. } if *cpus_online != plan.smp => {
-                problems.push(format!("Boot record: {cpus_online} CPUs online, expected {}", plan.smp))
+            Record::Boot { cpus_online, accel, .. } => {
+                if *cpus_online != plan.smp {
+                    problems.push(format!("Boot record: {cpus_online} CPUs online, expected {}", plan.smp));
+                }
+                problems.extend(crate::accel::check_boot(plan.accel, *accel));
             }
             Record::Stress { .. } => result = Some(record),
             _ => {}
@@ -207,7 +219,7 @@ mod tests {
     use crate::run::capture;
     use std::process::Command;
 
-    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}"#;
+    const BOOT: &str = r#"{"kind":"boot","cpus_online":4,"cpus_total":4,"apic":"x2apic","tsc_hz":1000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}"#;
 
     fn rec(json: &str) -> String {
         format!("echo '@@smpmm {{\"schema\":{},\"record\":{json}}}'\n", record::SCHEMA)
@@ -226,7 +238,7 @@ mod tests {
     /// Runs the stress command against `script`; returns the verdict and
     /// the guest command line it was given.
     fn run(script: String) -> (Verdict, String) {
-        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None };
+        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg };
         let mut cmdline = String::new();
         let mut launch = |config: &Config, echo: Echo| {
             cmdline = config.guest.cmdline();
@@ -275,4 +287,19 @@ mod tests {
         assert!(v.text.contains("broken run: the guest ran seed 0x7 on 4 CPUs for 5 s; asked for seed 0x2a"), "{}", v.text);
         assert!(v.text.contains("broken run: guest reported failure (exit 35) but the Stress record shows no violation"), "{}", v.text);
     }
+
+    #[test]
+    fn a_boot_on_the_wrong_accelerator_is_broken() {
+        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm };
+        let script = format!("{}{}exit 33", rec(BOOT), stress(42, 0, ""));
+        let mut launch = |_: &Config, echo: Echo| {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c").arg(&script);
+            capture(sh, Duration::from_secs(1), echo)
+        };
+        let v = run_stress(&plan, &mut launch).unwrap();
+        assert!(!v.ok);
+        assert!(v.text.contains("broken run: Boot record: the guest runs on tcg, but QEMU was asked for kvm\n"), "{}", v.text);
+    }
 }
+

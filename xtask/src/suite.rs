@@ -1,5 +1,6 @@
 //! One QEMU run of the in-kernel test suites and whether to trust it.
 
+use crate::accel::Accel;
 use crate::build::Images;
 use crate::exit::Exit;
 use crate::qemu::{Config, Qemu};
@@ -31,14 +32,18 @@ pub fn kernel_run(
             return tally;
         }
     };
-    let expected_apic = if config.xapic {
-        Some(ApicMode::XApic)
-    } else {
-        qemu.x2apic_under_tcg().then_some(ApicMode::X2Apic)
+    let expected_apic = match (config.xapic, config.accel) {
+        (true, _) => Some(ApicMode::XApic),
+        (false, Accel::Tcg) => qemu.x2apic_under_tcg().then_some(ApicMode::X2Apic),
+        // Not checked: never run on hardware KVM here (see README).
+        (false, Accel::Kvm) => None,
     };
     // With a swap disk attached the guest must page to it, not to RAM.
     let expected_store = if config.swap.is_some() { "virtio-blk" } else { "ram" };
-    let (mut tally, problems) = judge(&cap, config.smp, expected_apic, expected_store);
+    let (mut tally, mut problems) = judge(&cap, config.smp, expected_apic, expected_store);
+    if let Some(Record::Boot { accel, .. }) = cap.records.iter().find(|r| matches!(r, Record::Boot { .. })) {
+        problems.extend(crate::accel::check_boot(config.accel, *accel));
+    }
     for problem in &problems {
         eprintln!("[{label}] broken run: {problem}");
     }
@@ -146,6 +151,7 @@ mod tests {
             tsc_source: "pit".into(),
             usable_bytes: 1,
             store: "ram".into(),
+            accel: record::Accel::Tcg,
         }
     }
     fn test(outcome: Outcome) -> HostRecord {

@@ -7,6 +7,29 @@ use crate::toolchain::target_dir;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
+/// Smallest swap disk: 4 MiB holds paging.thrash's 1024-page region
+/// (`bench/src/workloads/thrash.rs`), the largest set of pages the guest
+/// pages out at once; a smaller disk runs out of slots mid-run.
+pub const MIN_SWAP_BYTES: u64 = 4 << 20;
+
+/// `--swap SIZE`: QEMU size syntax (a number with an optional K, M or G
+/// suffix), at least [`MIN_SWAP_BYTES`] and whole 4 KiB pages (the guest
+/// pages in 4 KiB slots; a partial page at the end would be dead space).
+pub fn parse_swap_size(text: &str) -> Result<Mem> {
+    let size = crate::qemu::parse_size(text).map_err(|e| anyhow::anyhow!("swap size: {e:#}"))?;
+    if size.bytes < MIN_SWAP_BYTES {
+        anyhow::bail!(
+            "swap size {text:?} is too small: the disk must hold at least {} MiB (paging.thrash pages out \
+             up to 1024 pages of 4 KiB at once, and the guest pages only to the disk when one is attached)",
+            MIN_SWAP_BYTES >> 20
+        );
+    }
+    if size.bytes % 4096 != 0 {
+        anyhow::bail!("swap size {text:?} is not a whole number of 4 KiB pages (the guest's swap slots)");
+    }
+    Ok(size)
+}
+
 #[derive(Debug, Clone)]
 pub struct Swap {
     pub path: PathBuf,
@@ -42,6 +65,20 @@ impl Swap {
 mod tests {
     use super::*;
     use crate::qemu::parse_mem;
+
+    #[test]
+    fn swap_sizes_say_what_is_wrong() {
+        assert_eq!(parse_swap_size("4M").unwrap().bytes, 4 << 20);
+        assert_eq!(parse_swap_size("256M").unwrap().bytes, 256 << 20);
+        assert_eq!(parse_swap_size("8196K").unwrap().bytes, 8196 << 10);
+        let e = format!("{:#}", parse_swap_size("1K").unwrap_err());
+        assert!(e.starts_with("swap size \"1K\" is too small: the disk must hold at least 4 MiB"), "{e}");
+        assert!(!e.contains("boot"), "not a guest-RAM message: {e}");
+        let e = format!("{:#}", parse_swap_size("4097K").unwrap_err());
+        assert!(e.contains("not a whole number of 4 KiB pages"), "{e}");
+        let e = format!("{:#}", parse_swap_size("lots").unwrap_err());
+        assert!(e.starts_with("swap size: memory size \"lots\""), "{e}");
+    }
 
     #[test]
     fn image_is_sparse_and_sized() {

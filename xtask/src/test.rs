@@ -2,9 +2,10 @@
 //! CPU counts and firmware/APIC combinations. The last stdout line is always
 //! `N passed, M failed`.
 
+use crate::accel::{self, AccelChoice};
 use crate::qemu::{parse_mem, Config, Eviction, Firmware, GuestOptions};
 use crate::swap::Swap;
-use crate::{build, install, suite, toolchain, Mode};
+use crate::{build, gdb, install, suite, toolchain, Mode};
 use anyhow::{anyhow, Result};
 use std::io::{BufRead, BufReader};
 use std::process::{ExitCode, Stdio};
@@ -71,20 +72,62 @@ fn plan(quick: bool) -> Vec<Suite> {
     suites
 }
 
-pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the UEFI and forced-xAPIC kernel runs.
+    #[arg(long)]
+    quick: bool,
+    /// Also show the guest's free-text serial output.
+    #[arg(long)]
+    verbose: bool,
+    /// Accelerator of the kernel boots (see `run --accel`).
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Run only these stages (default: all), comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    stage: Vec<Stage>,
+}
+
+/// The parts of `cargo xtask test`, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// `cargo test` of the host-testable crates.
+    Host,
+    /// The loom models.
+    Loom,
+    /// The in-kernel suites at several CPU counts.
+    Kernel,
+    /// A real gdb to a hardware breakpoint at the kernel's entry and back.
+    Gdb,
+    /// The sharing tracer's calibration (traced boots, always TCG).
+    Trace,
+}
+
+pub fn test(args: TestArgs) -> Result<ExitCode> {
+    let runs = |stage: Stage| args.stage.is_empty() || args.stage.contains(&stage);
+    // Refused before anything runs.
+    let accel = accel::resolve(args.accel)?;
     let mut total = Tally::default();
     // Every stage failure is counted, not returned, so the summary line is
     // always printed last.
     let toolchain = toolchain::ensure_toolchain().map_err(|e| format!("{e:#}"));
     match &toolchain {
         Ok(()) => {
-            total += host_tests();
-            total += loom_models();
+            if runs(Stage::Host) {
+                total += host_tests();
+            }
+            if runs(Stage::Loom) {
+                total += loom_models();
+            }
         }
         Err(e) => broken("host tests", &format!("not run: {e}"), &mut total),
     }
+    if !runs(Stage::Kernel) && !runs(Stage::Gdb) && !runs(Stage::Trace) {
+        println!("{total}");
+        return Ok(total.exit_code());
+    }
 
-    let suites = plan(quick);
+    let suites = if runs(Stage::Kernel) { plan(args.quick) } else { Vec::new() };
     let prepared = toolchain
         .map_err(|e| anyhow!(e))
         .and_then(|()| Ok((install::ensure_qemu()?, build::build()?)));
@@ -108,6 +151,8 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
                 };
                 let config = Config {
                     smp: suite.smp,
+                    accel,
+                    gdb: None,
                     mem: parse_mem("1G").expect("a valid size"),
                     firmware,
                     xapic: suite.xapic,
@@ -124,14 +169,20 @@ pub fn test(quick: bool, verbose: bool) -> Result<ExitCode> {
                     },
                     extra: Vec::new(),
                 };
-                total += suite::kernel_run(&qemu, &images, &config, SUITE_TIMEOUT, verbose);
+                total += suite::kernel_run(&qemu, &images, &config, SUITE_TIMEOUT, args.verbose);
             }
-            total += trace_proof(&qemu, &images);
+            if runs(Stage::Gdb) {
+                total += gdb::stage(&qemu, &images, accel);
+            }
+            if runs(Stage::Trace) {
+                total += trace_proof(&qemu, &images);
+            }
         }
         Err(e) => {
             broken("kernel suites", &format!("not run: {e:#}"), &mut total);
-            // One failure per run that could not happen.
-            total.failed += suites.len() as u64 - 1;
+            // One failure per run that could not happen (the gdb and trace
+            // stages count as one each).
+            total.failed += (suites.len() + usize::from(runs(Stage::Gdb)) + usize::from(runs(Stage::Trace))).saturating_sub(1) as u64;
         }
     }
     println!("{total}");

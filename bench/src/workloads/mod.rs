@@ -35,3 +35,68 @@ pub fn all<M: Machine>() -> Vec<Bench<M>> {
         Bench { name: "heap.small", scope: Scope::EveryCpu, sample_every: 64, groups: &[Group::Frames], variants: single::<M>, run: heap::small::<M> },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    //! The table against `record::BENCHMARKS`, the list xtask checks
+    //! `bench --only` with. `all` only builds function pointers, so a
+    //! machine that cannot exist is enough to instantiate it.
+    use super::*;
+    use mm::frame::FrameError;
+    use mm::phys::PhysAllocator;
+    use mm::vm::{ShootdownFailed, Table, Vm, VmPlatform};
+
+    enum NoMachine {}
+
+    impl mm::platform::Platform for NoMachine {
+        fn cpu_index(&self) -> usize { match *self {} }
+        fn without_interrupts<R>(&self, _: impl FnOnce() -> R) -> R { match *self {} }
+    }
+
+    impl VmPlatform for NoMachine {
+        fn table(&self, _: u64) -> &Table { match *self {} }
+        fn fill_frame(&self, _: u64, _: u8) { match *self {} }
+        fn copy_frame(&self, _: u64, _: u64) { match *self {} }
+        fn alloc_frame(&self) -> Result<u64, FrameError> { match *self {} }
+        fn free_frame(&self, _: u64) -> Result<(), FrameError> { match *self {} }
+        fn cpu_index(&self) -> usize { match *self {} }
+        fn online_cpus(&self) -> u64 { match *self {} }
+        fn shootdown(&self, _: u64, _: u64, _: u64) -> Result<(), ShootdownFailed> { match *self {} }
+        fn load_root(&self, _: u64) { match *self {} }
+        fn free_frames(&self) -> u64 { match *self {} }
+        fn now_ns(&self) -> u64 { match *self {} }
+        fn wait_step(&self) { match *self {} }
+        fn without_interrupts<R>(&self, _: impl FnOnce() -> R) -> R { match *self {} }
+    }
+
+    impl crate::Clock for NoMachine {
+        fn now_ns(&self) -> u64 { match *self {} }
+    }
+
+    impl Machine for NoMachine {
+        type Phys = NoMachine;
+        type VmP = NoMachine;
+        fn frames(&self) -> &'static PhysAllocator<'static, NoMachine> { match *self {} }
+        fn vm(&self) -> &'static Vm<NoMachine> { match *self {} }
+        fn cpu(&self) -> usize { match *self {} }
+        fn cpus(&self) -> usize { match *self {} }
+        fn run_on_all(&self, _: fn(usize), _: u64) -> Result<(), u64> { match *self {} }
+        fn wait_step(&self) { match *self {} }
+        fn nap(&self, _: u32) { match *self {} }
+        fn ipi_round_trip(&self, _: usize) -> Result<(), u64> { match *self {} }
+        fn emit(&self, _: &record::GuestRecord) { match *self {} }
+        fn tlb_counts(&self, _: usize) -> crate::TlbCounts { match *self {} }
+        fn stores(&self) -> Vec<&'static str> { match *self {} }
+        fn use_store(&self, _: &str) -> Result<(), mm::paging::StoreError> { match *self {} }
+        fn heap_stats(&self) -> mm::heap::HeapStats { match *self {} }
+        fn read_word(&self, _: u64) -> u64 { match *self {} }
+        fn write_word(&self, _: u64, _: u64) { match *self {} }
+        fn trace_mark(&self, _: bool, _: u32) { match *self {} }
+    }
+
+    #[test]
+    fn the_table_is_record_benchmarks() {
+        let names: Vec<&str> = all::<NoMachine>().iter().map(|b| b.name).collect();
+        assert_eq!(names, record::BENCHMARKS, "update record::BENCHMARKS (xtask checks --only against it) with the table");
+    }
+}

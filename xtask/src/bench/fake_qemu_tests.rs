@@ -32,7 +32,7 @@ fn rec(json: &str) -> String {
 
 fn boot(smp: u32) -> String {
     rec(&format!(
-        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":2000000000,"tsc_source":"pit","usable_bytes":4096,"store":"ram"}}"#
+        r#"{{"kind":"boot","cpus_online":{smp},"cpus_total":{smp},"apic":"x2apic","tsc_hz":2000000000,"tsc_source":"pit","usable_bytes":4096,"store":"ram","accel":"tcg"}}"#
     ))
 }
 
@@ -83,7 +83,7 @@ fn run(smp: Vec<u32>, root: &Path, script: impl Fn(u32) -> String) -> (std::path
         sh.arg("-c").arg(script(config.smp));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, trace: None };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, trace: None };
     let (dir, ok) = measure(host(smp), &options, &mut launch, root).unwrap();
     (dir, ok, cmdlines.into_inner())
 }
@@ -103,6 +103,7 @@ fn a_clean_run_writes_the_whole_folder() {
     ]);
     assert_eq!(report.records.len(), 16, "12 measured and 4 solo repetitions");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.runs.iter().all(|r| r.accel.as_deref() == Some("tcg")), "the Boot record's accelerator is kept");
     let s = report.summary.iter().find(|s| s.variant == "magazine" && s.smp == 4).unwrap();
     assert_eq!((s.reps, s.ops_per_sec), (2, 40_050_000.0));
     assert_eq!(s.counters_per_op["buddy_locks"], 0.01);
@@ -119,6 +120,7 @@ fn a_clean_run_writes_the_whole_folder() {
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 100% / 200% | 3.99× (4/1) | 40.05× |"), "{md}");
     assert!(md.contains("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)"));
+    assert!(md.contains("- Run at 4 CPUs: guest exited with success in ") && md.contains(", 4 CPUs online, accel tcg, x2apic, TSC 2.000 GHz"), "{md}");
     let svg = std::fs::read_to_string(dir.join("plots/frames.pair.svg")).unwrap();
     assert!(svg.contains("\nmagazine\n") && svg.contains("\nglobal (baseline)\n"), "legend in {svg}");
 
@@ -169,6 +171,29 @@ fn a_timeout_keeps_what_arrived() {
     assert_eq!(details, ["timeout after 1 s", "no BenchDone record (the run stopped after 1 Bench records)"]);
 }
 
+/// `--accel kvm` reaches every boot's QEMU command line, and a guest that
+/// finds itself on TCG anyway makes the boot broken (report written).
+#[test]
+fn a_boot_on_the_wrong_accelerator_is_broken() {
+    let root = tempfile::tempdir().unwrap();
+    let images = crate::build::Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
+    let lines = RefCell::new(Vec::new());
+    let mut launch = |config: &Config, echo: Echo| -> Result<Capture> {
+        lines.borrow_mut().push(config.args(&images).join(" "));
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(guest(config.smp, false));
+        capture(sh, Duration::from_secs(1), echo)
+    };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm, trace: None };
+    let (dir, ok) = measure(host(vec![1]), &options, &mut launch, root.path()).unwrap();
+    assert!(!ok);
+    assert!(lines.borrow()[0].starts_with("-machine q35 -accel kvm -cpu host -smp 1 "), "{:?}", lines.borrow());
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    assert_eq!(report.runs[0].accel.as_deref(), Some("tcg"));
+    let details: Vec<&str> = report.failures.iter().map(|f| f.detail.as_str()).collect();
+    assert_eq!(details, ["Boot record: the guest runs on tcg, but QEMU was asked for kvm"]);
+}
+
 /// `--trace`: the second boot of each CPU count gets `-plugin`, and its
 /// fake QEMU writes the windows a tracer would (window i for the boot's
 /// i-th Bench record); `drop` leaves one window out.
@@ -196,7 +221,7 @@ fn traced_run(root: &Path, drop: Option<u32>) -> (std::path::PathBuf, bool, Vec<
         capture(sh, Duration::from_secs(1), echo)
     };
     let tracing = super::trace::Tracing { plugin: "/fake/libtracer.so".into(), kernel_elf: std::env::current_exe().unwrap() };
-    let options = Options { live: false, verbose: false, swap: None, trace: Some(tracing) };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, trace: Some(tracing) };
     let (dir, ok) = measure(host(vec![2]), &options, &mut launch, root).unwrap();
     (dir, ok, traced_boots.into_inner())
 }

@@ -19,14 +19,18 @@ pub struct Judged {
 /// did not end through the guest's exit, a record line was unreadable, the
 /// Boot, BenchPlan or BenchDone record is missing, or the counts the guest
 /// announced disagree with what arrived.
-pub fn judge(cap: &Capture, smp: u32) -> Judged {
+pub fn judge(cap: &Capture, smp: u32, accel: crate::accel::Accel) -> Judged {
     let mut problems: Vec<String> = cap.bad_records.iter().map(|e| format!("bad record: {e}")).collect();
-    let (mut boot, mut plan, mut done) = (None, None, None);
+    let (mut boot, mut plan, mut done, mut guest_accel) = (None, None, None, None);
     let mut rows = Vec::new();
     let mut fails = Vec::new();
     for record in &cap.records {
         match record {
-            Record::Boot { cpus_online, apic, tsc_hz, .. } => boot = Some((*cpus_online, *apic, *tsc_hz)),
+            Record::Boot { cpus_online, apic, tsc_hz, accel: found, .. } => {
+                boot = Some((*cpus_online, *apic, *tsc_hz));
+                guest_accel = Some(*found);
+                problems.extend(crate::accel::check_boot(accel, *found));
+            }
             Record::BenchPlan { runs, reps, .. } => plan = Some((*runs, *reps)),
             Record::Bench { .. } => rows.extend(BenchRow::from_record(record)),
             Record::BenchFail { bench, variant, smp, detail } => fails.push(Failure {
@@ -96,6 +100,7 @@ pub fn judge(cap: &Capture, smp: u32) -> Judged {
         cpus_online,
         apic,
         tsc_hz,
+        accel: guest_accel.map(|a| a.name().to_string()),
         expected_records: plan.map(|(runs, reps)| runs * reps),
         received_records: received,
     };
@@ -106,6 +111,7 @@ pub fn judge(cap: &Capture, smp: u32) -> Judged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accel::Accel;
     use record::{ApicMode, HostRecord};
     use std::time::Duration;
 
@@ -121,6 +127,7 @@ mod tests {
             tsc_source: "pit".into(),
             usable_bytes: 1,
             store: "ram".into(),
+            accel: record::Accel::Tcg,
         }
     }
     fn bench(variant: &str, smp: u32, rep: u32) -> HostRecord {
@@ -159,10 +166,12 @@ mod tests {
                 ],
             ),
             2,
+            Accel::Tcg,
         );
         assert!(j.failures.is_empty(), "{:?}", details(&j));
         assert!(j.run.ok);
         assert_eq!((j.run.cpus_online, j.run.apic.as_deref(), j.run.tsc_hz), (Some(2), Some("x2apic"), Some(3)));
+        assert_eq!(j.run.accel.as_deref(), Some("tcg"));
         assert_eq!((j.run.expected_records, j.run.received_records), (Some(2), 2));
         assert_eq!(j.rows[1].variant, "global");
     }
@@ -183,6 +192,7 @@ mod tests {
                 ],
             ),
             2,
+            Accel::Tcg,
         );
         assert!(j.run.ok, "{:?}", details(&j));
         assert_eq!(details(&j), ["lost"]);
@@ -202,6 +212,7 @@ mod tests {
                 ],
             ),
             4,
+            Accel::Tcg,
         );
         assert!(!j.run.ok);
         assert_eq!(
@@ -213,13 +224,26 @@ mod tests {
                 "1 Bench records arrived; BenchPlan announced 2 runs × 2 repetitions",
             ]
         );
-        let j = judge(&cap(Exit::Timeout(Duration::from_secs(900)), vec![bench("magazine", 1, 0)]), 1);
+        let j = judge(&cap(Exit::Timeout(Duration::from_secs(900)), vec![bench("magazine", 1, 0)]), 1, Accel::Tcg);
         assert_eq!(
             details(&j),
             ["timeout after 900 s", "no Boot record", "no BenchPlan record", "no BenchDone record (the run stopped after 1 Bench records)"]
         );
         assert_eq!(j.rows.len(), 1, "what arrived before the timeout is kept");
-        let j = judge(&cap(Exit::GuestFailure, vec![]), 1);
+        let j = judge(&cap(Exit::GuestFailure, vec![]), 1, Accel::Tcg);
         assert_eq!(details(&j)[0], "guest reported failure (exit 35) but sent no BenchFail");
+    }
+
+    #[test]
+    fn a_boot_on_another_accelerator_is_broken() {
+        let records = vec![
+            boot(1),
+            Record::BenchPlan { runs: 0, reps: 1, quick: true },
+            Record::BenchDone { runs: 0, failed: 0 },
+        ];
+        let j = judge(&cap(Exit::GuestSuccess, records), 1, Accel::Kvm);
+        assert!(!j.run.ok);
+        assert_eq!(details(&j), ["Boot record: the guest runs on tcg, but QEMU was asked for kvm"]);
+        assert_eq!(j.run.accel.as_deref(), Some("tcg"), "the report says what it ran on");
     }
 }

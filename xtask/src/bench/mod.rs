@@ -31,8 +31,11 @@ use std::time::Duration;
 pub struct BenchArgs {
     /// CPU counts to boot, comma-separated; one boot each.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8],
-          value_parser = clap::value_parser!(u32).range(1..=255))]
+          value_parser = crate::qemu::parse_smp)]
     smp: Vec<u32>,
+    /// Accelerator (see `run --accel`).
+    #[arg(long, value_enum, default_value_t = crate::accel::AccelChoice::Auto)]
+    accel: crate::accel::AccelChoice,
     /// Run only benchmarks whose names start with one of these
     /// (`--only frames,vm.local` or `--only frames vm.local`).
     #[arg(long, value_delimiter = ',', num_args = 1..)]
@@ -72,8 +75,25 @@ pub struct SwapSize(Option<crate::qemu::Mem>);
 fn parse_swap(text: &str) -> Result<SwapSize> {
     match text {
         "0" => Ok(SwapSize(None)),
-        _ => Ok(SwapSize(Some(parse_mem(text)?))),
+        _ => Ok(SwapSize(Some(crate::swap::parse_swap_size(text)?))),
     }
+}
+
+/// Refuses `--only` words that select no benchmark (a typo would
+/// otherwise boot, run nothing and write an empty report), naming the
+/// benchmarks there are. The names are `record::BENCHMARKS`, which a test
+/// in `bench` keeps equal to the guest's table.
+fn check_only(only: &[String]) -> Result<()> {
+    let unmatched: Vec<&str> =
+        only.iter().map(String::as_str).filter(|w| !record::BENCHMARKS.iter().any(|b| record::selected(w, b))).collect();
+    if !unmatched.is_empty() {
+        anyhow::bail!(
+            "--only {} selects no benchmark; the benchmarks are: {}",
+            unmatched.join(","),
+            record::BENCHMARKS.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Where run folders and `latest.json` go.
@@ -91,7 +111,11 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         print!("{}", compare::render(&a, &b, &name(&a, &old), &name(&b, &new)));
         return Ok(ExitCode::SUCCESS);
     }
+    // Bad input is refused before anything is installed, built or booted.
+    check_only(&args.only)?;
+    let accel = crate::accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
+    trace::plugin::check_accel(args.trace, accel)?;
     // Refused before anything boots when this QEMU cannot load the plugin.
     let tracing = match args.trace {
         true => {
@@ -105,10 +129,15 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     let mut smp = args.smp.clone();
     smp.sort_unstable();
     smp.dedup();
-    let host = Host::gather(qemu.version.to_string(), args.quick, smp, args.only.clone());
+    let host = Host::gather(qemu.version.to_string(), accel.qemu_accel(), args.quick, smp, args.only.clone());
     let timeout = Duration::from_secs(args.timeout);
-    let options =
-        Options { live: std::io::stderr().is_terminal(), verbose: args.verbose, swap: args.swap.0.clone(), trace: tracing };
+    let options = Options {
+        live: std::io::stderr().is_terminal(),
+        verbose: args.verbose,
+        swap: args.swap.0.clone(),
+        accel,
+        trace: tracing,
+    };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
     println!("report: {}", dir.join("report.md").display());
@@ -121,6 +150,7 @@ pub struct Options {
     pub verbose: bool,
     /// Size of a swap disk to attach to every boot.
     pub swap: Option<crate::qemu::Mem>,
+    pub accel: crate::accel::Accel,
     /// `--trace`: boot every CPU count a second time under the tracer.
     pub trace: Option<trace::Tracing>,
 }
@@ -212,6 +242,8 @@ fn boot(
     let (tag, disk) = if traced { (" traced", format!("bench-smp{smp}-traced")) } else { ("", format!("bench-smp{smp}")) };
     let config = Config {
         smp,
+        accel: options.accel,
+        gdb: None,
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
         xapic: false,
@@ -231,7 +263,7 @@ fn boot(
             return Ok(None);
         }
     };
-    let mut judged = judge::judge(&cap, smp);
+    let mut judged = judge::judge(&cap, smp, options.accel);
     for f in &mut judged.failures {
         let what = match (&f.bench, &f.variant) {
             (Some(b), Some(v)) => format!("{b} {v} failed its check"),
@@ -278,5 +310,35 @@ mod tests {
         assert!(parse_swap("0").unwrap().0.is_none());
         assert_eq!(parse_swap("64M").unwrap().0.unwrap().bytes, 64 << 20);
         assert!(parse_swap("lots").is_err());
+        assert!(format!("{:#}", parse_swap("1K").unwrap_err()).contains("too small"));
+    }
+
+    #[test]
+    fn only_must_select_some_benchmark() {
+        assert!(check_only(&[]).is_ok());
+        assert!(check_only(&["frames".into(), "vm.local".into()]).is_ok());
+        let e = check_only(&["frames".into(), "frame.pair".into(), "nope".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("--only frame.pair,nope selects no benchmark; the benchmarks are: floor.clock, floor.rmw, floor.zero, floor.ipi, frames.pair,"), "{e}");
+        assert!(e.ends_with("heap.small"), "{e}");
+    }
+
+    /// The whole command: a bad `--only` fails before QEMU is looked for,
+    /// the image built or a report folder written.
+    #[test]
+    fn a_bad_only_is_refused_before_anything_runs() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let cli = Cli::try_parse_from(["bench", "--only", "bogus", "--no-build"]).unwrap();
+        let before = std::fs::read_dir(bench_root()).map(|d| d.count()).unwrap_or(0);
+        let e = bench(cli.args).unwrap_err().to_string();
+        assert!(e.contains("--only bogus selects no benchmark"), "{e}");
+        assert_eq!(std::fs::read_dir(bench_root()).map(|d| d.count()).unwrap_or(0), before, "nothing written");
+        // And the CPU limit, at parse time.
+        let e = Cli::try_parse_from(["bench", "--smp", "1,100"]).err().unwrap().to_string();
+        assert!(e.contains("the kernel runs at most 64 CPUs"), "{e}");
     }
 }

@@ -69,6 +69,10 @@ pub struct RunInfo {
     pub cpus_online: Option<u32>,
     pub apic: Option<String>,
     pub tsc_hz: Option<u64>,
+    /// The accelerator the guest found (Boot record); absent in reports
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
     /// Bench records the guest announced (runs × reps) and sent.
     pub expected_records: Option<u32>,
     pub received_records: u32,
@@ -221,14 +225,14 @@ pub struct Spread {
 
 impl Host {
     /// Facts about this machine and tree for the report header.
-    pub fn gather(qemu_version: String, quick: bool, smp: Vec<u32>, only: Vec<String>) -> Host {
+    pub fn gather(qemu_version: String, accel: &str, quick: bool, smp: Vec<u32>, only: Vec<String>) -> Host {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
         let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
         let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
         Host {
             cores,
             qemu_version,
-            accel: "tcg,thread=multi".into(),
+            accel: accel.into(),
             kernel_commit: commit,
             dirty,
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -336,6 +340,7 @@ pub mod tests_support {
                 cpus_online: Some(2),
                 apic: Some("x2apic".into()),
                 tsc_hz: Some(1_000_000),
+                accel: Some("tcg".into()),
                 expected_records: Some(1),
                 received_records: 1,
             }],

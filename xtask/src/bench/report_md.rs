@@ -36,9 +36,11 @@ fn header(md: &mut String, r: &Report) {
     let quick = if h.quick { " (quick: fewer, shorter repetitions)" } else { "" };
     let _ = writeln!(md, "- CPU counts: {}; benchmarks: {only}{quick}", smp.join(", "));
     for run in &r.runs {
+        // Older reports do not record the guest's accelerator.
+        let accel = run.accel.as_ref().map(|a| format!(", accel {a}")).unwrap_or_default();
         let boot = match (run.cpus_online, &run.apic, run.tsc_hz) {
             (Some(cpus), Some(apic), Some(hz)) => {
-                format!(", {cpus} CPUs online, {apic}, TSC {:.3} GHz", hz as f64 / 1e9)
+                format!(", {cpus} CPUs online{accel}, {apic}, TSC {:.3} GHz", hz as f64 / 1e9)
             }
             _ => ", no Boot record".to_string(),
         };
@@ -48,13 +50,14 @@ fn header(md: &mut String, r: &Report) {
     }
     let _ = writeln!(
         md,
-        "\n> **How to read this.** The host has {cores} cores and QEMU emulates the CPUs with TCG. \
+        "\n> **How to read this.** The host has {cores} cores and QEMU {how}. \
          With more vCPUs than {cores}, the vCPUs take turns on the host cores, so scaling past \
          {cores} CPUs shows contention costs (locks, cache-line and IPI traffic), not parallel speed. \
          The efficiency columns show it: each row where every CPU works is set against its host \
          ceiling, min(CPUs, {cores}) × the rate of CPU 0 running the same workload alone (the others \
          halted) in the same boot.\n",
-        cores = h.cores
+        cores = h.cores,
+        how = if h.accel.starts_with("kvm") { "runs the CPUs under KVM" } else { "emulates the CPUs with TCG" }
     );
 }
 
@@ -317,6 +320,7 @@ mod tests {
                 cpus_online: Some(8),
                 apic: Some("x2apic".into()),
                 tsc_hz: Some(2_500_000_000),
+                accel: Some("tcg".into()),
                 expected_records: Some(3),
                 received_records: 3,
             }],
@@ -340,7 +344,7 @@ mod tests {
         let md = render(&report(), &["frames.pair".to_string()].into());
         let has = |line: &str| assert!(md.lines().any(|l| l == line), "missing {line:?} in\n{md}");
         has("- Host: 2 cores; QEMU 10.0.2, `-accel tcg,thread=multi`");
-        has("- Run at 8 CPUs: guest reported failure (QEMU exit 35) in 12.3 s, 8 CPUs online, x2apic, TSC 2.500 GHz");
+        has("- Run at 8 CPUs: guest reported failure (QEMU exit 35) in 12.3 s, 8 CPUs online, accel tcg, x2apic, TSC 2.500 GHz");
         assert!(md.contains("The host has 2 cores") && md.contains("scaling past 2 CPUs shows contention costs"), "{md}");
         has("- frames.batch global at 8 CPUs: check failed, figures void: 2 frames lost");
         has("| benchmark | variant | 1 CPU | 8 CPUs | efficiency (8) | speedup | vs baseline |");

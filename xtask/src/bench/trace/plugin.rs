@@ -28,6 +28,14 @@ pub fn build() -> Result<PathBuf> {
     Ok(so)
 }
 
+/// `--trace` counts in a TCG plugin: refused with `--accel kvm`.
+pub fn check_accel(trace: bool, accel: crate::accel::Accel) -> Result<()> {
+    if trace && accel != crate::accel::Accel::Tcg {
+        bail!("`--trace` counts with a TCG plugin, which QEMU runs only under TCG; this run would use {} (use --accel tcg)", accel.name());
+    }
+    Ok(())
+}
+
 /// The `-plugin` arguments that load `plugin` writing windows to `out`.
 pub fn args(plugin: &Path, out: &Path) -> Vec<String> {
     vec!["-plugin".into(), format!("{},out={}", plugin.display(), out.display())]
@@ -119,6 +127,15 @@ mod tests {
         assert!(err.contains("QEMU 11.0.0"), "{err}");
         assert!(err.contains("refused the tracer plugin built for plugin API v4"), "{err}");
         assert!(err.contains("minimum version of 5"), "{err}");
+    }
+
+    #[test]
+    fn trace_needs_tcg() {
+        use crate::accel::Accel;
+        check_accel(true, Accel::Tcg).unwrap();
+        check_accel(false, Accel::Kvm).unwrap();
+        let err = check_accel(true, Accel::Kvm).unwrap_err().to_string();
+        assert!(err.contains("only under TCG") && err.contains("--accel tcg"), "{err}");
     }
 
     #[test]

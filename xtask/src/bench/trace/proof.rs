@@ -40,6 +40,9 @@ fn traced_boot(qemu: &Qemu, images: &Images, plugin: &std::path::Path, symbols: 
     let _ = std::fs::remove_file(&out);
     let config = Config {
         smp,
+        // Plugins run only under TCG, whatever the other stages use.
+        accel: crate::accel::Accel::Tcg,
+        gdb: None,
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
         xapic,
@@ -51,7 +54,7 @@ fn traced_boot(qemu: &Qemu, images: &Images, plugin: &std::path::Path, symbols: 
     let cap = run::run_qemu(qemu, images, &config, Duration::from_secs(300), display.echo());
     display.finish();
     let cap = cap?;
-    let judged = judge::judge(&cap, smp);
+    let judged = judge::judge(&cap, smp, crate::accel::Accel::Tcg);
     if !judged.failures.is_empty() {
         cap.print_failure_context();
         let details: Vec<&str> = judged.failures.iter().map(|f| f.detail.as_str()).collect();
