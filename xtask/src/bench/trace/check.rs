@@ -18,18 +18,19 @@ pub const PRIVATE_SYMBOL: &str = "bench::workloads::floor::PRIVATE";
 /// `workers::WAKE_VECTOR`, 0xF1, once per repetition); the kernel's `ipis`
 /// counter counts shootdown targets only, so that vector is compared.
 pub const CROSS_CALL_VECTOR: u8 = 0xf0;
-/// Conflicting accesses per operation `floor.rmw private` may show. What
-/// remains there (measured: 0.03-0.05/op at 2 CPUs) is the team's
-/// coordination inside the window, a per-repetition cost rather than a
-/// per-operation one: the abort flag, which CPU 0 wrote when it made the
-/// team and every CPU reads at each deadline check (about every 20 µs of
-/// guest time, some 3000 times per CPU in a 60 ms repetition), and the
-/// barrier and result slots (a few hundred). Traced operations per CPU and
-/// repetition vary with the host's load (60k-100k here), so the bound
-/// leaves room for a host twice as busy; an operation that touched a
-/// shared written line would show >= 1 (`shared` shows 2: the locked
-/// increment's read and write).
-pub const PRIVATE_BOUND: f64 = 0.25;
+/// Conflicting accesses per operation `floor.rmw private` may show. An
+/// operation that touches a conflicting line at all adds at least one
+/// access, so per-operation sharing shows >= 1/op (`shared` shows 2: the
+/// locked increment's read and write); 0.5 splits the two cases. What
+/// `private` does show (0.03-0.14/op here, more the busier the host) is the
+/// team's coordination inside the window, a per-repetition cost: the CPU
+/// runner's job slot (`bench::team::JOB`) and busy flags as the CPUs start
+/// and stop, the team's abort flag (written when CPU 0 makes the team, read
+/// at every deadline check, some 3000 times per CPU in a 60 ms
+/// repetition), the barrier and the result slots. Divided by the traced
+/// operations of a repetition, it grows as a loaded host runs fewer of
+/// them. The counters' own lines must not conflict at all.
+pub const PRIVATE_BOUND: f64 = 0.5;
 
 /// One check's verdict.
 #[derive(Debug, PartialEq)]
