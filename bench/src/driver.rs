@@ -63,13 +63,15 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
     log::info!("bench: {} benchmarks, {runs} runs of {} repetitions on {cpus} CPUs", benches.len(), plan.reps);
     let mut failed = 0;
     let mut seq = seed;
+    // Bench records sent so far: the tracer's window number for the next.
+    let mut sent = 0u32;
     for b in &benches {
         for variant in (b.variants)(m) {
-            let mut result = run_variant(m, b, &variant, plan, cpus, &mut seq);
+            let mut result = run_variant(m, b, &variant, plan, cpus, &mut seq, &mut sent);
             if result.is_ok() && solo(b) {
                 // Straight after the same workload on every CPU: warm
                 // already, so no warm-up repetition.
-                result = run_variant(m, b, &variant, Plan { warmups: 0, ..plan }, 1, &mut seq);
+                result = run_variant(m, b, &variant, Plan { warmups: 0, ..plan }, 1, &mut seq, &mut sent);
             }
             if let Err(e) = result {
                 failed += 1;
@@ -83,7 +85,16 @@ pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: 
 }
 
 /// Warm-up and measured repetitions of one variant on CPUs `0..workers`.
-fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Plan, workers: usize, seq: &mut u64) -> Result<(), Failure> {
+/// `sent` counts the Bench records sent in this boot.
+fn run_variant<M: Machine>(
+    m: &'static M,
+    b: &Bench<M>,
+    variant: &str,
+    plan: Plan,
+    workers: usize,
+    seq: &mut u64,
+    sent: &mut u32,
+) -> Result<(), Failure> {
     let mut next_rep = || {
         *seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         Rep { duration_ns: plan.rep_ns, seed: *seq, cpus: workers, sample_every: b.sample_every }
@@ -93,7 +104,12 @@ fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Pla
     }
     for rep in 0..plan.reps {
         let before = counters::snapshot(m);
-        let team = (b.run)(m, variant, &next_rep())?;
+        let next = next_rep();
+        // The tracer's window is exactly the repetition; a failed one gets
+        // no end mark, so its window is dropped with its record.
+        m.trace_mark(true, *sent);
+        let team = (b.run)(m, variant, &next)?;
+        m.trace_mark(false, *sent);
         let after = counters::snapshot(m);
         let (ops, ns, hist) = team.totals();
         let list = counters::delta(&before, &after, b.groups);
@@ -121,6 +137,7 @@ fn run_variant<M: Machine>(m: &'static M, b: &Bench<M>, variant: &str, plan: Pla
             samples: hist.count(),
             counters: Counters(&list),
         });
+        *sent += 1;
     }
     Ok(())
 }

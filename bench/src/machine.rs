@@ -67,6 +67,10 @@ pub trait Machine: Clock + Sync + 'static {
     /// active on this CPU. The kernel refuses addresses outside those areas.
     fn read_word(&self, virt: u64) -> u64;
     fn write_word(&self, virt: u64, value: u64);
+    /// Marks the begin or end of measured repetition `seq` (the index its
+    /// Bench record will have in this boot) for the sharing tracer
+    /// (`bench --trace`); costs nothing measurable when nobody traces.
+    fn trace_mark(&self, begin: bool, seq: u32);
 }
 
 /// Free frames plus the frames the heap holds: what a benchmark that gives

@@ -1,6 +1,7 @@
 //! The kernel side of the benchmarks: `bench::Machine` over the kernel's
 //! frame allocator, virtual memory, CPU runner, TSC and serial records.
-//! The word accessors are the only `unsafe` here.
+//! The word accessors are the only `unsafe` here (the tracer's window
+//! marks are in `trace_mark`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -130,6 +131,10 @@ impl Machine for KernelMachine {
 
     fn write_word(&self, virt: u64, value: u64) {
         word(virt).store(value, Ordering::Relaxed)
+    }
+
+    fn trace_mark(&self, begin: bool, seq: u32) {
+        crate::trace_mark::mark(begin, seq);
     }
 }
 

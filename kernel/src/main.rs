@@ -23,6 +23,7 @@ mod nap;
 mod paging;
 mod pat;
 mod swap_disk;
+mod trace_mark;
 mod tests;
 mod user_program;
 mod usermode;

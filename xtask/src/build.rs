@@ -23,7 +23,8 @@ impl Images {
 }
 
 /// The kernel ELF the images are made from, with its symbols (release
-/// profile: `debug = "line-tables-only"`, not stripped), for gdb.
+/// profile: `debug = "line-tables-only"`, not stripped), for gdb and the
+/// sharing tracer's symbol names.
 pub fn kernel_elf() -> PathBuf {
     target_dir().join(KERNEL_TARGET).join("release").join("kernel")
 }

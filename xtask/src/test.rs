@@ -99,6 +99,8 @@ pub enum Stage {
     Kernel,
     /// A real gdb to a hardware breakpoint at the kernel's entry and back.
     Gdb,
+    /// The sharing tracer's calibration (traced boots, always TCG).
+    Trace,
 }
 
 pub fn test(args: TestArgs) -> Result<ExitCode> {
@@ -120,7 +122,7 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
         }
         Err(e) => broken("host tests", &format!("not run: {e}"), &mut total),
     }
-    if !runs(Stage::Kernel) && !runs(Stage::Gdb) {
+    if !runs(Stage::Kernel) && !runs(Stage::Gdb) && !runs(Stage::Trace) {
         println!("{total}");
         return Ok(total.exit_code());
     }
@@ -172,16 +174,41 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
             if runs(Stage::Gdb) {
                 total += gdb::stage(&qemu, &images, accel);
             }
+            if runs(Stage::Trace) {
+                total += trace_proof(&qemu, &images);
+            }
         }
         Err(e) => {
             broken("kernel suites", &format!("not run: {e:#}"), &mut total);
-            // One failure per run that could not happen (the gdb stage
-            // counts as one).
-            total.failed += (suites.len() + usize::from(runs(Stage::Gdb))).saturating_sub(1) as u64;
+            // One failure per run that could not happen (the gdb and trace
+            // stages count as one each).
+            total.failed += (suites.len() + usize::from(runs(Stage::Gdb)) + usize::from(runs(Stage::Trace))).saturating_sub(1) as u64;
         }
     }
     println!("{total}");
     Ok(total.exit_code())
+}
+
+/// The sharing tracer's calibration (`bench::trace::proof`): one count
+/// per check.
+fn trace_proof(qemu: &crate::qemu::Qemu, images: &build::Images) -> Tally {
+    eprintln!("==> sharing tracer calibration (traced boots: {:?} as (CPUs, xAPIC))", crate::bench::trace::proof::BOOTS);
+    let mut tally = Tally::default();
+    match crate::bench::trace::proof::run(qemu, images) {
+        Ok(verdicts) => {
+            for v in verdicts {
+                let word = if v.ok { "pass" } else { "FAIL" };
+                eprintln!("[trace] {word} {}: {}", v.name, v.detail);
+                if v.ok {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
+        }
+        Err(e) => broken("trace", &format!("{e:#}"), &mut tally),
+    }
+    tally
 }
 
 /// Counts a stage or run that produced no trustworthy counts as one failure.
@@ -194,7 +221,7 @@ pub fn broken(what: &str, why: &str, total: &mut Tally) {
 fn host_tests() -> Tally {
     eprintln!("==> host unit tests");
     let packages = [
-        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask",
+        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask", "-p", "tracer",
     ];
     // --no-fail-fast: a failing crate must not hide the others' counts.
     let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);

@@ -91,6 +91,7 @@ mod tests {
         fn heap_stats(&self) -> mm::heap::HeapStats { match *self {} }
         fn read_word(&self, _: u64) -> u64 { match *self {} }
         fn write_word(&self, _: u64, _: u64) { match *self {} }
+        fn trace_mark(&self, _: bool, _: u32) { match *self {} }
     }
 
     #[test]

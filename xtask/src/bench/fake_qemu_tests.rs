@@ -92,7 +92,7 @@ fn run(smp: Vec<u32>, root: &Path, script: impl Fn(u32) -> String) -> (std::path
         sh.arg("-c").arg(script(config.smp));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, host_tsc: || Some(HOST_TSC_HZ) };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, host_tsc: || Some(HOST_TSC_HZ), trace: None };
     let (dir, ok) = measure(host(smp), &options, &mut launch, root).unwrap();
     (dir, ok, cmdlines.into_inner())
 }
@@ -220,7 +220,7 @@ fn a_boot_on_the_wrong_accelerator_is_broken() {
         sh.arg("-c").arg(guest(config.smp, false));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm, host_tsc: || Some(HOST_TSC_HZ) };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm, host_tsc: || Some(HOST_TSC_HZ), trace: None };
     let (dir, ok) = measure(host(vec![1]), &options, &mut launch, root.path()).unwrap();
     assert!(!ok);
     assert!(lines.borrow()[0].starts_with("-machine q35 -accel kvm -cpu host -smp 1 "), "{:?}", lines.borrow());
@@ -228,4 +228,76 @@ fn a_boot_on_the_wrong_accelerator_is_broken() {
     assert_eq!(report.runs[0].accel.as_deref(), Some("tcg"));
     let details: Vec<&str> = report.failures.iter().map(|f| f.detail.as_str()).collect();
     assert_eq!(details, ["Boot record: the guest runs on tcg, but QEMU was asked for kvm"]);
+}
+
+/// `--trace`: the second boot of each CPU count gets `-plugin`, and its
+/// fake QEMU writes the windows a tracer would (window i for the boot's
+/// i-th Bench record); `drop` leaves one window out.
+fn traced_run(root: &Path, drop: Option<u32>) -> (std::path::PathBuf, bool, Vec<bool>) {
+    let traced_boots = RefCell::new(Vec::new());
+    let mut launch = |config: &Config, echo: Echo| -> Result<Capture> {
+        let plugin = config.extra.iter().position(|a| a == "-plugin").map(|i| config.extra[i + 1].clone());
+        traced_boots.borrow_mut().push(plugin.is_some());
+        let mut script = String::new();
+        if let Some(arg) = plugin {
+            let out = arg.split_once(",out=").unwrap().1.to_string();
+            // The fake guest's 6 records: magazine, magazine on CPU 0 alone,
+            // global, 2 repetitions each.
+            for seq in (0..6).filter(|&s| Some(s) != drop) {
+                let line = format!(
+                    r#"{{"seq":{seq},"begin_pc":0,"end_pc":0,"vcpus":[{{"insns":{},"locked":5,"ipis":1,"conflicting":40}}],"ipi_vectors":{{"241":1}},"conflicting_lines":1,"lines":[{{"phys":4096,"vaddr":8192,"accesses":40,"writes":20,"vcpus":[0,1]}}]}}"#,
+                    50_000 * (seq + 1)
+                );
+                script += &format!("echo '{line}' >> {out}\n");
+            }
+        }
+        script += &guest(config.smp, false);
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(script);
+        capture(sh, Duration::from_secs(1), echo)
+    };
+    let tracing = super::trace::Tracing { plugin: "/fake/libtracer.so".into(), kernel_elf: std::env::current_exe().unwrap() };
+    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, host_tsc: || Some(HOST_TSC_HZ), trace: Some(tracing) };
+    let (dir, ok) = measure(host(vec![2]), &options, &mut launch, root).unwrap();
+    (dir, ok, traced_boots.into_inner())
+}
+
+#[test]
+fn trace_boots_each_count_twice_and_attaches_the_windows() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, ok, traced) = traced_run(root.path(), None);
+    assert_eq!(traced, [false, true], "a plain boot, then a traced one");
+    assert!(ok);
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!((report.runs.len(), report.traced_runs.len()), (1, 1));
+    // Window 4 is global rep 0's; window 2 the solo run's rep 0.
+    let global0 = report.records.iter().find(|r| r.variant == "global" && r.rep == 0).unwrap();
+    assert_eq!(global0.trace.as_ref().unwrap().insns, 250_000);
+    let solo0 = report.records.iter().find(|r| r.is_solo() && r.rep == 0).unwrap();
+    assert_eq!(solo0.trace.as_ref().unwrap().insns, 150_000);
+    let s = report.summary.iter().find(|s| s.variant == "magazine").unwrap();
+    let t = s.trace.as_ref().unwrap();
+    // (50k + 100k) instructions over 2 × 1000 ops; every boot of the fake
+    // guest runs at the same speed, so the slowdown is 1.
+    assert_eq!((t.insns_per_op, t.conflicting_per_op, t.slowdown), (75.0, 0.04, Some(1.0)));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| frames.pair | magazine | 2 | 75.0 | 0.005 | 0.040 | 0.0010 | 1.0× | `0x2000` (phys 0x1000) 0.04/op, 0.020 writes/op, CPUs 0,1 |"), "{md}");
+    assert!(dir.join("trace-smp2.jsonl").is_file(), "the raw windows are kept with the run");
+}
+
+#[test]
+fn a_lost_trace_window_fails_the_run() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, ok, _) = traced_run(root.path(), Some(1));
+    assert!(!ok);
+    let report = Report::read(&dir.join("report.json")).unwrap();
+    let details: Vec<&str> = report.failures.iter().map(|f| f.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            "trace: no trace window for Bench record 1 (frames.pair magazine rep 1)",
+            "trace: frames.pair magazine: the traced boot has no repetition to match a plain one"
+        ]
+    );
 }

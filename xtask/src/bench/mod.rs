@@ -11,6 +11,7 @@ pub mod report_json;
 mod report_md;
 mod stats;
 pub mod targets;
+pub mod trace;
 
 #[cfg(test)]
 mod fake_qemu_tests;
@@ -60,6 +61,11 @@ pub struct BenchArgs {
     /// files, or `latest`.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     compare: Option<Vec<String>>,
+    /// Also boot each CPU count under the sharing tracer (a QEMU plugin):
+    /// instructions, locked instructions, conflicting accesses and IPIs
+    /// per operation, and the most-accessed conflicting lines.
+    #[arg(long)]
+    trace: bool,
 }
 
 /// A swap disk size, or none (`0`).
@@ -109,6 +115,16 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     check_only(&args.only)?;
     let accel = crate::accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
+    trace::plugin::check_accel(args.trace, accel)?;
+    // Refused before anything boots when this QEMU cannot load the plugin.
+    let tracing = match args.trace {
+        true => {
+            let plugin = trace::plugin::build()?;
+            trace::plugin::check(&qemu, &plugin)?;
+            Some(trace::Tracing { plugin, kernel_elf: build::kernel_elf() })
+        }
+        false => None,
+    };
     let images = build::images(args.no_build)?;
     let mut smp = args.smp.clone();
     smp.sort_unstable();
@@ -121,6 +137,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         swap: args.swap.0.clone(),
         accel,
         host_tsc: || crate::host_tsc::measure().map(|r| r.hz),
+        trace: tracing,
     };
     let mut launch = |config: &Config, echo: Echo| run::run_qemu(&qemu, &images, config, timeout, echo);
     let (dir, ok) = measure(host, &options, &mut launch, &bench_root())?;
@@ -138,6 +155,8 @@ pub struct Options {
     /// Measures the host's TSC rate (Hz) before each boot, to check the
     /// guest's calibration against (`host_tsc`).
     pub host_tsc: fn() -> Option<u64>,
+    /// `--trace`: boot every CPU count a second time under the tracer.
+    pub trace: Option<trace::Tracing>,
 }
 
 /// Boots once per CPU count in `host.smp` through `launch`, then writes the
@@ -150,47 +169,38 @@ pub fn measure(
     root: &Path,
 ) -> Result<(PathBuf, bool)> {
     let (mut runs, mut rows, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-    for &smp in &host.smp {
-        let config = Config {
-            smp,
-            accel: options.accel,
-            gdb: None,
-            mem: parse_mem("1G").expect("a valid size"),
-            firmware: Firmware::Bios,
-            xapic: false,
-            guest: GuestOptions { mode: Mode::Bench, only: host.only.clone(), quick: host.quick, ..Default::default() },
-            swap: options.swap.clone().map(|size| crate::swap::Swap::create(&format!("bench-smp{smp}"), size)).transpose()?,
-            extra: Vec::new(),
-        };
+    let mut traced_runs = Vec::new();
+    let trace_tmp = root.join("trace-tmp");
+    let symbols = options.trace.as_ref().map(|t| trace::symbols::Symbols::read(&t.kernel_elf)).transpose()?;
+    for smp in host.smp.clone() {
         let host_tsc_hz = (options.host_tsc)();
         host.tsc_hz = host.tsc_hz.or(host_tsc_hz);
-        let display = progress::Progress::new(smp, options.live, options.verbose);
-        let cap = launch(&config, display.echo());
-        display.finish();
-        let cap = match cap {
-            Ok(cap) => cap,
-            Err(e) => {
-                eprintln!("[smp {smp}] not run: {e:#}");
-                failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("not run: {e:#}") });
-                continue;
-            }
-        };
-        let mut judged = judge::judge(&cap, smp, options.accel);
+        let Some(mut judged) = boot(&host, options, launch, smp, None, &mut failures)? else { continue };
         note_host_tsc(&mut judged.run, host_tsc_hz);
-        for f in &judged.failures {
-            let what = match (&f.bench, &f.variant) {
-                (Some(b), Some(v)) => format!("{b} {v} failed its check"),
-                _ => "broken run".into(),
-            };
-            eprintln!("[smp {smp}] {what}: {}", f.detail);
+        if let Some(tracing) = &options.trace {
+            std::fs::create_dir_all(&trace_tmp).with_context(|| format!("creating {}", trace_tmp.display()))?;
+            let out = trace_tmp.join(format!("smp{smp}.jsonl"));
+            let _ = std::fs::remove_file(&out);
+            let extra = trace::plugin::args(&tracing.plugin, &out);
+            if let Some(mut traced) = boot(&host, options, launch, smp, Some(extra), &mut failures)? {
+                note_host_tsc(&mut traced.run, host_tsc_hz);
+                let problems = match trace::read_windows(&out) {
+                    Ok(windows) => {
+                        let (traces, mut problems) = trace::match_windows(&traced.rows, windows, symbols.as_ref());
+                        problems.extend(trace::attach(&mut judged.rows, traces));
+                        problems
+                    }
+                    Err(e) => vec![format!("{e:#}")],
+                };
+                for p in problems {
+                    eprintln!("[smp {smp}] trace: {p}");
+                    failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("trace: {p}") });
+                }
+                traced_runs.push(traced.run);
+            }
         }
-        if !judged.failures.is_empty() {
-            cap.print_failure_context();
-        }
-        eprintln!("[smp {smp}] {} Bench records in {:.1} s", judged.run.received_records, cap.elapsed.as_secs_f64());
         runs.push(judged.run);
         rows.extend(judged.rows);
-        failures.extend(judged.failures);
     }
 
     let voided: BTreeSet<(String, String, u32)> = failures
@@ -199,6 +209,7 @@ pub fn measure(
         .filter_map(|f| Some((f.bench.clone()?, f.variant.clone()?, f.smp)))
         .collect();
     let mut summary = stats::summarize(&rows, &voided);
+    trace::summarize(&rows, &mut summary);
     stats::set_ceilings(&mut summary, host.cores);
     let report = Report {
         schema: REPORT_SCHEMA,
@@ -209,10 +220,18 @@ pub fn measure(
         failures,
         targets: targets::evaluate(&summary),
         summary,
+        traced_runs,
         run_dir: None,
     };
-    let ok = report.failures.is_empty() && report.runs.len() == report.host.smp.len();
+    let traced_all = options.trace.is_none() || report.traced_runs.len() == report.host.smp.len();
+    let ok = report.failures.is_empty() && report.runs.len() == report.host.smp.len() && traced_all;
     let dir = write_run(&report, root)?;
+    if options.trace.is_some() {
+        // Keep the tracer's raw windows with the run.
+        for &smp in &report.host.smp {
+            let _ = std::fs::rename(trace_tmp.join(format!("smp{smp}.jsonl")), dir.join(format!("trace-smp{smp}.jsonl")));
+        }
+    }
     Ok((dir, ok))
 }
 
@@ -225,6 +244,61 @@ fn note_host_tsc(run: &mut report_json::RunInfo, host_hz: Option<u64>) {
         run.tsc_flagged = true;
         eprintln!("[smp {}] warning: {warning}", run.smp);
     }
+}
+
+/// One boot at `smp` CPUs (`extra`: the tracer's QEMU arguments, for the
+/// traced boot), judged; `None` when it could not start (recorded in
+/// `failures`). The judged failures are added to `failures`.
+fn boot(
+    host: &Host,
+    options: &Options,
+    launch: &mut dyn FnMut(&Config, Echo) -> Result<Capture>,
+    smp: u32,
+    extra: Option<Vec<String>>,
+    failures: &mut Vec<Failure>,
+) -> Result<Option<judge::Judged>> {
+    let traced = extra.is_some();
+    let (tag, disk) = if traced { (" traced", format!("bench-smp{smp}-traced")) } else { ("", format!("bench-smp{smp}")) };
+    let config = Config {
+        smp,
+        accel: options.accel,
+        gdb: None,
+        mem: parse_mem("1G").expect("a valid size"),
+        firmware: Firmware::Bios,
+        xapic: false,
+        guest: GuestOptions { mode: Mode::Bench, only: host.only.clone(), quick: host.quick, ..Default::default() },
+        swap: options.swap.clone().map(|size| crate::swap::Swap::create(&disk, size)).transpose()?,
+        extra: extra.unwrap_or_default(),
+    };
+    let display = progress::Progress::new(smp, options.live, options.verbose);
+    let cap = launch(&config, display.echo());
+    display.finish();
+    let cap = match cap {
+        Ok(cap) => cap,
+        Err(e) => {
+            eprintln!("[smp {smp}{tag}] not run: {e:#}");
+            let prefix = if traced { "traced boot: " } else { "" };
+            failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("{prefix}not run: {e:#}") });
+            return Ok(None);
+        }
+    };
+    let mut judged = judge::judge(&cap, smp, options.accel);
+    for f in &mut judged.failures {
+        let what = match (&f.bench, &f.variant) {
+            (Some(b), Some(v)) => format!("{b} {v} failed its check"),
+            _ => "broken run".into(),
+        };
+        eprintln!("[smp {smp}{tag}] {what}: {}", f.detail);
+        if traced {
+            f.detail = format!("traced boot: {}", f.detail);
+        }
+    }
+    if !judged.failures.is_empty() {
+        cap.print_failure_context();
+    }
+    eprintln!("[smp {smp}{tag}] {} Bench records in {:.1} s", judged.run.received_records, cap.elapsed.as_secs_f64());
+    failures.append(&mut judged.failures);
+    Ok(Some(judged))
 }
 
 /// Writes the run folder and `latest.json` next to it.

@@ -3,6 +3,7 @@
 //! types; the guest's records are only their input.
 
 use super::targets::TargetResult;
+use super::trace::{RepTrace, TraceSummary};
 use crate::cmd;
 use anyhow::{Context, Result};
 use record::{HostRecord, Record};
@@ -32,6 +33,11 @@ pub struct Report {
     pub failures: Vec<Failure>,
     pub summary: Vec<Summary>,
     pub targets: Vec<TargetResult>,
+    /// `--trace`: the traced boots (one per CPU count, after the plain one).
+    /// Optional fields like this one and `trace` below did not change the
+    /// schema: reports without them still load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traced_runs: Vec<RunInfo>,
     /// The run folder; only in `target/bench/latest.json`, which is a copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,
@@ -118,6 +124,9 @@ pub struct BenchRow {
     #[serde(default)]
     pub samples: u64,
     pub counters: BTreeMap<String, u64>,
+    /// `--trace`: the tracer's counts for the traced boot's same repetition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<RepTrace>,
 }
 
 impl BenchRow {
@@ -159,6 +168,7 @@ impl BenchRow {
                     sample_every: *sample_every,
                     samples: *samples,
                     counters: counters.clone(),
+                    trace: None,
                 })
             }
             _ => None,
@@ -205,6 +215,9 @@ pub struct Summary {
     pub counters_per_op: BTreeMap<String, f64>,
     /// Its correctness check failed: the figures are void.
     pub failed: bool,
+    /// `--trace`: the tracer's figures per operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceSummary>,
     /// One operation in this many was timed for the latencies (0: not
     /// said), and how many were, over all repetitions.
     #[serde(default)]
@@ -411,6 +424,7 @@ pub mod tests_support {
                 detail: "frame leaked".into(),
             }],
             targets: vec![TargetResult { name: "t".into(), status: Status::NotMeasured, detail: "no data".into() }],
+            traced_runs: Vec::new(),
             run_dir: None,
         }
     }

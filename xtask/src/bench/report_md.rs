@@ -19,6 +19,7 @@ pub fn render(report: &Report, plotted: &BTreeSet<String>) -> String {
     for (bench, variants) in idx.benches() {
         bench_section(&mut md, &idx, bench, &variants, plotted.contains(bench));
     }
+    super::trace::md::section(&mut md, &report.summary);
     targets(&mut md, report);
     md
 }
@@ -313,6 +314,7 @@ mod tests {
                 ("depot_contended".into(), 5),
                 ("depot_spins".into(), 20),
             ]),
+            trace: None,
             workers: smp,
             sample_every: 64,
             samples: 10,
@@ -378,6 +380,7 @@ mod tests {
                 variant: Some("global".into()),
                 detail: "2 frames lost".into(),
             }],
+            traced_runs: Vec::new(),
             run_dir: None,
         }
     }

@@ -85,6 +85,7 @@ pub fn summarize(rows: &[BenchRow], failed: &BTreeSet<(String, String, u32)>) ->
                 variant,
                 smp,
                 failed,
+                trace: None,
             }
         })
         .collect()
