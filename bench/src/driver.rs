@@ -11,7 +11,7 @@ use record::{Counters, Record};
 use crate::counters::{self, Group};
 use crate::failure::Failure;
 use crate::machine::Machine;
-use crate::options::{selected, Plan};
+use crate::options::Plan;
 use crate::team::Team;
 use crate::workloads;
 
@@ -55,7 +55,7 @@ pub struct Bench<M: Machine> {
 
 /// Runs the selected benchmarks; true if none failed.
 pub fn run_benchmarks<M: Machine>(m: &'static M, only: &str, plan: Plan, quick: bool, seed: u64) -> bool {
-    let benches: Vec<Bench<M>> = workloads::all::<M>().into_iter().filter(|b| selected(only, b.name)).collect();
+    let benches: Vec<Bench<M>> = workloads::all::<M>().into_iter().filter(|b| record::selected(only, b.name)).collect();
     let cpus = m.cpus();
     let solo = |b: &Bench<M>| b.scope == Scope::EveryCpu && cpus > 1;
     let runs: u32 = benches.iter().map(|b| (b.variants)(m).len() as u32 * if solo(b) { 2 } else { 1 }).sum();

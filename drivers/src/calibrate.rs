@@ -138,8 +138,11 @@ impl Plan {
             attempts: 8,
             max_bound_ppm: MAX_BOUND_PPM,
             min_kept: MIN_KEPT,
-            // A read takes far more than 1 ns, so this is > 10× the window.
-            max_reads: WINDOW_NS * 10,
+            // A reference read (MMIO or port I/O) takes well over 50 ns, so
+            // a running counter ends a window in fewer than WINDOW_NS / 50
+            // reads; ten times that, and it has stopped (about 2 s at 1 µs
+            // a read, not minutes).
+            max_reads: WINDOW_NS / 5,
         }
     }
 }
@@ -196,6 +199,21 @@ pub fn choose(windows: &[Window], plan: &Plan) -> Result<Calibration, Calibratio
         return Err(CalibrationError::Degenerate);
     }
     let kept = || windows.iter().filter(|w| w.bound_ppm <= plan.max_bound_ppm);
+    let count = kept().count();
+    if count < plan.min_kept.max(1) {
+        return Err(CalibrationError::TooFewWindows { kept: count as u32, needed: plan.min_kept.max(1) as u32 });
+    }
+    // A tight window can still be wrong: a reference counter that wrapped
+    // more than once while the vCPU was descheduled (the PIT wraps every
+    // 55 ms) loses whole wraps, and both brackets stay tight. Such a
+    // window is far from the others; keep only windows that agree with
+    // the median of the tight ones within their own bound plus
+    // `max_bound_ppm`.
+    let mut rates: ArrayVec<u64, MAX_WINDOWS> = kept().map(|w| w.hz).take(MAX_WINDOWS).collect();
+    rates.sort_unstable();
+    let median = rates[rates.len() / 2] as u128;
+    let agrees = |w: &&Window| (w.hz as u128).abs_diff(median) * 1_000_000 <= median * (w.bound_ppm + plan.max_bound_ppm) as u128;
+    let kept = || windows.iter().filter(|w| w.bound_ppm <= plan.max_bound_ppm).filter(agrees);
     let count = kept().count();
     if count < plan.min_kept.max(1) {
         return Err(CalibrationError::TooFewWindows { kept: count as u32, needed: plan.min_kept.max(1) as u32 });
@@ -402,6 +420,25 @@ mod tests {
         assert_eq!((c.hz, c.bound_ppm, c.kept, c.windows), (2_596_000_000, 120, 4, 5));
         // (2.600 − 2.595) GHz relative to 2.596 GHz.
         assert_eq!(c.spread_ppm, 1_926);
+    }
+
+    #[test]
+    fn a_tight_window_far_from_the_others_is_dropped() {
+        // A PIT that wrapped during a 60 ms deschedule: 65536 ticks lost,
+        // the window reads about 6× the true rate with tight brackets.
+        let plan = Plan::for_reference(TickLength::hz(1_193_182));
+        let ws = [
+            Window { hz: 2_596_000_000, bound_ppm: 400 },
+            Window { hz: 15_400_000_000, bound_ppm: 50 },
+            Window { hz: 2_597_000_000, bound_ppm: 300 },
+            Window { hz: 2_595_500_000, bound_ppm: 500 },
+        ];
+        let c = choose(&ws, &plan).unwrap();
+        assert_eq!((c.hz, c.bound_ppm, c.kept, c.windows), (2_597_000_000, 300, 3, 4));
+        assert!(c.spread_ppm < 1_000, "{c:?}");
+        // Outliers that leave too few agreeing windows are an error.
+        let ws = [ws[0], ws[1], Window { hz: 15_300_000_000, bound_ppm: 60 }];
+        assert_eq!(choose(&ws, &plan), Err(CalibrationError::TooFewWindows { kept: 1, needed: 3 }));
     }
 
     #[test]

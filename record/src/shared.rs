@@ -122,6 +122,8 @@ mod tests {
         assert!(selected("vm.local,frames.remote", "frames.remote"));
         assert!(!selected("vm.local,frames.remote", "frames.pair"));
         assert!(!selected("bogus", "frames.pair"));
+        assert!(!selected("fault.shared", "fault.anon"));
+        assert!(selected(",fault", "fault.anon"));
     }
 
     #[test]
