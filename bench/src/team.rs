@@ -28,14 +28,20 @@ type Job = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// The job every CPU runs: set only by `Team::run`, which runs one team
 /// at a time (it is called from CPU 0 only, and waits for the others).
-static JOB: Mutex<Option<Job>> = Mutex::new(None);
+/// On a cache line of its own: every CPU takes this lock as a run starts,
+/// and a line it shares with data read on a measured path (it once sat next
+/// to the TSC frequency) makes every such read a conflicting access.
+static JOB: JobSlot = JobSlot(Mutex::new(None));
+
+#[repr(align(64))]
+struct JobSlot(Mutex<Option<Job>>);
 
 /// Set when a run's CPUs did not finish in time. They may still be inside
 /// that run, or pick up a later run's job late, so no further run starts.
 static STUCK: AtomicBool = AtomicBool::new(false);
 
 fn trampoline(cpu: usize) {
-    let job = JOB.lock().clone();
+    let job = JOB.0.lock().clone();
     if let Some(job) = job {
         job(cpu);
     }
@@ -80,7 +86,7 @@ impl Team {
             return Err(failure(format_args!("not run: an earlier run's CPUs never finished")));
         }
         let team = self.clone();
-        *JOB.lock() = Some(Arc::new(move |cpu| {
+        *JOB.0.lock() = Some(Arc::new(move |cpu| {
             // A team smaller than the machine (a solo run for the host
             // ceiling): the other CPUs go back to idle (halted) at once.
             if cpu >= team.n {
@@ -91,7 +97,7 @@ impl Team {
             }
         }));
         let ran = m.run_on_all(trampoline, RUN_TIMEOUT_NS);
-        *JOB.lock() = None;
+        *JOB.0.lock() = None;
         if let Err(cpus) = ran {
             // Make the late CPUs leave their loops and barriers.
             self.abort.store(true, Ordering::Release);

@@ -14,8 +14,17 @@ use crate::hpet::Hpet;
 use crate::pit;
 use crate::pm_timer::{PmTimer, PM_TIMER_HZ};
 
-static TSC_HZ: AtomicU64 = AtomicU64::new(0);
-static BOUND_PPM: AtomicU64 = AtomicU64::new(0);
+/// The calibration, written once at boot and read by every clock read on
+/// every CPU: on a cache line of its own, so that no write to a
+/// neighbouring static makes each clock read an access to a line another
+/// CPU writes (the sharing tracer found the benchmarks' job slot there).
+#[repr(align(64))]
+struct Calibrated {
+    hz: AtomicU64,
+    bound_ppm: AtomicU64,
+}
+
+static CALIBRATED: Calibrated = Calibrated { hz: AtomicU64::new(0), bound_ppm: AtomicU64::new(0) };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TscSource {
@@ -112,18 +121,18 @@ pub fn calibrate(hpet: Option<&Hpet>, pm_timer: Option<&PmTimer>) -> Result<TscC
     if !(10_000_000..=100_000_000_000).contains(&cal.hz) {
         return Err(CalibrationError::Implausible { hz: cal.hz });
     }
-    TSC_HZ.store(cal.hz, Ordering::Relaxed);
-    BOUND_PPM.store(cal.bound_ppm, Ordering::Relaxed);
+    CALIBRATED.hz.store(cal.hz, Ordering::Relaxed);
+    CALIBRATED.bound_ppm.store(cal.bound_ppm, Ordering::Relaxed);
     Ok(cal)
 }
 
 /// The calibration's worst-case error (ppm), for checks of `tsc_hz`.
 pub fn bound_ppm() -> u64 {
-    BOUND_PPM.load(Ordering::Relaxed)
+    CALIBRATED.bound_ppm.load(Ordering::Relaxed)
 }
 
 pub fn tsc_hz() -> u64 {
-    TSC_HZ.load(Ordering::Relaxed)
+    CALIBRATED.hz.load(Ordering::Relaxed)
 }
 
 /// Converts a TSC delta to nanoseconds. Zero before calibration.
