@@ -20,6 +20,7 @@ pub fn render(report: &Report, plotted: &BTreeSet<String>) -> String {
         bench_section(&mut md, &idx, bench, &variants, plotted.contains(bench));
     }
     super::trace::md::section(&mut md, &report.summary);
+    super::trace::md::calibration(&mut md, &report.records);
     targets(&mut md, report);
     md
 }

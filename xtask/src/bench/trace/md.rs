@@ -1,7 +1,7 @@
 //! The report.md section of `bench --trace`.
 
 use super::{SummaryLine, TraceSummary};
-use crate::bench::report_json::Summary;
+use crate::bench::report_json::{BenchRow, Summary};
 use crate::bench::stats::{median, si};
 use std::fmt::Write;
 
@@ -63,4 +63,22 @@ pub fn section(md: &mut String, summary: &[Summary]) {
 
 fn fmt_x(v: Option<f64>) -> String {
     v.map_or("?".into(), |v| format!("{v:.1}"))
+}
+
+/// The tracer's calibration verdicts on this run's own traced rows at two
+/// CPUs or more (at one CPU nothing can conflict), the same checks as the
+/// `trace` stage of `cargo xtask test`; nothing when no row was traced.
+pub fn calibration(md: &mut String, records: &[BenchRow]) {
+    let rows: Vec<BenchRow> = records.iter().filter(|r| r.smp >= 2 && r.trace.is_some()).cloned().collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n### Tracer calibration\n");
+    if !rows.iter().any(|r| r.bench == "floor.rmw") || !rows.iter().any(|r| r.bench == "tlb.shootdown") {
+        let _ = writeln!(md, "Not checked: the calibration needs the floor.rmw and tlb.shootdown rows (`--only` left them out).");
+        return;
+    }
+    for v in super::check::calibrate(&rows) {
+        let _ = writeln!(md, "- {} **{}**: {}", v.name, if v.ok { "pass" } else { "FAIL" }, v.detail);
+    }
 }

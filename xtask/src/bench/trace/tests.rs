@@ -128,6 +128,28 @@ fn the_report_section_names_lines_and_the_slowdown() {
     let mut none = String::new();
     md::section(&mut none, &sample().summary);
     assert!(none.is_empty(), "no section without traces");
+    // Only frames.pair traced: the calibration says it was not checked.
+    let mut cal = String::new();
+    md::calibration(&mut cal, &report.records);
+    assert!(cal.contains("Not checked: the calibration needs the floor.rmw and tlb.shootdown rows"), "{cal}");
+}
+
+#[test]
+fn the_report_gives_the_calibration_verdicts() {
+    let rows = [
+        traced(("floor.rmw", "shared", 0), 1000, 2100, Some(SHARED_SYMBOL), (0, None)),
+        traced(("floor.rmw", "private", 0), 1000, 3, None, (0, None)),
+        traced(("tlb.shootdown", "cached-2", 0), 10, 0, None, (10, Some(12))),
+    ];
+    let mut md = String::new();
+    md::calibration(&mut md, &rows);
+    assert!(md.contains("### Tracer calibration"), "{md}");
+    assert!(md.contains("- floor.rmw shared **pass**: 2.10 conflicting accesses/op at least"), "{md}");
+    assert!(md.contains("- floor.rmw private **pass**"), "{md}");
+    assert!(md.contains("- tlb.shootdown IPIs **FAIL**: cached-2 rep 0: tracer saw 11 IPIs sent, kernel counted Some(12)"), "{md}");
+    let mut none = String::new();
+    md::calibration(&mut none, &[]);
+    assert!(none.is_empty());
 }
 
 /// A calibration row: (bench, variant, rep), ops, conflicting accesses,
