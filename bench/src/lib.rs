@@ -6,6 +6,8 @@
 //! safe code over the [`Machine`] the kernel implements; portable parts
 //! (histogram, option parsing) are unit-tested on the host.
 #![cfg_attr(not(test), no_std)]
+// Safe code only: the kernel implements what needs `unsafe`.
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -45,7 +45,7 @@ use spin::Once;
 
 /// The bootloader puts everything it maps (kernel, boot stack, boot info,
 /// direct map) in the upper half below 0xFFFF_FF00_0000_0000; the top
-/// 1 TiB is the kernel's own mapping area (`mm::kernel_map`).
+/// 1 TiB is the kernel's own mapping area (`mm::vm::KERNEL_AREA_START`: stacks, the seed area, `k_mem_map` regions).
 const BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
     config.mappings.physical_memory = Some(Mapping::Dynamic);

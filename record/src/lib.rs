@@ -9,6 +9,8 @@
 //! borrowed `&str` without a heap and the host can parse into `String`.
 //! Parsing (feature `parse`) needs `std`: serde's tagged enums buffer.
 #![cfg_attr(not(test), no_std)]
+// Safe code only: the kernel implements what needs `unsafe`.
+#![forbid(unsafe_code)]
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};

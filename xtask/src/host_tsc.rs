@@ -83,6 +83,8 @@ pub fn flag(guest_hz: Option<u64>, host_hz: Option<u64>) -> Option<String> {
     })
 }
 
+// `_rdtsc` is an `unsafe` intrinsic; this is the crate's only `unsafe`.
+#[allow(unsafe_code)]
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC exists on every x86_64 CPU and has no side effects.
     unsafe { std::arch::x86_64::_rdtsc() }

@@ -5,6 +5,9 @@
 //! xtask builds with the machine's default *stable* toolchain because it is
 //! what installs the pinned nightly (see `toolchain.rs`) on a fresh machine.
 
+// The one `unsafe` is reading the host's TSC (`host_tsc::rdtsc`), allowed there.
+#![deny(unsafe_code)]
+
 mod accel;
 mod bench;
 mod build;

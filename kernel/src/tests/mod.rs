@@ -29,7 +29,7 @@ mod rng;
 mod smp_tests;
 mod time;
 mod tlb;
-/// Temporary: user pages for the ring-3 tests until address spaces exist.
+/// The user space (program, data, stack, a supervisor-only page) the ring-3 tests run in.
 mod user_pages;
 mod usermode;
 mod virtio_hal;
