@@ -198,18 +198,7 @@ mod tests {
         [Inferior 1 (process 1) exited with code 041]\n";
 
     fn boot() -> record::HostRecord {
-        Record::Boot {
-            cpus_online: 1,
-            cpus_total: 1,
-            apic: record::ApicMode::X2Apic,
-            tsc_hz: 1,
-            tsc_source: "pit".into(),
-            tsc_spread_ppm: 0,
-            tsc_bound_ppm: 0,
-            usable_bytes: 1,
-            store: "ram".into(),
-            accel: record::Accel::Tcg,
-        }
+        crate::records::test_boot(1, record::ApicMode::X2Apic, record::Accel::Tcg)
     }
 
     #[test]

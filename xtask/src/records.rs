@@ -43,6 +43,24 @@ pub fn duration(ns: u64) -> String {
     }
 }
 
+/// A Boot record for other modules' tests: `cpus` online of `cpus`, the
+/// rest fixed.
+#[cfg(test)]
+pub fn test_boot(cpus: u32, apic: record::ApicMode, accel: record::Accel) -> HostRecord {
+    record::Record::Boot {
+        cpus_online: cpus,
+        cpus_total: cpus,
+        apic,
+        tsc_hz: 1,
+        tsc_source: "pit".into(),
+        tsc_spread_ppm: 0,
+        tsc_bound_ppm: 0,
+        usable_bytes: 1,
+        store: "ram".into(),
+        accel,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

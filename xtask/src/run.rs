@@ -352,18 +352,7 @@ mod tests {
     }
 
     fn boot(accel: record::Accel) -> record::HostRecord {
-        Record::Boot {
-            cpus_online: 1,
-            cpus_total: 1,
-            apic: record::ApicMode::X2Apic,
-            tsc_hz: 1,
-            tsc_source: "pit".into(),
-            tsc_spread_ppm: 0,
-            tsc_bound_ppm: 0,
-            usable_bytes: 1,
-            store: "ram".into(),
-            accel,
-        }
+        crate::records::test_boot(1, record::ApicMode::X2Apic, accel)
     }
 
     #[test]

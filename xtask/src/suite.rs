@@ -143,18 +143,7 @@ mod tests {
         Capture::of(exit, records, Duration::ZERO)
     }
     fn boot(n: u32, apic: ApicMode) -> HostRecord {
-        Record::Boot {
-            cpus_online: n,
-            cpus_total: n,
-            apic,
-            tsc_hz: 1,
-            tsc_source: "pit".into(),
-            tsc_spread_ppm: 0,
-            tsc_bound_ppm: 0,
-            usable_bytes: 1,
-            store: "ram".into(),
-            accel: record::Accel::Tcg,
-        }
+        crate::records::test_boot(n, apic, record::Accel::Tcg)
     }
     fn test(outcome: Outcome) -> HostRecord {
         Record::Test {
