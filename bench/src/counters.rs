@@ -126,7 +126,10 @@ pub fn delta(before: &Snapshot, after: &Snapshot, groups: &[Group]) -> CounterLi
                     (Some(a), Some(b)) => b.since(a).percentile(50),
                     _ => 0,
                 };
-                &[("store_in_p50_ns", p50(&before.store_in, &after.store_in)), ("store_out_p50_ns", p50(&before.store_out, &after.store_out))]
+                &[
+                    ("store_in_p50_ns", p50(&before.store_in, &after.store_in)),
+                    ("store_out_p50_ns", p50(&before.store_out, &after.store_out)),
+                ]
             }
         };
         list.extend(named.iter().copied());
@@ -171,18 +174,49 @@ mod tests {
     fn each_group_reports_its_own_counters() {
         let (zero, after) = (Snapshot::default(), after_one_of_each());
         let f = delta(&zero, &after, FRAMES);
-        let frames = [("allocs", 1), ("buddy_locks", 2), ("buddy_contended", 3), ("buddy_spins", 4), ("depot_locks", 5), ("depot_contended", 6), ("depot_spins", 7)];
+        let frames = [
+            ("allocs", 1),
+            ("buddy_locks", 2),
+            ("buddy_contended", 3),
+            ("buddy_spins", 4),
+            ("depot_locks", 5),
+            ("depot_contended", 6),
+            ("depot_spins", 7),
+        ];
         for (name, v) in frames {
             assert_eq!(get(&f, name), v, "{name}");
         }
-        assert!(f.iter().all(|(n, _)| !n.starts_with("table") && *n != "ipis"), "frames rows carry frames counters: {f:?}");
+        assert!(
+            f.iter().all(|(n, _)| !n.starts_with("table") && *n != "ipis"),
+            "frames rows carry frames counters: {f:?}"
+        );
         let v = delta(&zero, &after, MAPPING);
-        let mapping = [("shootdowns", 8), ("targets", 9), ("ipis", 10), ("invlpg", 11), ("full_flushes", 12), ("tables_allocated", 13), ("tables_zeroed", 14), ("tables_freed", 15), ("table_locks", 16), ("table_contended", 17), ("table_spins", 18)];
+        let mapping = [
+            ("shootdowns", 8),
+            ("targets", 9),
+            ("ipis", 10),
+            ("invlpg", 11),
+            ("full_flushes", 12),
+            ("tables_allocated", 13),
+            ("tables_zeroed", 14),
+            ("tables_freed", 15),
+            ("table_locks", 16),
+            ("table_contended", 17),
+            ("table_spins", 18),
+        ];
         for (name, n) in mapping {
             assert_eq!(get(&v, name), n, "{name}");
         }
         let p = delta(&zero, &after, FAULTS);
-        for (name, n) in [("store_reads", 19), ("store_writes", 20), ("paging_locks", 21), ("paging_contended", 22), ("paging_spins", 23), ("ipis", 10), ("tables_allocated", 13)] {
+        for (name, n) in [
+            ("store_reads", 19),
+            ("store_writes", 20),
+            ("paging_locks", 21),
+            ("paging_contended", 22),
+            ("paging_spins", 23),
+            ("ipis", 10),
+            ("tables_allocated", 13),
+        ] {
             assert_eq!(get(&p, name), n, "{name}");
         }
         // Nothing changed: every counter is 0.

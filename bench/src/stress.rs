@@ -85,7 +85,8 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
         let before = ledger();
         let limit = pg.resident_limit();
         pg.set_resident_limit(RESIDENT);
-        let region = m.vm().k_mem_map(PAGED * mm::PAGE_SIZE, mm::vm::KMemFlags::RW).map_err(|e| fails("k_mem_map", e))?;
+        let region =
+            m.vm().k_mem_map(PAGED * mm::PAGE_SIZE, mm::vm::KMemFlags::RW).map_err(|e| fails("k_mem_map", e))?;
         let space = m.vm().new_user_space().map_err(|e| fails("new space", e))?;
         let shared = Arc::new(Shared {
             region,
@@ -103,7 +104,12 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
                 m.vm().audit_paging().map_err(|e| failure(format_args!("paging audit: {e:?}")))?;
                 audits += 2;
                 let c = counts(&ops);
-                m.emit(&Record::StressRound { round, elapsed_ms: (m.now_ns() - start) / 1_000_000, audits, ops: Counters(&c) });
+                m.emit(&Record::StressRound {
+                    round,
+                    elapsed_ms: (m.now_ns() - start) / 1_000_000,
+                    audits,
+                    ops: Counters(&c),
+                });
                 round += 1;
             }
             Ok(())
@@ -115,7 +121,8 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
         let teardown = (|| -> Result<(), Failure> {
             m.vm().k_mem_unmap(region, PAGED * mm::PAGE_SIZE).map_err(|e| fails("k_mem_unmap", e))?;
             pg.set_resident_limit(limit);
-            let shared = Arc::try_unwrap(shared).map_err(|_| failure(format_args!("a CPU still holds the stress state")))?;
+            let shared =
+                Arc::try_unwrap(shared).map_err(|_| failure(format_args!("a CPU still holds the stress state")))?;
             m.vm().destroy_space(shared.space).map_err(|(e, _)| fails("destroy space", e))?;
             Ok(())
         })();
@@ -195,7 +202,12 @@ impl Held {
         m.frames().free_page(phys).map_err(|e| fails("free", e))
     }
 
-    fn give_back<M: Machine>(&mut self, m: &M, space: &AddressSpace, region_page: impl Fn(usize) -> u64) -> Result<(), Failure> {
+    fn give_back<M: Machine>(
+        &mut self,
+        m: &M,
+        space: &AddressSpace,
+        region_page: impl Fn(usize) -> u64,
+    ) -> Result<(), Failure> {
         while let Some(i) = self.pinned.pop() {
             m.vm().unpin(region_page(i), mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
         }
@@ -262,7 +274,16 @@ fn kmem_round_trip<M: Machine>(m: &M, op: u64) -> Result<(), Failure> {
 
 /// One random operation; returns its kind (an index into `KINDS`).
 #[allow(clippy::too_many_arguments)]
-fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held, shadow: &mut [u64], cpu: usize, rng: &mut Rng, op: u64) -> Result<usize, Failure> {
+fn mix_step<M: Machine>(
+    m: &M,
+    s: &Shared,
+    space: &AddressSpace,
+    held: &mut Held,
+    shadow: &mut [u64],
+    cpu: usize,
+    rng: &mut Rng,
+    op: u64,
+) -> Result<usize, Failure> {
     let (vm, frames) = (m.vm(), m.frames());
     let r = rng.next();
     let coin = r >> 32 & 1 == 1;
@@ -312,7 +333,11 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
         }
         8..=12 => {
             let got = m.read_word(va);
-            check!(got == pattern(va, shadow[i]), "region page {va:#x} reads {got:#x}, wrote generation {} last", shadow[i]);
+            check!(
+                got == pattern(va, shadow[i]),
+                "region page {va:#x} reads {got:#x}, wrote generation {} last",
+                shadow[i]
+            );
             shadow[i] += 1;
             m.write_word(va, pattern(va, shadow[i]));
             3
@@ -322,7 +347,12 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
             match (r, pinned, coin) {
                 (Ok(()), false, _) | (Ok(()), true, false) => {}
                 (Err(mm::paging::PagingError::Pinned { .. }), true, true) => {}
-                (r, _, _) => return Err(failure(format_args!("page {} of {va:#x} (pinned: {pinned}): {r:?}", if coin { "out" } else { "in" }))),
+                (r, _, _) => {
+                    return Err(failure(format_args!(
+                        "page {} of {va:#x} (pinned: {pinned}): {r:?}",
+                        if coin { "out" } else { "in" }
+                    )))
+                }
             }
             3
         }
@@ -341,9 +371,15 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
             let unaligned = frames.free_page(0x1001);
             check!(matches!(unaligned, Err(mm::frame::FrameError::NotAligned { .. })), "free of 0x1001: {unaligned:?}");
             let unmapped = vm.umap_single(space, page(n + cpu, op), PageSize::Size4K);
-            check!(matches!(unmapped, Err(mm::vm::VmError::NotMapped { .. })), "unmap of an unmapped page: {unmapped:?}");
+            check!(
+                matches!(unmapped, Err(mm::vm::VmError::NotMapped { .. })),
+                "unmap of an unmapped page: {unmapped:?}"
+            );
             let odd = vm.page_out(va + 8, mm::PAGE_SIZE);
-            check!(matches!(odd, Err(mm::paging::PagingError::Range(mm::vm::VmError::NotAligned { .. }))), "page-out of an unaligned address: {odd:?}");
+            check!(
+                matches!(odd, Err(mm::paging::PagingError::Range(mm::vm::VmError::NotAligned { .. }))),
+                "page-out of an unaligned address: {odd:?}"
+            );
             5
         }
         16..=18 => {
@@ -351,7 +387,9 @@ fn mix_step<M: Machine>(m: &M, s: &Shared, space: &AddressSpace, held: &mut Held
                 held.vmfree_oldest(m, space, r >> 33 & 1 == 1)?;
             } else {
                 let pages = 1 + (r >> 8) % 4;
-                let a = vm.vmalloc(space, SHARED_WINDOW.start, SHARED_WINDOW.end, pages, Flags::WRITE).map_err(|e| fails("vmalloc", e))?;
+                let a = vm
+                    .vmalloc(space, SHARED_WINDOW.start, SHARED_WINDOW.end, pages, Flags::WRITE)
+                    .map_err(|e| fails("vmalloc", e))?;
                 let stamp = (cpu as u64) << 48 | op << 8;
                 for i in 0..pages {
                     let va = a + i * mm::PAGE_SIZE;

@@ -81,7 +81,11 @@ impl Team {
 
     /// Runs `body(cpu)` on CPUs `0..n` (the others idle) and returns the first failure any CPU
     /// reported (with how many there were).
-    pub fn run<M: Machine>(self: &Arc<Self>, m: &M, body: impl Fn(&Team, usize) -> Result<(), Failure> + Send + Sync + 'static) -> Result<(), Failure> {
+    pub fn run<M: Machine>(
+        self: &Arc<Self>,
+        m: &M,
+        body: impl Fn(&Team, usize) -> Result<(), Failure> + Send + Sync + 'static,
+    ) -> Result<(), Failure> {
         if STUCK.load(Ordering::Acquire) {
             return Err(failure(format_args!("not run: an earlier run's CPUs never finished")));
         }
@@ -102,7 +106,10 @@ impl Team {
             // Make the late CPUs leave their loops and barriers.
             self.abort.store(true, Ordering::Release);
             STUCK.store(true, Ordering::Release);
-            return Err(failure(format_args!("CPUs {cpus:#x} did not finish within {} s", RUN_TIMEOUT_NS / 1_000_000_000)));
+            return Err(failure(format_args!(
+                "CPUs {cpus:#x} did not finish within {} s",
+                RUN_TIMEOUT_NS / 1_000_000_000
+            )));
         }
         match self.first_error.lock().take() {
             Some(e) => Err(failure(format_args!("{} errors; first: {e}", self.errors.load(Ordering::Relaxed)))),
@@ -158,7 +165,11 @@ impl Team {
                 waited = m.now_ns() - start;
             }
             if waited > BARRIER_WAIT_NS {
-                return Err(failure(format_args!("cpu {} waited {} s at a barrier", m.cpu(), BARRIER_WAIT_NS / 1_000_000_000)));
+                return Err(failure(format_args!(
+                    "cpu {} waited {} s at a barrier",
+                    m.cpu(),
+                    BARRIER_WAIT_NS / 1_000_000_000
+                )));
             }
             // Spin briefly (a barrier usually opens within microseconds),
             // then nap: with more vCPUs than host cores a spinning waiter

@@ -42,7 +42,6 @@ pub struct Ecam {
     pub buses: core::ops::RangeInclusive<u8>,
 }
 
-
 /// Maps ACPI tables through the bootloader's direct map of physical memory.
 #[derive(Clone)]
 struct DirectMap {
@@ -106,15 +105,18 @@ pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<Platform
     platform.hpet_phys = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
     if let Ok(mcfg) = tables.find_table::<Mcfg>() {
         // ECAM's base address is that of bus 0 even when the range starts later.
-        platform.ecam = mcfg.get().entries().iter().find(|e| { e.pci_segment_group } == 0).map(|e| Ecam {
-            phys: e.base_address,
-            buses: e.bus_number_start..=e.bus_number_end,
-        });
+        platform.ecam = mcfg
+            .get()
+            .entries()
+            .iter()
+            .find(|e| { e.pci_segment_group } == 0)
+            .map(|e| Ecam { phys: e.base_address, buses: e.bus_number_start..=e.bus_number_end });
     }
     if let Ok(fadt) = tables.find_table::<Fadt>() {
         if let Ok(Some(block)) = fadt.pm_timer_block() {
             if block.address_space == acpi::address::AddressSpace::SystemIo {
-                platform.pm_timer = Some(PmTimer { port: block.address as u16, is_32bit: { fadt.flags }.pm_timer_is_32_bit() });
+                platform.pm_timer =
+                    Some(PmTimer { port: block.address as u16, is_32bit: { fadt.flags }.pm_timer_is_32_bit() });
             }
         }
     }

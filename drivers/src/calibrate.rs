@@ -212,7 +212,9 @@ pub fn choose(windows: &[Window], plan: &Plan) -> Result<Calibration, Calibratio
     let mut rates: ArrayVec<u64, MAX_WINDOWS> = kept().map(|w| w.hz).take(MAX_WINDOWS).collect();
     rates.sort_unstable();
     let median = rates[rates.len() / 2] as u128;
-    let agrees = |w: &&Window| (w.hz as u128).abs_diff(median) * 1_000_000 <= median * (w.bound_ppm + plan.max_bound_ppm) as u128;
+    let agrees = |w: &&Window| {
+        (w.hz as u128).abs_diff(median) * 1_000_000 <= median * (w.bound_ppm + plan.max_bound_ppm) as u128
+    };
     let kept = || windows.iter().filter(|w| w.bound_ppm <= plan.max_bound_ppm).filter(agrees);
     let count = kept().count();
     if count < plan.min_kept.max(1) {
@@ -373,11 +375,14 @@ mod tests {
         // The same kind of pause, between the TSC read and a window's end
         // reference read, moves a plain two-read measurement by 50%: the
         // brackets are what protects the result.
-        let (s, e) = (Sample { ref_before: 0, tsc: 0, ref_after: 0 }, Sample {
-            ref_before: 1_000_000,
-            tsc: TSC_HZ / 100,
-            ref_after: 1_500_000, // 5 ms pause after the TSC read
-        });
+        let (s, e) = (
+            Sample { ref_before: 0, tsc: 0, ref_after: 0 },
+            Sample {
+                ref_before: 1_000_000,
+                tsc: TSC_HZ / 100,
+                ref_after: 1_500_000, // 5 ms pause after the TSC read
+            },
+        );
         let w = window(&s, &e, HPET).unwrap();
         assert!(w.bound_ppm > MAX_BOUND_PPM, "{w:?}");
         assert!(choose(&[w], &Plan { min_kept: 1, ..Plan::for_reference(HPET) }).is_err());
@@ -481,10 +486,15 @@ mod tests {
     #[test]
     fn stuck_reference_is_an_error_not_a_hang() {
         let tsc = Cell::new(0u64);
-        let r = measure(&Plan::for_reference(HPET), HPET, || 7, || {
-            tsc.set(tsc.get() + 100);
-            tsc.get()
-        });
+        let r = measure(
+            &Plan::for_reference(HPET),
+            HPET,
+            || 7,
+            || {
+                tsc.set(tsc.get() + 100);
+                tsc.get()
+            },
+        );
         assert_eq!(r, Err(CalibrationError::ReferenceStuck));
     }
 

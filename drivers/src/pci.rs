@@ -28,7 +28,11 @@ impl PortCam {
     }
 
     fn address(df: DeviceFunction, offset: u8) -> u32 {
-        1 << 31 | u32::from(df.bus) << 16 | u32::from(df.device) << 11 | u32::from(df.function) << 8 | u32::from(offset & 0xFC)
+        1 << 31
+            | u32::from(df.bus) << 16
+            | u32::from(df.device) << 11
+            | u32::from(df.function) << 8
+            | u32::from(offset & 0xFC)
     }
 }
 
@@ -56,8 +60,15 @@ impl ConfigurationAccess for PortCam {
 }
 
 /// The first function on `buses` with `vendor` and one of `devices`.
-pub fn find<C: ConfigurationAccess>(root: &PciRoot<C>, buses: RangeInclusive<u8>, vendor: u16, devices: &[u16]) -> Option<(DeviceFunction, DeviceFunctionInfo)> {
-    buses.flat_map(|bus| root.enumerate_bus(bus)).find(|(_, info)| info.vendor_id == vendor && devices.contains(&info.device_id))
+pub fn find<C: ConfigurationAccess>(
+    root: &PciRoot<C>,
+    buses: RangeInclusive<u8>,
+    vendor: u16,
+    devices: &[u16],
+) -> Option<(DeviceFunction, DeviceFunctionInfo)> {
+    buses
+        .flat_map(|bus| root.enumerate_bus(bus))
+        .find(|(_, info)| info.vendor_id == vendor && devices.contains(&info.device_id))
 }
 
 /// Turns on memory decoding and bus mastering (DMA) for `df`.

@@ -16,7 +16,11 @@ impl PmTimer {
         // SAFETY: the port comes from the FADT's PM timer block; reading it
         // has no side effects.
         let v = unsafe { Port::<u32>::new(self.port).read() };
-        if self.is_32bit { v } else { v & 0x00FF_FFFF }
+        if self.is_32bit {
+            v
+        } else {
+            v & 0x00FF_FFFF
+        }
     }
 
     /// Ticks between two reads, allowing one wrap of the counter.

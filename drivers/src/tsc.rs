@@ -84,7 +84,11 @@ fn cpuid15_hz() -> Option<u64> {
 }
 
 /// Measures the TSC against a counter of `bits` bits read by `raw`.
-fn against(len: TickLength, bits: u32, mut raw: impl FnMut() -> u64) -> Result<calibrate::Calibration, calibrate::CalibrationError> {
+fn against(
+    len: TickLength,
+    bits: u32,
+    mut raw: impl FnMut() -> u64,
+) -> Result<calibrate::Calibration, calibrate::CalibrationError> {
     let mut unwrap = Unwrap::new(bits, raw());
     calibrate::measure(&Plan::for_reference(len), len, || unwrap.extend(raw()), rdtsc)
 }
@@ -101,7 +105,8 @@ pub fn calibrate(hpet: Option<&Hpet>, pm_timer: Option<&PmTimer>) -> Result<TscC
         result = Ok(TscCalibration { hz, source: TscSource::Cpuid15, spread_ppm: 0, bound_ppm: 0 });
     }
     if let (Err(_), Some(h)) = (&result, hpet) {
-        result = measured(TscSource::Hpet, against(TickLength::femtos(h.period_fs()), h.counter_bits(), || h.counter()));
+        result =
+            measured(TscSource::Hpet, against(TickLength::femtos(h.period_fs()), h.counter_bits(), || h.counter()));
         if let Err(e) = &result {
             log::warn!("tsc: calibration against the HPET failed ({e:?}); trying the next clock");
         }

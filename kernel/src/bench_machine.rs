@@ -110,7 +110,13 @@ impl Machine for KernelMachine {
 
     fn tlb_counts(&self, cpu: usize) -> TlbCounts {
         let c = smp::tlb::counters(cpu);
-        TlbCounts { shootdowns: c.shootdowns, targets: c.targets, ipis: c.ipis, invlpg: c.pages_invalidated, full_flushes: c.full_flushes }
+        TlbCounts {
+            shootdowns: c.shootdowns,
+            targets: c.targets,
+            ipis: c.ipis,
+            invlpg: c.pages_invalidated,
+            full_flushes: c.full_flushes,
+        }
     }
 
     fn stores(&self) -> alloc::vec::Vec<&'static str> {

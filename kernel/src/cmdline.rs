@@ -48,7 +48,15 @@ static BUF: spin::Mutex<[u8; 512]> = spin::Mutex::new([0; 512]);
 
 /// Reads and parses the command line; absent means `mode=run`.
 pub fn read() -> Cmdline {
-    let mut cmd = Cmdline { mode: Mode::Run, magazine_capacity: DEFAULT_MAGAZINE_CAPACITY, seed: None, eviction: Eviction::Clock, only: arrayvec::ArrayString::new(), quick: false, seconds: 60 };
+    let mut cmd = Cmdline {
+        mode: Mode::Run,
+        magazine_capacity: DEFAULT_MAGAZINE_CAPACITY,
+        seed: None,
+        eviction: Eviction::Clock,
+        only: arrayvec::ArrayString::new(),
+        quick: false,
+        seconds: 60,
+    };
     let mut buf = BUF.lock();
     let text = match fw_cfg::read_file(FW_CFG_NAME, &mut buf[..]) {
         Ok(bytes) => core::str::from_utf8(bytes).unwrap_or(""),

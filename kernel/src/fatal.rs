@@ -24,7 +24,10 @@ pub fn exception(vector: u8, name: &str, error_code: Option<u64>, frame: &Interr
     ));
     if vector == PAGE_FAULT {
         if let Some(e) = crate::paging::peek_last_error() {
-            serial::write_fmt_emergency(format_args!("FATAL: cpu {}: paging's last refusal on this cpu: {e:?}\n", cpu()));
+            serial::write_fmt_emergency(format_args!(
+                "FATAL: cpu {}: paging's last refusal on this cpu: {e:?}\n",
+                cpu()
+            ));
         }
     }
     if vector == DOUBLE_FAULT {

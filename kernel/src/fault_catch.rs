@@ -40,7 +40,7 @@ core::arch::global_asm!(
     "push r13",
     "push r14",
     "push r15",
-    "sub rsp, 8",          // keep the call below 16-byte aligned
+    "sub rsp, 8", // keep the call below 16-byte aligned
     "mov [rdx], rsp",
     "mov r12, rdx",
     "mov rax, rdi",
@@ -50,7 +50,7 @@ core::arch::global_asm!(
     "xor eax, eax",
     "jmp 2f",
     ".global guarded_recover",
-    "guarded_recover:",    // entered by iretq with rsp = recorded value
+    "guarded_recover:", // entered by iretq with rsp = recorded value
     "mov eax, 1",
     "2:",
     "add rsp, 8",

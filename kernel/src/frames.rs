@@ -62,13 +62,9 @@ pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
                 mm::raw::carve(&mut boot, phys_offset, DEPOT_SLOTS, Magazine::new).expect("no room for the depot"),
             )
         };
-        let usable = boot
-            .remaining()
-            .iter()
-            .map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
+        let usable =
+            boot.remaining().iter().map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
         let db = FrameDb::new(base, entries);
-        FRAMES.call_once(|| {
-            PhysAllocator::new(db, links, usable, &CPU_SLOTS, magazine_capacity, depot, KernelPlatform)
-        })
+        FRAMES.call_once(|| PhysAllocator::new(db, links, usable, &CPU_SLOTS, magazine_capacity, depot, KernelPlatform))
     })
 }

@@ -52,4 +52,3 @@ unsafe impl GlobalAlloc for KernelHeap {
 
 #[global_allocator]
 static GLOBAL: KernelHeap = KernelHeap;
-

@@ -10,8 +10,8 @@ use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 use x86_64::{PrivilegeLevel, VirtAddr};
 
-use crate::fault_catch;
 use crate::fatal;
+use crate::fault_catch;
 use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST};
 use crate::usermode;
 use crate::workers;

@@ -23,8 +23,8 @@ mod nap;
 mod paging;
 mod pat;
 mod swap_disk;
-mod trace_mark;
 mod tests;
+mod trace_mark;
 mod user_program;
 mod usermode;
 mod virtio_hal;
@@ -133,12 +133,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let disk = swap_disk::probe(platform.ecam.as_ref());
     paging::init(cmdline.eviction, disk);
 
-    FACTS.call_once(|| BootFacts {
-        cpus_total: report.total,
-        apic_mode,
-        hpet,
-        pm_timer: platform.pm_timer,
-    });
+    FACTS.call_once(|| BootFacts { cpus_total: report.total, apic_mode, hpet, pm_timer: platform.pm_timer });
     logger::emit(&record::Record::Boot {
         cpus_online: report.online as u32,
         cpus_total: report.total as u32,

@@ -12,8 +12,8 @@ use mm::paging::policy::{Lru, Nru};
 use mm::paging::store::RamStore;
 use mm::paging::store_switch::StoreSwitch;
 use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, PagingError, StoreError};
-use spin::Once;
 use smp::MAX_CPUS;
+use spin::Once;
 
 use crate::cmdline::Eviction;
 use crate::{frames, vm};
@@ -46,7 +46,8 @@ static LAST_ERROR: [spin::Mutex<Option<PagingError>>; MAX_CPUS] = [const { spin:
 pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let f = frames::get();
     let run = 1u64 << MAX_ORDER;
-    let runs: Vec<u64> = (0..STORE_SLOTS / run).map(|_| f.alloc_contiguous(run).expect("no memory for the RAM backing store")).collect();
+    let runs: Vec<u64> =
+        (0..STORE_SLOTS / run).map(|_| f.alloc_contiguous(run).expect("no memory for the RAM backing store")).collect();
     let ram: &'static dyn BackingStore = Box::leak(Box::new(RamStore::new(vm::get().platform(), runs, run)));
     let mut stores = Vec::new();
     if let Some(disk) = disk {

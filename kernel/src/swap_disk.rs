@@ -60,16 +60,22 @@ pub fn probe(ecam: Option<&Ecam>) -> Option<VirtioDisk> {
     }
 }
 
-fn open<C: ConfigurationAccess>(mut root: PciRoot<C>, buses: core::ops::RangeInclusive<u8>, how: &str) -> Option<VirtioDisk> {
+fn open<C: ConfigurationAccess>(
+    mut root: PciRoot<C>,
+    buses: core::ops::RangeInclusive<u8>,
+    how: &str,
+) -> Option<VirtioDisk> {
     let (df, info) = pci::find(&root, buses, VIRTIO_VENDOR, &BLK_DEVICES)?;
     log::info!("pci ({how}): virtio-blk {:04x}:{:04x} at {df}", info.vendor_id, info.device_id);
     pci::enable(&mut root, df);
-    let transport = PciTransport::new::<KernelHal, C>(&mut root, df)
-        .map_err(|e| log::error!("virtio-blk at {df}: {e:?}"))
-        .ok()?;
+    let transport =
+        PciTransport::new::<KernelHal, C>(&mut root, df).map_err(|e| log::error!("virtio-blk at {df}: {e:?}")).ok()?;
     let blk = VirtIOBlk::<KernelHal, _>::new(transport).map_err(|e| log::error!("virtio-blk at {df}: {e:?}")).ok()?;
     let sectors = blk.capacity();
-    Some(VirtioDisk { inner: spin::Mutex::new(Box::new(Inner { blk, req: BlkReq::default(), resp: BlkResp::default() })), sectors })
+    Some(VirtioDisk {
+        inner: spin::Mutex::new(Box::new(Inner { blk, req: BlkReq::default(), resp: BlkResp::default() })),
+        sectors,
+    })
 }
 
 #[derive(Clone, Copy)]

@@ -44,7 +44,11 @@ impl DirectMap {
     pub fn copy(self, from: u64, to: u64) {
         // SAFETY: as for `fill`; distinct frames never overlap.
         unsafe {
-            core::ptr::copy_nonoverlapping((from + self.offset) as *const u8, (to + self.offset) as *mut u8, PAGE as usize)
+            core::ptr::copy_nonoverlapping(
+                (from + self.offset) as *const u8,
+                (to + self.offset) as *mut u8,
+                PAGE as usize,
+            )
         };
     }
 }

@@ -47,12 +47,20 @@ pub struct FrameEntry {
 impl FrameEntry {
     #[cfg(not(loom))]
     pub const fn new() -> FrameEntry {
-        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0), copy: AtomicU64::new(0) }
+        FrameEntry {
+            state: AtomicU32::new(FrameKind::Reserved as u32),
+            vaddr: AtomicU64::new(0),
+            copy: AtomicU64::new(0),
+        }
     }
 
     #[cfg(loom)]
     pub fn new() -> FrameEntry {
-        FrameEntry { state: AtomicU32::new(FrameKind::Reserved as u32), vaddr: AtomicU64::new(0), copy: AtomicU64::new(0) }
+        FrameEntry {
+            state: AtomicU32::new(FrameKind::Reserved as u32),
+            vaddr: AtomicU64::new(0),
+            copy: AtomicU64::new(0),
+        }
     }
 }
 

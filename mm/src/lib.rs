@@ -12,12 +12,16 @@ extern crate alloc;
 pub mod boot_frames;
 pub mod buddy;
 pub mod counters;
+#[cfg(target_os = "none")]
+pub mod direct_map;
 pub mod frame;
 pub mod frame_db;
 #[cfg(not(loom))]
 pub mod heap;
 pub mod lock_count;
 pub mod magazine;
+#[cfg(not(loom))]
+pub mod paging;
 pub mod phys;
 pub mod platform;
 #[cfg(target_os = "none")]
@@ -25,10 +29,6 @@ pub mod raw;
 mod sync;
 #[cfg(test)]
 mod testing;
-#[cfg(target_os = "none")]
-pub mod direct_map;
-#[cfg(not(loom))]
-pub mod paging;
 #[cfg(not(loom))]
 pub mod vm;
 /// Under loom, only what the paging model needs: the entry layout and the

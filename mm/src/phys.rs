@@ -416,7 +416,12 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 let n = self.depot_contention.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % GROW_AFTER_CONTENTIONS == 0 {
                     let cap = self.magazine_capacity();
-                    let _ = self.mag_cap.compare_exchange(cap, (cap + 1).min(MAG_MAX), Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = self.mag_cap.compare_exchange(
+                        cap,
+                        (cap + 1).min(MAG_MAX),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                 }
                 self.depot.lock_contended(counts)
             }
@@ -540,7 +545,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
-mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -1,10 +1,10 @@
 //! Synchronisation facade: loom's types under `cfg(loom)` so the model
 //! checker sees every access, spin locks and core atomics otherwise.
 
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// A mutual-exclusion lock with the same surface in both worlds.
 pub struct Mutex<T> {

@@ -13,9 +13,9 @@
 #![forbid(unsafe_code)]
 
 use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
 #[cfg(feature = "parse")]
 use serde::Deserialize;
+use serde::{Serialize, Serializer};
 
 #[cfg(feature = "parse")]
 extern crate alloc;
@@ -167,15 +167,7 @@ pub enum Record<S, C> {
     StressRound { round: u32, elapsed_ms: u64, audits: u64, ops: C },
     /// Stress mode's result: operations per subsystem, audits passed, and
     /// the first violation (empty when none) with what replays it.
-    Stress {
-        seed: u64,
-        seconds: u64,
-        smp: u32,
-        audits: u64,
-        violations: u64,
-        ops: C,
-        detail: S,
-    },
+    Stress { seed: u64, seconds: u64, smp: u32, audits: u64, violations: u64, ops: C, detail: S },
 }
 
 /// Longest record line the guest can format (without the prefix). A
@@ -241,7 +233,12 @@ mod tests {
         assert_eq!(parsed.schema, SCHEMA);
         assert_eq!(
             parsed.record,
-            Record::Test { name: "smp::cross_call".into(), outcome: Outcome::Fail, ns: 42, detail: "cpu 3 \"late\"".into() }
+            Record::Test {
+                name: "smp::cross_call".into(),
+                outcome: Outcome::Fail,
+                ns: 42,
+                detail: "cpu 3 \"late\"".into()
+            }
         );
     }
 
@@ -263,7 +260,10 @@ mod tests {
         assert!(line.contains("\"kind\":\"boot\""), "{line}");
         assert!(line.contains("\"accel\":\"kvm\""), "{line}");
         let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
-        assert!(matches!(parsed.record, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, accel: Accel::Kvm, .. }));
+        assert!(matches!(
+            parsed.record,
+            Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, accel: Accel::Kvm, .. }
+        ));
         assert!(line.contains(r#""tsc_source":"hpet","tsc_spread_ppm":420,"tsc_bound_ppm":130"#), "{line}");
         let parsed: Envelope<String, BTreeMap<String, u64>> = serde_json::from_str(&line).unwrap();
         assert!(matches!(

@@ -27,7 +27,11 @@ pub enum Flush {
 }
 
 pub fn flush_kind(pages: u64) -> Flush {
-    if pages > FULL_FLUSH_PAGES { Flush::All } else { Flush::Pages(pages) }
+    if pages > FULL_FLUSH_PAGES {
+        Flush::All
+    } else {
+        Flush::Pages(pages)
+    }
 }
 
 /// Whether IPIs to `targets` go as one all-but-self broadcast: when they
@@ -38,7 +42,11 @@ pub fn use_shorthand(targets: CpuSet, others: CpuSet) -> bool {
 
 /// ICR writes it takes to reach `targets`.
 pub fn icr_writes(targets: CpuSet, others: CpuSet) -> u64 {
-    if use_shorthand(targets, others) { 1 } else { targets.len() as u64 }
+    if use_shorthand(targets, others) {
+        1
+    } else {
+        targets.len() as u64
+    }
 }
 
 #[repr(align(64))]

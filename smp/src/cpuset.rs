@@ -25,7 +25,11 @@ impl CpuSet {
 
     /// CPUs `0..n`.
     pub const fn first(n: usize) -> CpuSet {
-        if n >= MAX_CPUS { CpuSet(u64::MAX) } else { CpuSet((1u64 << n) - 1) }
+        if n >= MAX_CPUS {
+            CpuSet(u64::MAX)
+        } else {
+            CpuSet((1u64 << n) - 1)
+        }
     }
 
     pub const fn contains(self, cpu: usize) -> bool {
@@ -44,7 +48,11 @@ impl CpuSet {
     }
 
     pub const fn without(self, cpu: usize) -> CpuSet {
-        if cpu < MAX_CPUS { CpuSet(self.0 & !(1 << cpu)) } else { self }
+        if cpu < MAX_CPUS {
+            CpuSet(self.0 & !(1 << cpu))
+        } else {
+            self
+        }
     }
 
     pub const fn intersect(self, other: CpuSet) -> CpuSet {

@@ -215,7 +215,7 @@ pub fn call_closure<const N: usize, F: Fn() + Sync>(
     }
 }
 
-#[cfg(all(test, not(loom)))]
-mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;

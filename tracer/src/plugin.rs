@@ -149,7 +149,8 @@ impl State {
                 *l = VcpuLog::default();
             }
         }
-        *self.start.lock().unwrap_or_else(|e| e.into_inner()) = (0..self.vcpus()).map(|v| self.counters.read(v)).collect();
+        *self.start.lock().unwrap_or_else(|e| e.into_inner()) =
+            (0..self.vcpus()).map(|v| self.counters.read(v)).collect();
         self.seq.store(seq, Ordering::SeqCst);
         self.open.store(true, Ordering::SeqCst);
     }
@@ -166,9 +167,14 @@ impl State {
                 (i.wrapping_sub(i0), l.wrapping_sub(l0))
             })
             .collect();
-        let logs: Vec<VcpuLog> =
-            (0..self.vcpus()).map(|v| self.log(v as VCPUIndex).map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()).collect();
-        let report = window::WindowReport { begin_pc: self.begin_pc.load(Ordering::SeqCst), end_pc: pc, ..window::merge(seq, &logs, &counts) };
+        let logs: Vec<VcpuLog> = (0..self.vcpus())
+            .map(|v| self.log(v as VCPUIndex).map(|mut l| std::mem::take(&mut *l)).unwrap_or_default())
+            .collect();
+        let report = window::WindowReport {
+            begin_pc: self.begin_pc.load(Ordering::SeqCst),
+            end_pc: pc,
+            ..window::merge(seq, &logs, &counts)
+        };
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         // A write error cannot be reported from inside the guest's run;
         // xtask sees the missing window and says so.
@@ -241,13 +247,22 @@ impl HasCallbacks for Tracer {
             }
             if decode::is_marker(&bytes) {
                 let (s, pc) = (state.clone(), insn.vaddr());
-                insn.register_execute_callback_flags(move |_| s.on_marker(pc), qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS);
+                insn.register_execute_callback_flags(
+                    move |_| s.on_marker(pc),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+                );
             } else if decode::is_wrmsr(&bytes) {
                 let s = state.clone();
-                insn.register_execute_callback_flags(move |v| s.on_wrmsr(v), qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS);
+                insn.register_execute_callback_flags(
+                    move |v| s.on_wrmsr(v),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+                );
             }
             let s = state.clone();
-            insn.register_memory_access_callback(move |v, info, vaddr| s.on_access(v, info, vaddr), qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW);
+            insn.register_memory_access_callback(
+                move |v, info, vaddr| s.on_access(v, info, vaddr),
+                qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
+            );
         }
         Ok(())
     }

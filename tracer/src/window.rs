@@ -173,12 +173,17 @@ mod tests {
     fn a_line_two_cpus_write_conflicts_with_every_access_counted() {
         // Both vCPUs increment one counter (read + write) 3 times; same
         // line, different bytes.
-        let a = log(&[(0x1000, false), (0x1000, true), (0x1000, false), (0x1000, true), (0x1000, false), (0x1000, true)]);
-        let b = log(&[(0x1008, false), (0x1008, true), (0x1008, false), (0x1008, true), (0x1008, false), (0x1008, true)]);
+        let a =
+            log(&[(0x1000, false), (0x1000, true), (0x1000, false), (0x1000, true), (0x1000, false), (0x1000, true)]);
+        let b =
+            log(&[(0x1008, false), (0x1008, true), (0x1008, false), (0x1008, true), (0x1008, false), (0x1008, true)]);
         let r = merge(4, &[a, b], &[(100, 3), (90, 3)]);
         assert_eq!(r.seq, 4);
         assert_eq!(r.conflicting_lines, 1);
-        assert_eq!(r.lines, [ConflictLine { phys: 0x1000, vaddr: 0xffff_8000_0000_1000, accesses: 12, writes: 6, vcpus: vec![0, 1] }]);
+        assert_eq!(
+            r.lines,
+            [ConflictLine { phys: 0x1000, vaddr: 0xffff_8000_0000_1000, accesses: 12, writes: 6, vcpus: vec![0, 1] }]
+        );
         assert_eq!(r.vcpus[0], VcpuTotals { insns: 100, locked: 3, ipis: 0, conflicting: 6 });
         assert_eq!(r.vcpus[1].conflicting, 6);
     }
@@ -201,7 +206,10 @@ mod tests {
         let c = log(&[(0x2010, false), (0x5000, false), (0x9000, true)]);
         let r = merge(1, &[a, b, c], &[]);
         assert_eq!(r.conflicting_lines, 2);
-        assert_eq!(r.lines.iter().map(|l| (l.phys, l.accesses, l.writes)).collect::<Vec<_>>(), [(0x5000, 4, 3), (0x2000, 3, 1)]);
+        assert_eq!(
+            r.lines.iter().map(|l| (l.phys, l.accesses, l.writes)).collect::<Vec<_>>(),
+            [(0x5000, 4, 3), (0x2000, 3, 1)]
+        );
         assert_eq!(r.lines[1].vcpus, [0, 1, 2]);
         assert_eq!(r.vcpus.iter().map(|v| v.conflicting).collect::<Vec<_>>(), [1, 4, 2]);
     }

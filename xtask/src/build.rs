@@ -15,10 +15,7 @@ impl Images {
     /// Where `mkimage` puts the images; used as is by `run --no-build`.
     pub fn existing() -> Images {
         let dir = image_dir();
-        Images {
-            bios: dir.join("bios.img"),
-            uefi: dir.join("uefi.img"),
-        }
+        Images { bios: dir.join("bios.img"), uefi: dir.join("uefi.img") }
     }
 }
 
@@ -47,42 +44,20 @@ pub fn images(no_build: bool) -> Result<Images> {
 /// builder is compiled that takes ~20 ms).
 pub fn build() -> Result<Images> {
     eprintln!("==> building kernel");
-    cmd::run(&mut cargo(&[
-        "build",
-        "--package",
-        "kernel",
-        "--release",
-        "--target",
-        KERNEL_TARGET,
-    ]))
-    .context("building the kernel")?;
+    cmd::run(&mut cargo(&["build", "--package", "kernel", "--release", "--target", KERNEL_TARGET]))
+        .context("building the kernel")?;
     let kernel = kernel_elf();
-    anyhow::ensure!(
-        kernel.is_file(),
-        "the kernel build succeeded but {} is missing",
-        kernel.display()
-    );
+    anyhow::ensure!(kernel.is_file(), "the kernel build succeeded but {} is missing", kernel.display());
 
     eprintln!("==> making disk images");
     if !target_dir().join("release").join("mkimage").exists() {
         // bootloader's build script `cargo install`s its boot stages.
-        eprintln!(
-            "    first build of mkimage: the bootloader stages take about 3 minutes to compile"
-        );
+        eprintln!("    first build of mkimage: the bootloader stages take about 3 minutes to compile");
     }
     let dir = image_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (kernel_arg, dir_arg) = (kernel.to_string_lossy(), dir.to_string_lossy());
-    cmd::run(&mut cargo(&[
-        "run",
-        "--release",
-        "--quiet",
-        "--package",
-        "mkimage",
-        "--",
-        &kernel_arg,
-        &dir_arg,
-    ]))
-    .context("making the disk images")?;
+    cmd::run(&mut cargo(&["run", "--release", "--quiet", "--package", "mkimage", "--", &kernel_arg, &dir_arg]))
+        .context("making the disk images")?;
     Ok(Images::existing())
 }

@@ -32,9 +32,7 @@ impl Exit {
             Exit::GuestSuccess => "guest exited with success".into(),
             Exit::GuestFailure => "guest reported failure (QEMU exit 35)".into(),
             // -no-reboot turns a guest triple fault into QEMU exiting 0.
-            Exit::Qemu(0) => {
-                "QEMU exited with status 0 without a guest exit code (triple fault?)".into()
-            }
+            Exit::Qemu(0) => "QEMU exited with status 0 without a guest exit code (triple fault?)".into(),
             Exit::Qemu(code) => format!("QEMU failed with exit status {code}"),
             Exit::Signal(sig) => format!("QEMU was killed by signal {sig}"),
             Exit::Timeout(t) => format!("timeout after {} s", t.as_secs()),
@@ -50,14 +48,8 @@ mod tests {
     #[test]
     fn decodes_debug_exit_codes() {
         // Raw wait statuses: exit code in bits 8..16, signal in the low bits.
-        assert_eq!(
-            Exit::decode(ExitStatus::from_raw(33 << 8)),
-            Exit::GuestSuccess
-        );
-        assert_eq!(
-            Exit::decode(ExitStatus::from_raw(35 << 8)),
-            Exit::GuestFailure
-        );
+        assert_eq!(Exit::decode(ExitStatus::from_raw(33 << 8)), Exit::GuestSuccess);
+        assert_eq!(Exit::decode(ExitStatus::from_raw(35 << 8)), Exit::GuestFailure);
         assert_eq!(Exit::decode(ExitStatus::from_raw(1 << 8)), Exit::Qemu(1));
         assert_eq!(Exit::decode(ExitStatus::from_raw(0)), Exit::Qemu(0));
         assert_eq!(Exit::decode(ExitStatus::from_raw(9)), Exit::Signal(9));

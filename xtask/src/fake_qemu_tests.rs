@@ -43,45 +43,19 @@ exit 33"#,
     assert_eq!(cap.exit, Exit::GuestSuccess);
     assert!(cap.bad_records.is_empty(), "{:?}", cap.bad_records);
     assert_eq!(cap.records.len(), 3);
-    assert!(matches!(
-        cap.records[0],
-        Record::Boot { cpus_online: 2, .. }
-    ));
-    assert_eq!(
-        cap.records[2],
-        Record::Summary {
-            passed: 1,
-            failed: 0
-        }
-    );
-    assert_eq!(
-        cap.tail.front().unwrap(),
-        "kernel says hi",
-        "\\r is stripped"
-    );
+    assert!(matches!(cap.records[0], Record::Boot { cpus_online: 2, .. }));
+    assert_eq!(cap.records[2], Record::Summary { passed: 1, failed: 0 });
+    assert_eq!(cap.tail.front().unwrap(), "kernel says hi", "\\r is stripped");
     assert_eq!(cap.tail.back().unwrap(), "no newline at the end");
 }
 
 #[test]
 fn guest_failure_qemu_error_and_signal() {
-    assert_eq!(
-        run_script("exit 35", Duration::from_secs(20)).exit,
-        Exit::GuestFailure
-    );
-    let cap = run_script(
-        "echo 'qemu: could not open disk' >&2; exit 1",
-        Duration::from_secs(20),
-    );
+    assert_eq!(run_script("exit 35", Duration::from_secs(20)).exit, Exit::GuestFailure);
+    let cap = run_script("echo 'qemu: could not open disk' >&2; exit 1", Duration::from_secs(20));
     assert_eq!(cap.exit, Exit::Qemu(1));
-    assert!(
-        cap.stderr.contains("could not open disk"),
-        "{:?}",
-        cap.stderr
-    );
-    assert_eq!(
-        run_script("kill -9 $$", Duration::from_secs(20)).exit,
-        Exit::Signal(9)
-    );
+    assert!(cap.stderr.contains("could not open disk"), "{:?}", cap.stderr);
+    assert_eq!(run_script("kill -9 $$", Duration::from_secs(20)).exit, Exit::Signal(9));
 }
 
 #[test]
@@ -92,19 +66,13 @@ fn bad_record_lines_are_collected() {
     );
     assert_eq!(cap.exit, Exit::GuestSuccess);
     assert_eq!(cap.bad_records.len(), 2);
-    assert!(
-        cap.bad_records[0].contains("schema 9"),
-        "{}",
-        cap.bad_records[0]
-    );
+    assert!(cap.bad_records[0].contains("schema 9"), "{}", cap.bad_records[0]);
 }
 
 #[test]
 fn keeps_only_the_last_40_lines() {
-    let cap = run_script(
-        "i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done; exit 33",
-        Duration::from_secs(20),
-    );
+    let cap =
+        run_script("i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done; exit 33", Duration::from_secs(20));
     assert_eq!(cap.tail.len(), 40);
     assert_eq!(cap.tail.front().unwrap(), "line 60");
     assert_eq!(cap.tail.back().unwrap(), "line 99");
@@ -116,19 +84,12 @@ fn hung_guest_times_out_and_is_killed() {
     let cap = run_script("echo booting; exec sleep 1000", Duration::from_millis(700));
     assert_eq!(cap.exit, Exit::Timeout(Duration::from_millis(700)));
     assert_eq!(cap.tail.back().unwrap(), "booting");
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
 }
 
 #[test]
 fn closed_stdout_without_exit_still_times_out() {
-    let cap = run_script(
-        "exec >/dev/null; exec sleep 1000",
-        Duration::from_millis(500),
-    );
+    let cap = run_script("exec >/dev/null; exec sleep 1000", Duration::from_millis(500));
     assert!(matches!(cap.exit, Exit::Timeout(_)));
 }
 
@@ -136,35 +97,20 @@ fn closed_stdout_without_exit_still_times_out() {
 /// program, and its output comes back. `/bin/echo` stands in for QEMU.
 #[test]
 fn run_qemu_passes_the_command_line() {
-    let qemu = Qemu {
-        bin: "/bin/echo".into(),
-        version: Version(10, 0, 2),
-    };
-    let images = Images {
-        bios: "/img/bios.img".into(),
-        uefi: "/img/uefi.img".into(),
-    };
+    let qemu = Qemu { bin: "/bin/echo".into(), version: Version(10, 0, 2) };
+    let images = Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
     let config = Config {
         smp: 4,
         accel: Accel::Tcg,
         gdb: None,
         mem: parse_mem("512M").unwrap(),
-        firmware: Firmware::Uefi {
-            ovmf: "/fw/OVMF_CODE_4M.fd".into(),
-        },
+        firmware: Firmware::Uefi { ovmf: "/fw/OVMF_CODE_4M.fd".into() },
         xapic: true,
         guest: GuestOptions { mode: Mode::Test, ..Default::default() },
         swap: None,
         extra: vec!["-d".into(), "int".into()],
     };
-    let cap = run_qemu(
-        &qemu,
-        &images,
-        &config,
-        Duration::from_secs(20),
-        Echo::Quiet,
-    )
-    .unwrap();
+    let cap = run_qemu(&qemu, &images, &config, Duration::from_secs(20), Echo::Quiet).unwrap();
     assert_eq!(cap.exit, Exit::Qemu(0));
     let want = "-machine q35 -accel tcg,thread=multi -cpu max,-x2apic -smp 4 -m 512M -nic none -display none \
         -serial stdio -monitor none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

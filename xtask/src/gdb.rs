@@ -213,14 +213,21 @@ mod tests {
         let ran_through = "0x000000000000fff0 in ?? ()\n[Inferior 1 (process 1) exited with code 041]\n";
         assert_eq!(
             judge(ran_through, true, &cap, Accel::Tcg),
-            ["gdb never stopped at the hardware breakpoint on kernel_main", "gdb stopped, but `info symbol $pc` does not name the first instruction of kernel_main"]
+            [
+                "gdb never stopped at the hardware breakpoint on kernel_main",
+                "gdb stopped, but `info symbol $pc` does not name the first instruction of kernel_main"
+            ]
         );
         let past_prologue = SESSION.replace("::kernel_main in", "::kernel_main + 20 in");
         assert_eq!(judge(&past_prologue, true, &cap, Accel::Tcg).len(), 1);
         let hung = Capture::of(Exit::Timeout(STAGE_TIMEOUT), vec![], Duration::ZERO);
         assert_eq!(
             judge(SESSION, false, &hung, Accel::Tcg),
-            ["gdb exited with an error", "after the breakpoint the boot did not complete: timeout after 120 s", "no Boot record after continuing"]
+            [
+                "gdb exited with an error",
+                "after the breakpoint the boot did not complete: timeout after 120 s",
+                "no Boot record after continuing"
+            ]
         );
         assert_eq!(
             judge(SESSION, true, &cap, Accel::Kvm),

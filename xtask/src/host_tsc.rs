@@ -144,7 +144,11 @@ mod tests {
 
     #[test]
     fn best_is_the_tightest_window() {
-        let ws = [Rate { hz: 2_700_000_000, bound_ppm: 300 }, Rate { hz: 2_596_000_000, bound_ppm: 2 }, Rate { hz: 2_597_000_000, bound_ppm: 2 }];
+        let ws = [
+            Rate { hz: 2_700_000_000, bound_ppm: 300 },
+            Rate { hz: 2_596_000_000, bound_ppm: 2 },
+            Rate { hz: 2_597_000_000, bound_ppm: 2 },
+        ];
         assert_eq!(best(&ws), Some(ws[1]));
         assert_eq!(best(&[]), None);
     }
@@ -155,7 +159,10 @@ mod tests {
         // The figures boots reported under load with the old calibration.
         assert_eq!(flag(Some(2_601_000_000), host), None); // 0.19%
         let w = flag(Some(2_700_000_000), host).expect("4% is flagged");
-        assert!(w.contains("2.700 GHz") && w.contains("2.596 GHz") && w.contains("4.0% apart") && w.contains("TCG"), "{w}");
+        assert!(
+            w.contains("2.700 GHz") && w.contains("2.596 GHz") && w.contains("4.0% apart") && w.contains("TCG"),
+            "{w}"
+        );
         assert!(flag(Some(3_190_000_000), host).is_some());
         assert!(flag(Some(2_560_000_000), host).is_some(), "low is flagged too (1.4%)");
         // Exactly 1% is not more than 1%.

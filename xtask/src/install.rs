@@ -10,10 +10,7 @@ use std::sync::Once;
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/bookworm-backports.list";
 const BACKPORTS_LINE: &str = "deb http://deb.debian.org/debian bookworm-backports main";
 /// The 4M build first: it is what current Debian ships as the default.
-const OVMF_CODE: [&str; 2] = [
-    "/usr/share/OVMF/OVMF_CODE_4M.fd",
-    "/usr/share/OVMF/OVMF_CODE.fd",
-];
+const OVMF_CODE: [&str; 2] = ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"];
 
 /// Returns the QEMU to run, installing it with apt when we are root.
 /// bookworm's own QEMU is 7.2 (no x2APIC under TCG), so bookworm machines
@@ -53,14 +50,7 @@ fn install_qemu() -> Result<()> {
                 .with_context(|| format!("could not write {BACKPORTS_LIST}"))?;
         }
         cmd::run(&mut apt(&["update"]))?;
-        match cmd::run(&mut apt(&[
-            "install",
-            "-y",
-            "-t",
-            "bookworm-backports",
-            "qemu-system-x86",
-            "ovmf",
-        ])) {
+        match cmd::run(&mut apt(&["install", "-y", "-t", "bookworm-backports", "qemu-system-x86", "ovmf"])) {
             Ok(()) => return Ok(()),
             Err(e) => eprintln!("    {e:#}; trying bookworm's own QEMU (7.2, xAPIC only)"),
         }
@@ -114,12 +104,7 @@ pub fn ensure_ovmf() -> Result<PathBuf> {
         cmd::run(&mut apt(&["update"]))?;
         cmd::run(&mut apt(&["install", "-y", "ovmf"]))?;
     }
-    find_ovmf().with_context(|| {
-        format!(
-            "installed ovmf but found neither {} nor {}",
-            OVMF_CODE[0], OVMF_CODE[1]
-        )
-    })
+    find_ovmf().with_context(|| format!("installed ovmf but found neither {} nor {}", OVMF_CODE[0], OVMF_CODE[1]))
 }
 
 fn find_ovmf() -> Option<PathBuf> {
@@ -145,24 +130,15 @@ fn is_bookworm() -> bool {
 }
 
 fn codename(os_release: &str) -> Option<&str> {
-    os_release
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
-        .map(|v| v.trim().trim_matches('"'))
+    os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim().trim_matches('"'))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn reads_codename_quoted_or_not() {
-        assert_eq!(
-            super::codename("NAME=\"Debian\"\nVERSION_CODENAME=bookworm\n"),
-            Some("bookworm")
-        );
-        assert_eq!(
-            super::codename("VERSION_CODENAME=\"trixie\""),
-            Some("trixie")
-        );
+        assert_eq!(super::codename("NAME=\"Debian\"\nVERSION_CODENAME=bookworm\n"), Some("bookworm"));
+        assert_eq!(super::codename("VERSION_CODENAME=\"trixie\""), Some("trixie"));
         assert_eq!(super::codename("ID=arch"), None);
     }
 }

@@ -191,13 +191,8 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
     // Refused before anything is installed, built or booted.
     let accel = accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
-    let firmware = if args.uefi {
-        qemu::Firmware::Uefi {
-            ovmf: install::ensure_ovmf()?,
-        }
-    } else {
-        qemu::Firmware::Bios
-    };
+    let firmware =
+        if args.uefi { qemu::Firmware::Uefi { ovmf: install::ensure_ovmf()? } } else { qemu::Firmware::Bios };
     let images = build::images(args.no_build)?;
     let config = qemu::Config {
         smp: args.smp,

@@ -40,13 +40,10 @@ pub struct Qemu {
 impl Qemu {
     /// Asks `bin --version` which QEMU it is.
     pub fn probe(bin: String) -> Result<Qemu> {
-        let out = Command::new(&bin)
-            .arg("--version")
-            .output()
-            .with_context(|| format!("could not run `{bin} --version`"))?;
+        let out =
+            Command::new(&bin).arg("--version").output().with_context(|| format!("could not run `{bin} --version`"))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let version = parse_version(&text)
-            .with_context(|| format!("`{bin} --version` printed {:?}", text.trim()))?;
+        let version = parse_version(&text).with_context(|| format!("`{bin} --version` printed {:?}", text.trim()))?;
         Ok(Qemu { bin, version })
     }
 
@@ -60,29 +57,19 @@ impl Qemu {
         if self.x2apic_under_tcg() {
             format!("qemu {}: x2APIC available under TCG", self.version)
         } else {
-            format!(
-                "qemu {}: xAPIC only under TCG (x2APIC needs >= 8.1)",
-                self.version
-            )
+            format!("qemu {}: xAPIC only under TCG (x2APIC needs >= 8.1)", self.version)
         }
     }
 }
 
 /// Parses `QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)`.
 pub fn parse_version(text: &str) -> Result<Version> {
-    let Some(rest) = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("QEMU emulator version "))
-    else {
+    let Some(rest) = text.lines().find_map(|l| l.trim().strip_prefix("QEMU emulator version ")) else {
         bail!("no \"QEMU emulator version\" line");
     };
     let word = rest.split_whitespace().next().unwrap_or("");
     // Release candidates look like `8.0.90`; a `-dirty`/`+ds` tail is noise.
-    let numbers: Vec<u32> = word
-        .split(|c: char| !c.is_ascii_digit())
-        .take(3)
-        .map_while(|n| n.parse().ok())
-        .collect();
+    let numbers: Vec<u32> = word.split(|c: char| !c.is_ascii_digit()).take(3).map_while(|n| n.parse().ok()).collect();
     match numbers[..] {
         [major, minor, patch] => Ok(Version(major, minor, patch)),
         [major, minor] => Ok(Version(major, minor, 0)),
@@ -115,7 +102,9 @@ pub fn parse_smp(text: &str) -> Result<u32> {
     let n: u32 = text.trim().parse().with_context(|| format!("CPU count {text:?} is not a number"))?;
     match n {
         0 => bail!("CPU count 0: the guest needs at least 1 CPU"),
-        n if n > max => bail!("CPU count {n}: the kernel runs at most {max} CPUs (record::MAX_CPUS, the width of its CPU sets)"),
+        n if n > max => {
+            bail!("CPU count {n}: the kernel runs at most {max} CPUs (record::MAX_CPUS, the width of its CPU sets)")
+        }
         n => Ok(n),
     }
 }
@@ -124,9 +113,7 @@ pub fn parse_smp(text: &str) -> Result<u32> {
 /// optional K/M/G suffix (either case). No suffix means MiB, as in QEMU.
 /// No lower bound: callers check theirs.
 pub fn parse_size(text: &str) -> Result<Mem> {
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, suffix) = text.split_at(digits_end);
     let shift = match suffix {
         "K" | "k" => 10,
@@ -134,17 +121,10 @@ pub fn parse_size(text: &str) -> Result<Mem> {
         "G" | "g" => 30,
         _ => bail!("memory size {text:?}: expected a number with an optional K, M or G suffix (e.g. 512M, 4G)"),
     };
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("memory size {text:?}: no number"))?;
+    let n: u64 = number.parse().with_context(|| format!("memory size {text:?}: no number"))?;
     let bytes = n.checked_mul(1 << shift).filter(|&b| b > 0);
-    let Some(bytes) = bytes else {
-        bail!("memory size {text:?} is zero or too large")
-    };
-    Ok(Mem {
-        text: text.to_string(),
-        bytes,
-    })
+    let Some(bytes) = bytes else { bail!("memory size {text:?} is zero or too large") };
+    Ok(Mem { text: text.to_string(), bytes })
 }
 
 pub enum Firmware {
@@ -212,11 +192,7 @@ impl GuestOptions {
         if let Some(seconds) = self.seconds {
             pairs.push(("seconds", seconds.to_string()));
         }
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -275,39 +251,17 @@ impl Config {
         // Keep the default VGA device: the bootloader's BIOS stage 2 sets a
         // VESA mode and halts when there is no display adapter.
         // No network card: nothing uses it, and its option ROM slows boot.
-        push(&[
-            "-nic",
-            "none",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ]);
+        push(&["-nic", "none", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
         // The guest exits by writing to port 0xf4 (see run::Exit).
         push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         // QEMU option values escape a comma by doubling it.
         let cmdline = self.guest.cmdline().replace(',', ",,");
-        push(&[
-            "-fw_cfg",
-            &format!("name=opt/smpmm/cmdline,string={cmdline}"),
-        ]);
+        push(&["-fw_cfg", &format!("name=opt/smpmm/cmdline,string={cmdline}")]);
         match &self.firmware {
-            Firmware::Bios => push(&[
-                "-drive",
-                &format!("format=raw,file={}", images.bios.display()),
-            ]),
+            Firmware::Bios => push(&["-drive", &format!("format=raw,file={}", images.bios.display())]),
             Firmware::Uefi { ovmf } => {
-                push(&[
-                    "-drive",
-                    &format!("if=pflash,format=raw,readonly=on,file={}", ovmf.display()),
-                ]);
-                push(&[
-                    "-drive",
-                    &format!("format=raw,file={}", images.uefi.display()),
-                ]);
+                push(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", ovmf.display())]);
+                push(&["-drive", &format!("format=raw,file={}", images.uefi.display())]);
             }
         }
         if let Some(swap) = &self.swap {
@@ -334,20 +288,14 @@ mod tests {
             parse_version("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u13)").unwrap(),
             Version(7, 2, 15)
         );
-        assert_eq!(
-            parse_version("QEMU emulator version 8.1.0-dirty\n").unwrap(),
-            Version(8, 1, 0)
-        );
+        assert_eq!(parse_version("QEMU emulator version 8.1.0-dirty\n").unwrap(), Version(8, 1, 0));
         assert!(parse_version("qemu-img version 8.0").is_err());
         assert!(parse_version("QEMU emulator version (weird)").is_err());
     }
 
     #[test]
     fn x2apic_needs_8_1() {
-        let q = |v| Qemu {
-            bin: String::new(),
-            version: v,
-        };
+        let q = |v| Qemu { bin: String::new(), version: v };
         assert!(!q(Version(7, 2, 15)).x2apic_under_tcg());
         assert!(!q(Version(8, 0, 90)).x2apic_under_tcg());
         assert!(q(Version(8, 1, 0)).x2apic_under_tcg());
@@ -359,29 +307,10 @@ mod tests {
         assert_eq!(parse_mem("128M").unwrap().bytes, 128 << 20);
         assert_eq!(parse_mem("4G").unwrap().bytes, 4 << 30);
         assert_eq!(parse_mem("1g").unwrap().bytes, 1 << 30);
-        assert_eq!(
-            parse_mem("512").unwrap().bytes,
-            512 << 20,
-            "no suffix is MiB"
-        );
+        assert_eq!(parse_mem("512").unwrap().bytes, 512 << 20, "no suffix is MiB");
         assert_eq!(parse_mem("65536K").unwrap().bytes, 64 << 20);
-        assert_eq!(
-            parse_mem("1G").unwrap().text,
-            "1G",
-            "passed through as written"
-        );
-        for bad in [
-            "",
-            "G",
-            "512MiB",
-            "1.5G",
-            "-1G",
-            "0",
-            "16M",
-            "4T",
-            "1 G",
-            "99999999999999999G",
-        ] {
+        assert_eq!(parse_mem("1G").unwrap().text, "1G", "passed through as written");
+        for bad in ["", "G", "512MiB", "1.5G", "-1G", "0", "16M", "4T", "1 G", "99999999999999999G"] {
             assert!(parse_mem(bad).is_err(), "{bad:?} should be rejected");
         }
     }

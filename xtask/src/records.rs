@@ -18,7 +18,9 @@ fn parse_json(json: &str) -> Result<HostRecord> {
         serde_json::from_str(json.trim()).with_context(|| format!("bad record JSON: {json}"))?;
     match value.get("schema").and_then(|s| s.as_u64()) {
         Some(s) if s == u64::from(SCHEMA) => {}
-        Some(s) => bail!("record schema {s} but this xtask reads schema {SCHEMA}; rebuild both from the same tree: {json}"),
+        Some(s) => {
+            bail!("record schema {s} but this xtask reads schema {SCHEMA}; rebuild both from the same tree: {json}")
+        }
         None => bail!("record without a numeric \"schema\": {json}"),
     }
     let envelope: Envelope<String, std::collections::BTreeMap<String, u64>> =
@@ -74,15 +76,12 @@ mod tests {
 
     #[test]
     fn prefix_in_the_middle_of_a_line() {
-        let line = format!(r#"cpu 3 says hi@@smpmm {{"schema":{},"record":{{"kind":"summary","passed":4,"failed":1}}}}"#, record::SCHEMA);
-        let rec = parse_line(&line).unwrap().unwrap();
-        assert_eq!(
-            rec,
-            Record::Summary {
-                passed: 4,
-                failed: 1
-            }
+        let line = format!(
+            r#"cpu 3 says hi@@smpmm {{"schema":{},"record":{{"kind":"summary","passed":4,"failed":1}}}}"#,
+            record::SCHEMA
         );
+        let rec = parse_line(&line).unwrap().unwrap();
+        assert_eq!(rec, Record::Summary { passed: 4, failed: 1 });
     }
 
     #[test]
@@ -101,35 +100,18 @@ mod tests {
         })
         .unwrap();
         let rec = parse_line(&format!("{PREFIX}{json}")).unwrap().unwrap();
-        assert!(matches!(
-            rec,
-            Record::Boot {
-                cpus_online: 8,
-                apic: ApicMode::X2Apic,
-                ..
-            }
-        ));
-        let json = record::to_json(&Record::Test {
-            name: "mm::buddy",
-            outcome: Outcome::Pass,
-            ns: 5,
-            detail: "",
-        })
-        .unwrap();
+        assert!(matches!(rec, Record::Boot { cpus_online: 8, apic: ApicMode::X2Apic, .. }));
+        let json =
+            record::to_json(&Record::Test { name: "mm::buddy", outcome: Outcome::Pass, ns: 5, detail: "" }).unwrap();
         assert!(matches!(
             parse_line(&format!("{PREFIX}{json}")).unwrap().unwrap(),
-            Record::Test {
-                outcome: Outcome::Pass,
-                ..
-            }
+            Record::Test { outcome: Outcome::Pass, .. }
         ));
     }
 
     #[test]
     fn bad_json_is_an_error() {
-        let err = parse_line("@@smpmm {\"schema\":1,\"rec")
-            .unwrap()
-            .unwrap_err();
+        let err = parse_line("@@smpmm {\"schema\":1,\"rec").unwrap().unwrap_err();
         assert!(format!("{err:#}").contains("bad record JSON"), "{err:#}");
         let err = parse_line(&format!(r#"@@smpmm {{"schema":{},"record":{{"kind":"nonsense"}}}}"#, record::SCHEMA))
             .unwrap()
@@ -144,16 +126,12 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(
-            format!("{err:#}").contains(&format!("record schema {other} but this xtask reads schema {}", record::SCHEMA)),
+            format!("{err:#}")
+                .contains(&format!("record schema {other} but this xtask reads schema {}", record::SCHEMA)),
             "{err:#}"
         );
-        let err = parse_line(r#"@@smpmm {"record":{"kind":"summary","passed":0,"failed":0}}"#)
-            .unwrap()
-            .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("without a numeric \"schema\""),
-            "{err:#}"
-        );
+        let err = parse_line(r#"@@smpmm {"record":{"kind":"summary","passed":0,"failed":0}}"#).unwrap().unwrap_err();
+        assert!(format!("{err:#}").contains("without a numeric \"schema\""), "{err:#}");
     }
 
     #[test]

@@ -72,20 +72,9 @@ impl Capture {
 }
 
 /// Starts QEMU for `config` and captures the run.
-pub fn run_qemu(
-    qemu: &Qemu,
-    images: &Images,
-    config: &Config,
-    timeout: Duration,
-    echo: Echo,
-) -> Result<Capture> {
+pub fn run_qemu(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration, echo: Echo) -> Result<Capture> {
     let xapic = if config.xapic { " xapic" } else { "" };
-    eprintln!(
-        "==> qemu smp={} mem={} {}{xapic}",
-        config.smp,
-        config.mem.text,
-        config.firmware_name()
-    );
+    eprintln!("==> qemu smp={} mem={} {}{xapic}", config.smp, config.mem.text, config.firmware_name());
     let args = config.args(images);
     let mut command = if cmd::which("setpriv").is_some() {
         // PR_SET_PDEATHSIG: QEMU is killed when xtask dies (also on ^C or a
@@ -96,9 +85,7 @@ pub fn run_qemu(
         c
     } else {
         static SAID: Once = Once::new();
-        SAID.call_once(|| {
-            eprintln!("    (setpriv not found: QEMU will outlive xtask if xtask is killed)")
-        });
+        SAID.call_once(|| eprintln!("    (setpriv not found: QEMU will outlive xtask if xtask is killed)"));
         Command::new(&qemu.bin)
     };
     command.args(&args);
@@ -109,16 +96,11 @@ pub fn run_qemu(
 /// Runs `command` until it exits or `timeout` passes, reading its stdout as
 /// the guest's serial console.
 pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Capture> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     // None: no deadline (NO_TIMEOUT, or one too far off to represent).
     let deadline = start.checked_add(timeout);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("could not start `{}`", cmd::show(&command)))?;
+    let mut child = command.spawn().with_context(|| format!("could not start `{}`", cmd::show(&command)))?;
 
     // Readers in threads so the main loop can enforce the deadline. They are
     // not joined: after a kill, a grandchild could still hold the pipes.
@@ -143,12 +125,7 @@ pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Ca
         let _ = err_tx.send(String::from_utf8_lossy(&bytes).into_owned());
     });
 
-    let mut sink = Sink {
-        echo,
-        records: Vec::new(),
-        bad_records: Vec::new(),
-        tail: VecDeque::with_capacity(TAIL),
-    };
+    let mut sink = Sink { echo, records: Vec::new(), bad_records: Vec::new(), tail: VecDeque::with_capacity(TAIL) };
     let mut timed_out = false;
     loop {
         let next = match deadline {
@@ -165,11 +142,7 @@ pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Ca
         }
     }
     // stdout is closed (or time is up); QEMU should be exiting.
-    let status = if timed_out {
-        None
-    } else {
-        wait_until(&mut child, deadline)?
-    };
+    let status = if timed_out { None } else { wait_until(&mut child, deadline)? };
     let exit = match status {
         Some(status) => Exit::decode(status),
         None => {
@@ -182,23 +155,9 @@ pub fn capture(mut command: Command, timeout: Duration, echo: Echo) -> Result<Ca
     while let Ok(line) = lines.try_recv() {
         sink.line(line);
     }
-    let stderr = err_rx
-        .recv_timeout(Duration::from_secs(2))
-        .unwrap_or_else(|_| "(stderr still open)".into());
-    let Sink {
-        records,
-        bad_records,
-        tail,
-        ..
-    } = sink;
-    Ok(Capture {
-        exit,
-        records,
-        bad_records,
-        tail,
-        stderr,
-        elapsed: start.elapsed(),
-    })
+    let stderr = err_rx.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| "(stderr still open)".into());
+    let Sink { records, bad_records, tail, .. } = sink;
+    Ok(Capture { exit, records, bad_records, tail, stderr, elapsed: start.elapsed() })
 }
 
 fn wait_until(child: &mut std::process::Child, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
@@ -229,21 +188,10 @@ impl Sink {
         match (&self.echo, &parsed) {
             (Echo::All, _) => println!("{line}"),
             (Echo::Compact { verbose: true, .. }, None) => println!("{line}"),
-            (
-                Echo::Compact { label, .. },
-                Some(Ok(Record::Test {
-                    name,
-                    outcome,
-                    ns,
-                    detail,
-                })),
-            ) => match outcome {
+            (Echo::Compact { label, .. }, Some(Ok(Record::Test { name, outcome, ns, detail }))) => match outcome {
                 Outcome::Pass if detail.is_empty() => println!("[{label}] pass {name} ({})", records::duration(*ns)),
                 Outcome::Pass => println!("[{label}] pass {name} ({}): {detail}", records::duration(*ns)),
-                Outcome::Fail => println!(
-                    "[{label}] fail {name} ({}): {detail}",
-                    records::duration(*ns)
-                ),
+                Outcome::Fail => println!("[{label}] fail {name} ({}): {detail}", records::duration(*ns)),
             },
             _ => {}
         }
@@ -268,10 +216,7 @@ pub fn boot(qemu: &Qemu, images: &Images, config: &Config, timeout: Duration) ->
     // Before the boot, so the guest does not compete with it (200 ms).
     let host_tsc = crate::host_tsc::measure();
     let cap = run_qemu(qemu, images, config, timeout, Echo::All)?;
-    let boot = cap
-        .records
-        .iter()
-        .find(|r| matches!(r, Record::Boot { .. }));
+    let boot = cap.records.iter().find(|r| matches!(r, Record::Boot { .. }));
     if let Some(problem) = boot_problem(&cap, config) {
         cap.print_failure_context();
         bail!("{} run failed: {problem}", config.label());
@@ -365,7 +310,10 @@ mod tests {
             Some("Boot record: the guest runs on tcg, but QEMU was asked for kvm")
         );
         let none = Capture::of(Exit::GuestSuccess, vec![], Duration::ZERO);
-        assert_eq!(boot_problem(&none, &config(Accel::Tcg)).as_deref(), Some("the guest exited with success but sent no Boot record"));
+        assert_eq!(
+            boot_problem(&none, &config(Accel::Tcg)).as_deref(),
+            Some("the guest exited with success but sent no Boot record")
+        );
     }
 
     /// `--gdb` without `--timeout`: a session waits as long as it likes.

@@ -98,7 +98,12 @@ pub fn run_stress(plan: &Plan, launch: &mut dyn FnMut(&Config, Echo) -> Result<C
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
         xapic: false,
-        guest: GuestOptions { mode: Mode::Stress, seed: Some(plan.seed), seconds: Some(plan.seconds), ..Default::default() },
+        guest: GuestOptions {
+            mode: Mode::Stress,
+            seed: Some(plan.seed),
+            seconds: Some(plan.seconds),
+            ..Default::default()
+        },
         swap: plan.swap.clone().map(|size| crate::swap::Swap::create("stress", size)).transpose()?,
         extra: Vec::new(),
     };
@@ -226,7 +231,11 @@ mod tests {
     }
 
     fn round(n: u32) -> String {
-        rec(&format!(r#"{{"kind":"stress_round","round":{n},"elapsed_ms":{},"audits":{n},"ops":{{"frames":{},"vm":7}}}}"#, n * 1000, n * 100))
+        rec(&format!(
+            r#"{{"kind":"stress_round","round":{n},"elapsed_ms":{},"audits":{n},"ops":{{"frames":{},"vm":7}}}}"#,
+            n * 1000,
+            n * 100
+        ))
     }
 
     fn stress(seed: u64, violations: u64, detail: &str) -> String {
@@ -238,7 +247,15 @@ mod tests {
     /// Runs the stress command against `script`; returns the verdict and
     /// the guest command line it was given.
     fn run(script: String) -> (Verdict, String) {
-        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg };
+        let plan = Plan {
+            smp: 4,
+            seconds: 5,
+            seed: 0x2a,
+            live: false,
+            verbose: false,
+            swap: None,
+            accel: crate::accel::Accel::Tcg,
+        };
         let mut cmdline = String::new();
         let mut launch = |config: &Config, echo: Echo| {
             cmdline = config.guest.cmdline();
@@ -284,13 +301,29 @@ mod tests {
         // A result for another seed, and success claimed by exit 35.
         let (v, _) = run(format!("{}{}exit 35", rec(BOOT), stress(7, 0, "")));
         assert!(!v.ok);
-        assert!(v.text.contains("broken run: the guest ran seed 0x7 on 4 CPUs for 5 s; asked for seed 0x2a"), "{}", v.text);
-        assert!(v.text.contains("broken run: guest reported failure (exit 35) but the Stress record shows no violation"), "{}", v.text);
+        assert!(
+            v.text.contains("broken run: the guest ran seed 0x7 on 4 CPUs for 5 s; asked for seed 0x2a"),
+            "{}",
+            v.text
+        );
+        assert!(
+            v.text.contains("broken run: guest reported failure (exit 35) but the Stress record shows no violation"),
+            "{}",
+            v.text
+        );
     }
 
     #[test]
     fn a_boot_on_the_wrong_accelerator_is_broken() {
-        let plan = Plan { smp: 4, seconds: 5, seed: 0x2a, live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm };
+        let plan = Plan {
+            smp: 4,
+            seconds: 5,
+            seed: 0x2a,
+            live: false,
+            verbose: false,
+            swap: None,
+            accel: crate::accel::Accel::Kvm,
+        };
         let script = format!("{}{}exit 33", rec(BOOT), stress(42, 0, ""));
         let mut launch = |_: &Config, echo: Echo| {
             let mut sh = Command::new("/bin/sh");
@@ -299,7 +332,10 @@ mod tests {
         };
         let v = run_stress(&plan, &mut launch).unwrap();
         assert!(!v.ok);
-        assert!(v.text.contains("broken run: Boot record: the guest runs on tcg, but QEMU was asked for kvm\n"), "{}", v.text);
+        assert!(
+            v.text.contains("broken run: Boot record: the guest runs on tcg, but QEMU was asked for kvm\n"),
+            "{}",
+            v.text
+        );
     }
 }
-

@@ -88,7 +88,10 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 < 1 << 20, "{} blocks allocated", meta.blocks());
         let args = swap.args();
-        assert!(args[1].starts_with("if=none,id=swap,format=raw,file=") && args[1].ends_with("unit-test.img"), "{args:?}");
+        assert!(
+            args[1].starts_with("if=none,id=swap,format=raw,file=") && args[1].ends_with("unit-test.img"),
+            "{args:?}"
+        );
         assert_eq!(args[3], "virtio-blk-pci,drive=swap,disable-legacy=on");
         std::fs::remove_file(&swap.path).unwrap();
     }

@@ -128,17 +128,13 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
     }
 
     let suites = if runs(Stage::Kernel) { plan(args.quick) } else { Vec::new() };
-    let prepared = toolchain
-        .map_err(|e| anyhow!(e))
-        .and_then(|()| Ok((install::ensure_qemu()?, build::build()?)));
+    let prepared = toolchain.map_err(|e| anyhow!(e)).and_then(|()| Ok((install::ensure_qemu()?, build::build()?)));
     match prepared {
         Ok((qemu, images)) => {
             let mut ovmf = None;
             for suite in &suites {
                 let firmware = if suite.uefi {
-                    match ovmf
-                        .get_or_insert_with(|| install::ensure_ovmf().map_err(|e| format!("{e:#}")))
-                    {
+                    match ovmf.get_or_insert_with(|| install::ensure_ovmf().map_err(|e| format!("{e:#}"))) {
                         Ok(path) => Firmware::Uefi { ovmf: path.clone() },
                         Err(e) => {
                             let label = format!("smp {} uefi", suite.smp);
@@ -156,9 +152,17 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
                     mem: parse_mem("1G").expect("a valid size"),
                     firmware,
                     xapic: suite.xapic,
-                    guest: GuestOptions { mode: Mode::Test, magazine: suite.magazine, eviction: suite.eviction, ..Default::default() },
+                    guest: GuestOptions {
+                        mode: Mode::Test,
+                        magazine: suite.magazine,
+                        eviction: suite.eviction,
+                        ..Default::default()
+                    },
                     swap: match suite.swap {
-                        true => match Swap::create(&format!("test-smp{}", suite.smp), parse_mem(SWAP_SIZE).expect("a valid size")) {
+                        true => match Swap::create(
+                            &format!("test-smp{}", suite.smp),
+                            parse_mem(SWAP_SIZE).expect("a valid size"),
+                        ) {
                             Ok(swap) => Some(swap),
                             Err(e) => {
                                 broken(&format!("smp {} swap", suite.smp), &format!("not run: {e:#}"), &mut total);
@@ -182,7 +186,8 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
             broken("kernel suites", &format!("not run: {e:#}"), &mut total);
             // One failure per run that could not happen (the gdb and trace
             // stages count as one each).
-            total.failed += (suites.len() + usize::from(runs(Stage::Gdb)) + usize::from(runs(Stage::Trace))).saturating_sub(1) as u64;
+            total.failed += (suites.len() + usize::from(runs(Stage::Gdb)) + usize::from(runs(Stage::Trace)))
+                .saturating_sub(1) as u64;
         }
     }
     println!("{total}");
@@ -192,7 +197,10 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
 /// The sharing tracer's calibration (`bench::trace::proof`): one count
 /// per check.
 fn trace_proof(qemu: &crate::qemu::Qemu, images: &build::Images) -> Tally {
-    eprintln!("==> sharing tracer calibration (traced boots: {:?} as (CPUs, xAPIC))", crate::bench::trace::proof::BOOTS);
+    eprintln!(
+        "==> sharing tracer calibration (traced boots: {:?} as (CPUs, xAPIC))",
+        crate::bench::trace::proof::BOOTS
+    );
     let mut tally = Tally::default();
     match crate::bench::trace::proof::run(qemu, images) {
         Ok(verdicts) => {
@@ -220,9 +228,8 @@ pub fn broken(what: &str, why: &str, total: &mut Tally) {
 /// `cargo +PIN test` over the host-testable crates.
 fn host_tests() -> Tally {
     eprintln!("==> host unit tests");
-    let packages = [
-        "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask", "-p", "tracer",
-    ];
+    let packages =
+        ["-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask", "-p", "tracer"];
     // --no-fail-fast: a failing crate must not hide the others' counts.
     let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);
     cargo.args(packages);
@@ -238,9 +245,7 @@ fn host_tests() -> Tally {
 fn loom_models() -> Tally {
     eprintln!("==> loom models");
     let mut cargo = toolchain::cargo(&["test", "--release", "--lib", "-p", "smp", "-p", "mm"]);
-    cargo
-        .args(["--target-dir", "target/loom", "--", "loom"])
-        .env("RUSTFLAGS", "--cfg loom");
+    cargo.args(["--target-dir", "target/loom", "--", "loom"]).env("RUSTFLAGS", "--cfg loom");
     cargo_tests("loom models", cargo)
 }
 
@@ -301,21 +306,9 @@ mod tests {
     #[test]
     fn reads_cargo_test_result_lines() {
         let ok = "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
-        assert_eq!(
-            parse_test_result(ok),
-            Some(Tally {
-                passed: 12,
-                failed: 0
-            })
-        );
+        assert_eq!(parse_test_result(ok), Some(Tally { passed: 12, failed: 0 }));
         let bad = "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s";
-        assert_eq!(
-            parse_test_result(bad),
-            Some(Tally {
-                passed: 3,
-                failed: 2
-            })
-        );
+        assert_eq!(parse_test_result(bad), Some(Tally { passed: 3, failed: 2 }));
         assert_eq!(parse_test_result("running 3 tests"), None);
         assert_eq!(parse_test_result("test result: garbled"), None);
     }

@@ -24,10 +24,7 @@ pub fn ensure_toolchain() -> Result<()> {
     eprintln!("==> toolchain {PIN}: {}; installing it", missing.join(", "));
     let mut install = install_command();
     if let Err(e) = cmd::run(&mut install) {
-        bail!(
-            "{e:#}\ninstall the kernel toolchain yourself with:\n    {}",
-            cmd::show(&install)
-        );
+        bail!("{e:#}\ninstall the kernel toolchain yourself with:\n    {}", cmd::show(&install));
     }
     // Re-check: an older rustup may leave an existing toolchain incomplete.
     let still = missing_parts();
@@ -44,12 +41,7 @@ pub fn ensure_toolchain() -> Result<()> {
 fn install_command() -> Command {
     let mut c = Command::new("rustup");
     c.args(["toolchain", "install", PIN, "--profile", "minimal"]);
-    c.args([
-        "--component",
-        "rust-src,llvm-tools-preview",
-        "--target",
-        KERNEL_TARGET,
-    ]);
+    c.args(["--component", "rust-src,llvm-tools-preview", "--target", KERNEL_TARGET]);
     c
 }
 
@@ -60,24 +52,14 @@ fn missing_parts() -> Vec<String> {
     if !has_toolchain(&toolchains) {
         return vec!["not installed".to_string()];
     }
-    let components = cmd::output(
-        "rustup",
-        &["component", "list", "--toolchain", PIN, "--installed"],
-    )
-    .unwrap_or_default();
-    let targets = cmd::output(
-        "rustup",
-        &["target", "list", "--toolchain", PIN, "--installed"],
-    )
-    .unwrap_or_default();
+    let components =
+        cmd::output("rustup", &["component", "list", "--toolchain", PIN, "--installed"]).unwrap_or_default();
+    let targets = cmd::output("rustup", &["target", "list", "--toolchain", PIN, "--installed"]).unwrap_or_default();
     let mut missing = Vec::new();
     if !components.lines().any(|l| l.trim() == "rust-src") {
         missing.push("missing rust-src".to_string());
     }
-    if !components
-        .lines()
-        .any(|l| l.trim().starts_with("llvm-tools"))
-    {
+    if !components.lines().any(|l| l.trim().starts_with("llvm-tools")) {
         missing.push("missing llvm-tools".to_string());
     }
     if !targets.lines().any(|l| l.trim() == KERNEL_TARGET) {
@@ -91,29 +73,19 @@ fn missing_parts() -> Vec<String> {
 fn has_toolchain(list: &str) -> bool {
     list.lines()
         .filter_map(|l| l.split_whitespace().next())
-        .any(|name| {
-            name == PIN
-                || name
-                    .strip_prefix(PIN)
-                    .is_some_and(|rest| rest.starts_with('-'))
-        })
+        .any(|name| name == PIN || name.strip_prefix(PIN).is_some_and(|rest| rest.starts_with('-')))
 }
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent directory")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent directory").to_path_buf()
 }
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` if the user set one
 /// (relative to where they ran `cargo xtask`, as cargo reads it).
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => std::env::current_dir()
-            .unwrap_or_else(|_| workspace_root())
-            .join(dir),
+        Some(dir) => std::env::current_dir().unwrap_or_else(|_| workspace_root()).join(dir),
         None => workspace_root().join("target"),
     }
 }
@@ -125,9 +97,7 @@ pub fn target_dir() -> PathBuf {
 /// `cargo` is called by name so the rustup proxy honours `+PIN`.
 pub fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new("cargo");
-    c.arg(format!("+{PIN}"))
-        .args(args)
-        .current_dir(workspace_root());
+    c.arg(format!("+{PIN}")).args(args).current_dir(workspace_root());
     if std::env::var_os("CARGO_TARGET_DIR").is_some() {
         // Absolute, so the inner cargo (run from the root) uses the same dir.
         c.env("CARGO_TARGET_DIR", target_dir());
@@ -143,22 +113,14 @@ pub fn cargo(args: &[&str]) -> Command {
 
 /// User settings under `CARGO_` that the inner cargo should still see.
 /// Network and registry settings are kept so builds work behind proxies.
-const KEEP: &[&str] = &[
-    "CARGO_HOME",
-    "CARGO_TARGET_DIR",
-    "CARGO_TERM_",
-    "CARGO_NET_",
-    "CARGO_HTTP_",
-    "CARGO_REGISTRIES_",
-];
+const KEEP: &[&str] =
+    &["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_"];
 
 fn must_remove(key: &str) -> bool {
     match key {
         "RUSTC" | "RUSTDOC" | "CARGO" => true,
         _ if key.starts_with("RUSTUP_TOOLCHAIN") || key.starts_with("__CARGO") => true,
-        _ if key.starts_with("CARGO_") => !KEEP
-            .iter()
-            .any(|k| key == *k || (k.ends_with('_') && key.starts_with(k))),
+        _ if key.starts_with("CARGO_") => !KEEP.iter().any(|k| key == *k || (k.ends_with('_') && key.starts_with(k))),
         _ => false,
     }
 }
@@ -171,32 +133,17 @@ mod tests {
     fn finds_pinned_toolchain_by_full_name() {
         let list = "stable-x86_64-unknown-linux-gnu (active, default)\nnightly-2026-08-01-x86_64-unknown-linux-gnu\n";
         assert!(has_toolchain(list));
-        assert!(!has_toolchain(
-            "stable-x86_64-unknown-linux-gnu\nnightly-2026-08-011-x86_64-unknown-linux-gnu\n"
-        ));
+        assert!(!has_toolchain("stable-x86_64-unknown-linux-gnu\nnightly-2026-08-011-x86_64-unknown-linux-gnu\n"));
         assert!(!has_toolchain(""));
     }
 
     #[test]
     fn removes_outer_cargo_variables_but_keeps_user_settings() {
-        for key in [
-            "RUSTC",
-            "RUSTUP_TOOLCHAIN",
-            "CARGO",
-            "CARGO_MANIFEST_DIR",
-            "CARGO_PKG_NAME",
-            "__CARGO_FIX_PLZ",
-        ] {
+        for key in ["RUSTC", "RUSTUP_TOOLCHAIN", "CARGO", "CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "__CARGO_FIX_PLZ"] {
             assert!(must_remove(key), "{key}");
         }
-        for key in [
-            "CARGO_HOME",
-            "CARGO_TARGET_DIR",
-            "CARGO_TERM_COLOR",
-            "CARGO_NET_OFFLINE",
-            "RUSTC_WRAPPER",
-            "PATH",
-        ] {
+        for key in ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_COLOR", "CARGO_NET_OFFLINE", "RUSTC_WRAPPER", "PATH"]
+        {
             assert!(!must_remove(key), "{key}");
         }
     }

@@ -31,7 +31,15 @@ pub fn variants() -> Vec<String> {
 
 /// Writes one word in each of `pages` pages from `first` (every `step`th
 /// page), one timed fault each, then checks them and the fault count.
-fn touch<M: Machine>(m: &M, t: &mut Timed<M>, base: u64, first: u64, step: u64, pages: u64, cpu: usize) -> Result<(), Failure> {
+fn touch<M: Machine>(
+    m: &M,
+    t: &mut Timed<M>,
+    base: u64,
+    first: u64,
+    step: u64,
+    pages: u64,
+    cpu: usize,
+) -> Result<(), Failure> {
     let faults = my_faults(m);
     let va = |i: u64| base + (first + i * step) * mm::PAGE_SIZE + 8 * (cpu as u64 % 512);
     for i in 0..pages {

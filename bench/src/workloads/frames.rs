@@ -35,7 +35,11 @@ fn policy(variant: &str) -> Result<Policy, Failure> {
 }
 
 /// Runs `body` under the variant's policy and checks the allocator after.
-fn with_policy<M: Machine>(m: &'static M, variant: &str, body: impl FnOnce() -> Result<Arc<Team>, Failure>) -> Result<Arc<Team>, Failure> {
+fn with_policy<M: Machine>(
+    m: &'static M,
+    variant: &str,
+    body: impl FnOnce() -> Result<Arc<Team>, Failure>,
+) -> Result<Arc<Team>, Failure> {
     let frames = m.frames();
     frames.set_policy(policy(variant)?);
     let before = frames_accounted(m);
@@ -107,7 +111,8 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
     with_policy(m, variant, || {
         let n = rep.cpus;
         let team = Team::new(n);
-        let boxes: Arc<Vec<Mutex<ArrayVec<u64, MAILBOX>>>> = Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
+        let boxes: Arc<Vec<Mutex<ArrayVec<u64, MAILBOX>>>> =
+            Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
         team.run(m, move |team, cpu| {
             let f = m.frames();
             let next = &boxes[(cpu + 1) % n];

@@ -34,7 +34,12 @@ pub fn small<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
             let slot = &mut ring[(seq % LIVE as u64) as usize];
             if let Some(old) = slot.take() {
                 let want = (cpu as u64) << 48 | (seq - LIVE as u64);
-                check!(old[0] == want && old[old.len() - 1] == want, "cpu {cpu}: object {:#x} holds {:#x}", want, old[0]);
+                check!(
+                    old[0] == want && old[old.len() - 1] == want,
+                    "cpu {cpu}: object {:#x} holds {:#x}",
+                    want,
+                    old[0]
+                );
                 t.op(0, || drop(old));
             }
             *slot = Some(t.op(1, || vec![stamp; words].into_boxed_slice()));

@@ -23,7 +23,12 @@ pub fn pager<M: Machine>(m: &M) -> Result<&Pager, Failure> {
 
 /// Runs `body` with the variant's mode and, if given, a resident limit;
 /// restores both and checks the ledger and the audits after.
-pub fn with_mode<M: Machine, T>(m: &M, variant: &str, resident_limit: Option<u64>, body: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+pub fn with_mode<M: Machine, T>(
+    m: &M,
+    variant: &str,
+    resident_limit: Option<u64>,
+    body: impl FnOnce() -> Result<T, Failure>,
+) -> Result<T, Failure> {
     let pg = pager(m)?;
     let ledger = || frame_ledger(m);
     let (frames, committed, resident) = (ledger(), pg.committed(), pg.resident());
@@ -39,7 +44,11 @@ pub fn with_mode<M: Machine, T>(m: &M, variant: &str, resident_limit: Option<u64
     m.vm().audit_paging().map_err(|e| fails("paging audit", e))?;
     m.frames().audit().map_err(|e| fails("frame audit", e))?;
     let after = (ledger(), pg.committed(), pg.resident());
-    check!(after == (frames, committed, resident), "frames (free, heap, region tables), committed, resident: {:?} before, {after:?} after", (frames, committed, resident));
+    check!(
+        after == (frames, committed, resident),
+        "frames (free, heap, region tables), committed, resident: {:?} before, {after:?} after",
+        (frames, committed, resident)
+    );
     Ok(t)
 }
 
@@ -56,4 +65,3 @@ pub fn unmap<M: Machine>(m: &M, addr: u64, pages: u64) -> Result<(), Failure> {
 pub fn my_faults<M: Machine>(m: &M) -> u64 {
     m.vm().pager().map(|p| p.stats().cpu(m.cpu()).faults).unwrap_or(0)
 }
-

@@ -60,7 +60,12 @@ pub fn within<M: Machine, R>(m: &M, space: &AddressSpace, f: impl FnOnce() -> R)
 
 /// After a run in `spaces`: destroys them and checks the ledger, but
 /// reports the run's own error first (a failed run may leave it short).
-pub fn finish<M: Machine>(m: &M, ran: Result<(), Failure>, spaces: Arc<Vec<AddressSpace>>, before: u64) -> Result<(), Failure> {
+pub fn finish<M: Machine>(
+    m: &M,
+    ran: Result<(), Failure>,
+    spaces: Arc<Vec<AddressSpace>>,
+    before: u64,
+) -> Result<(), Failure> {
     let destroyed = destroy(m, spaces, before);
     ran?;
     destroyed
@@ -69,14 +74,18 @@ pub fn finish<M: Machine>(m: &M, ran: Result<(), Failure>, spaces: Arc<Vec<Addre
 /// `count` new user spaces, and the frame ledger before them.
 pub fn make<M: Machine>(m: &M, count: usize) -> Result<(Arc<Vec<AddressSpace>>, u64), Failure> {
     let before = frames_accounted(m);
-    let spaces = (0..count).map(|_| m.vm().new_user_space()).collect::<Result<Vec<_>, _>>().map_err(|e| fails("new space", e))?;
+    let spaces = (0..count)
+        .map(|_| m.vm().new_user_space())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fails("new space", e))?;
     Ok((Arc::new(spaces), before))
 }
 
 /// Destroys the spaces (no CPU may have them active) and checks that every
 /// frame the run took is back.
 pub fn destroy<M: Machine>(m: &M, spaces: Arc<Vec<AddressSpace>>, before: u64) -> Result<(), Failure> {
-    let spaces = Arc::try_unwrap(spaces).map_err(|_| crate::failure::failure(format_args!("a CPU still holds the spaces")))?;
+    let spaces =
+        Arc::try_unwrap(spaces).map_err(|_| crate::failure::failure(format_args!("a CPU still holds the spaces")))?;
     for s in spaces {
         check!(s.active_cpus() == 0, "space still active on {:#x}", s.active_cpus());
         m.vm().destroy_space(s).map_err(|(e, _)| fails("destroy space", e))?;

@@ -94,7 +94,11 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
                     m.write_word(va, pattern(va, shadow[i] + 1));
                     got
                 });
-                check!(got == pattern(va, shadow[i]), "cpu {cpu}: page {va:#x} reads {got:#x}, wrote generation {} last", shadow[i]);
+                check!(
+                    got == pattern(va, shadow[i]),
+                    "cpu {cpu}: page {va:#x} reads {got:#x}, wrote generation {} last",
+                    shadow[i]
+                );
                 shadow[i] += 1;
                 // Latency samples are the sampled accesses that faulted.
                 if let (Some(ns), true) = (ns, my_faults(m) != faults) {

@@ -55,7 +55,10 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                     let got = m.read_word(va);
                     let back = vm.umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
                     frames.free_page(phys).map_err(|e| fails("free", e))?;
-                    check!(got == stamp && back == phys, "cpu {cpu}: read {got:#x} for {stamp:#x}; unmap gave {back:#x} for {phys:#x}");
+                    check!(
+                        got == stamp && back == phys,
+                        "cpu {cpu}: read {got:#x} for {stamp:#x}; unmap gave {back:#x} for {phys:#x}"
+                    );
                     Ok(())
                 })?;
                 i += 1;
@@ -76,7 +79,8 @@ const PIPE: usize = 64;
 pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
     let n = rep.cpus;
     let (spaces, before) = space::make(m, 1)?;
-    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, u64), PIPE>>>> = Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
+    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, u64), PIPE>>>> =
+        Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
     let team = Team::new(n);
     let rep = *rep;
     let s = spaces.clone();
@@ -102,7 +106,9 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
                     let va = page(cpu, k);
                     let phys = t.op(0, || space::map_filled(m, space, va, 0))?;
                     m.write_word(va, va ^ phys);
-                    next.lock().try_push((va, phys)).map_err(|_| failure(format_args!("cpu {cpu}: pipe overfilled")))?;
+                    next.lock()
+                        .try_push((va, phys))
+                        .map_err(|_| failure(format_args!("cpu {cpu}: pipe overfilled")))?;
                     k += 1;
                 }
                 take(&mut t, &mut batch)?;

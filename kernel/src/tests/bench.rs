@@ -36,14 +36,39 @@ fn shootdown_counters() -> TestResult {
     ensure!(!records.is_empty(), "no tlb.shootdown record");
     let mut seen = alloc::string::String::new();
     for r in &records {
-        let k: u64 = r.variant.strip_prefix("cached-").and_then(|k| k.parse().ok()).ok_or_else(|| super::failure(format_args!("variant {}", r.variant)))?;
+        let k: u64 = r
+            .variant
+            .strip_prefix("cached-")
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(|| super::failure(format_args!("variant {}", r.variant)))?;
         let (shootdowns, targets) = (r.counter("shootdowns"), r.counter("targets"));
         ensure!(r.ops > 0, "{} {}: no operations", r.bench, r.variant);
         ensure!(shootdowns == r.ops, "{}: {shootdowns} shootdowns for {} ops", r.variant, r.ops);
-        ensure!(targets == r.ops * (k - 1), "{}: {targets} targets for {} ops, want {} per op", r.variant, r.ops, k - 1);
-        ensure!(r.counter("invlpg") >= r.ops * k, "{}: {} pages invalidated for {} ops on {k} CPUs", r.variant, r.counter("invlpg"), r.ops);
+        ensure!(
+            targets == r.ops * (k - 1),
+            "{}: {targets} targets for {} ops, want {} per op",
+            r.variant,
+            r.ops,
+            k - 1
+        );
+        ensure!(
+            r.counter("invlpg") >= r.ops * k,
+            "{}: {} pages invalidated for {} ops on {k} CPUs",
+            r.variant,
+            r.counter("invlpg"),
+            r.ops
+        );
         ensure!(r.counter("full_flushes") == 0, "{}: a full flush for one page", r.variant);
-        let _ = core::fmt::Write::write_fmt(&mut seen, format_args!("{} ipis/op {:.2} ({} ipis {} ops); ", r.variant, r.counter("ipis") as f64 / r.ops as f64, r.counter("ipis"), r.ops));
+        let _ = core::fmt::Write::write_fmt(
+            &mut seen,
+            format_args!(
+                "{} ipis/op {:.2} ({} ipis {} ops); ",
+                r.variant,
+                r.counter("ipis") as f64 / r.ops as f64,
+                r.counter("ipis"),
+                r.ops
+            ),
+        );
     }
     super::note(format_args!("{seen}"));
     Ok(())

@@ -50,7 +50,10 @@ fn catch_reports_details() -> TestResult {
     };
     let code = PageFaultErrorCode::from_bits_truncate(f.error_code);
     ensure!(f.vector == PAGE_FAULT && f.cr2 == addr, "fault {f:?} does not name {addr:#x}");
-    ensure!(!code.contains(PageFaultErrorCode::PROTECTION_VIOLATION), "not-present fault reported as protection: {code:?}");
+    ensure!(
+        !code.contains(PageFaultErrorCode::PROTECTION_VIOLATION),
+        "not-present fault reported as protection: {code:?}"
+    );
     ensure!(!code.contains(PageFaultErrorCode::CAUSED_BY_WRITE), "read reported as write: {code:?}");
 
     // SAFETY: as above, with a write.
@@ -91,8 +94,14 @@ fn invalid_opcode() -> TestResult {
 /// frame) becomes a double fault, which has its own IST stack.
 fn page_fault_gate() -> TestResult {
     let pf = ist_of(PAGE_FAULT);
-    ensure!(pf == 0, "the page-fault gate switches to IST stack {pf}: a nested page fault would overwrite the first one's frame");
-    ensure!(ist_of(DOUBLE_FAULT) != 0, "the double-fault gate has no IST stack: a stack overflow could not be reported");
+    ensure!(
+        pf == 0,
+        "the page-fault gate switches to IST stack {pf}: a nested page fault would overwrite the first one's frame"
+    );
+    ensure!(
+        ist_of(DOUBLE_FAULT) != 0,
+        "the double-fault gate has no IST stack: a stack overflow could not be reported"
+    );
     ensure!(ist_of(NMI) != 0, "the NMI gate has no IST stack");
     Ok(())
 }
@@ -102,7 +111,11 @@ fn page_fault_gate() -> TestResult {
 /// the mappings made here).
 fn guard_pages() -> TestResult {
     // The first stack mapped (the BSP's interrupt stacks) sits on GUARD.
-    ensure!(guard_page_of(GUARD + 0x18) == Some(GUARD), "the stack area's first guard page {GUARD:#x}: {:?}", guard_page_of(GUARD + 0x18));
+    ensure!(
+        guard_page_of(GUARD + 0x18) == Some(GUARD),
+        "the stack area's first guard page {GUARD:#x}: {:?}",
+        guard_page_of(GUARD + 0x18)
+    );
     let local = 0u64;
     let here = &local as *const u64 as u64;
     ensure!(guard_page_of(here).is_none(), "this stack's own page {here:#x} taken for a guard page");

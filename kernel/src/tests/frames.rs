@@ -179,7 +179,11 @@ fn stress(policy: Policy) -> TestResult {
     let counters_before: [mm::counters::CounterSnapshot; MAX_CPUS] = core::array::from_fn(|c| f.counters(c));
     ERRORS.store(0, Ordering::Relaxed);
     *FIRST_ERROR.lock() = None;
-    log::info!("frames::stress/{policy:?}: seed {:#x}, {} CPUs, {ROUNDS} rounds of {OPS} ops", super::seed(), percpu::online_count());
+    log::info!(
+        "frames::stress/{policy:?}: seed {:#x}, {} CPUs, {ROUNDS} rounds of {OPS} ops",
+        super::seed(),
+        percpu::online_count()
+    );
     for round in 0..ROUNDS {
         ROUND.store(round, Ordering::Relaxed);
         if let Err(e) = workers::run_on_all(stress_worker, TIMEOUT_NS) {
@@ -194,7 +198,11 @@ fn stress(policy: Policy) -> TestResult {
         let errors = ERRORS.load(Ordering::Relaxed);
         ensure!(errors == 0, "round {round}: {errors} errors, first {:?}", *FIRST_ERROR.lock());
         let census = audit()?;
-        ensure!(census.allocated == start.allocated, "round {round}: {} frames leaked", census.allocated - start.allocated);
+        ensure!(
+            census.allocated == start.allocated,
+            "round {round}: {} frames leaked",
+            census.allocated - start.allocated
+        );
         ensure!(f.free_bytes() == free_start, "round {round}: free bytes {} -> {}", free_start, f.free_bytes());
     }
     report_counters(policy, &counters_before);
@@ -211,7 +219,13 @@ fn report_counters(policy: Policy, before: &[mm::counters::CounterSnapshot; MAX_
         let d = f.counters(cpu) - before[cpu];
         log::info!(
             "frames[{policy:?}] cpu{cpu}: allocs {} (fast {}), frees {} (fast {}, remote {}), depot {}, buddy locks {}",
-            d.allocs, d.fast_allocs, d.frees, d.fast_frees, d.remote_frees, d.depot_exchanges, d.buddy_locks
+            d.allocs,
+            d.fast_allocs,
+            d.frees,
+            d.fast_frees,
+            d.remote_frees,
+            d.depot_exchanges,
+            d.buddy_locks
         );
         total += d;
     }
@@ -295,7 +309,10 @@ fn exhaust_and_recover(policy: Policy) -> TestResult {
     let end = audit()?;
     ensure!(end.allocated == start.allocated, "{} frames not recovered", end.allocated.abs_diff(start.allocated));
     ensure!(f.free_bytes() == free_start, "free bytes {free_start} before, {} after", f.free_bytes());
-    log::info!("frames::exhaust/{policy:?}: {got} frames handed out across {} CPUs, all recovered", percpu::online_count());
+    log::info!(
+        "frames::exhaust/{policy:?}: {got} frames handed out across {} CPUs, all recovered",
+        percpu::online_count()
+    );
     f.set_policy(Policy::Magazine);
     Ok(())
 }

@@ -38,7 +38,12 @@ fn expect_delivery(before: &[u64; MAX_CPUS], targets: CpuSet) -> TestResult {
     let after = counts();
     for cpu in percpu::online_set().iter() {
         let want = before[cpu] + targets.contains(cpu) as u64;
-        ensure!(after[cpu] == want, "cpu {cpu} received {} IPIs, expected {}", after[cpu] - before[cpu], want - before[cpu]);
+        ensure!(
+            after[cpu] == want,
+            "cpu {cpu} received {} IPIs, expected {}",
+            after[cpu] - before[cpu],
+            want - before[cpu]
+        );
     }
     Ok(())
 }

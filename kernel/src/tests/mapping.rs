@@ -32,7 +32,11 @@ struct State {
 }
 
 fn state() -> State {
-    State { free: frames::get().free_bytes(), regions: vm::get().region_bytes(), tlb: core::array::from_fn(tlb::counters) }
+    State {
+        free: frames::get().free_bytes(),
+        regions: vm::get().region_bytes(),
+        tlb: core::array::from_fn(tlb::counters),
+    }
 }
 
 fn map_unmap_ten_times() -> TestResult {
@@ -71,8 +75,14 @@ fn guard_pages_fault() -> TestResult {
     let above = probe::write(a + 2 * PAGE, 1);
     let inside = probe::write(a + 2 * PAGE - 8, 1);
     vm.k_mem_unmap(a, 2 * PAGE).map_err(fails)?;
-    ensure!(matches!(below, Err(f) if f.cr2 == a - 8 && !probe::code(&f).contains(Code::PROTECTION_VIOLATION)), "guard below: {below:?}");
-    ensure!(matches!(above, Err(f) if f.cr2 == a + 2 * PAGE && probe::code(&f).contains(Code::CAUSED_BY_WRITE)), "guard above: {above:?}");
+    ensure!(
+        matches!(below, Err(f) if f.cr2 == a - 8 && !probe::code(&f).contains(Code::PROTECTION_VIOLATION)),
+        "guard below: {below:?}"
+    );
+    ensure!(
+        matches!(above, Err(f) if f.cr2 == a + 2 * PAGE && probe::code(&f).contains(Code::CAUSED_BY_WRITE)),
+        "guard above: {above:?}"
+    );
     ensure!(inside.is_ok(), "last word of the region: {inside:?}");
     Ok(())
 }
@@ -115,9 +125,7 @@ fn nx_pages() -> TestResult {
     vm.protect(vm.kernel(), a, 1, Flags::READ).map_err(fails)?;
     let nx_again = probe::call(a);
     vm.k_mem_unmap(a, PAGE).map_err(fails)?;
-    let fetch = |r: &Result<u64, crate::fault_catch::CaughtFault>| {
-        matches!(r, Err(f) if f.cr2 == a && probe::code(f).contains(Code::INSTRUCTION_FETCH | Code::PROTECTION_VIOLATION))
-    };
+    let fetch = |r: &Result<u64, crate::fault_catch::CaughtFault>| matches!(r, Err(f) if f.cr2 == a && probe::code(f).contains(Code::INSTRUCTION_FETCH | Code::PROTECTION_VIOLATION));
     ensure!(fetch(&nx), "call into an NX page: {nx:?}");
     ensure!(exec == Ok(42), "call into an executable page: {exec:?}");
     ensure!(fetch(&nx_again), "call after the downgrade to NX: {nx_again:?}");
@@ -173,7 +181,10 @@ fn bad_inputs() -> TestResult {
         (vm.k_mem_unmap(region, 2 * PAGE), VmError::NotARegion { addr: region, size: 2 * PAGE }),
         (vm.k_mem_unmap(region - PAGE, 5 * PAGE), VmError::NotARegion { addr: region - PAGE, size: 5 * PAGE }),
         (vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K), VmError::NotAligned { value: seed + 8 }),
-        (vm.map_single(k, u64::MAX & !0xFFF, 0x1000, Flags::READ, PageSize::Size4K), VmError::BadRange { start: u64::MAX & !0xFFF, len: PAGE }),
+        (
+            vm.map_single(k, u64::MAX & !0xFFF, 0x1000, Flags::READ, PageSize::Size4K),
+            VmError::BadRange { start: u64::MAX & !0xFFF, len: PAGE },
+        ),
         (vm.umap_single(k, seed, PageSize::Size4K).map(drop), VmError::NotMapped { virt: seed }),
         (vm.vmfree(k, seed, 3), VmError::NotMapped { virt: seed }),
         (vm.phys_unmap(region, PAGE), VmError::NotARegion { addr: region, size: PAGE }),
@@ -183,7 +194,14 @@ fn bad_inputs() -> TestResult {
     for (i, (got, want)) in checks.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: got {got:?}, expected {want:?}");
     }
-    ensure!(after == before, "refused calls changed state: free {} -> {}, regions {} -> {}", before.free, after.free, before.regions, after.regions);
+    ensure!(
+        after == before,
+        "refused calls changed state: free {} -> {}, regions {} -> {}",
+        before.free,
+        after.free,
+        before.regions,
+        after.regions
+    );
     Ok(())
 }
 
@@ -202,13 +220,22 @@ fn fault_injection_sweep() -> TestResult {
             let a = r.map_err(fails)?;
             vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
             ensure!(failures >= pages, "only {failures} failure points for {pages} pages");
-            log::info!("vm: fault-injection sweep: {failures} failure points of k_mem_map({pages} pages), all rolled back");
+            log::info!(
+                "vm: fault-injection sweep: {failures} failure points of k_mem_map({pages} pages), all rolled back"
+            );
             return Ok(());
         }
         failures += 1;
         ensure!(r == Err(VmError::OutOfFrames), "k = {k}: {r:?}");
         let now = state();
-        ensure!(now.free == before.free && now.regions == before.regions, "k = {k}: free {} -> {}, regions {} -> {}", before.free, now.free, before.regions, now.regions);
+        ensure!(
+            now.free == before.free && now.regions == before.regions,
+            "k = {k}: free {} -> {}, regions {} -> {}",
+            before.free,
+            now.free,
+            before.regions,
+            now.regions
+        );
     }
     Err(failure(format_args!("k_mem_map kept failing")))
 }
@@ -238,6 +265,9 @@ fn direct_map_bounds() -> TestResult {
     let end = window.len();
     ensure!(window.virtualize(end) == Err(VmError::BadPhys { phys: end }), "virtualize past the end");
     let stack = &end as *const u64 as u64;
-    ensure!(window.phys(stack) == Err(VmError::NotDirectMapped { virt: stack }), "a stack address is not direct-mapped");
+    ensure!(
+        window.phys(stack) == Err(VmError::NotDirectMapped { virt: stack }),
+        "a stack address is not direct-mapped"
+    );
     Ok(())
 }

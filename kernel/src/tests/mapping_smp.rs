@@ -65,7 +65,10 @@ fn unmap_races_readers() -> TestResult {
     let (reads, faults) = (TOTAL_READS.load(Ordering::Relaxed), LATE_FAULTS.load(Ordering::Relaxed));
     log::info!("vm_smp: {ROUNDS} unmaps raced {reads} reads; readers faulted {faults} times after the unmap returned");
     let readers = percpu::online_count() as u64 - 1;
-    ensure!(readers == 0 || (reads > 0 && faults == readers * ROUNDS), "{reads} reads, {faults} late faults: the race was not exercised");
+    ensure!(
+        readers == 0 || (reads > 0 && faults == readers * ROUNDS),
+        "{reads} reads, {faults} late faults: the race was not exercised"
+    );
     Ok(())
 }
 
@@ -80,7 +83,9 @@ static READS: AtomicU64 = AtomicU64::new(0);
 
 fn unmapper(round: u64) {
     let vm = vm::get();
-    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK) else { return fail(format_args!("round {round}: map failed")) };
+    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK) else {
+        return fail(format_args!("round {round}: map failed"));
+    };
     let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys).unwrap_or(0);
     READS.store(0, Ordering::Relaxed);
     UNMAPPED.store(false, Ordering::Relaxed);
@@ -107,7 +112,9 @@ fn unmapper(round: u64) {
     }
     UNMAPPED.store(true, Ordering::Release);
     if !taken.contains(&frame) {
-        fail(format_args!("round {round}: the unmapped frame {frame:#x} was not among the next {TAKE_BACK} allocations"));
+        fail(format_args!(
+            "round {round}: the unmapped frame {frame:#x} was not among the next {TAKE_BACK} allocations"
+        ));
     }
     if !spin_until(|| ROUND_DONE.load(Ordering::Acquire) == others) {
         fail(format_args!("round {round}: readers did not finish"));
@@ -130,7 +137,9 @@ fn reader(cpu: usize, round: u64) {
     loop {
         let after_unmap = UNMAPPED.load(Ordering::Acquire);
         match probe::read(a) {
-            Ok(v) if v == POISON => break fail(format_args!("cpu {cpu} round {round}: read poison through a stale translation")),
+            Ok(v) if v == POISON => {
+                break fail(format_args!("cpu {cpu} round {round}: read poison through a stale translation"))
+            }
             Ok(_) if after_unmap => break fail(format_args!("cpu {cpu} round {round}: read after unmap returned")),
             Ok(v) if v < last => break fail(format_args!("cpu {cpu} round {round}: counter went back {last} -> {v}")),
             Ok(v) => {
@@ -168,7 +177,8 @@ fn downgrade_everywhere() -> TestResult {
         let a = ADDR.load(Ordering::Relaxed);
         let slot = a + 8 * cpu as u64;
         match probe::write(slot, 0) {
-            Err(f) if f.cr2 == slot && probe::code(&f).contains(Code::CAUSED_BY_WRITE | Code::PROTECTION_VIOLATION) => {}
+            Err(f) if f.cr2 == slot && probe::code(&f).contains(Code::CAUSED_BY_WRITE | Code::PROTECTION_VIOLATION) => {
+            }
             other => fail(format_args!("cpu {cpu}: write after the downgrade: {other:?}")),
         }
         if probe::read(slot) != Ok(cpu as u64 + 1) {
@@ -259,7 +269,11 @@ fn storm_one_space() -> TestResult {
     vm.k_mem_unmap(a, PAGE).map_err(fails)?;
     let targets: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).targets).sum::<u64>() - targets_before;
     let unmaps = UNMAPS.load(Ordering::Relaxed);
-    log::info!("vm: {unmaps} kernel unmaps from {} CPUs asked {targets} CPUs: {:.2} per unmap", percpu::online_count(), targets as f64 / unmaps as f64);
+    log::info!(
+        "vm: {unmaps} kernel unmaps from {} CPUs asked {targets} CPUs: {:.2} per unmap",
+        percpu::online_count(),
+        targets as f64 / unmaps as f64
+    );
     let after = (frames::get().free_bytes(), vm.region_bytes());
     ensure!(after == before, "free bytes/regions {before:?} before, {after:?} after");
     frames::get().audit().map_err(|v| failure(format_args!("frame audit: {v:?}")))?;
@@ -287,7 +301,9 @@ fn storm_shared_tables() -> TestResult {
             let tag = (cpu as u64) << 32 | round;
             for p in 0..pages {
                 if probe::read(a + p * PAGE) != Ok(0) || probe::write(a + p * PAGE, tag).is_err() {
-                    return fail(format_args!("cpu {cpu} round {round}: fresh page {p} at {a:#x} not zero or not writable"));
+                    return fail(format_args!(
+                        "cpu {cpu} round {round}: fresh page {p} at {a:#x} not zero or not writable"
+                    ));
                 }
             }
             for p in 0..pages {
@@ -300,7 +316,9 @@ fn storm_shared_tables() -> TestResult {
             }
         }
     })?;
-    let a = vm.vmalloc(vm.kernel(), mm::vm::KERNEL_SEED_AREA.start, mm::vm::KERNEL_SEED_AREA.end, 1, Flags::WRITE).map_err(fails)?;
+    let a = vm
+        .vmalloc(vm.kernel(), mm::vm::KERNEL_SEED_AREA.start, mm::vm::KERNEL_SEED_AREA.end, 1, Flags::WRITE)
+        .map_err(fails)?;
     vm.vmfree(vm.kernel(), a, 1).map_err(fails)?;
     let now = frames::get().free_bytes();
     ensure!(now == before, "free bytes {before} before, {now} after");
@@ -346,8 +364,15 @@ fn storm_separate_spaces() -> TestResult {
     for cpu in percpu::online_set().iter() {
         // `ipis` also counts the wake-ups `run` sends; `targets` only the
         // CPUs shootdowns asked.
-        ensure!(after[cpu].targets == counters[cpu].targets, "cpu {cpu} asked {} CPUs for private spaces", after[cpu].targets - counters[cpu].targets);
-        ensure!(after[cpu].shootdowns >= counters[cpu].shootdowns + STORM_ROUNDS, "cpu {cpu}: unmaps not shot down locally");
+        ensure!(
+            after[cpu].targets == counters[cpu].targets,
+            "cpu {cpu} asked {} CPUs for private spaces",
+            after[cpu].targets - counters[cpu].targets
+        );
+        ensure!(
+            after[cpu].shootdowns >= counters[cpu].shootdowns + STORM_ROUNDS,
+            "cpu {cpu}: unmaps not shot down locally"
+        );
     }
     let now = frames::get().free_bytes();
     ensure!(now == before, "free bytes {before} before, {now} after the spaces were destroyed");
@@ -401,10 +426,23 @@ fn targeted_shootdowns() -> TestResult {
     result?;
     ensure!(active == 1 | 1 << other, "active set {active:#x}, expected CPUs 0 and {other}");
     ensure!(after[0].ipis - before[0].ipis == 10, "10 unmaps sent {} IPIs", after[0].ipis - before[0].ipis);
-    ensure!(after[0].targets - before[0].targets == 10, "10 unmaps asked {} CPUs", after[0].targets - before[0].targets);
-    ensure!(after[other].pages_invalidated - before[other].pages_invalidated == 30, "cpu {other} invalidated {}", after[other].pages_invalidated - before[other].pages_invalidated);
+    ensure!(
+        after[0].targets - before[0].targets == 10,
+        "10 unmaps asked {} CPUs",
+        after[0].targets - before[0].targets
+    );
+    ensure!(
+        after[other].pages_invalidated - before[other].pages_invalidated == 30,
+        "cpu {other} invalidated {}",
+        after[other].pages_invalidated - before[other].pages_invalidated
+    );
     for cpu in online.without(0).without(other).iter() {
-        ensure!(after[cpu] == before[cpu], "cpu {cpu} (space not active) was disturbed: {:?} -> {:?}", before[cpu], after[cpu]);
+        ensure!(
+            after[cpu] == before[cpu],
+            "cpu {cpu} (space not active) was disturbed: {:?} -> {:?}",
+            before[cpu],
+            after[cpu]
+        );
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod bench;
 mod faults;
 mod frames;
 mod heap;
+pub mod ipi;
 mod mapping;
 mod mapping_smp;
 mod nested_fault;
@@ -24,7 +25,6 @@ mod paging_smp;
 mod paging_stall;
 mod paging_store;
 mod probe;
-pub mod ipi;
 mod rng;
 mod smp_tests;
 mod time;
@@ -187,5 +187,9 @@ pub fn run_all(seed: u64, only: &str) -> ExitCode {
     }
     log::info!("{passed} passed, {failed} failed");
     logger::emit(&record::Record::Summary { passed, failed });
-    if failed == 0 { ExitCode::Success } else { ExitCode::Failure }
+    if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
 }

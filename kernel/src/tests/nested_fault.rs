@@ -18,7 +18,8 @@ use super::paging::{audit, get, my_counts, pattern, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::{interrupts, paging, vm};
 
-pub const TESTS: &[Test] = &[Test::new("nested_fault::fault_inside_a_napping_page_fault", nested_faults).only_if(swap_disk_and_cpus)];
+pub const TESTS: &[Test] =
+    &[Test::new("nested_fault::fault_inside_a_napping_page_fault", nested_faults).only_if(swap_disk_and_cpus)];
 
 /// Pages CPU 1 pages out and faults back in.
 const OUTER_PAGES: u64 = 8;

@@ -77,7 +77,11 @@ pub fn pattern(addr: u64, gen: u64) -> u64 {
 }
 
 fn zigzag(n: u64, i: u64) -> u64 {
-    if i % 2 == 0 { i / 2 } else { n - 1 - i / 2 }
+    if i % 2 == 0 {
+        i / 2
+    } else {
+        n - 1 - i / 2
+    }
 }
 
 fn overcommit() -> TestResult {
@@ -103,7 +107,8 @@ fn overcommit_rounds() -> TestResult {
                 ensure!(v == 0, "fresh page {p} word {w:#x} is {v:#x}");
             }
         }
-        let orders: [(&str, fn(u64, u64) -> u64); 3] = [("forward", |_, i| i), ("reverse", |n, i| n - 1 - i), ("zigzag", zigzag)];
+        let orders: [(&str, fn(u64, u64) -> u64); 3] =
+            [("forward", |_, i| i), ("reverse", |n, i| n - 1 - i), ("zigzag", zigzag)];
         for (gen, (name, order)) in orders.iter().enumerate() {
             let gen = gen as u64 + 1;
             for i in 0..pages {
@@ -116,7 +121,12 @@ fn overcommit_rounds() -> TestResult {
                 let base = a + order(pages, i) * PAGE;
                 for w in (0..PAGE).step_by(8) {
                     let v = get(base + w);
-                    ensure!(v == pattern(base + w, gen), "{name}: {:#x} reads {v:#x}, wrote {:#x}", base + w, pattern(base + w, gen));
+                    ensure!(
+                        v == pattern(base + w, gen),
+                        "{name}: {:#x} reads {v:#x}, wrote {:#x}",
+                        base + w,
+                        pattern(base + w, gen)
+                    );
                 }
             }
             audit(name)?;
@@ -126,7 +136,8 @@ fn overcommit_rounds() -> TestResult {
     let s = pager().stats().total();
     vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
     r?;
-    let (faults, clean, dirty) = (s.faults - start.faults, s.evictions_clean - start.evictions_clean, s.evictions_dirty - start.evictions_dirty);
+    let (faults, clean, dirty) =
+        (s.faults - start.faults, s.evictions_clean - start.evictions_clean, s.evictions_dirty - start.evictions_dirty);
     log::info!("paging: overcommit of {pages} pages over {TEST_RESIDENT} frames: {faults} faults, {clean} clean and {dirty} dirty evictions");
     ensure!(faults > pages && clean > 0 && dirty > 0, "faults {faults}, clean {clean}, dirty {dirty}");
     Ok(())
@@ -238,7 +249,10 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     ensure!(paging::take_last_error() == Some(PagingError::NotPageable { virt: a - PAGE }), "guard fault reason");
     // A write to a read-only on-demand page is reported and marks nothing.
     let write = probe::write(ro, 1);
-    ensure!(matches!(write, Err(f) if probe::code(&f).contains(Code::CAUSED_BY_WRITE)), "write to read-only: {write:?}");
+    ensure!(
+        matches!(write, Err(f) if probe::code(&f).contains(Code::CAUSED_BY_WRITE)),
+        "write to read-only: {write:?}"
+    );
     ensure!(paging::take_last_error() == Some(PagingError::Protection { virt: ro }), "read-only fault reason");
     let cases: [(Result<(), PagingError>, PagingError); 7] = [
         (vm.page_in(a - PAGE, PAGE), PagingError::NotPageable { virt: a - PAGE }),
@@ -246,7 +260,10 @@ fn refusals(a: u64, ro: u64) -> TestResult {
         (vm.page_out(a + 8, PAGE), PagingError::Range(VmError::NotAligned { value: a + 8 })),
         (vm.unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
         (vm.page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
-        (vm.evict_frame(frames::get().db().phys_of(0)), PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) }),
+        (
+            vm.evict_frame(frames::get().db().phys_of(0)),
+            PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
+        ),
         (vm.evict_frame(0x1234), PagingError::NotAPageFrame { phys: 0x1234 }),
     ];
     for (i, (got, want)) in cases.iter().enumerate() {
@@ -260,7 +277,10 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     let s = pg.stats().total();
     vm.page_out(ro, PAGE).map_err(fails)?;
     let t = pg.stats().total();
-    ensure!(t.evictions_clean == s.evictions_clean + 1 && t.page_outs == s.page_outs, "the read-only page was not clean");
+    ensure!(
+        t.evictions_clean == s.evictions_clean + 1 && t.page_outs == s.page_outs,
+        "the read-only page was not clean"
+    );
     // A full store: page-out is refused up front.
     for p in 0..4 {
         put(a + p * PAGE, p + 1);
@@ -286,7 +306,10 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     let reason = paging::take_last_error();
     vm.unpin(a, 4 * PAGE).map_err(fails)?;
     pg.set_resident_limit(u64::MAX);
-    ensure!(stuck.is_err() && reason == Some(PagingError::NoEvictableFrame), "fault with every frame pinned: {stuck:?}, {reason:?}");
+    ensure!(
+        stuck.is_err() && reason == Some(PagingError::NoEvictableFrame),
+        "fault with every frame pinned: {stuck:?}, {reason:?}"
+    );
     ensure!(get(ro) == 0 && get(a + 3 * PAGE) == 4, "data after unpinning");
     audit("refusals")
 }

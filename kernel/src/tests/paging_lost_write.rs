@@ -18,7 +18,8 @@ use super::paging::{audit, get, pager, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::vm;
 
-pub const TESTS: &[Test] = &[Test::new("paging_lost_write::evictions_under_a_counting_writer", counting_writer).only_if(two_cpus)];
+pub const TESTS: &[Test] =
+    &[Test::new("paging_lost_write::evictions_under_a_counting_writer", counting_writer).only_if(two_cpus)];
 
 const PHASES: u64 = 40;
 /// Fewest increments in a writing phase, reads in a reading one.
@@ -57,10 +58,14 @@ fn counting_writer() -> TestResult {
     audited?;
     let total = INCREMENTS.load(Ordering::Relaxed);
     ensure!(count == total, "the word counts {count}, {total} increments were made");
-    let (clean, dirty) = (after.evictions_clean - before.evictions_clean, after.evictions_dirty - before.evictions_dirty);
+    let (clean, dirty) =
+        (after.evictions_clean - before.evictions_clean, after.evictions_dirty - before.evictions_dirty);
     // Without both kinds the race the test is about was never run.
     ensure!(clean > 0 && dirty > 0, "{clean} clean and {dirty} dirty evictions: the page was not evicted both ways");
-    note(format_args!("count exact over {clean} clean and {dirty} written evictions, {} page-ins", after.page_ins - before.page_ins));
+    note(format_args!(
+        "count exact over {clean} clean and {dirty} written evictions, {} page-ins",
+        after.page_ins - before.page_ins
+    ));
     Ok(())
 }
 
@@ -83,7 +88,11 @@ fn writer() {
                     break 'phases; // the evictor failed
                 }
                 if drivers::tsc::now_ns() > deadline {
-                    fail(format_args!("phase {phase}: {} evictions in {} s", evictions() - start, EVICT_NS / 1_000_000_000));
+                    fail(format_args!(
+                        "phase {phase}: {} evictions in {} s",
+                        evictions() - start,
+                        EVICT_NS / 1_000_000_000
+                    ));
                     break 'phases;
                 }
             }

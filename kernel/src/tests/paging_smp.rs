@@ -47,7 +47,12 @@ fn one_page() -> TestResult {
                 }
             })?;
             let after = pager().stats().total();
-            ensure!(after.faults == before.faults + 1 && after.page_ins == before.page_ins + 1, "round {round}: {} faults, {} page-ins for one page", after.faults - before.faults, after.page_ins - before.page_ins);
+            ensure!(
+                after.faults == before.faults + 1 && after.page_ins == before.page_ins + 1,
+                "round {round}: {} faults, {} page-ins for one page",
+                after.faults - before.faults,
+                after.page_ins - before.page_ins
+            );
             audit("one page")?;
             ROUND.fetch_add(1, Ordering::Relaxed);
         }
@@ -170,7 +175,11 @@ fn thrash(mode: Mode) -> TestResult {
             audit("thrash")?;
         }
         let counted: u64 = (0..PAGES).map(|p| get(a + p * PAGE + 511 * 8)).sum();
-        ensure!(counted == INCREMENTS.load(Ordering::Relaxed), "page counters sum to {counted}, {} increments made", INCREMENTS.load(Ordering::Relaxed));
+        ensure!(
+            counted == INCREMENTS.load(Ordering::Relaxed),
+            "page counters sum to {counted}, {} increments made",
+            INCREMENTS.load(Ordering::Relaxed)
+        );
         Ok(())
     })();
     pg.set_resident_limit(u64::MAX);
@@ -226,7 +235,10 @@ fn thrash_body(cpu: usize) {
         let shadow = &SHADOW[cpu * PAGES as usize + p as usize];
         let seen = get(word);
         if seen != shadow.load(Ordering::Relaxed) {
-            return fail(format_args!("cpu {cpu} page {p}: read {seen:#x}, wrote {:#x}", shadow.load(Ordering::Relaxed)));
+            return fail(format_args!(
+                "cpu {cpu} page {p}: read {seen:#x}, wrote {:#x}",
+                shadow.load(Ordering::Relaxed)
+            ));
         }
         let v = (ops << 8) | cpu as u64 | 1 << 63;
         put(word, v);
@@ -305,9 +317,20 @@ fn fault_throughput() -> TestResult {
             rate[0] as f64 / rate[1].max(1) as f64
         );
     }
-    for (name, t) in [("fault", Timing::Fault), ("victim selection", Timing::Select), ("store page-in", Timing::StoreIn), ("store page-out", Timing::StoreOut)] {
+    for (name, t) in [
+        ("fault", Timing::Fault),
+        ("victim selection", Timing::Select),
+        ("store page-in", Timing::StoreIn),
+        ("store page-out", Timing::StoreOut),
+    ] {
         let h = pg.stats().histogram(t);
-        log::info!("paging: {name} since boot: {} samples, p50 {} ns, p99 {} ns, max {} ns", h.count(), h.percentile(50), h.percentile(99), h.max);
+        log::info!(
+            "paging: {name} since boot: {} samples, p50 {} ns, p99 {} ns, max {} ns",
+            h.count(),
+            h.percentile(50),
+            h.percentile(99),
+            h.max
+        );
     }
     audit("fault throughput")
 }

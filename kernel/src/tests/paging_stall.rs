@@ -21,7 +21,8 @@ use super::paging::{audit, get, pager, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::{paging, vm};
 
-pub const TESTS: &[Test] = &[Test::new("paging_stall::unmaps_while_the_swap_disk_is_busy", unmaps_during_swap_io).only_if(swap_disk_and_cpus)];
+pub const TESTS: &[Test] =
+    &[Test::new("paging_stall::unmaps_while_the_swap_disk_is_busy", unmaps_during_swap_io).only_if(swap_disk_and_cpus)];
 
 /// Pages the other CPUs keep paging out and in.
 const CHURN_PAGES: u64 = 64;
@@ -76,7 +77,10 @@ fn unmaps_during_swap_io() -> TestResult {
     ensure!(vm.quarantined_frames() == 0, "{} frames quarantined", vm.quarantined_frames());
     ensure!(reads > 0 && writes > 0, "the disk was idle: {reads} page reads, {writes} page writes");
     ensure!(slowest < SLOW_NS, "slowest unmap took {} ms", slowest / 1_000_000);
-    note(format_args!("slowest unmap {} us over {ROUNDS}; disk {reads} reads, {writes} writes meanwhile", slowest / 1000));
+    note(format_args!(
+        "slowest unmap {} us over {ROUNDS}; disk {reads} reads, {writes} writes meanwhile",
+        slowest / 1000
+    ));
     Ok(())
 }
 
@@ -100,7 +104,11 @@ fn unmapper() {
         let ns = drivers::tsc::now_ns() - start;
         SLOWEST_NS.fetch_max(ns, Ordering::Relaxed);
         if let Err(e) = r {
-            fail(format_args!("round {round}: unmap: {e:?} after {} ms, {} frames quarantined", ns / 1_000_000, vm.quarantined_frames()));
+            fail(format_args!(
+                "round {round}: unmap: {e:?} after {} ms, {} frames quarantined",
+                ns / 1_000_000,
+                vm.quarantined_frames()
+            ));
             break;
         }
         if vm.quarantined_frames() != 0 {
@@ -120,9 +128,13 @@ fn churn(cpu: usize) {
     let deadline = drivers::tsc::now_ns() + CHURN_NS;
     while !STOP.load(Ordering::Relaxed) && drivers::tsc::now_ns() < deadline {
         // StoreFull cannot happen (64 MiB disk); any error is a failure.
-        let r: Result<(), PagingError> = vm.page_out(a, CHURN_PAGES * PAGE).and_then(|()| vm.page_in(a, CHURN_PAGES * PAGE));
+        let r: Result<(), PagingError> =
+            vm.page_out(a, CHURN_PAGES * PAGE).and_then(|()| vm.page_in(a, CHURN_PAGES * PAGE));
         if let Err(e) = r {
-            return fail(format_args!("cpu {cpu}: page-out/in after {} cycles: {e:?}", CYCLES[cpu].load(Ordering::Relaxed)));
+            return fail(format_args!(
+                "cpu {cpu}: page-out/in after {} cycles: {e:?}",
+                CYCLES[cpu].load(Ordering::Relaxed)
+            ));
         }
         let n = CYCLES[cpu].fetch_add(1, Ordering::Relaxed) + 1;
         for p in 0..CHURN_PAGES {

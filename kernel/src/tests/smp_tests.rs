@@ -161,12 +161,9 @@ fn missing_ap_reported() -> TestResult {
     let report = unsafe { crate::start_aps(crate::memory::phys_offset(), &[NOBODY], facts.cpus_total) };
     let ms = (drivers::tsc::now_ns() - start) / 1_000_000;
     ensure!(ms < 3_000, "bring-up of a missing CPU took {ms} ms");
-    let why = if before.len() == MAX_CPUS { smp::bringup::ApFailure::TooMany } else { smp::bringup::ApFailure::NoResponse };
-    ensure!(
-        report.failures.as_slice() == [(NOBODY, why)],
-        "failures reported: {:?}",
-        report.failures.as_slice()
-    );
+    let why =
+        if before.len() == MAX_CPUS { smp::bringup::ApFailure::TooMany } else { smp::bringup::ApFailure::NoResponse };
+    ensure!(report.failures.as_slice() == [(NOBODY, why)], "failures reported: {:?}", report.failures.as_slice());
     ensure!(report.online == before.len(), "report says {} online, {} were", report.online, before.len());
     ensure!(percpu::online_set() == before, "online set changed: {:?} -> {:?}", before, percpu::online_set());
     // Every CPU still answers.

@@ -48,7 +48,11 @@ impl Measured {
         let tsc_ns = (self.tsc_ticks as u128 * 1_000_000_000 / hz as u128) as u64;
         let diff = tsc_ns.abs_diff(self.other_ns);
         let allowed = self.other_ns * (TOLERANCE_PPM + tsc::bound_ppm()) / 1_000_000 + self.bound_ns;
-        if diff <= allowed { Ok(diff) } else { Err(diff) }
+        if diff <= allowed {
+            Ok(diff)
+        } else {
+            Err(diff)
+        }
     }
 }
 
@@ -99,10 +103,18 @@ fn tightest(read: &mut dyn FnMut() -> u64, to_ns: &dyn Fn(u64) -> u64) -> Result
 fn agrees(name: &str, read: &mut dyn FnMut() -> u64, to_ns: &dyn Fn(u64) -> u64) -> Result<(u64, u64), Failure> {
     let m = tightest(read, to_ns).map_err(|e| super::failure(format_args!("{name}: {e}")))?;
     let bound_ppm = m.bound_ns * 1_000_000 / m.other_ns.max(1);
-    ensure!(bound_ppm <= MAX_WINDOW_BOUND_PPM, "{name}: the tightest of {WINDOWS} windows has a bound of {bound_ppm} ppm: {m:?}");
+    ensure!(
+        bound_ppm <= MAX_WINDOW_BOUND_PPM,
+        "{name}: the tightest of {WINDOWS} windows has a bound of {bound_ppm} ppm: {m:?}"
+    );
     let hz = tsc::tsc_hz();
     let diff = m.check(hz);
-    ensure!(diff.is_ok(), "{name}: TSC at {hz} Hz is off by {} ns in {} ns ({m:?})", diff.unwrap_or_else(|d| d), m.other_ns);
+    ensure!(
+        diff.is_ok(),
+        "{name}: TSC at {hz} Hz is off by {} ns in {} ns ({m:?})",
+        diff.unwrap_or_else(|d| d),
+        m.other_ns
+    );
     let (up, down) = (hz + hz * MUTATION_PERCENT / 100, hz - hz * MUTATION_PERCENT / 100);
     ensure!(
         m.check(up).is_err() && m.check(down).is_err(),

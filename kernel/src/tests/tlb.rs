@@ -33,17 +33,22 @@ fn read_worker(cpu: usize) {
 }
 
 fn read_everywhere() -> Result<(), Failure> {
-    workers::run_on_all(read_worker, 30_000_000_000).map_err(|e| failure(format_args!("cpus {:?} did not read", e.cpus)))
+    workers::run_on_all(read_worker, 30_000_000_000)
+        .map_err(|e| failure(format_args!("cpus {:?} did not read", e.cpus)))
 }
 
 /// The test page, mapped to a frame holding `OLD`; returns both frames.
 fn set_up() -> Result<(u64, u64), Failure> {
     let f = frames::get();
-    let (a, b) = (f.alloc_page().map_err(|_| failure(format_args!("no frame")))?, f.alloc_page().map_err(|_| failure(format_args!("no frame")))?);
+    let (a, b) = (
+        f.alloc_page().map_err(|_| failure(format_args!("no frame")))?,
+        f.alloc_page().map_err(|_| failure(format_args!("no frame")))?,
+    );
     memory::fill_words(a, OLD);
     memory::fill_words(b, NEW);
     let vm = vm::get();
-    vm.map_single(vm.kernel(), VA, a, Flags::WRITE, PageSize::Size4K).map_err(|e| failure(format_args!("map: {e:?}")))?;
+    vm.map_single(vm.kernel(), VA, a, Flags::WRITE, PageSize::Size4K)
+        .map_err(|e| failure(format_args!("map: {e:?}")))?;
     Ok((a, b))
 }
 
@@ -123,7 +128,8 @@ fn mutual_shootdowns() -> TestResult {
             }
         }
     }
-    workers::run_on_all(worker, 60_000_000_000).map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
+    workers::run_on_all(worker, 60_000_000_000)
+        .map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
     ensure!(MUTUAL_ERRORS.load(Ordering::Relaxed) == 0, "{} shootdowns failed", MUTUAL_ERRORS.load(Ordering::Relaxed));
     let after: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).shootdowns).sum();
     let n = percpu::online_count() as u64;
@@ -150,7 +156,9 @@ fn bad_ranges() -> TestResult {
     let me = percpu::current_index();
     let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let online = percpu::online_set();
-    for (start, pages) in [(VA, 0), (0x0000_7FFF_FFFF_F000, 2), (0xFFFF_FFFF_FFFF_F000, 2), (0x0000_8000_0000_0000, 1), (VA, u64::MAX)] {
+    for (start, pages) in
+        [(VA, 0), (0x0000_7FFF_FFFF_F000, 2), (0xFFFF_FFFF_FFFF_F000, 2), (0x0000_8000_0000_0000, 1), (VA, u64::MAX)]
+    {
         let r = tlb::shootdown(online, start, pages);
         ensure!(r == Err(ShootdownError::BadRange { start, pages }), "shootdown({start:#x}, {pages}) = {r:?}");
     }

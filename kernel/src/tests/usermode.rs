@@ -36,10 +36,8 @@ pub const TESTS: &[Test] = &[
 const PAGE_FAULT: u8 = 14;
 const GENERAL_PROTECTION: u8 = 13;
 /// The page-fault error bits these tests look at.
-const PF_BITS: Code = Code::PROTECTION_VIOLATION
-    .union(Code::CAUSED_BY_WRITE)
-    .union(Code::USER_MODE)
-    .union(Code::INSTRUCTION_FETCH);
+const PF_BITS: Code =
+    Code::PROTECTION_VIOLATION.union(Code::CAUSED_BY_WRITE).union(Code::USER_MODE).union(Code::INSTRUCTION_FETCH);
 /// Every entry of the program fits in 64 bytes (`user_program`).
 const ENTRY_LEN: u64 = 64;
 /// A kernel variable for ring 3 to try to read.
@@ -98,12 +96,16 @@ fn protections_on_every_cpu() -> TestResult {
         PROTECTIONS[cpu].store(bits | 1 << 4, Ordering::Relaxed);
     }
     PROTECTIONS.iter().for_each(|p| p.store(0, Ordering::Relaxed));
-    workers::run_on_all(worker, 10_000_000_000).map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
+    workers::run_on_all(worker, 10_000_000_000)
+        .map_err(|e| failure(format_args!("cpus {:?} did not finish", e.cpus)))?;
     let s = cpu_features::supported();
     let want = protection_bits(true, s.nx, s.smep, s.smap) | 1 << 4;
     for cpu in percpu::online_set().iter() {
         let got = PROTECTIONS[cpu].load(Ordering::Relaxed);
-        ensure!(got == want, "cpu {cpu}: protections {got:#b} (bits WP, NX, SMEP, SMAP, reported), CPUID wants {want:#b}");
+        ensure!(
+            got == want,
+            "cpu {cpu}: protections {got:#b} (bits WP, NX, SMEP, SMAP, reported), CPUID wants {want:#b}"
+        );
     }
     Ok(())
 }
@@ -192,7 +194,9 @@ fn smap_stops_kernel_reads() -> TestResult {
         // SAFETY: DATA is mapped (user, readable) while the space is
         // active here; `stac`/`clac` exist because the CPU has SMAP, and AC
         // is clear again afterwards.
-        unsafe { core::arch::asm!("stac", "mov {v}, [{a}]", "clac", a = in(reg) DATA, v = out(reg) allowed, options(nostack)) };
+        unsafe {
+            core::arch::asm!("stac", "mov {v}, [{a}]", "clac", a = in(reg) DATA, v = out(reg) allowed, options(nostack))
+        };
         // SAFETY: the closure holds nothing; the read faults (SMAP) or
         // reads a mapped page, and `catch` turns the fault into an error.
         let read = unsafe {
@@ -207,7 +211,10 @@ fn smap_stops_kernel_reads() -> TestResult {
         return Err(failure(format_args!("the kernel read a user page with SMAP on")));
     };
     let bits = Code::from_bits_truncate(f.error_code) & PF_BITS;
-    ensure!(f.cr2 == DATA && bits == Code::PROTECTION_VIOLATION, "SMAP fault {f:?}: bits {bits:?}, expected only a protection violation on {DATA:#x}");
+    ensure!(
+        f.cr2 == DATA && bits == Code::PROTECTION_VIOLATION,
+        "SMAP fault {f:?}: bits {bits:?}, expected only a protection violation on {DATA:#x}"
+    );
     Ok(())
 }
 
@@ -233,7 +240,10 @@ fn smep_stops_kernel_execution() -> TestResult {
     };
     let bits = Code::from_bits_truncate(f.error_code) & PF_BITS;
     let want = Code::PROTECTION_VIOLATION | Code::INSTRUCTION_FETCH;
-    ensure!(f.cr2 == target && f.rip == target && bits == want, "SMEP fault {f:?}: bits {bits:?}, expected {want:?} on {target:#x}");
+    ensure!(
+        f.cr2 == target && f.rip == target && bits == want,
+        "SMEP fault {f:?}: bits {bits:?}, expected {want:?} on {target:#x}"
+    );
     Ok(())
 }
 

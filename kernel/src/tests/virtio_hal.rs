@@ -18,7 +18,11 @@ fn shares_by_arithmetic() -> TestResult {
     let object = Box::new([0u64; 4]);
     let at = object.as_ptr() as u64;
     let walked = vm.map_get(vm.kernel(), at).map_err(fails)?.phys;
-    ensure!(direct_phys(at, 32) == Some(walked), "heap object at {at:#x}: {:?}, tables say {walked:#x}", direct_phys(at, 32));
+    ensure!(
+        direct_phys(at, 32) == Some(walked),
+        "heap object at {at:#x}: {:?}, tables say {walked:#x}",
+        direct_phys(at, 32)
+    );
     // A frame, as the page being paged is.
     let frame = frames::get().alloc_page().map_err(fails)?;
     let got = direct_phys(memory::virt_of(frame), PAGE);

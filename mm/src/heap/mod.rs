@@ -74,7 +74,11 @@ fn class_of(size: usize, align: usize) -> Option<usize> {
 /// when `align` exceeds a page so natural alignment covers it.
 fn large_pages(size: usize, align: usize) -> usize {
     let pages = size.div_ceil(PAGE).max(1);
-    if align > PAGE { pages.max(align / PAGE).next_power_of_two() } else { pages }
+    if align > PAGE {
+        pages.max(align / PAGE).next_power_of_two()
+    } else {
+        pages
+    }
 }
 
 impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {

@@ -1,6 +1,6 @@
 use super::*;
-use std::alloc::Layout;
 use crate::testing::{on_cpu, Threads};
+use std::alloc::Layout;
 
 /// Pages from the host allocator, with a budget to test exhaustion.
 struct HostPages {
@@ -47,7 +47,9 @@ fn objects_are_aligned_disjoint_and_reused() {
     let h = heap(1, 1000);
     let mut seen = std::collections::HashSet::new();
     let mut objs = Vec::new();
-    for (i, &(size, align)) in [(1, 1), (24, 8), (100, 64), (700, 8), (2048, 2048), (5000, 8), (64, 8192)].iter().cycle().take(700).enumerate() {
+    for (i, &(size, align)) in
+        [(1, 1), (24, 8), (100, 64), (700, 8), (2048, 2048), (5000, 8), (64, 8192)].iter().cycle().take(700).enumerate()
+    {
         let a = h.alloc(size, align).unwrap();
         assert_eq!(a % align, 0, "#{i}: {size}/{align} at {a:#x}");
         assert!(seen.insert(a), "#{i}: {a:#x} handed out twice");
@@ -68,7 +70,8 @@ fn objects_are_aligned_disjoint_and_reused() {
     assert_eq!(h.stats().in_use, 0);
     // Same shapes again: no new slab pages needed.
     let again: Vec<_> = objs.iter().map(|&(_, s, al, _)| (h.alloc(s, al).unwrap(), s, al)).collect();
-    let large_pages: u64 = objs.iter().filter(|o| class_of(o.1, o.2).is_none()).map(|o| large_pages(o.1, o.2) as u64).sum();
+    let large_pages: u64 =
+        objs.iter().filter(|o| class_of(o.1, o.2).is_none()).map(|o| large_pages(o.1, o.2) as u64).sum();
     assert_eq!(h.stats().pages, pages, "slab pages reused ({large_pages} large pages re-taken)");
     for (a, s, al) in again {
         // SAFETY: as above.

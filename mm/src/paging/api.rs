@@ -134,7 +134,9 @@ impl<P: VmPlatform> Vm<P> {
                 self.unclaim(pg, &v);
                 return busy;
             }
-            if pg.db.paging_flags(index) & PINNED != 0 && frame_of(self.paged_slot(va)?.load(Ordering::Acquire)) == frame_of(e) {
+            if pg.db.paging_flags(index) & PINNED != 0
+                && frame_of(self.paged_slot(va)?.load(Ordering::Acquire)) == frame_of(e)
+            {
                 return Err(PagingError::Pinned { virt: va });
             }
             busy

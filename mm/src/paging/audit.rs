@@ -107,7 +107,12 @@ impl<P: VmPlatform> Vm<P> {
         }
         let held = a.paged_out + a.copies;
         if used < held || used > held + a.in_flight {
-            return Err(PagingViolation::SlotCount { paged_out: a.paged_out, copies: a.copies, in_flight: a.in_flight, used });
+            return Err(PagingViolation::SlotCount {
+                paged_out: a.paged_out,
+                copies: a.copies,
+                in_flight: a.in_flight,
+                used,
+            });
         }
         Ok(a)
     }

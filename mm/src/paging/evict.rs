@@ -40,7 +40,12 @@ impl<P: VmPlatform> Vm<P> {
     /// Evicts up to `want` (at most `BATCH`) pages chosen by the policy and
     /// returns their frames, still allocated, for the caller to reuse or
     /// free. `NoEvictableFrame` if the policy found nothing.
-    pub(crate) fn evict_batch(&self, pg: &Pager, want: usize, for_fault: bool) -> Result<ArrayVec<u64, BATCH>, PagingError> {
+    pub(crate) fn evict_batch(
+        &self,
+        pg: &Pager,
+        want: usize,
+        for_fault: bool,
+    ) -> Result<ArrayVec<u64, BATCH>, PagingError> {
         let want = want.min(BATCH);
         let view = View { vm: self, pager: pg, db: pg.db };
         let mut victims = Victims::new();
@@ -75,7 +80,12 @@ impl<P: VmPlatform> Vm<P> {
     /// Shoots the victims down in one go, then writes each back and leaves
     /// its token. Returns the frames of the pages evicted and the first
     /// error; a victim that failed is resident again, as it was.
-    pub(crate) fn evict_claimed(&self, pg: &Pager, victims: Victims<'_>, for_fault: bool) -> (ArrayVec<u64, BATCH>, Option<PagingError>) {
+    pub(crate) fn evict_claimed(
+        &self,
+        pg: &Pager,
+        victims: Victims<'_>,
+        for_fault: bool,
+    ) -> (ArrayVec<u64, BATCH>, Option<PagingError>) {
         let mut freed = ArrayVec::new();
         let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
         let hi = victims.iter().map(|v| v.va).max().unwrap_or(0);
@@ -167,7 +177,9 @@ impl<P: VmPlatform> Vm<P> {
             if dropped == COPIES_DROPPED {
                 break;
             }
-            if pg.db.entry(i).copy.load(Ordering::Relaxed) == 0 || pg.db.update_paging(i, MAPPED, BUSY, BUSY, 0).is_err() {
+            if pg.db.entry(i).copy.load(Ordering::Relaxed) == 0
+                || pg.db.update_paging(i, MAPPED, BUSY, BUSY, 0).is_err()
+            {
                 continue;
             }
             let c = pg.db.entry(i).copy.swap(0, Ordering::AcqRel);

@@ -38,8 +38,15 @@ impl Access {
 
 /// Whether entry bits `e` allow `access` to page `virt`.
 fn check_access(e: u64, access: Access, virt: u64) -> Result<(), PagingError> {
-    let denied = access.denied || (access.write && e & WRITABLE == 0) || (access.exec && e & NO_EXECUTE != 0) || (access.user && e & USER == 0);
-    if denied { Err(PagingError::Protection { virt }) } else { Ok(()) }
+    let denied = access.denied
+        || (access.write && e & WRITABLE == 0)
+        || (access.exec && e & NO_EXECUTE != 0)
+        || (access.user && e & USER == 0);
+    if denied {
+        Err(PagingError::Protection { virt })
+    } else {
+        Ok(())
+    }
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -107,7 +114,15 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Pages in `va`, whose entry this CPU turned from `token` into a busy
     /// marker. On failure the token goes back exactly as it was.
-    fn page_in_owned(&self, pg: &Pager, va: u64, slot: &AtomicU64, token: u64, loc: Location, for_fault: bool) -> Result<(), PagingError> {
+    fn page_in_owned(
+        &self,
+        pg: &Pager,
+        va: u64,
+        slot: &AtomicU64,
+        token: u64,
+        loc: Location,
+        for_fault: bool,
+    ) -> Result<(), PagingError> {
         let restore = |e: PagingError| {
             transition::restore_token(slot, token);
             Err(e)
@@ -172,7 +187,11 @@ impl<P: VmPlatform> Vm<P> {
         let mut starved = false;
         loop {
             let over = starved || pg.over_budget(self.p.free_frames());
-            let got = if over { self.evict_batch(pg, super::evict::BATCH, for_fault) } else { Err(PagingError::NoEvictableFrame) };
+            let got = if over {
+                self.evict_batch(pg, super::evict::BATCH, for_fault)
+            } else {
+                Err(PagingError::NoEvictableFrame)
+            };
             match got {
                 Ok(mut frames) => {
                     let reuse = frames.pop().expect("eviction returns at least one frame");

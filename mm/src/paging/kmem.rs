@@ -8,9 +8,9 @@ use super::fault::frame_of;
 use super::token::{self, Location};
 use super::transition::{self, Refused};
 use super::{Pager, PagingError};
+use crate::vm::marker::UnmapOp;
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
-use crate::vm::marker::UnmapOp;
 use crate::vm::{KMemFlags, Vm, VmError, VmPlatform, PAGE};
 
 impl<P: VmPlatform> Vm<P> {
@@ -32,7 +32,13 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps `pages` pages from `virt` (inside a fresh region) as tokens:
     /// page `i` at `loc(i)`, with the permission bits `perms`. On failure
     /// removes what it installed; the slots stay the caller's.
-    pub(crate) fn map_tokens(&self, virt: u64, pages: u64, perms: u64, loc: &dyn Fn(u64) -> Location) -> Result<(), VmError> {
+    pub(crate) fn map_tokens(
+        &self,
+        virt: u64,
+        pages: u64,
+        perms: u64,
+        loc: &dyn Fn(u64) -> Location,
+    ) -> Result<(), VmError> {
         let pg = self.pager().map_err(|_| VmError::OutOfFrames)?;
         self.commit(pg, pages)?;
         let shared = match self.shared(self.kernel()) {
@@ -80,10 +86,18 @@ impl<P: VmPlatform> Vm<P> {
             return Err(PagingError::Range(VmError::NotARegion { addr: first_slot, size }));
         }
         if size == 0 || size % PAGE != 0 {
-            return Err(PagingError::Range(if size == 0 { VmError::ZeroSize } else { VmError::NotAligned { value: size } }));
+            return Err(PagingError::Range(if size == 0 {
+                VmError::ZeroSize
+            } else {
+                VmError::NotAligned { value: size }
+            }));
         }
         let pages = size / PAGE;
-        for s in first_slot..first_slot.checked_add(pages).ok_or(PagingError::Store(super::StoreError::BadSlot { slot: first_slot }))? {
+        for s in first_slot
+            ..first_slot
+                .checked_add(pages)
+                .ok_or(PagingError::Store(super::StoreError::BadSlot { slot: first_slot }))?
+        {
             if !pg.store.holds(s) || s > token::MAX_SLOT {
                 return Err(PagingError::Store(super::StoreError::BadSlot { slot: s }));
             }

@@ -37,11 +37,11 @@ pub mod slots;
 pub mod stats;
 pub mod store;
 pub mod store_switch;
+#[cfg(test)]
+mod tests;
 pub mod token;
 pub(crate) mod transition;
 mod view;
-#[cfg(test)]
-mod tests;
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -262,7 +262,11 @@ impl<P: VmPlatform> Vm<P> {
             fresh = true;
             pager
         });
-        if fresh { Ok(()) } else { Err(PagingError::AlreadyEnabled) }
+        if fresh {
+            Ok(())
+        } else {
+            Err(PagingError::AlreadyEnabled)
+        }
     }
 
     pub fn pager(&self) -> Result<&Pager, PagingError> {

@@ -79,8 +79,10 @@ mod tests {
     #[test]
     fn switches_only_while_empty() {
         let m: &'static Machine = Box::leak(Box::new(Machine::new(64, 1)));
-        let a: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4)));
-        let b: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2)));
+        let a: &'static RamStore<'static, Machine> =
+            Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4)));
+        let b: &'static RamStore<'static, Machine> =
+            Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2)));
         let switch = StoreSwitch::new(vec![a, b]);
         assert_eq!(switch.usage(), (0, 4));
         let slot = switch.location_get(false).unwrap();

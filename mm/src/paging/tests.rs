@@ -35,7 +35,8 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
     let ram: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
     let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(ram)));
     let db = vm.platform().frames.db();
-    let policy: &'static dyn EvictionPolicy = if lru { Box::leak(Box::new(Lru::new(db.len()))) } else { Box::leak(Box::new(Nru::new())) };
+    let policy: &'static dyn EvictionPolicy =
+        if lru { Box::leak(Box::new(Lru::new(db.len()))) } else { Box::leak(Box::new(Nru::new())) };
     vm.enable_paging(PagerConfig { db, store, policy, resident_limit: limit, reserve: 0 }).unwrap();
     (vm, store)
 }
@@ -199,11 +200,19 @@ fn pinned_pages_never_leave_and_unpin_lets_them() {
         check_pass(vm, base, &(8..48).collect::<Vec<_>>(), gen);
     }
     for p in 0..8 {
-        assert_eq!(crate::vm::pte::addr(entry(vm, base + p * PAGE)), crate::vm::pte::addr(pinned[p as usize]), "pinned page {p} kept its frame");
+        assert_eq!(
+            crate::vm::pte::addr(entry(vm, base + p * PAGE)),
+            crate::vm::pte::addr(pinned[p as usize]),
+            "pinned page {p} kept its frame"
+        );
     }
     let (used, resident) = (used_slots(vm), vm.pager().unwrap().resident());
     assert_eq!(vm.page_out(base, 9 * PAGE), Err(PagingError::Pinned { virt: base }));
-    assert_eq!((used_slots(vm), vm.pager().unwrap().resident()), (used, resident), "a refused page-out changes nothing");
+    assert_eq!(
+        (used_slots(vm), vm.pager().unwrap().resident()),
+        (used, resident),
+        "a refused page-out changes nothing"
+    );
     vm.unpin(base, 8 * PAGE).unwrap();
     vm.page_out(base, 8 * PAGE).unwrap();
     assert!(!token::is_resident(entry(vm, base)));
@@ -216,7 +225,9 @@ fn bad_input_is_refused_and_changes_nothing() {
     let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
     let ro = vm.k_mem_map(PAGE, KMemFlags::NONE).unwrap();
     let locked = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
-    let snapshot = |vm: &TestVm| (vm.platform().free_bytes(), used_slots(vm), vm.pager().unwrap().resident(), entry(vm, ro), entry(vm, base));
+    let snapshot = |vm: &TestVm| {
+        (vm.platform().free_bytes(), used_slots(vm), vm.pager().unwrap().resident(), entry(vm, ro), entry(vm, base))
+    };
     let before = snapshot(vm);
     let guard = base - PAGE;
     assert_eq!(vm.page_fault(guard, Access::READ), Err(PagingError::NotPageable { virt: guard }));
@@ -237,7 +248,11 @@ fn bad_input_is_refused_and_changes_nothing() {
         access(vm, base + p * PAGE, Some(p)).unwrap();
     }
     let smap = Access { denied: true, ..Access::READ };
-    assert_eq!(vm.page_fault(base, smap), Err(PagingError::Protection { virt: base }), "a present page the CPU refused");
+    assert_eq!(
+        vm.page_fault(base, smap),
+        Err(PagingError::Protection { virt: base }),
+        "a present page the CPU refused"
+    );
     let hog: Vec<u64> = (0..5).map(|_| vm.pager().unwrap().store().location_get(false).unwrap()).collect();
     let before = snapshot(vm);
     assert_eq!(vm.page_out(base, 4 * PAGE), Err(PagingError::StoreFull));
@@ -282,7 +297,10 @@ fn an_unpaged_mapping_reads_what_the_store_holds() {
         vm.platform().set_word(frame, 16, word);
         pg.store().page_out(slot, frame).unwrap();
     }
-    assert_eq!(vm.k_mem_map_unpaged(first, 3 * PAGE, KMemFlags::RW), Err(PagingError::Store(StoreError::BadSlot { slot: first + 2 })));
+    assert_eq!(
+        vm.k_mem_map_unpaged(first, 3 * PAGE, KMemFlags::RW),
+        Err(PagingError::Store(StoreError::BadSlot { slot: first + 2 }))
+    );
     let va = vm.k_mem_map_unpaged(first, 2 * PAGE, KMemFlags::RW).unwrap();
     assert_eq!(access(vm, va + 16, None), Ok(0xAAAA));
     assert_eq!(access(vm, va + PAGE + 16, None), Ok(0xBBBB));
@@ -359,7 +377,10 @@ fn a_failed_page_out_leaves_the_page_resident_and_mapped() {
     assert_eq!(faulty.failed(), 1);
     let e = entry(vm, base + PAGE);
     assert!(e & PRESENT != 0 && e & DIRTY != 0, "still mapped and still dirty: {e:#x}");
-    assert_eq!((stats(vm).page_outs, used_slots(vm), vm.pager().unwrap().resident()), (before.0.page_outs, before.1, before.2));
+    assert_eq!(
+        (stats(vm).page_outs, used_slots(vm), vm.pager().unwrap().resident()),
+        (before.0.page_outs, before.1, before.2)
+    );
     check_pass(vm, base, &[0, 1, 2, 3], 1);
     assert_eq!(stats(vm).faults, before.0.faults, "nothing had to fault back");
     // The next try writes it.
@@ -400,7 +421,11 @@ fn a_failed_page_in_leaves_the_page_out_and_its_data_intact() {
     faulty.arm(Transfer::In, 1);
     let r = vm.page_in(base, PAGE);
     assert!(matches!(r, Err(PagingError::Store(StoreError::Io { .. }))), "{r:?}");
-    assert_eq!((used_slots(vm), vm.pager().unwrap().resident(), entry(vm, base)), before, "the page is still out, in its slot");
+    assert_eq!(
+        (used_slots(vm), vm.pager().unwrap().resident(), entry(vm, base)),
+        before,
+        "the page is still out, in its slot"
+    );
     // The same through a fault: the fault fails, the page stays out.
     faulty.arm(Transfer::In, 1);
     let r = access(vm, base + 8, None);
@@ -420,7 +445,11 @@ fn store_reads_and_writes_are_counted_per_transfer() {
     let before = stats(vm);
     write_pass(vm, base, &[0, 1, 2, 3], 1);
     let d = stats(vm);
-    assert_eq!((d.store_reads, d.store_writes), (before.store_reads, before.store_writes), "fresh pages touch no store");
+    assert_eq!(
+        (d.store_reads, d.store_writes),
+        (before.store_reads, before.store_writes),
+        "fresh pages touch no store"
+    );
     vm.page_out(base, 4 * PAGE).unwrap();
     let out = stats(vm);
     assert_eq!((out.store_writes - d.store_writes, out.store_reads - d.store_reads), (4, 0));
@@ -434,7 +463,11 @@ fn store_reads_and_writes_are_counted_per_transfer() {
     faulty.arm(Transfer::In, 1);
     assert!(vm.page_in(base, PAGE).is_err());
     assert_eq!(stats(vm).store_reads, back.store_reads + 1);
-    assert_eq!(stats(vm).global_lock, crate::lock_count::LockSnapshot::default(), "busy-state mode takes no global lock");
+    assert_eq!(
+        stats(vm).global_lock,
+        crate::lock_count::LockSnapshot::default(),
+        "busy-state mode takes no global lock"
+    );
     vm.k_mem_unmap(base, 4 * PAGE).unwrap();
 }
 

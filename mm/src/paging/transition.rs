@@ -59,7 +59,15 @@ pub fn restore_token(slot: &AtomicU64, token: u64) {
 /// that maps it. The frame stays busy until the caller `release`s it.
 /// False if the frame had paging flags already (it should be fresh from
 /// the allocator); the entry is installed all the same.
-pub fn install_resident(db: &FrameDb<'_>, index: usize, slot: &AtomicU64, token: u64, va: u64, copy: u64, fresh: u32) -> bool {
+pub fn install_resident(
+    db: &FrameDb<'_>,
+    index: usize,
+    slot: &AtomicU64,
+    token: u64,
+    va: u64,
+    copy: u64,
+    fresh: u32,
+) -> bool {
     let entry = db.entry(index);
     entry.vaddr.store(va, Ordering::Relaxed);
     entry.copy.store(copy, Ordering::Relaxed);
@@ -94,7 +102,11 @@ pub struct Claimed<'t> {
 /// nobody else is working on: the frame goes busy first, then the entry
 /// that `lookup` finds for the frame's page becomes a busy marker that
 /// keeps the frame address. On any failure the frame is released.
-pub fn claim_victim_entry<'t>(db: &FrameDb<'_>, index: usize, lookup: impl FnOnce(u64) -> Option<&'t AtomicU64>) -> Option<Claimed<'t>> {
+pub fn claim_victim_entry<'t>(
+    db: &FrameDb<'_>,
+    index: usize,
+    lookup: impl FnOnce(u64) -> Option<&'t AtomicU64>,
+) -> Option<Claimed<'t>> {
     db.update_paging(index, MAPPED, PINNED | BUSY, BUSY, 0).ok()?;
     let frame = db.phys_of(index);
     let va = db.entry(index).vaddr.load(Ordering::Acquire);
@@ -156,7 +168,13 @@ pub enum Refused {
 /// swaps the entry for `marker` (the in-transit marker the frame is freed
 /// through after the shootdown) and takes the frame's copy slot, which it
 /// returns for the caller to free; the caller then forgets the frame.
-pub fn unmap_resident(db: &FrameDb<'_>, index: usize, slot: &AtomicU64, e: u64, marker: u64) -> Result<Option<u64>, Refused> {
+pub fn unmap_resident(
+    db: &FrameDb<'_>,
+    index: usize,
+    slot: &AtomicU64,
+    e: u64,
+    marker: u64,
+) -> Result<Option<u64>, Refused> {
     db.update_paging(index, MAPPED, BUSY, BUSY, 0).map_err(|_| Refused::Busy)?;
     if slot.compare_exchange(e, marker, Ordering::AcqRel, Ordering::Relaxed).is_err() {
         release(db, index);

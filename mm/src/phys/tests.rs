@@ -7,7 +7,13 @@ use std::sync::atomic::AtomicU64 as StdU64;
 const BASE_PFN: u64 = 1 << 12; // 16 MiB, aligned to 2^MAX_ORDER frames
 
 /// An allocator over `frames` frames of which `usable` index ranges are RAM.
-fn allocator(frames: usize, usable: &[Range<usize>], cpus: usize, cap: usize, depot: usize) -> PhysAllocator<'static, Threads> {
+fn allocator(
+    frames: usize,
+    usable: &[Range<usize>],
+    cpus: usize,
+    cap: usize,
+    depot: usize,
+) -> PhysAllocator<'static, Threads> {
     let depot = Vec::leak(vec![Magazine::new(); depot]);
     let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
     let links = Vec::leak(vec![Link::EMPTY; frames]);

@@ -15,13 +15,23 @@ use super::{VmPlatform, KERNEL_AREA_START, USER_END};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PtViolation {
     /// A kernel page that is writable and executable.
-    WriteAndExecute { virt: u64 },
-    NullPageMapped { root: u64 },
+    WriteAndExecute {
+        virt: u64,
+    },
+    NullPageMapped {
+        root: u64,
+    },
     /// A frame mapped at two addresses (in the kernel area or user
     /// halves), neither mapping pinned.
-    DoubleMapped { phys: u64, first: u64, second: u64 },
+    DoubleMapped {
+        phys: u64,
+        first: u64,
+        second: u64,
+    },
     /// The space's table lock stayed held past its bound: not audited.
-    TablesBusy { root: u64 },
+    TablesBusy {
+        root: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,7 +97,15 @@ impl<P: VmPlatform> Vm<P> {
     /// carries what the levels above allow: their WRITABLE bits ANDed and
     /// their NO_EXECUTE bits ORed, so leaves are reported with the access
     /// they really give.
-    fn walk(&self, table: u64, level: usize, base: u64, upper: u64, indexes: core::ops::Range<usize>, f: &mut dyn FnMut(Leaf)) {
+    fn walk(
+        &self,
+        table: u64,
+        level: usize,
+        base: u64,
+        upper: u64,
+        indexes: core::ops::Range<usize>,
+        f: &mut dyn FnMut(Leaf),
+    ) {
         let t = self.p.table(table);
         for i in indexes {
             let e = t[i].load(Ordering::Acquire);

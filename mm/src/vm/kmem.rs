@@ -7,8 +7,8 @@ use core::ops::BitOr;
 use super::mapping::{check_phys, Vm};
 use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
-use crate::paging::token::Location;
 use super::{VmError, VmPlatform, PAGE};
+use crate::paging::token::Location;
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
 /// `K_MEM_PERM_USER`, `K_MEM_MAP_UNINIT`, `K_MEM_MAP_LOCK`).
@@ -90,7 +90,12 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// `k_mem_map` of on-demand pages, page `i` at `loc(i)`.
-    pub(crate) fn k_mem_map_with(&self, size: u64, flags: KMemFlags, loc: &dyn Fn(u64) -> Location) -> Result<u64, VmError> {
+    pub(crate) fn k_mem_map_with(
+        &self,
+        size: u64,
+        flags: KMemFlags,
+        loc: &dyn Fn(u64) -> Location,
+    ) -> Result<u64, VmError> {
         let perms = flags.access().pte_bits() | SW_OWNED;
         self.in_region(size, &|start, pages| self.map_tokens(start, pages, perms, loc))
     }
@@ -100,7 +105,8 @@ impl<P: VmPlatform> Vm<P> {
     fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
         let pages = check_size(size)?;
         let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
-        let region = self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
+        let region =
+            self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
         let start = region + PAGE;
         if let Err(e) = map(start, pages) {
             // After a failed shootdown the range stays reserved for good.

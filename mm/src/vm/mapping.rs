@@ -215,7 +215,14 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Maps one page of size class `size` at `virt` to `phys`. The caller
     /// keeps owning the frame (`umap_single` hands it back).
-    pub fn map_single(&self, space: &AddressSpace, virt: u64, phys: u64, flags: Flags, size: PageSize) -> Result<(), VmError> {
+    pub fn map_single(
+        &self,
+        space: &AddressSpace,
+        virt: u64,
+        phys: u64,
+        flags: Flags,
+        size: PageSize,
+    ) -> Result<(), VmError> {
         let bytes = size.bytes();
         if virt % bytes != 0 {
             return Err(VmError::NotAligned { value: virt });
@@ -318,9 +325,12 @@ impl<P: VmPlatform> Vm<P> {
             0 => Ok(()),
             _ => Err(VmError::Pageable { virt: va }),
         })?;
-        let keep = pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
+        let keep =
+            pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
         for i in 0..npages {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) else { continue };
+            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) else {
+                continue;
+            };
             let mut e = slot.load(Ordering::Acquire);
             // Loop: the CPU may set accessed/dirty bits meanwhile. A page a
             // racing unmap took is a marker: it gets the new access too,
@@ -383,7 +393,14 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Maps `npages` fresh frames from `virt` with entry bits `bits`,
     /// zeroed if `zero`. On any failure undoes what it did.
-    pub(super) fn populate(&self, space: &AddressSpace, virt: u64, npages: u64, bits: u64, zero: bool) -> Result<(), VmError> {
+    pub(super) fn populate(
+        &self,
+        space: &AddressSpace,
+        virt: u64,
+        npages: u64,
+        bits: u64,
+        zero: bool,
+    ) -> Result<(), VmError> {
         let shared = self.shared(space)?;
         for i in 0..npages {
             let va = virt + i * PAGE;

@@ -44,7 +44,10 @@
 //! one's either. The generation is a second line (a host test that plays
 //! one CPU on two threads, a future nested unmap): nothing relies on it.
 
-use super::pte::{self, ACCESSED, CACHE_DISABLE, DIRTY, GLOBAL, NO_EXECUTE, PRESENT, SW_DEVICE, SW_OWNED, SW_PINNED, SW_TRANSIT, USER, WRITABLE, WRITE_THROUGH};
+use super::pte::{
+    self, ACCESSED, CACHE_DISABLE, DIRTY, GLOBAL, NO_EXECUTE, PRESENT, SW_DEVICE, SW_OWNED, SW_PINNED, SW_TRANSIT,
+    USER, WRITABLE, WRITE_THROUGH,
+};
 
 /// Entry bits a marker keeps (`SW_OWNED` only when it frees the frame).
 const KEPT: u64 = WRITABLE | USER | WRITE_THROUGH | CACHE_DISABLE | GLOBAL | SW_PINNED | SW_DEVICE | NO_EXECUTE;
@@ -74,7 +77,8 @@ impl UnmapOp {
     pub fn new(cpu: usize, generation: u64) -> UnmapOp {
         assert!(cpu < 256, "markers hold 8-bit CPU indexes");
         let cpu = cpu as u64;
-        let stamp = ((cpu & 0b11) << CPU_LO_SHIFT) | ((cpu >> 2) << CPU_HI_SHIFT) | ((generation % GENERATIONS) << GEN_SHIFT);
+        let stamp =
+            ((cpu & 0b11) << CPU_LO_SHIFT) | ((cpu >> 2) << CPU_HI_SHIFT) | ((generation % GENERATIONS) << GEN_SHIFT);
         UnmapOp { stamp }
     }
 
@@ -122,7 +126,11 @@ pub const fn quarantined(e: u64) -> u64 {
 
 /// The frame marker `e` frees after its flush, if it owns one.
 pub const fn owned_frame(e: u64) -> Option<u64> {
-    if e & SW_OWNED != 0 { Some(pte::addr(e)) } else { None }
+    if e & SW_OWNED != 0 {
+        Some(pte::addr(e))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -141,13 +149,20 @@ mod tests {
         assert_eq!(owned_frame(op.marker(e, 4096, false)), None);
         for other in [UnmapOp::new(254, 3), UnmapOp::new(127, 3), UnmapOp::new(255, 2), UnmapOp::new(0, 0)] {
             assert!(!other.placed(m), "{other:?} took {m:#x}");
-            assert_eq!(m & !STAMP_MASK, other.marker(e, 4096, true) & !STAMP_MASK, "same frame, same bits but the stamp");
+            assert_eq!(
+                m & !STAMP_MASK,
+                other.marker(e, 4096, true) & !STAMP_MASK,
+                "same frame, same bits but the stamp"
+            );
         }
         assert!(!op.placed(quarantined(m)) && is_quarantined(quarantined(m)));
         let read_only = with_access(m, PRESENT | NO_EXECUTE);
         assert!(op.placed(read_only), "a protect keeps the stamp");
         assert_eq!(restored(read_only), (e | DIRTY) & !WRITABLE, "and the restored entry has the new access");
-        assert!(UnmapOp::new(7, 1).placed(UnmapOp::new(7, 1 + GENERATIONS).marker(e, 4096, true)), "the generation wraps at GENERATIONS");
+        assert!(
+            UnmapOp::new(7, 1).placed(UnmapOp::new(7, 1 + GENERATIONS).marker(e, 4096, true)),
+            "the generation wraps at GENERATIONS"
+        );
     }
 
     #[test]

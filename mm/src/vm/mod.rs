@@ -18,33 +18,33 @@
 
 mod audit;
 pub mod counts;
+#[cfg(test)]
+mod counts_tests;
 mod direct;
 mod inject;
 mod kmem;
 mod mapping;
 pub(crate) mod marker;
 pub mod pte;
+#[cfg(test)]
+mod race_tests;
 pub mod region;
+#[cfg(test)]
+mod same_page_tests;
+#[cfg(test)]
+pub(crate) mod shootdown_gate;
 pub(crate) mod space;
 pub(crate) mod table;
 pub mod table_lock;
-pub(crate) mod unmap;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod same_page_tests;
-#[cfg(test)]
 pub(crate) mod tlb_sim;
 #[cfg(test)]
 mod tlb_sim_tests;
-#[cfg(test)]
-pub(crate) mod shootdown_gate;
-#[cfg(test)]
-mod race_tests;
-#[cfg(test)]
-mod counts_tests;
+pub(crate) mod unmap;
 
 pub use audit::{AuditReport, PtViolation};
 pub use counts::VmCountSnapshot;
@@ -118,48 +118,80 @@ pub struct ShootdownFailed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmError {
     /// An address or size that must be page-aligned is not.
-    NotAligned { value: u64 },
+    NotAligned {
+        value: u64,
+    },
     /// A size (or page count) of zero.
     ZeroSize,
     /// The range wraps, or leaves the part of the space the call may use.
-    BadRange { start: u64, len: u64 },
+    BadRange {
+        start: u64,
+        len: u64,
+    },
     /// The null page is never mapped.
     NullPage,
     /// A physical address an entry cannot hold, or outside the direct map.
-    BadPhys { phys: u64 },
+    BadPhys {
+        phys: u64,
+    },
     /// A virtual address outside the direct map (`DirectWindow::phys`).
-    NotDirectMapped { virt: u64 },
-    AlreadyMapped { virt: u64 },
-    NotMapped { virt: u64 },
+    NotDirectMapped {
+        virt: u64,
+    },
+    AlreadyMapped {
+        virt: u64,
+    },
+    NotMapped {
+        virt: u64,
+    },
     /// The mapping at `virt` has another size class than the call named.
-    SizeMismatch { virt: u64, mapped: PageSize },
+    SizeMismatch {
+        virt: u64,
+        mapped: PageSize,
+    },
     /// `vmfree` of a page `vmalloc` did not map (its frame is not ours).
-    NotOwned { virt: u64 },
+    NotOwned {
+        virt: u64,
+    },
     /// `k_mem_unmap`/`phys_unmap` of a range that is not exactly one
     /// region `k_mem_map`/`phys_map` made.
-    NotARegion { addr: u64, size: u64 },
+    NotARegion {
+        addr: u64,
+        size: u64,
+    },
     /// `USER` together with `UNINIT`: user code must never see old data.
     UserUninit,
     OutOfVirtualSpace,
     OutOfFrames,
     /// Destroying a space that is still active on some CPU.
-    SpaceActive { cpus: u64 },
+    SpaceActive {
+        cpus: u64,
+    },
     /// The mapping is gone but CPUs in `cpus` did not confirm the flush;
     /// its frames (and its address range) are kept out of use for good
     /// (quarantined). A frame `umap_single` would have handed back is
     /// held too: the caller must not reuse it.
-    Shootdown { cpus: u64 },
+    Shootdown {
+        cpus: u64,
+    },
     /// A space's table lock stayed held past its bound
     /// (`table_lock::TABLE_WAIT_NS`).
     TablesBusy,
     /// An on-demand mapping of `pages` pages would commit more than RAM
     /// for paging plus the backing store can hold (`available` pages).
-    CommitLimit { pages: u64, available: u64 },
+    CommitLimit {
+        pages: u64,
+        available: u64,
+    },
     /// `protect` of an on-demand page (map it with `LOCK` instead).
-    Pageable { virt: u64 },
+    Pageable {
+        virt: u64,
+    },
     /// A page of the range stayed busy (paging in or out) past the wait
     /// bound.
-    Busy { virt: u64 },
+    Busy {
+        virt: u64,
+    },
 }
 
 impl From<ShootdownFailed> for VmError {

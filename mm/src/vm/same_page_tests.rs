@@ -65,12 +65,18 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                         winners[p as usize] += 1;
                     }
                     if pages == 0 {
-                        assert_eq!(*frame, frames[first as usize], "round {round}: umap_single hands back the page's frame");
+                        assert_eq!(
+                            *frame, frames[first as usize],
+                            "round {round}: umap_single hands back the page's frame"
+                        );
                         vm.platform().free_frame(*frame).unwrap();
                     }
                 }
                 Err(VmError::NotMapped { virt }) => {
-                    assert!((a + first * PAGE..a + (first + pages.max(1)) * PAGE).contains(virt), "round {round}: {virt:#x} is not the loser's");
+                    assert!(
+                        (a + first * PAGE..a + (first + pages.max(1)) * PAGE).contains(virt),
+                        "round {round}: {virt:#x} is not the loser's"
+                    );
                     lost += 1;
                 }
                 Err(e) => panic!("round {round}: {e:?}"),
@@ -82,7 +88,11 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
             assert!(w <= 1, "round {round}: page {i} unmapped by {w} calls: {results:?}");
             match (w, vm.map_get(&user, va)) {
                 (1, Err(VmError::NotMapped { .. })) => {}
-                (0, Ok(t)) => assert_eq!((t.phys, t.flags), (frames[i], Flags::WRITE | Flags::USER), "round {round}: page {i} changed"),
+                (0, Ok(t)) => assert_eq!(
+                    (t.phys, t.flags),
+                    (frames[i], Flags::WRITE | Flags::USER),
+                    "round {round}: page {i} changed"
+                ),
                 (w, now) => panic!("round {round}: page {i} won {w} times but now {now:?}: {results:?}"),
             }
         }
@@ -123,15 +133,26 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     vm.k_mem_unmap(b, PAGE).unwrap();
     assert_eq!((free(&vm), vm.region_bytes()), held, "the sweep reused quarantined memory");
     assert_eq!(vm.quarantined_frames(), 2);
-    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE), Err(VmError::NotARegion { addr: a, size: 2 * PAGE }), "the region stays claimed");
+    assert_eq!(
+        vm.k_mem_unmap(a, 2 * PAGE),
+        Err(VmError::NotARegion { addr: a, size: 2 * PAGE }),
+        "the region stays claimed"
+    );
     // umap_single's frame is held too, and counted.
     let frame = vm.platform().frames.alloc_page().unwrap();
     vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K).unwrap();
     fail(true);
-    assert_eq!(vm.umap_single(vm.kernel(), KERNEL_SEED_AREA.start, PageSize::Size4K), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(
+        vm.umap_single(vm.kernel(), KERNEL_SEED_AREA.start, PageSize::Size4K),
+        Err(VmError::Shootdown { cpus: 0b11 })
+    );
     fail(false);
     assert_eq!(vm.quarantined_frames(), 3);
-    assert_eq!(vm.vmfind(vm.kernel(), KERNEL_SEED_AREA.start, KERNEL_SEED_AREA.end, 1), Ok(KERNEL_SEED_AREA.start + PAGE), "the address stays reserved");
+    assert_eq!(
+        vm.vmfind(vm.kernel(), KERNEL_SEED_AREA.start, KERNEL_SEED_AREA.end, 1),
+        Ok(KERNEL_SEED_AREA.start + PAGE),
+        "the address stays reserved"
+    );
 }
 
 #[test]
@@ -165,7 +186,11 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
         protected += u32::from(p.is_ok());
         for i in 0..LONG {
             if let Ok(t) = vm.map_get(&user, a + i * PAGE) {
-                assert!(p.is_err() || t.flags == Flags::USER, "round {round}: page {i} is {:?} after protect {p:?}, vmfree {f:?}, umap {s:?}", t.flags);
+                assert!(
+                    p.is_err() || t.flags == Flags::USER,
+                    "round {round}: page {i} is {:?} after protect {p:?}, vmfree {f:?}, umap {s:?}",
+                    t.flags
+                );
                 vm.vmfree(&user, a + i * PAGE, 1).unwrap();
             }
         }

@@ -87,7 +87,9 @@ impl ShootdownGate {
 
     /// Waits until `cpu`'s shootdown is parked; returns its arguments.
     pub fn wait_parked(&self, cpu: usize) -> Shot {
-        let slots = self.wait_until(self.lock(), &format!("CPU {cpu} did not park its shootdown"), |s| matches!(s[cpu], Slot::Parked(..)));
+        let slots = self.wait_until(self.lock(), &format!("CPU {cpu} did not park its shootdown"), |s| {
+            matches!(s[cpu], Slot::Parked(..))
+        });
         match slots[cpu] {
             Slot::Parked(_, shot) => shot,
             _ => unreachable!(),

@@ -34,7 +34,13 @@ pub struct AddressSpace {
 
 impl AddressSpace {
     pub(super) fn new(root: u64, kind: SpaceKind) -> AddressSpace {
-        AddressSpace { root, kind, active: AtomicU64::new(0), tables: TableLock::new(), prune_pending: AtomicBool::new(false) }
+        AddressSpace {
+            root,
+            kind,
+            active: AtomicU64::new(0),
+            tables: TableLock::new(),
+            prune_pending: AtomicBool::new(false),
+        }
     }
 
     /// Physical address of the root table (what CR3 holds).

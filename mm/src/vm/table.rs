@@ -125,7 +125,11 @@ pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64, level: usize, base: u64, 
     p.table(phys).iter().enumerate().all(|(i, e)| {
         let v = e.load(Ordering::Relaxed);
         let lo = canonical(base + i as u64 * span(level));
-        v == 0 || (marker::is_marker(v) && !marker::is_quarantined(v) && lo >= range.0 && lo.wrapping_add(span(level)) <= range.1)
+        v == 0
+            || (marker::is_marker(v)
+                && !marker::is_quarantined(v)
+                && lo >= range.0
+                && lo.wrapping_add(span(level)) <= range.1)
     })
 }
 
@@ -243,7 +247,14 @@ pub fn first_used<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option
 /// Calls `f(virt, entry)` for every non-zero 4 KiB entry in `range`
 /// (present or not) below `table` at `level` (covering from `base`).
 /// Huge pages and absent tables are skipped.
-pub fn for_each_pte<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, range: (u64, u64), f: &mut dyn FnMut(u64, u64)) {
+pub fn for_each_pte<P: VmPlatform>(
+    p: &P,
+    table: u64,
+    level: usize,
+    base: u64,
+    range: (u64, u64),
+    f: &mut dyn FnMut(u64, u64),
+) {
     for (i, slot) in p.table(table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = slot.load(Ordering::Acquire);

@@ -25,13 +25,16 @@ fn map_get_and_unmap_one_page() {
     let before = free(&vm);
     vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     let t = vm.map_get(k, SEED + 0x5123).unwrap();
-    assert_eq!((t.phys, t.flags, t.size, t.cache), (frame + 0x123, Flags::WRITE, PageSize::Size4K, CacheMode::WriteBack));
-    assert!(free(&vm) < before, "page tables were allocated");
-    assert_eq!(vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: SEED + 0x5000 }));
     assert_eq!(
-        vm.umap_single(k, SEED + 0x5000, PageSize::Size2M),
-        Err(VmError::NotAligned { value: SEED + 0x5000 })
+        (t.phys, t.flags, t.size, t.cache),
+        (frame + 0x123, Flags::WRITE, PageSize::Size4K, CacheMode::WriteBack)
     );
+    assert!(free(&vm) < before, "page tables were allocated");
+    assert_eq!(
+        vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K),
+        Err(VmError::AlreadyMapped { virt: SEED + 0x5000 })
+    );
+    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size2M), Err(VmError::NotAligned { value: SEED + 0x5000 }));
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(frame));
     assert_eq!(free(&vm), before, "empty tables freed");
     assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
@@ -46,11 +49,23 @@ fn size_classes_must_match() {
     let big = SEED + (4 << 21);
     vm.map_single(k, big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
     assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys, 0x20_1234);
-    assert_eq!(vm.umap_single(k, big, PageSize::Size4K), Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M }));
-    assert_eq!(vm.map_single(k, big + PAGE, 0x1000, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: big + PAGE }));
+    assert_eq!(
+        vm.umap_single(k, big, PageSize::Size4K),
+        Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M })
+    );
+    assert_eq!(
+        vm.map_single(k, big + PAGE, 0x1000, Flags::READ, PageSize::Size4K),
+        Err(VmError::AlreadyMapped { virt: big + PAGE })
+    );
     vm.map_single(k, SEED, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
-    assert_eq!(vm.umap_single(k, SEED, PageSize::Size2M), Err(VmError::SizeMismatch { virt: SEED, mapped: PageSize::Size4K }));
-    assert_eq!(vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M), Err(VmError::AlreadyMapped { virt: SEED }));
+    assert_eq!(
+        vm.umap_single(k, SEED, PageSize::Size2M),
+        Err(VmError::SizeMismatch { virt: SEED, mapped: PageSize::Size4K })
+    );
+    assert_eq!(
+        vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M),
+        Err(VmError::AlreadyMapped { virt: SEED })
+    );
     assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(0x20_0000));
 }
 
@@ -65,18 +80,35 @@ fn bad_inputs_are_refused_and_change_nothing() {
     assert_eq!(vm.map_single(k, SEED + 1, 0x1000, f, s4), Err(VmError::NotAligned { value: SEED + 1 }));
     assert_eq!(vm.map_single(k, SEED, 0x1001, f, s4), Err(VmError::NotAligned { value: 0x1001 }));
     assert_eq!(vm.map_single(k, SEED, 1 << 52, f, s4), Err(VmError::BadPhys { phys: 1 << 52 }));
-    assert_eq!(vm.map_single(k, 0x1000, 0x1000, f, s4), Err(VmError::BadRange { start: 0x1000, len: PAGE }), "user address in kernel space");
+    assert_eq!(
+        vm.map_single(k, 0x1000, 0x1000, f, s4),
+        Err(VmError::BadRange { start: 0x1000, len: PAGE }),
+        "user address in kernel space"
+    );
     assert_eq!(vm.map_single(&user, 0, 0x1000, f, s4), Err(VmError::NullPage));
-    assert_eq!(vm.map_single(&user, SEED, 0x1000, f, s4), Err(VmError::BadRange { start: SEED, len: PAGE }), "kernel address in user space");
-    assert_eq!(vm.map_single(&user, USER_END - PAGE, 0x1000, f, PageSize::Size2M), Err(VmError::NotAligned { value: USER_END - PAGE }));
+    assert_eq!(
+        vm.map_single(&user, SEED, 0x1000, f, s4),
+        Err(VmError::BadRange { start: SEED, len: PAGE }),
+        "kernel address in user space"
+    );
+    assert_eq!(
+        vm.map_single(&user, USER_END - PAGE, 0x1000, f, PageSize::Size2M),
+        Err(VmError::NotAligned { value: USER_END - PAGE })
+    );
     assert_eq!(vm.vmalloc(&user, 0x1000, 0x10_0000, 0, f), Err(VmError::ZeroSize));
     assert_eq!(vm.vmfree(&user, 0x4000, 1), Err(VmError::NotMapped { virt: 0x4000 }));
-    assert_eq!(vm.vmfree(&user, u64::MAX & !0xfff, 2), Err(VmError::BadRange { start: u64::MAX & !0xfff, len: 2 * PAGE }));
+    assert_eq!(
+        vm.vmfree(&user, u64::MAX & !0xfff, 2),
+        Err(VmError::BadRange { start: u64::MAX & !0xfff, len: 2 * PAGE })
+    );
     assert_eq!(vm.k_mem_map(0, KMemFlags::RW), Err(VmError::ZeroSize));
     assert_eq!(vm.k_mem_map(100, KMemFlags::RW), Err(VmError::NotAligned { value: 100 }));
     assert_eq!(vm.k_mem_map(PAGE, KMemFlags::USER | KMemFlags::UNINIT), Err(VmError::UserUninit));
     assert_eq!(vm.k_mem_map(u64::MAX & !0xfff, KMemFlags::RW), Err(VmError::OutOfVirtualSpace));
-    assert_eq!(vm.k_mem_unmap(KERNEL_REGION_AREA.start + PAGE, PAGE), Err(VmError::NotARegion { addr: KERNEL_REGION_AREA.start + PAGE, size: PAGE }));
+    assert_eq!(
+        vm.k_mem_unmap(KERNEL_REGION_AREA.start + PAGE, PAGE),
+        Err(VmError::NotARegion { addr: KERNEL_REGION_AREA.start + PAGE, size: PAGE })
+    );
     assert_eq!(vm.phys_unmap(SEED, 10), Err(VmError::NotARegion { addr: SEED, size: 10 }));
     assert_eq!((free(&vm), shootdowns(&vm)), before);
     assert_eq!(vm.region_bytes(), 0);
@@ -100,8 +132,16 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     vm.map_single(&user, b + 2 * PAGE, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
     let mid = free(&vm);
     assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE }));
-    assert_eq!(vm.vmfree(&user, a, 6), Err(VmError::NotOwned { virt: b + 2 * PAGE }), "the first foreign page is named");
-    assert_eq!(vm.vmfree(&user, a, (USER_END - a) / PAGE), Err(VmError::NotOwned { virt: b + 2 * PAGE }), "a huge count is checked page by page");
+    assert_eq!(
+        vm.vmfree(&user, a, 6),
+        Err(VmError::NotOwned { virt: b + 2 * PAGE }),
+        "the first foreign page is named"
+    );
+    assert_eq!(
+        vm.vmfree(&user, a, (USER_END - a) / PAGE),
+        Err(VmError::NotOwned { virt: b + 2 * PAGE }),
+        "a huge count is checked page by page"
+    );
     assert_eq!(free(&vm), mid, "refused vmfree changed nothing");
     assert!(vm.map_get(&user, a).is_ok());
     assert_eq!(vm.umap_single(&user, b + 2 * PAGE, PageSize::Size4K), Ok(0x1000));
@@ -179,7 +219,10 @@ fn k_mem_unmap_refuses_anything_but_a_whole_region() {
     let snapshot = (free(&vm), shootdowns(&vm), vm.region_bytes());
     for (addr, size) in [(a + PAGE, 3 * PAGE), (a, 3 * PAGE), (a, 5 * PAGE), (a - PAGE, 6 * PAGE), (a + 1, PAGE)] {
         let r = vm.k_mem_unmap(addr, size);
-        assert!(matches!(r, Err(VmError::NotARegion { .. } | VmError::NotAligned { .. })), "k_mem_unmap({addr:#x}, {size:#x}) = {r:?}");
+        assert!(
+            matches!(r, Err(VmError::NotARegion { .. } | VmError::NotAligned { .. })),
+            "k_mem_unmap({addr:#x}, {size:#x}) = {r:?}"
+        );
     }
     // The seed API cannot reach into regions.
     let frame = vm.umap_single(vm.kernel(), a + PAGE, PageSize::Size4K);

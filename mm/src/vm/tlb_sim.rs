@@ -100,7 +100,12 @@ impl Leaves {
     /// Virtual addresses of held leaves whose frames include `phys`.
     fn mapping(&self, phys: u64) -> impl Iterator<Item = u64> + '_ {
         let small = self.small_by_frame.range((phys, 0)..=(phys, u64::MAX)).map(|&(_, virt)| virt);
-        small.chain(self.huge.iter().filter(move |h| h.phys <= phys && phys < h.phys + h.bytes).map(move |h| h.virt + (phys - h.phys)))
+        small.chain(
+            self.huge
+                .iter()
+                .filter(move |h| h.phys <= phys && phys < h.phys + h.bytes)
+                .map(move |h| h.virt + (phys - h.phys)),
+        )
     }
 }
 
@@ -190,7 +195,15 @@ impl fmt::Display for Violation {
 /// Walks the table at `table` (entries at `level`, covering from `base`)
 /// and everything below it for the CPUs in `group` (which share the root
 /// it hangs from), adding to each what is new to it.
-fn walk(cpus: &mut [CpuTlb], group: &[usize], mem: &[Table], table: u64, level: usize, base: u64, found: &mut Vec<Violation>) {
+fn walk(
+    cpus: &mut [CpuTlb],
+    group: &[usize],
+    mem: &[Table],
+    table: u64,
+    level: usize,
+    base: u64,
+    found: &mut Vec<Violation>,
+) {
     let Some(t) = mem.get((table / PAGE) as usize) else { return };
     let mut now = [0u64; 512];
     // Plain index loops: this runs at every platform call, and iterator
@@ -216,7 +229,12 @@ fn walk(cpus: &mut [CpuTlb], group: &[usize], mem: &[Table], table: u64, level: 
             // In huge entries bit 12 is the PAT bit, not address.
             let leaf = Leaf { virt: virt(i), phys: pte::addr(e) & !(span(level) - 1), bytes: span(level) };
             for old in cpu.leaves.add(leaf) {
-                found.push(Violation::Remapped { cpu: c, virt: leaf.virt.max(old.virt), old: old.phys, new: leaf.phys });
+                found.push(Violation::Remapped {
+                    cpu: c,
+                    virt: leaf.virt.max(old.virt),
+                    old: old.phys,
+                    new: leaf.phys,
+                });
             }
         }
     }

@@ -68,7 +68,9 @@ impl<P: VmPlatform> Vm<P> {
             match table::lookup(&self.p, space.root, va, 0) {
                 Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
                     e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
-                    _ if level != 0 => return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) }),
+                    _ if level != 0 => {
+                        return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) })
+                    }
                     e => f(va, slot, e)?,
                 },
                 Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
@@ -130,7 +132,13 @@ impl<P: VmPlatform> Vm<P> {
     /// Finishes a rollback's `op` over `npages` pages from `virt`. Tables
     /// made for the page that failed lie past the range: the next unmap
     /// sweeps them.
-    pub(crate) fn finish_rollback(&self, space: &AddressSpace, op: UnmapOp, virt: u64, npages: u64) -> Result<(), VmError> {
+    pub(crate) fn finish_rollback(
+        &self,
+        space: &AddressSpace,
+        op: UnmapOp,
+        virt: u64,
+        npages: u64,
+    ) -> Result<(), VmError> {
         space.prune_pending.store(true, Ordering::Relaxed);
         self.finish_unmap(space, op, virt, npages, PageSize::Size4K)
     }
@@ -139,7 +147,13 @@ impl<P: VmPlatform> Vm<P> {
     /// the frame if the entry does) if `check` accepts its value; else
     /// `NotMapped` (not, or no longer, present) or `check`'s error. The
     /// caller holds the shared table lock.
-    fn take_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64, check: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<(), VmError> {
+    fn take_leaf(
+        &self,
+        space: &AddressSpace,
+        op: &UnmapOp,
+        va: u64,
+        check: &dyn Fn(u64, u64) -> Result<(), VmError>,
+    ) -> Result<(), VmError> {
         let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) else {
             return Err(VmError::NotMapped { virt: va });
         };
@@ -182,7 +196,14 @@ impl<P: VmPlatform> Vm<P> {
     /// Steps 2-4 for `count` entries of size `size` from `virt`, of which
     /// those `op` turned into markers are finished (entries others hold,
     /// or that a sweep took over, are left alone).
-    pub(crate) fn finish_unmap(&self, space: &AddressSpace, op: UnmapOp, virt: u64, count: u64, size: PageSize) -> Result<(), VmError> {
+    pub(crate) fn finish_unmap(
+        &self,
+        space: &AddressSpace,
+        op: UnmapOp,
+        virt: u64,
+        count: u64,
+        size: PageSize,
+    ) -> Result<(), VmError> {
         let pages = count * (size.bytes() / PAGE);
         let mut tables = ArrayVec::<(&AtomicU64, u64), PRUNE_MAX>::new();
         let exclusive = self.lock_exclusive(space);

@@ -27,7 +27,17 @@ const SECOND: u64 = 1_000_000_000;
 fn local_only_call_runs_inline() {
     let calls = CrossCalls::<4>::new();
     let hits = StdAtomicUsize::new(0);
-    call_closure(&calls, 2, CpuSet::single(2), &|| { hits.fetch_add(1, O::Relaxed); }, SECOND, &host()).unwrap();
+    call_closure(
+        &calls,
+        2,
+        CpuSet::single(2),
+        &|| {
+            hits.fetch_add(1, O::Relaxed);
+        },
+        SECOND,
+        &host(),
+    )
+    .unwrap();
     assert_eq!(hits.load(O::Relaxed), 1);
 }
 
@@ -77,7 +87,16 @@ fn every_cpu_calls_every_other_many_rounds() {
 fn unanswered_call_is_withdrawn_and_never_runs_later() {
     let calls = CrossCalls::<2>::new();
     let hits = StdAtomicUsize::new(0);
-    let r = call_closure(&calls, 0, CpuSet::single(1), &|| { hits.fetch_add(1, O::Relaxed); }, 20_000_000, &host());
+    let r = call_closure(
+        &calls,
+        0,
+        CpuSet::single(1),
+        &|| {
+            hits.fetch_add(1, O::Relaxed);
+        },
+        20_000_000,
+        &host(),
+    );
     assert_eq!(r, Err(CrossCallError::Timeout { missing: CpuSet::single(1) }));
     assert!(!calls.has_pending(1));
     assert_eq!(calls.service(1), 0);
@@ -86,8 +105,21 @@ fn unanswered_call_is_withdrawn_and_never_runs_later() {
     let stop = AtomicBool::new(false);
     let ok = std::thread::scope(|s| {
         let (calls, stop) = (&calls, &stop);
-        s.spawn(move || while !stop.load(O::SeqCst) { calls.service(1); });
-        let r = call_closure(calls, 0, CpuSet::single(1), &|| { hits.fetch_add(1, O::Relaxed); }, SECOND, &host());
+        s.spawn(move || {
+            while !stop.load(O::SeqCst) {
+                calls.service(1);
+            }
+        });
+        let r = call_closure(
+            calls,
+            0,
+            CpuSet::single(1),
+            &|| {
+                hits.fetch_add(1, O::Relaxed);
+            },
+            SECOND,
+            &host(),
+        );
         stop.store(true, O::SeqCst);
         r
     });
@@ -125,7 +157,11 @@ fn target_stuck_in_the_function_is_reported_as_stuck() {
     let p = host();
     let served = std::thread::spawn({
         let calls = calls.clone();
-        move || while calls.service(1) == 0 { std::thread::yield_now(); }
+        move || {
+            while calls.service(1) == 0 {
+                std::thread::yield_now();
+            }
+        }
     });
     assert_eq!(calls.call(0, CpuSet::single(1), |_| {}, 0, SECOND, &p), Ok(()));
     served.join().unwrap();

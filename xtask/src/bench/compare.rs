@@ -80,7 +80,17 @@ pub fn render(old: &Report, new: &Report, old_name: &str, new_name: &str) -> Str
     }
     out.push('\n');
     let mut table: Vec<Vec<String>> = vec![[
-        "benchmark", "variant", "CPUs", "old ops/s", "new ops/s", "change", "noise", "p50 old→new", "Δp50", "Δp99", "verdict",
+        "benchmark",
+        "variant",
+        "CPUs",
+        "old ops/s",
+        "new ops/s",
+        "change",
+        "noise",
+        "p50 old→new",
+        "Δp50",
+        "Δp99",
+        "verdict",
     ]
     .map(String::from)
     .to_vec()];
@@ -187,7 +197,11 @@ mod tests {
 
     #[test]
     fn table_is_aligned_and_lists_one_sided_rows() {
-        let old = sample_with(vec![s("magazine", 1, 1_000_000.0, 0.01), s("magazine", 8, 4_000_000.0, 0.01), s("global", 8, 500_000.0, 0.0)]);
+        let old = sample_with(vec![
+            s("magazine", 1, 1_000_000.0, 0.01),
+            s("magazine", 8, 4_000_000.0, 0.01),
+            s("global", 8, 500_000.0, 0.0),
+        ]);
         let mut new_p50 = s("magazine", 8, 6_000_000.0, 0.02);
         new_p50.ns_p50 = 80.0;
         let new = sample_with(vec![s("magazine", 1, 1_010_000.0, 0.01), new_p50, s("magazine", 2, 2e6, 0.0)]);

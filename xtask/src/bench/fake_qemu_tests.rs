@@ -76,7 +76,9 @@ fn guest(smp: u32, fail: bool) -> String {
         s += &bench("global", smp, rep, 4_000_000 / u64::from(smp), 1000);
     }
     if fail {
-        s += &rec(&format!(r#"{{"kind":"bench_fail","bench":"frames.pair","variant":"global","smp":{smp},"detail":"3 frames lost"}}"#));
+        s += &rec(&format!(
+            r#"{{"kind":"bench_fail","bench":"frames.pair","variant":"global","smp":{smp},"detail":"3 frames lost"}}"#
+        ));
     }
     s += &rec(&format!(r#"{{"kind":"bench_done","runs":{runs},"failed":{}}}"#, u32::from(fail)));
     s + if fail { "exit 35" } else { "exit 33" }
@@ -92,7 +94,14 @@ fn run(smp: Vec<u32>, root: &Path, script: impl Fn(u32) -> String) -> (std::path
         sh.arg("-c").arg(script(config.smp));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, host_tsc: || Some(HOST_TSC_HZ), trace: None };
+    let options = Options {
+        live: false,
+        verbose: false,
+        swap: None,
+        accel: crate::accel::Accel::Tcg,
+        host_tsc: || Some(HOST_TSC_HZ),
+        trace: None,
+    };
     let (dir, ok) = measure(host(smp), &options, &mut launch, root).unwrap();
     (dir, ok, cmdlines.into_inner())
 }
@@ -105,11 +114,10 @@ fn a_clean_run_writes_the_whole_folder() {
     assert_eq!(cmdlines, ["mode=bench only=frames quick=1"; 3]);
     assert_eq!(dir, root.path().join("20261121T040524Z-0123456"));
     let report = Report::read(&dir.join("report.json")).unwrap();
-    assert_eq!(report.runs.iter().map(|r| (r.smp, r.ok, r.cpus_online)).collect::<Vec<_>>(), [
-        (1, true, Some(1)),
-        (2, true, Some(2)),
-        (4, true, Some(4))
-    ]);
+    assert_eq!(
+        report.runs.iter().map(|r| (r.smp, r.ok, r.cpus_online)).collect::<Vec<_>>(),
+        [(1, true, Some(1)), (2, true, Some(2)), (4, true, Some(4))]
+    );
     assert_eq!(report.records.len(), 16, "12 measured and 4 solo repetitions");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert!(report.runs.iter().all(|r| r.accel.as_deref() == Some("tcg")), "the Boot record's accelerator is kept");
@@ -127,9 +135,16 @@ fn a_clean_run_writes_the_whole_folder() {
     assert_eq!(report.targets[4].status, Status::NotMeasured);
 
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 100% / 200% | 3.99× (4/1) | 40.05× |"), "{md}");
+    assert!(
+        md.contains("| frames.pair | magazine | 10.1M | 20.1M | 40.0M | 100% / 200% | 3.99× (4/1) | 40.05× |"),
+        "{md}"
+    );
     assert!(md.contains("![frames.pair: ops/s against CPU count](plots/frames.pair.svg)"));
-    assert!(md.contains("- Run at 4 CPUs: guest exited with success in ") && md.contains(", 4 CPUs online, accel tcg, x2apic, TSC 2.000 GHz"), "{md}");
+    assert!(
+        md.contains("- Run at 4 CPUs: guest exited with success in ")
+            && md.contains(", 4 CPUs online, accel tcg, x2apic, TSC 2.000 GHz"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(dir.join("plots/frames.pair.svg")).unwrap();
     assert!(svg.contains("\nmagazine\n") && svg.contains("\nglobal (baseline)\n"), "legend in {svg}");
 
@@ -159,14 +174,23 @@ fn a_boot_whose_tsc_disagrees_with_the_host_is_flagged() {
         .iter()
         .map(|r| (r.smp, r.host_tsc_hz, r.tsc_host_ppm, r.tsc_flagged, r.tsc_source.as_deref(), r.tsc_spread_ppm))
         .collect();
-    assert_eq!(facts, [
-        (1, Some(HOST_TSC_HZ), Some(5_000), false, Some("hpet"), Some(40)),
-        (2, Some(HOST_TSC_HZ), Some(40_000), true, Some("hpet"), Some(40))
-    ]);
+    assert_eq!(
+        facts,
+        [
+            (1, Some(HOST_TSC_HZ), Some(5_000), false, Some("hpet"), Some(40)),
+            (2, Some(HOST_TSC_HZ), Some(40_000), true, Some("hpet"), Some(40))
+        ]
+    );
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("- Host TSC: 2.000 GHz"), "{md}");
-    assert!(md.contains("Run at 1 CPU") && md.contains("TSC 2.010 GHz (hpet, spread 40 ppm; 0.50% from the host's)"), "{md}");
-    assert!(md.contains("TSC 2.080 GHz (hpet, spread 40 ppm; 4.00% from the host's) **TSC off by more than 1%"), "{md}");
+    assert!(
+        md.contains("Run at 1 CPU") && md.contains("TSC 2.010 GHz (hpet, spread 40 ppm; 0.50% from the host's)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("TSC 2.080 GHz (hpet, spread 40 ppm; 4.00% from the host's) **TSC off by more than 1%"),
+        "{md}"
+    );
 }
 
 #[test]
@@ -178,7 +202,10 @@ fn a_failed_check_fails_the_command_but_the_report_is_written() {
     assert!(report.runs.iter().all(|r| r.ok), "the boot itself was fine: {:?}", report.runs);
     assert_eq!(report.failures.len(), 1);
     let f = &report.failures[0];
-    assert_eq!((f.kind.clone(), f.smp, f.variant.as_deref(), f.detail.as_str()), (FailureKind::Bench, 2, Some("global"), "3 frames lost"));
+    assert_eq!(
+        (f.kind.clone(), f.smp, f.variant.as_deref(), f.detail.as_str()),
+        (FailureKind::Bench, 2, Some("global"), "3 frames lost")
+    );
     let voided: Vec<_> = report.summary.iter().filter(|s| s.failed).map(|s| (s.variant.as_str(), s.smp)).collect();
     assert_eq!(voided, [("global", 2)]);
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
@@ -192,7 +219,12 @@ fn a_timeout_keeps_what_arrived() {
     let (dir, ok, _) = run(vec![1, 2], root.path(), |smp| {
         if smp == 2 {
             // Boots, measures one repetition, then hangs.
-            format!("{}{}{}exec sleep 1000", boot(2), rec(r#"{"kind":"bench_plan","runs":2,"reps":2,"quick":true}"#), bench("magazine", 2, 0, 5, 0))
+            format!(
+                "{}{}{}exec sleep 1000",
+                boot(2),
+                rec(r#"{"kind":"bench_plan","runs":2,"reps":2,"quick":true}"#),
+                bench("magazine", 2, 0, 5, 0)
+            )
         } else {
             guest(smp, false)
         }
@@ -220,7 +252,14 @@ fn a_boot_on_the_wrong_accelerator_is_broken() {
         sh.arg("-c").arg(guest(config.smp, false));
         capture(sh, Duration::from_secs(1), echo)
     };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Kvm, host_tsc: || Some(HOST_TSC_HZ), trace: None };
+    let options = Options {
+        live: false,
+        verbose: false,
+        swap: None,
+        accel: crate::accel::Accel::Kvm,
+        host_tsc: || Some(HOST_TSC_HZ),
+        trace: None,
+    };
     let (dir, ok) = measure(host(vec![1]), &options, &mut launch, root.path()).unwrap();
     assert!(!ok);
     assert!(lines.borrow()[0].starts_with("-machine q35 -accel kvm -cpu host -smp 1 "), "{:?}", lines.borrow());
@@ -256,8 +295,16 @@ fn traced_run(root: &Path, drop: Option<u32>) -> (std::path::PathBuf, bool, Vec<
         sh.arg("-c").arg(script);
         capture(sh, Duration::from_secs(1), echo)
     };
-    let tracing = super::trace::Tracing { plugin: "/fake/libtracer.so".into(), kernel_elf: std::env::current_exe().unwrap() };
-    let options = Options { live: false, verbose: false, swap: None, accel: crate::accel::Accel::Tcg, host_tsc: || Some(HOST_TSC_HZ), trace: Some(tracing) };
+    let tracing =
+        super::trace::Tracing { plugin: "/fake/libtracer.so".into(), kernel_elf: std::env::current_exe().unwrap() };
+    let options = Options {
+        live: false,
+        verbose: false,
+        swap: None,
+        accel: crate::accel::Accel::Tcg,
+        host_tsc: || Some(HOST_TSC_HZ),
+        trace: Some(tracing),
+    };
     let (dir, ok) = measure(host(vec![2]), &options, &mut launch, root).unwrap();
     (dir, ok, traced_boots.into_inner())
 }

@@ -59,7 +59,9 @@ pub fn judge(cap: &Capture, smp: u32, accel: crate::accel::Accel) -> Judged {
     }
     match boot {
         None => problems.push("no Boot record".into()),
-        Some((online, ..)) if online != smp => problems.push(format!("Boot record: {online} CPUs online, expected {smp}")),
+        Some((online, ..)) if online != smp => {
+            problems.push(format!("Boot record: {online} CPUs online, expected {smp}"))
+        }
         Some(_) => {}
     }
     let strays: BTreeSet<u32> = rows.iter().map(|r| r.smp).filter(|&n| n != smp).collect();
@@ -84,7 +86,9 @@ pub fn judge(cap: &Capture, smp: u32, accel: crate::accel::Accel) -> Judged {
             let full = runs * reps;
             let least = full.saturating_sub(fails.len() as u32 * reps);
             if received > full || received < least {
-                problems.push(format!("{received} Bench records arrived; BenchPlan announced {runs} runs × {reps} repetitions"));
+                problems.push(format!(
+                    "{received} Bench records arrived; BenchPlan announced {runs} runs × {reps} repetitions"
+                ));
             }
         }
         (None, Some(_)) => {}
@@ -112,7 +116,13 @@ pub fn judge(cap: &Capture, smp: u32, accel: crate::accel::Accel) -> Judged {
         expected_records: plan.map(|(runs, reps)| runs * reps),
         received_records: received,
     };
-    fails.extend(problems.into_iter().map(|detail| Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail }));
+    fails.extend(problems.into_iter().map(|detail| Failure {
+        kind: FailureKind::Run,
+        smp,
+        bench: None,
+        variant: None,
+        detail,
+    }));
     Judged { run, rows, failures: fails }
 }
 
@@ -198,7 +208,12 @@ mod tests {
                     bench("magazine", 2, 0),
                     bench("magazine", 2, 1),
                     bench("global", 2, 0),
-                    Record::BenchFail { bench: "frames.pair".into(), variant: "global".into(), smp: 2, detail: "lost".into() },
+                    Record::BenchFail {
+                        bench: "frames.pair".into(),
+                        variant: "global".into(),
+                        smp: 2,
+                        detail: "lost".into(),
+                    },
                     Record::BenchDone { runs: 2, failed: 1 },
                 ],
             ),
@@ -238,7 +253,12 @@ mod tests {
         let j = judge(&cap(Exit::Timeout(Duration::from_secs(900)), vec![bench("magazine", 1, 0)]), 1, Accel::Tcg);
         assert_eq!(
             details(&j),
-            ["timeout after 900 s", "no Boot record", "no BenchPlan record", "no BenchDone record (the run stopped after 1 Bench records)"]
+            [
+                "timeout after 900 s",
+                "no Boot record",
+                "no BenchPlan record",
+                "no BenchDone record (the run stopped after 1 Bench records)"
+            ]
         );
         assert_eq!(j.rows.len(), 1, "what arrived before the timeout is kept");
         let j = judge(&cap(Exit::GuestFailure, vec![]), 1, Accel::Tcg);

@@ -84,8 +84,11 @@ fn parse_swap(text: &str) -> Result<SwapSize> {
 /// benchmarks there are. The names are `record::BENCHMARKS`, which a test
 /// in `bench` keeps equal to the guest's table.
 fn check_only(only: &[String]) -> Result<()> {
-    let unmatched: Vec<&str> =
-        only.iter().map(String::as_str).filter(|w| !record::BENCHMARKS.iter().any(|b| record::selected(w, b))).collect();
+    let unmatched: Vec<&str> = only
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !record::BENCHMARKS.iter().any(|b| record::selected(w, b)))
+        .collect();
     if !unmatched.is_empty() {
         anyhow::bail!(
             "--only {} selects no benchmark; the benchmarks are: {}",
@@ -194,7 +197,13 @@ pub fn measure(
                 };
                 for p in problems {
                     eprintln!("[smp {smp}] trace: {p}");
-                    failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("trace: {p}") });
+                    failures.push(Failure {
+                        kind: FailureKind::Run,
+                        smp,
+                        bench: None,
+                        variant: None,
+                        detail: format!("trace: {p}"),
+                    });
                 }
                 traced_runs.push(traced.run);
             }
@@ -229,7 +238,8 @@ pub fn measure(
     if options.trace.is_some() {
         // Keep the tracer's raw windows with the run.
         for &smp in &report.host.smp {
-            let _ = std::fs::rename(trace_tmp.join(format!("smp{smp}.jsonl")), dir.join(format!("trace-smp{smp}.jsonl")));
+            let _ =
+                std::fs::rename(trace_tmp.join(format!("smp{smp}.jsonl")), dir.join(format!("trace-smp{smp}.jsonl")));
         }
     }
     Ok((dir, ok))
@@ -258,7 +268,8 @@ fn boot(
     failures: &mut Vec<Failure>,
 ) -> Result<Option<judge::Judged>> {
     let traced = extra.is_some();
-    let (tag, disk) = if traced { (" traced", format!("bench-smp{smp}-traced")) } else { ("", format!("bench-smp{smp}")) };
+    let (tag, disk) =
+        if traced { (" traced", format!("bench-smp{smp}-traced")) } else { ("", format!("bench-smp{smp}")) };
     let config = Config {
         smp,
         accel: options.accel,
@@ -278,7 +289,13 @@ fn boot(
         Err(e) => {
             eprintln!("[smp {smp}{tag}] not run: {e:#}");
             let prefix = if traced { "traced boot: " } else { "" };
-            failures.push(Failure { kind: FailureKind::Run, smp, bench: None, variant: None, detail: format!("{prefix}not run: {e:#}") });
+            failures.push(Failure {
+                kind: FailureKind::Run,
+                smp,
+                bench: None,
+                variant: None,
+                detail: format!("{prefix}not run: {e:#}"),
+            });
             return Ok(None);
         }
     };
@@ -311,7 +328,8 @@ fn write_run(report: &Report, root: &Path) -> Result<PathBuf> {
         .expect("some suffix is free");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     report.write(&dir.join("report.json"))?;
-    let plotted: BTreeSet<String> = plot::write_all(&stats::Index::new(&report.summary), &dir.join("plots")).into_iter().collect();
+    let plotted: BTreeSet<String> =
+        plot::write_all(&stats::Index::new(&report.summary), &dir.join("plots")).into_iter().collect();
     let md = report_md::render(report, &plotted);
     let md_path = dir.join("report.md");
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;

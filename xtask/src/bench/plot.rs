@@ -68,7 +68,11 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
     // meet busy host cores stay readable next to flat ones.
     let ys = || {
         lines.iter().flat_map(|l| {
-            l.whiskers.iter().flat_map(|w| [w.1, w.2]).chain(l.points.iter().map(|q| q.1)).chain(l.ceiling.iter().map(|c| c.1))
+            l.whiskers
+                .iter()
+                .flat_map(|w| [w.1, w.2])
+                .chain(l.points.iter().map(|q| q.1))
+                .chain(l.ceiling.iter().map(|c| c.1))
         })
     };
     let y_hi = ys().fold(0.0, f64::max).max(1.0) * 2.0;
@@ -87,7 +91,10 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d(x_range.with_key_points(ticks), (y_lo..y_hi).log_scale().with_key_points(log_ticks(y_lo, y_hi)))
+        .build_cartesian_2d(
+            x_range.with_key_points(ticks),
+            (y_lo..y_hi).log_scale().with_key_points(log_ticks(y_lo, y_hi)),
+        )
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
@@ -118,12 +125,12 @@ pub fn render(idx: &Index, bench: &str, variants: &[&str], svg: &mut String) -> 
         } else {
             series.label(*variant).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
         }
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(|e| err(&e))?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| err(&e))?;
         // Min–max over the repetitions.
         chart
-            .draw_series(line.whiskers.iter().map(|&(x, lo, hi)| PathElement::new([(x, lo), (x, hi)], color.stroke_width(1))))
+            .draw_series(
+                line.whiskers.iter().map(|&(x, lo, hi)| PathElement::new([(x, lo), (x, hi)], color.stroke_width(1))),
+            )
             .map_err(|e| err(&e))?;
         if line.ceiling.len() > 1 {
             let thin = color.mix(0.6).stroke_width(1);
@@ -213,7 +220,19 @@ mod tests {
         assert!(svg.contains("magazine host ceiling"), "ceiling in the legend: {svg}");
         assert!(svg.starts_with("<svg"), "{svg}");
         let texts = texts(&svg);
-        for text in ["frames.pair: throughput by CPU count", "CPUs (vCPUs under TCG)", "magazine", "global (baseline)", "1", "2", "4", "8", "100k", "1.00M", "10.0M"] {
+        for text in [
+            "frames.pair: throughput by CPU count",
+            "CPUs (vCPUs under TCG)",
+            "magazine",
+            "global (baseline)",
+            "1",
+            "2",
+            "4",
+            "8",
+            "100k",
+            "1.00M",
+            "10.0M",
+        ] {
             assert!(texts.iter().any(|t| t == text), "no {text:?} in {texts:?}");
         }
         assert!(!texts.iter().any(|t| t == "3" || t == "1.5"), "only measured CPU counts are ticks: {texts:?}");
@@ -221,7 +240,10 @@ mod tests {
 
     /// The contents of the SVG's <text> elements.
     fn texts(svg: &str) -> Vec<String> {
-        svg.split("<text").skip(1).filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string())).collect()
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string()))
+            .collect()
     }
 
     #[test]

@@ -22,7 +22,9 @@ impl Progress {
         let bar = live.then(|| {
             // A spinner until BenchPlan says how many records to expect.
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("[{prefix}] {spinner} {elapsed} {msg}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("[{prefix}] {spinner} {elapsed} {msg}").expect("valid template"),
+            );
             bar.set_prefix(label.clone());
             bar.set_message("booting");
             bar.enable_steady_tick(Duration::from_millis(200));

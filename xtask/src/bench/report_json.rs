@@ -152,25 +152,23 @@ impl BenchRow {
                 sample_every,
                 samples,
                 counters,
-            } => {
-                Some(BenchRow {
-                    bench: bench.clone(),
-                    variant: variant.clone(),
-                    smp: *smp,
-                    workers: *workers,
-                    rep: *rep,
-                    ops: *ops,
-                    ns: *ns,
-                    ops_per_sec: *ops_per_sec,
-                    ns_p50: *ns_p50,
-                    ns_p99: *ns_p99,
-                    ns_max: *ns_max,
-                    sample_every: *sample_every,
-                    samples: *samples,
-                    counters: counters.clone(),
-                    trace: None,
-                })
-            }
+            } => Some(BenchRow {
+                bench: bench.clone(),
+                variant: variant.clone(),
+                smp: *smp,
+                workers: *workers,
+                rep: *rep,
+                ops: *ops,
+                ns: *ns,
+                ops_per_sec: *ops_per_sec,
+                ns_p50: *ns_p50,
+                ns_p99: *ns_p99,
+                ns_max: *ns_max,
+                sample_every: *sample_every,
+                samples: *samples,
+                counters: counters.clone(),
+                trace: None,
+            }),
             _ => None,
         }
     }
@@ -516,7 +514,6 @@ mod tests {
         assert_eq!(r.summary[0].counters_per_op.get("targets"), Some(&1.0));
         assert!(!r.summary[0].counters_per_op.contains_key("ipis"));
     }
-
 
     #[test]
     fn folder_names_and_paths() {

@@ -143,8 +143,10 @@ fn summary_table(md: &mut String, idx: &Index, smps: &[u32]) {
                 };
                 let _ = write!(line, " {cell} |");
             }
-            let effs: Vec<String> =
-                many.iter().map(|&n| idx.good(bench, variant, n).and_then(|s| s.efficiency).map_or("–".into(), percent)).collect();
+            let effs: Vec<String> = many
+                .iter()
+                .map(|&n| idx.good(bench, variant, n).and_then(|s| s.efficiency).map_or("–".into(), percent))
+                .collect();
             let effs = if effs.iter().all(|e| e == "–") { "–".to_string() } else { effs.join(" / ") };
             let max = idx.smps(bench, variant).into_iter().max().unwrap_or(1);
             let speedup = idx.speedup(bench, variant, max).map_or("–".into(), |x| format!("{x:.2}× ({max}/1)"));
@@ -208,7 +210,13 @@ fn vs_baseline(idx: &Index, bench: &str, variant: &str, smp: u32) -> String {
 
 fn bench_section(md: &mut String, idx: &Index, bench: &str, variants: &[&str], plotted: bool) {
     let _ = writeln!(md, "## {bench}\n");
-    if let Some(every) = variants.iter().flat_map(|v| idx.smps(bench, v).into_iter().filter_map(move |n| idx.get(bench, v, n))).map(|s| s.sample_every).max().filter(|&e| e > 0) {
+    if let Some(every) = variants
+        .iter()
+        .flat_map(|v| idx.smps(bench, v).into_iter().filter_map(move |n| idx.get(bench, v, n)))
+        .map(|s| s.sample_every)
+        .max()
+        .filter(|&e| e > 0)
+    {
         let _ = writeln!(md, "Latencies from operations sampled at random, one in {every} on average (the clock is not read for the others).\n");
     }
     let _ = writeln!(
@@ -392,7 +400,10 @@ mod tests {
         let has = |line: &str| assert!(md.lines().any(|l| l == line), "missing {line:?} in\n{md}");
         has("- Host: 2 cores; QEMU 10.0.2, `-accel tcg,thread=multi`");
         has("- Run at 8 CPUs: guest reported failure (QEMU exit 35) in 12.3 s, 8 CPUs online, accel tcg, x2apic, TSC 2.500 GHz");
-        assert!(md.contains("The host has 2 cores") && md.contains("scaling past 2 CPUs shows contention costs"), "{md}");
+        assert!(
+            md.contains("The host has 2 cores") && md.contains("scaling past 2 CPUs shows contention costs"),
+            "{md}"
+        );
         has("- frames.batch global at 8 CPUs: check failed, figures void: 2 frames lost");
         has("| benchmark | variant | 1 CPU | 8 CPUs | efficiency (8) | speedup | vs baseline |");
         has("| frames.pair | magazine | 1.10M | 4.00M | 80% | 3.64× (8/1) | 8.00× |");
@@ -401,7 +412,9 @@ mod tests {
         has("| 1 | magazine | 1.10M ± 9% | 1.10M | 100% | 1.00× | 1.22× | 95 ns | 2.4 µs | 20 | locks 0.0250, contended 0.0050, spins 0.0200, **1.00 buddy_locks/100 allocs** |");
         has("| 8 | magazine | 4.00M | 5.00M | 80% | 3.64× | 8.00× | 95 ns | 2.4 µs | 10 | locks 0.0250, contended 0.0050, spins 0.0200, **1.00 buddy_locks/100 allocs** |");
         has("| 8 | global | failed (void) | | | | | | | | |");
-        has("Latencies from operations sampled at random, one in 64 on average (the clock is not read for the others).");
+        has(
+            "Latencies from operations sampled at random, one in 64 on average (the clock is not read for the others).",
+        );
         assert!(md.contains("min(CPUs, 2) × the rate of CPU 0 running the same workload alone"), "{md}");
         // The floor suite comes first, as per-CPU costs.
         has("| floor.rmw | shared | 1.0 µs | 2.0 µs |");

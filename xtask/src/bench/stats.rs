@@ -326,7 +326,10 @@ mod tests {
         set_ceilings(&mut summary, 2);
         let idx = Index::new(&summary);
         let at = |b, v, n| idx.get(b, v, n).unwrap();
-        assert_eq!(at("frames.pair", "magazine", 8).solo, Some(Spread { median: 1_000_000.0, min: 900_000.0, max: 1_100_000.0 }));
+        assert_eq!(
+            at("frames.pair", "magazine", 8).solo,
+            Some(Spread { median: 1_000_000.0, min: 900_000.0, max: 1_100_000.0 })
+        );
         assert_eq!(at("frames.pair", "magazine", 8).reps, 1);
         // 2 host cores: the ceiling at 8 CPUs is 2 × the solo rate.
         assert_eq!(at("frames.pair", "magazine", 8).ceiling, Some(2_000_000.0));
@@ -421,7 +424,10 @@ mod tests {
         assert!(idx.get("paging.thrash", "seq-global", 4).unwrap().failed);
         assert_eq!(idx.vs_baseline("paging.thrash", "seq-busy", 4), None, "failed figures are void");
         assert_eq!(ns_per_op_per_cpu(idx.get("frames.pair", "magazine", 4).unwrap()), Some(4e9 / 800.0));
-        assert_eq!(idx.benches(), vec![("frames.pair", vec!["global", "magazine"]), ("paging.thrash", vec!["seq-busy", "seq-global"])]);
+        assert_eq!(
+            idx.benches(),
+            vec![("frames.pair", vec!["global", "magazine"]), ("paging.thrash", vec!["seq-busy", "seq-global"])]
+        );
         assert_eq!(idx.smps("frames.pair", "magazine"), vec![1, 4]);
     }
 

@@ -43,7 +43,14 @@ fn judged(name: &str, met: bool, detail: String) -> TargetResult {
 pub fn evaluate(summary: &[Summary]) -> Vec<TargetResult> {
     let idx = Index::new(summary);
     vec![
-        ratio_at_max(&idx, "frames.pair magazine ≥ 5× global at the largest CPU count", "frames.pair", "magazine", "global", 5.0),
+        ratio_at_max(
+            &idx,
+            "frames.pair magazine ≥ 5× global at the largest CPU count",
+            "frames.pair",
+            "magazine",
+            "global",
+            5.0,
+        ),
         buddy_locks(&idx),
         remote_vs_pair(&idx),
         no_ipis(&idx),
@@ -60,7 +67,11 @@ fn ratio_at_max(idx: &Index, name: &str, bench: &str, variant: &str, base: &str,
         .rev()
         .find(|&n| idx.good(bench, variant, n).is_some() && idx.good(bench, base, n).is_some());
     let Some(smp) = smp else {
-        return result(name, Status::NotMeasured, format!("no usable {bench} {variant} and {base} at the same CPU count"));
+        return result(
+            name,
+            Status::NotMeasured,
+            format!("no usable {bench} {variant} and {base} at the same CPU count"),
+        );
     };
     let (v, b) = (idx.good(bench, variant, smp).unwrap(), idx.good(bench, base, smp).unwrap());
     if b.ops_per_sec <= 0.0 {
@@ -100,7 +111,11 @@ fn remote_vs_pair(idx: &Index) -> TargetResult {
         })
         .collect();
     match measured.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)) {
-        None => result(name, Status::NotMeasured, "no frames.remote and frames.pair magazine figures at the same CPU count (2 or more)".into()),
+        None => result(
+            name,
+            Status::NotMeasured,
+            "no frames.remote and frames.pair magazine figures at the same CPU count (2 or more)".into(),
+        ),
         Some((smp, worst)) => judged(name, worst <= 1.5, format!("worst {worst:.2}× at {smp} CPUs")),
     }
 }
@@ -127,8 +142,8 @@ fn no_ipis(idx: &Index) -> TargetResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::stats::summarize;
     use crate::bench::report_json::BenchRow;
+    use crate::bench::stats::summarize;
     use std::collections::{BTreeMap, BTreeSet};
 
     fn row(bench: &str, variant: &str, smp: u32, ops_per_sec: u64, counters: &[(&str, u64)]) -> BenchRow {

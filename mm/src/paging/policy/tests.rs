@@ -475,8 +475,7 @@ fn nru_finds_a_frame_a_concurrent_search_stepped_over() {
     let other = View::new(4);
     View::set(&other.pinned, 1, true);
     let nru = Nru::new();
-    let interleaved =
-        Interleaved { view: &view, nru: &nru, other: &other, done: AtomicBool::new(false) };
+    let interleaved = Interleaved { view: &view, nru: &nru, other: &other, done: AtomicBool::new(false) };
     // This search's own steps are 0, 3, 0, 1: frame 2 only by the recheck.
     assert_eq!(nru.select(&interleaved), Ok(2));
 }

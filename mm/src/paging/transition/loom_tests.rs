@@ -69,7 +69,8 @@ fn write(m: &Machine, value: u64) -> Result<(), Gone> {
         let done = m.instruction(|| {
             let e = m.entry.load(Ordering::Acquire);
             let marked = token::is_resident(e)
-                && (e & DIRTY != 0 || m.entry.compare_exchange(e, e | DIRTY | ACCESSED, Ordering::AcqRel, Ordering::Acquire).is_ok());
+                && (e & DIRTY != 0
+                    || m.entry.compare_exchange(e, e | DIRTY | ACCESSED, Ordering::AcqRel, Ordering::Acquire).is_ok());
             if marked {
                 m.frame_data[m.index_of(e)].store(value, Ordering::Relaxed);
             }
@@ -210,7 +211,8 @@ fn pin(m: &Machine) -> Result<(), Gone> {
     });
     if !unpinned {
         let now = look(&m.entry);
-        assert!(matches!(now, Look::Other(_)), "a pinned page went out: {now:?}"); // else unmapped
+        assert!(matches!(now, Look::Other(_)), "a pinned page went out: {now:?}");
+        // else unmapped
     }
     Ok(())
 }

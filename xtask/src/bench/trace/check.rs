@@ -74,13 +74,21 @@ pub fn calibrate(rows: &[BenchRow]) -> Vec<Verdict> {
         }
         match t.lines.first() {
             Some(l) if l.symbol.as_deref() == Some(SHARED_SYMBOL) => {}
-            top => problems.push(format!("rep {}: top conflicting line is {:?}, not {SHARED_SYMBOL}", r.rep, top.map(|l| (&l.symbol, l.vaddr)))),
+            top => problems.push(format!(
+                "rep {}: top conflicting line is {:?}, not {SHARED_SYMBOL}",
+                r.rep,
+                top.map(|l| (&l.symbol, l.vaddr))
+            )),
         }
     }
     if shared.is_empty() {
         problems.push("no floor.rmw shared row".into());
     }
-    out.push(verdict("floor.rmw shared".into(), problems, format!("{lowest:.2} conflicting accesses/op at least, top line {SHARED_SYMBOL}")));
+    out.push(verdict(
+        "floor.rmw shared".into(),
+        problems,
+        format!("{lowest:.2} conflicting accesses/op at least, top line {SHARED_SYMBOL}"),
+    ));
 
     let private = of("floor.rmw", Some("private"));
     let mut problems = Vec::new();
@@ -96,7 +104,10 @@ pub fn calibrate(rows: &[BenchRow]) -> Vec<Verdict> {
             problems.push(format!("rep {}: {c:.4} conflicting accesses/op, bound {PRIVATE_BOUND}", r.rep));
         }
         if let Some(l) = t.lines.iter().find(|l| l.symbol.as_deref().is_some_and(|s| s.starts_with(PRIVATE_SYMBOL))) {
-            problems.push(format!("rep {}: private counter line {:?} conflicts ({} accesses)", r.rep, l.symbol, l.accesses));
+            problems.push(format!(
+                "rep {}: private counter line {:?} conflicts ({} accesses)",
+                r.rep, l.symbol, l.accesses
+            ));
         }
     }
     if private.is_empty() {
@@ -121,7 +132,8 @@ pub fn calibrate(rows: &[BenchRow]) -> Vec<Verdict> {
         let kernel = r.counters.get("ipis").copied();
         total += seen;
         if kernel != Some(seen) {
-            problems.push(format!("{} rep {}: tracer saw {seen} IPIs sent, kernel counted {kernel:?}", r.variant, r.rep));
+            problems
+                .push(format!("{} rep {}: tracer saw {seen} IPIs sent, kernel counted {kernel:?}", r.variant, r.rep));
         }
         if r.variant != "cached-1" && cross == 0 {
             problems.push(format!("{} rep {}: no shootdown IPI in the window", r.variant, r.rep));
@@ -130,6 +142,10 @@ pub fn calibrate(rows: &[BenchRow]) -> Vec<Verdict> {
     if tlb.is_empty() {
         problems.push("no tlb.shootdown row".into());
     }
-    out.push(verdict("tlb.shootdown IPIs".into(), problems, format!("{} repetitions, {total} IPIs, tracer = kernel in each", tlb.len())));
+    out.push(verdict(
+        "tlb.shootdown IPIs".into(),
+        problems,
+        format!("{} repetitions, {total} IPIs, tracer = kernel in each", tlb.len()),
+    ));
     out
 }

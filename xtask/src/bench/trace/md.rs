@@ -10,7 +10,13 @@ fn line(l: &SummaryLine) -> String {
     let cpus: Vec<String> = l.vcpus.iter().map(u32::to_string).collect();
     // Writes per op tell a line every CPU writes from a read-mostly line a
     // rare write makes conflicting (false sharing with a hot word).
-    format!("`{name}` (phys {:#x}) {:.2}/op, {:.3} writes/op, CPUs {}", l.phys, l.accesses_per_op, l.writes_per_op, cpus.join(","))
+    format!(
+        "`{name}` (phys {:#x}) {:.2}/op, {:.3} writes/op, CPUs {}",
+        l.phys,
+        l.accesses_per_op,
+        l.writes_per_op,
+        cpus.join(",")
+    )
 }
 
 /// The section, or nothing when no row was traced.
@@ -75,7 +81,10 @@ pub fn calibration(md: &mut String, records: &[BenchRow]) {
     }
     let _ = writeln!(md, "\n### Tracer calibration\n");
     if !rows.iter().any(|r| r.bench == "floor.rmw") || !rows.iter().any(|r| r.bench == "tlb.shootdown") {
-        let _ = writeln!(md, "Not checked: the calibration needs the floor.rmw and tlb.shootdown rows (`--only` left them out).");
+        let _ = writeln!(
+            md,
+            "Not checked: the calibration needs the floor.rmw and tlb.shootdown rows (`--only` left them out)."
+        );
         return;
     }
     for v in super::check::calibrate(&rows) {

@@ -124,11 +124,14 @@ pub struct TraceSummary {
 }
 
 pub fn read_windows(path: &Path) -> Result<Vec<Window>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the tracer's output {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the tracer's output {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not a tracer window", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}: not a tracer window", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -160,11 +163,7 @@ impl RepTrace {
 /// Matches the windows of a traced boot to its Bench records (window `i`
 /// is the boot's `i`-th record: the guest numbers them so) and returns the
 /// traces by (bench, variant, rep), plus the problems found.
-pub fn match_windows(
-    traced: &[BenchRow],
-    windows: Vec<Window>,
-    symbols: Option<&Symbols>,
-) -> (Traces, Vec<String>) {
+pub fn match_windows(traced: &[BenchRow], windows: Vec<Window>, symbols: Option<&Symbols>) -> (Traces, Vec<String>) {
     let mut problems = Vec::new();
     let mut by_seq: BTreeMap<u32, Window> = BTreeMap::new();
     for w in windows {
@@ -178,7 +177,8 @@ pub fn match_windows(
             Some(w) => {
                 out.insert(key(row), RepTrace::of(row, w, symbols));
             }
-            None => problems.push(format!("no trace window for Bench record {i} ({} {} rep {})", row.bench, row.variant, row.rep)),
+            None => problems
+                .push(format!("no trace window for Bench record {i} ({} {} rep {})", row.bench, row.variant, row.rep)),
         }
     }
     let extra: Vec<u32> = by_seq.into_keys().collect();
@@ -257,7 +257,11 @@ pub fn summarize(rows: &[BenchRow], summary: &mut [Summary]) {
             ipis_per_op: total(|t| t.ipis),
             traced_ops_per_sec: traced,
             slowdown: (traced > 0.0 && s.ops_per_sec > 0.0).then(|| s.ops_per_sec / traced),
-            traced_insns_per_sec: if ns == 0 { 0.0 } else { reps.iter().map(|t| t.insns).sum::<u64>() as f64 * 1e9 / ns as f64 },
+            traced_insns_per_sec: if ns == 0 {
+                0.0
+            } else {
+                reps.iter().map(|t| t.insns).sum::<u64>() as f64 * 1e9 / ns as f64
+            },
             lines,
         });
     }

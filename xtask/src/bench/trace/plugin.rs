@@ -56,7 +56,10 @@ pub fn check(qemu: &Qemu, plugin: &Path) -> Result<()> {
         );
     }
     probe(&qemu.bin, plugin).with_context(|| {
-        format!("`--trace`: QEMU {} ({}) refused the tracer plugin built for plugin API v{PLUGIN_API}", qemu.version, qemu.bin)
+        format!(
+            "`--trace`: QEMU {} ({}) refused the tracer plugin built for plugin API v{PLUGIN_API}",
+            qemu.version, qemu.bin
+        )
     })
 }
 
@@ -123,7 +126,10 @@ mod tests {
             dir.path(),
             "echo \"qemu: Could not load plugin $6: plugin needs API version 4, but this QEMU supports only a minimum version of 5\" >&2; exit 1",
         );
-        let err = format!("{:#}", check(&Qemu { bin, version: Version(11, 0, 0) }, Path::new("/x/libtracer.so")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            check(&Qemu { bin, version: Version(11, 0, 0) }, Path::new("/x/libtracer.so")).unwrap_err()
+        );
         assert!(err.contains("QEMU 11.0.0"), "{err}");
         assert!(err.contains("refused the tracer plugin built for plugin API v4"), "{err}");
         assert!(err.contains("minimum version of 5"), "{err}");
@@ -140,7 +146,10 @@ mod tests {
 
     #[test]
     fn an_old_qemu_is_refused_by_version_without_running_it() {
-        let err = format!("{:#}", check(&Qemu { bin: "/nonexistent/qemu".into(), version: Version(8, 2, 0) }, Path::new("/x")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            check(&Qemu { bin: "/nonexistent/qemu".into(), version: Version(8, 2, 0) }, Path::new("/x")).unwrap_err()
+        );
         assert!(err.contains("needs a QEMU with TCG plugin API v4 (QEMU 9.2 or later)"), "{err}");
         assert!(err.contains("QEMU 8.2.0"), "{err}");
     }

@@ -33,7 +33,14 @@ pub fn run(qemu: &Qemu, images: &Images) -> Result<Vec<Verdict>> {
     Ok(verdicts)
 }
 
-fn traced_boot(qemu: &Qemu, images: &Images, plugin: &std::path::Path, symbols: &Symbols, smp: u32, xapic: bool) -> Result<Vec<Verdict>> {
+fn traced_boot(
+    qemu: &Qemu,
+    images: &Images,
+    plugin: &std::path::Path,
+    symbols: &Symbols,
+    smp: u32,
+    xapic: bool,
+) -> Result<Vec<Verdict>> {
     let dir = crate::toolchain::target_dir().join("trace-test");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join(format!("windows-smp{smp}{}.jsonl", if xapic { "-xapic" } else { "" }));
@@ -46,7 +53,12 @@ fn traced_boot(qemu: &Qemu, images: &Images, plugin: &std::path::Path, symbols: 
         mem: parse_mem("1G").expect("a valid size"),
         firmware: Firmware::Bios,
         xapic,
-        guest: GuestOptions { mode: Mode::Bench, only: ONLY.map(String::from).to_vec(), quick: true, ..Default::default() },
+        guest: GuestOptions {
+            mode: Mode::Bench,
+            only: ONLY.map(String::from).to_vec(),
+            quick: true,
+            ..Default::default()
+        },
         swap: None,
         extra: super::plugin::args(plugin, &out),
     };

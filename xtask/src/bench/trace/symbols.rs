@@ -34,7 +34,10 @@ impl Symbols {
         for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
             let data = section.data()?;
             markers.extend(
-                data.windows(MARKER.len()).enumerate().filter(|(_, w)| *w == MARKER).map(|(i, _)| section.address() + i as u64),
+                data.windows(MARKER.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == MARKER)
+                    .map(|(i, _)| section.address() + i as u64),
             );
         }
         markers.sort_unstable();
@@ -46,9 +49,10 @@ impl Symbols {
     /// where a window's begin and end markers ran: the page-aligned offset
     /// that puts both on markers of the ELF.
     pub fn load_bias(&self, begin_pc: u64, end_pc: u64) -> Option<u64> {
-        self.markers.iter().map(|&m| begin_pc.wrapping_sub(m)).find(|&bias| {
-            bias % 4096 == 0 && self.markers.binary_search(&end_pc.wrapping_sub(bias)).is_ok()
-        })
+        self.markers
+            .iter()
+            .map(|&m| begin_pc.wrapping_sub(m))
+            .find(|&bias| bias % 4096 == 0 && self.markers.binary_search(&end_pc.wrapping_sub(bias)).is_ok())
     }
 
     /// `name` or `name+0xoff` for the symbol that contains `addr`.

@@ -13,7 +13,16 @@ fn window_line(seq: u32, insns: u64, conflicting: u64, vaddr: u64) -> String {
 
 fn row(bench: &str, variant: &str, rep: u32, ops: u64) -> BenchRow {
     // Every CPU of the sample's 2 works.
-    BenchRow { bench: bench.into(), variant: variant.into(), rep, ops, ns: 1_000_000, ops_per_sec: ops * 1000, workers: 2, ..sample().records[0].clone() }
+    BenchRow {
+        bench: bench.into(),
+        variant: variant.into(),
+        rep,
+        ops,
+        ns: 1_000_000,
+        ops_per_sec: ops * 1000,
+        workers: 2,
+        ..sample().records[0].clone()
+    }
 }
 
 fn windows(lines: &[String]) -> Vec<Window> {
@@ -37,7 +46,11 @@ fn windows_parse_and_bad_lines_are_named() {
 #[test]
 fn windows_match_records_by_sequence_number() {
     let traced = [row("a", "x", 0, 10), row("a", "x", 1, 20), row("b", "y", 0, 5)];
-    let (traces, problems) = match_windows(&traced, windows(&[window_line(1, 200, 4, 0), window_line(0, 100, 2, 0), window_line(2, 50, 0, 0)]), None);
+    let (traces, problems) = match_windows(
+        &traced,
+        windows(&[window_line(1, 200, 4, 0), window_line(0, 100, 2, 0), window_line(2, 50, 0, 0)]),
+        None,
+    );
     assert!(problems.is_empty(), "{problems:?}");
     let t = &traces[&("a".into(), "x".into(), 2, 1)];
     assert_eq!((t.ops, t.insns, t.locked, t.ipis, t.conflicting), (20, 400, 20, 2, 4));
@@ -45,7 +58,11 @@ fn windows_match_records_by_sequence_number() {
 
     // A window lost (a failed repetition's has no end mark), one extra,
     // one twice.
-    let (traces, problems) = match_windows(&traced, windows(&[window_line(0, 1, 0, 0), window_line(0, 1, 0, 0), window_line(7, 1, 0, 0)]), None);
+    let (traces, problems) = match_windows(
+        &traced,
+        windows(&[window_line(0, 1, 0, 0), window_line(0, 1, 0, 0), window_line(7, 1, 0, 0)]),
+        None,
+    );
     assert_eq!(traces.len(), 1);
     assert_eq!(
         problems,
@@ -71,7 +88,8 @@ fn traces_attach_to_the_plain_boots_repetitions() {
 #[test]
 fn summary_figures_are_totals_per_traced_op() {
     let traced = [row("a", "x", 0, 10), row("a", "x", 1, 30)];
-    let (traces, _) = match_windows(&traced, windows(&[window_line(0, 100, 20, 0x1000), window_line(1, 300, 60, 0x1000)]), None);
+    let (traces, _) =
+        match_windows(&traced, windows(&[window_line(0, 100, 20, 0x1000), window_line(1, 300, 60, 0x1000)]), None);
     let mut plain = vec![row("a", "x", 0, 400), row("a", "x", 1, 400)];
     attach(&mut plain, traces);
     let mut summary = stats::summarize(&plain, &Default::default());
@@ -146,7 +164,10 @@ fn the_report_gives_the_calibration_verdicts() {
     assert!(md.contains("### Tracer calibration"), "{md}");
     assert!(md.contains("- floor.rmw shared **pass**: 2.10 conflicting accesses/op at least"), "{md}");
     assert!(md.contains("- floor.rmw private **pass**"), "{md}");
-    assert!(md.contains("- tlb.shootdown IPIs **FAIL**: cached-2 rep 0: tracer saw 11 IPIs sent, kernel counted Some(12)"), "{md}");
+    assert!(
+        md.contains("- tlb.shootdown IPIs **FAIL**: cached-2 rep 0: tracer saw 11 IPIs sent, kernel counted Some(12)"),
+        "{md}"
+    );
     let mut none = String::new();
     md::calibration(&mut none, &[]);
     assert!(none.is_empty());
@@ -155,7 +176,13 @@ fn the_report_gives_the_calibration_verdicts() {
 /// A calibration row: (bench, variant, rep), ops, conflicting accesses,
 /// the top line's symbol, cross-call IPIs seen (one wake-up IPI is added)
 /// and the kernel's count of all IPIs sent.
-fn traced((bench, variant, rep): (&str, &str, u32), ops: u64, conflicting: u64, top: Option<&str>, (cross, kernel_ipis): (u64, Option<u64>)) -> BenchRow {
+fn traced(
+    (bench, variant, rep): (&str, &str, u32),
+    ops: u64,
+    conflicting: u64,
+    top: Option<&str>,
+    (cross, kernel_ipis): (u64, Option<u64>),
+) -> BenchRow {
     let mut r = row(bench, variant, rep, ops);
     if let Some(n) = kernel_ipis {
         r.counters.insert("ipis".into(), n);
@@ -171,7 +198,14 @@ fn traced((bench, variant, rep): (&str, &str, u32), ops: u64, conflicting: u64, 
         conflicting_lines: 1,
         ipi_vectors: [(CROSS_CALL_VECTOR.to_string(), cross), ("241".into(), 1)].into(),
         vcpus: vec![],
-        lines: vec![TraceLine { phys: 0, vaddr: 0, accesses: conflicting, writes: 1, vcpus: vec![0, 1], symbol: top.map(String::from) }],
+        lines: vec![TraceLine {
+            phys: 0,
+            vaddr: 0,
+            accesses: conflicting,
+            writes: 1,
+            vcpus: vec![0, 1],
+            symbol: top.map(String::from),
+        }],
     });
     r
 }
