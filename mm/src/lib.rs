@@ -46,6 +46,6 @@ pub mod paging {
 
 pub const PAGE_SIZE: u64 = 4096;
 
-/// Most CPUs the allocator keeps per-CPU state for (`smp`'s limit too; the
-/// one definition is in `record`, which xtask checks `--smp` against).
-pub const MAX_CPUS: usize = record::MAX_CPUS as usize;
+/// Most CPUs the allocator keeps per-CPU state for: the one definition, in
+/// `cpus` (smp's limit too, and the one xtask checks `--smp` against).
+pub use cpus::MAX_CPUS;

@@ -1,10 +1,10 @@
 //! Facts both sides must agree on, kept here because `record` is the one
 //! crate the kernel and the (stable-built) host tool both depend on.
 
-/// Most CPUs the kernel runs on (its CPU sets are one 64-bit word). `smp`
-/// and `mm` size their per-CPU tables with it; xtask refuses a larger
-/// `--smp` before booting instead of letting the guest ignore the rest.
-pub const MAX_CPUS: u32 = 64;
+/// Most CPUs the kernel runs on: `cpus::MAX_CPUS`, the one definition, as
+/// the `u32` xtask's `--smp` check compares with (xtask refuses a larger
+/// `--smp` before booting instead of letting the guest ignore the rest).
+pub const MAX_CPUS: u32 = cpus::MAX_CPUS as u32;
 
 /// Where the bootloader maps the kernel ELF (`Mapping::FixedAddress` in the
 /// kernel's bootloader config). The ELF is position-independent, so its

@@ -11,9 +11,9 @@ use drivers::tsc;
 use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Efer;
 
-use crate::cpuset::MAX_CPUS;
 use crate::percpu::{self, CpuState, PerCpu};
 use crate::trampoline::{Trampoline, SIPI_PAGE};
+use cpus::MAX_CPUS;
 
 pub use crate::trampoline::TRAMPOLINE_RESERVED;
 

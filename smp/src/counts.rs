@@ -12,7 +12,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpuset::CpuSet;
+use cpus::CpuSet;
 
 /// Ranges longer than this are flushed whole (Linux's threshold is 33).
 pub const FULL_FLUSH_PAGES: u64 = 33;

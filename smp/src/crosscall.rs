@@ -16,8 +16,8 @@
 //! did pick up the call but never finishes it is reported separately: its
 //! function may still be using the caller's argument.
 
-use crate::cpuset::CpuSet;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use cpus::CpuSet;
 
 /// What the protocol needs from its environment.
 pub trait Platform {

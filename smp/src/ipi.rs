@@ -4,10 +4,10 @@
 use drivers::tsc;
 
 use crate::counts::use_shorthand;
-use crate::cpuset::{CpuSet, MAX_CPUS};
 use crate::crosscall::{self, CrossCallError, CrossCalls, Platform};
 use crate::percpu::{self, cpu, with_local_apic};
 use crate::tlb::COUNTS;
+use cpus::{CpuSet, MAX_CPUS};
 
 /// Vector of the cross-call IPI; the kernel's IDT routes it to
 /// [`handle_cross_call_interrupt`].

@@ -15,7 +15,7 @@ use x86_64::instructions::interrupts;
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
-use crate::cpuset::{CpuSet, MAX_CPUS};
+use cpus::{CpuSet, MAX_CPUS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

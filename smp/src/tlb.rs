@@ -15,9 +15,9 @@ use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::VirtAddr;
 
 use crate::counts::{Counts, Flush};
-use crate::cpuset::{CpuSet, MAX_CPUS};
 use crate::ipi::{cross_call, CallError};
 use crate::percpu;
+use cpus::{CpuSet, MAX_CPUS};
 
 pub use crate::counts::{TlbSnapshot, FULL_FLUSH_PAGES};
 const PAGE: u64 = 4096;

@@ -1,9 +1,16 @@
 //! Sets of CPUs by index, as one 64-bit word so a whole set can be updated
-//! with one atomic operation.
+//! with one atomic operation (`AtomicCpuSet`).
+//!
+//! The word is the representation of today's `MAX_CPUS`; callers go through
+//! the methods, so widening the set past 64 CPUs changes this file only
+//! (but for `from_bits`/`bits`, which the cross-call mailboxes use to keep
+//! a set in one atomic word of their own).
 
-/// Most CPUs the kernel runs. Indexes are dense: 0 is the BSP. The one
-/// definition is in `record`, so xtask refuses a larger `--smp` with it.
-pub const MAX_CPUS: usize = record::MAX_CPUS as usize;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::MAX_CPUS;
+
+const _: () = assert!(MAX_CPUS <= u64::BITS as usize, "a CpuSet is one u64 word");
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CpuSet(u64);
@@ -18,6 +25,9 @@ impl CpuSet {
     pub const fn bits(self) -> u64 {
         self.0
     }
+
+    /// Every CPU index there can be.
+    pub const ALL: CpuSet = CpuSet::first(MAX_CPUS);
 
     pub const fn single(cpu: usize) -> CpuSet {
         CpuSet(1 << cpu)
@@ -44,6 +54,15 @@ impl CpuSet {
     pub fn remove(&mut self, cpu: usize) {
         if cpu < MAX_CPUS {
             self.0 &= !(1 << cpu);
+        }
+    }
+
+    /// `{cpu}`, or the empty set for an index past `MAX_CPUS`.
+    const fn single_or_empty(cpu: usize) -> CpuSet {
+        if cpu < MAX_CPUS {
+            CpuSet(1 << cpu)
+        } else {
+            CpuSet::EMPTY
         }
     }
 
@@ -84,6 +103,38 @@ impl CpuSet {
     }
 }
 
+/// A `CpuSet` that CPUs update concurrently, each operation one atomic
+/// instruction on the whole set.
+#[derive(Default)]
+pub struct AtomicCpuSet(AtomicU64);
+
+impl AtomicCpuSet {
+    pub const fn new(set: CpuSet) -> AtomicCpuSet {
+        AtomicCpuSet(AtomicU64::new(set.0))
+    }
+
+    pub fn load(&self, order: Ordering) -> CpuSet {
+        CpuSet(self.0.load(order))
+    }
+
+    /// Adds `cpu`; returns the set as it was before.
+    pub fn insert(&self, cpu: usize, order: Ordering) -> CpuSet {
+        assert!(cpu < MAX_CPUS, "cpu index {cpu} out of range");
+        CpuSet(self.0.fetch_or(1 << cpu, order))
+    }
+
+    /// Removes `cpu`; returns the set as it was before.
+    pub fn remove(&self, cpu: usize, order: Ordering) -> CpuSet {
+        CpuSet(self.0.fetch_and(!CpuSet::single_or_empty(cpu).0, order))
+    }
+}
+
+impl core::fmt::Debug for AtomicCpuSet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.load(Ordering::Relaxed).fmt(f)
+    }
+}
+
 impl core::fmt::Debug for CpuSet {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_set().entries(self.iter()).finish()
@@ -93,6 +144,8 @@ impl core::fmt::Debug for CpuSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
+    use std::vec::Vec;
 
     #[test]
     fn iterates_in_order() {
@@ -111,6 +164,17 @@ mod tests {
         assert_eq!(CpuSet::first(1).iter().collect::<Vec<_>>(), vec![0]);
         assert_eq!(CpuSet::first(64).len(), 64);
         assert!(!CpuSet::first(64).contains(64));
+    }
+
+    #[test]
+    fn atomic_set_inserts_and_removes() {
+        let s = AtomicCpuSet::new(CpuSet::EMPTY);
+        assert_eq!(s.insert(3, Ordering::SeqCst), CpuSet::EMPTY);
+        assert_eq!(s.insert(63, Ordering::SeqCst), CpuSet::single(3));
+        assert_eq!(s.remove(3, Ordering::SeqCst).len(), 2);
+        assert_eq!(s.remove(MAX_CPUS, Ordering::SeqCst), CpuSet::single(63), "out of range: no change");
+        assert_eq!(s.load(Ordering::SeqCst), CpuSet::single(63));
+        assert_eq!(CpuSet::ALL.len(), MAX_CPUS);
     }
 
     #[test]

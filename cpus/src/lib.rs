@@ -1,0 +1,26 @@
+//! What every crate that keeps state per CPU shares: how many CPUs there can
+//! be (`MAX_CPUS`), sets of them (`CpuSet`), and per-CPU data (`PerCpu`)
+//! whose elements each sit on cache lines of their own and whose running
+//! CPU's element is reached only under a guard proving interrupts are off
+//! (`CpuGuard`).
+//!
+//! A leaf crate: mm may depend on no other project crate, and smp, the
+//! kernel, record and xtask all need the same limit, so it lives here once.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+mod cpuset;
+mod guard;
+mod percpu;
+
+pub use cpuset::{AtomicCpuSet, CpuSet};
+pub use crossbeam_utils::CachePadded;
+pub use guard::CpuGuard;
+pub use percpu::PerCpu;
+
+/// Most CPUs the kernel runs. Indexes are dense: 0 is the bootstrap CPU.
+/// `CpuSet` holds exactly this many, and xtask refuses a larger `--smp`
+/// before booting instead of letting the guest ignore the rest.
+pub const MAX_CPUS: usize = 64;
