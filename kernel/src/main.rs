@@ -39,7 +39,7 @@ use drivers::pm_timer::PmTimer;
 use drivers::qemu_exit::{exit, ExitCode};
 use drivers::{acpi_tables, serial, tsc};
 use smp::bringup::{self, ApHooks, TRAMPOLINE_RESERVED};
-use smp::percpu::PerCpu;
+use smp::percpu::CpuArea;
 use smp::MAX_CPUS;
 use spin::Once;
 
@@ -185,7 +185,7 @@ fn map_ap_stacks(index: usize) -> Option<u64> {
     Some(top)
 }
 
-fn ap_arch_init(cpu: &'static PerCpu) {
+fn ap_arch_init(cpu: &'static CpuArea) {
     let stacks = *AP_STACKS[cpu.index()].get().expect("AP started without interrupt stacks");
     gdt::load(cpu.index(), stacks);
     interrupts::load();

@@ -11,7 +11,7 @@ use drivers::tsc;
 use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Efer;
 
-use crate::percpu::{self, CpuState, PerCpu};
+use crate::percpu::{self, CpuArea, CpuState};
 use crate::trampoline::{Trampoline, SIPI_PAGE};
 use cpus::MAX_CPUS;
 
@@ -21,7 +21,7 @@ pub use crate::trampoline::TRAMPOLINE_RESERVED;
 #[derive(Clone, Copy)]
 pub struct ApHooks {
     /// Loads this CPU's GDT, TSS and IDT. Runs before the AP is online.
-    pub arch_init: fn(&'static PerCpu),
+    pub arch_init: fn(&'static CpuArea),
     /// The AP's life after it is online (idle loop).
     pub main: fn() -> !,
 }
@@ -69,7 +69,7 @@ const ONLINE_WAIT_NS: u64 = 2_000_000_000;
 ///
 /// # Safety
 /// Call once, on the BSP; `lapic_virt` must map the local APIC's MMIO page.
-pub unsafe fn init_bsp(lapic_virt: u64) -> &'static PerCpu {
+pub unsafe fn init_bsp(lapic_virt: u64) -> &'static CpuArea {
     let me = percpu::current();
     assert_eq!(me.index(), 0, "init_bsp on a CPU other than the BSP");
     LAPIC_VIRT.store(lapic_virt, Ordering::Relaxed);
@@ -136,7 +136,7 @@ pub unsafe fn start_aps(
         NEXT_INDEX.store(index + 1, Ordering::Relaxed);
         let cpu = percpu::cpu(index);
         cpu.set_expected_apic_id(apic_id);
-        trampoline.arm(stack, ap_entry as *const () as u64, cpu as *const PerCpu as u64);
+        trampoline.arm(stack, ap_entry as *const () as u64, cpu as *const CpuArea as u64);
         match wake(&trampoline, cpu, apic_id) {
             Ok(()) => report.online += 1,
             Err(f) => fail(f),
@@ -158,7 +158,7 @@ fn wait_until(ns: u64, mut done: impl FnMut() -> bool) -> bool {
 
 /// INIT-SIPI-SIPI for one AP, then bounded waits for it to enter the
 /// kernel and to come online.
-fn wake(trampoline: &Trampoline, cpu: &PerCpu, apic_id: u32) -> Result<(), ApFailure> {
+fn wake(trampoline: &Trampoline, cpu: &CpuArea, apic_id: u32) -> Result<(), ApFailure> {
     percpu::with_local_apic(|l| l.send_init(apic_id));
     tsc::delay_ns(INIT_DELAY_NS);
     let entered = || cpu.state() != CpuState::Absent;
@@ -203,7 +203,7 @@ fn park() -> ! {
 }
 
 /// Rust entry of an AP, called by the trampoline on its own stack.
-extern "C" fn ap_entry(cpu: &'static PerCpu) -> ! {
+extern "C" fn ap_entry(cpu: &'static CpuArea) -> ! {
     // LA57 cannot change while paging is on, and the BSP does not use it.
     // SAFETY: the BSP's kernel runs with these values, and the trampoline's
     // tables map the kernel identically, so code and stack stay put.

@@ -1,10 +1,17 @@
-//! Per-CPU data, reached through the GS base.
+//! Each CPU's own area, reached through the GS base, and the safe ways to
+//! turn interrupts off that hand out a `CpuGuard`.
 //!
-//! Every CPU's GS base points at its own `PerCpu`, whose first word points
+//! Every CPU's GS base points at its own `CpuArea`, whose first word points
 //! back at itself, so `current()` is one `mov` from `gs:0`. The kernel
 //! never migrates code between CPUs (there is no preemption), so the CPU
 //! cannot change under a caller between reading `current()` and using it;
 //! state that interrupt handlers also touch is accessed with interrupts off.
+//!
+//! `CpuArea` is not `cpus::PerCpu`: it is the one per-CPU record the
+//! hardware finds (GS base), holding only what identifies and drives a CPU
+//! (index, APIC id, state, local APIC). Other per-CPU data is a
+//! `cpus::PerCpu<T>` indexed by `current_index()`, and the areas themselves
+//! are stored in one (`AREAS`), padded like any other.
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
@@ -15,7 +22,7 @@ use x86_64::instructions::interrupts;
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
-use cpus::{CpuSet, MAX_CPUS};
+use cpus::{CachePadded, CpuGuard, CpuSet, PerCpu, MAX_CPUS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -32,9 +39,9 @@ pub enum CpuState {
 }
 
 #[repr(C)]
-pub struct PerCpu {
+pub struct CpuArea {
     /// Must stay the first field: `current()` reads it at `gs:0`.
-    self_ptr: AtomicPtr<PerCpu>,
+    self_ptr: AtomicPtr<CpuArea>,
     index: usize,
     apic_id: AtomicU32,
     state: AtomicU8,
@@ -45,53 +52,62 @@ pub struct PerCpu {
 // SAFETY: every field but `lapic` is atomic or immutable; `lapic` is only
 // accessed through `with_local_apic`, on its own CPU with interrupts off,
 // so no two contexts ever hold a reference to it at once.
-unsafe impl Sync for PerCpu {}
+unsafe impl Sync for CpuArea {}
 
-static CPUS: [PerCpu; MAX_CPUS] = {
-    let mut cpus = [const {
-        PerCpu {
+static AREAS: PerCpu<CpuArea> = {
+    let mut cells = [const {
+        CachePadded::new(CpuArea {
             self_ptr: AtomicPtr::new(core::ptr::null_mut()),
             index: 0,
             apic_id: AtomicU32::new(u32::MAX),
             state: AtomicU8::new(CpuState::Absent as u8),
             lapic: UnsafeCell::new(None),
-        }
+        })
     }; MAX_CPUS];
+    // Each area knows its own index (`current_index` is one load from it);
+    // a constant loop because `per_cpu!` gives every element the same value.
     let mut i = 0;
     while i < MAX_CPUS {
-        cpus[i].index = i;
+        cells[i] = CachePadded::new(CpuArea {
+            self_ptr: AtomicPtr::new(core::ptr::null_mut()),
+            index: i,
+            apic_id: AtomicU32::new(u32::MAX),
+            state: AtomicU8::new(CpuState::Absent as u8),
+            lapic: UnsafeCell::new(None),
+        });
         i += 1;
     }
-    cpus
+    PerCpu::from_padded(cells)
 };
 
 static ONLINE: AtomicU64 = AtomicU64::new(0);
 
-/// The data of CPU `index`.
-pub fn cpu(index: usize) -> &'static PerCpu {
-    &CPUS[index]
+/// The area of CPU `index` (any CPU's: the bring-up and IPI code read
+/// other CPUs' APIC ids and states by design).
+pub fn cpu(index: usize) -> &'static CpuArea {
+    AREAS.remote(index)
 }
 
-/// Points this CPU's GS base at `CPUS[index]`.
+/// Points this CPU's GS base at its area in `AREAS`.
 ///
 /// # Safety
 /// Must run on the CPU that will own `index`, once, before anything calls
 /// `current()` there; no two CPUs may install the same index.
-pub(crate) unsafe fn install(index: usize) -> &'static PerCpu {
-    let me = &CPUS[index];
-    me.self_ptr.store(me as *const PerCpu as *mut PerCpu, Ordering::Relaxed);
+pub(crate) unsafe fn install(index: usize) -> &'static CpuArea {
+    let me = AREAS.remote(index);
+    me.self_ptr.store(me as *const CpuArea as *mut CpuArea, Ordering::Relaxed);
     GsBase::write(VirtAddr::from_ptr(me));
     me
 }
 
 /// The running CPU's data.
-pub fn current() -> &'static PerCpu {
-    let ptr: *const PerCpu;
+pub fn current() -> &'static CpuArea {
+    let ptr: *const CpuArea;
     // SAFETY: `install` ran on this CPU before any kernel code that can call
     // this (the BSP installs index 0 first thing in the entry point, APs in
-    // their entry), so `gs:0` holds a pointer into the static `CPUS`.
+    // their entry), so `gs:0` holds a pointer into the static `AREAS`.
     unsafe { asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
-    // SAFETY: see above; `CPUS` is 'static.
+    // SAFETY: see above; `AREAS` is 'static.
     unsafe { &*ptr }
 }
 
@@ -109,6 +125,18 @@ pub fn online_count() -> usize {
     online_set().len()
 }
 
+/// Runs `f` with interrupts off on this CPU and a guard that proves it,
+/// for reaching this CPU's element of a `cpus::PerCpu` (`PerCpu::local`).
+pub fn without_interrupts<R>(f: impl FnOnce(&CpuGuard) -> R) -> R {
+    interrupts::without_interrupts(|| {
+        // SAFETY: interrupts are off until `without_interrupts` returns, and
+        // the guard, borrowed by `f` only, cannot outlive it; `install` ran
+        // on this CPU, so `current_index` is the running CPU's index.
+        let guard = unsafe { CpuGuard::new_unchecked(current_index()) };
+        f(&guard)
+    })
+}
+
 /// Runs `f` with this CPU's local APIC, interrupts off for the duration.
 pub fn with_local_apic<R>(f: impl FnOnce(&mut Lapic) -> R) -> R {
     interrupts::without_interrupts(|| {
@@ -120,7 +148,7 @@ pub fn with_local_apic<R>(f: impl FnOnce(&mut Lapic) -> R) -> R {
     })
 }
 
-impl PerCpu {
+impl CpuArea {
     pub fn index(&self) -> usize {
         self.index
     }
