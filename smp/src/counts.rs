@@ -3,16 +3,18 @@
 //! pages invalidated one by one and full flushes.
 //!
 //! Each CPU writes only its own block, which fills cache lines of its own
-//! (`align(64)`), with a plain load and store: counting adds no locked
-//! instruction and no line two CPUs write. Callers count with interrupts
-//! off (inside a cross-call, the cross-call handler, or the local-APIC
-//! section), so an interrupt handler never interleaves with a count on the
-//! same CPU. The decisions the counts follow (`flush_kind`,
+//! (a `PerCpu` element), with a plain load and store: counting adds no
+//! locked instruction and no line two CPUs write. Flushes and IPIs are
+//! counted with interrupts off (inside a cross-call, the cross-call
+//! handler, or the local-APIC section), which their `CpuGuard` proves, so
+//! an interrupt handler never interleaves with a count on the same CPU;
+//! shootdowns are counted without one, as only the CPU's own thread of
+//! control ever counts them (no interrupt handler starts a shootdown). The decisions the counts follow (`flush_kind`,
 //! `use_shorthand`) live here too, so the host tests check them together.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use cpus::CpuSet;
+use cpus::{CpuGuard, CpuSet, PerCpu};
 
 /// Ranges longer than this are flushed whole (Linux's threshold is 33).
 pub const FULL_FLUSH_PAGES: u64 = 33;
@@ -49,6 +51,8 @@ pub fn icr_writes(targets: CpuSet, others: CpuSet) -> u64 {
     }
 }
 
+/// One CPU's counts. `PerCpu` pads it to its own lines; the alignment says
+/// that the block itself fits one line.
 #[repr(align(64))]
 pub struct CpuCounts {
     shootdowns: AtomicU64,
@@ -96,38 +100,42 @@ fn add(c: &AtomicU64, n: u64) {
 
 /// The counts of `N` CPUs.
 pub struct Counts<const N: usize> {
-    cpus: [CpuCounts; N],
+    cpus: PerCpu<CpuCounts, N>,
 }
 
 impl<const N: usize> Counts<N> {
     pub const fn new() -> Self {
-        Counts { cpus: [const { CpuCounts::new() }; N] }
+        Counts { cpus: cpus::per_cpu![CpuCounts::new(); N] }
     }
 
     /// CPU `me` started a shootdown to `targets` (itself perhaps among them).
+    /// Unguarded (interrupts may be on): no interrupt handler on `me`
+    /// starts a shootdown, so nothing interleaves with this count.
     pub fn shootdown(&self, me: usize, targets: CpuSet) {
-        let c = &self.cpus[me];
+        let c = self.cpus.unguarded(me);
         add(&c.shootdowns, 1);
         add(&c.targets, targets.without(me).len() as u64);
     }
 
-    /// CPU `me` wrote the ICR `n` times.
-    pub fn ipis(&self, me: usize, n: u64) {
-        add(&self.cpus[me].ipis, n);
+    /// The guard's CPU wrote the ICR `n` times.
+    pub fn ipis(&self, me: &CpuGuard, n: u64) {
+        add(&self.cpus.local(me).ipis, n);
     }
 
-    /// CPU `me` flushed `pages` pages; returns how it must do it.
-    pub fn flush(&self, me: usize, pages: u64) -> Flush {
+    /// The guard's CPU flushed `pages` pages; returns how it must do it.
+    pub fn flush(&self, me: &CpuGuard, pages: u64) -> Flush {
         let kind = flush_kind(pages);
+        let c = self.cpus.local(me);
         match kind {
-            Flush::All => add(&self.cpus[me].full_flushes, 1),
-            Flush::Pages(n) => add(&self.cpus[me].pages_invalidated, n),
+            Flush::All => add(&c.full_flushes, 1),
+            Flush::Pages(n) => add(&c.pages_invalidated, n),
         }
         kind
     }
 
+    /// Any CPU's counts (a report reads every CPU's by design).
     pub fn snapshot(&self, cpu: usize) -> TlbSnapshot {
-        let c = &self.cpus[cpu];
+        let c = self.cpus.remote(cpu);
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TlbSnapshot {
             shootdowns: r(&c.shootdowns),
@@ -149,6 +157,11 @@ impl<const N: usize> Default for Counts<N> {
 mod tests {
     use super::*;
 
+    /// CPU `cpu`'s guard: host threads stand in for CPUs.
+    fn on(cpu: usize) -> CpuGuard {
+        CpuGuard::host_thread(cpu)
+    }
+
     #[test]
     fn each_cpus_counts_fill_lines_of_their_own() {
         assert_eq!(core::mem::align_of::<CpuCounts>(), 64);
@@ -167,9 +180,9 @@ mod tests {
     #[test]
     fn flushes_count_pages_up_to_the_threshold_then_one_full_flush() {
         let c = Counts::<2>::new();
-        assert_eq!(c.flush(0, 1), Flush::Pages(1));
-        assert_eq!(c.flush(0, FULL_FLUSH_PAGES), Flush::Pages(FULL_FLUSH_PAGES));
-        assert_eq!(c.flush(0, FULL_FLUSH_PAGES + 1), Flush::All);
+        assert_eq!(c.flush(&on(0), 1), Flush::Pages(1));
+        assert_eq!(c.flush(&on(0), FULL_FLUSH_PAGES), Flush::Pages(FULL_FLUSH_PAGES));
+        assert_eq!(c.flush(&on(0), FULL_FLUSH_PAGES + 1), Flush::All);
         let s = c.snapshot(0);
         assert_eq!((s.pages_invalidated, s.full_flushes), (1 + FULL_FLUSH_PAGES, 1));
         assert_eq!((s.shootdowns, s.targets, s.ipis), (0, 0, 0));
@@ -186,7 +199,7 @@ mod tests {
         assert!(!use_shorthand(one, one));
         assert_eq!(icr_writes(CpuSet::EMPTY, others), 0);
         let c = Counts::<4>::new();
-        c.ipis(0, icr_writes(others, others));
+        c.ipis(&on(0), icr_writes(others, others));
         assert_eq!(c.snapshot(0), TlbSnapshot { ipis: 1, ..Default::default() });
     }
 }

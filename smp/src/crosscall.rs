@@ -17,7 +17,7 @@
 //! function may still be using the caller's argument.
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
-use cpus::CpuSet;
+use cpus::{CpuSet, PerCpu};
 
 /// What the protocol needs from its environment.
 pub trait Platform {
@@ -49,9 +49,16 @@ struct Slot {
 }
 
 /// Mailboxes for `N` CPUs (indexes `0..N`, `N <= 64`).
+///
+/// Each CPU's inbox and slot sit on lines of their own (`PerCpu`), so
+/// senders setting bits in one CPU's inbox do not disturb another's. Both
+/// are reached by index: other CPUs' by design (`remote`: senders fill
+/// inboxes, targets read slots), the caller's own `unguarded`, since every
+/// access is one atomic operation and the kernel calls in with interrupts
+/// off anyway (the loom models pass plain indexes).
 pub struct CrossCalls<const N: usize> {
-    inbox: [AtomicU64; N],
-    slots: [Slot; N],
+    inbox: PerCpu<AtomicU64, N>,
+    slots: PerCpu<Slot, N>,
 }
 
 impl<const N: usize> Default for CrossCalls<N> {
@@ -63,18 +70,20 @@ impl<const N: usize> Default for CrossCalls<N> {
 impl<const N: usize> CrossCalls<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        const EMPTY_SLOT: Slot =
-            Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
-        #[allow(clippy::declare_interior_mutable_const)]
-        const ZERO: AtomicU64 = AtomicU64::new(0);
-        CrossCalls { inbox: [ZERO; N], slots: [EMPTY_SLOT; N] }
+        CrossCalls {
+            inbox: cpus::per_cpu![AtomicU64::new(0); N],
+            slots: cpus::per_cpu![
+                Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
+                N
+            ],
+        }
     }
 
     #[cfg(loom)]
     pub fn new() -> Self {
         CrossCalls {
-            inbox: core::array::from_fn(|_| AtomicU64::new(0)),
-            slots: core::array::from_fn(|_| Slot {
+            inbox: PerCpu::from_fn(|_| AtomicU64::new(0)),
+            slots: PerCpu::from_fn(|_| Slot {
                 func: AtomicUsize::new(0),
                 arg: AtomicUsize::new(0),
                 outstanding: AtomicU64::new(0),
@@ -94,7 +103,7 @@ impl<const N: usize> CrossCalls<N> {
         timeout_ns: u64,
         platform: &impl Platform,
     ) -> Result<(), CrossCallError> {
-        let slot = &self.slots[me];
+        let slot = &self.slots.unguarded(me);
         // A previous call whose targets got stuck still owns the slot.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
@@ -107,7 +116,7 @@ impl<const N: usize> CrossCalls<N> {
         slot.outstanding.store(remote.bits(), Ordering::Relaxed);
         for cpu in remote.iter() {
             // Release publishes func/arg/outstanding to the target's swap.
-            self.inbox[cpu].fetch_or(1 << me, Ordering::Release);
+            self.inbox.remote(cpu).fetch_or(1 << me, Ordering::Release);
         }
         if !remote.is_empty() {
             platform.signal(remote);
@@ -124,7 +133,7 @@ impl<const N: usize> CrossCalls<N> {
         // Withdraw the requests nobody took.
         let mut missing = CpuSet::EMPTY;
         for cpu in CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)).iter() {
-            let before = self.inbox[cpu].fetch_and(!(1 << me), Ordering::AcqRel);
+            let before = self.inbox.remote(cpu).fetch_and(!(1 << me), Ordering::AcqRel);
             if before & (1 << me) != 0 {
                 slot.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
                 missing.insert(cpu);
@@ -145,7 +154,7 @@ impl<const N: usize> CrossCalls<N> {
     /// Waits until `me`'s slot has no outstanding targets, servicing
     /// incoming calls meanwhile. Returns false at the deadline.
     fn wait_acked(&self, me: usize, deadline: u64, platform: &impl Platform) -> bool {
-        let slot = &self.slots[me];
+        let slot = &self.slots.unguarded(me);
         loop {
             if slot.outstanding.load(Ordering::Acquire) == 0 {
                 return true;
@@ -161,9 +170,9 @@ impl<const N: usize> CrossCalls<N> {
     /// Runs every call waiting for CPU `me`; returns how many ran. Called
     /// from the IPI handler and from wait loops.
     pub fn service(&self, me: usize) -> usize {
-        let senders = self.inbox[me].swap(0, Ordering::Acquire);
+        let senders = self.inbox.unguarded(me).swap(0, Ordering::Acquire);
         for sender in CpuSet::from_bits(senders).iter() {
-            let slot = &self.slots[sender];
+            let slot = &self.slots.remote(sender);
             let func = slot.func.load(Ordering::Relaxed);
             let arg = slot.arg.load(Ordering::Relaxed);
             run(func, arg);
@@ -174,7 +183,7 @@ impl<const N: usize> CrossCalls<N> {
 
     /// Whether any call is waiting for `me` (for idle loops).
     pub fn has_pending(&self, me: usize) -> bool {
-        self.inbox[me].load(Ordering::Relaxed) != 0
+        self.inbox.unguarded(me).load(Ordering::Relaxed) != 0
     }
 }
 

@@ -5,7 +5,7 @@ use drivers::tsc;
 
 use crate::counts::use_shorthand;
 use crate::crosscall::{self, CrossCallError, CrossCalls, Platform};
-use crate::percpu::{self, cpu, with_local_apic};
+use crate::percpu::{self, cpu, with_local_apic, with_local_apic_guarded};
 use crate::tlb::COUNTS;
 use cpus::{CpuSet, MAX_CPUS};
 
@@ -21,28 +21,28 @@ pub const CROSS_CALL_TIMEOUT_NS: u64 = 5_000_000_000;
 /// Sends `vector` to one CPU.
 pub fn send(target: usize, vector: u8) {
     let apic_id = cpu(target).apic_id();
-    with_local_apic(|lapic| {
+    with_local_apic_guarded(|lapic, me| {
         lapic.send_ipi(vector, apic_id);
-        COUNTS.ipis(percpu::current_index(), 1);
+        COUNTS.ipis(me, 1);
     });
 }
 
 /// Sends `vector` to every CPU in `targets` (one ICR write each).
 pub fn send_set(targets: CpuSet, vector: u8) {
-    with_local_apic(|lapic| {
+    with_local_apic_guarded(|lapic, me| {
         for t in targets.iter() {
             lapic.send_ipi(vector, cpu(t).apic_id());
         }
-        COUNTS.ipis(percpu::current_index(), targets.len() as u64);
+        COUNTS.ipis(me, targets.len() as u64);
     });
 }
 
 /// Sends `vector` to every CPU but this one, with the APIC's shorthand
 /// (one ICR write).
 pub fn send_all_but_self(vector: u8) {
-    with_local_apic(|lapic| {
+    with_local_apic_guarded(|lapic, me| {
         lapic.send_ipi_all_but_self(vector);
-        COUNTS.ipis(percpu::current_index(), 1);
+        COUNTS.ipis(me, 1);
     });
 }
 

@@ -15,14 +15,14 @@
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use drivers::lapic::Lapic;
 use x86_64::instructions::interrupts;
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
-use cpus::{CachePadded, CpuGuard, CpuSet, PerCpu, MAX_CPUS};
+use cpus::{AtomicCpuSet, CachePadded, CpuGuard, CpuSet, PerCpu, MAX_CPUS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -80,7 +80,7 @@ static AREAS: PerCpu<CpuArea> = {
     PerCpu::from_padded(cells)
 };
 
-static ONLINE: AtomicU64 = AtomicU64::new(0);
+static ONLINE: AtomicCpuSet = AtomicCpuSet::new(CpuSet::EMPTY);
 
 /// The area of CPU `index` (any CPU's: the bring-up and IPI code read
 /// other CPUs' APIC ids and states by design).
@@ -118,7 +118,7 @@ pub fn current_index() -> usize {
 
 /// CPUs that are online (answer IPIs).
 pub fn online_set() -> CpuSet {
-    CpuSet::from_bits(ONLINE.load(Ordering::Acquire))
+    ONLINE.load(Ordering::Acquire)
 }
 
 pub fn online_count() -> usize {
@@ -137,14 +137,35 @@ pub fn without_interrupts<R>(f: impl FnOnce(&CpuGuard) -> R) -> R {
     })
 }
 
+/// Runs `f` with a guard for this CPU, for code that runs with interrupts
+/// off already (interrupt handlers, cross-call functions) and needs its
+/// CPU's element of a `cpus::PerCpu`.
+///
+/// Panics if interrupts are on: reading RFLAGS costs a few cycles, and a
+/// caller that is wrong about its context must not get a guard.
+pub fn with_guard<R>(f: impl FnOnce(&CpuGuard) -> R) -> R {
+    assert!(!interrupts::are_enabled(), "with_guard with interrupts on");
+    // SAFETY: interrupts are off (checked above) and stay off for `f`,
+    // which borrows the guard only for the call; `current_index` is the
+    // running CPU's index (`install` ran on it).
+    let guard = unsafe { CpuGuard::new_unchecked(current_index()) };
+    f(&guard)
+}
+
 /// Runs `f` with this CPU's local APIC, interrupts off for the duration.
 pub fn with_local_apic<R>(f: impl FnOnce(&mut Lapic) -> R) -> R {
-    interrupts::without_interrupts(|| {
+    with_local_apic_guarded(|lapic, _| f(lapic))
+}
+
+/// `with_local_apic`, with the guard interrupts off gives (for counting
+/// the ICR writes in this CPU's element).
+pub(crate) fn with_local_apic_guarded<R>(f: impl FnOnce(&mut Lapic, &CpuGuard) -> R) -> R {
+    without_interrupts(|guard| {
         let me = current();
         // SAFETY: only this CPU reaches its own `lapic` cell, and only here
         // with interrupts off, so this is the sole live reference.
         let lapic = unsafe { &mut *me.lapic.get() };
-        f(lapic.as_mut().expect("local APIC used before it was enabled"))
+        f(lapic.as_mut().expect("local APIC used before it was enabled"), guard)
     })
 }
 
@@ -191,7 +212,7 @@ impl CpuArea {
         if !self.transition(CpuState::Starting, CpuState::Online) {
             return false;
         }
-        ONLINE.fetch_or(1 << self.index, Ordering::AcqRel);
+        ONLINE.insert(self.index, Ordering::AcqRel);
         true
     }
 }

@@ -17,7 +17,7 @@ use x86_64::VirtAddr;
 use crate::counts::{Counts, Flush};
 use crate::ipi::{cross_call, CallError};
 use crate::percpu;
-use cpus::{CpuSet, MAX_CPUS};
+use cpus::{CpuGuard, CpuSet, MAX_CPUS};
 
 pub use crate::counts::{TlbSnapshot, FULL_FLUSH_PAGES};
 const PAGE: u64 = 4096;
@@ -30,9 +30,9 @@ pub fn counters(cpu: usize) -> TlbSnapshot {
 }
 
 /// Flushes this CPU's TLB for `pages` pages from `start` (all of it above
-/// the threshold), counting the work.
-pub fn flush_local(start: u64, pages: u64) {
-    match COUNTS.flush(percpu::current_index(), pages) {
+/// the threshold), counting the work in the guard's CPU's counts.
+pub fn flush_local(me: &CpuGuard, start: u64, pages: u64) {
+    match COUNTS.flush(me, pages) {
         Flush::All => flush_all_local(),
         Flush::Pages(n) => {
             for i in 0..n {
@@ -83,7 +83,9 @@ pub fn shootdown(targets: CpuSet, start: u64, pages: u64) -> Result<(), Shootdow
     if !valid_range(start, pages) {
         return Err(ShootdownError::BadRange { start, pages });
     }
-    let result = cross_call(targets, &|| flush_local(start, pages));
+    // Cross-call functions run with interrupts off (in the handler, or on
+    // the caller under `cross_call`), which `with_guard` checks.
+    let result = cross_call(targets, &|| percpu::with_guard(|me| flush_local(me, start, pages)));
     if !matches!(result, Err(CallError::NotOnline { .. })) {
         // Interrupts may be on here, but nothing an interrupt handler
         // does on this CPU counts shootdowns or targets.
