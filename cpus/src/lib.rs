@@ -18,7 +18,7 @@ mod percpu;
 pub use cpuset::{AtomicCpuSet, CpuSet};
 pub use crossbeam_utils::CachePadded;
 pub use guard::CpuGuard;
-pub use percpu::PerCpu;
+pub use percpu::{PerCpu, PerCpuRef};
 
 /// Most CPUs the kernel runs. Indexes are dense: 0 is the bootstrap CPU.
 /// `CpuSet` holds exactly this many, and xtask refuses a larger `--smp`

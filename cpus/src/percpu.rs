@@ -9,6 +9,10 @@
 //! `unguarded` is the running CPU's element by index without a guard, for
 //! elements whose every access is one atomic operation, which an
 //! interrupt on the same CPU cannot tear.
+//!
+//! `PerCpuRef` is the same over a borrowed run of padded elements, for
+//! structures whose CPU count is chosen at run time (the allocator's host
+//! tests and loom models run two or three CPUs, not `MAX_CPUS`).
 
 use crossbeam_utils::CachePadded;
 
@@ -79,9 +83,63 @@ impl<T, const N: usize> PerCpu<T, N> {
         N
     }
 
+    /// The elements as a `PerCpuRef` (for a structure that borrows them).
+    pub const fn as_ref(&self) -> PerCpuRef<'_, T> {
+        PerCpuRef { cells: &self.cells }
+    }
+
     /// Whether there are no elements (`N` is 0).
     pub const fn is_empty(&self) -> bool {
         N == 0
+    }
+}
+
+/// A borrowed `PerCpu` of a length chosen at run time: the same accessors,
+/// with the same rules.
+pub struct PerCpuRef<'a, T> {
+    cells: &'a [CachePadded<T>],
+}
+
+impl<T> Clone for PerCpuRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for PerCpuRef<'_, T> {}
+
+impl<'a, T> PerCpuRef<'a, T> {
+    /// Element `cpu` is `cells[cpu]`.
+    pub const fn new(cells: &'a [CachePadded<T>]) -> Self {
+        PerCpuRef { cells }
+    }
+
+    /// See [`PerCpu::local`].
+    pub fn local(self, guard: &CpuGuard) -> &'a T {
+        &self.cells[guard.cpu()]
+    }
+
+    /// See [`PerCpu::remote`].
+    pub fn remote(self, cpu: usize) -> &'a T {
+        &self.cells[cpu]
+    }
+
+    /// See [`PerCpu::unguarded`].
+    pub fn unguarded(self, cpu: usize) -> &'a T {
+        &self.cells[cpu]
+    }
+
+    /// Every CPU's element, in index order.
+    pub fn iter(self) -> impl ExactSizeIterator<Item = &'a T> + DoubleEndedIterator {
+        self.cells.iter().map(|c| &**c)
+    }
+
+    pub const fn len(self) -> usize {
+        self.cells.len()
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.cells.is_empty()
     }
 }
 
@@ -147,6 +205,19 @@ mod tests {
         COUNTS.remote(MAX_CPUS - 1).fetch_add(1, Ordering::Relaxed);
         assert_eq!(SMALL.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>(), [7, 7, 8]);
         assert_eq!(COUNTS.remote(MAX_CPUS - 1).load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_ref_sees_the_same_elements() {
+        let p: PerCpu<AtomicU64, 3> = PerCpu::from_fn(|i| AtomicU64::new(i as u64));
+        let r = p.as_ref();
+        r.local(&CpuGuard::host_thread(1)).fetch_add(10, Ordering::Relaxed);
+        assert_eq!(p.remote(1).load(Ordering::Relaxed), 11);
+        assert_eq!(r.len(), 3);
+        let cells: Vec<CachePadded<u8>> = (0..2).map(CachePadded::new).collect();
+        let r = PerCpuRef::new(&cells);
+        assert_eq!(r.iter().copied().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(*r.remote(1), 1);
     }
 
     #[test]
