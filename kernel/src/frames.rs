@@ -2,6 +2,7 @@
 //! all memory the boot allocator did not use, with the platform hooks
 //! implemented by `smp`.
 
+use cpus::{CpuGuard, PerCpu};
 use mm::buddy::{Link, MAX_ORDER};
 use mm::frame_db::{FrameDb, FrameEntry};
 use mm::magazine::Magazine;
@@ -10,8 +11,6 @@ use mm::platform::Platform;
 use mm::PAGE_SIZE;
 use smp::MAX_CPUS;
 use spin::Once;
-
-const _: () = assert!(mm::MAX_CPUS == MAX_CPUS, "mm and smp disagree on MAX_CPUS");
 
 /// Full magazines the depot may hold before it drains to the buddy.
 const DEPOT_SLOTS: usize = 2 * MAX_CPUS;
@@ -23,14 +22,14 @@ impl Platform for KernelPlatform {
         smp::percpu::current_index()
     }
 
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
-        x86_64::instructions::interrupts::without_interrupts(f)
+    fn without_interrupts<R>(&self, f: impl FnOnce(&CpuGuard) -> R) -> R {
+        smp::percpu::without_interrupts(f)
     }
 }
 
 pub type Frames = PhysAllocator<'static, KernelPlatform>;
 
-static CPU_SLOTS: [CpuSlot; MAX_CPUS] = [const { CpuSlot::new() }; MAX_CPUS];
+static CPU_SLOTS: PerCpu<CpuSlot> = cpus::per_cpu![CpuSlot::new()];
 static FRAMES: Once<Frames> = Once::new();
 
 /// Whether `init` has run.
@@ -65,6 +64,8 @@ pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
         let usable =
             boot.remaining().iter().map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
         let db = FrameDb::new(base, entries);
-        FRAMES.call_once(|| PhysAllocator::new(db, links, usable, &CPU_SLOTS, magazine_capacity, depot, KernelPlatform))
+        FRAMES.call_once(|| {
+            PhysAllocator::new(db, links, usable, CPU_SLOTS.as_ref(), magazine_capacity, depot, KernelPlatform)
+        })
     })
 }

@@ -4,8 +4,8 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+use cpus::PerCpu;
 use mm::heap::{Heap, HeapCpu, PageSource};
-use smp::MAX_CPUS;
 
 use crate::frames::{self, KernelPlatform};
 use crate::memory;
@@ -26,8 +26,8 @@ impl PageSource for FramePages {
     }
 }
 
-static CPUS: [HeapCpu; MAX_CPUS] = [const { HeapCpu::new() }; MAX_CPUS];
-pub static HEAP: Heap<'static, FramePages, KernelPlatform> = Heap::new(&CPUS, FramePages, KernelPlatform);
+static CPUS: PerCpu<HeapCpu> = cpus::per_cpu![HeapCpu::new()];
+pub static HEAP: Heap<'static, FramePages, KernelPlatform> = Heap::new(CPUS.as_ref(), FramePages, KernelPlatform);
 
 struct KernelHeap;
 

@@ -27,6 +27,7 @@ use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
 use crate::platform::Platform;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::PAGE_SIZE;
+use cpus::{CpuGuard, PerCpuRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -97,7 +98,7 @@ pub struct PhysAllocator<'a, P: Platform> {
     depot: Mutex<Depot<'a>>,
     depot_frames: AtomicU64,
     depot_contention: AtomicU64,
-    cpus: &'a [CpuSlot],
+    cpus: PerCpuRef<'a, CpuSlot>,
     policy: AtomicUsize,
     mag_cap: AtomicUsize,
     usable: u64,
@@ -114,7 +115,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         db: FrameDb<'a>,
         links: &'a mut [Link],
         usable: impl IntoIterator<Item = Range<usize>>,
-        cpus: &'a [CpuSlot],
+        cpus: PerCpuRef<'a, CpuSlot>,
         magazine_capacity: usize,
         depot: &'a mut [Magazine],
         platform: P,
@@ -163,7 +164,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// Switches policy; cached frames go back to the buddy first. Call at
     /// a quiescent point (benchmarks switch between runs).
     pub fn set_policy(&self, policy: Policy) {
-        self.platform.without_interrupts(|| self.reclaim_all());
+        self.platform.without_interrupts(|me| self.reclaim_all(me));
         self.policy.store(policy as usize, Ordering::Relaxed);
     }
 
@@ -183,17 +184,17 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     pub fn counters(&self, cpu: usize) -> CounterSnapshot {
-        self.cpus[cpu].counters.snapshot()
+        // Any CPU's counters: reports read every CPU's by design.
+        self.cpus.remote(cpu).counters.snapshot()
     }
 
     /// Allocates one frame; returns its physical address.
     pub fn alloc_page(&self) -> Result<u64, FrameError> {
-        self.platform.without_interrupts(|| {
-            let cpu = self.platform.cpu_index();
-            bump(&self.cpus[cpu].counters.allocs);
+        self.platform.without_interrupts(|me| {
+            bump(&self.cpus.local(me).counters.allocs);
             let index = match self.policy() {
-                Policy::GlobalLock => self.buddy_alloc(cpu, 0)?,
-                Policy::Magazine => self.magazine_alloc(cpu)?,
+                Policy::GlobalLock => self.buddy_alloc(me, 0)?,
+                Policy::Magazine => self.magazine_alloc(me)?,
             };
             Ok(self.db.phys_of(index))
         })
@@ -203,22 +204,22 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// any CPU. Bad input changes nothing.
     pub fn free_page(&self, phys: u64) -> Result<(), FrameError> {
         let index = self.db.index_of(phys)?;
-        self.platform.without_interrupts(|| {
-            let cpu = self.platform.cpu_index();
+        self.platform.without_interrupts(|me| {
+            let cpu = me.cpu();
             let owner = self.db.owner_cpu(index);
             let to = match self.policy() {
                 Policy::Magazine => FrameKind::Cached,
                 Policy::GlobalLock => FrameKind::Free,
             };
             self.db.transition(index, FrameKind::Allocated, to, cpu).map_err(|k| self.db.free_error(index, k))?;
-            let counters = &self.cpus[cpu].counters;
+            let counters = &self.cpus.local(me).counters;
             bump(&counters.frees);
             if owner != cpu {
                 bump(&counters.remote_frees);
             }
             match to {
-                FrameKind::Cached => self.magazine_free(cpu, index as u32),
-                _ => self.buddy_free_range(cpu, index..index + 1),
+                FrameKind::Cached => self.magazine_free(me, index as u32),
+                _ => self.buddy_free_range(me, index..index + 1),
             }
             Ok(())
         })
@@ -234,12 +235,12 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         if count > max {
             return Err(FrameError::TooLarge { count, max });
         }
-        self.platform.without_interrupts(|| {
-            let cpu = self.platform.cpu_index();
+        self.platform.without_interrupts(|me| {
+            let cpu = me.cpu();
             let order = order_for(count);
             // The block is trimmed to `count` frames under the same lock hold.
             let take = || {
-                self.with_buddy(cpu, |buddy| {
+                self.with_buddy(me, |buddy| {
                     let s = buddy.alloc(order)?;
                     buddy.free_range(s + count as usize, s + (1 << order));
                     Some(s)
@@ -247,7 +248,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             };
             let start = match take() {
                 Some(s) => s,
-                None => self.after_reclaim(take).ok_or(FrameError::OutOfMemory)?,
+                None => self.after_reclaim(me, take).ok_or(FrameError::OutOfMemory)?,
             };
             for i in start..start + count as usize {
                 self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
@@ -267,8 +268,8 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             Some(end) if count <= self.db.len() as u64 && end <= self.db.len() => end,
             _ => return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()) }),
         };
-        self.platform.without_interrupts(|| {
-            let cpu = self.platform.cpu_index();
+        self.platform.without_interrupts(|me| {
+            let cpu = me.cpu();
             for i in start..end {
                 if let Err(kind) = self.db.transition(i, FrameKind::Allocated, FrameKind::Free, cpu) {
                     // Put back the ones already taken: nothing changes.
@@ -278,7 +279,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                     return Err(self.db.free_error(i, kind));
                 }
             }
-            self.buddy_free_range(cpu, start..end);
+            self.buddy_free_range(me, start..end);
             Ok(())
         })
     }
@@ -289,10 +290,10 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         }
     }
 
-    /// Runs `f` under the buddy lock (counted for `cpu`) and keeps the
+    /// Runs `f` under the buddy lock (counted for the guard's CPU) and keeps the
     /// lock-free copy of the buddy's free count current.
-    fn with_buddy<R>(&self, cpu: usize, f: impl FnOnce(&mut Buddy<'a>) -> R) -> R {
-        let mut buddy = self.buddy.lock_counted(&self.cpus[cpu].counters.buddy);
+    fn with_buddy<R>(&self, me: &CpuGuard, f: impl FnOnce(&mut Buddy<'a>) -> R) -> R {
+        let mut buddy = self.buddy.lock_counted(&self.cpus.local(me).counters.buddy);
         let r = f(&mut buddy);
         self.buddy_free.store(buddy.free_frames(), Ordering::Relaxed);
         r
@@ -300,14 +301,14 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
 
     /// One block of `2^order` frames straight from the buddy, reclaiming
     /// cached frames if it is empty.
-    fn buddy_alloc(&self, cpu: usize, order: usize) -> Result<usize, FrameError> {
-        let take = || self.with_buddy(cpu, |buddy| buddy.alloc(order));
+    fn buddy_alloc(&self, me: &CpuGuard, order: usize) -> Result<usize, FrameError> {
+        let take = || self.with_buddy(me, |buddy| buddy.alloc(order));
         let index = match take() {
             Some(i) => i,
-            None => self.after_reclaim(take).ok_or(FrameError::OutOfMemory)?,
+            None => self.after_reclaim(me, take).ok_or(FrameError::OutOfMemory)?,
         };
         for i in index..index + (1 << order) {
-            self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
+            self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, me.cpu());
         }
         Ok(index)
     }
@@ -315,9 +316,9 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// Drains every cache and retries `take`. Another CPU may refill its
     /// magazine between the drain and the retry, so while frames are still
     /// cached somewhere the drain is repeated (a bounded number of times).
-    fn after_reclaim<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
+    fn after_reclaim<T>(&self, me: &CpuGuard, mut take: impl FnMut() -> Option<T>) -> Option<T> {
         for _ in 0..RECLAIM_ATTEMPTS {
-            self.reclaim_all();
+            self.reclaim_all(me);
             if let Some(t) = take() {
                 return Some(t);
             }
@@ -329,12 +330,12 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     /// Frames whose state is already `Free` go back into the buddy.
-    fn buddy_free_range(&self, cpu: usize, range: Range<usize>) {
-        self.with_buddy(cpu, |buddy| buddy.free_range(range.start, range.end));
+    fn buddy_free_range(&self, me: &CpuGuard, range: Range<usize>) {
+        self.with_buddy(me, |buddy| buddy.free_range(range.start, range.end));
     }
 
-    fn magazine_alloc(&self, cpu: usize) -> Result<usize, FrameError> {
-        let slot = &self.cpus[cpu];
+    fn magazine_alloc(&self, me: &CpuGuard) -> Result<usize, FrameError> {
+        let slot = self.cpus.local(me);
         let mut cache = slot.cache.lock();
         let index = match cache.pop() {
             Some(i) => {
@@ -342,7 +343,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 Some(i)
             }
             None => {
-                self.refill(cpu, &mut cache);
+                self.refill(me, &mut cache);
                 cache.pop()
             }
         };
@@ -350,26 +351,26 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         drop(cache);
         match index {
             Some(i) => {
-                self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Allocated, cpu);
+                self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Allocated, me.cpu());
                 Ok(i as usize)
             }
             // Nothing here, in the depot or in the buddy: take back what
             // other CPUs have parked, then try the buddy once more.
-            None => self.buddy_alloc(cpu, 0),
+            None => self.buddy_alloc(me, 0),
         }
     }
 
     /// Loads a magazine from the depot, or a batch of frames from the buddy.
-    fn refill(&self, cpu: usize, cache: &mut CpuCache) {
-        let counters = &self.cpus[cpu].counters;
-        if let Some(mag) = self.with_depot(cpu, |d| d.take()) {
+    fn refill(&self, me: &CpuGuard, cache: &mut CpuCache) {
+        let counters = &self.cpus.local(me).counters;
+        if let Some(mag) = self.with_depot(me, |d| d.take()) {
             bump(&counters.depot_exchanges);
             cache.loaded = mag;
             return;
         }
         let cap = self.magazine_capacity();
         let mut batch = Magazine::new();
-        self.with_buddy(cpu, |buddy| {
+        self.with_buddy(me, |buddy| {
             while batch.len() < cap {
                 match buddy.alloc(0) {
                     Some(i) => batch.push(i as u32),
@@ -378,13 +379,13 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             }
         });
         for &i in &batch {
-            self.expect_transition(i as usize, FrameKind::Free, FrameKind::Cached, cpu);
+            self.expect_transition(i as usize, FrameKind::Free, FrameKind::Cached, me.cpu());
         }
         cache.loaded = batch;
     }
 
-    fn magazine_free(&self, cpu: usize, index: u32) {
-        let slot = &self.cpus[cpu];
+    fn magazine_free(&self, me: &CpuGuard, index: u32) {
+        let slot = self.cpus.local(me);
         let cap = self.magazine_capacity();
         let mut cache = slot.cache.lock();
         match cache.push(index, cap) {
@@ -394,8 +395,8 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 // if the depot is at its limit, back to the buddy).
                 let full = core::mem::take(&mut cache.previous);
                 bump(&slot.counters.depot_exchanges);
-                if let Err(full) = self.with_depot(cpu, |d| d.put(full)) {
-                    self.drain(cpu, &full);
+                if let Err(full) = self.with_depot(me, |d| d.put(full)) {
+                    self.drain(me, &full);
                 }
                 cache.push(index, cap).expect("previous magazine was just emptied");
             }
@@ -405,8 +406,8 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
 
     /// Runs `f` on the depot, keeping its frame count current, and grows
     /// magazines when the depot lock is contended.
-    fn with_depot<R>(&self, cpu: usize, f: impl FnOnce(&mut Depot<'a>) -> R) -> R {
-        let counts = &self.cpus[cpu].counters.depot;
+    fn with_depot<R>(&self, me: &CpuGuard, f: impl FnOnce(&mut Depot<'a>) -> R) -> R {
+        let counts = &self.cpus.local(me).counters.depot;
         let mut depot = match self.depot.try_lock() {
             Some(d) => {
                 counts.taken(0);
@@ -432,14 +433,14 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     /// Cached frames back to the buddy, under one buddy lock hold.
-    fn drain(&self, cpu: usize, frames: &[u32]) {
+    fn drain(&self, me: &CpuGuard, frames: &[u32]) {
         if frames.is_empty() {
             return;
         }
         for &i in frames {
-            self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Free, cpu);
+            self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Free, me.cpu());
         }
-        self.with_buddy(cpu, |buddy| {
+        self.with_buddy(me, |buddy| {
             for &i in frames {
                 buddy.free(i as usize, 0);
             }
@@ -447,21 +448,21 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     /// Empties every CPU's magazines and the depot into the buddy. Called
-    /// with no cache lock held.
-    fn reclaim_all(&self) {
-        let cpu = self.platform.cpu_index();
-        bump(&self.cpus[cpu].counters.reclaims);
-        for slot in self.cpus {
+    /// with no cache lock held. Other CPUs' caches are drained by design
+    /// (`iter`): each is behind its lock, which its owner takes too.
+    fn reclaim_all(&self, me: &CpuGuard) {
+        bump(&self.cpus.local(me).counters.reclaims);
+        for slot in self.cpus.iter() {
             let mut cache = slot.cache.lock();
             for mag in cache.take_all() {
-                self.drain(cpu, &mag);
+                self.drain(me, &mag);
             }
             slot.cached.store(0, Ordering::Relaxed);
         }
         // One magazine at a time: the depot lock is never held with the
         // buddy lock, and nothing large lands on the stack.
-        while let Some(mag) = self.with_depot(cpu, |d| d.take()) {
-            self.drain(cpu, &mag);
+        while let Some(mag) = self.with_depot(me, |d| d.take()) {
+            self.drain(me, &mag);
         }
     }
 
@@ -470,7 +471,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// each structure holds exactly as many frames as the database has in
     /// that state (so none is in two places), and the states add up.
     pub fn audit(&self) -> Result<Census, AuditViolation> {
-        self.platform.without_interrupts(|| {
+        self.platform.without_interrupts(|_| {
             let caches: arrayvec::ArrayVec<_, { crate::MAX_CPUS }> = self.cpus.iter().map(|c| c.cache.lock()).collect();
             let depot = self.depot.lock();
             let buddy = self.buddy.lock();

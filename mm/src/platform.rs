@@ -1,12 +1,15 @@
 //! What the memory manager needs from the platform, implemented by the
 //! kernel with `smp` (and by threads in host tests).
 
+use cpus::CpuGuard;
+
 pub trait Platform: Sync {
     /// Index of the running CPU, `0..MAX_CPUS`. Must not change while the
     /// caller runs (the kernel never migrates).
     fn cpu_index(&self) -> usize;
 
     /// Runs `f` with interrupts masked on this CPU, so an interrupt handler
-    /// cannot re-enter per-CPU state `f` holds.
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R;
+    /// cannot re-enter per-CPU state `f` holds; the guard proves it and
+    /// names this CPU (`PerCpu::local`).
+    fn without_interrupts<R>(&self, f: impl FnOnce(&CpuGuard) -> R) -> R;
 }

@@ -1,6 +1,8 @@
 //! Test platform: each host (or loom) thread plays one CPU, chosen with
 //! `on_cpu`; there are no interrupts to mask.
 
+use cpus::CpuGuard;
+
 use crate::platform::Platform;
 
 #[cfg(not(loom))]
@@ -19,8 +21,8 @@ impl Platform for Threads {
         CPU.with(|c| c.get())
     }
 
-    fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
-        f()
+    fn without_interrupts<R>(&self, f: impl FnOnce(&CpuGuard) -> R) -> R {
+        f(&CpuGuard::host_thread(self.cpu_index()))
     }
 }
 

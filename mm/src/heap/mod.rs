@@ -12,6 +12,7 @@ use arrayvec::ArrayVec;
 use crate::platform::Platform;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::PAGE_SIZE;
+use cpus::PerCpuRef;
 use free_list::FreeList;
 
 /// Object sizes; each is also its alignment.
@@ -57,7 +58,7 @@ pub struct HeapStats {
 
 pub struct Heap<'a, S: PageSource, P: Platform> {
     pools: [Mutex<FreeList>; CLASSES.len()],
-    cpus: &'a [HeapCpu],
+    cpus: PerCpuRef<'a, HeapCpu>,
     source: S,
     platform: P,
     in_use: AtomicU64,
@@ -83,7 +84,7 @@ fn large_pages(size: usize, align: usize) -> usize {
 
 impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
     #[cfg(not(loom))]
-    pub const fn new(cpus: &'a [HeapCpu], source: S, platform: P) -> Self {
+    pub const fn new(cpus: PerCpuRef<'a, HeapCpu>, source: S, platform: P) -> Self {
         Heap {
             pools: [const { Mutex::new(FreeList::new()) }; CLASSES.len()],
             cpus,
@@ -107,8 +108,8 @@ impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
             self.in_use.fetch_add((pages * PAGE) as u64, Ordering::Relaxed);
             return Some(addr);
         };
-        let addr = self.platform.without_interrupts(|| {
-            let mut cache = self.cpus[self.platform.cpu_index()].cache.lock();
+        let addr = self.platform.without_interrupts(|me| {
+            let mut cache = self.cpus.local(me).cache.lock();
             if let Some(a) = cache[class].pop() {
                 return Some(a);
             }
@@ -133,8 +134,8 @@ impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
             return;
         };
         self.in_use.fetch_sub(CLASSES[class] as u64, Ordering::Relaxed);
-        self.platform.without_interrupts(|| {
-            let mut cache = self.cpus[self.platform.cpu_index()].cache.lock();
+        self.platform.without_interrupts(|me| {
+            let mut cache = self.cpus.local(me).cache.lock();
             let mine = &mut cache[class];
             if mine.is_full() {
                 // Half back to the pool, so the next frees stay local.

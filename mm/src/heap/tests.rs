@@ -1,5 +1,6 @@
 use super::*;
 use crate::testing::{on_cpu, Threads};
+use cpus::{CachePadded, PerCpuRef};
 use std::alloc::Layout;
 
 /// Pages from the host allocator, with a budget to test exhaustion.
@@ -27,8 +28,8 @@ impl PageSource for HostPages {
 }
 
 fn heap(cpus: usize, budget: usize) -> &'static Heap<'static, HostPages, Threads> {
-    let slots = Vec::leak((0..cpus).map(|_| HeapCpu::new()).collect());
-    Box::leak(Box::new(Heap::new(slots, HostPages { left: std::sync::Mutex::new(budget) }, Threads)))
+    let slots = Vec::leak((0..cpus).map(|_| CachePadded::new(HeapCpu::new())).collect());
+    Box::leak(Box::new(Heap::new(PerCpuRef::new(slots), HostPages { left: std::sync::Mutex::new(budget) }, Threads)))
 }
 
 #[test]

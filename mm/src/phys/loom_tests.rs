@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::frame_db::FrameEntry;
+use cpus::CachePadded;
 use loom::sync::Arc;
 use std::sync::atomic::{AtomicBool as StdBool, AtomicU64 as StdU64, Ordering::SeqCst};
 
@@ -14,7 +15,8 @@ const FRAMES: usize = 4;
 fn tiny(cpus: usize) -> Arc<PhysAllocator<'static, LoomCpus>> {
     let entries: &'static [FrameEntry] = Vec::leak((0..FRAMES).map(|_| FrameEntry::new()).collect());
     let links = Vec::leak(vec![Link::EMPTY; FRAMES]);
-    let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
+    let slots = Vec::leak((0..cpus).map(|_| CachePadded::new(CpuSlot::new())).collect());
+    let slots = PerCpuRef::new(slots);
     let depot = Vec::leak(vec![Magazine::new(); 1]);
     on_cpu(0);
     Arc::new(PhysAllocator::new(FrameDb::new(1024, entries), links, [0..FRAMES], slots, 1, depot, LoomCpus))

@@ -2,6 +2,7 @@ use super::*;
 use crate::frame_db::FrameEntry;
 use crate::lock_count::LockSnapshot;
 use crate::testing::{on_cpu, Threads};
+use cpus::CachePadded;
 use std::sync::atomic::AtomicU64 as StdU64;
 
 const BASE_PFN: u64 = 1 << 12; // 16 MiB, aligned to 2^MAX_ORDER frames
@@ -17,7 +18,8 @@ fn allocator(
     let depot = Vec::leak(vec![Magazine::new(); depot]);
     let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
     let links = Vec::leak(vec![Link::EMPTY; frames]);
-    let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
+    let slots = Vec::leak((0..cpus).map(|_| CachePadded::new(CpuSlot::new())).collect());
+    let slots = PerCpuRef::new(slots);
     on_cpu(0);
     PhysAllocator::new(FrameDb::new(BASE_PFN, entries), links, usable.iter().cloned(), slots, cap, depot, Threads)
 }
@@ -292,7 +294,7 @@ fn audit_catches_a_frame_in_two_places() {
     a.free_page(q).unwrap();
     census(&a);
     {
-        let mut cache = a.cpus[0].cache.lock();
+        let mut cache = a.cpus.remote(0).cache.lock();
         let qi = a.db().index_of(q).unwrap() as u32;
         let pi = a.db().index_of(p).unwrap() as u32;
         // Lose q (still Cached, in no structure) and list p twice.
@@ -305,7 +307,7 @@ fn audit_catches_a_frame_in_two_places() {
     }
     // The marks were cleared: after repairing, the audit passes again.
     {
-        let mut cache = a.cpus[0].cache.lock();
+        let mut cache = a.cpus.remote(0).cache.lock();
         cache.loaded.pop();
         cache.loaded.push(a.db().index_of(q).unwrap() as u32);
     }

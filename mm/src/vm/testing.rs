@@ -19,6 +19,7 @@ use crate::phys::{CpuSlot, PhysAllocator};
 use crate::platform::Platform;
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
+use cpus::PerCpu;
 
 pub struct Machine {
     memory: Vec<Table>,
@@ -38,12 +39,12 @@ impl Machine {
     pub fn new(frames: usize, cpus: usize) -> Machine {
         let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
         let links = Vec::leak(vec![Link::EMPTY; frames]);
-        let slots = Vec::leak((0..MAX_CPUS).map(|_| CpuSlot::new()).collect());
+        let slots: &'static PerCpu<CpuSlot> = Box::leak(Box::default());
         let depot = Vec::leak(vec![Magazine::new(); 8]);
         let db = FrameDb::new(0, entries);
         Machine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            frames: PhysAllocator::new(db, links, [1..frames], slots, 8, depot, Threads),
+            frames: PhysAllocator::new(db, links, [1..frames], slots.as_ref(), 8, depot, Threads),
             online: AtomicU64::new((1u64 << cpus) - 1),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
