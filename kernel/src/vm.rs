@@ -71,16 +71,16 @@ impl VmPlatform for KernelVm {
         percpu::current_index()
     }
 
-    fn online_cpus(&self) -> u64 {
-        percpu::online_set().bits()
+    fn online_cpus(&self) -> CpuSet {
+        percpu::online_set()
     }
 
-    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
-        tlb::shootdown(CpuSet::from_bits(targets), start, pages).map_err(|e| {
-            log::error!("shootdown of {pages} pages at {start:#x} to {targets:#x} failed: {e:?}");
+    fn shootdown(&self, targets: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+        tlb::shootdown(targets, start, pages).map_err(|e| {
+            log::error!("shootdown of {pages} pages at {start:#x} to {targets:?} failed: {e:?}");
             let cpus = match e {
-                ShootdownError::Call(smp::ipi::CallError::Timeout { missing }) => missing.bits(),
-                ShootdownError::Call(smp::ipi::CallError::NotOnline { cpus }) => cpus.bits(),
+                ShootdownError::Call(smp::ipi::CallError::Timeout { missing }) => missing,
+                ShootdownError::Call(smp::ipi::CallError::NotOnline { cpus }) => cpus,
                 ShootdownError::BadRange { .. } => targets,
             };
             ShootdownFailed { cpus }

@@ -157,7 +157,7 @@ mod tests {
         fn cpu_index(&self) -> usize {
             match *self {}
         }
-        fn without_interrupts<R>(&self, _: impl FnOnce() -> R) -> R {
+        fn without_interrupts<R>(&self, _: impl FnOnce(&cpus::CpuGuard) -> R) -> R {
             match *self {}
         }
     }
@@ -181,10 +181,10 @@ mod tests {
         fn cpu_index(&self) -> usize {
             match *self {}
         }
-        fn online_cpus(&self) -> u64 {
+        fn online_cpus(&self) -> cpus::CpuSet {
             match *self {}
         }
-        fn shootdown(&self, _: u64, _: u64, _: u64) -> Result<(), ShootdownFailed> {
+        fn shootdown(&self, _: cpus::CpuSet, _: u64, _: u64) -> Result<(), ShootdownFailed> {
             match *self {}
         }
         fn load_root(&self, _: u64) {

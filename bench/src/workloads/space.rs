@@ -87,7 +87,7 @@ pub fn destroy<M: Machine>(m: &M, spaces: Arc<Vec<AddressSpace>>, before: u64) -
     let spaces =
         Arc::try_unwrap(spaces).map_err(|_| crate::failure::failure(format_args!("a CPU still holds the spaces")))?;
     for s in spaces {
-        check!(s.active_cpus() == 0, "space still active on {:#x}", s.active_cpus());
+        check!(s.active_cpus().is_empty(), "space still active on {:?}", s.active_cpus());
         m.vm().destroy_space(s).map_err(|(e, _)| fails("destroy space", e))?;
     }
     let after = frames_accounted(m);

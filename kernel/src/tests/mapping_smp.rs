@@ -408,7 +408,7 @@ fn targeted_shootdowns() -> TestResult {
     switch(true)?;
     let guard = SPACES[0].lock();
     let space = guard.as_ref().expect("space set");
-    let active = space.active_cpus();
+    let active = space.active_cpus().bits();
     let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let mut result = Ok(());
     for _ in 0..10 {

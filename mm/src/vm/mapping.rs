@@ -18,6 +18,7 @@ use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
 use crate::MAX_CPUS;
+use cpus::CpuSet;
 
 /// What `map_get` finds at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +131,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// CPUs that may cache translations of `space`.
-    pub fn shootdown_targets(&self, space: &AddressSpace) -> u64 {
+    pub fn shootdown_targets(&self, space: &AddressSpace) -> CpuSet {
         match space.kind() {
             SpaceKind::Kernel => self.p.online_cpus(),
             SpaceKind::User => space.active_cpus(),
@@ -152,10 +153,11 @@ impl<P: VmPlatform> Vm<P> {
     /// locked operations, so its walk after loading CR3 sees the change.
     pub(crate) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
         fence(Ordering::SeqCst);
-        match self.shootdown_targets(space) {
-            0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
-            targets => Ok(self.p.shootdown(targets, start, pages)?),
+        let targets = self.shootdown_targets(space);
+        if targets.is_empty() {
+            return Ok(()); // active nowhere: no TLB can hold it (no PCIDs)
         }
+        Ok(self.p.shootdown(targets, start, pages)?)
     }
 
     // ---- spaces ----
@@ -178,8 +180,8 @@ impl<P: VmPlatform> Vm<P> {
     /// own. It must not be active on any CPU.
     pub fn destroy_space(&self, space: AddressSpace) -> Result<(), (VmError, AddressSpace)> {
         let cpus = space.active_cpus();
-        if space.kind() == SpaceKind::Kernel || cpus != 0 {
-            return Err((VmError::SpaceActive { cpus }, space));
+        if space.kind() == SpaceKind::Kernel || !cpus.is_empty() {
+            return Err((VmError::SpaceActive { cpus: cpus.bits() }, space));
         }
         let (mut tables, mut owned) = (Vec::new(), Vec::new());
         table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);
@@ -197,7 +199,7 @@ impl<P: VmPlatform> Vm<P> {
     /// changed tables.
     pub fn activate(&self, space: &AddressSpace) {
         if space.kind() == SpaceKind::User {
-            space.active.fetch_or(1 << self.p.cpu_index(), Ordering::SeqCst);
+            space.active.insert(self.p.cpu_index(), Ordering::SeqCst);
         }
         self.p.load_root(space.root);
     }
@@ -207,7 +209,7 @@ impl<P: VmPlatform> Vm<P> {
     pub fn deactivate(&self, space: &AddressSpace) {
         self.p.load_root(self.kernel.root);
         if space.kind() == SpaceKind::User {
-            space.active.fetch_and(!(1 << self.p.cpu_index()), Ordering::SeqCst);
+            space.active.remove(self.p.cpu_index(), Ordering::SeqCst);
         }
     }
 

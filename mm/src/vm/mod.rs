@@ -55,6 +55,8 @@ pub use pte::{CacheMode, Flags, PageSize};
 pub use space::{AddressSpace, SpaceKind};
 pub use table::Table;
 
+use cpus::CpuSet;
+
 use crate::frame::FrameError;
 
 pub const PAGE: u64 = crate::PAGE_SIZE;
@@ -86,11 +88,11 @@ pub trait VmPlatform: Sync {
     fn free_frame(&self, phys: u64) -> Result<(), FrameError>;
     /// Index of the running CPU, `0..MAX_CPUS`.
     fn cpu_index(&self) -> usize;
-    /// Bit mask of the online CPUs.
-    fn online_cpus(&self) -> u64;
+    /// The online CPUs.
+    fn online_cpus(&self) -> CpuSet;
     /// Invalidates `pages` pages from `start` on every CPU in `targets`
     /// (the caller too when it is in the set) and returns once all have.
-    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed>;
+    fn shootdown(&self, targets: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed>;
     /// Makes `root` the running CPU's page-table root (CR3).
     fn load_root(&self, root: u64);
     /// Frames the allocator has free (for the paging reserve).
@@ -112,7 +114,7 @@ pub trait VmPlatform: Sync {
 /// translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShootdownFailed {
-    pub cpus: u64,
+    pub cpus: CpuSet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +198,6 @@ pub enum VmError {
 
 impl From<ShootdownFailed> for VmError {
     fn from(e: ShootdownFailed) -> VmError {
-        VmError::Shootdown { cpus: e.cpus }
+        VmError::Shootdown { cpus: e.cpus.bits() }
     }
 }

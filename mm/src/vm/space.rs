@@ -2,7 +2,9 @@
 //! callers may map in it, and the set of CPUs on which it is active (the
 //! targets of its shootdowns).
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use cpus::{AtomicCpuSet, CpuSet};
 
 use super::table_lock::TableLock;
 use super::{VmError, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, USER_END, USER_START};
@@ -24,7 +26,7 @@ pub struct AddressSpace {
     kind: SpaceKind,
     /// CPUs that run on this space now (user spaces; the kernel space is
     /// on every online CPU).
-    pub(super) active: AtomicU64,
+    pub(super) active: AtomicCpuSet,
     /// Shared by map and unmap, exclusive for freeing empty tables.
     pub(crate) tables: TableLock,
     /// An unmap could not prune (lock busy, or too many tables at once);
@@ -37,7 +39,7 @@ impl AddressSpace {
         AddressSpace {
             root,
             kind,
-            active: AtomicU64::new(0),
+            active: AtomicCpuSet::new(CpuSet::EMPTY),
             tables: TableLock::new(),
             prune_pending: AtomicBool::new(false),
         }
@@ -53,7 +55,7 @@ impl AddressSpace {
     }
 
     /// CPUs the space is active on now.
-    pub fn active_cpus(&self) -> u64 {
+    pub fn active_cpus(&self) -> CpuSet {
         self.active.load(Ordering::SeqCst)
     }
 

@@ -19,7 +19,7 @@ use crate::phys::{CpuSlot, PhysAllocator};
 use crate::platform::Platform;
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
-use cpus::PerCpu;
+use cpus::{CpuSet, PerCpu};
 
 pub struct Machine {
     memory: Vec<Table>,
@@ -167,18 +167,20 @@ impl VmPlatform for Machine {
         Threads.cpu_index()
     }
 
-    fn online_cpus(&self) -> u64 {
+    fn online_cpus(&self) -> CpuSet {
         self.tlb.refill(&self.memory);
-        self.online.load(Ordering::Relaxed)
+        CpuSet::from_bits(self.online.load(Ordering::Relaxed))
     }
 
-    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+    fn shootdown(&self, set: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+        // The simulation and the tests' records keep sets as bit masks.
+        let targets = set.bits();
         let (cpu, shot) = (self.cpu_index(), Shot { targets, start, pages });
         self.gate.pass(cpu, Park::BeforeSend, shot);
         if self.fail_shootdowns.load(Ordering::Relaxed) {
             // Nobody answered: every TLB keeps what it holds.
             self.tlb.refill(&self.memory);
-            return Err(ShootdownFailed { cpus: targets });
+            return Err(ShootdownFailed { cpus: set });
         }
         self.tlb.shootdown(&self.memory, targets, start, pages);
         self.shootdowns.lock().unwrap().push((targets, start, pages));

@@ -174,7 +174,7 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
         vm.deactivate(&user);
     }
     on_cpu(0);
-    assert_eq!(user.active_cpus(), 0);
+    assert_eq!(user.active_cpus(), CpuSet::EMPTY);
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
 }
 
