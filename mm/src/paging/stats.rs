@@ -10,8 +10,9 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use cpus::PerCpu;
+
 use crate::lock_count::{LockCounts, LockSnapshot};
-use crate::MAX_CPUS;
 
 /// Bucket `k` counts durations in `[2^k, 2^(k+1))` ns (bucket 0 also 0);
 /// 40 buckets reach past 15 minutes.
@@ -90,8 +91,11 @@ impl HistogramSnapshot {
 /// average, per CPU) is timed into the histograms.
 pub const TIMING_SAMPLE: u32 = 16;
 
-/// Counters of one CPU, on cache lines of their own, written only by that
-/// CPU (paging runs with interrupts off) with a plain load and store.
+/// Counters of one CPU, on cache lines of their own (a `PerCpu` element),
+/// written only by that CPU (paging runs with interrupts off) with a plain
+/// load and store. Reached by index without a `CpuGuard` (`unguarded`):
+/// `VmPlatform::without_interrupts` proves nothing to the type system yet,
+/// and the callers name their CPU with `cpu_index`.
 #[derive(Default)]
 #[repr(align(64))]
 struct CpuCounters {
@@ -179,17 +183,17 @@ pub enum Timing {
 }
 
 pub struct Stats {
-    cpus: [CpuCounters; MAX_CPUS],
+    cpus: PerCpu<CpuCounters>,
     histograms: [Histogram; 4],
 }
 
 impl Stats {
     pub fn new() -> Stats {
-        Stats { cpus: core::array::from_fn(|_| CpuCounters::default()), histograms: [const { Histogram::new() }; 4] }
+        Stats { cpus: PerCpu::default(), histograms: [const { Histogram::new() }; 4] }
     }
 
     pub fn count(&self, cpu: usize, e: Event) {
-        let c = &self.cpus[cpu];
+        let c = self.cpus.unguarded(cpu);
         let counter = match e {
             Event::Fault => &c.faults,
             Event::EvictClean => &c.evictions_clean,
@@ -205,12 +209,12 @@ impl Stats {
 
     /// CPU `cpu`'s counts of the baseline's global lock.
     pub(crate) fn global_lock(&self, cpu: usize) -> &LockCounts {
-        &self.cpus[cpu].global_lock
+        &self.cpus.unguarded(cpu).global_lock
     }
 
     /// Whether CPU `cpu` times its next event (see [`TIMING_SAMPLE`]).
     pub fn sampled(&self, cpu: usize) -> bool {
-        let c = &self.cpus[cpu];
+        let c = self.cpus.unguarded(cpu);
         let left = c.sample_left.load(Ordering::Relaxed);
         if left > 1 {
             c.sample_left.store(left - 1, Ordering::Relaxed);
@@ -245,8 +249,9 @@ impl Stats {
         self.histograms[t as usize].record(ns);
     }
 
+    /// CPU `cpu`'s counts (any CPU's: reports read them all).
     pub fn cpu(&self, cpu: usize) -> Counts {
-        let c = &self.cpus[cpu];
+        let c = self.cpus.remote(cpu);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counts {
             faults: l(&c.faults),
@@ -263,7 +268,7 @@ impl Stats {
 
     pub fn total(&self) -> Counts {
         let mut t = Counts::default();
-        for cpu in 0..MAX_CPUS {
+        for cpu in 0..self.cpus.len() {
             t.add(&self.cpu(cpu));
         }
         t

@@ -1,13 +1,21 @@
 //! What the virtual-memory code did, per CPU: page tables allocated,
 //! zeroed and freed, and the table lock's acquisitions (shared and
 //! exclusive sides together). Each CPU writes only its own block, which
-//! fills cache lines of its own, with plain loads and stores.
+//! fills cache lines of its own (a `PerCpu` element), with plain loads and
+//! stores.
+//!
+//! The writer reaches its block without a `CpuGuard` (`running`): mapping
+//! code runs with interrupts on, but no interrupt handler maps, unmaps or
+//! takes a table lock, so nothing on the same CPU interleaves with a count;
+//! readers sum any CPU's (`cpu`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::lock_count::{LockCounts, LockSnapshot};
-use crate::MAX_CPUS;
+use cpus::PerCpu;
 
+use crate::lock_count::{LockCounts, LockSnapshot};
+
+/// One CPU's counts; the alignment says the block itself fits one line.
 #[repr(align(64))]
 pub struct CpuVmCounts {
     tables_allocated: AtomicU64,
@@ -72,16 +80,23 @@ impl Default for CpuVmCounts {
 }
 
 pub struct VmCounts {
-    cpus: [CpuVmCounts; MAX_CPUS],
+    cpus: PerCpu<CpuVmCounts>,
 }
 
 impl VmCounts {
     pub const fn new() -> VmCounts {
-        VmCounts { cpus: [const { CpuVmCounts::new() }; MAX_CPUS] }
+        VmCounts { cpus: cpus::per_cpu![CpuVmCounts::new()] }
     }
 
+    /// CPU `cpu`'s counts, for reading (any CPU's).
     pub fn cpu(&self, cpu: usize) -> &CpuVmCounts {
-        &self.cpus[cpu]
+        self.cpus.remote(cpu)
+    }
+
+    /// The running CPU's counts, `cpu` being its index, for counting
+    /// (unguarded: see the module documentation).
+    pub fn running(&self, cpu: usize) -> &CpuVmCounts {
+        self.cpus.unguarded(cpu)
     }
 }
 

@@ -4,40 +4,51 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::MAX_CPUS;
+use cpus::PerCpu;
 
+/// One CPU's switch.
+struct CpuInject {
+    /// Allocations left before the one that fails (0: off).
+    countdown: AtomicU64,
+    /// Allocations made while armed (to know when a sweep ends).
+    fired: AtomicU64,
+}
+
+/// Every CPU's switch, reached by index without a `CpuGuard`: a test arms
+/// and reads CPUs by index (its own or another thread's), and an interrupt
+/// handler never allocates through the mapping code, so nothing on the
+/// same CPU interleaves with `should_fail`'s load and store.
 pub struct Inject {
-    /// Per CPU: allocations left before the one that fails (0: off).
-    countdown: [AtomicU64; MAX_CPUS],
-    /// Per CPU: allocations made while armed (to know when a sweep ends).
-    fired: [AtomicU64; MAX_CPUS],
+    cpus: PerCpu<CpuInject>,
 }
 
 impl Inject {
     pub const fn new() -> Inject {
-        Inject { countdown: [const { AtomicU64::new(0) }; MAX_CPUS], fired: [const { AtomicU64::new(0) }; MAX_CPUS] }
+        Inject { cpus: cpus::per_cpu![CpuInject { countdown: AtomicU64::new(0), fired: AtomicU64::new(0) }] }
     }
 
     /// The `k`-th allocation (1-based) on `cpu` from now on fails; 0 turns
     /// injection off.
     pub fn arm(&self, cpu: usize, k: u64) {
-        self.fired[cpu].store(0, Ordering::Relaxed);
-        self.countdown[cpu].store(k, Ordering::Relaxed);
+        let c = self.cpus.remote(cpu);
+        c.fired.store(0, Ordering::Relaxed);
+        c.countdown.store(k, Ordering::Relaxed);
     }
 
     /// Whether the armed failure has happened since `arm`.
     pub fn fired(&self, cpu: usize) -> bool {
-        self.fired[cpu].load(Ordering::Relaxed) != 0
+        self.cpus.remote(cpu).fired.load(Ordering::Relaxed) != 0
     }
 
     /// Called before each allocation on `cpu`: true if it must fail.
     pub fn should_fail(&self, cpu: usize) -> bool {
-        let c = &self.countdown[cpu];
+        let me = self.cpus.unguarded(cpu);
+        let c = &me.countdown;
         match c.load(Ordering::Relaxed) {
             0 => false,
             1 => {
                 c.store(0, Ordering::Relaxed);
-                self.fired[cpu].store(1, Ordering::Relaxed);
+                me.fired.store(1, Ordering::Relaxed);
                 true
             }
             n => {

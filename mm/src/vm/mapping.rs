@@ -17,8 +17,7 @@ use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
-use crate::MAX_CPUS;
-use cpus::CpuSet;
+use cpus::{CpuSet, PerCpu};
 
 /// What `map_get` finds at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +42,7 @@ pub struct Vm<P: VmPlatform> {
     /// Pages held back by markers whose shootdown failed.
     quarantined: AtomicU64,
     /// Per CPU: how many unmap operations it began (`marker`'s stamps).
-    pub(super) unmap_generation: [AtomicU8; MAX_CPUS],
+    pub(super) unmap_generation: PerCpu<AtomicU8>,
     /// Per CPU: tables allocated, zeroed, freed; table-lock acquisitions.
     counts: super::counts::VmCounts,
 }
@@ -61,11 +60,11 @@ impl<P: VmPlatform> Vm<P> {
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
             quarantined: AtomicU64::new(0),
-            unmap_generation: [const { AtomicU8::new(0) }; MAX_CPUS],
+            unmap_generation: cpus::per_cpu![AtomicU8::new(0)],
             counts: super::counts::VmCounts::new(),
         };
         // `new` runs once, at boot, on the bootstrap CPU (index 0).
-        table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, vm.counts.cpu(0), &mut || vm.alloc())?;
+        table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, vm.counts.running(0), &mut || vm.alloc())?;
         Ok(vm)
     }
 
@@ -109,7 +108,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The running CPU's counters.
     pub(crate) fn my_counts(&self) -> &super::counts::CpuVmCounts {
-        self.counts.cpu(self.p.cpu_index())
+        self.counts.running(self.p.cpu_index())
     }
 
     /// The shared side of `space`'s table lock, counted for this CPU.

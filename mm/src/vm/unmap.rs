@@ -47,7 +47,9 @@ impl<P: VmPlatform> Vm<P> {
         let cpu = self.p.cpu_index();
         // Only this CPU advances its generation (a host test may play one
         // CPU on two threads: fetch_add keeps their stamps apart too).
-        let generation = self.unmap_generation[cpu].fetch_add(1, Ordering::Relaxed);
+        // Unguarded: one atomic operation, which no interrupt can tear, and
+        // interrupt handlers do not unmap.
+        let generation = self.unmap_generation.unguarded(cpu).fetch_add(1, Ordering::Relaxed);
         UnmapOp::new(cpu, u64::from(generation))
     }
 
