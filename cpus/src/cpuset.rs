@@ -123,6 +123,11 @@ impl AtomicCpuSet {
         CpuSet(self.0.fetch_or(1 << cpu, order))
     }
 
+    /// Adds every CPU in `set`; returns the set as it was before.
+    pub fn insert_all(&self, set: CpuSet, order: Ordering) -> CpuSet {
+        CpuSet(self.0.fetch_or(set.0, order))
+    }
+
     /// Removes `cpu`; returns the set as it was before.
     pub fn remove(&self, cpu: usize, order: Ordering) -> CpuSet {
         CpuSet(self.0.fetch_and(!CpuSet::single_or_empty(cpu).0, order))
@@ -175,6 +180,8 @@ mod tests {
         assert_eq!(s.remove(MAX_CPUS, Ordering::SeqCst), CpuSet::single(63), "out of range: no change");
         assert_eq!(s.load(Ordering::SeqCst), CpuSet::single(63));
         assert_eq!(CpuSet::ALL.len(), MAX_CPUS);
+        assert_eq!(s.insert_all(CpuSet::from_bits(0b110), Ordering::SeqCst), CpuSet::single(63));
+        assert_eq!(s.load(Ordering::SeqCst).iter().collect::<Vec<_>>(), vec![1, 2, 63]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use smp::MAX_CPUS;
+use cpus::PerCpu;
 use x86_64::structures::idt::InterruptStackFrame;
 use x86_64::VirtAddr;
 
@@ -23,11 +23,22 @@ pub struct CaughtFault {
     pub cr2: u64,
 }
 
-/// Per CPU: the recovery stack pointer (0 = not catching) and the vector
-/// that may be caught.
-static RECOVERY_RSP: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-static EXPECTED: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
-static CAUGHT: [spin::Mutex<Option<CaughtFault>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+/// One CPU's catching state, only ever touched by that CPU with interrupts
+/// masked (`catch` masks them, exception handlers run with them masked), so
+/// it is reached with `local`.
+struct Catching {
+    /// The recovery stack pointer (0 = not catching).
+    recovery_rsp: AtomicU64,
+    /// The vector that may be caught.
+    expected: AtomicU8,
+    caught: spin::Mutex<Option<CaughtFault>>,
+}
+
+static CATCHING: PerCpu<Catching> = cpus::per_cpu![Catching {
+    recovery_rsp: AtomicU64::new(0),
+    expected: AtomicU8::new(0),
+    caught: spin::Mutex::new(None)
+}];
 
 core::arch::global_asm!(
     // guarded_call(f: extern "C" fn(usize), arg: usize, slot: *mut u64) -> u64
@@ -87,34 +98,42 @@ pub unsafe fn catch<F: FnOnce()>(vector: u8, f: F) -> Result<(), CaughtFault> {
             f()
         }
     }
-    let cpu = smp::percpu::current_index();
     let mut f = Some(f);
-    *CAUGHT[cpu].lock() = None;
-    EXPECTED[cpu].store(vector, Ordering::Relaxed);
-    let faulted = x86_64::instructions::interrupts::without_interrupts(|| {
+    smp::percpu::without_interrupts(|me| {
+        let c = CATCHING.local(me);
+        *c.caught.lock() = None;
+        c.expected.store(vector, Ordering::Relaxed);
         // SAFETY: `guarded_call` follows the C ABI and restores every
         // callee-saved register on both paths; the slot is this CPU's own;
         // what the fault abandons is covered by this function's contract.
-        unsafe { guarded_call(run::<F>, &mut f as *mut Option<F> as usize, RECOVERY_RSP[cpu].as_ptr()) }
-    });
-    EXPECTED[cpu].store(0, Ordering::Relaxed);
-    if faulted == 0 {
-        return Ok(());
-    }
-    Err(CAUGHT[cpu].lock().take().expect("recovered without a recorded fault"))
+        let faulted = unsafe { guarded_call(run::<F>, &mut f as *mut Option<F> as usize, c.recovery_rsp.as_ptr()) };
+        c.expected.store(0, Ordering::Relaxed);
+        if faulted == 0 {
+            return Ok(());
+        }
+        Err(c.caught.lock().take().expect("recovered without a recorded fault"))
+    })
 }
 
 /// Called by exception handlers: if this CPU is catching `vector`, records
 /// the fault, redirects the return to the recovery path and returns true.
 pub fn try_recover(frame: &mut InterruptStackFrame, vector: u8, error_code: u64, cr2: u64) -> bool {
-    let cpu = smp::percpu::current_index();
-    let rsp = RECOVERY_RSP[cpu].load(Ordering::Relaxed);
-    if rsp == 0 || EXPECTED[cpu].load(Ordering::Relaxed) != vector {
+    // Exception handlers run with interrupts masked already; masking them
+    // again costs little on this path and holds whatever the caller.
+    let rsp = smp::percpu::without_interrupts(|me| {
+        let c = CATCHING.local(me);
+        let rsp = c.recovery_rsp.load(Ordering::Relaxed);
+        if rsp == 0 || c.expected.load(Ordering::Relaxed) != vector {
+            return 0;
+        }
+        c.recovery_rsp.store(0, Ordering::Relaxed);
+        if let Some(mut caught) = c.caught.try_lock() {
+            *caught = Some(CaughtFault { vector, error_code, rip: frame.instruction_pointer.as_u64(), cr2 });
+        }
+        rsp
+    });
+    if rsp == 0 {
         return false;
-    }
-    RECOVERY_RSP[cpu].store(0, Ordering::Relaxed);
-    if let Some(mut caught) = CAUGHT[cpu].try_lock() {
-        *caught = Some(CaughtFault { vector, error_code, rip: frame.instruction_pointer.as_u64(), cr2 });
     }
     // SAFETY: `rsp` was recorded by `guarded_call` on this CPU, whose frame
     // is still live (the slot is cleared when it returns), and

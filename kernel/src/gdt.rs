@@ -11,7 +11,7 @@ use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
-use smp::MAX_CPUS;
+use cpus::PerCpu;
 
 /// IST slots (1-based in hardware, 0-based in the TSS array). Only
 /// exceptions that never nest get one: a second exception of the same
@@ -50,13 +50,16 @@ struct CpuTables {
     selectors: Selectors,
 }
 
-static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
-static TABLES: [Once<CpuTables>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+/// Each CPU's TSS and GDT, built once by that CPU. Reached by index without
+/// a `CpuGuard`: a `Once` is set and read with atomic operations, which an
+/// interrupt on the same CPU cannot tear.
+static TSS: PerCpu<Once<TaskStateSegment>> = cpus::per_cpu![Once::new()];
+static TABLES: PerCpu<Once<CpuTables>> = cpus::per_cpu![Once::new()];
 
 /// Builds and loads CPU `cpu`'s GDT and TSS, and leaves null selectors in
 /// FS and GS (see below). Runs once on that CPU, with interrupts masked.
 pub fn load(cpu: usize, stacks: InterruptStacks) {
-    let tss = TSS[cpu].call_once(|| {
+    let tss = TSS.unguarded(cpu).call_once(|| {
         let mut tss = TaskStateSegment::new();
         for (slot, top) in stacks.ist.iter().enumerate() {
             tss.interrupt_stack_table[slot] = VirtAddr::new(*top);
@@ -64,7 +67,7 @@ pub fn load(cpu: usize, stacks: InterruptStacks) {
         tss.privilege_stack_table[0] = VirtAddr::new(stacks.rsp0);
         tss
     });
-    let tables = TABLES[cpu].call_once(|| {
+    let tables = TABLES.unguarded(cpu).call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         // User data right after kernel data, then user code: the order
         // `sysret` would need, should the kernel ever use it.
@@ -103,5 +106,5 @@ pub fn load(cpu: usize, stacks: InterruptStacks) {
 
 /// The running CPU's selectors. Panics before `load` ran on it.
 pub fn selectors() -> Selectors {
-    TABLES[smp::percpu::current_index()].get().expect("GDT not loaded on this CPU").selectors
+    TABLES.unguarded(smp::percpu::current_index()).get().expect("GDT not loaded on this CPU").selectors
 }

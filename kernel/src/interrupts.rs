@@ -4,7 +4,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use smp::MAX_CPUS;
+use cpus::PerCpu;
 use spin::LazyLock;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
@@ -123,15 +123,17 @@ handlers_with_code! {
 
 /// Per CPU: page faults being handled now (more than one when a fault is
 /// taken while handling another, e.g. by an interrupt during a nap).
-static PAGE_FAULT_DEPTH: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+/// Reached by index without a `CpuGuard`: nesting on the same CPU is what
+/// it counts, and each update is one atomic operation.
+static PAGE_FAULT_DEPTH: PerCpu<AtomicU32> = cpus::per_cpu![AtomicU32::new(0)];
 
 /// How many page faults this CPU is handling at the moment.
 pub fn page_fault_depth() -> u32 {
-    PAGE_FAULT_DEPTH[smp::percpu::current_index()].load(Ordering::Relaxed)
+    PAGE_FAULT_DEPTH.unguarded(smp::percpu::current_index()).load(Ordering::Relaxed)
 }
 
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
-    let depth = &PAGE_FAULT_DEPTH[smp::percpu::current_index()];
+    let depth = PAGE_FAULT_DEPTH.unguarded(smp::percpu::current_index());
     depth.fetch_add(1, Ordering::Relaxed);
     // Kernel code touching an on-demand page: page it in and retry.
     let resolved = !usermode::from_ring3(&frame) && crate::paging::resolve_fault(Cr2::read_raw(), code.bits());

@@ -33,6 +33,7 @@ mod workers;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::{entry_point, BootInfo};
+use cpus::PerCpu;
 use drivers::hpet::Hpet;
 use drivers::lapic::ApicMode;
 use drivers::pm_timer::PmTimer;
@@ -40,7 +41,6 @@ use drivers::qemu_exit::{exit, ExitCode};
 use drivers::{acpi_tables, serial, tsc};
 use smp::bringup::{self, ApHooks, TRAMPOLINE_RESERVED};
 use smp::percpu::CpuArea;
-use smp::MAX_CPUS;
 use spin::Once;
 
 /// The bootloader puts everything it maps (kernel, boot stack, boot info,
@@ -71,8 +71,9 @@ pub struct BootFacts {
 
 pub static FACTS: Once<BootFacts> = Once::new();
 
-/// Interrupt stacks of each AP, mapped by the BSP before the AP starts.
-static AP_STACKS: [Once<gdt::InterruptStacks>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+/// Interrupt stacks of each AP, mapped by the BSP before the AP starts
+/// (so set from another CPU by design: `remote`).
+static AP_STACKS: PerCpu<Once<gdt::InterruptStacks>> = cpus::per_cpu![Once::new()];
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     // SAFETY: first thing on the BSP: nothing has used per-CPU data yet.
@@ -181,12 +182,12 @@ pub unsafe fn start_aps(phys_offset: u64, apic_ids: &[u32], cpus_total: usize) -
 fn map_ap_stacks(index: usize) -> Option<u64> {
     let top = memory::map_stack(memory::KERNEL_STACK_PAGES)?;
     let stacks = memory::map_interrupt_stacks()?;
-    AP_STACKS[index].call_once(|| stacks);
+    AP_STACKS.remote(index).call_once(|| stacks);
     Some(top)
 }
 
 fn ap_arch_init(cpu: &'static CpuArea) {
-    let stacks = *AP_STACKS[cpu.index()].get().expect("AP started without interrupt stacks");
+    let stacks = *AP_STACKS.remote(cpu.index()).get().expect("AP started without interrupt stacks");
     gdt::load(cpu.index(), stacks);
     interrupts::load();
     pat::init();

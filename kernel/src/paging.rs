@@ -5,6 +5,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use cpus::PerCpu;
 use mm::buddy::MAX_ORDER;
 use mm::paging::block_store::BlockStore;
 use mm::paging::faulty_store::FaultyStore;
@@ -12,7 +13,6 @@ use mm::paging::policy::{Lru, Nru};
 use mm::paging::store::RamStore;
 use mm::paging::store_switch::StoreSwitch;
 use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, PagingError, StoreError};
-use smp::MAX_CPUS;
 use spin::Once;
 
 use crate::cmdline::Eviction;
@@ -37,8 +37,11 @@ pub fn faulty_store() -> &'static FaultyStore {
 const RESERVE_FRAMES: u64 = 512;
 
 /// Per CPU: why paging refused the last fault it could not resolve, so a
-/// test can tell a reported fault from a resolved one.
-static LAST_ERROR: [spin::Mutex<Option<PagingError>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+/// test can tell a reported fault from a resolved one. Reached by index
+/// without a `CpuGuard`: the fault handler only `try_lock`s it, so a fault
+/// taken while this CPU's thread holds the lock skips the record instead
+/// of deadlocking.
+static LAST_ERROR: PerCpu<spin::Mutex<Option<PagingError>>> = cpus::per_cpu![spin::Mutex::new(None)];
 
 /// Turns paging on over the swap disk when there is one, else over the RAM
 /// store (16 MiB set aside from the frame allocator in runs of its largest
@@ -94,7 +97,7 @@ pub fn resolve_fault(addr: u64, error_code: u64) -> bool {
         Ok(()) => true,
         Err(e) => {
             let cpu = smp::percpu::current_index();
-            if let Some(mut last) = LAST_ERROR[cpu].try_lock() {
+            if let Some(mut last) = LAST_ERROR.unguarded(cpu).try_lock() {
                 *last = Some(e);
             }
             false
@@ -105,10 +108,10 @@ pub fn resolve_fault(addr: u64, error_code: u64) -> bool {
 /// The error of the last fault on this CPU paging refused, left in place
 /// (for the fatal report; `None` if the slot is busy).
 pub fn peek_last_error() -> Option<PagingError> {
-    *LAST_ERROR[smp::percpu::current_index()].try_lock()?
+    *LAST_ERROR.unguarded(smp::percpu::current_index()).try_lock()?
 }
 
 /// The error of the last fault on this CPU paging refused, and clears it.
 pub fn take_last_error() -> Option<PagingError> {
-    LAST_ERROR[smp::percpu::current_index()].lock().take()
+    LAST_ERROR.unguarded(smp::percpu::current_index()).lock().take()
 }

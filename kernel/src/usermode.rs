@@ -17,7 +17,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use smp::MAX_CPUS;
+use cpus::PerCpu;
 use x86_64::instructions::segmentation::{Segment, GS};
 use x86_64::registers::control::Cr2;
 use x86_64::registers::rflags::RFlags;
@@ -45,10 +45,12 @@ pub enum UserExit {
 
 /// Per CPU: the kernel stack pointer `usermode_landing` resumes on, or 0
 /// when that CPU is not running ring-3 code.
-static LANDING_RSP: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static LANDING_RSP: PerCpu<AtomicU64> = cpus::per_cpu![AtomicU64::new(0)];
 /// Per CPU: how its current run ended (only that CPU touches its slot,
-/// with interrupts masked, so the lock is never contended).
-static EXIT: [spin::Mutex<Option<UserExit>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+/// with interrupts masked, so the lock is never contended). Both are
+/// reached with `local`: `run_user` masks interrupts, and the exception
+/// and gate handlers that `land` run with them masked.
+static EXIT: PerCpu<spin::Mutex<Option<UserExit>>> = cpus::per_cpu![spin::Mutex::new(None)];
 
 /// What `usermode_enter` loads; the first five fields are the `iretq`
 /// frame in the order the instruction pops them.
@@ -179,17 +181,17 @@ pub unsafe fn run_user(entry: u64, stack_top: u64, arg0: u64, arg1: u64) -> User
         arg0,
         arg1,
     };
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let cpu = smp::percpu::current_index();
-        assert!(LANDING_RSP[cpu].load(Ordering::Relaxed) == 0, "run_user nested on cpu {cpu}");
-        *EXIT[cpu].lock() = None;
+    smp::percpu::without_interrupts(|me| {
+        let (landing, exit) = (LANDING_RSP.local(me), EXIT.local(me));
+        assert!(landing.load(Ordering::Relaxed) == 0, "run_user nested on cpu {}", me.cpu());
+        *exit.lock() = None;
         // Only this run's exit or fault can use the slot: it is this CPU's
         // own and interrupts are masked.
         // SAFETY: `usermode_enter` comes back through `usermode_landing` with the callee-saved
         // registers, DS, ES and rsp restored, as the C ABI wants; the slot is ours alone
         // (above); what ring 3 may touch is the caller's contract.
-        unsafe { usermode_enter(&frame, LANDING_RSP[cpu].as_ptr()) };
-        EXIT[cpu].lock().take().expect("landed from ring 3 without a recorded exit")
+        unsafe { usermode_enter(&frame, landing.as_ptr()) };
+        exit.lock().take().expect("landed from ring 3 without a recorded exit")
     })
 }
 
@@ -223,12 +225,19 @@ extern "C" fn exit_gate(gate: &mut GateFrame) {
 /// Records `exit` and points `frame` at `usermode_landing` in ring 0, if
 /// this CPU is in `run_user`.
 fn land(frame: &mut InterruptStackFrame, exit: UserExit) -> bool {
-    let cpu = smp::percpu::current_index();
-    let rsp = LANDING_RSP[cpu].swap(0, Ordering::Relaxed);
+    // Exception and gate handlers run with interrupts masked already;
+    // masking them again costs little on this path and holds whatever the
+    // caller.
+    let rsp = smp::percpu::without_interrupts(|me| {
+        let rsp = LANDING_RSP.local(me).swap(0, Ordering::Relaxed);
+        if rsp != 0 {
+            *EXIT.local(me).lock() = Some(exit);
+        }
+        rsp
+    });
     if rsp == 0 {
         return false;
     }
-    *EXIT[cpu].lock() = Some(exit);
     let sel = gdt::selectors();
     // SAFETY: `rsp` was recorded by `usermode_enter` on this CPU, whose frame stays live
     // until the landing returns from it (only this swap clears the slot); the landing

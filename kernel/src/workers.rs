@@ -5,10 +5,11 @@
 //! bounded, until every AP reports done. Tests and benchmarks use this;
 //! cross-calls (interrupt context, must not nest) are for short work.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
+use cpus::{AtomicCpuSet, CpuSet, PerCpu};
 use drivers::tsc;
-use smp::{percpu, CpuSet, MAX_CPUS};
+use smp::percpu;
 use x86_64::instructions::interrupts;
 
 pub const WAKE_VECTOR: u8 = 0xF1;
@@ -17,10 +18,12 @@ const SPIN_STEPS: u32 = 4096;
 /// One nap of the waiting CPU (its timer or any IPI ends it sooner).
 const NAP_US: u32 = 20;
 
-static JOB: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// Per CPU: the job posted to it (a `fn(usize)`, 0 for none). The BSP posts
+/// (`remote`), the CPU takes its own with interrupts off (`local`).
+static JOB: PerCpu<AtomicUsize> = cpus::per_cpu![AtomicUsize::new(0)];
 /// CPUs given a job that they have not finished. A CPU that overran an
 /// earlier run's bound stays here, and no new run starts on it.
-static BUSY: AtomicU64 = AtomicU64::new(0);
+static BUSY: AtomicCpuSet = AtomicCpuSet::new(CpuSet::EMPTY);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotFinished {
@@ -34,7 +37,7 @@ pub fn ap_main() -> ! {
         // Check for work with interrupts off, then `sti; hlt` atomically:
         // a wake IPI that arrives after the check still ends the `hlt`.
         interrupts::disable();
-        let job = JOB[me].swap(0, Ordering::Acquire);
+        let job = percpu::with_guard(|g| JOB.local(g).swap(0, Ordering::Acquire));
         if job == 0 {
             interrupts::enable_and_hlt();
             continue;
@@ -43,7 +46,7 @@ pub fn ap_main() -> ! {
         // SAFETY: only `run_on_all` stores into JOB, always a `fn(usize)`.
         let f = unsafe { core::mem::transmute::<usize, fn(usize)>(job) };
         f(me);
-        BUSY.fetch_and(!(1 << me), Ordering::Release);
+        BUSY.remove(me, Ordering::Release);
     }
 }
 
@@ -53,21 +56,21 @@ pub fn ap_main() -> ! {
 pub fn run_on_all(f: fn(usize), timeout_ns: u64) -> Result<(), NotFinished> {
     let me = percpu::current_index();
     let others = percpu::online_set().without(me);
-    let still_busy = BUSY.load(Ordering::Acquire) & others.bits();
-    if still_busy != 0 {
-        return Err(NotFinished { cpus: CpuSet::from_bits(still_busy) });
+    let still_busy = BUSY.load(Ordering::Acquire).intersect(others);
+    if !still_busy.is_empty() {
+        return Err(NotFinished { cpus: still_busy });
     }
-    BUSY.fetch_or(others.bits(), Ordering::AcqRel);
+    BUSY.insert_all(others, Ordering::AcqRel);
     for cpu in others.iter() {
-        JOB[cpu].store(f as *const () as usize, Ordering::Release);
+        JOB.remote(cpu).store(f as *const () as usize, Ordering::Release);
     }
     smp::ipi::send_set(others, WAKE_VECTOR);
     f(me);
     let start = tsc::now_ns();
     let mut steps = 0u32;
     loop {
-        let busy = BUSY.load(Ordering::Acquire) & others.bits();
-        if busy == 0 {
+        let busy = BUSY.load(Ordering::Acquire).intersect(others);
+        if busy.is_empty() {
             return Ok(());
         }
         // The others may still be measuring: under TCG a clock read and a
@@ -79,7 +82,7 @@ pub fn run_on_all(f: fn(usize), timeout_ns: u64) -> Result<(), NotFinished> {
         }
         let now = tsc::now_ns();
         if now - start > timeout_ns {
-            return Err(NotFinished { cpus: CpuSet::from_bits(busy) });
+            return Err(NotFinished { cpus: busy });
         }
         crate::nap::nap(NAP_US);
     }

@@ -20,8 +20,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use cpus::PerCpu;
 use mm::vm::VmPlatform;
-use mm::MAX_CPUS;
 
 use crate::driver::Rep;
 use crate::failure::{check, fails, failure, Failure};
@@ -35,8 +35,10 @@ pub struct Line(AtomicU64);
 /// The one counter every CPU increments in `floor.rmw shared` (a static, so
 /// the tracer's report names it by its symbol).
 pub static SHARED: Line = Line(AtomicU64::new(0));
-/// Each CPU's own counter for `floor.rmw private`.
-pub static PRIVATE: [Line; MAX_CPUS] = [const { Line(AtomicU64::new(0)) }; MAX_CPUS];
+/// Each CPU's own counter for `floor.rmw private`, on lines of its own
+/// (`PerCpu` pads each). A team member reaches its own by index without a
+/// `CpuGuard`: every access is one atomic operation.
+pub static PRIVATE: PerCpu<AtomicU64> = cpus::per_cpu![AtomicU64::new(0)];
 
 pub fn clock<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
     let rep = *rep;
@@ -70,8 +72,8 @@ pub fn rmw<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
     let team = Team::new(rep.cpus);
     let before = SHARED.0.load(Ordering::Relaxed);
     team.run(m, move |team, cpu| {
-        let line = if shared { &SHARED.0 } else { &PRIVATE[cpu].0 };
-        let mine = PRIVATE[cpu].0.load(Ordering::Relaxed);
+        let line = if shared { &SHARED.0 } else { PRIVATE.unguarded(cpu) };
+        let mine = PRIVATE.unguarded(cpu).load(Ordering::Relaxed);
         team.barrier(m)?;
         let mut t = Timed::begin(m, &rep, cpu);
         while t.running(team) {
@@ -80,7 +82,7 @@ pub fn rmw<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
         let ops = t.result.ops;
         t.finish(team, cpu);
         if !shared {
-            let got = PRIVATE[cpu].0.load(Ordering::Relaxed) - mine;
+            let got = PRIVATE.unguarded(cpu).load(Ordering::Relaxed) - mine;
             check!(got == ops, "cpu {cpu}: its counter moved by {got} in {ops} increments");
         }
         Ok(())
