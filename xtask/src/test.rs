@@ -228,8 +228,10 @@ pub fn broken(what: &str, why: &str, total: &mut Tally) {
 /// `cargo +PIN test` over the host-testable crates.
 fn host_tests() -> Tally {
     eprintln!("==> host unit tests");
-    let packages =
-        ["-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask", "-p", "tracer"];
+    let packages = [
+        "-p", "cpus", "-p", "smp", "-p", "mm", "-p", "drivers", "-p", "record", "-p", "bench", "-p", "xtask", "-p",
+        "tracer",
+    ];
     // --no-fail-fast: a failing crate must not hide the others' counts.
     let mut cargo = toolchain::cargo(&["test", "--no-fail-fast", "--features", "record/parse"]);
     cargo.args(packages);
