@@ -55,26 +55,12 @@ pub struct CpuArea {
 unsafe impl Sync for CpuArea {}
 
 static AREAS: PerCpu<CpuArea> = {
-    let mut cells = [const {
-        CachePadded::new(CpuArea {
-            self_ptr: AtomicPtr::new(core::ptr::null_mut()),
-            index: 0,
-            apic_id: AtomicU32::new(u32::MAX),
-            state: AtomicU8::new(CpuState::Absent as u8),
-            lapic: UnsafeCell::new(None),
-        })
-    }; MAX_CPUS];
+    let mut cells = [const { CachePadded::new(CpuArea::absent(0)) }; MAX_CPUS];
     // Each area knows its own index (`current_index` is one load from it);
     // a constant loop because `per_cpu!` gives every element the same value.
     let mut i = 0;
     while i < MAX_CPUS {
-        cells[i] = CachePadded::new(CpuArea {
-            self_ptr: AtomicPtr::new(core::ptr::null_mut()),
-            index: i,
-            apic_id: AtomicU32::new(u32::MAX),
-            state: AtomicU8::new(CpuState::Absent as u8),
-            lapic: UnsafeCell::new(None),
-        });
+        cells[i] = CachePadded::new(CpuArea::absent(i));
         i += 1;
     }
     PerCpu::from_padded(cells)
@@ -170,6 +156,17 @@ pub(crate) fn with_local_apic_guarded<R>(f: impl FnOnce(&mut Lapic, &CpuGuard) -
 }
 
 impl CpuArea {
+    /// CPU `index`'s area before the CPU starts.
+    const fn absent(index: usize) -> CpuArea {
+        CpuArea {
+            self_ptr: AtomicPtr::new(core::ptr::null_mut()),
+            index,
+            apic_id: AtomicU32::new(u32::MAX),
+            state: AtomicU8::new(CpuState::Absent as u8),
+            lapic: UnsafeCell::new(None),
+        }
+    }
+
     pub fn index(&self) -> usize {
         self.index
     }
