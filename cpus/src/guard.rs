@@ -25,6 +25,9 @@ impl CpuGuard {
     /// that really disable interrupts (smp's `without_interrupts`) call
     /// this; code that `PerCpu` elements rely on for exclusive access may
     /// take a guard as proof of both.
+    // `unsafe` for its contract only: the body does nothing unsafe, but
+    // callers' soundness may rest on what a guard claims.
+    #[allow(unsafe_code)]
     pub const unsafe fn new_unchecked(cpu: usize) -> CpuGuard {
         CpuGuard { cpu, _not_send: PhantomData }
     }

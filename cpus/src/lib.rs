@@ -7,6 +7,9 @@
 //! A leaf crate: mm may depend on no other project crate, and smp, the
 //! kernel, record and xtask all need the same limit, so it lives here once.
 #![no_std]
+// The crate holds no unsafe code; its one `unsafe fn` (a contract, not an
+// unsafe operation) is allowed where it is declared.
+#![deny(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;
