@@ -64,7 +64,7 @@ pub fn snapshot<M: Machine>(m: &M) -> Snapshot {
         s.tlb.full_flushes += t.full_flushes;
         s.vm += m.vm().counts(cpu);
     }
-    if let Ok(p) = m.vm().pager() {
+    if let Ok(p) = mm::paging::Paging::of(m.vm()).map(|p| p.pager()) {
         s.paging = p.stats().total();
         s.store_in = Some(p.stats().histogram(Timing::StoreIn));
         s.store_out = Some(p.stats().histogram(Timing::StoreOut));

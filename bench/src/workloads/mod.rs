@@ -10,7 +10,7 @@ mod fault;
 mod floor;
 mod frames;
 mod heap;
-mod paged;
+pub(crate) mod paged;
 pub(crate) mod space;
 mod thrash;
 mod tlb;

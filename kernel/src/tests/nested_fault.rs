@@ -14,7 +14,7 @@ use mm::vm::{KMemFlags, PAGE};
 use smp::{percpu, CpuSet};
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, my_counts, pattern, put};
+use super::paging::{audit, get, my_counts, paging, pattern, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::{interrupts, paging, vm};
 
@@ -120,11 +120,11 @@ fn poke() {
 
 /// CPU 1: page the outer pages out, read each back (a napping fault).
 fn fault_loop() {
-    let vm = vm::get();
+    let paging = paging();
     let outer = OUTER.load(Ordering::Relaxed);
     let deadline = drivers::tsc::now_ns() + RUN_NS;
     while !STOP.load(Ordering::Relaxed) && drivers::tsc::now_ns() < deadline {
-        if let Err(e) = vm.page_out(outer, OUTER_PAGES * PAGE) {
+        if let Err(e) = paging.page_out(outer, OUTER_PAGES * PAGE) {
             return fail(format_args!("page-out: {e:?}"));
         }
         for p in 0..OUTER_PAGES {

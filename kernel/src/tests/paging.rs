@@ -3,7 +3,7 @@
 //! counts, pinning, on-demand mappings over store slots, and refused
 //! calls that change nothing.
 
-use mm::paging::{Counts, Pager, PagingError};
+use mm::paging::{Counts, Pager, Paging, PagingError};
 use mm::vm::{KMemFlags, VmError, PAGE};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
@@ -22,8 +22,13 @@ pub const TESTS: &[Test] = &[
 /// of RAM + half the store is 12 MiB.
 pub const TEST_RESIDENT: u64 = 1024;
 
+/// The kernel's paging (the paging tests run only with it on).
+pub fn paging() -> Paging<'static, crate::vm::KernelVm> {
+    crate::paging::get().expect("paging is on")
+}
+
 pub fn pager() -> &'static Pager {
-    vm::get().pager().expect("paging is on")
+    paging().pager()
 }
 
 /// Reads word `addr` of an on-demand mapping (faults are resolved by the
@@ -65,7 +70,7 @@ pub(crate) fn my_counts() -> Counts {
 
 /// The paging audit and the frame audit.
 pub fn audit(when: &str) -> TestResult {
-    vm::get().audit_paging().map_err(|v| failure(format_args!("{when}: paging audit: {v:?}")))?;
+    paging().audit().map_err(|v| failure(format_args!("{when}: paging audit: {v:?}")))?;
     frames::get().audit().map_err(|v| failure(format_args!("{when}: frame audit: {v:?}")))?;
     Ok(())
 }
@@ -151,15 +156,15 @@ fn page_out_half() -> TestResult {
         for p in 0..pages {
             put(a + p * PAGE, pattern(a + p * PAGE, 7));
         }
-        vm.page_out(a, pages / 2 * PAGE).map_err(fails)?;
+        paging().page_out(a, pages / 2 * PAGE).map_err(fails)?;
         let before = my_counts().faults;
         for p in 0..pages {
             ensure!(get(a + p * PAGE) == pattern(a + p * PAGE, 7), "page {p} after page-out");
         }
         let faults = my_counts().faults - before;
         ensure!(faults == pages / 2, "{faults} faults touching {} paged-out pages", pages / 2);
-        vm.page_out(a, pages * PAGE).map_err(fails)?;
-        vm.page_in(a, pages * PAGE).map_err(fails)?;
+        paging().page_out(a, pages * PAGE).map_err(fails)?;
+        paging().page_in(a, pages * PAGE).map_err(fails)?;
         let before = my_counts().faults;
         for p in 0..pages {
             ensure!(get(a + p * PAGE) == pattern(a + p * PAGE, 7), "page {p} after page-in");
@@ -178,7 +183,7 @@ fn pinned_pages() -> TestResult {
     let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
     pg.set_resident_limit(64);
     let r = (|| {
-        vm.pin(a, pinned * PAGE).map_err(fails)?;
+        paging().pin(a, pinned * PAGE).map_err(fails)?;
         for p in 0..pinned {
             put(a + p * PAGE, p);
         }
@@ -193,11 +198,11 @@ fn pinned_pages() -> TestResult {
         }
         ensure!(my_counts().faults == before, "pinned pages faulted {} times", my_counts().faults - before);
         let s = state();
-        let refused = vm.page_out(a, PAGE);
+        let refused = paging().page_out(a, PAGE);
         ensure!(refused == Err(PagingError::Pinned { virt: a }), "page-out of a pinned page: {refused:?}");
         ensure!(state() == s, "the refused page-out changed {s:?} to {:?}", state());
-        vm.unpin(a, pinned * PAGE).map_err(fails)?;
-        vm.page_out(a, pinned * PAGE).map_err(fails)?;
+        paging().unpin(a, pinned * PAGE).map_err(fails)?;
+        paging().page_out(a, pinned * PAGE).map_err(fails)?;
         let before = my_counts().faults;
         ensure!(get(a) == 0, "unpinned page 0 after page-out");
         ensure!(my_counts().faults == before + 1, "an unpinned, paged-out page faults once");
@@ -221,7 +226,7 @@ fn unpaged_mapping() -> TestResult {
     }
     frames::get().free_page(frame).map_err(fails)?;
     ensure!(run, "two fresh slots are not adjacent: {slots:?}");
-    let a = vm.k_mem_map_unpaged(slots[0], 2 * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = paging().k_mem_map_unpaged(slots[0], 2 * PAGE, KMemFlags::RW).map_err(fails)?;
     let seen = [get(a + 64), get(a + PAGE + 64)];
     vm.k_mem_unmap(a, 2 * PAGE).map_err(fails)?;
     ensure!(seen == [0x5107_0000, 0x5107_0001], "the mapping reads {seen:x?}");
@@ -255,16 +260,16 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     );
     ensure!(paging::take_last_error() == Some(PagingError::Protection { virt: ro }), "read-only fault reason");
     let cases: [(Result<(), PagingError>, PagingError); 7] = [
-        (vm.page_in(a - PAGE, PAGE), PagingError::NotPageable { virt: a - PAGE }),
-        (vm.pin(a, 5 * PAGE), PagingError::NotPageable { virt: a + 4 * PAGE }),
-        (vm.page_out(a + 8, PAGE), PagingError::Range(VmError::NotAligned { value: a + 8 })),
-        (vm.unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
-        (vm.page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
+        (paging().page_in(a - PAGE, PAGE), PagingError::NotPageable { virt: a - PAGE }),
+        (paging().pin(a, 5 * PAGE), PagingError::NotPageable { virt: a + 4 * PAGE }),
+        (paging().page_out(a + 8, PAGE), PagingError::Range(VmError::NotAligned { value: a + 8 })),
+        (paging().unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
+        (paging().page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
         (
-            vm.evict_frame(frames::get().db().phys_of(0)),
+            paging().evict_frame(frames::get().db().phys_of(0)),
             PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
         ),
-        (vm.evict_frame(0x1234), PagingError::NotAPageFrame { phys: 0x1234 }),
+        (paging().evict_frame(0x1234), PagingError::NotAPageFrame { phys: 0x1234 }),
     ];
     for (i, (got, want)) in cases.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: {got:?}, expected {want:?}");
@@ -275,7 +280,7 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     // The refused write left the page clean: read in, it is evicted clean.
     ensure!(get(ro) == 0, "read-only page reads zero");
     let s = pg.stats().total();
-    vm.page_out(ro, PAGE).map_err(fails)?;
+    paging().page_out(ro, PAGE).map_err(fails)?;
     let t = pg.stats().total();
     ensure!(
         t.evictions_clean == s.evictions_clean + 1 && t.page_outs == s.page_outs,
@@ -292,7 +297,7 @@ fn refusals(a: u64, ro: u64) -> TestResult {
         hog.push(store.location_get(false).map_err(fails)?);
     }
     let full = state();
-    let refused = vm.page_out(a, 4 * PAGE);
+    let refused = paging().page_out(a, 4 * PAGE);
     let after = state();
     for s in hog {
         store.location_free(s).map_err(fails)?;
@@ -301,10 +306,10 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     ensure!(after == full, "the refused page-out changed {full:?} to {after:?}");
     // Every resident page pinned: a fault that needs a frame is refused.
     pg.set_resident_limit(4);
-    vm.pin(a, 4 * PAGE).map_err(fails)?;
+    paging().pin(a, 4 * PAGE).map_err(fails)?;
     let stuck = probe::read(ro);
     let reason = paging::take_last_error();
-    vm.unpin(a, 4 * PAGE).map_err(fails)?;
+    paging().unpin(a, 4 * PAGE).map_err(fails)?;
     pg.set_resident_limit(u64::MAX);
     ensure!(
         stuck.is_err() && reason == Some(PagingError::NoEvictableFrame),

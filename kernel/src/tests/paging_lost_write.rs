@@ -14,7 +14,7 @@ use mm::vm::{KMemFlags, PAGE};
 use smp::percpu;
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, pager, put};
+use super::paging::{audit, get, pager, paging, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::vm;
 
@@ -129,11 +129,11 @@ fn evictor() {
         by_frame = !by_frame;
         let r = if by_frame {
             match vm.map_get(vm.kernel(), a) {
-                Ok(t) => vm.evict_frame(t.phys),
+                Ok(t) => paging().evict_frame(t.phys),
                 Err(_) => continue, // not resident now
             }
         } else {
-            vm.page_out(a, PAGE)
+            paging().page_out(a, PAGE)
         };
         match r {
             Ok(()) => {}

@@ -12,7 +12,7 @@ use mm::vm::{KMemFlags, PAGE};
 use smp::{percpu, MAX_CPUS};
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, pager, pattern, put};
+use super::paging::{audit, get, pager, paging, pattern, put};
 use super::{ensure, fails, Test, TestResult};
 use crate::vm;
 
@@ -37,7 +37,7 @@ fn one_page() -> TestResult {
     let r = (|| {
         for round in 0..40u64 {
             put(a + 8 * 100, pattern(a, round));
-            vm.page_out(a, PAGE).map_err(fails)?;
+            paging().page_out(a, PAGE).map_err(fails)?;
             let before = pager().stats().total();
             run(|cpu| {
                 let a = ADDR.load(Ordering::Relaxed);
@@ -82,11 +82,11 @@ fn pin_vs_page_out() -> TestResult {
     STOP.store(false, Ordering::Relaxed);
     PINS.store(0, Ordering::Relaxed);
     let r = run(|cpu| {
-        let vm = vm::get();
+        let paging = paging();
         let a = ADDR.load(Ordering::Relaxed);
         if cpu != 0 {
             while !STOP.load(Ordering::Relaxed) {
-                match vm.page_out(a, 16 * PAGE) {
+                match paging.page_out(a, 16 * PAGE) {
                     Ok(()) | Err(PagingError::Pinned { .. }) => {}
                     Err(e) => return fail(format_args!("cpu {cpu}: page-out: {e:?}")),
                 }
@@ -95,13 +95,13 @@ fn pin_vs_page_out() -> TestResult {
         }
         let me = percpu::current_index();
         for round in 0..200 {
-            if let Err(e) = vm.pin(a, 16 * PAGE) {
+            if let Err(e) = paging.pin(a, 16 * PAGE) {
                 return fail(format_args!("round {round}: pin: {e:?}"));
             }
             let before = pager().stats().cpu(me).faults;
             let ok = (0..16).all(|p| get(a + p * PAGE) == p);
             let faults = pager().stats().cpu(me).faults - before;
-            if let Err(e) = vm.unpin(a, 16 * PAGE) {
+            if let Err(e) = paging.unpin(a, 16 * PAGE) {
                 return fail(format_args!("round {round}: unpin: {e:?}"));
             }
             if !ok || faults != 0 {
@@ -128,7 +128,7 @@ fn unmap_vs_page_in() -> TestResult {
         for p in 0..PAGES {
             put(a + p * PAGE, pattern(a + p * PAGE, 1));
         }
-        vm.page_out(a, PAGES * PAGE).map_err(fails)?;
+        paging().page_out(a, PAGES * PAGE).map_err(fails)?;
         ADDR.store(a, Ordering::Relaxed);
         run(|cpu| {
             let vm = vm::get();
@@ -140,7 +140,7 @@ fn unmap_vs_page_in() -> TestResult {
                 return;
             }
             // Ok while the region is there; NotPageable once it is gone.
-            match vm.page_in(a, PAGES * PAGE) {
+            match paging().page_in(a, PAGES * PAGE) {
                 Ok(()) | Err(PagingError::NotPageable { .. }) => {}
                 Err(e) => fail(format_args!("cpu {cpu}: page-in: {e:?}")),
             }
@@ -203,12 +203,12 @@ fn thrash(mode: Mode) -> TestResult {
 /// thrashes); every CPU writes its own word of random pages, checks the
 /// word against its shadow, and bumps the page's shared counter.
 fn thrash_body(cpu: usize) {
-    let vm = vm::get();
+    let paging = paging();
     let a = ADDR.load(Ordering::Relaxed);
     let alone = percpu::online_count() == 1;
     if cpu == 0 && !alone {
         for i in 0..8 {
-            let r = if i % 2 == 0 { vm.page_out(a, PAGES * PAGE) } else { vm.page_in(a, PAGES * PAGE) };
+            let r = if i % 2 == 0 { paging.page_out(a, PAGES * PAGE) } else { paging.page_in(a, PAGES * PAGE) };
             match r {
                 Ok(()) | Err(PagingError::StoreFull) => {}
                 Err(e) => {

@@ -17,7 +17,7 @@ use mm::vm::{KMemFlags, PAGE};
 use smp::{percpu, MAX_CPUS};
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, pager, put};
+use super::paging::{audit, get, pager, paging, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::{paging, vm};
 
@@ -123,13 +123,13 @@ fn unmapper() {
 /// CPUs 1..n: page the region out (its pages dirty, so they are written)
 /// and in again, then write this CPU's word of every page.
 fn churn(cpu: usize) {
-    let vm = vm::get();
+    let paging = paging();
     let a = REGION.load(Ordering::Relaxed);
     let deadline = drivers::tsc::now_ns() + CHURN_NS;
     while !STOP.load(Ordering::Relaxed) && drivers::tsc::now_ns() < deadline {
         // StoreFull cannot happen (64 MiB disk); any error is a failure.
         let r: Result<(), PagingError> =
-            vm.page_out(a, CHURN_PAGES * PAGE).and_then(|()| vm.page_in(a, CHURN_PAGES * PAGE));
+            paging.page_out(a, CHURN_PAGES * PAGE).and_then(|()| paging.page_in(a, CHURN_PAGES * PAGE));
         if let Err(e) = r {
             return fail(format_args!(
                 "cpu {cpu}: page-out/in after {} cycles: {e:?}",

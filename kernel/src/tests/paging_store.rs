@@ -9,7 +9,7 @@ use mm::paging::faulty_store::Transfer;
 use mm::paging::{PagingError, StoreError};
 use mm::vm::{KMemFlags, PAGE};
 
-use super::paging::{audit, get, my_counts, pattern, put, state};
+use super::paging::{audit, get, my_counts, paging, pattern, put, state};
 use super::{ensure, fails, Test, TestResult};
 use crate::{paging, vm};
 
@@ -48,14 +48,14 @@ fn failed_page_out() -> TestResult {
     fill(a, 1);
     let before = (state(), my_counts().faults);
     faulty.arm(Transfer::Out, 1);
-    let r = vm.page_out(a + PAGE, PAGE);
+    let r = paging().page_out(a + PAGE, PAGE);
     faulty.disarm();
     ensure!(is_io(&r), "page-out with a failing store: {r:?}");
     ensure!(vm.is_mapped(a + PAGE), "the page is no longer mapped");
     ensure!(state() == before.0, "a failed page-out changed the state");
     intact(a, 1)?;
     ensure!(my_counts().faults == before.1, "reading the page back faulted");
-    vm.page_out(a + PAGE, PAGE).map_err(fails)?;
+    paging().page_out(a + PAGE, PAGE).map_err(fails)?;
     intact(a, 1)?;
     audit("after a failed page-out")?;
     vm.k_mem_unmap(a, PAGES * PAGE).map_err(fails)
@@ -65,10 +65,10 @@ fn failed_page_in_call() -> TestResult {
     let (vm, faulty) = (vm::get(), paging::faulty_store());
     let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
     fill(a, 2);
-    vm.page_out(a, PAGES * PAGE).map_err(fails)?;
+    paging().page_out(a, PAGES * PAGE).map_err(fails)?;
     let before = state();
     faulty.arm(Transfer::In, 1);
-    let r = vm.page_in(a, PAGE);
+    let r = paging().page_in(a, PAGE);
     faulty.disarm();
     ensure!(is_io(&r), "page-in with a failing store: {r:?}");
     ensure!(!vm.is_mapped(a), "the page came in");
@@ -84,7 +84,7 @@ fn failed_page_in_fault() -> TestResult {
     let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
     REGION.store(a, Ordering::Relaxed);
     fill(a, 3);
-    vm.page_out(a, PAGES * PAGE).map_err(fails)?;
+    paging().page_out(a, PAGES * PAGE).map_err(fails)?;
     let _ = paging::take_last_error();
     paging::faulty_store().arm(Transfer::In, 1);
     // The fault cannot page the page in: the handler reports it, and the

@@ -10,10 +10,10 @@ use super::evict::Victims;
 use super::fault::{frame_of, is_dirty, Access};
 use super::token;
 use super::transition::{self, FrameClaim};
-use super::{Pager, PagingError};
+use super::{Pager, Paging, PagingError};
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
-use crate::vm::{Vm, VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
+use crate::vm::{VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
 
 /// Pages in `virt .. virt + size`, checked for alignment and for lying in
 /// the region area.
@@ -28,7 +28,7 @@ fn pages_of(virt: u64, size: u64) -> Result<u64, PagingError> {
     Ok(size / PAGE)
 }
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Checks that every page of the range is a pageable page.
     fn check_pageable(&self, virt: u64, npages: u64) -> Result<(), PagingError> {
         for va in (0..npages).map(|i| virt + i * PAGE) {
@@ -151,7 +151,7 @@ impl<P: VmPlatform> Vm<P> {
         }
         let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), false);
         for f in frames {
-            let _ = self.p.free_frame(f);
+            let _ = self.vm.p.free_frame(f);
         }
         error.map_or(Ok(()), Err)
     }

@@ -12,9 +12,9 @@ use super::stats::{Event, Timing};
 use super::token::{self, Location, KEPT};
 use super::transition;
 use super::view::View;
-use super::{Pager, PagingError, StoreError};
+use super::{Pager, Paging, PagingError, StoreError};
 use crate::frame_db::paging::{BUSY, MAPPED};
-use crate::vm::{Vm, VmError, VmPlatform, PAGE};
+use crate::vm::{VmError, VmPlatform, PAGE};
 
 /// Victims per eviction: one shootdown covers them all.
 pub(crate) const BATCH: usize = 8;
@@ -36,7 +36,7 @@ pub(crate) struct Victim<'t> {
 
 pub(crate) type Victims<'t> = ArrayVec<Victim<'t>, BATCH>;
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Evicts up to `want` (at most `BATCH`) pages chosen by the policy and
     /// returns their frames, still allocated, for the caller to reuse or
     /// free. `NoEvictableFrame` if the policy found nothing.
@@ -47,13 +47,13 @@ impl<P: VmPlatform> Vm<P> {
         for_fault: bool,
     ) -> Result<ArrayVec<u64, BATCH>, PagingError> {
         let want = want.min(BATCH);
-        let view = View { vm: self, pager: pg, db: pg.db };
+        let view = View { paging: *self, db: pg.db };
         let mut victims = Victims::new();
         let mut misses = 0;
         while victims.len() < want && misses < want * SELECT_ATTEMPTS {
-            let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
+            let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
             let picked = pg.policy.select(&view);
-            pg.stats.finish(Timing::Select, start, || self.p.now_ns());
+            pg.stats.finish(Timing::Select, start, || self.vm.p.now_ns());
             let Ok(i) = picked else { break };
             match self.claim_victim(pg, i) {
                 Some(v) => victims.push(v),
@@ -89,7 +89,7 @@ impl<P: VmPlatform> Vm<P> {
         let mut freed = ArrayVec::new();
         let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
         let hi = victims.iter().map(|v| v.va).max().unwrap_or(0);
-        if let Err(e) = self.flush(self.kernel(), lo, (hi - lo) / PAGE + 1) {
+        if let Err(e) = self.vm.flush(self.vm.kernel(), lo, (hi - lo) / PAGE + 1) {
             for v in &victims {
                 self.unclaim(pg, v);
             }
@@ -130,24 +130,24 @@ impl<P: VmPlatform> Vm<P> {
         let perms = v.old & KEPT;
         let token = |loc| token::encode(loc, perms).expect("store slots fit in a token");
         if let Some(loc) = transition::clean_location(v.old, flags, copy) {
-            pg.stats.count(self.p.cpu_index(), Event::EvictClean);
+            pg.stats.count(self.vm.p.cpu_index(), Event::EvictClean);
             return Ok(token(loc));
         }
         let slot = match copy {
             0 => self.take_slot(pg, for_fault)?,
             c => c - 1,
         };
-        pg.stats.count(self.p.cpu_index(), Event::StoreWrite);
-        let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
+        pg.stats.count(self.vm.p.cpu_index(), Event::StoreWrite);
+        let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
         let written = pg.store.page_out(slot, v.frame);
-        pg.stats.finish(Timing::StoreOut, start, || self.p.now_ns());
+        pg.stats.finish(Timing::StoreOut, start, || self.vm.p.now_ns());
         if let Err(e) = written {
             if copy == 0 {
                 let _ = pg.store.location_free(slot);
             }
             return Err(PagingError::Store(e));
         }
-        let cpu = self.p.cpu_index();
+        let cpu = self.vm.p.cpu_index();
         pg.stats.count(cpu, Event::PageOut);
         pg.stats.count(cpu, Event::EvictDirty);
         Ok(token(Location::Slot(slot)))

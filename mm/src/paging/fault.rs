@@ -7,12 +7,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::token::Location;
 use super::transition::{self, Look};
-use super::{Pager, PagingError};
+use super::{Pager, Paging, PagingError};
 use crate::frame_db::paging::{FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::paging::stats::{Event, Timing};
 use crate::vm::pte::{self, DIRTY, NO_EXECUTE, USER, WRITABLE};
 use crate::vm::table::{self, Lookup};
-use crate::vm::{Vm, VmPlatform, KERNEL_REGION_AREA, PAGE};
+use crate::vm::{VmPlatform, KERNEL_REGION_AREA, PAGE};
 
 /// What a faulting access wanted (from the page-fault error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,7 +49,7 @@ fn check_access(e: u64, access: Access, virt: u64) -> Result<(), PagingError> {
     }
 }
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Handles a page fault at `virt`. `Ok` means the access can be
     /// retried: the page is resident (paged in by this CPU or another).
     /// A fault on anything but a pageable page, or one the mapping does
@@ -57,11 +57,11 @@ impl<P: VmPlatform> Vm<P> {
     pub fn page_fault(&self, virt: u64, access: Access) -> Result<(), PagingError> {
         // Timed from before the baseline's lock, for one fault in
         // TIMING_SAMPLE: no clock read on the others.
-        let start = self.pager().ok().and_then(|pg| pg.stats.start(self.p.cpu_index(), || self.p.now_ns()));
+        let start = self.pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
         self.paging_op(|pg| {
             if self.fault_in(pg, virt & !(PAGE - 1), access, true)? {
-                pg.stats.count(self.p.cpu_index(), Event::Fault);
-                pg.stats.finish(Timing::Fault, start, || self.p.now_ns());
+                pg.stats.count(self.vm.p.cpu_index(), Event::Fault);
+                pg.stats.finish(Timing::Fault, start, || self.vm.p.now_ns());
             }
             Ok(())
         })
@@ -83,7 +83,7 @@ impl<P: VmPlatform> Vm<P> {
                 }
                 Look::Busy => {
                     if !waited {
-                        pg.stats.count(self.p.cpu_index(), Event::BusyWait);
+                        pg.stats.count(self.vm.p.cpu_index(), Event::BusyWait);
                         waited = true;
                     }
                     self.wait_busy(&mut deadline, va)?;
@@ -106,7 +106,7 @@ impl<P: VmPlatform> Vm<P> {
         if !KERNEL_REGION_AREA.contains(&va) {
             return Err(PagingError::NotPageable { virt: va });
         }
-        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+        match table::lookup(&self.vm.p, self.vm.kernel().root(), va, 0) {
             Lookup::Entry { slot, level: 0 } => Ok(slot),
             _ => Err(PagingError::NotPageable { virt: va }),
         }
@@ -134,20 +134,20 @@ impl<P: VmPlatform> Vm<P> {
         let index = pg.db.index_of(frame).expect("the allocator handed out a frame outside its database");
         let fresh = match loc {
             Location::AnonZero => {
-                self.p.fill_frame(frame, 0);
+                self.vm.p.fill_frame(frame, 0);
                 FRESH_ZERO
             }
             Location::AnonUninit => FRESH_UNINIT,
             Location::Slot(s) => {
-                pg.stats.count(self.p.cpu_index(), Event::StoreRead);
-                let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
+                pg.stats.count(self.vm.p.cpu_index(), Event::StoreRead);
+                let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
                 let read = pg.store.page_in(s, frame);
-                pg.stats.finish(Timing::StoreIn, start, || self.p.now_ns());
+                pg.stats.finish(Timing::StoreIn, start, || self.vm.p.now_ns());
                 if let Err(e) = read {
-                    let _ = self.p.free_frame(frame);
+                    let _ = self.vm.p.free_frame(frame);
                     return restore(PagingError::Store(e));
                 }
-                pg.stats.count(self.p.cpu_index(), Event::PageIn);
+                pg.stats.count(self.vm.p.cpu_index(), Event::PageIn);
                 0
             }
         };
@@ -186,7 +186,7 @@ impl<P: VmPlatform> Vm<P> {
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
         loop {
-            let over = starved || pg.over_budget(self.p.free_frames());
+            let over = starved || pg.over_budget(self.vm.p.free_frames());
             let got = if over {
                 self.evict_batch(pg, super::evict::BATCH, for_fault)
             } else {
@@ -196,12 +196,12 @@ impl<P: VmPlatform> Vm<P> {
                 Ok(mut frames) => {
                     let reuse = frames.pop().expect("eviction returns at least one frame");
                     for f in frames {
-                        let _ = self.p.free_frame(f);
+                        let _ = self.vm.p.free_frame(f);
                     }
                     return Ok(reuse);
                 }
                 Err(PagingError::NoEvictableFrame) if !over || pg.resident() < pg.resident_limit() => {
-                    match self.alloc() {
+                    match self.vm.alloc() {
                         Ok(f) => return Ok(f),
                         Err(_) if !starved => {
                             starved = true;

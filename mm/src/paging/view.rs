@@ -6,15 +6,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::fault::frame_of;
 use super::policy::{FrameInfo, FrameView};
-use super::{token, Pager};
+use super::{token, Paging};
 use crate::frame_db::paging::{BUSY, MAPPED, PINNED};
 use crate::frame_db::FrameDb;
 use crate::vm::pte::{ACCESSED, DIRTY};
-use crate::vm::{Vm, VmPlatform};
+use crate::vm::VmPlatform;
 
 pub(crate) struct View<'v, P: VmPlatform> {
-    pub vm: &'v Vm<P>,
-    pub pager: &'v Pager,
+    pub paging: Paging<'v, P>,
     pub db: &'v FrameDb<'static>,
 }
 
@@ -22,7 +21,7 @@ impl<P: VmPlatform> View<'_, P> {
     /// The entry mapping frame `i`, if the reverse map still leads to one.
     fn entry(&self, i: usize) -> Option<&AtomicU64> {
         let va = self.db.entry(i).vaddr.load(Ordering::Acquire);
-        let slot = self.vm.paged_slot(va).ok()?;
+        let slot = self.paging.paged_slot(va).ok()?;
         let e = slot.load(Ordering::Acquire);
         (token::is_resident(e) && frame_of(e) == self.db.phys_of(i)).then_some(slot)
     }
@@ -65,6 +64,6 @@ impl<P: VmPlatform> FrameView for View<'_, P> {
     }
 
     fn next_candidate(&self, i: usize) -> usize {
-        self.pager.next_candidate(i)
+        self.paging.pager().next_candidate(i)
     }
 }

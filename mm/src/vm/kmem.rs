@@ -4,11 +4,13 @@
 
 use core::ops::BitOr;
 
+use core::sync::atomic::Ordering;
+
 use super::mapping::{check_phys, Vm};
-use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
+use super::pte::{self, CacheMode, Flags, PageSize, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
+use super::table::{self, Lookup};
 use super::{VmError, VmPlatform, PAGE};
-use crate::paging::token::Location;
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
 /// `K_MEM_PERM_USER`, `K_MEM_MAP_UNINIT`, `K_MEM_MAP_LOCK`).
@@ -30,7 +32,7 @@ impl KMemFlags {
         self.0 & other.0 == other.0
     }
 
-    fn access(self) -> Flags {
+    pub(crate) fn access(self) -> Flags {
         [(KMemFlags::RW, Flags::WRITE), (KMemFlags::EXEC, Flags::EXEC), (KMemFlags::USER, Flags::USER)]
             .into_iter()
             .filter(|&(k, _)| self.contains(k))
@@ -77,9 +79,8 @@ impl<P: VmPlatform> Vm<P> {
         if flags.contains(KMemFlags::USER | KMemFlags::UNINIT) {
             return Err(VmError::UserUninit);
         }
-        if self.paging.get().is_some() && !flags.contains(KMemFlags::LOCK) {
-            let loc = if flags.contains(KMemFlags::UNINIT) { Location::AnonUninit } else { Location::AnonZero };
-            return self.k_mem_map_with(size, flags, &|_| loc);
+        if let (Some(d), false) = (self.demand(), flags.contains(KMemFlags::LOCK)) {
+            return d.k_mem_map(self, size, flags);
         }
         let zero = !flags.contains(KMemFlags::UNINIT);
         let mut bits = flags.access().pte_bits() | SW_OWNED;
@@ -89,20 +90,9 @@ impl<P: VmPlatform> Vm<P> {
         self.in_region(size, &|start, pages| self.populate(self.kernel(), start, pages, bits, zero))
     }
 
-    /// `k_mem_map` of on-demand pages, page `i` at `loc(i)`.
-    pub(crate) fn k_mem_map_with(
-        &self,
-        size: u64,
-        flags: KMemFlags,
-        loc: &dyn Fn(u64) -> Location,
-    ) -> Result<u64, VmError> {
-        let perms = flags.access().pte_bits() | SW_OWNED;
-        self.in_region(size, &|start, pages| self.map_tokens(start, pages, perms, loc))
-    }
-
     /// Takes a region for `size` bytes plus guard pages and maps it with
     /// `map(start, pages)`; gives the region back if that fails.
-    fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
+    pub(crate) fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
         let pages = check_size(size)?;
         let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
         let region =
@@ -146,9 +136,51 @@ impl<P: VmPlatform> Vm<P> {
             return Err(e);
         }
         // On a failed shootdown the region stays claimed: never reused.
-        self.unmap_kmem_pages(addr, pages)?;
+        match self.demand() {
+            Some(d) => d.unmap_kmem_pages(self, addr, pages)?,
+            None => self.unmap_mapped_pages(addr, pages)?,
+        }
         self.region_free(region, total, RegionKind::KMem);
         Ok(())
+    }
+
+    /// Whether page `va` of a `k_mem_map` region is there: mapped, or a
+    /// page demand paging keeps in any state.
+    fn kmem_page_present(&self, va: u64) -> bool {
+        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+            Lookup::Entry { slot, level: 0 } => {
+                let e = slot.load(Ordering::Acquire);
+                pte::is_present(e) || self.demand().is_some_and(|d| d.holds_page(e))
+            }
+            _ => false,
+        }
+    }
+
+    /// `k_mem_unmap`'s pages with demand paging off: every page is mapped
+    /// and becomes an in-transit marker that frees its frame after the
+    /// shootdown.
+    ///
+    /// Takes no table lock, as paging's `unmap_one` does not: interrupts
+    /// are off and this CPU answers no shootdown between a walk and the
+    /// entry's change, so no table it walks can be freed under it.
+    fn unmap_mapped_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
+        let op = self.begin_unmap();
+        self.p.without_interrupts(|| {
+            for va in (0..pages).map(|i| virt + i * PAGE) {
+                let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
+                    continue;
+                };
+                let mut e = slot.load(Ordering::Acquire);
+                // Loop: the CPU may set accessed/dirty bits meanwhile.
+                while pte::is_present(e) {
+                    match slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed) {
+                        Ok(_) => break,
+                        Err(now) => e = now,
+                    }
+                }
+            }
+        });
+        self.finish_unmap(self.kernel(), op, virt, pages, PageSize::Size4K)
     }
 
     /// Both guard pages must be unmapped (and the tables readable).

@@ -11,6 +11,7 @@ use core::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
+use super::demand::DemandPaging;
 use super::inject::Inject;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
@@ -34,8 +35,8 @@ pub struct Translation {
 pub struct Vm<P: VmPlatform> {
     pub(crate) p: P,
     kernel: AddressSpace,
-    /// Demand paging, once enabled.
-    pub(crate) paging: spin::Once<crate::paging::Pager>,
+    /// Demand paging, once enabled (the hook `paging` installs).
+    demand: spin::Once<alloc::boxed::Box<dyn DemandPaging<P>>>,
     pub(super) regions: Regions,
     pub(super) inject: Inject,
     next_stack: AtomicU64,
@@ -55,7 +56,7 @@ impl<P: VmPlatform> Vm<P> {
         let vm = Vm {
             p,
             kernel: AddressSpace::new(root, SpaceKind::Kernel),
-            paging: spin::Once::new(),
+            demand: spin::Once::new(),
             regions: Regions::new(KERNEL_REGION_AREA),
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
@@ -74,6 +75,22 @@ impl<P: VmPlatform> Vm<P> {
 
     pub fn kernel(&self) -> &AddressSpace {
         &self.kernel
+    }
+
+    /// Demand paging's hook, once it is on.
+    pub(crate) fn demand(&self) -> Option<&dyn DemandPaging<P>> {
+        self.demand.get().map(|d| &**d)
+    }
+
+    /// Installs demand paging's hook; false (and `d` dropped) if one is
+    /// there already.
+    pub(crate) fn set_demand(&self, d: alloc::boxed::Box<dyn DemandPaging<P>>) -> bool {
+        let mut fresh = false;
+        self.demand.call_once(|| {
+            fresh = true;
+            d
+        });
+        fresh
     }
 
     /// The fault-injection switch.
@@ -321,9 +338,11 @@ impl<P: VmPlatform> Vm<P> {
         let shared = self.shared(space)?;
         // The pager owns the permissions of on-demand pages (their tokens
         // keep them too): those are mapped with LOCK when they need protect.
-        self.for_each_leaf(space, virt, npages, &mut |va, _, e| match e & crate::paging::token::SW_PAGED {
-            0 => Ok(()),
-            _ => Err(VmError::Pageable { virt: va }),
+        // The walk also refuses holes and huge pages, paging on or off.
+        let demand = self.demand();
+        self.for_each_leaf(space, virt, npages, &mut |va, _, e| match demand.is_some_and(|d| d.holds_page(e)) {
+            false => Ok(()),
+            true => Err(VmError::Pageable { virt: va }),
         })?;
         let keep =
             pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;

@@ -136,7 +136,6 @@ pub const fn owned_frame(e: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::token;
 
     #[test]
     fn a_marker_is_its_placers_only() {
@@ -163,14 +162,6 @@ mod tests {
             UnmapOp::new(7, 1).placed(UnmapOp::new(7, 1 + GENERATIONS).marker(e, 4096, true)),
             "the generation wraps at GENERATIONS"
         );
-    }
-
-    #[test]
-    fn a_marker_is_never_a_paging_entry() {
-        let m = UnmapOp::new(255, 3).marker(!0, 4096, true);
-        assert!(!pte::is_present(m));
-        assert!(!token::is_pageable(m) && token::decode(m).is_none());
-        assert!(!is_marker(0) && !is_marker(token::encode(token::Location::AnonZero, !0).unwrap()));
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod audit;
 pub mod counts;
 #[cfg(test)]
 mod counts_tests;
+pub mod demand;
 mod direct;
 mod inject;
 mod kmem;
@@ -48,6 +49,7 @@ pub(crate) mod unmap;
 
 pub use audit::{AuditReport, PtViolation};
 pub use counts::VmCountSnapshot;
+pub use demand::DemandPaging;
 pub use direct::DirectWindow;
 pub use kmem::{region_align, KMemFlags};
 pub use mapping::Vm;
