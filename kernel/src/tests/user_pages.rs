@@ -82,11 +82,8 @@ impl UserPages {
     /// Runs `f` with this space active on the running CPU (for kernel
     /// accesses to user addresses, which SMAP and SMEP must stop).
     pub fn while_active<R>(&self, f: impl FnOnce() -> R) -> R {
-        let vm = vm::get();
-        vm.activate(self.space());
-        let r = f();
-        vm.deactivate(self.space());
-        r
+        let _active = vm::get().activate(self.space());
+        f()
     }
 
     /// Where user address `virt` (inside one of our pages) is in the

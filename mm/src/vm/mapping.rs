@@ -11,6 +11,7 @@ use core::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
+use super::active::Active;
 use super::demand::DemandPaging;
 use super::inject::Inject;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
@@ -207,25 +208,10 @@ impl<P: VmPlatform> Vm<P> {
         Ok(())
     }
 
-    /// Runs `space` on this CPU (loads its root), coming from the kernel
-    /// space; `deactivate` goes back. Its bit in the active set
-    /// is set before the load, so an unmapper that reads the set after
-    /// changing an entry either targets this CPU or this CPU loads the
-    /// changed tables.
-    pub fn activate(&self, space: &AddressSpace) {
-        if space.kind() == SpaceKind::User {
-            space.active.fetch_or(1 << self.p.cpu_index(), Ordering::SeqCst);
-        }
-        self.p.load_root(space.root);
-    }
-
-    /// Leaves `space` for the kernel space on this CPU. Loading the root
-    /// drops the space's translations here, so the bit is cleared after.
-    pub fn deactivate(&self, space: &AddressSpace) {
-        self.p.load_root(self.kernel.root);
-        if space.kind() == SpaceKind::User {
-            space.active.fetch_and(!(1 << self.p.cpu_index()), Ordering::SeqCst);
-        }
+    /// Runs `space` on this CPU (loads its root) until the guard is
+    /// dropped, which goes back to the kernel space (`Active`).
+    pub fn activate<'a>(&'a self, space: &'a AddressSpace) -> Active<'a, P> {
+        Active::new(self, space)
     }
 
     // ---- the seed API ----

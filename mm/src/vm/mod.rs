@@ -16,6 +16,7 @@
 //! pruner holds the lock across one. An unmap leaves markers stamped with
 //! its own identity (`marker`) and finishes only those.
 
+mod active;
 mod audit;
 pub mod counts;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub(crate) mod tlb_sim;
 mod tlb_sim_tests;
 pub(crate) mod unmap;
 
+pub use active::Active;
 pub use audit::{AuditReport, PtViolation};
 pub use counts::VmCountSnapshot;
 pub use demand::DemandPaging;

@@ -69,9 +69,10 @@ fn defect_a(how: Unmap) {
     let before = m.free_bytes();
     let user = vm.new_user_space().unwrap();
     let space = &user;
+    let mut active = Vec::new();
     for cpu in [V, S, W, Z] {
         on_cpu(cpu);
-        vm.activate(space);
+        active.push((cpu, vm.activate(space)));
     }
     on_cpu(0);
     assert_eq!(vm.vmalloc(space, X, X + PAGE, 1, flags), Ok(X));
@@ -145,9 +146,9 @@ fn defect_a(how: Unmap) {
     if let Some(f) = returned {
         m.free_frame(f).unwrap();
     }
-    for cpu in [V, S, W, Z] {
+    for (cpu, guard) in active {
         on_cpu(cpu);
-        vm.deactivate(space);
+        drop(guard);
     }
     on_cpu(0);
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();

@@ -32,7 +32,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
     let before = free(&vm);
     let user = Arc::new(vm.new_user_space().unwrap());
     on_cpu(4);
-    vm.activate(&user); // so every unmap shoots down
+    let active = vm.activate(&user); // so every unmap shoots down
     on_cpu(0);
     let (mut contested, mut lost) = (0, 0);
     for round in 0..400 {
@@ -106,7 +106,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
     }
     assert!(lost > 0 && contested > 0, "the calls never raced");
     on_cpu(4);
-    vm.deactivate(&user);
+    drop(active);
     on_cpu(0);
     let user = Arc::into_inner(user).unwrap();
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();

@@ -158,7 +158,9 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     let user = vm.new_user_space().unwrap();
     for cpu in [1, 3] {
         on_cpu(cpu);
-        vm.activate(&user);
+        // Left active past the guard, so that destroying the space is
+        // refused at run time: a leaked guard must not free its tables.
+        core::mem::forget(vm.activate(&user));
         assert_eq!(vm.platform().loaded_root(cpu), Some(user.root()));
     }
     on_cpu(0);
@@ -171,7 +173,8 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     };
     for cpu in [1, 3] {
         on_cpu(cpu);
-        vm.deactivate(&user);
+        // Activating again is idempotent; the new guard's drop leaves.
+        drop(vm.activate(&user));
     }
     on_cpu(0);
     assert_eq!(user.active_cpus(), 0);
@@ -289,7 +292,8 @@ fn a_failed_shootdown_quarantines_the_frames() {
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     let u = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::USER).unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    // Active for the rest of the test.
+    core::mem::forget(vm.activate(&user));
     on_cpu(0);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
@@ -329,7 +333,8 @@ fn protect_downgrades_and_shoots_down() {
     let user = vm.new_user_space().unwrap();
     let a = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::WRITE | Flags::USER).unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    // Active for the rest of the test.
+    core::mem::forget(vm.activate(&user));
     on_cpu(0);
     vm.protect(&user, a, 2, Flags::USER).unwrap();
     assert_eq!(vm.map_get(&user, a + PAGE).unwrap().flags, Flags::USER);

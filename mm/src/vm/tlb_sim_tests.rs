@@ -113,7 +113,7 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     let m = vm.platform();
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    let active = vm.activate(&user);
     on_cpu(0);
     let u = vm.vmalloc(&user, PAGE, USER_END, 1, Flags::USER).unwrap();
     let f = vm.map_get(&user, u).unwrap().phys;
@@ -123,7 +123,7 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     let kernel_page = SEED + 8 * PAGE;
     let k = map(&vm, kernel_page);
     on_cpu(1);
-    vm.deactivate(&user);
+    drop(active);
     on_cpu(0);
     assert!(m.may_hold(1, u).is_empty(), "loading the kernel root dropped the user page");
     assert_eq!(m.may_hold(1, kernel_page), vec![k], "and the kernel half is cacheable again");
@@ -137,7 +137,7 @@ fn freeing_a_loaded_root_panics() {
     let vm = boot(256, 2);
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    let _active = vm.activate(&user);
     let _ = vm.platform().free_frame(user.root());
 }
 
