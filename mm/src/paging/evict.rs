@@ -14,7 +14,7 @@ use super::transition;
 use super::view::View;
 use super::{Pager, Paging, PagingError, StoreError};
 use crate::frame_db::paging::{BUSY, MAPPED};
-use crate::vm::{VmError, VmPlatform, PAGE};
+use crate::vm::{VmPlatform, PAGE};
 
 /// Victims per eviction: one shootdown covers them all.
 pub(crate) const BATCH: usize = 8;
@@ -89,15 +89,11 @@ impl<P: VmPlatform> Paging<'_, P> {
         let mut freed = ArrayVec::new();
         let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
         let hi = victims.iter().map(|v| v.va).max().unwrap_or(0);
-        if let Err(e) = self.vm.flush(self.vm.kernel(), lo, (hi - lo) / PAGE + 1) {
+        if let Err(e) = self.vm.shoot_down(self.vm.kernel(), lo, (hi - lo) / PAGE + 1) {
             for v in &victims {
                 self.unclaim(pg, v);
             }
-            let cpus = match e {
-                VmError::Shootdown { cpus } => cpus,
-                _ => 0,
-            };
-            return (freed, Some(PagingError::Shootdown { cpus }));
+            return (freed, Some(PagingError::Shootdown { cpus: e.cpus }));
         }
         let mut error = None;
         for v in &victims {

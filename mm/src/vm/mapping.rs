@@ -18,7 +18,7 @@ use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
-use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+use super::{ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
 use crate::MAX_CPUS;
 
 /// What `map_get` finds at an address.
@@ -168,11 +168,11 @@ impl<P: VmPlatform> Vm<P> {
     /// cache. With it, either this load sees the CPU (it is shot down), or
     /// the CPU's `fetch_or` comes later in the total order of fences and
     /// locked operations, so its walk after loading CR3 sees the change.
-    pub(crate) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
+    pub(crate) fn shoot_down(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
         fence(Ordering::SeqCst);
         match self.shootdown_targets(space) {
             0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
-            targets => Ok(self.p.shootdown(targets, start, pages)?),
+            targets => self.p.shootdown(targets, start, pages),
         }
     }
 
@@ -356,7 +356,7 @@ impl<P: VmPlatform> Vm<P> {
             }
         }
         drop(shared);
-        self.flush(space, virt, npages)
+        Ok(self.shoot_down(space, virt, npages)?)
     }
 
     /// The first `npages` unmapped pages in `from..to` of `space`.

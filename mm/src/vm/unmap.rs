@@ -228,8 +228,8 @@ impl<P: VmPlatform> Vm<P> {
         if pages == 0 && tables.is_empty() {
             return Ok(());
         }
-        // `flush` fences before it reads who is active (invariant 8).
-        let flushed = self.flush(space, flush.0, flush.1.max(1));
+        // `shoot_down` fences before it reads who is active (invariant 8).
+        let flushed = self.shoot_down(space, flush.0, flush.1.max(1));
         if flushed.is_err() && !tables.is_empty() {
             // Put the tables back, so their markers keep the range
             // reserved and their placers find them; nothing is freed. A
@@ -257,7 +257,7 @@ impl<P: VmPlatform> Vm<P> {
                 return Ok(());
             }
             self.quarantine(held * (size.bytes() / PAGE));
-            return Err(e);
+            return Err(e.into());
         }
         self.settle_own(space, &op, virt, count, size, &|_| 0, &|m| self.release(m));
         for &(_, old) in &tables {
