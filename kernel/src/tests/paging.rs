@@ -3,7 +3,7 @@
 //! counts, pinning, on-demand mappings over store slots, and refused
 //! calls that change nothing.
 
-use mm::paging::{Counts, Pager, Paging, PagingError};
+use mm::paging::{Counts, Pager, Paging, PagingError, SlotFor};
 use mm::vm::{KMemFlags, VmError, PAGE};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
@@ -218,7 +218,8 @@ fn unpaged_mapping() -> TestResult {
     let store = pager().store();
     let before = state();
     let frame = frames::get().alloc_page().map_err(fails)?;
-    let slots = [store.location_get(false).map_err(fails)?, store.location_get(false).map_err(fails)?];
+    let slots =
+        [store.location_get(SlotFor::Other).map_err(fails)?, store.location_get(SlotFor::Other).map_err(fails)?];
     let run = slots[1] == slots[0] + 1;
     for (i, &s) in slots.iter().enumerate() {
         crate::memory::fill_words(frame, 0x5107_0000 + i as u64);
@@ -294,7 +295,7 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     let (used, total) = store.usage();
     let mut hog = alloc::vec::Vec::new();
     for _ in used..total - 2 {
-        hog.push(store.location_get(false).map_err(fails)?);
+        hog.push(store.location_get(SlotFor::Other).map_err(fails)?);
     }
     let full = state();
     let refused = paging().page_out(a, 4 * PAGE);

@@ -8,6 +8,7 @@ use alloc::vec;
 
 use super::evict::Victims;
 use super::fault::{frame_of, is_dirty, Access};
+use super::slots::SlotFor;
 use super::token;
 use super::transition::{self, FrameClaim};
 use super::{Pager, Paging, PagingError};
@@ -48,7 +49,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             for va in (0..npages).map(|i| virt + i * PAGE) {
-                self.fault_in(pg, va, Access::READ, false)?;
+                self.fault_in(pg, va, Access::READ, SlotFor::Other)?;
             }
             Ok(())
         })
@@ -149,7 +150,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), false);
+        let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), SlotFor::Other);
         for f in frames {
             let _ = self.vm.p.free_frame(f);
         }
@@ -184,7 +185,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     fn pin_page(&self, pg: &Pager, va: u64) -> Result<bool, PagingError> {
         let mut deadline = None;
         loop {
-            self.fault_in(pg, va, Access::READ, false)?;
+            self.fault_in(pg, va, Access::READ, SlotFor::Other)?;
             let mut old = 0;
             let pinned = self.with_page_frame(pg, va, &mut |index| old = transition::pin_claimed(pg.db, index))?;
             if pinned {

@@ -3,7 +3,7 @@
 //! the store never touches page contents itself. A failed transfer is an
 //! `Io` error and changes no slot.
 
-use super::slots::SlotMap;
+use super::slots::{SlotFor, SlotMap};
 use super::store::{BackingStore, StoreError};
 use crate::vm::PAGE;
 
@@ -43,8 +43,8 @@ impl<D: BlockDevice> BlockStore<D> {
 }
 
 impl<D: BlockDevice> BackingStore for BlockStore<D> {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        Ok(self.slots.alloc(page_fault)?)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        Ok(self.slots.alloc(slot_for)?)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {
@@ -114,8 +114,8 @@ mod tests {
         assert_eq!(store.usage(), (0, 4), "a 16 KiB disk has 4 slots");
         let frame = m.frames.alloc_page().unwrap();
         (0..512).for_each(|i| m.set_word(frame, i * 8, 0x5100 + i));
-        let a = store.location_get(false).unwrap();
-        let b = store.location_get(false).unwrap();
+        let a = store.location_get(SlotFor::Other).unwrap();
+        let b = store.location_get(SlotFor::Other).unwrap();
         store.page_out(b, frame).unwrap();
         m.fill_frame(frame, 0);
         assert_eq!(store.page_in(a, frame), Ok(()), "an allocated slot reads (zeros)");

@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 
+use super::slots::SlotFor;
 use super::stats::{Event, Timing};
 use super::token::{self, Location, KEPT};
 use super::transition;
@@ -44,7 +45,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         &self,
         pg: &Pager,
         want: usize,
-        for_fault: bool,
+        slot_for: SlotFor,
     ) -> Result<ArrayVec<u64, BATCH>, PagingError> {
         let want = want.min(BATCH);
         let view = View { paging: *self, db: pg.db };
@@ -63,7 +64,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         if victims.is_empty() {
             return Err(PagingError::NoEvictableFrame);
         }
-        let (frames, error) = self.evict_claimed(pg, victims, for_fault);
+        let (frames, error) = self.evict_claimed(pg, victims, slot_for);
         match error {
             Some(e) if frames.is_empty() => Err(e),
             _ => Ok(frames),
@@ -84,7 +85,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         &self,
         pg: &Pager,
         victims: Victims<'_>,
-        for_fault: bool,
+        slot_for: SlotFor,
     ) -> (ArrayVec<u64, BATCH>, Option<PagingError>) {
         let mut freed = ArrayVec::new();
         let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
@@ -97,7 +98,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         }
         let mut error = None;
         for v in &victims {
-            match self.write_back(pg, v, for_fault) {
+            match self.write_back(pg, v, slot_for) {
                 Ok(token) => {
                     // The copy slot, if any, went into the token.
                     transition::finish_eviction(pg.db, v.index, v.slot, token);
@@ -120,7 +121,7 @@ impl<P: VmPlatform> Paging<'_, P> {
 
     /// Saves victim `v`'s contents if they cannot be had again, and returns
     /// the token that says where they are.
-    fn write_back(&self, pg: &Pager, v: &Victim<'_>, for_fault: bool) -> Result<u64, PagingError> {
+    fn write_back(&self, pg: &Pager, v: &Victim<'_>, slot_for: SlotFor) -> Result<u64, PagingError> {
         let flags = pg.db.paging_flags(v.index);
         let copy = pg.db.entry(v.index).copy.load(Ordering::Relaxed);
         let perms = v.old & KEPT;
@@ -130,7 +131,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             return Ok(token(loc));
         }
         let slot = match copy {
-            0 => self.take_slot(pg, for_fault)?,
+            0 => self.take_slot(pg, slot_for)?,
             c => c - 1,
         };
         pg.stats.count(self.vm.p.cpu_index(), Event::StoreWrite);
@@ -151,11 +152,11 @@ impl<P: VmPlatform> Paging<'_, P> {
 
     /// A store slot; when the store is full, valid copies of resident pages
     /// are given back first (they only save writes).
-    fn take_slot(&self, pg: &Pager, for_fault: bool) -> Result<u64, PagingError> {
-        match pg.store.location_get(for_fault) {
+    fn take_slot(&self, pg: &Pager, slot_for: SlotFor) -> Result<u64, PagingError> {
+        match pg.store.location_get(slot_for) {
             Err(StoreError::Full) => {
                 self.drop_copies(pg);
-                pg.store.location_get(for_fault).map_err(|e| match e {
+                pg.store.location_get(slot_for).map_err(|e| match e {
                     StoreError::Full => PagingError::StoreFull,
                     e => PagingError::Store(e),
                 })

@@ -5,6 +5,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::slots::SlotFor;
 use super::token::Location;
 use super::transition::{self, Look};
 use super::{Pager, Paging, PagingError};
@@ -59,7 +60,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         // TIMING_SAMPLE: no clock read on the others.
         let start = self.pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
         self.paging_op(|pg| {
-            if self.fault_in(pg, virt & !(PAGE - 1), access, true)? {
+            if self.fault_in(pg, virt & !(PAGE - 1), access, SlotFor::Fault)? {
                 pg.stats.count(self.vm.p.cpu_index(), Event::Fault);
                 pg.stats.finish(Timing::Fault, start, || self.vm.p.now_ns());
             }
@@ -68,8 +69,9 @@ impl<P: VmPlatform> Paging<'_, P> {
     }
 
     /// Makes page `va` resident. `Ok(true)` if this call paged it in.
-    /// `for_fault`: a page fault, which may take the store's reserved slot.
-    pub(crate) fn fault_in(&self, pg: &Pager, va: u64, access: Access, for_fault: bool) -> Result<bool, PagingError> {
+    /// `slot_for`: `Fault` for a page fault, which may take the store's
+    /// reserved slot.
+    pub(crate) fn fault_in(&self, pg: &Pager, va: u64, access: Access, slot_for: SlotFor) -> Result<bool, PagingError> {
         // The wait's bound starts at the first wait: no clock read on a
         // fault that does not wait.
         let mut deadline = None;
@@ -96,7 +98,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             if !transition::claim_token(slot, token) {
                 continue; // another CPU won the page, or unmapped it
             }
-            self.page_in_owned(pg, va, slot, token, loc, for_fault)?;
+            self.page_in_owned(pg, va, slot, token, loc, slot_for)?;
             return Ok(true);
         }
     }
@@ -121,13 +123,13 @@ impl<P: VmPlatform> Paging<'_, P> {
         slot: &AtomicU64,
         token: u64,
         loc: Location,
-        for_fault: bool,
+        slot_for: SlotFor,
     ) -> Result<(), PagingError> {
         let restore = |e: PagingError| {
             transition::restore_token(slot, token);
             Err(e)
         };
-        let frame = match self.frame_for_page_in(pg, for_fault) {
+        let frame = match self.frame_for_page_in(pg, slot_for) {
             Ok(f) => f,
             Err(e) => return restore(e),
         };
@@ -181,14 +183,14 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// the running CPU's magazine, with eviction as the fallback. When
     /// every resident page is busy (other CPUs are evicting them), waits
     /// for those evictions; only when every one is pinned is it an error.
-    fn frame_for_page_in(&self, pg: &Pager, for_fault: bool) -> Result<u64, PagingError> {
+    fn frame_for_page_in(&self, pg: &Pager, slot_for: SlotFor) -> Result<u64, PagingError> {
         let mut deadline = None;
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
         loop {
             let over = starved || pg.over_budget(self.vm.p.free_frames());
             let got = if over {
-                self.evict_batch(pg, super::evict::BATCH, for_fault)
+                self.evict_batch(pg, super::evict::BATCH, slot_for)
             } else {
                 Err(PagingError::NoEvictableFrame)
             };

@@ -49,6 +49,7 @@ use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 pub use audit::{PagingAudit, PagingViolation};
 pub use fault::Access;
 pub use policy::{EvictionPolicy, PolicyError};
+pub use slots::SlotFor;
 pub use stats::{Counts, Event, HistogramSnapshot, Stats, Timing};
 pub use store::{BackingStore, StoreError};
 

@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::slots::{SlotError, SlotMap};
+use super::slots::{SlotError, SlotFor, SlotMap};
 use crate::vm::{VmPlatform, PAGE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +31,9 @@ impl From<SlotError> for StoreError {
 }
 
 pub trait BackingStore: Sync {
-    /// A slot for a page about to be paged out. `page_fault`: the caller
-    /// evicts to satisfy a fault and may take the reserved last slot.
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError>;
+    /// A slot for a page about to be paged out. `SlotFor::Fault`: the
+    /// caller evicts to satisfy a fault and may take the reserved last slot.
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError>;
     /// Gives a slot back (its page was paged in for good or unmapped).
     fn location_free(&self, slot: u64) -> Result<(), StoreError>;
     /// Copies frame `frame` into slot `slot`.
@@ -76,8 +76,8 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
 }
 
 impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        Ok(self.slots.alloc(page_fault)?)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        Ok(self.slots.alloc(slot_for)?)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {
@@ -121,7 +121,7 @@ mod tests {
         for i in 0..512 {
             m.set_word(frame, i * 8, 0xABC0 + i);
         }
-        let slots: Vec<u64> = (0..6).map(|_| store.location_get(false).unwrap()).collect();
+        let slots: Vec<u64> = (0..6).map(|_| store.location_get(SlotFor::Other).unwrap()).collect();
         let slot = slots[5];
         assert!(slot >= 4, "the sixth slot lies in the second run");
         store.page_out(slot, frame).unwrap();
@@ -144,8 +144,8 @@ mod tests {
         let m = Machine::new(64, 1);
         let base = m.frames.alloc_contiguous(2).unwrap();
         let store = RamStore::new(&m, vec![base], 2);
-        store.location_get(false).unwrap();
-        assert_eq!(store.location_get(false), Err(StoreError::Full));
-        assert!(store.location_get(true).is_ok());
+        store.location_get(SlotFor::Other).unwrap();
+        assert_eq!(store.location_get(SlotFor::Other), Err(StoreError::Full));
+        assert!(store.location_get(SlotFor::Fault).is_ok());
     }
 }

@@ -260,7 +260,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         Err(PagingError::Protection { virt: base }),
         "a present page the CPU refused"
     );
-    let hog: Vec<u64> = (0..5).map(|_| paging(vm).pager().store().location_get(false).unwrap()).collect();
+    let hog: Vec<u64> = (0..5).map(|_| paging(vm).pager().store().location_get(SlotFor::Other).unwrap()).collect();
     let before = snapshot(vm);
     assert_eq!(paging(vm).page_out(base, 4 * PAGE), Err(PagingError::StoreFull));
     assert_eq!(snapshot(vm), before);
@@ -297,8 +297,8 @@ fn an_unpaged_mapping_reads_what_the_store_holds() {
     let vm = rig(64, 1000, false);
     let pg = paging(vm).pager();
     let frame = vm.platform().frames.alloc_page().unwrap();
-    let first = pg.store().location_get(false).unwrap();
-    let second = pg.store().location_get(false).unwrap();
+    let first = pg.store().location_get(SlotFor::Other).unwrap();
+    let second = pg.store().location_get(SlotFor::Other).unwrap();
     assert_eq!(second, first + 1);
     for (slot, word) in [(first, 0xAAAA), (second, 0xBBBB)] {
         vm.platform().set_word(frame, 16, word);

@@ -18,7 +18,9 @@ use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
-use super::{ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+use super::{
+    ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA,
+};
 use crate::MAX_CPUS;
 
 /// What `map_get` finds at an address.
