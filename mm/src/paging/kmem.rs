@@ -8,7 +8,7 @@ use super::fault::frame_of;
 use super::token::{self, Location};
 use super::transition::{self, Refused};
 use super::{Pager, Paging, PagingError};
-use crate::vm::marker::UnmapOp;
+use crate::vm::marker::{FrameTo, UnmapOp};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
 use crate::vm::{KMemFlags, VmError, VmPlatform, PAGE};
@@ -158,7 +158,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             let e = slot.load(Ordering::Acquire);
             if token::is_resident(e) {
                 let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
-                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE, true)) {
+                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE, FrameTo::Free)) {
                     Ok(copy) => {
                         if let Some(s) = copy {
                             let _ = pg.store.location_free(s);
@@ -178,7 +178,10 @@ impl<P: VmPlatform> Paging<'_, P> {
                 }
                 continue;
             } else if pte::is_present(e) {
-                if slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if slot
+                    .compare_exchange(e, op.marker(e, PAGE, FrameTo::Free), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return Ok(false);
                 }
                 continue;

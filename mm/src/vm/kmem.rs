@@ -7,6 +7,7 @@ use core::ops::BitOr;
 use core::sync::atomic::Ordering;
 
 use super::mapping::{check_phys, Vm};
+use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
 use super::table::{self, Lookup};
@@ -173,7 +174,12 @@ impl<P: VmPlatform> Vm<P> {
                 let mut e = slot.load(Ordering::Acquire);
                 // Loop: the CPU may set accessed/dirty bits meanwhile.
                 while pte::is_present(e) {
-                    match slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed) {
+                    match slot.compare_exchange(
+                        e,
+                        op.marker(e, PAGE, FrameTo::Free),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    ) {
                         Ok(_) => break,
                         Err(now) => e = now,
                     }

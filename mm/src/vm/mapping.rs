@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 use super::active::Active;
 use super::demand::DemandPaging;
 use super::inject::Inject;
+use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
@@ -308,7 +309,12 @@ impl<P: VmPlatform> Vm<P> {
                     return Err(VmError::NotMapped { virt });
                 }
                 // The caller takes the frame back: the marker does not own it.
-                match slot.compare_exchange(e, op.marker(e, bytes, false), Ordering::AcqRel, Ordering::Acquire) {
+                match slot.compare_exchange(
+                    e,
+                    op.marker(e, bytes, FrameTo::Caller),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => break e,
                     Err(now) => e = now, // accessed/dirty bits, or a protect
                 }

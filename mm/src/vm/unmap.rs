@@ -30,7 +30,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use arrayvec::ArrayVec;
 
 use super::mapping::Vm;
-use super::marker::{self, UnmapOp};
+use super::marker::{self, FrameTo, UnmapOp};
 use super::pte::{self, PageSize};
 use super::space::{AddressSpace, SpaceKind};
 use super::table::{self, Lookup, PRUNE_MAX, TOP};
@@ -160,7 +160,7 @@ impl<P: VmPlatform> Vm<P> {
         let mut e = slot.load(Ordering::Acquire);
         while pte::is_present(e) {
             check(va, e)?;
-            match slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Acquire) {
+            match slot.compare_exchange(e, op.marker(e, PAGE, FrameTo::Free), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
                 Err(now) => e = now, // accessed/dirty bits changed, or a protect
             }
