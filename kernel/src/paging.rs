@@ -61,7 +61,7 @@ pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     STORE.call_once(|| faulty);
     let db = f.db();
     let policy: &'static dyn EvictionPolicy = match eviction {
-        Eviction::Clock => Box::leak(Box::new(Nru::new())),
+        Eviction::Nru => Box::leak(Box::new(Nru::new())),
         Eviction::Lru => Box::leak(Box::new(Lru::new(db.len()))),
     };
     let config = PagerConfig { db, store: faulty, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
