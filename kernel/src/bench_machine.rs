@@ -93,9 +93,7 @@ impl Machine for KernelMachine {
     }
 
     fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64> {
-        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| match e {
-            smp::ipi::CallError::NotOnline { cpus } | smp::ipi::CallError::Timeout { missing: cpus } => cpus.bits(),
-        })
+        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| e.cpus().bits())
     }
 
     fn emit(&self, record: &record::GuestRecord) {

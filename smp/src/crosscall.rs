@@ -31,14 +31,30 @@ pub trait Platform {
     }
 }
 
+/// Why a cross-call did not run on every target: the one error from a
+/// cross-call up to the TLB shootdown that wraps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrossCallError {
+pub enum CallError {
+    /// Some targets are not online; nothing was sent (`ipi::cross_call`).
+    NotOnline { cpus: CpuSet },
     /// These targets never picked the call up within the bound; the call was
     /// withdrawn from them, so they will not run it later.
     Timeout { missing: CpuSet },
     /// These targets picked the call up but did not finish it within the
-    /// bound. The caller's slot stays busy until they do.
+    /// bound. The caller's slot stays busy until they do (`call_closure`
+    /// panics instead of returning it).
     Stuck { running: CpuSet },
+}
+
+impl CallError {
+    /// The targets that did not run the call (or may not have finished).
+    pub fn cpus(self) -> CpuSet {
+        match self {
+            CallError::NotOnline { cpus } => cpus,
+            CallError::Timeout { missing } => missing,
+            CallError::Stuck { running } => running,
+        }
+    }
 }
 
 struct Slot {
@@ -93,12 +109,12 @@ impl<const N: usize> CrossCalls<N> {
         arg: usize,
         timeout_ns: u64,
         platform: &impl Platform,
-    ) -> Result<(), CrossCallError> {
+    ) -> Result<(), CallError> {
         let slot = &self.slots[me];
         // A previous call whose targets got stuck still owns the slot.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CrossCallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
         }
 
         let remote = targets.without(me);
@@ -133,12 +149,12 @@ impl<const N: usize> CrossCalls<N> {
         // Whoever took it is running it now; give them one more bound.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CrossCallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
         }
         if missing.is_empty() {
             Ok(()) // everyone answered while we were withdrawing
         } else {
-            Err(CrossCallError::Timeout { missing })
+            Err(CallError::Timeout { missing })
         }
     }
 
@@ -199,7 +215,7 @@ pub fn call_closure<const N: usize, F: Fn() + Sync>(
     f: &F,
     timeout_ns: u64,
     platform: &impl Platform,
-) -> Result<(), CrossCallError> {
+) -> Result<(), CallError> {
     fn trampoline<F: Fn() + Sync>(arg: usize) {
         // SAFETY: `arg` is `f as *const F` from `call_closure`, which does
         // not return while any CPU that picked up the call is still in it
@@ -208,7 +224,7 @@ pub fn call_closure<const N: usize, F: Fn() + Sync>(
         f()
     }
     match calls.call(me, targets, trampoline::<F>, f as *const F as usize, timeout_ns, platform) {
-        Err(CrossCallError::Stuck { running }) => {
+        Err(CallError::Stuck { running }) => {
             panic!("cross-call from cpu {me}: cpus {running:?} took the call and never finished it")
         }
         other => other,

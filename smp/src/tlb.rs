@@ -66,6 +66,17 @@ pub enum ShootdownError {
     Call(CallError),
 }
 
+impl ShootdownError {
+    /// The CPUs of `targets` that may still hold the translation: all of
+    /// them for a refused range, else those the cross-call missed.
+    pub fn unconfirmed(self, targets: CpuSet) -> CpuSet {
+        match self {
+            ShootdownError::BadRange { .. } => targets,
+            ShootdownError::Call(e) => e.cpus(),
+        }
+    }
+}
+
 /// Whether `start .. start + pages * 4096` is a non-empty range of
 /// canonical addresses within one half of the address space.
 fn valid_range(start: u64, pages: u64) -> bool {

@@ -33,14 +33,14 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 }
 
 /// Checks one caller's result against how often its function ran.
-fn consistent(r: Result<(), CrossCallError>, hits: usize, target: usize) {
+fn consistent(r: Result<(), CallError>, hits: usize, target: usize) {
     match r {
         Ok(()) => assert_eq!(hits, 1),
-        Err(CrossCallError::Timeout { missing }) => {
+        Err(CallError::Timeout { missing }) => {
             assert_eq!(missing, CpuSet::single(target));
             assert_eq!(hits, 0, "a withdrawn call must never run");
         }
-        Err(CrossCallError::Stuck { running }) => {
+        Err(CallError::Stuck { running }) => {
             assert_eq!(running, CpuSet::single(target));
             assert_eq!(hits, 1);
         }
@@ -88,12 +88,12 @@ fn withdrawal_races_fairly_with_pickup() {
         let hits = hits.load(O::Relaxed);
         match r {
             Ok(()) => assert_eq!((hits, ran_on_target), (1, 1)),
-            Err(CrossCallError::Timeout { missing }) => {
+            Err(CallError::Timeout { missing }) => {
                 assert_eq!(missing, CpuSet::single(1));
                 assert_eq!((hits, ran_on_target), (0, 0), "a withdrawn call must never run");
             }
             // Picked up, but not finished within the tiny bound.
-            Err(CrossCallError::Stuck { running }) => {
+            Err(CallError::Stuck { running }) => {
                 assert_eq!(running, CpuSet::single(1));
                 assert_eq!((hits, ran_on_target), (1, 1));
             }
