@@ -5,21 +5,7 @@
 use mm::phys::PhysAllocator;
 use mm::platform::Platform;
 use mm::vm::{Vm, VmPlatform};
-use record::GuestRecord;
-
-/// Shootdown and IPI work one CPU did (from `smp::tlb`'s counters).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TlbCounts {
-    /// Shootdowns it started.
-    pub shootdowns: u64,
-    /// Other CPUs those shootdowns asked.
-    pub targets: u64,
-    /// IPIs it sent (ICR writes; a broadcast is one).
-    pub ipis: u64,
-    /// Pages it invalidated one by one.
-    pub invlpg: u64,
-    pub full_flushes: u64,
-}
+use record::{GuestRecord, TlbSnapshot};
 
 /// The time source: nanoseconds since boot. Separate from [`Machine`] so
 /// the timing harness can be tested on the host with a counting clock.
@@ -53,7 +39,7 @@ pub trait Machine: Clock + Sync + 'static {
     fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64>;
     /// Sends a record to the host.
     fn emit(&self, record: &GuestRecord);
-    fn tlb_counts(&self, cpu: usize) -> TlbCounts;
+    fn tlb_counts(&self, cpu: usize) -> TlbSnapshot;
     /// The backing stores demand paging can use, the default first.
     fn stores(&self) -> alloc::vec::Vec<&'static str>;
     /// Moves paging to store `name`; refused while the current one holds

@@ -5,7 +5,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use bench::{Clock, Machine, TlbCounts};
+use bench::{Clock, Machine};
 use mm::vm::{Vm, KERNEL_REGION_AREA, KERNEL_SEED_AREA, USER_END, USER_START};
 
 use crate::frames::{self, Frames, KernelPlatform};
@@ -106,15 +106,8 @@ impl Machine for KernelMachine {
         }
     }
 
-    fn tlb_counts(&self, cpu: usize) -> TlbCounts {
-        let c = smp::tlb::counters(cpu);
-        TlbCounts {
-            shootdowns: c.shootdowns,
-            targets: c.targets,
-            ipis: c.ipis,
-            invlpg: c.pages_invalidated,
-            full_flushes: c.full_flushes,
-        }
+    fn tlb_counts(&self, cpu: usize) -> record::TlbSnapshot {
+        smp::tlb::counters(cpu)
     }
 
     fn stores(&self) -> alloc::vec::Vec<&'static str> {

@@ -20,7 +20,9 @@ use serde::{Serialize, Serializer};
 #[cfg(feature = "parse")]
 extern crate alloc;
 
+mod counts;
 mod shared;
+pub use counts::TlbSnapshot;
 pub use shared::{selected, Accel, BENCHMARKS, KERNEL_BASE, MAX_CPUS};
 
 /// Marks a record line on the serial console.

@@ -240,7 +240,7 @@ mod tests {
         fn emit(&self, _: &record::GuestRecord) {
             match *self {}
         }
-        fn tlb_counts(&self, _: usize) -> crate::TlbCounts {
+        fn tlb_counts(&self, _: usize) -> record::TlbSnapshot {
             match *self {}
         }
         fn stores(&self) -> Vec<&'static str> {
