@@ -1,9 +1,9 @@
 //! Cross-calls: run a function on a set of CPUs and wait until each has run
 //! it, without a global lock.
 //!
-//! Each CPU owns one outgoing call slot (function, argument, and the set of
+//! Each CPU owns one outgoing call mailbox (function, argument, and the set of
 //! targets that have not acknowledged) and one inbox word (the set of CPUs
-//! with a call waiting for it). A caller fills its slot, sets its bit in
+//! with a call waiting for it). A caller fills its mailbox, sets its bit in
 //! every target's inbox, signals them (an IPI in the kernel) and waits.
 //! A target swaps its inbox to zero, runs each sender's function and clears
 //! its own bit in that sender's `outstanding` set.
@@ -41,7 +41,7 @@ pub enum CallError {
     /// withdrawn from them, so they will not run it later.
     Timeout { missing: CpuSet },
     /// These targets picked the call up but did not finish it within the
-    /// bound. The caller's slot stays busy until they do (`call_closure`
+    /// bound. The caller's mailbox stays busy until they do (`call_closure`
     /// panics instead of returning it).
     Stuck { running: CpuSet },
 }
@@ -57,7 +57,7 @@ impl CallError {
     }
 }
 
-struct Slot {
+struct Mailbox {
     func: AtomicUsize,
     arg: AtomicUsize,
     /// Targets that have been asked and have not acknowledged.
@@ -67,7 +67,7 @@ struct Slot {
 /// Mailboxes for `N` CPUs (indexes `0..N`, `N <= 64`).
 pub struct CrossCalls<const N: usize> {
     inbox: [AtomicU64; N],
-    slots: [Slot; N],
+    mailboxes: [Mailbox; N],
 }
 
 impl<const N: usize> Default for CrossCalls<N> {
@@ -79,18 +79,18 @@ impl<const N: usize> Default for CrossCalls<N> {
 impl<const N: usize> CrossCalls<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        const EMPTY_SLOT: Slot =
-            Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
+        const EMPTY_MAILBOX: Mailbox =
+            Mailbox { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
         #[allow(clippy::declare_interior_mutable_const)]
         const ZERO: AtomicU64 = AtomicU64::new(0);
-        CrossCalls { inbox: [ZERO; N], slots: [EMPTY_SLOT; N] }
+        CrossCalls { inbox: [ZERO; N], mailboxes: [EMPTY_MAILBOX; N] }
     }
 
     #[cfg(loom)]
     pub fn new() -> Self {
         CrossCalls {
             inbox: core::array::from_fn(|_| AtomicU64::new(0)),
-            slots: core::array::from_fn(|_| Slot {
+            mailboxes: core::array::from_fn(|_| Mailbox {
                 func: AtomicUsize::new(0),
                 arg: AtomicUsize::new(0),
                 outstanding: AtomicU64::new(0),
@@ -110,17 +110,17 @@ impl<const N: usize> CrossCalls<N> {
         timeout_ns: u64,
         platform: &impl Platform,
     ) -> Result<(), CallError> {
-        let slot = &self.slots[me];
-        // A previous call whose targets got stuck still owns the slot.
+        let mailbox = &self.mailboxes[me];
+        // A previous call whose targets got stuck still owns the mailbox.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)) });
         }
 
         let remote = targets.without(me);
-        slot.func.store(func as usize, Ordering::Relaxed);
-        slot.arg.store(arg, Ordering::Relaxed);
-        slot.outstanding.store(remote.bits(), Ordering::Relaxed);
+        mailbox.func.store(func as usize, Ordering::Relaxed);
+        mailbox.arg.store(arg, Ordering::Relaxed);
+        mailbox.outstanding.store(remote.bits(), Ordering::Relaxed);
         for cpu in remote.iter() {
             // Release publishes func/arg/outstanding to the target's swap.
             self.inbox[cpu].fetch_or(1 << me, Ordering::Release);
@@ -139,17 +139,17 @@ impl<const N: usize> CrossCalls<N> {
 
         // Withdraw the requests nobody took.
         let mut missing = CpuSet::EMPTY;
-        for cpu in CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)).iter() {
+        for cpu in CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)).iter() {
             let before = self.inbox[cpu].fetch_and(!(1 << me), Ordering::AcqRel);
             if before & (1 << me) != 0 {
-                slot.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
+                mailbox.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
                 missing.insert(cpu);
             }
         }
         // Whoever took it is running it now; give them one more bound.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)) });
         }
         if missing.is_empty() {
             Ok(()) // everyone answered while we were withdrawing
@@ -158,17 +158,17 @@ impl<const N: usize> CrossCalls<N> {
         }
     }
 
-    /// Waits until `me`'s slot has no outstanding targets, servicing
+    /// Waits until `me`'s mailbox has no outstanding targets, servicing
     /// incoming calls meanwhile. Returns false at the deadline.
     fn wait_acked(&self, me: usize, deadline: u64, platform: &impl Platform) -> bool {
-        let slot = &self.slots[me];
+        let mailbox = &self.mailboxes[me];
         loop {
-            if slot.outstanding.load(Ordering::Acquire) == 0 {
+            if mailbox.outstanding.load(Ordering::Acquire) == 0 {
                 return true;
             }
             self.service(me);
             if platform.now_ns() >= deadline {
-                return slot.outstanding.load(Ordering::Acquire) == 0;
+                return mailbox.outstanding.load(Ordering::Acquire) == 0;
             }
             platform.relax();
         }
@@ -179,11 +179,11 @@ impl<const N: usize> CrossCalls<N> {
     pub fn service(&self, me: usize) -> usize {
         let senders = self.inbox[me].swap(0, Ordering::Acquire);
         for sender in CpuSet::from_bits(senders).iter() {
-            let slot = &self.slots[sender];
-            let func = slot.func.load(Ordering::Relaxed);
-            let arg = slot.arg.load(Ordering::Relaxed);
+            let mailbox = &self.mailboxes[sender];
+            let func = mailbox.func.load(Ordering::Relaxed);
+            let arg = mailbox.arg.load(Ordering::Relaxed);
             run(func, arg);
-            slot.outstanding.fetch_and(!(1 << me), Ordering::Release);
+            mailbox.outstanding.fetch_and(!(1 << me), Ordering::Release);
         }
         senders.count_ones() as usize
     }

@@ -15,7 +15,7 @@ use crate::buddy::Link;
 use crate::frame::FrameError;
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
-use crate::phys::{CpuSlot, PhysAllocator};
+use crate::phys::{CpuShare, PhysAllocator};
 use crate::platform::Platform;
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
@@ -38,12 +38,12 @@ impl Machine {
     pub fn new(frames: usize, cpus: usize) -> Machine {
         let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
         let links = Vec::leak(vec![Link::EMPTY; frames]);
-        let slots = Vec::leak((0..MAX_CPUS).map(|_| CpuSlot::new()).collect());
+        let shares = Vec::leak((0..MAX_CPUS).map(|_| CpuShare::new()).collect());
         let depot = Vec::leak(vec![Magazine::new(); 8]);
         let db = FrameDb::new(0, entries);
         Machine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            frames: PhysAllocator::new(db, links, [1..frames], slots, 8, depot, Threads),
+            frames: PhysAllocator::new(db, links, [1..frames], shares, 8, depot, Threads),
             online: AtomicU64::new((1u64 << cpus) - 1),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),

@@ -101,7 +101,7 @@ fn unanswered_call_is_withdrawn_and_never_runs_later() {
     assert!(!calls.has_pending(1));
     assert_eq!(calls.service(1), 0);
     assert_eq!(hits.load(O::Relaxed), 0);
-    // The slot is free again.
+    // The mailbox is free again.
     let stop = AtomicBool::new(false);
     let ok = std::thread::scope(|s| {
         let (calls, stop) = (&calls, &stop);
@@ -149,7 +149,7 @@ fn target_stuck_in_the_function_is_reported_as_stuck() {
     let r = calls.call(0, CpuSet::single(1), block, 0, 20_000_000, &host());
     assert!(ENTERED.load(O::SeqCst));
     assert_eq!(r, Err(CallError::Stuck { running: CpuSet::single(1) }));
-    // While the target is still inside, the slot cannot be reused.
+    // While the target is still inside, the mailbox cannot be reused.
     let again = calls.call(0, CpuSet::single(1), |_| {}, 0, 10_000_000, &host());
     assert_eq!(again, Err(CallError::Stuck { running: CpuSet::single(1) }));
     RELEASE.store(true, O::SeqCst);
