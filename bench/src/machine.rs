@@ -3,7 +3,7 @@
 //! code on top of it.
 
 use mm::phys::PhysAllocator;
-use mm::platform::Platform;
+use mm::platform::CpuPlatform;
 use mm::vm::{Vm, VmPlatform};
 use record::{GuestRecord, TlbSnapshot};
 
@@ -14,7 +14,7 @@ pub trait Clock {
 }
 
 pub trait Machine: Clock + Sync + 'static {
-    type Phys: Platform + 'static;
+    type Phys: CpuPlatform + 'static;
     type VmP: VmPlatform + 'static;
 
     fn frames(&self) -> &'static PhysAllocator<'static, Self::Phys>;

@@ -6,7 +6,7 @@ use mm::buddy::{Link, MAX_ORDER};
 use mm::frame_db::{FrameDb, FrameEntry};
 use mm::magazine::Magazine;
 use mm::phys::{CpuShare, PhysAllocator};
-use mm::platform::Platform;
+use mm::platform::CpuPlatform;
 use mm::PAGE_SIZE;
 use smp::MAX_CPUS;
 use spin::Once;
@@ -18,7 +18,7 @@ const DEPOT_SLOTS: usize = 2 * MAX_CPUS;
 
 pub struct KernelPlatform;
 
-impl Platform for KernelPlatform {
+impl CpuPlatform for KernelPlatform {
     fn cpu_index(&self) -> usize {
         smp::percpu::current_index()
     }

@@ -24,7 +24,7 @@ use crate::counters::{bump, CounterSnapshot, CpuCounters};
 use crate::frame::{FrameError, FrameKind};
 use crate::frame_db::FrameDb;
 use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::PAGE_SIZE;
 
@@ -90,7 +90,7 @@ pub enum AuditViolation {
     NotConserved { census: Census },
 }
 
-pub struct PhysAllocator<'a, P: Platform> {
+pub struct PhysAllocator<'a, P: CpuPlatform> {
     db: FrameDb<'a>,
     buddy: Mutex<Buddy<'a>>,
     buddy_free: AtomicU64,
@@ -104,7 +104,7 @@ pub struct PhysAllocator<'a, P: Platform> {
     platform: P,
 }
 
-impl<'a, P: Platform> PhysAllocator<'a, P> {
+impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// Takes over `db`, whose frames are all `Reserved`, and makes the
     /// frames in `usable` (index ranges) free. `links` has one entry per
     /// frame; `cpus` one share per CPU; `depot` has room for each full

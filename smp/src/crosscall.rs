@@ -20,7 +20,7 @@ use crate::cpuset::CpuSet;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// What the protocol needs from its environment.
-pub trait Platform {
+pub trait CallPlatform {
     /// Prod the CPUs in `targets` to call [`CrossCalls::service`].
     fn signal(&self, targets: CpuSet);
     /// A monotonic clock in nanoseconds for the wait bound.
@@ -108,7 +108,7 @@ impl<const N: usize> CrossCalls<N> {
         func: fn(usize),
         arg: usize,
         timeout_ns: u64,
-        platform: &impl Platform,
+        platform: &impl CallPlatform,
     ) -> Result<(), CallError> {
         let mailbox = &self.mailboxes[me];
         // A previous call whose targets got stuck still owns the mailbox.
@@ -160,7 +160,7 @@ impl<const N: usize> CrossCalls<N> {
 
     /// Waits until `me`'s mailbox has no outstanding targets, servicing
     /// incoming calls meanwhile. Returns false at the deadline.
-    fn wait_acked(&self, me: usize, deadline: u64, platform: &impl Platform) -> bool {
+    fn wait_acked(&self, me: usize, deadline: u64, platform: &impl CallPlatform) -> bool {
         let mailbox = &self.mailboxes[me];
         loop {
             if mailbox.outstanding.load(Ordering::Acquire) == 0 {
@@ -214,7 +214,7 @@ pub fn call_closure<const N: usize, F: Fn() + Sync>(
     targets: CpuSet,
     f: &F,
     timeout_ns: u64,
-    platform: &impl Platform,
+    platform: &impl CallPlatform,
 ) -> Result<(), CallError> {
     fn trampoline<F: Fn() + Sync>(arg: usize) {
         // SAFETY: `arg` is `f as *const F` from `call_closure`, which does

@@ -6,7 +6,7 @@ use drivers::tsc;
 use crate::counts::use_shorthand;
 use crate::cpuset::{CpuSet, MAX_CPUS};
 pub use crate::crosscall::CallError;
-use crate::crosscall::{self, CrossCalls, Platform};
+use crate::crosscall::{self, CallPlatform, CrossCalls};
 use crate::percpu::{self, cpu, with_local_apic};
 use crate::tlb::COUNTS;
 
@@ -51,7 +51,7 @@ static CALLS: CrossCalls<MAX_CPUS> = CrossCalls::new();
 
 struct IpiPlatform;
 
-impl Platform for IpiPlatform {
+impl CallPlatform for IpiPlatform {
     fn signal(&self, targets: CpuSet) {
         let others = percpu::online_set().without(percpu::current_index());
         if use_shorthand(targets, others) {

@@ -153,7 +153,7 @@ mod tests {
 
     enum NoMachine {}
 
-    impl mm::platform::Platform for NoMachine {
+    impl mm::platform::CpuPlatform for NoMachine {
         fn cpu_index(&self) -> usize {
             match *self {}
         }

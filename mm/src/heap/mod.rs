@@ -9,7 +9,7 @@ mod free_list;
 
 use arrayvec::ArrayVec;
 
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::PAGE_SIZE;
 use free_list::FreeList;
@@ -55,7 +55,7 @@ pub struct HeapStats {
     pub pages: u64,
 }
 
-pub struct Heap<'a, S: PageSource, P: Platform> {
+pub struct Heap<'a, S: PageSource, P: CpuPlatform> {
     pools: [Mutex<FreeList>; CLASSES.len()],
     cpus: &'a [HeapCpu],
     source: S,
@@ -81,7 +81,7 @@ fn large_pages(size: usize, align: usize) -> usize {
     }
 }
 
-impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
+impl<'a, S: PageSource, P: CpuPlatform> Heap<'a, S, P> {
     #[cfg(not(loom))]
     pub const fn new(cpus: &'a [HeapCpu], source: S, platform: P) -> Self {
         Heap {

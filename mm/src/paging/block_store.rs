@@ -75,13 +75,13 @@ impl<D: BlockDevice> BackingStore for BlockStore<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
     use crate::vm::VmPlatform;
     use std::sync::Mutex;
 
     /// A disk in host memory, moving frames of a simulated machine.
     pub struct RamDisk<'m> {
-        pub m: &'m Machine,
+        pub m: &'m SimMachine,
         pub data: Mutex<Vec<u64>>,
     }
 
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn slots_map_to_sectors_and_data_round_trips() {
-        let m = Machine::new(64, 1);
+        let m = SimMachine::new(64, 1);
         let disk = RamDisk { m: &m, data: Mutex::new(vec![0; 4 * 512]) };
         let store = BlockStore::new(disk, 100);
         assert_eq!(store.usage(), (0, 4), "a 16 KiB disk has 4 slots");

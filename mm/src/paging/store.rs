@@ -110,11 +110,11 @@ impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
 
     #[test]
     fn pages_go_out_and_come_back() {
-        let m = Machine::new(256, 1);
+        let m = SimMachine::new(256, 1);
         let runs = vec![m.frames.alloc_contiguous(4).unwrap(), m.frames.alloc_contiguous(4).unwrap()];
         let store = RamStore::new(&m, runs, 4);
         let frame = m.frames.alloc_page().unwrap();
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_fault_gets_the_reserved_slot() {
-        let m = Machine::new(64, 1);
+        let m = SimMachine::new(64, 1);
         let base = m.frames.alloc_contiguous(2).unwrap();
         let store = RamStore::new(&m, vec![base], 2);
         store.location_get(SlotFor::Other).unwrap();

@@ -75,14 +75,14 @@ impl BackingStore for StoreSwitch {
 mod tests {
     use super::*;
     use crate::paging::store::RamStore;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
 
     #[test]
     fn switches_only_while_empty() {
-        let m: &'static Machine = Box::leak(Box::new(Machine::new(64, 1)));
-        let a: &'static RamStore<'static, Machine> =
+        let m: &'static SimMachine = Box::leak(Box::new(SimMachine::new(64, 1)));
+        let a: &'static RamStore<'static, SimMachine> =
             Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4)));
-        let b: &'static RamStore<'static, Machine> =
+        let b: &'static RamStore<'static, SimMachine> =
             Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2)));
         let switch = StoreSwitch::new(vec![a, b]);
         assert_eq!(switch.usage(), (0, 4));

@@ -13,10 +13,10 @@ use super::*;
 use crate::testing::on_cpu;
 use crate::vm::pte::{ACCESSED, DIRTY, PRESENT, WRITABLE};
 use crate::vm::table::{lookup, Lookup};
-use crate::vm::testing::{boot, Machine};
+use crate::vm::testing::{boot, SimMachine};
 use crate::vm::{KMemFlags, PAGE};
 
-type TestVm = Vm<Machine>;
+type TestVm = Vm<SimMachine>;
 
 /// A machine of 4096 frames with paging on: a RAM store of `slots` slots
 /// (a power of two up to 1024) and at most `limit` resident pages.
@@ -32,7 +32,8 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
     // all four TLBs.
     let vm: &'static TestVm = Box::leak(Box::new(boot(4096, 4)));
     let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
-    let ram: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
+    let ram: &'static RamStore<'static, SimMachine> =
+        Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
     let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(ram)));
     let db = vm.platform().frames.db();
     let policy: &'static dyn EvictionPolicy =
@@ -42,7 +43,7 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
 }
 
 /// The paging of a rig's VM.
-fn paging(vm: &TestVm) -> Paging<'_, Machine> {
+fn paging(vm: &TestVm) -> Paging<'_, SimMachine> {
     Paging::of(vm).expect("the rig turned paging on")
 }
 

@@ -4,14 +4,14 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::lock_count::LockSnapshot;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
-fn total(vm: &Vm<Machine>) -> VmCountSnapshot {
+fn total(vm: &Vm<SimMachine>) -> VmCountSnapshot {
     let mut t = VmCountSnapshot::default();
     for cpu in 0..crate::MAX_CPUS {
         t += vm.counts(cpu);

@@ -15,7 +15,7 @@ use std::thread::{self, ScopedJoinHandle};
 use super::pte::{self, SW_TRANSIT};
 use super::shootdown_gate::Park;
 use super::table::{lookup, Lookup};
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -31,7 +31,7 @@ const X: u64 = 0x40_0000;
 const Y: u64 = 0x1000_0000;
 
 /// The 4 KiB entry for `virt`, if a page table covers it.
-fn entry(vm: &Vm<Machine>, space: &AddressSpace, virt: u64) -> Option<u64> {
+fn entry(vm: &Vm<SimMachine>, space: &AddressSpace, virt: u64) -> Option<u64> {
     match lookup(vm.platform(), space.root(), virt, 0) {
         Lookup::Entry { slot, level: 0 } => Some(slot.load(Ordering::Acquire)),
         _ => None,
@@ -40,7 +40,7 @@ fn entry(vm: &Vm<Machine>, space: &AddressSpace, virt: u64) -> Option<u64> {
 
 /// Releases every parked shootdown when dropped, so a failing step never
 /// leaves a thread of the script parked.
-struct Unpark<'m>(&'m Machine);
+struct Unpark<'m>(&'m SimMachine);
 
 impl Drop for Unpark<'_> {
     fn drop(&mut self) {

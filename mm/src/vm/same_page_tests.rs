@@ -6,7 +6,7 @@ use std::boxed::Box;
 use std::sync::{Arc, Barrier};
 use std::vec::Vec;
 
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -14,11 +14,11 @@ const PAGES: u64 = 8;
 
 /// The kernel root loaded on every CPU, so the simulated TLB checks every
 /// free against what each CPU may hold.
-fn machine(cpus: usize) -> Vm<Machine> {
+fn machine(cpus: usize) -> Vm<SimMachine> {
     boot(4096, cpus)
 }
 
-fn free(vm: &Vm<Machine>) -> u64 {
+fn free(vm: &Vm<SimMachine>) -> u64 {
     vm.platform().free_bytes()
 }
 
@@ -166,7 +166,7 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
     for round in 0..200 {
         let a = vm.vmalloc(&user, 0x10_0000, USER_END, LONG, Flags::WRITE | Flags::USER).unwrap();
         let start = Arc::new(Barrier::new(3));
-        let spawn = |cpu: usize, f: Box<dyn FnOnce(&Vm<Machine>, &AddressSpace) -> Result<u64, VmError> + Send>| {
+        let spawn = |cpu: usize, f: Box<dyn FnOnce(&Vm<SimMachine>, &AddressSpace) -> Result<u64, VmError> + Send>| {
             let (vm, user, start) = (vm.clone(), user.clone(), start.clone());
             std::thread::spawn(move || {
                 on_cpu(cpu);

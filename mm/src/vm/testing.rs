@@ -16,11 +16,11 @@ use crate::frame::FrameError;
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
 use crate::phys::{CpuShare, PhysAllocator};
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
 
-pub struct Machine {
+pub struct SimMachine {
     memory: Vec<Table>,
     pub frames: PhysAllocator<'static, Threads>,
     pub online: AtomicU64,
@@ -32,16 +32,16 @@ pub struct Machine {
     gate: ShootdownGate,
 }
 
-impl Machine {
+impl SimMachine {
     /// A machine with `frames` frames of RAM (frame 0 is not RAM) and
     /// `cpus` CPUs online.
-    pub fn new(frames: usize, cpus: usize) -> Machine {
+    pub fn new(frames: usize, cpus: usize) -> SimMachine {
         let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
         let links = Vec::leak(vec![Link::EMPTY; frames]);
         let shares = Vec::leak((0..MAX_CPUS).map(|_| CpuShare::new()).collect());
         let depot = Vec::leak(vec![Magazine::new(); 8]);
         let db = FrameDb::new(0, entries);
-        Machine {
+        SimMachine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             frames: PhysAllocator::new(db, links, [1..frames], shares, 8, depot, Threads),
             online: AtomicU64::new((1u64 << cpus) - 1),
@@ -125,7 +125,7 @@ impl Machine {
     }
 }
 
-impl VmPlatform for Machine {
+impl VmPlatform for SimMachine {
     // Every call but `cpu_index` and `now_ns` refills the simulated TLBs
     // first (between any two calls every CPU may have walked). `table`
     // too, though it runs at every step of every software walk: the code
@@ -214,9 +214,9 @@ impl VmPlatform for Machine {
 /// kernel root every online CPU has loaded, as in the kernel, where every
 /// CPU runs on the kernel space from boot (so kernel unmaps and evictions
 /// are checked against every CPU's TLB). The calling thread is CPU 0.
-pub fn boot(frames: usize, cpus: usize) -> Vm<Machine> {
+pub fn boot(frames: usize, cpus: usize) -> Vm<SimMachine> {
     on_cpu(0);
-    let m = Machine::new(frames, cpus);
+    let m = SimMachine::new(frames, cpus);
     let root = m.frames.alloc_page().unwrap();
     m.fill_frame(root, 0);
     let vm = Vm::new(m, root).unwrap();

@@ -1,19 +1,19 @@
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
 /// 4096 frames, `cpus` CPUs, each with the kernel root loaded.
-fn machine(cpus: usize) -> Vm<Machine> {
+fn machine(cpus: usize) -> Vm<SimMachine> {
     boot(4096, cpus)
 }
 
-fn free(vm: &Vm<Machine>) -> u64 {
+fn free(vm: &Vm<SimMachine>) -> u64 {
     vm.platform().free_bytes()
 }
 
-fn shootdowns(vm: &Vm<Machine>) -> Vec<(u64, u64, u64)> {
+fn shootdowns(vm: &Vm<SimMachine>) -> Vec<(u64, u64, u64)> {
     vm.platform().shootdowns.lock().unwrap().clone()
 }
 

@@ -1,4 +1,4 @@
-//! A simulated TLB for the host `Machine`: what each CPU *may* hold, not
+//! A simulated TLB for the host `SimMachine`: what each CPU *may* hold, not
 //! only what a test touched.
 //!
 //! Hardware may walk the page tables of its loaded root at any moment

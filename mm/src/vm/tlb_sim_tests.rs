@@ -5,14 +5,14 @@ use core::sync::atomic::Ordering;
 
 use super::shootdown_gate::{Park, Shot};
 use super::table::{lookup, Lookup};
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
 /// A fresh frame mapped at kernel page `virt`; CPU 0 touches it.
-fn map(vm: &Vm<Machine>, virt: u64) -> u64 {
+fn map(vm: &Vm<SimMachine>, virt: u64) -> u64 {
     let frame = vm.platform().frames.alloc_page().unwrap();
     vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     assert_eq!(vm.platform().touch(0, virt), Some(frame));
@@ -20,7 +20,7 @@ fn map(vm: &Vm<Machine>, virt: u64) -> u64 {
 }
 
 /// The entry at `level` for `virt` in the kernel space.
-fn slot(vm: &Vm<Machine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
+fn slot(vm: &Vm<SimMachine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
     match lookup(vm.platform(), vm.kernel().root(), virt, level) {
         Lookup::Entry { slot, .. } => slot,
         Lookup::NoTable => panic!("no table for {virt:#x}"),

@@ -9,7 +9,7 @@ use loom::sync::Arc;
 /// number of loop iterations the model checker can exhaust.
 struct Ticks(LoomUsize);
 
-impl Platform for Ticks {
+impl CallPlatform for Ticks {
     fn signal(&self, _targets: CpuSet) {}
     fn now_ns(&self) -> u64 {
         self.0.fetch_add(1, O::Relaxed) as u64

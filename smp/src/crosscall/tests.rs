@@ -7,7 +7,7 @@ struct HostPlatform {
     start: Instant,
 }
 
-impl Platform for HostPlatform {
+impl CallPlatform for HostPlatform {
     fn signal(&self, _targets: CpuSet) {} // targets poll `service`
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
