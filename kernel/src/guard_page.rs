@@ -7,9 +7,10 @@
 
 use x86_64::registers::control::Cr3;
 
+use mm::PAGE_SIZE;
+
 use crate::memory;
 
-const PAGE: u64 = 4096;
 const PRESENT: u64 = 1;
 const HUGE: u64 = 1 << 7;
 const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
@@ -40,8 +41,8 @@ fn mapped_now(virt: u64) -> bool {
 /// The guard page `addr` lies in, if it looks like one: unmapped, with a
 /// mapped page right above it (the bottom of a stack).
 pub fn guard_page_of(addr: u64) -> Option<u64> {
-    let page = addr & !(PAGE - 1);
-    let above = page.checked_add(PAGE)?;
+    let page = addr & !(PAGE_SIZE - 1);
+    let above = page.checked_add(PAGE_SIZE)?;
     let canonical = |a: u64| x86_64::VirtAddr::try_new(a).is_ok();
     if !canonical(page) || !canonical(above) {
         return None;

@@ -6,7 +6,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use mm::vm::{AddressSpace, Flags, KMemFlags, VmError, PAGE, USER_END, USER_START};
+use mm::vm::{AddressSpace, Flags, KMemFlags, VmError, PAGE_SIZE, USER_END, USER_START};
 use smp::tlb::{self, FULL_FLUSH_PAGES};
 use smp::{percpu, MAX_CPUS};
 use spin::Mutex;
@@ -83,7 +83,7 @@ static READS: AtomicU64 = AtomicU64::new(0);
 
 fn unmapper(round: u64) {
     let vm = vm::get();
-    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK) else {
+    let Ok(a) = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK) else {
         return fail(format_args!("round {round}: map failed"));
     };
     let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys).unwrap_or(0);
@@ -100,7 +100,7 @@ fn unmapper(round: u64) {
         let _ = probe::write(a, seq);
         seq += 1;
     }
-    if let Err(e) = vm.k_mem_unmap(a, PAGE) {
+    if let Err(e) = vm.k_mem_unmap(a, PAGE_SIZE) {
         return fail(format_args!("round {round}: unmap: {e:?}"));
     }
     // The freed frames go back to this CPU's magazine: take them again and
@@ -164,7 +164,7 @@ fn reader(cpu: usize, round: u64) {
 
 fn downgrade_everywhere() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     ADDR.store(a, Ordering::Relaxed);
     let writable = run(|cpu| {
         let a = ADDR.load(Ordering::Relaxed);
@@ -185,7 +185,7 @@ fn downgrade_everywhere() -> TestResult {
             fail(format_args!("cpu {cpu}: read after the downgrade: {:?}", probe::read(slot)));
         }
     });
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     writable?;
     protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
     readonly
@@ -198,8 +198,8 @@ static OTHER: AtomicU64 = AtomicU64::new(0);
 fn full_flush_keeps_others() -> TestResult {
     let vm = vm::get();
     let pages = FULL_FLUSH_PAGES + 3;
-    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
-    let other = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let big = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let other = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     for i in 0..512 {
         let _ = probe::write(other + 8 * i, 0x1000 + i);
     }
@@ -217,8 +217,8 @@ fn full_flush_keeps_others() -> TestResult {
     let protect = vm.protect(vm.kernel(), big, pages, Flags::READ);
     let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let reread = run(read_other);
-    vm.k_mem_unmap(big, pages * PAGE).map_err(fails)?;
-    vm.k_mem_unmap(other, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(big, pages * PAGE_SIZE).map_err(fails)?;
+    vm.k_mem_unmap(other, PAGE_SIZE).map_err(fails)?;
     warm?;
     protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
     for cpu in percpu::online_set().iter() {
@@ -242,21 +242,21 @@ fn storm_one_space() -> TestResult {
         let mut rng = Rng::new(super::seed() ^ cpu as u64);
         for round in 0..STORM_ROUNDS {
             let pages = 1 + rng.below(8);
-            let a = match vm.k_mem_map(pages * PAGE, KMemFlags::RW) {
+            let a = match vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW) {
                 Ok(a) => a,
                 Err(e) => return fail(format_args!("cpu {cpu} round {round}: map: {e:?}")),
             };
             let tag = (cpu as u64) << 32 | round;
             for p in 0..pages {
-                let _ = probe::write(a + p * PAGE + 8 * (round % 512), tag);
+                let _ = probe::write(a + p * PAGE_SIZE + 8 * (round % 512), tag);
             }
             for p in 0..pages {
-                let v = probe::read(a + p * PAGE + 8 * (round % 512));
+                let v = probe::read(a + p * PAGE_SIZE + 8 * (round % 512));
                 if v != Ok(tag) {
                     return fail(format_args!("cpu {cpu} round {round}: page {p} reads {v:?}, wrote {tag:#x}"));
                 }
             }
-            if let Err(e) = vm.k_mem_unmap(a, pages * PAGE) {
+            if let Err(e) = vm.k_mem_unmap(a, pages * PAGE_SIZE) {
                 return fail(format_args!("cpu {cpu} round {round}: unmap: {e:?}"));
             }
             UNMAPS.fetch_add(1, Ordering::Relaxed);
@@ -265,8 +265,8 @@ fn storm_one_space() -> TestResult {
     r?;
     // A prune that lost the table lock to a mapper is finished by the
     // next unmap.
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     let targets: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).targets).sum::<u64>() - targets_before;
     let unmaps = UNMAPS.load(Ordering::Relaxed);
     log::info!(
@@ -299,14 +299,14 @@ fn storm_shared_tables() -> TestResult {
             };
             let tag = (cpu as u64) << 32 | round;
             for p in 0..pages {
-                if probe::read(a + p * PAGE) != Ok(0) || probe::write(a + p * PAGE, tag).is_err() {
+                if probe::read(a + p * PAGE_SIZE) != Ok(0) || probe::write(a + p * PAGE_SIZE, tag).is_err() {
                     return fail(format_args!(
                         "cpu {cpu} round {round}: fresh page {p} at {a:#x} not zero or not writable"
                     ));
                 }
             }
             for p in 0..pages {
-                if probe::read(a + p * PAGE) != Ok(tag) {
+                if probe::read(a + p * PAGE_SIZE) != Ok(tag) {
                     return fail(format_args!("cpu {cpu} round {round}: page {p} at {a:#x} lost its data"));
                 }
             }
@@ -340,7 +340,7 @@ fn storm_separate_spaces() -> TestResult {
         for round in 0..STORM_ROUNDS {
             let pages = 1 + rng.below(40);
             let r = vm.vmalloc(&space, USER_START, USER_END, pages, Flags::USER | Flags::WRITE).and_then(|a| {
-                let t = vm.map_get(&space, a + (pages - 1) * PAGE)?;
+                let t = vm.map_get(&space, a + (pages - 1) * PAGE_SIZE)?;
                 if !t.flags.contains(Flags::USER | Flags::WRITE) {
                     return Err(VmError::NotMapped { virt: a });
                 }

@@ -14,7 +14,7 @@ use super::transition::{self, FrameClaim};
 use super::{Pager, Paging, PagingError};
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
-use crate::vm::{VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
+use crate::vm::{VmError, VmPlatform, KERNEL_REGION_AREA, PAGE_SIZE};
 
 /// Pages in `virt .. virt + size`, checked for alignment and for lying in
 /// the region area.
@@ -22,17 +22,17 @@ fn pages_of(virt: u64, size: u64) -> Result<u64, PagingError> {
     if size == 0 {
         return Err(PagingError::Range(VmError::ZeroSize));
     }
-    if virt % PAGE != 0 || size % PAGE != 0 {
-        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE != 0 { virt } else { size } }));
+    if virt % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE_SIZE != 0 { virt } else { size } }));
     }
-    check_range_in(KERNEL_REGION_AREA, virt, size / PAGE).map_err(PagingError::Range)?;
-    Ok(size / PAGE)
+    check_range_in(KERNEL_REGION_AREA, virt, size / PAGE_SIZE).map_err(PagingError::Range)?;
+    Ok(size / PAGE_SIZE)
 }
 
 impl<P: VmPlatform> Paging<'_, P> {
     /// Checks that every page of the range is a pageable page.
     fn check_pageable(&self, virt: u64, npages: u64) -> Result<(), PagingError> {
-        for va in (0..npages).map(|i| virt + i * PAGE) {
+        for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
             let e = self.paged_slot(va)?.load(Ordering::Acquire);
             if !token::is_pageable(e) {
                 return Err(PagingError::NotPageable { virt: va });
@@ -48,7 +48,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         let npages = pages_of(virt, size)?;
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
-            for va in (0..npages).map(|i| virt + i * PAGE) {
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
                 self.fault_in(pg, va, Access::READ, SlotFor::Other)?;
             }
             Ok(())
@@ -65,7 +65,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             let mut writes = 0;
-            for va in (0..npages).map(|i| virt + i * PAGE) {
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
                 let e = self.paged_slot(va)?.load(Ordering::Acquire);
                 if !token::is_resident(e) {
                     continue;
@@ -86,7 +86,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 return Err(PagingError::StoreFull);
             }
             let mut batch = Victims::new();
-            for va in (0..npages).map(|i| virt + i * PAGE) {
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
                 let mut deadline = None;
                 let claimed = loop {
                     match self.claim_page(pg, va) {
@@ -167,14 +167,16 @@ impl<P: VmPlatform> Paging<'_, P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             let result = (0..npages).try_for_each(|i| {
-                if self.pin_page(pg, virt + i * PAGE)? {
+                if self.pin_page(pg, virt + i * PAGE_SIZE)? {
                     newly[(i / 64) as usize] |= 1 << (i % 64);
                 }
                 Ok(())
             });
             if result.is_err() {
                 for i in (0..npages).filter(|i| newly[(i / 64) as usize] & (1 << (i % 64)) != 0) {
-                    self.with_page_frame(pg, virt + i * PAGE, &mut |index| transition::unpin_claimed(pg.db, index))?;
+                    self.with_page_frame(pg, virt + i * PAGE_SIZE, &mut |index| {
+                        transition::unpin_claimed(pg.db, index)
+                    })?;
                 }
             }
             result
@@ -221,7 +223,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         let npages = pages_of(virt, size)?;
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
-            for va in (0..npages).map(|i| virt + i * PAGE) {
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
                 self.with_page_frame(pg, va, &mut |index| transition::unpin_claimed(pg.db, index))?;
             }
             Ok(())

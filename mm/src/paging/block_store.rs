@@ -5,10 +5,10 @@
 
 use super::slots::{SlotFor, SlotMap};
 use super::store::{BackingStore, StoreError};
-use crate::vm::PAGE;
+use crate::vm::PAGE_SIZE;
 
 /// 512-byte sectors per slot.
-pub const SECTORS_PER_SLOT: u64 = PAGE / 512;
+pub const SECTORS_PER_SLOT: u64 = PAGE_SIZE / 512;
 
 /// What the store needs from a disk driver.
 pub trait BlockDevice: Sync {

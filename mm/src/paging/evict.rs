@@ -15,7 +15,7 @@ use super::transition;
 use super::view::View;
 use super::{Pager, Paging, PagingError, StoreError};
 use crate::frame_db::paging::{BUSY, MAPPED};
-use crate::vm::{VmPlatform, PAGE};
+use crate::vm::{VmPlatform, PAGE_SIZE};
 
 /// Victims per eviction: one shootdown covers them all.
 pub(crate) const BATCH: usize = 8;
@@ -90,7 +90,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         let mut freed = ArrayVec::new();
         let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
         let hi = victims.iter().map(|v| v.va).max().unwrap_or(0);
-        if let Err(e) = self.vm.shoot_down(self.vm.kernel(), lo, (hi - lo) / PAGE + 1) {
+        if let Err(e) = self.vm.shoot_down(self.vm.kernel(), lo, (hi - lo) / PAGE_SIZE + 1) {
             for v in &victims {
                 self.unclaim(pg, v);
             }

@@ -13,7 +13,7 @@ use crate::frame_db::paging::{FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::paging::stats::{Event, Timing};
 use crate::vm::pte::{self, DIRTY, NO_EXECUTE, USER, WRITABLE};
 use crate::vm::table::{self, Lookup};
-use crate::vm::{VmPlatform, KERNEL_REGION_AREA, PAGE};
+use crate::vm::{VmPlatform, KERNEL_REGION_AREA, PAGE_SIZE};
 
 /// What a faulting access wanted (from the page-fault error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,7 +60,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         // TIMING_SAMPLE: no clock read on the others.
         let start = self.pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
         self.paging_op(|pg| {
-            if self.fault_in(pg, virt & !(PAGE - 1), access, SlotFor::Fault)? {
+            if self.fault_in(pg, virt & !(PAGE_SIZE - 1), access, SlotFor::Fault)? {
                 pg.stats.count(self.vm.p.cpu_index(), Event::Fault);
                 pg.stats.finish(Timing::Fault, start, || self.vm.p.now_ns());
             }

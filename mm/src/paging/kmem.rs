@@ -11,7 +11,7 @@ use super::{Pager, Paging, PagingError};
 use crate::vm::marker::{FrameTo, UnmapOp};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
-use crate::vm::{KMemFlags, VmError, VmPlatform, PAGE};
+use crate::vm::{KMemFlags, VmError, VmPlatform, PAGE_SIZE};
 
 impl<P: VmPlatform> Paging<'_, P> {
     /// Reserves `pages` pages of the commit limit.
@@ -50,7 +50,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         };
         for i in 0..pages {
             let t = token::encode(loc(i), perms).expect("callers pass slots that fit");
-            if let Err(e) = self.vm.install(self.vm.kernel(), virt + i * PAGE, t, 0) {
+            if let Err(e) = self.vm.install(self.vm.kernel(), virt + i * PAGE_SIZE, t, 0) {
                 // Nobody has touched the tokens yet (the region is this
                 // call's): clear them under the same lock.
                 self.clear_tokens(virt, i);
@@ -69,7 +69,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     fn clear_tokens(&self, virt: u64, pages: u64) {
         for i in 0..pages {
             if let Lookup::Entry { slot, level: 0 } =
-                table::lookup(&self.vm.p, self.vm.kernel().root(), virt + i * PAGE, 0)
+                table::lookup(&self.vm.p, self.vm.kernel().root(), virt + i * PAGE_SIZE, 0)
             {
                 slot.store(0, Ordering::Release);
             }
@@ -87,14 +87,14 @@ impl<P: VmPlatform> Paging<'_, P> {
             // Pinned or uninitialised pages have no store contents to map.
             return Err(PagingError::Range(VmError::NotARegion { addr: first_slot, size }));
         }
-        if size == 0 || size % PAGE != 0 {
+        if size == 0 || size % PAGE_SIZE != 0 {
             return Err(PagingError::Range(if size == 0 {
                 VmError::ZeroSize
             } else {
                 VmError::NotAligned { value: size }
             }));
         }
-        let pages = size / PAGE;
+        let pages = size / PAGE_SIZE;
         for s in first_slot
             ..first_slot
                 .checked_add(pages)
@@ -128,7 +128,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         let op = self.vm.begin_unmap();
         let result = self.vm.p.without_interrupts(|| {
             (0..pages).try_for_each(|i| {
-                let va = virt + i * PAGE;
+                let va = virt + i * PAGE_SIZE;
                 let done = self.unmap_one(&op, va)?;
                 paged += u64::from(done);
                 Ok(())
@@ -158,7 +158,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             let e = slot.load(Ordering::Acquire);
             if token::is_resident(e) {
                 let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
-                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE, FrameTo::Free)) {
+                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE_SIZE, FrameTo::Free)) {
                     Ok(copy) => {
                         if let Some(s) = copy {
                             let _ = pg.store.location_free(s);
@@ -179,7 +179,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 continue;
             } else if pte::is_present(e) {
                 if slot
-                    .compare_exchange(e, op.marker(e, PAGE, FrameTo::Free), Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     return Ok(false);

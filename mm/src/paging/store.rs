@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 
 use super::slots::{SlotError, SlotFor, SlotMap};
-use crate::vm::{VmPlatform, PAGE};
+use crate::vm::{VmPlatform, PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
@@ -62,7 +62,7 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
     /// in `runs` (page-aligned, owned by the store for good), reached
     /// through `mem`.
     pub fn new(mem: &'m M, runs: Vec<u64>, run_frames: u64) -> RamStore<'m, M> {
-        debug_assert!(runs.iter().all(|r| r % PAGE == 0));
+        debug_assert!(runs.iter().all(|r| r % PAGE_SIZE == 0));
         let slots = SlotMap::new(runs.len() as u64 * run_frames);
         RamStore { mem, runs, run_frames, slots }
     }
@@ -71,7 +71,7 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
         if !self.slots.is_used(slot) {
             return Err(StoreError::BadSlot { slot });
         }
-        Ok(self.runs[(slot / self.run_frames) as usize] + slot % self.run_frames * PAGE)
+        Ok(self.runs[(slot / self.run_frames) as usize] + slot % self.run_frames * PAGE_SIZE)
     }
 }
 

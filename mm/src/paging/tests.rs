@@ -14,7 +14,7 @@ use crate::testing::on_cpu;
 use crate::vm::pte::{ACCESSED, DIRTY, PRESENT, WRITABLE};
 use crate::vm::table::{lookup, Lookup};
 use crate::vm::testing::{boot, SimMachine};
-use crate::vm::{KMemFlags, PAGE};
+use crate::vm::{KMemFlags, PAGE_SIZE};
 
 type TestVm = Vm<SimMachine>;
 
@@ -66,7 +66,7 @@ fn access(vm: &TestVm, va: u64, value: Option<u64>) -> Result<u64, PagingError> 
                 if slot.compare_exchange(e, e | bits, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                     continue;
                 }
-                let (frame, offset) = (crate::vm::pte::addr(e), va % PAGE);
+                let (frame, offset) = (crate::vm::pte::addr(e), va % PAGE_SIZE);
                 return Ok(match value {
                     Some(v) => {
                         vm.platform().set_word(frame, offset, v);
@@ -98,7 +98,7 @@ fn pattern(va: u64, k: u64, gen: u64) -> u64 {
 fn write_pass(vm: &TestVm, base: u64, order: &[u64], gen: u64) {
     for &p in order {
         for k in [0, 511] {
-            access(vm, base + p * PAGE + k * 8, Some(pattern(base + p * PAGE, k, gen))).unwrap();
+            access(vm, base + p * PAGE_SIZE + k * 8, Some(pattern(base + p * PAGE_SIZE, k, gen))).unwrap();
         }
     }
 }
@@ -106,8 +106,8 @@ fn write_pass(vm: &TestVm, base: u64, order: &[u64], gen: u64) {
 fn check_pass(vm: &TestVm, base: u64, order: &[u64], gen: u64) {
     for &p in order {
         for k in [0, 511] {
-            let got = access(vm, base + p * PAGE + k * 8, None).unwrap();
-            assert_eq!(got, pattern(base + p * PAGE, k, gen), "page {p} word {k} generation {gen}");
+            let got = access(vm, base + p * PAGE_SIZE + k * 8, None).unwrap();
+            assert_eq!(got, pattern(base + p * PAGE_SIZE, k, gen), "page {p} word {k} generation {gen}");
         }
     }
 }
@@ -124,10 +124,10 @@ fn overcommit(lru: bool) {
     let vm = rig(slots, limit, lru);
     let free_before = vm.platform().free_bytes();
     let pages = limit + slots / 2;
-    let base = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).unwrap();
     assert_eq!(paging(vm).pager().resident(), 0, "nothing is mapped up front");
     for p in 0..pages {
-        assert_eq!(access(vm, base + p * PAGE + 8 * 7, None), Ok(0), "fresh memory reads zero");
+        assert_eq!(access(vm, base + p * PAGE_SIZE + 8 * 7, None), Ok(0), "fresh memory reads zero");
     }
     for (gen, order) in orders(pages).iter().enumerate() {
         write_pass(vm, base, order, gen as u64 + 1);
@@ -138,7 +138,7 @@ fn overcommit(lru: bool) {
     assert!(s.faults > pages, "{s:?}");
     assert!(s.evictions_clean > 0 && s.evictions_dirty > 0, "{s:?}");
     assert!(paging(vm).pager().resident() <= limit);
-    vm.k_mem_unmap(base, pages * PAGE).unwrap();
+    vm.k_mem_unmap(base, pages * PAGE_SIZE).unwrap();
     assert_eq!(used_slots(vm), 0, "unmapping frees every slot");
     assert_eq!(paging(vm).pager().resident(), 0);
     assert_eq!(paging(vm).pager().committed(), 0);
@@ -159,15 +159,15 @@ fn overcommit_keeps_every_word_with_lru() {
 #[test]
 fn page_out_then_exactly_that_many_faults() {
     let vm = rig(128, 1000, false);
-    let base = vm.k_mem_map(32 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(32 * PAGE_SIZE, KMemFlags::RW).unwrap();
     write_pass(vm, base, &(0..32).collect::<Vec<_>>(), 1);
-    paging(vm).page_out(base, 16 * PAGE).unwrap();
+    paging(vm).page_out(base, 16 * PAGE_SIZE).unwrap();
     assert_eq!(used_slots(vm), 16);
     let before = stats(vm);
     check_pass(vm, base, &(0..32).collect::<Vec<_>>(), 1);
     assert_eq!(stats(vm).faults - before.faults, 16, "one fault per paged-out page");
-    paging(vm).page_out(base, 32 * PAGE).unwrap();
-    paging(vm).page_in(base, 32 * PAGE).unwrap();
+    paging(vm).page_out(base, 32 * PAGE_SIZE).unwrap();
+    paging(vm).page_in(base, 32 * PAGE_SIZE).unwrap();
     let before = stats(vm);
     check_pass(vm, base, &(0..32).collect::<Vec<_>>(), 1);
     assert_eq!(stats(vm).faults, before.faults, "page_in leaves nothing to fault");
@@ -177,18 +177,18 @@ fn page_out_then_exactly_that_many_faults() {
 #[test]
 fn a_clean_page_with_a_copy_is_dropped_without_a_write() {
     let vm = rig(64, 1000, false);
-    let base = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     access(vm, base, Some(42)).unwrap();
-    paging(vm).page_out(base, PAGE).unwrap();
+    paging(vm).page_out(base, PAGE_SIZE).unwrap();
     assert_eq!(access(vm, base, None), Ok(42));
     let before = stats(vm);
-    paging(vm).page_out(base, PAGE).unwrap();
+    paging(vm).page_out(base, PAGE_SIZE).unwrap();
     let after = stats(vm);
     assert_eq!((after.page_outs, after.evictions_clean), (before.page_outs, before.evictions_clean + 1));
     assert_eq!(access(vm, base, None), Ok(42));
     // Written again: the copy is stale, so the next eviction writes.
     access(vm, base, Some(43)).unwrap();
-    paging(vm).page_out(base, PAGE).unwrap();
+    paging(vm).page_out(base, PAGE_SIZE).unwrap();
     assert_eq!(stats(vm).page_outs, after.page_outs + 1);
     assert_eq!(access(vm, base, None), Ok(43));
     paging(vm).audit().unwrap();
@@ -197,9 +197,9 @@ fn a_clean_page_with_a_copy_is_dropped_without_a_write() {
 #[test]
 fn pinned_pages_never_leave_and_unpin_lets_them() {
     let vm = rig(128, 16, false);
-    let base = vm.k_mem_map(48 * PAGE, KMemFlags::RW).unwrap();
-    paging(vm).pin(base, 8 * PAGE).unwrap();
-    let pinned: Vec<u64> = (0..8).map(|p| entry(vm, base + p * PAGE)).collect();
+    let base = vm.k_mem_map(48 * PAGE_SIZE, KMemFlags::RW).unwrap();
+    paging(vm).pin(base, 8 * PAGE_SIZE).unwrap();
+    let pinned: Vec<u64> = (0..8).map(|p| entry(vm, base + p * PAGE_SIZE)).collect();
     assert!(pinned.iter().all(|e| token::is_resident(*e)));
     for gen in 1..4 {
         write_pass(vm, base, &(8..48).collect::<Vec<_>>(), gen);
@@ -207,16 +207,16 @@ fn pinned_pages_never_leave_and_unpin_lets_them() {
     }
     for p in 0..8 {
         assert_eq!(
-            crate::vm::pte::addr(entry(vm, base + p * PAGE)),
+            crate::vm::pte::addr(entry(vm, base + p * PAGE_SIZE)),
             crate::vm::pte::addr(pinned[p as usize]),
             "pinned page {p} kept its frame"
         );
     }
     let (used, resident) = (used_slots(vm), paging(vm).pager().resident());
-    assert_eq!(paging(vm).page_out(base, 9 * PAGE), Err(PagingError::Pinned { virt: base }));
+    assert_eq!(paging(vm).page_out(base, 9 * PAGE_SIZE), Err(PagingError::Pinned { virt: base }));
     assert_eq!((used_slots(vm), paging(vm).pager().resident()), (used, resident), "a refused page-out changes nothing");
-    paging(vm).unpin(base, 8 * PAGE).unwrap();
-    paging(vm).page_out(base, 8 * PAGE).unwrap();
+    paging(vm).unpin(base, 8 * PAGE_SIZE).unwrap();
+    paging(vm).page_out(base, 8 * PAGE_SIZE).unwrap();
     assert!(!token::is_resident(entry(vm, base)));
     paging(vm).audit().unwrap();
 }
@@ -224,14 +224,14 @@ fn pinned_pages_never_leave_and_unpin_lets_them() {
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let vm = rig(8, 4, false);
-    let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
-    let ro = vm.k_mem_map(PAGE, KMemFlags::NONE).unwrap();
-    let locked = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    let base = vm.k_mem_map(4 * PAGE_SIZE, KMemFlags::RW).unwrap();
+    let ro = vm.k_mem_map(PAGE_SIZE, KMemFlags::NONE).unwrap();
+    let locked = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
     let snapshot = |vm: &TestVm| {
         (vm.platform().free_bytes(), used_slots(vm), paging(vm).pager().resident(), entry(vm, ro), entry(vm, base))
     };
     let before = snapshot(vm);
-    let guard = base - PAGE;
+    let guard = base - PAGE_SIZE;
     assert_eq!(paging(vm).page_fault(guard, Access::READ), Err(PagingError::NotPageable { virt: guard }));
     assert_eq!(paging(vm).page_fault(locked, Access::WRITE), Err(PagingError::NotPageable { virt: locked }));
     assert_eq!(paging(vm).page_fault(ro, Access::WRITE), Err(PagingError::Protection { virt: ro }));
@@ -239,13 +239,16 @@ fn bad_input_is_refused_and_changes_nothing() {
         paging(vm).page_fault(ro, Access { exec: true, ..Access::READ }),
         Err(PagingError::Protection { virt: ro })
     );
-    assert_eq!(paging(vm).page_in(guard, PAGE), Err(PagingError::NotPageable { virt: guard }));
-    assert_eq!(paging(vm).pin(base, 5 * PAGE), Err(PagingError::NotPageable { virt: base + 4 * PAGE }));
-    assert_eq!(paging(vm).page_out(base + 1, PAGE), Err(PagingError::Range(VmError::NotAligned { value: base + 1 })));
+    assert_eq!(paging(vm).page_in(guard, PAGE_SIZE), Err(PagingError::NotPageable { virt: guard }));
+    assert_eq!(paging(vm).pin(base, 5 * PAGE_SIZE), Err(PagingError::NotPageable { virt: base + 4 * PAGE_SIZE }));
+    assert_eq!(
+        paging(vm).page_out(base + 1, PAGE_SIZE),
+        Err(PagingError::Range(VmError::NotAligned { value: base + 1 }))
+    );
     assert_eq!(paging(vm).page_out(base, 0), Err(PagingError::Range(VmError::ZeroSize)));
     assert_eq!(
-        paging(vm).page_out(0x1000, PAGE),
-        Err(PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE }))
+        paging(vm).page_out(0x1000, PAGE_SIZE),
+        Err(PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE_SIZE }))
     );
     assert_eq!(paging(vm).evict_frame(0x7000), Err(PagingError::NotAPageFrame { phys: 0x7000 }));
     assert_eq!(paging(vm).evict_frame(0x7001), Err(PagingError::NotAPageFrame { phys: 0x7001 }));
@@ -253,7 +256,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(snapshot(vm), before, "the read-only page is still untouched, nothing was paged");
     // A full store: page-out refuses up front.
     for p in 0..4 {
-        access(vm, base + p * PAGE, Some(p)).unwrap();
+        access(vm, base + p * PAGE_SIZE, Some(p)).unwrap();
     }
     let smap = Access { denied: true, ..Access::READ };
     assert_eq!(
@@ -263,18 +266,18 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     let hog: Vec<u64> = (0..5).map(|_| paging(vm).pager().store().location_get(SlotFor::Other).unwrap()).collect();
     let before = snapshot(vm);
-    assert_eq!(paging(vm).page_out(base, 4 * PAGE), Err(PagingError::StoreFull));
+    assert_eq!(paging(vm).page_out(base, 4 * PAGE_SIZE), Err(PagingError::StoreFull));
     assert_eq!(snapshot(vm), before);
     for s in hog {
         paging(vm).pager().store().location_free(s).unwrap();
     }
     // Every resident page pinned: a fault that needs a frame fails and
     // leaves its token.
-    paging(vm).pin(base, 4 * PAGE).unwrap();
+    paging(vm).pin(base, 4 * PAGE_SIZE).unwrap();
     let token = entry(vm, ro);
     assert_eq!(paging(vm).page_fault(ro, Access::READ), Err(PagingError::NoEvictableFrame));
     assert_eq!(entry(vm, ro), token);
-    paging(vm).unpin(base, 4 * PAGE).unwrap();
+    paging(vm).unpin(base, 4 * PAGE_SIZE).unwrap();
     assert_eq!(access(vm, ro, None), Ok(0));
     paging(vm).audit().unwrap();
 }
@@ -282,13 +285,13 @@ fn bad_input_is_refused_and_changes_nothing() {
 #[test]
 fn unmapped_pages_give_their_slots_back() {
     let vm = rig(64, 1000, false);
-    let base = vm.k_mem_map(10 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(10 * PAGE_SIZE, KMemFlags::RW).unwrap();
     write_pass(vm, base, &(0..10).collect::<Vec<_>>(), 3);
-    paging(vm).page_out(base, 6 * PAGE).unwrap();
-    paging(vm).page_in(base, 2 * PAGE).unwrap(); // keeps copies: slots still used
+    paging(vm).page_out(base, 6 * PAGE_SIZE).unwrap();
+    paging(vm).page_in(base, 2 * PAGE_SIZE).unwrap(); // keeps copies: slots still used
     assert_eq!(used_slots(vm), 6);
     assert_eq!(paging(vm).audit().unwrap().copies, 2);
-    vm.k_mem_unmap(base, 10 * PAGE).unwrap();
+    vm.k_mem_unmap(base, 10 * PAGE_SIZE).unwrap();
     assert_eq!(used_slots(vm), 0);
     assert_eq!(paging(vm).audit().unwrap(), PagingAudit::default());
 }
@@ -306,13 +309,13 @@ fn an_unpaged_mapping_reads_what_the_store_holds() {
         pg.store().page_out(slot, frame).unwrap();
     }
     assert_eq!(
-        paging(vm).k_mem_map_unpaged(first, 3 * PAGE, KMemFlags::RW),
+        paging(vm).k_mem_map_unpaged(first, 3 * PAGE_SIZE, KMemFlags::RW),
         Err(PagingError::Store(StoreError::BadSlot { slot: first + 2 }))
     );
-    let va = paging(vm).k_mem_map_unpaged(first, 2 * PAGE, KMemFlags::RW).unwrap();
+    let va = paging(vm).k_mem_map_unpaged(first, 2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     assert_eq!(access(vm, va + 16, None), Ok(0xAAAA));
-    assert_eq!(access(vm, va + PAGE + 16, None), Ok(0xBBBB));
-    vm.k_mem_unmap(va, 2 * PAGE).unwrap();
+    assert_eq!(access(vm, va + PAGE_SIZE + 16, None), Ok(0xBBBB));
+    vm.k_mem_unmap(va, 2 * PAGE_SIZE).unwrap();
     assert_eq!(used_slots(vm), 0, "the mapping owned the slots");
 }
 
@@ -323,7 +326,7 @@ fn shared_thrash(mode: Mode) {
     let vm = rig(256, 24, false);
     paging(vm).pager().set_mode(mode);
     let pages = 96;
-    let base = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).unwrap();
     std::thread::scope(|s| {
         for cpu in 0..4u64 {
             s.spawn(move || {
@@ -333,7 +336,7 @@ fn shared_thrash(mode: Mode) {
                 for round in 1..=400u64 {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let p = (x >> 33) % pages;
-                    let va = base + p * PAGE + cpu * 8;
+                    let va = base + p * PAGE_SIZE + cpu * 8;
                     assert_eq!(access(vm, va, None).unwrap(), shadow[p as usize], "cpu {cpu} page {p}");
                     let v = (round << 8) | cpu;
                     access(vm, va, Some(v)).unwrap();
@@ -345,7 +348,7 @@ fn shared_thrash(mode: Mode) {
     paging(vm).audit().unwrap();
     let s = stats(vm);
     assert!(s.evictions() > 0 && s.page_ins > 0, "{s:?}");
-    vm.k_mem_unmap(base, pages * PAGE).unwrap();
+    vm.k_mem_unmap(base, pages * PAGE_SIZE).unwrap();
     assert_eq!(used_slots(vm), 0);
 }
 
@@ -365,25 +368,25 @@ fn the_clock_jumps_to_the_frames_paging_uses() {
     let pg = paging(vm).pager();
     let n = pg.db.len();
     assert_eq!(pg.next_candidate(0), n);
-    let base = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     access(vm, base, Some(1)).unwrap();
     let i = pg.db.index_of(crate::vm::pte::addr(entry(vm, base))).unwrap();
     assert_eq!((pg.next_candidate(0), pg.next_candidate(i), pg.next_candidate(i + 1)), (i, i, n));
-    paging(vm).page_out(base, PAGE).unwrap();
+    paging(vm).page_out(base, PAGE_SIZE).unwrap();
     assert_eq!(pg.next_candidate(0), n, "an evicted frame is no candidate");
 }
 
 #[test]
 fn a_failed_page_out_leaves_the_page_resident_and_mapped() {
     let (vm, faulty) = rig_faulty(8, 64, false);
-    let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(4 * PAGE_SIZE, KMemFlags::RW).unwrap();
     write_pass(vm, base, &[0, 1, 2, 3], 1);
     let before = (stats(vm), used_slots(vm), paging(vm).pager().resident());
     faulty.arm(Transfer::Out, 1);
-    let r = paging(vm).page_out(base + PAGE, PAGE);
+    let r = paging(vm).page_out(base + PAGE_SIZE, PAGE_SIZE);
     assert!(matches!(r, Err(PagingError::Store(StoreError::Io { .. }))), "{r:?}");
     assert_eq!(faulty.failed(), 1);
-    let e = entry(vm, base + PAGE);
+    let e = entry(vm, base + PAGE_SIZE);
     assert!(e & PRESENT != 0 && e & DIRTY != 0, "still mapped and still dirty: {e:#x}");
     assert_eq!(
         (stats(vm).page_outs, used_slots(vm), paging(vm).pager().resident()),
@@ -392,20 +395,20 @@ fn a_failed_page_out_leaves_the_page_resident_and_mapped() {
     check_pass(vm, base, &[0, 1, 2, 3], 1);
     assert_eq!(stats(vm).faults, before.0.faults, "nothing had to fault back");
     // The next try writes it.
-    paging(vm).page_out(base + PAGE, PAGE).unwrap();
+    paging(vm).page_out(base + PAGE_SIZE, PAGE_SIZE).unwrap();
     check_pass(vm, base, &[0, 1, 2, 3], 1);
     paging(vm).audit().unwrap();
-    vm.k_mem_unmap(base, 4 * PAGE).unwrap();
+    vm.k_mem_unmap(base, 4 * PAGE_SIZE).unwrap();
 }
 
 #[test]
 fn a_failed_write_while_evicting_for_a_fault_loses_nothing() {
     let (vm, faulty) = rig_faulty(8, 2, false);
-    let base = vm.k_mem_map(3 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(3 * PAGE_SIZE, KMemFlags::RW).unwrap();
     write_pass(vm, base, &[0, 1], 1);
     faulty.arm(Transfer::Out, 1);
     // The third page needs a frame: a dirty victim is written, and fails.
-    let r = access(vm, base + 2 * PAGE, Some(7));
+    let r = access(vm, base + 2 * PAGE_SIZE, Some(7));
     faulty.disarm();
     match r {
         Err(PagingError::Store(StoreError::Io { .. })) => {}
@@ -413,21 +416,21 @@ fn a_failed_write_while_evicting_for_a_fault_loses_nothing() {
         Err(e) => panic!("{e:?}"),
     }
     check_pass(vm, base, &[0, 1], 1);
-    assert_eq!(access(vm, base + 2 * PAGE, Some(7)).unwrap(), 7);
+    assert_eq!(access(vm, base + 2 * PAGE_SIZE, Some(7)).unwrap(), 7);
     check_pass(vm, base, &[0, 1], 1);
     paging(vm).audit().unwrap();
-    vm.k_mem_unmap(base, 3 * PAGE).unwrap();
+    vm.k_mem_unmap(base, 3 * PAGE_SIZE).unwrap();
 }
 
 #[test]
 fn a_failed_page_in_leaves_the_page_out_and_its_data_intact() {
     let (vm, faulty) = rig_faulty(8, 64, false);
-    let base = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     write_pass(vm, base, &[0, 1], 3);
-    paging(vm).page_out(base, 2 * PAGE).unwrap();
+    paging(vm).page_out(base, 2 * PAGE_SIZE).unwrap();
     let before = (used_slots(vm), paging(vm).pager().resident(), entry(vm, base));
     faulty.arm(Transfer::In, 1);
-    let r = paging(vm).page_in(base, PAGE);
+    let r = paging(vm).page_in(base, PAGE_SIZE);
     assert!(matches!(r, Err(PagingError::Store(StoreError::Io { .. }))), "{r:?}");
     assert_eq!(
         (used_slots(vm), paging(vm).pager().resident(), entry(vm, base)),
@@ -442,14 +445,14 @@ fn a_failed_page_in_leaves_the_page_out_and_its_data_intact() {
     assert_eq!(faulty.failed(), 2);
     check_pass(vm, base, &[0, 1], 3);
     paging(vm).audit().unwrap();
-    vm.k_mem_unmap(base, 2 * PAGE).unwrap();
+    vm.k_mem_unmap(base, 2 * PAGE_SIZE).unwrap();
     assert_eq!(used_slots(vm), 0);
 }
 
 #[test]
 fn store_reads_and_writes_are_counted_per_transfer() {
     let (vm, faulty) = rig_faulty(64, 1000, false);
-    let base = vm.k_mem_map(4 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(4 * PAGE_SIZE, KMemFlags::RW).unwrap();
     let before = stats(vm);
     write_pass(vm, base, &[0, 1, 2, 3], 1);
     let d = stats(vm);
@@ -458,25 +461,25 @@ fn store_reads_and_writes_are_counted_per_transfer() {
         (before.store_reads, before.store_writes),
         "fresh pages touch no store"
     );
-    paging(vm).page_out(base, 4 * PAGE).unwrap();
+    paging(vm).page_out(base, 4 * PAGE_SIZE).unwrap();
     let out = stats(vm);
     assert_eq!((out.store_writes - d.store_writes, out.store_reads - d.store_reads), (4, 0));
     check_pass(vm, base, &[0, 1, 2, 3], 1);
     let back = stats(vm);
     assert_eq!((back.store_reads - out.store_reads, back.store_writes - out.store_writes), (4, 0));
     // Clean pages with a valid copy are dropped: no write.
-    paging(vm).page_out(base, 4 * PAGE).unwrap();
+    paging(vm).page_out(base, 4 * PAGE_SIZE).unwrap();
     assert_eq!(stats(vm).store_writes, back.store_writes);
     // A failed read is a read the store was asked for.
     faulty.arm(Transfer::In, 1);
-    assert!(paging(vm).page_in(base, PAGE).is_err());
+    assert!(paging(vm).page_in(base, PAGE_SIZE).is_err());
     assert_eq!(stats(vm).store_reads, back.store_reads + 1);
     assert_eq!(
         stats(vm).global_lock,
         crate::lock_count::LockSnapshot::default(),
         "busy-state mode takes no global lock"
     );
-    vm.k_mem_unmap(base, 4 * PAGE).unwrap();
+    vm.k_mem_unmap(base, 4 * PAGE_SIZE).unwrap();
 }
 
 #[test]
@@ -484,7 +487,7 @@ fn the_global_lock_is_counted_and_contended_only_when_held() {
     let vm = rig(64, 1000, false);
     let pg = paging(vm).pager();
     pg.set_mode(Mode::GlobalLock);
-    let base = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    let base = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     let before = pg.stats().cpu(0).global_lock;
     access(vm, base, Some(1)).unwrap();
     let alone = pg.stats().cpu(0).global_lock - before;
@@ -502,12 +505,12 @@ fn the_global_lock_is_counted_and_contended_only_when_held() {
         });
         held.wait();
         on_cpu(0);
-        access(vm, base + PAGE, Some(2)).unwrap();
+        access(vm, base + PAGE_SIZE, Some(2)).unwrap();
     });
     let d = pg.stats().cpu(0).global_lock - before;
     assert_eq!(d.contended, 1, "{d:?}");
     assert!(d.acquired >= 1 && d.spins > 0, "{d:?}");
     assert_eq!(pg.stats().cpu(1).global_lock.acquired, 0, "the holder took it outside the pager");
     pg.set_mode(Mode::BusyState);
-    vm.k_mem_unmap(base, 2 * PAGE).unwrap();
+    vm.k_mem_unmap(base, 2 * PAGE_SIZE).unwrap();
 }

@@ -11,7 +11,7 @@ use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
 use super::table::{self, Lookup};
-use super::{VmError, VmPlatform, PAGE};
+use super::{VmError, VmPlatform, PAGE_SIZE};
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
 /// `K_MEM_PERM_USER`, `K_MEM_MAP_UNINIT`, `K_MEM_MAP_LOCK`).
@@ -63,10 +63,10 @@ fn check_size(size: u64) -> Result<u64, VmError> {
     if size == 0 {
         return Err(VmError::ZeroSize);
     }
-    if size % PAGE != 0 {
+    if size % PAGE_SIZE != 0 {
         return Err(VmError::NotAligned { value: size });
     }
-    Ok(size / PAGE)
+    Ok(size / PAGE_SIZE)
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -95,10 +95,10 @@ impl<P: VmPlatform> Vm<P> {
     /// `map(start, pages)`; gives the region back if that fails.
     pub(crate) fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
         let pages = check_size(size)?;
-        let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let total = size.checked_add(2 * PAGE_SIZE).ok_or(VmError::OutOfVirtualSpace)?;
         let region =
             self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
-        let start = region + PAGE;
+        let start = region + PAGE_SIZE;
         if let Err(e) = map(start, pages) {
             // After a failed shootdown the range stays reserved for good.
             if !matches!(e, VmError::Shootdown { .. }) {
@@ -115,19 +115,19 @@ impl<P: VmPlatform> Vm<P> {
     /// paged-out pages. Anything else is an error and changes nothing.
     pub fn k_mem_unmap(&self, addr: u64, size: u64) -> Result<(), VmError> {
         let pages = check_size(size)?;
-        if addr % PAGE != 0 {
+        if addr % PAGE_SIZE != 0 {
             return Err(VmError::NotAligned { value: addr });
         }
         let not_region = VmError::NotARegion { addr, size };
-        let region = addr.checked_sub(PAGE).ok_or(not_region)?;
-        let total = size.checked_add(2 * PAGE).ok_or(not_region)?;
+        let region = addr.checked_sub(PAGE_SIZE).ok_or(not_region)?;
+        let total = size.checked_add(2 * PAGE_SIZE).ok_or(not_region)?;
         // The claim makes this caller the only one tearing the region down.
         if !self.regions.claim(region, total, RegionKind::KMem) {
             return Err(not_region);
         }
         let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| {
             let _shared = self.shared(self.kernel())?;
-            match (0..pages).map(|i| addr + i * PAGE).find(|&va| !self.kmem_page_present(va)) {
+            match (0..pages).map(|i| addr + i * PAGE_SIZE).find(|&va| !self.kmem_page_present(va)) {
                 Some(va) => Err(VmError::NotMapped { virt: va }),
                 None => Ok(()),
             }
@@ -167,7 +167,7 @@ impl<P: VmPlatform> Vm<P> {
     fn unmap_mapped_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
         let op = self.begin_unmap();
         self.p.without_interrupts(|| {
-            for va in (0..pages).map(|i| virt + i * PAGE) {
+            for va in (0..pages).map(|i| virt + i * PAGE_SIZE) {
                 let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
                     continue;
                 };
@@ -176,7 +176,7 @@ impl<P: VmPlatform> Vm<P> {
                 while pte::is_present(e) {
                     match slot.compare_exchange(
                         e,
-                        op.marker(e, PAGE, FrameTo::Free),
+                        op.marker(e, PAGE_SIZE, FrameTo::Free),
                         Ordering::AcqRel,
                         Ordering::Relaxed,
                     ) {
@@ -207,14 +207,14 @@ impl<P: VmPlatform> Vm<P> {
         if size == 0 {
             return Err(VmError::ZeroSize);
         }
-        let (base, len, offset) = region_align(phys, size, PAGE).ok_or(VmError::BadPhys { phys })?;
-        check_phys(base, PAGE, len)?;
-        let total = len + 2 * PAGE;
+        let (base, len, offset) = region_align(phys, size, PAGE_SIZE).ok_or(VmError::BadPhys { phys })?;
+        check_phys(base, PAGE_SIZE, len)?;
+        let total = len + 2 * PAGE_SIZE;
         let region = match self.regions.alloc(total, RegionKind::Phys, self.p.cpu_index()) {
             Ok(r) => r,
             Err(RegionError::Exhausted | RegionError::NotARegion) => return Err(VmError::OutOfVirtualSpace),
         };
-        let virt = region + PAGE;
+        let virt = region + PAGE_SIZE;
         let bits = Flags::WRITE.pte_bits() | cache.pte_bits() | SW_DEVICE;
         let shared = match self.shared(self.kernel()) {
             Ok(g) => g,
@@ -223,8 +223,8 @@ impl<P: VmPlatform> Vm<P> {
                 return Err(e);
             }
         };
-        for i in 0..len / PAGE {
-            let done = self.install(self.kernel(), virt + i * PAGE, (base + i * PAGE) | bits, 0);
+        for i in 0..len / PAGE_SIZE {
+            let done = self.install(self.kernel(), virt + i * PAGE_SIZE, (base + i * PAGE_SIZE) | bits, 0);
             if let Err(e) = done {
                 let op = self.begin_unmap();
                 self.mark_mapped(self.kernel(), &op, virt, i);
@@ -244,13 +244,13 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::ZeroSize);
         }
         let not_region = VmError::NotARegion { addr: virt, size };
-        let (base, len, _) = region_align(virt, size, PAGE).ok_or(not_region)?;
-        let region = base.checked_sub(PAGE).ok_or(not_region)?;
-        let total = len.checked_add(2 * PAGE).ok_or(not_region)?;
+        let (base, len, _) = region_align(virt, size, PAGE_SIZE).ok_or(not_region)?;
+        let region = base.checked_sub(PAGE_SIZE).ok_or(not_region)?;
+        let total = len.checked_add(2 * PAGE_SIZE).ok_or(not_region)?;
         if !self.regions.claim(region, total, RegionKind::Phys) {
             return Err(not_region);
         }
-        let unmapped = self.unmap_all(self.kernel(), base, len / PAGE, &|_, e| match e & SW_DEVICE {
+        let unmapped = self.unmap_all(self.kernel(), base, len / PAGE_SIZE, &|_, e| match e & SW_DEVICE {
             0 => Err(not_region),
             _ => Ok(()),
         });

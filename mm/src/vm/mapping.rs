@@ -20,7 +20,8 @@ use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{
-    ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA,
+    ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE,
+    STACK_AREA,
 };
 use crate::MAX_CPUS;
 
@@ -234,7 +235,7 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::NotAligned { value: virt });
         }
         check_phys(phys, bytes, bytes)?;
-        space.check_range(virt, bytes / PAGE)?;
+        space.check_range(virt, bytes / PAGE_SIZE)?;
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
         let _shared = self.shared(space)?;
         self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
@@ -288,7 +289,7 @@ impl<P: VmPlatform> Vm<P> {
         if virt % bytes != 0 {
             return Err(VmError::NotAligned { value: virt });
         }
-        space.check_range(virt, bytes / PAGE)?;
+        space.check_range(virt, bytes / PAGE_SIZE)?;
         let t = self.map_get(space, virt)?;
         if t.size != size {
             return Err(VmError::SizeMismatch { virt, mapped: t.size });
@@ -341,7 +342,7 @@ impl<P: VmPlatform> Vm<P> {
         let keep =
             pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
         for i in 0..npages {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) else {
+            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE_SIZE, 0) else {
                 continue;
             };
             let mut e = slot.load(Ordering::Acquire);
@@ -369,15 +370,15 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The first `npages` unmapped pages in `from..to` of `space`.
     pub fn vmfind(&self, space: &AddressSpace, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
-        if from % PAGE != 0 || to % PAGE != 0 {
-            return Err(VmError::NotAligned { value: if from % PAGE != 0 { from } else { to } });
+        if from % PAGE_SIZE != 0 || to % PAGE_SIZE != 0 {
+            return Err(VmError::NotAligned { value: if from % PAGE_SIZE != 0 { from } else { to } });
         }
         let area = space.mappable();
         let (from, to) = (from.max(area.start), to.min(area.end));
         if npages == 0 {
             return Err(VmError::ZeroSize);
         }
-        let len = npages.checked_mul(PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let len = npages.checked_mul(PAGE_SIZE).ok_or(VmError::OutOfVirtualSpace)?;
         let _shared = self.shared(space)?;
         let mut start = from;
         while let Some(end) = start.checked_add(len).filter(|&e| e <= to) {
@@ -416,7 +417,7 @@ impl<P: VmPlatform> Vm<P> {
     ) -> Result<(), VmError> {
         let shared = self.shared(space)?;
         for i in 0..npages {
-            let va = virt + i * PAGE;
+            let va = virt + i * PAGE_SIZE;
             let done = self.alloc().and_then(|frame| {
                 if zero {
                     self.p.fill_frame(frame, 0);
@@ -457,12 +458,12 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps a zeroed stack of `pages` pages in the stack area below an
     /// unmapped guard page; returns its top. Stacks are never unmapped.
     pub fn map_stack(&self, pages: u64) -> Result<u64, VmError> {
-        let len = (pages + 1) * PAGE;
+        let len = (pages + 1) * PAGE_SIZE;
         let base = self.next_stack.fetch_add(len, Ordering::Relaxed);
         check_range_in(STACK_AREA, base, pages + 1).map_err(|_| VmError::OutOfVirtualSpace)?;
-        let bottom = base + PAGE;
+        let bottom = base + PAGE_SIZE;
         self.populate(&self.kernel, bottom, pages, Flags::WRITE.pte_bits() | SW_OWNED, true)?;
-        Ok(bottom + pages * PAGE)
+        Ok(bottom + pages * PAGE_SIZE)
     }
 
     /// Points the kernel page at `virt` (in the seed area, mapped) at
@@ -472,7 +473,7 @@ impl<P: VmPlatform> Vm<P> {
     #[doc(hidden)]
     pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
-        check_phys(phys, PAGE, PAGE)?;
+        check_phys(phys, PAGE_SIZE, PAGE_SIZE)?;
         let _shared = self.shared(&self.kernel)?;
         let mut old = 0;
         self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot, _| {

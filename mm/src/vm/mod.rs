@@ -61,10 +61,10 @@ pub use table::Table;
 
 use crate::frame::FrameError;
 
-pub const PAGE: u64 = crate::PAGE_SIZE;
+pub use crate::PAGE_SIZE;
 
 /// User halves: everything below the canonical hole, except the null page.
-pub const USER_START: u64 = PAGE;
+pub const USER_START: u64 = PAGE_SIZE;
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
 /// Kernel half: the kernel's own mapping area, PML4 slot 510 (the
 /// bootloader's mappings and the direct map sit below it).

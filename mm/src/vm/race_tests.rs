@@ -75,8 +75,8 @@ fn defect_a(how: Unmap) {
         active.push((cpu, vm.activate(space)));
     }
     on_cpu(0);
-    assert_eq!(vm.vmalloc(space, X, X + PAGE, 1, flags), Ok(X));
-    assert_eq!(vm.vmalloc(space, Y, Y + PAGE, 1, flags), Ok(Y));
+    assert_eq!(vm.vmalloc(space, X, X + PAGE_SIZE, 1, flags), Ok(X));
+    assert_eq!(vm.vmalloc(space, Y, Y + PAGE_SIZE, 1, flags), Ok(Y));
     let returned = thread::scope(|scope| {
         let _unpark = Unpark(m);
         // 1. V unmaps X: a reader keeps it from the exclusive lock, so it
@@ -103,7 +103,7 @@ fn defect_a(how: Unmap) {
         // 3. W maps X (and its neighbour, so the new table stays when X
         //    goes); Z reads X.
         on_cpu(W);
-        assert_eq!(vm.vmalloc(space, X, X + 2 * PAGE, 2, flags), Ok(X), "setup: X is free after the sweep");
+        assert_eq!(vm.vmalloc(space, X, X + 2 * PAGE_SIZE, 2, flags), Ok(X), "setup: X is free after the sweep");
         let f_w = vm.map_get(space, X).unwrap().phys;
         assert_eq!(m.touch(Z, X), Some(f_w));
 
@@ -129,7 +129,7 @@ fn defect_a(how: Unmap) {
         if how == Unmap::UmapSingle {
             // Nothing may be mapped at X until W's shootdown.
             on_cpu(S);
-            let again = vm.vmalloc(space, X, X + PAGE, 1, flags);
+            let again = vm.vmalloc(space, X, X + PAGE_SIZE, 1, flags);
             m.touch(Z, X);
             assert_eq!(again, Err(VmError::OutOfVirtualSpace), "X was mapped again before W's shootdown");
         }
@@ -142,7 +142,7 @@ fn defect_a(how: Unmap) {
     });
     assert_eq!(returned.is_some(), how == Unmap::UmapSingle);
     on_cpu(0);
-    vm.vmfree(space, X + PAGE, 1).unwrap();
+    vm.vmfree(space, X + PAGE_SIZE, 1).unwrap();
     if let Some(f) = returned {
         m.free_frame(f).unwrap();
     }

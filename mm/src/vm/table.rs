@@ -9,7 +9,7 @@ use arrayvec::ArrayVec;
 
 use super::marker;
 use super::pte::{self, HUGE, TABLE_FLAGS};
-use super::{VmError, VmPlatform, PAGE};
+use super::{VmError, VmPlatform, PAGE_SIZE};
 
 pub type Table = [AtomicU64; 512];
 
@@ -23,7 +23,7 @@ pub const fn index(virt: u64, level: usize) -> usize {
 
 /// Bytes one entry at `level` covers.
 pub const fn span(level: usize) -> u64 {
-    PAGE << (9 * level)
+    PAGE_SIZE << (9 * level)
 }
 
 /// Sign-extends a 48-bit address to canonical form.

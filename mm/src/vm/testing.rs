@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use super::shootdown_gate::{Park, ShootdownGate, Shot};
 use super::tlb_sim::TlbSim;
-use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE};
+use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE_SIZE};
 use crate::buddy::Link;
 use crate::frame::FrameError;
 use crate::frame_db::{FrameDb, FrameEntry};
@@ -113,11 +113,11 @@ impl SimMachine {
 
     /// The word at byte offset `offset` of frame `phys`.
     pub fn word(&self, phys: u64, offset: u64) -> u64 {
-        self.memory[(phys / PAGE) as usize][(offset / 8) as usize].load(Ordering::Relaxed)
+        self.memory[(phys / PAGE_SIZE) as usize][(offset / 8) as usize].load(Ordering::Relaxed)
     }
 
     pub fn set_word(&self, phys: u64, offset: u64, value: u64) {
-        self.memory[(phys / PAGE) as usize][(offset / 8) as usize].store(value, Ordering::Relaxed)
+        self.memory[(phys / PAGE_SIZE) as usize][(offset / 8) as usize].store(value, Ordering::Relaxed)
     }
 
     pub fn free_bytes(&self) -> u64 {
@@ -134,7 +134,7 @@ impl VmPlatform for SimMachine {
 
     fn table(&self, phys: u64) -> &Table {
         self.tlb.refill(&self.memory);
-        &self.memory[(phys / PAGE) as usize]
+        &self.memory[(phys / PAGE_SIZE) as usize]
     }
 
     fn fill_frame(&self, phys: u64, byte: u8) {
@@ -191,7 +191,7 @@ impl VmPlatform for SimMachine {
 
     fn free_frames(&self) -> u64 {
         self.tlb.refill(&self.memory);
-        self.frames.free_bytes() / PAGE
+        self.frames.free_bytes() / PAGE_SIZE
     }
 
     fn now_ns(&self) -> u64 {

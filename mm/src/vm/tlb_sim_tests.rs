@@ -61,7 +61,7 @@ fn after_the_shootdown_of_its_page_the_frame_may_go() {
 #[test]
 fn a_shootdown_drops_its_range_and_every_table_pointer() {
     let vm = boot(256, 2);
-    let (a, b) = (SEED, SEED + 2 * PAGE);
+    let (a, b) = (SEED, SEED + 2 * PAGE_SIZE);
     let fb = {
         map(&vm, a);
         map(&vm, b)
@@ -115,12 +115,12 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     on_cpu(1);
     let active = vm.activate(&user);
     on_cpu(0);
-    let u = vm.vmalloc(&user, PAGE, USER_END, 1, Flags::USER).unwrap();
+    let u = vm.vmalloc(&user, PAGE_SIZE, USER_END, 1, Flags::USER).unwrap();
     let f = vm.map_get(&user, u).unwrap().phys;
     assert_eq!(m.touch(1, u), Some(f));
     assert_eq!(m.touch(2, u), None, "CPU 2 runs the kernel space");
     assert!(m.may_hold(2, u).is_empty());
-    let kernel_page = SEED + 8 * PAGE;
+    let kernel_page = SEED + 8 * PAGE_SIZE;
     let k = map(&vm, kernel_page);
     on_cpu(1);
     drop(active);

@@ -35,7 +35,7 @@ use super::pte::{self, PageSize};
 use super::space::{AddressSpace, SpaceKind};
 use super::table::{self, Lookup, PRUNE_MAX, TOP};
 use super::table_lock::Exclusive;
-use super::{VmError, VmPlatform, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, USER_END, USER_START};
+use super::{VmError, VmPlatform, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE, USER_END, USER_START};
 
 /// Attempts at the exclusive table lock before pruning is left to a later
 /// unmap (mappers hold the shared lock only briefly).
@@ -64,7 +64,7 @@ impl<P: VmPlatform> Vm<P> {
         f: &mut dyn FnMut(u64, &AtomicU64, u64) -> Result<(), VmError>,
     ) -> Result<(), VmError> {
         for i in 0..npages {
-            let va = virt + i * PAGE;
+            let va = virt + i * PAGE_SIZE;
             match table::lookup(&self.p, space.root, va, 0) {
                 Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
                     e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
@@ -100,7 +100,7 @@ impl<P: VmPlatform> Vm<P> {
             // unmap may have taken a page, and a mapper put another there.
             let mut lost = None;
             for i in 0..npages {
-                let va = virt + i * PAGE;
+                let va = virt + i * PAGE_SIZE;
                 if let Err(e) = self.take_leaf(space, &op, va, check) {
                     lost = Some((i, e));
                     break;
@@ -111,7 +111,7 @@ impl<P: VmPlatform> Vm<P> {
                 // it: that needs the exclusive lock, and we hold the
                 // shared one).
                 for j in 0..i {
-                    self.restore_leaf(space, &op, virt + j * PAGE);
+                    self.restore_leaf(space, &op, virt + j * PAGE_SIZE);
                 }
                 return Err(e);
             }
@@ -125,7 +125,7 @@ impl<P: VmPlatform> Vm<P> {
     /// table lock, then calls `finish_rollback`.
     pub(super) fn mark_mapped(&self, space: &AddressSpace, op: &UnmapOp, virt: u64, npages: u64) {
         for i in 0..npages {
-            let _ = self.take_leaf(space, op, virt + i * PAGE, &|_, _| Ok(()));
+            let _ = self.take_leaf(space, op, virt + i * PAGE_SIZE, &|_, _| Ok(()));
         }
     }
 
@@ -160,7 +160,8 @@ impl<P: VmPlatform> Vm<P> {
         let mut e = slot.load(Ordering::Acquire);
         while pte::is_present(e) {
             check(va, e)?;
-            match slot.compare_exchange(e, op.marker(e, PAGE, FrameTo::Free), Ordering::AcqRel, Ordering::Acquire) {
+            match slot.compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(()),
                 Err(now) => e = now, // accessed/dirty bits changed, or a protect
             }
@@ -204,21 +205,21 @@ impl<P: VmPlatform> Vm<P> {
         count: u64,
         size: PageSize,
     ) -> Result<(), VmError> {
-        let pages = count * (size.bytes() / PAGE);
+        let pages = count * (size.bytes() / PAGE_SIZE);
         let mut tables = ArrayVec::<(&AtomicU64, u64), PRUNE_MAX>::new();
         let exclusive = self.lock_exclusive(space);
         let mut flush = (virt, pages);
         if exclusive.is_some() {
             let area = Self::prune_area(space);
             let sweep = space.prune_pending.swap(false, Ordering::Relaxed);
-            let range = if sweep { area } else { (virt, virt + pages.max(1) * PAGE) };
+            let range = if sweep { area } else { (virt, virt + pages.max(1) * PAGE_SIZE) };
             let keep = space.kind() == SpaceKind::Kernel;
             if !table::prune(&self.p, space.root, TOP, 0, range, keep, &mut tables) {
                 space.prune_pending.store(true, Ordering::Relaxed);
             }
             if sweep && !tables.is_empty() {
                 // Tables far from this range went: flush everything.
-                flush = (area.0, (area.1 - area.0) / PAGE);
+                flush = (area.0, (area.1 - area.0) / PAGE_SIZE);
             }
         } else {
             space.prune_pending.store(true, Ordering::Relaxed);
@@ -256,7 +257,7 @@ impl<P: VmPlatform> Vm<P> {
                 // covered them: nothing of this call is held back.
                 return Ok(());
             }
-            self.quarantine(held * (size.bytes() / PAGE));
+            self.quarantine(held * (size.bytes() / PAGE_SIZE));
             return Err(e.into());
         }
         self.settle_own(space, &op, virt, count, size, &|_| 0, &|m| self.release(m));

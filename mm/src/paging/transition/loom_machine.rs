@@ -146,7 +146,7 @@ impl LoomMachine {
 }
 
 /// The in-transit marker `unmap_one` leaves (`vm::unmap::transit(e,
-/// PAGE, true)`, which is not built under loom).
+/// PAGE_SIZE, true)`, which is not built under loom).
 pub fn transit(e: u64) -> u64 {
     (pte::addr(e) & !(PAGE_SIZE - 1)) | (e & SW_OWNED) | SW_TRANSIT
 }
