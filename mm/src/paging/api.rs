@@ -33,7 +33,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// Checks that every page of the range is a pageable page.
     fn check_pageable(&self, virt: u64, npages: u64) -> Result<(), PagingError> {
         for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
-            let e = self.paged_slot(va)?.load(Ordering::Acquire);
+            let e = self.paged_entry(va)?.load(Ordering::Acquire);
             if !token::is_pageable(e) {
                 return Err(PagingError::NotPageable { virt: va });
             }
@@ -66,7 +66,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             self.check_pageable(virt, npages)?;
             let mut writes = 0;
             for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
-                let e = self.paged_slot(va)?.load(Ordering::Acquire);
+                let e = self.paged_entry(va)?.load(Ordering::Acquire);
                 if !token::is_resident(e) {
                     continue;
                 }
@@ -119,7 +119,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     fn claim_page(&self, pg: &Pager, va: u64) -> Result<Option<super::evict::Victim<'_>>, PagingError> {
         let busy = Err(PagingError::BusyTimeout { virt: va });
         {
-            let e = self.paged_slot(va)?.load(Ordering::Acquire);
+            let e = self.paged_entry(va)?.load(Ordering::Acquire);
             if token::is_busy(e) {
                 return busy;
             }
@@ -136,7 +136,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 return busy;
             }
             if pg.db.paging_flags(index) & PINNED != 0
-                && frame_of(self.paged_slot(va)?.load(Ordering::Acquire)) == frame_of(e)
+                && frame_of(self.paged_entry(va)?.load(Ordering::Acquire)) == frame_of(e)
             {
                 return Err(PagingError::Pinned { virt: va });
             }
@@ -204,7 +204,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     fn with_page_frame(&self, pg: &Pager, va: u64, f: &mut dyn FnMut(usize)) -> Result<bool, PagingError> {
         let mut deadline = None;
         loop {
-            match transition::claim_frame_of(pg.db, self.paged_slot(va)?) {
+            match transition::claim_frame_of(pg.db, self.paged_entry(va)?) {
                 Ok(index) => {
                     f(index);
                     pg.release(index);

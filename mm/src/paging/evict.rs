@@ -30,7 +30,7 @@ pub(crate) struct Victim<'t> {
     pub index: usize,
     pub frame: u64,
     pub va: u64,
-    pub slot: &'t AtomicU64,
+    pub entry: &'t AtomicU64,
     /// The entry as it was when claimed (accessed and dirty bits included).
     pub old: u64,
 }
@@ -74,8 +74,8 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// Claims frame `i` for eviction if it backs a resident, unpinned page
     /// nobody else is working on.
     pub(crate) fn claim_victim(&self, pg: &Pager, i: usize) -> Option<Victim<'_>> {
-        let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_slot(va).ok())?;
-        Some(Victim { index: i, frame: pg.db.phys_of(i), va: c.va, slot: c.slot, old: c.old })
+        let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_entry(va).ok())?;
+        Some(Victim { index: i, frame: pg.db.phys_of(i), va: c.va, entry: c.entry, old: c.old })
     }
 
     /// Shoots the victims down in one go, then writes each back and leaves
@@ -101,7 +101,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             match self.write_back(pg, v, slot_for) {
                 Ok(token) => {
                     // The copy slot, if any, went into the token.
-                    transition::finish_eviction(pg.db, v.index, v.slot, token);
+                    transition::finish_eviction(pg.db, v.index, v.entry, token);
                     pg.untrack(v.index);
                     freed.push(v.frame);
                 }
@@ -116,7 +116,7 @@ impl<P: VmPlatform> Paging<'_, P> {
 
     /// Puts a claimed victim back as it was.
     pub(crate) fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
-        transition::unclaim(pg.db, v.index, v.slot, v.old);
+        transition::unclaim(pg.db, v.index, v.entry, v.old);
     }
 
     /// Saves victim `v`'s contents if they cannot be had again, and returns

@@ -77,8 +77,8 @@ impl<P: VmPlatform> Paging<'_, P> {
         let mut deadline = None;
         let mut waited = false;
         loop {
-            let slot = self.paged_slot(va)?;
-            let (token, loc, perms) = match transition::look(slot) {
+            let entry = self.paged_entry(va)?;
+            let (token, loc, perms) = match transition::look(entry) {
                 Look::Resident(e) => {
                     check_access(e, access, va)?;
                     return Ok(false);
@@ -95,21 +95,21 @@ impl<P: VmPlatform> Paging<'_, P> {
                 Look::Other(_) => return Err(PagingError::NotPageable { virt: va }),
             };
             check_access(perms, access, va)?;
-            if !transition::claim_token(slot, token) {
+            if !transition::claim_token(entry, token) {
                 continue; // another CPU won the page, or unmapped it
             }
-            self.page_in_owned(pg, va, slot, token, loc, slot_for)?;
+            self.page_in_owned(pg, va, entry, token, loc, slot_for)?;
             return Ok(true);
         }
     }
 
     /// The 4 KiB entry of kernel page `va` in the region area.
-    pub(crate) fn paged_slot(&self, va: u64) -> Result<&AtomicU64, PagingError> {
+    pub(crate) fn paged_entry(&self, va: u64) -> Result<&AtomicU64, PagingError> {
         if !KERNEL_REGION_AREA.contains(&va) {
             return Err(PagingError::NotPageable { virt: va });
         }
         match table::lookup(&self.vm.p, self.vm.kernel().root(), va, 0) {
-            Lookup::Entry { slot, level: 0 } => Ok(slot),
+            Lookup::Entry { entry, level: 0 } => Ok(entry),
             _ => Err(PagingError::NotPageable { virt: va }),
         }
     }
@@ -120,13 +120,13 @@ impl<P: VmPlatform> Paging<'_, P> {
         &self,
         pg: &Pager,
         va: u64,
-        slot: &AtomicU64,
+        entry: &AtomicU64,
         token: u64,
         loc: Location,
         slot_for: SlotFor,
     ) -> Result<(), PagingError> {
         let restore = |e: PagingError| {
-            transition::restore_token(slot, token);
+            transition::restore_token(entry, token);
             Err(e)
         };
         let frame = match self.frame_for_page_in(pg, slot_for) {
@@ -167,7 +167,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             }
             _ => 0,
         };
-        let marked = transition::install_resident(pg.db, index, slot, token, va, copy, fresh);
+        let marked = transition::install_resident(pg.db, index, entry, token, va, copy, fresh);
         debug_assert!(marked, "a fresh frame had paging flags");
         // Counted before the frame is published (not busy), so an evictor
         // that takes it at once never counts it out first.

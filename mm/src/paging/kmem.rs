@@ -68,10 +68,10 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// The caller holds the shared table lock.
     fn clear_tokens(&self, virt: u64, pages: u64) {
         for i in 0..pages {
-            if let Lookup::Entry { slot, level: 0 } =
+            if let Lookup::Entry { entry, level: 0 } =
                 table::lookup(&self.vm.p, self.vm.kernel().root(), virt + i * PAGE_SIZE, 0)
             {
-                slot.store(0, Ordering::Release);
+                entry.store(0, Ordering::Release);
             }
         }
     }
@@ -152,13 +152,13 @@ impl<P: VmPlatform> Paging<'_, P> {
         let pg = self.pg;
         let mut waited = false;
         loop {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.vm.p, self.vm.kernel().root(), va, 0) else {
+            let Lookup::Entry { entry, level: 0 } = table::lookup(&self.vm.p, self.vm.kernel().root(), va, 0) else {
                 return Ok(false);
             };
-            let e = slot.load(Ordering::Acquire);
+            let e = entry.load(Ordering::Acquire);
             if token::is_resident(e) {
                 let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
-                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE_SIZE, FrameTo::Free)) {
+                match transition::unmap_resident(pg.db, index, entry, e, op.marker(e, PAGE_SIZE, FrameTo::Free)) {
                     Ok(copy) => {
                         if let Some(s) = copy {
                             let _ = pg.store.location_free(s);
@@ -170,7 +170,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                     Err(Refused::Busy) => {}
                 }
             } else if let Some((loc, _)) = token::decode(e) {
-                if transition::clear_token(slot, e) {
+                if transition::clear_token(entry, e) {
                     if let Location::Slot(s) = loc {
                         let _ = pg.store.location_free(s);
                     }
@@ -178,7 +178,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 }
                 continue;
             } else if pte::is_present(e) {
-                if slot
+                if entry
                     .compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {

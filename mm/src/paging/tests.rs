@@ -49,7 +49,7 @@ fn paging(vm: &TestVm) -> Paging<'_, SimMachine> {
 
 fn entry(vm: &TestVm, va: u64) -> u64 {
     match lookup(vm.platform(), vm.kernel().root(), va, 0) {
-        Lookup::Entry { slot, level: 0 } => slot.load(Ordering::Acquire),
+        Lookup::Entry { entry, level: 0 } => entry.load(Ordering::Acquire),
         _ => 0,
     }
 }
@@ -58,12 +58,12 @@ fn entry(vm: &TestVm, va: u64) -> u64 {
 /// `value` is given. Returns the word read (or written).
 fn access(vm: &TestVm, va: u64, value: Option<u64>) -> Result<u64, PagingError> {
     loop {
-        if let Lookup::Entry { slot, level: 0 } = lookup(vm.platform(), vm.kernel().root(), va, 0) {
-            let e = slot.load(Ordering::Acquire);
+        if let Lookup::Entry { entry, level: 0 } = lookup(vm.platform(), vm.kernel().root(), va, 0) {
+            let e = entry.load(Ordering::Acquire);
             if e & PRESENT != 0 && (value.is_none() || e & WRITABLE != 0) {
                 let bits = if value.is_some() { ACCESSED | DIRTY } else { ACCESSED };
                 // The MMU sets the bits only on the entry it walked.
-                if slot.compare_exchange(e, e | bits, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                if entry.compare_exchange(e, e | bits, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                     continue;
                 }
                 let (frame, offset) = (crate::vm::pte::addr(e), va % PAGE_SIZE);

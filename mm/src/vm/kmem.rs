@@ -149,8 +149,8 @@ impl<P: VmPlatform> Vm<P> {
     /// page demand paging keeps in any state.
     fn kmem_page_present(&self, va: u64) -> bool {
         match table::lookup(&self.p, self.kernel().root(), va, 0) {
-            Lookup::Entry { slot, level: 0 } => {
-                let e = slot.load(Ordering::Acquire);
+            Lookup::Entry { entry, level: 0 } => {
+                let e = entry.load(Ordering::Acquire);
                 pte::is_present(e) || self.demand().is_some_and(|d| d.holds_page(e))
             }
             _ => false,
@@ -168,13 +168,13 @@ impl<P: VmPlatform> Vm<P> {
         let op = self.begin_unmap();
         self.p.without_interrupts(|| {
             for va in (0..pages).map(|i| virt + i * PAGE_SIZE) {
-                let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
+                let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
                     continue;
                 };
-                let mut e = slot.load(Ordering::Acquire);
+                let mut e = entry.load(Ordering::Acquire);
                 // Loop: the CPU may set accessed/dirty bits meanwhile.
                 while pte::is_present(e) {
-                    match slot.compare_exchange(
+                    match entry.compare_exchange(
                         e,
                         op.marker(e, PAGE_SIZE, FrameTo::Free),
                         Ordering::AcqRel,

@@ -55,7 +55,7 @@ pub struct Vm<P: VmPlatform> {
 
 impl<P: VmPlatform> Vm<P> {
     /// Adopts the page tables at `root` (the running ones) as the kernel
-    /// space and gives the kernel area's PML4 slot a table, so that every
+    /// space and gives the kernel area's PML4 entry a table, so that every
     /// user space created later shares it.
     pub fn new(p: P, root: u64) -> Result<Vm<P>, VmError> {
         let vm = Vm {
@@ -244,15 +244,16 @@ impl<P: VmPlatform> Vm<P> {
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
     /// creating tables on the way. Holds no lock itself.
     pub(crate) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
-        let slot = table::entry_for(&self.p, space.root, virt, level, self.my_counts(), &mut || self.alloc())?;
+        let entry = table::entry_for(&self.p, space.root, virt, level, self.my_counts(), &mut || self.alloc())?;
         if level > 0 {
             // A table below this entry means smaller pages may be mapped.
-            let e = slot.load(Ordering::Acquire);
+            let e = entry.load(Ordering::Acquire);
             if pte::is_present(e) && e & HUGE == 0 {
                 return Err(VmError::AlreadyMapped { virt });
             }
         }
-        slot.compare_exchange(0, value, Ordering::AcqRel, Ordering::Relaxed)
+        entry
+            .compare_exchange(0, value, Ordering::AcqRel, Ordering::Relaxed)
             .map(|_| ())
             .map_err(|_| VmError::AlreadyMapped { virt })
     }
@@ -262,8 +263,8 @@ impl<P: VmPlatform> Vm<P> {
         // Shared: a prune must not free a table this walk is reading.
         let _shared = self.shared(space)?;
         match table::lookup(&self.p, space.root, virt, 0) {
-            Lookup::Entry { slot, level } => {
-                let e = slot.load(Ordering::Acquire);
+            Lookup::Entry { entry, level } => {
+                let e = entry.load(Ordering::Acquire);
                 if !pte::is_present(e) {
                     return Err(VmError::NotMapped { virt });
                 }
@@ -297,10 +298,10 @@ impl<P: VmPlatform> Vm<P> {
         let op = self.begin_unmap();
         let old = {
             let _shared = self.shared(space)?;
-            let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
+            let Lookup::Entry { entry, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
-            let mut e = slot.load(Ordering::Acquire);
+            let mut e = entry.load(Ordering::Acquire);
             loop {
                 // Re-check under the lock: the mapping may have changed
                 // since `map_get` (a table now where a huge page was), or
@@ -310,7 +311,7 @@ impl<P: VmPlatform> Vm<P> {
                     return Err(VmError::NotMapped { virt });
                 }
                 // The caller takes the frame back: the marker does not own it.
-                match slot.compare_exchange(
+                match entry.compare_exchange(
                     e,
                     op.marker(e, bytes, FrameTo::Caller),
                     Ordering::AcqRel,
@@ -342,10 +343,10 @@ impl<P: VmPlatform> Vm<P> {
         let keep =
             pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
         for i in 0..npages {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE_SIZE, 0) else {
+            let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE_SIZE, 0) else {
                 continue;
             };
-            let mut e = slot.load(Ordering::Acquire);
+            let mut e = entry.load(Ordering::Acquire);
             // Loop: the CPU may set accessed/dirty bits meanwhile. A page a
             // racing unmap took is a marker: it gets the new access too,
             // so that an unmap that loses a race and puts the page back
@@ -358,7 +359,7 @@ impl<P: VmPlatform> Vm<P> {
                 } else {
                     break;
                 };
-                match slot.compare_exchange_weak(e, new, Ordering::AcqRel, Ordering::Acquire) {
+                match entry.compare_exchange_weak(e, new, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => break,
                     Err(now) => e = now,
                 }
@@ -476,8 +477,8 @@ impl<P: VmPlatform> Vm<P> {
         check_phys(phys, PAGE_SIZE, PAGE_SIZE)?;
         let _shared = self.shared(&self.kernel)?;
         let mut old = 0;
-        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot, _| {
-            old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
+        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, entry, _| {
+            old = entry.swap(phys | (entry.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
             Ok(())
         })?;
         Ok(pte::addr(old))

@@ -3,7 +3,7 @@
 //!
 //! A marker is a not-present entry with `SW_TRANSIT` that keeps the frame
 //! address (and `SW_OWNED` if the frame is freed after the flush), so the
-//! slot counts as used and nothing new is mapped where a CPU may still
+//! entry counts as used and nothing new is mapped where a CPU may still
 //! hold the old translation.
 //!
 //! Every marker carries the stamp of the operation that placed it (the

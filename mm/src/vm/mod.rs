@@ -66,7 +66,7 @@ pub use crate::PAGE_SIZE;
 /// User halves: everything below the canonical hole, except the null page.
 pub const USER_START: u64 = PAGE_SIZE;
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
-/// Kernel half: the kernel's own mapping area, PML4 slot 510 (the
+/// Kernel half: the kernel's own mapping area, PML4 entry 510 (the
 /// bootloader's mappings and the direct map sit below it).
 pub const KERNEL_AREA_START: u64 = 0xFFFF_FF00_0000_0000;
 /// CPU stacks, each below an unmapped guard page: 1 GiB.
@@ -75,7 +75,7 @@ pub const STACK_AREA: core::ops::Range<u64> = KERNEL_AREA_START..KERNEL_AREA_STA
 /// space: 1 GiB.
 pub const KERNEL_SEED_AREA: core::ops::Range<u64> = STACK_AREA.end..STACK_AREA.end + (1 << 30);
 /// `k_mem_map` and `phys_map` regions, from the region allocator: the
-/// rest of PML4 slot 510.
+/// rest of PML4 entry 510.
 pub const KERNEL_REGION_AREA: core::ops::Range<u64> = KERNEL_SEED_AREA.end..KERNEL_AREA_START + (1 << 39);
 
 /// What the virtual-memory code needs from the machine.

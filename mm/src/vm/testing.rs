@@ -71,8 +71,8 @@ impl SimMachine {
         self.tlb.refill(&self.memory);
         let root = self.loaded_root(cpu)?;
         match super::table::lookup(self, root, virt, 0) {
-            super::table::Lookup::Entry { slot, level } => {
-                let e = slot.load(Ordering::Acquire);
+            super::table::Lookup::Entry { entry, level } => {
+                let e = entry.load(Ordering::Acquire);
                 let bytes = super::table::span(level);
                 // In huge entries bit 12 is the PAT bit, not address.
                 super::pte::is_present(e).then(|| (super::pte::addr(e) & !(bytes - 1)) + (virt & (bytes - 1)))

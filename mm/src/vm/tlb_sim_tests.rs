@@ -20,9 +20,9 @@ fn map(vm: &Vm<SimMachine>, virt: u64) -> u64 {
 }
 
 /// The entry at `level` for `virt` in the kernel space.
-fn slot(vm: &Vm<SimMachine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
+fn entry(vm: &Vm<SimMachine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
     match lookup(vm.platform(), vm.kernel().root(), virt, level) {
-        Lookup::Entry { slot, .. } => slot,
+        Lookup::Entry { entry, .. } => entry,
         Lookup::NoTable => panic!("no table for {virt:#x}"),
     }
 }
@@ -36,7 +36,7 @@ fn every_cpu_with_the_root_loaded_may_hold_what_it_reaches() {
         assert_eq!(m.may_hold(cpu, SEED), vec![f], "CPU {cpu}");
     }
     assert!(m.may_hold(3, SEED).is_empty(), "an offline CPU has no root loaded");
-    let pt = pte::addr(slot(&vm, SEED, 1).load(Ordering::Relaxed));
+    let pt = pte::addr(entry(&vm, SEED, 1).load(Ordering::Relaxed));
     assert!(m.holds_table(2, pt));
 }
 
@@ -45,7 +45,7 @@ fn every_cpu_with_the_root_loaded_may_hold_what_it_reaches() {
 fn freeing_a_frame_without_a_shootdown_panics() {
     let vm = boot(256, 2);
     let f = map(&vm, SEED);
-    slot(&vm, SEED, 0).store(0, Ordering::Release);
+    entry(&vm, SEED, 0).store(0, Ordering::Release);
     let _ = vm.platform().free_frame(f);
 }
 
@@ -67,7 +67,7 @@ fn a_shootdown_drops_its_range_and_every_table_pointer() {
         map(&vm, b)
     };
     let m = vm.platform();
-    let pt = pte::addr(slot(&vm, a, 1).load(Ordering::Relaxed));
+    let pt = pte::addr(entry(&vm, a, 1).load(Ordering::Relaxed));
     m.shootdown(0b10, a, 1).unwrap();
     assert!(m.may_hold(1, a).is_empty() && !m.holds_table(1, pt), "CPU 1 dropped the page and the tables");
     assert_eq!(m.may_hold(1, b), vec![fb], "a page outside the range stays");
@@ -91,7 +91,7 @@ fn a_failed_shootdown_drops_nothing() {
 fn freeing_a_detached_table_without_a_shootdown_panics() {
     let vm = boot(256, 1);
     map(&vm, SEED);
-    let pd_entry = slot(&vm, SEED, 1);
+    let pd_entry = entry(&vm, SEED, 1);
     let pt = pte::addr(pd_entry.load(Ordering::Relaxed));
     pd_entry.store(0, Ordering::Release);
     let _ = vm.platform().free_frame(pt);

@@ -10,7 +10,7 @@
 //!    with nothing mapped are detached;
 //! 3. a full fence, then the range is shot down on every CPU the space is
 //!    active on (invariant 8), still under the exclusive lock if tables
-//!    were detached, so no CPU installs into a detached slot while another
+//!    were detached, so no CPU installs into a detached entry while another
 //!    may cache the old pointer (CPUs waiting for the shared side answer
 //!    the shootdown while they wait: `table_lock`);
 //! 4. only then are this operation's markers cleared and their frames and
@@ -66,12 +66,12 @@ impl<P: VmPlatform> Vm<P> {
         for i in 0..npages {
             let va = virt + i * PAGE_SIZE;
             match table::lookup(&self.p, space.root, va, 0) {
-                Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
+                Lookup::Entry { entry, level } => match entry.load(Ordering::Acquire) {
                     e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
                     _ if level != 0 => {
                         return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) })
                     }
-                    e => f(va, slot, e)?,
+                    e => f(va, entry, e)?,
                 },
                 Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
             }
@@ -154,13 +154,13 @@ impl<P: VmPlatform> Vm<P> {
         va: u64,
         check: &dyn Fn(u64, u64) -> Result<(), VmError>,
     ) -> Result<(), VmError> {
-        let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) else {
+        let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, va, 0) else {
             return Err(VmError::NotMapped { virt: va });
         };
-        let mut e = slot.load(Ordering::Acquire);
+        let mut e = entry.load(Ordering::Acquire);
         while pte::is_present(e) {
             check(va, e)?;
-            match slot.compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Acquire)
+            match entry.compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return Ok(()),
                 Err(now) => e = now, // accessed/dirty bits changed, or a protect
@@ -174,19 +174,19 @@ impl<P: VmPlatform> Vm<P> {
     /// can have taken it (a `protect` may have changed its access bits:
     /// the entry comes back with those).
     fn restore_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64) {
-        if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) {
-            let back = Self::settle(slot, op, &marker::restored);
+        if let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, va, 0) {
+            let back = Self::settle(entry, op, &marker::restored);
             debug_assert!(back.is_some(), "marker at {va:#x} vanished under the shared lock");
         }
     }
 
-    /// Replaces `op`'s marker in `slot`, if it is there, with `new(marker)`;
+    /// Replaces `op`'s marker in `entry`, if it is there, with `new(marker)`;
     /// returns the marker replaced. Loops: a `protect` may change the
     /// access bits a marker keeps.
-    fn settle(slot: &AtomicU64, op: &UnmapOp, new: &dyn Fn(u64) -> u64) -> Option<u64> {
-        let mut m = slot.load(Ordering::Acquire);
+    fn settle(entry: &AtomicU64, op: &UnmapOp, new: &dyn Fn(u64) -> u64) -> Option<u64> {
+        let mut m = entry.load(Ordering::Acquire);
         while op.placed(m) {
-            match slot.compare_exchange(m, new(m), Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(m, new(m), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(m),
                 Err(now) => m = now,
             }
@@ -235,8 +235,8 @@ impl<P: VmPlatform> Vm<P> {
             // Put the tables back, so their markers keep the range
             // reserved and their placers find them; nothing is freed. A
             // later unmap prunes them.
-            for (slot, old) in tables.iter().rev() {
-                slot.store(*old, Ordering::Release);
+            for (entry, old) in tables.iter().rev() {
+                entry.store(*old, Ordering::Release);
             }
             space.prune_pending.store(true, Ordering::Relaxed);
         }
@@ -296,9 +296,9 @@ impl<P: VmPlatform> Vm<P> {
         let mut n = 0;
         for i in 0..count {
             let va = virt + i * size.bytes();
-            if let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, va, size.level()) {
+            if let Lookup::Entry { entry, level } = table::lookup(&self.p, space.root, va, size.level()) {
                 if level == size.level() {
-                    if let Some(m) = Self::settle(slot, op, new) {
+                    if let Some(m) = Self::settle(entry, op, new) {
                         after(m);
                         n += 1;
                     }

@@ -118,7 +118,7 @@ fn evict(m: &LoomMachine) {
         });
         let token = token::encode(loc, c.old & KEPT).unwrap();
         m.disown();
-        finish_eviction(&m.db, i, c.slot, token);
+        finish_eviction(&m.db, i, c.entry, token);
         m.free(i);
         return;
     }
