@@ -2,8 +2,6 @@
 //! reports it, and neither depends on the other, so the one snapshot type
 //! lives here, below both.
 
-use core::ops::{AddAssign, Sub};
-
 /// One CPU's TLB and IPI counts at one moment (or a sum over CPUs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TlbSnapshot {
@@ -20,27 +18,31 @@ pub struct TlbSnapshot {
     pub full_flushes: u64,
 }
 
-impl AddAssign for TlbSnapshot {
-    fn add_assign(&mut self, o: TlbSnapshot) {
-        self.shootdowns = self.shootdowns.wrapping_add(o.shootdowns);
-        self.targets = self.targets.wrapping_add(o.targets);
-        self.ipis = self.ipis.wrapping_add(o.ipis);
-        self.pages_invalidated = self.pages_invalidated.wrapping_add(o.pages_invalidated);
-        self.full_flushes = self.full_flushes.wrapping_add(o.full_flushes);
-    }
-}
+crate::snapshot_arithmetic!(TlbSnapshot { shootdowns, targets, ipis, pages_invalidated, full_flushes });
 
-impl Sub for TlbSnapshot {
-    type Output = TlbSnapshot;
+/// Implements `Sub` (what happened between two snapshots of one CPU) and
+/// `AddAssign` (a sum over CPUs) for a snapshot struct, from its field
+/// list written once: `u64` fields wrap (counters wrap too), `nested`
+/// fields are snapshots with these operations themselves.
+#[macro_export]
+macro_rules! snapshot_arithmetic {
+    ($snap:ident { $($field:ident),* $(,)? } $(nested { $($nested:ident),* $(,)? })?) => {
+        impl core::ops::Sub for $snap {
+            type Output = $snap;
 
-    /// What happened between two snapshots of the same CPU.
-    fn sub(self, o: TlbSnapshot) -> TlbSnapshot {
-        TlbSnapshot {
-            shootdowns: self.shootdowns.wrapping_sub(o.shootdowns),
-            targets: self.targets.wrapping_sub(o.targets),
-            ipis: self.ipis.wrapping_sub(o.ipis),
-            pages_invalidated: self.pages_invalidated.wrapping_sub(o.pages_invalidated),
-            full_flushes: self.full_flushes.wrapping_sub(o.full_flushes),
+            fn sub(self, o: $snap) -> $snap {
+                $snap {
+                    $($field: self.$field.wrapping_sub(o.$field),)*
+                    $($($nested: self.$nested - o.$nested,)*)?
+                }
+            }
         }
-    }
+
+        impl core::ops::AddAssign for $snap {
+            fn add_assign(&mut self, o: $snap) {
+                $(self.$field = self.$field.wrapping_add(o.$field);)*
+                $($(self.$nested += o.$nested;)*)?
+            }
+        }
+    };
 }
