@@ -56,7 +56,14 @@ pub trait Machine: Clock + Sync + 'static {
     /// Marks the begin or end of measured repetition `seq` (the index its
     /// Bench record will have in this boot) for the sharing tracer
     /// (`bench --trace`); costs nothing measurable when nobody traces.
-    fn trace_mark(&self, begin: bool, seq: u32);
+    fn trace_mark(&self, mark: Mark, seq: u32);
+}
+
+/// Which end of a measured repetition a trace mark is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Begin,
+    End,
 }
 
 /// Free frames plus the frames the heap holds: what a benchmark that gives

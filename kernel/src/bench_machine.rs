@@ -5,7 +5,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use bench::{Clock, Machine};
+use bench::{Clock, Machine, Mark};
 use mm::vm::{Vm, KERNEL_REGION_AREA, KERNEL_SEED_AREA, USER_END, USER_START};
 
 use crate::frames::{self, Frames, KernelPlatform};
@@ -130,8 +130,8 @@ impl Machine for KernelMachine {
         word(virt).store(value, Ordering::Relaxed)
     }
 
-    fn trace_mark(&self, begin: bool, seq: u32) {
-        crate::trace_mark::mark(begin, seq);
+    fn trace_mark(&self, mark: Mark, seq: u32) {
+        crate::trace_mark::mark(mark == Mark::Begin, seq);
     }
 }
 

@@ -258,7 +258,7 @@ mod tests {
         fn write_word(&self, _: u64, _: u64) {
             match *self {}
         }
-        fn trace_mark(&self, _: bool, _: u32) {
+        fn trace_mark(&self, _: crate::Mark, _: u32) {
             match *self {}
         }
     }

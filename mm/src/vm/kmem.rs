@@ -6,7 +6,7 @@ use core::ops::BitOr;
 
 use core::sync::atomic::Ordering;
 
-use super::mapping::{check_phys, Vm};
+use super::mapping::{check_phys, Contents, Vm};
 use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
@@ -83,12 +83,12 @@ impl<P: VmPlatform> Vm<P> {
         if let (Some(d), false) = (self.demand(), flags.contains(KMemFlags::LOCK)) {
             return d.k_mem_map(self, size, flags);
         }
-        let zero = !flags.contains(KMemFlags::UNINIT);
+        let contents = if flags.contains(KMemFlags::UNINIT) { Contents::Uninit } else { Contents::Zeroed };
         let mut bits = flags.access().pte_bits() | SW_OWNED;
         if flags.contains(KMemFlags::LOCK) {
             bits |= SW_PINNED;
         }
-        self.in_region(size, &|start, pages| self.populate(self.kernel(), start, pages, bits, zero))
+        self.in_region(size, &|start, pages| self.populate(self.kernel(), start, pages, bits, contents))
     }
 
     /// Takes a region for `size` bytes plus guard pages and maps it with

@@ -398,7 +398,7 @@ impl<P: VmPlatform> Vm<P> {
         // part-way, rolls back and looks again.
         for _ in 0..16 {
             let virt = self.vmfind(space, from, to, npages)?;
-            match self.populate(space, virt, npages, flags.pte_bits() | SW_OWNED, true) {
+            match self.populate(space, virt, npages, flags.pte_bits() | SW_OWNED, Contents::Zeroed) {
                 Err(VmError::AlreadyMapped { .. }) => continue,
                 r => return r.map(|_| virt),
             }
@@ -414,13 +414,13 @@ impl<P: VmPlatform> Vm<P> {
         virt: u64,
         npages: u64,
         bits: u64,
-        zero: bool,
+        contents: Contents,
     ) -> Result<(), VmError> {
         let shared = self.shared(space)?;
         for i in 0..npages {
             let va = virt + i * PAGE_SIZE;
             let done = self.alloc().and_then(|frame| {
-                if zero {
+                if contents == Contents::Zeroed {
                     self.p.fill_frame(frame, 0);
                 }
                 self.install(space, va, frame | bits, 0).inspect_err(|_| {
@@ -463,7 +463,7 @@ impl<P: VmPlatform> Vm<P> {
         let base = self.next_stack.fetch_add(len, Ordering::Relaxed);
         check_range_in(STACK_AREA, base, pages + 1).map_err(|_| VmError::OutOfVirtualSpace)?;
         let bottom = base + PAGE_SIZE;
-        self.populate(&self.kernel, bottom, pages, Flags::WRITE.pte_bits() | SW_OWNED, true)?;
+        self.populate(&self.kernel, bottom, pages, Flags::WRITE.pte_bits() | SW_OWNED, Contents::Zeroed)?;
         Ok(bottom + pages * PAGE_SIZE)
     }
 
@@ -489,6 +489,15 @@ impl<P: VmPlatform> Vm<P> {
         let freed = self.regions.free(start, len, kind);
         debug_assert!(freed.is_ok(), "region {start:#x}+{len:#x} vanished");
     }
+}
+
+/// What fresh frames `populate` maps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Contents {
+    /// Zeroed before they are mapped.
+    Zeroed,
+    /// Whatever they held (`k_mem_map` with `UNINIT`, kernel only).
+    Uninit,
 }
 
 /// Checks that `phys` is aligned to `align` and that `len` bytes from it
