@@ -22,11 +22,11 @@ fn mapped_now(virt: u64) -> bool {
     let mut table = Cr3::read().0.start_address().as_u64();
     for level in (0..4).rev() {
         let index = (virt >> (12 + 9 * level)) & 511;
-        let slot = memory::virt_of(table) + index * 8;
+        let entry = memory::virt_of(table) + index * 8;
         // SAFETY: `table` is a page-table frame (CR3 or a present
         // non-leaf entry), which the direct map covers; reading one
         // aligned word of it has no side effect.
-        let e = unsafe { (slot as *const u64).read_volatile() };
+        let e = unsafe { (entry as *const u64).read_volatile() };
         if e & PRESENT == 0 {
             return false;
         }

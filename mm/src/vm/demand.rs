@@ -11,7 +11,7 @@ use super::{VmError, VmPlatform};
 
 /// What `k_mem_map`, `k_mem_unmap` and `protect` ask of demand paging once
 /// it is on (`Vm::demand`).
-pub trait DemandPaging<P: VmPlatform>: Send + Sync {
+pub(crate) trait DemandPaging<P: VmPlatform>: Send + Sync {
     /// `k_mem_map` of `size` bytes of on-demand pages (`flags` without
     /// `LOCK`) in the region area of `vm`, which holds this hook.
     fn k_mem_map(&self, vm: &Vm<P>, size: u64, flags: KMemFlags) -> Result<u64, VmError>;

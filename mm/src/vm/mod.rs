@@ -21,7 +21,7 @@ mod audit;
 pub mod counts;
 #[cfg(test)]
 mod counts_tests;
-pub mod demand;
+pub(crate) mod demand;
 mod direct;
 mod inject;
 mod kmem;
@@ -51,7 +51,7 @@ pub(crate) mod unmap;
 pub use active::Active;
 pub use audit::{AuditReport, PtViolation};
 pub use counts::VmCountSnapshot;
-pub use demand::DemandPaging;
+pub(crate) use demand::DemandPaging;
 pub use direct::DirectWindow;
 pub use kmem::{region_align, KMemFlags};
 pub use mapping::Vm;
