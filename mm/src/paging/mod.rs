@@ -248,6 +248,7 @@ pub struct Paging<'v, P: VmPlatform> {
     pg: &'v Pager,
 }
 
+// By hand: a derive would ask for `P: Copy`, and only references are copied.
 impl<P: VmPlatform> Clone for Paging<'_, P> {
     fn clone(&self) -> Self {
         *self
