@@ -6,8 +6,8 @@ use cpus::{CpuGuard, PerCpu};
 use mm::buddy::{Link, MAX_ORDER};
 use mm::frame_db::{FrameDb, FrameEntry};
 use mm::magazine::Magazine;
-use mm::phys::{CpuSlot, PhysAllocator};
-use mm::platform::Platform;
+use mm::phys::{CpuShare, PhysAllocator};
+use mm::platform::CpuPlatform;
 use mm::PAGE_SIZE;
 use smp::MAX_CPUS;
 use spin::Once;
@@ -17,7 +17,7 @@ const DEPOT_SLOTS: usize = 2 * MAX_CPUS;
 
 pub struct KernelPlatform;
 
-impl Platform for KernelPlatform {
+impl CpuPlatform for KernelPlatform {
     fn cpu_index(&self) -> usize {
         smp::percpu::current_index()
     }
@@ -29,7 +29,7 @@ impl Platform for KernelPlatform {
 
 pub type Frames = PhysAllocator<'static, KernelPlatform>;
 
-static CPU_SLOTS: PerCpu<CpuSlot> = cpus::per_cpu![CpuSlot::new()];
+static CPU_SHARES: PerCpu<CpuShare> = cpus::per_cpu![CpuShare::new()];
 static FRAMES: Once<Frames> = Once::new();
 
 /// Whether `init` has run.
@@ -65,7 +65,7 @@ pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
             boot.remaining().iter().map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
         let db = FrameDb::new(base, entries);
         FRAMES.call_once(|| {
-            PhysAllocator::new(db, links, usable, CPU_SLOTS.as_ref(), magazine_capacity, depot, KernelPlatform)
+            PhysAllocator::new(db, links, usable, CPU_SHARES.as_ref(), magazine_capacity, depot, KernelPlatform)
         })
     })
 }

@@ -44,7 +44,8 @@ pub mod paging {
     pub mod transition;
 }
 
-pub const PAGE_SIZE: u64 = 4096;
+/// Bytes in a page (the one definition is `record`'s).
+pub use record::PAGE_SIZE;
 
 /// Most CPUs the allocator keeps per-CPU state for: the one definition, in
 /// `cpus` (smp's limit too, and the one xtask checks `--smp` against).

@@ -24,7 +24,7 @@ use crate::counters::{bump, CounterSnapshot, CpuCounters};
 use crate::frame::{FrameError, FrameKind};
 use crate::frame_db::FrameDb;
 use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::PAGE_SIZE;
 use cpus::{CpuGuard, PerCpuRef};
@@ -43,26 +43,26 @@ const RECLAIM_ATTEMPTS: usize = 4;
 const GROW_AFTER_CONTENTIONS: u64 = 16;
 
 /// One CPU's share of the allocator.
-pub struct CpuSlot {
+pub struct CpuShare {
     cache: Mutex<CpuCache>,
     /// Frames in `cache`, kept for `free_bytes` (written under the lock).
     cached: AtomicU64,
     pub counters: CpuCounters,
 }
 
-impl CpuSlot {
+impl CpuShare {
     #[cfg(not(loom))]
-    pub const fn new() -> CpuSlot {
-        CpuSlot { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+    pub const fn new() -> CpuShare {
+        CpuShare { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
     }
 
     #[cfg(loom)]
-    pub fn new() -> CpuSlot {
-        CpuSlot { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+    pub fn new() -> CpuShare {
+        CpuShare { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
     }
 }
 
-impl Default for CpuSlot {
+impl Default for CpuShare {
     fn default() -> Self {
         Self::new()
     }
@@ -91,31 +91,31 @@ pub enum AuditViolation {
     NotConserved { census: Census },
 }
 
-pub struct PhysAllocator<'a, P: Platform> {
+pub struct PhysAllocator<'a, P: CpuPlatform> {
     db: FrameDb<'a>,
     buddy: Mutex<Buddy<'a>>,
     buddy_free: AtomicU64,
     depot: Mutex<Depot<'a>>,
     depot_frames: AtomicU64,
     depot_contention: AtomicU64,
-    cpus: PerCpuRef<'a, CpuSlot>,
+    cpus: PerCpuRef<'a, CpuShare>,
     policy: AtomicUsize,
     mag_cap: AtomicUsize,
     usable: u64,
     platform: P,
 }
 
-impl<'a, P: Platform> PhysAllocator<'a, P> {
+impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// Takes over `db`, whose frames are all `Reserved`, and makes the
     /// frames in `usable` (index ranges) free. `links` has one entry per
-    /// frame; `cpus` one slot per CPU; `depot` one slot per full magazine
-    /// the depot may keep. `db.base()` must be aligned to `2^MAX_ORDER`
+    /// frame; `cpus` one share per CPU; `depot` has room for each full
+    /// magazine the depot may keep. `db.base()` must be aligned to `2^MAX_ORDER`
     /// frames so buddy blocks are physically aligned.
     pub fn new(
         db: FrameDb<'a>,
         links: &'a mut [Link],
         usable: impl IntoIterator<Item = Range<usize>>,
-        cpus: PerCpuRef<'a, CpuSlot>,
+        cpus: PerCpuRef<'a, CpuShare>,
         magazine_capacity: usize,
         depot: &'a mut [Magazine],
         platform: P,
@@ -335,11 +335,11 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     fn magazine_alloc(&self, me: &CpuGuard) -> Result<usize, FrameError> {
-        let slot = self.cpus.local(me);
-        let mut cache = slot.cache.lock();
+        let share = self.cpus.local(me);
+        let mut cache = share.cache.lock();
         let index = match cache.pop() {
             Some(i) => {
-                bump(&slot.counters.fast_allocs);
+                bump(&share.counters.fast_allocs);
                 Some(i)
             }
             None => {
@@ -347,7 +347,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 cache.pop()
             }
         };
-        slot.cached.store(cache.len() as u64, Ordering::Relaxed);
+        share.cached.store(cache.len() as u64, Ordering::Relaxed);
         drop(cache);
         match index {
             Some(i) => {
@@ -385,23 +385,23 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     fn magazine_free(&self, me: &CpuGuard, index: u32) {
-        let slot = self.cpus.local(me);
+        let share = self.cpus.local(me);
         let cap = self.magazine_capacity();
-        let mut cache = slot.cache.lock();
+        let mut cache = share.cache.lock();
         match cache.push(index, cap) {
-            Ok(()) => bump(&slot.counters.fast_frees),
+            Ok(()) => bump(&share.counters.fast_frees),
             Err(index) => {
                 // Both magazines full: the previous one goes to the depot (or,
                 // if the depot is at its limit, back to the buddy).
                 let full = core::mem::take(&mut cache.previous);
-                bump(&slot.counters.depot_exchanges);
+                bump(&share.counters.depot_exchanges);
                 if let Err(full) = self.with_depot(me, |d| d.put(full)) {
                     self.drain(me, &full);
                 }
                 cache.push(index, cap).expect("previous magazine was just emptied");
             }
         }
-        slot.cached.store(cache.len() as u64, Ordering::Relaxed);
+        share.cached.store(cache.len() as u64, Ordering::Relaxed);
     }
 
     /// Runs `f` on the depot, keeping its frame count current, and grows
@@ -452,12 +452,12 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// (`iter`): each is behind its lock, which its owner takes too.
     fn reclaim_all(&self, me: &CpuGuard) {
         bump(&self.cpus.local(me).counters.reclaims);
-        for slot in self.cpus.iter() {
-            let mut cache = slot.cache.lock();
+        for share in self.cpus.iter() {
+            let mut cache = share.cache.lock();
             for mag in cache.take_all() {
                 self.drain(me, &mag);
             }
-            slot.cached.store(0, Ordering::Relaxed);
+            share.cached.store(0, Ordering::Relaxed);
         }
         // One magazine at a time: the depot lock is never held with the
         // buddy lock, and nothing large lands on the stack.

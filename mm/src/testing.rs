@@ -3,7 +3,7 @@
 
 use cpus::CpuGuard;
 
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 
 #[cfg(not(loom))]
 std::thread_local! {
@@ -16,7 +16,7 @@ loom::thread_local! {
 
 pub struct Threads;
 
-impl Platform for Threads {
+impl CpuPlatform for Threads {
     fn cpu_index(&self) -> usize {
         CPU.with(|c| c.get())
     }
