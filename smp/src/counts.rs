@@ -9,8 +9,9 @@
 //! handler, or the local-APIC section), which their `CpuGuard` proves, so
 //! an interrupt handler never interleaves with a count on the same CPU;
 //! shootdowns are counted without one, as only the CPU's own thread of
-//! control ever counts them (no interrupt handler starts a shootdown). The decisions the counts follow (`flush_kind`,
-//! `use_shorthand`) live here too, so the host tests check them together.
+//! control ever counts them (no interrupt handler starts a shootdown).
+//! The decisions the counts follow (`flush_kind`, `use_shorthand`) live
+//! here too, so the host tests check them together.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
