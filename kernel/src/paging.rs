@@ -67,7 +67,7 @@ pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let config = PagerConfig { db, store: faulty, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
     vm::get().enable_paging(config).expect("paging enabled twice");
     let slots = switch.usage().1;
-    log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), slots * mm::PAGE_SIZE >> 20);
+    log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), (slots * mm::PAGE_SIZE) >> 20);
 }
 
 /// The stores paging can use, the one it starts on first.

@@ -112,7 +112,7 @@ impl<'a> Buddy<'a> {
     /// Returns the block of `2^order` frames at `index`, merging it with its
     /// free buddies. The caller guarantees the block is allocated.
     pub fn free(&mut self, mut index: usize, order: usize) {
-        debug_assert!(index % (1 << order) == 0, "misaligned block {index} order {order}");
+        debug_assert!(index.is_multiple_of(1 << order), "misaligned block {index} order {order}");
         self.free_frames += 1 << order;
         let mut k = order;
         while k < MAX_ORDER {

@@ -63,11 +63,11 @@ impl<const N: usize> Default for CrossCalls<N> {
 impl<const N: usize> CrossCalls<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        const EMPTY_SLOT: Slot =
-            Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
-        #[allow(clippy::declare_interior_mutable_const)]
-        const ZERO: AtomicU64 = AtomicU64::new(0);
-        CrossCalls { inbox: [ZERO; N], slots: [EMPTY_SLOT; N] }
+        CrossCalls {
+            inbox: [const { AtomicU64::new(0) }; N],
+            slots: [const { Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) } };
+                N],
+        }
     }
 
     #[cfg(loom)]

@@ -21,8 +21,10 @@ fn pages_of(virt: u64, size: u64) -> Result<u64, PagingError> {
     if size == 0 {
         return Err(PagingError::Range(VmError::ZeroSize));
     }
-    if virt % PAGE != 0 || size % PAGE != 0 {
-        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE != 0 { virt } else { size } }));
+    if !virt.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) {
+        return Err(PagingError::Range(VmError::NotAligned {
+            value: if !virt.is_multiple_of(PAGE) { virt } else { size },
+        }));
     }
     check_range_in(KERNEL_REGION_AREA, virt, size / PAGE).map_err(PagingError::Range)?;
     Ok(size / PAGE)

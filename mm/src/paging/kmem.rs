@@ -85,7 +85,7 @@ impl<P: VmPlatform> Vm<P> {
             // Pinned or uninitialised pages have no store contents to map.
             return Err(PagingError::Range(VmError::NotARegion { addr: first_slot, size }));
         }
-        if size == 0 || size % PAGE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE) {
             return Err(PagingError::Range(if size == 0 {
                 VmError::ZeroSize
             } else {

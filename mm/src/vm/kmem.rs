@@ -60,7 +60,7 @@ fn check_size(size: u64) -> Result<u64, VmError> {
     if size == 0 {
         return Err(VmError::ZeroSize);
     }
-    if size % PAGE != 0 {
+    if !size.is_multiple_of(PAGE) {
         return Err(VmError::NotAligned { value: size });
     }
     Ok(size / PAGE)
@@ -124,7 +124,7 @@ impl<P: VmPlatform> Vm<P> {
     /// paged-out pages. Anything else is an error and changes nothing.
     pub fn k_mem_unmap(&self, addr: u64, size: u64) -> Result<(), VmError> {
         let pages = check_size(size)?;
-        if addr % PAGE != 0 {
+        if !addr.is_multiple_of(PAGE) {
             return Err(VmError::NotAligned { value: addr });
         }
         let not_region = VmError::NotARegion { addr, size };
