@@ -199,9 +199,9 @@ mod tests {
         for order in [0, 3, 1, 5, 0, 2, 7, 4, 0, 6] {
             let i = b.alloc(order).unwrap();
             assert_eq!(i % (1 << order), 0, "order {order} block at {i}");
-            for f in i..i + (1 << order) {
-                assert!(!taken[f], "frame {f} handed out twice");
-                taken[f] = true;
+            for (f, t) in taken.iter_mut().enumerate().skip(i).take(1 << order) {
+                assert!(!*t, "frame {f} handed out twice");
+                *t = true;
             }
             got.push((i, order));
         }
