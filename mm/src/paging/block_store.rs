@@ -11,9 +11,10 @@ use crate::vm::PAGE;
 pub const SECTORS_PER_SLOT: u64 = PAGE / 512;
 
 /// What the store needs from a disk driver. A failed transfer carries no
-/// detail (virtio-blk's status says only that it failed) and the store
-/// reports every one as the same store error, so `Result<(), ()>` is the
-/// whole story: clippy's `result_unit_err` is overruled for this trait.
+/// detail: the driver logs what went wrong where it knows it, and the store
+/// reports every failure as `StoreError::Io` for the slot, so
+/// `Result<(), ()>` is the whole story (clippy's `result_unit_err` is
+/// overruled for this trait).
 #[allow(clippy::result_unit_err)]
 pub trait BlockDevice: Sync {
     /// Size in 512-byte sectors.
