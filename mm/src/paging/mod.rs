@@ -30,6 +30,8 @@ mod audit;
 pub mod block_store;
 mod evict;
 mod fault;
+/// A test hook: not in the production kernel.
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod faulty_store;
 mod kmem;
 pub mod policy;

@@ -11,12 +11,13 @@ use core::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
+#[cfg(any(test, feature = "test-hooks"))]
 use super::inject::Inject;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
-use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, PAGE, STACK_AREA};
 use crate::MAX_CPUS;
 
 /// What `map_get` finds at an address.
@@ -37,6 +38,8 @@ pub struct Vm<P: VmPlatform> {
     /// Demand paging, once enabled.
     pub(crate) paging: spin::Once<crate::paging::Pager>,
     pub(super) regions: Regions,
+    /// Test hook: fails a chosen allocation (only in test builds).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(super) inject: Inject,
     next_stack: AtomicU64,
     /// Pages held back by markers whose shootdown failed.
@@ -57,6 +60,7 @@ impl<P: VmPlatform> Vm<P> {
             kernel: AddressSpace::new(root, SpaceKind::Kernel),
             paging: spin::Once::new(),
             regions: Regions::new(KERNEL_REGION_AREA),
+            #[cfg(any(test, feature = "test-hooks"))]
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
             quarantined: AtomicU64::new(0),
@@ -76,7 +80,8 @@ impl<P: VmPlatform> Vm<P> {
         &self.kernel
     }
 
-    /// The fault-injection switch.
+    /// The fault-injection switch (a test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject(&self) -> &Inject {
         &self.inject
     }
@@ -123,6 +128,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// A frame for a mapping or a page table (subject to fault injection).
     pub(crate) fn alloc(&self) -> Result<u64, VmError> {
+        #[cfg(any(test, feature = "test-hooks"))]
         if self.inject.should_fail(self.p.cpu_index()) {
             return Err(VmError::OutOfFrames);
         }
@@ -455,10 +461,10 @@ impl<P: VmPlatform> Vm<P> {
     /// Points the kernel page at `virt` (in the seed area, mapped) at
     /// `phys` without any TLB flush and returns the old frame. Only for
     /// tests of the shootdown itself: CPUs keep the old translation until
-    /// shot down.
-    #[doc(hidden)]
+    /// shot down. A test hook: not in the production kernel.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
-        check_range_in(KERNEL_SEED_AREA, virt, 1)?;
+        check_range_in(super::KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE, PAGE)?;
         let _shared = self.shared(&self.kernel)?;
         let mut old = 0;

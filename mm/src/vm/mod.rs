@@ -21,6 +21,7 @@ pub mod counts;
 #[cfg(test)]
 mod counts_tests;
 mod direct;
+#[cfg(any(test, feature = "test-hooks"))]
 mod inject;
 mod kmem;
 mod mapping;
