@@ -145,6 +145,15 @@ pub fn run_all(seed: u64, only: &str) -> ExitCode {
         log::info!("tests: only {only}");
     }
     let (mut passed, mut failed) = (0u32, 0u32);
+    // A listed suite without tests is a failure, not a silent skip.
+    for suite in registry::empty_suites() {
+        failed += 1;
+        log::error!("test registry ... FAILED: suite {suite} has no registered test");
+        let detail = failure(format_args!("suite {suite} has no registered test"));
+        let record =
+            record::Record::Test { name: "registry", outcome: record::Outcome::Fail, ns: 0, detail: &detail.0 };
+        logger::emit(&record);
+    }
     for test in registry::in_order().into_iter().filter(|t| picked(t.name, only)) {
         if let Some(why) = test.applies.and_then(|f| f()) {
             log::info!("test {} ... not run: {why}", test.name);

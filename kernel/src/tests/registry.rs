@@ -80,6 +80,12 @@ const fn is_module(path: &[u8], name: &[u8]) -> bool {
     true
 }
 
+/// The suites in `SUITES` that registered no test (a file whose
+/// registrations were lost, say).
+pub fn empty_suites() -> impl Iterator<Item = &'static str> {
+    SUITES.iter().enumerate().filter(|(i, _)| !REGISTERED.iter().any(|r| r.suite == *i)).map(|(_, name)| *name)
+}
+
 /// Every registered test, suite by suite, each suite in source order.
 pub fn in_order() -> Vec<&'static Test> {
     let mut all: Vec<&'static Registered> = REGISTERED.iter().collect();
