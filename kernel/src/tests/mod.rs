@@ -1,7 +1,8 @@
 //! The in-kernel test runner: named tests, registered where they are
 //! written (`registry`), one result line (and one record for the host)
-//! per test, then a summary. A test that expects a
-//! CPU exception passes only if that exception happens and is caught.
+//! per test, then a summary. A test that expects a CPU exception passes
+//! only if that exception happens and is caught. Only in the test image
+//! (the kernel's `test-hooks` feature).
 
 use core::fmt::Write;
 
