@@ -1,7 +1,7 @@
 //! Page tables through the direct map: the kernel's way for `vm` to reach
 //! a table or a frame by its physical address.
 
-use crate::vm::{Table, PAGE};
+use crate::vm::{Table, PAGE_SIZE};
 
 /// The bootloader's direct map of all physical memory.
 #[derive(Clone, Copy)]
@@ -24,7 +24,7 @@ impl DirectMap {
     /// The table in frame `phys`. Tables are arrays of atomics, so any
     /// number of shared references to one may exist.
     pub fn table(self, phys: u64) -> &'static Table {
-        debug_assert_eq!(phys % PAGE, 0);
+        debug_assert_eq!(phys % PAGE_SIZE, 0);
         // Why this holds: the direct map covers the frame (constructor
         // contract), the address is page-aligned so aligned for `Table`,
         // and every bit pattern is a valid array of `AtomicU64`.
@@ -37,7 +37,7 @@ impl DirectMap {
     pub fn fill(self, phys: u64, byte: u8) {
         // SAFETY: the direct map covers the frame; the caller owns it, so
         // no Rust reference into it is alive while it is written.
-        unsafe { core::ptr::write_bytes((phys + self.offset) as *mut u8, byte, PAGE as usize) };
+        unsafe { core::ptr::write_bytes((phys + self.offset) as *mut u8, byte, PAGE_SIZE as usize) };
     }
 
     /// Copies frame `from` to frame `to`; the caller owns both.
@@ -47,7 +47,7 @@ impl DirectMap {
             core::ptr::copy_nonoverlapping(
                 (from + self.offset) as *const u8,
                 (to + self.offset) as *mut u8,
-                PAGE as usize,
+                PAGE_SIZE as usize,
             )
         };
     }

@@ -1,7 +1,7 @@
 //! Test platform: each host (or loom) thread plays one CPU, chosen with
 //! `on_cpu`; there are no interrupts to mask.
 
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 
 #[cfg(not(loom))]
 std::thread_local! {
@@ -14,7 +14,7 @@ loom::thread_local! {
 
 pub struct Threads;
 
-impl Platform for Threads {
+impl CpuPlatform for Threads {
     fn cpu_index(&self) -> usize {
         CPU.with(|c| c.get())
     }

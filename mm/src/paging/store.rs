@@ -4,8 +4,8 @@
 
 use alloc::vec::Vec;
 
-use super::slots::{SlotError, SlotMap};
-use crate::vm::{VmPlatform, PAGE};
+use super::slots::{SlotError, SlotFor, SlotMap};
+use crate::vm::{VmPlatform, PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
@@ -31,9 +31,9 @@ impl From<SlotError> for StoreError {
 }
 
 pub trait BackingStore: Sync {
-    /// A slot for a page about to be paged out. `page_fault`: the caller
-    /// evicts to satisfy a fault and may take the reserved last slot.
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError>;
+    /// A slot for a page about to be paged out. `SlotFor::Fault`: the
+    /// caller evicts to satisfy a fault and may take the reserved last slot.
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError>;
     /// Gives a slot back (its page was paged in for good or unmapped).
     fn location_free(&self, slot: u64) -> Result<(), StoreError>;
     /// Copies frame `frame` into slot `slot`.
@@ -62,7 +62,7 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
     /// in `runs` (page-aligned, owned by the store for good), reached
     /// through `mem`.
     pub fn new(mem: &'m M, runs: Vec<u64>, run_frames: u64) -> RamStore<'m, M> {
-        debug_assert!(runs.iter().all(|r| r % PAGE == 0));
+        debug_assert!(runs.iter().all(|r| r % PAGE_SIZE == 0));
         let slots = SlotMap::new(runs.len() as u64 * run_frames);
         RamStore { mem, runs, run_frames, slots }
     }
@@ -71,13 +71,13 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
         if !self.slots.is_used(slot) {
             return Err(StoreError::BadSlot { slot });
         }
-        Ok(self.runs[(slot / self.run_frames) as usize] + slot % self.run_frames * PAGE)
+        Ok(self.runs[(slot / self.run_frames) as usize] + slot % self.run_frames * PAGE_SIZE)
     }
 }
 
 impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        Ok(self.slots.alloc(page_fault)?)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        Ok(self.slots.alloc(slot_for)?)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {
@@ -110,18 +110,18 @@ impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
 
     #[test]
     fn pages_go_out_and_come_back() {
-        let m = Machine::new(256, 1);
+        let m = SimMachine::new(256, 1);
         let runs = vec![m.frames.alloc_contiguous(4).unwrap(), m.frames.alloc_contiguous(4).unwrap()];
         let store = RamStore::new(&m, runs, 4);
         let frame = m.frames.alloc_page().unwrap();
         for i in 0..512 {
             m.set_word(frame, i * 8, 0xABC0 + i);
         }
-        let slots: Vec<u64> = (0..6).map(|_| store.location_get(false).unwrap()).collect();
+        let slots: Vec<u64> = (0..6).map(|_| store.location_get(SlotFor::Other).unwrap()).collect();
         let slot = slots[5];
         assert!(slot >= 4, "the sixth slot lies in the second run");
         store.page_out(slot, frame).unwrap();
@@ -141,11 +141,11 @@ mod tests {
 
     #[test]
     fn a_fault_gets_the_reserved_slot() {
-        let m = Machine::new(64, 1);
+        let m = SimMachine::new(64, 1);
         let base = m.frames.alloc_contiguous(2).unwrap();
         let store = RamStore::new(&m, vec![base], 2);
-        store.location_get(false).unwrap();
-        assert_eq!(store.location_get(false), Err(StoreError::Full));
-        assert!(store.location_get(true).is_ok());
+        store.location_get(SlotFor::Other).unwrap();
+        assert_eq!(store.location_get(SlotFor::Other), Err(StoreError::Full));
+        assert!(store.location_get(SlotFor::Fault).is_ok());
     }
 }
