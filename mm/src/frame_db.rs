@@ -100,7 +100,7 @@ impl<'a> FrameDb<'a> {
 
     /// Entry index of physical address `phys`, checking it names a frame.
     pub fn index_of(&self, phys: u64) -> Result<usize, FrameError> {
-        if phys % PAGE_SIZE != 0 {
+        if !phys.is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::NotAligned { phys });
         }
         let pfn = phys / PAGE_SIZE;

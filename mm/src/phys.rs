@@ -414,7 +414,7 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
             }
             None => {
                 let n = self.depot_contention.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % GROW_AFTER_CONTENTIONS == 0 {
+                if n.is_multiple_of(GROW_AFTER_CONTENTIONS) {
                     let cap = self.magazine_capacity();
                     let _ = self.mag_cap.compare_exchange(
                         cap,

@@ -36,8 +36,8 @@ register!(Test::new("smp::per_cpu_data_through_gs", per_cpu_data));
 /// match the per-CPU table and the APIC's own id register.
 fn per_cpu_data() -> TestResult {
     let online = percpu::online_set();
-    for cpu in 0..MAX_CPUS {
-        SEEN_INDEX[cpu].store(UNSET, Ordering::Relaxed);
+    for seen in &SEEN_INDEX {
+        seen.store(UNSET, Ordering::Relaxed);
     }
     let report = || {
         let me = percpu::current();

@@ -63,7 +63,7 @@ fn check_size(size: u64) -> Result<u64, VmError> {
     if size == 0 {
         return Err(VmError::ZeroSize);
     }
-    if size % PAGE_SIZE != 0 {
+    if !size.is_multiple_of(PAGE_SIZE) {
         return Err(VmError::NotAligned { value: size });
     }
     Ok(size / PAGE_SIZE)
@@ -115,7 +115,7 @@ impl<P: VmPlatform> Vm<P> {
     /// paged-out pages. Anything else is an error and changes nothing.
     pub fn k_mem_unmap(&self, addr: u64, size: u64) -> Result<(), VmError> {
         let pages = check_size(size)?;
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(VmError::NotAligned { value: addr });
         }
         let not_region = VmError::NotARegion { addr, size };

@@ -234,7 +234,7 @@ impl<P: VmPlatform> Vm<P> {
         size: PageSize,
     ) -> Result<(), VmError> {
         let bytes = size.bytes();
-        if virt % bytes != 0 {
+        if !virt.is_multiple_of(bytes) {
             return Err(VmError::NotAligned { value: virt });
         }
         check_phys(phys, bytes, bytes)?;
@@ -290,7 +290,7 @@ impl<P: VmPlatform> Vm<P> {
     /// frame, after every CPU that may cache it has dropped it.
     pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<u64, VmError> {
         let bytes = size.bytes();
-        if virt % bytes != 0 {
+        if !virt.is_multiple_of(bytes) {
             return Err(VmError::NotAligned { value: virt });
         }
         space.check_range(virt, bytes / PAGE_SIZE)?;
@@ -374,8 +374,8 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The first `npages` unmapped pages in `from..to` of `space`.
     pub fn vmfind(&self, space: &AddressSpace, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
-        if from % PAGE_SIZE != 0 || to % PAGE_SIZE != 0 {
-            return Err(VmError::NotAligned { value: if from % PAGE_SIZE != 0 { from } else { to } });
+        if !from.is_multiple_of(PAGE_SIZE) || !to.is_multiple_of(PAGE_SIZE) {
+            return Err(VmError::NotAligned { value: if !from.is_multiple_of(PAGE_SIZE) { from } else { to } });
         }
         let area = space.mappable();
         let (from, to) = (from.max(area.start), to.min(area.end));
@@ -506,7 +506,7 @@ pub(super) enum Contents {
 /// Checks that `phys` is aligned to `align` and that `len` bytes from it
 /// are representable in an entry.
 pub(super) fn check_phys(phys: u64, align: u64, len: u64) -> Result<(), VmError> {
-    if phys % align != 0 {
+    if !phys.is_multiple_of(align) {
         return Err(VmError::NotAligned { value: phys });
     }
     if phys.checked_add(len).is_none_or(|end| end > pte::MAX_PHYS) {
