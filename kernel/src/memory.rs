@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::boot_frames::BootFrames;
+use mm::frame::{Frame, PhysAddr};
 use mm::vm::DirectWindow;
 use spin::Mutex;
 
@@ -44,13 +45,40 @@ pub fn phys_offset() -> u64 {
     PHYS_OFFSET.load(Ordering::Relaxed)
 }
 
-/// Fills frame `phys` with the word `value`; the caller owns the frame.
-pub fn fill_words(phys: u64, value: u64) {
-    let p = virt_of(phys) as *mut u64;
+/// Fills frame `phys` with the word `value`.
+///
+/// # Safety
+/// The caller owns the frame (it may hold it by address only, as one frame
+/// of an `alloc_contiguous` run): nobody else reads or writes it meanwhile
+/// and no Rust reference into it is alive.
+pub unsafe fn fill_words(phys: PhysAddr, value: u64) {
+    let p = virt_of(phys.as_u64()) as *mut u64;
     for i in 0..(mm::PAGE_SIZE / 8) as usize {
-        // SAFETY: the caller owns the frame and the direct map covers it.
+        // SAFETY: the caller owns the frame (contract) and the direct map
+        // covers it; `i` stays inside the page.
         unsafe { p.add(i).write_volatile(value) };
     }
+}
+
+/// Fills `frame` with the word `value`.
+pub fn fill_frame_words(frame: &mut Frame, value: u64) {
+    // SAFETY: holding the handle mutably, the caller owns the frame.
+    unsafe { fill_words(frame.phys(), value) }
+}
+
+/// The bytes of `frame`, through the direct map.
+pub fn frame_bytes(frame: &Frame) -> &[u8] {
+    // SAFETY: the direct map covers every frame; the caller owns the frame
+    // (it holds the handle), so only shared access reaches it while the
+    // borrow of the handle lasts.
+    unsafe { core::slice::from_raw_parts(virt_of(frame.phys().as_u64()) as *const u8, mm::PAGE_SIZE as usize) }
+}
+
+/// The bytes of `frame`, writable, through the direct map.
+pub fn frame_bytes_mut(frame: &mut Frame) -> &mut [u8] {
+    // SAFETY: as for `frame_bytes`; the handle is borrowed mutably, so
+    // nothing else reaches the frame while the slice lives.
+    unsafe { core::slice::from_raw_parts_mut(virt_of(frame.phys().as_u64()) as *mut u8, mm::PAGE_SIZE as usize) }
 }
 
 /// Total usable bytes the firmware reported.
@@ -80,8 +108,11 @@ pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
 }
 
 /// A frame from the boot allocator, before the frame allocator takes over.
-pub fn boot_frame() -> Option<u64> {
-    BOOT_FRAMES.lock().as_mut()?.alloc()
+pub fn boot_frame() -> Option<Frame> {
+    let phys = BOOT_FRAMES.lock().as_mut()?.alloc()?;
+    // SAFETY: the boot allocator never hands out a frame twice, and it
+    // hands this one to nobody but the caller.
+    Some(unsafe { Frame::from_phys(PhysAddr::new(phys)) })
 }
 
 /// Hands what the boot allocator has left to `f` (the frame allocator's

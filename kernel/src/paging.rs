@@ -9,7 +9,6 @@ use mm::buddy::MAX_ORDER;
 use mm::paging::block_store::BlockStore;
 use mm::paging::faulty_store::FaultyStore;
 use mm::paging::policy::{Lru, Nru};
-use mm::paging::store::RamStore;
 use mm::paging::store_switch::StoreSwitch;
 use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, PagingError, StoreError};
 use smp::MAX_CPUS;
@@ -46,9 +45,10 @@ static LAST_ERROR: [spin::Mutex<Option<PagingError>>; MAX_CPUS] = [const { spin:
 pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let f = frames::get();
     let run = 1u64 << MAX_ORDER;
-    let runs: Vec<u64> =
+    let runs: Vec<_> =
         (0..STORE_SLOTS / run).map(|_| f.alloc_contiguous(run).expect("no memory for the RAM backing store")).collect();
-    let ram: &'static dyn BackingStore = Box::leak(Box::new(RamStore::new(vm::get().platform(), runs, run)));
+    // SAFETY: the runs were just allocated and go to the store for good.
+    let ram: &'static dyn BackingStore = Box::leak(Box::new(unsafe { vm::get().ram_store(runs, run) }));
     let mut stores = Vec::new();
     if let Some(disk) = disk {
         let disk: &'static dyn BackingStore = Box::leak(Box::new(BlockStore::new(disk, DISK_SLOTS)));

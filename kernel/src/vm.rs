@@ -4,14 +4,13 @@
 //! runs, and shooting down with `smp::tlb`.
 
 use mm::direct_map::DirectMap;
-use mm::frame::FrameError;
-use mm::vm::{ShootdownFailed, Table, Vm, VmPlatform};
+use mm::frame::{Frame, FrameError};
+use mm::vm::{Root, ShootdownFailed, Table, Vm, VmPlatform};
 use smp::tlb::{self, ShootdownError};
 use smp::{percpu, CpuSet};
 use spin::Once;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
-use x86_64::PhysAddr;
 
 use crate::{frames, memory};
 
@@ -40,18 +39,21 @@ pub unsafe fn init(phys_offset: u64) {
 
 impl VmPlatform for KernelVm {
     fn table(&self, phys: u64) -> &Table {
-        self.direct.table(phys)
+        // SAFETY: only `Vm`'s walks call this (`Vm::platform` is
+        // crate-private), with frames it installed as page tables, which it
+        // frees only after detaching them and a shootdown.
+        unsafe { self.direct.table(phys) }
     }
 
-    fn fill_frame(&self, phys: u64, byte: u8) {
-        self.direct.fill(phys, byte)
+    fn fill_frame(&self, frame: &mut Frame, byte: u8) {
+        self.direct.fill_frame(frame, byte)
     }
 
-    fn copy_frame(&self, from: u64, to: u64) {
-        self.direct.copy(from, to)
+    fn copy_frame(&self, from: &Frame, to: &mut Frame) {
+        self.direct.copy_frame(from, to)
     }
 
-    fn alloc_frame(&self) -> Result<u64, FrameError> {
+    fn alloc_frame(&self) -> Result<Frame, FrameError> {
         if frames::ready() {
             frames::get().alloc_page()
         } else {
@@ -59,12 +61,12 @@ impl VmPlatform for KernelVm {
         }
     }
 
-    fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
+    fn free_frame(&self, frame: Frame) -> Result<(), FrameError> {
         if !frames::ready() {
             // Boot-allocator frames are never given back.
-            return Err(FrameError::Reserved { phys });
+            return Err(FrameError::Reserved { phys: frame.into_phys().as_u64() });
         }
-        frames::get().free_page(phys)
+        frames::get().free_page(frame)
     }
 
     fn cpu_index(&self) -> usize {
@@ -108,11 +110,12 @@ impl VmPlatform for KernelVm {
         x86_64::instructions::interrupts::without_interrupts(f)
     }
 
-    fn load_root(&self, root: u64) {
-        let frame = PhysFrame::containing_address(PhysAddr::new(root));
-        // SAFETY: every root `Vm` hands out is a PML4 whose upper half is
-        // the kernel's (copied from the kernel space), so the code, stack
-        // and data running now stay mapped across the switch.
+    fn load_root(&self, root: &Root) {
+        let frame = PhysFrame::containing_address(root.phys());
+        // SAFETY: only `Vm` makes a `Root`, for a PML4 whose upper half is
+        // the kernel's (copied from the kernel space, or the kernel space's
+        // own), so the code, stack and data running now stay mapped across
+        // the switch.
         unsafe { Cr3::write(frame, Cr3Flags::empty()) };
     }
 }

@@ -21,7 +21,7 @@ use core::ops::Range;
 
 use crate::buddy::{order_for, Buddy, Link, MAX_ORDER};
 use crate::counters::{bump, CounterSnapshot, CpuCounters};
-use crate::frame::{FrameError, FrameKind};
+use crate::frame::{Frame, FrameError, FrameKind, PhysAddr};
 use crate::frame_db::FrameDb;
 use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
 use crate::platform::Platform;
@@ -186,8 +186,8 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         self.cpus[cpu].counters.snapshot()
     }
 
-    /// Allocates one frame; returns its physical address.
-    pub fn alloc_page(&self) -> Result<u64, FrameError> {
+    /// Allocates one frame; the caller owns it until it gives it back.
+    pub fn alloc_page(&self) -> Result<Frame, FrameError> {
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
             bump(&self.cpus[cpu].counters.allocs);
@@ -195,13 +195,33 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 Policy::GlobalLock => self.buddy_alloc(cpu, 0)?,
                 Policy::Magazine => self.magazine_alloc(cpu)?,
             };
-            Ok(self.db.phys_of(index))
+            // SAFETY: the frame just went from free to `Allocated` under
+            // this call, so nobody else owns it or holds a handle to it.
+            Ok(unsafe { Frame::from_phys(PhysAddr::new(self.db.phys_of(index))) })
         })
     }
 
-    /// Frees one frame allocated by `alloc_page` or `alloc_contiguous`, on
-    /// any CPU. Bad input changes nothing.
-    pub fn free_page(&self, phys: u64) -> Result<(), FrameError> {
+    /// Gives back a frame `alloc_page` handed out, on any CPU. The frame
+    /// database still checks it (a handle made with `Frame::from_phys`
+    /// may name anything): bad input changes nothing.
+    pub fn free_page(&self, frame: Frame) -> Result<(), FrameError> {
+        // SAFETY: the caller gave up its handle, so it owned the frame and
+        // nobody else does.
+        unsafe { self.free_raw(frame.into_phys()) }
+    }
+
+    /// Frees one frame by address: the path for frames kept by address
+    /// (one frame of an `alloc_contiguous` run) and for the frame
+    /// database's own checks. A double free, a reserved frame, an address
+    /// outside RAM or an unaligned one give their `FrameError` and change
+    /// nothing.
+    ///
+    /// # Safety
+    /// If `phys` names an allocated frame, the caller owns it and nobody
+    /// uses it any more: after this call the allocator may hand it to
+    /// someone else.
+    pub unsafe fn free_raw(&self, phys: PhysAddr) -> Result<(), FrameError> {
+        let phys = phys.as_u64();
         let index = self.db.index_of(phys)?;
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
@@ -225,8 +245,9 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     /// `count` physically contiguous frames; a power-of-two `count` is
-    /// naturally aligned to its size.
-    pub fn alloc_contiguous(&self, count: u64) -> Result<u64, FrameError> {
+    /// naturally aligned to its size. The run is kept by address (no
+    /// handle per frame); `free_contiguous` gives it back.
+    pub fn alloc_contiguous(&self, count: u64) -> Result<PhysAddr, FrameError> {
         if count == 0 {
             return Err(FrameError::ZeroCount);
         }
@@ -252,13 +273,18 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             for i in start..start + count as usize {
                 self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
             }
-            Ok(self.db.phys_of(start))
+            Ok(PhysAddr::new(self.db.phys_of(start)))
         })
     }
 
     /// Frees `count` frames starting at `phys`. Every frame must be
     /// allocated; otherwise nothing is freed.
-    pub fn free_contiguous(&self, phys: u64, count: u64) -> Result<(), FrameError> {
+    ///
+    /// # Safety
+    /// As for `free_raw`, for every frame of the run: the caller owns them
+    /// (an `alloc_contiguous` run, or pages of one) and uses them no more.
+    pub unsafe fn free_contiguous(&self, phys: PhysAddr, count: u64) -> Result<(), FrameError> {
+        let phys = phys.as_u64();
         if count == 0 {
             return Err(FrameError::ZeroCount);
         }

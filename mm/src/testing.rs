@@ -28,3 +28,35 @@ impl Platform for Threads {
 pub fn on_cpu(cpu: usize) {
     CPU.with(|c| c.set(cpu));
 }
+
+/// The allocator by address, for tests that keep frames as numbers (to
+/// compare, sort or stamp them, to pass them between threads, or to free
+/// one twice on purpose): the frame database's raw path.
+pub trait ByAddress {
+    fn alloc_addr(&self) -> Result<u64, crate::frame::FrameError>;
+    fn free_addr(&self, phys: u64) -> Result<(), crate::frame::FrameError>;
+    fn alloc_run(&self, count: u64) -> Result<u64, crate::frame::FrameError>;
+    fn free_run(&self, phys: u64, count: u64) -> Result<(), crate::frame::FrameError>;
+}
+
+impl<P: Platform> ByAddress for crate::phys::PhysAllocator<'_, P> {
+    fn alloc_addr(&self) -> Result<u64, crate::frame::FrameError> {
+        self.alloc_page().map(|f| f.into_phys().as_u64())
+    }
+
+    fn free_addr(&self, phys: u64) -> Result<(), crate::frame::FrameError> {
+        // SAFETY: the allocator's host tests use no frame memory at all
+        // (the frame database and links are separate vectors), so a wrong
+        // free is only ever the allocator error the test looks for.
+        unsafe { self.free_raw(x86_64::PhysAddr::new(phys)) }
+    }
+
+    fn alloc_run(&self, count: u64) -> Result<u64, crate::frame::FrameError> {
+        self.alloc_contiguous(count).map(|p| p.as_u64())
+    }
+
+    fn free_run(&self, phys: u64, count: u64) -> Result<(), crate::frame::FrameError> {
+        // SAFETY: as for `free_addr`.
+        unsafe { self.free_contiguous(x86_64::PhysAddr::new(phys), count) }
+    }
+}

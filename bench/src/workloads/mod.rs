@@ -147,7 +147,7 @@ mod tests {
     //! `bench --only` with. `all` only builds function pointers, so a
     //! machine that cannot exist is enough to instantiate it.
     use super::*;
-    use mm::frame::FrameError;
+    use mm::frame::{Frame, FrameError};
     use mm::phys::PhysAllocator;
     use mm::vm::{ShootdownFailed, Table, Vm, VmPlatform};
 
@@ -166,16 +166,16 @@ mod tests {
         fn table(&self, _: u64) -> &Table {
             match *self {}
         }
-        fn fill_frame(&self, _: u64, _: u8) {
+        fn fill_frame(&self, _: &mut Frame, _: u8) {
             match *self {}
         }
-        fn copy_frame(&self, _: u64, _: u64) {
+        fn copy_frame(&self, _: &Frame, _: &mut Frame) {
             match *self {}
         }
-        fn alloc_frame(&self) -> Result<u64, FrameError> {
+        fn alloc_frame(&self) -> Result<Frame, FrameError> {
             match *self {}
         }
-        fn free_frame(&self, _: u64) -> Result<(), FrameError> {
+        fn free_frame(&self, _: Frame) -> Result<(), FrameError> {
             match *self {}
         }
         fn cpu_index(&self) -> usize {
@@ -187,7 +187,7 @@ mod tests {
         fn shootdown(&self, _: u64, _: u64, _: u64) -> Result<(), ShootdownFailed> {
             match *self {}
         }
-        fn load_root(&self, _: u64) {
+        fn load_root(&self, _: &mm::vm::Root) {
             match *self {}
         }
         fn free_frames(&self) -> u64 {

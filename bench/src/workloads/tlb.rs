@@ -16,6 +16,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::space::{self, filled, page};
+use mm::frame::Frame;
+
 use crate::driver::Rep;
 use crate::failure::{check, failure, Failure};
 use crate::machine::Machine;
@@ -62,11 +64,12 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     let (spaces, before) = space::make(m, 1)?;
     let mut frames = Vec::new();
     for i in 0..pages {
-        frames.push(AtomicU64::new(space::map_filled(m, &spaces[0], page(0, i), round_byte(0, i))?));
+        frames.push(space::map_filled(m, &spaces[0], page(0, i), round_byte(0, i))?);
     }
-    let frames = Arc::new(frames);
+    // Only CPU 0 moves pages: the lock is never contended.
+    let frames = Arc::new(spin::Mutex::new(frames));
     // Poisoned frames not yet given back (see the move step).
-    let retired: Arc<spin::Mutex<Vec<u64>>> = Arc::new(spin::Mutex::new(Vec::new()));
+    let retired: Arc<spin::Mutex<Vec<Frame>>> = Arc::new(spin::Mutex::new(Vec::new()));
     let gen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let team = Team::new(readers);
@@ -94,15 +97,16 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
                     // Frames moved away from a round ago: every reader has
                     // checked its pages since, so they may be reused now.
                     let mut old = retired.lock();
-                    for phys in old.drain(..) {
-                        m.frames().free_page(phys).map_err(|e| crate::failure::fails("free", e))?;
+                    for frame in old.drain(..) {
+                        m.frames().free_page(frame).map_err(|e| crate::failure::fails("free", e))?;
                     }
+                    let mut f = f.lock();
                     for i in 0..pages {
                         let va = page(0, i);
-                        let phys = f[i as usize].load(Ordering::Relaxed);
-                        t.op(1, || space::unmap_poison_keep(m, space, va, phys))?;
-                        old.push(phys);
-                        f[i as usize].store(space::map_filled(m, space, va, round_byte(g, i))?, Ordering::Relaxed);
+                        let frame = &mut f[i as usize];
+                        t.op(1, || space::unmap_poison_keep(m, space, va, frame))?;
+                        let new = space::map_filled(m, space, va, round_byte(g, i))?;
+                        old.push(core::mem::replace(frame, new));
                     }
                     gen.store(g, Ordering::Release);
                     stop.store(!t.running(team), Ordering::Release);
@@ -119,11 +123,11 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     // After a failure the pages' state is unknown (and late CPUs may still
     // read them): leave them mapped rather than free what may be in use.
     ran?;
-    for i in 0..pages {
-        space::unmap_poison(m, &spaces[0], page(0, i), frames[i as usize].load(Ordering::Relaxed))?;
+    for (i, frame) in frames.lock().drain(..).enumerate() {
+        space::unmap_poison(m, &spaces[0], page(0, i as u64), frame)?;
     }
-    for phys in retired.lock().drain(..) {
-        m.frames().free_page(phys).map_err(|e| crate::failure::fails("free", e))?;
+    for frame in retired.lock().drain(..) {
+        m.frames().free_page(frame).map_err(|e| crate::failure::fails("free", e))?;
     }
     space::destroy(m, spaces, before)?;
     Ok(team)

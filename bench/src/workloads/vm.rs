@@ -14,6 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use arrayvec::ArrayVec;
+use mm::frame::Frame;
 use mm::vm::{Flags, PageSize};
 use spin::Mutex;
 
@@ -49,12 +50,13 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                 let va = page(cpu, i);
                 let stamp = (cpu as u64) << 40 | i;
                 t.op(1, || -> Result<(), Failure> {
-                    let phys = frames.alloc_page().map_err(|e| fails("alloc", e))?;
+                    let frame = frames.alloc_page().map_err(|e| fails("alloc", e))?;
+                    let phys = frame.phys().as_u64();
                     vm.map_single(space, va, phys, Flags::WRITE, PageSize::Size4K).map_err(|e| fails("map", e))?;
                     m.write_word(va, stamp);
                     let got = m.read_word(va);
                     let back = vm.umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
-                    frames.free_page(phys).map_err(|e| fails("free", e))?;
+                    frames.free_page(frame).map_err(|e| fails("free", e))?;
                     check!(
                         got == stamp && back == phys,
                         "cpu {cpu}: read {got:#x} for {stamp:#x}; unmap gave {back:#x} for {phys:#x}"
@@ -79,7 +81,7 @@ const PIPE: usize = 64;
 pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
     let n = rep.cpus;
     let (spaces, before) = space::make(m, 1)?;
-    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, u64), PIPE>>>> =
+    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, Frame), PIPE>>>> =
         Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
     let team = Team::new(n);
     let rep = *rep;
@@ -88,13 +90,13 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
         let space = &s[0];
         let (next, mine) = (&boxes[(cpu + 1) % n], &boxes[cpu]);
         space::within(m, space, || {
-            let mut batch = ArrayVec::<(u64, u64), PIPE>::new();
-            let take = |t: &mut Timed<M>, batch: &mut ArrayVec<(u64, u64), PIPE>| -> Result<(), Failure> {
+            let mut batch = ArrayVec::<(u64, Frame), PIPE>::new();
+            let take = |t: &mut Timed<M>, batch: &mut ArrayVec<(u64, Frame), PIPE>| -> Result<(), Failure> {
                 core::mem::swap(batch, &mut *mine.lock());
-                for (va, phys) in batch.drain(..) {
+                for (va, frame) in batch.drain(..) {
                     let got = m.read_word(va);
-                    check!(got == va ^ phys, "cpu {cpu}: page {va:#x} reads {got:#x}");
-                    t.op(1, || space::unmap_poison(m, space, va, phys))?;
+                    check!(got == va ^ frame.phys().as_u64(), "cpu {cpu}: page {va:#x} reads {got:#x}");
+                    t.op(1, || space::unmap_poison(m, space, va, frame))?;
                 }
                 Ok(())
             };
@@ -104,10 +106,10 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
             while t.running(team) {
                 if next.lock().len() < PIPE {
                     let va = page(cpu, k);
-                    let phys = t.op(0, || space::map_filled(m, space, va, 0))?;
-                    m.write_word(va, va ^ phys);
+                    let frame = t.op(0, || space::map_filled(m, space, va, 0))?;
+                    m.write_word(va, va ^ frame.phys().as_u64());
                     next.lock()
-                        .try_push((va, phys))
+                        .try_push((va, frame))
                         .map_err(|_| failure(format_args!("cpu {cpu}: pipe overfilled")))?;
                     k += 1;
                 }

@@ -137,13 +137,13 @@ fn phys_map_odd_region() -> TestResult {
     ensure!(pat::read() == pat::LAYOUT, "PAT is {:#x}, expected {:#x}", pat::read(), pat::LAYOUT);
     let f = frames::get();
     let base = f.alloc_contiguous(2).map_err(fails)?;
-    let words = memory::virt_of(base) as *mut u64;
+    let words = memory::virt_of(base.as_u64()) as *mut u64;
     for i in 0..1024 {
         // SAFETY: the two frames are ours; the direct map covers them.
         unsafe { words.add(i).write_volatile(0xA000 + i as u64) };
     }
     // Starts 0x128 into the first frame, ends 0xF28 into the second.
-    let (phys, size) = (base + 0x128, 0x1E00);
+    let (phys, size) = (base.as_u64() + 0x128, 0x1E00);
     let mut result = Ok(());
     for cache in [CacheMode::WriteBack, CacheMode::WriteThrough, CacheMode::Uncached] {
         let v = vm.phys_map(phys, size, cache).map_err(fails)?;
@@ -162,7 +162,8 @@ fn phys_map_odd_region() -> TestResult {
         })();
         result = result.and(check);
     }
-    f.free_contiguous(base, 2).map_err(fails)?;
+    // SAFETY: the run was allocated above and its mappings are gone.
+    unsafe { f.free_contiguous(base, 2) }.map_err(fails)?;
     result
 }
 
@@ -253,12 +254,13 @@ fn page_table_audit() -> TestResult {
 
 fn direct_map_bounds() -> TestResult {
     let window = memory::direct_map();
-    let frame = frames::get().alloc_page().map_err(fails)?;
-    memory::fill_words(frame, 0x51DE);
+    let mut handle = frames::get().alloc_page().map_err(fails)?;
+    let frame = handle.phys().as_u64();
+    memory::fill_frame_words(&mut handle, 0x51DE);
     let virt = window.virtualize(frame + 0x40);
     let back = virt.and_then(|v| window.phys(v));
     let seen = virt.map(|v| probe::read(v));
-    frames::get().free_page(frame).map_err(fails)?;
+    frames::get().free_page(handle).map_err(fails)?;
     ensure!(virt == Ok(memory::virt_of(frame) + 0x40), "virtualize gave {virt:?}");
     ensure!(back == Ok(frame + 0x40), "phys(virtualize(p)) gave {back:?}");
     ensure!(seen == Ok(Ok(0x51DE)), "read through the direct map: {seen:?}");

@@ -105,13 +105,13 @@ fn unmapper(round: u64) {
     }
     // The freed frames go back to this CPU's magazine: take them again and
     // poison them, so a stale translation would show the poison.
-    let mut taken = arrayvec::ArrayVec::<u64, TAKE_BACK>::new();
-    while let (false, Ok(f)) = (taken.is_full(), frames::get().alloc_page()) {
-        crate::memory::fill_words(f, POISON);
+    let mut taken = arrayvec::ArrayVec::<mm::frame::Frame, TAKE_BACK>::new();
+    while let (false, Ok(mut f)) = (taken.is_full(), frames::get().alloc_page()) {
+        crate::memory::fill_frame_words(&mut f, POISON);
         taken.push(f);
     }
     UNMAPPED.store(true, Ordering::Release);
-    if !taken.contains(&frame) {
+    if !taken.iter().any(|f| f.phys().as_u64() == frame) {
         fail(format_args!(
             "round {round}: the unmapped frame {frame:#x} was not among the next {TAKE_BACK} allocations"
         ));

@@ -212,12 +212,12 @@ fn unpaged_mapping() -> TestResult {
     let vm = vm::get();
     let store = pager().store();
     let before = state();
-    let frame = frames::get().alloc_page().map_err(fails)?;
+    let mut frame = frames::get().alloc_page().map_err(fails)?;
     let slots = [store.location_get(false).map_err(fails)?, store.location_get(false).map_err(fails)?];
     let run = slots[1] == slots[0] + 1;
     for (i, &s) in slots.iter().enumerate() {
-        crate::memory::fill_words(frame, 0x5107_0000 + i as u64);
-        store.page_out(s, frame).map_err(fails)?;
+        crate::memory::fill_frame_words(&mut frame, 0x5107_0000 + i as u64);
+        store.page_out(s, &frame).map_err(fails)?;
     }
     frames::get().free_page(frame).map_err(fails)?;
     ensure!(run, "two fresh slots are not adjacent: {slots:?}");

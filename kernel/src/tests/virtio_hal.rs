@@ -24,9 +24,10 @@ fn shares_by_arithmetic() -> TestResult {
         direct_phys(at, 32)
     );
     // A frame, as the page being paged is.
-    let frame = frames::get().alloc_page().map_err(fails)?;
+    let handle = frames::get().alloc_page().map_err(fails)?;
+    let frame = handle.phys().as_u64();
     let got = direct_phys(memory::virt_of(frame), PAGE);
-    frames::get().free_page(frame).map_err(fails)?;
+    frames::get().free_page(handle).map_err(fails)?;
     ensure!(got == Some(frame), "frame {frame:#x} through the direct map: {got:?}");
     // Mapped memory outside the direct map is refused, not walked.
     let mapped = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;

@@ -151,7 +151,7 @@ impl<P: VmPlatform> Vm<P> {
         }
         let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), false);
         for f in frames {
-            let _ = self.p.free_frame(f);
+            self.free_kept(f);
         }
         error.map_or(Ok(()), Err)
     }

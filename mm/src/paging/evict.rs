@@ -139,7 +139,7 @@ impl<P: VmPlatform> Vm<P> {
         };
         pg.stats.count(self.p.cpu_index(), Event::StoreWrite);
         let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
-        let written = pg.store.page_out(slot, v.frame);
+        let written = self.with_kept(v.frame, |f| pg.store.page_out(slot, f));
         pg.stats.finish(Timing::StoreOut, start, || self.p.now_ns());
         if let Err(e) = written {
             if copy == 0 {

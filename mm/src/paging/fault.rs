@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::token::Location;
 use super::transition::{self, Look};
 use super::{Pager, PagingError};
+use crate::frame::Frame;
 use crate::frame_db::paging::{FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::paging::stats::{Event, Timing};
 use crate::vm::pte::{self, DIRTY, NO_EXECUTE, USER, WRITABLE};
@@ -127,21 +128,22 @@ impl<P: VmPlatform> Vm<P> {
             transition::restore_token(slot, token);
             Err(e)
         };
-        let frame = match self.frame_for_page_in(pg, for_fault) {
+        let mut frame = match self.frame_for_page_in(pg, for_fault) {
             Ok(f) => f,
             Err(e) => return restore(e),
         };
-        let index = pg.db.index_of(frame).expect("the allocator handed out a frame outside its database");
+        let index =
+            pg.db.index_of(frame.phys().as_u64()).expect("the allocator handed out a frame outside its database");
         let fresh = match loc {
             Location::AnonZero => {
-                self.p.fill_frame(frame, 0);
+                self.p.fill_frame(&mut frame, 0);
                 FRESH_ZERO
             }
             Location::AnonUninit => FRESH_UNINIT,
             Location::Slot(s) => {
                 pg.stats.count(self.p.cpu_index(), Event::StoreRead);
                 let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
-                let read = pg.store.page_in(s, frame);
+                let read = pg.store.page_in(s, &mut frame);
                 pg.stats.finish(Timing::StoreIn, start, || self.p.now_ns());
                 if let Err(e) = read {
                     let _ = self.p.free_frame(frame);
@@ -165,6 +167,8 @@ impl<P: VmPlatform> Vm<P> {
             }
             _ => 0,
         };
+        // The page's entry and the frame database own it from here on.
+        let _ = frame.into_phys();
         let marked = transition::install_resident(pg.db, index, slot, token, va, copy, fresh);
         debug_assert!(marked, "a fresh frame had paging flags");
         // Counted before the frame is published (not busy), so an evictor
@@ -181,7 +185,7 @@ impl<P: VmPlatform> Vm<P> {
     /// the running CPU's magazine, with eviction as the fallback. When
     /// every resident page is busy (other CPUs are evicting them), waits
     /// for those evictions; only when every one is pinned is it an error.
-    fn frame_for_page_in(&self, pg: &Pager, for_fault: bool) -> Result<u64, PagingError> {
+    fn frame_for_page_in(&self, pg: &Pager, for_fault: bool) -> Result<Frame, PagingError> {
         let mut deadline = None;
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
@@ -196,9 +200,9 @@ impl<P: VmPlatform> Vm<P> {
                 Ok(mut frames) => {
                     let reuse = frames.pop().expect("eviction returns at least one frame");
                     for f in frames {
-                        let _ = self.p.free_frame(f);
+                        self.free_kept(f);
                     }
-                    return Ok(reuse);
+                    return Ok(self.adopt_kept(reuse));
                 }
                 Err(PagingError::NoEvictableFrame) if !over || pg.resident() < pg.resident_limit() => {
                     match self.alloc() {

@@ -49,11 +49,11 @@ impl BackingStore for StoreSwitch {
         self.active().location_free(slot)
     }
 
-    fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_out(&self, slot: u64, frame: &crate::frame::Frame) -> Result<(), StoreError> {
         self.active().page_out(slot, frame)
     }
 
-    fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_in(&self, slot: u64, frame: &mut crate::frame::Frame) -> Result<(), StoreError> {
         self.active().page_in(slot, frame)
     }
 
@@ -80,9 +80,11 @@ mod tests {
     fn switches_only_while_empty() {
         let m: &'static Machine = Box::leak(Box::new(Machine::new(64, 1)));
         let a: &'static RamStore<'static, Machine> =
-            Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4)));
+            // SAFETY: the run was just allocated and goes to the store.
+            Box::leak(Box::new(unsafe { RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4) }));
         let b: &'static RamStore<'static, Machine> =
-            Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2)));
+            // SAFETY: as for `a`.
+            Box::leak(Box::new(unsafe { RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2) }));
         let switch = StoreSwitch::new(vec![a, b]);
         assert_eq!(switch.usage(), (0, 4));
         let slot = switch.location_get(false).unwrap();

@@ -32,7 +32,9 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
     // all four TLBs.
     let vm: &'static TestVm = Box::leak(Box::new(boot(4096, 4)));
     let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
-    let ram: &'static RamStore<'static, Machine> = Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
+    // SAFETY: the run was just allocated and goes to the store for good.
+    let ram: &'static RamStore<'static, Machine> =
+        Box::leak(Box::new(unsafe { RamStore::new(vm.platform(), vec![run], slots) }));
     let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(ram)));
     let db = vm.platform().frames.db();
     let policy: &'static dyn EvictionPolicy =
@@ -289,13 +291,14 @@ fn unmapped_pages_give_their_slots_back() {
 fn an_unpaged_mapping_reads_what_the_store_holds() {
     let vm = rig(64, 1000, false);
     let pg = vm.pager().unwrap();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let handle = vm.platform().frames.alloc_page().unwrap();
+    let frame = handle.phys().as_u64();
     let first = pg.store().location_get(false).unwrap();
     let second = pg.store().location_get(false).unwrap();
     assert_eq!(second, first + 1);
     for (slot, word) in [(first, 0xAAAA), (second, 0xBBBB)] {
         vm.platform().set_word(frame, 16, word);
-        pg.store().page_out(slot, frame).unwrap();
+        pg.store().page_out(slot, &handle).unwrap();
     }
     assert_eq!(
         vm.k_mem_map_unpaged(first, 3 * PAGE, KMemFlags::RW),

@@ -23,7 +23,7 @@ fn total(vm: &Vm<Machine>) -> VmCountSnapshot {
 fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
     let vm = boot(4096, 2);
     let k = vm.kernel();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     let free = vm.platform().free_bytes();
     let start = vm.counts(0);
     vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K).unwrap();
@@ -56,7 +56,7 @@ fn a_user_space_counts_its_root_and_tables() {
     let vm = boot(4096, 1);
     let before = total(&vm);
     let space = vm.new_user_space().unwrap();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     vm.map_single(&space, USER_START, frame, Flags::WRITE | Flags::USER, PageSize::Size4K).unwrap();
     let made = total(&vm) - before;
     assert_eq!(made.tables_allocated, 4, "root, PDPT, PD, PT: {made:?}");
@@ -94,7 +94,7 @@ fn a_shared_side_waiting_for_a_pruner_is_contended() {
 fn a_prune_that_cannot_have_the_lock_is_counted_refused() {
     let vm = boot(4096, 2);
     let k = vm.kernel();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     let reader = k.tables.read(vm.platform(), &crate::lock_count::LockCounts::new()).unwrap();
     let before = vm.counts(0);

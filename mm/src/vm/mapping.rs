@@ -17,6 +17,7 @@ use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+use crate::frame::{Frame, PhysAddr};
 use crate::MAX_CPUS;
 
 /// What `map_get` finds at an address.
@@ -68,8 +69,62 @@ impl<P: VmPlatform> Vm<P> {
         Ok(vm)
     }
 
-    pub fn platform(&self) -> &P {
+    /// The platform, for mm's tests only: it reaches any frame by address
+    /// and loads CR3. What others need of it has a narrow method here
+    /// (`fill_frame`, `free_frames`, `ram_store`).
+    #[cfg(test)]
+    pub(crate) fn platform(&self) -> &P {
         &self.p
+    }
+
+    /// A RAM backing store over `runs` of `run_frames` frames each,
+    /// reached through this `Vm`'s platform.
+    ///
+    /// # Safety
+    /// As for `RamStore::new`: the runs are the caller's and go to the
+    /// store for good.
+    pub unsafe fn ram_store(&self, runs: Vec<PhysAddr>, run_frames: u64) -> crate::paging::store::RamStore<'_, P> {
+        // SAFETY: this function's contract.
+        unsafe { crate::paging::store::RamStore::new(&self.p, runs, run_frames) }
+    }
+
+    /// Fills a frame the caller owns with `byte` (zeroing, poisoning).
+    pub fn fill_frame(&self, frame: &mut Frame, byte: u8) {
+        self.p.fill_frame(frame, byte);
+    }
+
+    /// Frames the allocator has free.
+    pub fn free_frames(&self) -> u64 {
+        self.p.free_frames()
+    }
+
+    /// Gives back a frame this `Vm` kept by address only (a mapping's or a
+    /// table's, out of an entry or a marker), once nothing reaches it.
+    pub(crate) fn free_kept(&self, phys: u64) {
+        let _ = self.p.free_frame(self.adopt_kept(phys));
+    }
+
+    /// The handle of a frame this `Vm` keeps by address and takes back out
+    /// of the entry, marker or victim record that held it: a mapping's
+    /// frame after its unmap and shootdown, a table after its prune, an
+    /// evicted page's frame. Crate-private: only mm's own bookkeeping
+    /// knows which addresses these are.
+    pub(crate) fn adopt_kept(&self, phys: u64) -> Frame {
+        // SAFETY: callers pass a frame this Vm owned by address (allocated
+        // through `alloc` and stored in an entry, marker or victim record
+        // it has taken it out of), so nobody else holds or uses it; the
+        // frame database still rejects anything else when it is freed.
+        unsafe { Frame::from_phys(PhysAddr::new(phys)) }
+    }
+
+    /// Runs `f` with a handle to a frame this `Vm` keeps by address and
+    /// goes on keeping (a resident page being written out): the handle
+    /// lives only for the call.
+    pub(crate) fn with_kept<R>(&self, phys: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
+        let mut frame = self.adopt_kept(phys);
+        let r = f(&mut frame);
+        let _ = frame.into_phys();
+        r
     }
 
     pub fn kernel(&self) -> &AddressSpace {
@@ -122,7 +177,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// A frame for a mapping or a page table (subject to fault injection).
-    pub(crate) fn alloc(&self) -> Result<u64, VmError> {
+    pub(crate) fn alloc(&self) -> Result<Frame, VmError> {
         if self.inject.should_fail(self.p.cpu_index()) {
             return Err(VmError::OutOfFrames);
         }
@@ -162,8 +217,9 @@ impl<P: VmPlatform> Vm<P> {
 
     /// A new user space: an empty lower half and the kernel's upper half.
     pub fn new_user_space(&self) -> Result<AddressSpace, VmError> {
-        let root = self.alloc()?;
-        self.p.fill_frame(root, 0);
+        let mut root = self.alloc()?;
+        self.p.fill_frame(&mut root, 0);
+        let root = root.into_phys().as_u64();
         let counts = self.my_counts();
         counts.table_allocated();
         counts.table_zeroed();
@@ -185,7 +241,7 @@ impl<P: VmPlatform> Vm<P> {
         table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);
         self.my_counts().tables_freed(tables.len() as u64 + 1);
         for f in owned.into_iter().chain(tables).chain([space.root]) {
-            let _ = self.p.free_frame(f);
+            self.free_kept(f);
         }
         Ok(())
     }
@@ -199,13 +255,15 @@ impl<P: VmPlatform> Vm<P> {
         if space.kind() == SpaceKind::User {
             space.active.fetch_or(1 << self.p.cpu_index(), Ordering::SeqCst);
         }
-        self.p.load_root(space.root);
+        // Every user root is a PML4 `new_user_space` made with the kernel
+        // space's upper half; the kernel root is the running one.
+        self.p.load_root(&super::Root::new(space.root));
     }
 
     /// Leaves `space` for the kernel space on this CPU. Loading the root
     /// drops the space's translations here, so the bit is cleared after.
     pub fn deactivate(&self, space: &AddressSpace) {
-        self.p.load_root(self.kernel.root);
+        self.p.load_root(&super::Root::new(self.kernel.root));
         if space.kind() == SpaceKind::User {
             space.active.fetch_and(!(1 << self.p.cpu_index()), Ordering::SeqCst);
         }
@@ -278,6 +336,29 @@ impl<P: VmPlatform> Vm<P> {
     /// Unmaps the page of size class `size` at `virt` and returns its
     /// frame, after every CPU that may cache it has dropped it.
     pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<u64, VmError> {
+        self.umap_checked(space, virt, size, &|_| Ok(()))
+    }
+
+    /// `umap_single` of a page `vmalloc` mapped (`NotOwned` otherwise,
+    /// changing nothing): the mapping owned its frame, so the caller gets
+    /// the frame's handle and gives it back (`free_page`) itself.
+    pub fn umap_owned(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<Frame, VmError> {
+        let phys = self.umap_checked(space, virt, size, &|e| match e & SW_OWNED {
+            0 => Err(VmError::NotOwned { virt }),
+            _ => Ok(()),
+        })?;
+        Ok(self.adopt_kept(phys))
+    }
+
+    /// `umap_single`, refusing (with `check`'s error, before anything
+    /// changes) an entry `check` rejects.
+    fn umap_checked(
+        &self,
+        space: &AddressSpace,
+        virt: u64,
+        size: PageSize,
+        check: &dyn Fn(u64) -> Result<(), VmError>,
+    ) -> Result<u64, VmError> {
         let bytes = size.bytes();
         if virt % bytes != 0 {
             return Err(VmError::NotAligned { value: virt });
@@ -302,6 +383,7 @@ impl<P: VmPlatform> Vm<P> {
                 if !pte::is_present(e) || !leaf {
                     return Err(VmError::NotMapped { virt });
                 }
+                check(e)?;
                 // The caller takes the frame back: the marker does not own it.
                 match slot.compare_exchange(e, op.marker(e, bytes, false), Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => break e,
@@ -404,13 +486,21 @@ impl<P: VmPlatform> Vm<P> {
         let shared = self.shared(space)?;
         for i in 0..npages {
             let va = virt + i * PAGE;
-            let done = self.alloc().and_then(|frame| {
+            let done = self.alloc().and_then(|mut frame| {
                 if zero {
-                    self.p.fill_frame(frame, 0);
+                    self.p.fill_frame(&mut frame, 0);
                 }
-                self.install(space, va, frame | bits, 0).inspect_err(|_| {
-                    let _ = self.p.free_frame(frame);
-                })
+                match self.install(space, va, frame.phys().as_u64() | bits, 0) {
+                    // The entry owns it now (`SW_OWNED`).
+                    Ok(()) => {
+                        let _ = frame.into_phys();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = self.p.free_frame(frame);
+                        Err(e)
+                    }
+                }
             });
             if let Err(e) = done {
                 // Undo the pages mapped so far (none if i is 0: then only

@@ -143,7 +143,7 @@ fn defect_a(how: Unmap) {
     on_cpu(0);
     vm.vmfree(space, X + PAGE, 1).unwrap();
     if let Some(f) = returned {
-        m.free_frame(f).unwrap();
+        m.free_phys(f).unwrap();
     }
     for cpu in [V, S, W, Z] {
         on_cpu(cpu);

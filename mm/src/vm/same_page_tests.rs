@@ -69,7 +69,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                             *frame, frames[first as usize],
                             "round {round}: umap_single hands back the page's frame"
                         );
-                        vm.platform().free_frame(*frame).unwrap();
+                        vm.platform().free_phys(*frame).unwrap();
                     }
                 }
                 Err(VmError::NotMapped { virt }) => {
@@ -139,7 +139,7 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
         "the region stays claimed"
     );
     // umap_single's frame is held too, and counted.
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K).unwrap();
     fail(true);
     assert_eq!(
@@ -181,7 +181,7 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
         let s = spawn(3, Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE, PageSize::Size4K)));
         let (p, f, s) = (p.join().unwrap(), f.join().unwrap(), s.join().unwrap());
         if let Ok(frame) = s {
-            vm.platform().free_frame(frame).unwrap();
+            vm.platform().free_phys(frame).unwrap();
         }
         protected += u32::from(p.is_ok());
         for i in 0..LONG {

@@ -70,7 +70,7 @@ pub fn entry_for<'p, P: VmPlatform>(
     virt: u64,
     stop: usize,
     counts: &super::counts::CpuVmCounts,
-    alloc: &mut dyn FnMut() -> Result<u64, VmError>,
+    alloc: &mut dyn FnMut() -> Result<crate::frame::Frame, VmError>,
 ) -> Result<&'p AtomicU64, VmError> {
     let mut table = p.table(root);
     let mut level = TOP;
@@ -78,12 +78,14 @@ pub fn entry_for<'p, P: VmPlatform>(
         let slot = &table[index(virt, level)];
         let mut e = slot.load(Ordering::Acquire);
         if !pte::is_present(e) {
-            let fresh = alloc()?;
+            let mut fresh = alloc()?;
             counts.table_allocated();
-            p.fill_frame(fresh, 0);
+            p.fill_frame(&mut fresh, 0);
             counts.table_zeroed();
-            match slot.compare_exchange(0, fresh | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => e = fresh | TABLE_FLAGS,
+            let addr = fresh.phys().as_u64();
+            match slot.compare_exchange(0, addr | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
+                // The parent entry owns it now.
+                Ok(_) => e = fresh.into_phys().as_u64() | TABLE_FLAGS,
                 Err(actual) => {
                     // Another CPU installed a table first; ours was never
                     // visible, so it goes straight back.

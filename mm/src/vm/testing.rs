@@ -12,7 +12,7 @@ use super::shootdown_gate::{Park, ShootdownGate, Shot};
 use super::tlb_sim::TlbSim;
 use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE};
 use crate::buddy::Link;
-use crate::frame::FrameError;
+use crate::frame::{Frame, FrameError, PhysAddr};
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
 use crate::phys::{CpuSlot, PhysAllocator};
@@ -123,6 +123,22 @@ impl Machine {
     pub fn free_bytes(&self) -> u64 {
         self.frames.free_bytes()
     }
+
+    /// A frame from the allocator that the test keeps by address (as `Vm`
+    /// keeps its own frames in entries).
+    pub fn alloc_phys(&self) -> u64 {
+        self.frames.alloc_page().unwrap().into_phys().as_u64()
+    }
+
+    /// Frees frame `phys` by address, as `Vm` frees what it kept so, after
+    /// the simulated TLBs' check that no CPU may still hold it.
+    pub fn free_phys(&self, phys: u64) -> Result<(), FrameError> {
+        self.tlb.check_free(&self.memory, phys);
+        // SAFETY: host memory is a vector of atomics, so a wrong free is
+        // an allocator error here, never undefined behaviour; the tests
+        // free only frames they took (or test the refusals).
+        unsafe { self.frames.free_raw(PhysAddr::new(phys)) }
+    }
 }
 
 impl VmPlatform for Machine {
@@ -137,29 +153,29 @@ impl VmPlatform for Machine {
         &self.memory[(phys / PAGE) as usize]
     }
 
-    fn fill_frame(&self, phys: u64, byte: u8) {
+    fn fill_frame(&self, frame: &mut Frame, byte: u8) {
         self.tlb.refill(&self.memory);
         let word = u64::from_ne_bytes([byte; 8]);
-        for w in self.table(phys) {
+        for w in self.table(frame.phys().as_u64()) {
             w.store(word, Ordering::Relaxed);
         }
     }
 
-    fn copy_frame(&self, from: u64, to: u64) {
+    fn copy_frame(&self, from: &Frame, to: &mut Frame) {
         self.tlb.refill(&self.memory);
-        for (a, b) in self.table(from).iter().zip(self.table(to)) {
+        for (a, b) in self.table(from.phys().as_u64()).iter().zip(self.table(to.phys().as_u64())) {
             b.store(a.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
-    fn alloc_frame(&self) -> Result<u64, FrameError> {
+    fn alloc_frame(&self) -> Result<Frame, FrameError> {
         self.tlb.refill(&self.memory);
         self.frames.alloc_page()
     }
 
-    fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
-        self.tlb.check_free(&self.memory, phys);
-        self.frames.free_page(phys)
+    fn free_frame(&self, frame: Frame) -> Result<(), FrameError> {
+        self.tlb.check_free(&self.memory, frame.phys().as_u64());
+        self.frames.free_page(frame)
     }
 
     fn cpu_index(&self) -> usize {
@@ -185,8 +201,8 @@ impl VmPlatform for Machine {
         Ok(())
     }
 
-    fn load_root(&self, root: u64) {
-        self.tlb.load_root(&self.memory, self.cpu_index(), root);
+    fn load_root(&self, root: &super::Root) {
+        self.tlb.load_root(&self.memory, self.cpu_index(), root.phys().as_u64());
     }
 
     fn free_frames(&self) -> u64 {
@@ -217,8 +233,9 @@ impl VmPlatform for Machine {
 pub fn boot(frames: usize, cpus: usize) -> Vm<Machine> {
     on_cpu(0);
     let m = Machine::new(frames, cpus);
-    let root = m.frames.alloc_page().unwrap();
-    m.fill_frame(root, 0);
+    let mut frame = m.frames.alloc_page().unwrap();
+    m.fill_frame(&mut frame, 0);
+    let root = frame.into_phys().as_u64();
     let vm = Vm::new(m, root).unwrap();
     vm.platform().load_root_on(vm.platform().online.load(Ordering::Relaxed), root);
     vm

@@ -21,7 +21,7 @@ fn shootdowns(vm: &Vm<Machine>) -> Vec<(u64, u64, u64)> {
 fn map_get_and_unmap_one_page() {
     let vm = machine(2);
     let k = vm.kernel();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     let before = free(&vm);
     vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     let t = vm.map_get(k, SEED + 0x5123).unwrap();

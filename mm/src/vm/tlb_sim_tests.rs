@@ -13,7 +13,7 @@ const SEED: u64 = KERNEL_SEED_AREA.start;
 
 /// A fresh frame mapped at kernel page `virt`; CPU 0 touches it.
 fn map(vm: &Vm<Machine>, virt: u64) -> u64 {
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     assert_eq!(vm.platform().touch(0, virt), Some(frame));
     frame
@@ -46,7 +46,7 @@ fn freeing_a_frame_without_a_shootdown_panics() {
     let vm = boot(256, 2);
     let f = map(&vm, SEED);
     slot(&vm, SEED, 0).store(0, Ordering::Release);
-    let _ = vm.platform().free_frame(f);
+    let _ = vm.platform().free_phys(f);
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn after_the_shootdown_of_its_page_the_frame_may_go() {
     let f = map(&vm, SEED);
     assert_eq!(vm.umap_single(vm.kernel(), SEED, PageSize::Size4K), Ok(f));
     assert!(vm.platform().may_hold(1, SEED).is_empty());
-    vm.platform().free_frame(f).unwrap();
+    vm.platform().free_phys(f).unwrap();
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn freeing_a_detached_table_without_a_shootdown_panics() {
     let pd_entry = slot(&vm, SEED, 1);
     let pt = pte::addr(pd_entry.load(Ordering::Relaxed));
     pd_entry.store(0, Ordering::Release);
-    let _ = vm.platform().free_frame(pt);
+    let _ = vm.platform().free_phys(pt);
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn freeing_a_detached_table_without_a_shootdown_panics() {
 fn mapping_a_page_again_before_its_shootdown_panics() {
     let vm = boot(256, 2);
     map(&vm, SEED);
-    let other = vm.platform().frames.alloc_page().unwrap();
+    let other = vm.platform().alloc_phys();
     vm.retarget_unflushed(SEED, other).unwrap();
     vm.platform().touch(1, SEED);
 }
@@ -138,7 +138,7 @@ fn freeing_a_loaded_root_panics() {
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
     vm.activate(&user);
-    let _ = vm.platform().free_frame(user.root());
+    let _ = vm.platform().free_phys(user.root());
 }
 
 #[test]

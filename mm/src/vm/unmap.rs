@@ -271,7 +271,7 @@ impl<P: VmPlatform> Vm<P> {
                     self.release(e);
                 }
             }
-            let _ = self.p.free_frame(t);
+            self.free_kept(t);
         }
         self.my_counts().tables_freed(tables.len() as u64);
         drop(exclusive);
@@ -310,7 +310,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Frees the frame an in-transit marker owns, if it owns one.
     fn release(&self, marker: u64) {
         if let Some(frame) = marker::owned_frame(marker) {
-            let _ = self.p.free_frame(frame);
+            self.free_kept(frame);
         }
     }
 
