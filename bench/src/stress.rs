@@ -239,7 +239,7 @@ impl Held {
             check!(got == stamp ^ i, "vmalloc page {:#x} reads {got:#x}, wrote {:#x}", page(i), stamp ^ i);
         }
         if split && pages >= 2 {
-            let phys = m.vm().map_get(space, page(1)).map_err(|e| fails("map_get", e))?.phys;
+            let phys = m.vm().map_get(space, page(1)).map_err(|e| fails("map_get", e))?.phys.as_u64();
             // The vmalloc page's frame comes back to this CPU as its own.
             let back = m.vm().umap_owned(space, page(1), PageSize::Size4K).map_err(|e| fails("umap_single", e))?;
             let got = back.phys().as_u64();

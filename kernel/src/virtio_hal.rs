@@ -31,7 +31,7 @@ pub fn direct_phys(virt: u64, len: u64) -> Option<u64> {
     let start = window.phys(virt).ok()?;
     let last = virt.checked_add(len.max(1) - 1)?;
     window.phys(last).ok()?;
-    Some(start)
+    Some(start.as_u64())
 }
 
 // SAFETY: `dma_alloc` hands out zeroed frames nobody else owns, through
@@ -70,7 +70,7 @@ unsafe impl Hal for KernelHal {
         // Device registers stay mapped for as long as the device is used:
         // for good.
         let virt = vm::get()
-            .phys_map(paddr, size as u64, CacheMode::Uncached)
+            .phys_map(mm::frame::PhysAddr::new(paddr), size as u64, CacheMode::Uncached)
             .unwrap_or_else(|e| panic!("virtio: mapping registers at {paddr:#x} (+{size:#x}): {e:?}"));
         NonNull::new(virt as *mut u8).expect("phys_map returned 0")
     }

@@ -2,6 +2,7 @@
 //! pages, read-only aliases, NX, phys_map with cache modes, bad input that
 //! changes nothing, the fault-injection sweep and the page-table audit.
 
+use mm::frame::PhysAddr;
 use mm::vm::{CacheMode, Flags, KMemFlags, PageSize, VmError, KERNEL_SEED_AREA, PAGE};
 use smp::tlb::{self, TlbSnapshot};
 use smp::MAX_CPUS;
@@ -90,7 +91,7 @@ fn guard_pages_fault() -> TestResult {
 fn read_only_alias() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
-    let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys;
+    let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64();
     let alias = KERNEL_SEED_AREA.start + 0x10_0000;
     vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(fails)?;
     probe::write(a + 16, 0x5eed).map_err(|f| failure(format_args!("{f:?}")))?;
@@ -115,7 +116,7 @@ const RETURN_42: [u8; 6] = [0xB8, 42, 0, 0, 0, 0xC3];
 fn nx_pages() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
-    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys) as *mut u8;
+    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64()) as *mut u8;
     // SAFETY: the frame is ours (just mapped); the direct map covers it.
     unsafe { core::ptr::copy_nonoverlapping(RETURN_42.as_ptr(), code, RETURN_42.len()) };
     let nx = probe::call(a);
@@ -146,7 +147,7 @@ fn phys_map_odd_region() -> TestResult {
     let (phys, size) = (base.as_u64() + 0x128, 0x1E00);
     let mut result = Ok(());
     for cache in [CacheMode::WriteBack, CacheMode::WriteThrough, CacheMode::Uncached] {
-        let v = vm.phys_map(phys, size, cache).map_err(fails)?;
+        let v = vm.phys_map(PhysAddr::new(phys), size, cache).map_err(fails)?;
         let t = vm.map_get(vm.kernel(), v + 0x1000);
         let first = probe::read(v);
         let last = probe::read(v + size - 8);
@@ -154,7 +155,7 @@ fn phys_map_odd_region() -> TestResult {
         let gone = probe::read(v);
         let check = (|| {
             ensure!(v % PAGE == 0x128, "{cache:?}: offset lost: {v:#x}");
-            ensure!(matches!(t, Ok(t) if t.cache == cache && t.phys == phys + 0x1000), "{cache:?}: {t:?}");
+            ensure!(matches!(t, Ok(t) if t.cache == cache && t.phys.as_u64() == phys + 0x1000), "{cache:?}: {t:?}");
             ensure!(first == Ok(0xA000 + 0x128 / 8), "{cache:?}: first word {first:?}");
             ensure!(last == Ok(0xA000 + (0x128 + size - 8) / 8), "{cache:?}: last word {last:?}");
             ensure!(gone.is_err(), "{cache:?}: readable after phys_unmap");
@@ -257,15 +258,15 @@ fn direct_map_bounds() -> TestResult {
     let mut handle = frames::get().alloc_page().map_err(fails)?;
     let frame = handle.phys().as_u64();
     memory::fill_frame_words(&mut handle, 0x51DE);
-    let virt = window.virtualize(frame + 0x40);
+    let virt = window.virtualize(PhysAddr::new(frame + 0x40));
     let back = virt.and_then(|v| window.phys(v));
     let seen = virt.map(|v| probe::read(v));
     frames::get().free_page(handle).map_err(fails)?;
     ensure!(virt == Ok(memory::virt_of(frame) + 0x40), "virtualize gave {virt:?}");
-    ensure!(back == Ok(frame + 0x40), "phys(virtualize(p)) gave {back:?}");
+    ensure!(back == Ok(PhysAddr::new(frame + 0x40)), "phys(virtualize(p)) gave {back:?}");
     ensure!(seen == Ok(Ok(0x51DE)), "read through the direct map: {seen:?}");
     let end = window.len();
-    ensure!(window.virtualize(end) == Err(VmError::BadPhys { phys: end }), "virtualize past the end");
+    ensure!(window.virtualize(PhysAddr::new(end)) == Err(VmError::BadPhys { phys: end }), "virtualize past the end");
     let stack = &end as *const u64 as u64;
     ensure!(
         window.phys(stack) == Err(VmError::NotDirectMapped { virt: stack }),

@@ -86,7 +86,7 @@ fn unmapper(round: u64) {
     let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK) else {
         return fail(format_args!("round {round}: map failed"));
     };
-    let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys).unwrap_or(0);
+    let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys.as_u64()).unwrap_or(0);
     READS.store(0, Ordering::Relaxed);
     UNMAPPED.store(false, Ordering::Relaxed);
     ADDR.store(a, Ordering::Relaxed);

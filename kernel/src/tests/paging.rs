@@ -3,6 +3,7 @@
 //! counts, pinning, on-demand mappings over store slots, and refused
 //! calls that change nothing.
 
+use mm::frame::PhysAddr;
 use mm::paging::{Counts, Pager, PagingError};
 use mm::vm::{KMemFlags, VmError, PAGE};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
@@ -261,10 +262,10 @@ fn refusals(a: u64, ro: u64) -> TestResult {
         (vm.unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
         (vm.page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
         (
-            vm.evict_frame(frames::get().db().phys_of(0)),
+            vm.evict_frame(PhysAddr::new(frames::get().db().phys_of(0))),
             PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
         ),
-        (vm.evict_frame(0x1234), PagingError::NotAPageFrame { phys: 0x1234 }),
+        (vm.evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: 0x1234 }),
     ];
     for (i, (got, want)) in cases.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: {got:?}, expected {want:?}");

@@ -17,7 +17,7 @@ fn shares_by_arithmetic() -> TestResult {
     // A heap object, as the request header and status are.
     let object = Box::new([0u64; 4]);
     let at = object.as_ptr() as u64;
-    let walked = vm.map_get(vm.kernel(), at).map_err(fails)?.phys;
+    let walked = vm.map_get(vm.kernel(), at).map_err(fails)?.phys.as_u64();
     ensure!(
         direct_phys(at, 32) == Some(walked),
         "heap object at {at:#x}: {:?}, tables say {walked:#x}",

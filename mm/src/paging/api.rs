@@ -11,6 +11,7 @@ use super::fault::{frame_of, is_dirty, Access};
 use super::token;
 use super::transition::{self, FrameClaim};
 use super::{Pager, PagingError};
+use crate::frame::PhysAddr;
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
 use crate::vm::{Vm, VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
@@ -229,7 +230,8 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Evicts the page frame `phys` backs (Zephyr's
     /// `k_mem_page_frame_evict`).
-    pub fn evict_frame(&self, phys: u64) -> Result<(), PagingError> {
+    pub fn evict_frame(&self, phys: PhysAddr) -> Result<(), PagingError> {
+        let phys = phys.as_u64();
         self.paging_op(|pg| {
             let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
             let mut deadline = None;

@@ -8,6 +8,7 @@ use super::mapping::{check_phys, Vm};
 use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
 use super::{VmError, VmPlatform, PAGE};
+use crate::frame::PhysAddr;
 use crate::paging::token::Location;
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
@@ -165,7 +166,8 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps the physical range `phys .. phys + size` (any alignment) with
     /// `cache` for device access, writable and not executable, between
     /// guard pages; returns the virtual address of `phys`.
-    pub fn phys_map(&self, phys: u64, size: u64, cache: CacheMode) -> Result<u64, VmError> {
+    pub fn phys_map(&self, phys: PhysAddr, size: u64, cache: CacheMode) -> Result<u64, VmError> {
+        let phys = phys.as_u64();
         if size == 0 {
             return Err(VmError::ZeroSize);
         }

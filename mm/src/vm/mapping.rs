@@ -24,7 +24,7 @@ use crate::MAX_CPUS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
     /// The physical address `virt` translates to (page offset included).
-    pub phys: u64,
+    pub phys: PhysAddr,
     pub flags: Flags,
     pub size: PageSize,
     pub cache: CacheMode,
@@ -322,7 +322,8 @@ impl<P: VmPlatform> Vm<P> {
                 // In huge entries bit 12 is the PAT bit, not address.
                 let base = if level == 0 { pte::addr(e) } else { pte::addr(e) & !(size.bytes() - 1) };
                 Ok(Translation {
-                    phys: base + (virt & (size.bytes() - 1)),
+                    // An entry holds at most 52 address bits.
+                    phys: PhysAddr::new_truncate(base + (virt & (size.bytes() - 1))),
                     flags: Flags::from_pte(e),
                     size,
                     cache: CacheMode::from_pte(e),

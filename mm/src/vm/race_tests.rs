@@ -103,7 +103,7 @@ fn defect_a(how: Unmap) {
         //    goes); Z reads X.
         on_cpu(W);
         assert_eq!(vm.vmalloc(space, X, X + 2 * PAGE, 2, flags), Ok(X), "setup: X is free after the sweep");
-        let f_w = vm.map_get(space, X).unwrap().phys;
+        let f_w = vm.map_get(space, X).unwrap().phys.as_u64();
         assert_eq!(m.touch(Z, X), Some(f_w));
 
         // 4. W unmaps X; its thread stalls before its shootdown goes out.

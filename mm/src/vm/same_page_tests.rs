@@ -37,7 +37,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
     let (mut contested, mut lost) = (0, 0);
     for round in 0..400 {
         let a = vm.vmalloc(&user, 0x10_0000, USER_END, PAGES, Flags::WRITE | Flags::USER).unwrap();
-        let frames: Vec<u64> = (0..PAGES).map(|i| vm.map_get(&user, a + i * PAGE).unwrap().phys).collect();
+        let frames: Vec<u64> = (0..PAGES).map(|i| vm.map_get(&user, a + i * PAGE).unwrap().phys.as_u64()).collect();
         let start = Arc::new(Barrier::new(CALLS.len()));
         let results: Vec<Result<u64, VmError>> = CALLS
             .iter()
@@ -89,7 +89,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
             match (w, vm.map_get(&user, va)) {
                 (1, Err(VmError::NotMapped { .. })) => {}
                 (0, Ok(t)) => assert_eq!(
-                    (t.phys, t.flags),
+                    (t.phys.as_u64(), t.flags),
                     (frames[i], Flags::WRITE | Flags::USER),
                     "round {round}: page {i} changed"
                 ),

@@ -26,7 +26,7 @@ fn map_get_and_unmap_one_page() {
     vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     let t = vm.map_get(k, SEED + 0x5123).unwrap();
     assert_eq!(
-        (t.phys, t.flags, t.size, t.cache),
+        (t.phys.as_u64(), t.flags, t.size, t.cache),
         (frame + 0x123, Flags::WRITE, PageSize::Size4K, CacheMode::WriteBack)
     );
     assert!(free(&vm) < before, "page tables were allocated");
@@ -48,7 +48,7 @@ fn size_classes_must_match() {
     let k = vm.kernel();
     let big = SEED + (4 << 21);
     vm.map_single(k, big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
-    assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys, 0x20_1234);
+    assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys.as_u64(), 0x20_1234);
     assert_eq!(
         vm.umap_single(k, big, PageSize::Size4K),
         Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M })
@@ -123,8 +123,8 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     let a = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 3, Flags::WRITE | Flags::USER).unwrap();
     assert_eq!(a, 0x40_0000);
     let t = vm.map_get(&user, a).unwrap();
-    assert_eq!(m.word(t.phys, 0), 0, "zeroed");
-    m.set_word(t.phys, 0, 7);
+    assert_eq!(m.word(t.phys.as_u64(), 0), 0, "zeroed");
+    m.set_word(t.phys.as_u64(), 0, 7);
     let b = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 2, Flags::USER).unwrap();
     assert_eq!(b, a + 3 * PAGE, "vmfind skips mapped pages");
     assert_eq!(vm.vmfind(&user, 0x40_0000, 0x40_0000 + 5 * PAGE, 1), Err(VmError::OutOfVirtualSpace));
@@ -202,8 +202,8 @@ fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
         assert!(!vm.is_mapped(a - PAGE) && !vm.is_mapped(a + 3 * PAGE), "guard pages unmapped");
         for i in 0..3 {
             let t = vm.map_get(vm.kernel(), a + i * PAGE).unwrap();
-            assert_eq!(vm.platform().word(t.phys, 8), 0, "zeroed");
-            vm.platform().set_word(t.phys, 8, 0xdead);
+            assert_eq!(vm.platform().word(t.phys.as_u64(), 8), 0, "zeroed");
+            vm.platform().set_word(t.phys.as_u64(), 8, 0xdead);
         }
         assert!(free(&vm) <= before - 3 * PAGE);
         vm.k_mem_unmap(a, 3 * PAGE).unwrap();
@@ -261,11 +261,11 @@ fn fault_injection_sweep_rolls_back_every_failure_point() {
 #[test]
 fn phys_map_keeps_the_offset_and_cache_mode() {
     let vm = machine(1);
-    let v = vm.phys_map(0xFEE0_0123, 0x2000, CacheMode::Uncached).unwrap();
+    let v = vm.phys_map(PhysAddr::new(0xFEE0_0123), 0x2000, CacheMode::Uncached).unwrap();
     assert_eq!(v % PAGE, 0x123);
     for i in 0..3 {
         let t = vm.map_get(vm.kernel(), v - 0x123 + i * PAGE).unwrap();
-        assert_eq!((t.phys, t.cache, t.flags), (0xFEE0_0000 + i * PAGE, CacheMode::Uncached, Flags::WRITE));
+        assert_eq!((t.phys.as_u64(), t.cache, t.flags), (0xFEE0_0000 + i * PAGE, CacheMode::Uncached, Flags::WRITE));
     }
     assert!(!vm.is_mapped(v - 0x123 + 3 * PAGE));
     assert_eq!(vm.phys_unmap(v, 0x1000), Err(VmError::NotARegion { addr: v, size: 0x1000 }));
@@ -345,11 +345,11 @@ fn audit_finds_double_mappings_and_allows_pinned_aliases() {
     vm.vmalloc(&user, 0x1000, USER_END, 4, Flags::USER).unwrap();
     assert!(vm.audit_tables(&[&user]).is_ok());
     let locked = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
-    let frame = vm.map_get(vm.kernel(), locked).unwrap().phys;
+    let frame = vm.map_get(vm.kernel(), locked).unwrap().phys.as_u64();
     vm.map_single(&user, 0x10_0000, frame, Flags::USER, PageSize::Size4K).unwrap();
     assert_eq!(vm.audit_tables(&[&user]).unwrap().pinned_aliases, 1);
     let plain = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
-    let frame = vm.map_get(vm.kernel(), plain).unwrap().phys;
+    let frame = vm.map_get(vm.kernel(), plain).unwrap().phys.as_u64();
     vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K).unwrap();
     assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys == frame));
     vm.umap_single(vm.kernel(), SEED, PageSize::Size4K).unwrap();
@@ -370,8 +370,8 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
                     let pages = 1 + (round + cpu as u64) % 7;
                     let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
                     let t = vm.map_get(vm.kernel(), a).unwrap();
-                    vm.platform().set_word(t.phys, 0, cpu as u64);
-                    assert_eq!(vm.platform().word(t.phys, 0), cpu as u64);
+                    vm.platform().set_word(t.phys.as_u64(), 0, cpu as u64);
+                    assert_eq!(vm.platform().word(t.phys.as_u64(), 0), cpu as u64);
                     vm.k_mem_unmap(a, pages * PAGE).unwrap();
                 }
             })

@@ -116,7 +116,7 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     vm.activate(&user);
     on_cpu(0);
     let u = vm.vmalloc(&user, PAGE, USER_END, 1, Flags::USER).unwrap();
-    let f = vm.map_get(&user, u).unwrap().phys;
+    let f = vm.map_get(&user, u).unwrap().phys.as_u64();
     assert_eq!(m.touch(1, u), Some(f));
     assert_eq!(m.touch(2, u), None, "CPU 2 runs the kernel space");
     assert!(m.may_hold(2, u).is_empty());
