@@ -112,7 +112,7 @@ pub fn boot_frame() -> Option<Frame> {
     let phys = BOOT_FRAMES.lock().as_mut()?.alloc()?;
     // SAFETY: the boot allocator never hands out a frame twice, and it
     // hands this one to nobody but the caller.
-    Some(unsafe { Frame::from_phys(PhysAddr::new(phys)) })
+    Some(unsafe { Frame::from_phys(phys) })
 }
 
 /// Hands what the boot allocator has left to `f` (the frame allocator's

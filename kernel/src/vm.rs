@@ -33,7 +33,7 @@ pub unsafe fn init(phys_offset: u64) {
     // SAFETY: per this function's contract, the offset is the direct map's.
     let direct = unsafe { DirectMap::new(phys_offset) };
     let (root, _) = Cr3::read();
-    let vm = Vm::new(KernelVm { direct }, root.start_address().as_u64()).expect("no frame for the kernel area's table");
+    let vm = Vm::new(KernelVm { direct }, root.start_address()).expect("no frame for the kernel area's table");
     VM.call_once(|| vm);
 }
 

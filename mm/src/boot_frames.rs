@@ -9,6 +9,7 @@
 use arrayvec::ArrayVec;
 use core::ops::Range;
 
+use crate::frame::PhysAddr;
 use crate::PAGE_SIZE;
 
 pub const MAX_REGIONS: usize = 128;
@@ -59,7 +60,7 @@ impl BootFrames {
     }
 
     /// One frame, or `None` when memory is exhausted.
-    pub fn alloc(&mut self) -> Option<u64> {
+    pub fn alloc(&mut self) -> Option<PhysAddr> {
         let last = self.regions.last_mut()?;
         last.end -= PAGE_SIZE;
         let frame = last.end;
@@ -67,12 +68,12 @@ impl BootFrames {
             self.regions.pop();
         }
         self.allocated += 1;
-        Some(frame)
+        Some(PhysAddr::new(frame))
     }
 
     /// `pages` physically contiguous frames from the top of the highest
     /// region that has room; returns the first frame's address.
-    pub fn alloc_contiguous(&mut self, pages: u64) -> Option<u64> {
+    pub fn alloc_contiguous(&mut self, pages: u64) -> Option<PhysAddr> {
         let bytes = pages.checked_mul(PAGE_SIZE)?;
         let pos = self.regions.iter().rposition(|r| r.end - r.start >= bytes)?;
         let r = &mut self.regions[pos];
@@ -82,7 +83,7 @@ impl BootFrames {
             self.regions.remove(pos);
         }
         self.allocated += pages;
-        Some(start)
+        Some(PhysAddr::new(start))
     }
 
     /// Frames handed out so far.
@@ -123,7 +124,7 @@ mod tests {
     fn allocates_from_the_top_until_exhausted_without_duplicates() {
         let mut f = BootFrames::new([3 * MIB..3 * MIB + 2 * PAGE_SIZE, MIB..MIB + PAGE_SIZE], &[]).unwrap();
         let total = f.free_bytes() / PAGE_SIZE;
-        let got: Vec<u64> = core::iter::from_fn(|| f.alloc()).collect();
+        let got: Vec<u64> = core::iter::from_fn(|| f.alloc()).map(|p| p.as_u64()).collect();
         assert_eq!(got, vec![3 * MIB + PAGE_SIZE, 3 * MIB, MIB]);
         assert_eq!(got.len() as u64, total);
         assert_eq!(f.allocated(), 3);
@@ -134,9 +135,9 @@ mod tests {
     #[test]
     fn contiguous_runs_come_from_a_region_big_enough() {
         let mut f = BootFrames::new([MIB..MIB + 8 * PAGE_SIZE, 4 * MIB..4 * MIB + 2 * PAGE_SIZE], &[]).unwrap();
-        assert_eq!(f.alloc_contiguous(3), Some(MIB + 5 * PAGE_SIZE));
+        assert_eq!(f.alloc_contiguous(3), Some(PhysAddr::new(MIB + 5 * PAGE_SIZE)));
         assert_eq!(f.alloc_contiguous(6), None);
-        assert_eq!(f.alloc_contiguous(2), Some(4 * MIB));
+        assert_eq!(f.alloc_contiguous(2), Some(PhysAddr::new(4 * MIB)));
         assert_eq!(f.remaining(), &[MIB..MIB + 5 * PAGE_SIZE]);
         assert_eq!(f.allocated(), 5);
     }
@@ -144,7 +145,7 @@ mod tests {
     #[test]
     fn never_returns_reserved_frames() {
         let mut f = BootFrames::new([0..2 * MIB], &[0..MIB, 0x8000..0xC000]).unwrap();
-        while let Some(frame) = f.alloc() {
+        while let Some(frame) = f.alloc().map(|p| p.as_u64()) {
             assert!(frame >= MIB, "frame {frame:#x} is reserved");
         }
     }

@@ -115,7 +115,7 @@ pub unsafe fn start_aps(
     HOOKS.call_once(|| hooks);
 
     // SAFETY: per this function's contract.
-    let trampoline = unsafe { Trampoline::install(phys_offset, frame.start_address().as_u64()) };
+    let trampoline = unsafe { Trampoline::install(phys_offset, frame.start_address()) };
     let online = percpu::online_set();
     let running = |id: u32| online.iter().any(|c| percpu::cpu(c).apic_id() == id);
     let mut report = Report { online: online.len(), total: cpus_total, failures: arrayvec::ArrayVec::new() };

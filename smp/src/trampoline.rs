@@ -56,7 +56,8 @@ impl Trampoline {
     /// # Safety
     /// `phys_offset` must be the direct-map offset, the reserved low pages
     /// must be unused RAM, and the kernel must never run below 2 MiB.
-    pub unsafe fn install(phys_offset: u64, kernel_pml4_phys: u64) -> Trampoline {
+    pub unsafe fn install(phys_offset: u64, kernel_pml4_phys: x86_64::PhysAddr) -> Trampoline {
+        let kernel_pml4_phys = kernel_pml4_phys.as_u64();
         let virt = |phys: u64| (phys + phys_offset) as *mut u8;
         let (start, end) = (ptr::addr_of!(ap_trampoline_start), ptr::addr_of!(ap_trampoline_end));
         let len = end as usize - start as usize;

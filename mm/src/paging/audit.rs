@@ -66,7 +66,7 @@ impl<P: VmPlatform> Vm<P> {
         };
         self.p.without_interrupts(|| {
             let range = (KERNEL_REGION_AREA.start, KERNEL_REGION_AREA.end);
-            table::for_each_pte(&self.p, self.kernel().root(), TOP, 0, range, &mut |virt, e| {
+            table::for_each_pte(&self.p, self.kernel().root, TOP, 0, range, &mut |virt, e| {
                 if bad.is_some() {
                     return;
                 }

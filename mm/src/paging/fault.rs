@@ -107,7 +107,7 @@ impl<P: VmPlatform> Vm<P> {
         if !KERNEL_REGION_AREA.contains(&va) {
             return Err(PagingError::NotPageable { virt: va });
         }
-        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+        match table::lookup(&self.p, self.kernel().root, va, 0) {
             Lookup::Entry { slot, level: 0 } => Ok(slot),
             _ => Err(PagingError::NotPageable { virt: va }),
         }

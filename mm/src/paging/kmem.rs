@@ -68,7 +68,7 @@ impl<P: VmPlatform> Vm<P> {
     /// The caller holds the shared table lock.
     fn clear_tokens(&self, virt: u64, pages: u64) {
         for i in 0..pages {
-            if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), virt + i * PAGE, 0) {
+            if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root, virt + i * PAGE, 0) {
                 slot.store(0, Ordering::Release);
             }
         }
@@ -108,7 +108,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Whether page `va` of a `k_mem_map` region is there: mapped, or a
     /// pageable page in any state.
     pub(crate) fn kmem_page_present(&self, va: u64) -> bool {
-        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+        match table::lookup(&self.p, self.kernel().root, va, 0) {
             Lookup::Entry { slot, level: 0 } => {
                 let e = slot.load(Ordering::Acquire);
                 pte::is_present(e) || token::is_pageable(e)
@@ -153,7 +153,7 @@ impl<P: VmPlatform> Vm<P> {
         let pg = self.paging.get();
         let mut waited = false;
         loop {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
+            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root, va, 0) else {
                 return Ok(false);
             };
             let e = slot.load(Ordering::Acquire);

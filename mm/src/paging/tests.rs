@@ -45,7 +45,7 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
 }
 
 fn entry(vm: &TestVm, va: u64) -> u64 {
-    match lookup(vm.platform(), vm.kernel().root(), va, 0) {
+    match lookup(vm.platform(), vm.kernel().root, va, 0) {
         Lookup::Entry { slot, level: 0 } => slot.load(Ordering::Acquire),
         _ => 0,
     }
@@ -55,7 +55,7 @@ fn entry(vm: &TestVm, va: u64) -> u64 {
 /// `value` is given. Returns the word read (or written).
 fn access(vm: &TestVm, va: u64, value: Option<u64>) -> Result<u64, PagingError> {
     loop {
-        if let Lookup::Entry { slot, level: 0 } = lookup(vm.platform(), vm.kernel().root(), va, 0) {
+        if let Lookup::Entry { slot, level: 0 } = lookup(vm.platform(), vm.kernel().root, va, 0) {
             let e = slot.load(Ordering::Acquire);
             if e & PRESENT != 0 && (value.is_none() || e & WRITABLE != 0) {
                 let bits = if value.is_some() { ACCESSED | DIRTY } else { ACCESSED };

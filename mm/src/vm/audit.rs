@@ -58,15 +58,15 @@ impl<P: VmPlatform> Vm<P> {
         let spaces = core::iter::once(self.kernel()).chain(users.iter().copied());
         for space in spaces {
             if self.map_get(space, 0).is_ok() {
-                return Err(PtViolation::NullPageMapped { root: space.root() });
+                return Err(PtViolation::NullPageMapped { root: space.root });
             }
             let half = match space.kind() {
                 SpaceKind::Kernel => 256..512,
                 SpaceKind::User => 0..256,
             };
             let mut result = Ok(());
-            let _shared = self.shared(space).map_err(|_| PtViolation::TablesBusy { root: space.root() })?;
-            self.walk(space.root(), TOP, 0, WRITABLE, half, &mut |leaf| {
+            let _shared = self.shared(space).map_err(|_| PtViolation::TablesBusy { root: space.root })?;
+            self.walk(space.root, TOP, 0, WRITABLE, half, &mut |leaf| {
                 report.leaves += 1;
                 let e = leaf.entry;
                 if space.kind() == SpaceKind::Kernel && e & WRITABLE != 0 && e & NO_EXECUTE == 0 && result.is_ok() {

@@ -52,7 +52,8 @@ impl<P: VmPlatform> Vm<P> {
     /// Adopts the page tables at `root` (the running ones) as the kernel
     /// space and gives the kernel area's PML4 slot a table, so that every
     /// user space created later shares it.
-    pub fn new(p: P, root: u64) -> Result<Vm<P>, VmError> {
+    pub fn new(p: P, root: PhysAddr) -> Result<Vm<P>, VmError> {
+        let root = root.as_u64();
         let vm = Vm {
             p,
             kernel: AddressSpace::new(root, SpaceKind::Kernel),

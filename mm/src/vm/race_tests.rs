@@ -32,7 +32,7 @@ const Y: u64 = 0x1000_0000;
 
 /// The 4 KiB entry for `virt`, if a page table covers it.
 fn entry(vm: &Vm<Machine>, space: &AddressSpace, virt: u64) -> Option<u64> {
-    match lookup(vm.platform(), space.root(), virt, 0) {
+    match lookup(vm.platform(), space.root, virt, 0) {
         Lookup::Entry { slot, level: 0 } => Some(slot.load(Ordering::Acquire)),
         _ => None,
     }

@@ -236,7 +236,7 @@ pub fn boot(frames: usize, cpus: usize) -> Vm<Machine> {
     let mut frame = m.frames.alloc_page().unwrap();
     m.fill_frame(&mut frame, 0);
     let root = frame.into_phys().as_u64();
-    let vm = Vm::new(m, root).unwrap();
+    let vm = Vm::new(m, PhysAddr::new(root)).unwrap();
     vm.platform().load_root_on(vm.platform().online.load(Ordering::Relaxed), root);
     vm
 }

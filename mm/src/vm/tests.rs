@@ -159,7 +159,7 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     for cpu in [1, 3] {
         on_cpu(cpu);
         vm.activate(&user);
-        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root()));
+        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root));
     }
     on_cpu(0);
     let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();

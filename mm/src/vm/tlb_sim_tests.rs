@@ -21,7 +21,7 @@ fn map(vm: &Vm<Machine>, virt: u64) -> u64 {
 
 /// The entry at `level` for `virt` in the kernel space.
 fn slot(vm: &Vm<Machine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
-    match lookup(vm.platform(), vm.kernel().root(), virt, level) {
+    match lookup(vm.platform(), vm.kernel().root, virt, level) {
         Lookup::Entry { slot, .. } => slot,
         Lookup::NoTable => panic!("no table for {virt:#x}"),
     }
@@ -138,7 +138,7 @@ fn freeing_a_loaded_root_panics() {
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
     vm.activate(&user);
-    let _ = vm.platform().free_phys(user.root());
+    let _ = vm.platform().free_phys(user.root);
 }
 
 #[test]
