@@ -38,7 +38,7 @@ pub unsafe fn init(phys_offset: u64) {
 }
 
 impl VmPlatform for KernelVm {
-    fn table(&self, phys: u64) -> &Table {
+    fn table(&self, phys: x86_64::PhysAddr) -> &Table {
         // SAFETY: only `Vm`'s walks call this (`Vm::platform` is
         // crate-private), with frames it installed as page tables, which it
         // frees only after detaching them and a shootdown.

@@ -29,7 +29,8 @@ impl DirectMap {
     /// Frame `phys` holds a page table (or is otherwise only ever accessed
     /// through atomics) for as long as the reference is used: no `&mut`
     /// or plain write reaches it meanwhile, and it is not freed.
-    pub unsafe fn table(self, phys: u64) -> &'static Table {
+    pub unsafe fn table(self, phys: PhysAddr) -> &'static Table {
+        let phys = phys.as_u64();
         debug_assert_eq!(phys % PAGE, 0);
         // SAFETY: the direct map covers the frame (constructor contract),
         // the address is page-aligned so aligned for `Table`, every bit

@@ -35,7 +35,10 @@ pub fn on_cpu(cpu: usize) {
 pub trait ByAddress {
     fn alloc_addr(&self) -> Result<u64, crate::frame::FrameError>;
     fn free_addr(&self, phys: u64) -> Result<(), crate::frame::FrameError>;
+    // The loom models take single frames only.
+    #[cfg(not(loom))]
     fn alloc_run(&self, count: u64) -> Result<u64, crate::frame::FrameError>;
+    #[cfg(not(loom))]
     fn free_run(&self, phys: u64, count: u64) -> Result<(), crate::frame::FrameError>;
 }
 
@@ -51,10 +54,12 @@ impl<P: Platform> ByAddress for crate::phys::PhysAllocator<'_, P> {
         unsafe { self.free_raw(x86_64::PhysAddr::new(phys)) }
     }
 
+    #[cfg(not(loom))]
     fn alloc_run(&self, count: u64) -> Result<u64, crate::frame::FrameError> {
         self.alloc_contiguous(count).map(|p| p.as_u64())
     }
 
+    #[cfg(not(loom))]
     fn free_run(&self, phys: u64, count: u64) -> Result<(), crate::frame::FrameError> {
         // SAFETY: as for `free_addr`.
         unsafe { self.free_contiguous(x86_64::PhysAddr::new(phys), count) }

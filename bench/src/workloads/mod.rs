@@ -163,7 +163,7 @@ mod tests {
     }
 
     impl VmPlatform for NoMachine {
-        fn table(&self, _: u64) -> &Table {
+        fn table(&self, _: mm::frame::PhysAddr) -> &Table {
             match *self {}
         }
         fn fill_frame(&self, _: &mut Frame, _: u8) {

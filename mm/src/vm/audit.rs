@@ -106,7 +106,7 @@ impl<P: VmPlatform> Vm<P> {
         indexes: core::ops::Range<usize>,
         f: &mut dyn FnMut(Leaf),
     ) {
-        let t = self.p.table(table);
+        let t = super::table::at(&self.p, table);
         for i in indexes {
             let e = t[i].load(Ordering::Acquire);
             if !pte::is_present(e) {

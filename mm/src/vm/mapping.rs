@@ -224,7 +224,7 @@ impl<P: VmPlatform> Vm<P> {
         let counts = self.my_counts();
         counts.table_allocated();
         counts.table_zeroed();
-        let (k, u) = (self.p.table(self.kernel.root), self.p.table(root));
+        let (k, u) = (super::table::at(&self.p, self.kernel.root), super::table::at(&self.p, root));
         for i in 256..512 {
             u[i].store(k[i].load(Ordering::Relaxed), Ordering::Relaxed);
         }

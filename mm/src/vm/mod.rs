@@ -80,7 +80,7 @@ pub trait VmPlatform: Sync {
     /// so any number of references to one may exist; only `Vm`'s walks
     /// call this (`Vm::platform` is crate-private) and they name only
     /// frames they installed as tables.
-    fn table(&self, phys: u64) -> &Table;
+    fn table(&self, phys: PhysAddr) -> &Table;
     /// Fills `frame` with `byte` (zeroing, poisoning); holding it proves
     /// nobody else uses it.
     fn fill_frame(&self, frame: &mut Frame, byte: u8);

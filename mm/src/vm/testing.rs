@@ -148,22 +148,22 @@ impl VmPlatform for Machine {
     // writes entries through what it returns, so a mapping made and
     // removed with only walks between is seen only there.
 
-    fn table(&self, phys: u64) -> &Table {
+    fn table(&self, phys: PhysAddr) -> &Table {
         self.tlb.refill(&self.memory);
-        &self.memory[(phys / PAGE) as usize]
+        &self.memory[(phys.as_u64() / PAGE) as usize]
     }
 
     fn fill_frame(&self, frame: &mut Frame, byte: u8) {
         self.tlb.refill(&self.memory);
         let word = u64::from_ne_bytes([byte; 8]);
-        for w in self.table(frame.phys().as_u64()) {
+        for w in self.table(frame.phys()) {
             w.store(word, Ordering::Relaxed);
         }
     }
 
     fn copy_frame(&self, from: &Frame, to: &mut Frame) {
         self.tlb.refill(&self.memory);
-        for (a, b) in self.table(from.phys().as_u64()).iter().zip(self.table(to.phys().as_u64())) {
+        for (a, b) in self.table(from.phys()).iter().zip(self.table(to.phys())) {
             b.store(a.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }

@@ -265,7 +265,7 @@ impl<P: VmPlatform> Vm<P> {
             // Every marker in a table this call detached is taken over:
             // the flush above covered it (the table was detached after the
             // marker was placed), and its placer will not find it.
-            for e in self.p.table(t).iter().map(|e| e.load(Ordering::Acquire)) {
+            for e in super::table::at(&self.p, t).iter().map(|e| e.load(Ordering::Acquire)) {
                 if marker::is_marker(e) {
                     debug_assert!(!marker::is_quarantined(e), "a quarantined marker's table was pruned");
                     self.release(e);
