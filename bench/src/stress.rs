@@ -198,7 +198,7 @@ impl Held {
         let (va, frame, stamp) = self.mapped.remove(0);
         let got = m.read_word(va);
         check!(got == stamp, "page {va:#x} reads {got:#x}, wrote {stamp:#x}");
-        let back = m.vm().umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+        let back = m.vm().umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?.as_u64();
         let phys = frame.phys().as_u64();
         check!(back == phys, "unmap of {va:#x} gave {back:#x}, mapped {phys:#x}");
         m.frames().free_page(frame).map_err(|e| fails("free", e))

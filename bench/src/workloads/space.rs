@@ -48,7 +48,7 @@ pub fn unmap_poison<M: Machine>(m: &M, space: &AddressSpace, virt: u64, mut fram
 /// a CPU that still reads it through a stale translation sees the poison.
 pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, frame: &mut Frame) -> Result<(), Failure> {
     let phys = frame.phys().as_u64();
-    let back = m.vm().umap_single(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+    let back = m.vm().umap_single(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?.as_u64();
     check!(back == phys, "unmap of {virt:#x} gave frame {back:#x}, mapped {phys:#x}");
     m.vm().fill_frame(frame, POISON);
     Ok(())

@@ -55,7 +55,7 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                     vm.map_single(space, va, phys, Flags::WRITE, PageSize::Size4K).map_err(|e| fails("map", e))?;
                     m.write_word(va, stamp);
                     let got = m.read_word(va);
-                    let back = vm.umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+                    let back = vm.umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?.as_u64();
                     frames.free_page(frame).map_err(|e| fails("free", e))?;
                     check!(
                         got == stamp && back == phys,

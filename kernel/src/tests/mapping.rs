@@ -106,7 +106,7 @@ fn read_only_alias() -> TestResult {
         "write through the read-only alias: {write:?}"
     );
     ensure!(matches!(audit, Ok(r) if r.pinned_aliases >= 1), "audit of a pinned alias: {audit:?}");
-    ensure!(unmapped == Ok(frame), "umap_single of the alias gave {unmapped:?}");
+    ensure!(unmapped == Ok(PhysAddr::new(frame)), "umap_single of the alias gave {unmapped:?}");
     Ok(())
 }
 

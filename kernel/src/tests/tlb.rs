@@ -72,7 +72,7 @@ fn stale_translations_removed() -> TestResult {
     for cpu in online.iter() {
         ensure!(SEEN[cpu].load(Ordering::Relaxed) == OLD, "cpu {cpu} did not see the first frame");
     }
-    vm::get().retarget_unflushed(VA, b.phys().as_u64()).map_err(fails)?;
+    vm::get().retarget_unflushed(VA, b.phys()).map_err(fails)?;
     read_everywhere()?;
     let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
     log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());

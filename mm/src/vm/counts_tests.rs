@@ -43,8 +43,8 @@ fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
 
     // Unmapping both empties the tables: every one made is freed.
     let before = vm.counts(0);
-    assert_eq!(vm.umap_single(k, SEED + PAGE, PageSize::Size4K), Ok(frame));
-    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(frame));
+    assert_eq!(vm.umap_single(k, SEED + PAGE, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
+    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
     let d = vm.counts(0) - before;
     assert_eq!((d.tables_allocated, d.tables_freed), (0, made), "{d:?}");
     assert_eq!(vm.platform().free_bytes(), free);
@@ -98,7 +98,7 @@ fn a_prune_that_cannot_have_the_lock_is_counted_refused() {
     vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     let reader = k.tables.read(vm.platform(), &crate::lock_count::LockCounts::new()).unwrap();
     let before = vm.counts(0);
-    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(frame));
+    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
     let d = vm.counts(0) - before;
     drop(reader);
     // The shared side came at once (the unmap takes it for each step);

@@ -337,8 +337,9 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Unmaps the page of size class `size` at `virt` and returns its
     /// frame, after every CPU that may cache it has dropped it.
-    pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<u64, VmError> {
-        self.umap_checked(space, virt, size, &|_| Ok(()))
+    pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<PhysAddr, VmError> {
+        // An entry holds at most 52 address bits.
+        self.umap_checked(space, virt, size, &|_| Ok(())).map(PhysAddr::new_truncate)
     }
 
     /// `umap_single` of a page `vmalloc` mapped (`NotOwned` otherwise,
@@ -549,7 +550,8 @@ impl<P: VmPlatform> Vm<P> {
     /// tests of the shootdown itself: CPUs keep the old translation until
     /// shot down.
     #[doc(hidden)]
-    pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
+    pub fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
+        let phys = phys.as_u64();
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE, PAGE)?;
         let _shared = self.shared(&self.kernel)?;
@@ -558,7 +560,7 @@ impl<P: VmPlatform> Vm<P> {
             old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
             Ok(())
         })?;
-        Ok(pte::addr(old))
+        Ok(PhysAddr::new_truncate(pte::addr(old)))
     }
 
     /// Regions handed out by the region allocator (for `kmem`).

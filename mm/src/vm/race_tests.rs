@@ -112,7 +112,7 @@ fn defect_a(how: Unmap) {
             on_cpu(W);
             match how {
                 Unmap::Vmfree => vm.vmfree(space, X, 1).map(|()| None),
-                Unmap::UmapSingle => vm.umap_single(space, X, PageSize::Size4K).map(Some),
+                Unmap::UmapSingle => vm.umap_single(space, X, PageSize::Size4K).map(|p| Some(p.as_u64())),
             }
         });
         let shot = m.wait_parked(W);

@@ -48,7 +48,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                     on_cpu(cpu);
                     start.wait();
                     match pages {
-                        0 => vm.umap_single(&user, a + first * PAGE, PageSize::Size4K),
+                        0 => vm.umap_single(&user, a + first * PAGE, PageSize::Size4K).map(|p| p.as_u64()),
                         n => vm.vmfree(&user, a + first * PAGE, n).map(|_| 0),
                     }
                 })
@@ -178,7 +178,10 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
         // puts the others back, maybe after a protect that returned Ok.
         let f = spawn(2, Box::new(move |vm, u| vm.vmfree(u, a, LONG).map(|_| 0)));
         let p = spawn(1, Box::new(move |vm, u| vm.protect(u, a, LONG, Flags::USER).map(|_| 0)));
-        let s = spawn(3, Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE, PageSize::Size4K)));
+        let s = spawn(
+            3,
+            Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE, PageSize::Size4K).map(|p| p.as_u64())),
+        );
         let (p, f, s) = (p.join().unwrap(), f.join().unwrap(), s.join().unwrap());
         if let Ok(frame) = s {
             vm.platform().free_phys(frame).unwrap();

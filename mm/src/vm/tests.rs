@@ -35,7 +35,7 @@ fn map_get_and_unmap_one_page() {
         Err(VmError::AlreadyMapped { virt: SEED + 0x5000 })
     );
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size2M), Err(VmError::NotAligned { value: SEED + 0x5000 }));
-    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(frame));
+    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(PhysAddr::new(frame)));
     assert_eq!(free(&vm), before, "empty tables freed");
     assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
     assert_eq!(shootdowns(&vm), vec![(0b11, SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
@@ -66,7 +66,7 @@ fn size_classes_must_match() {
         vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M),
         Err(VmError::AlreadyMapped { virt: SEED })
     );
-    assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(0x20_0000));
+    assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(PhysAddr::new(0x20_0000)));
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     );
     assert_eq!(free(&vm), mid, "refused vmfree changed nothing");
     assert!(vm.map_get(&user, a).is_ok());
-    assert_eq!(vm.umap_single(&user, b + 2 * PAGE, PageSize::Size4K), Ok(0x1000));
+    assert_eq!(vm.umap_single(&user, b + 2 * PAGE, PageSize::Size4K), Ok(PhysAddr::new(0x1000)));
     vm.vmfree(&user, a, 3).unwrap();
     vm.vmfree(&user, b, 2).unwrap();
     assert_eq!(free(&vm), before);

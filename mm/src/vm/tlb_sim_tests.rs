@@ -53,7 +53,7 @@ fn freeing_a_frame_without_a_shootdown_panics() {
 fn after_the_shootdown_of_its_page_the_frame_may_go() {
     let vm = boot(256, 2);
     let f = map(&vm, SEED);
-    assert_eq!(vm.umap_single(vm.kernel(), SEED, PageSize::Size4K), Ok(f));
+    assert_eq!(vm.umap_single(vm.kernel(), SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(f)));
     assert!(vm.platform().may_hold(1, SEED).is_empty());
     vm.platform().free_phys(f).unwrap();
 }
@@ -103,7 +103,7 @@ fn mapping_a_page_again_before_its_shootdown_panics() {
     let vm = boot(256, 2);
     map(&vm, SEED);
     let other = vm.platform().alloc_phys();
-    vm.retarget_unflushed(SEED, other).unwrap();
+    vm.retarget_unflushed(SEED, crate::frame::PhysAddr::new(other)).unwrap();
     vm.platform().touch(1, SEED);
 }
 
