@@ -375,7 +375,7 @@ fn mix_step<M: Machine>(
             // Bad calls: each must fail with its own error.
             // A free by address is unsafe, out of bench's reach: the frame
             // database's check that every free runs first stands for it.
-            let unaligned = frames.db().index_of(0x1001);
+            let unaligned = frames.db().index_of(mm::frame::PhysAddr::new(0x1001));
             check!(matches!(unaligned, Err(mm::frame::FrameError::NotAligned { .. })), "free of 0x1001: {unaligned:?}");
             let unmapped = vm.umap_single(space, page(n + cpu, op), PageSize::Size4K);
             check!(

@@ -6,7 +6,7 @@
 //! illegal transition (double free, freeing a reserved frame) fails without
 //! changing anything, and of two CPUs racing on one frame exactly one wins.
 
-use crate::frame::{FrameError, FrameKind, Pfn};
+use crate::frame::{FrameError, FrameKind, Pfn, PhysAddr};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::PAGE_SIZE;
 
@@ -94,12 +94,13 @@ impl<'a> FrameDb<'a> {
         self.entries.is_empty()
     }
 
-    pub fn phys_of(&self, index: usize) -> u64 {
-        (self.base + index as u64) * PAGE_SIZE
+    pub fn phys_of(&self, index: usize) -> PhysAddr {
+        PhysAddr::new((self.base + index as u64) * PAGE_SIZE)
     }
 
     /// Entry index of physical address `phys`, checking it names a frame.
-    pub fn index_of(&self, phys: u64) -> Result<usize, FrameError> {
+    pub fn index_of(&self, phys: PhysAddr) -> Result<usize, FrameError> {
+        let phys = phys.as_u64();
         if phys % PAGE_SIZE != 0 {
             return Err(FrameError::NotAligned { phys });
         }
@@ -184,7 +185,7 @@ impl<'a> FrameDb<'a> {
 
     /// The error for trying to free frame `index` whose kind is `actual`.
     pub fn free_error(&self, index: usize, actual: FrameKind) -> FrameError {
-        let phys = self.phys_of(index);
+        let phys = self.phys_of(index).as_u64();
         match actual {
             FrameKind::Reserved => FrameError::Reserved { phys },
             FrameKind::Free | FrameKind::Cached => FrameError::AlreadyFree { phys },

@@ -197,7 +197,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             };
             // SAFETY: the frame just went from free to `Allocated` under
             // this call, so nobody else owns it or holds a handle to it.
-            Ok(unsafe { Frame::from_phys(PhysAddr::new(self.db.phys_of(index))) })
+            Ok(unsafe { Frame::from_phys(self.db.phys_of(index)) })
         })
     }
 
@@ -221,7 +221,6 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// uses it any more: after this call the allocator may hand it to
     /// someone else.
     pub unsafe fn free_raw(&self, phys: PhysAddr) -> Result<(), FrameError> {
-        let phys = phys.as_u64();
         let index = self.db.index_of(phys)?;
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
@@ -273,7 +272,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             for i in start..start + count as usize {
                 self.expect_transition(i, FrameKind::Free, FrameKind::Allocated, cpu);
             }
-            Ok(PhysAddr::new(self.db.phys_of(start)))
+            Ok(self.db.phys_of(start))
         })
     }
 
@@ -284,14 +283,13 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     /// As for `free_raw`, for every frame of the run: the caller owns them
     /// (an `alloc_contiguous` run, or pages of one) and uses them no more.
     pub unsafe fn free_contiguous(&self, phys: PhysAddr, count: u64) -> Result<(), FrameError> {
-        let phys = phys.as_u64();
         if count == 0 {
             return Err(FrameError::ZeroCount);
         }
         let start = self.db.index_of(phys)?;
         let end = match start.checked_add(count as usize) {
             Some(end) if count <= self.db.len() as u64 && end <= self.db.len() => end,
-            _ => return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()) }),
+            _ => return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()).as_u64() }),
         };
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
@@ -311,7 +309,10 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
 
     fn expect_transition(&self, index: usize, from: FrameKind, to: FrameKind, cpu: usize) {
         if let Err(actual) = self.db.transition(index, from, to, cpu) {
-            panic!("frame {:#x}: expected {from:?} on the way to {to:?}, found {actual:?}", self.db.phys_of(index));
+            panic!(
+                "frame {:#x}: expected {from:?} on the way to {to:?}, found {actual:?}",
+                self.db.phys_of(index).as_u64()
+            );
         }
     }
 
@@ -503,7 +504,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             // Each frame found in a structure gets the database's audit mark;
             // finding it marked already means it is in two places.
             let check = |index: usize, want: FrameKind, found_in: &'static str| {
-                let phys = self.db.phys_of(index);
+                let phys = self.db.phys_of(index).as_u64();
                 let state = self.db.kind(index);
                 if state != want {
                     return Err(AuditViolation::WrongState { phys, found_in, state });

@@ -74,7 +74,7 @@ fn bad_frees_change_nothing() -> TestResult {
     let db = f.db();
     // A frame of the frame database itself: inside the range, reserved.
     let own_table = db.entry(0) as *const _ as u64 - memory::phys_offset();
-    let beyond = db.phys_of(db.len()) + 16 * PAGE_SIZE;
+    let beyond = db.phys_of(db.len()).as_u64() + 16 * PAGE_SIZE;
     let cases: [(u64, FrameError); 4] = [
         (p, FrameError::AlreadyFree { phys: p }),
         (own_table & !(PAGE_SIZE - 1), FrameError::Reserved { phys: own_table & !(PAGE_SIZE - 1) }),

@@ -262,8 +262,8 @@ fn refusals(a: u64, ro: u64) -> TestResult {
         (vm.unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
         (vm.page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
         (
-            vm.evict_frame(PhysAddr::new(frames::get().db().phys_of(0))),
-            PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
+            vm.evict_frame(frames::get().db().phys_of(0)),
+            PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0).as_u64() },
         ),
         (vm.evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: 0x1234 }),
     ];

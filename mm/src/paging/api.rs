@@ -70,7 +70,10 @@ impl<P: VmPlatform> Vm<P> {
                 if !token::is_resident(e) {
                     continue;
                 }
-                let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
+                let index = pg
+                    .db
+                    .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
+                    .map_err(|_| PagingError::NotPageable { virt: va })?;
                 let flags = pg.db.paging_flags(index);
                 if flags & PINNED != 0 {
                     return Err(PagingError::Pinned { virt: va });
@@ -126,7 +129,10 @@ impl<P: VmPlatform> Vm<P> {
             if !token::is_resident(e) {
                 return Ok(None);
             }
-            let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
+            let index = pg
+                .db
+                .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
+                .map_err(|_| PagingError::NotPageable { virt: va })?;
             if let Some(v) = self.claim_victim(pg, index) {
                 if v.va == va {
                     return Ok(Some(v));
@@ -233,7 +239,10 @@ impl<P: VmPlatform> Vm<P> {
     pub fn evict_frame(&self, phys: PhysAddr) -> Result<(), PagingError> {
         let phys = phys.as_u64();
         self.paging_op(|pg| {
-            let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
+            let index = pg
+                .db
+                .index_of(crate::frame::PhysAddr::new_truncate(phys))
+                .map_err(|_| PagingError::NotAPageFrame { phys })?;
             let mut deadline = None;
             loop {
                 let flags = pg.db.paging_flags(index);

@@ -126,7 +126,10 @@ impl<P: VmPlatform> Vm<P> {
         claim: &mut dyn FnMut(u64, u64) -> Result<(), PagingViolation>,
     ) -> Result<(), PagingViolation> {
         let phys = frame_of(e);
-        let index = pg.db.index_of(phys).map_err(|_| PagingViolation::NotAFrame { virt, phys })?;
+        let index = pg
+            .db
+            .index_of(crate::frame::PhysAddr::new_truncate(phys))
+            .map_err(|_| PagingViolation::NotAFrame { virt, phys })?;
         let flags = pg.db.paging_flags(index);
         let entry = pg.db.entry(index);
         let vaddr = entry.vaddr.load(Ordering::Relaxed);

@@ -74,7 +74,7 @@ impl<P: VmPlatform> Vm<P> {
     /// nobody else is working on.
     pub(crate) fn claim_victim(&self, pg: &Pager, i: usize) -> Option<Victim<'_>> {
         let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_slot(va).ok())?;
-        Some(Victim { index: i, frame: pg.db.phys_of(i), va: c.va, slot: c.slot, old: c.old })
+        Some(Victim { index: i, frame: pg.db.phys_of(i).as_u64(), va: c.va, slot: c.slot, old: c.old })
     }
 
     /// Shoots the victims down in one go, then writes each back and leaves

@@ -132,8 +132,7 @@ impl<P: VmPlatform> Vm<P> {
             Ok(f) => f,
             Err(e) => return restore(e),
         };
-        let index =
-            pg.db.index_of(frame.phys().as_u64()).expect("the allocator handed out a frame outside its database");
+        let index = pg.db.index_of(frame.phys()).expect("the allocator handed out a frame outside its database");
         let fresh = match loc {
             Location::AnonZero => {
                 self.p.fill_frame(&mut frame, 0);

@@ -158,7 +158,10 @@ impl<P: VmPlatform> Vm<P> {
             };
             let e = slot.load(Ordering::Acquire);
             if let (Some(pg), true) = (pg, token::is_resident(e)) {
-                let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
+                let index = pg
+                    .db
+                    .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
+                    .expect("a resident page's frame is in the database");
                 match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE, true)) {
                     Ok(copy) => {
                         if let Some(s) = copy {

@@ -363,7 +363,7 @@ fn the_clock_jumps_to_the_frames_paging_uses() {
     assert_eq!(pg.next_candidate(0), n);
     let base = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
     access(vm, base, Some(1)).unwrap();
-    let i = pg.db.index_of(crate::vm::pte::addr(entry(vm, base))).unwrap();
+    let i = pg.db.index_of(crate::frame::PhysAddr::new_truncate(crate::vm::pte::addr(entry(vm, base)))).unwrap();
     assert_eq!((pg.next_candidate(0), pg.next_candidate(i), pg.next_candidate(i + 1)), (i, i, n));
     vm.page_out(base, PAGE).unwrap();
     assert_eq!(pg.next_candidate(0), n, "an evicted frame is no candidate");

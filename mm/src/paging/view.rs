@@ -24,7 +24,7 @@ impl<P: VmPlatform> View<'_, P> {
         let va = self.db.entry(i).vaddr.load(Ordering::Acquire);
         let slot = self.vm.paged_slot(va).ok()?;
         let e = slot.load(Ordering::Acquire);
-        (token::is_resident(e) && frame_of(e) == self.db.phys_of(i)).then_some(slot)
+        (token::is_resident(e) && frame_of(e) == self.db.phys_of(i).as_u64()).then_some(slot)
     }
 }
 
@@ -50,7 +50,7 @@ impl<P: VmPlatform> FrameView for View<'_, P> {
 
     fn clear_accessed(&self, i: usize) -> bool {
         let Some(slot) = self.entry(i) else { return false };
-        let frame = self.db.phys_of(i);
+        let frame = self.db.phys_of(i).as_u64();
         let mut e = slot.load(Ordering::Acquire);
         // Without a flush: a CPU that still caches the entry may not set
         // the bit again at once, which only makes the page look older (as

@@ -59,7 +59,10 @@ fn contiguous_blocks_are_aligned_and_trimmed() {
     let p5 = a.alloc_run(5).unwrap();
     assert_eq!(census(&a).allocated, 8 + 1024 + 5, "the 3 frames past 5 went back");
     for i in 0..5 {
-        assert_eq!(a.db().kind(a.db().index_of(p5 + i * PAGE_SIZE).unwrap()), FrameKind::Allocated);
+        assert_eq!(
+            a.db().kind(a.db().index_of(crate::frame::PhysAddr::new_truncate(p5 + i * PAGE_SIZE)).unwrap()),
+            FrameKind::Allocated
+        );
     }
     a.free_run(p5, 5).unwrap();
     a.free_run(p1024, 1024).unwrap();
@@ -140,7 +143,7 @@ fn partial_contiguous_free_is_refused_whole() {
     assert_eq!(a.free_run(run, 8), Err(FrameError::AlreadyFree { phys: run + 5 * PAGE_SIZE }));
     assert_eq!(census(&a), before, "the frames before the bad one were put back");
     for i in [0, 1, 2, 3, 4, 6, 7] {
-        let idx = a.db().index_of(run + i * PAGE_SIZE).unwrap();
+        let idx = a.db().index_of(crate::frame::PhysAddr::new_truncate(run + i * PAGE_SIZE)).unwrap();
         assert_eq!(a.db().kind(idx), FrameKind::Allocated);
     }
     assert_eq!(a.free_run(run, 0), Err(FrameError::ZeroCount));
@@ -237,7 +240,7 @@ fn concurrent_random_alloc_free_with_remote_frees() {
                     match rng % 4 {
                         0 | 1 if held.len() < 200 => {
                             if let Ok(p) = a.alloc_addr() {
-                                let i = a.db().index_of(p).unwrap();
+                                let i = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap();
                                 let prev = stamps[i].swap(stamp, std::sync::atomic::Ordering::SeqCst);
                                 assert_eq!(prev, 0, "frame {p:#x} handed out while held");
                                 held.push((p, stamp));
@@ -245,7 +248,7 @@ fn concurrent_random_alloc_free_with_remote_frees() {
                         }
                         2 if !held.is_empty() => {
                             let (p, s) = held.swap_remove(rng as usize % held.len());
-                            let i = a.db().index_of(p).unwrap();
+                            let i = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap();
                             assert_eq!(stamps[i].swap(0, std::sync::atomic::Ordering::SeqCst), s);
                             mailbox[(cpu + 1) % CPUS].lock().unwrap().push(p);
                         }
@@ -258,7 +261,7 @@ fn concurrent_random_alloc_free_with_remote_frees() {
                     }
                 }
                 for (p, _) in held {
-                    let i = a.db().index_of(p).unwrap();
+                    let i = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap();
                     stamps[i].store(0, std::sync::atomic::Ordering::SeqCst);
                     a.free_addr(p).unwrap();
                 }
@@ -293,8 +296,8 @@ fn audit_catches_a_frame_in_two_places() {
     census(&a);
     {
         let mut cache = a.cpus[0].cache.lock();
-        let qi = a.db().index_of(q).unwrap() as u32;
-        let pi = a.db().index_of(p).unwrap() as u32;
+        let qi = a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32;
+        let pi = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap() as u32;
         // Lose q (still Cached, in no structure) and list p twice.
         cache.loaded.retain(|i| *i != qi);
         cache.loaded.push(pi);
@@ -307,7 +310,7 @@ fn audit_catches_a_frame_in_two_places() {
     {
         let mut cache = a.cpus[0].cache.lock();
         cache.loaded.pop();
-        cache.loaded.push(a.db().index_of(q).unwrap() as u32);
+        cache.loaded.push(a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32);
     }
     census(&a);
 }

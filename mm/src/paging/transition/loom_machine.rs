@@ -114,7 +114,9 @@ impl Machine {
     }
 
     pub fn index_of(&self, e: u64) -> usize {
-        self.db.index_of(pte::addr(e)).expect("the entry maps a frame of the database")
+        self.db
+            .index_of(crate::frame::PhysAddr::new_truncate(pte::addr(e)))
+            .expect("the entry maps a frame of the database")
     }
 
     pub fn take_slot(&self) -> u64 {
