@@ -64,7 +64,7 @@ pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
         };
         let usable =
             boot.remaining().iter().map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
-        let db = FrameDb::new(base, entries);
+        let db = FrameDb::new(mm::frame::PhysAddr::new(base * PAGE_SIZE), entries);
         FRAMES.call_once(|| PhysAllocator::new(db, links, usable, &CPU_SLOTS, magazine_capacity, depot, KernelPlatform))
     })
 }

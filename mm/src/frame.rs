@@ -7,8 +7,9 @@ pub use x86_64::PhysAddr;
 
 use crate::PAGE_SIZE;
 
-/// Index of a 4 KiB frame: physical address >> 12.
-pub type Pfn = u64;
+/// Index of a 4 KiB frame: physical address >> 12. Crate-private: frames
+/// cross the crate's boundary as `Frame` or `PhysAddr`.
+pub(crate) type Pfn = u64;
 
 /// What a frame is doing. Stored in the low byte of the frame's state word.
 /// Zero is `Reserved`, so zeroed memory describes frames nobody may use.

@@ -77,13 +77,16 @@ pub struct FrameDb<'a> {
 }
 
 impl<'a> FrameDb<'a> {
-    /// `entries[i]` describes frame `base + i`. All start `Reserved`.
-    pub fn new(base: Pfn, entries: &'a [FrameEntry]) -> FrameDb<'a> {
-        FrameDb { base, entries }
+    /// `entries[i]` describes the `i`th frame from `base` (page-aligned).
+    /// All start `Reserved`.
+    pub fn new(base: PhysAddr, entries: &'a [FrameEntry]) -> FrameDb<'a> {
+        debug_assert_eq!(base.as_u64() % PAGE_SIZE, 0);
+        FrameDb { base: base.as_u64() / PAGE_SIZE, entries }
     }
 
-    pub fn base(&self) -> Pfn {
-        self.base
+    /// The first frame the database describes.
+    pub fn base(&self) -> PhysAddr {
+        PhysAddr::new(self.base * PAGE_SIZE)
     }
 
     pub fn len(&self) -> usize {

@@ -119,7 +119,11 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         depot: &'a mut [Magazine],
         platform: P,
     ) -> PhysAllocator<'a, P> {
-        assert_eq!(db.base() % (1 << MAX_ORDER), 0, "frame database base must be 2^MAX_ORDER aligned");
+        assert_eq!(
+            db.base().as_u64() / PAGE_SIZE % (1 << MAX_ORDER),
+            0,
+            "frame database base must be 2^MAX_ORDER aligned"
+        );
         assert_eq!(links.len(), db.len());
         let mut buddy = Buddy::new(links);
         let mut count = 0;

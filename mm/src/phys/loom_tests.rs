@@ -17,7 +17,15 @@ fn tiny(cpus: usize) -> Arc<PhysAllocator<'static, LoomCpus>> {
     let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
     let depot = Vec::leak(vec![Magazine::new(); 1]);
     on_cpu(0);
-    Arc::new(PhysAllocator::new(FrameDb::new(1024, entries), links, [0..FRAMES], slots, 1, depot, LoomCpus))
+    Arc::new(PhysAllocator::new(
+        FrameDb::new(x86_64::PhysAddr::new(1024 * crate::PAGE_SIZE), entries),
+        links,
+        [0..FRAMES],
+        slots,
+        1,
+        depot,
+        LoomCpus,
+    ))
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {

@@ -19,7 +19,15 @@ fn allocator(
     let links = Vec::leak(vec![Link::EMPTY; frames]);
     let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
     on_cpu(0);
-    PhysAllocator::new(FrameDb::new(BASE_PFN, entries), links, usable.iter().cloned(), slots, cap, depot, Threads)
+    PhysAllocator::new(
+        FrameDb::new(crate::frame::PhysAddr::new(BASE_PFN * PAGE_SIZE), entries),
+        links,
+        usable.iter().cloned(),
+        slots,
+        cap,
+        depot,
+        Threads,
+    )
 }
 
 fn phys(i: usize) -> u64 {

@@ -40,7 +40,7 @@ impl Machine {
         let links = Vec::leak(vec![Link::EMPTY; frames]);
         let slots = Vec::leak((0..MAX_CPUS).map(|_| CpuSlot::new()).collect());
         let depot = Vec::leak(vec![Magazine::new(); 8]);
-        let db = FrameDb::new(0, entries);
+        let db = FrameDb::new(PhysAddr::new(0), entries);
         Machine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             frames: PhysAllocator::new(db, links, [1..frames], slots, 8, depot, Threads),

@@ -63,7 +63,7 @@ pub struct Machine {
 impl Machine {
     pub fn new(coverage: Coverage) -> Machine {
         let entries: &'static [FrameEntry] = Vec::leak((0..FRAMES).map(|_| FrameEntry::new()).collect());
-        let db = FrameDb::new(BASE_PFN, entries);
+        let db = FrameDb::new(x86_64::PhysAddr::new(BASE_PFN * crate::PAGE_SIZE), entries);
         for i in 0..FRAMES {
             db.transition(i, FrameKind::Reserved, FrameKind::Free, 0).unwrap();
         }
