@@ -78,11 +78,11 @@ pub unsafe fn read_platform(rsdp_phys: PhysAddr, phys_offset: u64) -> Result<Pla
     let mut platform = Platform {
         apic_ids: ArrayVec::new(),
         cpus_total: 0,
-        // A 32-bit field: always a valid physical address.
-        lapic_phys: PhysAddr::new(match madt.get().local_apic_address {
+        lapic_phys: match madt.get().local_apic_address {
             0 => DEFAULT_XAPIC_PHYS,
-            a => a as u64,
-        }),
+            // A 32-bit field: always a valid physical address.
+            a => PhysAddr::new(a as u64),
+        },
         hpet_phys: None,
         pm_timer: None,
         ecam: None,

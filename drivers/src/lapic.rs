@@ -12,7 +12,7 @@ pub const ERROR_VECTOR: u8 = 0xFE;
 pub const TIMER_VECTOR: u8 = 0xFD;
 
 /// Physical address of the local APIC MMIO page when the MADT says nothing.
-pub const DEFAULT_XAPIC_PHYS: u64 = 0xFEE0_0000;
+pub const DEFAULT_XAPIC_PHYS: x86_64::PhysAddr = x86_64::PhysAddr::new(0xFEE0_0000);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApicMode {
