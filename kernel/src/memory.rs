@@ -16,7 +16,7 @@ use crate::vm;
 /// Below 1 MiB: real-mode IVT, BIOS data, EBDA, the AP trampoline
 /// (`smp::bringup::TRAMPOLINE_RESERVED`). The bootloader calls some of it
 /// usable; no allocator may hand it out.
-const LOW_MEMORY: core::ops::Range<u64> = 0..0x10_0000;
+const LOW_MEMORY: core::ops::Range<PhysAddr> = PhysAddr::new(0)..PhysAddr::new(0x10_0000);
 
 pub const KERNEL_STACK_PAGES: u64 = 16;
 pub const INTERRUPT_STACK_PAGES: u64 = 4;
@@ -97,7 +97,10 @@ pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool 
 /// # Safety
 /// Call once, on the BSP, with the bootloader's direct-map offset.
 pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
-    let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.start..r.end);
+    let usable = regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .map(|r| PhysAddr::new(r.start)..PhysAddr::new(r.end));
     let frames = BootFrames::new(usable, &[LOW_MEMORY]).expect("memory map has too many regions");
     PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
     let top = regions.iter().map(|r| r.end).max().unwrap_or(0).max(DIRECT_MAP_MIN);
