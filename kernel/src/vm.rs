@@ -64,7 +64,7 @@ impl VmPlatform for KernelVm {
     fn free_frame(&self, frame: Frame) -> Result<(), FrameError> {
         if !frames::ready() {
             // Boot-allocator frames are never given back.
-            return Err(FrameError::Reserved { phys: frame.into_phys().as_u64() });
+            return Err(FrameError::Reserved { phys: frame.into_phys() });
         }
         frames::get().free_page(frame)
     }

@@ -51,13 +51,13 @@ pub enum FrameError {
     /// More contiguous frames than the largest block the allocator has.
     TooLarge { count: u64, max: u64 },
     /// The address is not page-aligned.
-    NotAligned { phys: u64 },
+    NotAligned { phys: PhysAddr },
     /// The address is not in usable RAM.
-    NotRam { phys: u64 },
+    NotRam { phys: PhysAddr },
     /// The frame is reserved and can never be freed.
-    Reserved { phys: u64 },
+    Reserved { phys: PhysAddr },
     /// The frame is already free (double free).
-    AlreadyFree { phys: u64 },
+    AlreadyFree { phys: PhysAddr },
 }
 
 /// One 4 KiB frame of RAM, owned: the allocator hands it out

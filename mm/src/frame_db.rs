@@ -103,11 +103,10 @@ impl<'a> FrameDb<'a> {
 
     /// Entry index of physical address `phys`, checking it names a frame.
     pub fn index_of(&self, phys: PhysAddr) -> Result<usize, FrameError> {
-        let phys = phys.as_u64();
-        if phys % PAGE_SIZE != 0 {
+        if phys.as_u64() % PAGE_SIZE != 0 {
             return Err(FrameError::NotAligned { phys });
         }
-        let pfn = phys / PAGE_SIZE;
+        let pfn = phys.as_u64() / PAGE_SIZE;
         match pfn.checked_sub(self.base) {
             Some(i) if (i as usize) < self.entries.len() => Ok(i as usize),
             _ => Err(FrameError::NotRam { phys }),
@@ -188,7 +187,7 @@ impl<'a> FrameDb<'a> {
 
     /// The error for trying to free frame `index` whose kind is `actual`.
     pub fn free_error(&self, index: usize, actual: FrameKind) -> FrameError {
-        let phys = self.phys_of(index).as_u64();
+        let phys = self.phys_of(index);
         match actual {
             FrameKind::Reserved => FrameError::Reserved { phys },
             FrameKind::Free | FrameKind::Cached => FrameError::AlreadyFree { phys },

@@ -293,7 +293,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
         let start = self.db.index_of(phys)?;
         let end = match start.checked_add(count as usize) {
             Some(end) if count <= self.db.len() as u64 && end <= self.db.len() => end,
-            _ => return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()).as_u64() }),
+            _ => return Err(FrameError::NotRam { phys: self.db.phys_of(self.db.len()) }),
         };
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();

@@ -76,10 +76,10 @@ fn bad_frees_change_nothing() -> TestResult {
     let own_table = db.entry(0) as *const _ as u64 - memory::phys_offset();
     let beyond = db.phys_of(db.len()).as_u64() + 16 * PAGE_SIZE;
     let cases: [(u64, FrameError); 4] = [
-        (p, FrameError::AlreadyFree { phys: p }),
-        (own_table & !(PAGE_SIZE - 1), FrameError::Reserved { phys: own_table & !(PAGE_SIZE - 1) }),
-        (beyond, FrameError::NotRam { phys: beyond }),
-        (p + 8, FrameError::NotAligned { phys: p + 8 }),
+        (p, FrameError::AlreadyFree { phys: PhysAddr::new(p) }),
+        (own_table & !(PAGE_SIZE - 1), FrameError::Reserved { phys: PhysAddr::new(own_table & !(PAGE_SIZE - 1)) }),
+        (beyond, FrameError::NotRam { phys: PhysAddr::new(beyond) }),
+        (p + 8, FrameError::NotAligned { phys: PhysAddr::new(p + 8) }),
     ];
     for (addr, want) in cases {
         // SAFETY: no address here names a frame anyone holds: `p` is free

@@ -94,7 +94,7 @@ fn loom_concurrent_double_free_has_one_winner() {
         let wins = [mine, theirs].iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "{mine:?} / {theirs:?}");
         let loser = if mine.is_ok() { theirs } else { mine };
-        assert_eq!(loser, Err(FrameError::AlreadyFree { phys: p }));
+        assert_eq!(loser, Err(FrameError::AlreadyFree { phys: x86_64::PhysAddr::new(p) }));
         assert_conserved(&a, 0);
     });
 }

@@ -20,7 +20,7 @@ fn allocator(
     let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
     on_cpu(0);
     PhysAllocator::new(
-        FrameDb::new(crate::frame::PhysAddr::new(BASE_PFN * PAGE_SIZE), entries),
+        FrameDb::new(PhysAddr::new(BASE_PFN * PAGE_SIZE), entries),
         links,
         usable.iter().cloned(),
         slots,
@@ -126,12 +126,12 @@ fn bad_frees_are_typed_errors_and_change_nothing() {
     let (before, free_before) = (census(&a), a.free_bytes());
     let unused = (0..1024).find(|&i| a.db().kind(i) == FrameKind::Free).unwrap();
     let cases = [
-        (p, FrameError::AlreadyFree { phys: p }),
-        (phys(unused), FrameError::AlreadyFree { phys: phys(unused) }),
-        (phys(12), FrameError::Reserved { phys: phys(12) }),
-        (phys(3) + 8, FrameError::NotAligned { phys: phys(3) + 8 }),
-        (0x1000, FrameError::NotRam { phys: 0x1000 }),
-        (phys(5000), FrameError::NotRam { phys: phys(5000) }),
+        (p, FrameError::AlreadyFree { phys: PhysAddr::new(p) }),
+        (phys(unused), FrameError::AlreadyFree { phys: PhysAddr::new(phys(unused)) }),
+        (phys(12), FrameError::Reserved { phys: PhysAddr::new(phys(12)) }),
+        (phys(3) + 8, FrameError::NotAligned { phys: PhysAddr::new(phys(3) + 8) }),
+        (0x1000, FrameError::NotRam { phys: PhysAddr::new(0x1000) }),
+        (phys(5000), FrameError::NotRam { phys: PhysAddr::new(phys(5000)) }),
     ];
     for (addr, err) in cases {
         assert_eq!(a.free_addr(addr), Err(err));
@@ -148,7 +148,7 @@ fn partial_contiguous_free_is_refused_whole() {
     let run = a.alloc_run(8).unwrap();
     a.free_addr(run + 5 * PAGE_SIZE).unwrap();
     let before = census(&a);
-    assert_eq!(a.free_run(run, 8), Err(FrameError::AlreadyFree { phys: run + 5 * PAGE_SIZE }));
+    assert_eq!(a.free_run(run, 8), Err(FrameError::AlreadyFree { phys: PhysAddr::new(run + 5 * PAGE_SIZE) }));
     assert_eq!(census(&a), before, "the frames before the bad one were put back");
     for i in [0, 1, 2, 3, 4, 6, 7] {
         let idx = a.db().index_of(crate::frame::PhysAddr::new_truncate(run + i * PAGE_SIZE)).unwrap();
@@ -156,9 +156,9 @@ fn partial_contiguous_free_is_refused_whole() {
     }
     assert_eq!(a.free_run(run, 0), Err(FrameError::ZeroCount));
     // A count so large that start + count wraps must not free anything.
-    assert_eq!(a.free_run(run + PAGE_SIZE, u64::MAX), Err(FrameError::NotRam { phys: phys(1024) }));
+    assert_eq!(a.free_run(run + PAGE_SIZE, u64::MAX), Err(FrameError::NotRam { phys: PhysAddr::new(phys(1024)) }));
     assert_eq!(census(&a), before);
-    assert_eq!(a.free_run(phys(1020), 8), Err(FrameError::NotRam { phys: phys(1024) }));
+    assert_eq!(a.free_run(phys(1020), 8), Err(FrameError::NotRam { phys: PhysAddr::new(phys(1024)) }));
 }
 
 #[test]
