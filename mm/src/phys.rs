@@ -80,9 +80,9 @@ pub struct Census {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditViolation {
     /// A frame found in a structure has the wrong state word.
-    WrongState { phys: u64, found_in: &'static str, state: FrameKind },
+    WrongState { phys: PhysAddr, found_in: &'static str, state: FrameKind },
     /// A frame is in more than one structure (or twice in one).
-    InTwoPlaces { phys: u64, found_in: &'static str },
+    InTwoPlaces { phys: PhysAddr, found_in: &'static str },
     /// The structures hold a different number of frames than the frame
     /// database says are in that state: some frame is in two places.
     CountMismatch { what: &'static str, structures: u64, database: u64 },
@@ -508,7 +508,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
             // Each frame found in a structure gets the database's audit mark;
             // finding it marked already means it is in two places.
             let check = |index: usize, want: FrameKind, found_in: &'static str| {
-                let phys = self.db.phys_of(index).as_u64();
+                let phys = self.db.phys_of(index);
                 let state = self.db.kind(index);
                 if state != want {
                     return Err(AuditViolation::WrongState { phys, found_in, state });

@@ -263,9 +263,9 @@ fn refusals(a: u64, ro: u64) -> TestResult {
         (vm.page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
         (
             vm.evict_frame(frames::get().db().phys_of(0)),
-            PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0).as_u64() },
+            PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
         ),
-        (vm.evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: 0x1234 }),
+        (vm.evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: PhysAddr::new(0x1234) }),
     ];
     for (i, (got, want)) in cases.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: {got:?}, expected {want:?}");

@@ -237,12 +237,8 @@ impl<P: VmPlatform> Vm<P> {
     /// Evicts the page frame `phys` backs (Zephyr's
     /// `k_mem_page_frame_evict`).
     pub fn evict_frame(&self, phys: PhysAddr) -> Result<(), PagingError> {
-        let phys = phys.as_u64();
         self.paging_op(|pg| {
-            let index = pg
-                .db
-                .index_of(crate::frame::PhysAddr::new_truncate(phys))
-                .map_err(|_| PagingError::NotAPageFrame { phys })?;
+            let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
             let mut deadline = None;
             loop {
                 let flags = pg.db.paging_flags(index);

@@ -10,6 +10,7 @@ use alloc::vec;
 
 use super::fault::frame_of;
 use super::token::{self, Location};
+use crate::frame::PhysAddr;
 use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::table::{self, TOP};
 use crate::vm::{Vm, VmPlatform, KERNEL_REGION_AREA};
@@ -31,9 +32,9 @@ pub struct PagingAudit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingViolation {
     /// A resident page whose frame does not name it (flags, address).
-    ReverseMap { virt: u64, phys: u64, flags: u32, vaddr: u64 },
+    ReverseMap { virt: u64, phys: PhysAddr, flags: u32, vaddr: u64 },
     /// A resident page's frame is outside the frame database.
-    NotAFrame { virt: u64, phys: u64 },
+    NotAFrame { virt: u64, phys: PhysAddr },
     /// A token or copy names a slot the store has not handed out.
     SlotNotHeld { virt: u64, slot: u64 },
     /// Two pages claim one slot.
@@ -125,11 +126,9 @@ impl<P: VmPlatform> Vm<P> {
         a: &mut PagingAudit,
         claim: &mut dyn FnMut(u64, u64) -> Result<(), PagingViolation>,
     ) -> Result<(), PagingViolation> {
-        let phys = frame_of(e);
-        let index = pg
-            .db
-            .index_of(crate::frame::PhysAddr::new_truncate(phys))
-            .map_err(|_| PagingViolation::NotAFrame { virt, phys })?;
+        // An entry holds at most 52 address bits.
+        let phys = PhysAddr::new_truncate(frame_of(e));
+        let index = pg.db.index_of(phys).map_err(|_| PagingViolation::NotAFrame { virt, phys })?;
         let flags = pg.db.paging_flags(index);
         let entry = pg.db.entry(index);
         let vaddr = entry.vaddr.load(Ordering::Relaxed);

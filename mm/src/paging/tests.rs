@@ -242,8 +242,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(vm.page_out(base + 1, PAGE), Err(PagingError::Range(VmError::NotAligned { value: base + 1 })));
     assert_eq!(vm.page_out(base, 0), Err(PagingError::Range(VmError::ZeroSize)));
     assert_eq!(vm.page_out(0x1000, PAGE), Err(PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })));
-    assert_eq!(vm.evict_frame(PhysAddr::new(0x7000)), Err(PagingError::NotAPageFrame { phys: 0x7000 }));
-    assert_eq!(vm.evict_frame(PhysAddr::new(0x7001)), Err(PagingError::NotAPageFrame { phys: 0x7001 }));
+    assert_eq!(vm.evict_frame(PhysAddr::new(0x7000)), Err(PagingError::NotAPageFrame { phys: PhysAddr::new(0x7000) }));
+    assert_eq!(vm.evict_frame(PhysAddr::new(0x7001)), Err(PagingError::NotAPageFrame { phys: PhysAddr::new(0x7001) }));
     assert!(matches!(vm.k_mem_map(1 << 30, KMemFlags::RW), Err(VmError::CommitLimit { .. })));
     assert_eq!(snapshot(vm), before, "the read-only page is still untouched, nothing was paged");
     // A full store: page-out refuses up front.

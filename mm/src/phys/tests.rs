@@ -311,7 +311,7 @@ fn audit_catches_a_frame_in_two_places() {
         cache.loaded.push(pi);
     }
     match a.audit() {
-        Err(AuditViolation::InTwoPlaces { phys, .. }) => assert_eq!(phys, p),
+        Err(AuditViolation::InTwoPlaces { phys, .. }) => assert_eq!(phys, PhysAddr::new(p)),
         other => panic!("audit missed the duplicate: {other:?}"),
     }
     // The marks were cleared: after repairing, the audit passes again.

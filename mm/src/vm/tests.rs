@@ -351,7 +351,7 @@ fn audit_finds_double_mappings_and_allows_pinned_aliases() {
     let plain = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
     let frame = vm.map_get(vm.kernel(), plain).unwrap().phys.as_u64();
     vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K).unwrap();
-    assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys == frame));
+    assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys.as_u64() == frame));
     vm.umap_single(vm.kernel(), SEED, PageSize::Size4K).unwrap();
     vm.map_single(vm.kernel(), SEED, 0x1000, Flags::WRITE | Flags::EXEC, PageSize::Size4K).unwrap();
     assert_eq!(vm.audit_tables(&[]), Err(PtViolation::WriteAndExecute { virt: SEED }));
