@@ -77,7 +77,8 @@ impl VmPlatform for KernelVm {
         percpu::online_set().bits()
     }
 
-    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+    fn shootdown(&self, targets: u64, start: mm::vm::VirtAddr, pages: u64) -> Result<(), ShootdownFailed> {
+        let start = start.as_u64();
         tlb::shootdown(CpuSet::from_bits(targets), start, pages).map_err(|e| {
             log::error!("shootdown of {pages} pages at {start:#x} to {targets:#x} failed: {e:?}");
             let cpus = match e {

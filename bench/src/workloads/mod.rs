@@ -184,7 +184,7 @@ mod tests {
         fn online_cpus(&self) -> u64 {
             match *self {}
         }
-        fn shootdown(&self, _: u64, _: u64, _: u64) -> Result<(), ShootdownFailed> {
+        fn shootdown(&self, _: u64, _: mm::vm::VirtAddr, _: u64) -> Result<(), ShootdownFailed> {
             match *self {}
         }
         fn load_root(&self, _: &mm::vm::Root) {

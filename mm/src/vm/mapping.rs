@@ -207,10 +207,14 @@ impl<P: VmPlatform> Vm<P> {
     /// the CPU's `fetch_or` comes later in the total order of fences and
     /// locked operations, so its walk after loading CR3 sees the change.
     pub(crate) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
+        // Every range here was checked against the space's areas (or is
+        // one of them), so it is canonical; the error is for a bug.
+        let first = super::VirtAddr::try_new(start)
+            .map_err(|_| VmError::BadRange { start, len: pages.saturating_mul(PAGE) })?;
         fence(Ordering::SeqCst);
         match self.shootdown_targets(space) {
             0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
-            targets => Ok(self.p.shootdown(targets, start, pages)?),
+            targets => Ok(self.p.shootdown(targets, first, pages)?),
         }
     }
 

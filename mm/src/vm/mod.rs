@@ -56,6 +56,7 @@ pub use space::{AddressSpace, SpaceKind};
 pub use table::Table;
 
 use crate::frame::{Frame, FrameError, PhysAddr};
+pub use x86_64::VirtAddr;
 
 pub const PAGE: u64 = crate::PAGE_SIZE;
 
@@ -95,7 +96,7 @@ pub trait VmPlatform: Sync {
     fn online_cpus(&self) -> u64;
     /// Invalidates `pages` pages from `start` on every CPU in `targets`
     /// (the caller too when it is in the set) and returns once all have.
-    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed>;
+    fn shootdown(&self, targets: u64, start: VirtAddr, pages: u64) -> Result<(), ShootdownFailed>;
     /// Makes `root` the running CPU's page-table root (CR3). Only `Vm`
     /// makes a [`Root`], so an implementation may rely on what it says.
     fn load_root(&self, root: &Root);

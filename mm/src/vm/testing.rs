@@ -187,7 +187,8 @@ impl VmPlatform for Machine {
         self.online.load(Ordering::Relaxed)
     }
 
-    fn shootdown(&self, targets: u64, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+    fn shootdown(&self, targets: u64, start: super::VirtAddr, pages: u64) -> Result<(), ShootdownFailed> {
+        let start = start.as_u64();
         let (cpu, shot) = (self.cpu_index(), Shot { targets, start, pages });
         self.gate.pass(cpu, Park::BeforeSend, shot);
         if self.fail_shootdowns.load(Ordering::Relaxed) {

@@ -68,11 +68,11 @@ fn a_shootdown_drops_its_range_and_every_table_pointer() {
     };
     let m = vm.platform();
     let pt = pte::addr(slot(&vm, a, 1).load(Ordering::Relaxed));
-    m.shootdown(0b10, a, 1).unwrap();
+    m.shootdown(0b10, VirtAddr::new(a), 1).unwrap();
     assert!(m.may_hold(1, a).is_empty() && !m.holds_table(1, pt), "CPU 1 dropped the page and the tables");
     assert_eq!(m.may_hold(1, b), vec![fb], "a page outside the range stays");
     assert!(!m.may_hold(0, a).is_empty() && m.holds_table(0, pt), "CPU 0 was no target");
-    m.shootdown(0b10, SEED + (1 << 30), tlb_sim::FULL_FLUSH_PAGES + 1).unwrap();
+    m.shootdown(0b10, VirtAddr::new(SEED + (1 << 30)), tlb_sim::FULL_FLUSH_PAGES + 1).unwrap();
     assert!(m.may_hold(1, b).is_empty(), "more than FULL_FLUSH_PAGES pages flush everything");
 }
 
@@ -82,7 +82,7 @@ fn a_failed_shootdown_drops_nothing() {
     let f = map(&vm, SEED);
     let m = vm.platform();
     m.fail_shootdowns.store(true, Ordering::Relaxed);
-    assert!(m.shootdown(0b11, SEED, 1).is_err());
+    assert!(m.shootdown(0b11, VirtAddr::new(SEED), 1).is_err());
     assert_eq!(m.may_hold(1, SEED), vec![f]);
 }
 
@@ -154,7 +154,7 @@ fn a_parked_shootdown_waits_for_its_release() {
         std::thread::scope(|s| {
             let h = s.spawn(|| {
                 on_cpu(1);
-                m.shootdown(shot.targets, shot.start, shot.pages)
+                m.shootdown(shot.targets, VirtAddr::new(shot.start), shot.pages)
             });
             assert_eq!(m.wait_parked(1), shot);
             let sent = !m.shootdowns.lock().unwrap().is_empty();
