@@ -37,12 +37,12 @@ impl Lapic {
     /// # Safety
     /// `xapic_virt` must map the APIC MMIO page (only used in xAPIC mode),
     /// and no other `Lapic` may exist for this CPU.
-    pub unsafe fn enable_current(xapic_virt: u64) -> Lapic {
+    pub unsafe fn enable_current(xapic_virt: x86_64::VirtAddr) -> Lapic {
         let mut inner = LocalApicBuilder::new()
             .timer_vector(TIMER_VECTOR as usize)
             .error_vector(ERROR_VECTOR as usize)
             .spurious_vector(SPURIOUS_VECTOR as usize)
-            .set_xapic_base(xapic_virt)
+            .set_xapic_base(xapic_virt.as_u64())
             .build()
             .expect("all LocalApicBuilder fields are set");
         // SAFETY: per this function's contract the MMIO mapping is valid and
