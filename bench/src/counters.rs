@@ -47,7 +47,7 @@ pub struct Snapshot {
     store_in: Option<HistogramSnapshot>,
     store_out: Option<HistogramSnapshot>,
     frames: mm::counters::CounterSnapshot,
-    tlb: crate::machine::TlbCounts,
+    tlb: record::TlbSnapshot,
     vm: mm::vm::VmCountSnapshot,
     paging: mm::paging::Counts,
 }
@@ -56,15 +56,10 @@ pub fn snapshot<M: Machine>(m: &M) -> Snapshot {
     let mut s = Snapshot::default();
     for cpu in 0..m.cpus() {
         s.frames += m.frames().counters(cpu);
-        let t = m.tlb_counts(cpu);
-        s.tlb.shootdowns += t.shootdowns;
-        s.tlb.targets += t.targets;
-        s.tlb.ipis += t.ipis;
-        s.tlb.invlpg += t.invlpg;
-        s.tlb.full_flushes += t.full_flushes;
+        s.tlb += m.tlb_counts(cpu);
         s.vm += m.vm().counts(cpu);
     }
-    if let Ok(p) = m.vm().pager() {
+    if let Ok(p) = mm::paging::Paging::of(m.vm()).map(|p| p.pager()) {
         s.paging = p.stats().total();
         s.store_in = Some(p.stats().histogram(Timing::StoreIn));
         s.store_out = Some(p.stats().histogram(Timing::StoreOut));
@@ -98,7 +93,7 @@ pub fn delta(before: &Snapshot, after: &Snapshot, groups: &[Group]) -> CounterLi
                 ("shootdowns", d(t0.shootdowns, t1.shootdowns)),
                 ("targets", d(t0.targets, t1.targets)),
                 ("ipis", d(t0.ipis, t1.ipis)),
-                ("invlpg", d(t0.invlpg, t1.invlpg)),
+                ("invlpg", d(t0.pages_invalidated, t1.pages_invalidated)),
                 ("full_flushes", d(t0.full_flushes, t1.full_flushes)),
             ],
             Group::Vm => &[
@@ -151,7 +146,7 @@ mod tests {
         s.frames.depot.acquired = 5;
         s.frames.depot.contended = 6;
         s.frames.depot.spins = 7;
-        s.tlb = crate::machine::TlbCounts { shootdowns: 8, targets: 9, ipis: 10, invlpg: 11, full_flushes: 12 };
+        s.tlb = record::TlbSnapshot { shootdowns: 8, targets: 9, ipis: 10, pages_invalidated: 11, full_flushes: 12 };
         s.vm.tables_allocated = 13;
         s.vm.tables_zeroed = 14;
         s.vm.tables_freed = 15;

@@ -10,7 +10,7 @@ use record::{Counters, Record};
 
 use crate::counters::{self, Group};
 use crate::failure::Failure;
-use crate::machine::Machine;
+use crate::machine::{Machine, Mark};
 use crate::options::Plan;
 use crate::team::Team;
 use crate::workloads;
@@ -107,9 +107,9 @@ fn run_variant<M: Machine>(
         let next = next_rep();
         // The tracer's window is exactly the repetition; a failed one gets
         // no end mark, so its window is dropped with its record.
-        m.trace_mark(true, *sent);
+        m.trace_mark(Mark::Begin, *sent);
         let team = (b.run)(m, variant, &next)?;
-        m.trace_mark(false, *sent);
+        m.trace_mark(Mark::End, *sent);
         let after = counters::snapshot(m);
         let (ops, ns, hist) = team.totals();
         let list = counters::delta(&before, &after, b.groups);

@@ -23,6 +23,6 @@ pub mod team;
 pub(crate) mod workloads;
 
 pub use driver::run_benchmarks;
-pub use machine::{Clock, Machine, TlbCounts};
+pub use machine::{Clock, Machine, Mark};
 pub use options::Plan;
 pub mod stress;

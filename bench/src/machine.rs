@@ -3,23 +3,9 @@
 //! code on top of it.
 
 use mm::phys::PhysAllocator;
-use mm::platform::Platform;
+use mm::platform::CpuPlatform;
 use mm::vm::{Vm, VmPlatform};
-use record::GuestRecord;
-
-/// Shootdown and IPI work one CPU did (from `smp::tlb`'s counters).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TlbCounts {
-    /// Shootdowns it started.
-    pub shootdowns: u64,
-    /// Other CPUs those shootdowns asked.
-    pub targets: u64,
-    /// IPIs it sent (ICR writes; a broadcast is one).
-    pub ipis: u64,
-    /// Pages it invalidated one by one.
-    pub invlpg: u64,
-    pub full_flushes: u64,
-}
+use record::{GuestRecord, TlbSnapshot};
 
 /// The time source: nanoseconds since boot. Separate from [`Machine`] so
 /// the timing harness can be tested on the host with a counting clock.
@@ -28,7 +14,7 @@ pub trait Clock {
 }
 
 pub trait Machine: Clock + Sync + 'static {
-    type Phys: Platform + 'static;
+    type Phys: CpuPlatform + 'static;
     type VmP: VmPlatform + 'static;
 
     fn frames(&self) -> &'static PhysAllocator<'static, Self::Phys>;
@@ -53,7 +39,7 @@ pub trait Machine: Clock + Sync + 'static {
     fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64>;
     /// Sends a record to the host.
     fn emit(&self, record: &GuestRecord);
-    fn tlb_counts(&self, cpu: usize) -> TlbCounts;
+    fn tlb_counts(&self, cpu: usize) -> TlbSnapshot;
     /// The backing stores demand paging can use, the default first.
     fn stores(&self) -> alloc::vec::Vec<&'static str>;
     /// Moves paging to store `name`; refused while the current one holds
@@ -70,7 +56,14 @@ pub trait Machine: Clock + Sync + 'static {
     /// Marks the begin or end of measured repetition `seq` (the index its
     /// Bench record will have in this boot) for the sharing tracer
     /// (`bench --trace`); costs nothing measurable when nobody traces.
-    fn trace_mark(&self, begin: bool, seq: u32);
+    fn trace_mark(&self, mark: Mark, seq: u32);
+}
+
+/// Which end of a measured repetition a trace mark is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Begin,
+    End,
 }
 
 /// Free frames plus the frames the heap holds: what a benchmark that gives

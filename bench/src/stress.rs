@@ -34,6 +34,7 @@ use crate::failure::{check, fails, failure, Failure};
 use crate::machine::{frame_ledger, Machine};
 use crate::rng::Rng;
 use crate::team::Team;
+use crate::workloads::paged;
 use crate::workloads::space::{page, within};
 
 /// Length of one round between audits.
@@ -81,7 +82,7 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
     let ops: Arc<Ops> = Arc::new(Default::default());
     let (mut audits, mut round) = (0u64, 0u32);
     let result = (|| -> Result<(), Failure> {
-        let pg = m.vm().pager().map_err(|e| fails("paging", e))?;
+        let pg = paged::pager(m)?;
         let ledger = || frame_ledger(m);
         let before = ledger();
         let limit = pg.resident_limit();
@@ -102,7 +103,7 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
                 let round_seed = seed ^ (round as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
                 team.run(m, move |team, cpu| worker(m, team, &s, &o, cpu, round_seed))?;
                 m.frames().audit().map_err(|e| failure(format_args!("frame audit: {e:?}")))?;
-                m.vm().audit_paging().map_err(|e| failure(format_args!("paging audit: {e:?}")))?;
+                paged::paging(m)?.audit().map_err(|e| failure(format_args!("paging audit: {e:?}")))?;
                 audits += 2;
                 let c = counts(&ops);
                 m.emit(&Record::StressRound {
@@ -211,7 +212,7 @@ impl Held {
         region_page: impl Fn(usize) -> u64,
     ) -> Result<(), Failure> {
         while let Some(i) = self.pinned.pop() {
-            m.vm().unpin(region_page(i), mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
+            paged::paging(m)?.unpin(region_page(i), mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
         }
         while let Some(frame) = self.frames.pop() {
             m.frames().free_page(frame).map_err(|e| fails("free", e))?;
@@ -288,7 +289,7 @@ fn mix_step<M: Machine>(
     rng: &mut Rng,
     op: u64,
 ) -> Result<usize, Failure> {
-    let (vm, frames) = (m.vm(), m.frames());
+    let (vm, frames, paging) = (m.vm(), m.frames(), paged::paging(m)?);
     let r = rng.next();
     let coin = r >> 32 & 1 == 1;
     let n = s.cpus;
@@ -348,7 +349,7 @@ fn mix_step<M: Machine>(
             3
         }
         13 => {
-            let r = if coin { vm.page_out(va, mm::PAGE_SIZE) } else { vm.page_in(va, mm::PAGE_SIZE) };
+            let r = if coin { paging.page_out(va, mm::PAGE_SIZE) } else { paging.page_in(va, mm::PAGE_SIZE) };
             match (r, pinned, coin) {
                 (Ok(()), false, _) | (Ok(()), true, false) => {}
                 (Err(mm::paging::PagingError::Pinned { .. }), true, true) => {}
@@ -363,10 +364,10 @@ fn mix_step<M: Machine>(
         }
         14 => {
             if pinned {
-                vm.unpin(va, mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
+                paging.unpin(va, mm::PAGE_SIZE).map_err(|e| fails("unpin", e))?;
                 held.pinned.retain(|&mut p| p != i);
             } else if !held.pinned.is_full() {
-                vm.pin(va, mm::PAGE_SIZE).map_err(|e| fails("pin", e))?;
+                paging.pin(va, mm::PAGE_SIZE).map_err(|e| fails("pin", e))?;
                 held.pinned.push(i);
             }
             4
@@ -382,7 +383,7 @@ fn mix_step<M: Machine>(
                 matches!(unmapped, Err(mm::vm::VmError::NotMapped { .. })),
                 "unmap of an unmapped page: {unmapped:?}"
             );
-            let odd = vm.page_out(va + 8, mm::PAGE_SIZE);
+            let odd = paging.page_out(va + 8, mm::PAGE_SIZE);
             check!(
                 matches!(odd, Err(mm::paging::PagingError::Range(mm::vm::VmError::NotAligned { .. }))),
                 "page-out of an unaligned address: {odd:?}"

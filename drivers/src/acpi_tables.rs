@@ -23,8 +23,10 @@ pub use acpi::AcpiError;
 /// kernel can run are still counted in `cpus_total`.
 pub const MAX_MADT_CPUS: usize = 256;
 
+/// What the ACPI tables say about the machine: its CPUs, interrupt and
+/// timer hardware, and PCIe configuration space.
 #[derive(Debug)]
-pub struct Platform {
+pub struct AcpiInfo {
     /// APIC ids of the enabled processors, in MADT order.
     pub apic_ids: ArrayVec<u32, MAX_MADT_CPUS>,
     /// Enabled processors in the MADT, including any beyond `apic_ids`.
@@ -69,13 +71,13 @@ const MADT_ENABLED: u32 = 1;
 /// # Safety
 /// `rsdp_phys` must be the RSDP the firmware reported and `phys_offset` the
 /// offset of a direct map covering all tables it references.
-pub unsafe fn read_platform(rsdp_phys: PhysAddr, phys_offset: u64) -> Result<Platform, AcpiError> {
+pub unsafe fn read_platform(rsdp_phys: PhysAddr, phys_offset: u64) -> Result<AcpiInfo, AcpiError> {
     let handler = DirectMap { offset: phys_offset };
     // SAFETY: per this function's contract.
     let tables = unsafe { AcpiTables::from_rsdp(handler, rsdp_phys.as_u64() as usize)? };
 
     let madt = tables.find_table::<Madt>()?;
-    let mut platform = Platform {
+    let mut platform = AcpiInfo {
         apic_ids: ArrayVec::new(),
         cpus_total: 0,
         lapic_phys: match madt.get().local_apic_address {

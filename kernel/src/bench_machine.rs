@@ -5,7 +5,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use bench::{Clock, Machine, TlbCounts};
+use bench::{Clock, Machine, Mark};
 use mm::vm::{Vm, KERNEL_REGION_AREA, KERNEL_SEED_AREA, USER_END, USER_START};
 
 use crate::frames::{self, Frames, KernelPlatform};
@@ -93,9 +93,7 @@ impl Machine for KernelMachine {
     }
 
     fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64> {
-        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| match e {
-            smp::ipi::CallError::NotOnline { cpus } | smp::ipi::CallError::Timeout { missing: cpus } => cpus.bits(),
-        })
+        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| e.cpus().bits())
     }
 
     fn emit(&self, record: &record::GuestRecord) {
@@ -108,15 +106,8 @@ impl Machine for KernelMachine {
         }
     }
 
-    fn tlb_counts(&self, cpu: usize) -> TlbCounts {
-        let c = smp::tlb::counters(cpu);
-        TlbCounts {
-            shootdowns: c.shootdowns,
-            targets: c.targets,
-            ipis: c.ipis,
-            invlpg: c.pages_invalidated,
-            full_flushes: c.full_flushes,
-        }
+    fn tlb_counts(&self, cpu: usize) -> record::TlbSnapshot {
+        smp::tlb::counters(cpu)
     }
 
     fn stores(&self) -> alloc::vec::Vec<&'static str> {
@@ -139,8 +130,8 @@ impl Machine for KernelMachine {
         word(virt).store(value, Ordering::Relaxed)
     }
 
-    fn trace_mark(&self, begin: bool, seq: u32) {
-        crate::trace_mark::mark(begin, seq);
+    fn trace_mark(&self, mark: Mark, seq: u32) {
+        crate::trace_mark::mark(mark == Mark::Begin, seq);
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Cmdline {
     pub magazine_capacity: usize,
     /// Seed for randomised tests (`seed=N`); from the TSC when absent.
     pub seed: Option<u64>,
-    /// Eviction policy (`evict=clock` or `evict=lru`).
+    /// Eviction policy (`evict=nru` or `evict=lru`).
     pub eviction: Eviction,
     /// Benchmarks or tests to run (`only=a,b`: name prefixes); empty
     /// means all.
@@ -36,8 +36,8 @@ pub struct Cmdline {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Eviction {
-    /// Clock over not-recently-used classes.
-    Clock,
+    /// Not recently used: a clock over NRU classes (`mm`'s `Nru`).
+    Nru,
     /// Least recently used with a second chance.
     Lru,
 }
@@ -52,7 +52,7 @@ pub fn read() -> Cmdline {
         mode: Mode::Run,
         magazine_capacity: DEFAULT_MAGAZINE_CAPACITY,
         seed: None,
-        eviction: Eviction::Clock,
+        eviction: Eviction::Nru,
         only: arrayvec::ArrayString::new(),
         quick: false,
         seconds: 60,
@@ -86,7 +86,7 @@ pub fn read() -> Cmdline {
                 Ok(n) if (1..=mm::magazine::MAG_MAX).contains(&n) => cmd.magazine_capacity = n,
                 _ => log::warn!("cmdline: mag={n:?} is not 1..={}", mm::magazine::MAG_MAX),
             },
-            Some(("evict", "clock")) => cmd.eviction = Eviction::Clock,
+            Some(("evict", "nru")) => cmd.eviction = Eviction::Nru,
             Some(("evict", "lru")) => cmd.eviction = Eviction::Lru,
             Some(("seed", n)) => match parse_u64(n) {
                 Some(s) => cmd.seed = Some(s),

@@ -5,8 +5,8 @@
 use mm::buddy::{Link, MAX_ORDER};
 use mm::frame_db::{FrameDb, FrameEntry};
 use mm::magazine::Magazine;
-use mm::phys::{CpuSlot, PhysAllocator};
-use mm::platform::Platform;
+use mm::phys::{CpuShare, PhysAllocator};
+use mm::platform::CpuPlatform;
 use mm::PAGE_SIZE;
 use smp::MAX_CPUS;
 use spin::Once;
@@ -18,7 +18,7 @@ const DEPOT_SLOTS: usize = 2 * MAX_CPUS;
 
 pub struct KernelPlatform;
 
-impl Platform for KernelPlatform {
+impl CpuPlatform for KernelPlatform {
     fn cpu_index(&self) -> usize {
         smp::percpu::current_index()
     }
@@ -30,7 +30,7 @@ impl Platform for KernelPlatform {
 
 pub type Frames = PhysAllocator<'static, KernelPlatform>;
 
-static CPU_SLOTS: [CpuSlot; MAX_CPUS] = [const { CpuSlot::new() }; MAX_CPUS];
+static CPU_SHARES: [CpuShare; MAX_CPUS] = [const { CpuShare::new() }; MAX_CPUS];
 static FRAMES: Once<Frames> = Once::new();
 
 /// Whether `init` has run.
@@ -67,6 +67,7 @@ pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
             .iter()
             .map(|r| (r.start.as_u64() / PAGE_SIZE - base) as usize..(r.end.as_u64() / PAGE_SIZE - base) as usize);
         let db = FrameDb::new(mm::frame::PhysAddr::new(base * PAGE_SIZE), entries);
-        FRAMES.call_once(|| PhysAllocator::new(db, links, usable, &CPU_SLOTS, magazine_capacity, depot, KernelPlatform))
+        FRAMES
+            .call_once(|| PhysAllocator::new(db, links, usable, &CPU_SHARES, magazine_capacity, depot, KernelPlatform))
     })
 }

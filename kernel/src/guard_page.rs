@@ -7,9 +7,10 @@
 
 use x86_64::registers::control::Cr3;
 
+use mm::PAGE_SIZE;
+
 use crate::memory;
 
-const PAGE: u64 = 4096;
 const PRESENT: u64 = 1;
 const HUGE: u64 = 1 << 7;
 const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
@@ -21,11 +22,11 @@ fn mapped_now(virt: u64) -> bool {
     let mut table = Cr3::read().0.start_address().as_u64();
     for level in (0..4).rev() {
         let index = (virt >> (12 + 9 * level)) & 511;
-        let slot = memory::virt_of(table) + index * 8;
+        let entry = memory::virt_of(table) + index * 8;
         // SAFETY: `table` is a page-table frame (CR3 or a present
         // non-leaf entry), which the direct map covers; reading one
         // aligned word of it has no side effect.
-        let e = unsafe { (slot as *const u64).read_volatile() };
+        let e = unsafe { (entry as *const u64).read_volatile() };
         if e & PRESENT == 0 {
             return false;
         }
@@ -40,8 +41,8 @@ fn mapped_now(virt: u64) -> bool {
 /// The guard page `addr` lies in, if it looks like one: unmapped, with a
 /// mapped page right above it (the bottom of a stack).
 pub fn guard_page_of(addr: u64) -> Option<u64> {
-    let page = addr & !(PAGE - 1);
-    let above = page.checked_add(PAGE)?;
+    let page = addr & !(PAGE_SIZE - 1);
+    let above = page.checked_add(PAGE_SIZE)?;
     let canonical = |a: u64| x86_64::VirtAddr::try_new(a).is_ok();
     if !canonical(page) || !canonical(above) {
         return None;

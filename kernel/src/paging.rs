@@ -10,7 +10,7 @@ use mm::paging::block_store::BlockStore;
 use mm::paging::faulty_store::FaultyStore;
 use mm::paging::policy::{Lru, Nru};
 use mm::paging::store_switch::StoreSwitch;
-use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, PagingError, StoreError};
+use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, Paging, PagingError, StoreError};
 use smp::MAX_CPUS;
 use spin::Once;
 
@@ -61,13 +61,18 @@ pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     STORE.call_once(|| faulty);
     let db = f.db();
     let policy: &'static dyn EvictionPolicy = match eviction {
-        Eviction::Clock => Box::leak(Box::new(Nru::new())),
+        Eviction::Nru => Box::leak(Box::new(Nru::new())),
         Eviction::Lru => Box::leak(Box::new(Lru::new(db.len()))),
     };
     let config = PagerConfig { db, store: faulty, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
-    vm::get().enable_paging(config).expect("paging enabled twice");
+    Paging::enable(vm::get(), config).expect("paging enabled twice");
     let slots = switch.usage().1;
     log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), slots * mm::PAGE_SIZE >> 20);
+}
+
+/// The kernel VM's paging: `NotEnabled` before `init`.
+pub fn get() -> Result<Paging<'static, vm::KernelVm>, PagingError> {
+    Paging::of(vm::get())
 }
 
 /// The stores paging can use, the one it starts on first.
@@ -89,8 +94,8 @@ pub fn store_name() -> &'static str {
 /// Called by the page-fault handler for faults from kernel code: true if
 /// the fault was on an on-demand page and is resolved (retry the access).
 pub fn resolve_fault(addr: u64, error_code: u64) -> bool {
-    let Ok(_) = vm::get().pager() else { return false };
-    match vm::get().page_fault(addr, Access::from_error_code(error_code)) {
+    let Ok(paging) = get() else { return false };
+    match paging.page_fault(addr, Access::from_error_code(error_code)) {
         Ok(()) => true,
         Err(e) => {
             let cpu = smp::percpu::current_index();

@@ -6,7 +6,7 @@
 use mm::direct_map::DirectMap;
 use mm::frame::{Frame, FrameError};
 use mm::vm::{Root, ShootdownFailed, Table, Vm, VmPlatform};
-use smp::tlb::{self, ShootdownError};
+use smp::tlb;
 use smp::{percpu, CpuSet};
 use spin::Once;
 use x86_64::registers::control::{Cr3, Cr3Flags};
@@ -81,12 +81,7 @@ impl VmPlatform for KernelVm {
         let start = start.as_u64();
         tlb::shootdown(CpuSet::from_bits(targets), start, pages).map_err(|e| {
             log::error!("shootdown of {pages} pages at {start:#x} to {targets:#x} failed: {e:?}");
-            let cpus = match e {
-                ShootdownError::Call(smp::ipi::CallError::Timeout { missing }) => missing.bits(),
-                ShootdownError::Call(smp::ipi::CallError::NotOnline { cpus }) => cpus.bits(),
-                ShootdownError::BadRange { .. } => targets,
-            };
-            ShootdownFailed { cpus }
+            ShootdownFailed { cpus: e.unconfirmed(CpuSet::from_bits(targets)).bits() }
         })
     }
 

@@ -79,40 +79,16 @@ impl CpuCounters {
     }
 }
 
-impl core::ops::Sub for CounterSnapshot {
-    type Output = CounterSnapshot;
-
-    /// What happened between two snapshots of the same CPU.
-    fn sub(self, o: CounterSnapshot) -> CounterSnapshot {
-        CounterSnapshot {
-            fast_allocs: self.fast_allocs - o.fast_allocs,
-            fast_frees: self.fast_frees - o.fast_frees,
-            depot_exchanges: self.depot_exchanges - o.depot_exchanges,
-            buddy_locks: self.buddy_locks - o.buddy_locks,
-            buddy: self.buddy - o.buddy,
-            depot: self.depot - o.depot,
-            remote_frees: self.remote_frees - o.remote_frees,
-            reclaims: self.reclaims - o.reclaims,
-            allocs: self.allocs - o.allocs,
-            frees: self.frees - o.frees,
-        }
-    }
-}
-
-impl core::ops::AddAssign for CounterSnapshot {
-    fn add_assign(&mut self, o: CounterSnapshot) {
-        self.fast_allocs += o.fast_allocs;
-        self.fast_frees += o.fast_frees;
-        self.depot_exchanges += o.depot_exchanges;
-        self.buddy_locks += o.buddy_locks;
-        self.buddy += o.buddy;
-        self.depot += o.depot;
-        self.remote_frees += o.remote_frees;
-        self.reclaims += o.reclaims;
-        self.allocs += o.allocs;
-        self.frees += o.frees;
-    }
-}
+record::snapshot_arithmetic!(CounterSnapshot {
+    fast_allocs,
+    fast_frees,
+    depot_exchanges,
+    buddy_locks,
+    remote_frees,
+    reclaims,
+    allocs,
+    frees,
+} nested { buddy, depot });
 
 #[cfg(test)]
 mod tests {

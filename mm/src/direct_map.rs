@@ -2,7 +2,7 @@
 //! a table or a frame by its physical address.
 
 use crate::frame::{Frame, PhysAddr};
-use crate::vm::{Table, PAGE};
+use crate::vm::{Table, PAGE_SIZE};
 
 /// The bootloader's direct map of all physical memory.
 #[derive(Clone, Copy)]
@@ -31,7 +31,7 @@ impl DirectMap {
     /// or plain write reaches it meanwhile, and it is not freed.
     pub unsafe fn table(self, phys: PhysAddr) -> &'static Table {
         let phys = phys.as_u64();
-        debug_assert_eq!(phys % PAGE, 0);
+        debug_assert_eq!(phys % PAGE_SIZE, 0);
         // SAFETY: the direct map covers the frame (constructor contract),
         // the address is page-aligned so aligned for `Table`, every bit
         // pattern is a valid array of `AtomicU64`, and all access to it goes
@@ -55,7 +55,7 @@ impl DirectMap {
     pub unsafe fn fill(self, phys: PhysAddr, byte: u8) {
         // SAFETY: the direct map covers the frame (constructor contract);
         // the caller owns it (this function's contract).
-        unsafe { core::ptr::write_bytes((phys.as_u64() + self.offset) as *mut u8, byte, PAGE as usize) };
+        unsafe { core::ptr::write_bytes((phys.as_u64() + self.offset) as *mut u8, byte, PAGE_SIZE as usize) };
     }
 
     /// Copies `from` into `to`; holding them proves the caller owns both
@@ -76,7 +76,7 @@ impl DirectMap {
             core::ptr::copy_nonoverlapping(
                 (from.as_u64() + self.offset) as *const u8,
                 (to.as_u64() + self.offset) as *mut u8,
-                PAGE as usize,
+                PAGE_SIZE as usize,
             )
         };
     }

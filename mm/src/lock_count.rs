@@ -59,25 +59,7 @@ impl LockCounts {
     }
 }
 
-impl core::ops::Sub for LockSnapshot {
-    type Output = LockSnapshot;
-
-    fn sub(self, o: LockSnapshot) -> LockSnapshot {
-        LockSnapshot {
-            acquired: self.acquired.wrapping_sub(o.acquired),
-            contended: self.contended.wrapping_sub(o.contended),
-            spins: self.spins.wrapping_sub(o.spins),
-        }
-    }
-}
-
-impl core::ops::AddAssign for LockSnapshot {
-    fn add_assign(&mut self, o: LockSnapshot) {
-        self.acquired = self.acquired.wrapping_add(o.acquired);
-        self.contended = self.contended.wrapping_add(o.contended);
-        self.spins = self.spins.wrapping_add(o.spins);
-    }
-}
+record::snapshot_arithmetic!(LockSnapshot { acquired, contended, spins });
 
 #[cfg(test)]
 mod tests {

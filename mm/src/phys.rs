@@ -24,7 +24,7 @@ use crate::counters::{bump, CounterSnapshot, CpuCounters};
 use crate::frame::{Frame, FrameError, FrameKind, PhysAddr};
 use crate::frame_db::FrameDb;
 use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::PAGE_SIZE;
 
@@ -42,26 +42,26 @@ const RECLAIM_ATTEMPTS: usize = 4;
 const GROW_AFTER_CONTENTIONS: u64 = 16;
 
 /// One CPU's share of the allocator.
-pub struct CpuSlot {
+pub struct CpuShare {
     cache: Mutex<CpuCache>,
     /// Frames in `cache`, kept for `free_bytes` (written under the lock).
     cached: AtomicU64,
     pub counters: CpuCounters,
 }
 
-impl CpuSlot {
+impl CpuShare {
     #[cfg(not(loom))]
-    pub const fn new() -> CpuSlot {
-        CpuSlot { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+    pub const fn new() -> CpuShare {
+        CpuShare { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
     }
 
     #[cfg(loom)]
-    pub fn new() -> CpuSlot {
-        CpuSlot { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+    pub fn new() -> CpuShare {
+        CpuShare { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
     }
 }
 
-impl Default for CpuSlot {
+impl Default for CpuShare {
     fn default() -> Self {
         Self::new()
     }
@@ -90,31 +90,31 @@ pub enum AuditViolation {
     NotConserved { census: Census },
 }
 
-pub struct PhysAllocator<'a, P: Platform> {
+pub struct PhysAllocator<'a, P: CpuPlatform> {
     db: FrameDb<'a>,
     buddy: Mutex<Buddy<'a>>,
     buddy_free: AtomicU64,
     depot: Mutex<Depot<'a>>,
     depot_frames: AtomicU64,
     depot_contention: AtomicU64,
-    cpus: &'a [CpuSlot],
+    cpus: &'a [CpuShare],
     policy: AtomicUsize,
     mag_cap: AtomicUsize,
     usable: u64,
     platform: P,
 }
 
-impl<'a, P: Platform> PhysAllocator<'a, P> {
+impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// Takes over `db`, whose frames are all `Reserved`, and makes the
     /// frames in `usable` (index ranges) free. `links` has one entry per
-    /// frame; `cpus` one slot per CPU; `depot` one slot per full magazine
-    /// the depot may keep. `db.base()` must be aligned to `2^MAX_ORDER`
+    /// frame; `cpus` one share per CPU; `depot` has room for each full
+    /// magazine the depot may keep. `db.base()` must be aligned to `2^MAX_ORDER`
     /// frames so buddy blocks are physically aligned.
     pub fn new(
         db: FrameDb<'a>,
         links: &'a mut [Link],
         usable: impl IntoIterator<Item = Range<usize>>,
-        cpus: &'a [CpuSlot],
+        cpus: &'a [CpuShare],
         magazine_capacity: usize,
         depot: &'a mut [Magazine],
         platform: P,
@@ -365,11 +365,11 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     fn magazine_alloc(&self, cpu: usize) -> Result<usize, FrameError> {
-        let slot = &self.cpus[cpu];
-        let mut cache = slot.cache.lock();
+        let share = &self.cpus[cpu];
+        let mut cache = share.cache.lock();
         let index = match cache.pop() {
             Some(i) => {
-                bump(&slot.counters.fast_allocs);
+                bump(&share.counters.fast_allocs);
                 Some(i)
             }
             None => {
@@ -377,7 +377,7 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
                 cache.pop()
             }
         };
-        slot.cached.store(cache.len() as u64, Ordering::Relaxed);
+        share.cached.store(cache.len() as u64, Ordering::Relaxed);
         drop(cache);
         match index {
             Some(i) => {
@@ -415,23 +415,23 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     }
 
     fn magazine_free(&self, cpu: usize, index: u32) {
-        let slot = &self.cpus[cpu];
+        let share = &self.cpus[cpu];
         let cap = self.magazine_capacity();
-        let mut cache = slot.cache.lock();
+        let mut cache = share.cache.lock();
         match cache.push(index, cap) {
-            Ok(()) => bump(&slot.counters.fast_frees),
+            Ok(()) => bump(&share.counters.fast_frees),
             Err(index) => {
                 // Both magazines full: the previous one goes to the depot (or,
                 // if the depot is at its limit, back to the buddy).
                 let full = core::mem::take(&mut cache.previous);
-                bump(&slot.counters.depot_exchanges);
+                bump(&share.counters.depot_exchanges);
                 if let Err(full) = self.with_depot(cpu, |d| d.put(full)) {
                     self.drain(cpu, &full);
                 }
                 cache.push(index, cap).expect("previous magazine was just emptied");
             }
         }
-        slot.cached.store(cache.len() as u64, Ordering::Relaxed);
+        share.cached.store(cache.len() as u64, Ordering::Relaxed);
     }
 
     /// Runs `f` on the depot, keeping its frame count current, and grows
@@ -482,12 +482,12 @@ impl<'a, P: Platform> PhysAllocator<'a, P> {
     fn reclaim_all(&self) {
         let cpu = self.platform.cpu_index();
         bump(&self.cpus[cpu].counters.reclaims);
-        for slot in self.cpus {
-            let mut cache = slot.cache.lock();
+        for share in self.cpus {
+            let mut cache = share.cache.lock();
             for mag in cache.take_all() {
                 self.drain(cpu, &mag);
             }
-            slot.cached.store(0, Ordering::Relaxed);
+            share.cached.store(0, Ordering::Relaxed);
         }
         // One magazine at a time: the depot lock is never held with the
         // buddy lock, and nothing large lands on the stack.

@@ -1,7 +1,9 @@
-//! What the memory manager needs from the platform, implemented by the
-//! kernel with `smp` (and by threads in host tests).
+//! What the memory manager's per-CPU state (the frame allocator's
+//! caches, the heap) needs from the CPU it runs on, implemented by the
+//! kernel with `smp` (and by threads in host tests). The page-table code
+//! has its own, wider `vm::VmPlatform`.
 
-pub trait Platform: Sync {
+pub trait CpuPlatform: Sync {
     /// Index of the running CPU, `0..MAX_CPUS`. Must not change while the
     /// caller runs (the kernel never migrates).
     fn cpu_index(&self) -> usize;

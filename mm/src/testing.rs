@@ -1,7 +1,7 @@
 //! Test platform: each host (or loom) thread plays one CPU, chosen with
 //! `on_cpu`; there are no interrupts to mask.
 
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 
 #[cfg(not(loom))]
 std::thread_local! {
@@ -14,7 +14,7 @@ loom::thread_local! {
 
 pub struct Threads;
 
-impl Platform for Threads {
+impl CpuPlatform for Threads {
     fn cpu_index(&self) -> usize {
         CPU.with(|c| c.get())
     }
@@ -42,7 +42,7 @@ pub trait ByAddress {
     fn free_run(&self, phys: u64, count: u64) -> Result<(), crate::frame::FrameError>;
 }
 
-impl<P: Platform> ByAddress for crate::phys::PhysAllocator<'_, P> {
+impl<P: CpuPlatform> ByAddress for crate::phys::PhysAllocator<'_, P> {
     fn alloc_addr(&self) -> Result<u64, crate::frame::FrameError> {
         self.alloc_page().map(|f| f.into_phys().as_u64())
     }

@@ -20,8 +20,10 @@ use serde::{Serialize, Serializer};
 #[cfg(feature = "parse")]
 extern crate alloc;
 
+mod counts;
 mod shared;
-pub use shared::{selected, Accel, BENCHMARKS, KERNEL_BASE, MAX_CPUS};
+pub use counts::TlbSnapshot;
+pub use shared::{selected, Accel, BENCHMARKS, KERNEL_BASE, MAX_CPUS, PAGE_SIZE};
 
 /// Marks a record line on the serial console.
 pub const PREFIX: &str = "@@smpmm ";

@@ -6,6 +6,10 @@
 /// `--smp` before booting instead of letting the guest ignore the rest.
 pub const MAX_CPUS: u32 = 64;
 
+/// Bytes in a page: the one definition, for `mm` (which re-exports it),
+/// `smp`'s shootdown ranges and xtask's swap-disk sizes.
+pub const PAGE_SIZE: u64 = 4096;
+
 /// Where the bootloader maps the kernel ELF (`Mapping::FixedAddress` in the
 /// kernel's bootloader config). The ELF is position-independent, so its
 /// symbols are this much below their run-time addresses: gdb is told the

@@ -76,19 +76,8 @@ impl Default for CpuCounts {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TlbSnapshot {
-    /// Shootdowns this CPU started.
-    pub shootdowns: u64,
-    /// CPUs other than itself those shootdowns asked.
-    pub targets: u64,
-    /// IPIs this CPU sent (ICR writes), for shootdowns or anything else.
-    pub ipis: u64,
-    /// Pages this CPU invalidated one by one (for itself or others).
-    pub pages_invalidated: u64,
-    /// Full flushes this CPU performed.
-    pub full_flushes: u64,
-}
+/// The snapshot type is `record`'s, so `bench` reports it as it is.
+pub use record::TlbSnapshot;
 
 fn add(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);

@@ -1,9 +1,9 @@
 //! Cross-calls: run a function on a set of CPUs and wait until each has run
 //! it, without a global lock.
 //!
-//! Each CPU owns one outgoing call slot (function, argument, and the set of
+//! Each CPU owns one outgoing call mailbox (function, argument, and the set of
 //! targets that have not acknowledged) and one inbox word (the set of CPUs
-//! with a call waiting for it). A caller fills its slot, sets its bit in
+//! with a call waiting for it). A caller fills its mailbox, sets its bit in
 //! every target's inbox, signals them (an IPI in the kernel) and waits.
 //! A target swaps its inbox to zero, runs each sender's function and clears
 //! its own bit in that sender's `outstanding` set.
@@ -20,7 +20,7 @@ use crate::cpuset::CpuSet;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// What the protocol needs from its environment.
-pub trait Platform {
+pub trait CallPlatform {
     /// Prod the CPUs in `targets` to call [`CrossCalls::service`].
     fn signal(&self, targets: CpuSet);
     /// A monotonic clock in nanoseconds for the wait bound.
@@ -31,17 +31,33 @@ pub trait Platform {
     }
 }
 
+/// Why a cross-call did not run on every target: the one error from a
+/// cross-call up to the TLB shootdown that wraps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrossCallError {
+pub enum CallError {
+    /// Some targets are not online; nothing was sent (`ipi::cross_call`).
+    NotOnline { cpus: CpuSet },
     /// These targets never picked the call up within the bound; the call was
     /// withdrawn from them, so they will not run it later.
     Timeout { missing: CpuSet },
     /// These targets picked the call up but did not finish it within the
-    /// bound. The caller's slot stays busy until they do.
+    /// bound. The caller's mailbox stays busy until they do (`call_closure`
+    /// panics instead of returning it).
     Stuck { running: CpuSet },
 }
 
-struct Slot {
+impl CallError {
+    /// The targets that did not run the call (or may not have finished).
+    pub fn cpus(self) -> CpuSet {
+        match self {
+            CallError::NotOnline { cpus } => cpus,
+            CallError::Timeout { missing } => missing,
+            CallError::Stuck { running } => running,
+        }
+    }
+}
+
+struct Mailbox {
     func: AtomicUsize,
     arg: AtomicUsize,
     /// Targets that have been asked and have not acknowledged.
@@ -51,7 +67,7 @@ struct Slot {
 /// Mailboxes for `N` CPUs (indexes `0..N`, `N <= 64`).
 pub struct CrossCalls<const N: usize> {
     inbox: [AtomicU64; N],
-    slots: [Slot; N],
+    mailboxes: [Mailbox; N],
 }
 
 impl<const N: usize> Default for CrossCalls<N> {
@@ -63,18 +79,18 @@ impl<const N: usize> Default for CrossCalls<N> {
 impl<const N: usize> CrossCalls<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        const EMPTY_SLOT: Slot =
-            Slot { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
+        const EMPTY_MAILBOX: Mailbox =
+            Mailbox { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
         #[allow(clippy::declare_interior_mutable_const)]
         const ZERO: AtomicU64 = AtomicU64::new(0);
-        CrossCalls { inbox: [ZERO; N], slots: [EMPTY_SLOT; N] }
+        CrossCalls { inbox: [ZERO; N], mailboxes: [EMPTY_MAILBOX; N] }
     }
 
     #[cfg(loom)]
     pub fn new() -> Self {
         CrossCalls {
             inbox: core::array::from_fn(|_| AtomicU64::new(0)),
-            slots: core::array::from_fn(|_| Slot {
+            mailboxes: core::array::from_fn(|_| Mailbox {
                 func: AtomicUsize::new(0),
                 arg: AtomicUsize::new(0),
                 outstanding: AtomicU64::new(0),
@@ -92,19 +108,19 @@ impl<const N: usize> CrossCalls<N> {
         func: fn(usize),
         arg: usize,
         timeout_ns: u64,
-        platform: &impl Platform,
-    ) -> Result<(), CrossCallError> {
-        let slot = &self.slots[me];
-        // A previous call whose targets got stuck still owns the slot.
+        platform: &impl CallPlatform,
+    ) -> Result<(), CallError> {
+        let mailbox = &self.mailboxes[me];
+        // A previous call whose targets got stuck still owns the mailbox.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CrossCallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)) });
         }
 
         let remote = targets.without(me);
-        slot.func.store(func as usize, Ordering::Relaxed);
-        slot.arg.store(arg, Ordering::Relaxed);
-        slot.outstanding.store(remote.bits(), Ordering::Relaxed);
+        mailbox.func.store(func as usize, Ordering::Relaxed);
+        mailbox.arg.store(arg, Ordering::Relaxed);
+        mailbox.outstanding.store(remote.bits(), Ordering::Relaxed);
         for cpu in remote.iter() {
             // Release publishes func/arg/outstanding to the target's swap.
             self.inbox[cpu].fetch_or(1 << me, Ordering::Release);
@@ -123,36 +139,36 @@ impl<const N: usize> CrossCalls<N> {
 
         // Withdraw the requests nobody took.
         let mut missing = CpuSet::EMPTY;
-        for cpu in CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)).iter() {
+        for cpu in CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)).iter() {
             let before = self.inbox[cpu].fetch_and(!(1 << me), Ordering::AcqRel);
             if before & (1 << me) != 0 {
-                slot.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
+                mailbox.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
                 missing.insert(cpu);
             }
         }
         // Whoever took it is running it now; give them one more bound.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CrossCallError::Stuck { running: CpuSet::from_bits(slot.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)) });
         }
         if missing.is_empty() {
             Ok(()) // everyone answered while we were withdrawing
         } else {
-            Err(CrossCallError::Timeout { missing })
+            Err(CallError::Timeout { missing })
         }
     }
 
-    /// Waits until `me`'s slot has no outstanding targets, servicing
+    /// Waits until `me`'s mailbox has no outstanding targets, servicing
     /// incoming calls meanwhile. Returns false at the deadline.
-    fn wait_acked(&self, me: usize, deadline: u64, platform: &impl Platform) -> bool {
-        let slot = &self.slots[me];
+    fn wait_acked(&self, me: usize, deadline: u64, platform: &impl CallPlatform) -> bool {
+        let mailbox = &self.mailboxes[me];
         loop {
-            if slot.outstanding.load(Ordering::Acquire) == 0 {
+            if mailbox.outstanding.load(Ordering::Acquire) == 0 {
                 return true;
             }
             self.service(me);
             if platform.now_ns() >= deadline {
-                return slot.outstanding.load(Ordering::Acquire) == 0;
+                return mailbox.outstanding.load(Ordering::Acquire) == 0;
             }
             platform.relax();
         }
@@ -163,11 +179,11 @@ impl<const N: usize> CrossCalls<N> {
     pub fn service(&self, me: usize) -> usize {
         let senders = self.inbox[me].swap(0, Ordering::Acquire);
         for sender in CpuSet::from_bits(senders).iter() {
-            let slot = &self.slots[sender];
-            let func = slot.func.load(Ordering::Relaxed);
-            let arg = slot.arg.load(Ordering::Relaxed);
+            let mailbox = &self.mailboxes[sender];
+            let func = mailbox.func.load(Ordering::Relaxed);
+            let arg = mailbox.arg.load(Ordering::Relaxed);
             run(func, arg);
-            slot.outstanding.fetch_and(!(1 << me), Ordering::Release);
+            mailbox.outstanding.fetch_and(!(1 << me), Ordering::Release);
         }
         senders.count_ones() as usize
     }
@@ -198,8 +214,8 @@ pub fn call_closure<const N: usize, F: Fn() + Sync>(
     targets: CpuSet,
     f: &F,
     timeout_ns: u64,
-    platform: &impl Platform,
-) -> Result<(), CrossCallError> {
+    platform: &impl CallPlatform,
+) -> Result<(), CallError> {
     fn trampoline<F: Fn() + Sync>(arg: usize) {
         // SAFETY: `arg` is `f as *const F` from `call_closure`, which does
         // not return while any CPU that picked up the call is still in it
@@ -208,7 +224,7 @@ pub fn call_closure<const N: usize, F: Fn() + Sync>(
         f()
     }
     match calls.call(me, targets, trampoline::<F>, f as *const F as usize, timeout_ns, platform) {
-        Err(CrossCallError::Stuck { running }) => {
+        Err(CallError::Stuck { running }) => {
             panic!("cross-call from cpu {me}: cpus {running:?} took the call and never finished it")
         }
         other => other,

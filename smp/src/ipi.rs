@@ -5,7 +5,8 @@ use drivers::tsc;
 
 use crate::counts::use_shorthand;
 use crate::cpuset::{CpuSet, MAX_CPUS};
-use crate::crosscall::{self, CrossCallError, CrossCalls, Platform};
+pub use crate::crosscall::CallError;
+use crate::crosscall::{self, CallPlatform, CrossCalls};
 use crate::percpu::{self, cpu, with_local_apic};
 use crate::tlb::COUNTS;
 
@@ -50,7 +51,7 @@ static CALLS: CrossCalls<MAX_CPUS> = CrossCalls::new();
 
 struct IpiPlatform;
 
-impl Platform for IpiPlatform {
+impl CallPlatform for IpiPlatform {
     fn signal(&self, targets: CpuSet) {
         let others = percpu::online_set().without(percpu::current_index());
         if use_shorthand(targets, others) {
@@ -63,14 +64,6 @@ impl Platform for IpiPlatform {
     fn now_ns(&self) -> u64 {
         tsc::now_ns()
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallError {
-    /// Some targets are not online; nothing was sent.
-    NotOnline { cpus: CpuSet },
-    /// See [`CrossCallError::Timeout`].
-    Timeout { missing: CpuSet },
 }
 
 /// Runs `f` on every CPU in `targets` (the caller too, if included) and
@@ -86,10 +79,6 @@ pub fn cross_call<F: Fn() + Sync>(targets: CpuSet, f: &F) -> Result<(), CallErro
     }
     x86_64::instructions::interrupts::without_interrupts(|| {
         crosscall::call_closure(&CALLS, percpu::current_index(), targets, f, CROSS_CALL_TIMEOUT_NS, &IpiPlatform)
-    })
-    .map_err(|e| match e {
-        CrossCallError::Timeout { missing } => CallError::Timeout { missing },
-        CrossCallError::Stuck { .. } => unreachable!("call_closure panics on Stuck"),
     })
 }
 

@@ -10,6 +10,7 @@
 //! returns, no CPU in `targets` holds a translation for the range, so the
 //! caller may free or reuse the frames behind it.
 
+use record::PAGE_SIZE;
 use x86_64::instructions::tlb;
 use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::VirtAddr;
@@ -20,7 +21,6 @@ use crate::ipi::{cross_call, CallError};
 use crate::percpu;
 
 pub use crate::counts::{TlbSnapshot, FULL_FLUSH_PAGES};
-const PAGE: u64 = 4096;
 
 /// Every CPU's shootdown and IPI counts (`counts`).
 pub(crate) static COUNTS: Counts<MAX_CPUS> = Counts::new();
@@ -36,7 +36,7 @@ pub fn flush_local(start: u64, pages: u64) {
         Flush::All => flush_all_local(),
         Flush::Pages(n) => {
             for i in 0..n {
-                tlb::flush(VirtAddr::new(start + i * PAGE));
+                tlb::flush(VirtAddr::new(start + i * PAGE_SIZE));
             }
         }
     }
@@ -66,11 +66,22 @@ pub enum ShootdownError {
     Call(CallError),
 }
 
+impl ShootdownError {
+    /// The CPUs of `targets` that may still hold the translation: all of
+    /// them for a refused range, else those the cross-call missed.
+    pub fn unconfirmed(self, targets: CpuSet) -> CpuSet {
+        match self {
+            ShootdownError::BadRange { .. } => targets,
+            ShootdownError::Call(e) => e.cpus(),
+        }
+    }
+}
+
 /// Whether `start .. start + pages * 4096` is a non-empty range of
 /// canonical addresses within one half of the address space.
 fn valid_range(start: u64, pages: u64) -> bool {
     let canonical = |a: u64| VirtAddr::try_new(a).is_ok();
-    let Some(len) = pages.checked_mul(PAGE) else { return false };
+    let Some(len) = pages.checked_mul(PAGE_SIZE) else { return false };
     let Some(end) = start.checked_add(len) else { return false };
     pages > 0 && canonical(start) && canonical(end - 1) && (start >> 63) == ((end - 1) >> 63)
 }

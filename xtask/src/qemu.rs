@@ -155,8 +155,8 @@ pub struct GuestOptions {
 /// The guest's eviction policies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Eviction {
-    /// Clock over not-recently-used classes.
-    Clock,
+    /// Not recently used: a clock over NRU classes (`mm`'s `Nru`).
+    Nru,
     /// Least recently used, with a second chance.
     Lru,
 }
@@ -164,7 +164,7 @@ pub enum Eviction {
 impl Eviction {
     pub fn as_str(self) -> &'static str {
         match self {
-            Eviction::Clock => "clock",
+            Eviction::Nru => "nru",
             Eviction::Lru => "lru",
         }
     }

@@ -24,7 +24,7 @@ pub fn parse_swap_size(text: &str) -> Result<Mem> {
             MIN_SWAP_BYTES >> 20
         );
     }
-    if size.bytes % 4096 != 0 {
+    if size.bytes % record::PAGE_SIZE != 0 {
         anyhow::bail!("swap size {text:?} is not a whole number of 4 KiB pages (the guest's swap slots)");
     }
     Ok(size)

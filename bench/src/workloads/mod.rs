@@ -10,7 +10,7 @@ mod fault;
 mod floor;
 mod frames;
 mod heap;
-mod paged;
+pub(crate) mod paged;
 pub(crate) mod space;
 mod thrash;
 mod tlb;
@@ -153,7 +153,7 @@ mod tests {
 
     enum NoMachine {}
 
-    impl mm::platform::Platform for NoMachine {
+    impl mm::platform::CpuPlatform for NoMachine {
         fn cpu_index(&self) -> usize {
             match *self {}
         }
@@ -240,7 +240,7 @@ mod tests {
         fn emit(&self, _: &record::GuestRecord) {
             match *self {}
         }
-        fn tlb_counts(&self, _: usize) -> crate::TlbCounts {
+        fn tlb_counts(&self, _: usize) -> record::TlbSnapshot {
             match *self {}
         }
         fn stores(&self) -> Vec<&'static str> {
@@ -258,7 +258,7 @@ mod tests {
         fn write_word(&self, _: u64, _: u64) {
             match *self {}
         }
-        fn trace_mark(&self, _: bool, _: u32) {
+        fn trace_mark(&self, _: crate::Mark, _: u32) {
             match *self {}
         }
     }

@@ -2,7 +2,7 @@
 //! and the checks that a run gave back everything (frames, commitments,
 //! resident pages) and left the paging and frame audits clean.
 
-use mm::paging::{Mode, Pager};
+use mm::paging::{Mode, Pager, Paging};
 use mm::vm::KMemFlags;
 
 use crate::failure::{check, fails, failure, Failure};
@@ -17,8 +17,13 @@ pub fn mode(variant: &str) -> Result<Mode, Failure> {
     }
 }
 
-pub fn pager<M: Machine>(m: &M) -> Result<&Pager, Failure> {
-    m.vm().pager().map_err(|e| fails("paging", e))
+/// The machine's paging: the paging calls and the audit.
+pub fn paging<M: Machine>(m: &M) -> Result<Paging<'static, M::VmP>, Failure> {
+    Paging::of(m.vm()).map_err(|e| fails("paging", e))
+}
+
+pub fn pager<M: Machine>(m: &M) -> Result<&'static Pager, Failure> {
+    paging(m).map(|p| p.pager())
 }
 
 /// Runs `body` with the variant's mode and, if given, a resident limit;
@@ -41,7 +46,7 @@ pub fn with_mode<M: Machine, T>(
     pg.set_mode(Mode::BusyState);
     pg.set_resident_limit(limit);
     let t = r?;
-    m.vm().audit_paging().map_err(|e| fails("paging audit", e))?;
+    paging(m)?.audit().map_err(|e| fails("paging audit", e))?;
     m.frames().audit().map_err(|e| fails("frame audit", e))?;
     let after = (ledger(), pg.committed(), pg.resident());
     check!(
@@ -63,5 +68,5 @@ pub fn unmap<M: Machine>(m: &M, addr: u64, pages: u64) -> Result<(), Failure> {
 
 /// Faults this CPU has resolved so far.
 pub fn my_faults<M: Machine>(m: &M) -> u64 {
-    m.vm().pager().map(|p| p.stats().cpu(m.cpu()).faults).unwrap_or(0)
+    Paging::of(m.vm()).map(|p| p.pager().stats().cpu(m.cpu()).faults).unwrap_or(0)
 }

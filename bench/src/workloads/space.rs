@@ -59,10 +59,8 @@ pub const POISON: u8 = 0xEE;
 /// Runs `f` with `space` active on this CPU and leaves the space after,
 /// whatever `f` returned.
 pub fn within<M: Machine, R>(m: &M, space: &AddressSpace, f: impl FnOnce() -> R) -> R {
-    m.vm().activate(space);
-    let r = f();
-    m.vm().deactivate(space);
-    r
+    let _active = m.vm().activate(space);
+    f()
 }
 
 /// After a run in `spaces`: destroys them and checks the ledger, but

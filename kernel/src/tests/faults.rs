@@ -2,7 +2,7 @@
 
 use core::ptr;
 
-use mm::vm::{KMemFlags, PAGE, STACK_AREA};
+use mm::vm::{KMemFlags, PAGE_SIZE, STACK_AREA};
 use x86_64::structures::idt::PageFaultErrorCode;
 
 use super::{ensure, fails, Test, TestResult};
@@ -120,10 +120,10 @@ fn guard_pages() -> TestResult {
     let here = &local as *const u64 as u64;
     ensure!(guard_page_of(here).is_none(), "this stack's own page {here:#x} taken for a guard page");
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let (below, on) = (guard_page_of(a - 8), guard_page_of(a));
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
-    ensure!(below == Some(a - PAGE) && on.is_none(), "region at {a:#x}: guard below {below:?}, its page {on:?}");
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
+    ensure!(below == Some(a - PAGE_SIZE) && on.is_none(), "region at {a:#x}: guard below {below:?}, its page {on:?}");
     // Once unmapped, nothing mapped is above that page any more.
     ensure!(guard_page_of(a - 8).is_none(), "an unmapped page with nothing above it taken for a guard page");
     ensure!(guard_page_of(0x0000_8000_0000_0000).is_none(), "a non-canonical address taken for a guard page");

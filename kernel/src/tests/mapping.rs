@@ -3,7 +3,7 @@
 //! changes nothing, the fault-injection sweep and the page-table audit.
 
 use mm::frame::PhysAddr;
-use mm::vm::{CacheMode, Flags, KMemFlags, PageSize, VmError, KERNEL_SEED_AREA, PAGE};
+use mm::vm::{CacheMode, Flags, KMemFlags, PageSize, VmError, KERNEL_SEED_AREA, PAGE_SIZE};
 use smp::tlb::{self, TlbSnapshot};
 use smp::MAX_CPUS;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
@@ -46,21 +46,21 @@ fn map_unmap_ten_times() -> TestResult {
     let pages = 4;
     let mut first = 0;
     for round in 0..10u64 {
-        let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
+        let a = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
         if round == 0 {
             first = a;
         }
         ensure!(a == first, "round {round}: mapped at {a:#x}, first round at {first:#x}");
-        for w in (0..pages * PAGE).step_by(8) {
+        for w in (0..pages * PAGE_SIZE).step_by(8) {
             let v = probe::read(a + w).map_err(|f| failure(format_args!("read of fresh memory faulted: {f:?}")))?;
             ensure!(v == 0, "round {round}: word {w:#x} of fresh memory is {v:#x}");
         }
         for p in 0..pages {
-            probe::write(a + p * PAGE, round << 8 | p).map_err(|f| failure(format_args!("{f:?}")))?;
+            probe::write(a + p * PAGE_SIZE, round << 8 | p).map_err(|f| failure(format_args!("{f:?}")))?;
         }
         let used = before - frames::get().free_bytes();
-        ensure!(used >= pages * PAGE, "free count dropped by {used} bytes for {pages} pages");
-        vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
+        ensure!(used >= pages * PAGE_SIZE, "free count dropped by {used} bytes for {pages} pages");
+        vm.k_mem_unmap(a, pages * PAGE_SIZE).map_err(fails)?;
         let now = frames::get().free_bytes();
         ensure!(now == before, "round {round}: free count {now} after unmap, {before} before map");
         let after = probe::read(a);
@@ -71,17 +71,17 @@ fn map_unmap_ten_times() -> TestResult {
 
 fn guard_pages_fault() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     let below = probe::read(a - 8);
-    let above = probe::write(a + 2 * PAGE, 1);
-    let inside = probe::write(a + 2 * PAGE - 8, 1);
-    vm.k_mem_unmap(a, 2 * PAGE).map_err(fails)?;
+    let above = probe::write(a + 2 * PAGE_SIZE, 1);
+    let inside = probe::write(a + 2 * PAGE_SIZE - 8, 1);
+    vm.k_mem_unmap(a, 2 * PAGE_SIZE).map_err(fails)?;
     ensure!(
         matches!(below, Err(f) if f.cr2 == a - 8 && !probe::code(&f).contains(Code::PROTECTION_VIOLATION)),
         "guard below: {below:?}"
     );
     ensure!(
-        matches!(above, Err(f) if f.cr2 == a + 2 * PAGE && probe::code(&f).contains(Code::CAUSED_BY_WRITE)),
+        matches!(above, Err(f) if f.cr2 == a + 2 * PAGE_SIZE && probe::code(&f).contains(Code::CAUSED_BY_WRITE)),
         "guard above: {above:?}"
     );
     ensure!(inside.is_ok(), "last word of the region: {inside:?}");
@@ -90,7 +90,7 @@ fn guard_pages_fault() -> TestResult {
 
 fn read_only_alias() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64();
     let alias = KERNEL_SEED_AREA.start + 0x10_0000;
     vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(fails)?;
@@ -99,7 +99,7 @@ fn read_only_alias() -> TestResult {
     let write = probe::write(alias + 16, 1);
     let audit = vm.audit_tables(&[]);
     let unmapped = vm.umap_single(vm.kernel(), alias, PageSize::Size4K);
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     ensure!(seen == Ok(0x5eed), "alias read {seen:?}");
     ensure!(
         matches!(write, Err(f) if f.cr2 == alias + 16 && probe::code(&f).contains(Code::CAUSED_BY_WRITE | Code::PROTECTION_VIOLATION)),
@@ -115,7 +115,7 @@ const RETURN_42: [u8; 6] = [0xB8, 42, 0, 0, 0, 0xC3];
 
 fn nx_pages() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64()) as *mut u8;
     // SAFETY: the frame is ours (just mapped); the direct map covers it.
     unsafe { core::ptr::copy_nonoverlapping(RETURN_42.as_ptr(), code, RETURN_42.len()) };
@@ -125,7 +125,7 @@ fn nx_pages() -> TestResult {
     let exec = probe::call(a);
     vm.protect(vm.kernel(), a, 1, Flags::READ).map_err(fails)?;
     let nx_again = probe::call(a);
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     let fetch = |r: &Result<u64, crate::fault_catch::CaughtFault>| matches!(r, Err(f) if f.cr2 == a && probe::code(f).contains(Code::INSTRUCTION_FETCH | Code::PROTECTION_VIOLATION));
     ensure!(fetch(&nx), "call into an NX page: {nx:?}");
     ensure!(exec == Ok(42), "call into an executable page: {exec:?}");
@@ -154,7 +154,7 @@ fn phys_map_odd_region() -> TestResult {
         vm.phys_unmap(v, size).map_err(fails)?;
         let gone = probe::read(v);
         let check = (|| {
-            ensure!(v % PAGE == 0x128, "{cache:?}: offset lost: {v:#x}");
+            ensure!(v % PAGE_SIZE == 0x128, "{cache:?}: offset lost: {v:#x}");
             ensure!(matches!(t, Ok(t) if t.cache == cache && t.phys.as_u64() == phys + 0x1000), "{cache:?}: {t:?}");
             ensure!(first == Ok(0xA000 + 0x128 / 8), "{cache:?}: first word {first:?}");
             ensure!(last == Ok(0xA000 + (0x128 + size - 8) / 8), "{cache:?}: last word {last:?}");
@@ -171,28 +171,34 @@ fn phys_map_odd_region() -> TestResult {
 fn bad_inputs() -> TestResult {
     let vm = vm::get();
     let k = vm.kernel();
-    let region = vm.k_mem_map(3 * PAGE, KMemFlags::RW).map_err(fails)?;
+    let region = vm.k_mem_map(3 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     let before = state();
     let seed = KERNEL_SEED_AREA.start;
     let checks: [(Result<(), VmError>, VmError); 12] = [
         (vm.k_mem_map(0, KMemFlags::RW).map(drop), VmError::ZeroSize),
-        (vm.k_mem_map(PAGE + 1, KMemFlags::RW).map(drop), VmError::NotAligned { value: PAGE + 1 }),
-        (vm.k_mem_map(PAGE, KMemFlags::USER | KMemFlags::UNINIT).map(drop), VmError::UserUninit),
+        (vm.k_mem_map(PAGE_SIZE + 1, KMemFlags::RW).map(drop), VmError::NotAligned { value: PAGE_SIZE + 1 }),
+        (vm.k_mem_map(PAGE_SIZE, KMemFlags::USER | KMemFlags::UNINIT).map(drop), VmError::UserUninit),
         (vm.k_mem_map(1 << 40, KMemFlags::RW).map(drop), VmError::OutOfVirtualSpace),
-        (vm.k_mem_unmap(region + PAGE, 2 * PAGE), VmError::NotARegion { addr: region + PAGE, size: 2 * PAGE }),
-        (vm.k_mem_unmap(region, 2 * PAGE), VmError::NotARegion { addr: region, size: 2 * PAGE }),
-        (vm.k_mem_unmap(region - PAGE, 5 * PAGE), VmError::NotARegion { addr: region - PAGE, size: 5 * PAGE }),
+        (
+            vm.k_mem_unmap(region + PAGE_SIZE, 2 * PAGE_SIZE),
+            VmError::NotARegion { addr: region + PAGE_SIZE, size: 2 * PAGE_SIZE },
+        ),
+        (vm.k_mem_unmap(region, 2 * PAGE_SIZE), VmError::NotARegion { addr: region, size: 2 * PAGE_SIZE }),
+        (
+            vm.k_mem_unmap(region - PAGE_SIZE, 5 * PAGE_SIZE),
+            VmError::NotARegion { addr: region - PAGE_SIZE, size: 5 * PAGE_SIZE },
+        ),
         (vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K), VmError::NotAligned { value: seed + 8 }),
         (
             vm.map_single(k, u64::MAX & !0xFFF, 0x1000, Flags::READ, PageSize::Size4K),
-            VmError::BadRange { start: u64::MAX & !0xFFF, len: PAGE },
+            VmError::BadRange { start: u64::MAX & !0xFFF, len: PAGE_SIZE },
         ),
         (vm.umap_single(k, seed, PageSize::Size4K).map(drop), VmError::NotMapped { virt: seed }),
         (vm.vmfree(k, seed, 3), VmError::NotMapped { virt: seed }),
-        (vm.phys_unmap(region, PAGE), VmError::NotARegion { addr: region, size: PAGE }),
+        (vm.phys_unmap(region, PAGE_SIZE), VmError::NotARegion { addr: region, size: PAGE_SIZE }),
     ];
     let after = state();
-    vm.k_mem_unmap(region, 3 * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(region, 3 * PAGE_SIZE).map_err(fails)?;
     for (i, (got, want)) in checks.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: got {got:?}, expected {want:?}");
     }
@@ -215,12 +221,12 @@ fn fault_injection_sweep() -> TestResult {
     let mut failures = 0u64;
     for k in 1..10_000 {
         vm.inject().arm(me, k);
-        let r = vm.k_mem_map(pages * PAGE, KMemFlags::RW | KMemFlags::LOCK);
+        let r = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK);
         let fired = vm.inject().fired(me);
         vm.inject().arm(me, 0);
         if !fired {
             let a = r.map_err(fails)?;
-            vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
+            vm.k_mem_unmap(a, pages * PAGE_SIZE).map_err(fails)?;
             ensure!(failures >= pages, "only {failures} failure points for {pages} pages");
             log::info!(
                 "vm: fault-injection sweep: {failures} failure points of k_mem_map({pages} pages), all rolled back"
@@ -244,9 +250,9 @@ fn fault_injection_sweep() -> TestResult {
 
 fn page_table_audit() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(8 * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(8 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     let report = vm.audit_tables(&[]);
-    vm.k_mem_unmap(a, 8 * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, 8 * PAGE_SIZE).map_err(fails)?;
     let report = report.map_err(|v| failure(format_args!("page-table audit: {v:?}")))?;
     ensure!(report.leaves > 8, "audit saw only {} leaves", report.leaves);
     log::info!("vm: audit checked {} leaf entries: W^X, null page, no double mappings", report.leaves);

@@ -6,7 +6,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use mm::vm::{AddressSpace, Flags, KMemFlags, VmError, PAGE, USER_END, USER_START};
+use mm::vm::{AddressSpace, Flags, KMemFlags, VmError, PAGE_SIZE, USER_END, USER_START};
 use smp::tlb::{self, FULL_FLUSH_PAGES};
 use smp::{percpu, MAX_CPUS};
 use spin::Mutex;
@@ -83,7 +83,7 @@ static READS: AtomicU64 = AtomicU64::new(0);
 
 fn unmapper(round: u64) {
     let vm = vm::get();
-    let Ok(a) = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK) else {
+    let Ok(a) = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK) else {
         return fail(format_args!("round {round}: map failed"));
     };
     let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys.as_u64()).unwrap_or(0);
@@ -100,7 +100,7 @@ fn unmapper(round: u64) {
         let _ = probe::write(a, seq);
         seq += 1;
     }
-    if let Err(e) = vm.k_mem_unmap(a, PAGE) {
+    if let Err(e) = vm.k_mem_unmap(a, PAGE_SIZE) {
         return fail(format_args!("round {round}: unmap: {e:?}"));
     }
     // The freed frames go back to this CPU's magazine: take them again and
@@ -164,7 +164,7 @@ fn reader(cpu: usize, round: u64) {
 
 fn downgrade_everywhere() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     ADDR.store(a, Ordering::Relaxed);
     let writable = run(|cpu| {
         let a = ADDR.load(Ordering::Relaxed);
@@ -185,7 +185,7 @@ fn downgrade_everywhere() -> TestResult {
             fail(format_args!("cpu {cpu}: read after the downgrade: {:?}", probe::read(slot)));
         }
     });
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     writable?;
     protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
     readonly
@@ -198,8 +198,8 @@ static OTHER: AtomicU64 = AtomicU64::new(0);
 fn full_flush_keeps_others() -> TestResult {
     let vm = vm::get();
     let pages = FULL_FLUSH_PAGES + 3;
-    let big = vm.k_mem_map(pages * PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
-    let other = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let big = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let other = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     for i in 0..512 {
         let _ = probe::write(other + 8 * i, 0x1000 + i);
     }
@@ -217,8 +217,8 @@ fn full_flush_keeps_others() -> TestResult {
     let protect = vm.protect(vm.kernel(), big, pages, Flags::READ);
     let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let reread = run(read_other);
-    vm.k_mem_unmap(big, pages * PAGE).map_err(fails)?;
-    vm.k_mem_unmap(other, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(big, pages * PAGE_SIZE).map_err(fails)?;
+    vm.k_mem_unmap(other, PAGE_SIZE).map_err(fails)?;
     warm?;
     protect.map_err(|e| failure(format_args!("protect: {e:?}")))?;
     for cpu in percpu::online_set().iter() {
@@ -242,21 +242,21 @@ fn storm_one_space() -> TestResult {
         let mut rng = Rng::new(super::seed() ^ cpu as u64);
         for round in 0..STORM_ROUNDS {
             let pages = 1 + rng.below(8);
-            let a = match vm.k_mem_map(pages * PAGE, KMemFlags::RW) {
+            let a = match vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW) {
                 Ok(a) => a,
                 Err(e) => return fail(format_args!("cpu {cpu} round {round}: map: {e:?}")),
             };
             let tag = (cpu as u64) << 32 | round;
             for p in 0..pages {
-                let _ = probe::write(a + p * PAGE + 8 * (round % 512), tag);
+                let _ = probe::write(a + p * PAGE_SIZE + 8 * (round % 512), tag);
             }
             for p in 0..pages {
-                let v = probe::read(a + p * PAGE + 8 * (round % 512));
+                let v = probe::read(a + p * PAGE_SIZE + 8 * (round % 512));
                 if v != Ok(tag) {
                     return fail(format_args!("cpu {cpu} round {round}: page {p} reads {v:?}, wrote {tag:#x}"));
                 }
             }
-            if let Err(e) = vm.k_mem_unmap(a, pages * PAGE) {
+            if let Err(e) = vm.k_mem_unmap(a, pages * PAGE_SIZE) {
                 return fail(format_args!("cpu {cpu} round {round}: unmap: {e:?}"));
             }
             UNMAPS.fetch_add(1, Ordering::Relaxed);
@@ -265,8 +265,8 @@ fn storm_one_space() -> TestResult {
     r?;
     // A prune that lost the table lock to a mapper is finished by the
     // next unmap.
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     let targets: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).targets).sum::<u64>() - targets_before;
     let unmaps = UNMAPS.load(Ordering::Relaxed);
     log::info!(
@@ -281,7 +281,6 @@ fn storm_one_space() -> TestResult {
     Ok(())
 }
 
-static SWITCH_ON: AtomicBool = AtomicBool::new(false);
 /// Every CPU vmallocs and vmfrees small runs in the kernel's seed area,
 /// first fit from one start, so CPUs share page tables: installs, prunes
 /// and in-transit entries of neighbours interleave.
@@ -300,14 +299,14 @@ fn storm_shared_tables() -> TestResult {
             };
             let tag = (cpu as u64) << 32 | round;
             for p in 0..pages {
-                if probe::read(a + p * PAGE) != Ok(0) || probe::write(a + p * PAGE, tag).is_err() {
+                if probe::read(a + p * PAGE_SIZE) != Ok(0) || probe::write(a + p * PAGE_SIZE, tag).is_err() {
                     return fail(format_args!(
                         "cpu {cpu} round {round}: fresh page {p} at {a:#x} not zero or not writable"
                     ));
                 }
             }
             for p in 0..pages {
-                if probe::read(a + p * PAGE) != Ok(tag) {
+                if probe::read(a + p * PAGE_SIZE) != Ok(tag) {
                     return fail(format_args!("cpu {cpu} round {round}: page {p} at {a:#x} lost its data"));
                 }
             }
@@ -325,8 +324,6 @@ fn storm_shared_tables() -> TestResult {
     Ok(())
 }
 
-static SPACES: [Mutex<Option<AddressSpace>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
-
 /// Each CPU runs in its own user space and vmallocs/vmfrees there: its
 /// shootdowns target only itself, so no IPI is sent at all.
 fn storm_separate_spaces() -> TestResult {
@@ -338,12 +335,12 @@ fn storm_separate_spaces() -> TestResult {
             Ok(s) => s,
             Err(e) => return fail(format_args!("cpu {cpu}: new space: {e:?}")),
         };
-        vm.activate(&space);
+        let active = vm.activate(&space);
         let mut rng = Rng::new(super::seed() ^ !(cpu as u64));
         for round in 0..STORM_ROUNDS {
             let pages = 1 + rng.below(40);
             let r = vm.vmalloc(&space, USER_START, USER_END, pages, Flags::USER | Flags::WRITE).and_then(|a| {
-                let t = vm.map_get(&space, a + (pages - 1) * PAGE)?;
+                let t = vm.map_get(&space, a + (pages - 1) * PAGE_SIZE)?;
                 if !t.flags.contains(Flags::USER | Flags::WRITE) {
                     return Err(VmError::NotMapped { virt: a });
                 }
@@ -354,7 +351,7 @@ fn storm_separate_spaces() -> TestResult {
                 break;
             }
         }
-        vm.deactivate(&space);
+        drop(active);
         if let Err((e, _)) = vm.destroy_space(space) {
             fail(format_args!("cpu {cpu}: destroy: {e:?}"));
         }
@@ -379,8 +376,29 @@ fn storm_separate_spaces() -> TestResult {
     Ok(())
 }
 
+/// The space `targeted_shootdowns` runs on CPU 0 and one other CPU, read
+/// by both while it is active there.
+static TARGETED: spin::RwLock<Option<AddressSpace>> = spin::RwLock::new(None);
+/// The other CPU runs the space; CPU 0 has measured (the other may leave).
+static OTHER_ACTIVE: AtomicBool = AtomicBool::new(false);
+static MEASURED: AtomicBool = AtomicBool::new(false);
+/// What CPU 0 saw with the space active on both CPUs.
+static MEASUREMENT: Mutex<Option<Targeted>> = Mutex::new(None);
+/// How long CPU 0 waits for the other CPU to run the space.
+const ACTIVATE_WAIT_NS: u64 = 10_000_000_000;
+
+struct Targeted {
+    active: u64,
+    before: [tlb::TlbSnapshot; MAX_CPUS],
+    after: [tlb::TlbSnapshot; MAX_CPUS],
+    result: Result<(), VmError>,
+}
+
 /// A user space active on CPU 0 and one other CPU: its unmaps send one IPI
-/// each, to that CPU only; CPUs not running it invalidate nothing.
+/// each, to that CPU only; CPUs not running it invalidate nothing. Both
+/// CPUs hold their activation in one `run` (the guard is left on the CPU
+/// that took it): the other CPU waits on the space, answering its
+/// shootdowns, while CPU 0 unmaps.
 fn targeted_shootdowns() -> TestResult {
     let vm = vm::get();
     let online = percpu::online_set();
@@ -388,42 +406,44 @@ fn targeted_shootdowns() -> TestResult {
         log::info!("vm_smp: one CPU: no remote CPU to target");
         return Ok(());
     };
-    let space = vm.new_user_space().map_err(fails)?;
-    *SPACES[0].lock() = Some(space);
+    *TARGETED.write() = Some(vm.new_user_space().map_err(fails)?);
     OTHER.store(other as u64, Ordering::Relaxed);
-    let switch = |on: bool| {
-        SWITCH_ON.store(on, Ordering::Relaxed);
-        run(|cpu| {
-            if cpu == 0 || cpu == OTHER.load(Ordering::Relaxed) as usize {
-                let guard = SPACES[0].lock();
-                let space = guard.as_ref().expect("space set");
-                if SWITCH_ON.load(Ordering::Relaxed) {
-                    vm::get().activate(space)
-                } else {
-                    vm::get().deactivate(space)
-                }
+    OTHER_ACTIVE.store(false, Ordering::Relaxed);
+    MEASURED.store(false, Ordering::Relaxed);
+    let ran = run(|cpu| {
+        let other = OTHER.load(Ordering::Relaxed) as usize;
+        if cpu != 0 && cpu != other {
+            return;
+        }
+        let vm = vm::get();
+        let space = TARGETED.read();
+        let space = space.as_ref().expect("space set");
+        let _active = vm.activate(space);
+        if cpu == other {
+            OTHER_ACTIVE.store(true, Ordering::Release);
+            while !MEASURED.load(Ordering::Acquire) {
+                core::hint::spin_loop();
             }
-        })
-    };
-    switch(true)?;
-    let guard = SPACES[0].lock();
-    let space = guard.as_ref().expect("space set");
-    let active = space.active_cpus();
-    let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
-    let mut result = Ok(());
-    for _ in 0..10 {
-        result = result.and(
-            vm.vmalloc(space, USER_START, USER_END, 3, Flags::USER | Flags::WRITE)
-                .and_then(|a| vm.vmfree(space, a, 3))
-                .map_err(fails),
-        );
-    }
-    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
-    drop(guard);
-    switch(false)?;
-    let space = SPACES[0].lock().take().expect("space set");
+            return;
+        }
+        let start = drivers::tsc::now_ns();
+        while !OTHER_ACTIVE.load(Ordering::Acquire) {
+            if drivers::tsc::now_ns() - start > ACTIVATE_WAIT_NS {
+                MEASURED.store(true, Ordering::Release);
+                return fail(format_args!("cpu {other} did not activate the space"));
+            }
+            core::hint::spin_loop();
+        }
+        *MEASUREMENT.lock() = Some(measure_targeted(space));
+        MEASURED.store(true, Ordering::Release);
+    });
+    // After a timeout the other CPU may still run the space: keep it.
+    ran?;
+    let measured = MEASUREMENT.lock().take();
+    let space = TARGETED.write().take().expect("space set");
     vm.destroy_space(space).map_err(|(e, _)| failure(format_args!("destroy: {e:?}")))?;
-    result?;
+    let Targeted { active, before, after, result } = measured.expect("CPU 0 measured");
+    result.map_err(fails)?;
     ensure!(active == 1 | 1 << other, "active set {active:#x}, expected CPUs 0 and {other}");
     ensure!(after[0].ipis - before[0].ipis == 10, "10 unmaps sent {} IPIs", after[0].ipis - before[0].ipis);
     ensure!(
@@ -445,4 +465,20 @@ fn targeted_shootdowns() -> TestResult {
         );
     }
     Ok(())
+}
+
+/// CPU 0's part of `targeted_shootdowns`: ten unmaps in `space`, active
+/// here and on the other CPU, between two readings of every CPU's counters.
+fn measure_targeted(space: &AddressSpace) -> Targeted {
+    let vm = vm::get();
+    let active = space.active_cpus();
+    let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    let mut result = Ok(());
+    for _ in 0..10 {
+        result = result.and(
+            vm.vmalloc(space, USER_START, USER_END, 3, Flags::USER | Flags::WRITE).and_then(|a| vm.vmfree(space, a, 3)),
+        );
+    }
+    let after: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
+    Targeted { active, before, after, result }
 }

@@ -10,11 +10,11 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use mm::vm::{KMemFlags, PAGE};
+use mm::vm::{KMemFlags, PAGE_SIZE};
 use smp::{percpu, CpuSet};
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, my_counts, pattern, put};
+use super::paging::{audit, get, my_counts, paging, pattern, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::{interrupts, paging, vm};
 
@@ -48,16 +48,16 @@ fn swap_disk_and_cpus() -> Option<&'static str> {
 
 fn nested_faults() -> TestResult {
     let vm = vm::get();
-    let outer = vm.k_mem_map(OUTER_PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
-    let inner = match vm.k_mem_map(INNER_PAGES * PAGE, KMemFlags::RW) {
+    let outer = vm.k_mem_map(OUTER_PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
+    let inner = match vm.k_mem_map(INNER_PAGES * PAGE_SIZE, KMemFlags::RW) {
         Ok(a) => a,
         Err(e) => {
-            vm.k_mem_unmap(outer, OUTER_PAGES * PAGE).map_err(fails)?;
+            vm.k_mem_unmap(outer, OUTER_PAGES * PAGE_SIZE).map_err(fails)?;
             return Err(fails(e));
         }
     };
     for p in 0..OUTER_PAGES {
-        put(outer + p * PAGE, pattern(outer + p * PAGE, 1));
+        put(outer + p * PAGE_SIZE, pattern(outer + p * PAGE_SIZE, 1));
     }
     OUTER.store(outer, Ordering::Relaxed);
     INNER.store(inner, Ordering::Relaxed);
@@ -70,10 +70,10 @@ fn nested_faults() -> TestResult {
         _ => {}
     });
     let taken = TAKEN.load(Ordering::Relaxed).min(INNER_PAGES);
-    let inner_ok = (0..taken).all(|p| get(inner + p * PAGE) == pattern(inner + p * PAGE, 2));
+    let inner_ok = (0..taken).all(|p| get(inner + p * PAGE_SIZE) == pattern(inner + p * PAGE_SIZE, 2));
     let audited = audit("nested faults");
-    vm.k_mem_unmap(outer, OUTER_PAGES * PAGE).map_err(fails)?;
-    vm.k_mem_unmap(inner, INNER_PAGES * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(outer, OUTER_PAGES * PAGE_SIZE).map_err(fails)?;
+    vm.k_mem_unmap(inner, INNER_PAGES * PAGE_SIZE).map_err(fails)?;
     ran?;
     audited?;
     ensure!(inner_ok, "a page written by a nested fault lost its value");
@@ -109,7 +109,7 @@ fn poke() {
     if k >= INNER_PAGES {
         return;
     }
-    let at = INNER.load(Ordering::Relaxed) + k * PAGE;
+    let at = INNER.load(Ordering::Relaxed) + k * PAGE_SIZE;
     let before = my_counts().faults;
     put(at, pattern(at, 2));
     if my_counts().faults != before + 1 {
@@ -120,15 +120,15 @@ fn poke() {
 
 /// CPU 1: page the outer pages out, read each back (a napping fault).
 fn fault_loop() {
-    let vm = vm::get();
+    let paging = paging();
     let outer = OUTER.load(Ordering::Relaxed);
     let deadline = drivers::tsc::now_ns() + RUN_NS;
     while !STOP.load(Ordering::Relaxed) && drivers::tsc::now_ns() < deadline {
-        if let Err(e) = vm.page_out(outer, OUTER_PAGES * PAGE) {
+        if let Err(e) = paging.page_out(outer, OUTER_PAGES * PAGE_SIZE) {
             return fail(format_args!("page-out: {e:?}"));
         }
         for p in 0..OUTER_PAGES {
-            let at = outer + p * PAGE;
+            let at = outer + p * PAGE_SIZE;
             let got = get(at);
             if got != pattern(at, 1) {
                 return fail(format_args!("outer page {p} read {got:#x} after its fault"));

@@ -4,8 +4,8 @@
 //! calls that change nothing.
 
 use mm::frame::PhysAddr;
-use mm::paging::{Counts, Pager, PagingError};
-use mm::vm::{KMemFlags, VmError, PAGE};
+use mm::paging::{Counts, Pager, Paging, PagingError, SlotFor};
+use mm::vm::{KMemFlags, VmError, PAGE_SIZE};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
 use super::{ensure, fails, failure, probe, Test, TestResult};
@@ -23,8 +23,13 @@ pub const TESTS: &[Test] = &[
 /// of RAM + half the store is 12 MiB.
 pub const TEST_RESIDENT: u64 = 1024;
 
+/// The kernel's paging (the paging tests run only with it on).
+pub fn paging() -> Paging<'static, crate::vm::KernelVm> {
+    crate::paging::get().expect("paging is on")
+}
+
 pub fn pager() -> &'static Pager {
-    vm::get().pager().expect("paging is on")
+    paging().pager()
 }
 
 /// Reads word `addr` of an on-demand mapping (faults are resolved by the
@@ -66,7 +71,7 @@ pub(crate) fn my_counts() -> Counts {
 
 /// The paging audit and the frame audit.
 pub fn audit(when: &str) -> TestResult {
-    vm::get().audit_paging().map_err(|v| failure(format_args!("{when}: paging audit: {v:?}")))?;
+    paging().audit().map_err(|v| failure(format_args!("{when}: paging audit: {v:?}")))?;
     frames::get().audit().map_err(|v| failure(format_args!("{when}: frame audit: {v:?}")))?;
     Ok(())
 }
@@ -99,12 +104,12 @@ fn overcommit() -> TestResult {
 fn overcommit_rounds() -> TestResult {
     let vm = vm::get();
     let pages = TEST_RESIDENT + pager().store().usage().1 / 2;
-    let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     let start = pager().stats().total();
     let r = (|| {
         for p in 0..pages {
-            for w in (0..PAGE).step_by(8) {
-                let v = get(a + p * PAGE + w);
+            for w in (0..PAGE_SIZE).step_by(8) {
+                let v = get(a + p * PAGE_SIZE + w);
                 ensure!(v == 0, "fresh page {p} word {w:#x} is {v:#x}");
             }
         }
@@ -113,14 +118,14 @@ fn overcommit_rounds() -> TestResult {
         for (gen, (name, order)) in orders.iter().enumerate() {
             let gen = gen as u64 + 1;
             for i in 0..pages {
-                let base = a + order(pages, i) * PAGE;
-                for w in (0..PAGE).step_by(8) {
+                let base = a + order(pages, i) * PAGE_SIZE;
+                for w in (0..PAGE_SIZE).step_by(8) {
                     put(base + w, pattern(base + w, gen));
                 }
             }
             for i in 0..pages {
-                let base = a + order(pages, i) * PAGE;
-                for w in (0..PAGE).step_by(8) {
+                let base = a + order(pages, i) * PAGE_SIZE;
+                for w in (0..PAGE_SIZE).step_by(8) {
                     let v = get(base + w);
                     ensure!(
                         v == pattern(base + w, gen),
@@ -135,7 +140,7 @@ fn overcommit_rounds() -> TestResult {
         Ok(())
     })();
     let s = pager().stats().total();
-    vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, pages * PAGE_SIZE).map_err(fails)?;
     r?;
     let (faults, clean, dirty) =
         (s.faults - start.faults, s.evictions_clean - start.evictions_clean, s.evictions_dirty - start.evictions_dirty);
@@ -147,28 +152,28 @@ fn overcommit_rounds() -> TestResult {
 fn page_out_half() -> TestResult {
     let vm = vm::get();
     let pages = 64;
-    let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     let r = (|| {
         for p in 0..pages {
-            put(a + p * PAGE, pattern(a + p * PAGE, 7));
+            put(a + p * PAGE_SIZE, pattern(a + p * PAGE_SIZE, 7));
         }
-        vm.page_out(a, pages / 2 * PAGE).map_err(fails)?;
+        paging().page_out(a, pages / 2 * PAGE_SIZE).map_err(fails)?;
         let before = my_counts().faults;
         for p in 0..pages {
-            ensure!(get(a + p * PAGE) == pattern(a + p * PAGE, 7), "page {p} after page-out");
+            ensure!(get(a + p * PAGE_SIZE) == pattern(a + p * PAGE_SIZE, 7), "page {p} after page-out");
         }
         let faults = my_counts().faults - before;
         ensure!(faults == pages / 2, "{faults} faults touching {} paged-out pages", pages / 2);
-        vm.page_out(a, pages * PAGE).map_err(fails)?;
-        vm.page_in(a, pages * PAGE).map_err(fails)?;
+        paging().page_out(a, pages * PAGE_SIZE).map_err(fails)?;
+        paging().page_in(a, pages * PAGE_SIZE).map_err(fails)?;
         let before = my_counts().faults;
         for p in 0..pages {
-            ensure!(get(a + p * PAGE) == pattern(a + p * PAGE, 7), "page {p} after page-in");
+            ensure!(get(a + p * PAGE_SIZE) == pattern(a + p * PAGE_SIZE, 7), "page {p} after page-in");
         }
         ensure!(my_counts().faults == before, "{} faults after page_in", my_counts().faults - before);
         audit("page-out/page-in")
     })();
-    vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, pages * PAGE_SIZE).map_err(fails)?;
     r
 }
 
@@ -176,36 +181,36 @@ fn pinned_pages() -> TestResult {
     let vm = vm::get();
     let pg = pager();
     let (pages, pinned) = (256u64, 16u64);
-    let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     pg.set_resident_limit(64);
     let r = (|| {
-        vm.pin(a, pinned * PAGE).map_err(fails)?;
+        paging().pin(a, pinned * PAGE_SIZE).map_err(fails)?;
         for p in 0..pinned {
-            put(a + p * PAGE, p);
+            put(a + p * PAGE_SIZE, p);
         }
         for gen in 1..4 {
             for p in pinned..pages {
-                put(a + p * PAGE, pattern(a + p * PAGE, gen));
+                put(a + p * PAGE_SIZE, pattern(a + p * PAGE_SIZE, gen));
             }
         }
         let before = my_counts().faults;
         for p in 0..pinned {
-            ensure!(get(a + p * PAGE) == p, "pinned page {p}");
+            ensure!(get(a + p * PAGE_SIZE) == p, "pinned page {p}");
         }
         ensure!(my_counts().faults == before, "pinned pages faulted {} times", my_counts().faults - before);
         let s = state();
-        let refused = vm.page_out(a, PAGE);
+        let refused = paging().page_out(a, PAGE_SIZE);
         ensure!(refused == Err(PagingError::Pinned { virt: a }), "page-out of a pinned page: {refused:?}");
         ensure!(state() == s, "the refused page-out changed {s:?} to {:?}", state());
-        vm.unpin(a, pinned * PAGE).map_err(fails)?;
-        vm.page_out(a, pinned * PAGE).map_err(fails)?;
+        paging().unpin(a, pinned * PAGE_SIZE).map_err(fails)?;
+        paging().page_out(a, pinned * PAGE_SIZE).map_err(fails)?;
         let before = my_counts().faults;
         ensure!(get(a) == 0, "unpinned page 0 after page-out");
         ensure!(my_counts().faults == before + 1, "an unpinned, paged-out page faults once");
         audit("pinning")
     })();
     pg.set_resident_limit(u64::MAX);
-    vm.k_mem_unmap(a, pages * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, pages * PAGE_SIZE).map_err(fails)?;
     r
 }
 
@@ -214,7 +219,8 @@ fn unpaged_mapping() -> TestResult {
     let store = pager().store();
     let before = state();
     let mut frame = frames::get().alloc_page().map_err(fails)?;
-    let slots = [store.location_get(false).map_err(fails)?, store.location_get(false).map_err(fails)?];
+    let slots =
+        [store.location_get(SlotFor::Other).map_err(fails)?, store.location_get(SlotFor::Other).map_err(fails)?];
     let run = slots[1] == slots[0] + 1;
     for (i, &s) in slots.iter().enumerate() {
         crate::memory::fill_frame_words(&mut frame, 0x5107_0000 + i as u64);
@@ -222,9 +228,9 @@ fn unpaged_mapping() -> TestResult {
     }
     frames::get().free_page(frame).map_err(fails)?;
     ensure!(run, "two fresh slots are not adjacent: {slots:?}");
-    let a = vm.k_mem_map_unpaged(slots[0], 2 * PAGE, KMemFlags::RW).map_err(fails)?;
-    let seen = [get(a + 64), get(a + PAGE + 64)];
-    vm.k_mem_unmap(a, 2 * PAGE).map_err(fails)?;
+    let a = paging().k_mem_map_unpaged(slots[0], 2 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
+    let seen = [get(a + 64), get(a + PAGE_SIZE + 64)];
+    vm.k_mem_unmap(a, 2 * PAGE_SIZE).map_err(fails)?;
     ensure!(seen == [0x5107_0000, 0x5107_0001], "the mapping reads {seen:x?}");
     ensure!(state() == before, "unmap gave back the slots and frames: {:?} vs {before:?}", state());
     Ok(())
@@ -232,11 +238,11 @@ fn unpaged_mapping() -> TestResult {
 
 fn refused_calls() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(4 * PAGE, KMemFlags::RW).map_err(fails)?;
-    let ro = vm.k_mem_map(PAGE, KMemFlags::NONE).map_err(fails)?;
+    let a = vm.k_mem_map(4 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
+    let ro = vm.k_mem_map(PAGE_SIZE, KMemFlags::NONE).map_err(fails)?;
     let r = refusals(a, ro);
-    vm.k_mem_unmap(ro, PAGE).map_err(fails)?;
-    vm.k_mem_unmap(a, 4 * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(ro, PAGE_SIZE).map_err(fails)?;
+    vm.k_mem_unmap(a, 4 * PAGE_SIZE).map_err(fails)?;
     r
 }
 
@@ -247,7 +253,7 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     // A fault on a guard page is reported, not paged in.
     let guard = probe::read(a - 8);
     ensure!(matches!(guard, Err(f) if f.cr2 == a - 8), "guard page read: {guard:?}");
-    ensure!(paging::take_last_error() == Some(PagingError::NotPageable { virt: a - PAGE }), "guard fault reason");
+    ensure!(paging::take_last_error() == Some(PagingError::NotPageable { virt: a - PAGE_SIZE }), "guard fault reason");
     // A write to a read-only on-demand page is reported and marks nothing.
     let write = probe::write(ro, 1);
     ensure!(
@@ -256,16 +262,16 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     );
     ensure!(paging::take_last_error() == Some(PagingError::Protection { virt: ro }), "read-only fault reason");
     let cases: [(Result<(), PagingError>, PagingError); 7] = [
-        (vm.page_in(a - PAGE, PAGE), PagingError::NotPageable { virt: a - PAGE }),
-        (vm.pin(a, 5 * PAGE), PagingError::NotPageable { virt: a + 4 * PAGE }),
-        (vm.page_out(a + 8, PAGE), PagingError::Range(VmError::NotAligned { value: a + 8 })),
-        (vm.unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
-        (vm.page_in(0x1000, PAGE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE })),
+        (paging().page_in(a - PAGE_SIZE, PAGE_SIZE), PagingError::NotPageable { virt: a - PAGE_SIZE }),
+        (paging().pin(a, 5 * PAGE_SIZE), PagingError::NotPageable { virt: a + 4 * PAGE_SIZE }),
+        (paging().page_out(a + 8, PAGE_SIZE), PagingError::Range(VmError::NotAligned { value: a + 8 })),
+        (paging().unpin(a, 0), PagingError::Range(VmError::ZeroSize)),
+        (paging().page_in(0x1000, PAGE_SIZE), PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE_SIZE })),
         (
-            vm.evict_frame(frames::get().db().phys_of(0)),
+            paging().evict_frame(frames::get().db().phys_of(0)),
             PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
         ),
-        (vm.evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: PhysAddr::new(0x1234) }),
+        (paging().evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: PhysAddr::new(0x1234) }),
     ];
     for (i, (got, want)) in cases.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: {got:?}, expected {want:?}");
@@ -276,7 +282,7 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     // The refused write left the page clean: read in, it is evicted clean.
     ensure!(get(ro) == 0, "read-only page reads zero");
     let s = pg.stats().total();
-    vm.page_out(ro, PAGE).map_err(fails)?;
+    paging().page_out(ro, PAGE_SIZE).map_err(fails)?;
     let t = pg.stats().total();
     ensure!(
         t.evictions_clean == s.evictions_clean + 1 && t.page_outs == s.page_outs,
@@ -284,16 +290,16 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     );
     // A full store: page-out is refused up front.
     for p in 0..4 {
-        put(a + p * PAGE, p + 1);
+        put(a + p * PAGE_SIZE, p + 1);
     }
     let store = pg.store();
     let (used, total) = store.usage();
     let mut hog = alloc::vec::Vec::new();
     for _ in used..total - 2 {
-        hog.push(store.location_get(false).map_err(fails)?);
+        hog.push(store.location_get(SlotFor::Other).map_err(fails)?);
     }
     let full = state();
-    let refused = vm.page_out(a, 4 * PAGE);
+    let refused = paging().page_out(a, 4 * PAGE_SIZE);
     let after = state();
     for s in hog {
         store.location_free(s).map_err(fails)?;
@@ -302,15 +308,15 @@ fn refusals(a: u64, ro: u64) -> TestResult {
     ensure!(after == full, "the refused page-out changed {full:?} to {after:?}");
     // Every resident page pinned: a fault that needs a frame is refused.
     pg.set_resident_limit(4);
-    vm.pin(a, 4 * PAGE).map_err(fails)?;
+    paging().pin(a, 4 * PAGE_SIZE).map_err(fails)?;
     let stuck = probe::read(ro);
     let reason = paging::take_last_error();
-    vm.unpin(a, 4 * PAGE).map_err(fails)?;
+    paging().unpin(a, 4 * PAGE_SIZE).map_err(fails)?;
     pg.set_resident_limit(u64::MAX);
     ensure!(
         stuck.is_err() && reason == Some(PagingError::NoEvictableFrame),
         "fault with every frame pinned: {stuck:?}, {reason:?}"
     );
-    ensure!(get(ro) == 0 && get(a + 3 * PAGE) == 4, "data after unpinning");
+    ensure!(get(ro) == 0 && get(a + 3 * PAGE_SIZE) == 4, "data after unpinning");
     audit("refusals")
 }

@@ -10,11 +10,11 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mm::paging::PagingError;
-use mm::vm::{KMemFlags, PAGE};
+use mm::vm::{KMemFlags, PAGE_SIZE};
 use smp::percpu;
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, pager, put};
+use super::paging::{audit, get, pager, paging, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::vm;
 
@@ -40,7 +40,7 @@ fn two_cpus() -> Option<&'static str> {
 
 fn counting_writer() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     PAGE_AT.store(a, Ordering::Relaxed);
     DONE.store(false, Ordering::Relaxed);
     INCREMENTS.store(0, Ordering::Relaxed);
@@ -53,7 +53,7 @@ fn counting_writer() -> TestResult {
     let after = pager().stats().total();
     let count = get(a);
     let audited = audit("evictions under a writer");
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     ran?;
     audited?;
     let total = INCREMENTS.load(Ordering::Relaxed);
@@ -129,11 +129,11 @@ fn evictor() {
         by_frame = !by_frame;
         let r = if by_frame {
             match vm.map_get(vm.kernel(), a) {
-                Ok(t) => vm.evict_frame(t.phys),
+                Ok(t) => paging().evict_frame(t.phys),
                 Err(_) => continue, // not resident now
             }
         } else {
-            vm.page_out(a, PAGE)
+            paging().page_out(a, PAGE_SIZE)
         };
         match r {
             Ok(()) => {}

@@ -8,11 +8,11 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mm::paging::{Mode, PagingError, Timing};
-use mm::vm::{KMemFlags, PAGE};
+use mm::vm::{KMemFlags, PAGE_SIZE};
 use smp::{percpu, MAX_CPUS};
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, pager, pattern, put};
+use super::paging::{audit, get, pager, paging, pattern, put};
 use super::{ensure, fails, Test, TestResult};
 use crate::vm;
 
@@ -32,12 +32,12 @@ const PAGES: u64 = 128;
 
 fn one_page() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     ADDR.store(a, Ordering::Relaxed);
     let r = (|| {
         for round in 0..40u64 {
             put(a + 8 * 100, pattern(a, round));
-            vm.page_out(a, PAGE).map_err(fails)?;
+            paging().page_out(a, PAGE_SIZE).map_err(fails)?;
             let before = pager().stats().total();
             run(|cpu| {
                 let a = ADDR.load(Ordering::Relaxed);
@@ -59,7 +59,7 @@ fn one_page() -> TestResult {
         Ok(())
     })();
     ROUND.store(0, Ordering::Relaxed);
-    vm.k_mem_unmap(a, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     r
 }
 
@@ -74,19 +74,19 @@ static PINS: AtomicU64 = AtomicU64::new(0);
 
 fn pin_vs_page_out() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(16 * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(16 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     for p in 0..16 {
-        put(a + p * PAGE, p);
+        put(a + p * PAGE_SIZE, p);
     }
     ADDR.store(a, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
     PINS.store(0, Ordering::Relaxed);
     let r = run(|cpu| {
-        let vm = vm::get();
+        let paging = paging();
         let a = ADDR.load(Ordering::Relaxed);
         if cpu != 0 {
             while !STOP.load(Ordering::Relaxed) {
-                match vm.page_out(a, 16 * PAGE) {
+                match paging.page_out(a, 16 * PAGE_SIZE) {
                     Ok(()) | Err(PagingError::Pinned { .. }) => {}
                     Err(e) => return fail(format_args!("cpu {cpu}: page-out: {e:?}")),
                 }
@@ -95,13 +95,13 @@ fn pin_vs_page_out() -> TestResult {
         }
         let me = percpu::current_index();
         for round in 0..200 {
-            if let Err(e) = vm.pin(a, 16 * PAGE) {
+            if let Err(e) = paging.pin(a, 16 * PAGE_SIZE) {
                 return fail(format_args!("round {round}: pin: {e:?}"));
             }
             let before = pager().stats().cpu(me).faults;
-            let ok = (0..16).all(|p| get(a + p * PAGE) == p);
+            let ok = (0..16).all(|p| get(a + p * PAGE_SIZE) == p);
             let faults = pager().stats().cpu(me).faults - before;
-            if let Err(e) = vm.unpin(a, 16 * PAGE) {
+            if let Err(e) = paging.unpin(a, 16 * PAGE_SIZE) {
                 return fail(format_args!("round {round}: unpin: {e:?}"));
             }
             if !ok || faults != 0 {
@@ -113,7 +113,7 @@ fn pin_vs_page_out() -> TestResult {
     });
     STOP.store(true, Ordering::Relaxed);
     let audited = audit("pin vs page-out");
-    vm.k_mem_unmap(a, 16 * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, 16 * PAGE_SIZE).map_err(fails)?;
     r?;
     audited?;
     ensure!(PINS.load(Ordering::Relaxed) == 200, "only {} pin rounds", PINS.load(Ordering::Relaxed));
@@ -124,23 +124,23 @@ fn unmap_vs_page_in() -> TestResult {
     let vm = vm::get();
     let before = (crate::frames::get().free_bytes(), pager().store().usage().0, vm.region_bytes());
     for round in 0..30 {
-        let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
+        let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
         for p in 0..PAGES {
-            put(a + p * PAGE, pattern(a + p * PAGE, 1));
+            put(a + p * PAGE_SIZE, pattern(a + p * PAGE_SIZE, 1));
         }
-        vm.page_out(a, PAGES * PAGE).map_err(fails)?;
+        paging().page_out(a, PAGES * PAGE_SIZE).map_err(fails)?;
         ADDR.store(a, Ordering::Relaxed);
         run(|cpu| {
             let vm = vm::get();
             let a = ADDR.load(Ordering::Relaxed);
             if cpu == 0 {
-                if let Err(e) = vm.k_mem_unmap(a, PAGES * PAGE) {
+                if let Err(e) = vm.k_mem_unmap(a, PAGES * PAGE_SIZE) {
                     fail(format_args!("unmap: {e:?}"));
                 }
                 return;
             }
             // Ok while the region is there; NotPageable once it is gone.
-            match vm.page_in(a, PAGES * PAGE) {
+            match paging().page_in(a, PAGES * PAGE_SIZE) {
                 Ok(()) | Err(PagingError::NotPageable { .. }) => {}
                 Err(e) => fail(format_args!("cpu {cpu}: page-in: {e:?}")),
             }
@@ -162,7 +162,7 @@ fn thrash(mode: Mode) -> TestResult {
     let vm = vm::get();
     let pg = pager();
     let before = pg.stats().total();
-    let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     SHADOW.iter().for_each(|s| s.store(0, Ordering::Relaxed));
     INCREMENTS.store(0, Ordering::Relaxed);
     ADDR.store(a, Ordering::Relaxed);
@@ -174,7 +174,7 @@ fn thrash(mode: Mode) -> TestResult {
             run(thrash_body).map_err(|e| super::failure(format_args!("round {round}: {}", e.0)))?;
             audit("thrash")?;
         }
-        let counted: u64 = (0..PAGES).map(|p| get(a + p * PAGE + 511 * 8)).sum();
+        let counted: u64 = (0..PAGES).map(|p| get(a + p * PAGE_SIZE + 511 * 8)).sum();
         ensure!(
             counted == INCREMENTS.load(Ordering::Relaxed),
             "page counters sum to {counted}, {} increments made",
@@ -184,7 +184,7 @@ fn thrash(mode: Mode) -> TestResult {
     })();
     pg.set_resident_limit(u64::MAX);
     pg.set_mode(Mode::BusyState);
-    vm.k_mem_unmap(a, PAGES * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, PAGES * PAGE_SIZE).map_err(fails)?;
     r?;
     let s = pg.stats().total();
     log::info!(
@@ -203,12 +203,13 @@ fn thrash(mode: Mode) -> TestResult {
 /// thrashes); every CPU writes its own word of random pages, checks the
 /// word against its shadow, and bumps the page's shared counter.
 fn thrash_body(cpu: usize) {
-    let vm = vm::get();
+    let paging = paging();
     let a = ADDR.load(Ordering::Relaxed);
     let alone = percpu::online_count() == 1;
     if cpu == 0 && !alone {
         for i in 0..8 {
-            let r = if i % 2 == 0 { vm.page_out(a, PAGES * PAGE) } else { vm.page_in(a, PAGES * PAGE) };
+            let r =
+                if i % 2 == 0 { paging.page_out(a, PAGES * PAGE_SIZE) } else { paging.page_in(a, PAGES * PAGE_SIZE) };
             match r {
                 Ok(()) | Err(PagingError::StoreFull) => {}
                 Err(e) => {
@@ -231,7 +232,7 @@ fn thrash_body(cpu: usize) {
         x ^= x >> 7;
         x ^= x << 17;
         let p = x % PAGES;
-        let word = a + p * PAGE + 8 * cpu as u64;
+        let word = a + p * PAGE_SIZE + 8 * cpu as u64;
         let shadow = &SHADOW[cpu * PAGES as usize + p as usize];
         let seen = get(word);
         if seen != shadow.load(Ordering::Relaxed) {
@@ -245,7 +246,7 @@ fn thrash_body(cpu: usize) {
         shadow.store(v, Ordering::Relaxed);
         // SAFETY: word 511 of a page of the mapping, 8-aligned; atomics
         // and plain accesses to it never mix (only this counter uses it).
-        let counter = unsafe { &*((a + p * PAGE + 511 * 8) as *const AtomicU64) };
+        let counter = unsafe { &*((a + p * PAGE_SIZE + 511 * 8) as *const AtomicU64) };
         counter.fetch_add(1, Ordering::Relaxed);
         INCREMENTS.fetch_add(1, Ordering::Relaxed);
         ops += 1;
@@ -273,7 +274,7 @@ fn fault_throughput() -> TestResult {
             CPUS_USED.store(k, Ordering::Relaxed);
             run(|cpu| {
                 if (cpu as u64) < CPUS_USED.load(Ordering::Relaxed) {
-                    match vm::get().k_mem_map(FAULT_PAGES * PAGE, KMemFlags::RW) {
+                    match vm::get().k_mem_map(FAULT_PAGES * PAGE_SIZE, KMemFlags::RW) {
                         Ok(a) => REGION[cpu].store(a, Ordering::Relaxed),
                         Err(e) => fail(format_args!("cpu {cpu}: map: {e:?}")),
                     }
@@ -288,10 +289,10 @@ fn fault_throughput() -> TestResult {
                 let a = REGION[cpu].load(Ordering::Relaxed);
                 STARTED[cpu].store(drivers::tsc::now_ns(), Ordering::Relaxed);
                 for p in 0..FAULT_PAGES {
-                    put(a + p * PAGE + 8 * (p % 512), p);
+                    put(a + p * PAGE_SIZE + 8 * (p % 512), p);
                 }
                 ENDED[cpu].store(drivers::tsc::now_ns(), Ordering::Relaxed);
-                if !(0..FAULT_PAGES).all(|p| get(a + p * PAGE + 8 * (p % 512)) == p) {
+                if !(0..FAULT_PAGES).all(|p| get(a + p * PAGE_SIZE + 8 * (p % 512)) == p) {
                     fail(format_args!("cpu {cpu}: data mismatch"));
                 }
             });
@@ -299,7 +300,8 @@ fn fault_throughput() -> TestResult {
             let faults = pg.stats().total().faults - before;
             run(|cpu| {
                 if (cpu as u64) < CPUS_USED.load(Ordering::Relaxed) {
-                    if let Err(e) = vm::get().k_mem_unmap(REGION[cpu].load(Ordering::Relaxed), FAULT_PAGES * PAGE) {
+                    if let Err(e) = vm::get().k_mem_unmap(REGION[cpu].load(Ordering::Relaxed), FAULT_PAGES * PAGE_SIZE)
+                    {
                         fail(format_args!("cpu {cpu}: unmap: {e:?}"));
                     }
                 }

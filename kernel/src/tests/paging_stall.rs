@@ -13,11 +13,11 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mm::paging::PagingError;
-use mm::vm::{KMemFlags, PAGE};
+use mm::vm::{KMemFlags, PAGE_SIZE};
 use smp::{percpu, MAX_CPUS};
 
 use super::on_all::{fail, run};
-use super::paging::{audit, get, pager, put};
+use super::paging::{audit, get, pager, paging, put};
 use super::{ensure, fails, note, Test, TestResult};
 use crate::{paging, vm};
 
@@ -56,7 +56,7 @@ fn unmaps_during_swap_io() -> TestResult {
     let vm = vm::get();
     let quarantined = vm.quarantined_frames();
     ensure!(quarantined == 0, "{quarantined} frames quarantined before the test");
-    let a = vm.k_mem_map(CHURN_PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(CHURN_PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     REGION.store(a, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
     SLOWEST_NS.store(0, Ordering::Relaxed);
@@ -67,7 +67,7 @@ fn unmaps_during_swap_io() -> TestResult {
     let after = pager().stats().total();
     let words = check_words(a);
     let audited = audit("unmaps during swap i/o");
-    vm.k_mem_unmap(a, CHURN_PAGES * PAGE).map_err(fails)?;
+    vm.k_mem_unmap(a, CHURN_PAGES * PAGE_SIZE).map_err(fails)?;
     ran?;
     words?;
     audited?;
@@ -96,8 +96,8 @@ fn unmapper() {
                 break;
             }
         };
-        for p in 0..MAP_BYTES / PAGE {
-            put(a + p * PAGE, p);
+        for p in 0..MAP_BYTES / PAGE_SIZE {
+            put(a + p * PAGE_SIZE, p);
         }
         let start = drivers::tsc::now_ns();
         let r = vm.k_mem_unmap(a, MAP_BYTES);
@@ -123,13 +123,13 @@ fn unmapper() {
 /// CPUs 1..n: page the region out (its pages dirty, so they are written)
 /// and in again, then write this CPU's word of every page.
 fn churn(cpu: usize) {
-    let vm = vm::get();
+    let paging = paging();
     let a = REGION.load(Ordering::Relaxed);
     let deadline = drivers::tsc::now_ns() + CHURN_NS;
     while !STOP.load(Ordering::Relaxed) && drivers::tsc::now_ns() < deadline {
         // StoreFull cannot happen (64 MiB disk); any error is a failure.
         let r: Result<(), PagingError> =
-            vm.page_out(a, CHURN_PAGES * PAGE).and_then(|()| vm.page_in(a, CHURN_PAGES * PAGE));
+            paging.page_out(a, CHURN_PAGES * PAGE_SIZE).and_then(|()| paging.page_in(a, CHURN_PAGES * PAGE_SIZE));
         if let Err(e) = r {
             return fail(format_args!(
                 "cpu {cpu}: page-out/in after {} cycles: {e:?}",
@@ -144,7 +144,7 @@ fn churn(cpu: usize) {
 }
 
 fn word(a: u64, page: u64, cpu: usize) -> u64 {
-    a + page * PAGE + 8 * cpu as u64
+    a + page * PAGE_SIZE + 8 * cpu as u64
 }
 
 /// Each churner's word in every page holds its last cycle count, and each

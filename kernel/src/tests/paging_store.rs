@@ -7,9 +7,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use mm::paging::faulty_store::Transfer;
 use mm::paging::{PagingError, StoreError};
-use mm::vm::{KMemFlags, PAGE};
+use mm::vm::{KMemFlags, PAGE_SIZE};
 
-use super::paging::{audit, get, my_counts, pattern, put, state};
+use super::paging::{audit, get, my_counts, paging, pattern, put, state};
 use super::{ensure, fails, Test, TestResult};
 use crate::{paging, vm};
 
@@ -30,61 +30,61 @@ fn is_io(r: &Result<(), PagingError>) -> bool {
 
 fn fill(a: u64, gen: u64) {
     for p in 0..PAGES {
-        put(a + p * PAGE + 64, pattern(a + p * PAGE, gen));
+        put(a + p * PAGE_SIZE + 64, pattern(a + p * PAGE_SIZE, gen));
     }
 }
 
 fn intact(a: u64, gen: u64) -> TestResult {
     for p in 0..PAGES {
-        let got = get(a + p * PAGE + 64);
-        ensure!(got == pattern(a + p * PAGE, gen), "page {p} reads {got:#x}");
+        let got = get(a + p * PAGE_SIZE + 64);
+        ensure!(got == pattern(a + p * PAGE_SIZE, gen), "page {p} reads {got:#x}");
     }
     Ok(())
 }
 
 fn failed_page_out() -> TestResult {
     let (vm, faulty) = (vm::get(), paging::faulty_store());
-    let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     fill(a, 1);
     let before = (state(), my_counts().faults);
     faulty.arm(Transfer::Out, 1);
-    let r = vm.page_out(a + PAGE, PAGE);
+    let r = paging().page_out(a + PAGE_SIZE, PAGE_SIZE);
     faulty.disarm();
     ensure!(is_io(&r), "page-out with a failing store: {r:?}");
-    ensure!(vm.is_mapped(a + PAGE), "the page is no longer mapped");
+    ensure!(vm.is_mapped(a + PAGE_SIZE), "the page is no longer mapped");
     ensure!(state() == before.0, "a failed page-out changed the state");
     intact(a, 1)?;
     ensure!(my_counts().faults == before.1, "reading the page back faulted");
-    vm.page_out(a + PAGE, PAGE).map_err(fails)?;
+    paging().page_out(a + PAGE_SIZE, PAGE_SIZE).map_err(fails)?;
     intact(a, 1)?;
     audit("after a failed page-out")?;
-    vm.k_mem_unmap(a, PAGES * PAGE).map_err(fails)
+    vm.k_mem_unmap(a, PAGES * PAGE_SIZE).map_err(fails)
 }
 
 fn failed_page_in_call() -> TestResult {
     let (vm, faulty) = (vm::get(), paging::faulty_store());
-    let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     fill(a, 2);
-    vm.page_out(a, PAGES * PAGE).map_err(fails)?;
+    paging().page_out(a, PAGES * PAGE_SIZE).map_err(fails)?;
     let before = state();
     faulty.arm(Transfer::In, 1);
-    let r = vm.page_in(a, PAGE);
+    let r = paging().page_in(a, PAGE_SIZE);
     faulty.disarm();
     ensure!(is_io(&r), "page-in with a failing store: {r:?}");
     ensure!(!vm.is_mapped(a), "the page came in");
     ensure!(state() == before, "a failed page-in changed the state");
     intact(a, 2)?;
     audit("after a failed page-in")?;
-    vm.k_mem_unmap(a, PAGES * PAGE).map_err(fails)
+    vm.k_mem_unmap(a, PAGES * PAGE_SIZE).map_err(fails)
 }
 
 /// Runs under `fault_catch`: takes no lock where it faults.
 fn failed_page_in_fault() -> TestResult {
     let vm = vm::get();
-    let a = vm.k_mem_map(PAGES * PAGE, KMemFlags::RW).map_err(fails)?;
+    let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
     REGION.store(a, Ordering::Relaxed);
     fill(a, 3);
-    vm.page_out(a, PAGES * PAGE).map_err(fails)?;
+    paging().page_out(a, PAGES * PAGE_SIZE).map_err(fails)?;
     let _ = paging::take_last_error();
     paging::faulty_store().arm(Transfer::In, 1);
     // The fault cannot page the page in: the handler reports it, and the
@@ -103,5 +103,5 @@ fn after_failed_fault() -> TestResult {
     ensure!(!vm.is_mapped(a), "the page came in although the store failed");
     intact(a, 3)?;
     audit("after a failed fault")?;
-    vm.k_mem_unmap(a, PAGES * PAGE).map_err(fails)
+    vm.k_mem_unmap(a, PAGES * PAGE_SIZE).map_err(fails)
 }

@@ -6,7 +6,7 @@
 //! The kernel reads and writes these pages only through the direct map,
 //! never through their user addresses, which SMAP forbids.
 
-use mm::vm::{AddressSpace, Flags, PAGE};
+use mm::vm::{AddressSpace, Flags, PAGE_SIZE};
 
 use super::{failure, Failure};
 use crate::user_program::user_program;
@@ -18,11 +18,11 @@ const BASE: u64 = 0x0000_1000_0000_0000;
 /// The program (`user_program`): user, read-only, executable.
 pub const CODE: u64 = BASE;
 /// User, writable, not executable.
-pub const DATA: u64 = BASE + PAGE;
+pub const DATA: u64 = BASE + PAGE_SIZE;
 /// User, writable, not executable.
-pub const STACK: u64 = BASE + 2 * PAGE;
+pub const STACK: u64 = BASE + 2 * PAGE_SIZE;
 /// Present and writable but not user: ring 3 may not touch it.
-pub const SUPERVISOR: u64 = BASE + 3 * PAGE;
+pub const SUPERVISOR: u64 = BASE + 3 * PAGE_SIZE;
 
 const LAYOUT: [(u64, Flags); 4] = [
     (CODE, Flags::USER.union(Flags::EXEC)),
@@ -50,13 +50,13 @@ impl UserPages {
         let space = vm.new_user_space().map_err(|e| failure(format_args!("new user space: {e:?}")))?;
         let pages = UserPages { space: Some(space) };
         for (virt, flags) in LAYOUT {
-            let got = vm.vmalloc(pages.space(), virt, virt + PAGE, 1, flags);
+            let got = vm.vmalloc(pages.space(), virt, virt + PAGE_SIZE, 1, flags);
             if got != Ok(virt) {
                 return Err(failure(format_args!("vmalloc at {virt:#x}: {got:?}")));
             }
         }
         let program = user_program();
-        if program.len() > PAGE as usize {
+        if program.len() > PAGE_SIZE as usize {
             return Err(failure(format_args!("the user program ({} bytes) does not fit a page", program.len())));
         }
         // SAFETY: the code frame is ours (just mapped) and a page long, and
@@ -82,11 +82,8 @@ impl UserPages {
     /// Runs `f` with this space active on the running CPU (for kernel
     /// accesses to user addresses, which SMAP and SMEP must stop).
     pub fn while_active<R>(&self, f: impl FnOnce() -> R) -> R {
-        let vm = vm::get();
-        vm.activate(self.space());
-        let r = f();
-        vm.deactivate(self.space());
-        r
+        let _active = vm::get().activate(self.space());
+        f()
     }
 
     /// Where user address `virt` (inside one of our pages) is in the
@@ -113,7 +110,7 @@ impl UserPages {
     pub fn code_bytes(&self) -> &[u8] {
         // SAFETY: the code frame is ours, a page long, and nothing writes
         // it after `map` (ring 3 may not: it is read-only).
-        unsafe { core::slice::from_raw_parts(self.direct(CODE) as *const u8, PAGE as usize) }
+        unsafe { core::slice::from_raw_parts(self.direct(CODE) as *const u8, PAGE_SIZE as usize) }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use alloc::boxed::Box;
 
-use mm::vm::{KMemFlags, PAGE};
+use mm::vm::{KMemFlags, PAGE_SIZE};
 
 use super::{ensure, fails, Test, TestResult};
 use crate::virtio_hal::direct_phys;
@@ -26,13 +26,13 @@ fn shares_by_arithmetic() -> TestResult {
     // A frame, as the page being paged is.
     let handle = frames::get().alloc_page().map_err(fails)?;
     let frame = handle.phys().as_u64();
-    let got = direct_phys(memory::virt_of(frame), PAGE);
+    let got = direct_phys(memory::virt_of(frame), PAGE_SIZE);
     frames::get().free_page(handle).map_err(fails)?;
     ensure!(got == Some(frame), "frame {frame:#x} through the direct map: {got:?}");
     // Mapped memory outside the direct map is refused, not walked.
-    let mapped = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
+    let mapped = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let outside = direct_phys(mapped, 8);
-    vm.k_mem_unmap(mapped, PAGE).map_err(fails)?;
+    vm.k_mem_unmap(mapped, PAGE_SIZE).map_err(fails)?;
     ensure!(outside.is_none(), "k_mem_map page {mapped:#x} shared as {outside:?}");
     // So is a buffer that runs off the end of the window.
     let end = memory::phys_offset() + memory::direct_map().len();

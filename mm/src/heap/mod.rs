@@ -9,7 +9,7 @@ mod free_list;
 
 use arrayvec::ArrayVec;
 
-use crate::platform::Platform;
+use crate::platform::CpuPlatform;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::PAGE_SIZE;
 use free_list::FreeList;
@@ -18,7 +18,6 @@ use free_list::FreeList;
 pub const CLASSES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
 /// Free objects a CPU keeps per class.
 pub const CPU_CACHE: usize = 32;
-const PAGE: usize = PAGE_SIZE as usize;
 
 /// Where the heap gets its memory: page-aligned runs of pages, addressed
 /// by virtual address (the kernel uses the direct map).
@@ -55,7 +54,7 @@ pub struct HeapStats {
     pub pages: u64,
 }
 
-pub struct Heap<'a, S: PageSource, P: Platform> {
+pub struct Heap<'a, S: PageSource, P: CpuPlatform> {
     pools: [Mutex<FreeList>; CLASSES.len()],
     cpus: &'a [HeapCpu],
     source: S,
@@ -73,15 +72,15 @@ fn class_of(size: usize, align: usize) -> Option<usize> {
 /// Pages for a large request: enough for `size`, and a power-of-two count
 /// when `align` exceeds a page so natural alignment covers it.
 fn large_pages(size: usize, align: usize) -> usize {
-    let pages = size.div_ceil(PAGE).max(1);
-    if align > PAGE {
-        pages.max(align / PAGE).next_power_of_two()
+    let pages = size.div_ceil(PAGE_SIZE as usize).max(1);
+    if align > (PAGE_SIZE as usize) {
+        pages.max(align / (PAGE_SIZE as usize)).next_power_of_two()
     } else {
         pages
     }
 }
 
-impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
+impl<'a, S: PageSource, P: CpuPlatform> Heap<'a, S, P> {
     #[cfg(not(loom))]
     pub const fn new(cpus: &'a [HeapCpu], source: S, platform: P) -> Self {
         Heap {
@@ -104,7 +103,7 @@ impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
             let pages = large_pages(size, align);
             let addr = self.source.alloc_pages(pages)?;
             self.pages.fetch_add(pages as u64, Ordering::Relaxed);
-            self.in_use.fetch_add((pages * PAGE) as u64, Ordering::Relaxed);
+            self.in_use.fetch_add((pages * (PAGE_SIZE as usize)) as u64, Ordering::Relaxed);
             return Some(addr);
         };
         let addr = self.platform.without_interrupts(|| {
@@ -129,7 +128,7 @@ impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
             let pages = large_pages(size, align);
             self.source.free_pages(addr, pages);
             self.pages.fetch_sub(pages as u64, Ordering::Relaxed);
-            self.in_use.fetch_sub((pages * PAGE) as u64, Ordering::Relaxed);
+            self.in_use.fetch_sub((pages * (PAGE_SIZE as usize)) as u64, Ordering::Relaxed);
             return;
         };
         self.in_use.fetch_sub(CLASSES[class] as u64, Ordering::Relaxed);
@@ -156,7 +155,7 @@ impl<'a, S: PageSource, P: Platform> Heap<'a, S, P> {
         if pool.is_empty() {
             let page = self.source.alloc_pages(1)?;
             self.pages.fetch_add(1, Ordering::Relaxed);
-            for obj in (page..page + PAGE).step_by(CLASSES[class]) {
+            for obj in (page..page + (PAGE_SIZE as usize)).step_by(CLASSES[class]) {
                 // SAFETY: the page is fresh from the source and only ours;
                 // every object is class-aligned and at least 16 bytes.
                 unsafe { pool.push(obj) };

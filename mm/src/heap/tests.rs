@@ -13,15 +13,18 @@ impl PageSource for HostPages {
             let mut left = self.left.lock().unwrap();
             *left = left.checked_sub(pages)?;
         }
-        let align = pages.next_power_of_two() * PAGE;
+        let align = pages.next_power_of_two() * (PAGE_SIZE as usize);
         // SAFETY: non-zero size, valid power-of-two alignment.
-        let p = unsafe { std::alloc::alloc_zeroed(Layout::from_size_align(pages * PAGE, align).unwrap()) };
+        let p =
+            unsafe { std::alloc::alloc_zeroed(Layout::from_size_align(pages * (PAGE_SIZE as usize), align).unwrap()) };
         (!p.is_null()).then_some(p as usize)
     }
     fn free_pages(&self, addr: usize, pages: usize) {
-        let align = pages.next_power_of_two() * PAGE;
+        let align = pages.next_power_of_two() * (PAGE_SIZE as usize);
         // SAFETY: allocated above with this layout.
-        unsafe { std::alloc::dealloc(addr as *mut u8, Layout::from_size_align(pages * PAGE, align).unwrap()) };
+        unsafe {
+            std::alloc::dealloc(addr as *mut u8, Layout::from_size_align(pages * (PAGE_SIZE as usize), align).unwrap())
+        };
         *self.left.lock().unwrap() += pages;
     }
 }
@@ -82,11 +85,11 @@ fn objects_are_aligned_disjoint_and_reused() {
 #[test]
 fn exhausted_page_source_is_none_not_a_panic() {
     let h = heap(1, 2);
-    assert!(h.alloc(3 * PAGE, 8).is_none());
-    let a = h.alloc(2 * PAGE, 8).unwrap();
+    assert!(h.alloc(3 * (PAGE_SIZE as usize), 8).is_none());
+    let a = h.alloc(2 * (PAGE_SIZE as usize), 8).unwrap();
     assert!(h.alloc(16, 8).is_none(), "no page left for a slab");
     // SAFETY: from alloc above.
-    unsafe { h.free(a, 2 * PAGE, 8) };
+    unsafe { h.free(a, 2 * (PAGE_SIZE as usize), 8) };
     assert!(h.alloc(16, 8).is_some());
 }
 

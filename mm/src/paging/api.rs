@@ -8,13 +8,14 @@ use alloc::vec;
 
 use super::evict::Victims;
 use super::fault::{frame_of, is_dirty, Access};
+use super::slots::SlotFor;
 use super::token;
 use super::transition::{self, FrameClaim};
-use super::{Pager, PagingError};
+use super::{Pager, Paging, PagingError};
 use crate::frame::PhysAddr;
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
-use crate::vm::{Vm, VmError, VmPlatform, KERNEL_REGION_AREA, PAGE};
+use crate::vm::{VmError, VmPlatform, KERNEL_REGION_AREA, PAGE_SIZE};
 
 /// Pages in `virt .. virt + size`, checked for alignment and for lying in
 /// the region area.
@@ -22,18 +23,18 @@ fn pages_of(virt: u64, size: u64) -> Result<u64, PagingError> {
     if size == 0 {
         return Err(PagingError::Range(VmError::ZeroSize));
     }
-    if virt % PAGE != 0 || size % PAGE != 0 {
-        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE != 0 { virt } else { size } }));
+    if virt % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE_SIZE != 0 { virt } else { size } }));
     }
-    check_range_in(KERNEL_REGION_AREA, virt, size / PAGE).map_err(PagingError::Range)?;
-    Ok(size / PAGE)
+    check_range_in(KERNEL_REGION_AREA, virt, size / PAGE_SIZE).map_err(PagingError::Range)?;
+    Ok(size / PAGE_SIZE)
 }
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Checks that every page of the range is a pageable page.
     fn check_pageable(&self, virt: u64, npages: u64) -> Result<(), PagingError> {
-        for va in (0..npages).map(|i| virt + i * PAGE) {
-            let e = self.paged_slot(va)?.load(Ordering::Acquire);
+        for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
+            let e = self.paged_entry(va)?.load(Ordering::Acquire);
             if !token::is_pageable(e) {
                 return Err(PagingError::NotPageable { virt: va });
             }
@@ -48,8 +49,8 @@ impl<P: VmPlatform> Vm<P> {
         let npages = pages_of(virt, size)?;
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
-            for va in (0..npages).map(|i| virt + i * PAGE) {
-                self.fault_in(pg, va, Access::READ, false)?;
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
+                self.fault_in(pg, va, Access::READ, SlotFor::Other)?;
             }
             Ok(())
         })
@@ -65,8 +66,8 @@ impl<P: VmPlatform> Vm<P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             let mut writes = 0;
-            for va in (0..npages).map(|i| virt + i * PAGE) {
-                let e = self.paged_slot(va)?.load(Ordering::Acquire);
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
+                let e = self.paged_entry(va)?.load(Ordering::Acquire);
                 if !token::is_resident(e) {
                     continue;
                 }
@@ -89,7 +90,7 @@ impl<P: VmPlatform> Vm<P> {
                 return Err(PagingError::StoreFull);
             }
             let mut batch = Victims::new();
-            for va in (0..npages).map(|i| virt + i * PAGE) {
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
                 let mut deadline = None;
                 let claimed = loop {
                     match self.claim_page(pg, va) {
@@ -122,7 +123,7 @@ impl<P: VmPlatform> Vm<P> {
     fn claim_page(&self, pg: &Pager, va: u64) -> Result<Option<super::evict::Victim<'_>>, PagingError> {
         let busy = Err(PagingError::BusyTimeout { virt: va });
         {
-            let e = self.paged_slot(va)?.load(Ordering::Acquire);
+            let e = self.paged_entry(va)?.load(Ordering::Acquire);
             if token::is_busy(e) {
                 return busy;
             }
@@ -142,7 +143,7 @@ impl<P: VmPlatform> Vm<P> {
                 return busy;
             }
             if pg.db.paging_flags(index) & PINNED != 0
-                && frame_of(self.paged_slot(va)?.load(Ordering::Acquire)) == frame_of(e)
+                && frame_of(self.paged_entry(va)?.load(Ordering::Acquire)) == frame_of(e)
             {
                 return Err(PagingError::Pinned { virt: va });
             }
@@ -156,9 +157,9 @@ impl<P: VmPlatform> Vm<P> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), false);
+        let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), SlotFor::Other);
         for f in frames {
-            self.free_kept(f);
+            self.vm.free_kept(f);
         }
         error.map_or(Ok(()), Err)
     }
@@ -173,14 +174,16 @@ impl<P: VmPlatform> Vm<P> {
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
             let result = (0..npages).try_for_each(|i| {
-                if self.pin_page(pg, virt + i * PAGE)? {
+                if self.pin_page(pg, virt + i * PAGE_SIZE)? {
                     newly[(i / 64) as usize] |= 1 << (i % 64);
                 }
                 Ok(())
             });
             if result.is_err() {
                 for i in (0..npages).filter(|i| newly[(i / 64) as usize] & (1 << (i % 64)) != 0) {
-                    self.with_page_frame(pg, virt + i * PAGE, &mut |index| transition::unpin_claimed(pg.db, index))?;
+                    self.with_page_frame(pg, virt + i * PAGE_SIZE, &mut |index| {
+                        transition::unpin_claimed(pg.db, index)
+                    })?;
                 }
             }
             result
@@ -191,7 +194,7 @@ impl<P: VmPlatform> Vm<P> {
     fn pin_page(&self, pg: &Pager, va: u64) -> Result<bool, PagingError> {
         let mut deadline = None;
         loop {
-            self.fault_in(pg, va, Access::READ, false)?;
+            self.fault_in(pg, va, Access::READ, SlotFor::Other)?;
             let mut old = 0;
             let pinned = self.with_page_frame(pg, va, &mut |index| old = transition::pin_claimed(pg.db, index))?;
             if pinned {
@@ -208,7 +211,7 @@ impl<P: VmPlatform> Vm<P> {
     fn with_page_frame(&self, pg: &Pager, va: u64, f: &mut dyn FnMut(usize)) -> Result<bool, PagingError> {
         let mut deadline = None;
         loop {
-            match transition::claim_frame_of(pg.db, self.paged_slot(va)?) {
+            match transition::claim_frame_of(pg.db, self.paged_entry(va)?) {
                 Ok(index) => {
                     f(index);
                     pg.release(index);
@@ -227,7 +230,7 @@ impl<P: VmPlatform> Vm<P> {
         let npages = pages_of(virt, size)?;
         self.paging_op(|pg| {
             self.check_pageable(virt, npages)?;
-            for va in (0..npages).map(|i| virt + i * PAGE) {
+            for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
                 self.with_page_frame(pg, va, &mut |index| transition::unpin_claimed(pg.db, index))?;
             }
             Ok(())

@@ -10,10 +10,11 @@ use alloc::vec;
 
 use super::fault::frame_of;
 use super::token::{self, Location};
+use super::Paging;
 use crate::frame::PhysAddr;
 use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::table::{self, TOP};
-use crate::vm::{Vm, VmPlatform, KERNEL_REGION_AREA};
+use crate::vm::{VmPlatform, KERNEL_REGION_AREA};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PagingAudit {
@@ -46,10 +47,10 @@ pub enum PagingViolation {
     ResidentCount { frames: u64, pages: u64, counted: u64 },
 }
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Walks every page of the region area and the frame database.
-    pub fn audit_paging(&self) -> Result<PagingAudit, PagingViolation> {
-        let Ok(pg) = self.pager() else { return Ok(PagingAudit::default()) };
+    pub fn audit(&self) -> Result<PagingAudit, PagingViolation> {
+        let pg = self.pg;
         let (used, total) = pg.store.usage();
         let mut seen = vec![0u64; total.div_ceil(64) as usize];
         let mut a = PagingAudit { slots_used: used, ..PagingAudit::default() };
@@ -65,9 +66,9 @@ impl<P: VmPlatform> Vm<P> {
             seen[w] |= b;
             Ok(())
         };
-        self.p.without_interrupts(|| {
+        self.vm.p.without_interrupts(|| {
             let range = (KERNEL_REGION_AREA.start, KERNEL_REGION_AREA.end);
-            table::for_each_pte(&self.p, self.kernel().root, TOP, 0, range, &mut |virt, e| {
+            table::for_each_pte(&self.vm.p, self.vm.kernel().root, TOP, 0, range, &mut |virt, e| {
                 if bad.is_some() {
                     return;
                 }

@@ -3,13 +3,13 @@
 //! the store never touches page contents itself. A failed transfer is an
 //! `Io` error and changes no slot.
 
-use super::slots::SlotMap;
+use super::slots::{SlotFor, SlotMap};
 use super::store::{BackingStore, StoreError};
 use crate::frame::Frame;
-use crate::vm::PAGE;
+use crate::vm::PAGE_SIZE;
 
 /// 512-byte sectors per slot.
-pub const SECTORS_PER_SLOT: u64 = PAGE / 512;
+pub const SECTORS_PER_SLOT: u64 = PAGE_SIZE / 512;
 
 /// What the store needs from a disk driver.
 pub trait BlockDevice: Sync {
@@ -44,8 +44,8 @@ impl<D: BlockDevice> BlockStore<D> {
 }
 
 impl<D: BlockDevice> BackingStore for BlockStore<D> {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        Ok(self.slots.alloc(page_fault)?)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        Ok(self.slots.alloc(slot_for)?)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {
@@ -76,13 +76,13 @@ impl<D: BlockDevice> BackingStore for BlockStore<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
     use crate::vm::VmPlatform;
     use std::sync::Mutex;
 
     /// A disk in host memory, moving frames of a simulated machine.
     pub struct RamDisk<'m> {
-        pub m: &'m Machine,
+        pub m: &'m SimMachine,
         pub data: Mutex<Vec<u64>>,
     }
 
@@ -111,15 +111,15 @@ mod tests {
 
     #[test]
     fn slots_map_to_sectors_and_data_round_trips() {
-        let m = Machine::new(64, 1);
+        let m = SimMachine::new(64, 1);
         let disk = RamDisk { m: &m, data: Mutex::new(vec![0; 4 * 512]) };
         let store = BlockStore::new(disk, 100);
         assert_eq!(store.usage(), (0, 4), "a 16 KiB disk has 4 slots");
         let mut handle = m.frames.alloc_page().unwrap();
         let frame = handle.phys().as_u64();
         (0..512).for_each(|i| m.set_word(frame, i * 8, 0x5100 + i));
-        let a = store.location_get(false).unwrap();
-        let b = store.location_get(false).unwrap();
+        let a = store.location_get(SlotFor::Other).unwrap();
+        let b = store.location_get(SlotFor::Other).unwrap();
         store.page_out(b, &handle).unwrap();
         m.fill_frame(&mut handle, 0);
         assert_eq!(store.page_in(a, &mut handle), Ok(()), "an allocated slot reads (zeros)");

@@ -8,13 +8,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 
+use super::slots::SlotFor;
 use super::stats::{Event, Timing};
 use super::token::{self, Location, KEPT};
 use super::transition;
 use super::view::View;
-use super::{Pager, PagingError, StoreError};
+use super::{Pager, Paging, PagingError, StoreError};
 use crate::frame_db::paging::{BUSY, MAPPED};
-use crate::vm::{Vm, VmError, VmPlatform, PAGE};
+use crate::vm::{VmPlatform, PAGE_SIZE};
 
 /// Victims per eviction: one shootdown covers them all.
 pub(crate) const BATCH: usize = 8;
@@ -29,14 +30,14 @@ pub(crate) struct Victim<'t> {
     pub index: usize,
     pub frame: u64,
     pub va: u64,
-    pub slot: &'t AtomicU64,
+    pub entry: &'t AtomicU64,
     /// The entry as it was when claimed (accessed and dirty bits included).
     pub old: u64,
 }
 
 pub(crate) type Victims<'t> = ArrayVec<Victim<'t>, BATCH>;
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Evicts up to `want` (at most `BATCH`) pages chosen by the policy and
     /// returns their frames, still allocated, for the caller to reuse or
     /// free. `NoEvictableFrame` if the policy found nothing.
@@ -44,16 +45,16 @@ impl<P: VmPlatform> Vm<P> {
         &self,
         pg: &Pager,
         want: usize,
-        for_fault: bool,
+        slot_for: SlotFor,
     ) -> Result<ArrayVec<u64, BATCH>, PagingError> {
         let want = want.min(BATCH);
-        let view = View { vm: self, pager: pg, db: pg.db };
+        let view = View { paging: *self, db: pg.db };
         let mut victims = Victims::new();
         let mut misses = 0;
         while victims.len() < want && misses < want * SELECT_ATTEMPTS {
-            let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
+            let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
             let picked = pg.policy.select(&view);
-            pg.stats.finish(Timing::Select, start, || self.p.now_ns());
+            pg.stats.finish(Timing::Select, start, || self.vm.p.now_ns());
             let Ok(i) = picked else { break };
             match self.claim_victim(pg, i) {
                 Some(v) => victims.push(v),
@@ -63,7 +64,7 @@ impl<P: VmPlatform> Vm<P> {
         if victims.is_empty() {
             return Err(PagingError::NoEvictableFrame);
         }
-        let (frames, error) = self.evict_claimed(pg, victims, for_fault);
+        let (frames, error) = self.evict_claimed(pg, victims, slot_for);
         match error {
             Some(e) if frames.is_empty() => Err(e),
             _ => Ok(frames),
@@ -73,8 +74,8 @@ impl<P: VmPlatform> Vm<P> {
     /// Claims frame `i` for eviction if it backs a resident, unpinned page
     /// nobody else is working on.
     pub(crate) fn claim_victim(&self, pg: &Pager, i: usize) -> Option<Victim<'_>> {
-        let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_slot(va).ok())?;
-        Some(Victim { index: i, frame: pg.db.phys_of(i).as_u64(), va: c.va, slot: c.slot, old: c.old })
+        let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_entry(va).ok())?;
+        Some(Victim { index: i, frame: pg.db.phys_of(i).as_u64(), va: c.va, entry: c.entry, old: c.old })
     }
 
     /// Shoots the victims down in one go, then writes each back and leaves
@@ -84,27 +85,23 @@ impl<P: VmPlatform> Vm<P> {
         &self,
         pg: &Pager,
         victims: Victims<'_>,
-        for_fault: bool,
+        slot_for: SlotFor,
     ) -> (ArrayVec<u64, BATCH>, Option<PagingError>) {
         let mut freed = ArrayVec::new();
         let lo = victims.iter().map(|v| v.va).min().unwrap_or(0);
         let hi = victims.iter().map(|v| v.va).max().unwrap_or(0);
-        if let Err(e) = self.flush(self.kernel(), lo, (hi - lo) / PAGE + 1) {
+        if let Err(e) = self.vm.shoot_down(self.vm.kernel(), lo, (hi - lo) / PAGE_SIZE + 1) {
             for v in &victims {
                 self.unclaim(pg, v);
             }
-            let cpus = match e {
-                VmError::Shootdown { cpus } => cpus,
-                _ => 0,
-            };
-            return (freed, Some(PagingError::Shootdown { cpus }));
+            return (freed, Some(PagingError::Shootdown { cpus: e.cpus }));
         }
         let mut error = None;
         for v in &victims {
-            match self.write_back(pg, v, for_fault) {
+            match self.write_back(pg, v, slot_for) {
                 Ok(token) => {
                     // The copy slot, if any, went into the token.
-                    transition::finish_eviction(pg.db, v.index, v.slot, token);
+                    transition::finish_eviction(pg.db, v.index, v.entry, token);
                     pg.untrack(v.index);
                     freed.push(v.frame);
                 }
@@ -119,35 +116,35 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Puts a claimed victim back as it was.
     pub(crate) fn unclaim(&self, pg: &Pager, v: &Victim<'_>) {
-        transition::unclaim(pg.db, v.index, v.slot, v.old);
+        transition::unclaim(pg.db, v.index, v.entry, v.old);
     }
 
     /// Saves victim `v`'s contents if they cannot be had again, and returns
     /// the token that says where they are.
-    fn write_back(&self, pg: &Pager, v: &Victim<'_>, for_fault: bool) -> Result<u64, PagingError> {
+    fn write_back(&self, pg: &Pager, v: &Victim<'_>, slot_for: SlotFor) -> Result<u64, PagingError> {
         let flags = pg.db.paging_flags(v.index);
         let copy = pg.db.entry(v.index).copy.load(Ordering::Relaxed);
         let perms = v.old & KEPT;
         let token = |loc| token::encode(loc, perms).expect("store slots fit in a token");
         if let Some(loc) = transition::clean_location(v.old, flags, copy) {
-            pg.stats.count(self.p.cpu_index(), Event::EvictClean);
+            pg.stats.count(self.vm.p.cpu_index(), Event::EvictClean);
             return Ok(token(loc));
         }
         let slot = match copy {
-            0 => self.take_slot(pg, for_fault)?,
+            0 => self.take_slot(pg, slot_for)?,
             c => c - 1,
         };
-        pg.stats.count(self.p.cpu_index(), Event::StoreWrite);
-        let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
-        let written = self.with_kept(v.frame, |f| pg.store.page_out(slot, f));
-        pg.stats.finish(Timing::StoreOut, start, || self.p.now_ns());
+        pg.stats.count(self.vm.p.cpu_index(), Event::StoreWrite);
+        let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
+        let written = self.vm.with_kept(v.frame, |f| pg.store.page_out(slot, f));
+        pg.stats.finish(Timing::StoreOut, start, || self.vm.p.now_ns());
         if let Err(e) = written {
             if copy == 0 {
                 let _ = pg.store.location_free(slot);
             }
             return Err(PagingError::Store(e));
         }
-        let cpu = self.p.cpu_index();
+        let cpu = self.vm.p.cpu_index();
         pg.stats.count(cpu, Event::PageOut);
         pg.stats.count(cpu, Event::EvictDirty);
         Ok(token(Location::Slot(slot)))
@@ -155,11 +152,11 @@ impl<P: VmPlatform> Vm<P> {
 
     /// A store slot; when the store is full, valid copies of resident pages
     /// are given back first (they only save writes).
-    fn take_slot(&self, pg: &Pager, for_fault: bool) -> Result<u64, PagingError> {
-        match pg.store.location_get(for_fault) {
+    fn take_slot(&self, pg: &Pager, slot_for: SlotFor) -> Result<u64, PagingError> {
+        match pg.store.location_get(slot_for) {
             Err(StoreError::Full) => {
                 self.drop_copies(pg);
-                pg.store.location_get(for_fault).map_err(|e| match e {
+                pg.store.location_get(slot_for).map_err(|e| match e {
                     StoreError::Full => PagingError::StoreFull,
                     e => PagingError::Store(e),
                 })

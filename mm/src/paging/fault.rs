@@ -5,15 +5,16 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::slots::SlotFor;
 use super::token::Location;
 use super::transition::{self, Look};
-use super::{Pager, PagingError};
+use super::{Pager, Paging, PagingError};
 use crate::frame::Frame;
 use crate::frame_db::paging::{FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::paging::stats::{Event, Timing};
 use crate::vm::pte::{self, DIRTY, NO_EXECUTE, USER, WRITABLE};
 use crate::vm::table::{self, Lookup};
-use crate::vm::{Vm, VmPlatform, KERNEL_REGION_AREA, PAGE};
+use crate::vm::{VmPlatform, KERNEL_REGION_AREA, PAGE_SIZE};
 
 /// What a faulting access wanted (from the page-fault error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,7 +51,7 @@ fn check_access(e: u64, access: Access, virt: u64) -> Result<(), PagingError> {
     }
 }
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Handles a page fault at `virt`. `Ok` means the access can be
     /// retried: the page is resident (paged in by this CPU or another).
     /// A fault on anything but a pageable page, or one the mapping does
@@ -58,33 +59,34 @@ impl<P: VmPlatform> Vm<P> {
     pub fn page_fault(&self, virt: u64, access: Access) -> Result<(), PagingError> {
         // Timed from before the baseline's lock, for one fault in
         // TIMING_SAMPLE: no clock read on the others.
-        let start = self.pager().ok().and_then(|pg| pg.stats.start(self.p.cpu_index(), || self.p.now_ns()));
+        let start = self.pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
         self.paging_op(|pg| {
-            if self.fault_in(pg, virt & !(PAGE - 1), access, true)? {
-                pg.stats.count(self.p.cpu_index(), Event::Fault);
-                pg.stats.finish(Timing::Fault, start, || self.p.now_ns());
+            if self.fault_in(pg, virt & !(PAGE_SIZE - 1), access, SlotFor::Fault)? {
+                pg.stats.count(self.vm.p.cpu_index(), Event::Fault);
+                pg.stats.finish(Timing::Fault, start, || self.vm.p.now_ns());
             }
             Ok(())
         })
     }
 
     /// Makes page `va` resident. `Ok(true)` if this call paged it in.
-    /// `for_fault`: a page fault, which may take the store's reserved slot.
-    pub(crate) fn fault_in(&self, pg: &Pager, va: u64, access: Access, for_fault: bool) -> Result<bool, PagingError> {
+    /// `slot_for`: `Fault` for a page fault, which may take the store's
+    /// reserved slot.
+    pub(crate) fn fault_in(&self, pg: &Pager, va: u64, access: Access, slot_for: SlotFor) -> Result<bool, PagingError> {
         // The wait's bound starts at the first wait: no clock read on a
         // fault that does not wait.
         let mut deadline = None;
         let mut waited = false;
         loop {
-            let slot = self.paged_slot(va)?;
-            let (token, loc, perms) = match transition::look(slot) {
+            let entry = self.paged_entry(va)?;
+            let (token, loc, perms) = match transition::look(entry) {
                 Look::Resident(e) => {
                     check_access(e, access, va)?;
                     return Ok(false);
                 }
                 Look::Busy => {
                     if !waited {
-                        pg.stats.count(self.p.cpu_index(), Event::BusyWait);
+                        pg.stats.count(self.vm.p.cpu_index(), Event::BusyWait);
                         waited = true;
                     }
                     self.wait_busy(&mut deadline, va)?;
@@ -94,21 +96,21 @@ impl<P: VmPlatform> Vm<P> {
                 Look::Other(_) => return Err(PagingError::NotPageable { virt: va }),
             };
             check_access(perms, access, va)?;
-            if !transition::claim_token(slot, token) {
+            if !transition::claim_token(entry, token) {
                 continue; // another CPU won the page, or unmapped it
             }
-            self.page_in_owned(pg, va, slot, token, loc, for_fault)?;
+            self.page_in_owned(pg, va, entry, token, loc, slot_for)?;
             return Ok(true);
         }
     }
 
     /// The 4 KiB entry of kernel page `va` in the region area.
-    pub(crate) fn paged_slot(&self, va: u64) -> Result<&AtomicU64, PagingError> {
+    pub(crate) fn paged_entry(&self, va: u64) -> Result<&AtomicU64, PagingError> {
         if !KERNEL_REGION_AREA.contains(&va) {
             return Err(PagingError::NotPageable { virt: va });
         }
-        match table::lookup(&self.p, self.kernel().root, va, 0) {
-            Lookup::Entry { slot, level: 0 } => Ok(slot),
+        match table::lookup(&self.vm.p, self.vm.kernel().root, va, 0) {
+            Lookup::Entry { entry, level: 0 } => Ok(entry),
             _ => Err(PagingError::NotPageable { virt: va }),
         }
     }
@@ -119,36 +121,36 @@ impl<P: VmPlatform> Vm<P> {
         &self,
         pg: &Pager,
         va: u64,
-        slot: &AtomicU64,
+        entry: &AtomicU64,
         token: u64,
         loc: Location,
-        for_fault: bool,
+        slot_for: SlotFor,
     ) -> Result<(), PagingError> {
         let restore = |e: PagingError| {
-            transition::restore_token(slot, token);
+            transition::restore_token(entry, token);
             Err(e)
         };
-        let mut frame = match self.frame_for_page_in(pg, for_fault) {
+        let mut frame = match self.frame_for_page_in(pg, slot_for) {
             Ok(f) => f,
             Err(e) => return restore(e),
         };
         let index = pg.db.index_of(frame.phys()).expect("the allocator handed out a frame outside its database");
         let fresh = match loc {
             Location::AnonZero => {
-                self.p.fill_frame(&mut frame, 0);
+                self.vm.p.fill_frame(&mut frame, 0);
                 FRESH_ZERO
             }
             Location::AnonUninit => FRESH_UNINIT,
             Location::Slot(s) => {
-                pg.stats.count(self.p.cpu_index(), Event::StoreRead);
-                let start = pg.stats.start(self.p.cpu_index(), || self.p.now_ns());
+                pg.stats.count(self.vm.p.cpu_index(), Event::StoreRead);
+                let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
                 let read = pg.store.page_in(s, &mut frame);
-                pg.stats.finish(Timing::StoreIn, start, || self.p.now_ns());
+                pg.stats.finish(Timing::StoreIn, start, || self.vm.p.now_ns());
                 if let Err(e) = read {
-                    let _ = self.p.free_frame(frame);
+                    let _ = self.vm.p.free_frame(frame);
                     return restore(PagingError::Store(e));
                 }
-                pg.stats.count(self.p.cpu_index(), Event::PageIn);
+                pg.stats.count(self.vm.p.cpu_index(), Event::PageIn);
                 0
             }
         };
@@ -168,7 +170,7 @@ impl<P: VmPlatform> Vm<P> {
         };
         // The page's entry and the frame database own it from here on.
         let _ = frame.into_phys();
-        let marked = transition::install_resident(pg.db, index, slot, token, va, copy, fresh);
+        let marked = transition::install_resident(pg.db, index, entry, token, va, copy, fresh);
         debug_assert!(marked, "a fresh frame had paging flags");
         // Counted before the frame is published (not busy), so an evictor
         // that takes it at once never counts it out first.
@@ -184,14 +186,14 @@ impl<P: VmPlatform> Vm<P> {
     /// the running CPU's magazine, with eviction as the fallback. When
     /// every resident page is busy (other CPUs are evicting them), waits
     /// for those evictions; only when every one is pinned is it an error.
-    fn frame_for_page_in(&self, pg: &Pager, for_fault: bool) -> Result<Frame, PagingError> {
+    fn frame_for_page_in(&self, pg: &Pager, slot_for: SlotFor) -> Result<Frame, PagingError> {
         let mut deadline = None;
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
         loop {
-            let over = starved || pg.over_budget(self.p.free_frames());
+            let over = starved || pg.over_budget(self.vm.p.free_frames());
             let got = if over {
-                self.evict_batch(pg, super::evict::BATCH, for_fault)
+                self.evict_batch(pg, super::evict::BATCH, slot_for)
             } else {
                 Err(PagingError::NoEvictableFrame)
             };
@@ -199,12 +201,12 @@ impl<P: VmPlatform> Vm<P> {
                 Ok(mut frames) => {
                     let reuse = frames.pop().expect("eviction returns at least one frame");
                     for f in frames {
-                        self.free_kept(f);
+                        self.vm.free_kept(f);
                     }
-                    return Ok(self.adopt_kept(reuse));
+                    return Ok(self.vm.adopt_kept(reuse));
                 }
                 Err(PagingError::NoEvictableFrame) if !over || pg.resident() < pg.resident_limit() => {
-                    match self.alloc() {
+                    match self.vm.alloc() {
                         Ok(f) => return Ok(f),
                         Err(_) if !starved => {
                             starved = true;

@@ -6,6 +6,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::slots::SlotFor;
 use super::store::{BackingStore, StoreError};
 
 /// Which transfer to fail.
@@ -69,8 +70,8 @@ impl FaultyStore {
 }
 
 impl BackingStore for FaultyStore {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        self.inner.location_get(page_fault)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        self.inner.location_get(slot_for)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {

@@ -7,16 +7,16 @@ use core::sync::atomic::Ordering;
 use super::fault::frame_of;
 use super::token::{self, Location};
 use super::transition::{self, Refused};
-use super::{Pager, PagingError};
-use crate::vm::marker::UnmapOp;
+use super::{Pager, Paging, PagingError};
+use crate::vm::marker::{FrameTo, UnmapOp};
 use crate::vm::pte::{self, PageSize};
 use crate::vm::table::{self, Lookup};
-use crate::vm::{KMemFlags, Vm, VmError, VmPlatform, PAGE};
+use crate::vm::{KMemFlags, VmError, VmPlatform, PAGE_SIZE};
 
-impl<P: VmPlatform> Vm<P> {
+impl<P: VmPlatform> Paging<'_, P> {
     /// Reserves `pages` pages of the commit limit.
     fn commit(&self, pg: &Pager, pages: u64) -> Result<(), VmError> {
-        let available = pg.commit_limit(self.p.free_frames());
+        let available = pg.commit_limit(self.vm.p.free_frames());
         let mut cur = pg.committed.load(Ordering::Relaxed);
         loop {
             if cur.checked_add(pages).is_none_or(|n| n > available) {
@@ -39,9 +39,9 @@ impl<P: VmPlatform> Vm<P> {
         perms: u64,
         loc: &dyn Fn(u64) -> Location,
     ) -> Result<(), VmError> {
-        let pg = self.pager().map_err(|_| VmError::OutOfFrames)?;
+        let pg = self.pg;
         self.commit(pg, pages)?;
-        let shared = match self.shared(self.kernel()) {
+        let shared = match self.vm.shared(self.vm.kernel()) {
             Ok(g) => g,
             Err(e) => {
                 pg.committed.fetch_sub(pages, Ordering::Relaxed);
@@ -50,14 +50,14 @@ impl<P: VmPlatform> Vm<P> {
         };
         for i in 0..pages {
             let t = token::encode(loc(i), perms).expect("callers pass slots that fit");
-            if let Err(e) = self.install(self.kernel(), virt + i * PAGE, t, 0) {
+            if let Err(e) = self.vm.install(self.vm.kernel(), virt + i * PAGE_SIZE, t, 0) {
                 // Nobody has touched the tokens yet (the region is this
                 // call's): clear them under the same lock.
                 self.clear_tokens(virt, i);
                 drop(shared);
                 pg.committed.fetch_sub(pages, Ordering::Relaxed);
                 // Tables made on the way go after a shootdown.
-                self.finish_rollback(self.kernel(), self.begin_unmap(), virt, i)?;
+                self.vm.finish_rollback(self.vm.kernel(), self.vm.begin_unmap(), virt, i)?;
                 return Err(e);
             }
         }
@@ -68,8 +68,10 @@ impl<P: VmPlatform> Vm<P> {
     /// The caller holds the shared table lock.
     fn clear_tokens(&self, virt: u64, pages: u64) {
         for i in 0..pages {
-            if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root, virt + i * PAGE, 0) {
-                slot.store(0, Ordering::Release);
+            if let Lookup::Entry { entry, level: 0 } =
+                table::lookup(&self.vm.p, self.vm.kernel().root, virt + i * PAGE_SIZE, 0)
+            {
+                entry.store(0, Ordering::Release);
             }
         }
     }
@@ -80,19 +82,19 @@ impl<P: VmPlatform> Vm<P> {
     /// `k_mem_map_unpaged`. The mapping takes the slots over: they are
     /// freed when their pages are paged in for good or unmapped.
     pub fn k_mem_map_unpaged(&self, first_slot: u64, size: u64, flags: KMemFlags) -> Result<u64, PagingError> {
-        let pg = self.pager()?;
+        let pg = self.pg;
         if flags.contains(KMemFlags::LOCK) || flags.contains(KMemFlags::UNINIT) {
             // Pinned or uninitialised pages have no store contents to map.
             return Err(PagingError::Range(VmError::NotARegion { addr: first_slot, size }));
         }
-        if size == 0 || size % PAGE != 0 {
+        if size == 0 || size % PAGE_SIZE != 0 {
             return Err(PagingError::Range(if size == 0 {
                 VmError::ZeroSize
             } else {
                 VmError::NotAligned { value: size }
             }));
         }
-        let pages = size / PAGE;
+        let pages = size / PAGE_SIZE;
         for s in first_slot
             ..first_slot
                 .checked_add(pages)
@@ -105,16 +107,15 @@ impl<P: VmPlatform> Vm<P> {
         self.k_mem_map_with(size, flags, &|i| Location::Slot(first_slot + i)).map_err(PagingError::Range)
     }
 
-    /// Whether page `va` of a `k_mem_map` region is there: mapped, or a
-    /// pageable page in any state.
-    pub(crate) fn kmem_page_present(&self, va: u64) -> bool {
-        match table::lookup(&self.p, self.kernel().root, va, 0) {
-            Lookup::Entry { slot, level: 0 } => {
-                let e = slot.load(Ordering::Acquire);
-                pte::is_present(e) || token::is_pageable(e)
-            }
-            _ => false,
-        }
+    /// `k_mem_map` of on-demand pages, page `i` at `loc(i)`.
+    pub(crate) fn k_mem_map_with(
+        &self,
+        size: u64,
+        flags: KMemFlags,
+        loc: &dyn Fn(u64) -> Location,
+    ) -> Result<u64, VmError> {
+        let perms = flags.access().pte_bits() | pte::SW_OWNED;
+        self.vm.in_region(size, &|start, pages| self.map_tokens(start, pages, perms, loc))
     }
 
     /// Unmaps `pages` pages of a `k_mem_map` region from `virt`, whatever
@@ -122,21 +123,19 @@ impl<P: VmPlatform> Vm<P> {
     /// slots (of paged-out pages and of copies) at once, and a page being
     /// paged in or out is waited for. A wait past the bound is `Busy`,
     /// with the pages before it unmapped (the region stays claimed).
-    pub(crate) fn unmap_kmem_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
+    pub(super) fn unmap_kmem_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
         let mut paged = 0;
-        let op = self.begin_unmap();
-        let result = self.p.without_interrupts(|| {
+        let op = self.vm.begin_unmap();
+        let result = self.vm.p.without_interrupts(|| {
             (0..pages).try_for_each(|i| {
-                let va = virt + i * PAGE;
+                let va = virt + i * PAGE_SIZE;
                 let done = self.unmap_one(&op, va)?;
                 paged += u64::from(done);
                 Ok(())
             })
         });
-        if let Some(pg) = self.paging.get() {
-            pg.committed.fetch_sub(paged, Ordering::Relaxed);
-        }
-        let flushed = self.finish_unmap(self.kernel(), op, virt, pages, PageSize::Size4K);
+        self.pg.committed.fetch_sub(paged, Ordering::Relaxed);
+        let flushed = self.vm.finish_unmap(self.vm.kernel(), op, virt, pages, PageSize::Size4K);
         result.and(flushed)
     }
 
@@ -150,19 +149,19 @@ impl<P: VmPlatform> Vm<P> {
     /// so no table it walks can be freed under it.
     fn unmap_one(&self, op: &UnmapOp, va: u64) -> Result<bool, VmError> {
         let mut deadline = None;
-        let pg = self.paging.get();
+        let pg = self.pg;
         let mut waited = false;
         loop {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, self.kernel().root, va, 0) else {
+            let Lookup::Entry { entry, level: 0 } = table::lookup(&self.vm.p, self.vm.kernel().root, va, 0) else {
                 return Ok(false);
             };
-            let e = slot.load(Ordering::Acquire);
-            if let (Some(pg), true) = (pg, token::is_resident(e)) {
+            let e = entry.load(Ordering::Acquire);
+            if token::is_resident(e) {
                 let index = pg
                     .db
                     .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
                     .expect("a resident page's frame is in the database");
-                match transition::unmap_resident(pg.db, index, slot, e, op.marker(e, PAGE, true)) {
+                match transition::unmap_resident(pg.db, index, entry, e, op.marker(e, PAGE_SIZE, FrameTo::Free)) {
                     Ok(copy) => {
                         if let Some(s) = copy {
                             let _ = pg.store.location_free(s);
@@ -173,8 +172,8 @@ impl<P: VmPlatform> Vm<P> {
                     Err(Refused::Changed) => continue, // accessed or dirty bits changed
                     Err(Refused::Busy) => {}
                 }
-            } else if let (Some(pg), Some((loc, _))) = (pg, token::decode(e)) {
-                if transition::clear_token(slot, e) {
+            } else if let Some((loc, _)) = token::decode(e) {
+                if transition::clear_token(entry, e) {
                     if let Location::Slot(s) = loc {
                         let _ = pg.store.location_free(s);
                     }
@@ -182,15 +181,18 @@ impl<P: VmPlatform> Vm<P> {
                 }
                 continue;
             } else if pte::is_present(e) {
-                if slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if entry
+                    .compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     return Ok(false);
                 }
                 continue;
             } else if !token::is_busy(e) {
                 return Ok(false);
             }
-            if let (Some(pg), false) = (pg, waited) {
-                pg.stats.count(self.p.cpu_index(), super::Event::BusyWait);
+            if !waited {
+                pg.stats.count(self.vm.p.cpu_index(), super::Event::BusyWait);
                 waited = true;
             }
             self.wait_busy(&mut deadline, va).map_err(|_| VmError::Busy { virt: va })?;

@@ -28,6 +28,7 @@
 mod api;
 mod audit;
 pub mod block_store;
+mod demand;
 mod evict;
 mod fault;
 pub mod faulty_store;
@@ -48,6 +49,7 @@ use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 pub use audit::{PagingAudit, PagingViolation};
 pub use fault::Access;
 pub use policy::{EvictionPolicy, PolicyError};
+pub use slots::SlotFor;
 pub use stats::{Counts, Event, HistogramSnapshot, Stats, Timing};
 pub use store::{BackingStore, StoreError};
 
@@ -237,11 +239,29 @@ impl Pager {
     }
 }
 
-impl<P: VmPlatform> Vm<P> {
-    /// Turns on demand paging: from now on `k_mem_map` without `LOCK`
-    /// maps pages on demand.
-    pub fn enable_paging(&self, c: PagerConfig) -> Result<(), PagingError> {
-        if self.paging.get().is_some() {
+/// The paging operations' context: one VM and the pager demand paging
+/// runs it with. Every paging call (`page_fault`, `page_in`, `pin`, the
+/// audit...) is a method of this type, not of `Vm`: the mapping code knows
+/// paging only through the hook it defines (`vm::DemandPaging`).
+pub struct Paging<'v, P: VmPlatform> {
+    vm: &'v Vm<P>,
+    pg: &'v Pager,
+}
+
+// By hand: a derive would ask for `P: Copy`, and only references are copied.
+impl<P: VmPlatform> Clone for Paging<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: VmPlatform> Copy for Paging<'_, P> {}
+
+impl<'v, P: VmPlatform> Paging<'v, P> {
+    /// Turns on demand paging for `vm`: from now on `k_mem_map` without
+    /// `LOCK` maps pages on demand.
+    pub fn enable(vm: &'v Vm<P>, c: PagerConfig) -> Result<Paging<'v, P>, PagingError> {
+        if vm.demand().is_some() {
             return Err(PagingError::AlreadyEnabled);
         }
         let pager = Pager {
@@ -257,27 +277,33 @@ impl<P: VmPlatform> Vm<P> {
             global: spin::Mutex::new(()),
             stats: Stats::new(),
         };
-        let mut fresh = false;
-        self.paging.call_once(|| {
-            fresh = true;
-            pager
-        });
-        if fresh {
-            Ok(())
-        } else {
-            Err(PagingError::AlreadyEnabled)
+        if !vm.set_demand(alloc::boxed::Box::new(pager)) {
+            return Err(PagingError::AlreadyEnabled);
         }
+        Paging::of(vm)
     }
 
-    pub fn pager(&self) -> Result<&Pager, PagingError> {
-        self.paging.get().ok_or(PagingError::NotEnabled)
+    /// `vm`'s paging, once `enable` ran.
+    pub fn of(vm: &'v Vm<P>) -> Result<Paging<'v, P>, PagingError> {
+        let pg = vm.demand().and_then(|d| d.as_any().downcast_ref::<Pager>()).ok_or(PagingError::NotEnabled)?;
+        Ok(Paging { vm, pg })
     }
 
+    pub fn pager(&self) -> &'v Pager {
+        self.pg
+    }
+
+    pub fn vm(&self) -> &'v Vm<P> {
+        self.vm
+    }
+}
+
+impl<P: VmPlatform> Paging<'_, P> {
     /// Runs one paging operation with interrupts off, under the global
     /// lock in the baseline mode.
     pub(crate) fn paging_op<R>(&self, f: impl FnOnce(&Pager) -> Result<R, PagingError>) -> Result<R, PagingError> {
-        let pg = self.pager()?;
-        self.p.without_interrupts(|| {
+        let pg = self.pg;
+        self.vm.p.without_interrupts(|| {
             let _global = match pg.mode() {
                 Mode::GlobalLock => Some(self.lock_global(pg)?),
                 Mode::BusyState => None,
@@ -290,7 +316,7 @@ impl<P: VmPlatform> Vm<P> {
     /// waiting for them.
     /// Counted for this CPU: a wait is contended, its steps are spins.
     fn lock_global<'g>(&self, pg: &'g Pager) -> Result<spin::MutexGuard<'g, ()>, PagingError> {
-        let counts = pg.stats.global_lock(self.p.cpu_index());
+        let counts = pg.stats.global_lock(self.vm.p.cpu_index());
         if let Some(g) = pg.global.try_lock() {
             counts.taken(0);
             return Ok(g);
@@ -315,11 +341,11 @@ impl<P: VmPlatform> Vm<P> {
     /// as `None` and is set by the first step, so an operation that never
     /// waits never reads the clock.
     pub(crate) fn wait_busy(&self, deadline: &mut Option<u64>, virt: u64) -> Result<(), PagingError> {
-        let now = self.p.now_ns();
+        let now = self.vm.p.now_ns();
         if now > *deadline.get_or_insert(now + BUSY_WAIT_NS) {
             return Err(PagingError::BusyTimeout { virt });
         }
-        self.p.wait_step();
+        self.vm.p.wait_step();
         Ok(())
     }
 }

@@ -8,6 +8,16 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use alloc::vec::Vec;
 
+/// Who asks for a slot: the last free one is kept for page faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotFor {
+    /// A page fault: may take the last free slot.
+    Fault,
+    /// Anything else (an explicit page-out, a pin, a caller filling slots
+    /// for `k_mem_map_unpaged`): leaves the last free slot.
+    Other,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotError {
     /// No slot left (for a non-fault caller: only the reserved one left).
@@ -44,9 +54,12 @@ impl SlotMap {
         self.total - self.free.load(Ordering::Relaxed)
     }
 
-    /// A free slot. Unless `for_fault`, the last free slot is refused.
-    pub fn alloc(&self, for_fault: bool) -> Result<u64, SlotError> {
-        let keep = if for_fault { 0 } else { 1 };
+    /// A free slot. The last free slot goes only to a fault.
+    pub fn alloc(&self, slot_for: SlotFor) -> Result<u64, SlotError> {
+        let keep = match slot_for {
+            SlotFor::Fault => 0,
+            SlotFor::Other => 1,
+        };
         let mut f = self.free.load(Ordering::Relaxed);
         loop {
             if f <= keep {
@@ -107,11 +120,11 @@ mod tests {
     #[test]
     fn the_last_slot_is_kept_for_faults() {
         let m = SlotMap::new(3);
-        let a = m.alloc(false).unwrap();
-        let b = m.alloc(false).unwrap();
-        assert_eq!(m.alloc(false), Err(SlotError::Full), "the last one is reserved");
-        let c = m.alloc(true).unwrap();
-        assert_eq!(m.alloc(true), Err(SlotError::Full));
+        let a = m.alloc(SlotFor::Other).unwrap();
+        let b = m.alloc(SlotFor::Other).unwrap();
+        assert_eq!(m.alloc(SlotFor::Other), Err(SlotError::Full), "the last one is reserved");
+        let c = m.alloc(SlotFor::Fault).unwrap();
+        assert_eq!(m.alloc(SlotFor::Fault), Err(SlotError::Full));
         let mut all = [a, b, c];
         all.sort();
         assert_eq!(all, [0, 1, 2]);
@@ -121,7 +134,7 @@ mod tests {
     #[test]
     fn bad_frees_change_nothing() {
         let m = SlotMap::new(70);
-        let s = m.alloc(false).unwrap();
+        let s = m.alloc(SlotFor::Other).unwrap();
         assert_eq!(m.free(70), Err(SlotError::OutOfRange { slot: 70 }));
         assert_eq!(m.free(s + 1), Err(SlotError::NotAllocated { slot: s + 1 }));
         assert_eq!(m.used(), 1);
@@ -133,10 +146,10 @@ mod tests {
     #[test]
     fn every_slot_up_to_an_odd_total_is_handed_out_once() {
         let m = SlotMap::new(130);
-        let mut got: Vec<u64> = (0..130).map(|_| m.alloc(true).unwrap()).collect();
+        let mut got: Vec<u64> = (0..130).map(|_| m.alloc(SlotFor::Fault).unwrap()).collect();
         got.sort();
         assert_eq!(got, (0..130).collect::<Vec<_>>());
-        assert_eq!(m.alloc(true), Err(SlotError::Full));
+        assert_eq!(m.alloc(SlotFor::Fault), Err(SlotError::Full));
     }
 
     #[test]
@@ -148,7 +161,7 @@ mod tests {
                 let (m, owner) = (m.clone(), owner.clone());
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
-                        let held: Vec<u64> = (0..20).filter_map(|_| m.alloc(false).ok()).collect();
+                        let held: Vec<u64> = (0..20).filter_map(|_| m.alloc(SlotFor::Other).ok()).collect();
                         for &s in &held {
                             assert_eq!(owner[s as usize].swap(t, Ordering::AcqRel), 0, "slot {s} handed out twice");
                         }

@@ -139,19 +139,18 @@ impl Counts {
     pub fn evictions(&self) -> u64 {
         self.evictions_clean + self.evictions_dirty
     }
-
-    fn add(&mut self, o: &Counts) {
-        self.faults += o.faults;
-        self.evictions_clean += o.evictions_clean;
-        self.evictions_dirty += o.evictions_dirty;
-        self.page_ins += o.page_ins;
-        self.page_outs += o.page_outs;
-        self.busy_waits += o.busy_waits;
-        self.store_reads += o.store_reads;
-        self.store_writes += o.store_writes;
-        self.global_lock += o.global_lock;
-    }
 }
+
+record::snapshot_arithmetic!(Counts {
+    faults,
+    evictions_clean,
+    evictions_dirty,
+    page_ins,
+    page_outs,
+    busy_waits,
+    store_reads,
+    store_writes,
+} nested { global_lock });
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Event {
@@ -264,7 +263,7 @@ impl Stats {
     pub fn total(&self) -> Counts {
         let mut t = Counts::default();
         for cpu in 0..MAX_CPUS {
-            t.add(&self.cpu(cpu));
+            t += self.cpu(cpu);
         }
         t
     }

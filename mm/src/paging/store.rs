@@ -4,9 +4,9 @@
 
 use alloc::vec::Vec;
 
-use super::slots::{SlotError, SlotMap};
+use super::slots::{SlotError, SlotFor, SlotMap};
 use crate::frame::{Frame, PhysAddr};
-use crate::vm::{VmPlatform, PAGE};
+use crate::vm::{VmPlatform, PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
@@ -32,9 +32,9 @@ impl From<SlotError> for StoreError {
 }
 
 pub trait BackingStore: Sync {
-    /// A slot for a page about to be paged out. `page_fault`: the caller
-    /// evicts to satisfy a fault and may take the reserved last slot.
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError>;
+    /// A slot for a page about to be paged out. `SlotFor::Fault`: the
+    /// caller evicts to satisfy a fault and may take the reserved last slot.
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError>;
     /// Gives a slot back (its page was paged in for good or unmapped).
     fn location_free(&self, slot: u64) -> Result<(), StoreError>;
     /// Copies `frame` into slot `slot`.
@@ -69,10 +69,10 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
     /// The runs are the caller's (`alloc_contiguous` runs) and are handed
     /// to the store for good: nobody else uses or frees them.
     pub unsafe fn new(mem: &'m M, runs: Vec<PhysAddr>, run_frames: u64) -> RamStore<'m, M> {
-        debug_assert!(runs.iter().all(|r| r.as_u64() % PAGE == 0));
+        debug_assert!(runs.iter().all(|r| r.as_u64() % PAGE_SIZE == 0));
         let frames: Vec<_> = runs
             .iter()
-            .flat_map(|&run| (0..run_frames).map(move |i| run + i * PAGE))
+            .flat_map(|&run| (0..run_frames).map(move |i| run + i * PAGE_SIZE))
             // SAFETY: the runs are the caller's and now the store's for good
             // (this function's contract): each frame gets one handle.
             .map(|phys| spin::Mutex::new(unsafe { Frame::from_phys(phys) }))
@@ -90,8 +90,8 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
 }
 
 impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        Ok(self.slots.alloc(page_fault)?)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        Ok(self.slots.alloc(slot_for)?)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {
@@ -124,11 +124,11 @@ impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
 
     #[test]
     fn pages_go_out_and_come_back() {
-        let m = Machine::new(256, 1);
+        let m = SimMachine::new(256, 1);
         let runs = vec![m.frames.alloc_contiguous(4).unwrap(), m.frames.alloc_contiguous(4).unwrap()];
         // SAFETY: the runs were just allocated and go to the store.
         let store = unsafe { RamStore::new(&m, runs, 4) };
@@ -137,7 +137,7 @@ mod tests {
         for i in 0..512 {
             m.set_word(frame, i * 8, 0xABC0 + i);
         }
-        let slots: Vec<u64> = (0..6).map(|_| store.location_get(false).unwrap()).collect();
+        let slots: Vec<u64> = (0..6).map(|_| store.location_get(SlotFor::Other).unwrap()).collect();
         let slot = slots[5];
         assert!(slot >= 4, "the sixth slot lies in the second run");
         store.page_out(slot, &handle).unwrap();
@@ -158,12 +158,12 @@ mod tests {
 
     #[test]
     fn a_fault_gets_the_reserved_slot() {
-        let m = Machine::new(64, 1);
+        let m = SimMachine::new(64, 1);
         let base = m.frames.alloc_contiguous(2).unwrap();
         // SAFETY: the run was just allocated and goes to the store.
         let store = unsafe { RamStore::new(&m, vec![base], 2) };
-        store.location_get(false).unwrap();
-        assert_eq!(store.location_get(false), Err(StoreError::Full));
-        assert!(store.location_get(true).is_ok());
+        store.location_get(SlotFor::Other).unwrap();
+        assert_eq!(store.location_get(SlotFor::Other), Err(StoreError::Full));
+        assert!(store.location_get(SlotFor::Fault).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use super::slots::SlotFor;
 use super::store::{BackingStore, StoreError};
 
 pub struct StoreSwitch {
@@ -41,8 +42,8 @@ impl StoreSwitch {
 }
 
 impl BackingStore for StoreSwitch {
-    fn location_get(&self, page_fault: bool) -> Result<u64, StoreError> {
-        self.active().location_get(page_fault)
+    fn location_get(&self, slot_for: SlotFor) -> Result<u64, StoreError> {
+        self.active().location_get(slot_for)
     }
 
     fn location_free(&self, slot: u64) -> Result<(), StoreError> {
@@ -74,20 +75,20 @@ impl BackingStore for StoreSwitch {
 mod tests {
     use super::*;
     use crate::paging::store::RamStore;
-    use crate::vm::testing::Machine;
+    use crate::vm::testing::SimMachine;
 
     #[test]
     fn switches_only_while_empty() {
-        let m: &'static Machine = Box::leak(Box::new(Machine::new(64, 1)));
-        let a: &'static RamStore<'static, Machine> =
+        let m: &'static SimMachine = Box::leak(Box::new(SimMachine::new(64, 1)));
+        let a: &'static RamStore<'static, SimMachine> =
             // SAFETY: the run was just allocated and goes to the store.
             Box::leak(Box::new(unsafe { RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4) }));
-        let b: &'static RamStore<'static, Machine> =
+        let b: &'static RamStore<'static, SimMachine> =
             // SAFETY: as for `a`.
             Box::leak(Box::new(unsafe { RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2) }));
         let switch = StoreSwitch::new(vec![a, b]);
         assert_eq!(switch.usage(), (0, 4));
-        let slot = switch.location_get(false).unwrap();
+        let slot = switch.location_get(SlotFor::Other).unwrap();
         assert_eq!(switch.select("ram"), Err(StoreError::InUse { slots: 1 }), "a page would be stranded");
         assert_eq!(switch.select("disk"), Err(StoreError::NoSuchStore));
         switch.location_free(slot).unwrap();

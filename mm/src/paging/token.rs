@@ -103,4 +103,15 @@ mod tests {
         assert!(is_busy(busy) && !is_resident(busy));
         assert!(is_resident(0x5000 | PRESENT | SW_PAGED) && !is_busy(0x5000 | PRESENT | SW_PAGED | SW_BUSY));
     }
+
+    // Markers are not built under loom (`vm` has only `pte` there).
+    #[cfg(not(loom))]
+    #[test]
+    fn a_marker_is_never_a_paging_entry() {
+        use crate::vm::marker::{is_marker, FrameTo, UnmapOp};
+        let m = UnmapOp::new(255, 3).marker(!0, 4096, FrameTo::Free);
+        assert!(!crate::vm::pte::is_present(m));
+        assert!(!is_pageable(m) && decode(m).is_none());
+        assert!(!is_marker(0) && !is_marker(encode(Location::AnonZero, !0).unwrap()));
+    }
 }

@@ -28,8 +28,8 @@ pub enum Look {
     Other(u64),
 }
 
-pub fn look(slot: &AtomicU64) -> Look {
-    let e = slot.load(Ordering::Acquire);
+pub fn look(entry: &AtomicU64) -> Look {
+    let e = entry.load(Ordering::Acquire);
     if token::is_resident(e) {
         Look::Resident(e)
     } else if token::is_busy(e) {
@@ -43,16 +43,16 @@ pub fn look(slot: &AtomicU64) -> Look {
 
 /// Page-in, first step: turns `token` into a busy marker, making this CPU
 /// the page's one owner. False if the entry changed meanwhile.
-pub fn claim_token(slot: &AtomicU64, token: u64) -> bool {
-    slot.compare_exchange(token, token | SW_BUSY, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+pub fn claim_token(entry: &AtomicU64, token: u64) -> bool {
+    entry.compare_exchange(token, token | SW_BUSY, Ordering::AcqRel, Ordering::Relaxed).is_ok()
 }
 
 /// A page-in that failed: the page is out again, exactly as it was.
-pub fn restore_token(slot: &AtomicU64, token: u64) {
-    slot.store(token, Ordering::Release);
+pub fn restore_token(entry: &AtomicU64, token: u64) {
+    entry.store(token, Ordering::Release);
 }
 
-/// Page-in, last step, for the page at `va` (entry `slot`, claimed from
+/// Page-in, last step, for the page at `va` (its `entry`, claimed from
 /// `token`) now in frame `index`: the reverse map, the copy slot and
 /// `MAPPED | BUSY | fresh` go in first, then the entry maps the frame, so
 /// an evictor that finds the frame by the reverse map finds the entry
@@ -62,17 +62,17 @@ pub fn restore_token(slot: &AtomicU64, token: u64) {
 pub fn install_resident(
     db: &FrameDb<'_>,
     index: usize,
-    slot: &AtomicU64,
+    entry: &AtomicU64,
     token: u64,
     va: u64,
     copy: u64,
     fresh: u32,
 ) -> bool {
-    let entry = db.entry(index);
-    entry.vaddr.store(va, Ordering::Relaxed);
-    entry.copy.store(copy, Ordering::Relaxed);
+    let frame = db.entry(index);
+    frame.vaddr.store(va, Ordering::Relaxed);
+    frame.copy.store(copy, Ordering::Relaxed);
     let marked = db.update_paging(index, 0, u32::MAX, MAPPED | BUSY | fresh, 0).is_ok();
-    slot.store(db.phys_of(index).as_u64() | (token & KEPT) | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
+    entry.store(db.phys_of(index).as_u64() | (token & KEPT) | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
     marked
 }
 
@@ -93,7 +93,7 @@ pub fn forget_frame(db: &FrameDb<'_>, index: usize) {
 /// An eviction's claim: frame busy, entry a busy marker.
 pub struct Claimed<'t> {
     pub va: u64,
-    pub slot: &'t AtomicU64,
+    pub entry: &'t AtomicU64,
     /// The entry as it was (accessed and dirty bits included).
     pub old: u64,
 }
@@ -110,13 +110,13 @@ pub fn claim_victim_entry<'t>(
     db.update_paging(index, MAPPED, PINNED | BUSY, BUSY, 0).ok()?;
     let frame = db.phys_of(index).as_u64();
     let va = db.entry(index).vaddr.load(Ordering::Acquire);
-    if let Some(slot) = lookup(va) {
-        let mut e = slot.load(Ordering::Acquire);
+    if let Some(entry) = lookup(va) {
+        let mut e = entry.load(Ordering::Acquire);
         // Loop: the CPU may set accessed or dirty bits meanwhile.
         while token::is_resident(e) && pte::addr(e) == frame {
             let marker = (e & KEPT) | SW_PAGED | SW_BUSY | frame;
-            match slot.compare_exchange_weak(e, marker, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(Claimed { va, slot, old: e }),
+            match entry.compare_exchange_weak(e, marker, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Claimed { va, entry, old: e }),
                 Err(now) => e = now,
             }
         }
@@ -144,14 +144,14 @@ pub fn clean_location(old: u64, flags: u32, copy: u64) -> Option<Location> {
 /// Eviction, last step (after the shootdown and any write): the entry
 /// takes the token, then the frame is forgotten. The caller then owns an
 /// allocated frame with no paging state.
-pub fn finish_eviction(db: &FrameDb<'_>, index: usize, slot: &AtomicU64, token: u64) {
-    slot.store(token, Ordering::Release);
+pub fn finish_eviction(db: &FrameDb<'_>, index: usize, entry: &AtomicU64, token: u64) {
+    entry.store(token, Ordering::Release);
     forget_frame(db, index);
 }
 
 /// Puts a claimed victim back as it was.
-pub fn unclaim(db: &FrameDb<'_>, index: usize, slot: &AtomicU64, old: u64) {
-    slot.store(old, Ordering::Release);
+pub fn unclaim(db: &FrameDb<'_>, index: usize, entry: &AtomicU64, old: u64) {
+    entry.store(old, Ordering::Release);
     release(db, index);
 }
 
@@ -171,12 +171,12 @@ pub enum Refused {
 pub fn unmap_resident(
     db: &FrameDb<'_>,
     index: usize,
-    slot: &AtomicU64,
+    entry: &AtomicU64,
     e: u64,
     marker: u64,
 ) -> Result<Option<u64>, Refused> {
     db.update_paging(index, MAPPED, BUSY, BUSY, 0).map_err(|_| Refused::Busy)?;
-    if slot.compare_exchange(e, marker, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if entry.compare_exchange(e, marker, Ordering::AcqRel, Ordering::Relaxed).is_err() {
         release(db, index);
         return Err(Refused::Changed);
     }
@@ -185,8 +185,8 @@ pub fn unmap_resident(
 
 /// Unmaps a page that is out: clears its `token`. False if the entry
 /// changed meanwhile.
-pub fn clear_token(slot: &AtomicU64, token: u64) -> bool {
-    slot.compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+pub fn clear_token(entry: &AtomicU64, token: u64) -> bool {
+    entry.compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
 }
 
 /// Why `claim_frame_of` did not claim.
@@ -202,10 +202,10 @@ pub enum FrameClaim {
     Moved,
 }
 
-/// Claims busy the frame that backs the page of entry `slot`, so it cannot
+/// Claims busy the frame that backs the page of `entry`, so it cannot
 /// be evicted or reused until `release`, and returns its index.
-pub fn claim_frame_of(db: &FrameDb<'_>, slot: &AtomicU64) -> Result<usize, FrameClaim> {
-    let e = match look(slot) {
+pub fn claim_frame_of(db: &FrameDb<'_>, entry: &AtomicU64) -> Result<usize, FrameClaim> {
+    let e = match look(entry) {
         Look::Resident(e) => e,
         Look::Busy => return Err(FrameClaim::Busy),
         _ => return Err(FrameClaim::NotResident),
@@ -213,7 +213,7 @@ pub fn claim_frame_of(db: &FrameDb<'_>, slot: &AtomicU64) -> Result<usize, Frame
     let index = db.index_of(crate::frame::PhysAddr::new_truncate(pte::addr(e))).map_err(|_| FrameClaim::NotInDb)?;
     db.update_paging(index, MAPPED, BUSY, BUSY, 0).map_err(|_| FrameClaim::Busy)?;
     // Claimed: still this page's frame?
-    let now = slot.load(Ordering::Acquire);
+    let now = entry.load(Ordering::Acquire);
     if token::is_resident(now) && pte::addr(now) == pte::addr(e) {
         return Ok(index);
     }

@@ -6,15 +6,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::fault::frame_of;
 use super::policy::{FrameInfo, FrameView};
-use super::{token, Pager};
+use super::{token, Paging};
 use crate::frame_db::paging::{BUSY, MAPPED, PINNED};
 use crate::frame_db::FrameDb;
 use crate::vm::pte::{ACCESSED, DIRTY};
-use crate::vm::{Vm, VmPlatform};
+use crate::vm::VmPlatform;
 
 pub(crate) struct View<'v, P: VmPlatform> {
-    pub vm: &'v Vm<P>,
-    pub pager: &'v Pager,
+    pub paging: Paging<'v, P>,
     pub db: &'v FrameDb<'static>,
 }
 
@@ -22,9 +21,9 @@ impl<P: VmPlatform> View<'_, P> {
     /// The entry mapping frame `i`, if the reverse map still leads to one.
     fn entry(&self, i: usize) -> Option<&AtomicU64> {
         let va = self.db.entry(i).vaddr.load(Ordering::Acquire);
-        let slot = self.vm.paged_slot(va).ok()?;
-        let e = slot.load(Ordering::Acquire);
-        (token::is_resident(e) && frame_of(e) == self.db.phys_of(i).as_u64()).then_some(slot)
+        let entry = self.paging.paged_entry(va).ok()?;
+        let e = entry.load(Ordering::Acquire);
+        (token::is_resident(e) && frame_of(e) == self.db.phys_of(i).as_u64()).then_some(entry)
     }
 }
 
@@ -40,8 +39,8 @@ impl<P: VmPlatform> FrameView for View<'_, P> {
             return none;
         }
         match self.entry(i) {
-            Some(slot) => {
-                let e = slot.load(Ordering::Acquire);
+            Some(entry) => {
+                let e = entry.load(Ordering::Acquire);
                 FrameInfo { evictable: true, accessed: e & ACCESSED != 0, dirty: e & DIRTY != 0 }
             }
             None => none,
@@ -49,14 +48,14 @@ impl<P: VmPlatform> FrameView for View<'_, P> {
     }
 
     fn clear_accessed(&self, i: usize) -> bool {
-        let Some(slot) = self.entry(i) else { return false };
+        let Some(entry) = self.entry(i) else { return false };
         let frame = self.db.phys_of(i).as_u64();
-        let mut e = slot.load(Ordering::Acquire);
+        let mut e = entry.load(Ordering::Acquire);
         // Without a flush: a CPU that still caches the entry may not set
         // the bit again at once, which only makes the page look older (as
         // on every x86 kernel).
         while token::is_resident(e) && frame_of(e) == frame && e & ACCESSED != 0 {
-            match slot.compare_exchange_weak(e, e & !ACCESSED, Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange_weak(e, e & !ACCESSED, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(now) => e = now,
             }
@@ -65,6 +64,6 @@ impl<P: VmPlatform> FrameView for View<'_, P> {
     }
 
     fn next_candidate(&self, i: usize) -> usize {
-        self.pager.next_candidate(i)
+        self.paging.pager().next_candidate(i)
     }
 }

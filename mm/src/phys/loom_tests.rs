@@ -14,14 +14,14 @@ const FRAMES: usize = 4;
 fn tiny(cpus: usize) -> Arc<PhysAllocator<'static, LoomCpus>> {
     let entries: &'static [FrameEntry] = Vec::leak((0..FRAMES).map(|_| FrameEntry::new()).collect());
     let links = Vec::leak(vec![Link::EMPTY; FRAMES]);
-    let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
+    let shares = Vec::leak((0..cpus).map(|_| CpuShare::new()).collect());
     let depot = Vec::leak(vec![Magazine::new(); 1]);
     on_cpu(0);
     Arc::new(PhysAllocator::new(
         FrameDb::new(x86_64::PhysAddr::new(1024 * crate::PAGE_SIZE), entries),
         links,
         [0..FRAMES],
-        slots,
+        shares,
         1,
         depot,
         LoomCpus,

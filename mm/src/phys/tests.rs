@@ -17,13 +17,13 @@ fn allocator(
     let depot = Vec::leak(vec![Magazine::new(); depot]);
     let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
     let links = Vec::leak(vec![Link::EMPTY; frames]);
-    let slots = Vec::leak((0..cpus).map(|_| CpuSlot::new()).collect());
+    let shares = Vec::leak((0..cpus).map(|_| CpuShare::new()).collect());
     on_cpu(0);
     PhysAllocator::new(
         FrameDb::new(PhysAddr::new(BASE_PFN * PAGE_SIZE), entries),
         links,
         usable.iter().cloned(),
-        slots,
+        shares,
         cap,
         depot,
         Threads,

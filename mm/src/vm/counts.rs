@@ -91,24 +91,4 @@ impl Default for VmCounts {
     }
 }
 
-impl core::ops::Sub for VmCountSnapshot {
-    type Output = VmCountSnapshot;
-
-    fn sub(self, o: VmCountSnapshot) -> VmCountSnapshot {
-        VmCountSnapshot {
-            tables_allocated: self.tables_allocated.wrapping_sub(o.tables_allocated),
-            tables_zeroed: self.tables_zeroed.wrapping_sub(o.tables_zeroed),
-            tables_freed: self.tables_freed.wrapping_sub(o.tables_freed),
-            table_lock: self.table_lock - o.table_lock,
-        }
-    }
-}
-
-impl core::ops::AddAssign for VmCountSnapshot {
-    fn add_assign(&mut self, o: VmCountSnapshot) {
-        self.tables_allocated = self.tables_allocated.wrapping_add(o.tables_allocated);
-        self.tables_zeroed = self.tables_zeroed.wrapping_add(o.tables_zeroed);
-        self.tables_freed = self.tables_freed.wrapping_add(o.tables_freed);
-        self.table_lock += o.table_lock;
-    }
-}
+record::snapshot_arithmetic!(VmCountSnapshot { tables_allocated, tables_zeroed, tables_freed } nested { table_lock });

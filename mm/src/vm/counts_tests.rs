@@ -4,14 +4,14 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::lock_count::LockSnapshot;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
-fn total(vm: &Vm<Machine>) -> VmCountSnapshot {
+fn total(vm: &Vm<SimMachine>) -> VmCountSnapshot {
     let mut t = VmCountSnapshot::default();
     for cpu in 0..crate::MAX_CPUS {
         t += vm.counts(cpu);
@@ -28,22 +28,22 @@ fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
     let start = vm.counts(0);
     vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     let mapped = vm.counts(0) - start;
-    let made = (free - vm.platform().free_bytes()) / PAGE;
+    let made = (free - vm.platform().free_bytes()) / PAGE_SIZE;
     assert!(made > 0, "setup: the first page in the area needs tables");
     assert_eq!((mapped.tables_allocated, mapped.tables_zeroed, mapped.tables_freed), (made, made, 0), "{mapped:?}");
     assert_eq!(mapped.table_lock, LockSnapshot { acquired: 1, contended: 0, spins: 0 }, "one shared acquisition");
 
     // A neighbour in the same last-level table needs none; a lookup none.
     let before = vm.counts(0);
-    vm.map_single(k, SEED + PAGE, frame, Flags::WRITE, PageSize::Size4K).unwrap();
-    vm.map_get(k, SEED + PAGE).unwrap();
+    vm.map_single(k, SEED + PAGE_SIZE, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    vm.map_get(k, SEED + PAGE_SIZE).unwrap();
     let d = vm.counts(0) - before;
     assert_eq!((d.tables_allocated, d.tables_zeroed, d.tables_freed), (0, 0, 0), "{d:?}");
     assert_eq!(d.table_lock.acquired, 2);
 
     // Unmapping both empties the tables: every one made is freed.
     let before = vm.counts(0);
-    assert_eq!(vm.umap_single(k, SEED + PAGE, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
+    assert_eq!(vm.umap_single(k, SEED + PAGE_SIZE, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
     assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
     let d = vm.counts(0) - before;
     assert_eq!((d.tables_allocated, d.tables_freed), (0, made), "{d:?}");

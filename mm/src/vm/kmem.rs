@@ -4,12 +4,15 @@
 
 use core::ops::BitOr;
 
-use super::mapping::{check_phys, Vm};
-use super::pte::{CacheMode, Flags, SW_DEVICE, SW_OWNED, SW_PINNED};
+use core::sync::atomic::Ordering;
+
+use super::mapping::{check_phys, Contents, Vm};
+use super::marker::FrameTo;
+use super::pte::{self, CacheMode, Flags, PageSize, SW_DEVICE, SW_OWNED, SW_PINNED};
 use super::region::{RegionError, RegionKind};
-use super::{VmError, VmPlatform, PAGE};
+use super::table::{self, Lookup};
+use super::{VmError, VmPlatform, PAGE_SIZE};
 use crate::frame::PhysAddr;
-use crate::paging::token::Location;
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
 /// `K_MEM_PERM_USER`, `K_MEM_MAP_UNINIT`, `K_MEM_MAP_LOCK`).
@@ -31,7 +34,7 @@ impl KMemFlags {
         self.0 & other.0 == other.0
     }
 
-    fn access(self) -> Flags {
+    pub(crate) fn access(self) -> Flags {
         [(KMemFlags::RW, Flags::WRITE), (KMemFlags::EXEC, Flags::EXEC), (KMemFlags::USER, Flags::USER)]
             .into_iter()
             .filter(|&(k, _)| self.contains(k))
@@ -61,10 +64,10 @@ fn check_size(size: u64) -> Result<u64, VmError> {
     if size == 0 {
         return Err(VmError::ZeroSize);
     }
-    if size % PAGE != 0 {
+    if size % PAGE_SIZE != 0 {
         return Err(VmError::NotAligned { value: size });
     }
-    Ok(size / PAGE)
+    Ok(size / PAGE_SIZE)
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -78,37 +81,25 @@ impl<P: VmPlatform> Vm<P> {
         if flags.contains(KMemFlags::USER | KMemFlags::UNINIT) {
             return Err(VmError::UserUninit);
         }
-        if self.paging.get().is_some() && !flags.contains(KMemFlags::LOCK) {
-            let loc = if flags.contains(KMemFlags::UNINIT) { Location::AnonUninit } else { Location::AnonZero };
-            return self.k_mem_map_with(size, flags, &|_| loc);
+        if let (Some(d), false) = (self.demand(), flags.contains(KMemFlags::LOCK)) {
+            return d.k_mem_map(self, size, flags);
         }
-        let zero = !flags.contains(KMemFlags::UNINIT);
+        let contents = if flags.contains(KMemFlags::UNINIT) { Contents::Uninit } else { Contents::Zeroed };
         let mut bits = flags.access().pte_bits() | SW_OWNED;
         if flags.contains(KMemFlags::LOCK) {
             bits |= SW_PINNED;
         }
-        self.in_region(size, &|start, pages| self.populate(self.kernel(), start, pages, bits, zero))
-    }
-
-    /// `k_mem_map` of on-demand pages, page `i` at `loc(i)`.
-    pub(crate) fn k_mem_map_with(
-        &self,
-        size: u64,
-        flags: KMemFlags,
-        loc: &dyn Fn(u64) -> Location,
-    ) -> Result<u64, VmError> {
-        let perms = flags.access().pte_bits() | SW_OWNED;
-        self.in_region(size, &|start, pages| self.map_tokens(start, pages, perms, loc))
+        self.in_region(size, &|start, pages| self.populate(self.kernel(), start, pages, bits, contents))
     }
 
     /// Takes a region for `size` bytes plus guard pages and maps it with
     /// `map(start, pages)`; gives the region back if that fails.
-    fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
+    pub(crate) fn in_region(&self, size: u64, map: &dyn Fn(u64, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
         let pages = check_size(size)?;
-        let total = size.checked_add(2 * PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let total = size.checked_add(2 * PAGE_SIZE).ok_or(VmError::OutOfVirtualSpace)?;
         let region =
             self.regions.alloc(total, RegionKind::KMem, self.p.cpu_index()).map_err(|_| VmError::OutOfVirtualSpace)?;
-        let start = region + PAGE;
+        let start = region + PAGE_SIZE;
         if let Err(e) = map(start, pages) {
             // After a failed shootdown the range stays reserved for good.
             if !matches!(e, VmError::Shootdown { .. }) {
@@ -125,19 +116,19 @@ impl<P: VmPlatform> Vm<P> {
     /// paged-out pages. Anything else is an error and changes nothing.
     pub fn k_mem_unmap(&self, addr: u64, size: u64) -> Result<(), VmError> {
         let pages = check_size(size)?;
-        if addr % PAGE != 0 {
+        if addr % PAGE_SIZE != 0 {
             return Err(VmError::NotAligned { value: addr });
         }
         let not_region = VmError::NotARegion { addr, size };
-        let region = addr.checked_sub(PAGE).ok_or(not_region)?;
-        let total = size.checked_add(2 * PAGE).ok_or(not_region)?;
+        let region = addr.checked_sub(PAGE_SIZE).ok_or(not_region)?;
+        let total = size.checked_add(2 * PAGE_SIZE).ok_or(not_region)?;
         // The claim makes this caller the only one tearing the region down.
         if !self.regions.claim(region, total, RegionKind::KMem) {
             return Err(not_region);
         }
         let intact = self.check_guards(region, addr + size).map_err(|_| not_region).and_then(|_| {
             let _shared = self.shared(self.kernel())?;
-            match (0..pages).map(|i| addr + i * PAGE).find(|&va| !self.kmem_page_present(va)) {
+            match (0..pages).map(|i| addr + i * PAGE_SIZE).find(|&va| !self.kmem_page_present(va)) {
                 Some(va) => Err(VmError::NotMapped { virt: va }),
                 None => Ok(()),
             }
@@ -147,9 +138,56 @@ impl<P: VmPlatform> Vm<P> {
             return Err(e);
         }
         // On a failed shootdown the region stays claimed: never reused.
-        self.unmap_kmem_pages(addr, pages)?;
+        match self.demand() {
+            Some(d) => d.unmap_kmem_pages(self, addr, pages)?,
+            None => self.unmap_mapped_pages(addr, pages)?,
+        }
         self.region_free(region, total, RegionKind::KMem);
         Ok(())
+    }
+
+    /// Whether page `va` of a `k_mem_map` region is there: mapped, or a
+    /// page demand paging keeps in any state.
+    fn kmem_page_present(&self, va: u64) -> bool {
+        match table::lookup(&self.p, self.kernel().root, va, 0) {
+            Lookup::Entry { entry, level: 0 } => {
+                let e = entry.load(Ordering::Acquire);
+                pte::is_present(e) || self.demand().is_some_and(|d| d.holds_page(e))
+            }
+            _ => false,
+        }
+    }
+
+    /// `k_mem_unmap`'s pages with demand paging off: every page is mapped
+    /// and becomes an in-transit marker that frees its frame after the
+    /// shootdown.
+    ///
+    /// Takes no table lock, as paging's `unmap_one` does not: interrupts
+    /// are off and this CPU answers no shootdown between a walk and the
+    /// entry's change, so no table it walks can be freed under it.
+    fn unmap_mapped_pages(&self, virt: u64, pages: u64) -> Result<(), VmError> {
+        let op = self.begin_unmap();
+        self.p.without_interrupts(|| {
+            for va in (0..pages).map(|i| virt + i * PAGE_SIZE) {
+                let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, self.kernel().root, va, 0) else {
+                    continue;
+                };
+                let mut e = entry.load(Ordering::Acquire);
+                // Loop: the CPU may set accessed/dirty bits meanwhile.
+                while pte::is_present(e) {
+                    match entry.compare_exchange(
+                        e,
+                        op.marker(e, PAGE_SIZE, FrameTo::Free),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => e = now,
+                    }
+                }
+            }
+        });
+        self.finish_unmap(self.kernel(), op, virt, pages, PageSize::Size4K)
     }
 
     /// Both guard pages must be unmapped (and the tables readable).
@@ -171,14 +209,14 @@ impl<P: VmPlatform> Vm<P> {
         if size == 0 {
             return Err(VmError::ZeroSize);
         }
-        let (base, len, offset) = region_align(phys, size, PAGE).ok_or(VmError::BadPhys { phys })?;
-        check_phys(base, PAGE, len)?;
-        let total = len + 2 * PAGE;
+        let (base, len, offset) = region_align(phys, size, PAGE_SIZE).ok_or(VmError::BadPhys { phys })?;
+        check_phys(base, PAGE_SIZE, len)?;
+        let total = len + 2 * PAGE_SIZE;
         let region = match self.regions.alloc(total, RegionKind::Phys, self.p.cpu_index()) {
             Ok(r) => r,
             Err(RegionError::Exhausted | RegionError::NotARegion) => return Err(VmError::OutOfVirtualSpace),
         };
-        let virt = region + PAGE;
+        let virt = region + PAGE_SIZE;
         let bits = Flags::WRITE.pte_bits() | cache.pte_bits() | SW_DEVICE;
         let shared = match self.shared(self.kernel()) {
             Ok(g) => g,
@@ -187,8 +225,8 @@ impl<P: VmPlatform> Vm<P> {
                 return Err(e);
             }
         };
-        for i in 0..len / PAGE {
-            let done = self.install(self.kernel(), virt + i * PAGE, (base + i * PAGE) | bits, 0);
+        for i in 0..len / PAGE_SIZE {
+            let done = self.install(self.kernel(), virt + i * PAGE_SIZE, (base + i * PAGE_SIZE) | bits, 0);
             if let Err(e) = done {
                 let op = self.begin_unmap();
                 self.mark_mapped(self.kernel(), &op, virt, i);
@@ -208,13 +246,13 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::ZeroSize);
         }
         let not_region = VmError::NotARegion { addr: virt, size };
-        let (base, len, _) = region_align(virt, size, PAGE).ok_or(not_region)?;
-        let region = base.checked_sub(PAGE).ok_or(not_region)?;
-        let total = len.checked_add(2 * PAGE).ok_or(not_region)?;
+        let (base, len, _) = region_align(virt, size, PAGE_SIZE).ok_or(not_region)?;
+        let region = base.checked_sub(PAGE_SIZE).ok_or(not_region)?;
+        let total = len.checked_add(2 * PAGE_SIZE).ok_or(not_region)?;
         if !self.regions.claim(region, total, RegionKind::Phys) {
             return Err(not_region);
         }
-        let unmapped = self.unmap_all(self.kernel(), base, len / PAGE, &|_, e| match e & SW_DEVICE {
+        let unmapped = self.unmap_all(self.kernel(), base, len / PAGE_SIZE, &|_, e| match e & SW_DEVICE {
             0 => Err(not_region),
             _ => Ok(()),
         });

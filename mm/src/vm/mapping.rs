@@ -11,12 +11,18 @@ use core::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
+use super::active::Active;
+use super::demand::DemandPaging;
 use super::inject::Inject;
+use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
-use super::{VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, STACK_AREA};
+use super::{
+    ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE,
+    STACK_AREA,
+};
 use crate::frame::{Frame, PhysAddr};
 use crate::MAX_CPUS;
 
@@ -35,8 +41,8 @@ pub struct Translation {
 pub struct Vm<P: VmPlatform> {
     pub(crate) p: P,
     kernel: AddressSpace,
-    /// Demand paging, once enabled.
-    pub(crate) paging: spin::Once<crate::paging::Pager>,
+    /// Demand paging, once enabled (the hook `paging` installs).
+    demand: spin::Once<alloc::boxed::Box<dyn DemandPaging<P>>>,
     pub(super) regions: Regions,
     pub(super) inject: Inject,
     next_stack: AtomicU64,
@@ -50,14 +56,14 @@ pub struct Vm<P: VmPlatform> {
 
 impl<P: VmPlatform> Vm<P> {
     /// Adopts the page tables at `root` (the running ones) as the kernel
-    /// space and gives the kernel area's PML4 slot a table, so that every
+    /// space and gives the kernel area's PML4 entry a table, so that every
     /// user space created later shares it.
     pub fn new(p: P, root: PhysAddr) -> Result<Vm<P>, VmError> {
         let root = root.as_u64();
         let vm = Vm {
             p,
             kernel: AddressSpace::new(root, SpaceKind::Kernel),
-            paging: spin::Once::new(),
+            demand: spin::Once::new(),
             regions: Regions::new(KERNEL_REGION_AREA),
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
@@ -130,6 +136,22 @@ impl<P: VmPlatform> Vm<P> {
 
     pub fn kernel(&self) -> &AddressSpace {
         &self.kernel
+    }
+
+    /// Demand paging's hook, once it is on.
+    pub(crate) fn demand(&self) -> Option<&dyn DemandPaging<P>> {
+        self.demand.get().map(|d| &**d)
+    }
+
+    /// Installs demand paging's hook; false (and `d` dropped) if one is
+    /// there already.
+    pub(crate) fn set_demand(&self, d: alloc::boxed::Box<dyn DemandPaging<P>>) -> bool {
+        let mut fresh = false;
+        self.demand.call_once(|| {
+            fresh = true;
+            d
+        });
+        fresh
     }
 
     /// The fault-injection switch.
@@ -206,15 +228,17 @@ impl<P: VmPlatform> Vm<P> {
     /// cache. With it, either this load sees the CPU (it is shot down), or
     /// the CPU's `fetch_or` comes later in the total order of fences and
     /// locked operations, so its walk after loading CR3 sees the change.
-    pub(crate) fn flush(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), VmError> {
-        // Every range here was checked against the space's areas (or is
-        // one of them), so it is canonical; the error is for a bug.
-        let first = super::VirtAddr::try_new(start)
-            .map_err(|_| VmError::BadRange { start, len: pages.saturating_mul(PAGE) })?;
+    pub(crate) fn shoot_down(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
         fence(Ordering::SeqCst);
         match self.shootdown_targets(space) {
             0 => Ok(()), // active nowhere: no TLB can hold it (no PCIDs)
-            targets => Ok(self.p.shootdown(targets, first, pages)?),
+            // Every range here was checked against the space's areas (or
+            // is one of them), so it is canonical; were it not, no CPU
+            // could be asked, as when smp refuses a bad range.
+            targets => match super::VirtAddr::try_new(start) {
+                Ok(first) => self.p.shootdown(targets, first, pages),
+                Err(_) => Err(ShootdownFailed { cpus: targets }),
+            },
         }
     }
 
@@ -251,27 +275,10 @@ impl<P: VmPlatform> Vm<P> {
         Ok(())
     }
 
-    /// Runs `space` on this CPU (loads its root), coming from the kernel
-    /// space; `deactivate` goes back. Its bit in the active set
-    /// is set before the load, so an unmapper that reads the set after
-    /// changing an entry either targets this CPU or this CPU loads the
-    /// changed tables.
-    pub fn activate(&self, space: &AddressSpace) {
-        if space.kind() == SpaceKind::User {
-            space.active.fetch_or(1 << self.p.cpu_index(), Ordering::SeqCst);
-        }
-        // Every user root is a PML4 `new_user_space` made with the kernel
-        // space's upper half; the kernel root is the running one.
-        self.p.load_root(&super::Root::new(space.root));
-    }
-
-    /// Leaves `space` for the kernel space on this CPU. Loading the root
-    /// drops the space's translations here, so the bit is cleared after.
-    pub fn deactivate(&self, space: &AddressSpace) {
-        self.p.load_root(&super::Root::new(self.kernel.root));
-        if space.kind() == SpaceKind::User {
-            space.active.fetch_and(!(1 << self.p.cpu_index()), Ordering::SeqCst);
-        }
+    /// Runs `space` on this CPU (loads its root) until the guard is
+    /// dropped, which goes back to the kernel space (`Active`).
+    pub fn activate<'a>(&'a self, space: &'a AddressSpace) -> Active<'a, P> {
+        Active::new(self, space)
     }
 
     // ---- the seed API ----
@@ -291,7 +298,7 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::NotAligned { value: virt });
         }
         check_phys(phys, bytes, bytes)?;
-        space.check_range(virt, bytes / PAGE)?;
+        space.check_range(virt, bytes / PAGE_SIZE)?;
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
         let _shared = self.shared(space)?;
         self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
@@ -300,15 +307,16 @@ impl<P: VmPlatform> Vm<P> {
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
     /// creating tables on the way. Holds no lock itself.
     pub(crate) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
-        let slot = table::entry_for(&self.p, space.root, virt, level, self.my_counts(), &mut || self.alloc())?;
+        let entry = table::entry_for(&self.p, space.root, virt, level, self.my_counts(), &mut || self.alloc())?;
         if level > 0 {
             // A table below this entry means smaller pages may be mapped.
-            let e = slot.load(Ordering::Acquire);
+            let e = entry.load(Ordering::Acquire);
             if pte::is_present(e) && e & HUGE == 0 {
                 return Err(VmError::AlreadyMapped { virt });
             }
         }
-        slot.compare_exchange(0, value, Ordering::AcqRel, Ordering::Relaxed)
+        entry
+            .compare_exchange(0, value, Ordering::AcqRel, Ordering::Relaxed)
             .map(|_| ())
             .map_err(|_| VmError::AlreadyMapped { virt })
     }
@@ -318,8 +326,8 @@ impl<P: VmPlatform> Vm<P> {
         // Shared: a prune must not free a table this walk is reading.
         let _shared = self.shared(space)?;
         match table::lookup(&self.p, space.root, virt, 0) {
-            Lookup::Entry { slot, level } => {
-                let e = slot.load(Ordering::Acquire);
+            Lookup::Entry { entry, level } => {
+                let e = entry.load(Ordering::Acquire);
                 if !pte::is_present(e) {
                     return Err(VmError::NotMapped { virt });
                 }
@@ -370,7 +378,7 @@ impl<P: VmPlatform> Vm<P> {
         if virt % bytes != 0 {
             return Err(VmError::NotAligned { value: virt });
         }
-        space.check_range(virt, bytes / PAGE)?;
+        space.check_range(virt, bytes / PAGE_SIZE)?;
         let t = self.map_get(space, virt)?;
         if t.size != size {
             return Err(VmError::SizeMismatch { virt, mapped: t.size });
@@ -378,10 +386,10 @@ impl<P: VmPlatform> Vm<P> {
         let op = self.begin_unmap();
         let old = {
             let _shared = self.shared(space)?;
-            let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
+            let Lookup::Entry { entry, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
-            let mut e = slot.load(Ordering::Acquire);
+            let mut e = entry.load(Ordering::Acquire);
             loop {
                 // Re-check under the lock: the mapping may have changed
                 // since `map_get` (a table now where a huge page was), or
@@ -392,7 +400,12 @@ impl<P: VmPlatform> Vm<P> {
                 }
                 check(e)?;
                 // The caller takes the frame back: the marker does not own it.
-                match slot.compare_exchange(e, op.marker(e, bytes, false), Ordering::AcqRel, Ordering::Acquire) {
+                match entry.compare_exchange(
+                    e,
+                    op.marker(e, bytes, FrameTo::Caller),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => break e,
                     Err(now) => e = now, // accessed/dirty bits, or a protect
                 }
@@ -410,17 +423,19 @@ impl<P: VmPlatform> Vm<P> {
         let shared = self.shared(space)?;
         // The pager owns the permissions of on-demand pages (their tokens
         // keep them too): those are mapped with LOCK when they need protect.
-        self.for_each_leaf(space, virt, npages, &mut |va, _, e| match e & crate::paging::token::SW_PAGED {
-            0 => Ok(()),
-            _ => Err(VmError::Pageable { virt: va }),
+        // The walk also refuses holes and huge pages, paging on or off.
+        let demand = self.demand();
+        self.for_each_leaf(space, virt, npages, &mut |va, _, e| match demand.is_some_and(|d| d.holds_page(e)) {
+            false => Ok(()),
+            true => Err(VmError::Pageable { virt: va }),
         })?;
         let keep =
             pte::ADDR_MASK | pte::SW_OWNED | pte::SW_PINNED | pte::SW_DEVICE | pte::WRITE_THROUGH | pte::CACHE_DISABLE;
         for i in 0..npages {
-            let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE, 0) else {
+            let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, virt + i * PAGE_SIZE, 0) else {
                 continue;
             };
-            let mut e = slot.load(Ordering::Acquire);
+            let mut e = entry.load(Ordering::Acquire);
             // Loop: the CPU may set accessed/dirty bits meanwhile. A page a
             // racing unmap took is a marker: it gets the new access too,
             // so that an unmap that loses a race and puts the page back
@@ -433,27 +448,27 @@ impl<P: VmPlatform> Vm<P> {
                 } else {
                     break;
                 };
-                match slot.compare_exchange_weak(e, new, Ordering::AcqRel, Ordering::Acquire) {
+                match entry.compare_exchange_weak(e, new, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => break,
                     Err(now) => e = now,
                 }
             }
         }
         drop(shared);
-        self.flush(space, virt, npages)
+        Ok(self.shoot_down(space, virt, npages)?)
     }
 
     /// The first `npages` unmapped pages in `from..to` of `space`.
     pub fn vmfind(&self, space: &AddressSpace, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
-        if from % PAGE != 0 || to % PAGE != 0 {
-            return Err(VmError::NotAligned { value: if from % PAGE != 0 { from } else { to } });
+        if from % PAGE_SIZE != 0 || to % PAGE_SIZE != 0 {
+            return Err(VmError::NotAligned { value: if from % PAGE_SIZE != 0 { from } else { to } });
         }
         let area = space.mappable();
         let (from, to) = (from.max(area.start), to.min(area.end));
         if npages == 0 {
             return Err(VmError::ZeroSize);
         }
-        let len = npages.checked_mul(PAGE).ok_or(VmError::OutOfVirtualSpace)?;
+        let len = npages.checked_mul(PAGE_SIZE).ok_or(VmError::OutOfVirtualSpace)?;
         let _shared = self.shared(space)?;
         let mut start = from;
         while let Some(end) = start.checked_add(len).filter(|&e| e <= to) {
@@ -472,7 +487,7 @@ impl<P: VmPlatform> Vm<P> {
         // part-way, rolls back and looks again.
         for _ in 0..16 {
             let virt = self.vmfind(space, from, to, npages)?;
-            match self.populate(space, virt, npages, flags.pte_bits() | SW_OWNED, true) {
+            match self.populate(space, virt, npages, flags.pte_bits() | SW_OWNED, Contents::Zeroed) {
                 Err(VmError::AlreadyMapped { .. }) => continue,
                 r => return r.map(|_| virt),
             }
@@ -488,13 +503,13 @@ impl<P: VmPlatform> Vm<P> {
         virt: u64,
         npages: u64,
         bits: u64,
-        zero: bool,
+        contents: Contents,
     ) -> Result<(), VmError> {
         let shared = self.shared(space)?;
         for i in 0..npages {
-            let va = virt + i * PAGE;
+            let va = virt + i * PAGE_SIZE;
             let done = self.alloc().and_then(|mut frame| {
-                if zero {
+                if contents == Contents::Zeroed {
                     self.p.fill_frame(&mut frame, 0);
                 }
                 match self.install(space, va, frame.phys().as_u64() | bits, 0) {
@@ -541,12 +556,12 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps a zeroed stack of `pages` pages in the stack area below an
     /// unmapped guard page; returns its top. Stacks are never unmapped.
     pub fn map_stack(&self, pages: u64) -> Result<u64, VmError> {
-        let len = (pages + 1) * PAGE;
+        let len = (pages + 1) * PAGE_SIZE;
         let base = self.next_stack.fetch_add(len, Ordering::Relaxed);
         check_range_in(STACK_AREA, base, pages + 1).map_err(|_| VmError::OutOfVirtualSpace)?;
-        let bottom = base + PAGE;
-        self.populate(&self.kernel, bottom, pages, Flags::WRITE.pte_bits() | SW_OWNED, true)?;
-        Ok(bottom + pages * PAGE)
+        let bottom = base + PAGE_SIZE;
+        self.populate(&self.kernel, bottom, pages, Flags::WRITE.pte_bits() | SW_OWNED, Contents::Zeroed)?;
+        Ok(bottom + pages * PAGE_SIZE)
     }
 
     /// Points the kernel page at `virt` (in the seed area, mapped) at
@@ -557,11 +572,11 @@ impl<P: VmPlatform> Vm<P> {
     pub fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
         let phys = phys.as_u64();
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
-        check_phys(phys, PAGE, PAGE)?;
+        check_phys(phys, PAGE_SIZE, PAGE_SIZE)?;
         let _shared = self.shared(&self.kernel)?;
         let mut old = 0;
-        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, slot, _| {
-            old = slot.swap(phys | (slot.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
+        self.for_each_leaf(&self.kernel, virt, 1, &mut |_, entry, _| {
+            old = entry.swap(phys | (entry.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
             Ok(())
         })?;
         Ok(PhysAddr::new_truncate(pte::addr(old)))
@@ -572,6 +587,15 @@ impl<P: VmPlatform> Vm<P> {
         let freed = self.regions.free(start, len, kind);
         debug_assert!(freed.is_ok(), "region {start:#x}+{len:#x} vanished");
     }
+}
+
+/// What fresh frames `populate` maps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Contents {
+    /// Zeroed before they are mapped.
+    Zeroed,
+    /// Whatever they held (`k_mem_map` with `UNINIT`, kernel only).
+    Uninit,
 }
 
 /// Checks that `phys` is aligned to `align` and that `len` bytes from it

@@ -3,7 +3,7 @@
 //!
 //! A marker is a not-present entry with `SW_TRANSIT` that keeps the frame
 //! address (and `SW_OWNED` if the frame is freed after the flush), so the
-//! slot counts as used and nothing new is mapped where a CPU may still
+//! entry counts as used and nothing new is mapped where a CPU may still
 //! hold the old translation.
 //!
 //! Every marker carries the stamp of the operation that placed it (the
@@ -72,6 +72,17 @@ pub struct UnmapOp {
     stamp: u64,
 }
 
+/// Who gets the frame of an entry an unmap takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameTo {
+    /// The marker keeps the entry's `SW_OWNED`: a frame the mapping owns
+    /// is freed after the shootdown.
+    Free,
+    /// The caller takes the frame back (`umap_single`): the marker owns
+    /// nothing.
+    Caller,
+}
+
 impl UnmapOp {
     /// The operation CPU `cpu` begins as its `generation`-th.
     pub fn new(cpu: usize, generation: u64) -> UnmapOp {
@@ -82,11 +93,14 @@ impl UnmapOp {
         UnmapOp { stamp }
     }
 
-    /// The marker for removed entry `e` mapping `bytes`. `keep_owner`: the
-    /// frame is freed after the flush (else the caller takes it back).
-    pub fn marker(&self, e: u64, bytes: u64, keep_owner: bool) -> u64 {
+    /// The marker for removed entry `e` mapping `bytes`; `frame` says
+    /// whether an owned frame is freed after the shootdown.
+    pub fn marker(&self, e: u64, bytes: u64, frame: FrameTo) -> u64 {
         // In huge entries bit 12 is the PAT bit, not address.
-        let owner = if keep_owner { e & SW_OWNED } else { 0 };
+        let owner = match frame {
+            FrameTo::Free => e & SW_OWNED,
+            FrameTo::Caller => 0,
+        };
         (pte::addr(e) & !(bytes - 1)) | (e & KEPT) | owner | SW_TRANSIT | self.stamp
     }
 
@@ -96,7 +110,7 @@ impl UnmapOp {
     }
 }
 
-/// The 4 KiB entry marker `m` (made with `keep_owner`) was made from, as
+/// The 4 KiB entry marker `m` (made with `FrameTo::Free`) was made from, as
 /// far as anything reads it: accessed and dirty come back set.
 pub const fn restored(m: u64) -> u64 {
     pte::addr(m) | (m & (KEPT | SW_OWNED)) | PRESENT | ACCESSED | DIRTY
@@ -136,22 +150,21 @@ pub const fn owned_frame(e: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::token;
 
     #[test]
     fn a_marker_is_its_placers_only() {
         let e = 0x1234_5000 | PRESENT | WRITABLE | SW_OWNED | NO_EXECUTE | 0x60;
         let op = UnmapOp::new(255, 3);
-        let m = op.marker(e, 4096, true);
+        let m = op.marker(e, 4096, FrameTo::Free);
         assert!(op.placed(m) && is_marker(m) && !is_quarantined(m));
         assert_eq!(restored(m), e | DIRTY, "a lost race puts back what it took");
         assert_eq!(owned_frame(m), Some(0x1234_5000));
-        assert_eq!(owned_frame(op.marker(e, 4096, false)), None);
+        assert_eq!(owned_frame(op.marker(e, 4096, FrameTo::Caller)), None);
         for other in [UnmapOp::new(254, 3), UnmapOp::new(127, 3), UnmapOp::new(255, 2), UnmapOp::new(0, 0)] {
             assert!(!other.placed(m), "{other:?} took {m:#x}");
             assert_eq!(
                 m & !STAMP_MASK,
-                other.marker(e, 4096, true) & !STAMP_MASK,
+                other.marker(e, 4096, FrameTo::Free) & !STAMP_MASK,
                 "same frame, same bits but the stamp"
             );
         }
@@ -160,22 +173,14 @@ mod tests {
         assert!(op.placed(read_only), "a protect keeps the stamp");
         assert_eq!(restored(read_only), (e | DIRTY) & !WRITABLE, "and the restored entry has the new access");
         assert!(
-            UnmapOp::new(7, 1).placed(UnmapOp::new(7, 1 + GENERATIONS).marker(e, 4096, true)),
+            UnmapOp::new(7, 1).placed(UnmapOp::new(7, 1 + GENERATIONS).marker(e, 4096, FrameTo::Free)),
             "the generation wraps at GENERATIONS"
         );
     }
 
     #[test]
-    fn a_marker_is_never_a_paging_entry() {
-        let m = UnmapOp::new(255, 3).marker(!0, 4096, true);
-        assert!(!pte::is_present(m));
-        assert!(!token::is_pageable(m) && token::decode(m).is_none());
-        assert!(!is_marker(0) && !is_marker(token::encode(token::Location::AnonZero, !0).unwrap()));
-    }
-
-    #[test]
     fn huge_markers_drop_the_pat_bit() {
-        let m = UnmapOp::new(1, 2).marker(0x4000_0000 | (1 << 12) | PRESENT | pte::HUGE, 1 << 21, false);
+        let m = UnmapOp::new(1, 2).marker(0x4000_0000 | (1 << 12) | PRESENT | pte::HUGE, 1 << 21, FrameTo::Caller);
         assert_eq!(pte::addr(m), 0x4000_0000);
     }
 }

@@ -16,10 +16,12 @@
 //! pruner holds the lock across one. An unmap leaves markers stamped with
 //! its own identity (`marker`) and finishes only those.
 
+mod active;
 mod audit;
 pub mod counts;
 #[cfg(test)]
 mod counts_tests;
+pub(crate) mod demand;
 mod direct;
 mod inject;
 mod kmem;
@@ -46,8 +48,10 @@ pub(crate) mod tlb_sim;
 mod tlb_sim_tests;
 pub(crate) mod unmap;
 
+pub use active::Active;
 pub use audit::{AuditReport, PtViolation};
 pub use counts::VmCountSnapshot;
+pub(crate) use demand::DemandPaging;
 pub use direct::DirectWindow;
 pub use kmem::{region_align, KMemFlags};
 pub use mapping::Vm;
@@ -58,12 +62,12 @@ pub use table::Table;
 use crate::frame::{Frame, FrameError, PhysAddr};
 pub use x86_64::VirtAddr;
 
-pub const PAGE: u64 = crate::PAGE_SIZE;
+pub use crate::PAGE_SIZE;
 
 /// User halves: everything below the canonical hole, except the null page.
-pub const USER_START: u64 = PAGE;
+pub const USER_START: u64 = PAGE_SIZE;
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
-/// Kernel half: the kernel's own mapping area, PML4 slot 510 (the
+/// Kernel half: the kernel's own mapping area, PML4 entry 510 (the
 /// bootloader's mappings and the direct map sit below it).
 pub const KERNEL_AREA_START: u64 = 0xFFFF_FF00_0000_0000;
 /// CPU stacks, each below an unmapped guard page: 1 GiB.
@@ -72,7 +76,7 @@ pub const STACK_AREA: core::ops::Range<u64> = KERNEL_AREA_START..KERNEL_AREA_STA
 /// space: 1 GiB.
 pub const KERNEL_SEED_AREA: core::ops::Range<u64> = STACK_AREA.end..STACK_AREA.end + (1 << 30);
 /// `k_mem_map` and `phys_map` regions, from the region allocator: the
-/// rest of PML4 slot 510.
+/// rest of PML4 entry 510.
 pub const KERNEL_REGION_AREA: core::ops::Range<u64> = KERNEL_SEED_AREA.end..KERNEL_AREA_START + (1 << 39);
 
 /// What the virtual-memory code needs from the machine.

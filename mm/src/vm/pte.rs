@@ -25,7 +25,7 @@ pub const SW_DEVICE: u64 = 1 << 10;
 pub const SW_OWNED: u64 = 1 << 11;
 /// Software bit of a not-present entry: the mapping was removed and its
 /// shootdown has not finished. The entry keeps the frame address (and
-/// `SW_OWNED`) so the frame is freed after the flush; until then the slot
+/// `SW_OWNED`) so the frame is freed after the flush; until then the entry
 /// counts as used, so nothing new is mapped where a CPU may still hold the
 /// old translation.
 pub const SW_TRANSIT: u64 = 1 << 52;

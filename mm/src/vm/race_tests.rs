@@ -15,7 +15,7 @@ use std::thread::{self, ScopedJoinHandle};
 use super::pte::{self, SW_TRANSIT};
 use super::shootdown_gate::Park;
 use super::table::{lookup, Lookup};
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -31,16 +31,16 @@ const X: u64 = 0x40_0000;
 const Y: u64 = 0x1000_0000;
 
 /// The 4 KiB entry for `virt`, if a page table covers it.
-fn entry(vm: &Vm<Machine>, space: &AddressSpace, virt: u64) -> Option<u64> {
+fn entry(vm: &Vm<SimMachine>, space: &AddressSpace, virt: u64) -> Option<u64> {
     match lookup(vm.platform(), space.root, virt, 0) {
-        Lookup::Entry { slot, level: 0 } => Some(slot.load(Ordering::Acquire)),
+        Lookup::Entry { entry, level: 0 } => Some(entry.load(Ordering::Acquire)),
         _ => None,
     }
 }
 
 /// Releases every parked shootdown when dropped, so a failing step never
 /// leaves a thread of the script parked.
-struct Unpark<'m>(&'m Machine);
+struct Unpark<'m>(&'m SimMachine);
 
 impl Drop for Unpark<'_> {
     fn drop(&mut self) {
@@ -69,13 +69,14 @@ fn defect_a(how: Unmap) {
     let before = m.free_bytes();
     let user = vm.new_user_space().unwrap();
     let space = &user;
+    let mut active = Vec::new();
     for cpu in [V, S, W, Z] {
         on_cpu(cpu);
-        vm.activate(space);
+        active.push((cpu, vm.activate(space)));
     }
     on_cpu(0);
-    assert_eq!(vm.vmalloc(space, X, X + PAGE, 1, flags), Ok(X));
-    assert_eq!(vm.vmalloc(space, Y, Y + PAGE, 1, flags), Ok(Y));
+    assert_eq!(vm.vmalloc(space, X, X + PAGE_SIZE, 1, flags), Ok(X));
+    assert_eq!(vm.vmalloc(space, Y, Y + PAGE_SIZE, 1, flags), Ok(Y));
     let returned = thread::scope(|scope| {
         let _unpark = Unpark(m);
         // 1. V unmaps X: a reader keeps it from the exclusive lock, so it
@@ -102,7 +103,7 @@ fn defect_a(how: Unmap) {
         // 3. W maps X (and its neighbour, so the new table stays when X
         //    goes); Z reads X.
         on_cpu(W);
-        assert_eq!(vm.vmalloc(space, X, X + 2 * PAGE, 2, flags), Ok(X), "setup: X is free after the sweep");
+        assert_eq!(vm.vmalloc(space, X, X + 2 * PAGE_SIZE, 2, flags), Ok(X), "setup: X is free after the sweep");
         let f_w = vm.map_get(space, X).unwrap().phys.as_u64();
         assert_eq!(m.touch(Z, X), Some(f_w));
 
@@ -128,7 +129,7 @@ fn defect_a(how: Unmap) {
         if how == Unmap::UmapSingle {
             // Nothing may be mapped at X until W's shootdown.
             on_cpu(S);
-            let again = vm.vmalloc(space, X, X + PAGE, 1, flags);
+            let again = vm.vmalloc(space, X, X + PAGE_SIZE, 1, flags);
             m.touch(Z, X);
             assert_eq!(again, Err(VmError::OutOfVirtualSpace), "X was mapped again before W's shootdown");
         }
@@ -141,13 +142,13 @@ fn defect_a(how: Unmap) {
     });
     assert_eq!(returned.is_some(), how == Unmap::UmapSingle);
     on_cpu(0);
-    vm.vmfree(space, X + PAGE, 1).unwrap();
+    vm.vmfree(space, X + PAGE_SIZE, 1).unwrap();
     if let Some(f) = returned {
         m.free_phys(f).unwrap();
     }
-    for cpu in [V, S, W, Z] {
+    for (cpu, guard) in active {
         on_cpu(cpu);
-        vm.deactivate(space);
+        drop(guard);
     }
     on_cpu(0);
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();

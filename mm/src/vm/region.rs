@@ -11,7 +11,7 @@ use alloc::collections::BTreeMap;
 
 use spin::Mutex;
 
-use super::PAGE;
+use super::PAGE_SIZE;
 
 pub const ARENAS: usize = 16;
 
@@ -85,7 +85,7 @@ impl Regions {
     /// An allocator over `area` (page-aligned), split into `ARENAS` equal
     /// arenas. Allocates nothing until first used.
     pub fn new(area: core::ops::Range<u64>) -> Regions {
-        let arena_len = (area.end - area.start) / ARENAS as u64 & !(PAGE - 1);
+        let arena_len = (area.end - area.start) / ARENAS as u64 & !(PAGE_SIZE - 1);
         Regions { start: area.start, arena_len, arenas: core::array::from_fn(|_| Mutex::new(Arena::default())) }
     }
 
@@ -100,7 +100,7 @@ impl Regions {
     /// A region of `len` bytes (page multiple, non-zero), preferring CPU
     /// `cpu`'s home arena.
     pub fn alloc(&self, len: u64, kind: RegionKind, cpu: usize) -> Result<u64, RegionError> {
-        debug_assert!(len > 0 && len % PAGE == 0);
+        debug_assert!(len > 0 && len % PAGE_SIZE == 0);
         if len > self.arena_len {
             return Err(RegionError::Exhausted);
         }
@@ -159,8 +159,8 @@ mod tests {
     #[test]
     fn cpus_start_in_their_own_arenas() {
         let r = Regions::new(AREA);
-        let a = r.alloc(PAGE, RegionKind::KMem, 0).unwrap();
-        let b = r.alloc(PAGE, RegionKind::KMem, 1).unwrap();
+        let a = r.alloc(PAGE_SIZE, RegionKind::KMem, 0).unwrap();
+        let b = r.alloc(PAGE_SIZE, RegionKind::KMem, 1).unwrap();
         assert_eq!(a, AREA.start);
         assert_eq!(b, AREA.start + 0x10_0000);
     }
@@ -168,12 +168,12 @@ mod tests {
     #[test]
     fn freed_regions_coalesce_and_are_reused() {
         let r = Regions::new(AREA);
-        let regions: Vec<u64> = (0..8).map(|_| r.alloc(3 * PAGE, RegionKind::KMem, 2).unwrap()).collect();
+        let regions: Vec<u64> = (0..8).map(|_| r.alloc(3 * PAGE_SIZE, RegionKind::KMem, 2).unwrap()).collect();
         for w in regions.windows(2) {
-            assert_eq!(w[1], w[0] + 3 * PAGE, "first fit packs regions");
+            assert_eq!(w[1], w[0] + 3 * PAGE_SIZE, "first fit packs regions");
         }
         for &s in regions.iter().rev() {
-            r.free(s, 3 * PAGE, RegionKind::KMem).unwrap();
+            r.free(s, 3 * PAGE_SIZE, RegionKind::KMem).unwrap();
         }
         assert_eq!(r.used_bytes(), 0);
         // Everything coalesced back: the whole arena fits again.
@@ -184,18 +184,18 @@ mod tests {
     #[test]
     fn frees_must_name_a_region_exactly() {
         let r = Regions::new(AREA);
-        let s = r.alloc(4 * PAGE, RegionKind::KMem, 0).unwrap();
-        assert_eq!(r.free(s + PAGE, 3 * PAGE, RegionKind::KMem), Err(RegionError::NotARegion));
-        assert_eq!(r.free(s, 3 * PAGE, RegionKind::KMem), Err(RegionError::NotARegion));
-        assert_eq!(r.free(s, 4 * PAGE, RegionKind::Phys), Err(RegionError::NotARegion));
-        assert_eq!(r.free(0, PAGE, RegionKind::KMem), Err(RegionError::NotARegion));
-        assert!(!r.claim(s, 4 * PAGE, RegionKind::Phys));
-        assert!(r.claim(s, 4 * PAGE, RegionKind::KMem));
-        assert!(!r.claim(s, 4 * PAGE, RegionKind::KMem), "claimed twice");
+        let s = r.alloc(4 * PAGE_SIZE, RegionKind::KMem, 0).unwrap();
+        assert_eq!(r.free(s + PAGE_SIZE, 3 * PAGE_SIZE, RegionKind::KMem), Err(RegionError::NotARegion));
+        assert_eq!(r.free(s, 3 * PAGE_SIZE, RegionKind::KMem), Err(RegionError::NotARegion));
+        assert_eq!(r.free(s, 4 * PAGE_SIZE, RegionKind::Phys), Err(RegionError::NotARegion));
+        assert_eq!(r.free(0, PAGE_SIZE, RegionKind::KMem), Err(RegionError::NotARegion));
+        assert!(!r.claim(s, 4 * PAGE_SIZE, RegionKind::Phys));
+        assert!(r.claim(s, 4 * PAGE_SIZE, RegionKind::KMem));
+        assert!(!r.claim(s, 4 * PAGE_SIZE, RegionKind::KMem), "claimed twice");
         r.unclaim(s);
-        assert!(r.claim(s, 4 * PAGE, RegionKind::KMem));
-        r.free(s, 4 * PAGE, RegionKind::KMem).unwrap();
-        assert_eq!(r.free(s, 4 * PAGE, RegionKind::KMem), Err(RegionError::NotARegion), "double free");
+        assert!(r.claim(s, 4 * PAGE_SIZE, RegionKind::KMem));
+        r.free(s, 4 * PAGE_SIZE, RegionKind::KMem).unwrap();
+        assert_eq!(r.free(s, 4 * PAGE_SIZE, RegionKind::KMem), Err(RegionError::NotARegion), "double free");
     }
 
     #[test]
@@ -206,7 +206,7 @@ mod tests {
             got.push(s);
         }
         assert_eq!(got.len(), 2 * ARENAS, "every arena used");
-        assert_eq!(r.alloc(PAGE, RegionKind::KMem, 0), Err(RegionError::Exhausted));
+        assert_eq!(r.alloc(PAGE_SIZE, RegionKind::KMem, 0), Err(RegionError::Exhausted));
         assert_eq!(r.alloc(0x20_0000, RegionKind::KMem, 0), Err(RegionError::Exhausted), "larger than an arena");
     }
 
@@ -219,7 +219,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut mine = Vec::new();
                     for round in 0..200u64 {
-                        let len = (1 + round % 5) * PAGE;
+                        let len = (1 + round % 5) * PAGE_SIZE;
                         mine.push((r.alloc(len, RegionKind::KMem, cpu).unwrap(), len));
                         if round % 3 == 0 {
                             let (s, l) = mine.swap_remove(0);

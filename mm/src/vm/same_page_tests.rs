@@ -6,7 +6,7 @@ use std::boxed::Box;
 use std::sync::{Arc, Barrier};
 use std::vec::Vec;
 
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -14,11 +14,11 @@ const PAGES: u64 = 8;
 
 /// The kernel root loaded on every CPU, so the simulated TLB checks every
 /// free against what each CPU may hold.
-fn machine(cpus: usize) -> Vm<Machine> {
+fn machine(cpus: usize) -> Vm<SimMachine> {
     boot(4096, cpus)
 }
 
-fn free(vm: &Vm<Machine>) -> u64 {
+fn free(vm: &Vm<SimMachine>) -> u64 {
     vm.platform().free_bytes()
 }
 
@@ -32,12 +32,13 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
     let before = free(&vm);
     let user = Arc::new(vm.new_user_space().unwrap());
     on_cpu(4);
-    vm.activate(&user); // so every unmap shoots down
+    let active = vm.activate(&user); // so every unmap shoots down
     on_cpu(0);
     let (mut contested, mut lost) = (0, 0);
     for round in 0..400 {
         let a = vm.vmalloc(&user, 0x10_0000, USER_END, PAGES, Flags::WRITE | Flags::USER).unwrap();
-        let frames: Vec<u64> = (0..PAGES).map(|i| vm.map_get(&user, a + i * PAGE).unwrap().phys.as_u64()).collect();
+        let frames: Vec<u64> =
+            (0..PAGES).map(|i| vm.map_get(&user, a + i * PAGE_SIZE).unwrap().phys.as_u64()).collect();
         let start = Arc::new(Barrier::new(CALLS.len()));
         let results: Vec<Result<u64, VmError>> = CALLS
             .iter()
@@ -48,8 +49,8 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                     on_cpu(cpu);
                     start.wait();
                     match pages {
-                        0 => vm.umap_single(&user, a + first * PAGE, PageSize::Size4K).map(|p| p.as_u64()),
-                        n => vm.vmfree(&user, a + first * PAGE, n).map(|_| 0),
+                        0 => vm.umap_single(&user, a + first * PAGE_SIZE, PageSize::Size4K).map(|p| p.as_u64()),
+                        n => vm.vmfree(&user, a + first * PAGE_SIZE, n).map(|_| 0),
                     }
                 })
             })
@@ -74,7 +75,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                 }
                 Err(VmError::NotMapped { virt }) => {
                     assert!(
-                        (a + first * PAGE..a + (first + pages.max(1)) * PAGE).contains(virt),
+                        (a + first * PAGE_SIZE..a + (first + pages.max(1)) * PAGE_SIZE).contains(virt),
                         "round {round}: {virt:#x} is not the loser's"
                     );
                     lost += 1;
@@ -84,7 +85,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
         }
         contested += u64::from(results.iter().filter(|r| r.is_ok()).count() < CALLS.len());
         for (i, &w) in winners.iter().enumerate() {
-            let va = a + i as u64 * PAGE;
+            let va = a + i as u64 * PAGE_SIZE;
             assert!(w <= 1, "round {round}: page {i} unmapped by {w} calls: {results:?}");
             match (w, vm.map_get(&user, va)) {
                 (1, Err(VmError::NotMapped { .. })) => {}
@@ -100,13 +101,13 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
         // goes around it).
         for (i, &w) in winners.iter().enumerate() {
             if w == 0 {
-                vm.vmfree(&user, a + i as u64 * PAGE, 1).unwrap();
+                vm.vmfree(&user, a + i as u64 * PAGE_SIZE, 1).unwrap();
             }
         }
     }
     assert!(lost > 0 && contested > 0, "the calls never raced");
     on_cpu(4);
-    vm.deactivate(&user);
+    drop(active);
     on_cpu(0);
     let user = Arc::into_inner(user).unwrap();
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
@@ -120,22 +121,22 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
 fn a_quarantine_is_held_for_good_and_counted_exactly() {
     let vm = machine(2);
     let fail = |on: bool| vm.platform().fail_shootdowns.store(on, core::sync::atomic::Ordering::Relaxed);
-    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    let a = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     fail(true);
-    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE_SIZE), Err(VmError::Shootdown { cpus: 0b11 }));
     fail(false);
     assert_eq!(vm.quarantined_frames(), 2);
     let held = (free(&vm), vm.region_bytes());
     // A sweep of the whole kernel area after a good flush may take over
     // markers in flight, never quarantined ones (nor their table).
     vm.kernel().prune_pending.store(true, core::sync::atomic::Ordering::Relaxed);
-    let b = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
-    vm.k_mem_unmap(b, PAGE).unwrap();
+    let b = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
+    vm.k_mem_unmap(b, PAGE_SIZE).unwrap();
     assert_eq!((free(&vm), vm.region_bytes()), held, "the sweep reused quarantined memory");
     assert_eq!(vm.quarantined_frames(), 2);
     assert_eq!(
-        vm.k_mem_unmap(a, 2 * PAGE),
-        Err(VmError::NotARegion { addr: a, size: 2 * PAGE }),
+        vm.k_mem_unmap(a, 2 * PAGE_SIZE),
+        Err(VmError::NotARegion { addr: a, size: 2 * PAGE_SIZE }),
         "the region stays claimed"
     );
     // umap_single's frame is held too, and counted.
@@ -150,7 +151,7 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     assert_eq!(vm.quarantined_frames(), 3);
     assert_eq!(
         vm.vmfind(vm.kernel(), KERNEL_SEED_AREA.start, KERNEL_SEED_AREA.end, 1),
-        Ok(KERNEL_SEED_AREA.start + PAGE),
+        Ok(KERNEL_SEED_AREA.start + PAGE_SIZE),
         "the address stays reserved"
     );
 }
@@ -166,7 +167,7 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
     for round in 0..200 {
         let a = vm.vmalloc(&user, 0x10_0000, USER_END, LONG, Flags::WRITE | Flags::USER).unwrap();
         let start = Arc::new(Barrier::new(3));
-        let spawn = |cpu: usize, f: Box<dyn FnOnce(&Vm<Machine>, &AddressSpace) -> Result<u64, VmError> + Send>| {
+        let spawn = |cpu: usize, f: Box<dyn FnOnce(&Vm<SimMachine>, &AddressSpace) -> Result<u64, VmError> + Send>| {
             let (vm, user, start) = (vm.clone(), user.clone(), start.clone());
             std::thread::spawn(move || {
                 on_cpu(cpu);
@@ -180,7 +181,7 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
         let p = spawn(1, Box::new(move |vm, u| vm.protect(u, a, LONG, Flags::USER).map(|_| 0)));
         let s = spawn(
             3,
-            Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE, PageSize::Size4K).map(|p| p.as_u64())),
+            Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE_SIZE, PageSize::Size4K).map(|p| p.as_u64())),
         );
         let (p, f, s) = (p.join().unwrap(), f.join().unwrap(), s.join().unwrap());
         if let Ok(frame) = s {
@@ -188,13 +189,13 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
         }
         protected += u32::from(p.is_ok());
         for i in 0..LONG {
-            if let Ok(t) = vm.map_get(&user, a + i * PAGE) {
+            if let Ok(t) = vm.map_get(&user, a + i * PAGE_SIZE) {
                 assert!(
                     p.is_err() || t.flags == Flags::USER,
                     "round {round}: page {i} is {:?} after protect {p:?}, vmfree {f:?}, umap {s:?}",
                     t.flags
                 );
-                vm.vmfree(&user, a + i * PAGE, 1).unwrap();
+                vm.vmfree(&user, a + i * PAGE_SIZE, 1).unwrap();
             }
         }
     }

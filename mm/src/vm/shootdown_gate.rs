@@ -31,7 +31,7 @@ pub struct Shot {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
+enum Gate {
     Open,
     Armed(Park),
     Parked(Park, Shot),
@@ -39,7 +39,7 @@ enum Slot {
 }
 
 pub struct ShootdownGate {
-    slots: Mutex<[Slot; MAX_CPUS]>,
+    gates: Mutex<[Gate; MAX_CPUS]>,
     changed: Condvar,
 }
 
@@ -51,57 +51,57 @@ impl Default for ShootdownGate {
 
 impl ShootdownGate {
     pub fn new() -> ShootdownGate {
-        ShootdownGate { slots: Mutex::new([Slot::Open; MAX_CPUS]), changed: Condvar::new() }
+        ShootdownGate { gates: Mutex::new([Gate::Open; MAX_CPUS]), changed: Condvar::new() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, [Slot; MAX_CPUS]> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, [Gate; MAX_CPUS]> {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits (bounded) until `done` holds for the slots; panics with `what`
+    /// Waits (bounded) until `done` holds for the gates; panics with `what`
     /// otherwise.
     fn wait_until<'g>(
         &self,
-        mut slots: MutexGuard<'g, [Slot; MAX_CPUS]>,
+        mut gates: MutexGuard<'g, [Gate; MAX_CPUS]>,
         what: &str,
-        done: impl Fn(&[Slot; MAX_CPUS]) -> bool,
-    ) -> MutexGuard<'g, [Slot; MAX_CPUS]> {
+        done: impl Fn(&[Gate; MAX_CPUS]) -> bool,
+    ) -> MutexGuard<'g, [Gate; MAX_CPUS]> {
         let deadline = Instant::now() + WAIT;
-        while !done(&slots) {
+        while !done(&gates) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                drop(slots);
+                drop(gates);
                 panic!("shootdown gate: {what} within {WAIT:?}");
             }
-            slots = self.changed.wait_timeout(slots, left).unwrap_or_else(|e| e.into_inner()).0;
+            gates = self.changed.wait_timeout(gates, left).unwrap_or_else(|e| e.into_inner()).0;
         }
-        slots
+        gates
     }
 
     /// `cpu`'s next shootdown parks at `at`.
     pub fn arm(&self, cpu: usize, at: Park) {
-        let mut slots = self.lock();
-        assert_eq!(slots[cpu], Slot::Open, "CPU {cpu}'s shootdown gate is already in use");
-        slots[cpu] = Slot::Armed(at);
+        let mut gates = self.lock();
+        assert_eq!(gates[cpu], Gate::Open, "CPU {cpu}'s shootdown gate is already in use");
+        gates[cpu] = Gate::Armed(at);
     }
 
     /// Waits until `cpu`'s shootdown is parked; returns its arguments.
     pub fn wait_parked(&self, cpu: usize) -> Shot {
-        let slots = self.wait_until(self.lock(), &format!("CPU {cpu} did not park its shootdown"), |s| {
-            matches!(s[cpu], Slot::Parked(..))
+        let gates = self.wait_until(self.lock(), &format!("CPU {cpu} did not park its shootdown"), |s| {
+            matches!(s[cpu], Gate::Parked(..))
         });
-        match slots[cpu] {
-            Slot::Parked(_, shot) => shot,
+        match gates[cpu] {
+            Gate::Parked(_, shot) => shot,
             _ => unreachable!(),
         }
     }
 
     /// Lets `cpu`'s parked shootdown go on (or disarms it if it never came).
     pub fn release(&self, cpu: usize) {
-        let mut slots = self.lock();
-        slots[cpu] = match slots[cpu] {
-            Slot::Parked(..) | Slot::Released => Slot::Released,
-            Slot::Armed(_) | Slot::Open => Slot::Open,
+        let mut gates = self.lock();
+        gates[cpu] = match gates[cpu] {
+            Gate::Parked(..) | Gate::Released => Gate::Released,
+            Gate::Armed(_) | Gate::Open => Gate::Open,
         };
         self.changed.notify_all();
     }
@@ -117,15 +117,15 @@ impl ShootdownGate {
     /// Called by `cpu`'s shootdown at point `at`: parks there if armed for
     /// it, until released.
     pub fn pass(&self, cpu: usize, at: Park, shot: Shot) {
-        let mut slots = self.lock();
-        if slots[cpu] != Slot::Armed(at) {
+        let mut gates = self.lock();
+        if gates[cpu] != Gate::Armed(at) {
             return;
         }
-        slots[cpu] = Slot::Parked(at, shot);
+        gates[cpu] = Gate::Parked(at, shot);
         self.changed.notify_all();
         let what = format!("CPU {cpu}'s shootdown parked at {at:?} was not released");
-        let mut slots = self.wait_until(slots, &what, |s| s[cpu] == Slot::Released);
-        slots[cpu] = Slot::Open;
+        let mut gates = self.wait_until(gates, &what, |s| s[cpu] == Gate::Released);
+        gates[cpu] = Gate::Open;
         self.changed.notify_all();
     }
 }

@@ -5,7 +5,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::table_lock::TableLock;
-use super::{VmError, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, USER_END, USER_START};
+use super::{VmError, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE, USER_END, USER_START};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpaceKind {
@@ -83,16 +83,16 @@ impl AddressSpace {
 
 /// Checks `npages` pages from `virt` against `area`; returns the end.
 pub fn check_range_in(area: core::ops::Range<u64>, virt: u64, npages: u64) -> Result<u64, VmError> {
-    if virt % PAGE != 0 {
+    if virt % PAGE_SIZE != 0 {
         return Err(VmError::NotAligned { value: virt });
     }
     if npages == 0 {
         return Err(VmError::ZeroSize);
     }
-    if virt < PAGE {
+    if virt < PAGE_SIZE {
         return Err(VmError::NullPage);
     }
-    let len = npages.checked_mul(PAGE).ok_or(VmError::BadRange { start: virt, len: u64::MAX })?;
+    let len = npages.checked_mul(PAGE_SIZE).ok_or(VmError::BadRange { start: virt, len: u64::MAX })?;
     let end = virt.checked_add(len).ok_or(VmError::BadRange { start: virt, len })?;
     if virt < area.start || end > area.end {
         return Err(VmError::BadRange { start: virt, len });

@@ -9,7 +9,7 @@ use arrayvec::ArrayVec;
 
 use super::marker;
 use super::pte::{self, HUGE, TABLE_FLAGS};
-use super::{VmError, VmPlatform, PAGE};
+use super::{VmError, VmPlatform, PAGE_SIZE};
 use crate::frame::PhysAddr;
 
 /// The table in frame `phys`, an address out of an entry or a root (at
@@ -30,7 +30,7 @@ pub const fn index(virt: u64, level: usize) -> usize {
 
 /// Bytes one entry at `level` covers.
 pub const fn span(level: usize) -> u64 {
-    PAGE << (9 * level)
+    PAGE_SIZE << (9 * level)
 }
 
 /// Sign-extends a 48-bit address to canonical form.
@@ -43,7 +43,7 @@ pub enum Lookup<'t> {
     /// The entry at `level` that maps the address (a leaf: a 4 KiB entry,
     /// a huge entry, or the entry at the level asked for), possibly not
     /// present.
-    Entry { slot: &'t AtomicU64, level: usize },
+    Entry { entry: &'t AtomicU64, level: usize },
     /// No table covers the address.
     NoTable,
 }
@@ -53,16 +53,16 @@ pub fn lookup<P: VmPlatform>(p: &P, root: u64, virt: u64, stop: usize) -> Lookup
     let mut table = at(p, root);
     let mut level = TOP;
     loop {
-        let slot = &table[index(virt, level)];
+        let entry = &table[index(virt, level)];
         if level == stop {
-            return Lookup::Entry { slot, level };
+            return Lookup::Entry { entry, level };
         }
-        let e = slot.load(Ordering::Acquire);
+        let e = entry.load(Ordering::Acquire);
         if !pte::is_present(e) {
             return Lookup::NoTable;
         }
         if e & HUGE != 0 {
-            return Lookup::Entry { slot, level };
+            return Lookup::Entry { entry, level };
         }
         table = at(p, pte::addr(e));
         level -= 1;
@@ -82,15 +82,15 @@ pub fn entry_for<'p, P: VmPlatform>(
     let mut table = at(p, root);
     let mut level = TOP;
     while level > stop {
-        let slot = &table[index(virt, level)];
-        let mut e = slot.load(Ordering::Acquire);
+        let entry = &table[index(virt, level)];
+        let mut e = entry.load(Ordering::Acquire);
         if !pte::is_present(e) {
             let mut fresh = alloc()?;
             counts.table_allocated();
             p.fill_frame(&mut fresh, 0);
             counts.table_zeroed();
             let addr = fresh.phys().as_u64();
-            match slot.compare_exchange(0, addr | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(0, addr | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
                 // The parent entry owns it now.
                 Ok(_) => e = fresh.into_phys().as_u64() | TABLE_FLAGS,
                 Err(actual) => {
@@ -144,11 +144,11 @@ pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64, level: usize, base: u64, 
 
 /// Detaches every table below `table` (at `level`, covering addresses
 /// from `base`) that maps nothing within `range`, collecting the parent
-/// slot and its old value in `out` (so a failed shootdown can put them
+/// entry and its old value in `out` (so a failed shootdown can put them
 /// back).
 /// The caller holds the space's table lock exclusively and keeps it until
 /// it has shot the range down and freed what `out` holds, so no CPU can
-/// install into a detached slot while another may still cache the old
+/// install into a detached entry while another may still cache the old
 /// pointer. `keep_children` protects the tables directly below (a root's
 /// kernel half, shared with every space). Returns false if `out` filled
 /// up before the walk was done.
@@ -165,9 +165,9 @@ pub fn prune<'p, P: VmPlatform>(
         return true;
     }
     let t = at(p, table);
-    for (i, slot) in t.iter().enumerate() {
+    for (i, entry) in t.iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
-        let e = slot.load(Ordering::Acquire);
+        let e = entry.load(Ordering::Acquire);
         if !pte::is_present(e) || e & HUGE != 0 {
             continue;
         }
@@ -179,8 +179,8 @@ pub fn prune<'p, P: VmPlatform>(
             if out.is_full() {
                 return false;
             }
-            slot.store(0, Ordering::Release);
-            out.push((slot, e));
+            entry.store(0, Ordering::Release);
+            out.push((entry, e));
         }
     }
     true
@@ -198,9 +198,9 @@ pub fn collect_all<P: VmPlatform>(
     tables: &mut Vec<u64>,
     owned: &mut Vec<u64>,
 ) {
-    for (i, slot) in at(p, table).iter().enumerate() {
+    for (i, entry) in at(p, table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
-        let e = slot.load(Ordering::Acquire);
+        let e = entry.load(Ordering::Acquire);
         if !pte::is_present(e) {
             continue;
         }
@@ -218,9 +218,9 @@ pub fn collect_all<P: VmPlatform>(
 /// Tables below `table` (at `level`, from `base`) that lie in `range`.
 pub fn count_tables<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, range: (u64, u64)) -> u64 {
     let mut count = 0;
-    for (i, slot) in at(p, table).iter().enumerate() {
+    for (i, entry) in at(p, table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
-        let e = slot.load(Ordering::Acquire);
+        let e = entry.load(Ordering::Acquire);
         if level > 0 && pte::is_present(e) && e & HUGE == 0 {
             count += 1 + count_tables(p, pte::addr(e), level - 1, lo, range);
         }
@@ -264,9 +264,9 @@ pub fn for_each_pte<P: VmPlatform>(
     range: (u64, u64),
     f: &mut dyn FnMut(u64, u64),
 ) {
-    for (i, slot) in at(p, table).iter().enumerate() {
+    for (i, entry) in at(p, table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
-        let e = slot.load(Ordering::Acquire);
+        let e = entry.load(Ordering::Acquire);
         if e == 0 {
             continue;
         }

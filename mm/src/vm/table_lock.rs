@@ -1,6 +1,6 @@
 //! A space's table lock: shared by everything that walks or changes its
 //! tables, exclusive only for detaching empty tables, which the holder keeps
-//! across a shootdown (so no CPU installs into a detached slot while another
+//! across a shootdown (so no CPU installs into a detached entry while another
 //! may cache the old pointer).
 //!
 //! That makes a plain spin on the shared side a deadlock waiting to happen

@@ -10,17 +10,17 @@ use std::sync::Mutex;
 
 use super::shootdown_gate::{Park, ShootdownGate, Shot};
 use super::tlb_sim::TlbSim;
-use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE};
+use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE_SIZE};
 use crate::buddy::Link;
 use crate::frame::{Frame, FrameError, PhysAddr};
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
-use crate::phys::{CpuSlot, PhysAllocator};
-use crate::platform::Platform;
+use crate::phys::{CpuShare, PhysAllocator};
+use crate::platform::CpuPlatform;
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
 
-pub struct Machine {
+pub struct SimMachine {
     memory: Vec<Table>,
     pub frames: PhysAllocator<'static, Threads>,
     pub online: AtomicU64,
@@ -32,18 +32,18 @@ pub struct Machine {
     gate: ShootdownGate,
 }
 
-impl Machine {
+impl SimMachine {
     /// A machine with `frames` frames of RAM (frame 0 is not RAM) and
     /// `cpus` CPUs online.
-    pub fn new(frames: usize, cpus: usize) -> Machine {
+    pub fn new(frames: usize, cpus: usize) -> SimMachine {
         let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
         let links = Vec::leak(vec![Link::EMPTY; frames]);
-        let slots = Vec::leak((0..MAX_CPUS).map(|_| CpuSlot::new()).collect());
+        let shares = Vec::leak((0..MAX_CPUS).map(|_| CpuShare::new()).collect());
         let depot = Vec::leak(vec![Magazine::new(); 8]);
         let db = FrameDb::new(PhysAddr::new(0), entries);
-        Machine {
+        SimMachine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            frames: PhysAllocator::new(db, links, [1..frames], slots, 8, depot, Threads),
+            frames: PhysAllocator::new(db, links, [1..frames], shares, 8, depot, Threads),
             online: AtomicU64::new((1u64 << cpus) - 1),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
@@ -71,8 +71,8 @@ impl Machine {
         self.tlb.refill(&self.memory);
         let root = self.loaded_root(cpu)?;
         match super::table::lookup(self, root, virt, 0) {
-            super::table::Lookup::Entry { slot, level } => {
-                let e = slot.load(Ordering::Acquire);
+            super::table::Lookup::Entry { entry, level } => {
+                let e = entry.load(Ordering::Acquire);
                 let bytes = super::table::span(level);
                 // In huge entries bit 12 is the PAT bit, not address.
                 super::pte::is_present(e).then(|| (super::pte::addr(e) & !(bytes - 1)) + (virt & (bytes - 1)))
@@ -113,11 +113,11 @@ impl Machine {
 
     /// The word at byte offset `offset` of frame `phys`.
     pub fn word(&self, phys: u64, offset: u64) -> u64 {
-        self.memory[(phys / PAGE) as usize][(offset / 8) as usize].load(Ordering::Relaxed)
+        self.memory[(phys / PAGE_SIZE) as usize][(offset / 8) as usize].load(Ordering::Relaxed)
     }
 
     pub fn set_word(&self, phys: u64, offset: u64, value: u64) {
-        self.memory[(phys / PAGE) as usize][(offset / 8) as usize].store(value, Ordering::Relaxed)
+        self.memory[(phys / PAGE_SIZE) as usize][(offset / 8) as usize].store(value, Ordering::Relaxed)
     }
 
     pub fn free_bytes(&self) -> u64 {
@@ -141,7 +141,7 @@ impl Machine {
     }
 }
 
-impl VmPlatform for Machine {
+impl VmPlatform for SimMachine {
     // Every call but `cpu_index` and `now_ns` refills the simulated TLBs
     // first (between any two calls every CPU may have walked). `table`
     // too, though it runs at every step of every software walk: the code
@@ -150,7 +150,7 @@ impl VmPlatform for Machine {
 
     fn table(&self, phys: PhysAddr) -> &Table {
         self.tlb.refill(&self.memory);
-        &self.memory[(phys.as_u64() / PAGE) as usize]
+        &self.memory[(phys.as_u64() / PAGE_SIZE) as usize]
     }
 
     fn fill_frame(&self, frame: &mut Frame, byte: u8) {
@@ -208,7 +208,7 @@ impl VmPlatform for Machine {
 
     fn free_frames(&self) -> u64 {
         self.tlb.refill(&self.memory);
-        self.frames.free_bytes() / PAGE
+        self.frames.free_bytes() / PAGE_SIZE
     }
 
     fn now_ns(&self) -> u64 {
@@ -231,9 +231,9 @@ impl VmPlatform for Machine {
 /// kernel root every online CPU has loaded, as in the kernel, where every
 /// CPU runs on the kernel space from boot (so kernel unmaps and evictions
 /// are checked against every CPU's TLB). The calling thread is CPU 0.
-pub fn boot(frames: usize, cpus: usize) -> Vm<Machine> {
+pub fn boot(frames: usize, cpus: usize) -> Vm<SimMachine> {
     on_cpu(0);
-    let m = Machine::new(frames, cpus);
+    let m = SimMachine::new(frames, cpus);
     let mut frame = m.frames.alloc_page().unwrap();
     m.fill_frame(&mut frame, 0);
     let root = frame.into_phys().as_u64();

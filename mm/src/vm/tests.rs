@@ -1,19 +1,19 @@
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
 /// 4096 frames, `cpus` CPUs, each with the kernel root loaded.
-fn machine(cpus: usize) -> Vm<Machine> {
+fn machine(cpus: usize) -> Vm<SimMachine> {
     boot(4096, cpus)
 }
 
-fn free(vm: &Vm<Machine>) -> u64 {
+fn free(vm: &Vm<SimMachine>) -> u64 {
     vm.platform().free_bytes()
 }
 
-fn shootdowns(vm: &Vm<Machine>) -> Vec<(u64, u64, u64)> {
+fn shootdowns(vm: &Vm<SimMachine>) -> Vec<(u64, u64, u64)> {
     vm.platform().shootdowns.lock().unwrap().clone()
 }
 
@@ -54,8 +54,8 @@ fn size_classes_must_match() {
         Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M })
     );
     assert_eq!(
-        vm.map_single(k, big + PAGE, 0x1000, Flags::READ, PageSize::Size4K),
-        Err(VmError::AlreadyMapped { virt: big + PAGE })
+        vm.map_single(k, big + PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K),
+        Err(VmError::AlreadyMapped { virt: big + PAGE_SIZE })
     );
     vm.map_single(k, SEED, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
     assert_eq!(
@@ -82,32 +82,32 @@ fn bad_inputs_are_refused_and_change_nothing() {
     assert_eq!(vm.map_single(k, SEED, 1 << 52, f, s4), Err(VmError::BadPhys { phys: 1 << 52 }));
     assert_eq!(
         vm.map_single(k, 0x1000, 0x1000, f, s4),
-        Err(VmError::BadRange { start: 0x1000, len: PAGE }),
+        Err(VmError::BadRange { start: 0x1000, len: PAGE_SIZE }),
         "user address in kernel space"
     );
     assert_eq!(vm.map_single(&user, 0, 0x1000, f, s4), Err(VmError::NullPage));
     assert_eq!(
         vm.map_single(&user, SEED, 0x1000, f, s4),
-        Err(VmError::BadRange { start: SEED, len: PAGE }),
+        Err(VmError::BadRange { start: SEED, len: PAGE_SIZE }),
         "kernel address in user space"
     );
     assert_eq!(
-        vm.map_single(&user, USER_END - PAGE, 0x1000, f, PageSize::Size2M),
-        Err(VmError::NotAligned { value: USER_END - PAGE })
+        vm.map_single(&user, USER_END - PAGE_SIZE, 0x1000, f, PageSize::Size2M),
+        Err(VmError::NotAligned { value: USER_END - PAGE_SIZE })
     );
     assert_eq!(vm.vmalloc(&user, 0x1000, 0x10_0000, 0, f), Err(VmError::ZeroSize));
     assert_eq!(vm.vmfree(&user, 0x4000, 1), Err(VmError::NotMapped { virt: 0x4000 }));
     assert_eq!(
         vm.vmfree(&user, u64::MAX & !0xfff, 2),
-        Err(VmError::BadRange { start: u64::MAX & !0xfff, len: 2 * PAGE })
+        Err(VmError::BadRange { start: u64::MAX & !0xfff, len: 2 * PAGE_SIZE })
     );
     assert_eq!(vm.k_mem_map(0, KMemFlags::RW), Err(VmError::ZeroSize));
     assert_eq!(vm.k_mem_map(100, KMemFlags::RW), Err(VmError::NotAligned { value: 100 }));
-    assert_eq!(vm.k_mem_map(PAGE, KMemFlags::USER | KMemFlags::UNINIT), Err(VmError::UserUninit));
+    assert_eq!(vm.k_mem_map(PAGE_SIZE, KMemFlags::USER | KMemFlags::UNINIT), Err(VmError::UserUninit));
     assert_eq!(vm.k_mem_map(u64::MAX & !0xfff, KMemFlags::RW), Err(VmError::OutOfVirtualSpace));
     assert_eq!(
-        vm.k_mem_unmap(KERNEL_REGION_AREA.start + PAGE, PAGE),
-        Err(VmError::NotARegion { addr: KERNEL_REGION_AREA.start + PAGE, size: PAGE })
+        vm.k_mem_unmap(KERNEL_REGION_AREA.start + PAGE_SIZE, PAGE_SIZE),
+        Err(VmError::NotARegion { addr: KERNEL_REGION_AREA.start + PAGE_SIZE, size: PAGE_SIZE })
     );
     assert_eq!(vm.phys_unmap(SEED, 10), Err(VmError::NotARegion { addr: SEED, size: 10 }));
     assert_eq!((free(&vm), shootdowns(&vm)), before);
@@ -126,25 +126,25 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     assert_eq!(m.word(t.phys.as_u64(), 0), 0, "zeroed");
     m.set_word(t.phys.as_u64(), 0, 7);
     let b = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 2, Flags::USER).unwrap();
-    assert_eq!(b, a + 3 * PAGE, "vmfind skips mapped pages");
-    assert_eq!(vm.vmfind(&user, 0x40_0000, 0x40_0000 + 5 * PAGE, 1), Err(VmError::OutOfVirtualSpace));
+    assert_eq!(b, a + 3 * PAGE_SIZE, "vmfind skips mapped pages");
+    assert_eq!(vm.vmfind(&user, 0x40_0000, 0x40_0000 + 5 * PAGE_SIZE, 1), Err(VmError::OutOfVirtualSpace));
     // A page mapped with map_single is not vmalloc's: vmfree refuses it.
-    vm.map_single(&user, b + 2 * PAGE, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    vm.map_single(&user, b + 2 * PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
     let mid = free(&vm);
-    assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE }));
+    assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE_SIZE }));
     assert_eq!(
         vm.vmfree(&user, a, 6),
-        Err(VmError::NotOwned { virt: b + 2 * PAGE }),
+        Err(VmError::NotOwned { virt: b + 2 * PAGE_SIZE }),
         "the first foreign page is named"
     );
     assert_eq!(
-        vm.vmfree(&user, a, (USER_END - a) / PAGE),
-        Err(VmError::NotOwned { virt: b + 2 * PAGE }),
+        vm.vmfree(&user, a, (USER_END - a) / PAGE_SIZE),
+        Err(VmError::NotOwned { virt: b + 2 * PAGE_SIZE }),
         "a huge count is checked page by page"
     );
     assert_eq!(free(&vm), mid, "refused vmfree changed nothing");
     assert!(vm.map_get(&user, a).is_ok());
-    assert_eq!(vm.umap_single(&user, b + 2 * PAGE, PageSize::Size4K), Ok(PhysAddr::new(0x1000)));
+    assert_eq!(vm.umap_single(&user, b + 2 * PAGE_SIZE, PageSize::Size4K), Ok(PhysAddr::new(0x1000)));
     vm.vmfree(&user, a, 3).unwrap();
     vm.vmfree(&user, b, 2).unwrap();
     assert_eq!(free(&vm), before);
@@ -158,7 +158,9 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     let user = vm.new_user_space().unwrap();
     for cpu in [1, 3] {
         on_cpu(cpu);
-        vm.activate(&user);
+        // Left active past the guard, so that destroying the space is
+        // refused at run time: a leaked guard must not free its tables.
+        core::mem::forget(vm.activate(&user));
         assert_eq!(vm.platform().loaded_root(cpu), Some(user.root));
     }
     on_cpu(0);
@@ -171,7 +173,8 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     };
     for cpu in [1, 3] {
         on_cpu(cpu);
-        vm.deactivate(&user);
+        // Activating again is idempotent; the new guard's drop leaves.
+        drop(vm.activate(&user));
     }
     on_cpu(0);
     assert_eq!(user.active_cpus(), 0);
@@ -197,16 +200,16 @@ fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
     let before = free(&vm);
     let mut first = None;
     for round in 0..10 {
-        let a = vm.k_mem_map(3 * PAGE, KMemFlags::RW).unwrap();
+        let a = vm.k_mem_map(3 * PAGE_SIZE, KMemFlags::RW).unwrap();
         assert_eq!(*first.get_or_insert(a), a, "round {round}: same address reused");
-        assert!(!vm.is_mapped(a - PAGE) && !vm.is_mapped(a + 3 * PAGE), "guard pages unmapped");
+        assert!(!vm.is_mapped(a - PAGE_SIZE) && !vm.is_mapped(a + 3 * PAGE_SIZE), "guard pages unmapped");
         for i in 0..3 {
-            let t = vm.map_get(vm.kernel(), a + i * PAGE).unwrap();
+            let t = vm.map_get(vm.kernel(), a + i * PAGE_SIZE).unwrap();
             assert_eq!(vm.platform().word(t.phys.as_u64(), 8), 0, "zeroed");
             vm.platform().set_word(t.phys.as_u64(), 8, 0xdead);
         }
-        assert!(free(&vm) <= before - 3 * PAGE);
-        vm.k_mem_unmap(a, 3 * PAGE).unwrap();
+        assert!(free(&vm) <= before - 3 * PAGE_SIZE);
+        vm.k_mem_unmap(a, 3 * PAGE_SIZE).unwrap();
         assert_eq!(free(&vm), before, "round {round}");
     }
     assert_eq!(vm.region_bytes(), 0);
@@ -215,9 +218,15 @@ fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
 #[test]
 fn k_mem_unmap_refuses_anything_but_a_whole_region() {
     let vm = machine(2);
-    let a = vm.k_mem_map(4 * PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    let a = vm.k_mem_map(4 * PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
     let snapshot = (free(&vm), shootdowns(&vm), vm.region_bytes());
-    for (addr, size) in [(a + PAGE, 3 * PAGE), (a, 3 * PAGE), (a, 5 * PAGE), (a - PAGE, 6 * PAGE), (a + 1, PAGE)] {
+    for (addr, size) in [
+        (a + PAGE_SIZE, 3 * PAGE_SIZE),
+        (a, 3 * PAGE_SIZE),
+        (a, 5 * PAGE_SIZE),
+        (a - PAGE_SIZE, 6 * PAGE_SIZE),
+        (a + 1, PAGE_SIZE),
+    ] {
         let r = vm.k_mem_unmap(addr, size);
         assert!(
             matches!(r, Err(VmError::NotARegion { .. } | VmError::NotAligned { .. })),
@@ -225,11 +234,11 @@ fn k_mem_unmap_refuses_anything_but_a_whole_region() {
         );
     }
     // The seed API cannot reach into regions.
-    let frame = vm.umap_single(vm.kernel(), a + PAGE, PageSize::Size4K);
-    assert_eq!(frame, Err(VmError::BadRange { start: a + PAGE, len: PAGE }), "seed API cannot reach regions");
+    let frame = vm.umap_single(vm.kernel(), a + PAGE_SIZE, PageSize::Size4K);
+    assert_eq!(frame, Err(VmError::BadRange { start: a + PAGE_SIZE, len: PAGE_SIZE }), "seed API cannot reach regions");
     assert!(vm.map_get(vm.kernel(), a).unwrap().pinned);
     assert_eq!((free(&vm), shootdowns(&vm), vm.region_bytes()), snapshot);
-    vm.k_mem_unmap(a, 4 * PAGE).unwrap();
+    vm.k_mem_unmap(a, 4 * PAGE_SIZE).unwrap();
 }
 
 #[test]
@@ -239,12 +248,12 @@ fn fault_injection_sweep_rolls_back_every_failure_point() {
     let mut failures = 0;
     for k in 1.. {
         vm.inject().arm(0, k);
-        let r = vm.k_mem_map(700 * PAGE, KMemFlags::RW);
+        let r = vm.k_mem_map(700 * PAGE_SIZE, KMemFlags::RW);
         let fired = vm.inject().fired(0);
         vm.inject().arm(0, 0);
         if !fired {
             let a = r.unwrap();
-            vm.k_mem_unmap(a, 700 * PAGE).unwrap();
+            vm.k_mem_unmap(a, 700 * PAGE_SIZE).unwrap();
             break;
         }
         failures += 1;
@@ -262,12 +271,15 @@ fn fault_injection_sweep_rolls_back_every_failure_point() {
 fn phys_map_keeps_the_offset_and_cache_mode() {
     let vm = machine(1);
     let v = vm.phys_map(PhysAddr::new(0xFEE0_0123), 0x2000, CacheMode::Uncached).unwrap();
-    assert_eq!(v % PAGE, 0x123);
+    assert_eq!(v % PAGE_SIZE, 0x123);
     for i in 0..3 {
-        let t = vm.map_get(vm.kernel(), v - 0x123 + i * PAGE).unwrap();
-        assert_eq!((t.phys.as_u64(), t.cache, t.flags), (0xFEE0_0000 + i * PAGE, CacheMode::Uncached, Flags::WRITE));
+        let t = vm.map_get(vm.kernel(), v - 0x123 + i * PAGE_SIZE).unwrap();
+        assert_eq!(
+            (t.phys.as_u64(), t.cache, t.flags),
+            (0xFEE0_0000 + i * PAGE_SIZE, CacheMode::Uncached, Flags::WRITE)
+        );
     }
-    assert!(!vm.is_mapped(v - 0x123 + 3 * PAGE));
+    assert!(!vm.is_mapped(v - 0x123 + 3 * PAGE_SIZE));
     assert_eq!(vm.phys_unmap(v, 0x1000), Err(VmError::NotARegion { addr: v, size: 0x1000 }));
     vm.phys_unmap(v, 0x2000).unwrap();
     assert!(!vm.is_mapped(v));
@@ -277,24 +289,25 @@ fn phys_map_keeps_the_offset_and_cache_mode() {
 #[test]
 fn a_failed_shootdown_quarantines_the_frames() {
     let vm = machine(2);
-    let a = vm.k_mem_map(2 * PAGE, KMemFlags::RW).unwrap();
+    let a = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     let held = free(&vm);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
-    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE_SIZE), Err(VmError::Shootdown { cpus: 0b11 }));
     assert_eq!(free(&vm), held, "no frame reused before the flush");
     assert!(vm.quarantined_frames() >= 2);
-    assert_ne!(vm.k_mem_map(2 * PAGE, KMemFlags::RW), Ok(a), "the range is not handed out again");
+    assert_ne!(vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW), Ok(a), "the range is not handed out again");
     // In a user space the unmapped pages stay reserved: vmalloc goes around.
     let user = vm.new_user_space().unwrap();
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     let u = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::USER).unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    // Active for the rest of the test.
+    core::mem::forget(vm.activate(&user));
     on_cpu(0);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
-    assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE));
+    assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE_SIZE));
     assert_eq!(vm.map_single(&user, u, 0x1000, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: u }));
 }
 
@@ -303,13 +316,13 @@ fn concurrent_unmaps_of_one_region_free_it_once() {
     let vm = std::sync::Arc::new(machine(4));
     let before = free(&vm);
     for _ in 0..50 {
-        let a = vm.k_mem_map(8 * PAGE, KMemFlags::RW).unwrap();
+        let a = vm.k_mem_map(8 * PAGE_SIZE, KMemFlags::RW).unwrap();
         let ok: usize = (0..3)
             .map(|cpu| {
                 let vm = vm.clone();
                 std::thread::spawn(move || {
                     on_cpu(cpu + 1);
-                    vm.k_mem_unmap(a, 8 * PAGE).is_ok() as usize
+                    vm.k_mem_unmap(a, 8 * PAGE_SIZE).is_ok() as usize
                 })
             })
             .collect::<Vec<_>>()
@@ -329,12 +342,13 @@ fn protect_downgrades_and_shoots_down() {
     let user = vm.new_user_space().unwrap();
     let a = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::WRITE | Flags::USER).unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    // Active for the rest of the test.
+    core::mem::forget(vm.activate(&user));
     on_cpu(0);
     vm.protect(&user, a, 2, Flags::USER).unwrap();
-    assert_eq!(vm.map_get(&user, a + PAGE).unwrap().flags, Flags::USER);
+    assert_eq!(vm.map_get(&user, a + PAGE_SIZE).unwrap().flags, Flags::USER);
     assert_eq!(shootdowns(&vm), vec![(0b10, a, 2)]);
-    assert_eq!(vm.protect(&user, a, 3, Flags::READ), Err(VmError::NotMapped { virt: a + 2 * PAGE }));
+    assert_eq!(vm.protect(&user, a, 3, Flags::READ), Err(VmError::NotMapped { virt: a + 2 * PAGE_SIZE }));
     assert_eq!(vm.map_get(&user, a).unwrap().flags, Flags::USER, "refused protect changed nothing");
 }
 
@@ -344,11 +358,11 @@ fn audit_finds_double_mappings_and_allows_pinned_aliases() {
     let user = vm.new_user_space().unwrap();
     vm.vmalloc(&user, 0x1000, USER_END, 4, Flags::USER).unwrap();
     assert!(vm.audit_tables(&[&user]).is_ok());
-    let locked = vm.k_mem_map(PAGE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    let locked = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
     let frame = vm.map_get(vm.kernel(), locked).unwrap().phys.as_u64();
     vm.map_single(&user, 0x10_0000, frame, Flags::USER, PageSize::Size4K).unwrap();
     assert_eq!(vm.audit_tables(&[&user]).unwrap().pinned_aliases, 1);
-    let plain = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
+    let plain = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     let frame = vm.map_get(vm.kernel(), plain).unwrap().phys.as_u64();
     vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K).unwrap();
     assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys.as_u64() == frame));
@@ -368,11 +382,11 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
                 on_cpu(cpu);
                 for round in 0..300u64 {
                     let pages = 1 + (round + cpu as u64) % 7;
-                    let a = vm.k_mem_map(pages * PAGE, KMemFlags::RW).unwrap();
+                    let a = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).unwrap();
                     let t = vm.map_get(vm.kernel(), a).unwrap();
                     vm.platform().set_word(t.phys.as_u64(), 0, cpu as u64);
                     assert_eq!(vm.platform().word(t.phys.as_u64(), 0), cpu as u64);
-                    vm.k_mem_unmap(a, pages * PAGE).unwrap();
+                    vm.k_mem_unmap(a, pages * PAGE_SIZE).unwrap();
                 }
             })
         })
@@ -382,8 +396,8 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
     }
     on_cpu(0);
     // A prune that lost the race to a mapper is left to the next unmap.
-    let a = vm.k_mem_map(PAGE, KMemFlags::RW).unwrap();
-    vm.k_mem_unmap(a, PAGE).unwrap();
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
+    vm.k_mem_unmap(a, PAGE_SIZE).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
 }

@@ -1,4 +1,4 @@
-//! A simulated TLB for the host `Machine`: what each CPU *may* hold, not
+//! A simulated TLB for the host `SimMachine`: what each CPU *may* hold, not
 //! only what a test touched.
 //!
 //! Hardware may walk the page tables of its loaded root at any moment
@@ -32,7 +32,7 @@ use std::vec::Vec;
 
 use super::pte::{self, HUGE, PRESENT};
 use super::table::{canonical, span, Table, TOP};
-use super::PAGE;
+use super::PAGE_SIZE;
 use crate::MAX_CPUS;
 
 /// Above this many pages a shootdown is a full flush (as in `smp::tlb`).
@@ -71,7 +71,7 @@ struct Leaves {
 impl Leaves {
     /// Every held leaf overlapping `lo..hi` (virtual).
     fn overlapping(&self, lo: u64, hi: u64) -> impl Iterator<Item = Leaf> + '_ {
-        let small = self.small.range((lo, 0)..(hi, 0)).map(|&(virt, phys)| Leaf { virt, phys, bytes: PAGE });
+        let small = self.small.range((lo, 0)..(hi, 0)).map(|&(virt, phys)| Leaf { virt, phys, bytes: PAGE_SIZE });
         small.chain(self.huge.iter().copied().filter(move |h| h.virt < hi && lo < h.end()))
     }
 
@@ -79,7 +79,7 @@ impl Leaves {
     /// page, other frame).
     fn add(&mut self, new: Leaf) -> Vec<Leaf> {
         let stale: Vec<Leaf> = self.overlapping(new.virt, new.end()).filter(|l| l.delta() != new.delta()).collect();
-        if new.bytes == PAGE {
+        if new.bytes == PAGE_SIZE {
             self.small.insert((new.virt, new.phys));
             self.small_by_frame.insert((new.phys, new.virt));
         } else if !self.huge.contains(&new) {
@@ -133,7 +133,7 @@ impl CpuTlb {
         if pages > FULL_FLUSH_PAGES {
             self.leaves = Leaves::default();
         } else {
-            self.leaves.drop_range(start, start.saturating_add(pages * PAGE));
+            self.leaves.drop_range(start, start.saturating_add(pages * PAGE_SIZE));
         }
     }
 
@@ -204,7 +204,7 @@ fn walk(
     base: u64,
     found: &mut Vec<Violation>,
 ) {
-    let Some(t) = mem.get((table / PAGE) as usize) else { return };
+    let Some(t) = mem.get((table / PAGE_SIZE) as usize) else { return };
     let mut now = [0u64; 512];
     // Plain index loops: this runs at every platform call, and iterator
     // adapters cost several calls per entry if the build is unoptimised.
@@ -348,8 +348,8 @@ impl TlbSim {
 
     /// The frames `cpu` may translate page `virt` to.
     pub fn may_hold(&self, cpu: usize, virt: u64) -> Vec<u64> {
-        let page = virt & !(PAGE - 1);
-        self.lock()[cpu].leaves.overlapping(page, page + PAGE).map(|l| l.phys + (page - l.virt)).collect()
+        let page = virt & !(PAGE_SIZE - 1);
+        self.lock()[cpu].leaves.overlapping(page, page + PAGE_SIZE).map(|l| l.phys + (page - l.virt)).collect()
     }
 
     /// Whether `cpu` may hold frame `phys` as a page table.

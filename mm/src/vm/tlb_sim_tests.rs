@@ -5,14 +5,14 @@ use core::sync::atomic::Ordering;
 
 use super::shootdown_gate::{Park, Shot};
 use super::table::{lookup, Lookup};
-use super::testing::{boot, Machine};
+use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
 const SEED: u64 = KERNEL_SEED_AREA.start;
 
 /// A fresh frame mapped at kernel page `virt`; CPU 0 touches it.
-fn map(vm: &Vm<Machine>, virt: u64) -> u64 {
+fn map(vm: &Vm<SimMachine>, virt: u64) -> u64 {
     let frame = vm.platform().alloc_phys();
     vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K).unwrap();
     assert_eq!(vm.platform().touch(0, virt), Some(frame));
@@ -20,9 +20,9 @@ fn map(vm: &Vm<Machine>, virt: u64) -> u64 {
 }
 
 /// The entry at `level` for `virt` in the kernel space.
-fn slot(vm: &Vm<Machine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
+fn entry(vm: &Vm<SimMachine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
     match lookup(vm.platform(), vm.kernel().root, virt, level) {
-        Lookup::Entry { slot, .. } => slot,
+        Lookup::Entry { entry, .. } => entry,
         Lookup::NoTable => panic!("no table for {virt:#x}"),
     }
 }
@@ -36,7 +36,7 @@ fn every_cpu_with_the_root_loaded_may_hold_what_it_reaches() {
         assert_eq!(m.may_hold(cpu, SEED), vec![f], "CPU {cpu}");
     }
     assert!(m.may_hold(3, SEED).is_empty(), "an offline CPU has no root loaded");
-    let pt = pte::addr(slot(&vm, SEED, 1).load(Ordering::Relaxed));
+    let pt = pte::addr(entry(&vm, SEED, 1).load(Ordering::Relaxed));
     assert!(m.holds_table(2, pt));
 }
 
@@ -45,7 +45,7 @@ fn every_cpu_with_the_root_loaded_may_hold_what_it_reaches() {
 fn freeing_a_frame_without_a_shootdown_panics() {
     let vm = boot(256, 2);
     let f = map(&vm, SEED);
-    slot(&vm, SEED, 0).store(0, Ordering::Release);
+    entry(&vm, SEED, 0).store(0, Ordering::Release);
     let _ = vm.platform().free_phys(f);
 }
 
@@ -61,13 +61,13 @@ fn after_the_shootdown_of_its_page_the_frame_may_go() {
 #[test]
 fn a_shootdown_drops_its_range_and_every_table_pointer() {
     let vm = boot(256, 2);
-    let (a, b) = (SEED, SEED + 2 * PAGE);
+    let (a, b) = (SEED, SEED + 2 * PAGE_SIZE);
     let fb = {
         map(&vm, a);
         map(&vm, b)
     };
     let m = vm.platform();
-    let pt = pte::addr(slot(&vm, a, 1).load(Ordering::Relaxed));
+    let pt = pte::addr(entry(&vm, a, 1).load(Ordering::Relaxed));
     m.shootdown(0b10, VirtAddr::new(a), 1).unwrap();
     assert!(m.may_hold(1, a).is_empty() && !m.holds_table(1, pt), "CPU 1 dropped the page and the tables");
     assert_eq!(m.may_hold(1, b), vec![fb], "a page outside the range stays");
@@ -91,7 +91,7 @@ fn a_failed_shootdown_drops_nothing() {
 fn freeing_a_detached_table_without_a_shootdown_panics() {
     let vm = boot(256, 1);
     map(&vm, SEED);
-    let pd_entry = slot(&vm, SEED, 1);
+    let pd_entry = entry(&vm, SEED, 1);
     let pt = pte::addr(pd_entry.load(Ordering::Relaxed));
     pd_entry.store(0, Ordering::Release);
     let _ = vm.platform().free_phys(pt);
@@ -113,17 +113,17 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     let m = vm.platform();
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    let active = vm.activate(&user);
     on_cpu(0);
-    let u = vm.vmalloc(&user, PAGE, USER_END, 1, Flags::USER).unwrap();
+    let u = vm.vmalloc(&user, PAGE_SIZE, USER_END, 1, Flags::USER).unwrap();
     let f = vm.map_get(&user, u).unwrap().phys.as_u64();
     assert_eq!(m.touch(1, u), Some(f));
     assert_eq!(m.touch(2, u), None, "CPU 2 runs the kernel space");
     assert!(m.may_hold(2, u).is_empty());
-    let kernel_page = SEED + 8 * PAGE;
+    let kernel_page = SEED + 8 * PAGE_SIZE;
     let k = map(&vm, kernel_page);
     on_cpu(1);
-    vm.deactivate(&user);
+    drop(active);
     on_cpu(0);
     assert!(m.may_hold(1, u).is_empty(), "loading the kernel root dropped the user page");
     assert_eq!(m.may_hold(1, kernel_page), vec![k], "and the kernel half is cacheable again");
@@ -137,7 +137,7 @@ fn freeing_a_loaded_root_panics() {
     let vm = boot(256, 2);
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
-    vm.activate(&user);
+    let _active = vm.activate(&user);
     let _ = vm.platform().free_phys(user.root);
 }
 

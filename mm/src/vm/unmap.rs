@@ -10,7 +10,7 @@
 //!    with nothing mapped are detached;
 //! 3. a full fence, then the range is shot down on every CPU the space is
 //!    active on (invariant 8), still under the exclusive lock if tables
-//!    were detached, so no CPU installs into a detached slot while another
+//!    were detached, so no CPU installs into a detached entry while another
 //!    may cache the old pointer (CPUs waiting for the shared side answer
 //!    the shootdown while they wait: `table_lock`);
 //! 4. only then are this operation's markers cleared and their frames and
@@ -30,12 +30,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use arrayvec::ArrayVec;
 
 use super::mapping::Vm;
-use super::marker::{self, UnmapOp};
+use super::marker::{self, FrameTo, UnmapOp};
 use super::pte::{self, PageSize};
 use super::space::{AddressSpace, SpaceKind};
 use super::table::{self, Lookup, PRUNE_MAX, TOP};
 use super::table_lock::Exclusive;
-use super::{VmError, VmPlatform, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE, USER_END, USER_START};
+use super::{VmError, VmPlatform, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE, USER_END, USER_START};
 
 /// Attempts at the exclusive table lock before pruning is left to a later
 /// unmap (mappers hold the shared lock only briefly).
@@ -64,14 +64,14 @@ impl<P: VmPlatform> Vm<P> {
         f: &mut dyn FnMut(u64, &AtomicU64, u64) -> Result<(), VmError>,
     ) -> Result<(), VmError> {
         for i in 0..npages {
-            let va = virt + i * PAGE;
+            let va = virt + i * PAGE_SIZE;
             match table::lookup(&self.p, space.root, va, 0) {
-                Lookup::Entry { slot, level } => match slot.load(Ordering::Acquire) {
+                Lookup::Entry { entry, level } => match entry.load(Ordering::Acquire) {
                     e if !pte::is_present(e) => return Err(VmError::NotMapped { virt: va }),
                     _ if level != 0 => {
                         return Err(VmError::SizeMismatch { virt: va, mapped: PageSize::at_level(level) })
                     }
-                    e => f(va, slot, e)?,
+                    e => f(va, entry, e)?,
                 },
                 Lookup::NoTable => return Err(VmError::NotMapped { virt: va }),
             }
@@ -100,7 +100,7 @@ impl<P: VmPlatform> Vm<P> {
             // unmap may have taken a page, and a mapper put another there.
             let mut lost = None;
             for i in 0..npages {
-                let va = virt + i * PAGE;
+                let va = virt + i * PAGE_SIZE;
                 if let Err(e) = self.take_leaf(space, &op, va, check) {
                     lost = Some((i, e));
                     break;
@@ -111,7 +111,7 @@ impl<P: VmPlatform> Vm<P> {
                 // it: that needs the exclusive lock, and we hold the
                 // shared one).
                 for j in 0..i {
-                    self.restore_leaf(space, &op, virt + j * PAGE);
+                    self.restore_leaf(space, &op, virt + j * PAGE_SIZE);
                 }
                 return Err(e);
             }
@@ -125,7 +125,7 @@ impl<P: VmPlatform> Vm<P> {
     /// table lock, then calls `finish_rollback`.
     pub(super) fn mark_mapped(&self, space: &AddressSpace, op: &UnmapOp, virt: u64, npages: u64) {
         for i in 0..npages {
-            let _ = self.take_leaf(space, op, virt + i * PAGE, &|_, _| Ok(()));
+            let _ = self.take_leaf(space, op, virt + i * PAGE_SIZE, &|_, _| Ok(()));
         }
     }
 
@@ -154,13 +154,14 @@ impl<P: VmPlatform> Vm<P> {
         va: u64,
         check: &dyn Fn(u64, u64) -> Result<(), VmError>,
     ) -> Result<(), VmError> {
-        let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) else {
+        let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, va, 0) else {
             return Err(VmError::NotMapped { virt: va });
         };
-        let mut e = slot.load(Ordering::Acquire);
+        let mut e = entry.load(Ordering::Acquire);
         while pte::is_present(e) {
             check(va, e)?;
-            match slot.compare_exchange(e, op.marker(e, PAGE, true), Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(e, op.marker(e, PAGE_SIZE, FrameTo::Free), Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(()),
                 Err(now) => e = now, // accessed/dirty bits changed, or a protect
             }
@@ -173,19 +174,19 @@ impl<P: VmPlatform> Vm<P> {
     /// can have taken it (a `protect` may have changed its access bits:
     /// the entry comes back with those).
     fn restore_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64) {
-        if let Lookup::Entry { slot, level: 0 } = table::lookup(&self.p, space.root, va, 0) {
-            let back = Self::settle(slot, op, &marker::restored);
+        if let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, va, 0) {
+            let back = Self::settle(entry, op, &marker::restored);
             debug_assert!(back.is_some(), "marker at {va:#x} vanished under the shared lock");
         }
     }
 
-    /// Replaces `op`'s marker in `slot`, if it is there, with `new(marker)`;
+    /// Replaces `op`'s marker in `entry`, if it is there, with `new(marker)`;
     /// returns the marker replaced. Loops: a `protect` may change the
     /// access bits a marker keeps.
-    fn settle(slot: &AtomicU64, op: &UnmapOp, new: &dyn Fn(u64) -> u64) -> Option<u64> {
-        let mut m = slot.load(Ordering::Acquire);
+    fn settle(entry: &AtomicU64, op: &UnmapOp, new: &dyn Fn(u64) -> u64) -> Option<u64> {
+        let mut m = entry.load(Ordering::Acquire);
         while op.placed(m) {
-            match slot.compare_exchange(m, new(m), Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(m, new(m), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(m),
                 Err(now) => m = now,
             }
@@ -204,21 +205,21 @@ impl<P: VmPlatform> Vm<P> {
         count: u64,
         size: PageSize,
     ) -> Result<(), VmError> {
-        let pages = count * (size.bytes() / PAGE);
+        let pages = count * (size.bytes() / PAGE_SIZE);
         let mut tables = ArrayVec::<(&AtomicU64, u64), PRUNE_MAX>::new();
         let exclusive = self.lock_exclusive(space);
         let mut flush = (virt, pages);
         if exclusive.is_some() {
             let area = Self::prune_area(space);
             let sweep = space.prune_pending.swap(false, Ordering::Relaxed);
-            let range = if sweep { area } else { (virt, virt + pages.max(1) * PAGE) };
+            let range = if sweep { area } else { (virt, virt + pages.max(1) * PAGE_SIZE) };
             let keep = space.kind() == SpaceKind::Kernel;
             if !table::prune(&self.p, space.root, TOP, 0, range, keep, &mut tables) {
                 space.prune_pending.store(true, Ordering::Relaxed);
             }
             if sweep && !tables.is_empty() {
                 // Tables far from this range went: flush everything.
-                flush = (area.0, (area.1 - area.0) / PAGE);
+                flush = (area.0, (area.1 - area.0) / PAGE_SIZE);
             }
         } else {
             space.prune_pending.store(true, Ordering::Relaxed);
@@ -228,14 +229,14 @@ impl<P: VmPlatform> Vm<P> {
         if pages == 0 && tables.is_empty() {
             return Ok(());
         }
-        // `flush` fences before it reads who is active (invariant 8).
-        let flushed = self.flush(space, flush.0, flush.1.max(1));
+        // `shoot_down` fences before it reads who is active (invariant 8).
+        let flushed = self.shoot_down(space, flush.0, flush.1.max(1));
         if flushed.is_err() && !tables.is_empty() {
             // Put the tables back, so their markers keep the range
             // reserved and their placers find them; nothing is freed. A
             // later unmap prunes them.
-            for (slot, old) in tables.iter().rev() {
-                slot.store(*old, Ordering::Release);
+            for (entry, old) in tables.iter().rev() {
+                entry.store(*old, Ordering::Release);
             }
             space.prune_pending.store(true, Ordering::Relaxed);
         }
@@ -256,8 +257,8 @@ impl<P: VmPlatform> Vm<P> {
                 // covered them: nothing of this call is held back.
                 return Ok(());
             }
-            self.quarantine(held * (size.bytes() / PAGE));
-            return Err(e);
+            self.quarantine(held * (size.bytes() / PAGE_SIZE));
+            return Err(e.into());
         }
         self.settle_own(space, &op, virt, count, size, &|_| 0, &|m| self.release(m));
         for &(_, old) in &tables {
@@ -295,9 +296,9 @@ impl<P: VmPlatform> Vm<P> {
         let mut n = 0;
         for i in 0..count {
             let va = virt + i * size.bytes();
-            if let Lookup::Entry { slot, level } = table::lookup(&self.p, space.root, va, size.level()) {
+            if let Lookup::Entry { entry, level } = table::lookup(&self.p, space.root, va, size.level()) {
                 if level == size.level() {
-                    if let Some(m) = Self::settle(slot, op, new) {
+                    if let Some(m) = Self::settle(entry, op, new) {
                         after(m);
                         n += 1;
                     }

@@ -9,7 +9,7 @@ use loom::sync::Arc;
 /// number of loop iterations the model checker can exhaust.
 struct Ticks(LoomUsize);
 
-impl Platform for Ticks {
+impl CallPlatform for Ticks {
     fn signal(&self, _targets: CpuSet) {}
     fn now_ns(&self) -> u64 {
         self.0.fetch_add(1, O::Relaxed) as u64
@@ -33,17 +33,19 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 }
 
 /// Checks one caller's result against how often its function ran.
-fn consistent(r: Result<(), CrossCallError>, hits: usize, target: usize) {
+fn consistent(r: Result<(), CallError>, hits: usize, target: usize) {
     match r {
         Ok(()) => assert_eq!(hits, 1),
-        Err(CrossCallError::Timeout { missing }) => {
+        Err(CallError::Timeout { missing }) => {
             assert_eq!(missing, CpuSet::single(target));
             assert_eq!(hits, 0, "a withdrawn call must never run");
         }
-        Err(CrossCallError::Stuck { running }) => {
+        Err(CallError::Stuck { running }) => {
             assert_eq!(running, CpuSet::single(target));
             assert_eq!(hits, 1);
         }
+        // Only `ipi::cross_call` checks who is online.
+        Err(e @ CallError::NotOnline { .. }) => panic!("CrossCalls::call returned {e:?}"),
     }
 }
 
@@ -88,15 +90,16 @@ fn withdrawal_races_fairly_with_pickup() {
         let hits = hits.load(O::Relaxed);
         match r {
             Ok(()) => assert_eq!((hits, ran_on_target), (1, 1)),
-            Err(CrossCallError::Timeout { missing }) => {
+            Err(CallError::Timeout { missing }) => {
                 assert_eq!(missing, CpuSet::single(1));
                 assert_eq!((hits, ran_on_target), (0, 0), "a withdrawn call must never run");
             }
             // Picked up, but not finished within the tiny bound.
-            Err(CrossCallError::Stuck { running }) => {
+            Err(CallError::Stuck { running }) => {
                 assert_eq!(running, CpuSet::single(1));
                 assert_eq!((hits, ran_on_target), (1, 1));
             }
+            Err(e @ CallError::NotOnline { .. }) => panic!("CrossCalls::call returned {e:?}"),
         }
         assert!(!calls.has_pending(1));
     });

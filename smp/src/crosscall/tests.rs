@@ -7,7 +7,7 @@ struct HostPlatform {
     start: Instant,
 }
 
-impl Platform for HostPlatform {
+impl CallPlatform for HostPlatform {
     fn signal(&self, _targets: CpuSet) {} // targets poll `service`
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
@@ -97,11 +97,11 @@ fn unanswered_call_is_withdrawn_and_never_runs_later() {
         20_000_000,
         &host(),
     );
-    assert_eq!(r, Err(CrossCallError::Timeout { missing: CpuSet::single(1) }));
+    assert_eq!(r, Err(CallError::Timeout { missing: CpuSet::single(1) }));
     assert!(!calls.has_pending(1));
     assert_eq!(calls.service(1), 0);
     assert_eq!(hits.load(O::Relaxed), 0);
-    // The slot is free again.
+    // The mailbox is free again.
     let stop = AtomicBool::new(false);
     let ok = std::thread::scope(|s| {
         let (calls, stop) = (&calls, &stop);
@@ -148,10 +148,10 @@ fn target_stuck_in_the_function_is_reported_as_stuck() {
     };
     let r = calls.call(0, CpuSet::single(1), block, 0, 20_000_000, &host());
     assert!(ENTERED.load(O::SeqCst));
-    assert_eq!(r, Err(CrossCallError::Stuck { running: CpuSet::single(1) }));
-    // While the target is still inside, the slot cannot be reused.
+    assert_eq!(r, Err(CallError::Stuck { running: CpuSet::single(1) }));
+    // While the target is still inside, the mailbox cannot be reused.
     let again = calls.call(0, CpuSet::single(1), |_| {}, 0, 10_000_000, &host());
-    assert_eq!(again, Err(CrossCallError::Stuck { running: CpuSet::single(1) }));
+    assert_eq!(again, Err(CallError::Stuck { running: CpuSet::single(1) }));
     RELEASE.store(true, O::SeqCst);
     target.join().unwrap();
     let p = host();

@@ -35,7 +35,7 @@ pub const PERMS: u64 = WRITABLE | SW_OWNED | NO_EXECUTE;
 pub const FRAMES: usize = 2;
 const BASE_PFN: u64 = 0x100;
 
-pub struct Machine {
+pub struct LoomMachine {
     /// The page's 4 KiB entry; it starts as a zero-fill token.
     pub entry: AtomicU64,
     pub db: FrameDb<'static>,
@@ -60,14 +60,14 @@ pub struct Machine {
     coverage: Coverage,
 }
 
-impl Machine {
-    pub fn new(coverage: Coverage) -> Machine {
+impl LoomMachine {
+    pub fn new(coverage: Coverage) -> LoomMachine {
         let entries: &'static [FrameEntry] = Vec::leak((0..FRAMES).map(|_| FrameEntry::new()).collect());
         let db = FrameDb::new(x86_64::PhysAddr::new(BASE_PFN * crate::PAGE_SIZE), entries);
         for i in 0..FRAMES {
             db.transition(i, FrameKind::Reserved, FrameKind::Free, 0).unwrap();
         }
-        Machine {
+        LoomMachine {
             entry: AtomicU64::new(token::encode(Location::AnonZero, PERMS).unwrap()),
             db,
             frame_data: [AtomicU64::new(0xBAD), AtomicU64::new(0xBAD)],
@@ -148,7 +148,7 @@ impl Machine {
 }
 
 /// The in-transit marker `unmap_one` leaves (`vm::unmap::transit(e,
-/// PAGE, true)`, which is not built under loom).
+/// PAGE_SIZE, true)`, which is not built under loom).
 pub fn transit(e: u64) -> u64 {
     (pte::addr(e) & !(PAGE_SIZE - 1)) | (e & SW_OWNED) | SW_TRANSIT
 }

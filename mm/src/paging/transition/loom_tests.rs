@@ -9,7 +9,7 @@
 //! `wait_busy`; the allocator, the store and the TLB are `loom_machine`'s
 //! stand-ins.
 
-use super::loom_machine::{transit, Coverage, Machine, Seen, FRAMES, VA};
+use super::loom_machine::{transit, Coverage, LoomMachine, Seen, FRAMES, VA};
 use super::*;
 use crate::frame::FrameKind;
 use loom::sync::Arc;
@@ -26,7 +26,7 @@ const WRITTEN: u64 = 0x5EED;
 const PREEMPTIONS: usize = 1;
 
 /// `Vm::fault_in`: true if this CPU paged the page in.
-fn fault_in(m: &Machine) -> Result<bool, Gone> {
+fn fault_in(m: &LoomMachine) -> Result<bool, Gone> {
     loop {
         match look(&m.entry) {
             Look::Resident(_) => return Ok(false),
@@ -46,7 +46,7 @@ fn fault_in(m: &Machine) -> Result<bool, Gone> {
 
 /// `page_in_owned`: a frame, its contents, then the entry. A page-in from
 /// the store keeps the slot as the page's valid copy.
-fn page_in(m: &Machine, token: u64, loc: Location) {
+fn page_in(m: &LoomMachine, token: u64, loc: Location) {
     let index = m.alloc();
     let (data, fresh, copy) = match loc {
         Location::AnonZero => (0, FRESH_ZERO, 0),
@@ -64,7 +64,7 @@ fn page_in(m: &Machine, token: u64, loc: Location) {
 
 /// A store to the page as the CPU does it: the walk sets dirty (a locked
 /// update of a present entry; otherwise it faults), then the frame changes.
-fn write(m: &Machine, value: u64) -> Result<(), Gone> {
+fn write(m: &LoomMachine, value: u64) -> Result<(), Gone> {
     loop {
         let done = m.instruction(|| {
             let e = m.entry.load(Ordering::Acquire);
@@ -84,7 +84,7 @@ fn write(m: &Machine, value: u64) -> Result<(), Gone> {
 }
 
 /// A load from the page; faults it in if it is out.
-fn read(m: &Machine) -> Result<u64, Gone> {
+fn read(m: &LoomMachine) -> Result<u64, Gone> {
     loop {
         let got = m.instruction(|| {
             let e = m.entry.load(Ordering::Acquire);
@@ -99,7 +99,7 @@ fn read(m: &Machine) -> Result<u64, Gone> {
 
 /// One pass of `evict_batch` over the frames: claim, shoot down, write
 /// back what cannot be had again, leave the token, free the frame.
-fn evict(m: &Machine) {
+fn evict(m: &LoomMachine) {
     for i in 0..FRAMES {
         let Some(c) = claim_victim_entry(&m.db, i, |va| (va == VA).then_some(&m.entry)) else {
             continue;
@@ -118,7 +118,7 @@ fn evict(m: &Machine) {
         });
         let token = token::encode(loc, c.old & KEPT).unwrap();
         m.disown();
-        finish_eviction(&m.db, i, c.slot, token);
+        finish_eviction(&m.db, i, c.entry, token);
         m.free(i);
         return;
     }
@@ -126,7 +126,7 @@ fn evict(m: &Machine) {
 
 /// `unmap_one`, then what `finish_unmap` does with its marker after the
 /// shootdown: clear it and free the frame it owns.
-fn unmap(m: &Machine) {
+fn unmap(m: &LoomMachine) {
     loop {
         match look(&m.entry) {
             Look::Resident(e) => {
@@ -169,7 +169,7 @@ fn unmap(m: &Machine) {
 
 /// `with_page_frame`: runs `f` with the page's frame claimed busy; false
 /// if the page is not resident.
-fn with_page_frame(m: &Machine, f: impl FnOnce(usize)) -> bool {
+fn with_page_frame(m: &LoomMachine, f: impl FnOnce(usize)) -> bool {
     loop {
         match claim_frame_of(&m.db, &m.entry) {
             Ok(index) => {
@@ -189,7 +189,7 @@ fn with_page_frame(m: &Machine, f: impl FnOnce(usize)) -> bool {
 
 /// `pin_page` then `unpin`. While pinned, the page must stay in its frame
 /// (or be unmapped: unmapping does not wait for pins).
-fn pin(m: &Machine) -> Result<(), Gone> {
+fn pin(m: &LoomMachine) -> Result<(), Gone> {
     let index = loop {
         fault_in(m)?;
         let mut pinned = None;
@@ -229,7 +229,7 @@ enum Actor {
 
 /// `Actor::Fault`: the read must see the write, whatever happened to the
 /// page in between (short of an unmap).
-fn fault_write_read(m: &Machine) {
+fn fault_write_read(m: &LoomMachine) {
     let faulted = (|| -> Result<(u64, bool), Gone> {
         fault_in(m)?;
         write(m, WRITTEN)?;
@@ -261,7 +261,7 @@ fn check(actors: &'static [Actor], preemptions: usize, expect: &[Seen]) {
     let (counter, seen) = (runs.clone(), coverage.clone());
     b.check(move || {
         counter.fetch_add(1, SeqCst);
-        let m = Arc::new(Machine::new(seen.clone()));
+        let m = Arc::new(LoomMachine::new(seen.clone()));
         let threads: Vec<_> = actors
             .iter()
             .map(|&a| {
