@@ -87,8 +87,9 @@ pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
 }
 
 /// Whether `range` lies inside one usable region (so we may take it over).
-pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool {
-    regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= range.start && range.end <= r.end)
+pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<PhysAddr>) -> bool {
+    let (start, end) = (range.start.as_u64(), range.end.as_u64());
+    regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= start && end <= r.end)
 }
 
 /// Sets up the boot frame allocator and adopts the running page tables as

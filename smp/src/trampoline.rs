@@ -27,7 +27,8 @@ const PDPT_PHYS: u64 = 0xA000;
 const PD_PHYS: u64 = 0xB000;
 
 /// Physical memory the trampoline occupies; must never be allocated.
-pub const TRAMPOLINE_RESERVED: Range<u64> = TRAMPOLINE_PHYS..PD_PHYS + 0x1000;
+pub const TRAMPOLINE_RESERVED: Range<x86_64::PhysAddr> =
+    x86_64::PhysAddr::new(TRAMPOLINE_PHYS)..x86_64::PhysAddr::new(PD_PHYS + 0x1000);
 
 const PRESENT_WRITABLE: u64 = 0b11;
 const HUGE: u64 = 1 << 7;
