@@ -180,7 +180,7 @@ struct Held {
     frames: ArrayVec<Frame, 64>,
     objects: ArrayVec<(Box<[u64]>, u64), 32>,
     /// (address in the CPU's space, frame, stamp)
-    mapped: ArrayVec<(u64, Frame, u64), 32>,
+    mapped: ArrayVec<(u64, u64, u64), 32>,
     next_page: u64,
     /// Indices of its region pages it pinned.
     pinned: ArrayVec<usize, 4>,
@@ -196,11 +196,11 @@ impl Held {
     }
 
     fn unmap_oldest<M: Machine>(&mut self, m: &M, space: &AddressSpace) -> Result<(), Failure> {
-        let (va, frame, stamp) = self.mapped.remove(0);
+        let (va, phys, stamp) = self.mapped.remove(0);
         let got = m.read_word(va);
         check!(got == stamp, "page {va:#x} reads {got:#x}, wrote {stamp:#x}");
-        let back = m.vm().umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?.as_u64();
-        let phys = frame.phys().as_u64();
+        let frame = m.vm().umap_owned(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+        let back = frame.phys().as_u64();
         check!(back == phys, "unmap of {va:#x} gave {back:#x}, mapped {phys:#x}");
         m.frames().free_page(frame).map_err(|e| fails("free", e))
     }
@@ -326,14 +326,14 @@ fn mix_step<M: Machine>(
                 let mut frame = frames.alloc_page().map_err(|e| fails("alloc", e))?;
                 vm.fill_frame(&mut frame, 0);
                 let phys = frame.phys().as_u64();
-                if let Err(e) = vm.map_single(space, va, phys, Flags::WRITE, PageSize::Size4K) {
+                if let Err((e, frame)) = vm.map_frame(space, va, frame, Flags::WRITE) {
                     frames.free_page(frame).map_err(|e| fails("free", e))?;
                     return Err(fails("map", e));
                 }
                 check!(m.read_word(va) == 0, "new page {va:#x} is not zeroed");
                 let stamp = va ^ phys ^ op;
                 m.write_word(va, stamp);
-                held.mapped.push((va, frame, stamp));
+                held.mapped.push((va, phys, stamp));
             }
             2
         }

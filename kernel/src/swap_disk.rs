@@ -48,8 +48,9 @@ pub fn probe(ecam: Option<&Ecam>) -> Option<VirtioDisk> {
         Some(e) => {
             let buses = *e.buses.start()..=(*e.buses.end()).min(MAX_BUSES - 1);
             let len = (u64::from(*buses.end()) + 1) << 20;
-            let virt = vm::get()
-                .phys_map(e.phys, len, CacheMode::Uncached)
+            // SAFETY: the MCFG's ECAM window is device memory (PCI
+            // configuration space), which nothing else owns.
+            let virt = unsafe { vm::get().phys_map(e.phys, len, CacheMode::Uncached) }
                 .unwrap_or_else(|err| panic!("pci: mapping ECAM at {:#x}: {err:?}", e.phys));
             // SAFETY: `virt` maps the ECAM window of buses 0..=end (1 MiB
             // each), uncached, for good, and nothing else uses it.

@@ -69,8 +69,9 @@ unsafe impl Hal for KernelHal {
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
         // Device registers stay mapped for as long as the device is used:
         // for good.
-        let virt = vm::get()
-            .phys_map(mm::frame::PhysAddr::new(paddr), size as u64, CacheMode::Uncached)
+        // SAFETY: `Hal::mmio_phys_to_virt`'s contract: `paddr` is the
+        // device's own register block, which nothing else owns.
+        let virt = unsafe { vm::get().phys_map(mm::frame::PhysAddr::new(paddr), size as u64, CacheMode::Uncached) }
             .unwrap_or_else(|e| panic!("virtio: mapping registers at {paddr:#x} (+{size:#x}): {e:?}"));
         NonNull::new(virt as *mut u8).expect("phys_map returned 0")
     }

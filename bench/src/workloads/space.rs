@@ -25,33 +25,33 @@ pub fn filled(byte: u8) -> u64 {
     u64::from_ne_bytes([byte; 8])
 }
 
-/// Maps a fresh frame at `virt`, filled with `byte`; the caller keeps
-/// owning it (the mapping does not take it).
-pub fn map_filled<M: Machine>(m: &M, space: &AddressSpace, virt: u64, byte: u8) -> Result<Frame, Failure> {
+/// Maps a fresh frame at `virt`, filled with `byte`; the mapping keeps it
+/// until `unmap_poison` takes it back. Returns its address.
+pub fn map_filled<M: Machine>(m: &M, space: &AddressSpace, virt: u64, byte: u8) -> Result<u64, Failure> {
     let mut frame = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
     m.vm().fill_frame(&mut frame, byte);
-    let mapped = m.vm().map_single(space, virt, frame.phys().as_u64(), Flags::WRITE, PageSize::Size4K);
-    if let Err(e) = mapped {
+    let phys = frame.phys().as_u64();
+    if let Err((e, frame)) = m.vm().map_frame(space, virt, frame, Flags::WRITE) {
         m.frames().free_page(frame).map_err(|e| fails("free", e))?;
         return Err(fails("map", e));
     }
-    Ok(frame)
+    Ok(phys)
 }
 
-/// Unmaps `virt`, checks it was `frame`, poisons and frees the frame.
-pub fn unmap_poison<M: Machine>(m: &M, space: &AddressSpace, virt: u64, mut frame: Frame) -> Result<(), Failure> {
-    unmap_poison_keep(m, space, virt, &mut frame)?;
+/// Unmaps `virt`, checks it was `phys`, poisons and frees the frame.
+pub fn unmap_poison<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<(), Failure> {
+    let frame = unmap_poison_keep(m, space, virt, phys)?;
     m.frames().free_page(frame).map_err(|e| fails("free", e))
 }
 
-/// Unmaps `virt`, checks it was `frame` and poisons the frame, keeping it:
+/// Unmaps `virt`, checks it was `phys` and poisons the frame, keeping it:
 /// a CPU that still reads it through a stale translation sees the poison.
-pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, frame: &mut Frame) -> Result<(), Failure> {
-    let phys = frame.phys().as_u64();
-    let back = m.vm().umap_single(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?.as_u64();
+pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<Frame, Failure> {
+    let mut frame = m.vm().umap_owned(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+    let back = frame.phys().as_u64();
     check!(back == phys, "unmap of {virt:#x} gave frame {back:#x}, mapped {phys:#x}");
-    m.vm().fill_frame(frame, POISON);
-    Ok(())
+    m.vm().fill_frame(&mut frame, POISON);
+    Ok(frame)
 }
 
 pub const POISON: u8 = 0xEE;

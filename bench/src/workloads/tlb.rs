@@ -64,10 +64,9 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     let (spaces, before) = space::make(m, 1)?;
     let mut frames = Vec::new();
     for i in 0..pages {
-        frames.push(space::map_filled(m, &spaces[0], page(0, i), round_byte(0, i))?);
+        frames.push(AtomicU64::new(space::map_filled(m, &spaces[0], page(0, i), round_byte(0, i))?));
     }
-    // Only CPU 0 moves pages: the lock is never contended.
-    let frames = Arc::new(spin::Mutex::new(frames));
+    let frames = Arc::new(frames);
     // Poisoned frames not yet given back (see the move step).
     let retired: Arc<spin::Mutex<Vec<Frame>>> = Arc::new(spin::Mutex::new(Vec::new()));
     let gen = Arc::new(AtomicU64::new(0));
@@ -100,13 +99,11 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
                     for frame in old.drain(..) {
                         m.frames().free_page(frame).map_err(|e| crate::failure::fails("free", e))?;
                     }
-                    let mut f = f.lock();
                     for i in 0..pages {
                         let va = page(0, i);
-                        let frame = &mut f[i as usize];
-                        t.op(1, || space::unmap_poison_keep(m, space, va, frame))?;
-                        let new = space::map_filled(m, space, va, round_byte(g, i))?;
-                        old.push(core::mem::replace(frame, new));
+                        let phys = f[i as usize].load(Ordering::Relaxed);
+                        old.push(t.op(1, || space::unmap_poison_keep(m, space, va, phys))?);
+                        f[i as usize].store(space::map_filled(m, space, va, round_byte(g, i))?, Ordering::Relaxed);
                     }
                     gen.store(g, Ordering::Release);
                     stop.store(!t.running(team), Ordering::Release);
@@ -123,8 +120,8 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     // After a failure the pages' state is unknown (and late CPUs may still
     // read them): leave them mapped rather than free what may be in use.
     ran?;
-    for (i, frame) in frames.lock().drain(..).enumerate() {
-        space::unmap_poison(m, &spaces[0], page(0, i as u64), frame)?;
+    for i in 0..pages {
+        space::unmap_poison(m, &spaces[0], page(0, i), frames[i as usize].load(Ordering::Relaxed))?;
     }
     for frame in retired.lock().drain(..) {
         m.frames().free_page(frame).map_err(|e| crate::failure::fails("free", e))?;

@@ -14,7 +14,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use arrayvec::ArrayVec;
-use mm::frame::Frame;
 use mm::vm::{Flags, PageSize};
 use spin::Mutex;
 
@@ -52,10 +51,11 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                 t.op(1, || -> Result<(), Failure> {
                     let frame = frames.alloc_page().map_err(|e| fails("alloc", e))?;
                     let phys = frame.phys().as_u64();
-                    vm.map_single(space, va, phys, Flags::WRITE, PageSize::Size4K).map_err(|e| fails("map", e))?;
+                    vm.map_frame(space, va, frame, Flags::WRITE).map_err(|(e, _)| fails("map", e))?;
                     m.write_word(va, stamp);
                     let got = m.read_word(va);
-                    let back = vm.umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?.as_u64();
+                    let frame = vm.umap_owned(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+                    let back = frame.phys().as_u64();
                     frames.free_page(frame).map_err(|e| fails("free", e))?;
                     check!(
                         got == stamp && back == phys,
@@ -81,7 +81,7 @@ const PIPE: usize = 64;
 pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
     let n = rep.cpus;
     let (spaces, before) = space::make(m, 1)?;
-    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, Frame), PIPE>>>> =
+    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, u64), PIPE>>>> =
         Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
     let team = Team::new(n);
     let rep = *rep;
@@ -90,13 +90,13 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
         let space = &s[0];
         let (next, mine) = (&boxes[(cpu + 1) % n], &boxes[cpu]);
         space::within(m, space, || {
-            let mut batch = ArrayVec::<(u64, Frame), PIPE>::new();
-            let take = |t: &mut Timed<M>, batch: &mut ArrayVec<(u64, Frame), PIPE>| -> Result<(), Failure> {
+            let mut batch = ArrayVec::<(u64, u64), PIPE>::new();
+            let take = |t: &mut Timed<M>, batch: &mut ArrayVec<(u64, u64), PIPE>| -> Result<(), Failure> {
                 core::mem::swap(batch, &mut *mine.lock());
-                for (va, frame) in batch.drain(..) {
+                for (va, phys) in batch.drain(..) {
                     let got = m.read_word(va);
-                    check!(got == va ^ frame.phys().as_u64(), "cpu {cpu}: page {va:#x} reads {got:#x}");
-                    t.op(1, || space::unmap_poison(m, space, va, frame))?;
+                    check!(got == va ^ phys, "cpu {cpu}: page {va:#x} reads {got:#x}");
+                    t.op(1, || space::unmap_poison(m, space, va, phys))?;
                 }
                 Ok(())
             };
@@ -106,10 +106,10 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
             while t.running(team) {
                 if next.lock().len() < PIPE {
                     let va = page(cpu, k);
-                    let frame = t.op(0, || space::map_filled(m, space, va, 0))?;
-                    m.write_word(va, va ^ frame.phys().as_u64());
+                    let phys = t.op(0, || space::map_filled(m, space, va, 0))?;
+                    m.write_word(va, va ^ phys);
                     next.lock()
-                        .try_push((va, frame))
+                        .try_push((va, phys))
                         .map_err(|_| failure(format_args!("cpu {cpu}: pipe overfilled")))?;
                     k += 1;
                 }

@@ -93,7 +93,9 @@ fn read_only_alias() -> TestResult {
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
     let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64();
     let alias = KERNEL_SEED_AREA.start + 0x10_0000;
-    vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(fails)?;
+    // SAFETY: the frame is the locked `k_mem_map` page's, which this test
+    // holds until after the alias is gone.
+    unsafe { vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K) }.map_err(fails)?;
     probe::write(a + 16, 0x5eed).map_err(|f| failure(format_args!("{f:?}")))?;
     let seen = probe::read(alias + 16);
     let write = probe::write(alias + 16, 1);
@@ -147,7 +149,8 @@ fn phys_map_odd_region() -> TestResult {
     let (phys, size) = (base.as_u64() + 0x128, 0x1E00);
     let mut result = Ok(());
     for cache in [CacheMode::WriteBack, CacheMode::WriteThrough, CacheMode::Uncached] {
-        let v = vm.phys_map(PhysAddr::new(phys), size, cache).map_err(fails)?;
+        // SAFETY: the two frames are this test's until after `phys_unmap`.
+        let v = unsafe { vm.phys_map(PhysAddr::new(phys), size, cache) }.map_err(fails)?;
         let t = vm.map_get(vm.kernel(), v + 0x1000);
         let first = probe::read(v);
         let last = probe::read(v + size - 8);
@@ -188,9 +191,14 @@ fn bad_inputs() -> TestResult {
             vm.k_mem_unmap(region - PAGE_SIZE, 5 * PAGE_SIZE),
             VmError::NotARegion { addr: region - PAGE_SIZE, size: 5 * PAGE_SIZE },
         ),
-        (vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K), VmError::NotAligned { value: seed + 8 }),
+        // SAFETY: both are refused before anything is mapped.
         (
-            vm.map_single(k, u64::MAX & !0xFFF, 0x1000, Flags::READ, PageSize::Size4K),
+            unsafe { vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K) },
+            VmError::NotAligned { value: seed + 8 },
+        ),
+        (
+            // SAFETY: as above.
+            unsafe { vm.map_single(k, u64::MAX & !0xFFF, 0x1000, Flags::READ, PageSize::Size4K) },
             VmError::BadRange { start: u64::MAX & !0xFFF, len: PAGE_SIZE },
         ),
         (vm.umap_single(k, seed, PageSize::Size4K).map(drop), VmError::NotMapped { virt: seed }),

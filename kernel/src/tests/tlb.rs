@@ -48,7 +48,8 @@ fn set_up() -> Result<(Frame, Frame), Failure> {
     memory::fill_frame_words(&mut a, OLD);
     memory::fill_frame_words(&mut b, NEW);
     let vm = vm::get();
-    vm.map_single(vm.kernel(), VA, a.phys().as_u64(), Flags::WRITE, PageSize::Size4K)
+    // SAFETY: `a` is this test's until `tear_down` unmaps it and frees it.
+    unsafe { vm.map_single(vm.kernel(), VA, a.phys().as_u64(), Flags::WRITE, PageSize::Size4K) }
         .map_err(|e| failure(format_args!("map: {e:?}")))?;
     Ok((a, b))
 }
@@ -72,7 +73,9 @@ fn stale_translations_removed() -> TestResult {
     for cpu in online.iter() {
         ensure!(SEEN[cpu].load(Ordering::Relaxed) == OLD, "cpu {cpu} did not see the first frame");
     }
-    vm::get().retarget_unflushed(VA, b.phys()).map_err(fails)?;
+    // SAFETY: `b` is this test's until `tear_down`, after the shootdown
+    // that drops the stale translations to `a`.
+    unsafe { vm::get().retarget_unflushed(VA, b.phys()) }.map_err(fails)?;
     read_everywhere()?;
     let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
     log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());

@@ -204,7 +204,12 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps the physical range `phys .. phys + size` (any alignment) with
     /// `cache` for device access, writable and not executable, between
     /// guard pages; returns the virtual address of `phys`.
-    pub fn phys_map(&self, phys: PhysAddr, size: u64, cache: CacheMode) -> Result<u64, VmError> {
+    ///
+    /// # Safety
+    /// The kernel may read and write physical `phys .. phys + size` for as
+    /// long as it stays mapped: device memory (registers, a window such as
+    /// ECAM) or memory the caller owns, not frames someone else holds.
+    pub unsafe fn phys_map(&self, phys: PhysAddr, size: u64, cache: CacheMode) -> Result<u64, VmError> {
         let phys = phys.as_u64();
         if size == 0 {
             return Err(VmError::ZeroSize);

@@ -284,8 +284,16 @@ impl<P: VmPlatform> Vm<P> {
     // ---- the seed API ----
 
     /// Maps one page of size class `size` at `virt` to `phys`. The caller
-    /// keeps owning the frame (`umap_single` hands it back).
-    pub fn map_single(
+    /// keeps owning the frame (`umap_single` hands it back). `map_frame`
+    /// is the safe form for a frame the caller holds.
+    ///
+    /// # Safety
+    /// Whoever runs in `space` may read (and with `WRITE` write) physical
+    /// `phys .. phys + size` for as long as it stays mapped: it is memory
+    /// the caller owns and does not give back (free) before `umap_single`
+    /// returns, or device memory it may hand out. An address no entry can
+    /// hold is refused (`BadPhys`) whatever it is.
+    pub unsafe fn map_single(
         &self,
         space: &AddressSpace,
         virt: u64,
@@ -302,6 +310,34 @@ impl<P: VmPlatform> Vm<P> {
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
         let _shared = self.shared(space)?;
         self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
+    }
+
+    /// Maps `frame` at `virt` (4 KiB) and keeps it: the entry owns the
+    /// frame (as `vmalloc`'s do) until `umap_owned` hands it back, or
+    /// `vmfree` frees it. On failure the frame comes back with the error.
+    pub fn map_frame(
+        &self,
+        space: &AddressSpace,
+        virt: u64,
+        frame: Frame,
+        flags: Flags,
+    ) -> Result<(), (VmError, Frame)> {
+        if virt % PAGE_SIZE != 0 {
+            return Err((VmError::NotAligned { value: virt }, frame));
+        }
+        if let Err(e) = space.check_range(virt, 1) {
+            return Err((e, frame));
+        }
+        let mapped = self
+            .shared(space)
+            .and_then(|_shared| self.install(space, virt, frame.phys().as_u64() | flags.pte_bits() | SW_OWNED, 0));
+        match mapped {
+            Ok(()) => {
+                let _ = frame.into_phys();
+                Ok(())
+            }
+            Err(e) => Err((e, frame)),
+        }
     }
 
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
@@ -568,8 +604,12 @@ impl<P: VmPlatform> Vm<P> {
     /// `phys` without any TLB flush and returns the old frame. Only for
     /// tests of the shootdown itself: CPUs keep the old translation until
     /// shot down.
+    ///
+    /// # Safety
+    /// As for `map_single`, for `phys`; and the old frame is still
+    /// reachable through stale translations until a shootdown.
     #[doc(hidden)]
-    pub fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
+    pub unsafe fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
         let phys = phys.as_u64();
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE_SIZE, PAGE_SIZE)?;

@@ -141,7 +141,8 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     );
     // umap_single's frame is held too, and counted.
     let frame = vm.platform().alloc_phys();
-    vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K) }.unwrap();
     fail(true);
     assert_eq!(
         vm.umap_single(vm.kernel(), KERNEL_SEED_AREA.start, PageSize::Size4K),
@@ -209,7 +210,8 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
 fn a_huge_page_quarantine_counts_every_page() {
     let vm = machine(2);
     let big = KERNEL_SEED_AREA.start + (4 << 21);
-    vm.map_single(vm.kernel(), big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), big, 0x20_0000, Flags::READ, PageSize::Size2M) }.unwrap();
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.umap_single(vm.kernel(), big, PageSize::Size2M), Err(VmError::Shootdown { cpus: 0b11 }));
     assert_eq!(vm.quarantined_frames(), 512);

@@ -14,7 +14,8 @@ const SEED: u64 = KERNEL_SEED_AREA.start;
 /// A fresh frame mapped at kernel page `virt`; CPU 0 touches it.
 fn map(vm: &Vm<SimMachine>, virt: u64) -> u64 {
     let frame = vm.platform().alloc_phys();
-    vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.platform().touch(0, virt), Some(frame));
     frame
 }
@@ -103,7 +104,8 @@ fn mapping_a_page_again_before_its_shootdown_panics() {
     let vm = boot(256, 2);
     map(&vm, SEED);
     let other = vm.platform().alloc_phys();
-    vm.retarget_unflushed(SEED, crate::frame::PhysAddr::new(other)).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.retarget_unflushed(SEED, crate::frame::PhysAddr::new(other)) }.unwrap();
     vm.platform().touch(1, SEED);
 }
 
