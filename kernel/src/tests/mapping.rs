@@ -191,8 +191,8 @@ fn bad_inputs() -> TestResult {
             vm.k_mem_unmap(region - PAGE_SIZE, 5 * PAGE_SIZE),
             VmError::NotARegion { addr: region - PAGE_SIZE, size: 5 * PAGE_SIZE },
         ),
-        // SAFETY: both are refused before anything is mapped.
         (
+            // SAFETY: both are refused before anything is mapped.
             unsafe { vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K) },
             VmError::NotAligned { value: seed + 8 },
         ),

@@ -31,8 +31,8 @@ fn map_get_and_unmap_one_page() {
         (frame + 0x123, Flags::WRITE, PageSize::Size4K, CacheMode::WriteBack)
     );
     assert!(free(&vm) < before, "page tables were allocated");
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: SEED + 0x5000 })
     );
@@ -56,8 +56,8 @@ fn size_classes_must_match() {
         vm.umap_single(k, big, PageSize::Size4K),
         Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M })
     );
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(k, big + PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: big + PAGE_SIZE })
     );
@@ -67,8 +67,8 @@ fn size_classes_must_match() {
         vm.umap_single(k, SEED, PageSize::Size2M),
         Err(VmError::SizeMismatch { virt: SEED, mapped: PageSize::Size4K })
     );
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M) },
         Err(VmError::AlreadyMapped { virt: SEED })
     );
@@ -89,22 +89,22 @@ fn bad_inputs_are_refused_and_change_nothing() {
     assert_eq!(unsafe { vm.map_single(k, SEED, 0x1001, f, s4) }, Err(VmError::NotAligned { value: 0x1001 }));
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(unsafe { vm.map_single(k, SEED, 1 << 52, f, s4) }, Err(VmError::BadPhys { phys: 1 << 52 }));
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(k, 0x1000, 0x1000, f, s4) },
         Err(VmError::BadRange { start: 0x1000, len: PAGE_SIZE }),
         "user address in kernel space"
     );
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(unsafe { vm.map_single(&user, 0, 0x1000, f, s4) }, Err(VmError::NullPage));
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(&user, SEED, 0x1000, f, s4) },
         Err(VmError::BadRange { start: SEED, len: PAGE_SIZE }),
         "kernel address in user space"
     );
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(&user, USER_END - PAGE_SIZE, 0x1000, f, PageSize::Size2M) },
         Err(VmError::NotAligned { value: USER_END - PAGE_SIZE })
     );
@@ -324,8 +324,8 @@ fn a_failed_shootdown_quarantines_the_frames() {
     assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE_SIZE));
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(&user, u, 0x1000, Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: u })
     );
