@@ -71,10 +71,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 if !token::is_resident(e) {
                     continue;
                 }
-                let index = pg
-                    .db
-                    .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
-                    .map_err(|_| PagingError::NotPageable { virt: va })?;
+                let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
                 let flags = pg.db.paging_flags(index);
                 if flags & PINNED != 0 {
                     return Err(PagingError::Pinned { virt: va });
@@ -130,10 +127,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             if !token::is_resident(e) {
                 return Ok(None);
             }
-            let index = pg
-                .db
-                .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
-                .map_err(|_| PagingError::NotPageable { virt: va })?;
+            let index = pg.db.index_of(frame_of(e)).map_err(|_| PagingError::NotPageable { virt: va })?;
             if let Some(v) = self.claim_victim(pg, index) {
                 if v.va == va {
                     return Ok(Some(v));

@@ -128,7 +128,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         claim: &mut dyn FnMut(u64, u64) -> Result<(), PagingViolation>,
     ) -> Result<(), PagingViolation> {
         // An entry holds at most 52 address bits.
-        let phys = PhysAddr::new_truncate(frame_of(e));
+        let phys = frame_of(e);
         let index = pg.db.index_of(phys).map_err(|_| PagingViolation::NotAFrame { virt, phys })?;
         let flags = pg.db.paging_flags(index);
         let entry = pg.db.entry(index);

@@ -245,7 +245,8 @@ pub(crate) fn is_dirty(e: u64) -> bool {
     e & DIRTY != 0
 }
 
-/// Frame address of a resident entry.
-pub(crate) fn frame_of(e: u64) -> u64 {
-    pte::addr(e)
+/// Frame address of a resident entry (at most 52 bits: entries keep no
+/// more).
+pub(crate) fn frame_of(e: u64) -> crate::frame::PhysAddr {
+    crate::frame::PhysAddr::new_truncate(pte::addr(e))
 }

@@ -157,10 +157,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             };
             let e = entry.load(Ordering::Acquire);
             if token::is_resident(e) {
-                let index = pg
-                    .db
-                    .index_of(crate::frame::PhysAddr::new_truncate(frame_of(e)))
-                    .expect("a resident page's frame is in the database");
+                let index = pg.db.index_of(frame_of(e)).expect("a resident page's frame is in the database");
                 match transition::unmap_resident(pg.db, index, entry, e, op.marker(e, PAGE_SIZE, FrameTo::Free)) {
                     Ok(copy) => {
                         if let Some(s) = copy {

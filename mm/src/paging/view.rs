@@ -23,7 +23,7 @@ impl<P: VmPlatform> View<'_, P> {
         let va = self.db.entry(i).vaddr.load(Ordering::Acquire);
         let entry = self.paging.paged_entry(va).ok()?;
         let e = entry.load(Ordering::Acquire);
-        (token::is_resident(e) && frame_of(e) == self.db.phys_of(i).as_u64()).then_some(entry)
+        (token::is_resident(e) && frame_of(e) == self.db.phys_of(i)).then_some(entry)
     }
 }
 
@@ -49,7 +49,7 @@ impl<P: VmPlatform> FrameView for View<'_, P> {
 
     fn clear_accessed(&self, i: usize) -> bool {
         let Some(entry) = self.entry(i) else { return false };
-        let frame = self.db.phys_of(i).as_u64();
+        let frame = self.db.phys_of(i);
         let mut e = entry.load(Ordering::Acquire);
         // Without a flush: a CPU that still caches the entry may not set
         // the bit again at once, which only makes the page look older (as
