@@ -10,6 +10,10 @@ impl Rng {
         Rng(seed ^ (cpu as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
+    // A generator that never ends, not an `Iterator`: its `Option` would
+    // only add an unwrap at every call, so clippy's `should_implement_trait`
+    // is overruled here.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

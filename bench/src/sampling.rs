@@ -72,6 +72,9 @@ impl Sampler {
     }
 
     /// Whether the next operation is timed.
+    // A yes/no per operation that never ends, not an `Iterator` (clippy's
+    // `should_implement_trait` is overruled for that reason).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> bool {
         self.left -= 1;
         if self.left == 0 {

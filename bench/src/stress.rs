@@ -410,7 +410,7 @@ fn mix_step<M: Machine>(
         }
         _ => {
             // Rare: each is 1024 frames mapped, zeroed and unmapped.
-            if (r >> 8) % 8 == 0 {
+            if (r >> 8).is_multiple_of(8) {
                 kmem_round_trip(m, op)?;
             }
             7

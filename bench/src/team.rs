@@ -161,7 +161,7 @@ impl Team {
             // CPUs still working may be inside a measured window, and under
             // TCG every clock read takes a lock they need too.
             steps += 1;
-            if waited >= SPIN_NS || steps % 16 == 0 {
+            if waited >= SPIN_NS || steps.is_multiple_of(16) {
                 waited = m.now_ns() - start;
             }
             if waited > BARRIER_WAIT_NS {

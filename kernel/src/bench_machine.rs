@@ -48,9 +48,9 @@ pub static CAPTURED: spin::Mutex<alloc::vec::Vec<Captured>> = spin::Mutex::new(a
 /// Addresses benchmark memory can be at: the kernel's seed and `k_mem_map`
 /// areas, and the lower half (user spaces, mapped supervisor-only).
 fn benchmark_memory(virt: u64) -> bool {
-    let in_kernel = KERNEL_SEED_AREA.start <= virt && virt < KERNEL_REGION_AREA.end;
+    let in_kernel = (KERNEL_SEED_AREA.start..KERNEL_REGION_AREA.end).contains(&virt);
     let in_user = (USER_START..USER_END).contains(&virt);
-    (in_kernel || in_user) && virt % 8 == 0
+    (in_kernel || in_user) && virt.is_multiple_of(8)
 }
 
 impl Clock for KernelMachine {

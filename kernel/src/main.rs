@@ -126,7 +126,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     log::info!(
         "frames: {} MiB free of {} MiB usable, magazines of {}",
         frames.free_bytes() >> 20,
-        frames.usable_frames() * mm::PAGE_SIZE >> 20,
+        (frames.usable_frames() * mm::PAGE_SIZE) >> 20,
         frames.magazine_capacity()
     );
 

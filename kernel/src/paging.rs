@@ -67,7 +67,7 @@ pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let config = PagerConfig { db, store: faulty, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
     Paging::enable(vm::get(), config).expect("paging enabled twice");
     let slots = switch.usage().1;
-    log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), slots * mm::PAGE_SIZE >> 20);
+    log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), (slots * mm::PAGE_SIZE) >> 20);
 }
 
 /// The kernel VM's paging: `NotEnabled` before `init`.

@@ -4,11 +4,11 @@
 //! It is position-independent (registers only) and has several entry
 //! points at fixed offsets, which `.org` enforces: the assembler refuses
 //! the file if an entry outgrows its slot. Every entry first increments
-//! the u64 at [rdi] (so a caller can see the program ran), keeps the new
+//! the u64 at `[rdi]` (so a caller can see the program ran), keeps the new
 //! value in rax, and then:
 //!
-//! - `READ_PROBE`: reads the u64 at [rsi] unless rsi is 0, then exits;
-//! - `WRITE_PROBE`: writes rax to [rsi] unless rsi is 0, then exits;
+//! - `READ_PROBE`: reads the u64 at `[rsi]` unless rsi is 0, then exits;
+//! - `WRITE_PROBE`: writes rax to `[rsi]` unless rsi is 0, then exits;
 //! - `EXEC_PROBE`: jumps to rsi;
 //! - `PRIVILEGED`: executes `cli`, which ring 3 may not (#GP).
 //!

@@ -112,7 +112,7 @@ impl<'a> Buddy<'a> {
     /// Returns the block of `2^order` frames at `index`, merging it with its
     /// free buddies. The caller guarantees the block is allocated.
     pub fn free(&mut self, mut index: usize, order: usize) {
-        debug_assert!(index % (1 << order) == 0, "misaligned block {index} order {order}");
+        debug_assert!(index.is_multiple_of(1 << order), "misaligned block {index} order {order}");
         self.free_frames += 1 << order;
         let mut k = order;
         while k < MAX_ORDER {
@@ -199,9 +199,9 @@ mod tests {
         for order in [0, 3, 1, 5, 0, 2, 7, 4, 0, 6] {
             let i = b.alloc(order).unwrap();
             assert_eq!(i % (1 << order), 0, "order {order} block at {i}");
-            for f in i..i + (1 << order) {
-                assert!(!taken[f], "frame {f} handed out twice");
-                taken[f] = true;
+            for (f, t) in taken.iter_mut().enumerate().skip(i).take(1 << order) {
+                assert!(!*t, "frame {f} handed out twice");
+                *t = true;
             }
             got.push((i, order));
         }

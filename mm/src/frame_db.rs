@@ -103,7 +103,7 @@ impl<'a> FrameDb<'a> {
 
     /// Entry index of physical address `phys`, checking it names a frame.
     pub fn index_of(&self, phys: PhysAddr) -> Result<usize, FrameError> {
-        if phys.as_u64() % PAGE_SIZE != 0 {
+        if !phys.as_u64().is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::NotAligned { phys });
         }
         let pfn = phys.as_u64() / PAGE_SIZE;

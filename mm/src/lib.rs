@@ -3,20 +3,27 @@
 //! Everything is portable and unit-tested on the host (loom models under
 //! `cfg(loom)`) except `direct_map`, which reaches page tables and frames
 //! through the direct map, and `raw`, which turns physical memory into
-//! slices; those two hold the crate's `unsafe` and only build for the
-//! kernel target.
+//! slices; those two only build for the kernel target. They and `heap`,
+//! whose free lists are threaded through the free objects themselves, hold
+//! the crate's `unsafe`: `unsafe_code` is denied everywhere else.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
 pub mod boot_frames;
 pub mod buddy;
 pub mod counters;
+// Page tables and frames are reached through raw pointers into the direct map.
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 pub mod direct_map;
 pub mod frame;
 pub mod frame_db;
+// A free object stores the next free one in its own first word, and
+// `free` trusts its caller that the object came from this heap.
 #[cfg(not(loom))]
+#[allow(unsafe_code)]
 pub mod heap;
 pub mod lock_count;
 pub mod magazine;
@@ -24,7 +31,9 @@ pub mod magazine;
 pub mod paging;
 pub mod phys;
 pub mod platform;
+// Turns physical memory, through the direct map, into slices.
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 pub mod raw;
 mod sync;
 #[cfg(test)]

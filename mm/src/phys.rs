@@ -191,6 +191,8 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     }
 
     /// Allocates one frame; the caller owns it until it gives it back.
+    // Makes the handle for the frame it just took out of the free state.
+    #[allow(unsafe_code)]
     pub fn alloc_page(&self) -> Result<Frame, FrameError> {
         self.platform.without_interrupts(|| {
             let cpu = self.platform.cpu_index();
@@ -208,6 +210,8 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// Gives back a frame `alloc_page` handed out, on any CPU. The frame
     /// database still checks it (a handle made with `Frame::from_phys`
     /// may name anything): bad input changes nothing.
+    // Frees by address the frame whose handle it was given.
+    #[allow(unsafe_code)]
     pub fn free_page(&self, frame: Frame) -> Result<(), FrameError> {
         // SAFETY: the caller gave up its handle, so it owned the frame and
         // nobody else does.
@@ -224,6 +228,8 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// If `phys` names an allocated frame, the caller owns it and nobody
     /// uses it any more: after this call the allocator may hand it to
     /// someone else.
+    // A free by address: the caller vouches it owns the frame.
+    #[allow(unsafe_code)]
     pub unsafe fn free_raw(&self, phys: PhysAddr) -> Result<(), FrameError> {
         let index = self.db.index_of(phys)?;
         self.platform.without_interrupts(|| {
@@ -286,6 +292,8 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// # Safety
     /// As for `free_raw`, for every frame of the run: the caller owns them
     /// (an `alloc_contiguous` run, or pages of one) and uses them no more.
+    // A free by address: the caller vouches it owns the run.
+    #[allow(unsafe_code)]
     pub unsafe fn free_contiguous(&self, phys: PhysAddr, count: u64) -> Result<(), FrameError> {
         if count == 0 {
             return Err(FrameError::ZeroCount);
@@ -445,7 +453,7 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
             }
             None => {
                 let n = self.depot_contention.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % GROW_AFTER_CONTENTIONS == 0 {
+                if n.is_multiple_of(GROW_AFTER_CONTENTIONS) {
                     let cap = self.magazine_capacity();
                     let _ = self.mag_cap.compare_exchange(
                         cap,

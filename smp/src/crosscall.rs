@@ -79,11 +79,12 @@ impl<const N: usize> Default for CrossCalls<N> {
 impl<const N: usize> CrossCalls<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        const EMPTY_MAILBOX: Mailbox =
-            Mailbox { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
-        #[allow(clippy::declare_interior_mutable_const)]
-        const ZERO: AtomicU64 = AtomicU64::new(0);
-        CrossCalls { inbox: [ZERO; N], mailboxes: [EMPTY_MAILBOX; N] }
+        CrossCalls {
+            inbox: [const { AtomicU64::new(0) }; N],
+            mailboxes: [const {
+                Mailbox { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) }
+            }; N],
+        }
     }
 
     #[cfg(loom)]

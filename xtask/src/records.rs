@@ -95,7 +95,7 @@ mod tests {
             tsc_spread_ppm: 0,
             tsc_bound_ppm: 0,
             usable_bytes: 1 << 30,
-            store: "ram".into(),
+            store: "ram",
             accel: record::Accel::Tcg,
         })
         .unwrap();

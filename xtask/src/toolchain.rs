@@ -5,23 +5,55 @@ use crate::cmd;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 
-/// The one place the kernel toolchain is named. `bootloader` 0.11.17's
-/// image builder needs a nightly from 2026-07-10 or later with rust-src and
-/// llvm-tools; this one is known to install completely.
-pub const PIN: &str = "nightly-2026-08-01";
+/// The kernel toolchain file, the one place the pin is named. It lives in
+/// kernel/ (with symlinks in the other kernel-side crates), not at the
+/// workspace root: rustup looks for it in the current directory and its
+/// parents, so at the root it would make `cargo xtask` itself, which must
+/// build on stable, demand the nightly, and with `RUSTUP_AUTO_INSTALL=0`
+/// nothing would install it. Read at compile time so xtask needs no path
+/// at run time.
+const TOOLCHAIN_FILE: &str = include_str!("../../kernel/rust-toolchain.toml");
+
+/// The pinned nightly: `channel` of [`TOOLCHAIN_FILE`].
+static PIN: LazyLock<&'static str> = LazyLock::new(|| {
+    channel(TOOLCHAIN_FILE).expect("kernel/rust-toolchain.toml names a channel in its [toolchain] table")
+});
+
+/// The pinned toolchain's name, e.g. `nightly-2026-08-01`.
+pub fn pin() -> &'static str {
+    &PIN
+}
+
+/// `channel = "..."` of the `[toolchain]` table. The file is ours and
+/// small, so a line scan does instead of a TOML parser in xtask.
+fn channel(file: &str) -> Option<&str> {
+    let mut in_toolchain = false;
+    for line in file.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+        if line.starts_with('[') {
+            in_toolchain = line == "[toolchain]";
+        } else if let Some((key, value)) = line.split_once('=') {
+            if in_toolchain && key.trim() == "channel" {
+                return value.trim().strip_prefix('"')?.strip_suffix('"').filter(|v| !v.is_empty());
+            }
+        }
+    }
+    None
+}
 
 /// The kernel's target (the prebuilt `core`/`alloc` come from rustup).
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 
-/// Makes sure [`PIN`] is installed with everything the build needs.
+/// Makes sure [`pin()`] is installed with everything the build needs.
 /// `RUSTUP_AUTO_INSTALL=0` is set on these machines, so nothing else will.
 pub fn ensure_toolchain() -> Result<()> {
+    let pin = pin();
     let missing = missing_parts();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("==> toolchain {PIN}: {}; installing it", missing.join(", "));
+    eprintln!("==> toolchain {pin}: {}; installing it", missing.join(", "));
     let mut install = install_command();
     if let Err(e) = cmd::run(&mut install) {
         bail!("{e:#}\ninstall the kernel toolchain yourself with:\n    {}", cmd::show(&install));
@@ -30,7 +62,7 @@ pub fn ensure_toolchain() -> Result<()> {
     let still = missing_parts();
     if !still.is_empty() {
         bail!(
-            "toolchain {PIN}: still {} after installing; run:\n    {}\n    rustup component add --toolchain {PIN} rust-src llvm-tools-preview\n    rustup target add --toolchain {PIN} {KERNEL_TARGET}",
+            "toolchain {pin}: still {} after installing; run:\n    {}\n    rustup component add --toolchain {pin} rust-src llvm-tools-preview\n    rustup target add --toolchain {pin} {KERNEL_TARGET}",
             still.join(", "),
             cmd::show(&install)
         );
@@ -40,7 +72,7 @@ pub fn ensure_toolchain() -> Result<()> {
 
 fn install_command() -> Command {
     let mut c = Command::new("rustup");
-    c.args(["toolchain", "install", PIN, "--profile", "minimal"]);
+    c.args(["toolchain", "install", pin(), "--profile", "minimal"]);
     c.args(["--component", "rust-src,llvm-tools-preview", "--target", KERNEL_TARGET]);
     c
 }
@@ -53,8 +85,8 @@ fn missing_parts() -> Vec<String> {
         return vec!["not installed".to_string()];
     }
     let components =
-        cmd::output("rustup", &["component", "list", "--toolchain", PIN, "--installed"]).unwrap_or_default();
-    let targets = cmd::output("rustup", &["target", "list", "--toolchain", PIN, "--installed"]).unwrap_or_default();
+        cmd::output("rustup", &["component", "list", "--toolchain", pin(), "--installed"]).unwrap_or_default();
+    let targets = cmd::output("rustup", &["target", "list", "--toolchain", pin(), "--installed"]).unwrap_or_default();
     let mut missing = Vec::new();
     if !components.lines().any(|l| l.trim() == "rust-src") {
         missing.push("missing rust-src".to_string());
@@ -73,7 +105,7 @@ fn missing_parts() -> Vec<String> {
 fn has_toolchain(list: &str) -> bool {
     list.lines()
         .filter_map(|l| l.split_whitespace().next())
-        .any(|name| name == PIN || name.strip_prefix(PIN).is_some_and(|rest| rest.starts_with('-')))
+        .any(|name| name == pin() || name.strip_prefix(pin()).is_some_and(|rest| rest.starts_with('-')))
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -97,7 +129,7 @@ pub fn target_dir() -> PathBuf {
 /// `cargo` is called by name so the rustup proxy honours `+PIN`.
 pub fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new("cargo");
-    c.arg(format!("+{PIN}")).args(args).current_dir(workspace_root());
+    c.arg(format!("+{}", pin())).args(args).current_dir(workspace_root());
     if std::env::var_os("CARGO_TARGET_DIR").is_some() {
         // Absolute, so the inner cargo (run from the root) uses the same dir.
         c.env("CARGO_TARGET_DIR", target_dir());
@@ -135,6 +167,16 @@ mod tests {
         assert!(has_toolchain(list));
         assert!(!has_toolchain("stable-x86_64-unknown-linux-gnu\nnightly-2026-08-011-x86_64-unknown-linux-gnu\n"));
         assert!(!has_toolchain(""));
+    }
+
+    #[test]
+    fn reads_the_channel_of_the_toolchain_table() {
+        assert_eq!(pin(), "nightly-2026-08-01");
+        let file = "# channel = \"not-this\"\n[other]\nchannel = \"nor-this\"\n[toolchain]\nprofile = \"minimal\"\n  channel = \"nightly-2030-01-01\"  # why\n";
+        assert_eq!(channel(file), Some("nightly-2030-01-01"));
+        assert_eq!(channel("[toolchain]\nchannel = \"\"\n"), None);
+        assert_eq!(channel("channel = \"stable\"\n"), None);
+        assert_eq!(channel(""), None);
     }
 
     #[test]

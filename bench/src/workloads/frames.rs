@@ -86,7 +86,7 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                 for _ in 0..BATCH {
                     held.push(t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?);
                 }
-                if round % 64 == 0 {
+                if round.is_multiple_of(64) {
                     let mut sorted: ArrayVec<u64, BATCH> = held.iter().map(|f| f.phys().as_u64()).collect();
                     sorted.sort_unstable();
                     check!(sorted.windows(2).all(|w| w[0] != w[1]), "cpu {cpu}: a batch holds one frame twice");

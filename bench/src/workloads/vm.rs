@@ -77,12 +77,13 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
 /// Pages in flight to the next CPU (well under a window, so a page's
 /// address is unmapped before it comes round again).
 const PIPE: usize = 64;
+/// A CPU's inbox: the (virtual address, frame) pairs the previous CPU mapped for it.
+type Mailbox = Mutex<ArrayVec<(u64, u64), PIPE>>;
 
 pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<Team>, Failure> {
     let n = rep.cpus;
     let (spaces, before) = space::make(m, 1)?;
-    let boxes: Arc<Vec<Mutex<ArrayVec<(u64, u64), PIPE>>>> =
-        Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
+    let boxes: Arc<Vec<Mailbox>> = Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
     let team = Team::new(n);
     let rep = *rep;
     let s = spaces.clone();

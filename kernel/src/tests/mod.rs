@@ -144,7 +144,7 @@ fn run_one(test: &Test) -> (TestResult, Failure) {
             Ok(()) => Err(failure(format_args!("expected exception {vector} did not happen"))),
         },
     };
-    let note = core::mem::replace(&mut *NOTE.lock(), Failure::new());
+    let note = core::mem::take(&mut *NOTE.lock());
     (result, note)
 }
 

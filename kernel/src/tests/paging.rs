@@ -83,7 +83,7 @@ pub fn pattern(addr: u64, gen: u64) -> u64 {
 }
 
 fn zigzag(n: u64, i: u64) -> u64 {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         i / 2
     } else {
         n - 1 - i / 2
@@ -113,8 +113,8 @@ fn overcommit_rounds() -> TestResult {
                 ensure!(v == 0, "fresh page {p} word {w:#x} is {v:#x}");
             }
         }
-        let orders: [(&str, fn(u64, u64) -> u64); 3] =
-            [("forward", |_, i| i), ("reverse", |n, i| n - 1 - i), ("zigzag", zigzag)];
+        type Order = (&'static str, fn(u64, u64) -> u64);
+        let orders: [Order; 3] = [("forward", |_, i| i), ("reverse", |n, i| n - 1 - i), ("zigzag", zigzag)];
         for (gen, (name, order)) in orders.iter().enumerate() {
             let gen = gen as u64 + 1;
             for i in 0..pages {

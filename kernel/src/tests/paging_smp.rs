@@ -221,7 +221,7 @@ fn thrash_body(cpu: usize) {
         STOP.store(true, Ordering::Relaxed);
         return;
     }
-    let mut x = super::seed() ^ (cpu as u64 + 1) * 0x9E37_79B9_7F4A_7C15;
+    let mut x = super::seed() ^ ((cpu as u64 + 1) * 0x9E37_79B9_7F4A_7C15);
     let mut ops = 0u64;
     // Bounded even if CPU 0 never says stop.
     while (!STOP.load(Ordering::Relaxed) || ops < 300) && ops < 200_000 {

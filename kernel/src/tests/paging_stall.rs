@@ -150,8 +150,8 @@ fn word(a: u64, page: u64, cpu: usize) -> u64 {
 /// Each churner's word in every page holds its last cycle count, and each
 /// churner got going.
 fn check_words(a: u64) -> TestResult {
-    for cpu in 1..percpu::online_count() {
-        let n = CYCLES[cpu].load(Ordering::Relaxed);
+    for (cpu, cycles) in CYCLES.iter().enumerate().take(percpu::online_count()).skip(1) {
+        let n = cycles.load(Ordering::Relaxed);
         ensure!(n > 0, "cpu {cpu} did no page-out/in cycle");
         for p in 0..CHURN_PAGES {
             let got = get(word(a, p, cpu));

@@ -43,8 +43,8 @@ static SEEN_SELF: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_
 /// match the per-CPU table and the APIC's own id register.
 fn per_cpu_data() -> TestResult {
     let online = percpu::online_set();
-    for cpu in 0..MAX_CPUS {
-        SEEN_INDEX[cpu].store(UNSET, Ordering::Relaxed);
+    for seen in &SEEN_INDEX {
+        seen.store(UNSET, Ordering::Relaxed);
     }
     let report = || {
         let me = percpu::current();

@@ -122,6 +122,10 @@ impl Drop for UserPages {
         if let Some(space) = self.space.take() {
             if let Err((e, space)) = vm::get().destroy_space(space) {
                 log::error!("user_pages: destroying the space failed ({e:?}); its memory is leaked");
+                // The leak is meant: `forget` keeps it a leak should the
+                // space ever own what it frees on drop, which is why
+                // clippy's `forget_non_drop` is overruled here.
+                #[allow(clippy::forget_non_drop)]
                 core::mem::forget(space);
             }
         }

@@ -23,8 +23,10 @@ fn pages_of(virt: u64, size: u64) -> Result<u64, PagingError> {
     if size == 0 {
         return Err(PagingError::Range(VmError::ZeroSize));
     }
-    if virt % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
-        return Err(PagingError::Range(VmError::NotAligned { value: if virt % PAGE_SIZE != 0 { virt } else { size } }));
+    if !virt.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+        return Err(PagingError::Range(VmError::NotAligned {
+            value: if !virt.is_multiple_of(PAGE_SIZE) { virt } else { size },
+        }));
     }
     check_range_in(KERNEL_REGION_AREA, virt, size / PAGE_SIZE).map_err(PagingError::Range)?;
     Ok(size / PAGE_SIZE)

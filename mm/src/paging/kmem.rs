@@ -87,7 +87,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             // Pinned or uninitialised pages have no store contents to map.
             return Err(PagingError::Range(VmError::NotARegion { addr: first_slot, size }));
         }
-        if size == 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(PagingError::Range(if size == 0 {
                 VmError::ZeroSize
             } else {

@@ -31,6 +31,9 @@ pub struct FrameInfo {
 /// the policy.
 pub trait FrameView {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn info(&self, i: usize) -> FrameInfo;
     /// Clears the accessed bit of frame `i` (its second chance). Returns
     /// the previous value.

@@ -40,7 +40,7 @@ impl SlotMap {
     pub fn new(total: u64) -> SlotMap {
         let words = (0..total.div_ceil(64)).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         // Bits past `total` in the last word are set: never handed out.
-        if total % 64 != 0 {
+        if !total.is_multiple_of(64) {
             words[words.len() - 1].store(!0 << (total % 64), Ordering::Relaxed);
         }
         SlotMap { words, total, free: AtomicU64::new(total), hint: AtomicUsize::new(0) }

@@ -68,6 +68,8 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
     /// # Safety
     /// The runs are the caller's (`alloc_contiguous` runs) and are handed
     /// to the store for good: nobody else uses or frees them.
+    // Takes runs by address and makes a handle per frame of them.
+    #[allow(unsafe_code)]
     pub unsafe fn new(mem: &'m M, runs: Vec<PhysAddr>, run_frames: u64) -> RamStore<'m, M> {
         debug_assert!(runs.iter().all(|r| r.as_u64() % PAGE_SIZE == 0));
         let frames: Vec<_> = runs
@@ -121,7 +123,10 @@ impl<M: VmPlatform> BackingStore for RamStore<'_, M> {
     }
 }
 
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use crate::vm::testing::SimMachine;

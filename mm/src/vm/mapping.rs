@@ -90,6 +90,8 @@ impl<P: VmPlatform> Vm<P> {
     /// # Safety
     /// As for `RamStore::new`: the runs are the caller's and go to the
     /// store for good.
+    // Forwards `RamStore::new`'s contract.
+    #[allow(unsafe_code)]
     pub unsafe fn ram_store(&self, runs: Vec<PhysAddr>, run_frames: u64) -> crate::paging::store::RamStore<'_, P> {
         // SAFETY: this function's contract.
         unsafe { crate::paging::store::RamStore::new(&self.p, runs, run_frames) }
@@ -116,6 +118,8 @@ impl<P: VmPlatform> Vm<P> {
     /// frame after its unmap and shootdown, a table after its prune, an
     /// evicted page's frame. Crate-private: only mm's own bookkeeping
     /// knows which addresses these are.
+    // Turns an address this `Vm` kept in an entry back into its handle.
+    #[allow(unsafe_code)]
     pub(crate) fn adopt_kept(&self, phys: u64) -> Frame {
         // SAFETY: callers pass a frame this Vm owned by address (allocated
         // through `alloc` and stored in an entry, marker or victim record
@@ -293,6 +297,8 @@ impl<P: VmPlatform> Vm<P> {
     /// the caller owns and does not give back (free) before `umap_single`
     /// returns, or device memory it may hand out. An address no entry can
     /// hold is refused (`BadPhys`) whatever it is.
+    // Maps any physical address: the caller vouches it may be reached.
+    #[allow(unsafe_code)]
     pub unsafe fn map_single(
         &self,
         space: &AddressSpace,
@@ -302,7 +308,7 @@ impl<P: VmPlatform> Vm<P> {
         size: PageSize,
     ) -> Result<(), VmError> {
         let bytes = size.bytes();
-        if virt % bytes != 0 {
+        if !virt.is_multiple_of(bytes) {
             return Err(VmError::NotAligned { value: virt });
         }
         check_phys(phys, bytes, bytes)?;
@@ -411,7 +417,7 @@ impl<P: VmPlatform> Vm<P> {
         check: &dyn Fn(u64) -> Result<(), VmError>,
     ) -> Result<u64, VmError> {
         let bytes = size.bytes();
-        if virt % bytes != 0 {
+        if !virt.is_multiple_of(bytes) {
             return Err(VmError::NotAligned { value: virt });
         }
         space.check_range(virt, bytes / PAGE_SIZE)?;
@@ -496,8 +502,8 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The first `npages` unmapped pages in `from..to` of `space`.
     pub fn vmfind(&self, space: &AddressSpace, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
-        if from % PAGE_SIZE != 0 || to % PAGE_SIZE != 0 {
-            return Err(VmError::NotAligned { value: if from % PAGE_SIZE != 0 { from } else { to } });
+        if !from.is_multiple_of(PAGE_SIZE) || !to.is_multiple_of(PAGE_SIZE) {
+            return Err(VmError::NotAligned { value: if !from.is_multiple_of(PAGE_SIZE) { from } else { to } });
         }
         let area = space.mappable();
         let (from, to) = (from.max(area.start), to.min(area.end));
@@ -609,6 +615,8 @@ impl<P: VmPlatform> Vm<P> {
     /// As for `map_single`, for `phys`; and the old frame is still
     /// reachable through stale translations until a shootdown.
     #[doc(hidden)]
+    // Maps any physical address, as `map_single`.
+    #[allow(unsafe_code)]
     pub unsafe fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
         let phys = phys.as_u64();
         check_range_in(KERNEL_SEED_AREA, virt, 1)?;
@@ -641,7 +649,7 @@ pub(super) enum Contents {
 /// Checks that `phys` is aligned to `align` and that `len` bytes from it
 /// are representable in an entry.
 pub(super) fn check_phys(phys: u64, align: u64, len: u64) -> Result<(), VmError> {
-    if phys % align != 0 {
+    if !phys.is_multiple_of(align) {
         return Err(VmError::NotAligned { value: phys });
     }
     if phys.checked_add(len).is_none_or(|end| end > pte::MAX_PHYS) {

@@ -85,7 +85,7 @@ impl Regions {
     /// An allocator over `area` (page-aligned), split into `ARENAS` equal
     /// arenas. Allocates nothing until first used.
     pub fn new(area: core::ops::Range<u64>) -> Regions {
-        let arena_len = (area.end - area.start) / ARENAS as u64 & !(PAGE_SIZE - 1);
+        let arena_len = ((area.end - area.start) / ARENAS as u64) & !(PAGE_SIZE - 1);
         Regions { start: area.start, arena_len, arenas: core::array::from_fn(|_| Mutex::new(Arena::default())) }
     }
 
@@ -100,7 +100,7 @@ impl Regions {
     /// A region of `len` bytes (page multiple, non-zero), preferring CPU
     /// `cpu`'s home arena.
     pub fn alloc(&self, len: u64, kind: RegionKind, cpu: usize) -> Result<u64, RegionError> {
-        debug_assert!(len > 0 && len % PAGE_SIZE == 0);
+        debug_assert!(len > 0 && len.is_multiple_of(PAGE_SIZE));
         if len > self.arena_len {
             return Err(RegionError::Exhausted);
         }

@@ -83,7 +83,7 @@ impl AddressSpace {
 
 /// Checks `npages` pages from `virt` against `area`; returns the end.
 pub fn check_range_in(area: core::ops::Range<u64>, virt: u64, npages: u64) -> Result<u64, VmError> {
-    if virt % PAGE_SIZE != 0 {
+    if !virt.is_multiple_of(PAGE_SIZE) {
         return Err(VmError::NotAligned { value: virt });
     }
     if npages == 0 {

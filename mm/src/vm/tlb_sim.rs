@@ -221,8 +221,7 @@ fn walk(
         if *walked.entries == now {
             continue;
         }
-        for i in 0..512 {
-            let e = now[i];
+        for (i, &e) in now.iter().enumerate() {
             if core::mem::replace(&mut walked.entries[i], e) == e || e & PRESENT == 0 || !is_leaf(e) {
                 continue;
             }
