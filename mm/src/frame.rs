@@ -117,7 +117,7 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        debug_assert!(self.phys.as_u64() % PAGE_SIZE == 0);
+        debug_assert!(self.phys.as_u64().is_multiple_of(PAGE_SIZE));
         LEAKED.fetch_add(1, Ordering::Relaxed);
     }
 }

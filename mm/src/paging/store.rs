@@ -71,7 +71,7 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
     // Takes runs by address and makes a handle per frame of them.
     #[allow(unsafe_code)]
     pub unsafe fn new(mem: &'m M, runs: Vec<PhysAddr>, run_frames: u64) -> RamStore<'m, M> {
-        debug_assert!(runs.iter().all(|r| r.as_u64() % PAGE_SIZE == 0));
+        debug_assert!(runs.iter().all(|r| r.as_u64().is_multiple_of(PAGE_SIZE)));
         let frames: Vec<_> = runs
             .iter()
             .flat_map(|&run| (0..run_frames).map(move |i| run + i * PAGE_SIZE))

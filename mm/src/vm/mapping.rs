@@ -328,7 +328,7 @@ impl<P: VmPlatform> Vm<P> {
         frame: Frame,
         flags: Flags,
     ) -> Result<(), (VmError, Frame)> {
-        if virt % PAGE_SIZE != 0 {
+        if !virt.is_multiple_of(PAGE_SIZE) {
             return Err((VmError::NotAligned { value: virt }, frame));
         }
         if let Err(e) = space.check_range(virt, 1) {
