@@ -17,18 +17,26 @@ pub struct KernelMachine {
     /// whose run is judged by test records only).
     send_records: bool,
     /// Whether `Bench` records are kept in `CAPTURED` (for in-kernel tests
-    /// that check a benchmark's counters).
+    /// that check a benchmark's counters; test image only).
+    #[cfg(feature = "test-hooks")]
     capture: bool,
 }
 
 /// The machine `mode=bench` and `mode=stress` use.
-pub static REPORTING: KernelMachine = KernelMachine { send_records: true, capture: false };
+pub static REPORTING: KernelMachine = KernelMachine {
+    send_records: true,
+    #[cfg(feature = "test-hooks")]
+    capture: false,
+};
 /// The machine the in-kernel tests use: logs, but sends no bench records.
+#[cfg(feature = "test-hooks")]
 pub static QUIET: KernelMachine = KernelMachine { send_records: false, capture: false };
 /// Like `QUIET`, but keeps each `Bench` record's figures in `CAPTURED`.
+#[cfg(feature = "test-hooks")]
 pub static CAPTURING: KernelMachine = KernelMachine { send_records: false, capture: true };
 
 /// One `Bench` record as `CAPTURING` kept it.
+#[cfg(feature = "test-hooks")]
 pub struct Captured {
     pub bench: alloc::string::String,
     pub variant: alloc::string::String,
@@ -36,6 +44,7 @@ pub struct Captured {
     pub counters: alloc::vec::Vec<(alloc::string::String, u64)>,
 }
 
+#[cfg(feature = "test-hooks")]
 impl Captured {
     /// Counter `name`, 0 if the record had none.
     pub fn counter(&self, name: &str) -> u64 {
@@ -43,6 +52,7 @@ impl Captured {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 pub static CAPTURED: spin::Mutex<alloc::vec::Vec<Captured>> = spin::Mutex::new(alloc::vec::Vec::new());
 
 /// Addresses benchmark memory can be at: the kernel's seed and `k_mem_map`
@@ -100,6 +110,7 @@ impl Machine for KernelMachine {
         if self.send_records {
             logger::emit(record);
         }
+        #[cfg(feature = "test-hooks")]
         if let (true, record::Record::Bench { bench, variant, ops, counters, .. }) = (self.capture, record) {
             let counters = counters.0.iter().map(|(n, v)| (alloc::string::String::from(*n), *v)).collect();
             CAPTURED.lock().push(Captured { bench: (*bench).into(), variant: (*variant).into(), ops: *ops, counters });

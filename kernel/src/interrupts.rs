@@ -11,12 +11,14 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, Pag
 use x86_64::{PrivilegeLevel, VirtAddr};
 
 use crate::fatal;
+#[cfg(feature = "test-hooks")]
 use crate::fault_catch;
 use crate::gdt::{DOUBLE_FAULT_IST, NMI_IST};
 use crate::usermode;
 use crate::workers;
 
-/// Vector used by the IPI tests.
+/// Vector used by the IPI tests (test image only).
+#[cfg(feature = "test-hooks")]
 pub const TEST_VECTOR: u8 = 0xF2;
 
 static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
@@ -45,6 +47,7 @@ static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
     idt.machine_check.set_handler_fn(machine_check);
     idt[smp::ipi::CROSS_CALL_VECTOR].set_handler_fn(cross_call);
     idt[workers::WAKE_VECTOR].set_handler_fn(wake);
+    #[cfg(feature = "test-hooks")]
     idt[TEST_VECTOR].set_handler_fn(test_ipi);
     idt[drivers::lapic::ERROR_VECTOR].set_handler_fn(apic_error);
     idt[drivers::lapic::SPURIOUS_VECTOR].set_handler_fn(spurious);
@@ -77,12 +80,24 @@ fn exception(frame: &mut InterruptStackFrame, vector: u8, name: &str, error_code
     let handled = if usermode::from_ring3(frame) {
         usermode::exit_on_fault(frame, vector, code, cr2)
     } else {
-        fault_catch::try_recover(frame, vector, code, cr2)
+        caught_by_test(frame, vector, code, cr2)
     };
     if handled {
         return;
     }
     fatal::exception(vector, name, error_code, frame, cr2)
+}
+
+/// Whether a test expecting this exception catches it (`fault_catch`).
+#[cfg(feature = "test-hooks")]
+fn caught_by_test(frame: &mut InterruptStackFrame, vector: u8, code: u64, cr2: u64) -> bool {
+    fault_catch::try_recover(frame, vector, code, cr2)
+}
+
+/// The production image has no tests, so nothing catches an exception.
+#[cfg(not(feature = "test-hooks"))]
+fn caught_by_test(_frame: &mut InterruptStackFrame, _vector: u8, _code: u64, _cr2: u64) -> bool {
+    false
 }
 
 macro_rules! handlers {
@@ -125,7 +140,8 @@ handlers_with_code! {
 /// taken while handling another, e.g. by an interrupt during a nap).
 static PAGE_FAULT_DEPTH: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
-/// How many page faults this CPU is handling at the moment.
+/// How many page faults this CPU is handling at the moment (for the tests).
+#[cfg(feature = "test-hooks")]
 pub fn page_fault_depth() -> u32 {
     PAGE_FAULT_DEPTH[smp::percpu::current_index()].load(Ordering::Relaxed)
 }
@@ -142,7 +158,8 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageF
 }
 
 /// The IST slot (1-based, 0 for none: the current stack) the loaded IDT
-/// gives `vector`, as the CPU reads it.
+/// gives `vector`, as the CPU reads it (for the tests).
+#[cfg(feature = "test-hooks")]
 pub fn ist_of(vector: u8) -> u16 {
     let idt = x86_64::instructions::tables::sidt();
     // Gate descriptors are 16 bytes; bits 0..3 of the word at byte 4 are
@@ -174,6 +191,7 @@ extern "x86-interrupt" fn wake(_frame: InterruptStackFrame) {
     smp::percpu::with_local_apic(|l| l.end_of_interrupt());
 }
 
+#[cfg(feature = "test-hooks")]
 extern "x86-interrupt" fn test_ipi(_frame: InterruptStackFrame) {
     crate::tests::ipi::received();
     smp::percpu::with_local_apic(|l| l.end_of_interrupt());

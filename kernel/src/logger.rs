@@ -1,6 +1,7 @@
 //! `log` output on the serial line, one line per record, prefixed with the
 //! time since boot and the CPU that logged it.
 
+#[cfg(feature = "test-hooks")]
 use core::fmt::Write;
 
 use drivers::{serial, tsc};
@@ -51,21 +52,26 @@ pub fn emit(rec: &record::GuestRecord) {
     }
 }
 
-/// Formats into a fixed buffer, cutting off what does not fit.
+/// Formats into a fixed buffer, cutting off what does not fit (the
+/// tests' failure messages).
+#[cfg(feature = "test-hooks")]
 pub struct Text<const N: usize>(pub arrayvec::ArrayString<N>);
 
+#[cfg(feature = "test-hooks")]
 impl<const N: usize> Text<N> {
     pub const fn new() -> Self {
         Text(arrayvec::ArrayString::new_const())
     }
 }
 
+#[cfg(feature = "test-hooks")]
 impl<const N: usize> Default for Text<N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(feature = "test-hooks")]
 impl<const N: usize> Write for Text<N> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         for c in s.chars() {

@@ -10,6 +10,8 @@ mod bench_machine;
 mod cmdline;
 mod cpu_features;
 mod fatal;
+/// Catching an expected exception: only the tests expect one.
+#[cfg(feature = "test-hooks")]
 mod fault_catch;
 mod frames;
 mod gdt;
@@ -23,8 +25,12 @@ mod nap;
 mod paging;
 mod pat;
 mod swap_disk;
+/// The in-kernel test suites: only in the test image (`test-hooks`).
+#[cfg(feature = "test-hooks")]
 mod tests;
 mod trace_mark;
+/// The ring-3 program of the usermode tests: test image only.
+#[cfg(feature = "test-hooks")]
 mod user_program;
 mod usermode;
 mod virtio_hal;
@@ -152,7 +158,14 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     match cmdline.mode {
         cmdline::Mode::Run => exit(ExitCode::Success),
+        #[cfg(feature = "test-hooks")]
         cmdline::Mode::Test => exit(tests::run_all(cmdline.seed.unwrap_or_else(tsc::rdtsc), &cmdline.only)),
+        // A clear failure, not an empty pass: this image has no tests.
+        #[cfg(not(feature = "test-hooks"))]
+        cmdline::Mode::Test => {
+            log::error!("mode=test: this image has no tests (built without the test-hooks feature)");
+            exit(ExitCode::Failure)
+        }
         cmdline::Mode::Bench => {
             let plan = if cmdline.quick { bench::Plan::QUICK } else { bench::Plan::FULL };
             let seed = cmdline.seed.unwrap_or_else(tsc::rdtsc);

@@ -60,7 +60,8 @@ pub unsafe fn fill_words(phys: PhysAddr, value: u64) {
     }
 }
 
-/// Fills `frame` with the word `value`.
+/// Fills `frame` with the word `value` (the test suites' stamps).
+#[cfg(feature = "test-hooks")]
 pub fn fill_frame_words(frame: &mut Frame, value: u64) {
     // SAFETY: holding the handle mutably, the caller owns the frame.
     unsafe { fill_words(frame.phys(), value) }

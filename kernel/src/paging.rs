@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 
 use mm::buddy::MAX_ORDER;
 use mm::paging::block_store::BlockStore;
+#[cfg(feature = "test-hooks")]
 use mm::paging::faulty_store::FaultyStore;
 use mm::paging::policy::{Lru, Nru};
 use mm::paging::store_switch::StoreSwitch;
@@ -22,12 +23,14 @@ pub const STORE_SLOTS: u64 = 4096;
 /// Most slots used on a swap disk: 1 GiB.
 const DISK_SLOTS: u64 = 1 << 18;
 
-/// The store paging uses, behind a (disarmed) fault injector for tests.
+/// The test image's (disarmed) fault injector in front of the stores.
+#[cfg(feature = "test-hooks")]
 static STORE: Once<&'static FaultyStore> = Once::new();
-/// The stores behind it.
+/// The stores paging uses.
 static SWITCH: Once<&'static StoreSwitch> = Once::new();
 
-/// The fault injector in front of the store.
+/// The fault injector in front of the store (test image only).
+#[cfg(feature = "test-hooks")]
 pub fn faulty_store() -> &'static FaultyStore {
     STORE.get().expect("paging::init has not run")
 }
@@ -57,17 +60,30 @@ pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     stores.push(ram);
     let switch: &'static StoreSwitch = Box::leak(Box::new(StoreSwitch::new(stores)));
     SWITCH.call_once(|| switch);
-    let faulty: &'static FaultyStore = Box::leak(Box::new(FaultyStore::new(switch)));
-    STORE.call_once(|| faulty);
+    let store = injector_before(switch);
     let db = f.db();
     let policy: &'static dyn EvictionPolicy = match eviction {
         Eviction::Nru => Box::leak(Box::new(Nru::new())),
         Eviction::Lru => Box::leak(Box::new(Lru::new(db.len()))),
     };
-    let config = PagerConfig { db, store: faulty, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
+    let config = PagerConfig { db, store, policy, resident_limit: u64::MAX, reserve: RESERVE_FRAMES };
     Paging::enable(vm::get(), config).expect("paging enabled twice");
     let slots = switch.usage().1;
     log::info!("paging: {eviction:?} eviction, {} store of {} MiB", switch.name(), (slots * mm::PAGE_SIZE) >> 20);
+}
+
+/// The store paging is given: the test image puts its fault injector in
+/// front of the stores; the production image pages to them directly.
+#[cfg(feature = "test-hooks")]
+fn injector_before(switch: &'static StoreSwitch) -> &'static dyn BackingStore {
+    let faulty: &'static FaultyStore = Box::leak(Box::new(FaultyStore::new(switch)));
+    STORE.call_once(|| faulty);
+    faulty
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn injector_before(switch: &'static StoreSwitch) -> &'static dyn BackingStore {
+    switch
 }
 
 /// The kernel VM's paging: `NotEnabled` before `init`.
@@ -88,7 +104,7 @@ pub fn use_store(name: &str) -> Result<(), StoreError> {
 
 /// The name of the store paging uses (`ram`, `virtio-blk`).
 pub fn store_name() -> &'static str {
-    faulty_store().name()
+    SWITCH.get().expect("paging::init has not run").name()
 }
 
 /// Called by the page-fault handler for faults from kernel code: true if
@@ -114,6 +130,7 @@ pub fn peek_last_error() -> Option<PagingError> {
 }
 
 /// The error of the last fault on this CPU paging refused, and clears it.
+#[cfg(feature = "test-hooks")]
 pub fn take_last_error() -> Option<PagingError> {
     LAST_ERROR[smp::percpu::current_index()].lock().take()
 }

@@ -18,7 +18,8 @@ pub fn init() {
     unsafe { msr.write(LAYOUT) };
 }
 
-/// This CPU's PAT as the CPU holds it.
+/// This CPU's PAT as the CPU holds it (for the tests).
+#[cfg(feature = "test-hooks")]
 pub fn read() -> u64 {
     // SAFETY: reading the PAT MSR has no side effects.
     unsafe { Msr::new(IA32_PAT).read() }

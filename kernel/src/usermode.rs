@@ -18,6 +18,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use smp::MAX_CPUS;
+#[cfg(feature = "test-hooks")]
 use x86_64::instructions::segmentation::{Segment, GS};
 use x86_64::registers::control::Cr2;
 use x86_64::registers::rflags::RFlags;
@@ -29,6 +30,7 @@ use crate::{fatal, gdt};
 /// The gate ring-3 code leaves through (DPL 3, see `interrupts`).
 pub const EXIT_VECTOR: u8 = 0x80;
 /// Addresses ring-3 code may start at or use as a stack: the lower half.
+#[cfg(feature = "test-hooks")]
 const USER_END: u64 = 0x0000_8000_0000_0000;
 const PAGE_FAULT: u8 = 14;
 const NMI: u8 = 2;
@@ -52,6 +54,7 @@ static EXIT: [spin::Mutex<Option<UserExit>>; MAX_CPUS] = [const { spin::Mutex::n
 
 /// What `usermode_enter` loads; the first five fields are the `iretq`
 /// frame in the order the instruction pops them.
+#[cfg(feature = "test-hooks")]
 #[repr(C)]
 struct Entry {
     rip: u64,
@@ -140,6 +143,7 @@ core::arch::global_asm!(
 );
 
 extern "C" {
+    #[cfg(feature = "test-hooks")]
     fn usermode_enter(entry: *const Entry, landing: *mut u64);
     fn usermode_landing();
     fn usermode_exit_gate();
@@ -164,6 +168,7 @@ pub fn exit_gate_addr() -> u64 {
 /// memory behind such a page that a write would invalidate. The program
 /// must end (it runs with interrupts masked, so a loop never does) and
 /// must not load segment registers (see the module comment).
+#[cfg(feature = "test-hooks")] // only the tests run ring-3 code
 pub unsafe fn run_user(entry: u64, stack_top: u64, arg0: u64, arg1: u64) -> UserExit {
     assert!(entry < USER_END && stack_top < USER_END, "run_user({entry:#x}, {stack_top:#x}): not a lower-half address");
     // `gdt::load` leaves GS null; a DPL-0 selector there would be nulled by

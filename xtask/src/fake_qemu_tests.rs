@@ -98,7 +98,7 @@ fn closed_stdout_without_exit_still_times_out() {
 #[test]
 fn run_qemu_passes_the_command_line() {
     let qemu = Qemu { bin: "/bin/echo".into(), version: Version(10, 0, 2) };
-    let images = Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
+    let images = Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into(), elf: "/img/kernel".into() };
     let config = Config {
         smp: 4,
         accel: Accel::Tcg,
@@ -125,7 +125,7 @@ fn run_qemu_passes_the_command_line() {
 #[test]
 fn accel_and_gdb_reach_the_command_line() {
     let qemu = Qemu { bin: "/bin/echo".into(), version: Version(10, 0, 2) };
-    let images = Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
+    let images = Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into(), elf: "/img/kernel".into() };
     let no_virt = "processor\t: 0\nflags\t\t: fpu tsc msr hypervisor\n";
     let vmx = "processor\t: 0\nflags\t\t: fpu tsc msr vmx\n";
     let line = |accel: Accel, xapic: bool, gdb: Option<u16>| {

@@ -14,7 +14,7 @@ use crate::exit::Exit;
 use crate::qemu::{parse_mem, Config, Firmware, GuestOptions, Qemu};
 use crate::run::{self, Capture, Echo};
 use crate::test::{broken, Tally};
-use crate::{build, install, Mode};
+use crate::{install, Mode};
 use anyhow::{bail, Context, Result};
 use record::Record;
 use std::path::Path;
@@ -111,7 +111,7 @@ pub fn stage(qemu: &Qemu, images: &Images, accel: Accel) -> Tally {
 
 fn run_stage(qemu: &Qemu, images: &Images, accel: Accel) -> Result<Vec<String>> {
     let gdb = install::ensure_gdb()?;
-    let elf = build::kernel_elf();
+    let elf = &images.elf;
     check_symbols(&gdb, &elf)?;
     let port = free_port()?;
     let config = Config {

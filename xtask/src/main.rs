@@ -52,11 +52,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the kernel and its BIOS and UEFI disk images (target/image/).
+    /// Build the kernel and its BIOS and UEFI disk images (target/image/;
+    /// the test kernel's in target/image-test/ with --tests).
     Build {
         /// Also make sure the OVMF firmware for UEFI runs is installed.
         #[arg(long)]
         uefi: bool,
+        /// Build the test kernel (the in-kernel suites and their hooks).
+        #[arg(long)]
+        tests: bool,
     },
     /// Build, then boot the kernel in QEMU and report what it sent back.
     Run(RunArgs),
@@ -148,7 +152,8 @@ struct RunArgs {
     /// these prefixes (`--only paging::,tlb::`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Boot the image already in target/image instead of rebuilding it.
+    /// Boot the image already built instead of rebuilding it
+    /// (target/image, or target/image-test with --mode test).
     #[arg(long)]
     no_build: bool,
     /// Attach a fresh sparse swap disk of this size (target/swap/run.img,
@@ -171,7 +176,7 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build { uefi } => build_cmd(uefi),
+        Command::Build { uefi, tests } => build_cmd(uefi, tests),
         Command::Run(args) => run_cmd(args),
         Command::Test(args) => test::test(args),
         Command::Bench(args) => bench::bench(args),
@@ -187,15 +192,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn build_cmd(uefi: bool) -> Result<ExitCode> {
+fn build_cmd(uefi: bool, tests: bool) -> Result<ExitCode> {
     toolchain::ensure_toolchain()?;
     if uefi {
         install::ensure_ovmf()?;
     }
-    let images = build::build()?;
+    let images = build::build(if tests { build::Flavor::Test } else { build::Flavor::Production })?;
     let image = if uefi { &images.uefi } else { &images.bios };
     eprintln!("==> image: {}", image.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel `run` boots: the test kernel only for `--mode test`, so a
+/// plain run is the production kernel, without tests or test hooks.
+fn image_flavor(mode: Mode) -> build::Flavor {
+    match mode {
+        Mode::Test => build::Flavor::Test,
+        Mode::Run | Mode::Bench | Mode::Stress => build::Flavor::Production,
+    }
 }
 
 fn run_cmd(args: RunArgs) -> Result<ExitCode> {
@@ -204,7 +218,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
     let qemu = install::ensure_qemu()?;
     let firmware =
         if args.uefi { qemu::Firmware::Uefi { ovmf: install::ensure_ovmf()? } } else { qemu::Firmware::Bios };
-    let images = build::images(args.no_build)?;
+    let images = build::images(args.no_build, image_flavor(args.mode))?;
     let config = qemu::Config {
         smp: args.smp,
         accel,
@@ -231,7 +245,7 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         (None, true) => run::NO_TIMEOUT,
     };
     if let Some(port) = config.gdb {
-        gdb::announce(&install::ensure_gdb()?, &build::kernel_elf(), port)?;
+        gdb::announce(&install::ensure_gdb()?, &images.elf, port)?;
     }
     match args.mode {
         Mode::Run => {
@@ -246,6 +260,19 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         // `#[value(skip)]` keeps these out of `--mode`; they have commands.
         Mode::Bench | Mode::Stress => {
             anyhow::bail!("use `cargo xtask {}`", args.mode.as_str())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_test_mode_run_boots_the_test_kernel() {
+        assert_eq!(image_flavor(Mode::Test), build::Flavor::Test);
+        for mode in [Mode::Run, Mode::Bench, Mode::Stress] {
+            assert_eq!(image_flavor(mode), build::Flavor::Production, "{mode:?}");
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn stress(args: StressArgs) -> Result<ExitCode> {
     // Before anything can fail or hang: the seed is what replays the run.
     println!("stress: seed {seed:#x}");
     let qemu = install::ensure_qemu()?;
-    let images = build::images(args.no_build)?;
+    let images = build::images(args.no_build, build::Flavor::Production)?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(args.seconds + 300));
     let plan = Plan {
         smp: args.smp,

@@ -128,7 +128,9 @@ pub fn test(args: TestArgs) -> Result<ExitCode> {
     }
 
     let suites = if runs(Stage::Kernel) { plan(args.quick) } else { Vec::new() };
-    let prepared = toolchain.map_err(|e| anyhow!(e)).and_then(|()| Ok((install::ensure_qemu()?, build::build()?)));
+    let prepared = toolchain
+        .map_err(|e| anyhow!(e))
+        .and_then(|()| Ok((install::ensure_qemu()?, build::build(build::Flavor::Test)?)));
     match prepared {
         Ok((qemu, images)) => {
             let mut ovmf = None;

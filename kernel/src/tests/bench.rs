@@ -3,27 +3,24 @@
 //! with its audits, on every online CPU. (Speed is measured by
 //! `cargo xtask bench`, never asserted here.)
 
-use super::{ensure, Test, TestResult};
+use super::{ensure, register, Test, TestResult};
 use crate::bench_machine::{CAPTURED, CAPTURING, QUIET};
 
-pub const TESTS: &[Test] = &[
-    Test::new("bench::every_benchmark_checks_out", every_benchmark),
-    Test::new("bench::stress_finds_no_violation", stress),
-    Test::new("bench::shootdown_counters_match_the_cached_cpus", shootdown_counters),
-];
-
+register!(Test::new("bench::every_benchmark_checks_out", every_benchmark));
 fn every_benchmark() -> TestResult {
     let ok = bench::run_benchmarks(&QUIET, "", bench::Plan::SMOKE, true, super::seed());
     ensure!(ok, "a benchmark failed its checks (see the log)");
     Ok(())
 }
 
+register!(Test::new("bench::stress_finds_no_violation", stress));
 fn stress() -> TestResult {
     let ok = bench::stress::run(&QUIET, 4, super::seed());
     ensure!(ok, "stress found a violation (see the log)");
     Ok(())
 }
 
+register!(Test::new("bench::shootdown_counters_match_the_cached_cpus", shootdown_counters));
 /// tlb.shootdown cached-k: each operation is one shootdown from CPU 0 to
 /// the k CPUs running the space, so its counters must say exactly one
 /// shootdown and k - 1 other CPUs asked per operation, one or more

@@ -5,7 +5,7 @@ use core::ptr;
 use mm::vm::{KMemFlags, PAGE_SIZE, STACK_AREA};
 use x86_64::structures::idt::PageFaultErrorCode;
 
-use super::{ensure, fails, Test, TestResult};
+use super::{ensure, fails, register, Test, TestResult};
 use crate::fault_catch;
 use crate::guard_page::guard_page_of;
 use crate::interrupts::ist_of;
@@ -19,14 +19,7 @@ const DOUBLE_FAULT: u8 = 8;
 /// The first page of the stack area is a guard page: never mapped.
 const GUARD: u64 = STACK_AREA.start;
 
-pub const TESTS: &[Test] = &[
-    Test::expecting_fault("fault::unmapped_read_is_a_caught_page_fault", PAGE_FAULT, read_guard_page),
-    Test::new("fault::catch_reports_address_and_access", catch_reports_details),
-    Test::new("fault::invalid_opcode_is_caught", invalid_opcode),
-    Test::new("fault::page_faults_run_on_the_current_stack", page_fault_gate),
-    Test::new("fault::stack_guard_pages_are_recognised", guard_pages),
-];
-
+register!(Test::expecting_fault("fault::unmapped_read_is_a_caught_page_fault", PAGE_FAULT, read_guard_page));
 fn read_guard_page() -> TestResult {
     // SAFETY: none needed for soundness: the address is never mapped, so
     // the read faults and the harness unwinds before a value exists.
@@ -35,6 +28,7 @@ fn read_guard_page() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("fault::catch_reports_address_and_access", catch_reports_details));
 fn catch_reports_details() -> TestResult {
     let addr = GUARD + 0x18;
     // SAFETY: the closure holds nothing and only performs the faulting
@@ -75,6 +69,7 @@ fn catch_reports_details() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("fault::invalid_opcode_is_caught", invalid_opcode));
 fn invalid_opcode() -> TestResult {
     // SAFETY: `ud2` raises #UD, which `catch` turns into an error; the
     // closure holds nothing.
@@ -87,6 +82,7 @@ fn invalid_opcode() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("fault::page_faults_run_on_the_current_stack", page_fault_gate));
 /// A page fault can be taken while another is handled (an interrupt
 /// during the first one's nap faults): on an IST stack the second would
 /// start at the same top and overwrite the first's frame. So #PF stays on
@@ -106,6 +102,7 @@ fn page_fault_gate() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("fault::stack_guard_pages_are_recognised", guard_pages));
 /// What the double-fault report calls a stack overflow: CR2 in an
 /// unmapped page right below mapped memory (the lock-free walk agrees with
 /// the mappings made here).

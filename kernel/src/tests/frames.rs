@@ -11,17 +11,8 @@ use smp::{percpu, MAX_CPUS};
 use spin::Mutex;
 
 use super::rng::Rng;
-use super::{ensure, failure, Test, TestResult};
+use super::{ensure, failure, register, Test, TestResult};
 use crate::{frames, memory, workers};
-
-pub const TESTS: &[Test] = &[
-    Test::new("frames::bad_frees_change_nothing", bad_frees_change_nothing),
-    Test::new("frames::contiguous_runs_are_aligned", contiguous_runs_are_aligned),
-    Test::new("frames::stress/magazine", || stress(Policy::Magazine)),
-    Test::new("frames::stress/global_lock", || stress(Policy::GlobalLock)),
-    Test::new("frames::exhaust_and_recover/magazine", || exhaust_and_recover(Policy::Magazine)),
-    Test::new("frames::exhaust_and_recover/global_lock", || exhaust_and_recover(Policy::GlobalLock)),
-];
 
 const TIMEOUT_NS: u64 = 120_000_000_000;
 
@@ -63,6 +54,7 @@ fn audit() -> Result<Census, super::Failure> {
     frames::get().audit().map_err(|v| failure(format_args!("audit violation: {v:?}")))
 }
 
+register!(Test::new("frames::bad_frees_change_nothing", bad_frees_change_nothing));
 /// Every kind of bad free is refused with its own error, and neither the
 /// free count nor where any frame is changes.
 fn bad_frees_change_nothing() -> TestResult {
@@ -99,6 +91,7 @@ fn bad_frees_change_nothing() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("frames::contiguous_runs_are_aligned", contiguous_runs_are_aligned));
 fn contiguous_runs_are_aligned() -> TestResult {
     let f = frames::get();
     let before = f.free_bytes();
@@ -191,6 +184,8 @@ fn stress_worker(cpu: usize) {
     }
 }
 
+register!(Test::new("frames::stress/magazine", || stress(Policy::Magazine)));
+register!(Test::new("frames::stress/global_lock", || stress(Policy::GlobalLock)));
 fn stress(policy: Policy) -> TestResult {
     let f = frames::get();
     f.set_policy(policy);
@@ -303,6 +298,8 @@ fn release_worker(cpu: usize) {
     }
 }
 
+register!(Test::new("frames::exhaust_and_recover/magazine", || exhaust_and_recover(Policy::Magazine)));
+register!(Test::new("frames::exhaust_and_recover/global_lock", || exhaust_and_recover(Policy::GlobalLock)));
 /// All CPUs allocate until the allocator says out of memory: they must
 /// have received every free frame, and after they free them (each CPU its
 /// neighbour's) the free count must be exactly what it was.

@@ -12,11 +12,9 @@ use smp::{percpu, MAX_CPUS};
 use spin::Mutex;
 
 use super::rng::Rng;
-use super::{ensure, Test, TestResult};
+use super::{ensure, register, Test, TestResult};
 use crate::heap::HEAP;
 use crate::workers;
-
-pub const TESTS: &[Test] = &[Test::new("heap::collections_on_every_cpu", collections_on_every_cpu)];
 
 static ERRORS: AtomicU64 = AtomicU64::new(0);
 static PASSED: [Mutex<Vec<Box<[u64]>>>; MAX_CPUS] = [const { Mutex::new(Vec::new()) }; MAX_CPUS];
@@ -57,6 +55,7 @@ fn worker(cpu: usize) {
     }
 }
 
+register!(Test::new("heap::collections_on_every_cpu", collections_on_every_cpu));
 fn collections_on_every_cpu() -> TestResult {
     ERRORS.store(0, Ordering::Relaxed);
     let before = HEAP.stats().in_use;

@@ -7,14 +7,8 @@ use drivers::tsc;
 use smp::ipi;
 use smp::{percpu, CpuSet, MAX_CPUS};
 
-use super::{ensure, Test, TestResult};
+use super::{ensure, register, Test, TestResult};
 use crate::interrupts::TEST_VECTOR;
-
-pub const TESTS: &[Test] = &[
-    Test::new("ipi::to_each_cpu", to_each_cpu),
-    Test::new("ipi::to_a_set", to_a_set),
-    Test::new("ipi::to_all_but_self", to_all_but_self),
-];
 
 static RECEIVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
@@ -48,6 +42,7 @@ fn expect_delivery(before: &[u64; MAX_CPUS], targets: CpuSet) -> TestResult {
     Ok(())
 }
 
+register!(Test::new("ipi::to_each_cpu", to_each_cpu));
 fn to_each_cpu() -> TestResult {
     let me = percpu::current_index();
     for cpu in percpu::online_set().without(me).iter() {
@@ -58,6 +53,7 @@ fn to_each_cpu() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("ipi::to_a_set", to_a_set));
 fn to_a_set() -> TestResult {
     let me = percpu::current_index();
     // Every other online CPU with an odd index: a sparse set.
@@ -67,6 +63,7 @@ fn to_a_set() -> TestResult {
     expect_delivery(&before, set)
 }
 
+register!(Test::new("ipi::to_all_but_self", to_all_but_self));
 fn to_all_but_self() -> TestResult {
     let others = percpu::online_set().without(percpu::current_index());
     let before = counts();

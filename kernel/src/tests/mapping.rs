@@ -9,20 +9,8 @@ use smp::MAX_CPUS;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
 use super::probe;
-use super::{ensure, fails, failure, Test, TestResult};
+use super::{ensure, fails, failure, register, Test, TestResult};
 use crate::{frames, memory, pat, vm};
-
-pub const TESTS: &[Test] = &[
-    Test::new("vm::map_unmap_ten_times", map_unmap_ten_times),
-    Test::new("vm::guard_pages_fault", guard_pages_fault),
-    Test::new("vm::read_only_alias_refuses_writes", read_only_alias),
-    Test::new("vm::nx_pages_do_not_execute", nx_pages),
-    Test::new("vm::phys_map_odd_region_and_cache_modes", phys_map_odd_region),
-    Test::new("vm::bad_inputs_change_nothing", bad_inputs),
-    Test::new("vm::fault_injection_sweep_rolls_back", fault_injection_sweep),
-    Test::new("vm::page_table_audit", page_table_audit),
-    Test::new("vm::direct_map_is_bounds_checked", direct_map_bounds),
-];
 
 /// Everything a failed call must leave as it was.
 #[derive(PartialEq, Eq, Debug)]
@@ -40,6 +28,7 @@ fn state() -> State {
     }
 }
 
+register!(Test::new("vm::map_unmap_ten_times", map_unmap_ten_times));
 fn map_unmap_ten_times() -> TestResult {
     let vm = vm::get();
     let before = frames::get().free_bytes();
@@ -69,6 +58,7 @@ fn map_unmap_ten_times() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm::guard_pages_fault", guard_pages_fault));
 fn guard_pages_fault() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
@@ -88,6 +78,7 @@ fn guard_pages_fault() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm::read_only_alias_refuses_writes", read_only_alias));
 fn read_only_alias() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
@@ -115,6 +106,7 @@ fn read_only_alias() -> TestResult {
 /// `mov eax, 42; ret`
 const RETURN_42: [u8; 6] = [0xB8, 42, 0, 0, 0, 0xC3];
 
+register!(Test::new("vm::nx_pages_do_not_execute", nx_pages));
 fn nx_pages() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
@@ -135,6 +127,7 @@ fn nx_pages() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm::phys_map_odd_region_and_cache_modes", phys_map_odd_region));
 fn phys_map_odd_region() -> TestResult {
     let vm = vm::get();
     ensure!(pat::read() == pat::LAYOUT, "PAT is {:#x}, expected {:#x}", pat::read(), pat::LAYOUT);
@@ -171,6 +164,7 @@ fn phys_map_odd_region() -> TestResult {
     result
 }
 
+register!(Test::new("vm::bad_inputs_change_nothing", bad_inputs));
 fn bad_inputs() -> TestResult {
     let vm = vm::get();
     let k = vm.kernel();
@@ -221,6 +215,7 @@ fn bad_inputs() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm::fault_injection_sweep_rolls_back", fault_injection_sweep));
 fn fault_injection_sweep() -> TestResult {
     let vm = vm::get();
     let me = smp::percpu::current_index();
@@ -255,6 +250,7 @@ fn fault_injection_sweep() -> TestResult {
     Err(failure(format_args!("k_mem_map kept failing")))
 }
 
+register!(Test::new("vm::page_table_audit", page_table_audit));
 fn page_table_audit() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(8 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
@@ -266,6 +262,7 @@ fn page_table_audit() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm::direct_map_is_bounds_checked", direct_map_bounds));
 fn direct_map_bounds() -> TestResult {
     let window = memory::direct_map();
     let mut handle = frames::get().alloc_page().map_err(fails)?;

@@ -14,18 +14,8 @@ use x86_64::structures::idt::PageFaultErrorCode as Code;
 
 use super::on_all::{fail, run};
 use super::probe;
-use super::{ensure, fails, failure, rng::Rng, Test, TestResult};
+use super::{ensure, fails, failure, register, rng::Rng, Test, TestResult};
 use crate::{frames, vm};
-
-pub const TESTS: &[Test] = &[
-    Test::new("vm_smp::unmap_races_readers", unmap_races_readers),
-    Test::new("vm_smp::downgrade_seen_by_every_cpu", downgrade_everywhere),
-    Test::new("vm_smp::full_flush_keeps_other_mappings", full_flush_keeps_others),
-    Test::new("vm_smp::map_unmap_storm_one_space", storm_one_space),
-    Test::new("vm_smp::vmalloc_storm_shared_tables", storm_shared_tables),
-    Test::new("vm_smp::map_unmap_storm_separate_spaces", storm_separate_spaces),
-    Test::new("vm_smp::shootdowns_reach_only_active_cpus", targeted_shootdowns),
-];
 
 const POISON: u64 = 0xDEAD_BEEF_DEAD_BEEF;
 const ROUNDS: u64 = 20;
@@ -45,6 +35,7 @@ fn spin_until(cond: impl Fn() -> bool) -> bool {
     true
 }
 
+register!(Test::new("vm_smp::unmap_races_readers", unmap_races_readers));
 /// CPU 0 maps a page, bumps a counter in it while the others read it,
 /// unmaps it, takes the freed frame back and fills it with poison. A
 /// reader that started after the unmap returned must fault; no reader may
@@ -162,6 +153,7 @@ fn reader(cpu: usize, round: u64) {
     ROUND_DONE.fetch_add(1, Ordering::AcqRel);
 }
 
+register!(Test::new("vm_smp::downgrade_seen_by_every_cpu", downgrade_everywhere));
 fn downgrade_everywhere() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
@@ -193,6 +185,7 @@ fn downgrade_everywhere() -> TestResult {
 
 static OTHER: AtomicU64 = AtomicU64::new(0);
 
+register!(Test::new("vm_smp::full_flush_keeps_other_mappings", full_flush_keeps_others));
 /// A downgrade of more than `FULL_FLUSH_PAGES` pages flushes whole TLBs;
 /// every CPU must still read another region correctly afterwards.
 fn full_flush_keeps_others() -> TestResult {
@@ -230,6 +223,7 @@ fn full_flush_keeps_others() -> TestResult {
 const STORM_ROUNDS: u64 = 150;
 static UNMAPS: AtomicU64 = AtomicU64::new(0);
 
+register!(Test::new("vm_smp::map_unmap_storm_one_space", storm_one_space));
 /// Every CPU maps, fills, checks and unmaps regions of random size in the
 /// kernel space; afterwards every frame and range is back.
 fn storm_one_space() -> TestResult {
@@ -281,6 +275,7 @@ fn storm_one_space() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm_smp::vmalloc_storm_shared_tables", storm_shared_tables));
 /// Every CPU vmallocs and vmfrees small runs in the kernel's seed area,
 /// first fit from one start, so CPUs share page tables: installs, prunes
 /// and in-transit entries of neighbours interleave.
@@ -324,6 +319,7 @@ fn storm_shared_tables() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("vm_smp::map_unmap_storm_separate_spaces", storm_separate_spaces));
 /// Each CPU runs in its own user space and vmallocs/vmfrees there: its
 /// shootdowns target only itself, so no IPI is sent at all.
 fn storm_separate_spaces() -> TestResult {
@@ -394,6 +390,7 @@ struct Targeted {
     result: Result<(), VmError>,
 }
 
+register!(Test::new("vm_smp::shootdowns_reach_only_active_cpus", targeted_shootdowns));
 /// A user space active on CPU 0 and one other CPU: its unmaps send one IPI
 /// each, to that CPU only; CPUs not running it invalidate nothing. Both
 /// CPUs hold their activation in one `run` (the guard is left on the CPU

@@ -1,6 +1,8 @@
-//! The in-kernel test runner: named tests, one result line (and one
-//! record for the host) per test, then a summary. A test that expects a
-//! CPU exception passes only if that exception happens and is caught.
+//! The in-kernel test runner: named tests, registered where they are
+//! written (`registry`), one result line (and one record for the host)
+//! per test, then a summary. A test that expects a CPU exception passes
+//! only if that exception happens and is caught. Only in the test image
+//! (the kernel's `test-hooks` feature).
 
 use core::fmt::Write;
 
@@ -25,6 +27,7 @@ mod paging_smp;
 mod paging_stall;
 mod paging_store;
 mod probe;
+mod registry;
 mod rng;
 mod smp_tests;
 mod time;
@@ -96,27 +99,7 @@ macro_rules! ensure {
     };
 }
 pub(crate) use ensure;
-
-const SUITES: &[&[Test]] = &[
-    smp_tests::TESTS,
-    ipi::TESTS,
-    time::TESTS,
-    faults::TESTS,
-    frames::TESTS,
-    heap::TESTS,
-    tlb::TESTS,
-    mapping::TESTS,
-    mapping_smp::TESTS,
-    paging::TESTS,
-    paging_smp::TESTS,
-    paging_store::TESTS,
-    paging_stall::TESTS,
-    paging_lost_write::TESTS,
-    nested_fault::TESTS,
-    virtio_hal::TESTS,
-    usermode::TESTS,
-    bench::TESTS,
-];
+pub(crate) use registry::register;
 
 static SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -163,7 +146,16 @@ pub fn run_all(seed: u64, only: &str) -> ExitCode {
         log::info!("tests: only {only}");
     }
     let (mut passed, mut failed) = (0u32, 0u32);
-    for test in SUITES.iter().flat_map(|s| s.iter()).filter(|t| picked(t.name, only)) {
+    // A listed suite without tests is a failure, not a silent skip.
+    for suite in registry::empty_suites() {
+        failed += 1;
+        log::error!("test registry ... FAILED: suite {suite} has no registered test");
+        let detail = failure(format_args!("suite {suite} has no registered test"));
+        let record =
+            record::Record::Test { name: "registry", outcome: record::Outcome::Fail, ns: 0, detail: &detail.0 };
+        logger::emit(&record);
+    }
+    for test in registry::in_order().into_iter().filter(|t| picked(t.name, only)) {
         if let Some(why) = test.applies.and_then(|f| f()) {
             log::info!("test {} ... not run: {why}", test.name);
             continue;

@@ -15,11 +15,8 @@ use smp::{percpu, CpuSet};
 
 use super::on_all::{fail, run};
 use super::paging::{audit, get, my_counts, paging, pattern, put};
-use super::{ensure, fails, note, Test, TestResult};
+use super::{ensure, fails, note, register, Test, TestResult};
 use crate::{interrupts, paging, vm};
-
-pub const TESTS: &[Test] =
-    &[Test::new("nested_fault::fault_inside_a_napping_page_fault", nested_faults).only_if(swap_disk_and_cpus)];
 
 /// Pages CPU 1 pages out and faults back in.
 const OUTER_PAGES: u64 = 8;
@@ -46,6 +43,7 @@ fn swap_disk_and_cpus() -> Option<&'static str> {
     }
 }
 
+register!(Test::new("nested_fault::fault_inside_a_napping_page_fault", nested_faults).only_if(swap_disk_and_cpus));
 fn nested_faults() -> TestResult {
     let vm = vm::get();
     let outer = vm.k_mem_map(OUTER_PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;

@@ -8,16 +8,8 @@ use mm::paging::{Counts, Pager, Paging, PagingError, SlotFor};
 use mm::vm::{KMemFlags, VmError, PAGE_SIZE};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
-use super::{ensure, fails, failure, probe, Test, TestResult};
+use super::{ensure, fails, failure, probe, register, Test, TestResult};
 use crate::{frames, paging, vm};
-
-pub const TESTS: &[Test] = &[
-    Test::new("paging::overcommit_ram_plus_half_the_store", overcommit),
-    Test::new("paging::page_out_half_then_exact_faults", page_out_half),
-    Test::new("paging::pinned_pages_never_fault", pinned_pages),
-    Test::new("paging::unpaged_mapping_over_store_slots", unpaged_mapping),
-    Test::new("paging::refused_calls_change_nothing", refused_calls),
-];
 
 /// Resident limit for the tests: 4 MiB of RAM for paging, so a mapping
 /// of RAM + half the store is 12 MiB.
@@ -90,6 +82,7 @@ fn zigzag(n: u64, i: u64) -> u64 {
     }
 }
 
+register!(Test::new("paging::overcommit_ram_plus_half_the_store", overcommit));
 fn overcommit() -> TestResult {
     let pg = pager();
     let before = state();
@@ -149,6 +142,7 @@ fn overcommit_rounds() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("paging::page_out_half_then_exact_faults", page_out_half));
 fn page_out_half() -> TestResult {
     let vm = vm::get();
     let pages = 64;
@@ -177,6 +171,7 @@ fn page_out_half() -> TestResult {
     r
 }
 
+register!(Test::new("paging::pinned_pages_never_fault", pinned_pages));
 fn pinned_pages() -> TestResult {
     let vm = vm::get();
     let pg = pager();
@@ -214,6 +209,7 @@ fn pinned_pages() -> TestResult {
     r
 }
 
+register!(Test::new("paging::unpaged_mapping_over_store_slots", unpaged_mapping));
 fn unpaged_mapping() -> TestResult {
     let vm = vm::get();
     let store = pager().store();
@@ -236,6 +232,7 @@ fn unpaged_mapping() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("paging::refused_calls_change_nothing", refused_calls));
 fn refused_calls() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(4 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;

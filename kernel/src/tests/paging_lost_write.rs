@@ -15,11 +15,8 @@ use smp::percpu;
 
 use super::on_all::{fail, run};
 use super::paging::{audit, get, pager, paging, put};
-use super::{ensure, fails, note, Test, TestResult};
+use super::{ensure, fails, note, register, Test, TestResult};
 use crate::vm;
-
-pub const TESTS: &[Test] =
-    &[Test::new("paging_lost_write::evictions_under_a_counting_writer", counting_writer).only_if(two_cpus)];
 
 const PHASES: u64 = 40;
 /// Fewest increments in a writing phase, reads in a reading one.
@@ -38,6 +35,7 @@ fn two_cpus() -> Option<&'static str> {
     (percpu::online_count() < 2).then_some("needs 2 CPUs")
 }
 
+register!(Test::new("paging_lost_write::evictions_under_a_counting_writer", counting_writer).only_if(two_cpus));
 fn counting_writer() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;

@@ -13,23 +13,15 @@ use smp::{percpu, MAX_CPUS};
 
 use super::on_all::{fail, run};
 use super::paging::{audit, get, pager, paging, pattern, put};
-use super::{ensure, fails, Test, TestResult};
+use super::{ensure, fails, register, Test, TestResult};
 use crate::vm;
-
-pub const TESTS: &[Test] = &[
-    Test::new("paging_smp::all_cpus_fault_one_page", one_page),
-    Test::new("paging_smp::pin_races_page_out", pin_vs_page_out),
-    Test::new("paging_smp::unmap_races_page_in", unmap_vs_page_in),
-    Test::new("paging_smp::thrash_with_page_out_loop_busy_states", || thrash(Mode::BusyState)),
-    Test::new("paging_smp::thrash_with_page_out_loop_global_lock", || thrash(Mode::GlobalLock)),
-    Test::new("paging_smp::fault_throughput", fault_throughput),
-];
 
 static ADDR: AtomicU64 = AtomicU64::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Pages of the shared regions.
 const PAGES: u64 = 128;
 
+register!(Test::new("paging_smp::all_cpus_fault_one_page", one_page));
 fn one_page() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
@@ -72,6 +64,7 @@ fn put_value(a: u64) -> u64 {
 /// How often CPU 0 pinned and found its pages resident.
 static PINS: AtomicU64 = AtomicU64::new(0);
 
+register!(Test::new("paging_smp::pin_races_page_out", pin_vs_page_out));
 fn pin_vs_page_out() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(16 * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
@@ -120,6 +113,7 @@ fn pin_vs_page_out() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("paging_smp::unmap_races_page_in", unmap_vs_page_in));
 fn unmap_vs_page_in() -> TestResult {
     let vm = vm::get();
     let before = (crate::frames::get().free_bytes(), pager().store().usage().0, vm.region_bytes());
@@ -158,6 +152,8 @@ static SHADOW: [AtomicU64; MAX_CPUS * PAGES as usize] = [const { AtomicU64::new(
 /// Increments of the counters in the pages (word 511), by all CPUs.
 static INCREMENTS: AtomicU64 = AtomicU64::new(0);
 
+register!(Test::new("paging_smp::thrash_with_page_out_loop_busy_states", || thrash(Mode::BusyState)));
+register!(Test::new("paging_smp::thrash_with_page_out_loop_global_lock", || thrash(Mode::GlobalLock)));
 fn thrash(mode: Mode) -> TestResult {
     let vm = vm::get();
     let pg = pager();
@@ -260,6 +256,7 @@ static STARTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static ENDED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 const FAULT_PAGES: u64 = 2048;
 
+register!(Test::new("paging_smp::fault_throughput", fault_throughput));
 /// Anonymous first-touch faults (will-it-scale's page_fault1 without the
 /// map and unmap in the timed part): each of k CPUs writes one word per
 /// page of its own on-demand region; faults/s for k = 1, 2, 4, 8 with

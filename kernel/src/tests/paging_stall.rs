@@ -18,11 +18,8 @@ use smp::{percpu, MAX_CPUS};
 
 use super::on_all::{fail, run};
 use super::paging::{audit, get, pager, paging, put};
-use super::{ensure, fails, note, Test, TestResult};
+use super::{ensure, fails, note, register, Test, TestResult};
 use crate::{paging, vm};
-
-pub const TESTS: &[Test] =
-    &[Test::new("paging_stall::unmaps_while_the_swap_disk_is_busy", unmaps_during_swap_io).only_if(swap_disk_and_cpus)];
 
 /// Pages the other CPUs keep paging out and in.
 const CHURN_PAGES: u64 = 64;
@@ -52,6 +49,9 @@ fn swap_disk_and_cpus() -> Option<&'static str> {
     }
 }
 
+register!(
+    Test::new("paging_stall::unmaps_while_the_swap_disk_is_busy", unmaps_during_swap_io).only_if(swap_disk_and_cpus)
+);
 fn unmaps_during_swap_io() -> TestResult {
     let vm = vm::get();
     let quarantined = vm.quarantined_frames();

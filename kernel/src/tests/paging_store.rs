@@ -10,15 +10,8 @@ use mm::paging::{PagingError, StoreError};
 use mm::vm::{KMemFlags, PAGE_SIZE};
 
 use super::paging::{audit, get, my_counts, paging, pattern, put, state};
-use super::{ensure, fails, Test, TestResult};
+use super::{ensure, fails, register, Test, TestResult};
 use crate::{paging, vm};
-
-pub const TESTS: &[Test] = &[
-    Test::new("paging_store::failed_page_out_keeps_the_page_resident", failed_page_out),
-    Test::new("paging_store::failed_page_in_call_keeps_the_page_out", failed_page_in_call),
-    Test::expecting_fault("paging_store::failed_page_in_fails_the_fault", 14, failed_page_in_fault),
-    Test::new("paging_store::data_survives_the_failed_fault", after_failed_fault),
-];
 
 const PAGES: u64 = 4;
 /// The region the fault test leaves for the test after it.
@@ -42,6 +35,7 @@ fn intact(a: u64, gen: u64) -> TestResult {
     Ok(())
 }
 
+register!(Test::new("paging_store::failed_page_out_keeps_the_page_resident", failed_page_out));
 fn failed_page_out() -> TestResult {
     let (vm, faulty) = (vm::get(), paging::faulty_store());
     let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
@@ -61,6 +55,7 @@ fn failed_page_out() -> TestResult {
     vm.k_mem_unmap(a, PAGES * PAGE_SIZE).map_err(fails)
 }
 
+register!(Test::new("paging_store::failed_page_in_call_keeps_the_page_out", failed_page_in_call));
 fn failed_page_in_call() -> TestResult {
     let (vm, faulty) = (vm::get(), paging::faulty_store());
     let a = vm.k_mem_map(PAGES * PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
@@ -78,6 +73,7 @@ fn failed_page_in_call() -> TestResult {
     vm.k_mem_unmap(a, PAGES * PAGE_SIZE).map_err(fails)
 }
 
+register!(Test::expecting_fault("paging_store::failed_page_in_fails_the_fault", 14, failed_page_in_fault));
 /// Runs under `fault_catch`: takes no lock where it faults.
 fn failed_page_in_fault() -> TestResult {
     let vm = vm::get();
@@ -93,6 +89,7 @@ fn failed_page_in_fault() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("paging_store::data_survives_the_failed_fault", after_failed_fault));
 fn after_failed_fault() -> TestResult {
     let vm = vm::get();
     paging::faulty_store().disarm();

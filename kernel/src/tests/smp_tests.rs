@@ -6,18 +6,10 @@ use smp::ipi::{cross_call, CallError};
 use smp::percpu::{self, CpuState};
 use smp::{CpuSet, MAX_CPUS};
 
-use super::{ensure, Test, TestResult};
+use super::{ensure, register, Test, TestResult};
 use crate::workers;
 
-pub const TESTS: &[Test] = &[
-    Test::new("smp::all_cpus_online_with_distinct_apic_ids", all_cpus_online),
-    Test::new("smp::per_cpu_data_through_gs", per_cpu_data),
-    Test::new("smp::cross_call_every_cpu_many_rounds", cross_call_rounds),
-    Test::new("smp::concurrent_mutual_cross_calls", mutual_cross_calls),
-    Test::new("smp::cross_call_to_offline_cpu_is_rejected", offline_target_rejected),
-    Test::new("smp::missing_ap_is_reported_and_boot_goes_on", missing_ap_reported),
-];
-
+register!(Test::new("smp::all_cpus_online_with_distinct_apic_ids", all_cpus_online));
 fn all_cpus_online() -> TestResult {
     let facts = crate::FACTS.get().expect("boot facts");
     let online = percpu::online_set();
@@ -39,6 +31,7 @@ static SEEN_INDEX: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(UNSET) }; MAX
 static SEEN_APIC: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(UNSET) }; MAX_CPUS];
 static SEEN_SELF: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
+register!(Test::new("smp::per_cpu_data_through_gs", per_cpu_data));
 /// Every CPU reports, from its own GS base, who it is; the answers must
 /// match the per-CPU table and the APIC's own id register.
 fn per_cpu_data() -> TestResult {
@@ -78,6 +71,7 @@ fn hit() {
     HITS[percpu::current_index()].fetch_add(1, Ordering::Relaxed);
 }
 
+register!(Test::new("smp::cross_call_every_cpu_many_rounds", cross_call_rounds));
 /// Cross-calls every online CPU (the caller included) many times.
 fn cross_call_rounds() -> TestResult {
     const ROUNDS: u64 = 500;
@@ -98,6 +92,7 @@ fn cross_call_rounds() -> TestResult {
 static MUTUAL_ROUNDS: AtomicU64 = AtomicU64::new(0);
 static MUTUAL_ERRORS: AtomicU64 = AtomicU64::new(0);
 
+register!(Test::new("smp::concurrent_mutual_cross_calls", mutual_cross_calls));
 /// Every CPU cross-calls all the others at the same time, repeatedly.
 /// Each caller waits with interrupts off, so this only finishes if the
 /// wait loop services incoming calls.
@@ -131,6 +126,7 @@ fn mutual_cross_calls() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("smp::cross_call_to_offline_cpu_is_rejected", offline_target_rejected));
 /// A target set with an offline CPU is refused before anything runs.
 fn offline_target_rejected() -> TestResult {
     reset_hits();
@@ -147,6 +143,7 @@ fn offline_target_rejected() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("smp::missing_ap_is_reported_and_boot_goes_on", missing_ap_reported));
 /// Asking bring-up to start an APIC id nobody has must end, within its
 /// bounds, with that id reported and every running CPU untouched. With
 /// every CPU index in use the report must say so instead.

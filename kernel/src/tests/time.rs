@@ -9,9 +9,7 @@
 use drivers::calibrate::Unwrap;
 use drivers::tsc;
 
-use super::{ensure, note, Failure, Test, TestResult};
-
-pub const TESTS: &[Test] = &[Test::new("time::tsc_agrees_with_hpet_and_pm_timer", tsc_agrees)];
+use super::{ensure, note, register, Failure, Test, TestResult};
 
 /// Long enough that brackets of a few µs are a bound of a few hundred ppm.
 const WINDOW_NS: u64 = 20_000_000;
@@ -124,6 +122,7 @@ fn agrees(name: &str, read: &mut dyn FnMut() -> u64, to_ns: &dyn Fn(u64) -> u64)
     Ok((apart, bound_ppm))
 }
 
+register!(Test::new("time::tsc_agrees_with_hpet_and_pm_timer", tsc_agrees));
 /// Measures the same intervals with the TSC and each independent clock.
 fn tsc_agrees() -> TestResult {
     let facts = crate::FACTS.get().expect("boot facts");

@@ -10,17 +10,8 @@ use mm::vm::{Flags, PageSize, KERNEL_SEED_AREA};
 use smp::tlb::{self, ShootdownError, FULL_FLUSH_PAGES};
 use smp::{percpu, CpuSet, MAX_CPUS};
 
-use super::{ensure, fails, failure, Failure, Test, TestResult};
+use super::{ensure, fails, failure, register, Failure, Test, TestResult};
 use crate::{frames, memory, vm, workers};
-
-pub const TESTS: &[Test] = &[
-    Test::new("tlb::shootdown_removes_stale_translations", stale_translations_removed),
-    Test::new("tlb::long_ranges_take_a_full_flush", long_ranges_full_flush),
-    Test::new("tlb::concurrent_mutual_shootdowns", mutual_shootdowns),
-    Test::new("tlb::offline_target_rejected_and_uncounted", offline_target),
-    Test::new("tlb::bad_ranges_rejected_and_uncounted", bad_ranges),
-    Test::new("tlb::latency_by_target_count", latency_by_targets),
-];
 
 const VA: u64 = KERNEL_SEED_AREA.start;
 const OLD: u64 = 0x0101_0101_0101_0101;
@@ -64,6 +55,7 @@ fn tear_down(a: Frame, b: Frame) -> TestResult {
     Ok(())
 }
 
+register!(Test::new("tlb::shootdown_removes_stale_translations", stale_translations_removed));
 /// Every CPU caches VA -> A; the PTE is pointed at B without a flush; after
 /// the shootdown every CPU must read B's contents.
 fn stale_translations_removed() -> TestResult {
@@ -90,6 +82,7 @@ fn stale_translations_removed() -> TestResult {
     tear_down(a, b)
 }
 
+register!(Test::new("tlb::long_ranges_take_a_full_flush", long_ranges_full_flush));
 fn long_ranges_full_flush() -> TestResult {
     let online = percpu::online_set();
     let me = percpu::current_index();
@@ -121,6 +114,7 @@ fn long_ranges_full_flush() -> TestResult {
 const MUTUAL_ROUNDS: u64 = 100;
 static MUTUAL_ERRORS: AtomicU64 = AtomicU64::new(0);
 
+register!(Test::new("tlb::concurrent_mutual_shootdowns", mutual_shootdowns));
 fn mutual_shootdowns() -> TestResult {
     MUTUAL_ERRORS.store(0, Ordering::Relaxed);
     let before: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).shootdowns).sum();
@@ -141,6 +135,7 @@ fn mutual_shootdowns() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("tlb::offline_target_rejected_and_uncounted", offline_target));
 fn offline_target() -> TestResult {
     let online = percpu::online_set();
     if online.len() == MAX_CPUS {
@@ -154,6 +149,7 @@ fn offline_target() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("tlb::bad_ranges_rejected_and_uncounted", bad_ranges));
 /// Ranges that are empty, wrap, or leave canonical addresses are refused
 /// before any CPU is disturbed.
 fn bad_ranges() -> TestResult {
@@ -171,6 +167,7 @@ fn bad_ranges() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("tlb::latency_by_target_count", latency_by_targets));
 /// Median time of a one-page shootdown to 1, 2, 4, 8, ... CPUs: the
 /// others first, the caller (which flushes while the IPIs are in flight)
 /// last, so the largest set is every online CPU.

@@ -13,25 +13,12 @@ use smp::{percpu, MAX_CPUS};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
 use super::user_pages::{UserPages, CODE, DATA, STACK, SUPERVISOR};
-use super::{ensure, failure, Failure, Test, TestResult};
+use super::{ensure, failure, register, Failure, Test, TestResult};
 use crate::cpu_features;
 use crate::fault_catch;
 use crate::user_program::{user_program, EXEC_PROBE, KERNEL_RET, PRIVILEGED, READ_PROBE, WRITE_PROBE};
 use crate::usermode::UserExit;
 use crate::workers;
-
-pub const TESTS: &[Test] = &[
-    Test::new("usermode::protections_on_every_cpu", protections_on_every_cpu),
-    Test::new("usermode::ring3_increments_its_data_page", increments_data_page),
-    Test::new("usermode::ring3_read_of_kernel_memory_faults", read_kernel_memory),
-    Test::new("usermode::ring3_read_of_supervisor_page_faults", read_supervisor_page),
-    Test::new("usermode::ring3_write_to_read_only_page_faults", write_read_only_page),
-    Test::new("usermode::ring3_execute_of_no_execute_page_faults", execute_no_execute_page),
-    Test::new("usermode::ring3_privileged_instruction_is_a_gp", privileged_instruction),
-    Test::new("usermode::smap_stops_kernel_reads_of_user_pages", smap_stops_kernel_reads),
-    Test::new("usermode::smep_stops_kernel_execution_of_user_pages", smep_stops_kernel_execution),
-    Test::new("usermode::every_cpu_runs_ring3", every_cpu_runs_ring3),
-];
 
 const PAGE_FAULT: u8 = 14;
 const GENERAL_PROTECTION: u8 = 13;
@@ -85,6 +72,7 @@ fn protection_bits(wp: bool, nx: bool, smep: bool, smap: bool) -> u64 {
     u64::from(wp) | u64::from(nx) << 1 | u64::from(smep) << 2 | u64::from(smap) << 3
 }
 
+register!(Test::new("usermode::protections_on_every_cpu", protections_on_every_cpu));
 fn protections_on_every_cpu() -> TestResult {
     fn worker(cpu: usize) {
         let bits = protection_bits(
@@ -110,6 +98,7 @@ fn protections_on_every_cpu() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("usermode::ring3_increments_its_data_page", increments_data_page));
 fn increments_data_page() -> TestResult {
     let pages = UserPages::map()?;
     let program = user_program();
@@ -124,6 +113,7 @@ fn increments_data_page() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("usermode::ring3_read_of_kernel_memory_faults", read_kernel_memory));
 fn read_kernel_memory() -> TestResult {
     let pages = UserPages::map()?;
     read_faults(&pages, ptr::addr_of!(KERNEL_SECRET) as u64)?;
@@ -131,12 +121,14 @@ fn read_kernel_memory() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("usermode::ring3_read_of_supervisor_page_faults", read_supervisor_page));
 fn read_supervisor_page() -> TestResult {
     let pages = UserPages::map()?;
     // The page tables above it allow user access; only its own entry does not.
     read_faults(&pages, SUPERVISOR + 8)
 }
 
+register!(Test::new("usermode::ring3_write_to_read_only_page_faults", write_read_only_page));
 fn write_read_only_page() -> TestResult {
     let pages = UserPages::map()?;
     // Control: the same entry may write its own data page.
@@ -151,6 +143,7 @@ fn write_read_only_page() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("usermode::ring3_execute_of_no_execute_page_faults", execute_no_execute_page));
 fn execute_no_execute_page() -> TestResult {
     let pages = UserPages::map()?;
     let fetch = Code::PROTECTION_VIOLATION | Code::USER_MODE | Code::INSTRUCTION_FETCH;
@@ -166,6 +159,7 @@ fn execute_no_execute_page() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("usermode::ring3_privileged_instruction_is_a_gp", privileged_instruction));
 fn privileged_instruction() -> TestResult {
     let pages = UserPages::map()?;
     pages.write(DATA, 0);
@@ -180,6 +174,7 @@ fn privileged_instruction() -> TestResult {
     expect_returned(pages.run(READ_PROBE, DATA, 0), 2)
 }
 
+register!(Test::new("usermode::smap_stops_kernel_reads_of_user_pages", smap_stops_kernel_reads));
 fn smap_stops_kernel_reads() -> TestResult {
     if !cpu_features::supported().smap {
         log::info!("usermode: CPU has no SMAP; kernel-read test skipped");
@@ -218,6 +213,7 @@ fn smap_stops_kernel_reads() -> TestResult {
     Ok(())
 }
 
+register!(Test::new("usermode::smep_stops_kernel_execution_of_user_pages", smep_stops_kernel_execution));
 fn smep_stops_kernel_execution() -> TestResult {
     if !cpu_features::supported().smep {
         log::info!("usermode: CPU has no SMEP; kernel-execute test skipped");
@@ -262,6 +258,7 @@ fn start_value(cpu: usize) -> u64 {
     (cpu as u64) << 32
 }
 
+register!(Test::new("usermode::every_cpu_runs_ring3", every_cpu_runs_ring3));
 /// Every CPU runs the program four times on its own u64 of the data page:
 /// a return, a page fault and a #GP (both on the rsp0 stack) and a
 /// return again.

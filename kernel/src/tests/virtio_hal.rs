@@ -6,12 +6,11 @@ use alloc::boxed::Box;
 
 use mm::vm::{KMemFlags, PAGE_SIZE};
 
-use super::{ensure, fails, Test, TestResult};
+use super::{ensure, fails, register, Test, TestResult};
 use crate::virtio_hal::direct_phys;
 use crate::{frames, memory, vm};
 
-pub const TESTS: &[Test] = &[Test::new("virtio_hal::shares_by_direct_map_arithmetic", shares_by_arithmetic)];
-
+register!(Test::new("virtio_hal::shares_by_direct_map_arithmetic", shares_by_arithmetic));
 fn shares_by_arithmetic() -> TestResult {
     let vm = vm::get();
     // A heap object, as the request header and status are.

@@ -31,6 +31,8 @@ pub mod block_store;
 mod demand;
 mod evict;
 mod fault;
+/// A test hook: not in the production kernel.
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod faulty_store;
 mod kmem;
 pub mod policy;

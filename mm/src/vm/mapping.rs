@@ -13,16 +13,14 @@ use alloc::vec::Vec;
 
 use super::active::Active;
 use super::demand::DemandPaging;
+#[cfg(any(test, feature = "test-hooks"))]
 use super::inject::Inject;
 use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
 use super::space::{check_range_in, AddressSpace, SpaceKind};
 use super::table::{self, Lookup, TOP};
-use super::{
-    ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE,
-    STACK_AREA,
-};
+use super::{ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, PAGE_SIZE, STACK_AREA};
 use crate::frame::{Frame, PhysAddr};
 use crate::MAX_CPUS;
 
@@ -44,6 +42,8 @@ pub struct Vm<P: VmPlatform> {
     /// Demand paging, once enabled (the hook `paging` installs).
     demand: spin::Once<alloc::boxed::Box<dyn DemandPaging<P>>>,
     pub(super) regions: Regions,
+    /// Test hook: fails a chosen allocation (only in test builds).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(super) inject: Inject,
     next_stack: AtomicU64,
     /// Pages held back by markers whose shootdown failed.
@@ -65,6 +65,7 @@ impl<P: VmPlatform> Vm<P> {
             kernel: AddressSpace::new(root, SpaceKind::Kernel),
             demand: spin::Once::new(),
             regions: Regions::new(KERNEL_REGION_AREA),
+            #[cfg(any(test, feature = "test-hooks"))]
             inject: Inject::new(),
             next_stack: AtomicU64::new(STACK_AREA.start),
             quarantined: AtomicU64::new(0),
@@ -158,7 +159,8 @@ impl<P: VmPlatform> Vm<P> {
         fresh
     }
 
-    /// The fault-injection switch.
+    /// The fault-injection switch (a test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject(&self) -> &Inject {
         &self.inject
     }
@@ -205,6 +207,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// A frame for a mapping or a page table (subject to fault injection).
     pub(crate) fn alloc(&self) -> Result<Frame, VmError> {
+        #[cfg(any(test, feature = "test-hooks"))]
         if self.inject.should_fail(self.p.cpu_index()) {
             return Err(VmError::OutOfFrames);
         }
@@ -609,17 +612,17 @@ impl<P: VmPlatform> Vm<P> {
     /// Points the kernel page at `virt` (in the seed area, mapped) at
     /// `phys` without any TLB flush and returns the old frame. Only for
     /// tests of the shootdown itself: CPUs keep the old translation until
-    /// shot down.
+    /// shot down. A test hook: not in the production kernel.
     ///
     /// # Safety
     /// As for `map_single`, for `phys`; and the old frame is still
     /// reachable through stale translations until a shootdown.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     // Maps any physical address, as `map_single`.
     #[allow(unsafe_code)]
     pub unsafe fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
         let phys = phys.as_u64();
-        check_range_in(KERNEL_SEED_AREA, virt, 1)?;
+        check_range_in(super::KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE_SIZE, PAGE_SIZE)?;
         let _shared = self.shared(&self.kernel)?;
         let mut old = 0;

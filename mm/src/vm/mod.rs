@@ -23,6 +23,7 @@ pub mod counts;
 mod counts_tests;
 pub(crate) mod demand;
 mod direct;
+#[cfg(any(test, feature = "test-hooks"))]
 mod inject;
 mod kmem;
 mod mapping;

@@ -244,7 +244,8 @@ fn a_timeout_keeps_what_arrived() {
 #[test]
 fn a_boot_on_the_wrong_accelerator_is_broken() {
     let root = tempfile::tempdir().unwrap();
-    let images = crate::build::Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into() };
+    let images =
+        crate::build::Images { bios: "/img/bios.img".into(), uefi: "/img/uefi.img".into(), elf: "/img/kernel".into() };
     let lines = RefCell::new(Vec::new());
     let mut launch = |config: &Config, echo: Echo| -> Result<Capture> {
         lines.borrow_mut().push(config.args(&images).join(" "));

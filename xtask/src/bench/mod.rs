@@ -16,6 +16,7 @@ pub mod trace;
 #[cfg(test)]
 mod fake_qemu_tests;
 
+use crate::build::Flavor;
 use crate::qemu::{parse_mem, Config, Firmware, GuestOptions};
 use crate::run::{self, Capture, Echo};
 use crate::{build, install, toolchain, Mode};
@@ -124,11 +125,11 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         true => {
             let plugin = trace::plugin::build()?;
             trace::plugin::check(&qemu, &plugin)?;
-            Some(trace::Tracing { plugin, kernel_elf: build::kernel_elf() })
+            Some(trace::Tracing { plugin, kernel_elf: build::Images::existing(Flavor::Production).elf })
         }
         false => None,
     };
-    let images = build::images(args.no_build)?;
+    let images = build::images(args.no_build, Flavor::Production)?;
     let mut smp = args.smp.clone();
     smp.sort_unstable();
     smp.dedup();

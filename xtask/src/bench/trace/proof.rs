@@ -8,7 +8,7 @@
 use super::check::{calibrate, Verdict};
 use super::symbols::Symbols;
 use crate::bench::judge;
-use crate::build::{self, Images};
+use crate::build::Images;
 use crate::qemu::{parse_mem, Config, Firmware, GuestOptions, Qemu};
 use crate::run;
 use crate::Mode;
@@ -22,7 +22,7 @@ pub const ONLY: [&str; 2] = ["floor.rmw", "tlb.shootdown"];
 pub fn run(qemu: &Qemu, images: &Images) -> Result<Vec<Verdict>> {
     let plugin = super::plugin::build()?;
     super::plugin::check(qemu, &plugin)?;
-    let symbols = Symbols::read(&build::kernel_elf())?;
+    let symbols = Symbols::read(&images.elf)?;
     let mut verdicts = Vec::new();
     for (smp, xapic) in BOOTS {
         for mut v in traced_boot(qemu, images, &plugin, &symbols, smp, xapic)? {
@@ -90,7 +90,7 @@ mod tests {
     #[ignore = "boots QEMU; run by the trace stage of cargo xtask test"]
     fn trace_calibration() {
         let qemu = crate::install::ensure_qemu().unwrap();
-        let verdicts = super::run(&qemu, &crate::build::Images::existing()).unwrap();
+        let verdicts = super::run(&qemu, &crate::build::Images::existing(crate::build::Flavor::Production)).unwrap();
         for v in &verdicts {
             eprintln!("[trace] {} {}: {}", if v.ok { "pass" } else { "FAIL" }, v.name, v.detail);
         }
