@@ -12,6 +12,7 @@ use acpi::{
 };
 use arrayvec::ArrayVec;
 use core::ptr::NonNull;
+use x86_64::PhysAddr;
 
 use crate::lapic::DEFAULT_XAPIC_PHYS;
 use crate::pm_timer::PmTimer;
@@ -30,8 +31,8 @@ pub struct AcpiInfo {
     pub apic_ids: ArrayVec<u32, MAX_MADT_CPUS>,
     /// Enabled processors in the MADT, including any beyond `apic_ids`.
     pub cpus_total: u32,
-    pub lapic_phys: u64,
-    pub hpet_phys: Option<u64>,
+    pub lapic_phys: PhysAddr,
+    pub hpet_phys: Option<PhysAddr>,
     pub pm_timer: Option<PmTimer>,
     /// PCIe memory-mapped configuration of segment 0, from the MCFG.
     pub ecam: Option<Ecam>,
@@ -40,7 +41,7 @@ pub struct AcpiInfo {
 /// Where ECAM puts the configuration space of buses `buses`.
 #[derive(Debug, Clone)]
 pub struct Ecam {
-    pub phys: u64,
+    pub phys: PhysAddr,
     pub buses: core::ops::RangeInclusive<u8>,
 }
 
@@ -70,10 +71,10 @@ const MADT_ENABLED: u32 = 1;
 /// # Safety
 /// `rsdp_phys` must be the RSDP the firmware reported and `phys_offset` the
 /// offset of a direct map covering all tables it references.
-pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<AcpiInfo, AcpiError> {
+pub unsafe fn read_platform(rsdp_phys: PhysAddr, phys_offset: u64) -> Result<AcpiInfo, AcpiError> {
     let handler = DirectMap { offset: phys_offset };
     // SAFETY: per this function's contract.
-    let tables = unsafe { AcpiTables::from_rsdp(handler, rsdp_phys as usize)? };
+    let tables = unsafe { AcpiTables::from_rsdp(handler, rsdp_phys.as_u64() as usize)? };
 
     let madt = tables.find_table::<Madt>()?;
     let mut platform = AcpiInfo {
@@ -81,7 +82,8 @@ pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<AcpiInfo
         cpus_total: 0,
         lapic_phys: match madt.get().local_apic_address {
             0 => DEFAULT_XAPIC_PHYS,
-            a => a as u64,
+            // A 32-bit field: always a valid physical address.
+            a => PhysAddr::new(a as u64),
         },
         hpet_phys: None,
         pm_timer: None,
@@ -92,7 +94,10 @@ pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<AcpiInfo
             MadtEntry::LocalApic(e) => (e.apic_id as u32, e.flags),
             MadtEntry::LocalX2Apic(e) => (e.x2apic_id, e.flags),
             MadtEntry::LocalApicAddressOverride(e) => {
-                platform.lapic_phys = e.local_apic_address;
+                // An override beyond 52 bits no machine can have: ignored.
+                if let Ok(a) = PhysAddr::try_new(e.local_apic_address) {
+                    platform.lapic_phys = a;
+                }
                 continue;
             }
             _ => continue,
@@ -104,15 +109,13 @@ pub unsafe fn read_platform(rsdp_phys: u64, phys_offset: u64) -> Result<AcpiInfo
         let _ = platform.apic_ids.try_push(apic_id);
     }
 
-    platform.hpet_phys = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
+    platform.hpet_phys = HpetInfo::new(&tables).ok().and_then(|h| PhysAddr::try_new(h.base_address as u64).ok());
     if let Ok(mcfg) = tables.find_table::<Mcfg>() {
         // ECAM's base address is that of bus 0 even when the range starts later.
-        platform.ecam = mcfg
-            .get()
-            .entries()
-            .iter()
-            .find(|e| { e.pci_segment_group } == 0)
-            .map(|e| Ecam { phys: e.base_address, buses: e.bus_number_start..=e.bus_number_end });
+        platform.ecam = mcfg.get().entries().iter().find(|e| { e.pci_segment_group } == 0).and_then(|e| {
+            let phys = PhysAddr::try_new(e.base_address).ok()?;
+            Some(Ecam { phys, buses: e.bus_number_start..=e.bus_number_end })
+        });
     }
     if let Ok(fadt) = tables.find_table::<Fadt>() {
         if let Ok(Some(block)) = fadt.pm_timer_block() {

@@ -28,8 +28,8 @@ impl Hpet {
     /// # Safety
     /// `virt_base` must map the HPET register block (1 KiB) for the life of
     /// the returned value.
-    pub unsafe fn new(virt_base: u64) -> Option<Hpet> {
-        let base = virt_base as *mut u64;
+    pub unsafe fn new(virt_base: x86_64::VirtAddr) -> Option<Hpet> {
+        let base = virt_base.as_mut_ptr::<u64>();
         // SAFETY: per the contract the block is mapped; register offsets are
         // from the HPET specification.
         let caps = unsafe { read_volatile(base.byte_add(CAPABILITIES)) };

@@ -12,7 +12,7 @@ pub const ERROR_VECTOR: u8 = 0xFE;
 pub const TIMER_VECTOR: u8 = 0xFD;
 
 /// Physical address of the local APIC MMIO page when the MADT says nothing.
-pub const DEFAULT_XAPIC_PHYS: u64 = 0xFEE0_0000;
+pub const DEFAULT_XAPIC_PHYS: x86_64::PhysAddr = x86_64::PhysAddr::new(0xFEE0_0000);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApicMode {
@@ -37,12 +37,12 @@ impl Lapic {
     /// # Safety
     /// `xapic_virt` must map the APIC MMIO page (only used in xAPIC mode),
     /// and no other `Lapic` may exist for this CPU.
-    pub unsafe fn enable_current(xapic_virt: u64) -> Lapic {
+    pub unsafe fn enable_current(xapic_virt: x86_64::VirtAddr) -> Lapic {
         let mut inner = LocalApicBuilder::new()
             .timer_vector(TIMER_VECTOR as usize)
             .error_vector(ERROR_VECTOR as usize)
             .spurious_vector(SPURIOUS_VECTOR as usize)
-            .set_xapic_base(xapic_virt)
+            .set_xapic_base(xapic_virt.as_u64())
             .build()
             .expect("all LocalApicBuilder fields are set");
         // SAFETY: per this function's contract the MMIO mapping is valid and

@@ -47,8 +47,8 @@ pub fn get() -> &'static Frames {
 pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
     crate::memory::take_boot_frames(|mut boot| {
         let regions = boot.remaining();
-        let lowest = regions.iter().map(|r| r.start).min().expect("no usable memory left");
-        let highest = regions.iter().map(|r| r.end).max().expect("no usable memory left");
+        let lowest = regions.iter().map(|r| r.start.as_u64()).min().expect("no usable memory left");
+        let highest = regions.iter().map(|r| r.end.as_u64()).max().expect("no usable memory left");
         // Buddy blocks are aligned by index, so start at an aligned PFN.
         let base = (lowest / PAGE_SIZE) & !((1 << MAX_ORDER) - 1);
         let count = (highest / PAGE_SIZE - base) as usize;
@@ -61,9 +61,11 @@ pub fn init(phys_offset: u64, magazine_capacity: usize) -> &'static Frames {
                 mm::raw::carve(&mut boot, phys_offset, DEPOT_SLOTS, Magazine::new).expect("no room for the depot"),
             )
         };
-        let usable =
-            boot.remaining().iter().map(|r| (r.start / PAGE_SIZE - base) as usize..(r.end / PAGE_SIZE - base) as usize);
-        let db = FrameDb::new(base, entries);
+        let usable = boot
+            .remaining()
+            .iter()
+            .map(|r| (r.start.as_u64() / PAGE_SIZE - base) as usize..(r.end.as_u64() / PAGE_SIZE - base) as usize);
+        let db = FrameDb::new(mm::frame::PhysAddr::new(base * PAGE_SIZE), entries);
         FRAMES.call_once(|| {
             PhysAllocator::new(db, links, usable, CPU_SHARES.as_ref(), magazine_capacity, depot, KernelPlatform)
         })

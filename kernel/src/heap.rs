@@ -15,12 +15,14 @@ pub struct FramePages;
 impl PageSource for FramePages {
     fn alloc_pages(&self, pages: usize) -> Option<usize> {
         let phys = frames::get().alloc_contiguous(pages as u64).ok()?;
-        Some(memory::virt_of(phys) as usize)
+        Some(memory::virt_of(phys.as_u64()) as usize)
     }
 
     fn free_pages(&self, addr: usize, pages: usize) {
-        let phys = addr as u64 - memory::phys_offset();
-        if let Err(e) = frames::get().free_contiguous(phys, pages as u64) {
+        let phys = mm::frame::PhysAddr::new(addr as u64 - memory::phys_offset());
+        // SAFETY: the heap gives back exactly the pages `alloc_pages` handed
+        // it, once, and uses them no more (`PageSource`'s contract).
+        if let Err(e) = unsafe { frames::get().free_contiguous(phys, pages as u64) } {
             panic!("heap: freeing {pages} pages at {phys:#x}: {e:?}");
         }
     }

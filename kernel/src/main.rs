@@ -98,10 +98,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let rsdp = boot_info.rsdp_addr.into_option().expect("bootloader found no ACPI RSDP");
     // SAFETY: the RSDP comes from the firmware via the bootloader, and the
     // direct map covers all RAM and the first 4 GiB.
-    let platform = unsafe { acpi_tables::read_platform(rsdp, phys_offset) }
+    let platform = unsafe { acpi_tables::read_platform(x86_64::PhysAddr::new(rsdp), phys_offset) }
         .unwrap_or_else(|e| panic!("reading ACPI tables: {e:?}"));
     // SAFETY: the HPET block is below 4 GiB, inside the direct map.
-    let hpet = platform.hpet_phys.and_then(|p| unsafe { Hpet::new(phys_offset + p) });
+    let hpet = platform.hpet_phys.and_then(|p| unsafe { Hpet::new(x86_64::VirtAddr::new(phys_offset + p.as_u64())) });
     // Before the APs start: nothing else touches the reference clocks.
     let tsc_cal = tsc::calibrate(hpet.as_ref(), platform.pm_timer.as_ref())
         .unwrap_or_else(|e| panic!("TSC calibration failed: {e:?}"));
@@ -113,7 +113,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         tsc_cal.bound_ppm
     );
     // SAFETY: once, on the BSP; the direct map covers the APIC page (< 4 GiB).
-    let bsp = unsafe { bringup::init_bsp(phys_offset + platform.lapic_phys) };
+    let bsp = unsafe { bringup::init_bsp(x86_64::VirtAddr::new(phys_offset + platform.lapic_phys.as_u64())) };
     let apic_mode = smp::percpu::with_local_apic(|l| l.mode());
     log::info!("apic: {apic_mode:?}, BSP APIC id {}, MADT lists {} CPUs", bsp.apic_id(), platform.cpus_total);
 

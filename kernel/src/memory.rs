@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use mm::boot_frames::BootFrames;
+use mm::frame::{Frame, PhysAddr};
 use mm::vm::DirectWindow;
 use spin::Mutex;
 
@@ -15,7 +16,7 @@ use crate::vm;
 /// Below 1 MiB: real-mode IVT, BIOS data, EBDA, the AP trampoline
 /// (`smp::bringup::TRAMPOLINE_RESERVED`). The bootloader calls some of it
 /// usable; no allocator may hand it out.
-const LOW_MEMORY: core::ops::Range<u64> = 0..0x10_0000;
+const LOW_MEMORY: core::ops::Range<PhysAddr> = PhysAddr::new(0)..PhysAddr::new(0x10_0000);
 
 pub const KERNEL_STACK_PAGES: u64 = 16;
 pub const INTERRUPT_STACK_PAGES: u64 = 4;
@@ -44,13 +45,41 @@ pub fn phys_offset() -> u64 {
     PHYS_OFFSET.load(Ordering::Relaxed)
 }
 
-/// Fills frame `phys` with the word `value`; the caller owns the frame.
-pub fn fill_words(phys: u64, value: u64) {
-    let p = virt_of(phys) as *mut u64;
+/// Fills frame `phys` with the word `value`.
+///
+/// # Safety
+/// The caller owns the frame (it may hold it by address only, as one frame
+/// of an `alloc_contiguous` run): nobody else reads or writes it meanwhile
+/// and no Rust reference into it is alive.
+pub unsafe fn fill_words(phys: PhysAddr, value: u64) {
+    let p = virt_of(phys.as_u64()) as *mut u64;
     for i in 0..(mm::PAGE_SIZE / 8) as usize {
-        // SAFETY: the caller owns the frame and the direct map covers it.
+        // SAFETY: the caller owns the frame (contract) and the direct map
+        // covers it; `i` stays inside the page.
         unsafe { p.add(i).write_volatile(value) };
     }
+}
+
+/// Fills `frame` with the word `value` (the test suites' stamps).
+#[cfg(feature = "test-hooks")]
+pub fn fill_frame_words(frame: &mut Frame, value: u64) {
+    // SAFETY: holding the handle mutably, the caller owns the frame.
+    unsafe { fill_words(frame.phys(), value) }
+}
+
+/// The bytes of `frame`, through the direct map.
+pub fn frame_bytes(frame: &Frame) -> &[u8] {
+    // SAFETY: the direct map covers every frame; the caller owns the frame
+    // (it holds the handle), so only shared access reaches it while the
+    // borrow of the handle lasts.
+    unsafe { core::slice::from_raw_parts(virt_of(frame.phys().as_u64()) as *const u8, mm::PAGE_SIZE as usize) }
+}
+
+/// The bytes of `frame`, writable, through the direct map.
+pub fn frame_bytes_mut(frame: &mut Frame) -> &mut [u8] {
+    // SAFETY: as for `frame_bytes`; the handle is borrowed mutably, so
+    // nothing else reaches the frame while the slice lives.
+    unsafe { core::slice::from_raw_parts_mut(virt_of(frame.phys().as_u64()) as *mut u8, mm::PAGE_SIZE as usize) }
 }
 
 /// Total usable bytes the firmware reported.
@@ -59,8 +88,9 @@ pub fn usable_bytes(regions: &MemoryRegions) -> u64 {
 }
 
 /// Whether `range` lies inside one usable region (so we may take it over).
-pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool {
-    regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= range.start && range.end <= r.end)
+pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<PhysAddr>) -> bool {
+    let (start, end) = (range.start.as_u64(), range.end.as_u64());
+    regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= start && end <= r.end)
 }
 
 /// Sets up the boot frame allocator and adopts the running page tables as
@@ -69,7 +99,10 @@ pub fn is_usable(regions: &MemoryRegions, range: core::ops::Range<u64>) -> bool 
 /// # Safety
 /// Call once, on the BSP, with the bootloader's direct-map offset.
 pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
-    let usable = regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.start..r.end);
+    let usable = regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .map(|r| PhysAddr::new(r.start)..PhysAddr::new(r.end));
     let frames = BootFrames::new(usable, &[LOW_MEMORY]).expect("memory map has too many regions");
     PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
     let top = regions.iter().map(|r| r.end).max().unwrap_or(0).max(DIRECT_MAP_MIN);
@@ -80,8 +113,11 @@ pub unsafe fn init(regions: &MemoryRegions, phys_offset: u64) {
 }
 
 /// A frame from the boot allocator, before the frame allocator takes over.
-pub fn boot_frame() -> Option<u64> {
-    BOOT_FRAMES.lock().as_mut()?.alloc()
+pub fn boot_frame() -> Option<Frame> {
+    let phys = BOOT_FRAMES.lock().as_mut()?.alloc()?;
+    // SAFETY: the boot allocator never hands out a frame twice, and it
+    // hands this one to nobody but the caller.
+    Some(unsafe { Frame::from_phys(phys) })
 }
 
 /// Hands what the boot allocator has left to `f` (the frame allocator's

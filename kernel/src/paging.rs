@@ -11,7 +11,6 @@ use mm::paging::block_store::BlockStore;
 #[cfg(feature = "test-hooks")]
 use mm::paging::faulty_store::FaultyStore;
 use mm::paging::policy::{Lru, Nru};
-use mm::paging::store::RamStore;
 use mm::paging::store_switch::StoreSwitch;
 use mm::paging::{Access, BackingStore, EvictionPolicy, PagerConfig, Paging, PagingError, StoreError};
 use spin::Once;
@@ -52,9 +51,10 @@ static LAST_ERROR: PerCpu<spin::Mutex<Option<PagingError>>> = cpus::per_cpu![spi
 pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let f = frames::get();
     let run = 1u64 << MAX_ORDER;
-    let runs: Vec<u64> =
+    let runs: Vec<_> =
         (0..STORE_SLOTS / run).map(|_| f.alloc_contiguous(run).expect("no memory for the RAM backing store")).collect();
-    let ram: &'static dyn BackingStore = Box::leak(Box::new(RamStore::new(vm::get().platform(), runs, run)));
+    // SAFETY: the runs were just allocated and go to the store for good.
+    let ram: &'static dyn BackingStore = Box::leak(Box::new(unsafe { vm::get().ram_store(runs, run) }));
     let mut stores = Vec::new();
     if let Some(disk) = disk {
         let disk: &'static dyn BackingStore = Box::leak(Box::new(BlockStore::new(disk, DISK_SLOTS)));

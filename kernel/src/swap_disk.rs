@@ -9,6 +9,7 @@ use alloc::boxed::Box;
 
 use drivers::acpi_tables::Ecam;
 use drivers::pci::{self, Cam, ConfigurationAccess, MmioCam, PciRoot, PortCam};
+use mm::frame::Frame;
 use mm::paging::block_store::BlockDevice;
 use mm::vm::CacheMode;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
@@ -47,8 +48,9 @@ pub fn probe(ecam: Option<&Ecam>) -> Option<VirtioDisk> {
         Some(e) => {
             let buses = *e.buses.start()..=(*e.buses.end()).min(MAX_BUSES - 1);
             let len = (u64::from(*buses.end()) + 1) << 20;
-            let virt = vm::get()
-                .phys_map(e.phys, len, CacheMode::Uncached)
+            // SAFETY: the MCFG's ECAM window is device memory (PCI
+            // configuration space), which nothing else owns.
+            let virt = unsafe { vm::get().phys_map(e.phys, len, CacheMode::Uncached) }
                 .unwrap_or_else(|err| panic!("pci: mapping ECAM at {:#x}: {err:?}", e.phys));
             // SAFETY: `virt` maps the ECAM window of buses 0..=end (1 MiB
             // each), uncached, for good, and nothing else uses it.
@@ -78,15 +80,15 @@ fn open<C: ConfigurationAccess>(
     })
 }
 
-#[derive(Clone, Copy)]
-enum Dir {
-    In,
-    Out,
+/// A transfer's frame: read into (the device writes it) or written out.
+enum Buf<'f> {
+    In(&'f mut [u8]),
+    Out(&'f [u8]),
 }
 
 impl VirtioDisk {
     /// One page between `frame` and the 8 sectors at `sector`.
-    fn transfer(&self, sector: u64, frame: u64, dir: Dir) -> Result<(), ()> {
+    fn transfer(&self, sector: u64, mut buf: Buf<'_>) -> Result<(), ()> {
         let deadline = drivers::tsc::now_ns() + WAIT_NS;
         let mut guard = loop {
             if let Some(g) = self.inner.try_lock() {
@@ -100,16 +102,13 @@ impl VirtioDisk {
             nap(NAP_US);
         };
         let Inner { blk, req, resp } = &mut **guard;
-        // SAFETY: paging hands the store a frame it owns while the page is
-        // in transit (busy): nobody else reads or writes it until this
-        // returns, and the direct map covers it.
-        let buf = unsafe { core::slice::from_raw_parts_mut(memory::virt_of(frame) as *mut u8, mm::PAGE_SIZE as usize) };
         // SAFETY: `req`, `resp` and `buf` stay untouched and alive until the
-        // request completes below (we wait for it, bounded, or die).
+        // request completes below (we wait for it, bounded, or die); `buf`
+        // is the caller's frame, borrowed for the whole call.
         let token = unsafe {
-            match dir {
-                Dir::In => blk.read_blocks_nb(sector as usize, req, buf, resp),
-                Dir::Out => blk.write_blocks_nb(sector as usize, req, buf, resp),
+            match &mut buf {
+                Buf::In(b) => blk.read_blocks_nb(sector as usize, req, b, resp),
+                Buf::Out(b) => blk.write_blocks_nb(sector as usize, req, b, resp),
             }
         }
         .map_err(|e| log::error!("virtio-blk: queuing sector {sector}: {e:?}"))?;
@@ -123,9 +122,9 @@ impl VirtioDisk {
         }
         // SAFETY: the same request, buffers and token as queued above.
         let done = unsafe {
-            match dir {
-                Dir::In => blk.complete_read_blocks(token, req, buf, resp),
-                Dir::Out => blk.complete_write_blocks(token, req, buf, resp),
+            match &mut buf {
+                Buf::In(b) => blk.complete_read_blocks(token, req, b, resp),
+                Buf::Out(b) => blk.complete_write_blocks(token, req, b, resp),
             }
         };
         done.map_err(|e| log::error!("virtio-blk: sector {sector}: {e:?}"))
@@ -137,12 +136,12 @@ impl BlockDevice for VirtioDisk {
         self.sectors
     }
 
-    fn read_page(&self, sector: u64, frame: u64) -> Result<(), ()> {
-        self.transfer(sector, frame, Dir::In)
+    fn read_page(&self, sector: u64, frame: &mut Frame) -> Result<(), ()> {
+        self.transfer(sector, Buf::In(memory::frame_bytes_mut(frame)))
     }
 
-    fn write_page(&self, sector: u64, frame: u64) -> Result<(), ()> {
-        self.transfer(sector, frame, Dir::Out)
+    fn write_page(&self, sector: u64, frame: &Frame) -> Result<(), ()> {
+        self.transfer(sector, Buf::Out(memory::frame_bytes(frame)))
     }
 
     fn name(&self) -> &'static str {

@@ -31,7 +31,7 @@ pub fn direct_phys(virt: u64, len: u64) -> Option<u64> {
     let start = window.phys(virt).ok()?;
     let last = virt.checked_add(len.max(1) - 1)?;
     window.phys(last).ok()?;
-    Some(start)
+    Some(start.as_u64())
 }
 
 // SAFETY: `dma_alloc` hands out zeroed frames nobody else owns, through
@@ -41,10 +41,12 @@ pub fn direct_phys(virt: u64, len: u64) -> Option<u64> {
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         match frames::get().alloc_contiguous(run_frames(pages)) {
-            Ok(phys) => {
+            Ok(run) => {
                 for i in 0..run_frames(pages) {
-                    memory::fill_words(phys + i * PAGE_SIZE as u64, 0);
+                    // SAFETY: the run was just allocated: nobody else has it.
+                    unsafe { memory::fill_words(run + i * PAGE_SIZE as u64, 0) };
                 }
+                let phys = run.as_u64();
                 (phys, NonNull::new(memory::virt_of(phys) as *mut u8).expect("direct map at 0"))
             }
             // The driver reads a zero address as a failed allocation.
@@ -53,7 +55,9 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        match frames::get().free_contiguous(paddr, run_frames(pages)) {
+        // SAFETY: `Hal::dma_dealloc`'s contract: `paddr` is a run
+        // `dma_alloc` handed out, given back once, and used no more.
+        match unsafe { frames::get().free_contiguous(mm::frame::PhysAddr::new(paddr), run_frames(pages)) } {
             Ok(()) => 0,
             Err(e) => {
                 log::error!("virtio: freeing DMA memory at {paddr:#x}: {e:?}");
@@ -65,8 +69,9 @@ unsafe impl Hal for KernelHal {
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
         // Device registers stay mapped for as long as the device is used:
         // for good.
-        let virt = vm::get()
-            .phys_map(paddr, size as u64, CacheMode::Uncached)
+        // SAFETY: `Hal::mmio_phys_to_virt`'s contract: `paddr` is the
+        // device's own register block, which nothing else owns.
+        let virt = unsafe { vm::get().phys_map(mm::frame::PhysAddr::new(paddr), size as u64, CacheMode::Uncached) }
             .unwrap_or_else(|e| panic!("virtio: mapping registers at {paddr:#x} (+{size:#x}): {e:?}"));
         NonNull::new(virt as *mut u8).expect("phys_map returned 0")
     }

@@ -4,14 +4,13 @@
 //! runs, and shooting down with `smp::tlb`.
 
 use mm::direct_map::DirectMap;
-use mm::frame::FrameError;
-use mm::vm::{ShootdownFailed, Table, Vm, VmPlatform};
+use mm::frame::{Frame, FrameError};
+use mm::vm::{Root, ShootdownFailed, Table, Vm, VmPlatform};
 use smp::tlb;
 use smp::{percpu, CpuSet};
 use spin::Once;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
-use x86_64::PhysAddr;
 
 use crate::{frames, memory};
 
@@ -34,24 +33,27 @@ pub unsafe fn init(phys_offset: u64) {
     // SAFETY: per this function's contract, the offset is the direct map's.
     let direct = unsafe { DirectMap::new(phys_offset) };
     let (root, _) = Cr3::read();
-    let vm = Vm::new(KernelVm { direct }, root.start_address().as_u64()).expect("no frame for the kernel area's table");
+    let vm = Vm::new(KernelVm { direct }, root.start_address()).expect("no frame for the kernel area's table");
     VM.call_once(|| vm);
 }
 
 impl VmPlatform for KernelVm {
-    fn table(&self, phys: u64) -> &Table {
-        self.direct.table(phys)
+    fn table(&self, phys: x86_64::PhysAddr) -> &Table {
+        // SAFETY: only `Vm`'s walks call this (`Vm::platform` is
+        // crate-private), with frames it installed as page tables, which it
+        // frees only after detaching them and a shootdown.
+        unsafe { self.direct.table(phys) }
     }
 
-    fn fill_frame(&self, phys: u64, byte: u8) {
-        self.direct.fill(phys, byte)
+    fn fill_frame(&self, frame: &mut Frame, byte: u8) {
+        self.direct.fill_frame(frame, byte)
     }
 
-    fn copy_frame(&self, from: u64, to: u64) {
-        self.direct.copy(from, to)
+    fn copy_frame(&self, from: &Frame, to: &mut Frame) {
+        self.direct.copy_frame(from, to)
     }
 
-    fn alloc_frame(&self) -> Result<u64, FrameError> {
+    fn alloc_frame(&self) -> Result<Frame, FrameError> {
         if frames::ready() {
             frames::get().alloc_page()
         } else {
@@ -59,12 +61,12 @@ impl VmPlatform for KernelVm {
         }
     }
 
-    fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
+    fn free_frame(&self, frame: Frame) -> Result<(), FrameError> {
         if !frames::ready() {
             // Boot-allocator frames are never given back.
-            return Err(FrameError::Reserved { phys });
+            return Err(FrameError::Reserved { phys: frame.into_phys() });
         }
-        frames::get().free_page(phys)
+        frames::get().free_page(frame)
     }
 
     fn cpu_index(&self) -> usize {
@@ -75,7 +77,8 @@ impl VmPlatform for KernelVm {
         percpu::online_set()
     }
 
-    fn shootdown(&self, targets: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+    fn shootdown(&self, targets: CpuSet, start: mm::vm::VirtAddr, pages: u64) -> Result<(), ShootdownFailed> {
+        let start = start.as_u64();
         tlb::shootdown(targets, start, pages).map_err(|e| {
             log::error!("shootdown of {pages} pages at {start:#x} to {targets:?} failed: {e:?}");
             ShootdownFailed { cpus: e.unconfirmed(targets) }
@@ -103,11 +106,12 @@ impl VmPlatform for KernelVm {
         x86_64::instructions::interrupts::without_interrupts(f)
     }
 
-    fn load_root(&self, root: u64) {
-        let frame = PhysFrame::containing_address(PhysAddr::new(root));
-        // SAFETY: every root `Vm` hands out is a PML4 whose upper half is
-        // the kernel's (copied from the kernel space), so the code, stack
-        // and data running now stay mapped across the switch.
+    fn load_root(&self, root: &Root) {
+        let frame = PhysFrame::containing_address(root.phys());
+        // SAFETY: only `Vm` makes a `Root`, for a PML4 whose upper half is
+        // the kernel's (copied from the kernel space, or the kernel space's
+        // own), so the code, stack and data running now stay mapped across
+        // the switch.
         unsafe { Cr3::write(frame, Cr3Flags::empty()) };
     }
 }

@@ -9,6 +9,7 @@
 use arrayvec::ArrayVec;
 use core::ops::Range;
 
+use crate::frame::PhysAddr;
 use crate::PAGE_SIZE;
 
 pub const MAX_REGIONS: usize = 128;
@@ -21,7 +22,7 @@ pub enum BootAllocError {
 
 pub struct BootFrames {
     /// Page-aligned, non-empty, sorted by start, reserved ranges removed.
-    regions: ArrayVec<Range<u64>, MAX_REGIONS>,
+    regions: ArrayVec<Range<PhysAddr>, MAX_REGIONS>,
     allocated: u64,
 }
 
@@ -29,17 +30,16 @@ impl BootFrames {
     /// Builds the allocator from usable `regions` (any order, any
     /// alignment) minus `reserved`.
     pub fn new(
-        regions: impl IntoIterator<Item = Range<u64>>,
-        reserved: &[Range<u64>],
+        regions: impl IntoIterator<Item = Range<PhysAddr>>,
+        reserved: &[Range<PhysAddr>],
     ) -> Result<BootFrames, BootAllocError> {
-        let mut out: ArrayVec<Range<u64>, MAX_REGIONS> = ArrayVec::new();
+        let mut out: ArrayVec<Range<PhysAddr>, MAX_REGIONS> = ArrayVec::new();
         for r in regions {
-            let start = r.start.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-            let end = r.end / PAGE_SIZE * PAGE_SIZE;
-            let mut pieces: ArrayVec<Range<u64>, 8> = ArrayVec::new();
+            let (start, end) = (r.start.align_up(PAGE_SIZE), r.end.align_down(PAGE_SIZE));
+            let mut pieces: ArrayVec<Range<PhysAddr>, 8> = ArrayVec::new();
             pieces.push(start..end);
             for cut in reserved {
-                let mut next = ArrayVec::<Range<u64>, 8>::new();
+                let mut next = ArrayVec::<Range<PhysAddr>, 8>::new();
                 for p in pieces.drain(..) {
                     let (a, b) = (p.start..p.end.min(cut.start), p.start.max(cut.end)..p.end);
                     for part in [a, b] {
@@ -59,7 +59,7 @@ impl BootFrames {
     }
 
     /// One frame, or `None` when memory is exhausted.
-    pub fn alloc(&mut self) -> Option<u64> {
+    pub fn alloc(&mut self) -> Option<PhysAddr> {
         let last = self.regions.last_mut()?;
         last.end -= PAGE_SIZE;
         let frame = last.end;
@@ -72,7 +72,7 @@ impl BootFrames {
 
     /// `pages` physically contiguous frames from the top of the highest
     /// region that has room; returns the first frame's address.
-    pub fn alloc_contiguous(&mut self, pages: u64) -> Option<u64> {
+    pub fn alloc_contiguous(&mut self, pages: u64) -> Option<PhysAddr> {
         let bytes = pages.checked_mul(PAGE_SIZE)?;
         let pos = self.regions.iter().rposition(|r| r.end - r.start >= bytes)?;
         let r = &mut self.regions[pos];
@@ -96,7 +96,7 @@ impl BootFrames {
     }
 
     /// What is left, for the allocator that takes over.
-    pub fn remaining(&self) -> &[Range<u64>] {
+    pub fn remaining(&self) -> &[Range<PhysAddr>] {
         &self.regions
     }
 }
@@ -107,23 +107,28 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// Physical ranges from numbers.
+    fn ranges<const N: usize>(r: [Range<u64>; N]) -> [Range<PhysAddr>; N] {
+        r.map(|r| PhysAddr::new(r.start)..PhysAddr::new(r.end))
+    }
+
     #[test]
     fn cuts_reserved_ranges_and_aligns() {
-        let f = BootFrames::new([0x500..0x9F000, MIB + 1..8 * MIB + 100], &[0..MIB]).unwrap();
-        assert_eq!(f.remaining(), &[MIB + PAGE_SIZE..8 * MIB]);
+        let f = BootFrames::new(ranges([0x500..0x9F000, MIB + 1..8 * MIB + 100]), &ranges([0..MIB])).unwrap();
+        assert_eq!(f.remaining(), &ranges([MIB + PAGE_SIZE..8 * MIB]));
     }
 
     #[test]
     fn reserved_range_in_the_middle_splits_a_region() {
-        let f = BootFrames::new([0..4 * PAGE_SIZE], &[PAGE_SIZE..2 * PAGE_SIZE]).unwrap();
-        assert_eq!(f.remaining(), &[0..PAGE_SIZE, 2 * PAGE_SIZE..4 * PAGE_SIZE]);
+        let f = BootFrames::new(ranges([0..4 * PAGE_SIZE]), &ranges([PAGE_SIZE..2 * PAGE_SIZE])).unwrap();
+        assert_eq!(f.remaining(), &ranges([0..PAGE_SIZE, 2 * PAGE_SIZE..4 * PAGE_SIZE]));
     }
 
     #[test]
     fn allocates_from_the_top_until_exhausted_without_duplicates() {
-        let mut f = BootFrames::new([3 * MIB..3 * MIB + 2 * PAGE_SIZE, MIB..MIB + PAGE_SIZE], &[]).unwrap();
+        let mut f = BootFrames::new(ranges([3 * MIB..3 * MIB + 2 * PAGE_SIZE, MIB..MIB + PAGE_SIZE]), &[]).unwrap();
         let total = f.free_bytes() / PAGE_SIZE;
-        let got: Vec<u64> = core::iter::from_fn(|| f.alloc()).collect();
+        let got: Vec<u64> = core::iter::from_fn(|| f.alloc()).map(|p| p.as_u64()).collect();
         assert_eq!(got, vec![3 * MIB + PAGE_SIZE, 3 * MIB, MIB]);
         assert_eq!(got.len() as u64, total);
         assert_eq!(f.allocated(), 3);
@@ -133,18 +138,18 @@ mod tests {
 
     #[test]
     fn contiguous_runs_come_from_a_region_big_enough() {
-        let mut f = BootFrames::new([MIB..MIB + 8 * PAGE_SIZE, 4 * MIB..4 * MIB + 2 * PAGE_SIZE], &[]).unwrap();
-        assert_eq!(f.alloc_contiguous(3), Some(MIB + 5 * PAGE_SIZE));
+        let mut f = BootFrames::new(ranges([MIB..MIB + 8 * PAGE_SIZE, 4 * MIB..4 * MIB + 2 * PAGE_SIZE]), &[]).unwrap();
+        assert_eq!(f.alloc_contiguous(3), Some(PhysAddr::new(MIB + 5 * PAGE_SIZE)));
         assert_eq!(f.alloc_contiguous(6), None);
-        assert_eq!(f.alloc_contiguous(2), Some(4 * MIB));
-        assert_eq!(f.remaining(), &[MIB..MIB + 5 * PAGE_SIZE]);
+        assert_eq!(f.alloc_contiguous(2), Some(PhysAddr::new(4 * MIB)));
+        assert_eq!(f.remaining(), &ranges([MIB..MIB + 5 * PAGE_SIZE]));
         assert_eq!(f.allocated(), 5);
     }
 
     #[test]
     fn never_returns_reserved_frames() {
-        let mut f = BootFrames::new([0..2 * MIB], &[0..MIB, 0x8000..0xC000]).unwrap();
-        while let Some(frame) = f.alloc() {
+        let mut f = BootFrames::new(ranges([0..2 * MIB]), &ranges([0..MIB, 0x8000..0xC000])).unwrap();
+        while let Some(frame) = f.alloc().map(|p| p.as_u64()) {
             assert!(frame >= MIB, "frame {frame:#x} is reserved");
         }
     }

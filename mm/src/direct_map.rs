@@ -1,6 +1,7 @@
 //! Page tables through the direct map: the kernel's way for `vm` to reach
 //! a table or a frame by its physical address.
 
+use crate::frame::{Frame, PhysAddr};
 use crate::vm::{Table, PAGE_SIZE};
 
 /// The bootloader's direct map of all physical memory.
@@ -23,30 +24,58 @@ impl DirectMap {
 
     /// The table in frame `phys`. Tables are arrays of atomics, so any
     /// number of shared references to one may exist.
-    pub fn table(self, phys: u64) -> &'static Table {
+    ///
+    /// # Safety
+    /// Frame `phys` holds a page table (or is otherwise only ever accessed
+    /// through atomics) for as long as the reference is used: no `&mut`
+    /// or plain write reaches it meanwhile, and it is not freed.
+    pub unsafe fn table(self, phys: PhysAddr) -> &'static Table {
+        let phys = phys.as_u64();
         debug_assert_eq!(phys % PAGE_SIZE, 0);
-        // Why this holds: the direct map covers the frame (constructor
-        // contract), the address is page-aligned so aligned for `Table`,
-        // and every bit pattern is a valid array of `AtomicU64`.
-        // SAFETY: all access goes through atomics, so aliasing references
-        // cannot race unsoundly.
+        // SAFETY: the direct map covers the frame (constructor contract),
+        // the address is page-aligned so aligned for `Table`, every bit
+        // pattern is a valid array of `AtomicU64`, and all access to it goes
+        // through atomics (this function's contract), so aliasing
+        // references cannot race unsoundly.
         unsafe { &*((phys + self.offset) as *const Table) }
     }
 
-    /// Fills frame `phys` with `byte`; the caller owns the frame.
-    pub fn fill(self, phys: u64, byte: u8) {
-        // SAFETY: the direct map covers the frame; the caller owns it, so
-        // no Rust reference into it is alive while it is written.
-        unsafe { core::ptr::write_bytes((phys + self.offset) as *mut u8, byte, PAGE_SIZE as usize) };
+    /// Fills `frame` with `byte`; holding it proves the caller owns it.
+    pub fn fill_frame(self, frame: &mut Frame, byte: u8) {
+        // SAFETY: the caller owns the frame (it holds the handle mutably).
+        unsafe { self.fill(frame.phys(), byte) }
     }
 
-    /// Copies frame `from` to frame `to`; the caller owns both.
-    pub fn copy(self, from: u64, to: u64) {
-        // SAFETY: as for `fill`; distinct frames never overlap.
+    /// Fills frame `phys` with `byte`.
+    ///
+    /// # Safety
+    /// The caller owns the frame (it may hold it by address only): nobody
+    /// else reads or writes it meanwhile, and no Rust reference into it is
+    /// alive.
+    pub unsafe fn fill(self, phys: PhysAddr, byte: u8) {
+        // SAFETY: the direct map covers the frame (constructor contract);
+        // the caller owns it (this function's contract).
+        unsafe { core::ptr::write_bytes((phys.as_u64() + self.offset) as *mut u8, byte, PAGE_SIZE as usize) };
+    }
+
+    /// Copies `from` into `to`; holding them proves the caller owns both
+    /// (and `to`'s mutable borrow that they are distinct).
+    pub fn copy_frame(self, from: &Frame, to: &mut Frame) {
+        // SAFETY: the caller owns both frames (it holds the handles).
+        unsafe { self.copy(from.phys(), to.phys()) }
+    }
+
+    /// Copies frame `from` to frame `to`.
+    ///
+    /// # Safety
+    /// As for `fill`, for both frames; they are distinct.
+    pub unsafe fn copy(self, from: PhysAddr, to: PhysAddr) {
+        // SAFETY: as for `fill` (this function's contract); distinct frames
+        // never overlap.
         unsafe {
             core::ptr::copy_nonoverlapping(
-                (from + self.offset) as *const u8,
-                (to + self.offset) as *mut u8,
+                (from.as_u64() + self.offset) as *const u8,
+                (to.as_u64() + self.offset) as *mut u8,
                 PAGE_SIZE as usize,
             )
         };

@@ -6,7 +6,7 @@
 //! illegal transition (double free, freeing a reserved frame) fails without
 //! changing anything, and of two CPUs racing on one frame exactly one wins.
 
-use crate::frame::{FrameError, FrameKind, Pfn};
+use crate::frame::{FrameError, FrameKind, Pfn, PhysAddr};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::PAGE_SIZE;
 
@@ -77,13 +77,16 @@ pub struct FrameDb<'a> {
 }
 
 impl<'a> FrameDb<'a> {
-    /// `entries[i]` describes frame `base + i`. All start `Reserved`.
-    pub fn new(base: Pfn, entries: &'a [FrameEntry]) -> FrameDb<'a> {
-        FrameDb { base, entries }
+    /// `entries[i]` describes the `i`th frame from `base` (page-aligned).
+    /// All start `Reserved`.
+    pub fn new(base: PhysAddr, entries: &'a [FrameEntry]) -> FrameDb<'a> {
+        debug_assert_eq!(base.as_u64() % PAGE_SIZE, 0);
+        FrameDb { base: base.as_u64() / PAGE_SIZE, entries }
     }
 
-    pub fn base(&self) -> Pfn {
-        self.base
+    /// The first frame the database describes.
+    pub fn base(&self) -> PhysAddr {
+        PhysAddr::new(self.base * PAGE_SIZE)
     }
 
     pub fn len(&self) -> usize {
@@ -94,16 +97,16 @@ impl<'a> FrameDb<'a> {
         self.entries.is_empty()
     }
 
-    pub fn phys_of(&self, index: usize) -> u64 {
-        (self.base + index as u64) * PAGE_SIZE
+    pub fn phys_of(&self, index: usize) -> PhysAddr {
+        PhysAddr::new((self.base + index as u64) * PAGE_SIZE)
     }
 
     /// Entry index of physical address `phys`, checking it names a frame.
-    pub fn index_of(&self, phys: u64) -> Result<usize, FrameError> {
-        if !phys.is_multiple_of(PAGE_SIZE) {
+    pub fn index_of(&self, phys: PhysAddr) -> Result<usize, FrameError> {
+        if !phys.as_u64().is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::NotAligned { phys });
         }
-        let pfn = phys / PAGE_SIZE;
+        let pfn = phys.as_u64() / PAGE_SIZE;
         match pfn.checked_sub(self.base) {
             Some(i) if (i as usize) < self.entries.len() => Ok(i as usize),
             _ => Err(FrameError::NotRam { phys }),

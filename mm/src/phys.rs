@@ -21,7 +21,7 @@ use core::ops::Range;
 
 use crate::buddy::{order_for, Buddy, Link, MAX_ORDER};
 use crate::counters::{bump, CounterSnapshot, CpuCounters};
-use crate::frame::{FrameError, FrameKind};
+use crate::frame::{Frame, FrameError, FrameKind, PhysAddr};
 use crate::frame_db::FrameDb;
 use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
 use crate::platform::CpuPlatform;
@@ -81,9 +81,9 @@ pub struct Census {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditViolation {
     /// A frame found in a structure has the wrong state word.
-    WrongState { phys: u64, found_in: &'static str, state: FrameKind },
+    WrongState { phys: PhysAddr, found_in: &'static str, state: FrameKind },
     /// A frame is in more than one structure (or twice in one).
-    InTwoPlaces { phys: u64, found_in: &'static str },
+    InTwoPlaces { phys: PhysAddr, found_in: &'static str },
     /// The structures hold a different number of frames than the frame
     /// database says are in that state: some frame is in two places.
     CountMismatch { what: &'static str, structures: u64, database: u64 },
@@ -120,7 +120,11 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
         depot: &'a mut [Magazine],
         platform: P,
     ) -> PhysAllocator<'a, P> {
-        assert_eq!(db.base() % (1 << MAX_ORDER), 0, "frame database base must be 2^MAX_ORDER aligned");
+        assert_eq!(
+            db.base().as_u64() / PAGE_SIZE % (1 << MAX_ORDER),
+            0,
+            "frame database base must be 2^MAX_ORDER aligned"
+        );
         assert_eq!(links.len(), db.len());
         let mut buddy = Buddy::new(links);
         let mut count = 0;
@@ -188,21 +192,46 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
         self.cpus.remote(cpu).counters.snapshot()
     }
 
-    /// Allocates one frame; returns its physical address.
-    pub fn alloc_page(&self) -> Result<u64, FrameError> {
+    /// Allocates one frame; the caller owns it until it gives it back.
+    // Makes the handle for the frame it just took out of the free state.
+    #[allow(unsafe_code)]
+    pub fn alloc_page(&self) -> Result<Frame, FrameError> {
         self.platform.without_interrupts(|me| {
             bump(&self.cpus.local(me).counters.allocs);
             let index = match self.policy() {
                 Policy::GlobalLock => self.buddy_alloc(me, 0)?,
                 Policy::Magazine => self.magazine_alloc(me)?,
             };
-            Ok(self.db.phys_of(index))
+            // SAFETY: the frame just went from free to `Allocated` under
+            // this call, so nobody else owns it or holds a handle to it.
+            Ok(unsafe { Frame::from_phys(self.db.phys_of(index)) })
         })
     }
 
-    /// Frees one frame allocated by `alloc_page` or `alloc_contiguous`, on
-    /// any CPU. Bad input changes nothing.
-    pub fn free_page(&self, phys: u64) -> Result<(), FrameError> {
+    /// Gives back a frame `alloc_page` handed out, on any CPU. The frame
+    /// database still checks it (a handle made with `Frame::from_phys`
+    /// may name anything): bad input changes nothing.
+    // Frees by address the frame whose handle it was given.
+    #[allow(unsafe_code)]
+    pub fn free_page(&self, frame: Frame) -> Result<(), FrameError> {
+        // SAFETY: the caller gave up its handle, so it owned the frame and
+        // nobody else does.
+        unsafe { self.free_raw(frame.into_phys()) }
+    }
+
+    /// Frees one frame by address: the path for frames kept by address
+    /// (one frame of an `alloc_contiguous` run) and for the frame
+    /// database's own checks. A double free, a reserved frame, an address
+    /// outside RAM or an unaligned one give their `FrameError` and change
+    /// nothing.
+    ///
+    /// # Safety
+    /// If `phys` names an allocated frame, the caller owns it and nobody
+    /// uses it any more: after this call the allocator may hand it to
+    /// someone else.
+    // A free by address: the caller vouches it owns the frame.
+    #[allow(unsafe_code)]
+    pub unsafe fn free_raw(&self, phys: PhysAddr) -> Result<(), FrameError> {
         let index = self.db.index_of(phys)?;
         self.platform.without_interrupts(|me| {
             let cpu = me.cpu();
@@ -226,8 +255,9 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     }
 
     /// `count` physically contiguous frames; a power-of-two `count` is
-    /// naturally aligned to its size.
-    pub fn alloc_contiguous(&self, count: u64) -> Result<u64, FrameError> {
+    /// naturally aligned to its size. The run is kept by address (no
+    /// handle per frame); `free_contiguous` gives it back.
+    pub fn alloc_contiguous(&self, count: u64) -> Result<PhysAddr, FrameError> {
         if count == 0 {
             return Err(FrameError::ZeroCount);
         }
@@ -259,7 +289,13 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
 
     /// Frees `count` frames starting at `phys`. Every frame must be
     /// allocated; otherwise nothing is freed.
-    pub fn free_contiguous(&self, phys: u64, count: u64) -> Result<(), FrameError> {
+    ///
+    /// # Safety
+    /// As for `free_raw`, for every frame of the run: the caller owns them
+    /// (an `alloc_contiguous` run, or pages of one) and uses them no more.
+    // A free by address: the caller vouches it owns the run.
+    #[allow(unsafe_code)]
+    pub unsafe fn free_contiguous(&self, phys: PhysAddr, count: u64) -> Result<(), FrameError> {
         if count == 0 {
             return Err(FrameError::ZeroCount);
         }
@@ -286,7 +322,10 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
 
     fn expect_transition(&self, index: usize, from: FrameKind, to: FrameKind, cpu: usize) {
         if let Err(actual) = self.db.transition(index, from, to, cpu) {
-            panic!("frame {:#x}: expected {from:?} on the way to {to:?}, found {actual:?}", self.db.phys_of(index));
+            panic!(
+                "frame {:#x}: expected {from:?} on the way to {to:?}, found {actual:?}",
+                self.db.phys_of(index).as_u64()
+            );
         }
     }
 

@@ -23,7 +23,7 @@ pub unsafe fn carve<T>(
     let bytes = (count * core::mem::size_of::<T>()) as u64;
     let pages = bytes.div_ceil(PAGE_SIZE).max(1);
     let phys = frames.alloc_contiguous(pages)?;
-    let ptr = (phys + phys_offset) as *mut T;
+    let ptr = (phys.as_u64() + phys_offset) as *mut T;
     for i in 0..count {
         // SAFETY: the run is `pages` fresh frames mapped at `ptr` (contract),
         // page-aligned so aligned for `T`, and `i < count` stays inside it.

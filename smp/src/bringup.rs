@@ -69,10 +69,10 @@ const ONLINE_WAIT_NS: u64 = 2_000_000_000;
 ///
 /// # Safety
 /// Call once, on the BSP; `lapic_virt` must map the local APIC's MMIO page.
-pub unsafe fn init_bsp(lapic_virt: u64) -> &'static CpuArea {
+pub unsafe fn init_bsp(lapic_virt: x86_64::VirtAddr) -> &'static CpuArea {
     let me = percpu::current();
     assert_eq!(me.index(), 0, "init_bsp on a CPU other than the BSP");
-    LAPIC_VIRT.store(lapic_virt, Ordering::Relaxed);
+    LAPIC_VIRT.store(lapic_virt.as_u64(), Ordering::Relaxed);
     // SAFETY: `lapic_virt` maps the APIC page; this is the BSP's only handle.
     let lapic = unsafe { Lapic::enable_current(lapic_virt) };
     me.set_expected_apic_id(lapic.id());
@@ -115,7 +115,7 @@ pub unsafe fn start_aps(
     HOOKS.call_once(|| hooks);
 
     // SAFETY: per this function's contract.
-    let trampoline = unsafe { Trampoline::install(phys_offset, frame.start_address().as_u64()) };
+    let trampoline = unsafe { Trampoline::install(phys_offset, frame.start_address()) };
     let online = percpu::online_set();
     let running = |id: u32| online.iter().any(|c| percpu::cpu(c).apic_id() == id);
     let mut report = Report { online: online.len(), total: cpus_total, failures: arrayvec::ArrayVec::new() };
@@ -230,7 +230,7 @@ extern "C" fn ap_entry(cpu: &'static CpuArea) -> ! {
     let hooks = *HOOKS.get().expect("start_aps sets the hooks before waking APs");
     (hooks.arch_init)(cpu);
     // SAFETY: same APIC page for every CPU; this is this AP's only handle.
-    let lapic = unsafe { Lapic::enable_current(LAPIC_VIRT.load(Ordering::Relaxed)) };
+    let lapic = unsafe { Lapic::enable_current(x86_64::VirtAddr::new(LAPIC_VIRT.load(Ordering::Relaxed))) };
     let expected = cpu.apic_id();
     if lapic.id() != expected {
         log::warn!("smp: cpu {} has APIC id {} (MADT order said {expected})", cpu.index(), lapic.id());

@@ -27,7 +27,8 @@ const PDPT_PHYS: u64 = 0xA000;
 const PD_PHYS: u64 = 0xB000;
 
 /// Physical memory the trampoline occupies; must never be allocated.
-pub const TRAMPOLINE_RESERVED: Range<u64> = TRAMPOLINE_PHYS..PD_PHYS + 0x1000;
+pub const TRAMPOLINE_RESERVED: Range<x86_64::PhysAddr> =
+    x86_64::PhysAddr::new(TRAMPOLINE_PHYS)..x86_64::PhysAddr::new(PD_PHYS + 0x1000);
 
 const PRESENT_WRITABLE: u64 = 0b11;
 const HUGE: u64 = 1 << 7;
@@ -56,7 +57,8 @@ impl Trampoline {
     /// # Safety
     /// `phys_offset` must be the direct-map offset, the reserved low pages
     /// must be unused RAM, and the kernel must never run below 2 MiB.
-    pub unsafe fn install(phys_offset: u64, kernel_pml4_phys: u64) -> Trampoline {
+    pub unsafe fn install(phys_offset: u64, kernel_pml4_phys: x86_64::PhysAddr) -> Trampoline {
+        let kernel_pml4_phys = kernel_pml4_phys.as_u64();
         let virt = |phys: u64| (phys + phys_offset) as *mut u8;
         let (start, end) = (ptr::addr_of!(ap_trampoline_start), ptr::addr_of!(ap_trampoline_end));
         let len = end as usize - start as usize;

@@ -21,7 +21,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cpus::PerCpu;
-use mm::vm::VmPlatform;
 
 use crate::driver::Rep;
 use crate::failure::{check, fails, failure, Failure};
@@ -99,12 +98,12 @@ pub fn zero<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<
     let rep = *rep;
     let team = Team::new(rep.cpus);
     team.run(m, move |team, cpu| {
-        let frame = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
-        let p = m.vm().platform();
+        let mut frame = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
+        let vm = m.vm();
         team.barrier(m)?;
         let mut t = Timed::begin(m, &rep, cpu);
         while t.running(team) {
-            t.op(1, || p.fill_frame(frame, 0));
+            t.op(1, || vm.fill_frame(&mut frame, 0));
         }
         t.finish(team, cpu);
         m.frames().free_page(frame).map_err(|e| fails("free", e))

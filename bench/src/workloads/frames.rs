@@ -10,6 +10,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use arrayvec::ArrayVec;
+use mm::frame::Frame;
 use mm::phys::Policy;
 use spin::Mutex;
 
@@ -77,7 +78,7 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             let f = m.frames();
-            let mut held = ArrayVec::<u64, BATCH>::new();
+            let mut held = ArrayVec::<Frame, BATCH>::new();
             team.barrier(m)?;
             let mut t = Timed::begin(m, &rep, cpu);
             let mut round = 0u64;
@@ -86,7 +87,7 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                     held.push(t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?);
                 }
                 if round.is_multiple_of(64) {
-                    let mut sorted = held.clone();
+                    let mut sorted: ArrayVec<u64, BATCH> = held.iter().map(|f| f.phys().as_u64()).collect();
                     sorted.sort_unstable();
                     check!(sorted.windows(2).all(|w| w[0] != w[1]), "cpu {cpu}: a batch holds one frame twice");
                 }
@@ -111,14 +112,14 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
     with_policy(m, variant, || {
         let n = rep.cpus;
         let team = Team::new(n);
-        let boxes: Arc<Vec<Mutex<ArrayVec<u64, MAILBOX>>>> =
+        let boxes: Arc<Vec<Mutex<ArrayVec<Frame, MAILBOX>>>> =
             Arc::new((0..n).map(|_| Mutex::new(ArrayVec::new())).collect());
         team.run(m, move |team, cpu| {
             let f = m.frames();
             let next = &boxes[(cpu + 1) % n];
             let mine = &boxes[cpu];
-            let mut outbox = ArrayVec::<u64, HANDOFF>::new();
-            let mut inbox = ArrayVec::<u64, HANDOFF>::new();
+            let mut outbox = ArrayVec::<Frame, HANDOFF>::new();
+            let mut inbox = ArrayVec::<Frame, HANDOFF>::new();
             team.barrier(m)?;
             let mut t = Timed::begin(m, &rep, cpu);
             while t.running(team) {

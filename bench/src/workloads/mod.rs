@@ -147,7 +147,7 @@ mod tests {
     //! `bench --only` with. `all` only builds function pointers, so a
     //! machine that cannot exist is enough to instantiate it.
     use super::*;
-    use mm::frame::FrameError;
+    use mm::frame::{Frame, FrameError};
     use mm::phys::PhysAllocator;
     use mm::vm::{ShootdownFailed, Table, Vm, VmPlatform};
 
@@ -163,19 +163,19 @@ mod tests {
     }
 
     impl VmPlatform for NoMachine {
-        fn table(&self, _: u64) -> &Table {
+        fn table(&self, _: mm::frame::PhysAddr) -> &Table {
             match *self {}
         }
-        fn fill_frame(&self, _: u64, _: u8) {
+        fn fill_frame(&self, _: &mut Frame, _: u8) {
             match *self {}
         }
-        fn copy_frame(&self, _: u64, _: u64) {
+        fn copy_frame(&self, _: &Frame, _: &mut Frame) {
             match *self {}
         }
-        fn alloc_frame(&self) -> Result<u64, FrameError> {
+        fn alloc_frame(&self) -> Result<Frame, FrameError> {
             match *self {}
         }
-        fn free_frame(&self, _: u64) -> Result<(), FrameError> {
+        fn free_frame(&self, _: Frame) -> Result<(), FrameError> {
             match *self {}
         }
         fn cpu_index(&self) -> usize {
@@ -184,10 +184,10 @@ mod tests {
         fn online_cpus(&self) -> cpus::CpuSet {
             match *self {}
         }
-        fn shootdown(&self, _: cpus::CpuSet, _: u64, _: u64) -> Result<(), ShootdownFailed> {
+        fn shootdown(&self, _: cpus::CpuSet, _: mm::vm::VirtAddr, _: u64) -> Result<(), ShootdownFailed> {
             match *self {}
         }
-        fn load_root(&self, _: u64) {
+        fn load_root(&self, _: &mm::vm::Root) {
             match *self {}
         }
         fn free_frames(&self) -> u64 {

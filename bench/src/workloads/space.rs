@@ -6,7 +6,8 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use mm::vm::{AddressSpace, Flags, PageSize, VmPlatform};
+use mm::frame::Frame;
+use mm::vm::{AddressSpace, Flags, PageSize};
 
 use crate::failure::{check, fails, Failure};
 use crate::machine::{frames_accounted, Machine};
@@ -24,27 +25,33 @@ pub fn filled(byte: u8) -> u64 {
     u64::from_ne_bytes([byte; 8])
 }
 
-/// Maps a fresh frame at `virt`, filled with `byte`.
+/// Maps a fresh frame at `virt`, filled with `byte`; the mapping keeps it
+/// until `unmap_poison` takes it back. Returns its address.
 pub fn map_filled<M: Machine>(m: &M, space: &AddressSpace, virt: u64, byte: u8) -> Result<u64, Failure> {
-    let phys = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
-    m.vm().platform().fill_frame(phys, byte);
-    m.vm().map_single(space, virt, phys, Flags::WRITE, PageSize::Size4K).map_err(|e| fails("map", e))?;
+    let mut frame = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
+    m.vm().fill_frame(&mut frame, byte);
+    let phys = frame.phys().as_u64();
+    if let Err((e, frame)) = m.vm().map_frame(space, virt, frame, Flags::WRITE) {
+        m.frames().free_page(frame).map_err(|e| fails("free", e))?;
+        return Err(fails("map", e));
+    }
     Ok(phys)
 }
 
 /// Unmaps `virt`, checks it was `phys`, poisons and frees the frame.
 pub fn unmap_poison<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<(), Failure> {
-    unmap_poison_keep(m, space, virt, phys)?;
-    m.frames().free_page(phys).map_err(|e| fails("free", e))
+    let frame = unmap_poison_keep(m, space, virt, phys)?;
+    m.frames().free_page(frame).map_err(|e| fails("free", e))
 }
 
 /// Unmaps `virt`, checks it was `phys` and poisons the frame, keeping it:
 /// a CPU that still reads it through a stale translation sees the poison.
-pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<(), Failure> {
-    let back = m.vm().umap_single(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phys: u64) -> Result<Frame, Failure> {
+    let mut frame = m.vm().umap_owned(space, virt, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+    let back = frame.phys().as_u64();
     check!(back == phys, "unmap of {virt:#x} gave frame {back:#x}, mapped {phys:#x}");
-    m.vm().platform().fill_frame(phys, POISON);
-    Ok(())
+    m.vm().fill_frame(&mut frame, POISON);
+    Ok(frame)
 }
 
 pub const POISON: u8 = 0xEE;

@@ -16,6 +16,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::space::{self, filled, page};
+use mm::frame::Frame;
+
 use crate::driver::Rep;
 use crate::failure::{check, failure, Failure};
 use crate::machine::Machine;
@@ -66,7 +68,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     }
     let frames = Arc::new(frames);
     // Poisoned frames not yet given back (see the move step).
-    let retired: Arc<spin::Mutex<Vec<u64>>> = Arc::new(spin::Mutex::new(Vec::new()));
+    let retired: Arc<spin::Mutex<Vec<Frame>>> = Arc::new(spin::Mutex::new(Vec::new()));
     let gen = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let team = Team::new(readers);
@@ -94,14 +96,13 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
                     // Frames moved away from a round ago: every reader has
                     // checked its pages since, so they may be reused now.
                     let mut old = retired.lock();
-                    for phys in old.drain(..) {
-                        m.frames().free_page(phys).map_err(|e| crate::failure::fails("free", e))?;
+                    for frame in old.drain(..) {
+                        m.frames().free_page(frame).map_err(|e| crate::failure::fails("free", e))?;
                     }
                     for i in 0..pages {
                         let va = page(0, i);
                         let phys = f[i as usize].load(Ordering::Relaxed);
-                        t.op(1, || space::unmap_poison_keep(m, space, va, phys))?;
-                        old.push(phys);
+                        old.push(t.op(1, || space::unmap_poison_keep(m, space, va, phys))?);
                         f[i as usize].store(space::map_filled(m, space, va, round_byte(g, i))?, Ordering::Relaxed);
                     }
                     gen.store(g, Ordering::Release);
@@ -122,8 +123,8 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
     for i in 0..pages {
         space::unmap_poison(m, &spaces[0], page(0, i), frames[i as usize].load(Ordering::Relaxed))?;
     }
-    for phys in retired.lock().drain(..) {
-        m.frames().free_page(phys).map_err(|e| crate::failure::fails("free", e))?;
+    for frame in retired.lock().drain(..) {
+        m.frames().free_page(frame).map_err(|e| crate::failure::fails("free", e))?;
     }
     space::destroy(m, spaces, before)?;
     Ok(team)

@@ -49,12 +49,14 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                 let va = page(cpu, i);
                 let stamp = (cpu as u64) << 40 | i;
                 t.op(1, || -> Result<(), Failure> {
-                    let phys = frames.alloc_page().map_err(|e| fails("alloc", e))?;
-                    vm.map_single(space, va, phys, Flags::WRITE, PageSize::Size4K).map_err(|e| fails("map", e))?;
+                    let frame = frames.alloc_page().map_err(|e| fails("alloc", e))?;
+                    let phys = frame.phys().as_u64();
+                    vm.map_frame(space, va, frame, Flags::WRITE).map_err(|(e, _)| fails("map", e))?;
                     m.write_word(va, stamp);
                     let got = m.read_word(va);
-                    let back = vm.umap_single(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
-                    frames.free_page(phys).map_err(|e| fails("free", e))?;
+                    let frame = vm.umap_owned(space, va, PageSize::Size4K).map_err(|e| fails("unmap", e))?;
+                    let back = frame.phys().as_u64();
+                    frames.free_page(frame).map_err(|e| fails("free", e))?;
                     check!(
                         got == stamp && back == phys,
                         "cpu {cpu}: read {got:#x} for {stamp:#x}; unmap gave {back:#x} for {phys:#x}"

@@ -4,7 +4,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
-use mm::frame::FrameError;
+use mm::frame::{FrameError, PhysAddr};
 use mm::phys::{Census, Policy};
 use mm::PAGE_SIZE;
 use smp::{percpu, MAX_CPUS};
@@ -37,6 +37,19 @@ fn stamp_ok(phys: u64, value: u64) -> bool {
     a.load(Ordering::Relaxed) == value && b.load(Ordering::Relaxed) == !value
 }
 
+/// A frame from the allocator, kept by address: these tests hold frames in
+/// mailboxes and in lists linked through the frames themselves.
+fn alloc_held() -> Result<u64, FrameError> {
+    frames::get().alloc_page().map(|f| f.into_phys().as_u64())
+}
+
+/// Gives back a frame `alloc_held` handed out: the allocator's raw path.
+fn free_held(phys: u64) -> Result<(), FrameError> {
+    // SAFETY: callers pass a frame they took with `alloc_held` and hold
+    // alone (if the allocator handed one out twice, the stamps tell).
+    unsafe { frames::get().free_raw(PhysAddr::new(phys)) }
+}
+
 fn audit() -> Result<Census, super::Failure> {
     frames::get().audit().map_err(|v| failure(format_args!("audit violation: {v:?}")))
 }
@@ -46,21 +59,24 @@ register!(Test::new("frames::bad_frees_change_nothing", bad_frees_change_nothing
 /// free count nor where any frame is changes.
 fn bad_frees_change_nothing() -> TestResult {
     let f = frames::get();
-    let p = f.alloc_page().map_err(|_| failure(format_args!("no frame")))?;
-    f.free_page(p).map_err(|_| failure(format_args!("first free failed")))?;
+    let frame = f.alloc_page().map_err(|_| failure(format_args!("no frame")))?;
+    let p = frame.phys().as_u64();
+    f.free_page(frame).map_err(|_| failure(format_args!("first free failed")))?;
     let (census, free) = (audit()?, f.free_bytes());
     let db = f.db();
     // A frame of the frame database itself: inside the range, reserved.
     let own_table = db.entry(0) as *const _ as u64 - memory::phys_offset();
-    let beyond = db.phys_of(db.len()) + 16 * PAGE_SIZE;
+    let beyond = db.phys_of(db.len()).as_u64() + 16 * PAGE_SIZE;
     let cases: [(u64, FrameError); 4] = [
-        (p, FrameError::AlreadyFree { phys: p }),
-        (own_table & !(PAGE_SIZE - 1), FrameError::Reserved { phys: own_table & !(PAGE_SIZE - 1) }),
-        (beyond, FrameError::NotRam { phys: beyond }),
-        (p + 8, FrameError::NotAligned { phys: p + 8 }),
+        (p, FrameError::AlreadyFree { phys: PhysAddr::new(p) }),
+        (own_table & !(PAGE_SIZE - 1), FrameError::Reserved { phys: PhysAddr::new(own_table & !(PAGE_SIZE - 1)) }),
+        (beyond, FrameError::NotRam { phys: PhysAddr::new(beyond) }),
+        (p + 8, FrameError::NotAligned { phys: PhysAddr::new(p + 8) }),
     ];
     for (addr, want) in cases {
-        let got = f.free_page(addr);
+        // SAFETY: no address here names a frame anyone holds: `p` is free
+        // again, and the others are refused before anything changes.
+        let got = unsafe { f.free_raw(PhysAddr::new(addr)) };
         ensure!(got == Err(want), "free_page({addr:#x}) = {got:?}, want {want:?}");
         ensure!(f.free_bytes() == free, "{want:?} changed the free count");
         ensure!(audit()? == census, "{want:?} moved frames");
@@ -68,7 +84,9 @@ fn bad_frees_change_nothing() -> TestResult {
     ensure!(f.alloc_contiguous(0) == Err(FrameError::ZeroCount), "alloc_contiguous(0) accepted");
     let huge = f.usable_frames() + 1;
     ensure!(matches!(f.alloc_contiguous(huge), Err(FrameError::TooLarge { .. })), "{huge} frames accepted");
-    ensure!(f.free_contiguous(p, 0) == Err(FrameError::ZeroCount), "free_contiguous(_, 0) accepted");
+    // SAFETY: a run of zero frames frees nothing.
+    let zero = unsafe { f.free_contiguous(PhysAddr::new(p), 0) };
+    ensure!(zero == Err(FrameError::ZeroCount), "free_contiguous(_, 0) accepted");
     ensure!(audit()? == census && f.free_bytes() == free, "error paths changed state");
     Ok(())
 }
@@ -79,7 +97,8 @@ fn contiguous_runs_are_aligned() -> TestResult {
     let before = f.free_bytes();
     for order in 0..=9u32 {
         let count = 1u64 << order;
-        let p = f.alloc_contiguous(count).map_err(|_| failure(format_args!("contiguous allocation failed")))?;
+        let run = f.alloc_contiguous(count).map_err(|_| failure(format_args!("contiguous allocation failed")))?;
+        let p = run.as_u64();
         ensure!(p % (count * PAGE_SIZE) == 0, "{count} frames at {p:#x} not naturally aligned");
         for i in 0..count {
             stamp(p + i * PAGE_SIZE, i ^ 0x5A5A);
@@ -87,10 +106,12 @@ fn contiguous_runs_are_aligned() -> TestResult {
         for i in 0..count {
             ensure!(stamp_ok(p + i * PAGE_SIZE, i ^ 0x5A5A), "frame {i} of run {p:#x} overwritten");
         }
-        f.free_contiguous(p, count).map_err(|_| failure(format_args!("contiguous free failed")))?;
+        // SAFETY: the run was allocated above and is used no more.
+        unsafe { f.free_contiguous(run, count) }.map_err(|_| failure(format_args!("contiguous free failed")))?;
     }
     let odd = f.alloc_contiguous(5).map_err(|_| failure(format_args!("5 frames")))?;
-    f.free_contiguous(odd, 5).map_err(|_| failure(format_args!("free 5")))?;
+    // SAFETY: the run was allocated just above and never used.
+    unsafe { f.free_contiguous(odd, 5) }.map_err(|_| failure(format_args!("free 5")))?;
     ensure!(f.free_bytes() == before, "free count drifted: {before} -> {}", f.free_bytes());
     audit()?;
     Ok(())
@@ -121,20 +142,19 @@ fn free_checked(cpu: usize, phys: u64, stamp_value: u64) {
     if !stamp_ok(phys, stamp_value) {
         error(cpu, "stamp overwritten: frame held twice", phys);
     }
-    if frames::get().free_page(phys).is_err() {
+    if free_held(phys).is_err() {
         error(cpu, "free of a held frame failed", phys);
     }
 }
 
 fn stress_worker(cpu: usize) {
-    let f = frames::get();
     let seed = super::seed() ^ ROUND.load(Ordering::Relaxed) << 32;
     let mut rng = Rng::new(seed ^ (cpu as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let neighbour = (cpu + 1) % percpu::online_count();
     let mut held: ArrayVec<(u64, u64), HELD_MAX> = ArrayVec::new();
     for seq in 0..OPS {
         match rng.below(8) {
-            0..=3 if !held.is_full() => match f.alloc_page() {
+            0..=3 if !held.is_full() => match alloc_held() {
                 Ok(p) => {
                     let s = (cpu as u64) << 48 | seq;
                     stamp(p, s);
@@ -244,10 +264,9 @@ static HELD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static HELD_COUNT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 fn exhaust_worker(cpu: usize) {
-    let f = frames::get();
     let (mut head, mut n) = (0u64, 0u64);
     loop {
-        match f.alloc_page() {
+        match alloc_held() {
             Ok(p) => {
                 let (next, _) = frame_words(p);
                 next.store(head, Ordering::Relaxed);
@@ -272,7 +291,7 @@ fn release_worker(cpu: usize) {
     let mut p = HELD[victim].swap(0, Ordering::Relaxed);
     while p != 0 {
         let next = frame_words(p).0.load(Ordering::Relaxed);
-        if frames::get().free_page(p).is_err() {
+        if free_held(p).is_err() {
             error(cpu, "free of an exhausted frame failed", p);
         }
         p = next;

@@ -2,6 +2,7 @@
 //! pages, read-only aliases, NX, phys_map with cache modes, bad input that
 //! changes nothing, the fault-injection sweep and the page-table audit.
 
+use mm::frame::PhysAddr;
 use mm::vm::{CacheMode, Flags, KMemFlags, PageSize, VmError, KERNEL_SEED_AREA, PAGE_SIZE};
 use smp::tlb::{self, TlbSnapshot};
 use smp::MAX_CPUS;
@@ -81,9 +82,11 @@ register!(Test::new("vm::read_only_alias_refuses_writes", read_only_alias));
 fn read_only_alias() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
-    let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys;
+    let frame = vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64();
     let alias = KERNEL_SEED_AREA.start + 0x10_0000;
-    vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K).map_err(fails)?;
+    // SAFETY: the frame is the locked `k_mem_map` page's, which this test
+    // holds until after the alias is gone.
+    unsafe { vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K) }.map_err(fails)?;
     probe::write(a + 16, 0x5eed).map_err(|f| failure(format_args!("{f:?}")))?;
     let seen = probe::read(alias + 16);
     let write = probe::write(alias + 16, 1);
@@ -96,7 +99,7 @@ fn read_only_alias() -> TestResult {
         "write through the read-only alias: {write:?}"
     );
     ensure!(matches!(audit, Ok(r) if r.pinned_aliases >= 1), "audit of a pinned alias: {audit:?}");
-    ensure!(unmapped == Ok(frame), "umap_single of the alias gave {unmapped:?}");
+    ensure!(unmapped == Ok(PhysAddr::new(frame)), "umap_single of the alias gave {unmapped:?}");
     Ok(())
 }
 
@@ -107,7 +110,7 @@ register!(Test::new("vm::nx_pages_do_not_execute", nx_pages));
 fn nx_pages() -> TestResult {
     let vm = vm::get();
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;
-    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys) as *mut u8;
+    let code = memory::virt_of(vm.map_get(vm.kernel(), a).map_err(fails)?.phys.as_u64()) as *mut u8;
     // SAFETY: the frame is ours (just mapped); the direct map covers it.
     unsafe { core::ptr::copy_nonoverlapping(RETURN_42.as_ptr(), code, RETURN_42.len()) };
     let nx = probe::call(a);
@@ -130,16 +133,17 @@ fn phys_map_odd_region() -> TestResult {
     ensure!(pat::read() == pat::LAYOUT, "PAT is {:#x}, expected {:#x}", pat::read(), pat::LAYOUT);
     let f = frames::get();
     let base = f.alloc_contiguous(2).map_err(fails)?;
-    let words = memory::virt_of(base) as *mut u64;
+    let words = memory::virt_of(base.as_u64()) as *mut u64;
     for i in 0..1024 {
         // SAFETY: the two frames are ours; the direct map covers them.
         unsafe { words.add(i).write_volatile(0xA000 + i as u64) };
     }
     // Starts 0x128 into the first frame, ends 0xF28 into the second.
-    let (phys, size) = (base + 0x128, 0x1E00);
+    let (phys, size) = (base.as_u64() + 0x128, 0x1E00);
     let mut result = Ok(());
     for cache in [CacheMode::WriteBack, CacheMode::WriteThrough, CacheMode::Uncached] {
-        let v = vm.phys_map(phys, size, cache).map_err(fails)?;
+        // SAFETY: the two frames are this test's until after `phys_unmap`.
+        let v = unsafe { vm.phys_map(PhysAddr::new(phys), size, cache) }.map_err(fails)?;
         let t = vm.map_get(vm.kernel(), v + 0x1000);
         let first = probe::read(v);
         let last = probe::read(v + size - 8);
@@ -147,7 +151,7 @@ fn phys_map_odd_region() -> TestResult {
         let gone = probe::read(v);
         let check = (|| {
             ensure!(v % PAGE_SIZE == 0x128, "{cache:?}: offset lost: {v:#x}");
-            ensure!(matches!(t, Ok(t) if t.cache == cache && t.phys == phys + 0x1000), "{cache:?}: {t:?}");
+            ensure!(matches!(t, Ok(t) if t.cache == cache && t.phys.as_u64() == phys + 0x1000), "{cache:?}: {t:?}");
             ensure!(first == Ok(0xA000 + 0x128 / 8), "{cache:?}: first word {first:?}");
             ensure!(last == Ok(0xA000 + (0x128 + size - 8) / 8), "{cache:?}: last word {last:?}");
             ensure!(gone.is_err(), "{cache:?}: readable after phys_unmap");
@@ -155,7 +159,8 @@ fn phys_map_odd_region() -> TestResult {
         })();
         result = result.and(check);
     }
-    f.free_contiguous(base, 2).map_err(fails)?;
+    // SAFETY: the run was allocated above and its mappings are gone.
+    unsafe { f.free_contiguous(base, 2) }.map_err(fails)?;
     result
 }
 
@@ -180,9 +185,14 @@ fn bad_inputs() -> TestResult {
             vm.k_mem_unmap(region - PAGE_SIZE, 5 * PAGE_SIZE),
             VmError::NotARegion { addr: region - PAGE_SIZE, size: 5 * PAGE_SIZE },
         ),
-        (vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K), VmError::NotAligned { value: seed + 8 }),
         (
-            vm.map_single(k, !0xFFF, 0x1000, Flags::READ, PageSize::Size4K),
+            // SAFETY: both are refused before anything is mapped.
+            unsafe { vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K) },
+            VmError::NotAligned { value: seed + 8 },
+        ),
+        (
+            // SAFETY: as above.
+            unsafe { vm.map_single(k, !0xFFF, 0x1000, Flags::READ, PageSize::Size4K) },
             VmError::BadRange { start: !0xFFF, len: PAGE_SIZE },
         ),
         (vm.umap_single(k, seed, PageSize::Size4K).map(drop), VmError::NotMapped { virt: seed }),
@@ -255,17 +265,18 @@ fn page_table_audit() -> TestResult {
 register!(Test::new("vm::direct_map_is_bounds_checked", direct_map_bounds));
 fn direct_map_bounds() -> TestResult {
     let window = memory::direct_map();
-    let frame = frames::get().alloc_page().map_err(fails)?;
-    memory::fill_words(frame, 0x51DE);
-    let virt = window.virtualize(frame + 0x40);
+    let mut handle = frames::get().alloc_page().map_err(fails)?;
+    let frame = handle.phys().as_u64();
+    memory::fill_frame_words(&mut handle, 0x51DE);
+    let virt = window.virtualize(PhysAddr::new(frame + 0x40));
     let back = virt.and_then(|v| window.phys(v));
     let seen = virt.map(probe::read);
-    frames::get().free_page(frame).map_err(fails)?;
+    frames::get().free_page(handle).map_err(fails)?;
     ensure!(virt == Ok(memory::virt_of(frame) + 0x40), "virtualize gave {virt:?}");
-    ensure!(back == Ok(frame + 0x40), "phys(virtualize(p)) gave {back:?}");
+    ensure!(back == Ok(PhysAddr::new(frame + 0x40)), "phys(virtualize(p)) gave {back:?}");
     ensure!(seen == Ok(Ok(0x51DE)), "read through the direct map: {seen:?}");
     let end = window.len();
-    ensure!(window.virtualize(end) == Err(VmError::BadPhys { phys: end }), "virtualize past the end");
+    ensure!(window.virtualize(PhysAddr::new(end)) == Err(VmError::BadPhys { phys: end }), "virtualize past the end");
     let stack = &end as *const u64 as u64;
     ensure!(
         window.phys(stack) == Err(VmError::NotDirectMapped { virt: stack }),

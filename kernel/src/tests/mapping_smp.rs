@@ -77,7 +77,7 @@ fn unmapper(round: u64) {
     let Ok(a) = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK) else {
         return fail(format_args!("round {round}: map failed"));
     };
-    let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys).unwrap_or(0);
+    let frame = vm.map_get(vm.kernel(), a).map(|t| t.phys.as_u64()).unwrap_or(0);
     READS.store(0, Ordering::Relaxed);
     UNMAPPED.store(false, Ordering::Relaxed);
     ADDR.store(a, Ordering::Relaxed);
@@ -96,13 +96,13 @@ fn unmapper(round: u64) {
     }
     // The freed frames go back to this CPU's magazine: take them again and
     // poison them, so a stale translation would show the poison.
-    let mut taken = arrayvec::ArrayVec::<u64, TAKE_BACK>::new();
-    while let (false, Ok(f)) = (taken.is_full(), frames::get().alloc_page()) {
-        crate::memory::fill_words(f, POISON);
+    let mut taken = arrayvec::ArrayVec::<mm::frame::Frame, TAKE_BACK>::new();
+    while let (false, Ok(mut f)) = (taken.is_full(), frames::get().alloc_page()) {
+        crate::memory::fill_frame_words(&mut f, POISON);
         taken.push(f);
     }
     UNMAPPED.store(true, Ordering::Release);
-    if !taken.contains(&frame) {
+    if !taken.iter().any(|f| f.phys().as_u64() == frame) {
         fail(format_args!(
             "round {round}: the unmapped frame {frame:#x} was not among the next {TAKE_BACK} allocations"
         ));

@@ -3,6 +3,7 @@
 //! counts, pinning, on-demand mappings over store slots, and refused
 //! calls that change nothing.
 
+use mm::frame::PhysAddr;
 use mm::paging::{Counts, Pager, Paging, PagingError, SlotFor};
 use mm::vm::{KMemFlags, VmError, PAGE_SIZE};
 use x86_64::structures::idt::PageFaultErrorCode as Code;
@@ -213,13 +214,13 @@ fn unpaged_mapping() -> TestResult {
     let vm = vm::get();
     let store = pager().store();
     let before = state();
-    let frame = frames::get().alloc_page().map_err(fails)?;
+    let mut frame = frames::get().alloc_page().map_err(fails)?;
     let slots =
         [store.location_get(SlotFor::Other).map_err(fails)?, store.location_get(SlotFor::Other).map_err(fails)?];
     let run = slots[1] == slots[0] + 1;
     for (i, &s) in slots.iter().enumerate() {
-        crate::memory::fill_words(frame, 0x5107_0000 + i as u64);
-        store.page_out(s, frame).map_err(fails)?;
+        crate::memory::fill_frame_words(&mut frame, 0x5107_0000 + i as u64);
+        store.page_out(s, &frame).map_err(fails)?;
     }
     frames::get().free_page(frame).map_err(fails)?;
     ensure!(run, "two fresh slots are not adjacent: {slots:?}");
@@ -267,7 +268,7 @@ fn refusals(a: u64, ro: u64) -> TestResult {
             paging().evict_frame(frames::get().db().phys_of(0)),
             PagingError::NotAPageFrame { phys: frames::get().db().phys_of(0) },
         ),
-        (paging().evict_frame(0x1234), PagingError::NotAPageFrame { phys: 0x1234 }),
+        (paging().evict_frame(PhysAddr::new(0x1234)), PagingError::NotAPageFrame { phys: PhysAddr::new(0x1234) }),
     ];
     for (i, (got, want)) in cases.iter().enumerate() {
         ensure!(*got == Err(*want), "case {i}: {got:?}, expected {want:?}");

@@ -4,6 +4,7 @@
 //! number of target CPUs (measured, never asserted).
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use mm::frame::Frame;
 
 use mm::vm::{Flags, PageSize, KERNEL_SEED_AREA};
 use smp::tlb::{self, ShootdownError, FULL_FLUSH_PAGES};
@@ -29,21 +30,22 @@ fn read_everywhere() -> Result<(), Failure> {
 }
 
 /// The test page, mapped to a frame holding `OLD`; returns both frames.
-fn set_up() -> Result<(u64, u64), Failure> {
+fn set_up() -> Result<(Frame, Frame), Failure> {
     let f = frames::get();
-    let (a, b) = (
+    let (mut a, mut b) = (
         f.alloc_page().map_err(|_| failure(format_args!("no frame")))?,
         f.alloc_page().map_err(|_| failure(format_args!("no frame")))?,
     );
-    memory::fill_words(a, OLD);
-    memory::fill_words(b, NEW);
+    memory::fill_frame_words(&mut a, OLD);
+    memory::fill_frame_words(&mut b, NEW);
     let vm = vm::get();
-    vm.map_single(vm.kernel(), VA, a, Flags::WRITE, PageSize::Size4K)
+    // SAFETY: `a` is this test's until `tear_down` unmaps it and frees it.
+    unsafe { vm.map_single(vm.kernel(), VA, a.phys().as_u64(), Flags::WRITE, PageSize::Size4K) }
         .map_err(|e| failure(format_args!("map: {e:?}")))?;
     Ok((a, b))
 }
 
-fn tear_down(a: u64, b: u64) -> TestResult {
+fn tear_down(a: Frame, b: Frame) -> TestResult {
     // Unmapping shoots the page down before it returns.
     let vm = vm::get();
     vm.umap_single(vm.kernel(), VA, PageSize::Size4K).map_err(|e| failure(format_args!("unmap: {e:?}")))?;
@@ -63,7 +65,9 @@ fn stale_translations_removed() -> TestResult {
     for cpu in online.iter() {
         ensure!(SEEN[cpu].load(Ordering::Relaxed) == OLD, "cpu {cpu} did not see the first frame");
     }
-    vm::get().retarget_unflushed(VA, b).map_err(fails)?;
+    // SAFETY: `b` is this test's until `tear_down`, after the shootdown
+    // that drops the stale translations to `a`.
+    unsafe { vm::get().retarget_unflushed(VA, b.phys()) }.map_err(fails)?;
     read_everywhere()?;
     let stale = online.iter().filter(|&c| SEEN[c].load(Ordering::Relaxed) == OLD).count();
     log::info!("tlb: {stale} of {} CPUs still read the old frame before the shootdown", online.len());

@@ -89,7 +89,7 @@ impl UserPages {
     /// Where user address `virt` (inside one of our pages) is in the
     /// direct map.
     fn direct(&self, virt: u64) -> u64 {
-        let phys = vm::get().map_get(self.space(), virt).expect("one of our pages").phys;
+        let phys = vm::get().map_get(self.space(), virt).expect("one of our pages").phys.as_u64();
         memory::virt_of(phys)
     }
 

@@ -16,16 +16,17 @@ fn shares_by_arithmetic() -> TestResult {
     // A heap object, as the request header and status are.
     let object = Box::new([0u64; 4]);
     let at = object.as_ptr() as u64;
-    let walked = vm.map_get(vm.kernel(), at).map_err(fails)?.phys;
+    let walked = vm.map_get(vm.kernel(), at).map_err(fails)?.phys.as_u64();
     ensure!(
         direct_phys(at, 32) == Some(walked),
         "heap object at {at:#x}: {:?}, tables say {walked:#x}",
         direct_phys(at, 32)
     );
     // A frame, as the page being paged is.
-    let frame = frames::get().alloc_page().map_err(fails)?;
+    let handle = frames::get().alloc_page().map_err(fails)?;
+    let frame = handle.phys().as_u64();
     let got = direct_phys(memory::virt_of(frame), PAGE_SIZE);
-    frames::get().free_page(frame).map_err(fails)?;
+    frames::get().free_page(handle).map_err(fails)?;
     ensure!(got == Some(frame), "frame {frame:#x} through the direct map: {got:?}");
     // Mapped memory outside the direct map is refused, not walked.
     let mapped = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).map_err(fails)?;

@@ -12,6 +12,7 @@ use super::slots::SlotFor;
 use super::token;
 use super::transition::{self, FrameClaim};
 use super::{Pager, Paging, PagingError};
+use crate::frame::PhysAddr;
 use crate::frame_db::paging::{BUSY, FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::vm::space::check_range_in;
 use crate::vm::{VmError, VmPlatform, KERNEL_REGION_AREA, PAGE_SIZE};
@@ -154,7 +155,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         }
         let (frames, error) = self.evict_claimed(pg, core::mem::take(batch), SlotFor::Other);
         for f in frames {
-            let _ = self.vm.p.free_frame(f);
+            self.vm.free_kept(f);
         }
         error.map_or(Ok(()), Err)
     }
@@ -234,7 +235,7 @@ impl<P: VmPlatform> Paging<'_, P> {
 
     /// Evicts the page frame `phys` backs (Zephyr's
     /// `k_mem_page_frame_evict`).
-    pub fn evict_frame(&self, phys: u64) -> Result<(), PagingError> {
+    pub fn evict_frame(&self, phys: PhysAddr) -> Result<(), PagingError> {
         self.paging_op(|pg| {
             let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
             let mut deadline = None;

@@ -11,6 +11,7 @@ use alloc::vec;
 use super::fault::frame_of;
 use super::token::{self, Location};
 use super::Paging;
+use crate::frame::PhysAddr;
 use crate::frame_db::paging::{BUSY, MAPPED};
 use crate::vm::table::{self, TOP};
 use crate::vm::{VmPlatform, KERNEL_REGION_AREA};
@@ -32,9 +33,9 @@ pub struct PagingAudit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingViolation {
     /// A resident page whose frame does not name it (flags, address).
-    ReverseMap { virt: u64, phys: u64, flags: u32, vaddr: u64 },
+    ReverseMap { virt: u64, phys: PhysAddr, flags: u32, vaddr: u64 },
     /// A resident page's frame is outside the frame database.
-    NotAFrame { virt: u64, phys: u64 },
+    NotAFrame { virt: u64, phys: PhysAddr },
     /// A token or copy names a slot the store has not handed out.
     SlotNotHeld { virt: u64, slot: u64 },
     /// Two pages claim one slot.
@@ -67,7 +68,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         };
         self.vm.p.without_interrupts(|| {
             let range = (KERNEL_REGION_AREA.start, KERNEL_REGION_AREA.end);
-            table::for_each_pte(&self.vm.p, self.vm.kernel().root(), TOP, 0, range, &mut |virt, e| {
+            table::for_each_pte(&self.vm.p, self.vm.kernel().root, TOP, 0, range, &mut |virt, e| {
                 if bad.is_some() {
                     return;
                 }
@@ -126,6 +127,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         a: &mut PagingAudit,
         claim: &mut dyn FnMut(u64, u64) -> Result<(), PagingViolation>,
     ) -> Result<(), PagingViolation> {
+        // An entry holds at most 52 address bits.
         let phys = frame_of(e);
         let index = pg.db.index_of(phys).map_err(|_| PagingViolation::NotAFrame { virt, phys })?;
         let flags = pg.db.paging_flags(index);

@@ -5,6 +5,7 @@
 
 use super::slots::{SlotFor, SlotMap};
 use super::store::{BackingStore, StoreError};
+use crate::frame::Frame;
 use crate::vm::PAGE_SIZE;
 
 /// 512-byte sectors per slot.
@@ -19,10 +20,10 @@ pub const SECTORS_PER_SLOT: u64 = PAGE_SIZE / 512;
 pub trait BlockDevice: Sync {
     /// Size in 512-byte sectors.
     fn sectors(&self) -> u64;
-    /// Reads 8 sectors from `sector` into the frame at `frame`.
-    fn read_page(&self, sector: u64, frame: u64) -> Result<(), ()>;
-    /// Writes the frame at `frame` to 8 sectors from `sector`.
-    fn write_page(&self, sector: u64, frame: u64) -> Result<(), ()>;
+    /// Reads 8 sectors from `sector` into `frame`.
+    fn read_page(&self, sector: u64, frame: &mut Frame) -> Result<(), ()>;
+    /// Writes `frame` to 8 sectors from `sector`.
+    fn write_page(&self, sector: u64, frame: &Frame) -> Result<(), ()>;
     fn name(&self) -> &'static str;
 }
 
@@ -56,11 +57,11 @@ impl<D: BlockDevice> BackingStore for BlockStore<D> {
         Ok(self.slots.free(slot)?)
     }
 
-    fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_out(&self, slot: u64, frame: &Frame) -> Result<(), StoreError> {
         self.dev.write_page(self.sector_of(slot)?, frame).map_err(|()| StoreError::Io { slot })
     }
 
-    fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_in(&self, slot: u64, frame: &mut Frame) -> Result<(), StoreError> {
         self.dev.read_page(self.sector_of(slot)?, frame).map_err(|()| StoreError::Io { slot })
     }
 
@@ -94,13 +95,15 @@ mod tests {
         fn sectors(&self) -> u64 {
             self.data.lock().unwrap().len() as u64 * 8 / 512
         }
-        fn read_page(&self, sector: u64, frame: u64) -> Result<(), ()> {
+        fn read_page(&self, sector: u64, frame: &mut Frame) -> Result<(), ()> {
+            let frame = frame.phys().as_u64();
             let d = self.data.lock().unwrap();
             let base = (sector * 512 / 8) as usize;
             (0..512).for_each(|w| self.m.set_word(frame, w * 8, d[base + w as usize]));
             Ok(())
         }
-        fn write_page(&self, sector: u64, frame: u64) -> Result<(), ()> {
+        fn write_page(&self, sector: u64, frame: &Frame) -> Result<(), ()> {
+            let frame = frame.phys().as_u64();
             let mut d = self.data.lock().unwrap();
             let base = (sector * 512 / 8) as usize;
             (0..512).for_each(|w| d[base + w as usize] = self.m.word(frame, w * 8));
@@ -117,18 +120,20 @@ mod tests {
         let disk = RamDisk { m: &m, data: Mutex::new(vec![0; 4 * 512]) };
         let store = BlockStore::new(disk, 100);
         assert_eq!(store.usage(), (0, 4), "a 16 KiB disk has 4 slots");
-        let frame = m.frames.alloc_page().unwrap();
+        let mut handle = m.frames.alloc_page().unwrap();
+        let frame = handle.phys().as_u64();
         (0..512).for_each(|i| m.set_word(frame, i * 8, 0x5100 + i));
         let a = store.location_get(SlotFor::Other).unwrap();
         let b = store.location_get(SlotFor::Other).unwrap();
-        store.page_out(b, frame).unwrap();
-        m.fill_frame(frame, 0);
-        assert_eq!(store.page_in(a, frame), Ok(()), "an allocated slot reads (zeros)");
+        store.page_out(b, &handle).unwrap();
+        m.fill_frame(&mut handle, 0);
+        assert_eq!(store.page_in(a, &mut handle), Ok(()), "an allocated slot reads (zeros)");
         assert_eq!(m.word(frame, 8), 0);
-        store.page_in(b, frame).unwrap();
+        store.page_in(b, &mut handle).unwrap();
         assert!((0..512).all(|i| m.word(frame, i * 8) == 0x5100 + i));
         store.location_free(b).unwrap();
-        assert_eq!(store.page_in(b, frame), Err(StoreError::BadSlot { slot: b }));
+        assert_eq!(store.page_in(b, &mut handle), Err(StoreError::BadSlot { slot: b }));
+        m.frames.free_page(handle).unwrap();
         assert_eq!(store.name(), "ramdisk");
     }
 }

@@ -75,7 +75,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// nobody else is working on.
     pub(crate) fn claim_victim(&self, pg: &Pager, i: usize) -> Option<Victim<'_>> {
         let c = transition::claim_victim_entry(pg.db, i, |va| self.paged_entry(va).ok())?;
-        Some(Victim { index: i, frame: pg.db.phys_of(i), va: c.va, entry: c.entry, old: c.old })
+        Some(Victim { index: i, frame: pg.db.phys_of(i).as_u64(), va: c.va, entry: c.entry, old: c.old })
     }
 
     /// Shoots the victims down in one go, then writes each back and leaves
@@ -136,7 +136,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         };
         pg.stats.count(self.vm.p.cpu_index(), Event::StoreWrite);
         let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
-        let written = pg.store.page_out(slot, v.frame);
+        let written = self.vm.with_kept(v.frame, |f| pg.store.page_out(slot, f));
         pg.stats.finish(Timing::StoreOut, start, || self.vm.p.now_ns());
         if let Err(e) = written {
             if copy == 0 {

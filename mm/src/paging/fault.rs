@@ -9,6 +9,7 @@ use super::slots::SlotFor;
 use super::token::Location;
 use super::transition::{self, Look};
 use super::{Pager, Paging, PagingError};
+use crate::frame::Frame;
 use crate::frame_db::paging::{FRESH_UNINIT, FRESH_ZERO, MAPPED, PINNED};
 use crate::paging::stats::{Event, Timing};
 use crate::vm::pte::{self, DIRTY, NO_EXECUTE, USER, WRITABLE};
@@ -108,7 +109,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         if !KERNEL_REGION_AREA.contains(&va) {
             return Err(PagingError::NotPageable { virt: va });
         }
-        match table::lookup(&self.vm.p, self.vm.kernel().root(), va, 0) {
+        match table::lookup(&self.vm.p, self.vm.kernel().root, va, 0) {
             Lookup::Entry { entry, level: 0 } => Ok(entry),
             _ => Err(PagingError::NotPageable { virt: va }),
         }
@@ -129,21 +130,21 @@ impl<P: VmPlatform> Paging<'_, P> {
             transition::restore_token(entry, token);
             Err(e)
         };
-        let frame = match self.frame_for_page_in(pg, slot_for) {
+        let mut frame = match self.frame_for_page_in(pg, slot_for) {
             Ok(f) => f,
             Err(e) => return restore(e),
         };
-        let index = pg.db.index_of(frame).expect("the allocator handed out a frame outside its database");
+        let index = pg.db.index_of(frame.phys()).expect("the allocator handed out a frame outside its database");
         let fresh = match loc {
             Location::AnonZero => {
-                self.vm.p.fill_frame(frame, 0);
+                self.vm.p.fill_frame(&mut frame, 0);
                 FRESH_ZERO
             }
             Location::AnonUninit => FRESH_UNINIT,
             Location::Slot(s) => {
                 pg.stats.count(self.vm.p.cpu_index(), Event::StoreRead);
                 let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
-                let read = pg.store.page_in(s, frame);
+                let read = pg.store.page_in(s, &mut frame);
                 pg.stats.finish(Timing::StoreIn, start, || self.vm.p.now_ns());
                 if let Err(e) = read {
                     let _ = self.vm.p.free_frame(frame);
@@ -167,6 +168,8 @@ impl<P: VmPlatform> Paging<'_, P> {
             }
             _ => 0,
         };
+        // The page's entry and the frame database own it from here on.
+        let _ = frame.into_phys();
         let marked = transition::install_resident(pg.db, index, entry, token, va, copy, fresh);
         debug_assert!(marked, "a fresh frame had paging flags");
         // Counted before the frame is published (not busy), so an evictor
@@ -183,7 +186,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// the running CPU's magazine, with eviction as the fallback. When
     /// every resident page is busy (other CPUs are evicting them), waits
     /// for those evictions; only when every one is pinned is it an error.
-    fn frame_for_page_in(&self, pg: &Pager, slot_for: SlotFor) -> Result<u64, PagingError> {
+    fn frame_for_page_in(&self, pg: &Pager, slot_for: SlotFor) -> Result<Frame, PagingError> {
         let mut deadline = None;
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
@@ -198,9 +201,9 @@ impl<P: VmPlatform> Paging<'_, P> {
                 Ok(mut frames) => {
                     let reuse = frames.pop().expect("eviction returns at least one frame");
                     for f in frames {
-                        let _ = self.vm.p.free_frame(f);
+                        self.vm.free_kept(f);
                     }
-                    return Ok(reuse);
+                    return Ok(self.vm.adopt_kept(reuse));
                 }
                 Err(PagingError::NoEvictableFrame) if !over || pg.resident() < pg.resident_limit() => {
                     match self.vm.alloc() {
@@ -242,7 +245,8 @@ pub(crate) fn is_dirty(e: u64) -> bool {
     e & DIRTY != 0
 }
 
-/// Frame address of a resident entry.
-pub(crate) fn frame_of(e: u64) -> u64 {
-    pte::addr(e)
+/// Frame address of a resident entry (at most 52 bits: entries keep no
+/// more).
+pub(crate) fn frame_of(e: u64) -> crate::frame::PhysAddr {
+    crate::frame::PhysAddr::new_truncate(pte::addr(e))
 }

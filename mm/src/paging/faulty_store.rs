@@ -78,14 +78,14 @@ impl BackingStore for FaultyStore {
         self.inner.location_free(slot)
     }
 
-    fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_out(&self, slot: u64, frame: &crate::frame::Frame) -> Result<(), StoreError> {
         if self.fails_now(Transfer::Out) {
             return Err(StoreError::Io { slot });
         }
         self.inner.page_out(slot, frame)
     }
 
-    fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_in(&self, slot: u64, frame: &mut crate::frame::Frame) -> Result<(), StoreError> {
         if self.fails_now(Transfer::In) {
             return Err(StoreError::Io { slot });
         }

@@ -69,7 +69,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     fn clear_tokens(&self, virt: u64, pages: u64) {
         for i in 0..pages {
             if let Lookup::Entry { entry, level: 0 } =
-                table::lookup(&self.vm.p, self.vm.kernel().root(), virt + i * PAGE_SIZE, 0)
+                table::lookup(&self.vm.p, self.vm.kernel().root, virt + i * PAGE_SIZE, 0)
             {
                 entry.store(0, Ordering::Release);
             }
@@ -152,7 +152,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         let pg = self.pg;
         let mut waited = false;
         loop {
-            let Lookup::Entry { entry, level: 0 } = table::lookup(&self.vm.p, self.vm.kernel().root(), va, 0) else {
+            let Lookup::Entry { entry, level: 0 } = table::lookup(&self.vm.p, self.vm.kernel().root, va, 0) else {
                 return Ok(false);
             };
             let e = entry.load(Ordering::Acquire);

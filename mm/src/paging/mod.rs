@@ -79,7 +79,7 @@ pub enum PagingError {
     /// The page is pinned.
     Pinned { virt: u64 },
     /// `evict_frame` of a frame that backs no pageable page.
-    NotAPageFrame { phys: u64 },
+    NotAPageFrame { phys: crate::frame::PhysAddr },
     /// A frame was needed and every resident page is pinned or busy.
     NoEvictableFrame,
     /// The backing store has no slot left.

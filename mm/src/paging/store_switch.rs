@@ -50,11 +50,11 @@ impl BackingStore for StoreSwitch {
         self.active().location_free(slot)
     }
 
-    fn page_out(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_out(&self, slot: u64, frame: &crate::frame::Frame) -> Result<(), StoreError> {
         self.active().page_out(slot, frame)
     }
 
-    fn page_in(&self, slot: u64, frame: u64) -> Result<(), StoreError> {
+    fn page_in(&self, slot: u64, frame: &mut crate::frame::Frame) -> Result<(), StoreError> {
         self.active().page_in(slot, frame)
     }
 
@@ -71,7 +71,10 @@ impl BackingStore for StoreSwitch {
     }
 }
 
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use crate::paging::store::RamStore;
@@ -81,9 +84,11 @@ mod tests {
     fn switches_only_while_empty() {
         let m: &'static SimMachine = Box::leak(Box::new(SimMachine::new(64, 1)));
         let a: &'static RamStore<'static, SimMachine> =
-            Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4)));
+            // SAFETY: the run was just allocated and goes to the store.
+            Box::leak(Box::new(unsafe { RamStore::new(m, vec![m.frames.alloc_contiguous(4).unwrap()], 4) }));
         let b: &'static RamStore<'static, SimMachine> =
-            Box::leak(Box::new(RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2)));
+            // SAFETY: as for `a`.
+            Box::leak(Box::new(unsafe { RamStore::new(m, vec![m.frames.alloc_contiguous(2).unwrap()], 2) }));
         let switch = StoreSwitch::new(vec![a, b]);
         assert_eq!(switch.usage(), (0, 4));
         let slot = switch.location_get(SlotFor::Other).unwrap();

@@ -1,6 +1,9 @@
 //! Host tests of demand paging on the simulated machine: threads play
 //! CPUs and `access` plays the MMU (walks the entry, sets accessed and
 //! dirty bits, raises a page fault when the entry does not allow it).
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering;
 use std::vec;
@@ -10,6 +13,7 @@ use super::faulty_store::{FaultyStore, Transfer};
 use super::policy::{Lru, Nru};
 use super::store::RamStore;
 use super::*;
+use crate::frame::PhysAddr;
 use crate::testing::on_cpu;
 use crate::vm::pte::{ACCESSED, DIRTY, PRESENT, WRITABLE};
 use crate::vm::table::{lookup, Lookup};
@@ -32,8 +36,9 @@ fn rig_faulty(slots: u64, limit: u64, lru: bool) -> (&'static TestVm, &'static F
     // all four TLBs.
     let vm: &'static TestVm = Box::leak(Box::new(boot(4096, 4)));
     let run = vm.platform().frames.alloc_contiguous(slots).unwrap();
+    // SAFETY: the run was just allocated and goes to the store for good.
     let ram: &'static RamStore<'static, SimMachine> =
-        Box::leak(Box::new(RamStore::new(vm.platform(), vec![run], slots)));
+        Box::leak(Box::new(unsafe { RamStore::new(vm.platform(), vec![run], slots) }));
     let store: &'static Faulty = Box::leak(Box::new(FaultyStore::new(ram)));
     let db = vm.platform().frames.db();
     let policy: &'static dyn EvictionPolicy =
@@ -48,7 +53,7 @@ fn paging(vm: &TestVm) -> Paging<'_, SimMachine> {
 }
 
 fn entry(vm: &TestVm, va: u64) -> u64 {
-    match lookup(vm.platform(), vm.kernel().root(), va, 0) {
+    match lookup(vm.platform(), vm.kernel().root, va, 0) {
         Lookup::Entry { entry, level: 0 } => entry.load(Ordering::Acquire),
         _ => 0,
     }
@@ -58,7 +63,7 @@ fn entry(vm: &TestVm, va: u64) -> u64 {
 /// `value` is given. Returns the word read (or written).
 fn access(vm: &TestVm, va: u64, value: Option<u64>) -> Result<u64, PagingError> {
     loop {
-        if let Lookup::Entry { entry, level: 0 } = lookup(vm.platform(), vm.kernel().root(), va, 0) {
+        if let Lookup::Entry { entry, level: 0 } = lookup(vm.platform(), vm.kernel().root, va, 0) {
             let e = entry.load(Ordering::Acquire);
             if e & PRESENT != 0 && (value.is_none() || e & WRITABLE != 0) {
                 let bits = if value.is_some() { ACCESSED | DIRTY } else { ACCESSED };
@@ -250,8 +255,14 @@ fn bad_input_is_refused_and_changes_nothing() {
         paging(vm).page_out(0x1000, PAGE_SIZE),
         Err(PagingError::Range(VmError::BadRange { start: 0x1000, len: PAGE_SIZE }))
     );
-    assert_eq!(paging(vm).evict_frame(0x7000), Err(PagingError::NotAPageFrame { phys: 0x7000 }));
-    assert_eq!(paging(vm).evict_frame(0x7001), Err(PagingError::NotAPageFrame { phys: 0x7001 }));
+    assert_eq!(
+        paging(vm).evict_frame(PhysAddr::new(0x7000)),
+        Err(PagingError::NotAPageFrame { phys: PhysAddr::new(0x7000) })
+    );
+    assert_eq!(
+        paging(vm).evict_frame(PhysAddr::new(0x7001)),
+        Err(PagingError::NotAPageFrame { phys: PhysAddr::new(0x7001) })
+    );
     assert!(matches!(vm.k_mem_map(1 << 30, KMemFlags::RW), Err(VmError::CommitLimit { .. })));
     assert_eq!(snapshot(vm), before, "the read-only page is still untouched, nothing was paged");
     // A full store: page-out refuses up front.
@@ -300,13 +311,14 @@ fn unmapped_pages_give_their_slots_back() {
 fn an_unpaged_mapping_reads_what_the_store_holds() {
     let vm = rig(64, 1000, false);
     let pg = paging(vm).pager();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let handle = vm.platform().frames.alloc_page().unwrap();
+    let frame = handle.phys().as_u64();
     let first = pg.store().location_get(SlotFor::Other).unwrap();
     let second = pg.store().location_get(SlotFor::Other).unwrap();
     assert_eq!(second, first + 1);
     for (slot, word) in [(first, 0xAAAA), (second, 0xBBBB)] {
         vm.platform().set_word(frame, 16, word);
-        pg.store().page_out(slot, frame).unwrap();
+        pg.store().page_out(slot, &handle).unwrap();
     }
     assert_eq!(
         paging(vm).k_mem_map_unpaged(first, 3 * PAGE_SIZE, KMemFlags::RW),
@@ -370,7 +382,7 @@ fn the_clock_jumps_to_the_frames_paging_uses() {
     assert_eq!(pg.next_candidate(0), n);
     let base = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     access(vm, base, Some(1)).unwrap();
-    let i = pg.db.index_of(crate::vm::pte::addr(entry(vm, base))).unwrap();
+    let i = pg.db.index_of(crate::frame::PhysAddr::new_truncate(crate::vm::pte::addr(entry(vm, base)))).unwrap();
     assert_eq!((pg.next_candidate(0), pg.next_candidate(i), pg.next_candidate(i + 1)), (i, i, n));
     paging(vm).page_out(base, PAGE_SIZE).unwrap();
     assert_eq!(pg.next_candidate(0), n, "an evicted frame is no candidate");

@@ -72,7 +72,7 @@ pub fn install_resident(
     frame.vaddr.store(va, Ordering::Relaxed);
     frame.copy.store(copy, Ordering::Relaxed);
     let marked = db.update_paging(index, 0, u32::MAX, MAPPED | BUSY | fresh, 0).is_ok();
-    entry.store(db.phys_of(index) | (token & KEPT) | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
+    entry.store(db.phys_of(index).as_u64() | (token & KEPT) | PRESENT | SW_PAGED | ACCESSED, Ordering::Release);
     marked
 }
 
@@ -108,7 +108,7 @@ pub fn claim_victim_entry<'t>(
     lookup: impl FnOnce(u64) -> Option<&'t AtomicU64>,
 ) -> Option<Claimed<'t>> {
     db.update_paging(index, MAPPED, PINNED | BUSY, BUSY, 0).ok()?;
-    let frame = db.phys_of(index);
+    let frame = db.phys_of(index).as_u64();
     let va = db.entry(index).vaddr.load(Ordering::Acquire);
     if let Some(entry) = lookup(va) {
         let mut e = entry.load(Ordering::Acquire);
@@ -210,7 +210,7 @@ pub fn claim_frame_of(db: &FrameDb<'_>, entry: &AtomicU64) -> Result<usize, Fram
         Look::Busy => return Err(FrameClaim::Busy),
         _ => return Err(FrameClaim::NotResident),
     };
-    let index = db.index_of(pte::addr(e)).map_err(|_| FrameClaim::NotInDb)?;
+    let index = db.index_of(crate::frame::PhysAddr::new_truncate(pte::addr(e))).map_err(|_| FrameClaim::NotInDb)?;
     db.update_paging(index, MAPPED, BUSY, BUSY, 0).map_err(|_| FrameClaim::Busy)?;
     // Claimed: still this page's frame?
     let now = entry.load(Ordering::Acquire);

@@ -7,7 +7,7 @@ use cpus::CachePadded;
 use loom::sync::Arc;
 use std::sync::atomic::{AtomicBool as StdBool, AtomicU64 as StdU64, Ordering::SeqCst};
 
-use crate::testing::{on_cpu, Threads as LoomCpus};
+use crate::testing::{on_cpu, ByAddress, Threads as LoomCpus};
 
 const FRAMES: usize = 4;
 
@@ -19,7 +19,15 @@ fn tiny(cpus: usize) -> Arc<PhysAllocator<'static, LoomCpus>> {
     let shares = PerCpuRef::new(shares);
     let depot = Vec::leak(vec![Magazine::new(); 1]);
     on_cpu(0);
-    Arc::new(PhysAllocator::new(FrameDb::new(1024, entries), links, [0..FRAMES], shares, 1, depot, LoomCpus))
+    Arc::new(PhysAllocator::new(
+        FrameDb::new(x86_64::PhysAddr::new(1024 * crate::PAGE_SIZE), entries),
+        links,
+        [0..FRAMES],
+        shares,
+        1,
+        depot,
+        LoomCpus,
+    ))
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -53,17 +61,17 @@ fn loom_depot_exchange_two_cpus() {
             let a = a.clone();
             loom::thread::spawn(move || {
                 on_cpu(1);
-                let x = a.alloc_page().unwrap();
-                let y = a.alloc_page().unwrap();
-                a.free_page(x).unwrap();
-                a.free_page(y).unwrap();
+                let x = a.alloc_addr().unwrap();
+                let y = a.alloc_addr().unwrap();
+                a.free_addr(x).unwrap();
+                a.free_addr(y).unwrap();
             })
         };
         on_cpu(0);
-        let p = a.alloc_page().unwrap();
-        let q = a.alloc_page().unwrap();
-        a.free_page(p).unwrap();
-        a.free_page(q).unwrap();
+        let p = a.alloc_addr().unwrap();
+        let q = a.alloc_addr().unwrap();
+        a.free_addr(p).unwrap();
+        a.free_addr(q).unwrap();
         t.join().unwrap();
         assert_conserved(&a, 0);
     });
@@ -74,21 +82,21 @@ fn loom_depot_exchange_two_cpus() {
 fn loom_concurrent_double_free_has_one_winner() {
     model(|| {
         let a = tiny(2);
-        let p = a.alloc_page().unwrap();
+        let p = a.alloc_addr().unwrap();
         let t = {
             let a = a.clone();
             loom::thread::spawn(move || {
                 on_cpu(1);
-                a.free_page(p)
+                a.free_addr(p)
             })
         };
         on_cpu(0);
-        let mine = a.free_page(p);
+        let mine = a.free_addr(p);
         let theirs = t.join().unwrap();
         let wins = [mine, theirs].iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "{mine:?} / {theirs:?}");
         let loser = if mine.is_ok() { theirs } else { mine };
-        assert_eq!(loser, Err(FrameError::AlreadyFree { phys: p }));
+        assert_eq!(loser, Err(FrameError::AlreadyFree { phys: x86_64::PhysAddr::new(p) }));
         assert_conserved(&a, 0);
     });
 }
@@ -102,20 +110,20 @@ fn loom_remote_free_while_owner_refills() {
     model(|| {
         let a = tiny(2);
         on_cpu(0);
-        let p = a.alloc_page().unwrap(); // CPU 0's magazine is now empty
+        let p = a.alloc_addr().unwrap(); // CPU 0's magazine is now empty
         let t = {
             let a = a.clone();
             loom::thread::spawn(move || {
                 on_cpu(1);
-                a.free_page(p).unwrap();
+                a.free_addr(p).unwrap();
             })
         };
-        let q = a.alloc_page().unwrap(); // refill
+        let q = a.alloc_addr().unwrap(); // refill
         assert_ne!(p, q);
         t.join().unwrap();
         assert_eq!(a.counters(1).remote_frees, 1);
         assert_conserved(&a, 1);
-        a.free_page(q).unwrap();
+        a.free_addr(q).unwrap();
         assert_conserved(&a, 0);
     });
 }
@@ -138,7 +146,7 @@ fn loom_depot_put_meets_reclaim_all() {
     model(|| {
         let a = tiny(2);
         on_cpu(0);
-        let mine = [a.alloc_page().unwrap(), a.alloc_page().unwrap(), a.alloc_page().unwrap()];
+        let mine = [a.alloc_addr().unwrap(), a.alloc_addr().unwrap(), a.alloc_addr().unwrap()];
         // Plain (not loom) atomics: bookkeeping of the test itself, which
         // must add no interleavings. Loom runs one thread at a time, so
         // they are exact. Bit i: CPU 0 still holds `mine[i]`.
@@ -152,7 +160,7 @@ fn loom_depot_put_meets_reclaim_all() {
                 for _ in 0..2 {
                     let free_at_start = FRAMES as u64 - (mine.len() as u64 - freed.load(SeqCst)) - got.len() as u64;
                     let (reclaims, before) = (a.counters(1).reclaims, freed.load(SeqCst));
-                    let r = a.alloc_page();
+                    let r = a.alloc_addr();
                     if a.counters(1).reclaims > reclaims {
                         // CPU 0 had finished one free but not all three all along.
                         if before >= 1 && freed.load(SeqCst) < 3 {
@@ -182,7 +190,7 @@ fn loom_depot_put_meets_reclaim_all() {
         for (i, &p) in mine.iter().enumerate() {
             // Given up before the call: the frame may be reused before it returns.
             held.fetch_and(!(1 << i), SeqCst);
-            a.free_page(p).unwrap();
+            a.free_addr(p).unwrap();
             freed.fetch_add(1, SeqCst);
         }
         if a.counters(0).depot_exchanges > 0 {

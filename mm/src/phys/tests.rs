@@ -1,7 +1,7 @@
 use super::*;
 use crate::frame_db::FrameEntry;
 use crate::lock_count::LockSnapshot;
-use crate::testing::{on_cpu, Threads};
+use crate::testing::{on_cpu, ByAddress, Threads};
 use cpus::CachePadded;
 use std::sync::atomic::AtomicU64 as StdU64;
 
@@ -21,7 +21,15 @@ fn allocator(
     let shares = Vec::leak((0..cpus).map(|_| CachePadded::new(CpuShare::new())).collect());
     let shares = PerCpuRef::new(shares);
     on_cpu(0);
-    PhysAllocator::new(FrameDb::new(BASE_PFN, entries), links, usable.iter().cloned(), shares, cap, depot, Threads)
+    PhysAllocator::new(
+        FrameDb::new(PhysAddr::new(BASE_PFN * PAGE_SIZE), entries),
+        links,
+        usable.iter().cloned(),
+        shares,
+        cap,
+        depot,
+        Threads,
+    )
 }
 
 fn phys(i: usize) -> u64 {
@@ -39,7 +47,7 @@ fn accounting_is_exact_over_alloc_free_cycles() {
     assert_eq!(a.usable_frames(), usable);
     assert_eq!(a.free_bytes(), usable * PAGE_SIZE);
     for round in 0..5 {
-        let held: Vec<u64> = (0..300 + round * 50).map(|_| a.alloc_page().unwrap()).collect();
+        let held: Vec<Frame> = (0..300 + round * 50).map(|_| a.alloc_page().unwrap()).collect();
         let c = census(&a);
         assert_eq!(c.allocated, held.len() as u64);
         assert_eq!(a.free_bytes(), (usable - held.len() as u64) * PAGE_SIZE);
@@ -54,28 +62,31 @@ fn accounting_is_exact_over_alloc_free_cycles() {
 #[test]
 fn contiguous_blocks_are_aligned_and_trimmed() {
     let a = allocator(4096, &[0..4096], 1, 8, 4);
-    let p8 = a.alloc_contiguous(8).unwrap();
+    let p8 = a.alloc_run(8).unwrap();
     assert_eq!(p8 % (8 * PAGE_SIZE), 0, "8 frames naturally aligned");
-    let p1024 = a.alloc_contiguous(1024).unwrap();
+    let p1024 = a.alloc_run(1024).unwrap();
     assert_eq!(p1024 % (1024 * PAGE_SIZE), 0);
-    let p5 = a.alloc_contiguous(5).unwrap();
+    let p5 = a.alloc_run(5).unwrap();
     assert_eq!(census(&a).allocated, 8 + 1024 + 5, "the 3 frames past 5 went back");
     for i in 0..5 {
-        assert_eq!(a.db().kind(a.db().index_of(p5 + i * PAGE_SIZE).unwrap()), FrameKind::Allocated);
+        assert_eq!(
+            a.db().kind(a.db().index_of(crate::frame::PhysAddr::new_truncate(p5 + i * PAGE_SIZE)).unwrap()),
+            FrameKind::Allocated
+        );
     }
-    a.free_contiguous(p5, 5).unwrap();
-    a.free_contiguous(p1024, 1024).unwrap();
-    a.free_contiguous(p8, 8).unwrap();
+    a.free_run(p5, 5).unwrap();
+    a.free_run(p1024, 1024).unwrap();
+    a.free_run(p8, 8).unwrap();
     assert_eq!(census(&a).buddy, 4096);
 }
 
 #[test]
 fn contiguous_bad_sizes_are_errors() {
     let a = allocator(2048, &[0..2048], 1, 8, 4);
-    assert_eq!(a.alloc_contiguous(0), Err(FrameError::ZeroCount));
-    assert_eq!(a.alloc_contiguous(1025), Err(FrameError::TooLarge { count: 1025, max: 1024 }));
+    assert_eq!(a.alloc_run(0), Err(FrameError::ZeroCount));
+    assert_eq!(a.alloc_run(1025), Err(FrameError::TooLarge { count: 1025, max: 1024 }));
     let small = allocator(1024, &[0..100], 1, 8, 4);
-    assert_eq!(small.alloc_contiguous(101), Err(FrameError::TooLarge { count: 101, max: 100 }));
+    assert_eq!(small.alloc_run(101), Err(FrameError::TooLarge { count: 101, max: 100 }));
     assert_eq!(census(&a).allocated, 0);
 }
 
@@ -85,7 +96,7 @@ fn exhaustion_then_full_recovery_at_tiny_capacities() {
     let mut held = Vec::new();
     for i in 0.. {
         on_cpu(i % 3);
-        match a.alloc_page() {
+        match a.alloc_addr() {
             Ok(p) => held.push(p),
             Err(e) => {
                 assert_eq!(e, FrameError::OutOfMemory);
@@ -95,10 +106,10 @@ fn exhaustion_then_full_recovery_at_tiny_capacities() {
     }
     assert_eq!(held.len() as u64, a.usable_frames(), "every frame handed out before OOM");
     assert_eq!(a.free_bytes(), 0);
-    assert_eq!(a.alloc_contiguous(1), Err(FrameError::OutOfMemory));
+    assert_eq!(a.alloc_run(1), Err(FrameError::OutOfMemory));
     for (i, p) in held.iter().enumerate() {
         on_cpu((i + 1) % 3); // remote frees
-        a.free_page(*p).unwrap();
+        a.free_addr(*p).unwrap();
     }
     let c = census(&a);
     assert_eq!(c.allocated, 0);
@@ -111,59 +122,59 @@ fn exhaustion_then_full_recovery_at_tiny_capacities() {
 #[test]
 fn bad_frees_are_typed_errors_and_change_nothing() {
     let a = allocator(1024, &[0..10, 20..1024], 1, 4, 2);
-    let p = a.alloc_page().unwrap();
-    let q = a.alloc_page().unwrap();
-    a.free_page(p).unwrap();
+    let p = a.alloc_addr().unwrap();
+    let q = a.alloc_addr().unwrap();
+    a.free_addr(p).unwrap();
     let (before, free_before) = (census(&a), a.free_bytes());
     let unused = (0..1024).find(|&i| a.db().kind(i) == FrameKind::Free).unwrap();
     let cases = [
-        (p, FrameError::AlreadyFree { phys: p }),
-        (phys(unused), FrameError::AlreadyFree { phys: phys(unused) }),
-        (phys(12), FrameError::Reserved { phys: phys(12) }),
-        (phys(3) + 8, FrameError::NotAligned { phys: phys(3) + 8 }),
-        (0x1000, FrameError::NotRam { phys: 0x1000 }),
-        (phys(5000), FrameError::NotRam { phys: phys(5000) }),
+        (p, FrameError::AlreadyFree { phys: PhysAddr::new(p) }),
+        (phys(unused), FrameError::AlreadyFree { phys: PhysAddr::new(phys(unused)) }),
+        (phys(12), FrameError::Reserved { phys: PhysAddr::new(phys(12)) }),
+        (phys(3) + 8, FrameError::NotAligned { phys: PhysAddr::new(phys(3) + 8) }),
+        (0x1000, FrameError::NotRam { phys: PhysAddr::new(0x1000) }),
+        (phys(5000), FrameError::NotRam { phys: PhysAddr::new(phys(5000)) }),
     ];
     for (addr, err) in cases {
-        assert_eq!(a.free_page(addr), Err(err));
+        assert_eq!(a.free_addr(addr), Err(err));
         assert_eq!(census(&a), before, "{err:?} changed where frames are");
         assert_eq!(a.free_bytes(), free_before, "{err:?} changed the free count");
     }
-    a.free_page(q).unwrap();
+    a.free_addr(q).unwrap();
     assert_eq!(census(&a).allocated, 0);
 }
 
 #[test]
 fn partial_contiguous_free_is_refused_whole() {
     let a = allocator(1024, &[0..1024], 1, 4, 2);
-    let run = a.alloc_contiguous(8).unwrap();
-    a.free_page(run + 5 * PAGE_SIZE).unwrap();
+    let run = a.alloc_run(8).unwrap();
+    a.free_addr(run + 5 * PAGE_SIZE).unwrap();
     let before = census(&a);
-    assert_eq!(a.free_contiguous(run, 8), Err(FrameError::AlreadyFree { phys: run + 5 * PAGE_SIZE }));
+    assert_eq!(a.free_run(run, 8), Err(FrameError::AlreadyFree { phys: PhysAddr::new(run + 5 * PAGE_SIZE) }));
     assert_eq!(census(&a), before, "the frames before the bad one were put back");
     for i in [0, 1, 2, 3, 4, 6, 7] {
-        let idx = a.db().index_of(run + i * PAGE_SIZE).unwrap();
+        let idx = a.db().index_of(crate::frame::PhysAddr::new_truncate(run + i * PAGE_SIZE)).unwrap();
         assert_eq!(a.db().kind(idx), FrameKind::Allocated);
     }
-    assert_eq!(a.free_contiguous(run, 0), Err(FrameError::ZeroCount));
+    assert_eq!(a.free_run(run, 0), Err(FrameError::ZeroCount));
     // A count so large that start + count wraps must not free anything.
-    assert_eq!(a.free_contiguous(run + PAGE_SIZE, u64::MAX), Err(FrameError::NotRam { phys: phys(1024) }));
+    assert_eq!(a.free_run(run + PAGE_SIZE, u64::MAX), Err(FrameError::NotRam { phys: PhysAddr::new(phys(1024)) }));
     assert_eq!(census(&a), before);
-    assert_eq!(a.free_contiguous(phys(1020), 8), Err(FrameError::NotRam { phys: phys(1024) }));
+    assert_eq!(a.free_run(phys(1020), 8), Err(FrameError::NotRam { phys: PhysAddr::new(phys(1024)) }));
 }
 
 #[test]
 fn magazines_refill_and_drain_through_depot_and_buddy() {
     let a = allocator(1024, &[0..1024], 1, 2, 1);
-    let p: Vec<u64> = (0..2).map(|_| a.alloc_page().unwrap()).collect();
+    let p: Vec<u64> = (0..2).map(|_| a.alloc_addr().unwrap()).collect();
     let c = a.counters(0);
     assert_eq!((c.buddy_locks, c.fast_allocs), (1, 1), "one buddy trip fills a 2-frame magazine");
-    let more: Vec<u64> = (0..6).map(|_| a.alloc_page().unwrap()).collect();
+    let more: Vec<u64> = (0..6).map(|_| a.alloc_addr().unwrap()).collect();
     assert_eq!(a.counters(0).buddy_locks, 4, "one buddy trip per magazine");
     // Frees: 4 fit in loaded+previous, the 5th sends a full one to the depot,
     // the 7th finds the depot (limit 1) full and drains to the buddy.
     for (n, q) in p.iter().chain(more.iter()).enumerate() {
-        a.free_page(*q).unwrap();
+        a.free_addr(*q).unwrap();
         let c = census(&a);
         assert_eq!(c.magazines + c.depot + c.buddy + c.allocated, 1024, "after free {n}");
     }
@@ -174,10 +185,10 @@ fn magazines_refill_and_drain_through_depot_and_buddy() {
     assert!(a.counters(0).depot_exchanges >= 2);
     // The depot's full magazine comes back before the buddy is asked.
     let locks = a.counters(0).buddy_locks;
-    let x: Vec<u64> = (0..c.magazines as usize + c.depot as usize).map(|_| a.alloc_page().unwrap()).collect();
+    let x: Vec<u64> = (0..c.magazines as usize + c.depot as usize).map(|_| a.alloc_addr().unwrap()).collect();
     assert_eq!(a.counters(0).buddy_locks, locks, "served from magazines and depot only");
     for q in x {
-        a.free_page(q).unwrap();
+        a.free_addr(q).unwrap();
     }
 }
 
@@ -185,29 +196,29 @@ fn magazines_refill_and_drain_through_depot_and_buddy() {
 fn pressure_reclaims_frames_parked_on_other_cpus() {
     let a = allocator(1024, &[0..64], 2, 16, 4);
     on_cpu(0);
-    let held: Vec<u64> = (0..64).map(|_| a.alloc_page().unwrap()).collect();
+    let held: Vec<u64> = (0..64).map(|_| a.alloc_addr().unwrap()).collect();
     for p in &held[..40] {
-        a.free_page(*p).unwrap(); // parked in cpu 0's magazines and the depot
+        a.free_addr(*p).unwrap(); // parked in cpu 0's magazines and the depot
     }
     on_cpu(1);
-    let got: Vec<u64> = (0..40).map(|_| a.alloc_page().unwrap()).collect();
+    let got: Vec<u64> = (0..40).map(|_| a.alloc_addr().unwrap()).collect();
     assert_eq!(got.len(), 40);
     assert!(a.counters(1).reclaims >= 1);
-    assert_eq!(a.alloc_page(), Err(FrameError::OutOfMemory));
+    assert_eq!(a.alloc_addr(), Err(FrameError::OutOfMemory));
     assert_eq!(census(&a).allocated, 64);
 }
 
 #[test]
 fn global_lock_policy_bypasses_magazines() {
     let a = allocator(1024, &[0..1024], 1, 8, 4);
-    let p = a.alloc_page().unwrap();
-    a.free_page(p).unwrap(); // now cached
+    let p = a.alloc_addr().unwrap();
+    a.free_addr(p).unwrap(); // now cached
     a.set_policy(Policy::GlobalLock);
     assert_eq!(census(&a).magazines, 0, "switching drains the caches");
     let before = a.counters(0);
-    let q: Vec<u64> = (0..10).map(|_| a.alloc_page().unwrap()).collect();
+    let q: Vec<u64> = (0..10).map(|_| a.alloc_addr().unwrap()).collect();
     for p in q {
-        a.free_page(p).unwrap();
+        a.free_addr(p).unwrap();
     }
     let after = a.counters(0);
     assert_eq!(after.fast_allocs, before.fast_allocs);
@@ -238,8 +249,8 @@ fn concurrent_random_alloc_free_with_remote_frees() {
                     let stamp = ((cpu as u64) << 32) | seq;
                     match rng % 4 {
                         0 | 1 if held.len() < 200 => {
-                            if let Ok(p) = a.alloc_page() {
-                                let i = a.db().index_of(p).unwrap();
+                            if let Ok(p) = a.alloc_addr() {
+                                let i = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap();
                                 let prev = stamps[i].swap(stamp, std::sync::atomic::Ordering::SeqCst);
                                 assert_eq!(prev, 0, "frame {p:#x} handed out while held");
                                 held.push((p, stamp));
@@ -247,22 +258,22 @@ fn concurrent_random_alloc_free_with_remote_frees() {
                         }
                         2 if !held.is_empty() => {
                             let (p, s) = held.swap_remove(rng as usize % held.len());
-                            let i = a.db().index_of(p).unwrap();
+                            let i = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap();
                             assert_eq!(stamps[i].swap(0, std::sync::atomic::Ordering::SeqCst), s);
                             mailbox[(cpu + 1) % CPUS].lock().unwrap().push(p);
                         }
                         _ => {
                             let incoming = std::mem::take(&mut *mailbox[cpu].lock().unwrap());
                             for p in incoming {
-                                a.free_page(p).unwrap();
+                                a.free_addr(p).unwrap();
                             }
                         }
                     }
                 }
                 for (p, _) in held {
-                    let i = a.db().index_of(p).unwrap();
+                    let i = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap();
                     stamps[i].store(0, std::sync::atomic::Ordering::SeqCst);
-                    a.free_page(p).unwrap();
+                    a.free_addr(p).unwrap();
                 }
             })
         })
@@ -273,7 +284,7 @@ fn concurrent_random_alloc_free_with_remote_frees() {
     for (cpu, m) in mailbox.iter().enumerate() {
         on_cpu(cpu);
         for p in m.lock().unwrap().drain(..) {
-            a.free_page(p).unwrap();
+            a.free_addr(p).unwrap();
         }
     }
     let c = census(a);
@@ -288,28 +299,28 @@ fn concurrent_random_alloc_free_with_remote_frees() {
 #[test]
 fn audit_catches_a_frame_in_two_places() {
     let a = allocator(1024, &[0..1024], 1, 8, 2);
-    let p = a.alloc_page().unwrap();
-    let q = a.alloc_page().unwrap();
-    a.free_page(p).unwrap();
-    a.free_page(q).unwrap();
+    let p = a.alloc_addr().unwrap();
+    let q = a.alloc_addr().unwrap();
+    a.free_addr(p).unwrap();
+    a.free_addr(q).unwrap();
     census(&a);
     {
         let mut cache = a.cpus.remote(0).cache.lock();
-        let qi = a.db().index_of(q).unwrap() as u32;
-        let pi = a.db().index_of(p).unwrap() as u32;
+        let qi = a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32;
+        let pi = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap() as u32;
         // Lose q (still Cached, in no structure) and list p twice.
         cache.loaded.retain(|i| *i != qi);
         cache.loaded.push(pi);
     }
     match a.audit() {
-        Err(AuditViolation::InTwoPlaces { phys, .. }) => assert_eq!(phys, p),
+        Err(AuditViolation::InTwoPlaces { phys, .. }) => assert_eq!(phys, PhysAddr::new(p)),
         other => panic!("audit missed the duplicate: {other:?}"),
     }
     // The marks were cleared: after repairing, the audit passes again.
     {
         let mut cache = a.cpus.remote(0).cache.lock();
         cache.loaded.pop();
-        cache.loaded.push(a.db().index_of(q).unwrap() as u32);
+        cache.loaded.push(a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32);
     }
     census(&a);
 }
@@ -321,9 +332,9 @@ fn uncontended_locks_count_acquisitions_only() {
     let a = allocator(1024, &[0..1024], 2, 8, 4);
     for policy in [Policy::Magazine, Policy::GlobalLock] {
         a.set_policy(policy);
-        let held: Vec<u64> = (0..40).map(|_| a.alloc_page().unwrap()).collect();
+        let held: Vec<u64> = (0..40).map(|_| a.alloc_addr().unwrap()).collect();
         for p in held {
-            a.free_page(p).unwrap();
+            a.free_addr(p).unwrap();
         }
     }
     let c = a.counters(0);
@@ -358,8 +369,8 @@ fn a_held_buddy_lock_is_counted_contended_with_its_spins() {
     a.set_policy(Policy::GlobalLock);
     let before = a.counters(0);
     while_held(&a.buddy, || {
-        let p = a.alloc_page().unwrap();
-        a.free_page(p).unwrap();
+        let p = a.alloc_addr().unwrap();
+        a.free_addr(p).unwrap();
     });
     let d = a.counters(0) - before;
     assert_eq!((d.buddy.acquired, d.buddy.contended), (2, 1), "the alloc waited, the free did not: {d:?}");
@@ -373,7 +384,7 @@ fn a_held_depot_lock_is_counted_contended() {
     let before = a.counters(0);
     // Empty magazines: the first allocation asks the depot.
     while_held(&a.depot, || {
-        a.alloc_page().unwrap();
+        a.alloc_addr().unwrap();
     });
     let d = a.counters(0) - before;
     assert_eq!((d.depot.acquired, d.depot.contended), (1, 1), "{d:?}");

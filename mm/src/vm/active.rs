@@ -30,7 +30,9 @@ impl<'a, P: VmPlatform> Active<'a, P> {
         if space.kind() == SpaceKind::User {
             space.active.insert(cpu, Ordering::SeqCst);
         }
-        vm.p.load_root(space.root);
+        // Every user root is a PML4 `new_user_space` made with the kernel
+        // space's upper half; the kernel root is the running one.
+        vm.p.load_root(&super::Root::new(space.root));
         Active { vm, space, cpu, _on_this_cpu: PhantomData }
     }
 
@@ -44,7 +46,7 @@ impl<P: VmPlatform> Drop for Active<'_, P> {
     /// drops the space's translations here, so the bit is cleared after.
     fn drop(&mut self) {
         debug_assert_eq!(self.vm.p.cpu_index(), self.cpu, "a space is left on the CPU that activated it");
-        self.vm.p.load_root(self.vm.kernel().root);
+        self.vm.p.load_root(&super::Root::new(self.vm.kernel().root));
         if self.space.kind() == SpaceKind::User {
             self.space.active.remove(self.cpu, Ordering::SeqCst);
         }

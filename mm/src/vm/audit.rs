@@ -11,6 +11,7 @@ use super::pte::{self, HUGE, NO_EXECUTE, SW_DEVICE, SW_PINNED, WRITABLE};
 use super::space::{AddressSpace, SpaceKind};
 use super::table::{canonical, span, TOP};
 use super::{VmPlatform, KERNEL_AREA_START, USER_END};
+use crate::frame::PhysAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PtViolation {
@@ -19,18 +20,18 @@ pub enum PtViolation {
         virt: u64,
     },
     NullPageMapped {
-        root: u64,
+        root: PhysAddr,
     },
     /// A frame mapped at two addresses (in the kernel area or user
     /// halves), neither mapping pinned.
     DoubleMapped {
-        phys: u64,
+        phys: PhysAddr,
         first: u64,
         second: u64,
     },
     /// The space's table lock stayed held past its bound: not audited.
     TablesBusy {
-        root: u64,
+        root: PhysAddr,
     },
 }
 
@@ -66,7 +67,7 @@ impl<P: VmPlatform> Vm<P> {
             };
             let mut result = Ok(());
             let _shared = self.shared(space).map_err(|_| PtViolation::TablesBusy { root: space.root() })?;
-            self.walk(space.root(), TOP, 0, WRITABLE, half, &mut |leaf| {
+            self.walk(space.root, TOP, 0, WRITABLE, half, &mut |leaf| {
                 report.leaves += 1;
                 let e = leaf.entry;
                 if space.kind() == SpaceKind::Kernel && e & WRITABLE != 0 && e & NO_EXECUTE == 0 && result.is_ok() {
@@ -84,7 +85,8 @@ impl<P: VmPlatform> Vm<P> {
             let ((pa, va, pin_a), (pb, vb, pin_b)) = (w[0], w[1]);
             if pa == pb {
                 if !(pin_a || pin_b) {
-                    return Err(PtViolation::DoubleMapped { phys: pa, first: va, second: vb });
+                    // An entry holds at most 52 address bits.
+                    return Err(PtViolation::DoubleMapped { phys: PhysAddr::new_truncate(pa), first: va, second: vb });
                 }
                 report.pinned_aliases += 1;
             }
@@ -106,7 +108,7 @@ impl<P: VmPlatform> Vm<P> {
         indexes: core::ops::Range<usize>,
         f: &mut dyn FnMut(Leaf),
     ) {
-        let t = self.p.table(table);
+        let t = super::table::at(&self.p, table);
         for i in indexes {
             let e = t[i].load(Ordering::Acquire);
             if !pte::is_present(e) {

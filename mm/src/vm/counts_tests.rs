@@ -1,4 +1,7 @@
 //! The virtual-memory counters move when their event happens and only then.
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
+#![allow(unsafe_code)]
 
 use std::sync::Barrier;
 use std::thread;
@@ -23,10 +26,11 @@ fn total(vm: &Vm<SimMachine>) -> VmCountSnapshot {
 fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
     let vm = boot(4096, 2);
     let k = vm.kernel();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     let free = vm.platform().free_bytes();
     let start = vm.counts(0);
-    vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
     let mapped = vm.counts(0) - start;
     let made = (free - vm.platform().free_bytes()) / PAGE_SIZE;
     assert!(made > 0, "setup: the first page in the area needs tables");
@@ -35,7 +39,8 @@ fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
 
     // A neighbour in the same last-level table needs none; a lookup none.
     let before = vm.counts(0);
-    vm.map_single(k, SEED + PAGE_SIZE, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, SEED + PAGE_SIZE, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
     vm.map_get(k, SEED + PAGE_SIZE).unwrap();
     let d = vm.counts(0) - before;
     assert_eq!((d.tables_allocated, d.tables_zeroed, d.tables_freed), (0, 0, 0), "{d:?}");
@@ -43,8 +48,8 @@ fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
 
     // Unmapping both empties the tables: every one made is freed.
     let before = vm.counts(0);
-    assert_eq!(vm.umap_single(k, SEED + PAGE_SIZE, PageSize::Size4K), Ok(frame));
-    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(frame));
+    assert_eq!(vm.umap_single(k, SEED + PAGE_SIZE, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
+    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
     let d = vm.counts(0) - before;
     assert_eq!((d.tables_allocated, d.tables_freed), (0, made), "{d:?}");
     assert_eq!(vm.platform().free_bytes(), free);
@@ -56,8 +61,9 @@ fn a_user_space_counts_its_root_and_tables() {
     let vm = boot(4096, 1);
     let before = total(&vm);
     let space = vm.new_user_space().unwrap();
-    let frame = vm.platform().frames.alloc_page().unwrap();
-    vm.map_single(&space, USER_START, frame, Flags::WRITE | Flags::USER, PageSize::Size4K).unwrap();
+    let frame = vm.platform().alloc_phys();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(&space, USER_START, frame, Flags::WRITE | Flags::USER, PageSize::Size4K) }.unwrap();
     let made = total(&vm) - before;
     assert_eq!(made.tables_allocated, 4, "root, PDPT, PD, PT: {made:?}");
     assert_eq!(made.tables_zeroed, 4);
@@ -94,11 +100,12 @@ fn a_shared_side_waiting_for_a_pruner_is_contended() {
 fn a_prune_that_cannot_have_the_lock_is_counted_refused() {
     let vm = boot(4096, 2);
     let k = vm.kernel();
-    let frame = vm.platform().frames.alloc_page().unwrap();
-    vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    let frame = vm.platform().alloc_phys();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
     let reader = k.tables.read(vm.platform(), &crate::lock_count::LockCounts::new()).unwrap();
     let before = vm.counts(0);
-    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(frame));
+    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));
     let d = vm.counts(0) - before;
     drop(reader);
     // The shared side came at once (the unmap takes it for each step);

@@ -3,6 +3,7 @@
 //! back, each refusing addresses the window does not cover.
 
 use super::VmError;
+use crate::frame::PhysAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirectWindow {
@@ -20,7 +21,8 @@ impl DirectWindow {
     }
 
     /// Direct-map address of `phys`.
-    pub fn virtualize(&self, phys: u64) -> Result<u64, VmError> {
+    pub fn virtualize(&self, phys: PhysAddr) -> Result<u64, VmError> {
+        let phys = phys.as_u64();
         if phys >= self.len {
             return Err(VmError::BadPhys { phys });
         }
@@ -28,9 +30,11 @@ impl DirectWindow {
     }
 
     /// Physical address of the direct-map address `virt`.
-    pub fn phys(&self, virt: u64) -> Result<u64, VmError> {
+    pub fn phys(&self, virt: u64) -> Result<PhysAddr, VmError> {
         match virt.checked_sub(self.offset) {
-            Some(p) if p < self.len => Ok(p),
+            // Below `len`, which `new` bounds by the offset's room: at
+            // most 52 bits for any real direct map; truncation never bites.
+            Some(p) if p < self.len => Ok(PhysAddr::new_truncate(p)),
             _ => Err(VmError::NotDirectMapped { virt }),
         }
     }
@@ -52,9 +56,9 @@ mod tests {
     #[test]
     fn round_trips_inside_and_refuses_outside() {
         let w = DirectWindow::new(0xFFFF_8000_0000_0000, 1 << 30).unwrap();
-        assert_eq!(w.virtualize(0x1234), Ok(0xFFFF_8000_0000_1234));
-        assert_eq!(w.phys(0xFFFF_8000_0000_1234), Ok(0x1234));
-        assert_eq!(w.virtualize(1 << 30), Err(VmError::BadPhys { phys: 1 << 30 }));
+        assert_eq!(w.virtualize(PhysAddr::new(0x1234)), Ok(0xFFFF_8000_0000_1234));
+        assert_eq!(w.phys(0xFFFF_8000_0000_1234), Ok(PhysAddr::new(0x1234)));
+        assert_eq!(w.virtualize(PhysAddr::new(1 << 30)), Err(VmError::BadPhys { phys: 1 << 30 }));
         assert_eq!(w.phys(0xFFFF_8000_4000_0000), Err(VmError::NotDirectMapped { virt: 0xFFFF_8000_4000_0000 }));
         assert_eq!(w.phys(0x1000), Err(VmError::NotDirectMapped { virt: 0x1000 }));
         assert_eq!(DirectWindow::new(u64::MAX - 5, 10), None);

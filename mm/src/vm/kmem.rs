@@ -12,6 +12,7 @@ use super::pte::{self, CacheMode, Flags, PageSize, SW_DEVICE, SW_OWNED, SW_PINNE
 use super::region::{RegionError, RegionKind};
 use super::table::{self, Lookup};
 use super::{VmError, VmPlatform, PAGE_SIZE};
+use crate::frame::PhysAddr;
 
 /// `k_mem_map` flags (Zephyr's `K_MEM_PERM_RW`, `K_MEM_PERM_EXEC`,
 /// `K_MEM_PERM_USER`, `K_MEM_MAP_UNINIT`, `K_MEM_MAP_LOCK`).
@@ -148,7 +149,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Whether page `va` of a `k_mem_map` region is there: mapped, or a
     /// page demand paging keeps in any state.
     fn kmem_page_present(&self, va: u64) -> bool {
-        match table::lookup(&self.p, self.kernel().root(), va, 0) {
+        match table::lookup(&self.p, self.kernel().root, va, 0) {
             Lookup::Entry { entry, level: 0 } => {
                 let e = entry.load(Ordering::Acquire);
                 pte::is_present(e) || self.demand().is_some_and(|d| d.holds_page(e))
@@ -168,7 +169,7 @@ impl<P: VmPlatform> Vm<P> {
         let op = self.begin_unmap();
         self.p.without_interrupts(|| {
             for va in (0..pages).map(|i| virt + i * PAGE_SIZE) {
-                let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, self.kernel().root(), va, 0) else {
+                let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, self.kernel().root, va, 0) else {
                     continue;
                 };
                 let mut e = entry.load(Ordering::Acquire);
@@ -203,7 +204,15 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps the physical range `phys .. phys + size` (any alignment) with
     /// `cache` for device access, writable and not executable, between
     /// guard pages; returns the virtual address of `phys`.
-    pub fn phys_map(&self, phys: u64, size: u64, cache: CacheMode) -> Result<u64, VmError> {
+    ///
+    /// # Safety
+    /// The kernel may read and write physical `phys .. phys + size` for as
+    /// long as it stays mapped: device memory (registers, a window such as
+    /// ECAM) or memory the caller owns, not frames someone else holds.
+    // Maps any physical range: the caller vouches it may be reached.
+    #[allow(unsafe_code)]
+    pub unsafe fn phys_map(&self, phys: PhysAddr, size: u64, cache: CacheMode) -> Result<u64, VmError> {
+        let phys = phys.as_u64();
         if size == 0 {
             return Err(VmError::ZeroSize);
         }

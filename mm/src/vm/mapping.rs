@@ -23,11 +23,13 @@ use super::table::{self, Lookup, TOP};
 use super::{ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, PAGE_SIZE, STACK_AREA};
 use cpus::{CpuSet, PerCpu};
 
+use crate::frame::{Frame, PhysAddr};
+
 /// What `map_get` finds at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
     /// The physical address `virt` translates to (page offset included).
-    pub phys: u64,
+    pub phys: PhysAddr,
     pub flags: Flags,
     pub size: PageSize,
     pub cache: CacheMode,
@@ -57,7 +59,8 @@ impl<P: VmPlatform> Vm<P> {
     /// Adopts the page tables at `root` (the running ones) as the kernel
     /// space and gives the kernel area's PML4 entry a table, so that every
     /// user space created later shares it.
-    pub fn new(p: P, root: u64) -> Result<Vm<P>, VmError> {
+    pub fn new(p: P, root: PhysAddr) -> Result<Vm<P>, VmError> {
+        let root = root.as_u64();
         let vm = Vm {
             p,
             kernel: AddressSpace::new(root, SpaceKind::Kernel),
@@ -75,8 +78,66 @@ impl<P: VmPlatform> Vm<P> {
         Ok(vm)
     }
 
-    pub fn platform(&self) -> &P {
+    /// The platform, for mm's tests only: it reaches any frame by address
+    /// and loads CR3. What others need of it has a narrow method here
+    /// (`fill_frame`, `free_frames`, `ram_store`).
+    #[cfg(test)]
+    pub(crate) fn platform(&self) -> &P {
         &self.p
+    }
+
+    /// A RAM backing store over `runs` of `run_frames` frames each,
+    /// reached through this `Vm`'s platform.
+    ///
+    /// # Safety
+    /// As for `RamStore::new`: the runs are the caller's and go to the
+    /// store for good.
+    // Forwards `RamStore::new`'s contract.
+    #[allow(unsafe_code)]
+    pub unsafe fn ram_store(&self, runs: Vec<PhysAddr>, run_frames: u64) -> crate::paging::store::RamStore<'_, P> {
+        // SAFETY: this function's contract.
+        unsafe { crate::paging::store::RamStore::new(&self.p, runs, run_frames) }
+    }
+
+    /// Fills a frame the caller owns with `byte` (zeroing, poisoning).
+    pub fn fill_frame(&self, frame: &mut Frame, byte: u8) {
+        self.p.fill_frame(frame, byte);
+    }
+
+    /// Frames the allocator has free.
+    pub fn free_frames(&self) -> u64 {
+        self.p.free_frames()
+    }
+
+    /// Gives back a frame this `Vm` kept by address only (a mapping's or a
+    /// table's, out of an entry or a marker), once nothing reaches it.
+    pub(crate) fn free_kept(&self, phys: u64) {
+        let _ = self.p.free_frame(self.adopt_kept(phys));
+    }
+
+    /// The handle of a frame this `Vm` keeps by address and takes back out
+    /// of the entry, marker or victim record that held it: a mapping's
+    /// frame after its unmap and shootdown, a table after its prune, an
+    /// evicted page's frame. Crate-private: only mm's own bookkeeping
+    /// knows which addresses these are.
+    // Turns an address this `Vm` kept in an entry back into its handle.
+    #[allow(unsafe_code)]
+    pub(crate) fn adopt_kept(&self, phys: u64) -> Frame {
+        // SAFETY: callers pass a frame this Vm owned by address (allocated
+        // through `alloc` and stored in an entry, marker or victim record
+        // it has taken it out of), so nobody else holds or uses it; the
+        // frame database still rejects anything else when it is freed.
+        unsafe { Frame::from_phys(PhysAddr::new(phys)) }
+    }
+
+    /// Runs `f` with a handle to a frame this `Vm` keeps by address and
+    /// goes on keeping (a resident page being written out): the handle
+    /// lives only for the call.
+    pub(crate) fn with_kept<R>(&self, phys: u64, f: impl FnOnce(&mut Frame) -> R) -> R {
+        let mut frame = self.adopt_kept(phys);
+        let r = f(&mut frame);
+        let _ = frame.into_phys();
+        r
     }
 
     pub fn kernel(&self) -> &AddressSpace {
@@ -146,7 +207,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// A frame for a mapping or a page table (subject to fault injection).
-    pub(crate) fn alloc(&self) -> Result<u64, VmError> {
+    pub(crate) fn alloc(&self) -> Result<Frame, VmError> {
         #[cfg(any(test, feature = "test-hooks"))]
         if self.inject.should_fail(self.p.cpu_index()) {
             return Err(VmError::OutOfFrames);
@@ -181,19 +242,26 @@ impl<P: VmPlatform> Vm<P> {
         if targets.is_empty() {
             return Ok(()); // active nowhere: no TLB can hold it (no PCIDs)
         }
-        self.p.shootdown(targets, start, pages)
+        // Every range here was checked against the space's areas (or is one
+        // of them), so it is canonical; were it not, no CPU could be asked,
+        // as when smp refuses a bad range.
+        match super::VirtAddr::try_new(start) {
+            Ok(first) => self.p.shootdown(targets, first, pages),
+            Err(_) => Err(ShootdownFailed { cpus: targets }),
+        }
     }
 
     // ---- spaces ----
 
     /// A new user space: an empty lower half and the kernel's upper half.
     pub fn new_user_space(&self) -> Result<AddressSpace, VmError> {
-        let root = self.alloc()?;
-        self.p.fill_frame(root, 0);
+        let mut root = self.alloc()?;
+        self.p.fill_frame(&mut root, 0);
+        let root = root.into_phys().as_u64();
         let counts = self.my_counts();
         counts.table_allocated();
         counts.table_zeroed();
-        let (k, u) = (self.p.table(self.kernel.root), self.p.table(root));
+        let (k, u) = (super::table::at(&self.p, self.kernel.root), super::table::at(&self.p, root));
         for i in 256..512 {
             u[i].store(k[i].load(Ordering::Relaxed), Ordering::Relaxed);
         }
@@ -211,7 +279,7 @@ impl<P: VmPlatform> Vm<P> {
         table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);
         self.my_counts().tables_freed(tables.len() as u64 + 1);
         for f in owned.into_iter().chain(tables).chain([space.root]) {
-            let _ = self.p.free_frame(f);
+            self.free_kept(f);
         }
         Ok(())
     }
@@ -225,8 +293,18 @@ impl<P: VmPlatform> Vm<P> {
     // ---- the seed API ----
 
     /// Maps one page of size class `size` at `virt` to `phys`. The caller
-    /// keeps owning the frame (`umap_single` hands it back).
-    pub fn map_single(
+    /// keeps owning the frame (`umap_single` hands it back). `map_frame`
+    /// is the safe form for a frame the caller holds.
+    ///
+    /// # Safety
+    /// Whoever runs in `space` may read (and with `WRITE` write) physical
+    /// `phys .. phys + size` for as long as it stays mapped: it is memory
+    /// the caller owns and does not give back (free) before `umap_single`
+    /// returns, or device memory it may hand out. An address no entry can
+    /// hold is refused (`BadPhys`) whatever it is.
+    // Maps any physical address: the caller vouches it may be reached.
+    #[allow(unsafe_code)]
+    pub unsafe fn map_single(
         &self,
         space: &AddressSpace,
         virt: u64,
@@ -243,6 +321,34 @@ impl<P: VmPlatform> Vm<P> {
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
         let _shared = self.shared(space)?;
         self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
+    }
+
+    /// Maps `frame` at `virt` (4 KiB) and keeps it: the entry owns the
+    /// frame (as `vmalloc`'s do) until `umap_owned` hands it back, or
+    /// `vmfree` frees it. On failure the frame comes back with the error.
+    pub fn map_frame(
+        &self,
+        space: &AddressSpace,
+        virt: u64,
+        frame: Frame,
+        flags: Flags,
+    ) -> Result<(), (VmError, Frame)> {
+        if !virt.is_multiple_of(PAGE_SIZE) {
+            return Err((VmError::NotAligned { value: virt }, frame));
+        }
+        if let Err(e) = space.check_range(virt, 1) {
+            return Err((e, frame));
+        }
+        let mapped = self
+            .shared(space)
+            .and_then(|_shared| self.install(space, virt, frame.phys().as_u64() | flags.pte_bits() | SW_OWNED, 0));
+        match mapped {
+            Ok(()) => {
+                let _ = frame.into_phys();
+                Ok(())
+            }
+            Err(e) => Err((e, frame)),
+        }
     }
 
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
@@ -276,7 +382,8 @@ impl<P: VmPlatform> Vm<P> {
                 // In huge entries bit 12 is the PAT bit, not address.
                 let base = if level == 0 { pte::addr(e) } else { pte::addr(e) & !(size.bytes() - 1) };
                 Ok(Translation {
-                    phys: base + (virt & (size.bytes() - 1)),
+                    // An entry holds at most 52 address bits.
+                    phys: PhysAddr::new_truncate(base + (virt & (size.bytes() - 1))),
                     flags: Flags::from_pte(e),
                     size,
                     cache: CacheMode::from_pte(e),
@@ -289,7 +396,31 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Unmaps the page of size class `size` at `virt` and returns its
     /// frame, after every CPU that may cache it has dropped it.
-    pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<u64, VmError> {
+    pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<PhysAddr, VmError> {
+        // An entry holds at most 52 address bits.
+        self.umap_checked(space, virt, size, &|_| Ok(())).map(PhysAddr::new_truncate)
+    }
+
+    /// `umap_single` of a page `vmalloc` mapped (`NotOwned` otherwise,
+    /// changing nothing): the mapping owned its frame, so the caller gets
+    /// the frame's handle and gives it back (`free_page`) itself.
+    pub fn umap_owned(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<Frame, VmError> {
+        let phys = self.umap_checked(space, virt, size, &|e| match e & SW_OWNED {
+            0 => Err(VmError::NotOwned { virt }),
+            _ => Ok(()),
+        })?;
+        Ok(self.adopt_kept(phys))
+    }
+
+    /// `umap_single`, refusing (with `check`'s error, before anything
+    /// changes) an entry `check` rejects.
+    fn umap_checked(
+        &self,
+        space: &AddressSpace,
+        virt: u64,
+        size: PageSize,
+        check: &dyn Fn(u64) -> Result<(), VmError>,
+    ) -> Result<u64, VmError> {
         let bytes = size.bytes();
         if !virt.is_multiple_of(bytes) {
             return Err(VmError::NotAligned { value: virt });
@@ -314,6 +445,7 @@ impl<P: VmPlatform> Vm<P> {
                 if !pte::is_present(e) || !leaf {
                     return Err(VmError::NotMapped { virt });
                 }
+                check(e)?;
                 // The caller takes the frame back: the marker does not own it.
                 match entry.compare_exchange(
                     e,
@@ -423,13 +555,21 @@ impl<P: VmPlatform> Vm<P> {
         let shared = self.shared(space)?;
         for i in 0..npages {
             let va = virt + i * PAGE_SIZE;
-            let done = self.alloc().and_then(|frame| {
+            let done = self.alloc().and_then(|mut frame| {
                 if contents == Contents::Zeroed {
-                    self.p.fill_frame(frame, 0);
+                    self.p.fill_frame(&mut frame, 0);
                 }
-                self.install(space, va, frame | bits, 0).inspect_err(|_| {
-                    let _ = self.p.free_frame(frame);
-                })
+                match self.install(space, va, frame.phys().as_u64() | bits, 0) {
+                    // The entry owns it now (`SW_OWNED`).
+                    Ok(()) => {
+                        let _ = frame.into_phys();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = self.p.free_frame(frame);
+                        Err(e)
+                    }
+                }
             });
             if let Err(e) = done {
                 // Undo the pages mapped so far (none if i is 0: then only
@@ -475,8 +615,15 @@ impl<P: VmPlatform> Vm<P> {
     /// `phys` without any TLB flush and returns the old frame. Only for
     /// tests of the shootdown itself: CPUs keep the old translation until
     /// shot down. A test hook: not in the production kernel.
+    ///
+    /// # Safety
+    /// As for `map_single`, for `phys`; and the old frame is still
+    /// reachable through stale translations until a shootdown.
     #[cfg(any(test, feature = "test-hooks"))]
-    pub fn retarget_unflushed(&self, virt: u64, phys: u64) -> Result<u64, VmError> {
+    // Maps any physical address, as `map_single`.
+    #[allow(unsafe_code)]
+    pub unsafe fn retarget_unflushed(&self, virt: u64, phys: PhysAddr) -> Result<PhysAddr, VmError> {
+        let phys = phys.as_u64();
         check_range_in(super::KERNEL_SEED_AREA, virt, 1)?;
         check_phys(phys, PAGE_SIZE, PAGE_SIZE)?;
         let _shared = self.shared(&self.kernel)?;
@@ -485,7 +632,7 @@ impl<P: VmPlatform> Vm<P> {
             old = entry.swap(phys | (entry.load(Ordering::Relaxed) & !pte::ADDR_MASK), Ordering::AcqRel);
             Ok(())
         })?;
-        Ok(pte::addr(old))
+        Ok(PhysAddr::new_truncate(pte::addr(old)))
     }
 
     /// Regions handed out by the region allocator (for `kmem`).

@@ -62,7 +62,8 @@ pub use table::Table;
 
 use cpus::CpuSet;
 
-use crate::frame::FrameError;
+use crate::frame::{Frame, FrameError, PhysAddr};
+pub use x86_64::VirtAddr;
 
 pub use crate::PAGE_SIZE;
 
@@ -83,23 +84,29 @@ pub const KERNEL_REGION_AREA: core::ops::Range<u64> = KERNEL_SEED_AREA.end..KERN
 
 /// What the virtual-memory code needs from the machine.
 pub trait VmPlatform: Sync {
-    /// The page table held by frame `phys`.
-    fn table(&self, phys: u64) -> &Table;
-    /// Fills frame `phys` with `byte` (zeroing, poisoning).
-    fn fill_frame(&self, phys: u64, byte: u8);
-    /// Copies frame `from` into frame `to`.
-    fn copy_frame(&self, from: u64, to: u64);
-    fn alloc_frame(&self) -> Result<u64, FrameError>;
-    fn free_frame(&self, phys: u64) -> Result<(), FrameError>;
+    /// The page table held by frame `phys`. Tables are arrays of atomics,
+    /// so any number of references to one may exist; only `Vm`'s walks
+    /// call this (`Vm::platform` is crate-private) and they name only
+    /// frames they installed as tables.
+    fn table(&self, phys: PhysAddr) -> &Table;
+    /// Fills `frame` with `byte` (zeroing, poisoning); holding it proves
+    /// nobody else uses it.
+    fn fill_frame(&self, frame: &mut Frame, byte: u8);
+    /// Copies frame `from` into frame `to` (distinct: `to` is borrowed
+    /// mutably).
+    fn copy_frame(&self, from: &Frame, to: &mut Frame);
+    fn alloc_frame(&self) -> Result<Frame, FrameError>;
+    fn free_frame(&self, frame: Frame) -> Result<(), FrameError>;
     /// Index of the running CPU, `0..MAX_CPUS`.
     fn cpu_index(&self) -> usize;
     /// The online CPUs.
     fn online_cpus(&self) -> CpuSet;
     /// Invalidates `pages` pages from `start` on every CPU in `targets`
     /// (the caller too when it is in the set) and returns once all have.
-    fn shootdown(&self, targets: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed>;
-    /// Makes `root` the running CPU's page-table root (CR3).
-    fn load_root(&self, root: u64);
+    fn shootdown(&self, targets: CpuSet, start: VirtAddr, pages: u64) -> Result<(), ShootdownFailed>;
+    /// Makes `root` the running CPU's page-table root (CR3). Only `Vm`
+    /// makes a [`Root`], so an implementation may rely on what it says.
+    fn load_root(&self, root: &Root);
     /// Frames the allocator has free (for the paging reserve).
     fn free_frames(&self) -> u64;
     /// Nanoseconds from a monotonic clock (timing and wait bounds).
@@ -113,6 +120,24 @@ pub trait VmPlatform: Sync {
     /// the page tables it walks from being freed under it (tables are freed
     /// only after a shootdown to every CPU).
     fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R;
+}
+
+/// A PML4 that `Vm` built (`new_user_space`: the kernel's upper half
+/// copied in) or adopted (the kernel space's, the one running at boot):
+/// loading it keeps the kernel's code, stacks and data mapped. Only mm
+/// makes one, for the moment of a `load_root`.
+pub struct Root {
+    phys: PhysAddr,
+}
+
+impl Root {
+    pub(crate) fn new(phys: u64) -> Root {
+        Root { phys: PhysAddr::new(phys) }
+    }
+
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
 }
 
 /// A shootdown that did not complete: CPUs in `cpus` may still hold the

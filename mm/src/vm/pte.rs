@@ -160,8 +160,9 @@ impl PageSize {
     }
 }
 
-/// Physical address an entry points at.
-pub const fn addr(pte: u64) -> u64 {
+/// Physical address an entry points at. Crate-private: outside mm a
+/// physical address is a `PhysAddr` (`Translation::phys`).
+pub(crate) const fn addr(pte: u64) -> u64 {
     pte & ADDR_MASK
 }
 

@@ -32,7 +32,7 @@ const Y: u64 = 0x1000_0000;
 
 /// The 4 KiB entry for `virt`, if a page table covers it.
 fn entry(vm: &Vm<SimMachine>, space: &AddressSpace, virt: u64) -> Option<u64> {
-    match lookup(vm.platform(), space.root(), virt, 0) {
+    match lookup(vm.platform(), space.root, virt, 0) {
         Lookup::Entry { entry, level: 0 } => Some(entry.load(Ordering::Acquire)),
         _ => None,
     }
@@ -104,7 +104,7 @@ fn defect_a(how: Unmap) {
         //    goes); Z reads X.
         on_cpu(W);
         assert_eq!(vm.vmalloc(space, X, X + 2 * PAGE_SIZE, 2, flags), Ok(X), "setup: X is free after the sweep");
-        let f_w = vm.map_get(space, X).unwrap().phys;
+        let f_w = vm.map_get(space, X).unwrap().phys.as_u64();
         assert_eq!(m.touch(Z, X), Some(f_w));
 
         // 4. W unmaps X; its thread stalls before its shootdown goes out.
@@ -113,7 +113,7 @@ fn defect_a(how: Unmap) {
             on_cpu(W);
             match how {
                 Unmap::Vmfree => vm.vmfree(space, X, 1).map(|()| None),
-                Unmap::UmapSingle => vm.umap_single(space, X, PageSize::Size4K).map(Some),
+                Unmap::UmapSingle => vm.umap_single(space, X, PageSize::Size4K).map(|p| Some(p.as_u64())),
             }
         });
         let shot = m.wait_parked(W);
@@ -144,7 +144,7 @@ fn defect_a(how: Unmap) {
     on_cpu(0);
     vm.vmfree(space, X + PAGE_SIZE, 1).unwrap();
     if let Some(f) = returned {
-        m.free_frame(f).unwrap();
+        m.free_phys(f).unwrap();
     }
     for (cpu, guard) in active {
         on_cpu(cpu);

@@ -1,6 +1,9 @@
 //! Calls that race for the same pages: every page has at most one winner,
 //! a call that loses any page fails as a whole and changes nothing, and a
 //! failed shootdown holds back exactly what it says.
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
+#![allow(unsafe_code)]
 
 use std::boxed::Box;
 use std::sync::{Arc, Barrier};
@@ -37,7 +40,8 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
     let (mut contested, mut lost) = (0, 0);
     for round in 0..400 {
         let a = vm.vmalloc(&user, 0x10_0000, USER_END, PAGES, Flags::WRITE | Flags::USER).unwrap();
-        let frames: Vec<u64> = (0..PAGES).map(|i| vm.map_get(&user, a + i * PAGE_SIZE).unwrap().phys).collect();
+        let frames: Vec<u64> =
+            (0..PAGES).map(|i| vm.map_get(&user, a + i * PAGE_SIZE).unwrap().phys.as_u64()).collect();
         let start = Arc::new(Barrier::new(CALLS.len()));
         let results: Vec<Result<u64, VmError>> = CALLS
             .iter()
@@ -48,7 +52,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                     on_cpu(cpu);
                     start.wait();
                     match pages {
-                        0 => vm.umap_single(&user, a + first * PAGE_SIZE, PageSize::Size4K),
+                        0 => vm.umap_single(&user, a + first * PAGE_SIZE, PageSize::Size4K).map(|p| p.as_u64()),
                         n => vm.vmfree(&user, a + first * PAGE_SIZE, n).map(|_| 0),
                     }
                 })
@@ -69,7 +73,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
                             *frame, frames[first as usize],
                             "round {round}: umap_single hands back the page's frame"
                         );
-                        vm.platform().free_frame(*frame).unwrap();
+                        vm.platform().free_phys(*frame).unwrap();
                     }
                 }
                 Err(VmError::NotMapped { virt }) => {
@@ -89,7 +93,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
             match (w, vm.map_get(&user, va)) {
                 (1, Err(VmError::NotMapped { .. })) => {}
                 (0, Ok(t)) => assert_eq!(
-                    (t.phys, t.flags),
+                    (t.phys.as_u64(), t.flags),
                     (frames[i], Flags::WRITE | Flags::USER),
                     "round {round}: page {i} changed"
                 ),
@@ -139,8 +143,9 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
         "the region stays claimed"
     );
     // umap_single's frame is held too, and counted.
-    let frame = vm.platform().frames.alloc_page().unwrap();
-    vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K).unwrap();
+    let frame = vm.platform().alloc_phys();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K) }.unwrap();
     fail(true);
     assert_eq!(
         vm.umap_single(vm.kernel(), KERNEL_SEED_AREA.start, PageSize::Size4K),
@@ -179,10 +184,13 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
         // puts the others back, maybe after a protect that returned Ok.
         let f = spawn(2, Box::new(move |vm, u| vm.vmfree(u, a, LONG).map(|_| 0)));
         let p = spawn(1, Box::new(move |vm, u| vm.protect(u, a, LONG, Flags::USER).map(|_| 0)));
-        let s = spawn(3, Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE_SIZE, PageSize::Size4K)));
+        let s = spawn(
+            3,
+            Box::new(move |vm, u| vm.umap_single(u, a + (LONG - 1) * PAGE_SIZE, PageSize::Size4K).map(|p| p.as_u64())),
+        );
         let (p, f, s) = (p.join().unwrap(), f.join().unwrap(), s.join().unwrap());
         if let Ok(frame) = s {
-            vm.platform().free_frame(frame).unwrap();
+            vm.platform().free_phys(frame).unwrap();
         }
         protected += u32::from(p.is_ok());
         for i in 0..LONG {
@@ -206,7 +214,8 @@ fn a_protect_that_succeeds_holds_even_if_a_racing_unmap_puts_pages_back() {
 fn a_huge_page_quarantine_counts_every_page() {
     let vm = machine(2);
     let big = KERNEL_SEED_AREA.start + (4 << 21);
-    vm.map_single(vm.kernel(), big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), big, 0x20_0000, Flags::READ, PageSize::Size2M) }.unwrap();
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.umap_single(vm.kernel(), big, PageSize::Size2M), Err(VmError::Shootdown { cpus: 0b11 }));
     assert_eq!(vm.quarantined_frames(), 512);

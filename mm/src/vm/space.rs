@@ -22,7 +22,7 @@ pub enum SpaceKind {
 /// frames: destroy it.
 #[must_use = "a user space must be destroyed with Vm::destroy_space"]
 pub struct AddressSpace {
-    pub(super) root: u64,
+    pub(crate) root: u64,
     kind: SpaceKind,
     /// CPUs that run on this space now (user spaces; the kernel space is
     /// on every online CPU).
@@ -46,8 +46,8 @@ impl AddressSpace {
     }
 
     /// Physical address of the root table (what CR3 holds).
-    pub fn root(&self) -> u64 {
-        self.root
+    pub fn root(&self) -> crate::frame::PhysAddr {
+        crate::frame::PhysAddr::new(self.root)
     }
 
     pub fn kind(&self) -> SpaceKind {

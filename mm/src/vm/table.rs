@@ -10,6 +10,13 @@ use arrayvec::ArrayVec;
 use super::marker;
 use super::pte::{self, HUGE, TABLE_FLAGS};
 use super::{VmError, VmPlatform, PAGE_SIZE};
+use crate::frame::PhysAddr;
+
+/// The table in frame `phys`, an address out of an entry or a root (at
+/// most 52 bits: entries keep no more).
+pub(crate) fn at<P: VmPlatform>(p: &P, phys: u64) -> &Table {
+    p.table(PhysAddr::new_truncate(phys))
+}
 
 pub type Table = [AtomicU64; 512];
 
@@ -43,7 +50,7 @@ pub enum Lookup<'t> {
 
 /// Follows `virt` from `root` down to `stop` (or to a huge entry above it).
 pub fn lookup<P: VmPlatform>(p: &P, root: u64, virt: u64, stop: usize) -> Lookup<'_> {
-    let mut table = p.table(root);
+    let mut table = at(p, root);
     let mut level = TOP;
     loop {
         let entry = &table[index(virt, level)];
@@ -57,7 +64,7 @@ pub fn lookup<P: VmPlatform>(p: &P, root: u64, virt: u64, stop: usize) -> Lookup
         if e & HUGE != 0 {
             return Lookup::Entry { entry, level };
         }
-        table = p.table(pte::addr(e));
+        table = at(p, pte::addr(e));
         level -= 1;
     }
 }
@@ -70,20 +77,22 @@ pub fn entry_for<'p, P: VmPlatform>(
     virt: u64,
     stop: usize,
     counts: &super::counts::CpuVmCounts,
-    alloc: &mut dyn FnMut() -> Result<u64, VmError>,
+    alloc: &mut dyn FnMut() -> Result<crate::frame::Frame, VmError>,
 ) -> Result<&'p AtomicU64, VmError> {
-    let mut table = p.table(root);
+    let mut table = at(p, root);
     let mut level = TOP;
     while level > stop {
         let entry = &table[index(virt, level)];
         let mut e = entry.load(Ordering::Acquire);
         if !pte::is_present(e) {
-            let fresh = alloc()?;
+            let mut fresh = alloc()?;
             counts.table_allocated();
-            p.fill_frame(fresh, 0);
+            p.fill_frame(&mut fresh, 0);
             counts.table_zeroed();
-            match entry.compare_exchange(0, fresh | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => e = fresh | TABLE_FLAGS,
+            let addr = fresh.phys().as_u64();
+            match entry.compare_exchange(0, addr | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
+                // The parent entry owns it now.
+                Ok(_) => e = fresh.into_phys().as_u64() | TABLE_FLAGS,
                 Err(actual) => {
                     // Another CPU installed a table first; ours was never
                     // visible, so it goes straight back.
@@ -96,7 +105,7 @@ pub fn entry_for<'p, P: VmPlatform>(
         if e & HUGE != 0 {
             return Err(VmError::AlreadyMapped { virt });
         }
-        table = p.table(pte::addr(e));
+        table = at(p, pte::addr(e));
         level -= 1;
     }
     Ok(&table[index(virt, stop)])
@@ -122,7 +131,7 @@ pub const PRUNE_MAX: usize = 64;
 /// cover this caller's range and vice versa, and a quarantined marker is
 /// held for good: those tables stay.
 pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64, level: usize, base: u64, range: (u64, u64)) -> bool {
-    p.table(phys).iter().enumerate().all(|(i, e)| {
+    at(p, phys).iter().enumerate().all(|(i, e)| {
         let v = e.load(Ordering::Relaxed);
         let lo = canonical(base + i as u64 * span(level));
         v == 0
@@ -155,7 +164,7 @@ pub fn prune<'p, P: VmPlatform>(
     if level == 0 {
         return true;
     }
-    let t = p.table(table);
+    let t = at(p, table);
     for (i, entry) in t.iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = entry.load(Ordering::Acquire);
@@ -189,7 +198,7 @@ pub fn collect_all<P: VmPlatform>(
     tables: &mut Vec<u64>,
     owned: &mut Vec<u64>,
 ) {
-    for (i, entry) in p.table(table).iter().enumerate() {
+    for (i, entry) in at(p, table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = entry.load(Ordering::Acquire);
         if !pte::is_present(e) {
@@ -209,7 +218,7 @@ pub fn collect_all<P: VmPlatform>(
 /// Tables below `table` (at `level`, from `base`) that lie in `range`.
 pub fn count_tables<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, range: (u64, u64)) -> u64 {
     let mut count = 0;
-    for (i, entry) in p.table(table).iter().enumerate() {
+    for (i, entry) in at(p, table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = entry.load(Ordering::Acquire);
         if level > 0 && pte::is_present(e) && e & HUGE == 0 {
@@ -225,7 +234,7 @@ pub fn count_tables<P: VmPlatform>(p: &P, table: u64, level: usize, base: u64, r
 pub fn first_used<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option<u64> {
     let mut virt = from;
     'outer: while virt < to {
-        let mut table = p.table(root);
+        let mut table = at(p, root);
         let mut level = TOP;
         loop {
             let e = table[index(virt, level)].load(Ordering::Acquire);
@@ -237,7 +246,7 @@ pub fn first_used<P: VmPlatform>(p: &P, root: u64, from: u64, to: u64) -> Option
             if level == 0 || !pte::is_present(e) || e & HUGE != 0 {
                 return entry_end.or(Some(u64::MAX));
             }
-            table = p.table(pte::addr(e));
+            table = at(p, pte::addr(e));
             level -= 1;
         }
     }
@@ -255,7 +264,7 @@ pub fn for_each_pte<P: VmPlatform>(
     range: (u64, u64),
     f: &mut dyn FnMut(u64, u64),
 ) {
-    for (i, entry) in p.table(table).iter().enumerate() {
+    for (i, entry) in at(p, table).iter().enumerate() {
         let Some(lo) = entry_in(base, i, level, range) else { continue };
         let e = entry.load(Ordering::Acquire);
         if e == 0 {

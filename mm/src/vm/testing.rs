@@ -4,6 +4,9 @@
 //! TLB (`tlb_sim`) instead of being sent. Before each platform call the
 //! simulated TLBs refill, so freeing a frame a CPU may still hold panics.
 //! A test can park one CPU's shootdown (`shootdown_gate`) to script races.
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
+#![allow(unsafe_code)]
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -12,7 +15,7 @@ use super::shootdown_gate::{Park, ShootdownGate, Shot};
 use super::tlb_sim::TlbSim;
 use super::{ShootdownFailed, Table, Vm, VmPlatform, PAGE_SIZE};
 use crate::buddy::Link;
-use crate::frame::FrameError;
+use crate::frame::{Frame, FrameError, PhysAddr};
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
 use crate::phys::{CpuShare, PhysAllocator};
@@ -41,7 +44,7 @@ impl SimMachine {
         let links = Vec::leak(vec![Link::EMPTY; frames]);
         let shares: &'static PerCpu<CpuShare> = Box::leak(Box::default());
         let depot = Vec::leak(vec![Magazine::new(); 8]);
-        let db = FrameDb::new(0, entries);
+        let db = FrameDb::new(PhysAddr::new(0), entries);
         SimMachine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
             frames: PhysAllocator::new(db, links, [1..frames], shares.as_ref(), 8, depot, Threads),
@@ -124,6 +127,22 @@ impl SimMachine {
     pub fn free_bytes(&self) -> u64 {
         self.frames.free_bytes()
     }
+
+    /// A frame from the allocator that the test keeps by address (as `Vm`
+    /// keeps its own frames in entries).
+    pub fn alloc_phys(&self) -> u64 {
+        self.frames.alloc_page().unwrap().into_phys().as_u64()
+    }
+
+    /// Frees frame `phys` by address, as `Vm` frees what it kept so, after
+    /// the simulated TLBs' check that no CPU may still hold it.
+    pub fn free_phys(&self, phys: u64) -> Result<(), FrameError> {
+        self.tlb.check_free(&self.memory, phys);
+        // SAFETY: host memory is a vector of atomics, so a wrong free is
+        // an allocator error here, never undefined behaviour; the tests
+        // free only frames they took (or test the refusals).
+        unsafe { self.frames.free_raw(PhysAddr::new(phys)) }
+    }
 }
 
 impl VmPlatform for SimMachine {
@@ -133,34 +152,34 @@ impl VmPlatform for SimMachine {
     // writes entries through what it returns, so a mapping made and
     // removed with only walks between is seen only there.
 
-    fn table(&self, phys: u64) -> &Table {
+    fn table(&self, phys: PhysAddr) -> &Table {
         self.tlb.refill(&self.memory);
-        &self.memory[(phys / PAGE_SIZE) as usize]
+        &self.memory[(phys.as_u64() / PAGE_SIZE) as usize]
     }
 
-    fn fill_frame(&self, phys: u64, byte: u8) {
+    fn fill_frame(&self, frame: &mut Frame, byte: u8) {
         self.tlb.refill(&self.memory);
         let word = u64::from_ne_bytes([byte; 8]);
-        for w in self.table(phys) {
+        for w in self.table(frame.phys()) {
             w.store(word, Ordering::Relaxed);
         }
     }
 
-    fn copy_frame(&self, from: u64, to: u64) {
+    fn copy_frame(&self, from: &Frame, to: &mut Frame) {
         self.tlb.refill(&self.memory);
-        for (a, b) in self.table(from).iter().zip(self.table(to)) {
+        for (a, b) in self.table(from.phys()).iter().zip(self.table(to.phys())) {
             b.store(a.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
-    fn alloc_frame(&self) -> Result<u64, FrameError> {
+    fn alloc_frame(&self) -> Result<Frame, FrameError> {
         self.tlb.refill(&self.memory);
         self.frames.alloc_page()
     }
 
-    fn free_frame(&self, phys: u64) -> Result<(), FrameError> {
-        self.tlb.check_free(&self.memory, phys);
-        self.frames.free_page(phys)
+    fn free_frame(&self, frame: Frame) -> Result<(), FrameError> {
+        self.tlb.check_free(&self.memory, frame.phys().as_u64());
+        self.frames.free_page(frame)
     }
 
     fn cpu_index(&self) -> usize {
@@ -172,9 +191,9 @@ impl VmPlatform for SimMachine {
         CpuSet::from_bits(self.online.load(Ordering::Relaxed))
     }
 
-    fn shootdown(&self, set: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+    fn shootdown(&self, set: CpuSet, start: super::VirtAddr, pages: u64) -> Result<(), ShootdownFailed> {
         // The simulation and the tests' records keep sets as bit masks.
-        let targets = set.bits();
+        let (targets, start) = (set.bits(), start.as_u64());
         let (cpu, shot) = (self.cpu_index(), Shot { targets, start, pages });
         self.gate.pass(cpu, Park::BeforeSend, shot);
         if self.fail_shootdowns.load(Ordering::Relaxed) {
@@ -188,8 +207,8 @@ impl VmPlatform for SimMachine {
         Ok(())
     }
 
-    fn load_root(&self, root: u64) {
-        self.tlb.load_root(&self.memory, self.cpu_index(), root);
+    fn load_root(&self, root: &super::Root) {
+        self.tlb.load_root(&self.memory, self.cpu_index(), root.phys().as_u64());
     }
 
     fn free_frames(&self) -> u64 {
@@ -220,9 +239,10 @@ impl VmPlatform for SimMachine {
 pub fn boot(frames: usize, cpus: usize) -> Vm<SimMachine> {
     on_cpu(0);
     let m = SimMachine::new(frames, cpus);
-    let root = m.frames.alloc_page().unwrap();
-    m.fill_frame(root, 0);
-    let vm = Vm::new(m, root).unwrap();
+    let mut frame = m.frames.alloc_page().unwrap();
+    m.fill_frame(&mut frame, 0);
+    let root = frame.into_phys().as_u64();
+    let vm = Vm::new(m, PhysAddr::new(root)).unwrap();
     vm.platform().load_root_on(vm.platform().online.load(Ordering::Relaxed), root);
     vm
 }

@@ -1,3 +1,6 @@
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
+#![allow(unsafe_code)]
 use super::testing::{boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
@@ -21,21 +24,23 @@ fn shootdowns(vm: &Vm<SimMachine>) -> Vec<(u64, u64, u64)> {
 fn map_get_and_unmap_one_page() {
     let vm = machine(2);
     let k = vm.kernel();
-    let frame = vm.platform().frames.alloc_page().unwrap();
+    let frame = vm.platform().alloc_phys();
     let before = free(&vm);
-    vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
     let t = vm.map_get(k, SEED + 0x5123).unwrap();
     assert_eq!(
-        (t.phys, t.flags, t.size, t.cache),
+        (t.phys.as_u64(), t.flags, t.size, t.cache),
         (frame + 0x123, Flags::WRITE, PageSize::Size4K, CacheMode::WriteBack)
     );
     assert!(free(&vm) < before, "page tables were allocated");
     assert_eq!(
-        vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K),
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: SEED + 0x5000 })
     );
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size2M), Err(VmError::NotAligned { value: SEED + 0x5000 }));
-    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(frame));
+    assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(PhysAddr::new(frame)));
     assert_eq!(free(&vm), before, "empty tables freed");
     assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
     assert_eq!(shootdowns(&vm), vec![(0b11, SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
@@ -47,26 +52,30 @@ fn size_classes_must_match() {
     let vm = machine(1);
     let k = vm.kernel();
     let big = SEED + (4 << 21);
-    vm.map_single(k, big, 0x20_0000, Flags::READ, PageSize::Size2M).unwrap();
-    assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys, 0x20_1234);
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, big, 0x20_0000, Flags::READ, PageSize::Size2M) }.unwrap();
+    assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys.as_u64(), 0x20_1234);
     assert_eq!(
         vm.umap_single(k, big, PageSize::Size4K),
         Err(VmError::SizeMismatch { virt: big, mapped: PageSize::Size2M })
     );
     assert_eq!(
-        vm.map_single(k, big + PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K),
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(k, big + PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: big + PAGE_SIZE })
     );
-    vm.map_single(k, SEED, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, SEED, 0x1000, Flags::READ, PageSize::Size4K) }.unwrap();
     assert_eq!(
         vm.umap_single(k, SEED, PageSize::Size2M),
         Err(VmError::SizeMismatch { virt: SEED, mapped: PageSize::Size4K })
     );
     assert_eq!(
-        vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M),
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M) },
         Err(VmError::AlreadyMapped { virt: SEED })
     );
-    assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(0x20_0000));
+    assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(PhysAddr::new(0x20_0000)));
 }
 
 #[test]
@@ -77,22 +86,29 @@ fn bad_inputs_are_refused_and_change_nothing() {
     let before = (free(&vm), shootdowns(&vm));
     let f = Flags::WRITE;
     let s4 = PageSize::Size4K;
-    assert_eq!(vm.map_single(k, SEED + 1, 0x1000, f, s4), Err(VmError::NotAligned { value: SEED + 1 }));
-    assert_eq!(vm.map_single(k, SEED, 0x1001, f, s4), Err(VmError::NotAligned { value: 0x1001 }));
-    assert_eq!(vm.map_single(k, SEED, 1 << 52, f, s4), Err(VmError::BadPhys { phys: 1 << 52 }));
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    assert_eq!(unsafe { vm.map_single(k, SEED + 1, 0x1000, f, s4) }, Err(VmError::NotAligned { value: SEED + 1 }));
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    assert_eq!(unsafe { vm.map_single(k, SEED, 0x1001, f, s4) }, Err(VmError::NotAligned { value: 0x1001 }));
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    assert_eq!(unsafe { vm.map_single(k, SEED, 1 << 52, f, s4) }, Err(VmError::BadPhys { phys: 1 << 52 }));
     assert_eq!(
-        vm.map_single(k, 0x1000, 0x1000, f, s4),
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(k, 0x1000, 0x1000, f, s4) },
         Err(VmError::BadRange { start: 0x1000, len: PAGE_SIZE }),
         "user address in kernel space"
     );
-    assert_eq!(vm.map_single(&user, 0, 0x1000, f, s4), Err(VmError::NullPage));
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    assert_eq!(unsafe { vm.map_single(&user, 0, 0x1000, f, s4) }, Err(VmError::NullPage));
     assert_eq!(
-        vm.map_single(&user, SEED, 0x1000, f, s4),
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(&user, SEED, 0x1000, f, s4) },
         Err(VmError::BadRange { start: SEED, len: PAGE_SIZE }),
         "kernel address in user space"
     );
     assert_eq!(
-        vm.map_single(&user, USER_END - PAGE_SIZE, 0x1000, f, PageSize::Size2M),
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(&user, USER_END - PAGE_SIZE, 0x1000, f, PageSize::Size2M) },
         Err(VmError::NotAligned { value: USER_END - PAGE_SIZE })
     );
     assert_eq!(vm.vmalloc(&user, 0x1000, 0x10_0000, 0, f), Err(VmError::ZeroSize));
@@ -120,13 +136,14 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     let a = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 3, Flags::WRITE | Flags::USER).unwrap();
     assert_eq!(a, 0x40_0000);
     let t = vm.map_get(&user, a).unwrap();
-    assert_eq!(m.word(t.phys, 0), 0, "zeroed");
-    m.set_word(t.phys, 0, 7);
+    assert_eq!(m.word(t.phys.as_u64(), 0), 0, "zeroed");
+    m.set_word(t.phys.as_u64(), 0, 7);
     let b = vm.vmalloc(&user, 0x40_0000, 0x80_0000, 2, Flags::USER).unwrap();
     assert_eq!(b, a + 3 * PAGE_SIZE, "vmfind skips mapped pages");
     assert_eq!(vm.vmfind(&user, 0x40_0000, 0x40_0000 + 5 * PAGE_SIZE, 1), Err(VmError::OutOfVirtualSpace));
     // A page mapped with map_single is not vmalloc's: vmfree refuses it.
-    vm.map_single(&user, b + 2 * PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(&user, b + 2 * PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K) }.unwrap();
     let mid = free(&vm);
     assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE_SIZE }));
     assert_eq!(
@@ -141,7 +158,7 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     );
     assert_eq!(free(&vm), mid, "refused vmfree changed nothing");
     assert!(vm.map_get(&user, a).is_ok());
-    assert_eq!(vm.umap_single(&user, b + 2 * PAGE_SIZE, PageSize::Size4K), Ok(0x1000));
+    assert_eq!(vm.umap_single(&user, b + 2 * PAGE_SIZE, PageSize::Size4K), Ok(PhysAddr::new(0x1000)));
     vm.vmfree(&user, a, 3).unwrap();
     vm.vmfree(&user, b, 2).unwrap();
     assert_eq!(free(&vm), before);
@@ -158,7 +175,7 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
         // Left active past the guard, so that destroying the space is
         // refused at run time: a leaked guard must not free its tables.
         core::mem::forget(vm.activate(&user));
-        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root()));
+        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root));
     }
     on_cpu(0);
     let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();
@@ -185,7 +202,8 @@ fn destroying_a_space_frees_its_tables_and_owned_frames() {
     let user = vm.new_user_space().unwrap();
     vm.vmalloc(&user, 0x1000, USER_END, 5, Flags::USER).unwrap();
     vm.vmalloc(&user, 0x7000_0000_0000, USER_END, 600, Flags::USER).unwrap();
-    vm.map_single(&user, 0x2000_0000, 0x1000, Flags::READ, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(&user, 0x2000_0000, 0x1000, Flags::READ, PageSize::Size4K) }.unwrap();
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
@@ -202,8 +220,8 @@ fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
         assert!(!vm.is_mapped(a - PAGE_SIZE) && !vm.is_mapped(a + 3 * PAGE_SIZE), "guard pages unmapped");
         for i in 0..3 {
             let t = vm.map_get(vm.kernel(), a + i * PAGE_SIZE).unwrap();
-            assert_eq!(vm.platform().word(t.phys, 8), 0, "zeroed");
-            vm.platform().set_word(t.phys, 8, 0xdead);
+            assert_eq!(vm.platform().word(t.phys.as_u64(), 8), 0, "zeroed");
+            vm.platform().set_word(t.phys.as_u64(), 8, 0xdead);
         }
         assert!(free(&vm) <= before - 3 * PAGE_SIZE);
         vm.k_mem_unmap(a, 3 * PAGE_SIZE).unwrap();
@@ -267,11 +285,15 @@ fn fault_injection_sweep_rolls_back_every_failure_point() {
 #[test]
 fn phys_map_keeps_the_offset_and_cache_mode() {
     let vm = machine(1);
-    let v = vm.phys_map(0xFEE0_0123, 0x2000, CacheMode::Uncached).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    let v = unsafe { vm.phys_map(PhysAddr::new(0xFEE0_0123), 0x2000, CacheMode::Uncached) }.unwrap();
     assert_eq!(v % PAGE_SIZE, 0x123);
     for i in 0..3 {
         let t = vm.map_get(vm.kernel(), v - 0x123 + i * PAGE_SIZE).unwrap();
-        assert_eq!((t.phys, t.cache, t.flags), (0xFEE0_0000 + i * PAGE_SIZE, CacheMode::Uncached, Flags::WRITE));
+        assert_eq!(
+            (t.phys.as_u64(), t.cache, t.flags),
+            (0xFEE0_0000 + i * PAGE_SIZE, CacheMode::Uncached, Flags::WRITE)
+        );
     }
     assert!(!vm.is_mapped(v - 0x123 + 3 * PAGE_SIZE));
     assert_eq!(vm.phys_unmap(v, 0x1000), Err(VmError::NotARegion { addr: v, size: 0x1000 }));
@@ -302,7 +324,11 @@ fn a_failed_shootdown_quarantines_the_frames() {
     assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE_SIZE));
-    assert_eq!(vm.map_single(&user, u, 0x1000, Flags::READ, PageSize::Size4K), Err(VmError::AlreadyMapped { virt: u }));
+    assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+        unsafe { vm.map_single(&user, u, 0x1000, Flags::READ, PageSize::Size4K) },
+        Err(VmError::AlreadyMapped { virt: u })
+    );
 }
 
 #[test]
@@ -353,15 +379,18 @@ fn audit_finds_double_mappings_and_allows_pinned_aliases() {
     vm.vmalloc(&user, 0x1000, USER_END, 4, Flags::USER).unwrap();
     assert!(vm.audit_tables(&[&user]).is_ok());
     let locked = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
-    let frame = vm.map_get(vm.kernel(), locked).unwrap().phys;
-    vm.map_single(&user, 0x10_0000, frame, Flags::USER, PageSize::Size4K).unwrap();
+    let frame = vm.map_get(vm.kernel(), locked).unwrap().phys.as_u64();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(&user, 0x10_0000, frame, Flags::USER, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.audit_tables(&[&user]).unwrap().pinned_aliases, 1);
     let plain = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
-    let frame = vm.map_get(vm.kernel(), plain).unwrap().phys;
-    vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K).unwrap();
-    assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys == frame));
+    let frame = vm.map_get(vm.kernel(), plain).unwrap().phys.as_u64();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K) }.unwrap();
+    assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys.as_u64() == frame));
     vm.umap_single(vm.kernel(), SEED, PageSize::Size4K).unwrap();
-    vm.map_single(vm.kernel(), SEED, 0x1000, Flags::WRITE | Flags::EXEC, PageSize::Size4K).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), SEED, 0x1000, Flags::WRITE | Flags::EXEC, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.audit_tables(&[]), Err(PtViolation::WriteAndExecute { virt: SEED }));
 }
 
@@ -378,8 +407,8 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
                     let pages = 1 + (round + cpu as u64) % 7;
                     let a = vm.k_mem_map(pages * PAGE_SIZE, KMemFlags::RW).unwrap();
                     let t = vm.map_get(vm.kernel(), a).unwrap();
-                    vm.platform().set_word(t.phys, 0, cpu as u64);
-                    assert_eq!(vm.platform().word(t.phys, 0), cpu as u64);
+                    vm.platform().set_word(t.phys.as_u64(), 0, cpu as u64);
+                    assert_eq!(vm.platform().word(t.phys.as_u64(), 0), cpu as u64);
                     vm.k_mem_unmap(a, pages * PAGE_SIZE).unwrap();
                 }
             })
@@ -393,5 +422,31 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
     let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     vm.k_mem_unmap(a, PAGE_SIZE).unwrap();
     assert_eq!(free(&vm), before);
+    assert!(vm.platform().frames.audit().is_ok());
+}
+
+#[test]
+fn a_mapped_frame_is_the_entrys_until_umap_owned_gives_it_back() {
+    let vm = machine(2);
+    let k = vm.kernel();
+    let frame = vm.platform().frames.alloc_page().unwrap();
+    let phys = frame.phys();
+    vm.map_frame(k, SEED, frame, Flags::WRITE).unwrap();
+    assert_eq!(vm.map_get(k, SEED).unwrap().phys, phys);
+    // A second frame at the same address comes back with the error.
+    let other = vm.platform().frames.alloc_page().unwrap();
+    let (e, other) = vm.map_frame(k, SEED, other, Flags::WRITE).unwrap_err();
+    assert_eq!(e, VmError::AlreadyMapped { virt: SEED });
+    vm.platform().frames.free_page(other).unwrap();
+    let back = vm.umap_owned(k, SEED, PageSize::Size4K).unwrap();
+    assert_eq!(back.phys(), phys);
+    vm.platform().frames.free_page(back).unwrap();
+    // A page `map_single` mapped is not the mapping's: refused, kept.
+    let addr = vm.platform().alloc_phys();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(k, SEED, addr, Flags::READ, PageSize::Size4K) }.unwrap();
+    assert_eq!(vm.umap_owned(k, SEED, PageSize::Size4K).map(|f| f.into_phys()), Err(VmError::NotOwned { virt: SEED }));
+    assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(PhysAddr::new(addr)));
+    vm.platform().free_phys(addr).unwrap();
     assert!(vm.platform().frames.audit().is_ok());
 }

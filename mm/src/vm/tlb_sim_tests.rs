@@ -1,5 +1,8 @@
 //! The simulated TLB and the shootdown gate themselves: what a CPU may
 //! hold, what drops it, and that each broken promise panics.
+// Host tests map and free frames by address: host memory is a vector of
+// atomics, so a wrong address is test data, never undefined behaviour.
+#![allow(unsafe_code)]
 
 use core::sync::atomic::Ordering;
 
@@ -13,15 +16,16 @@ const SEED: u64 = KERNEL_SEED_AREA.start;
 
 /// A fresh frame mapped at kernel page `virt`; CPU 0 touches it.
 fn map(vm: &Vm<SimMachine>, virt: u64) -> u64 {
-    let frame = vm.platform().frames.alloc_page().unwrap();
-    vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K).unwrap();
+    let frame = vm.platform().alloc_phys();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.platform().touch(0, virt), Some(frame));
     frame
 }
 
 /// The entry at `level` for `virt` in the kernel space.
 fn entry(vm: &Vm<SimMachine>, virt: u64, level: usize) -> &core::sync::atomic::AtomicU64 {
-    match lookup(vm.platform(), vm.kernel().root(), virt, level) {
+    match lookup(vm.platform(), vm.kernel().root, virt, level) {
         Lookup::Entry { entry, .. } => entry,
         Lookup::NoTable => panic!("no table for {virt:#x}"),
     }
@@ -46,16 +50,16 @@ fn freeing_a_frame_without_a_shootdown_panics() {
     let vm = boot(256, 2);
     let f = map(&vm, SEED);
     entry(&vm, SEED, 0).store(0, Ordering::Release);
-    let _ = vm.platform().free_frame(f);
+    let _ = vm.platform().free_phys(f);
 }
 
 #[test]
 fn after_the_shootdown_of_its_page_the_frame_may_go() {
     let vm = boot(256, 2);
     let f = map(&vm, SEED);
-    assert_eq!(vm.umap_single(vm.kernel(), SEED, PageSize::Size4K), Ok(f));
+    assert_eq!(vm.umap_single(vm.kernel(), SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(f)));
     assert!(vm.platform().may_hold(1, SEED).is_empty());
-    vm.platform().free_frame(f).unwrap();
+    vm.platform().free_phys(f).unwrap();
 }
 
 #[test]
@@ -68,11 +72,11 @@ fn a_shootdown_drops_its_range_and_every_table_pointer() {
     };
     let m = vm.platform();
     let pt = pte::addr(entry(&vm, a, 1).load(Ordering::Relaxed));
-    m.shootdown(CpuSet::from_bits(0b10), a, 1).unwrap();
+    m.shootdown(CpuSet::from_bits(0b10), VirtAddr::new(a), 1).unwrap();
     assert!(m.may_hold(1, a).is_empty() && !m.holds_table(1, pt), "CPU 1 dropped the page and the tables");
     assert_eq!(m.may_hold(1, b), vec![fb], "a page outside the range stays");
     assert!(!m.may_hold(0, a).is_empty() && m.holds_table(0, pt), "CPU 0 was no target");
-    m.shootdown(CpuSet::from_bits(0b10), SEED + (1 << 30), tlb_sim::FULL_FLUSH_PAGES + 1).unwrap();
+    m.shootdown(CpuSet::from_bits(0b10), VirtAddr::new(SEED + (1 << 30)), tlb_sim::FULL_FLUSH_PAGES + 1).unwrap();
     assert!(m.may_hold(1, b).is_empty(), "more than FULL_FLUSH_PAGES pages flush everything");
 }
 
@@ -82,7 +86,7 @@ fn a_failed_shootdown_drops_nothing() {
     let f = map(&vm, SEED);
     let m = vm.platform();
     m.fail_shootdowns.store(true, Ordering::Relaxed);
-    assert!(m.shootdown(CpuSet::from_bits(0b11), SEED, 1).is_err());
+    assert!(m.shootdown(CpuSet::from_bits(0b11), VirtAddr::new(SEED), 1).is_err());
     assert_eq!(m.may_hold(1, SEED), vec![f]);
 }
 
@@ -94,7 +98,7 @@ fn freeing_a_detached_table_without_a_shootdown_panics() {
     let pd_entry = entry(&vm, SEED, 1);
     let pt = pte::addr(pd_entry.load(Ordering::Relaxed));
     pd_entry.store(0, Ordering::Release);
-    let _ = vm.platform().free_frame(pt);
+    let _ = vm.platform().free_phys(pt);
 }
 
 #[test]
@@ -102,8 +106,9 @@ fn freeing_a_detached_table_without_a_shootdown_panics() {
 fn mapping_a_page_again_before_its_shootdown_panics() {
     let vm = boot(256, 2);
     map(&vm, SEED);
-    let other = vm.platform().frames.alloc_page().unwrap();
-    vm.retarget_unflushed(SEED, other).unwrap();
+    let other = vm.platform().alloc_phys();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.retarget_unflushed(SEED, crate::frame::PhysAddr::new(other)) }.unwrap();
     vm.platform().touch(1, SEED);
 }
 
@@ -116,7 +121,7 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     let active = vm.activate(&user);
     on_cpu(0);
     let u = vm.vmalloc(&user, PAGE_SIZE, USER_END, 1, Flags::USER).unwrap();
-    let f = vm.map_get(&user, u).unwrap().phys;
+    let f = vm.map_get(&user, u).unwrap().phys.as_u64();
     assert_eq!(m.touch(1, u), Some(f));
     assert_eq!(m.touch(2, u), None, "CPU 2 runs the kernel space");
     assert!(m.may_hold(2, u).is_empty());
@@ -138,7 +143,7 @@ fn freeing_a_loaded_root_panics() {
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
     let _active = vm.activate(&user);
-    let _ = vm.platform().free_frame(user.root());
+    let _ = vm.platform().free_phys(user.root);
 }
 
 #[test]
@@ -154,7 +159,7 @@ fn a_parked_shootdown_waits_for_its_release() {
         std::thread::scope(|s| {
             let h = s.spawn(|| {
                 on_cpu(1);
-                m.shootdown(CpuSet::from_bits(shot.targets), shot.start, shot.pages)
+                m.shootdown(CpuSet::from_bits(shot.targets), VirtAddr::new(shot.start), shot.pages)
             });
             assert_eq!(m.wait_parked(1), shot);
             let sent = !m.shootdowns.lock().unwrap().is_empty();

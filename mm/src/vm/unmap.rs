@@ -268,13 +268,13 @@ impl<P: VmPlatform> Vm<P> {
             // Every marker in a table this call detached is taken over:
             // the flush above covered it (the table was detached after the
             // marker was placed), and its placer will not find it.
-            for e in self.p.table(t).iter().map(|e| e.load(Ordering::Acquire)) {
+            for e in super::table::at(&self.p, t).iter().map(|e| e.load(Ordering::Acquire)) {
                 if marker::is_marker(e) {
                     debug_assert!(!marker::is_quarantined(e), "a quarantined marker's table was pruned");
                     self.release(e);
                 }
             }
-            let _ = self.p.free_frame(t);
+            self.free_kept(t);
         }
         self.my_counts().tables_freed(tables.len() as u64);
         drop(exclusive);
@@ -317,7 +317,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Frees the frame an in-transit marker owns, if it owns one.
     fn release(&self, marker: u64) {
         if let Some(frame) = marker::owned_frame(marker) {
-            let _ = self.p.free_frame(frame);
+            self.free_kept(frame);
         }
     }
 

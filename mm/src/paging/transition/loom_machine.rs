@@ -63,7 +63,7 @@ pub struct LoomMachine {
 impl LoomMachine {
     pub fn new(coverage: Coverage) -> LoomMachine {
         let entries: &'static [FrameEntry] = Vec::leak((0..FRAMES).map(|_| FrameEntry::new()).collect());
-        let db = FrameDb::new(BASE_PFN, entries);
+        let db = FrameDb::new(x86_64::PhysAddr::new(BASE_PFN * crate::PAGE_SIZE), entries);
         for i in 0..FRAMES {
             db.transition(i, FrameKind::Reserved, FrameKind::Free, 0).unwrap();
         }
@@ -114,7 +114,9 @@ impl LoomMachine {
     }
 
     pub fn index_of(&self, e: u64) -> usize {
-        self.db.index_of(pte::addr(e)).expect("the entry maps a frame of the database")
+        self.db
+            .index_of(crate::frame::PhysAddr::new_truncate(pte::addr(e)))
+            .expect("the entry maps a frame of the database")
     }
 
     pub fn take_slot(&self) -> u64 {
