@@ -112,7 +112,7 @@ pub fn stage(qemu: &Qemu, images: &Images, accel: Accel) -> Tally {
 fn run_stage(qemu: &Qemu, images: &Images, accel: Accel) -> Result<Vec<String>> {
     let gdb = install::ensure_gdb()?;
     let elf = &images.elf;
-    check_symbols(&gdb, &elf)?;
+    check_symbols(&gdb, elf)?;
     let port = free_port()?;
     let config = Config {
         smp: 1,
@@ -128,7 +128,7 @@ fn run_stage(qemu: &Qemu, images: &Images, accel: Accel) -> Result<Vec<String>> 
     // gdb first: it retries the connection (tcp auto-retry) until QEMU
     // listens. It ends when QEMU does, so its wait is bounded by QEMU's.
     let mut session = Command::new(&gdb);
-    session.args(["-batch", "-nx", "-ex", "set tcp connect-timeout 60"]).args(attach_args(&elf, port));
+    session.args(["-batch", "-nx", "-ex", "set tcp connect-timeout 60"]).args(attach_args(elf, port));
     // `*`: the function's first instruction, not the line after its
     // prologue, so `info symbol $pc` names it with no `+ offset`.
     for step in [&format!("hbreak *{ENTRY}"), "continue", "info symbol $pc", "delete", "continue"] {
