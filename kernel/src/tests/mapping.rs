@@ -86,7 +86,7 @@ fn read_only_alias() -> TestResult {
     let alias = KERNEL_SEED_AREA.start + 0x10_0000;
     // SAFETY: the frame is the locked `k_mem_map` page's, which this test
     // holds until after the alias is gone.
-    unsafe { vm.map_single(vm.kernel(), alias, frame, Flags::READ, PageSize::Size4K) }.map_err(fails)?;
+    unsafe { vm.map_single(vm.kernel(), alias, PhysAddr::new(frame), Flags::READ, PageSize::Size4K) }.map_err(fails)?;
     probe::write(a + 16, 0x5eed).map_err(|f| failure(format_args!("{f:?}")))?;
     let seen = probe::read(alias + 16);
     let write = probe::write(alias + 16, 1);
@@ -187,12 +187,12 @@ fn bad_inputs() -> TestResult {
         ),
         (
             // SAFETY: both are refused before anything is mapped.
-            unsafe { vm.map_single(k, seed + 8, 0x1000, Flags::READ, PageSize::Size4K) },
+            unsafe { vm.map_single(k, seed + 8, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) },
             VmError::NotAligned { value: seed + 8 },
         ),
         (
             // SAFETY: as above.
-            unsafe { vm.map_single(k, !0xFFF, 0x1000, Flags::READ, PageSize::Size4K) },
+            unsafe { vm.map_single(k, !0xFFF, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) },
             VmError::BadRange { start: !0xFFF, len: PAGE_SIZE },
         ),
         (vm.umap_single(k, seed, PageSize::Size4K).map(drop), VmError::NotMapped { virt: seed }),

@@ -40,7 +40,7 @@ fn set_up() -> Result<(Frame, Frame), Failure> {
     memory::fill_frame_words(&mut b, NEW);
     let vm = vm::get();
     // SAFETY: `a` is this test's until `tear_down` unmaps it and frees it.
-    unsafe { vm.map_single(vm.kernel(), VA, a.phys().as_u64(), Flags::WRITE, PageSize::Size4K) }
+    unsafe { vm.map_single(vm.kernel(), VA, a.phys(), Flags::WRITE, PageSize::Size4K) }
         .map_err(|e| failure(format_args!("map: {e:?}")))?;
     Ok((a, b))
 }

@@ -30,7 +30,7 @@ fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
     let free = vm.platform().free_bytes();
     let start = vm.counts(0);
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(k, SEED, PhysAddr::new(frame), Flags::WRITE, PageSize::Size4K) }.unwrap();
     let mapped = vm.counts(0) - start;
     let made = (free - vm.platform().free_bytes()) / PAGE_SIZE;
     assert!(made > 0, "setup: the first page in the area needs tables");
@@ -40,7 +40,7 @@ fn tables_are_counted_as_they_are_made_zeroed_and_freed() {
     // A neighbour in the same last-level table needs none; a lookup none.
     let before = vm.counts(0);
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, SEED + PAGE_SIZE, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(k, SEED + PAGE_SIZE, PhysAddr::new(frame), Flags::WRITE, PageSize::Size4K) }.unwrap();
     vm.map_get(k, SEED + PAGE_SIZE).unwrap();
     let d = vm.counts(0) - before;
     assert_eq!((d.tables_allocated, d.tables_zeroed, d.tables_freed), (0, 0, 0), "{d:?}");
@@ -63,7 +63,8 @@ fn a_user_space_counts_its_root_and_tables() {
     let space = vm.new_user_space().unwrap();
     let frame = vm.platform().alloc_phys();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(&space, USER_START, frame, Flags::WRITE | Flags::USER, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(&space, USER_START, PhysAddr::new(frame), Flags::WRITE | Flags::USER, PageSize::Size4K) }
+        .unwrap();
     let made = total(&vm) - before;
     assert_eq!(made.tables_allocated, 4, "root, PDPT, PD, PT: {made:?}");
     assert_eq!(made.tables_zeroed, 4);
@@ -102,7 +103,7 @@ fn a_prune_that_cannot_have_the_lock_is_counted_refused() {
     let k = vm.kernel();
     let frame = vm.platform().alloc_phys();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, SEED, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(k, SEED, PhysAddr::new(frame), Flags::WRITE, PageSize::Size4K) }.unwrap();
     let reader = k.tables.read(vm.platform(), &crate::lock_count::LockCounts::new()).unwrap();
     let before = vm.counts(0);
     assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(crate::frame::PhysAddr::new(frame)));

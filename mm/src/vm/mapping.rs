@@ -300,18 +300,19 @@ impl<P: VmPlatform> Vm<P> {
     /// Whoever runs in `space` may read (and with `WRITE` write) physical
     /// `phys .. phys + size` for as long as it stays mapped: it is memory
     /// the caller owns and does not give back (free) before `umap_single`
-    /// returns, or device memory it may hand out. An address no entry can
-    /// hold is refused (`BadPhys`) whatever it is.
+    /// returns, or device memory it may hand out. (A `PhysAddr` is below
+    /// 2^52, so every one fits an entry: only alignment is checked.)
     // Maps any physical address: the caller vouches it may be reached.
     #[allow(unsafe_code)]
     pub unsafe fn map_single(
         &self,
         space: &AddressSpace,
         virt: u64,
-        phys: u64,
+        phys: PhysAddr,
         flags: Flags,
         size: PageSize,
     ) -> Result<(), VmError> {
+        let phys = phys.as_u64();
         let bytes = size.bytes();
         if !virt.is_multiple_of(bytes) {
             return Err(VmError::NotAligned { value: virt });

@@ -145,7 +145,8 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     // umap_single's frame is held too, and counted.
     let frame = vm.platform().alloc_phys();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, frame, Flags::READ, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(vm.kernel(), KERNEL_SEED_AREA.start, PhysAddr::new(frame), Flags::READ, PageSize::Size4K) }
+        .unwrap();
     fail(true);
     assert_eq!(
         vm.umap_single(vm.kernel(), KERNEL_SEED_AREA.start, PageSize::Size4K),
@@ -215,7 +216,7 @@ fn a_huge_page_quarantine_counts_every_page() {
     let vm = machine(2);
     let big = KERNEL_SEED_AREA.start + (4 << 21);
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(vm.kernel(), big, 0x20_0000, Flags::READ, PageSize::Size2M) }.unwrap();
+    unsafe { vm.map_single(vm.kernel(), big, PhysAddr::new(0x20_0000), Flags::READ, PageSize::Size2M) }.unwrap();
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.umap_single(vm.kernel(), big, PageSize::Size2M), Err(VmError::Shootdown { cpus: 0b11 }));
     assert_eq!(vm.quarantined_frames(), 512);

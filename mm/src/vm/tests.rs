@@ -27,7 +27,7 @@ fn map_get_and_unmap_one_page() {
     let frame = vm.platform().alloc_phys();
     let before = free(&vm);
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, SEED + 0x5000, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(k, SEED + 0x5000, PhysAddr::new(frame), Flags::WRITE, PageSize::Size4K) }.unwrap();
     let t = vm.map_get(k, SEED + 0x5123).unwrap();
     assert_eq!(
         (t.phys.as_u64(), t.flags, t.size, t.cache),
@@ -36,7 +36,7 @@ fn map_get_and_unmap_one_page() {
     assert!(free(&vm) < before, "page tables were allocated");
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(k, SEED + 0x5000, frame, Flags::READ, PageSize::Size4K) },
+        unsafe { vm.map_single(k, SEED + 0x5000, PhysAddr::new(frame), Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: SEED + 0x5000 })
     );
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size2M), Err(VmError::NotAligned { value: SEED + 0x5000 }));
@@ -53,7 +53,7 @@ fn size_classes_must_match() {
     let k = vm.kernel();
     let big = SEED + (4 << 21);
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, big, 0x20_0000, Flags::READ, PageSize::Size2M) }.unwrap();
+    unsafe { vm.map_single(k, big, PhysAddr::new(0x20_0000), Flags::READ, PageSize::Size2M) }.unwrap();
     assert_eq!(vm.map_get(k, big + 0x1234).unwrap().phys.as_u64(), 0x20_1234);
     assert_eq!(
         vm.umap_single(k, big, PageSize::Size4K),
@@ -61,18 +61,18 @@ fn size_classes_must_match() {
     );
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(k, big + PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K) },
+        unsafe { vm.map_single(k, big + PAGE_SIZE, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: big + PAGE_SIZE })
     );
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, SEED, 0x1000, Flags::READ, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(k, SEED, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) }.unwrap();
     assert_eq!(
         vm.umap_single(k, SEED, PageSize::Size2M),
         Err(VmError::SizeMismatch { virt: SEED, mapped: PageSize::Size4K })
     );
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(k, SEED, 0x20_0000, Flags::READ, PageSize::Size2M) },
+        unsafe { vm.map_single(k, SEED, PhysAddr::new(0x20_0000), Flags::READ, PageSize::Size2M) },
         Err(VmError::AlreadyMapped { virt: SEED })
     );
     assert_eq!(vm.umap_single(k, big, PageSize::Size2M), Ok(PhysAddr::new(0x20_0000)));
@@ -87,28 +87,35 @@ fn bad_inputs_are_refused_and_change_nothing() {
     let f = Flags::WRITE;
     let s4 = PageSize::Size4K;
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    assert_eq!(unsafe { vm.map_single(k, SEED + 1, 0x1000, f, s4) }, Err(VmError::NotAligned { value: SEED + 1 }));
+    assert_eq!(
+        unsafe { vm.map_single(k, SEED + 1, PhysAddr::new(0x1000), f, s4) },
+        Err(VmError::NotAligned { value: SEED + 1 })
+    );
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    assert_eq!(unsafe { vm.map_single(k, SEED, 0x1001, f, s4) }, Err(VmError::NotAligned { value: 0x1001 }));
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    assert_eq!(unsafe { vm.map_single(k, SEED, 1 << 52, f, s4) }, Err(VmError::BadPhys { phys: 1 << 52 }));
+    assert_eq!(
+        unsafe { vm.map_single(k, SEED, PhysAddr::new(0x1001), f, s4) },
+        Err(VmError::NotAligned { value: 0x1001 })
+    );
+    // An address no entry can hold (2^52 and up) is no `PhysAddr`: the
+    // caller cannot even name it, so `map_single` never sees one.
+    assert!(PhysAddr::try_new(1 << 52).is_err());
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(k, 0x1000, 0x1000, f, s4) },
+        unsafe { vm.map_single(k, 0x1000, PhysAddr::new(0x1000), f, s4) },
         Err(VmError::BadRange { start: 0x1000, len: PAGE_SIZE }),
         "user address in kernel space"
     );
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    assert_eq!(unsafe { vm.map_single(&user, 0, 0x1000, f, s4) }, Err(VmError::NullPage));
+    assert_eq!(unsafe { vm.map_single(&user, 0, PhysAddr::new(0x1000), f, s4) }, Err(VmError::NullPage));
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(&user, SEED, 0x1000, f, s4) },
+        unsafe { vm.map_single(&user, SEED, PhysAddr::new(0x1000), f, s4) },
         Err(VmError::BadRange { start: SEED, len: PAGE_SIZE }),
         "kernel address in user space"
     );
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(&user, USER_END - PAGE_SIZE, 0x1000, f, PageSize::Size2M) },
+        unsafe { vm.map_single(&user, USER_END - PAGE_SIZE, PhysAddr::new(0x1000), f, PageSize::Size2M) },
         Err(VmError::NotAligned { value: USER_END - PAGE_SIZE })
     );
     assert_eq!(vm.vmalloc(&user, 0x1000, 0x10_0000, 0, f), Err(VmError::ZeroSize));
@@ -143,7 +150,7 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     assert_eq!(vm.vmfind(&user, 0x40_0000, 0x40_0000 + 5 * PAGE_SIZE, 1), Err(VmError::OutOfVirtualSpace));
     // A page mapped with map_single is not vmalloc's: vmfree refuses it.
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(&user, b + 2 * PAGE_SIZE, 0x1000, Flags::READ, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(&user, b + 2 * PAGE_SIZE, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) }.unwrap();
     let mid = free(&vm);
     assert_eq!(vm.vmfree(&user, b, 3), Err(VmError::NotOwned { virt: b + 2 * PAGE_SIZE }));
     assert_eq!(
@@ -203,7 +210,7 @@ fn destroying_a_space_frees_its_tables_and_owned_frames() {
     vm.vmalloc(&user, 0x1000, USER_END, 5, Flags::USER).unwrap();
     vm.vmalloc(&user, 0x7000_0000_0000, USER_END, 600, Flags::USER).unwrap();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(&user, 0x2000_0000, 0x1000, Flags::READ, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(&user, 0x2000_0000, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) }.unwrap();
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
@@ -326,7 +333,7 @@ fn a_failed_shootdown_quarantines_the_frames() {
     assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE_SIZE));
     assert_eq!(
         // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-        unsafe { vm.map_single(&user, u, 0x1000, Flags::READ, PageSize::Size4K) },
+        unsafe { vm.map_single(&user, u, PhysAddr::new(0x1000), Flags::READ, PageSize::Size4K) },
         Err(VmError::AlreadyMapped { virt: u })
     );
 }
@@ -381,16 +388,17 @@ fn audit_finds_double_mappings_and_allows_pinned_aliases() {
     let locked = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
     let frame = vm.map_get(vm.kernel(), locked).unwrap().phys.as_u64();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(&user, 0x10_0000, frame, Flags::USER, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(&user, 0x10_0000, PhysAddr::new(frame), Flags::USER, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.audit_tables(&[&user]).unwrap().pinned_aliases, 1);
     let plain = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     let frame = vm.map_get(vm.kernel(), plain).unwrap().phys.as_u64();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(vm.kernel(), SEED, frame, Flags::READ, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(vm.kernel(), SEED, PhysAddr::new(frame), Flags::READ, PageSize::Size4K) }.unwrap();
     assert!(matches!(vm.audit_tables(&[&user]), Err(PtViolation::DoubleMapped { phys, .. }) if phys.as_u64() == frame));
     vm.umap_single(vm.kernel(), SEED, PageSize::Size4K).unwrap();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(vm.kernel(), SEED, 0x1000, Flags::WRITE | Flags::EXEC, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(vm.kernel(), SEED, PhysAddr::new(0x1000), Flags::WRITE | Flags::EXEC, PageSize::Size4K) }
+        .unwrap();
     assert_eq!(vm.audit_tables(&[]), Err(PtViolation::WriteAndExecute { virt: SEED }));
 }
 
@@ -444,7 +452,7 @@ fn a_mapped_frame_is_the_entrys_until_umap_owned_gives_it_back() {
     // A page `map_single` mapped is not the mapping's: refused, kept.
     let addr = vm.platform().alloc_phys();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(k, SEED, addr, Flags::READ, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(k, SEED, PhysAddr::new(addr), Flags::READ, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.umap_owned(k, SEED, PageSize::Size4K).map(|f| f.into_phys()), Err(VmError::NotOwned { virt: SEED }));
     assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(PhysAddr::new(addr)));
     vm.platform().free_phys(addr).unwrap();

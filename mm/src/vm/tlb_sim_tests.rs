@@ -18,7 +18,7 @@ const SEED: u64 = KERNEL_SEED_AREA.start;
 fn map(vm: &Vm<SimMachine>, virt: u64) -> u64 {
     let frame = vm.platform().alloc_phys();
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
-    unsafe { vm.map_single(vm.kernel(), virt, frame, Flags::WRITE, PageSize::Size4K) }.unwrap();
+    unsafe { vm.map_single(vm.kernel(), virt, PhysAddr::new(frame), Flags::WRITE, PageSize::Size4K) }.unwrap();
     assert_eq!(vm.platform().touch(0, virt), Some(frame));
     frame
 }
