@@ -2,6 +2,7 @@
 //! `k_mem_pin`, `k_mem_unpin`, `k_mem_page_frame_evict`). Each checks its
 //! whole range first, so bad input is an error that changes nothing.
 
+use super::wait::WaitBound;
 use core::sync::atomic::Ordering;
 
 use alloc::vec;
@@ -90,7 +91,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             }
             let mut batch = Victims::new();
             for va in (0..npages).map(|i| virt + i * PAGE_SIZE) {
-                let mut deadline = None;
+                let mut deadline = WaitBound::new();
                 let claimed = loop {
                     match self.claim_page(pg, va) {
                         Ok(v) => break v,
@@ -188,7 +189,7 @@ impl<P: VmPlatform> Paging<'_, P> {
 
     /// Pins page `va`, paging it in first; true if it was not pinned.
     fn pin_page(&self, pg: &Pager, va: u64) -> Result<bool, PagingError> {
-        let mut deadline = None;
+        let mut deadline = WaitBound::new();
         loop {
             self.fault_in(pg, va, Access::READ, SlotFor::Other)?;
             let mut old = 0;
@@ -205,7 +206,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// False if the page is not resident. Waits, bounded, while another
     /// CPU has the frame busy.
     fn with_page_frame(&self, pg: &Pager, va: u64, f: &mut dyn FnMut(usize)) -> Result<bool, PagingError> {
-        let mut deadline = None;
+        let mut deadline = WaitBound::new();
         loop {
             match transition::claim_frame_of(pg.db, self.paged_entry(va)?) {
                 Ok(index) => {
@@ -238,7 +239,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     pub fn evict_frame(&self, phys: PhysAddr) -> Result<(), PagingError> {
         self.paging_op(|pg| {
             let index = pg.db.index_of(phys).map_err(|_| PagingError::NotAPageFrame { phys })?;
-            let mut deadline = None;
+            let mut deadline = WaitBound::new();
             loop {
                 let flags = pg.db.paging_flags(index);
                 let va = pg.db.entry(index).vaddr.load(Ordering::Acquire);

@@ -3,6 +3,7 @@
 //! budget says so), fill it, install it. A CPU that finds the page busy
 //! waits, answering shootdowns, and looks again.
 
+use super::wait::WaitBound;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::slots::SlotFor;
@@ -75,7 +76,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     pub(crate) fn fault_in(&self, pg: &Pager, va: u64, access: Access, slot_for: SlotFor) -> Result<bool, PagingError> {
         // The wait's bound starts at the first wait: no clock read on a
         // fault that does not wait.
-        let mut deadline = None;
+        let mut deadline = WaitBound::new();
         let mut waited = false;
         loop {
             let entry = self.paged_entry(va)?;
@@ -187,7 +188,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// every resident page is busy (other CPUs are evicting them), waits
     /// for those evictions; only when every one is pinned is it an error.
     fn frame_for_page_in(&self, pg: &Pager, slot_for: SlotFor) -> Result<Frame, PagingError> {
-        let mut deadline = None;
+        let mut deadline = WaitBound::new();
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
         loop {

@@ -2,6 +2,7 @@
 //! (within the commit limit), `k_mem_map_unpaged` over caller-given store
 //! slots, and unmapping pages in any paging state.
 
+use super::wait::WaitBound;
 use core::sync::atomic::Ordering;
 
 use super::fault::frame_of;
@@ -148,7 +149,7 @@ impl<P: VmPlatform> Paging<'_, P> {
     /// answers a shootdown (the busy wait below looks the entry up again),
     /// so no table it walks can be freed under it.
     fn unmap_one(&self, op: &UnmapOp, va: u64) -> Result<bool, VmError> {
-        let mut deadline = None;
+        let mut deadline = WaitBound::new();
         let pg = self.pg;
         let mut waited = false;
         loop {

@@ -45,8 +45,10 @@ mod tests;
 pub mod token;
 pub(crate) mod transition;
 mod view;
+pub(crate) mod wait;
 
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use self::wait::WaitBound;
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 pub use audit::{PagingAudit, PagingViolation};
 pub use fault::Access;
@@ -64,6 +66,11 @@ use crate::vm::{Vm, VmError, VmPlatform};
 /// for frames other CPUs were evicting; a real hang still ends in a
 /// report.
 pub const BUSY_WAIT_NS: u64 = 10_000_000_000;
+
+/// No CPU is next in line for the baseline's global lock.
+const NO_HEIR: usize = usize::MAX;
+/// Wait steps after which a CPU claims the place next in line.
+const HEIR_AFTER: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingError {
@@ -133,6 +140,10 @@ pub struct Pager {
     pub(crate) committed: AtomicU64,
     mode: AtomicU8,
     global: spin::Mutex<()>,
+    /// The CPU that waited longest for `global` and is next in line, or
+    /// `NO_HEIR`: a try-lock alone let one CPU lose every race for 10 s at
+    /// `-smp 8` (see `lock_global`).
+    heir: AtomicUsize,
     pub(crate) stats: Stats,
 }
 
@@ -277,6 +288,7 @@ impl<'v, P: VmPlatform> Paging<'v, P> {
             committed: AtomicU64::new(0),
             mode: AtomicU8::new(Mode::BusyState as u8),
             global: spin::Mutex::new(()),
+            heir: AtomicUsize::new(NO_HEIR),
             stats: Stats::new(),
         };
         if !vm.set_demand(alloc::boxed::Box::new(pager)) {
@@ -315,23 +327,45 @@ impl<P: VmPlatform> Paging<'_, P> {
     }
 
     /// The baseline's lock. Waiters answer shootdowns: the holder may be
-    /// waiting for them.
-    /// Counted for this CPU: a wait is contended, its steps are spins.
+    /// waiting for them. Counted for this CPU: a wait is contended, its
+    /// steps are spins.
+    ///
+    /// Fair enough to be bounded: a waiter that has spun `HEIR_AFTER` steps
+    /// claims the one heir place, and while a heir waits only it may take
+    /// the lock, so the next release goes to it. Mutual exclusion is the
+    /// mutex's; the heir word is only a hint of who goes next (relaxed: a
+    /// stale read costs one more turn for someone, never exclusion), and a
+    /// heir that gives up at its bound vacates the place.
     fn lock_global<'g>(&self, pg: &'g Pager) -> Result<spin::MutexGuard<'g, ()>, PagingError> {
-        let counts = pg.stats.global_lock(self.vm.p.cpu_index());
-        if let Some(g) = pg.global.try_lock() {
-            counts.taken(0);
-            return Ok(g);
+        let me = self.vm.p.cpu_index();
+        let counts = pg.stats.global_lock(me);
+        if pg.heir.load(Ordering::Relaxed) == NO_HEIR {
+            if let Some(g) = pg.global.try_lock() {
+                counts.taken(0);
+                return Ok(g);
+            }
         }
-        let mut deadline = None;
+        let mut bound = WaitBound::new();
         let mut steps = 0;
         loop {
-            if let Err(e) = self.wait_busy(&mut deadline, 0) {
+            if let Err(e) = self.wait_busy(&mut bound, 0) {
+                let _ = pg.heir.compare_exchange(me, NO_HEIR, Ordering::Relaxed, Ordering::Relaxed);
                 counts.refused(steps);
                 return Err(e);
             }
             steps += 1;
+            let mut heir = pg.heir.load(Ordering::Relaxed);
+            if heir == NO_HEIR && steps >= HEIR_AFTER {
+                let _ = pg.heir.compare_exchange(NO_HEIR, me, Ordering::Relaxed, Ordering::Relaxed);
+                heir = pg.heir.load(Ordering::Relaxed);
+            }
+            if heir != NO_HEIR && heir != me {
+                continue; // someone waited longer: its turn first
+            }
             if let Some(g) = pg.global.try_lock() {
+                if heir == me {
+                    pg.heir.store(NO_HEIR, Ordering::Relaxed);
+                }
                 counts.taken(steps);
                 return Ok(g);
             }
@@ -339,12 +373,10 @@ impl<P: VmPlatform> Paging<'_, P> {
     }
 
     /// One step of waiting for busy page `virt`, or `BusyTimeout` once
-    /// `BUSY_WAIT_NS` have passed since the first step. `deadline` starts
-    /// as `None` and is set by the first step, so an operation that never
-    /// waits never reads the clock.
-    pub(crate) fn wait_busy(&self, deadline: &mut Option<u64>, virt: u64) -> Result<(), PagingError> {
-        let now = self.vm.p.now_ns();
-        if now > *deadline.get_or_insert(now + BUSY_WAIT_NS) {
+    /// `BUSY_WAIT_NS` have passed since the first step (`wait`'s clock
+    /// reads are sparse: see `wait.rs`).
+    pub(crate) fn wait_busy(&self, bound: &mut WaitBound, virt: u64) -> Result<(), PagingError> {
+        if bound.expired(BUSY_WAIT_NS, || self.vm.p.now_ns()) {
             return Err(PagingError::BusyTimeout { virt });
         }
         self.vm.p.wait_step();
