@@ -86,13 +86,13 @@ fn bad_inputs_are_refused_and_change_nothing() {
     let before = (free(&vm), shootdowns(&vm));
     let f = Flags::WRITE;
     let s4 = PageSize::Size4K;
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(k, SEED + 1, PhysAddr::new(0x1000), f, s4) },
         Err(VmError::NotAligned { value: SEED + 1 })
     );
-    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     assert_eq!(
+        // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
         unsafe { vm.map_single(k, SEED, PhysAddr::new(0x1001), f, s4) },
         Err(VmError::NotAligned { value: 0x1001 })
     );
