@@ -54,7 +54,8 @@ pub fn init(eviction: Eviction, disk: Option<crate::swap_disk::VirtioDisk>) {
     let runs: Vec<_> =
         (0..STORE_SLOTS / run).map(|_| f.alloc_contiguous(run).expect("no memory for the RAM backing store")).collect();
     // SAFETY: the runs were just allocated and go to the store for good.
-    let ram: &'static dyn BackingStore = Box::leak(Box::new(unsafe { vm::get().ram_store(runs, run) }));
+    let ram: &'static dyn BackingStore =
+        Box::leak(Box::new(unsafe { mm::paging::store::RamStore::over(vm::get(), runs, run) }));
     let mut stores = Vec::new();
     if let Some(disk) = disk {
         let disk: &'static dyn BackingStore = Box::leak(Box::new(BlockStore::new(disk, DISK_SLOTS)));

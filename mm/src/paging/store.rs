@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use super::slots::{SlotError, SlotFor, SlotMap};
 use crate::frame::{Frame, PhysAddr};
-use crate::vm::{VmPlatform, PAGE_SIZE};
+use crate::vm::{Vm, VmPlatform, PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
@@ -63,7 +63,7 @@ pub struct RamStore<'m, M: VmPlatform> {
 impl<'m, M: VmPlatform> RamStore<'m, M> {
     /// A store over runs of `run_frames` frames starting at each address
     /// in `runs` (page-aligned), reached through `mem`. Outside mm,
-    /// `Vm::ram_store` makes one.
+    /// `RamStore::over` makes one (the platform is not reachable there).
     ///
     /// # Safety
     /// The runs are the caller's (`alloc_contiguous` runs) and are handed
@@ -81,6 +81,18 @@ impl<'m, M: VmPlatform> RamStore<'m, M> {
             .collect();
         let slots = SlotMap::new(frames.len() as u64);
         RamStore { mem, frames, slots }
+    }
+
+    /// A store as [`RamStore::new`] makes, reached through `vm`'s platform.
+    ///
+    /// # Safety
+    /// As for [`RamStore::new`]: the runs are the caller's and go to the
+    /// store for good.
+    // Forwards `RamStore::new`'s contract.
+    #[allow(unsafe_code)]
+    pub unsafe fn over(vm: &'m Vm<M>, runs: Vec<PhysAddr>, run_frames: u64) -> RamStore<'m, M> {
+        // SAFETY: this function's contract.
+        unsafe { RamStore::new(&vm.p, runs, run_frames) }
     }
 
     fn frame_of(&self, slot: u64) -> Result<&spin::Mutex<Frame>, StoreError> {

@@ -80,23 +80,10 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The platform, for mm's tests only: it reaches any frame by address
     /// and loads CR3. What others need of it has a narrow method here
-    /// (`fill_frame`, `free_frames`, `ram_store`).
+    /// (`fill_frame`, `free_frames`; a RAM store comes from `RamStore::over`).
     #[cfg(test)]
     pub(crate) fn platform(&self) -> &P {
         &self.p
-    }
-
-    /// A RAM backing store over `runs` of `run_frames` frames each,
-    /// reached through this `Vm`'s platform.
-    ///
-    /// # Safety
-    /// As for `RamStore::new`: the runs are the caller's and go to the
-    /// store for good.
-    // Forwards `RamStore::new`'s contract.
-    #[allow(unsafe_code)]
-    pub unsafe fn ram_store(&self, runs: Vec<PhysAddr>, run_frames: u64) -> crate::paging::store::RamStore<'_, P> {
-        // SAFETY: this function's contract.
-        unsafe { crate::paging::store::RamStore::new(&self.p, runs, run_frames) }
     }
 
     /// Fills a frame the caller owns with `byte` (zeroing, poisoning).
