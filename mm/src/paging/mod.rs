@@ -69,8 +69,12 @@ pub const BUSY_WAIT_NS: u64 = 10_000_000_000;
 
 /// No CPU is next in line for the baseline's global lock.
 const NO_HEIR: usize = usize::MAX;
-/// Wait steps after which a CPU claims the place next in line.
-const HEIR_AFTER: u64 = 64;
+/// Wait steps after which a CPU claims the place next in line. Not small:
+/// a strict hand-off to the longest waiter turns contention into a convoy
+/// (each hand-off waits for that vCPU to run); with 64 the baseline's
+/// thrash at 8 CPUs ran far slower. Long enough that the try-lock decides
+/// most acquisitions, short enough that nobody waits out `BUSY_WAIT_NS`.
+const HEIR_AFTER: u64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingError {
