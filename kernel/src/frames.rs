@@ -2,12 +2,12 @@
 //! all memory the boot allocator did not use, with the platform hooks
 //! implemented by `smp`.
 
-use cpus::{CpuGuard, PerCpu};
+use cpus::{CpuGuard, CpuSet, PerCpu};
 use mm::buddy::{Link, MAX_ORDER};
 use mm::frame_db::{FrameDb, FrameEntry};
 use mm::magazine::Magazine;
 use mm::phys::{CpuShare, PhysAllocator};
-use mm::platform::CpuPlatform;
+use mm::platform::{CpuPlatform, NotQuiesced};
 use mm::PAGE_SIZE;
 use smp::MAX_CPUS;
 use spin::Once;
@@ -24,6 +24,21 @@ impl CpuPlatform for KernelPlatform {
 
     fn without_interrupts<R>(&self, f: impl FnOnce(&CpuGuard) -> R) -> R {
         smp::percpu::without_interrupts(f)
+    }
+
+    /// An empty cross-call: a target runs its handler only with interrupts
+    /// on or while it waits in a cross-call of its own, so never inside an
+    /// interrupts-off cache access; the mailbox's release/acquire pairs
+    /// order the caller's and the target's writes around it. CPUs that are
+    /// not online never run allocator code (they never came up or parked
+    /// before the allocator existed; the online set only grows), so they
+    /// count as quiescent. Bounded by the cross-call's 5 s.
+    fn quiesce(&self, targets: CpuSet) -> Result<(), NotQuiesced> {
+        let targets = targets.intersect(smp::percpu::online_set()).without(smp::percpu::current_index());
+        if targets.is_empty() {
+            return Ok(());
+        }
+        smp::ipi::cross_call(targets, &|| {}).map_err(|e| NotQuiesced { cpus: e.cpus() })
     }
 }
 

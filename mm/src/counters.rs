@@ -20,6 +20,9 @@ pub struct CpuCounters {
     pub depot: LockCounts,
     pub remote_frees: AtomicU64,
     pub reclaims: AtomicU64,
+    /// CPUs whose caches a reclaim by this CPU left alone: they did not
+    /// answer the quiesce in time (`owner_cell::Freeze`).
+    pub reclaim_skips: AtomicU64,
     /// All order-0 allocations, however served.
     pub allocs: AtomicU64,
     pub frees: AtomicU64,
@@ -37,6 +40,7 @@ pub struct CounterSnapshot {
     pub depot: LockSnapshot,
     pub remote_frees: u64,
     pub reclaims: u64,
+    pub reclaim_skips: u64,
     pub allocs: u64,
     pub frees: u64,
 }
@@ -56,6 +60,7 @@ impl CpuCounters {
             depot: LockCounts::new(),
             remote_frees: AtomicU64::new(0),
             reclaims: AtomicU64::new(0),
+            reclaim_skips: AtomicU64::new(0),
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
         }
@@ -73,6 +78,7 @@ impl CpuCounters {
             depot: self.depot.snapshot(),
             remote_frees: r(&self.remote_frees),
             reclaims: r(&self.reclaims),
+            reclaim_skips: r(&self.reclaim_skips),
             allocs: r(&self.allocs),
             frees: r(&self.frees),
         }
@@ -86,6 +92,7 @@ record::snapshot_arithmetic!(CounterSnapshot {
     buddy_locks,
     remote_frees,
     reclaims,
+    reclaim_skips,
     allocs,
     frees,
 } nested { buddy, depot });

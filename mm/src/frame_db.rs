@@ -2,9 +2,11 @@
 //! highest usable frame, each with an atomic state word and the virtual
 //! address the frame backs (for the reverse map eviction needs).
 //!
-//! Every state change is a compare-and-swap from an expected state: an
-//! illegal transition (double free, freeing a reserved frame) fails without
+//! Every state change is checked against an expected state: an illegal
+//! transition (double free, freeing a reserved frame) fails without
 //! changing anything, and of two CPUs racing on one frame exactly one wins.
+//! All are compare-and-swaps but one: a CPU allocating from its own
+//! magazine, which nobody else can race (`allocate_from_own_magazine`).
 
 use crate::frame::{FrameError, FrameKind, Pfn, PhysAddr};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -141,6 +143,28 @@ impl<'a> FrameDb<'a> {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// `Cached → Allocated` for a frame the running CPU `cpu` has just
+    /// popped from its *own* magazine: a checked load and a store, no CAS.
+    /// Only that CPU may call it, for that frame: while a frame sits in a
+    /// CPU's magazine nobody else writes its state word (a free's CAS
+    /// expects `Allocated` and fails without writing, `update_paging`
+    /// requires `Allocated`, the auditor marks and unmarks frames only with
+    /// every cache frozen, and a remote drain takes frames out of a magazine
+    /// only after quiescing its owner: `owner_cell`), so no update can be
+    /// lost between the load and the store. On a frame that is not `Cached`
+    /// returns its kind and changes nothing.
+    pub fn allocate_from_own_magazine(&self, index: usize, cpu: usize) -> Result<(), FrameKind> {
+        let state = &self.entries[index].state;
+        // Acquire/Release: plain moves on x86, ordered as the CAS they
+        // replace for whoever reads the state next.
+        let current = state.load(Ordering::Acquire);
+        if FrameKind::from_bits(current) != FrameKind::Cached {
+            return Err(FrameKind::from_bits(current));
+        }
+        state.store(FrameKind::Allocated as u32 | ((cpu as u32 & 0xFF) << CPU_SHIFT), Ordering::Release);
+        Ok(())
     }
 
     /// The paging flags of frame `index` (0 unless it is `Allocated`).

@@ -3,8 +3,9 @@
 //! Everything is portable and unit-tested on the host (loom models under
 //! `cfg(loom)`) except `direct_map`, which reaches page tables and frames
 //! through the direct map, and `raw`, which turns physical memory into
-//! slices; those two only build for the kernel target. They and `heap`,
-//! whose free lists are threaded through the free objects themselves, hold
+//! slices; those two only build for the kernel target. They, `heap`,
+//! whose free lists are threaded through the free objects themselves, and
+//! `owner_cell`, the per-CPU cell its owner uses without a lock, hold
 //! the crate's `unsafe`: `unsafe_code` is denied everywhere else.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -27,6 +28,10 @@ pub mod frame_db;
 pub mod heap;
 pub mod lock_count;
 pub mod magazine;
+// Per-CPU state its owner uses without a lock: the frame allocator's
+// magazines (`&mut` from a shared cell under the quiesce protocol).
+#[allow(unsafe_code)]
+pub mod owner_cell;
 #[cfg(not(loom))]
 pub mod paging;
 pub mod phys;

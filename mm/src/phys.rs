@@ -14,8 +14,19 @@
 //! its lock. Both policies share the frame database and the buddy, so
 //! benchmarks can switch between them at run time.
 //!
+//! A CPU's magazines are an `OwnerCell`: the CPU itself uses them without
+//! a lock (interrupts off), and another CPU (a reclaim under pressure, a
+//! policy switch, the audit) reaches them only after quiescing the owner
+//! with an empty cross-call (`owner_cell`, docs/protocols.md "Frame fast
+//! path"). So an order-0 alloc + free pair on the fast path makes one locked
+//! RMW: the free's CAS `Allocated → Cached` (of two CPUs double-freeing a
+//! frame exactly one wins); the alloc's `Cached → Allocated` is a checked
+//! store (`FrameDb::allocate_from_own_magazine`).
+//!
 //! Lock order: a CPU cache, then the depot or the buddy; the depot and the
-//! buddy are never held together, and no CPU holds two caches.
+//! buddy are never held together. Only the audit holds several caches, all
+//! of them, taken in index order. Nothing quiesces (waits for other CPUs)
+//! while holding a cache or inside its owner access.
 
 use core::ops::Range;
 
@@ -24,10 +35,11 @@ use crate::counters::{bump, CounterSnapshot, CpuCounters};
 use crate::frame::{Frame, FrameError, FrameKind, PhysAddr};
 use crate::frame_db::FrameDb;
 use crate::magazine::{CpuCache, Depot, Magazine, MAG_MAX};
+use crate::owner_cell::{Freeze, OwnerCell};
 use crate::platform::CpuPlatform;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::PAGE_SIZE;
-use cpus::{CpuGuard, PerCpuRef};
+use cpus::{CachePadded, CpuGuard, CpuSet, PerCpuRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -44,8 +56,10 @@ const GROW_AFTER_CONTENTIONS: u64 = 16;
 
 /// One CPU's share of the allocator.
 pub struct CpuShare {
-    cache: Mutex<CpuCache>,
-    /// Frames in `cache`, kept for `free_bytes` (written under the lock).
+    /// The CPU's magazines: its own without a lock, others' after a quiesce.
+    cache: OwnerCell<CpuCache>,
+    /// Frames in `cache`, kept for `free_bytes` (written by whoever holds
+    /// the cache).
     cached: AtomicU64,
     pub counters: CpuCounters,
 }
@@ -53,12 +67,12 @@ pub struct CpuShare {
 impl CpuShare {
     #[cfg(not(loom))]
     pub const fn new() -> CpuShare {
-        CpuShare { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+        CpuShare { cache: OwnerCell::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
     }
 
     #[cfg(loom)]
     pub fn new() -> CpuShare {
-        CpuShare { cache: Mutex::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
+        CpuShare { cache: OwnerCell::new(CpuCache::new()), cached: AtomicU64::new(0), counters: CpuCounters::new() }
     }
 }
 
@@ -89,20 +103,31 @@ pub enum AuditViolation {
     CountMismatch { what: &'static str, structures: u64, database: u64 },
     /// buddy + magazines + depot + allocated != usable.
     NotConserved { census: Census },
+    /// These CPUs did not answer the quiesce in time (or answered from
+    /// inside their cache access): their caches could not be frozen, so
+    /// nothing was audited.
+    NotFrozen { cpus: CpuSet },
 }
 
+/// The first fields are read by every operation and written only at set-up
+/// or rarely (`mag_cap` grows, `policy` switches between benchmark runs):
+/// they share lines no operation writes. The locks and the fields written
+/// under them each get lines of their own, so writing one never makes
+/// another CPU miss on the read-mostly ones.
 pub struct PhysAllocator<'a, P: CpuPlatform> {
     db: FrameDb<'a>,
-    buddy: Mutex<Buddy<'a>>,
-    buddy_free: AtomicU64,
-    depot: Mutex<Depot<'a>>,
-    depot_frames: AtomicU64,
-    depot_contention: AtomicU64,
     cpus: PerCpuRef<'a, CpuShare>,
     policy: AtomicUsize,
     mag_cap: AtomicUsize,
     usable: u64,
     platform: P,
+    buddy: CachePadded<Mutex<Buddy<'a>>>,
+    /// Written on every buddy lock hold.
+    buddy_free: CachePadded<AtomicU64>,
+    depot: CachePadded<Mutex<Depot<'a>>>,
+    /// Written on every depot lock hold.
+    depot_frames: CachePadded<AtomicU64>,
+    depot_contention: CachePadded<AtomicU64>,
 }
 
 impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
@@ -135,13 +160,16 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
             count += r.len() as u64;
             buddy.free_range(r.start, r.end);
         }
+        for (cpu, share) in cpus.iter().enumerate() {
+            share.cache.bind(cpu);
+        }
         PhysAllocator {
             db,
-            buddy_free: AtomicU64::new(buddy.free_frames()),
-            buddy: Mutex::new(buddy),
-            depot: Mutex::new(Depot::new(depot)),
-            depot_frames: AtomicU64::new(0),
-            depot_contention: AtomicU64::new(0),
+            buddy_free: CachePadded::new(AtomicU64::new(buddy.free_frames())),
+            buddy: CachePadded::new(Mutex::new(buddy)),
+            depot: CachePadded::new(Mutex::new(Depot::new(depot))),
+            depot_frames: CachePadded::new(AtomicU64::new(0)),
+            depot_contention: CachePadded::new(AtomicU64::new(0)),
             cpus,
             policy: AtomicUsize::new(Policy::Magazine as usize),
             mag_cap: AtomicUsize::new(magazine_capacity.clamp(1, MAG_MAX)),
@@ -166,7 +194,10 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     }
 
     /// Switches policy; cached frames go back to the buddy first. Call at
-    /// a quiescent point (benchmarks switch between runs).
+    /// a quiescent point (benchmarks switch between runs). A CPU that does
+    /// not answer the quiesce keeps its cached frames (counted in
+    /// `reclaim_skips`) until a later reclaim: they stay `Cached`, and the
+    /// audit still finds them.
     pub fn set_policy(&self, policy: Policy) {
         self.platform.without_interrupts(|me| self.reclaim_all(me));
         self.policy.store(policy as usize, Ordering::Relaxed);
@@ -375,26 +406,32 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
 
     fn magazine_alloc(&self, me: &CpuGuard) -> Result<usize, FrameError> {
         let share = self.cpus.local(me);
-        let mut cache = share.cache.lock();
-        let index = match cache.pop() {
-            Some(i) => {
-                bump(&share.counters.fast_allocs);
-                Some(i)
+        let index = share.cache.with_owner(me, |cache| {
+            let index = match cache.pop() {
+                Some(i) => {
+                    bump(&share.counters.fast_allocs);
+                    Some(i)
+                }
+                None => {
+                    self.refill(me, cache);
+                    cache.pop()
+                }
+            };
+            share.cached.store(cache.len() as u64, Ordering::Relaxed);
+            if let Some(i) = index {
+                // Popped from this CPU's own magazine: nobody else can
+                // change its state (`allocate_from_own_magazine`).
+                if let Err(actual) = self.db.allocate_from_own_magazine(i as usize, me.cpu()) {
+                    panic!("frame {:#x} in a magazine is {actual:?}, not Cached", self.db.phys_of(i as usize).as_u64());
+                }
             }
-            None => {
-                self.refill(me, &mut cache);
-                cache.pop()
-            }
-        };
-        share.cached.store(cache.len() as u64, Ordering::Relaxed);
-        drop(cache);
+            index
+        });
         match index {
-            Some(i) => {
-                self.expect_transition(i as usize, FrameKind::Cached, FrameKind::Allocated, me.cpu());
-                Ok(i as usize)
-            }
+            Some(i) => Ok(i as usize),
             // Nothing here, in the depot or in the buddy: take back what
-            // other CPUs have parked, then try the buddy once more.
+            // other CPUs have parked, then try the buddy once more. Outside
+            // the cache access: the reclaim quiesces other CPUs.
             None => self.buddy_alloc(me, 0),
         }
     }
@@ -426,21 +463,22 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     fn magazine_free(&self, me: &CpuGuard, index: u32) {
         let share = self.cpus.local(me);
         let cap = self.magazine_capacity();
-        let mut cache = share.cache.lock();
-        match cache.push(index, cap) {
-            Ok(()) => bump(&share.counters.fast_frees),
-            Err(index) => {
-                // Both magazines full: the previous one goes to the depot (or,
-                // if the depot is at its limit, back to the buddy).
-                let full = core::mem::take(&mut cache.previous);
-                bump(&share.counters.depot_exchanges);
-                if let Err(full) = self.with_depot(me, |d| d.put(full)) {
-                    self.drain(me, &full);
+        share.cache.with_owner(me, |cache| {
+            match cache.push(index, cap) {
+                Ok(()) => bump(&share.counters.fast_frees),
+                Err(index) => {
+                    // Both magazines full: the previous one goes to the depot
+                    // (or, if the depot is at its limit, back to the buddy).
+                    let full = core::mem::take(&mut cache.previous);
+                    bump(&share.counters.depot_exchanges);
+                    if let Err(full) = self.with_depot(me, |d| d.put(full)) {
+                        self.drain(me, &full);
+                    }
+                    cache.push(index, cap).expect("previous magazine was just emptied");
                 }
-                cache.push(index, cap).expect("previous magazine was just emptied");
             }
-        }
-        share.cached.store(cache.len() as u64, Ordering::Relaxed);
+            share.cached.store(cache.len() as u64, Ordering::Relaxed);
+        });
     }
 
     /// Runs `f` on the depot, keeping its frame count current, and grows
@@ -487,17 +525,26 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     }
 
     /// Empties every CPU's magazines and the depot into the buddy. Called
-    /// with no cache lock held. Other CPUs' caches are drained by design
-    /// (`iter`): each is behind its lock, which its owner takes too.
+    /// with no cache held and outside this CPU's cache access: it quiesces
+    /// every other CPU (`Freeze`) and then drains each cache under its lock.
+    /// A CPU that does not answer in time keeps its cache (counted in
+    /// `reclaim_skips`); nothing of it is touched.
     fn reclaim_all(&self, me: &CpuGuard) {
-        bump(&self.cpus.local(me).counters.reclaims);
-        for share in self.cpus.iter() {
-            let mut cache = share.cache.lock();
-            for mag in cache.take_all() {
-                self.drain(me, &mag);
+        let counters = &self.cpus.local(me).counters;
+        bump(&counters.reclaims);
+        let freeze = Freeze::begin(self.cpus.iter().map(|s| &s.cache), me, &self.platform);
+        for (i, share) in self.cpus.iter().enumerate() {
+            let drained = freeze.with(i, |cache| {
+                for mag in cache.take_all() {
+                    self.drain(me, &mag);
+                }
+                share.cached.store(0, Ordering::Relaxed);
+            });
+            if drained.is_none() {
+                bump(&counters.reclaim_skips);
             }
-            share.cached.store(0, Ordering::Relaxed);
         }
+        drop(freeze);
         // One magazine at a time: the depot lock is never held with the
         // buddy lock, and nothing large lands on the stack.
         while let Some(mag) = self.with_depot(me, |d| d.take()) {
@@ -509,9 +556,14 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// buddy is `Free`, every frame in a magazine or the depot is `Cached`,
     /// each structure holds exactly as many frames as the database has in
     /// that state (so none is in two places), and the states add up.
+    ///
+    /// Every cache is frozen first (every other CPU quiesced, `Freeze`); a
+    /// CPU that does not answer in time gives `NotFrozen` and nothing is
+    /// audited or changed.
     pub fn audit(&self) -> Result<Census, AuditViolation> {
-        self.platform.without_interrupts(|_| {
-            let caches: arrayvec::ArrayVec<_, { crate::MAX_CPUS }> = self.cpus.iter().map(|c| c.cache.lock()).collect();
+        self.platform.without_interrupts(|me| {
+            let freeze = Freeze::begin(self.cpus.iter().map(|s| &s.cache), me, &self.platform);
+            let mut caches = freeze.lock_all().map_err(|cpus| AuditViolation::NotFrozen { cpus })?;
             let depot = self.depot.lock();
             let buddy = self.buddy.lock();
             // Each frame found in a structure gets the database's audit mark;
@@ -527,7 +579,8 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
                 }
                 Ok(())
             };
-            let result = self.census(&caches, &depot, &buddy, check);
+            let result = self.census(&mut caches, &depot, &buddy, check);
+            // Still frozen: no owner writes a cached frame's state meanwhile.
             self.db.clear_seen_marks();
             result
         })
@@ -536,7 +589,7 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
     /// The walk behind `audit`, with every lock held.
     fn census(
         &self,
-        caches: &[crate::sync::MutexGuard<'_, CpuCache>],
+        caches: &mut crate::owner_cell::AllLocked<'_, '_, CpuCache>,
         depot: &Depot<'a>,
         buddy: &Buddy<'a>,
         check: impl Fn(usize, FrameKind, &'static str) -> Result<(), AuditViolation>,
@@ -550,11 +603,14 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
                 census.buddy += 1 << order;
             }
         }
-        for cache in caches {
-            for &i in cache.loaded.iter().chain(cache.previous.iter()) {
-                check(i as usize, FrameKind::Cached, "magazine")?;
-                census.magazines += 1;
-            }
+        for c in 0..caches.len() {
+            caches.with(c, |cache| {
+                for &i in cache.loaded.iter().chain(cache.previous.iter()) {
+                    check(i as usize, FrameKind::Cached, "magazine")?;
+                    census.magazines += 1;
+                }
+                Ok(())
+            })?;
         }
         for mag in depot.magazines() {
             for &i in mag {

@@ -160,6 +160,9 @@ mod tests {
         fn without_interrupts<R>(&self, _: impl FnOnce(&cpus::CpuGuard) -> R) -> R {
             match *self {}
         }
+        fn quiesce(&self, _: cpus::CpuSet) -> Result<(), mm::platform::NotQuiesced> {
+            match *self {}
+        }
     }
 
     impl VmPlatform for NoMachine {

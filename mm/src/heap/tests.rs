@@ -32,7 +32,11 @@ impl PageSource for HostPages {
 
 fn heap(cpus: usize, budget: usize) -> &'static Heap<'static, HostPages, Threads> {
     let slots = Vec::leak((0..cpus).map(|_| CachePadded::new(HeapCpu::new())).collect());
-    Box::leak(Box::new(Heap::new(PerCpuRef::new(slots), HostPages { left: std::sync::Mutex::new(budget) }, Threads)))
+    Box::leak(Box::new(Heap::new(
+        PerCpuRef::new(slots),
+        HostPages { left: std::sync::Mutex::new(budget) },
+        Threads::new(cpus),
+    )))
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn tiny(cpus: usize) -> Arc<PhysAllocator<'static, LoomCpus>> {
         shares,
         1,
         depot,
-        LoomCpus,
+        LoomCpus::new(cpus),
     ))
 }
 

@@ -15,6 +15,19 @@ fn allocator(
     cap: usize,
     depot: usize,
 ) -> PhysAllocator<'static, Threads> {
+    allocator_on(Threads::new(cpus), frames, usable, cpus, cap, depot)
+}
+
+/// `allocator` on a platform the test keeps (to hold a CPU's "interrupts"
+/// off, or with a short quiesce bound).
+fn allocator_on(
+    platform: Threads,
+    frames: usize,
+    usable: &[Range<usize>],
+    cpus: usize,
+    cap: usize,
+    depot: usize,
+) -> PhysAllocator<'static, Threads> {
     let depot = Vec::leak(vec![Magazine::new(); depot]);
     let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
     let links = Vec::leak(vec![Link::EMPTY; frames]);
@@ -28,12 +41,20 @@ fn allocator(
         shares,
         cap,
         depot,
-        Threads,
+        platform,
     )
 }
 
 fn phys(i: usize) -> u64 {
     (BASE_PFN + i as u64) * PAGE_SIZE
+}
+
+/// Runs `f` on CPU `cpu`'s magazines as a remote would (freeze, lock).
+fn with_cache<R>(a: &PhysAllocator<'_, Threads>, cpu: usize, f: impl FnOnce(&mut CpuCache) -> R) -> R {
+    a.platform.without_interrupts(|me| {
+        let freeze = Freeze::begin([&a.cpus.remote(cpu).cache], me, &a.platform);
+        freeze.with(0, f).expect("cache frozen")
+    })
 }
 
 fn census(a: &PhysAllocator<'_, Threads>) -> Census {
@@ -304,24 +325,22 @@ fn audit_catches_a_frame_in_two_places() {
     a.free_addr(p).unwrap();
     a.free_addr(q).unwrap();
     census(&a);
-    {
-        let mut cache = a.cpus.remote(0).cache.lock();
-        let qi = a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32;
-        let pi = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap() as u32;
+    let qi = a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32;
+    let pi = a.db().index_of(crate::frame::PhysAddr::new_truncate(p)).unwrap() as u32;
+    with_cache(&a, 0, |cache| {
         // Lose q (still Cached, in no structure) and list p twice.
         cache.loaded.retain(|i| *i != qi);
         cache.loaded.push(pi);
-    }
+    });
     match a.audit() {
         Err(AuditViolation::InTwoPlaces { phys, .. }) => assert_eq!(phys, PhysAddr::new(p)),
         other => panic!("audit missed the duplicate: {other:?}"),
     }
     // The marks were cleared: after repairing, the audit passes again.
-    {
-        let mut cache = a.cpus.remote(0).cache.lock();
+    with_cache(&a, 0, |cache| {
         cache.loaded.pop();
-        cache.loaded.push(a.db().index_of(crate::frame::PhysAddr::new_truncate(q)).unwrap() as u32);
-    }
+        cache.loaded.push(qi);
+    });
     census(&a);
 }
 

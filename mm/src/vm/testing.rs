@@ -19,7 +19,6 @@ use crate::frame::{Frame, FrameError, PhysAddr};
 use crate::frame_db::{FrameDb, FrameEntry};
 use crate::magazine::Magazine;
 use crate::phys::{CpuShare, PhysAllocator};
-use crate::platform::CpuPlatform;
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
 use cpus::{CpuSet, PerCpu};
@@ -47,7 +46,7 @@ impl SimMachine {
         let db = FrameDb::new(PhysAddr::new(0), entries);
         SimMachine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            frames: PhysAllocator::new(db, links, [1..frames], shares.as_ref(), 8, depot, Threads),
+            frames: PhysAllocator::new(db, links, [1..frames], shares.as_ref(), 8, depot, Threads::new(MAX_CPUS)),
             online: AtomicU64::new((1u64 << cpus) - 1),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
@@ -183,7 +182,7 @@ impl VmPlatform for SimMachine {
     }
 
     fn cpu_index(&self) -> usize {
-        Threads.cpu_index()
+        crate::testing::current_cpu()
     }
 
     fn online_cpus(&self) -> CpuSet {
