@@ -2,7 +2,7 @@ use super::*;
 use crate::frame_db::FrameEntry;
 use crate::lock_count::LockSnapshot;
 use crate::testing::{on_cpu, ByAddress, Threads};
-use cpus::CachePadded;
+use cpus::{CachePadded, CpuSet};
 use std::sync::atomic::AtomicU64 as StdU64;
 
 const BASE_PFN: u64 = 1 << 12; // 16 MiB, aligned to 2^MAX_ORDER frames
@@ -409,4 +409,170 @@ fn a_held_depot_lock_is_counted_contended() {
     assert_eq!((d.depot.acquired, d.depot.contended), (1, 1), "{d:?}");
     assert!(d.depot.spins > 0, "{d:?}");
     assert_eq!(d.buddy.contended, 0, "the buddy lock was free: {d:?}");
+}
+
+/// Owners allocate and free in a loop on three threads while a fourth
+/// reclaims their caches again and again. Each owner cycles 4 frames
+/// through magazines of 8, so left alone it would take the buddy lock once
+/// (its first refill); every time a reclaim empties its cache it must
+/// refill. Frames are stamped with their holder, so a frame handed to two
+/// holders (a torn cache) is caught, and the census adds up at the end.
+#[test]
+fn a_remote_reclaim_drains_caches_owners_are_using() {
+    const OWNERS: usize = 3;
+    const FRAMES: usize = 1024;
+    let a: &'static PhysAllocator<'static, Threads> =
+        Box::leak(Box::new(allocator(FRAMES, &[0..FRAMES], OWNERS + 1, 8, 4)));
+    let stamps: &'static [StdU64] = Vec::leak((0..FRAMES).map(|_| StdU64::new(0)).collect());
+    let running = &*Box::leak(Box::new(std::sync::atomic::AtomicUsize::new(OWNERS)));
+    // Owners run until the reclaimer has run this many times.
+    const RECLAIMS: u64 = 300;
+    let reclaimed = &*Box::leak(Box::new(StdU64::new(0)));
+    let owners: Vec<_> = (1..=OWNERS)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                on_cpu(cpu);
+                for round in 0.. {
+                    if reclaimed.load(std::sync::atomic::Ordering::SeqCst) >= RECLAIMS {
+                        break;
+                    }
+                    let stamp = ((cpu as u64) << 32) | (round + 1);
+                    let held: Vec<u64> = (0..4).map(|_| a.alloc_addr().unwrap()).collect();
+                    for &p in &held {
+                        let i = a.db().index_of(PhysAddr::new(p)).unwrap();
+                        assert_eq!(stamps[i].swap(stamp, std::sync::atomic::Ordering::SeqCst), 0, "{p:#x} held twice");
+                    }
+                    for p in held {
+                        let i = a.db().index_of(PhysAddr::new(p)).unwrap();
+                        assert_eq!(stamps[i].swap(0, std::sync::atomic::Ordering::SeqCst), stamp);
+                        a.free_addr(p).unwrap();
+                    }
+                }
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    on_cpu(0);
+    let mut reclaims = 0u64;
+    while running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        a.set_policy(Policy::Magazine); // reclaim_all, policy unchanged
+        reclaims += 1;
+        reclaimed.store(reclaims, std::sync::atomic::Ordering::SeqCst);
+    }
+    for t in owners {
+        t.join().unwrap();
+    }
+    let c = census(a);
+    assert_eq!((c.allocated, c.buddy + c.magazines + c.depot), (0, FRAMES as u64));
+    assert_eq!(a.counters(0).reclaim_skips, 0, "every owner answered");
+    let refills: u64 = (1..=OWNERS).map(|cpu| a.counters(cpu).buddy.acquired).sum();
+    assert!(reclaims >= RECLAIMS, "the reclaimer ran {reclaims} times");
+    assert!(refills > OWNERS as u64, "no owner's cache was ever drained while it ran: {refills} buddy trips");
+    // After a last reclaim with the owners gone every frame is back.
+    a.set_policy(Policy::Magazine);
+    assert_eq!(census(a).buddy, FRAMES as u64);
+}
+
+/// CPU 1 keeps "interrupts" off longer than the quiesce bound: a reclaim
+/// skips its cache (and counts it), the audit refuses with `NotFrozen`, and
+/// neither changes anything; once CPU 1 is back both work again.
+#[test]
+fn a_cpu_that_stays_interrupts_off_is_skipped_by_reclaim_and_refused_by_audit() {
+    let t = Threads::with_bound(2, std::time::Duration::from_millis(50));
+    let a = allocator_on(t, 1024, &[0..1024], 2, 8, 4);
+    let inside = std::sync::Barrier::new(2);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let cached = std::thread::scope(|s| {
+        s.spawn(|| {
+            on_cpu(1);
+            let held: Vec<u64> = (0..5).map(|_| a.alloc_addr().unwrap()).collect();
+            for p in held {
+                a.free_addr(p).unwrap(); // parked in CPU 1's magazines
+            }
+            t.without_interrupts(|_| {
+                inside.wait();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+        });
+        inside.wait();
+        on_cpu(0);
+        // Lets CPU 1 go however this thread leaves (a failed assertion too).
+        struct Release<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _release = Release(&done);
+        let cached = a.cpus.remote(1).cached.load(Ordering::Relaxed);
+        assert!(cached > 0);
+        assert_eq!(a.audit(), Err(AuditViolation::NotFrozen { cpus: CpuSet::single(1) }));
+        let skips = a.counters(0).reclaim_skips;
+        a.set_policy(Policy::Magazine);
+        assert_eq!(a.counters(0).reclaim_skips, skips + 1, "the skip is counted");
+        assert_eq!(a.cpus.remote(1).cached.load(Ordering::Relaxed), cached, "CPU 1's cache was left alone");
+        let held = (0..1024 - cached).map(|_| a.alloc_addr().unwrap()).count() as u64;
+        assert_eq!(a.alloc_addr(), Err(FrameError::OutOfMemory), "CPU 1's frames stay out of reach");
+        assert_eq!(held + cached, 1024);
+        cached
+    });
+    let c = census(&a);
+    assert_eq!((c.magazines, c.allocated), (cached, 1024 - cached), "CPU 1 still holds its cache: {c:?}");
+}
+
+/// Two CPUs free the same frame at once, many times: exactly one free
+/// succeeds each time (the CAS `Allocated → Cached`), the other is a
+/// typed error, and no frame ends up in two magazines.
+#[test]
+fn racing_double_frees_have_exactly_one_winner() {
+    let a = allocator(1024, &[0..1024], 3, 8, 4);
+    let go = std::sync::Barrier::new(3);
+    let addr = StdU64::new(0);
+    let wins = StdU64::new(0);
+    const ROUNDS: u64 = 2000;
+    std::thread::scope(|s| {
+        for cpu in 1..=2 {
+            let (a, go, addr, wins) = (&a, &go, &addr, &wins);
+            s.spawn(move || {
+                on_cpu(cpu);
+                for _ in 0..ROUNDS {
+                    go.wait();
+                    let p = addr.load(std::sync::atomic::Ordering::SeqCst);
+                    // 0: the main thread failed; only the waits are owed.
+                    if p != 0 {
+                        match a.free_addr(p) {
+                            Ok(()) => _ = wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                            Err(e) => assert_eq!(e, FrameError::AlreadyFree { phys: PhysAddr::new(p) }),
+                        }
+                    }
+                    go.wait();
+                }
+            });
+        }
+        on_cpu(0);
+        // A panic here must not leave the freeing threads waiting at the
+        // barrier for ever: the waits still owed are made before it goes on.
+        let waits = std::cell::Cell::new(0u64);
+        let rounds = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for round in 0..ROUNDS {
+                addr.store(a.alloc_addr().unwrap(), std::sync::atomic::Ordering::SeqCst);
+                for _ in 0..2 {
+                    go.wait();
+                    waits.set(waits.get() + 1);
+                }
+                assert_eq!(wins.load(std::sync::atomic::Ordering::SeqCst), round + 1, "round {round}");
+            }
+        }));
+        if let Err(panic) = rounds {
+            addr.store(0, std::sync::atomic::Ordering::SeqCst);
+            for _ in waits.get()..2 * ROUNDS {
+                go.wait();
+            }
+            std::panic::resume_unwind(panic);
+        }
+    });
+    let c = census(&a);
+    assert_eq!((c.allocated, c.buddy + c.magazines + c.depot), (0, 1024));
 }
