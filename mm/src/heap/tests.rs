@@ -136,3 +136,27 @@ fn threads_allocating_and_freeing_each_others_objects() {
     }
     assert_eq!(h.stats().in_use, 0);
 }
+
+#[test]
+fn bytes_in_use_are_counted_on_the_cpu_that_allocates_or_frees() {
+    let h = heap(3, 1000);
+    on_cpu(0);
+    let small = h.alloc(100, 8).unwrap();
+    let large = h.alloc(5000, 8).unwrap();
+    assert_eq!((h.cpu_in_use(0), h.cpu_in_use(1)), (128 + 2 * PAGE_SIZE as i64, 0));
+    // Freed on CPU 1: CPU 1's figure goes negative, CPU 0's stays.
+    std::thread::spawn(move || {
+        on_cpu(1);
+        // SAFETY: allocated above with these arguments, freed once.
+        unsafe { h.free(small, 100, 8) };
+        assert_eq!(h.stats().in_use, 2 * PAGE_SIZE);
+        // SAFETY: as above.
+        unsafe { h.free(large, 5000, 8) };
+    })
+    .join()
+    .unwrap();
+    assert_eq!(h.cpu_in_use(0), 128 + 2 * PAGE_SIZE as i64);
+    assert_eq!(h.cpu_in_use(1), -(128 + 2 * PAGE_SIZE as i64));
+    assert_eq!(h.cpu_in_use(2), 0);
+    assert_eq!(h.stats().in_use, 0, "the sum over CPUs is exact");
+}
