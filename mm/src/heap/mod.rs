@@ -20,7 +20,7 @@ use arrayvec::ArrayVec;
 use crate::platform::CpuPlatform;
 use crate::sync::{AtomicI64, AtomicU64, Mutex, Ordering};
 use crate::PAGE_SIZE;
-use cpus::PerCpuRef;
+use cpus::{CachePadded, PerCpuRef};
 use free_list::FreeList;
 
 /// Object sizes; each is also its alignment.
@@ -77,13 +77,18 @@ pub struct HeapStats {
 }
 
 pub struct Heap<'a, S: PageSource, P: CpuPlatform> {
-    pools: [Mutex<FreeList>; CLASSES.len()],
-    cpus: PerCpuRef<'a, HeapCpu>,
+    /// One line (pair) per class pool: a refill or a flush of one class
+    /// takes its lock without writing the line of another class or of the
+    /// fields every operation reads.
+    pools: [CachePadded<Mutex<FreeList>>; CLASSES.len()],
+    /// Read by every operation, written never: on a line of their own.
+    cpus: CachePadded<PerCpuRef<'a, HeapCpu>>,
     source: S,
     platform: P,
     /// Pages taken from the source: written only when a page is carved or
-    /// a large request is served, not per small object.
-    pages: AtomicU64,
+    /// a large request is served, not per small object (and apart from the
+    /// read-mostly fields above).
+    pages: CachePadded<AtomicU64>,
 }
 
 /// Class index for a request, or `None` if it needs whole pages.
@@ -107,11 +112,11 @@ impl<'a, S: PageSource, P: CpuPlatform> Heap<'a, S, P> {
     #[cfg(not(loom))]
     pub const fn new(cpus: PerCpuRef<'a, HeapCpu>, source: S, platform: P) -> Self {
         Heap {
-            pools: [const { Mutex::new(FreeList::new()) }; CLASSES.len()],
-            cpus,
+            pools: [const { CachePadded::new(Mutex::new(FreeList::new())) }; CLASSES.len()],
+            cpus: CachePadded::new(cpus),
             source,
             platform,
-            pages: AtomicU64::new(0),
+            pages: CachePadded::new(AtomicU64::new(0)),
         }
     }
 

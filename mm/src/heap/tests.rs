@@ -160,3 +160,18 @@ fn bytes_in_use_are_counted_on_the_cpu_that_allocates_or_frees() {
     assert_eq!(h.cpu_in_use(2), 0);
     assert_eq!(h.stats().in_use, 0, "the sum over CPUs is exact");
 }
+
+#[test]
+fn pool_locks_share_no_line_with_each_other_or_the_read_mostly_fields() {
+    let h = heap(2, 10);
+    let line = |p: *const u8| p as usize / 128;
+    let cpus = line(&*h.cpus as *const _ as *const u8);
+    let pages = line(&*h.pages as *const _ as *const u8);
+    let pools: Vec<usize> = h.pools.iter().map(|p| line(&**p as *const _ as *const u8)).collect();
+    for (k, &p) in pools.iter().enumerate() {
+        assert_ne!(p, cpus, "class {k}'s pool lock shares a line with the CPU caches' reference");
+        assert_ne!(p, pages, "class {k}'s pool lock shares a line with the page count");
+        assert!(pools[..k].iter().all(|&q| q != p), "two class pools share a line");
+    }
+    assert_ne!(cpus, pages);
+}

@@ -103,13 +103,18 @@ impl<P: VmPlatform> Paging<'_, P> {
         if let Some(v) = bad {
             return Err(v);
         }
-        let frames = (0..pg.db.len()).filter(|&i| pg.db.paging_flags(i) & MAPPED != 0).count() as u64;
-        // A frame being paged in is mapped before it is tracked (both while
-        // busy): only frames nobody holds must be candidates.
-        if let Some(i) =
-            (0..pg.db.len()).find(|&i| pg.db.paging_flags(i) & (MAPPED | BUSY) == MAPPED && !pg.is_candidate(i))
-        {
-            return Err(PagingViolation::NotACandidate { phys: pg.db.phys_of(i) });
+        let mut frames = 0u64;
+        for i in 0..pg.db.len() {
+            let flags = pg.db.paging_flags(i);
+            if flags & MAPPED == 0 {
+                continue;
+            }
+            frames += 1;
+            // A frame being paged in is mapped before it is tracked (both
+            // while busy): only frames nobody holds must be candidates.
+            if flags & BUSY == 0 && !pg.is_candidate(i) {
+                return Err(PagingViolation::NotACandidate { phys: pg.db.phys_of(i) });
+            }
         }
         let counted = pg.resident();
         // A page in flight may hold a frame already marked (page-in) or
