@@ -9,10 +9,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
+use crate::counters::{self, Snapshot};
 use crate::driver::Rep;
 use crate::failure::{failure, Failure};
 use crate::histogram::Histogram;
-use crate::machine::{Clock, Machine};
+use crate::machine::{Clock, Machine, Mark};
 use crate::rng::Rng;
 use crate::sampling::{Pacer, Sampler};
 
@@ -58,6 +59,16 @@ pub struct CpuResult {
 
 pub struct Team {
     pub n: usize,
+    /// Members that run a timed loop (`start`..`stop`); the others call
+    /// `untimed`. Both count in `timed_done`.
+    timed_started: AtomicUsize,
+    timed_done: AtomicUsize,
+    /// The tracer's window opened by the first `start` (its number + 1; 0:
+    /// none).
+    window: AtomicU64,
+    /// Every CPU's counters as the first timed loop starts and as the last
+    /// one stops.
+    counted: Mutex<(Option<Snapshot>, Option<Snapshot>)>,
     arrived: AtomicUsize,
     generation: AtomicU64,
     abort: AtomicBool,
@@ -70,6 +81,10 @@ impl Team {
     pub fn new(n: usize) -> Arc<Team> {
         Arc::new(Team {
             n,
+            timed_started: AtomicUsize::new(0),
+            timed_done: AtomicUsize::new(0),
+            window: AtomicU64::new(0),
+            counted: Mutex::new((None, None)),
             arrived: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             abort: AtomicBool::new(false),
@@ -182,6 +197,56 @@ impl Team {
             }
         }
         Ok(())
+    }
+
+    /// Starts this CPU's timed loop. The first CPU to start takes the
+    /// counters' `before` snapshot and then opens the sharing tracer's
+    /// window (a measured repetition's), so both cover the timed loops and
+    /// not the set-up and checks around them (the frame workloads' policy
+    /// switch and audit once dominated frames.pair's locked instructions
+    /// per op).
+    pub fn start<'a, M: Machine>(&self, m: &'a M, rep: &Rep, cpu: usize) -> Timed<'a, M> {
+        if self.timed_started.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.counted.lock().0 = Some(counters::snapshot(m));
+            if let Some(w) = rep.window {
+                self.window.store(u64::from(w) + 1, Ordering::Release);
+                m.trace_mark(Mark::Begin, w);
+            }
+        }
+        Timed::begin(m, rep, cpu)
+    }
+
+    /// Ends this CPU's timed loop (`start`): stores its result, and the
+    /// last member to be done closes the tracer's window and takes the
+    /// counters' `after` snapshot.
+    pub fn stop<M: Machine>(&self, m: &M, t: Timed<'_, M>, cpu: usize) {
+        t.finish(self, cpu);
+        self.done(m);
+    }
+
+    /// Says this member runs no timed loop in this repetition (it only
+    /// serves the others), so the window closes without it.
+    pub fn untimed<M: Machine>(&self, m: &M) {
+        self.done(m);
+    }
+
+    fn done<M: Machine>(&self, m: &M) {
+        if self.timed_done.fetch_add(1, Ordering::AcqRel) + 1 != self.n {
+            return;
+        }
+        if let Some(w) = self.window.load(Ordering::Acquire).checked_sub(1) {
+            m.trace_mark(Mark::End, w as u32);
+        }
+        self.counted.lock().1 = Some(counters::snapshot(m));
+    }
+
+    /// The counters before the first timed loop and after the last, if
+    /// every member got to the end.
+    pub fn counted(&self) -> Option<(Snapshot, Snapshot)> {
+        match *self.counted.lock() {
+            (Some(before), Some(after)) => Some((before, after)),
+            _ => None,
+        }
     }
 
     /// This CPU's result slot.
@@ -305,7 +370,7 @@ mod tests {
     fn a_timed_loop_reads_the_clock_rarely_and_still_stops_on_time() {
         let clock = CountingClock { now: Cell::new(1_000), reads: Cell::new(0) };
         let team = Team::new(1);
-        let rep = Rep { duration_ns: 100_000_000, seed: 9, cpus: 1, sample_every: 64 };
+        let rep = Rep { duration_ns: 100_000_000, seed: 9, cpus: 1, sample_every: 64, window: None };
         let mut t = Timed::begin(&clock, &rep, 0);
         let step = |c: &CountingClock| c.now.set(c.now.get() + 150);
         while t.running(&team) {
