@@ -59,15 +59,12 @@ pub struct CpuResult {
 
 pub struct Team {
     pub n: usize,
-    /// Members that run a timed loop (`start`..`stop`); the others call
-    /// `untimed`. Both count in `timed_done`.
-    timed_started: AtomicUsize,
+    /// Members done: their timed loop stopped, or they started untimed.
     timed_done: AtomicUsize,
-    /// The tracer's window opened by the first `start` (its number + 1; 0:
-    /// none).
+    /// The tracer's window `start` opened (its number + 1; 0: none).
     window: AtomicU64,
-    /// Every CPU's counters as the first timed loop starts and as the last
-    /// one stops.
+    /// Every CPU's counters as the timed loops start and as the last one
+    /// stops.
     counted: Mutex<(Option<Snapshot>, Option<Snapshot>)>,
     arrived: AtomicUsize,
     generation: AtomicU64,
@@ -81,7 +78,6 @@ impl Team {
     pub fn new(n: usize) -> Arc<Team> {
         Arc::new(Team {
             n,
-            timed_started: AtomicUsize::new(0),
             timed_done: AtomicUsize::new(0),
             window: AtomicU64::new(0),
             counted: Mutex::new((None, None)),
@@ -159,8 +155,15 @@ impl Team {
     /// Waits until all `n` CPUs have arrived (bounded; answers shootdowns
     /// while it spins). Fails at once if the run was aborted.
     pub fn barrier<M: Machine>(&self, m: &M) -> Result<(), Failure> {
+        self.barrier_then(m, || {})
+    }
+
+    /// `barrier`, where the last CPU to arrive runs `last` before it lets
+    /// the others go.
+    fn barrier_then<M: Machine>(&self, m: &M, last: impl FnOnce()) -> Result<(), Failure> {
         let gen = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            last();
             self.arrived.store(0, Ordering::Relaxed);
             self.generation.fetch_add(1, Ordering::Release);
             return Ok(());
@@ -199,21 +202,34 @@ impl Team {
         Ok(())
     }
 
-    /// Starts this CPU's timed loop. The first CPU to start takes the
-    /// counters' `before` snapshot and then opens the sharing tracer's
-    /// window (a measured repetition's), so both cover the timed loops and
-    /// not the set-up and checks around them (the frame workloads' policy
-    /// switch and audit once dominated frames.pair's locked instructions
-    /// per op).
-    pub fn start<'a, M: Machine>(&self, m: &'a M, rep: &Rep, cpu: usize) -> Timed<'a, M> {
-        if self.timed_started.fetch_add(1, Ordering::AcqRel) == 0 {
+    /// Waits for the whole team (a barrier), then starts this CPU's timed
+    /// loop. The last CPU to arrive takes the counters' `before` snapshot
+    /// and opens the sharing tracer's window (a measured repetition's)
+    /// before it lets the others go, so both cover every CPU's timed loop
+    /// and nothing of the set-up and checks around them (the frame
+    /// workloads' policy switch and audit once dominated frames.pair's
+    /// locked instructions per op).
+    pub fn start<'a, M: Machine>(&self, m: &'a M, rep: &Rep, cpu: usize) -> Result<Timed<'a, M>, Failure> {
+        self.open_window(m, rep)?;
+        Ok(Timed::begin(m, rep, cpu))
+    }
+
+    /// `start` for a member that runs no timed loop in this repetition (it
+    /// only serves the others), so the window closes without it.
+    pub fn start_untimed<M: Machine>(&self, m: &M, rep: &Rep) -> Result<(), Failure> {
+        self.open_window(m, rep)?;
+        self.done(m);
+        Ok(())
+    }
+
+    fn open_window<M: Machine>(&self, m: &M, rep: &Rep) -> Result<(), Failure> {
+        self.barrier_then(m, || {
             self.counted.lock().0 = Some(counters::snapshot(m));
             if let Some(w) = rep.window {
                 self.window.store(u64::from(w) + 1, Ordering::Release);
                 m.trace_mark(Mark::Begin, w);
             }
-        }
-        Timed::begin(m, rep, cpu)
+        })
     }
 
     /// Ends this CPU's timed loop (`start`): stores its result, and the
@@ -221,12 +237,6 @@ impl Team {
     /// counters' `after` snapshot.
     pub fn stop<M: Machine>(&self, m: &M, t: Timed<'_, M>, cpu: usize) {
         t.finish(self, cpu);
-        self.done(m);
-    }
-
-    /// Says this member runs no timed loop in this repetition (it only
-    /// serves the others), so the window closes without it.
-    pub fn untimed<M: Machine>(&self, m: &M) {
         self.done(m);
     }
 

@@ -43,8 +43,7 @@ pub fn clock<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
     let rep = *rep;
     let team = Team::new(rep.cpus);
     team.run(m, move |team, cpu| {
-        team.barrier(m)?;
-        let mut t = team.start(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         let mut last = 0;
         while t.running(team) {
             let now = t.op(1, || m.now_ns());
@@ -73,8 +72,7 @@ pub fn rmw<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
     team.run(m, move |team, cpu| {
         let line = if shared { &SHARED.0 } else { PRIVATE.unguarded(cpu) };
         let mine = PRIVATE.unguarded(cpu).load(Ordering::Relaxed);
-        team.barrier(m)?;
-        let mut t = team.start(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         while t.running(team) {
             t.op(1, || line.fetch_add(1, Ordering::Relaxed));
         }
@@ -100,8 +98,7 @@ pub fn zero<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<
     team.run(m, move |team, cpu| {
         let mut frame = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
         let vm = m.vm();
-        team.barrier(m)?;
-        let mut t = team.start(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         while t.running(team) {
             t.op(1, || vm.fill_frame(&mut frame, 0));
         }
@@ -131,15 +128,14 @@ pub fn ipi<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
     let team = Team::new(if running { 2 } else { 1 });
     let stop = Arc::new(AtomicBool::new(false));
     team.run(m, move |team, cpu| {
-        team.barrier(m)?;
         if cpu == 1 {
             // Interrupts are on here: the cross-call's IPI interrupts the
             // loop. No `PAUSE`, which under TCG takes QEMU's big lock.
-            team.untimed(m);
+            team.start_untimed(m, &rep)?;
             while !stop.load(Ordering::Acquire) && !team.aborted() {}
             return Ok(());
         }
-        let mut t = team.start(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         let mut r = Ok(());
         while r.is_ok() && t.running(team) {
             r = t.op(1, || m.ipi_round_trip(1));

@@ -59,8 +59,7 @@ pub fn pair<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<T
         let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             let f = m.frames();
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             while t.running(team) {
                 let phys = t.op(1, || f.alloc_page()).map_err(|e| fails("alloc", e))?;
                 t.op(0, || f.free_page(phys)).map_err(|e| fails("free", e))?;
@@ -79,8 +78,7 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         team.run(m, move |team, cpu| {
             let f = m.frames();
             let mut held = ArrayVec::<Frame, BATCH>::new();
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut round = 0u64;
             while t.running(team) {
                 for _ in 0..BATCH {
@@ -120,8 +118,7 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
             let mine = &boxes[cpu];
             let mut outbox = ArrayVec::<Frame, HANDOFF>::new();
             let mut inbox = ArrayVec::<Frame, HANDOFF>::new();
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             while t.running(team) {
                 outbox.push(t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?);
                 if outbox.is_full() {

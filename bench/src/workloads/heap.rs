@@ -25,8 +25,7 @@ pub fn small<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
     team.run(m, move |team, cpu| {
         let mut ring: Vec<Option<Box<[u64]>>> = (0..LIVE).map(|_| None).collect();
         let mut rng = Rng::for_cpu(seed, cpu);
-        team.barrier(m)?;
-        let mut t = team.start(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         let mut seq = 0u64;
         while t.running(team) {
             let words = SIZES[(rng.next() % SIZES.len() as u64) as usize] / 8;

@@ -77,8 +77,7 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
             let mine: Vec<u64> = (cpu as u64..PAGES).step_by(n as usize).collect();
             let mut shadow = vec![0u64; mine.len()];
             let mut rng = Rng::for_cpu(seed, cpu);
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut k = 0usize;
             while t.running(team) {
                 let i = if random {

@@ -81,8 +81,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
         let space = &s[0];
         let retired = &r;
         space::within(m, space, || {
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             loop {
                 let g = gen.load(Ordering::Acquire);
                 for i in 0..pages {

@@ -42,8 +42,7 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         let (vm, frames) = (m.vm(), m.frames());
         let space = &s[if private { cpu } else { 0 }];
         space::within(m, space, || {
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut i = 0u64;
             while t.running(team) {
                 let va = page(cpu, i);
@@ -101,8 +100,7 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
                 }
                 Ok(())
             };
-            team.barrier(m)?;
-            let mut t = team.start(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut k = 0u64;
             while t.running(team) {
                 if next.lock().len() < PIPE {
