@@ -8,9 +8,10 @@
 //! locked `fetch_or`) a word other CPUs were writing too. Now:
 //! - `track(cpu, i)`: CPU `cpu` sets bit `i` in its own map, with a plain
 //!   load and store (no other CPU sets bits there);
-//! - `untrack(cpu, i)`: clears bit `i` in every map that has it; in the
-//!   running CPU's own map with a plain load and store, in another CPU's
-//!   with `fetch_and` (an eviction of a page another CPU faulted);
+//! - `untrack(cpu, i)`: clears bit `i` in the running CPU's own map with a
+//!   plain load and store if it is there (the CPU that faulted a page
+//!   unmaps it: no other CPU's line is read); otherwise in every map that
+//!   has it, with `fetch_and` (an eviction of a page another CPU faulted);
 //! - `next(i)`: the first frame at or after `i` whose bit is set in any
 //!   map: the evictor ORs the maps word by word, so it finds every
 //!   candidate whichever CPU tracked it.
@@ -22,7 +23,7 @@
 //! is the owner's plain store with a remote `fetch_and` of another bit in
 //! the same word: the store may put that bit back. A bit set for a frame
 //! that backs no page is only a wasted look (the policy checks `MAPPED`);
-//! it goes the next time that frame is untracked. A bit is never lost:
+//! it may go the next time that frame is untracked. A bit is never lost:
 //! only a frame's owner sets it, and nobody clears it while the frame
 //! backs a page, which is what `Paging::audit` checks.
 //!
@@ -90,19 +91,27 @@ impl Candidates {
     }
 
     /// CPU `cpu` (running, interrupts off, holding frame `i` busy) marks
-    /// frame `i` as backing no page any more.
+    /// frame `i` as backing no page any more. The running CPU's own map
+    /// first: when it tracked the frame (its own region, unmapped), no
+    /// other CPU's line is read. Otherwise (an eviction of a page another
+    /// CPU faulted) every map is looked at and cleared with `fetch_and`.
     pub(crate) fn untrack(&self, cpu: usize, i: usize) {
         let (w, bit) = (i / 64, 1u64 << (i % 64));
         let (mine, own) = self.map_of(cpu);
-        for (k, map) in self.maps.iter().enumerate() {
-            let word = &map[w];
+        if own {
+            let word = &self.maps[mine][w];
             let v = word.load(Ordering::Relaxed);
-            if v & bit == 0 {
+            if v & bit != 0 {
+                word.store(v & !bit, Ordering::Release);
+                return;
+            }
+        }
+        for (k, map) in self.maps.iter().enumerate() {
+            if k == mine && own {
                 continue;
             }
-            if k == mine && own {
-                word.store(v & !bit, Ordering::Release);
-            } else {
+            let word = &map[w];
+            if word.load(Ordering::Relaxed) & bit != 0 {
                 word.fetch_and(!bit, Ordering::Release);
             }
         }

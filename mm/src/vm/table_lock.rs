@@ -61,6 +61,17 @@ impl TableLock {
         loop {
             p.wait_step();
             steps += 1;
+            // A plain load while a pruner holds the lock: a failed
+            // `try_read` is two locked writes of the line (add, then take
+            // back the reader), and the pruner keeps the lock across a
+            // shootdown to every CPU.
+            if self.inner.writer_count() != 0 {
+                if p.now_ns() > deadline {
+                    counts.refused(steps);
+                    return Err(VmError::TablesBusy);
+                }
+                continue;
+            }
             if let Some(g) = self.inner.try_read() {
                 counts.taken(steps);
                 return Ok(Shared(g));
