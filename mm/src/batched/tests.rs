@@ -69,3 +69,13 @@ fn threads_counting_up_and_down_sum_exactly() {
     let want: i64 = (1..=CPUS as i64).map(|k| 1000 * k).sum();
     assert_eq!(c.sum(), want);
 }
+
+#[test]
+fn the_folded_word_has_a_line_of_its_own() {
+    let c = BatchedCount::<4>::new(8);
+    let (g, me) = (c.global_addr(), &c as *const _ as usize);
+    assert_eq!(g % 128, 0);
+    let users = &c.users as *const _ as usize;
+    assert_ne!(users / 128, g / 128, "a fold would invalidate the readers' line");
+    assert!(me <= g && g < me + core::mem::size_of_val(&c));
+}
