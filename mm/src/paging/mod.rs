@@ -302,7 +302,9 @@ impl Pager {
 
     /// Pages that on-demand mappings may commit in all: RAM for paging
     /// (the resident limit, or what is free now plus what paging holds)
-    /// plus the store's slots but the one kept for faults.
+    /// plus the store's slots but the one kept for faults. Exact as
+    /// before: `resident()` is the sum over every CPU's delta (read once
+    /// per `k_mem_map`, not per fault).
     pub(crate) fn commit_limit(&self, free_frames: u64) -> u64 {
         let ram = self.resident_limit().min(free_frames.saturating_sub(self.reserve) + self.resident());
         ram + self.store.usage().1.saturating_sub(1)
