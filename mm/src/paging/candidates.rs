@@ -57,9 +57,9 @@ impl Candidates {
         let words = frames.div_ceil(64).div_ceil(WORDS_ALIGN).max(1) * WORDS_ALIGN;
         let mut slot = [SHARED; MAX_CPUS];
         let mut maps = Vec::new();
-        for cpu in 0..MAX_CPUS {
+        for (cpu, slot) in slot.iter_mut().enumerate() {
             if online.contains(cpu) && maps.len() < usize::from(SHARED) {
-                slot[cpu] = maps.len() as u8;
+                *slot = maps.len() as u8;
                 maps.push((0..words).map(|_| AtomicU64::new(0)).collect());
             }
         }

@@ -390,7 +390,7 @@ mod tests {
         let mut want = [0u64; BUCKETS];
         for (cpu, ns) in [(0, 100), (0, 3000), (2, 100), (2, 70_000), (7, 5)] {
             s.time(cpu, Timing::Fault, ns);
-            want[63 - (ns as u64).leading_zeros() as usize] += 1;
+            want[63 - ns.leading_zeros() as usize] += 1;
         }
         s.time(1, Timing::Select, 1 << 20);
         assert_eq!(s.cpu_histogram(0, Timing::Fault).count(), 2);
@@ -400,9 +400,9 @@ mod tests {
         assert_eq!(merged.buckets, want);
         assert_eq!(merged.max, 70_000);
         assert_eq!(s.histogram(Timing::Select).count(), 1);
-        let a = &*s.histograms().remote(0) as *const CpuHistograms as usize;
-        let b = &*s.histograms().remote(1) as *const CpuHistograms as usize;
-        assert!(b - a >= 128 && a % 128 == 0, "neighbouring CPUs' histograms share no line");
+        let a = s.histograms().remote(0) as *const CpuHistograms as usize;
+        let b = s.histograms().remote(1) as *const CpuHistograms as usize;
+        assert!(b - a >= 128 && a.is_multiple_of(128), "neighbouring CPUs' histograms share no line");
     }
 
     #[test]
