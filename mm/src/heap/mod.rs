@@ -195,24 +195,45 @@ impl<'a, S: PageSource, P: CpuPlatform> Heap<'a, S, P> {
 
     /// Moves half a cache of objects from the class pool, carving a fresh
     /// page when the pool is empty.
+    ///
+    /// The page comes from the source with the pool unlocked: the frame
+    /// allocator may reclaim other CPUs' magazines, which waits for them to
+    /// answer a cross-call, and a CPU spinning on this pool lock with
+    /// interrupts off would never answer (both would sit out the
+    /// cross-call's bound, and the allocation could fail).
     fn refill(&self, class: usize, into: &mut ArrayVec<usize, CPU_CACHE>) -> Option<()> {
+        if self.take(class, into) {
+            return Some(());
+        }
+        let page = self.source.alloc_pages(1)?;
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        let mut pool = self.pools[class].lock();
+        for obj in (page..page + (PAGE_SIZE as usize)).step_by(CLASSES[class]) {
+            // SAFETY: the page is fresh from the source and only ours;
+            // every object is class-aligned and at least 16 bytes.
+            unsafe { pool.push(obj) };
+        }
+        Self::fill(&mut pool, into);
+        Some(())
+    }
+
+    /// Half a cache from the pool if it has any object; false if empty.
+    fn take(&self, class: usize, into: &mut ArrayVec<usize, CPU_CACHE>) -> bool {
         let mut pool = self.pools[class].lock();
         if pool.is_empty() {
-            let page = self.source.alloc_pages(1)?;
-            self.pages.fetch_add(1, Ordering::Relaxed);
-            for obj in (page..page + (PAGE_SIZE as usize)).step_by(CLASSES[class]) {
-                // SAFETY: the page is fresh from the source and only ours;
-                // every object is class-aligned and at least 16 bytes.
-                unsafe { pool.push(obj) };
-            }
+            return false;
         }
+        Self::fill(&mut pool, into);
+        true
+    }
+
+    fn fill(pool: &mut FreeList, into: &mut ArrayVec<usize, CPU_CACHE>) {
         while into.len() < CPU_CACHE / 2 {
             match pool.pop() {
                 Some(a) => into.push(a),
                 None => break,
             }
         }
-        Some(())
     }
 }
 

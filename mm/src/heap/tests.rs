@@ -175,3 +175,45 @@ fn pool_locks_share_no_line_with_each_other_or_the_read_mostly_fields() {
     }
     assert_ne!(cpus, pages);
 }
+
+/// A page source that checks no class pool is locked while it is asked:
+/// the frame allocator behind the kernel's source may wait for other CPUs
+/// to answer a cross-call, and one spinning on a pool lock never would.
+struct PoolsUnlocked {
+    inner: HostPages,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+static PROBED: std::sync::OnceLock<&'static Heap<'static, PoolsUnlocked, Threads>> = std::sync::OnceLock::new();
+
+impl PageSource for PoolsUnlocked {
+    fn alloc_pages(&self, pages: usize) -> Option<usize> {
+        let heap = PROBED.get().expect("probe installed");
+        for (class, pool) in heap.pools.iter().enumerate() {
+            assert!(pool.try_lock().is_some(), "class {class}'s pool is locked while the heap asks for pages");
+        }
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.alloc_pages(pages)
+    }
+    fn free_pages(&self, addr: usize, pages: usize) {
+        self.inner.free_pages(addr, pages)
+    }
+}
+
+#[test]
+fn pages_are_asked_for_with_no_pool_locked() {
+    let slots = Vec::leak(vec![CachePadded::new(HeapCpu::new())]);
+    let source = PoolsUnlocked {
+        inner: HostPages { left: std::sync::Mutex::new(100) },
+        asked: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let h = Box::leak(Box::new(Heap::new(PerCpuRef::new(slots), source, Threads)));
+    assert!(PROBED.set(h).is_ok());
+    on_cpu(0);
+    let objs: Vec<usize> = (0..CPU_CACHE * 2).map(|_| h.alloc(2048, 8).unwrap()).collect();
+    assert!(h.source.asked.load(std::sync::atomic::Ordering::Relaxed) >= 2, "refills carved pages");
+    for a in objs {
+        // SAFETY: from `alloc(2048, 8)` above, freed once.
+        unsafe { h.free(a, 2048, 8) };
+    }
+}
