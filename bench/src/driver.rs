@@ -10,7 +10,7 @@ use record::{Counters, Record};
 
 use crate::counters::{self, Group};
 use crate::failure::Failure;
-use crate::machine::{Machine, Mark};
+use crate::machine::Machine;
 use crate::options::Plan;
 use crate::team::Team;
 use crate::workloads;
@@ -26,6 +26,9 @@ pub struct Rep {
     pub cpus: usize,
     /// One operation in this many (on average, chosen at random) is timed.
     pub sample_every: u32,
+    /// The sharing tracer's window number for a measured repetition (the
+    /// Bench records sent so far); `None` for a warm-up.
+    pub window: Option<u32>,
 }
 
 /// Who runs a benchmark's workload.
@@ -95,23 +98,26 @@ fn run_variant<M: Machine>(
     seq: &mut u64,
     sent: &mut u32,
 ) -> Result<(), Failure> {
-    let mut next_rep = || {
+    let mut next_rep = |window| {
         *seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        Rep { duration_ns: plan.rep_ns, seed: *seq, cpus: workers, sample_every: b.sample_every }
+        Rep { duration_ns: plan.rep_ns, seed: *seq, cpus: workers, sample_every: b.sample_every, window }
     };
     for _ in 0..plan.warmups {
-        (b.run)(m, variant, &next_rep())?;
+        (b.run)(m, variant, &next_rep(None))?;
     }
     for rep in 0..plan.reps {
-        let before = counters::snapshot(m);
-        let next = next_rep();
-        // The tracer's window is exactly the repetition; a failed one gets
-        // no end mark, so its window is dropped with its record.
-        m.trace_mark(Mark::Begin, *sent);
-        let team = (b.run)(m, variant, &next)?;
-        m.trace_mark(Mark::End, *sent);
-        let after = counters::snapshot(m);
+        // The counters and the tracer's window cover the CPUs' timed loops
+        // only (`Team::start` to the last `Team::stop`), not the workload's
+        // set-up and checks around them; a failed repetition gets no end
+        // mark, so its window is dropped with its record.
+        let team = (b.run)(m, variant, &next_rep(Some(*sent)))?;
         let (ops, ns, hist) = team.totals();
+        let Some((before, after)) = team.counted() else {
+            return Err(crate::failure::failure(format_args!(
+                "{} [{variant}]: the repetition ran no timed loop to its end",
+                b.name
+            )));
+        };
         let list = counters::delta(&before, &after, b.groups);
         let ops_per_sec = if ns == 0 { 0 } else { (ops as u128 * 1_000_000_000 / ns as u128) as u64 };
         log::info!(

@@ -9,10 +9,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
+use crate::counters::{self, Snapshot};
 use crate::driver::Rep;
 use crate::failure::{failure, Failure};
 use crate::histogram::Histogram;
-use crate::machine::{Clock, Machine};
+use crate::machine::{Clock, Machine, Mark};
 use crate::rng::Rng;
 use crate::sampling::{Pacer, Sampler};
 
@@ -58,6 +59,13 @@ pub struct CpuResult {
 
 pub struct Team {
     pub n: usize,
+    /// Members done: their timed loop stopped, or they started untimed.
+    timed_done: AtomicUsize,
+    /// The tracer's window `start` opened (its number + 1; 0: none).
+    window: AtomicU64,
+    /// Every CPU's counters as the timed loops start and as the last one
+    /// stops.
+    counted: Mutex<(Option<Snapshot>, Option<Snapshot>)>,
     arrived: AtomicUsize,
     generation: AtomicU64,
     abort: AtomicBool,
@@ -70,6 +78,9 @@ impl Team {
     pub fn new(n: usize) -> Arc<Team> {
         Arc::new(Team {
             n,
+            timed_done: AtomicUsize::new(0),
+            window: AtomicU64::new(0),
+            counted: Mutex::new((None, None)),
             arrived: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             abort: AtomicBool::new(false),
@@ -144,8 +155,15 @@ impl Team {
     /// Waits until all `n` CPUs have arrived (bounded; answers shootdowns
     /// while it spins). Fails at once if the run was aborted.
     pub fn barrier<M: Machine>(&self, m: &M) -> Result<(), Failure> {
+        self.barrier_then(m, || {})
+    }
+
+    /// `barrier`, where the last CPU to arrive runs `last` before it lets
+    /// the others go.
+    fn barrier_then<M: Machine>(&self, m: &M, last: impl FnOnce()) -> Result<(), Failure> {
         let gen = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            last();
             self.arrived.store(0, Ordering::Relaxed);
             self.generation.fetch_add(1, Ordering::Release);
             return Ok(());
@@ -182,6 +200,63 @@ impl Team {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the whole team (a barrier), then starts this CPU's timed
+    /// loop. The last CPU to arrive takes the counters' `before` snapshot
+    /// and opens the sharing tracer's window (a measured repetition's)
+    /// before it lets the others go, so both cover every CPU's timed loop
+    /// and nothing of the set-up and checks around them (the frame
+    /// workloads' policy switch and audit once dominated frames.pair's
+    /// locked instructions per op).
+    pub fn start<'a, M: Machine>(&self, m: &'a M, rep: &Rep, cpu: usize) -> Result<Timed<'a, M>, Failure> {
+        self.open_window(m, rep)?;
+        Ok(Timed::begin(m, rep, cpu))
+    }
+
+    /// `start` for a member that runs no timed loop in this repetition (it
+    /// only serves the others), so the window closes without it.
+    pub fn start_untimed<M: Machine>(&self, m: &M, rep: &Rep) -> Result<(), Failure> {
+        self.open_window(m, rep)?;
+        self.done(m);
+        Ok(())
+    }
+
+    fn open_window<M: Machine>(&self, m: &M, rep: &Rep) -> Result<(), Failure> {
+        self.barrier_then(m, || {
+            self.counted.lock().0 = Some(counters::snapshot(m));
+            if let Some(w) = rep.window {
+                self.window.store(u64::from(w) + 1, Ordering::Release);
+                m.trace_mark(Mark::Begin, w);
+            }
+        })
+    }
+
+    /// Ends this CPU's timed loop (`start`): stores its result, and the
+    /// last member to be done closes the tracer's window and takes the
+    /// counters' `after` snapshot.
+    pub fn stop<M: Machine>(&self, m: &M, t: Timed<'_, M>, cpu: usize) {
+        t.finish(self, cpu);
+        self.done(m);
+    }
+
+    fn done<M: Machine>(&self, m: &M) {
+        if self.timed_done.fetch_add(1, Ordering::AcqRel) + 1 != self.n {
+            return;
+        }
+        if let Some(w) = self.window.load(Ordering::Acquire).checked_sub(1) {
+            m.trace_mark(Mark::End, w as u32);
+        }
+        self.counted.lock().1 = Some(counters::snapshot(m));
+    }
+
+    /// The counters before the first timed loop and after the last, if
+    /// every member got to the end.
+    pub fn counted(&self) -> Option<(Snapshot, Snapshot)> {
+        match *self.counted.lock() {
+            (Some(before), Some(after)) => Some((before, after)),
+            _ => None,
+        }
     }
 
     /// This CPU's result slot.
@@ -305,7 +380,7 @@ mod tests {
     fn a_timed_loop_reads_the_clock_rarely_and_still_stops_on_time() {
         let clock = CountingClock { now: Cell::new(1_000), reads: Cell::new(0) };
         let team = Team::new(1);
-        let rep = Rep { duration_ns: 100_000_000, seed: 9, cpus: 1, sample_every: 64 };
+        let rep = Rep { duration_ns: 100_000_000, seed: 9, cpus: 1, sample_every: 64, window: None };
         let mut t = Timed::begin(&clock, &rep, 0);
         let step = |c: &CountingClock| c.now.set(c.now.get() + 150);
         while t.running(&team) {

@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod batched;
 pub mod boot_frames;
 pub mod buddy;
 pub mod counters;

@@ -61,15 +61,14 @@ pub fn anon<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<T
     paged::with_mode(m, variant, None, || {
         let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             while t.running(team) {
                 let base = paged::map(m, PAGES)?;
                 let r = touch(m, &mut t, base, 0, 1, PAGES, cpu);
                 paged::unmap(m, base, PAGES)?;
                 r?;
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             Ok(())
         })?;
         Ok(team)
@@ -83,8 +82,7 @@ pub fn shared<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
         let team = Team::new(n as usize);
         let (region, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
         team.run(m, move |team, cpu| {
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             loop {
                 if cpu == 0 {
                     region.store(paged::map(m, PAGES * n)?, Ordering::Release);
@@ -103,7 +101,7 @@ pub fn shared<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
                     break;
                 }
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             Ok(())
         })?;
         Ok(team)

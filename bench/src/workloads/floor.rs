@@ -25,7 +25,7 @@ use cpus::PerCpu;
 use crate::driver::Rep;
 use crate::failure::{check, fails, failure, Failure};
 use crate::machine::Machine;
-use crate::team::{Team, Timed};
+use crate::team::Team;
 
 /// A counter alone on its cache line.
 #[repr(align(64))]
@@ -43,15 +43,14 @@ pub fn clock<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
     let rep = *rep;
     let team = Team::new(rep.cpus);
     team.run(m, move |team, cpu| {
-        team.barrier(m)?;
-        let mut t = Timed::begin(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         let mut last = 0;
         while t.running(team) {
             let now = t.op(1, || m.now_ns());
             check!(now >= last, "cpu {cpu}: the clock went back from {last} to {now}");
             last = now;
         }
-        t.finish(team, cpu);
+        team.stop(m, t, cpu);
         Ok(())
     })?;
     Ok(team)
@@ -73,13 +72,12 @@ pub fn rmw<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
     team.run(m, move |team, cpu| {
         let line = if shared { &SHARED.0 } else { PRIVATE.unguarded(cpu) };
         let mine = PRIVATE.unguarded(cpu).load(Ordering::Relaxed);
-        team.barrier(m)?;
-        let mut t = Timed::begin(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         while t.running(team) {
             t.op(1, || line.fetch_add(1, Ordering::Relaxed));
         }
         let ops = t.result.ops;
-        t.finish(team, cpu);
+        team.stop(m, t, cpu);
         if !shared {
             let got = PRIVATE.unguarded(cpu).load(Ordering::Relaxed) - mine;
             check!(got == ops, "cpu {cpu}: its counter moved by {got} in {ops} increments");
@@ -100,12 +98,11 @@ pub fn zero<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc<
     team.run(m, move |team, cpu| {
         let mut frame = m.frames().alloc_page().map_err(|e| fails("alloc", e))?;
         let vm = m.vm();
-        team.barrier(m)?;
-        let mut t = Timed::begin(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         while t.running(team) {
             t.op(1, || vm.fill_frame(&mut frame, 0));
         }
-        t.finish(team, cpu);
+        team.stop(m, t, cpu);
         m.frames().free_page(frame).map_err(|e| fails("free", e))
     })?;
     Ok(team)
@@ -131,19 +128,19 @@ pub fn ipi<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
     let team = Team::new(if running { 2 } else { 1 });
     let stop = Arc::new(AtomicBool::new(false));
     team.run(m, move |team, cpu| {
-        team.barrier(m)?;
         if cpu == 1 {
             // Interrupts are on here: the cross-call's IPI interrupts the
             // loop. No `PAUSE`, which under TCG takes QEMU's big lock.
+            team.start_untimed(m, &rep)?;
             while !stop.load(Ordering::Acquire) && !team.aborted() {}
             return Ok(());
         }
-        let mut t = Timed::begin(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         let mut r = Ok(());
         while r.is_ok() && t.running(team) {
             r = t.op(1, || m.ipi_round_trip(1));
         }
-        t.finish(team, cpu);
+        team.stop(m, t, cpu);
         stop.store(true, Ordering::Release);
         r.map_err(|missing| failure(format_args!("a round trip to cpu 1 timed out (no answer from {missing:#x})")))
     })?;

@@ -17,7 +17,7 @@ use spin::Mutex;
 use crate::driver::Rep;
 use crate::failure::{check, fails, failure, Failure};
 use crate::machine::{frames_accounted, Machine};
-use crate::team::{Team, Timed};
+use crate::team::Team;
 
 const BATCH: usize = 64;
 /// Frames in flight to a neighbour before the sender frees locally.
@@ -59,13 +59,12 @@ pub fn pair<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<T
         let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             let f = m.frames();
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             while t.running(team) {
                 let phys = t.op(1, || f.alloc_page()).map_err(|e| fails("alloc", e))?;
                 t.op(0, || f.free_page(phys)).map_err(|e| fails("free", e))?;
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             Ok(())
         })?;
         Ok(team)
@@ -79,8 +78,7 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         team.run(m, move |team, cpu| {
             let f = m.frames();
             let mut held = ArrayVec::<Frame, BATCH>::new();
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut round = 0u64;
             while t.running(team) {
                 for _ in 0..BATCH {
@@ -96,7 +94,7 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                 }
                 round += 1;
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             Ok(())
         })?;
         Ok(team)
@@ -120,8 +118,7 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
             let mine = &boxes[cpu];
             let mut outbox = ArrayVec::<Frame, HANDOFF>::new();
             let mut inbox = ArrayVec::<Frame, HANDOFF>::new();
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             while t.running(team) {
                 outbox.push(t.op(0, || f.alloc_page()).map_err(|e| fails("alloc", e))?);
                 if outbox.is_full() {
@@ -148,7 +145,7 @@ pub fn remote<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc
                     t.op(1, || f.free_page(phys)).map_err(|e| fails("remote free", e))?;
                 }
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             for phys in outbox.drain(..).chain(inbox.drain(..)) {
                 f.free_page(phys).map_err(|e| fails("final free", e))?;
             }

@@ -13,7 +13,7 @@ use crate::driver::Rep;
 use crate::failure::{check, Failure};
 use crate::machine::Machine;
 use crate::rng::Rng;
-use crate::team::{Team, Timed};
+use crate::team::Team;
 
 const SIZES: [usize; 8] = [16, 24, 32, 48, 64, 128, 256, 512];
 const LIVE: usize = 32;
@@ -25,8 +25,7 @@ pub fn small<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
     team.run(m, move |team, cpu| {
         let mut ring: Vec<Option<Box<[u64]>>> = (0..LIVE).map(|_| None).collect();
         let mut rng = Rng::for_cpu(seed, cpu);
-        team.barrier(m)?;
-        let mut t = Timed::begin(m, &rep, cpu);
+        let mut t = team.start(m, &rep, cpu)?;
         let mut seq = 0u64;
         while t.running(team) {
             let words = SIZES[(rng.next() % SIZES.len() as u64) as usize] / 8;
@@ -45,7 +44,7 @@ pub fn small<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<Arc
             *slot = Some(t.op(1, || vec![stamp; words].into_boxed_slice()));
             seq += 1;
         }
-        t.finish(team, cpu);
+        team.stop(m, t, cpu);
         Ok(())
     })?;
     // Every object was freed: the ring is dropped by now on every CPU.

@@ -22,7 +22,7 @@ use crate::driver::Rep;
 use crate::failure::{check, fails, failure, Failure};
 use crate::machine::Machine;
 use crate::rng::Rng;
-use crate::team::{Team, Timed};
+use crate::team::Team;
 
 const PAGES: u64 = 1024;
 const RESIDENT: u64 = 256;
@@ -77,8 +77,7 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
             let mine: Vec<u64> = (cpu as u64..PAGES).step_by(n as usize).collect();
             let mut shadow = vec![0u64; mine.len()];
             let mut rng = Rng::for_cpu(seed, cpu);
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut k = 0usize;
             while t.running(team) {
                 let i = if random {
@@ -105,7 +104,7 @@ fn run<M: Machine>(m: &'static M, random: bool, mode: &str, rep: &Rep) -> Result
                     t.result.hist.record(ns);
                 }
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             for (i, &p) in mine.iter().enumerate() {
                 let va = base + p * mm::PAGE_SIZE;
                 let got = m.read_word(va);

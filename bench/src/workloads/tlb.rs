@@ -21,7 +21,7 @@ use mm::frame::Frame;
 use crate::driver::Rep;
 use crate::failure::{check, failure, Failure};
 use crate::machine::Machine;
-use crate::team::{Team, Timed};
+use crate::team::Team;
 
 const GLOBAL_PAGES: u64 = 16;
 
@@ -81,8 +81,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
         let space = &s[0];
         let retired = &r;
         space::within(m, space, || {
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             loop {
                 let g = gen.load(Ordering::Acquire);
                 for i in 0..pages {
@@ -113,7 +112,7 @@ fn rounds<M: Machine>(m: &'static M, readers: usize, pages: u64, rep: &Rep) -> R
                     break;
                 }
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             Ok(())
         })
     });

@@ -42,8 +42,7 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         let (vm, frames) = (m.vm(), m.frames());
         let space = &s[if private { cpu } else { 0 }];
         space::within(m, space, || {
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut i = 0u64;
             while t.running(team) {
                 let va = page(cpu, i);
@@ -65,7 +64,7 @@ pub fn local<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
                 })?;
                 i += 1;
             }
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             // Everyone stops unmapping before anyone leaves the space.
             team.barrier(m)
         })
@@ -101,8 +100,7 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
                 }
                 Ok(())
             };
-            team.barrier(m)?;
-            let mut t = Timed::begin(m, &rep, cpu);
+            let mut t = team.start(m, &rep, cpu)?;
             let mut k = 0u64;
             while t.running(team) {
                 if next.lock().len() < PIPE {
@@ -119,7 +117,7 @@ pub fn pipeline<M: Machine>(m: &'static M, _variant: &str, rep: &Rep) -> Result<
             team.barrier(m)?;
             // Nobody sends any more: unmap what is left.
             take(&mut t, &mut batch)?;
-            t.finish(team, cpu);
+            team.stop(m, t, cpu);
             team.barrier(m)
         })
     });

@@ -140,3 +140,84 @@ fn threads_allocating_and_freeing_each_others_objects() {
     }
     assert_eq!(h.stats().in_use, 0);
 }
+
+#[test]
+fn bytes_in_use_are_counted_on_the_cpu_that_allocates_or_frees() {
+    let h = heap(3, 1000);
+    on_cpu(0);
+    let small = h.alloc(100, 8).unwrap();
+    let large = h.alloc(5000, 8).unwrap();
+    assert_eq!((h.cpu_in_use(0), h.cpu_in_use(1)), (128 + 2 * PAGE_SIZE as i64, 0));
+    // Freed on CPU 1: CPU 1's figure goes negative, CPU 0's stays.
+    std::thread::spawn(move || {
+        on_cpu(1);
+        // SAFETY: allocated above with these arguments, freed once.
+        unsafe { h.free(small, 100, 8) };
+        assert_eq!(h.stats().in_use, 2 * PAGE_SIZE);
+        // SAFETY: as above.
+        unsafe { h.free(large, 5000, 8) };
+    })
+    .join()
+    .unwrap();
+    assert_eq!(h.cpu_in_use(0), 128 + 2 * PAGE_SIZE as i64);
+    assert_eq!(h.cpu_in_use(1), -(128 + 2 * PAGE_SIZE as i64));
+    assert_eq!(h.cpu_in_use(2), 0);
+    assert_eq!(h.stats().in_use, 0, "the sum over CPUs is exact");
+}
+
+#[test]
+fn pool_locks_share_no_line_with_each_other_or_the_read_mostly_fields() {
+    let h = heap(2, 10);
+    let line = |p: *const u8| p as usize / 128;
+    let cpus = line(&*h.cpus as *const _ as *const u8);
+    let pages = line(&*h.pages as *const _ as *const u8);
+    let pools: Vec<usize> = h.pools.iter().map(|p| line(&**p as *const _ as *const u8)).collect();
+    for (k, &p) in pools.iter().enumerate() {
+        assert_ne!(p, cpus, "class {k}'s pool lock shares a line with the CPU caches' reference");
+        assert_ne!(p, pages, "class {k}'s pool lock shares a line with the page count");
+        assert!(pools[..k].iter().all(|&q| q != p), "two class pools share a line");
+    }
+    assert_ne!(cpus, pages);
+}
+
+/// A page source that checks no class pool is locked while it is asked:
+/// the frame allocator behind the kernel's source may wait for other CPUs
+/// to answer a cross-call, and one spinning on a pool lock never would.
+struct PoolsUnlocked {
+    inner: HostPages,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+static PROBED: std::sync::OnceLock<&'static Heap<'static, PoolsUnlocked, Threads>> = std::sync::OnceLock::new();
+
+impl PageSource for PoolsUnlocked {
+    fn alloc_pages(&self, pages: usize) -> Option<usize> {
+        let heap = PROBED.get().expect("probe installed");
+        for (class, pool) in heap.pools.iter().enumerate() {
+            assert!(pool.try_lock().is_some(), "class {class}'s pool is locked while the heap asks for pages");
+        }
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.alloc_pages(pages)
+    }
+    fn free_pages(&self, addr: usize, pages: usize) {
+        self.inner.free_pages(addr, pages)
+    }
+}
+
+#[test]
+fn pages_are_asked_for_with_no_pool_locked() {
+    let slots = Vec::leak(vec![CachePadded::new(HeapCpu::new())]);
+    let source = PoolsUnlocked {
+        inner: HostPages { left: std::sync::Mutex::new(100) },
+        asked: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let h = Box::leak(Box::new(Heap::new(PerCpuRef::new(slots), source, Threads)));
+    assert!(PROBED.set(h).is_ok());
+    on_cpu(0);
+    let objs: Vec<usize> = (0..CPU_CACHE * 2).map(|_| h.alloc(2048, 8).unwrap()).collect();
+    assert!(h.source.asked.load(std::sync::atomic::Ordering::Relaxed) >= 2, "refills carved pages");
+    for a in objs {
+        // SAFETY: from `alloc(2048, 8)` above, freed once.
+        unsafe { h.free(a, 2048, 8) };
+    }
+}

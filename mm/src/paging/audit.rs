@@ -2,7 +2,8 @@
 //! says it backs that page (the reverse map), as many frames say so as
 //! there are resident pages, and the store's used slots are exactly the
 //! paged-out pages plus the copies resident pages keep (plus pages in
-//! flight, if any are).
+//! flight, if any are), and every frame backing a page is an eviction
+//! candidate in some CPU's map.
 
 use core::sync::atomic::Ordering;
 
@@ -42,6 +43,9 @@ pub enum PagingViolation {
     SlotTwice { virt: u64, slot: u64 },
     /// Used slots do not add up to paged-out pages + copies (+ in flight).
     SlotCount { paged_out: u64, copies: u64, in_flight: u64, used: u64 },
+    /// A frame backs a page (mapped, not busy) but is in no CPU's
+    /// candidate map: the evictor would never find it.
+    NotACandidate { phys: PhysAddr },
     /// Frames marked as backing a page, resident pages found, and the
     /// pager's count disagree.
     ResidentCount { frames: u64, pages: u64, counted: u64 },
@@ -99,7 +103,19 @@ impl<P: VmPlatform> Paging<'_, P> {
         if let Some(v) = bad {
             return Err(v);
         }
-        let frames = (0..pg.db.len()).filter(|&i| pg.db.paging_flags(i) & MAPPED != 0).count() as u64;
+        let mut frames = 0u64;
+        for i in 0..pg.db.len() {
+            let flags = pg.db.paging_flags(i);
+            if flags & MAPPED == 0 {
+                continue;
+            }
+            frames += 1;
+            // A frame being paged in is mapped before it is tracked (both
+            // while busy): only frames nobody holds must be candidates.
+            if flags & BUSY == 0 && !pg.is_candidate(i) {
+                return Err(PagingViolation::NotACandidate { phys: pg.db.phys_of(i) });
+            }
+        }
         let counted = pg.resident();
         // A page in flight may hold a frame already marked (page-in) or
         // still marked (eviction): only at quiescent points are they equal.

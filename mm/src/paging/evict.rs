@@ -54,7 +54,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         while victims.len() < want && misses < want * SELECT_ATTEMPTS {
             let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
             let picked = pg.policy.select(&view);
-            pg.stats.finish(Timing::Select, start, || self.vm.p.now_ns());
+            pg.stats.finish(self.vm.p.cpu_index(), Timing::Select, start, || self.vm.p.now_ns());
             let Ok(i) = picked else { break };
             match self.claim_victim(pg, i) {
                 Some(v) => victims.push(v),
@@ -102,7 +102,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 Ok(token) => {
                     // The copy slot, if any, went into the token.
                     transition::finish_eviction(pg.db, v.index, v.entry, token);
-                    pg.untrack(v.index);
+                    pg.untrack(self.vm.p.cpu_index(), v.index);
                     freed.push(v.frame);
                 }
                 Err(e) => {
@@ -137,7 +137,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         pg.stats.count(self.vm.p.cpu_index(), Event::StoreWrite);
         let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
         let written = self.vm.with_kept(v.frame, |f| pg.store.page_out(slot, f));
-        pg.stats.finish(Timing::StoreOut, start, || self.vm.p.now_ns());
+        pg.stats.finish(self.vm.p.cpu_index(), Timing::StoreOut, start, || self.vm.p.now_ns());
         if let Err(e) = written {
             if copy == 0 {
                 let _ = pg.store.location_free(slot);

@@ -4,7 +4,7 @@
 //! waits, answering shootdowns, and looks again.
 
 use super::wait::WaitBound;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 
 use super::slots::SlotFor;
 use super::token::Location;
@@ -64,7 +64,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         self.paging_op(|pg| {
             if self.fault_in(pg, virt & !(PAGE_SIZE - 1), access, SlotFor::Fault)? {
                 pg.stats.count(self.vm.p.cpu_index(), Event::Fault);
-                pg.stats.finish(Timing::Fault, start, || self.vm.p.now_ns());
+                pg.stats.finish(self.vm.p.cpu_index(), Timing::Fault, start, || self.vm.p.now_ns());
             }
             Ok(())
         })
@@ -146,7 +146,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 pg.stats.count(self.vm.p.cpu_index(), Event::StoreRead);
                 let start = pg.stats.start(self.vm.p.cpu_index(), || self.vm.p.now_ns());
                 let read = pg.store.page_in(s, &mut frame);
-                pg.stats.finish(Timing::StoreIn, start, || self.vm.p.now_ns());
+                pg.stats.finish(self.vm.p.cpu_index(), Timing::StoreIn, start, || self.vm.p.now_ns());
                 if let Err(e) = read {
                     let _ = self.vm.p.free_frame(frame);
                     return restore(PagingError::Store(e));
@@ -174,10 +174,9 @@ impl<P: VmPlatform> Paging<'_, P> {
         let marked = transition::install_resident(pg.db, index, entry, token, va, copy, fresh);
         debug_assert!(marked, "a fresh frame had paging flags");
         // Counted before the frame is published (not busy), so an evictor
-        // that takes it at once never counts it out first.
-        pg.resident.fetch_add(1, Ordering::Relaxed);
-        pg.policy.on_mapped(index);
-        pg.set_candidate(index, true);
+        // that takes it at once never counts it out first (and finds its
+        // candidate bit set, with the `BUSY` hand-over ordering the two).
+        pg.track(self.vm.p.cpu_index(), index);
         pg.release(index);
         Ok(())
     }
@@ -192,7 +191,8 @@ impl<P: VmPlatform> Paging<'_, P> {
         // The allocator failed us: evict even under the budget.
         let mut starved = false;
         loop {
-            let over = starved || pg.over_budget(self.vm.p.free_frames());
+            let cpu = self.vm.p.cpu_index();
+            let over = starved || pg.over_budget(cpu, || self.vm.p.free_frames());
             let got = if over {
                 self.evict_batch(pg, super::evict::BATCH, slot_for)
             } else {
@@ -206,16 +206,14 @@ impl<P: VmPlatform> Paging<'_, P> {
                     }
                     return Ok(self.vm.adopt_kept(reuse));
                 }
-                Err(PagingError::NoEvictableFrame) if !over || pg.resident() < pg.resident_limit() => {
-                    match self.vm.alloc() {
-                        Ok(f) => return Ok(f),
-                        Err(_) if !starved => {
-                            starved = true;
-                            continue;
-                        }
-                        Err(_) => {}
+                Err(PagingError::NoEvictableFrame) if !over || !pg.at_resident_limit(cpu) => match self.vm.alloc() {
+                    Ok(f) => return Ok(f),
+                    Err(_) if !starved => {
+                        starved = true;
+                        continue;
                     }
-                }
+                    Err(_) => {}
+                },
                 Err(PagingError::NoEvictableFrame) => {}
                 Err(e) => return Err(e),
             }

@@ -164,7 +164,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                         if let Some(s) = copy {
                             let _ = pg.store.location_free(s);
                         }
-                        pg.forget(index);
+                        pg.forget(self.vm.p.cpu_index(), index);
                         return Ok(true);
                     }
                     Err(Refused::Changed) => continue, // accessed or dirty bits changed

@@ -28,6 +28,7 @@
 mod api;
 mod audit;
 pub mod block_store;
+mod candidates;
 mod demand;
 mod evict;
 mod fault;
@@ -47,8 +48,11 @@ pub(crate) mod transition;
 mod view;
 pub(crate) mod wait;
 
+use self::candidates::Candidates;
 use self::wait::WaitBound;
+use crate::batched::BatchedCount;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use cpus::{CachePadded, PerCpu};
 
 pub use audit::{PagingAudit, PagingViolation};
 pub use fault::Access;
@@ -75,6 +79,12 @@ const NO_HEIR: usize = usize::MAX;
 /// thrash at 8 CPUs ran far slower. Long enough that the try-lock decides
 /// most acquisitions, short enough that nobody waits out `BUSY_WAIT_NS`.
 const HEIR_AFTER: u64 = 1024;
+
+/// Changes of a CPU's resident delta before it folds them into the shared
+/// count (`BatchedCount`): one shared write per 32 page-ins or evictions.
+pub const RESIDENT_BATCH: u32 = 32;
+/// Most page-ins a CPU makes on one reading of the free-frame count.
+pub const FREE_GRANT_MAX: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingError {
@@ -135,13 +145,18 @@ pub struct Pager {
     pub(crate) policy: &'static dyn EvictionPolicy,
     resident_limit: AtomicU64,
     reserve: u64,
-    /// Pageable pages that have a frame.
-    pub(crate) resident: AtomicU64,
-    /// One bit per frame of the database, set while the frame backs a
-    /// pageable page: the clock jumps over the frames paging does not use.
-    candidates: alloc::vec::Vec<AtomicU64>,
-    /// Pageable pages mapped (resident or not).
-    pub(crate) committed: AtomicU64,
+    /// Pageable pages that have a frame: a delta per CPU, folded into one
+    /// shared word every `RESIDENT_BATCH` changes (`crate::batched`).
+    resident: BatchedCount,
+    /// The frames backing pageable pages, one map per CPU (`candidates`):
+    /// the clock jumps over the frames paging does not use.
+    candidates: Candidates,
+    /// Per CPU: page-ins it may still make before it reads the free-frame
+    /// count again (`free_grant`). Written only by its CPU.
+    free_grant: PerCpu<AtomicU64>,
+    /// Pageable pages mapped (resident or not). Written per region map and
+    /// unmap: on a line of its own, away from the fields every fault reads.
+    pub(crate) committed: CachePadded<AtomicU64>,
     mode: AtomicU8,
     global: spin::Mutex<()>,
     /// The CPU that waited longest for `global` and is next in line, or
@@ -173,8 +188,25 @@ impl Pager {
         self.mode.store(mode as u8, Ordering::Relaxed);
     }
 
+    /// Resident pageable pages, summed over every CPU's delta: exact at a
+    /// quiescent point (audits, statistics, tests).
     pub fn resident(&self) -> u64 {
-        self.resident.load(Ordering::Relaxed)
+        self.resident.sum().max(0) as u64
+    }
+
+    /// The resident count's parts: the folded word and CPU `cpu`'s delta.
+    pub fn resident_parts(&self, cpu: usize) -> (i64, i64) {
+        (self.resident.folded(), self.resident.delta(cpu))
+    }
+
+    /// Whether the resident count has reached the limit, asked by CPU
+    /// `cpu`. Far from the limit (by more than `RESIDENT_BATCH - 1` per
+    /// counting CPU) this reads only the folded word and `cpu`'s own
+    /// delta; near it, every CPU's delta, so the answer is exact but for
+    /// page-ins in flight (a check-then-act window of one page per CPU, as
+    /// with one shared counter).
+    pub(crate) fn at_resident_limit(&self, cpu: usize) -> bool {
+        self.resident.at_least(cpu, self.resident_limit())
     }
 
     pub fn resident_limit(&self) -> u64 {
@@ -191,35 +223,23 @@ impl Pager {
         self.committed.load(Ordering::Relaxed)
     }
 
-    /// Marks frame `i` as backing a pageable page (or not any more).
-    pub(crate) fn set_candidate(&self, i: usize, on: bool) {
-        let (w, bit) = (i / 64, 1u64 << (i % 64));
-        if on {
-            self.candidates[w].fetch_or(bit, Ordering::Release);
-        } else {
-            self.candidates[w].fetch_and(!bit, Ordering::Release);
-        }
+    /// Frame `i`, just installed by CPU `cpu` (still busy), backs a
+    /// pageable page: counted resident and marked as a candidate.
+    pub(crate) fn track(&self, cpu: usize, i: usize) {
+        self.resident.add(cpu, 1);
+        self.policy.on_mapped(i);
+        self.candidates.track(cpu, i);
+    }
+
+    /// Whether frame `i` is marked as a candidate (the audit).
+    pub(crate) fn is_candidate(&self, i: usize) -> bool {
+        self.candidates.contains(i)
     }
 
     /// The first frame at or after `i` marked as backing a pageable page,
     /// or the database length.
     pub(crate) fn next_candidate(&self, i: usize) -> usize {
-        let n = self.db.len();
-        let mut w = i / 64;
-        if i >= n {
-            return n;
-        }
-        let mut bits = self.candidates[w].load(Ordering::Acquire) & (!0u64 << (i % 64));
-        loop {
-            if bits != 0 {
-                return (w * 64 + bits.trailing_zeros() as usize).min(n);
-            }
-            w += 1;
-            if w == self.candidates.len() {
-                return n;
-            }
-            bits = self.candidates[w].load(Ordering::Acquire);
-        }
+        self.candidates.next(i)
     }
 
     /// Gives up this CPU's `BUSY` claim on frame `i`.
@@ -230,26 +250,61 @@ impl Pager {
     /// Frame `i`, claimed busy, no longer backs a page (evicted or
     /// unmapped; its copy slot, if any, was handed on or freed): clears
     /// its paging state and takes it out of the policy and the counts.
-    pub(crate) fn forget(&self, i: usize) {
+    pub(crate) fn forget(&self, cpu: usize, i: usize) {
         transition::forget_frame(self.db, i);
-        self.untrack(i);
+        self.untrack(cpu, i);
     }
 
-    /// Frame `i`, just forgotten, leaves the policy and the counts.
-    pub(crate) fn untrack(&self, i: usize) {
-        self.set_candidate(i, false);
+    /// Frame `i`, just forgotten by CPU `cpu` (the running one, holding it
+    /// busy), leaves the policy and the counts.
+    pub(crate) fn untrack(&self, cpu: usize, i: usize) {
+        self.candidates.untrack(cpu, i);
         self.policy.on_unmapped(i);
-        self.resident.fetch_sub(1, Ordering::Relaxed);
+        self.resident.add(cpu, -1);
     }
 
-    /// Whether a page-in must evict first.
-    fn over_budget(&self, free_frames: u64) -> bool {
-        self.resident() >= self.resident_limit() || free_frames < self.reserve
+    /// Whether a page-in on CPU `cpu` must evict first: the resident
+    /// count at its limit (`at_resident_limit`), or free frames below the
+    /// reserve. The free-frame count (which sums every CPU's magazine
+    /// count) is read only when this CPU's grant is used up: one reading
+    /// grants `(free - reserve) / (2 * MAX_CPUS)` page-ins, at most
+    /// `FREE_GRANT_MAX`. So even if every CPU holds a full grant from the
+    /// same reading, together they take at most half the frames above the
+    /// reserve before one of them reads again, and near the reserve (a
+    /// grant of 0) every page-in reads, as before.
+    fn over_budget(&self, cpu: usize, free_frames: impl FnOnce() -> u64) -> bool {
+        if self.at_resident_limit(cpu) {
+            return true;
+        }
+        // Only this CPU writes its grant, with interrupts off.
+        let grant = self.free_grant.unguarded(cpu);
+        let left = grant.load(Ordering::Relaxed);
+        if left > 0 {
+            grant.store(left - 1, Ordering::Relaxed);
+            return false;
+        }
+        let free = free_frames();
+        if free < self.reserve {
+            return true;
+        }
+        let share = (free - self.reserve) / (2 * cpus::MAX_CPUS as u64);
+        grant.store(share.min(FREE_GRANT_MAX), Ordering::Relaxed);
+        false
+    }
+
+    /// Forgets every CPU's grant: the next page-in on each reads the free
+    /// frames again (after the reserve or the memory changed, in tests).
+    pub fn reset_free_grants(&self) {
+        for g in self.free_grant.iter() {
+            g.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Pages that on-demand mappings may commit in all: RAM for paging
     /// (the resident limit, or what is free now plus what paging holds)
-    /// plus the store's slots but the one kept for faults.
+    /// plus the store's slots but the one kept for faults. Exact as
+    /// before: `resident()` is the sum over every CPU's delta (read once
+    /// per `k_mem_map`, not per fault).
     pub(crate) fn commit_limit(&self, free_frames: u64) -> u64 {
         let ram = self.resident_limit().min(free_frames.saturating_sub(self.reserve) + self.resident());
         ram + self.store.usage().1.saturating_sub(1)
@@ -287,9 +342,10 @@ impl<'v, P: VmPlatform> Paging<'v, P> {
             policy: c.policy,
             resident_limit: AtomicU64::new(c.resident_limit.max(1)),
             reserve: c.reserve,
-            resident: AtomicU64::new(0),
-            candidates: (0..c.db.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            committed: AtomicU64::new(0),
+            resident: BatchedCount::new(RESIDENT_BATCH),
+            candidates: Candidates::new(c.db.len(), vm.p.online_cpus()),
+            free_grant: PerCpu::default(),
+            committed: CachePadded::new(AtomicU64::new(0)),
             mode: AtomicU8::new(Mode::BusyState as u8),
             global: spin::Mutex::new(()),
             heir: AtomicUsize::new(NO_HEIR),

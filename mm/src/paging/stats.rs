@@ -10,7 +10,8 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use cpus::PerCpu;
+use alloc::boxed::Box;
+use cpus::{CachePadded, PerCpu, PerCpuRef, MAX_CPUS};
 
 use crate::lock_count::{LockCounts, LockSnapshot};
 
@@ -18,6 +19,9 @@ use crate::lock_count::{LockCounts, LockSnapshot};
 /// 40 buckets reach past 15 minutes.
 pub const BUCKETS: usize = 40;
 
+/// One CPU's log2 histogram: only that CPU records into it, with plain
+/// loads and stores (no locked instruction, no line another CPU writes);
+/// readers merge every CPU's (`Stats::histogram`).
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
     max: AtomicU64,
@@ -28,10 +32,16 @@ impl Histogram {
         Histogram { buckets: [const { AtomicU64::new(0) }; BUCKETS], max: AtomicU64::new(0) }
     }
 
+    /// Records `ns`. Only the owning CPU calls it (a nested fault on the
+    /// same CPU may lose one sample, like `sampled`'s state); the maximum
+    /// is written only when a load shows a new one.
     pub fn record(&self, ns: u64) {
         let k = (63 - ns.max(1).leading_zeros() as usize).min(BUCKETS - 1);
-        self.buckets[k].fetch_add(1, Ordering::Relaxed);
-        self.max.fetch_max(ns, Ordering::Relaxed);
+        let b = &self.buckets[k];
+        b.store(b.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if ns > self.max.load(Ordering::Relaxed) {
+            self.max.store(ns, Ordering::Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -55,6 +65,16 @@ pub struct HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
+    pub const EMPTY: HistogramSnapshot = HistogramSnapshot { buckets: [0; BUCKETS], max: 0 };
+
+    /// Adds another CPU's histogram: bucket by bucket, the larger maximum.
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        for (b, o) in self.buckets.iter_mut().zip(&other.buckets) {
+            *b += o;
+        }
+        self.max = self.max.max(other.max);
+    }
+
     /// What was recorded after `before` was taken.
     pub fn since(&self, before: &HistogramSnapshot) -> HistogramSnapshot {
         let mut d = *self;
@@ -181,14 +201,25 @@ pub enum Timing {
     Fault,
 }
 
+/// One CPU's histograms, one per `Timing`.
+struct CpuHistograms([Histogram; 4]);
+
 pub struct Stats {
     cpus: PerCpu<CpuCounters>,
-    histograms: [Histogram; 4],
+    /// Per CPU, on lines of their own (a `PerCpuRef` over a boxed slice:
+    /// `MAX_CPUS` sets of four histograms are too big to build on a stack).
+    histograms: Box<[CachePadded<CpuHistograms>]>,
 }
 
 impl Stats {
     pub fn new() -> Stats {
-        Stats { cpus: PerCpu::default(), histograms: [const { Histogram::new() }; 4] }
+        let histograms =
+            (0..MAX_CPUS).map(|_| CachePadded::new(CpuHistograms([const { Histogram::new() }; 4]))).collect();
+        Stats { cpus: PerCpu::default(), histograms }
+    }
+
+    fn histograms(&self) -> PerCpuRef<'_, CpuHistograms> {
+        PerCpuRef::new(&self.histograms)
     }
 
     pub fn count(&self, cpu: usize, e: Event) {
@@ -237,15 +268,18 @@ impl Stats {
         self.sampled(cpu).then(now)
     }
 
-    /// Records a sampled event that started at `start` (from [`Self::start`]).
-    pub fn finish(&self, t: Timing, start: Option<u64>, now: impl FnOnce() -> u64) {
+    /// Records a sampled event of CPU `cpu` that started at `start` (from
+    /// [`Self::start`]).
+    pub fn finish(&self, cpu: usize, t: Timing, start: Option<u64>, now: impl FnOnce() -> u64) {
         if let Some(start) = start {
-            self.time(t, now().saturating_sub(start));
+            self.time(cpu, t, now().saturating_sub(start));
         }
     }
 
-    pub fn time(&self, t: Timing, ns: u64) {
-        self.histograms[t as usize].record(ns);
+    /// Records `ns` in CPU `cpu`'s histogram (the running CPU's own:
+    /// unguarded, as for the counters).
+    pub fn time(&self, cpu: usize, t: Timing, ns: u64) {
+        self.histograms().unguarded(cpu).0[t as usize].record(ns);
     }
 
     /// CPU `cpu`'s counts (any CPU's: reports read them all).
@@ -273,8 +307,18 @@ impl Stats {
         t
     }
 
+    /// Every CPU's histogram of `t`, merged.
     pub fn histogram(&self, t: Timing) -> HistogramSnapshot {
-        self.histograms[t as usize].snapshot()
+        let mut h = HistogramSnapshot::EMPTY;
+        for c in self.histograms().iter() {
+            h.merge(&c.0[t as usize].snapshot());
+        }
+        h
+    }
+
+    /// CPU `cpu`'s histogram of `t` alone.
+    pub fn cpu_histogram(&self, cpu: usize, t: Timing) -> HistogramSnapshot {
+        self.histograms().remote(cpu).0[t as usize].snapshot()
     }
 }
 
@@ -317,7 +361,7 @@ mod tests {
                 clock_reads += 1;
                 0
             });
-            s.finish(Timing::Fault, start, || 10);
+            s.finish(5, Timing::Fault, start, || 10);
         }
         assert_eq!(s.histogram(Timing::Fault).count(), clock_reads);
         assert!(clock_reads < n as u64 / 8, "{clock_reads} clock reads for {n} events");
@@ -338,6 +382,37 @@ mod tests {
         s.count(1, Event::StoreWrite);
         assert_eq!((s.cpu(1).store_reads, s.cpu(1).store_writes), (1, 2));
         assert_eq!(s.cpu(3).store_reads, 0);
+    }
+
+    #[test]
+    fn histograms_are_per_cpu_and_merge_to_the_sum() {
+        let s = Stats::new();
+        let mut want = [0u64; BUCKETS];
+        for (cpu, ns) in [(0, 100), (0, 3000), (2, 100), (2, 70_000), (7, 5)] {
+            s.time(cpu, Timing::Fault, ns);
+            want[63 - ns.leading_zeros() as usize] += 1;
+        }
+        s.time(1, Timing::Select, 1 << 20);
+        assert_eq!(s.cpu_histogram(0, Timing::Fault).count(), 2);
+        assert_eq!(s.cpu_histogram(2, Timing::Fault).max, 70_000);
+        assert_eq!(s.cpu_histogram(1, Timing::Fault).count(), 0, "CPU 1 timed only a selection");
+        let merged = s.histogram(Timing::Fault);
+        assert_eq!(merged.buckets, want);
+        assert_eq!(merged.max, 70_000);
+        assert_eq!(s.histogram(Timing::Select).count(), 1);
+        let a = s.histograms().remote(0) as *const CpuHistograms as usize;
+        let b = s.histograms().remote(1) as *const CpuHistograms as usize;
+        assert!(b - a >= 128 && a.is_multiple_of(128), "neighbouring CPUs' histograms share no line");
+    }
+
+    #[test]
+    fn a_maximum_is_stored_only_when_it_grows() {
+        let h = Histogram::new();
+        h.record(500);
+        h.record(20);
+        assert_eq!(h.snapshot().max, 500);
+        h.record(900);
+        assert_eq!(h.snapshot().max, 900);
     }
 
     #[test]

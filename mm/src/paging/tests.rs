@@ -22,6 +22,8 @@ use crate::vm::{KMemFlags, PAGE_SIZE};
 
 type TestVm = Vm<SimMachine>;
 
+mod scaling;
+
 /// A machine of 4096 frames with paging on: a RAM store of `slots` slots
 /// (a power of two up to 1024) and at most `limit` resident pages.
 fn rig(slots: u64, limit: u64, lru: bool) -> &'static TestVm {

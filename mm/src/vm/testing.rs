@@ -31,6 +31,9 @@ pub struct SimMachine {
     pub shootdowns: Mutex<Vec<(u64, u64, u64)>>,
     /// Makes every shootdown fail (CPUs that do not answer).
     pub fail_shootdowns: AtomicBool,
+    /// Calls of `free_frames` (which, in the kernel, reads every CPU's
+    /// magazine count): paging must not make one per fault.
+    pub free_frame_reads: AtomicU64,
     tlb: TlbSim,
     gate: ShootdownGate,
 }
@@ -50,6 +53,7 @@ impl SimMachine {
             online: AtomicU64::new((1u64 << cpus) - 1),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
+            free_frame_reads: AtomicU64::new(0),
             tlb: TlbSim::new(),
             gate: ShootdownGate::new(),
         }
@@ -211,6 +215,7 @@ impl VmPlatform for SimMachine {
     }
 
     fn free_frames(&self) -> u64 {
+        self.free_frame_reads.fetch_add(1, Ordering::Relaxed);
         self.tlb.refill(&self.memory);
         self.frames.free_bytes() / PAGE_SIZE
     }

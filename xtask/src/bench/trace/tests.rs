@@ -237,7 +237,7 @@ fn calibration_fails_on_each_wrong_figure() {
     assert!(v.iter().all(|v| !v.ok), "{v:?}");
     assert!(v[0].detail.contains("rep 0: 0.900 conflicting accesses/op, expected >= 1"), "{}", v[0].detail);
     assert!(v[0].detail.contains("rep 1: top conflicting line is"), "{}", v[0].detail);
-    assert!(v[1].detail.contains("bound 0.5"), "{}", v[1].detail);
+    assert!(v[1].detail.contains("bound 0.05"), "{}", v[1].detail);
     assert!(v[1].detail.contains("private counter line"), "{}", v[1].detail);
     assert!(v[2].detail.contains("rep 0: tracer saw 10 IPIs sent, kernel counted Some(11)"), "{}", v[2].detail);
     assert!(v[2].detail.contains("rep 1: no shootdown IPI in the window"), "{}", v[2].detail);
