@@ -211,7 +211,7 @@ fn pages_are_asked_for_with_no_pool_locked() {
         inner: HostPages { left: std::sync::Mutex::new(100) },
         asked: std::sync::atomic::AtomicUsize::new(0),
     };
-    let h = Box::leak(Box::new(Heap::new(PerCpuRef::new(slots), source, Threads)));
+    let h = Box::leak(Box::new(Heap::new(PerCpuRef::new(slots), source, Threads::new(1))));
     assert!(PROBED.set(h).is_ok());
     on_cpu(0);
     let objs: Vec<usize> = (0..CPU_CACHE * 2).map(|_| h.alloc(2048, 8).unwrap()).collect();
