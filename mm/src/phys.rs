@@ -436,9 +436,13 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
         }
     }
 
-    /// Loads a magazine from the depot, or a batch of frames from the buddy.
+    /// Loads a magazine from this CPU's reserve, or from the depot, or a
+    /// batch of frames from the buddy.
     fn refill(&self, me: &CpuGuard, cache: &mut CpuCache) {
         let counters = &self.cpus.local(me).counters;
+        if cache.load_reserved() {
+            return;
+        }
         if let Some(mag) = self.with_depot(me, |d| d.take()) {
             bump(&counters.depot_exchanges);
             cache.loaded = mag;
@@ -467,12 +471,15 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
             match cache.push(index, cap) {
                 Ok(()) => bump(&share.counters.fast_frees),
                 Err(index) => {
-                    // Both magazines full: the previous one goes to the depot
-                    // (or, if the depot is at its limit, back to the buddy).
+                    // Both magazines full: the previous one goes to this CPU's
+                    // reserve, or to the depot when that is full (or, if the
+                    // depot is at its limit, back to the buddy).
                     let full = core::mem::take(&mut cache.previous);
-                    bump(&share.counters.depot_exchanges);
-                    if let Err(full) = self.with_depot(me, |d| d.put(full)) {
-                        self.drain(me, &full);
+                    if let Err(full) = cache.keep(full) {
+                        bump(&share.counters.depot_exchanges);
+                        if let Err(full) = self.with_depot(me, |d| d.put(full)) {
+                            self.drain(me, &full);
+                        }
                     }
                     cache.push(index, cap).expect("previous magazine was just emptied");
                 }
@@ -492,8 +499,10 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
             }
             None => {
                 let n = self.depot_contention.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_multiple_of(GROW_AFTER_CONTENTIONS) {
-                    let cap = self.magazine_capacity();
+                let cap = self.magazine_capacity();
+                // At the largest size already: no write to the read-mostly
+                // line every operation reads.
+                if n.is_multiple_of(GROW_AFTER_CONTENTIONS) && cap < MAG_MAX {
                     let _ = self.mag_cap.compare_exchange(
                         cap,
                         (cap + 1).min(MAG_MAX),
@@ -535,7 +544,7 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
         let freeze = Freeze::begin(self.cpus.iter().map(|s| &s.cache), me, &self.platform);
         for (i, share) in self.cpus.iter().enumerate() {
             let drained = freeze.with(i, |cache| {
-                for mag in cache.take_all() {
+                while let Some(mag) = cache.take_one() {
                     self.drain(me, &mag);
                 }
                 share.cached.store(0, Ordering::Relaxed);
@@ -605,7 +614,7 @@ impl<'a, P: CpuPlatform> PhysAllocator<'a, P> {
         }
         for c in 0..caches.len() {
             caches.with(c, |cache| {
-                for &i in cache.loaded.iter().chain(cache.previous.iter()) {
+                for i in cache.frames() {
                     check(i as usize, FrameKind::Cached, "magazine")?;
                     census.magazines += 1;
                 }

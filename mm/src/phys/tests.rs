@@ -190,19 +190,20 @@ fn magazines_refill_and_drain_through_depot_and_buddy() {
     let p: Vec<u64> = (0..2).map(|_| a.alloc_addr().unwrap()).collect();
     let c = a.counters(0);
     assert_eq!((c.buddy_locks, c.fast_allocs), (1, 1), "one buddy trip fills a 2-frame magazine");
-    let more: Vec<u64> = (0..6).map(|_| a.alloc_addr().unwrap()).collect();
-    assert_eq!(a.counters(0).buddy_locks, 4, "one buddy trip per magazine");
-    // Frees: 4 fit in loaded+previous, the 5th sends a full one to the depot,
-    // the 7th finds the depot (limit 1) full and drains to the buddy.
+    let reserve = crate::magazine::RESERVE;
+    let more: Vec<u64> = (0..6 + 2 * reserve).map(|_| a.alloc_addr().unwrap()).collect();
+    assert_eq!(a.counters(0).buddy_locks, 4 + reserve as u64, "one buddy trip per magazine");
+    // Frees: 4 fit in loaded+previous, the next `reserve` full ones go to
+    // this CPU's reserve, the one after to the depot, and the last finds
+    // the depot (limit 1) full and drains to the buddy.
     for (n, q) in p.iter().chain(more.iter()).enumerate() {
         a.free_addr(*q).unwrap();
         let c = census(&a);
         assert_eq!(c.magazines + c.depot + c.buddy + c.allocated, 1024, "after free {n}");
     }
     let c = census(&a);
-    // 8 frees with 2-frame magazines and a 1-magazine depot: 4 frames end up
-    // in the magazines, 2 in the depot and 2 drained back to the buddy.
-    assert_eq!((c.magazines, c.depot, c.buddy), (4, 2, 1024 - 6), "{c:?}");
+    let kept = 4 + 2 * reserve as u64;
+    assert_eq!((c.magazines, c.depot, c.buddy), (kept, 2, 1024 - kept - 2), "{c:?}");
     assert!(a.counters(0).depot_exchanges >= 2);
     // The depot's full magazine comes back before the buddy is asked.
     let locks = a.counters(0).buddy_locks;
