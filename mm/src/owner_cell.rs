@@ -67,6 +67,10 @@ pub struct OwnerCell<T> {
     remote: AtomicU32,
     /// Set by the owner for the length of each access (plain stores).
     inside: AtomicBool,
+    /// Set by the owner for the length of a slow-path (locked) access, so
+    /// a nested access panics there too instead of spinning on its own
+    /// lock. Rare: a locked swap is fine.
+    slow: AtomicBool,
     lock: Mutex<()>,
     value: UnsafeCell<T>,
 }
@@ -85,6 +89,7 @@ impl<T> OwnerCell<T> {
             owner: AtomicUsize::new(UNBOUND),
             remote: AtomicU32::new(0),
             inside: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
             lock: Mutex::new(()),
             value: UnsafeCell::new(value),
         }
@@ -96,6 +101,7 @@ impl<T> OwnerCell<T> {
             owner: AtomicUsize::new(UNBOUND),
             remote: AtomicU32::new(0),
             inside: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
             lock: Mutex::new(()),
             value: UnsafeCell::new(value),
         }
@@ -123,11 +129,26 @@ impl<T> OwnerCell<T> {
     /// answer their quiesces from inside the access.
     pub fn with_owner<R>(&self, me: &CpuGuard, f: impl FnOnce(&mut T) -> R) -> R {
         assert_eq!(self.owner.load(Ordering::Relaxed), me.cpu(), "owner access from a CPU that does not own the cell");
-        assert!(!self.inside.load(Ordering::Relaxed), "nested owner access to CPU {}'s cell", me.cpu());
+        assert!(
+            !self.inside.load(Ordering::Relaxed) && !self.slow.load(Ordering::Relaxed),
+            "nested owner access to CPU {}'s cell",
+            me.cpu()
+        );
         // Acquire: pairs with the Release decrement of a finished remote,
         // whose writes to the value this access then sees.
-        if self.remote.load(Ordering::Acquire) != 0 {
+        // SeqCst (still a plain `mov` on x86): the remote's increment is a
+        // SeqCst RMW, so the pair is ordered in the Rust model too, not only
+        // because x86's locked RMW is a full fence.
+        if self.remote.load(Ordering::SeqCst) != 0 {
+            self.slow.store(true, Ordering::Relaxed);
             let _lock = self.lock.lock();
+            struct Slow<'a>(&'a AtomicBool);
+            impl Drop for Slow<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Relaxed);
+                }
+            }
+            let _slow = Slow(&self.slow);
             // SAFETY: remotes use the value only under `lock`, which this
             // CPU holds; the owner's lock-free accesses run on this CPU
             // only, and none is in progress (`inside` is clear).
@@ -296,5 +317,36 @@ impl<T> AllLocked<'_, '_, T> {
 
     pub fn is_empty(&self) -> bool {
         self.freeze.is_empty()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::testing::{on_cpu, Threads};
+
+    fn nested(raise_remote: bool) {
+        let cell = OwnerCell::new(0u32);
+        cell.bind(0);
+        let platform = Threads::new(1);
+        on_cpu(0);
+        platform.without_interrupts(|me| {
+            // A freeze by the owner itself raises `remote`: the owner's
+            // accesses then take the slow (locked) path.
+            let _freeze = raise_remote.then(|| Freeze::begin([&cell], me, &platform));
+            cell.with_owner(me, |_| cell.with_owner(me, |v| *v += 1));
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "nested owner access")]
+    fn a_nested_access_on_the_lock_free_path_panics() {
+        nested(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "nested owner access")]
+    fn a_nested_access_on_the_locked_path_panics() {
+        nested(true);
     }
 }
