@@ -59,6 +59,10 @@ pub fn pair<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<T
         let team = Team::new(rep.cpus);
         team.run(m, move |team, cpu| {
             let f = m.frames();
+            // The policy switch emptied every magazine: fill this CPU's
+            // before the timed loop, which measures the steady state.
+            let warm = f.alloc_page().map_err(|e| fails("alloc", e))?;
+            f.free_page(warm).map_err(|e| fails("free", e))?;
             let mut t = team.start(m, &rep, cpu)?;
             while t.running(team) {
                 let phys = t.op(1, || f.alloc_page()).map_err(|e| fails("alloc", e))?;
@@ -78,6 +82,13 @@ pub fn batch<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<
         team.run(m, move |team, cpu| {
             let f = m.frames();
             let mut held = ArrayVec::<Frame, BATCH>::new();
+            // As in `pair`: a batch's worth in this CPU's magazines first.
+            for _ in 0..BATCH {
+                held.push(f.alloc_page().map_err(|e| fails("alloc", e))?);
+            }
+            for frame in held.drain(..) {
+                f.free_page(frame).map_err(|e| fails("free", e))?;
+            }
             let mut t = team.start(m, &rep, cpu)?;
             let mut round = 0u64;
             while t.running(team) {
