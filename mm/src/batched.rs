@@ -27,7 +27,7 @@
 //!   per CPU, as before), erring only towards "at the limit".
 
 use crate::sync::{AtomicI64, AtomicU64, Ordering};
-use cpus::{CachePadded, PerCpu, MAX_CPUS};
+use cpus::{CachePadded, CpuSet, PerCpu, MAX_CPUS};
 
 pub struct BatchedCount<const N: usize = MAX_CPUS> {
     /// On a line of its own: a fold writes it, and whatever sits next to
@@ -79,7 +79,13 @@ impl<const N: usize> BatchedCount<N> {
 
     /// CPUs that have counted.
     fn user_count(&self) -> i64 {
-        i64::from(self.users.load(Ordering::Acquire).count_ones())
+        self.users().len() as i64
+    }
+
+    /// `users` as a set. The word is this crate's atomic (loom's in the
+    /// models), not an `AtomicCpuSet`, so the loom model sees its accesses.
+    fn users(&self) -> CpuSet {
+        CpuSet::from_bits(self.users.load(Ordering::Acquire))
     }
 
     /// Most the global word plus one CPU's delta can differ from the true
@@ -98,14 +104,8 @@ impl<const N: usize> BatchedCount<N> {
     /// point; while CPUs count, never below what was counted before the
     /// call began and at most a batch per folding CPU above.
     pub fn sum(&self) -> i64 {
-        let mut users = self.users.load(Ordering::Acquire);
-        let mut s = 0i64;
-        while users != 0 {
-            let cpu = users.trailing_zeros() as usize;
-            users &= users - 1;
-            s += self.deltas.remote(cpu).load(Ordering::Acquire);
-        }
-        s + self.global.load(Ordering::Acquire)
+        let deltas: i64 = self.users().iter().map(|cpu| self.deltas.remote(cpu).load(Ordering::Acquire)).sum();
+        deltas + self.global.load(Ordering::Acquire)
     }
 
     /// Whether the count is at least `limit`, asked by CPU `cpu`: from
