@@ -33,16 +33,24 @@ pub const RESERVE: usize = if cfg!(loom) { 0 } else { 32 };
 pub struct CpuCache {
     pub loaded: Magazine,
     pub previous: Magazine,
-    pub reserve: ArrayVec<Magazine, RESERVE>,
+    reserve: ArrayVec<Magazine, RESERVE>,
+    /// Frames in `reserve`, kept so that `len`, which the fast path calls
+    /// on every operation, does not walk the reserve.
+    reserved: usize,
 }
 
 impl CpuCache {
     pub const fn new() -> CpuCache {
-        CpuCache { loaded: ArrayVec::new_const(), previous: ArrayVec::new_const(), reserve: ArrayVec::new_const() }
+        CpuCache {
+            loaded: ArrayVec::new_const(),
+            previous: ArrayVec::new_const(),
+            reserve: ArrayVec::new_const(),
+            reserved: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.loaded.len() + self.previous.len() + self.reserve.iter().map(|m| m.len()).sum::<usize>()
+        self.loaded.len() + self.previous.len() + self.reserved
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,7 +81,7 @@ impl CpuCache {
     /// Loads a full magazine from the reserve into an empty `loaded`;
     /// false if the reserve has none.
     pub fn load_reserved(&mut self) -> bool {
-        match self.reserve.pop() {
+        match self.take_reserved() {
             Some(mag) => {
                 self.loaded = mag;
                 true
@@ -84,7 +92,16 @@ impl CpuCache {
 
     /// Keeps a full magazine in the reserve, or gives it back if full.
     pub fn keep(&mut self, full: Magazine) -> Result<(), Magazine> {
-        self.reserve.try_push(full).map_err(|e| e.element())
+        let frames = full.len();
+        self.reserve.try_push(full).map_err(|e| e.element())?;
+        self.reserved += frames;
+        Ok(())
+    }
+
+    fn take_reserved(&mut self) -> Option<Magazine> {
+        let mag = self.reserve.pop()?;
+        self.reserved -= mag.len();
+        Some(mag)
     }
 
     /// Takes one magazine out (loaded, previous, then the reserve's), until
@@ -96,7 +113,7 @@ impl CpuCache {
         if !self.previous.is_empty() {
             return Some(core::mem::take(&mut self.previous));
         }
-        self.reserve.pop()
+        self.take_reserved()
     }
 
     /// Every frame the cache holds.
