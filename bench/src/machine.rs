@@ -2,6 +2,7 @@
 //! with `smp` and its hardware modules; everything in this crate is safe
 //! code on top of it.
 
+use cpus::CpuSet;
 use mm::phys::PhysAllocator;
 use mm::platform::CpuPlatform;
 use mm::vm::{Vm, VmPlatform};
@@ -24,9 +25,9 @@ pub trait Machine: Clock + Sync + 'static {
     /// CPUs online, indices `0..cpus()`.
     fn cpus(&self) -> usize;
     /// Runs `f(cpu)` on every online CPU at once, the caller (CPU 0)
-    /// included, and waits up to `timeout_ns`; `Err` holds the CPUs (as a
-    /// bit set) that did not finish.
-    fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), u64>;
+    /// included, and waits up to `timeout_ns`; `Err` holds the CPUs that
+    /// did not finish.
+    fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), CpuSet>;
     /// One step of a spin wait on another CPU: answers pending shootdowns
     /// and cross-calls so the CPU waited for can finish.
     fn wait_step(&self);
@@ -35,8 +36,8 @@ pub trait Machine: Clock + Sync + 'static {
     /// QEMU.
     fn nap(&self, us: u32);
     /// A cross-call to `cpu` that runs nothing and returns once `cpu`
-    /// answered (bounded); `Err` holds the CPUs (as a bit set) that did not.
-    fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64>;
+    /// answered (bounded); `Err` holds the CPUs that did not.
+    fn ipi_round_trip(&self, cpu: usize) -> Result<(), CpuSet>;
     /// Sends a record to the host.
     fn emit(&self, record: &GuestRecord);
     fn tlb_counts(&self, cpu: usize) -> TlbSnapshot;

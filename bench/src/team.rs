@@ -118,7 +118,7 @@ impl Team {
             self.abort.store(true, Ordering::Release);
             STUCK.store(true, Ordering::Release);
             return Err(failure(format_args!(
-                "CPUs {cpus:#x} did not finish within {} s",
+                "CPUs {cpus:?} did not finish within {} s",
                 RUN_TIMEOUT_NS / 1_000_000_000
             )));
         }

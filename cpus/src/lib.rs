@@ -24,6 +24,8 @@ pub use guard::CpuGuard;
 pub use percpu::{PerCpu, PerCpuRef};
 
 /// Most CPUs the kernel runs. Indexes are dense: 0 is the bootstrap CPU.
-/// `CpuSet` holds exactly this many, and xtask refuses a larger `--smp`
-/// before booting instead of letting the guest ignore the rest.
-pub const MAX_CPUS: usize = 64;
+/// `CpuSet` holds exactly this many (a multiple of 64: whole words), and
+/// xtask refuses a larger `--smp` before booting instead of letting the
+/// guest ignore the rest. 256: every x2APIC id QEMU gives `-smp 256` (0..255)
+/// fits the frame database's 8-bit CPU field.
+pub const MAX_CPUS: usize = 256;

@@ -89,8 +89,8 @@ impl Machine for KernelMachine {
         smp::percpu::online_count()
     }
 
-    fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), u64> {
-        workers::run_on_all(f, timeout_ns).map_err(|e| e.cpus.bits())
+    fn run_on_all(&self, f: fn(usize), timeout_ns: u64) -> Result<(), smp::CpuSet> {
+        workers::run_on_all(f, timeout_ns).map_err(|e| e.cpus)
     }
 
     fn wait_step(&self) {
@@ -102,8 +102,8 @@ impl Machine for KernelMachine {
         crate::nap::nap(us);
     }
 
-    fn ipi_round_trip(&self, cpu: usize) -> Result<(), u64> {
-        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| e.cpus().bits())
+    fn ipi_round_trip(&self, cpu: usize) -> Result<(), smp::CpuSet> {
+        smp::ipi::cross_call(smp::CpuSet::single(cpu), &|| {}).map_err(|e| e.cpus())
     }
 
     fn emit(&self, record: &record::GuestRecord) {

@@ -26,8 +26,8 @@
 //!   exact as a single shared word would give (a check-then-act window
 //!   per CPU, as before), erring only towards "at the limit".
 
-use crate::sync::{AtomicI64, AtomicU64, Ordering};
-use cpus::{CachePadded, CpuSet, PerCpu, MAX_CPUS};
+use crate::sync::{AtomicI64, Ordering};
+use cpus::{AtomicCpuSet, CachePadded, CpuSet, PerCpu, MAX_CPUS};
 
 pub struct BatchedCount<const N: usize = MAX_CPUS> {
     /// On a line of its own: a fold writes it, and whatever sits next to
@@ -35,8 +35,10 @@ pub struct BatchedCount<const N: usize = MAX_CPUS> {
     /// by that (`fault.anon` at 8 CPUs: 7 conflicting accesses per fault
     /// on the line this shared with them).
     global: CachePadded<AtomicI64>,
-    /// One bit per CPU that ever counted: `sum` and `slack` look at these.
-    users: AtomicU64,
+    /// The CPUs that ever counted: `sum` and `slack` look at these. It
+    /// only grows, so a word-by-word load misses only CPUs whose first
+    /// `add` is in flight during the read.
+    users: AtomicCpuSet,
     deltas: PerCpu<AtomicI64, N>,
     batch: i64,
 }
@@ -44,10 +46,10 @@ pub struct BatchedCount<const N: usize = MAX_CPUS> {
 impl<const N: usize> BatchedCount<N> {
     /// A zero count whose CPUs fold every `batch` (at least 1) changes.
     pub fn new(batch: u32) -> Self {
-        assert!(N <= 64, "users is one u64");
+        assert!(N <= MAX_CPUS, "users holds MAX_CPUS");
         BatchedCount {
             global: CachePadded::new(AtomicI64::new(0)),
-            users: AtomicU64::new(0),
+            users: AtomicCpuSet::new(CpuSet::EMPTY),
             deltas: PerCpu::from_fn(|_| AtomicI64::new(0)),
             batch: i64::from(batch.max(1)),
         }
@@ -57,13 +59,12 @@ impl<const N: usize> BatchedCount<N> {
     /// that CPU adds to this count until it returns (see the module
     /// documentation).
     pub fn add(&self, cpu: usize, n: i64) {
-        let bit = 1u64 << cpu;
-        if self.users.load(Ordering::Relaxed) & bit == 0 {
+        if !self.users.contains(cpu, Ordering::Relaxed) {
             // Once per CPU ever. Release: a reader that sees the bit sees
             // what this CPU stored before, and its deltas from now on are
             // read by `sum` (one that misses the bit misses only changes
             // in flight during its call).
-            self.users.fetch_or(bit, Ordering::Release);
+            self.users.insert(cpu, Ordering::Release);
         }
         let delta = self.deltas.unguarded(cpu);
         let v = delta.load(Ordering::Relaxed) + n;
@@ -82,10 +83,9 @@ impl<const N: usize> BatchedCount<N> {
         self.users().len() as i64
     }
 
-    /// `users` as a set. The word is this crate's atomic (loom's in the
-    /// models), not an `AtomicCpuSet`, so the loom model sees its accesses.
+    /// `users` (loom's atomics in the models, so they see its accesses).
     fn users(&self) -> CpuSet {
-        CpuSet::from_bits(self.users.load(Ordering::Acquire))
+        self.users.load(Ordering::Acquire)
     }
 
     /// Most the global word plus one CPU's delta can differ from the true

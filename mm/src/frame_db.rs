@@ -12,8 +12,11 @@ use crate::frame::{FrameError, FrameKind, Pfn, PhysAddr};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::PAGE_SIZE;
 
-/// Bits 8..16 of the state word: the CPU that allocated the frame.
+/// Bits 8..16 of the state word: the CPU that allocated the frame, every
+/// index `0..MAX_CPUS` as itself (no value is a sentinel; 255 is CPU 255).
 const CPU_SHIFT: u32 = 8;
+const CPU_BITS: u32 = 0xFF;
+const _: () = assert!(crate::MAX_CPUS <= CPU_BITS as usize + 1, "the CPU field holds every CPU index");
 /// Set by the auditor on frames it has found in a structure; transitions
 /// never look at it and clear it.
 const AUDIT_SEEN: u32 = 1 << 16;
@@ -128,7 +131,7 @@ impl<'a> FrameDb<'a> {
 
     /// CPU recorded by the last transition to `Allocated`.
     pub fn owner_cpu(&self, index: usize) -> usize {
-        ((self.entries[index].state.load(Ordering::Relaxed) >> CPU_SHIFT) & 0xFF) as usize
+        ((self.entries[index].state.load(Ordering::Relaxed) >> CPU_SHIFT) & CPU_BITS) as usize
     }
 
     pub fn entry(&self, index: usize) -> &FrameEntry {
@@ -144,7 +147,7 @@ impl<'a> FrameDb<'a> {
             if FrameKind::from_bits(current) != from {
                 return Err(FrameKind::from_bits(current));
             }
-            let new = (to as u32) | ((cpu as u32 & 0xFF) << CPU_SHIFT);
+            let new = (to as u32) | ((cpu as u32 & CPU_BITS) << CPU_SHIFT);
             match state.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
                 Err(actual) => current = actual,
@@ -170,7 +173,7 @@ impl<'a> FrameDb<'a> {
         if FrameKind::from_bits(current) != FrameKind::Cached {
             return Err(FrameKind::from_bits(current));
         }
-        state.store(FrameKind::Allocated as u32 | ((cpu as u32 & 0xFF) << CPU_SHIFT), Ordering::Release);
+        state.store(FrameKind::Allocated as u32 | ((cpu as u32 & CPU_BITS) << CPU_SHIFT), Ordering::Release);
         Ok(())
     }
 
@@ -229,7 +232,24 @@ impl<'a> FrameDb<'a> {
 
 #[cfg(all(test, not(loom)))]
 mod layout_tests {
-    use super::FrameEntry;
+    use super::*;
+
+    #[test]
+    fn every_cpu_index_is_recorded_as_itself() {
+        let entries: std::vec::Vec<FrameEntry> = (0..2).map(|_| FrameEntry::new()).collect();
+        let db = FrameDb::new(PhysAddr::new(0), std::boxed::Box::leak(entries.into_boxed_slice()));
+        for cpu in [0, 1, 127, 128, crate::MAX_CPUS - 1] {
+            db.transition(1, FrameKind::Reserved, FrameKind::Allocated, cpu).unwrap();
+            assert_eq!(db.owner_cpu(1), cpu);
+            assert!(db.mark_seen(1), "the CPU field leaves the audit bit alone");
+            assert_eq!((db.kind(1), db.paging_flags(1)), (FrameKind::Allocated, 0), "nor the kind and flags");
+            db.clear_seen_marks();
+            db.transition(1, FrameKind::Allocated, FrameKind::Cached, cpu).unwrap();
+            db.allocate_from_own_magazine(1, cpu).unwrap();
+            assert_eq!(db.owner_cpu(1), cpu, "the magazine path too");
+            db.transition(1, FrameKind::Allocated, FrameKind::Reserved, 0).unwrap();
+        }
+    }
 
     #[test]
     fn neighbouring_frames_share_no_line() {

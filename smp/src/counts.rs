@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn a_shootdown_counts_the_other_cpus_it_asks() {
         let c = Counts::<4>::new();
-        c.shootdown(1, CpuSet::from_bits(0b1111));
+        c.shootdown(1, CpuSet::first(4));
         c.shootdown(1, CpuSet::single(1)); // itself only
         assert_eq!(c.snapshot(1), TlbSnapshot { shootdowns: 2, targets: 3, ..Default::default() });
         assert_eq!(c.snapshot(0), TlbSnapshot::default(), "a target counts nothing until it flushes");
@@ -181,9 +181,9 @@ mod tests {
 
     #[test]
     fn ipis_are_icr_writes() {
-        let others = CpuSet::from_bits(0b1110); // CPU 0 of 4 sends
+        let others = CpuSet::first(4).without(0); // CPU 0 of 4 sends
         assert_eq!(icr_writes(others, others), 1, "all others: one broadcast");
-        assert_eq!(icr_writes(CpuSet::from_bits(0b0110), others), 2, "a subset: one each");
+        assert_eq!(icr_writes([1, 2].into_iter().collect(), others), 2, "a subset: one each");
         let one = CpuSet::single(1);
         assert_eq!(icr_writes(one, one), 1, "the only other CPU: no shorthand, one write");
         assert!(!use_shorthand(one, one));

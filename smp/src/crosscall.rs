@@ -2,11 +2,23 @@
 //! it, without a global lock.
 //!
 //! Each CPU owns one outgoing call mailbox (function, argument, and the set of
-//! targets that have not acknowledged) and one inbox word (the set of CPUs
-//! with a call waiting for it). A caller fills its mailbox, sets its bit in
-//! every target's inbox, signals them (an IPI in the kernel) and waits.
-//! A target swaps its inbox to zero, runs each sender's function and clears
-//! its own bit in that sender's `outstanding` set.
+//! targets that have not acknowledged) and one inbox (the set of CPUs with a
+//! call waiting for it, one bit per sender). A caller fills its mailbox,
+//! sets its bit in every target's inbox, signals them (an IPI in the
+//! kernel) and waits. A target takes its inbox (swaps each word to zero),
+//! runs each sender's function and clears its own bit in that sender's
+//! `outstanding` set.
+//!
+//! Both sets are `AtomicCpuSet`s, a word per 64 CPUs; every single-CPU
+//! change is one atomic operation on one word, which is all the protocol
+//! relies on. The multi-word reads are safe without a snapshot: a caller's
+//! `outstanding` only loses bits while it waits (it stores the set before
+//! it sends the first request), so words read empty one after another are
+//! all empty at the last read, and each Acquire load of an emptied word
+//! synchronises with the Release that emptied it; a target takes its inbox
+//! word by word, each bit exactly once, and a bit set in a word it already
+//! took is found by the next service, since its sender signals after
+//! setting it.
 //!
 //! A waiting caller keeps servicing its own inbox, so two CPUs that call
 //! each other at the same moment both finish even with interrupts off.
@@ -16,8 +28,8 @@
 //! did pick up the call but never finishes it is reported separately: its
 //! function may still be using the caller's argument.
 
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
-use cpus::{CpuSet, PerCpu};
+use crate::sync::{AtomicUsize, Ordering};
+use cpus::{AtomicCpuSet, CpuSet, PerCpu, MAX_CPUS};
 
 /// What the protocol needs from its environment.
 pub trait CallPlatform {
@@ -61,10 +73,11 @@ struct Mailbox {
     func: AtomicUsize,
     arg: AtomicUsize,
     /// Targets that have been asked and have not acknowledged.
-    outstanding: AtomicU64,
+    outstanding: AtomicCpuSet,
 }
 
-/// Mailboxes for `N` CPUs (indexes `0..N`, `N <= 64`).
+/// Mailboxes for `N` CPUs (indexes `0..N`, `N <= MAX_CPUS`: the sets hold
+/// `MAX_CPUS`).
 ///
 /// Each CPU's inbox and mailbox sit on lines of their own (`PerCpu`), so
 /// senders setting bits in one CPU's inbox do not disturb another's. Both
@@ -73,7 +86,7 @@ struct Mailbox {
 /// every access is one atomic operation and the kernel calls in with
 /// interrupts off anyway (the loom models pass plain indexes).
 pub struct CrossCalls<const N: usize> {
-    inbox: PerCpu<AtomicU64, N>,
+    inbox: PerCpu<AtomicCpuSet, N>,
     mailboxes: PerCpu<Mailbox, N>,
 }
 
@@ -86,10 +99,15 @@ impl<const N: usize> Default for CrossCalls<N> {
 impl<const N: usize> CrossCalls<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
+        assert!(N <= MAX_CPUS, "the sets hold MAX_CPUS");
         CrossCalls {
-            inbox: cpus::per_cpu![AtomicU64::new(0); N],
+            inbox: cpus::per_cpu![AtomicCpuSet::new(CpuSet::EMPTY); N],
             mailboxes: cpus::per_cpu![
-                Mailbox { func: AtomicUsize::new(0), arg: AtomicUsize::new(0), outstanding: AtomicU64::new(0) };
+                Mailbox {
+                    func: AtomicUsize::new(0),
+                    arg: AtomicUsize::new(0),
+                    outstanding: AtomicCpuSet::new(CpuSet::EMPTY)
+                };
                 N
             ],
         }
@@ -97,12 +115,13 @@ impl<const N: usize> CrossCalls<N> {
 
     #[cfg(loom)]
     pub fn new() -> Self {
+        assert!(N <= MAX_CPUS, "the sets hold MAX_CPUS");
         CrossCalls {
-            inbox: PerCpu::from_fn(|_| AtomicU64::new(0)),
+            inbox: PerCpu::from_fn(|_| AtomicCpuSet::new(CpuSet::EMPTY)),
             mailboxes: PerCpu::from_fn(|_| Mailbox {
                 func: AtomicUsize::new(0),
                 arg: AtomicUsize::new(0),
-                outstanding: AtomicU64::new(0),
+                outstanding: AtomicCpuSet::new(CpuSet::EMPTY),
             }),
         }
     }
@@ -123,16 +142,18 @@ impl<const N: usize> CrossCalls<N> {
         // A previous call whose targets got stuck still owns the mailbox.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CallError::Stuck { running: CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: mailbox.outstanding.load(Ordering::Acquire) });
         }
 
         let remote = targets.without(me);
         mailbox.func.store(func as usize, Ordering::Relaxed);
         mailbox.arg.store(arg, Ordering::Relaxed);
-        mailbox.outstanding.store(remote.bits(), Ordering::Relaxed);
+        // Every word, before the first request: the Release below publishes
+        // all of them with func and arg.
+        mailbox.outstanding.store(remote, Ordering::Relaxed);
         for cpu in remote.iter() {
-            // Release publishes func/arg/outstanding to the target's swap.
-            self.inbox.remote(cpu).fetch_or(1 << me, Ordering::Release);
+            // Release publishes func/arg/outstanding to the target's take.
+            self.inbox.remote(cpu).insert(me, Ordering::Release);
         }
         if !remote.is_empty() {
             platform.signal(remote);
@@ -148,17 +169,18 @@ impl<const N: usize> CrossCalls<N> {
 
         // Withdraw the requests nobody took.
         let mut missing = CpuSet::EMPTY;
-        for cpu in CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)).iter() {
-            let before = self.inbox.remote(cpu).fetch_and(!(1 << me), Ordering::AcqRel);
-            if before & (1 << me) != 0 {
-                mailbox.outstanding.fetch_and(!(1 << cpu), Ordering::AcqRel);
+        for cpu in mailbox.outstanding.load(Ordering::Acquire).iter() {
+            // One atomic operation on the word holding our bit, racing
+            // fairly with the target's swap of that word.
+            if self.inbox.remote(cpu).remove(me, Ordering::AcqRel) {
+                mailbox.outstanding.remove(cpu, Ordering::AcqRel);
                 missing.insert(cpu);
             }
         }
         // Whoever took it is running it now; give them one more bound.
         let deadline = platform.now_ns().saturating_add(timeout_ns);
         if !self.wait_acked(me, deadline, platform) {
-            return Err(CallError::Stuck { running: CpuSet::from_bits(mailbox.outstanding.load(Ordering::Acquire)) });
+            return Err(CallError::Stuck { running: mailbox.outstanding.load(Ordering::Acquire) });
         }
         if missing.is_empty() {
             Ok(()) // everyone answered while we were withdrawing
@@ -172,12 +194,13 @@ impl<const N: usize> CrossCalls<N> {
     fn wait_acked(&self, me: usize, deadline: u64, platform: &impl CallPlatform) -> bool {
         let mailbox = self.mailboxes.unguarded(me);
         loop {
-            if mailbox.outstanding.load(Ordering::Acquire) == 0 {
+            // Word by word; fine because the set only shrinks meanwhile.
+            if mailbox.outstanding.load(Ordering::Acquire).is_empty() {
                 return true;
             }
             self.service(me);
             if platform.now_ns() >= deadline {
-                return mailbox.outstanding.load(Ordering::Acquire) == 0;
+                return mailbox.outstanding.load(Ordering::Acquire).is_empty();
             }
             platform.relax();
         }
@@ -186,20 +209,20 @@ impl<const N: usize> CrossCalls<N> {
     /// Runs every call waiting for CPU `me`; returns how many ran. Called
     /// from the IPI handler and from wait loops.
     pub fn service(&self, me: usize) -> usize {
-        let senders = self.inbox.unguarded(me).swap(0, Ordering::Acquire);
-        for sender in CpuSet::from_bits(senders).iter() {
+        let senders = self.inbox.unguarded(me).take(Ordering::Acquire);
+        for sender in senders.iter() {
             let mailbox = &self.mailboxes.remote(sender);
             let func = mailbox.func.load(Ordering::Relaxed);
             let arg = mailbox.arg.load(Ordering::Relaxed);
             run(func, arg);
-            mailbox.outstanding.fetch_and(!(1 << me), Ordering::Release);
+            mailbox.outstanding.remove(me, Ordering::Release);
         }
-        senders.count_ones() as usize
+        senders.len()
     }
 
     /// Whether any call is waiting for `me` (for idle loops).
     pub fn has_pending(&self, me: usize) -> bool {
-        self.inbox.unguarded(me).load(Ordering::Relaxed) != 0
+        !self.inbox.unguarded(me).load(Ordering::Relaxed).is_empty()
     }
 }
 

@@ -73,7 +73,7 @@ impl CallPlatform for IpiPlatform {
 /// runs calls aimed at itself, so CPUs calling each other cannot deadlock.
 /// `f` runs in interrupt context on the targets and must not cross-call.
 pub fn cross_call<F: Fn() + Sync>(targets: CpuSet, f: &F) -> Result<(), CallError> {
-    let offline = CpuSet::from_bits(targets.bits() & !percpu::online_set().bits());
+    let offline = targets.difference(percpu::online_set());
     if !offline.is_empty() {
         return Err(CallError::NotOnline { cpus: offline });
     }

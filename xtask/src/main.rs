@@ -214,8 +214,10 @@ fn image_flavor(mode: Mode) -> build::Flavor {
 
 fn run_cmd(args: RunArgs) -> Result<ExitCode> {
     // Refused before anything is installed, built or booted.
+    qemu::check_xapic(args.smp, args.xapic)?;
     let accel = accel::resolve(args.accel)?;
     let qemu = install::ensure_qemu()?;
+    qemu.check_apic(args.smp, args.xapic, accel)?;
     let firmware =
         if args.uefi { qemu::Firmware::Uefi { ovmf: install::ensure_ovmf()? } } else { qemu::Firmware::Bios };
     let images = build::images(args.no_build, image_flavor(args.mode))?;

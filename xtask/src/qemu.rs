@@ -109,6 +109,58 @@ pub fn parse_smp(text: &str) -> Result<u32> {
     }
 }
 
+/// Most CPUs an xAPIC guest can have: QEMU numbers APIC ids `0..smp`, and
+/// an 8-bit xAPIC id stops at 254 (255 is the broadcast id), so QEMU
+/// refuses `-smp 256` without x2APIC ("APIC ID 255 requires x2APIC feature
+/// in CPU").
+pub const XAPIC_MAX_CPUS: u32 = 255;
+
+/// A CPU count the APIC mode cannot boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApicLimit {
+    /// `--xapic` with more CPUs than xAPIC ids.
+    XapicTooMany { smp: u32 },
+    /// More CPUs than xAPIC ids on a QEMU whose TCG has no x2APIC (< 8.1).
+    NoX2apic { smp: u32, version: Version },
+}
+
+impl fmt::Display for ApicLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ApicLimit::XapicTooMany { smp } => write!(
+                f,
+                "--xapic with {smp} CPUs: xAPIC ids stop at {XAPIC_MAX_CPUS} CPUs (APIC id 255 is the broadcast id); drop --xapic or use --smp {XAPIC_MAX_CPUS} or fewer"
+            ),
+            ApicLimit::NoX2apic { smp, version } => write!(
+                f,
+                "{smp} CPUs need x2APIC, which qemu {version} does not emulate under TCG (>= 8.1 does); use --smp {XAPIC_MAX_CPUS} or fewer"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ApicLimit {}
+
+/// Refuses a CPU count that the APIC mode cannot give ids to, before
+/// anything is built or booted (QEMU would refuse it at start-up).
+pub fn check_xapic(smp: u32, xapic: bool) -> Result<(), ApicLimit> {
+    if xapic && smp > XAPIC_MAX_CPUS {
+        return Err(ApicLimit::XapicTooMany { smp });
+    }
+    Ok(())
+}
+
+impl Qemu {
+    /// `check_xapic` for this QEMU: under TCG an old one has only xAPIC.
+    pub fn check_apic(&self, smp: u32, xapic: bool, accel: crate::accel::Accel) -> Result<(), ApicLimit> {
+        check_xapic(smp, xapic)?;
+        if accel == crate::accel::Accel::Tcg && !self.x2apic_under_tcg() && smp > XAPIC_MAX_CPUS {
+            return Err(ApicLimit::NoX2apic { smp, version: self.version });
+        }
+        Ok(())
+    }
+}
+
 /// Accepts what `qemu -m` accepts in its common form: digits with an
 /// optional K/M/G suffix (either case). No suffix means MiB, as in QEMU.
 /// No lower bound: callers check theirs.
@@ -319,11 +371,28 @@ mod tests {
     fn smp_is_refused_above_the_kernel_limit() {
         assert_eq!(parse_smp("1").unwrap(), 1);
         assert_eq!(parse_smp("64").unwrap(), 64);
-        let e = format!("{:#}", parse_smp("100").unwrap_err());
-        assert_eq!(e, "CPU count 100: the kernel runs at most 64 CPUs (record::MAX_CPUS, the width of its CPU sets)");
+        assert_eq!(parse_smp("256").unwrap(), 256);
+        let e = format!("{:#}", parse_smp("257").unwrap_err());
+        assert_eq!(e, "CPU count 257: the kernel runs at most 256 CPUs (record::MAX_CPUS, the width of its CPU sets)");
         assert!(format!("{:#}", parse_smp("0").unwrap_err()).contains("at least 1"));
         assert!(parse_smp("eight").is_err());
         assert!(parse_smp("-1").is_err());
+    }
+
+    #[test]
+    fn xapic_is_refused_above_255_cpus() {
+        assert_eq!(check_xapic(255, true), Ok(()));
+        assert_eq!(check_xapic(256, false), Ok(()), "x2APIC has ids for all");
+        assert_eq!(check_xapic(256, true), Err(ApicLimit::XapicTooMany { smp: 256 }));
+        assert!(check_xapic(256, true).unwrap_err().to_string().starts_with("--xapic with 256 CPUs"));
+        let q = |v| Qemu { bin: String::new(), version: v };
+        let (tcg, kvm) = (crate::accel::Accel::Tcg, crate::accel::Accel::Kvm);
+        assert_eq!(q(Version(10, 0, 2)).check_apic(256, false, tcg), Ok(()));
+        assert_eq!(q(Version(10, 0, 2)).check_apic(256, true, tcg), Err(ApicLimit::XapicTooMany { smp: 256 }));
+        let old = Version(7, 2, 15);
+        assert_eq!(q(old).check_apic(255, false, tcg), Ok(()));
+        assert_eq!(q(old).check_apic(256, false, tcg), Err(ApicLimit::NoX2apic { smp: 256, version: old }));
+        assert_eq!(q(old).check_apic(256, false, kvm), Ok(()), "KVM's x2APIC is the host's");
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub fn ipi<M: Machine>(m: &'static M, variant: &str, rep: &Rep) -> Result<Arc<Te
         }
         team.stop(m, t, cpu);
         stop.store(true, Ordering::Release);
-        r.map_err(|missing| failure(format_args!("a round trip to cpu 1 timed out (no answer from {missing:#x})")))
+        r.map_err(|missing| failure(format_args!("a round trip to cpu 1 timed out (no answer from {missing:?})")))
     })?;
     Ok(team)
 }

@@ -228,7 +228,7 @@ mod tests {
         fn cpus(&self) -> usize {
             match *self {}
         }
-        fn run_on_all(&self, _: fn(usize), _: u64) -> Result<(), u64> {
+        fn run_on_all(&self, _: fn(usize), _: u64) -> Result<(), cpus::CpuSet> {
             match *self {}
         }
         fn wait_step(&self) {
@@ -237,7 +237,7 @@ mod tests {
         fn nap(&self, _: u32) {
             match *self {}
         }
-        fn ipi_round_trip(&self, _: usize) -> Result<(), u64> {
+        fn ipi_round_trip(&self, _: usize) -> Result<(), cpus::CpuSet> {
             match *self {}
         }
         fn emit(&self, _: &record::GuestRecord) {

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mm::vm::{AddressSpace, Flags, KMemFlags, VmError, PAGE_SIZE, USER_END, USER_START};
 use smp::tlb::{self, FULL_FLUSH_PAGES};
-use smp::{percpu, MAX_CPUS};
+use smp::{percpu, CpuSet, MAX_CPUS};
 use spin::Mutex;
 use x86_64::structures::idt::PageFaultErrorCode as Code;
 
@@ -384,7 +384,7 @@ static MEASUREMENT: Mutex<Option<Targeted>> = Mutex::new(None);
 const ACTIVATE_WAIT_NS: u64 = 10_000_000_000;
 
 struct Targeted {
-    active: u64,
+    active: CpuSet,
     before: [tlb::TlbSnapshot; MAX_CPUS],
     after: [tlb::TlbSnapshot; MAX_CPUS],
     result: Result<(), VmError>,
@@ -441,7 +441,10 @@ fn targeted_shootdowns() -> TestResult {
     vm.destroy_space(space).map_err(|(e, _)| failure(format_args!("destroy: {e:?}")))?;
     let Targeted { active, before, after, result } = measured.expect("CPU 0 measured");
     result.map_err(fails)?;
-    ensure!(active == 1 | 1 << other, "active set {active:#x}, expected CPUs 0 and {other}");
+    ensure!(
+        active == CpuSet::single(0).union(CpuSet::single(other)),
+        "active set {active:?}, expected CPUs 0 and {other}"
+    );
     ensure!(after[0].ipis - before[0].ipis == 10, "10 unmaps sent {} IPIs", after[0].ipis - before[0].ipis);
     ensure!(
         after[0].targets - before[0].targets == 10,
@@ -468,7 +471,7 @@ fn targeted_shootdowns() -> TestResult {
 /// here and on the other CPU, between two readings of every CPU's counters.
 fn measure_targeted(space: &AddressSpace) -> Targeted {
     let vm = vm::get();
-    let active = space.active_cpus().bits();
+    let active = space.active_cpus();
     let before: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let mut result = Ok(());
     for _ in 0..10 {

@@ -168,7 +168,7 @@ mod tests {
     use super::*;
 
     fn online(n: usize) -> CpuSet {
-        CpuSet::from_bits((1u64 << n) - 1)
+        CpuSet::first(n)
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl<P: VmPlatform> Paging<'_, P> {
             for v in &victims {
                 self.unclaim(pg, v);
             }
-            return (freed, Some(PagingError::Shootdown { cpus: e.cpus.bits() }));
+            return (freed, Some(PagingError::Shootdown { cpus: e.cpus }));
         }
         let mut error = None;
         for v in &victims {

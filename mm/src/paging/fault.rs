@@ -192,7 +192,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         let mut starved = false;
         loop {
             let cpu = self.vm.p.cpu_index();
-            let over = starved || pg.over_budget(cpu, || self.vm.p.free_frames());
+            let over = starved || pg.over_budget(cpu, || (self.vm.p.free_frames(), self.vm.p.online_cpus().len()));
             let got = if over {
                 self.evict_batch(pg, super::evict::BATCH, slot_for)
             } else {

@@ -112,7 +112,7 @@ pub enum PagingError {
     BusyTimeout { virt: u64 },
     /// CPUs in `cpus` did not confirm an eviction's shootdown; the pages
     /// stay resident.
-    Shootdown { cpus: u64 },
+    Shootdown { cpus: cpus::CpuSet },
     /// The range itself is bad (alignment, size, outside the region area).
     Range(VmError),
 }
@@ -267,12 +267,15 @@ impl Pager {
     /// count at its limit (`at_resident_limit`), or free frames below the
     /// reserve. The free-frame count (which sums every CPU's magazine
     /// count) is read only when this CPU's grant is used up: one reading
-    /// grants `(free - reserve) / (2 * MAX_CPUS)` page-ins, at most
+    /// grants `(free - reserve) / (2 * online CPUs)` page-ins, at most
     /// `FREE_GRANT_MAX`. So even if every CPU holds a full grant from the
     /// same reading, together they take at most half the frames above the
     /// reserve before one of them reads again, and near the reserve (a
     /// grant of 0) every page-in reads, as before.
-    fn over_budget(&self, cpu: usize, free_frames: impl FnOnce() -> u64) -> bool {
+    /// `free_frames` gives the free frames and the CPUs online (not
+    /// `MAX_CPUS`: a grant 256 CPUs could share would be a quarter of one
+    /// at 64 and would read the free frames four times as often).
+    fn over_budget(&self, cpu: usize, free_frames: impl FnOnce() -> (u64, usize)) -> bool {
         if self.at_resident_limit(cpu) {
             return true;
         }
@@ -283,11 +286,11 @@ impl Pager {
             grant.store(left - 1, Ordering::Relaxed);
             return false;
         }
-        let free = free_frames();
+        let (free, online) = free_frames();
         if free < self.reserve {
             return true;
         }
-        let share = (free - self.reserve) / (2 * cpus::MAX_CPUS as u64);
+        let share = (free - self.reserve) / (2 * online.max(1) as u64);
         grant.store(share.min(FREE_GRANT_MAX), Ordering::Relaxed);
         false
     }

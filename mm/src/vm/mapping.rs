@@ -268,7 +268,7 @@ impl<P: VmPlatform> Vm<P> {
     pub fn destroy_space(&self, space: AddressSpace) -> Result<(), (VmError, AddressSpace)> {
         let cpus = space.active_cpus();
         if space.kind() == SpaceKind::Kernel || !cpus.is_empty() {
-            return Err((VmError::SpaceActive { cpus: cpus.bits() }, space));
+            return Err((VmError::SpaceActive { cpus }, space));
         }
         let (mut tables, mut owned) = (Vec::new(), Vec::new());
         table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);

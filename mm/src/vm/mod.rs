@@ -197,14 +197,14 @@ pub enum VmError {
     OutOfFrames,
     /// Destroying a space that is still active on some CPU.
     SpaceActive {
-        cpus: u64,
+        cpus: CpuSet,
     },
     /// The mapping is gone but CPUs in `cpus` did not confirm the flush;
     /// its frames (and its address range) are kept out of use for good
     /// (quarantined). A frame `umap_single` would have handed back is
     /// held too: the caller must not reuse it.
     Shootdown {
-        cpus: u64,
+        cpus: CpuSet,
     },
     /// A space's table lock stayed held past its bound
     /// (`table_lock::TABLE_WAIT_NS`).
@@ -228,6 +228,6 @@ pub enum VmError {
 
 impl From<ShootdownFailed> for VmError {
     fn from(e: ShootdownFailed) -> VmError {
-        VmError::Shootdown { cpus: e.cpus.bits() }
+        VmError::Shootdown { cpus: e.cpus }
     }
 }

@@ -126,7 +126,7 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     let fail = |on: bool| vm.platform().fail_shootdowns.store(on, core::sync::atomic::Ordering::Relaxed);
     let a = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     fail(true);
-    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE_SIZE), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE_SIZE), Err(VmError::Shootdown { cpus: CpuSet::first(2) }));
     fail(false);
     assert_eq!(vm.quarantined_frames(), 2);
     let held = (free(&vm), vm.region_bytes());
@@ -150,7 +150,7 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     fail(true);
     assert_eq!(
         vm.umap_single(vm.kernel(), KERNEL_SEED_AREA.start, PageSize::Size4K),
-        Err(VmError::Shootdown { cpus: 0b11 })
+        Err(VmError::Shootdown { cpus: CpuSet::first(2) })
     );
     fail(false);
     assert_eq!(vm.quarantined_frames(), 3);
@@ -218,6 +218,6 @@ fn a_huge_page_quarantine_counts_every_page() {
     // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
     unsafe { vm.map_single(vm.kernel(), big, PhysAddr::new(0x20_0000), Flags::READ, PageSize::Size2M) }.unwrap();
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
-    assert_eq!(vm.umap_single(vm.kernel(), big, PageSize::Size2M), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(vm.umap_single(vm.kernel(), big, PageSize::Size2M), Err(VmError::Shootdown { cpus: CpuSet::first(2) }));
     assert_eq!(vm.quarantined_frames(), 512);
 }

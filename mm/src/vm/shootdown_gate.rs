@@ -25,7 +25,7 @@ pub enum Park {
 /// A shootdown's arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shot {
-    pub targets: u64,
+    pub targets: cpus::CpuSet,
     pub start: u64,
     pub pages: u64,
 }

@@ -21,14 +21,14 @@ use crate::magazine::Magazine;
 use crate::phys::{CpuShare, PhysAllocator};
 use crate::testing::{on_cpu, Threads};
 use crate::MAX_CPUS;
-use cpus::{CpuSet, PerCpu};
+use cpus::{AtomicCpuSet, CachePadded, CpuSet, PerCpuRef};
 
 pub struct SimMachine {
     memory: Vec<Table>,
     pub frames: PhysAllocator<'static, Threads>,
-    pub online: AtomicU64,
+    pub online: AtomicCpuSet,
     /// (targets, start, pages) of every shootdown.
-    pub shootdowns: Mutex<Vec<(u64, u64, u64)>>,
+    pub shootdowns: Mutex<Vec<(CpuSet, u64, u64)>>,
     /// Makes every shootdown fail (CPUs that do not answer).
     pub fail_shootdowns: AtomicBool,
     /// Calls of `free_frames` (which, in the kernel, reads every CPU's
@@ -44,13 +44,15 @@ impl SimMachine {
     pub fn new(frames: usize, cpus: usize) -> SimMachine {
         let entries: &'static [FrameEntry] = Vec::leak((0..frames).map(|_| FrameEntry::new()).collect());
         let links = Vec::leak(vec![Link::EMPTY; frames]);
-        let shares: &'static PerCpu<CpuShare> = Box::leak(Box::default());
+        // Element by element on the heap: `MAX_CPUS` caches do not fit a
+        // test thread's stack on the way to a `Box`.
+        let shares = PerCpuRef::new(Vec::leak((0..MAX_CPUS).map(|_| CachePadded::new(CpuShare::new())).collect()));
         let depot = Vec::leak(vec![Magazine::new(); 8]);
         let db = FrameDb::new(PhysAddr::new(0), entries);
         SimMachine {
             memory: (0..frames).map(|_| core::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            frames: PhysAllocator::new(db, links, [1..frames], shares.as_ref(), 8, depot, Threads::new(MAX_CPUS)),
-            online: AtomicU64::new((1u64 << cpus) - 1),
+            frames: PhysAllocator::new(db, links, [1..frames], shares, 8, depot, Threads::new(MAX_CPUS)),
+            online: AtomicCpuSet::new(CpuSet::first(cpus)),
             shootdowns: Mutex::new(Vec::new()),
             fail_shootdowns: AtomicBool::new(false),
             free_frame_reads: AtomicU64::new(0),
@@ -65,8 +67,8 @@ impl SimMachine {
     }
 
     /// Each CPU in `cpus` loads `root`, as if it had called `load_root`.
-    pub fn load_root_on(&self, cpus: u64, root: u64) {
-        for cpu in (0..MAX_CPUS).filter(|c| cpus & (1 << c) != 0) {
+    pub fn load_root_on(&self, cpus: CpuSet, root: u64) {
+        for cpu in cpus.iter() {
             self.tlb.load_root(&self.memory, cpu, root);
         }
     }
@@ -191,12 +193,11 @@ impl VmPlatform for SimMachine {
 
     fn online_cpus(&self) -> CpuSet {
         self.tlb.refill(&self.memory);
-        CpuSet::from_bits(self.online.load(Ordering::Relaxed))
+        self.online.load(Ordering::Relaxed)
     }
 
     fn shootdown(&self, set: CpuSet, start: super::VirtAddr, pages: u64) -> Result<(), ShootdownFailed> {
-        // The simulation and the tests' records keep sets as bit masks.
-        let (targets, start) = (set.bits(), start.as_u64());
+        let (targets, start) = (set, start.as_u64());
         let (cpu, shot) = (self.cpu_index(), Shot { targets, start, pages });
         self.gate.pass(cpu, Park::BeforeSend, shot);
         if self.fail_shootdowns.load(Ordering::Relaxed) {

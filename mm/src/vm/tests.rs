@@ -16,7 +16,7 @@ fn free(vm: &Vm<SimMachine>) -> u64 {
     vm.platform().free_bytes()
 }
 
-fn shootdowns(vm: &Vm<SimMachine>) -> Vec<(u64, u64, u64)> {
+fn shootdowns(vm: &Vm<SimMachine>) -> Vec<(CpuSet, u64, u64)> {
     vm.platform().shootdowns.lock().unwrap().clone()
 }
 
@@ -43,7 +43,7 @@ fn map_get_and_unmap_one_page() {
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(PhysAddr::new(frame)));
     assert_eq!(free(&vm), before, "empty tables freed");
     assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
-    assert_eq!(shootdowns(&vm), vec![(0b11, SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
+    assert_eq!(shootdowns(&vm), vec![(CpuSet::first(2), SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
 }
 
@@ -187,9 +187,9 @@ fn user_shootdowns_target_only_cpus_running_the_space() {
     on_cpu(0);
     let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();
     vm.vmfree(&user, a, 40).unwrap();
-    assert_eq!(shootdowns(&vm), vec![(0b1010, a, 40)], "one batched shootdown to CPUs 1 and 3");
+    assert_eq!(shootdowns(&vm), vec![([1, 3].into_iter().collect(), a, 40)], "one batched shootdown to CPUs 1 and 3");
     let user = match vm.destroy_space(user) {
-        Err((VmError::SpaceActive { cpus: 0b1010 }, s)) => s,
+        Err((VmError::SpaceActive { cpus }, s)) if cpus == [1, 3].into_iter().collect() => s,
         other => panic!("destroying an active space: {:?}", other.err().map(|e| e.0)),
     };
     for cpu in [1, 3] {
@@ -315,7 +315,7 @@ fn a_failed_shootdown_quarantines_the_frames() {
     let a = vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW).unwrap();
     let held = free(&vm);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
-    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE_SIZE), Err(VmError::Shootdown { cpus: 0b11 }));
+    assert_eq!(vm.k_mem_unmap(a, 2 * PAGE_SIZE), Err(VmError::Shootdown { cpus: CpuSet::first(2) }));
     assert_eq!(free(&vm), held, "no frame reused before the flush");
     assert!(vm.quarantined_frames() >= 2);
     assert_ne!(vm.k_mem_map(2 * PAGE_SIZE, KMemFlags::RW), Ok(a), "the range is not handed out again");
@@ -328,7 +328,7 @@ fn a_failed_shootdown_quarantines_the_frames() {
     core::mem::forget(vm.activate(&user));
     on_cpu(0);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
-    assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
+    assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: CpuSet::single(1) }));
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfind(&user, 0x1000, USER_END, 2), Ok(u + 2 * PAGE_SIZE));
     assert_eq!(
@@ -374,7 +374,7 @@ fn protect_downgrades_and_shoots_down() {
     on_cpu(0);
     vm.protect(&user, a, 2, Flags::USER).unwrap();
     assert_eq!(vm.map_get(&user, a + PAGE_SIZE).unwrap().flags, Flags::USER);
-    assert_eq!(shootdowns(&vm), vec![(0b10, a, 2)]);
+    assert_eq!(shootdowns(&vm), vec![(CpuSet::single(1), a, 2)]);
     assert_eq!(vm.protect(&user, a, 3, Flags::READ), Err(VmError::NotMapped { virt: a + 2 * PAGE_SIZE }));
     assert_eq!(vm.map_get(&user, a).unwrap().flags, Flags::USER, "refused protect changed nothing");
 }

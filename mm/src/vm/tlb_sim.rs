@@ -313,11 +313,11 @@ impl TlbSim {
 
     /// Refills, then drops `pages` pages from `start` and every table
     /// pointer on each CPU in `targets`.
-    pub fn shootdown(&self, mem: &[Table], targets: u64, start: u64, pages: u64) {
+    pub fn shootdown(&self, mem: &[Table], targets: cpus::CpuSet, start: u64, pages: u64) {
         let found = {
             let mut cpus = self.lock();
             let found = Self::refill_locked(&mut cpus, mem);
-            for (_, c) in cpus.iter_mut().enumerate().filter(|(i, _)| targets & (1 << i) != 0) {
+            for (_, c) in cpus.iter_mut().enumerate().filter(|&(i, _)| targets.contains(i)) {
                 c.invalidate(start, pages);
             }
             found

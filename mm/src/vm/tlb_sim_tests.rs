@@ -72,11 +72,11 @@ fn a_shootdown_drops_its_range_and_every_table_pointer() {
     };
     let m = vm.platform();
     let pt = pte::addr(entry(&vm, a, 1).load(Ordering::Relaxed));
-    m.shootdown(CpuSet::from_bits(0b10), VirtAddr::new(a), 1).unwrap();
+    m.shootdown(CpuSet::single(1), VirtAddr::new(a), 1).unwrap();
     assert!(m.may_hold(1, a).is_empty() && !m.holds_table(1, pt), "CPU 1 dropped the page and the tables");
     assert_eq!(m.may_hold(1, b), vec![fb], "a page outside the range stays");
     assert!(!m.may_hold(0, a).is_empty() && m.holds_table(0, pt), "CPU 0 was no target");
-    m.shootdown(CpuSet::from_bits(0b10), VirtAddr::new(SEED + (1 << 30)), tlb_sim::FULL_FLUSH_PAGES + 1).unwrap();
+    m.shootdown(CpuSet::single(1), VirtAddr::new(SEED + (1 << 30)), tlb_sim::FULL_FLUSH_PAGES + 1).unwrap();
     assert!(m.may_hold(1, b).is_empty(), "more than FULL_FLUSH_PAGES pages flush everything");
 }
 
@@ -86,7 +86,7 @@ fn a_failed_shootdown_drops_nothing() {
     let f = map(&vm, SEED);
     let m = vm.platform();
     m.fail_shootdowns.store(true, Ordering::Relaxed);
-    assert!(m.shootdown(CpuSet::from_bits(0b11), VirtAddr::new(SEED), 1).is_err());
+    assert!(m.shootdown(CpuSet::first(2), VirtAddr::new(SEED), 1).is_err());
     assert_eq!(m.may_hold(1, SEED), vec![f]);
 }
 
@@ -151,7 +151,7 @@ fn a_parked_shootdown_waits_for_its_release() {
     let vm = boot(256, 2);
     map(&vm, SEED);
     let m = vm.platform();
-    let shot = Shot { targets: 0b10, start: SEED, pages: 1 };
+    let shot = Shot { targets: CpuSet::single(1), start: SEED, pages: 1 };
     for at in [Park::BeforeSend, Park::AfterAcks] {
         m.shootdowns.lock().unwrap().clear();
         m.touch(1, SEED);
@@ -159,7 +159,7 @@ fn a_parked_shootdown_waits_for_its_release() {
         std::thread::scope(|s| {
             let h = s.spawn(|| {
                 on_cpu(1);
-                m.shootdown(CpuSet::from_bits(shot.targets), VirtAddr::new(shot.start), shot.pages)
+                m.shootdown(shot.targets, VirtAddr::new(shot.start), shot.pages)
             });
             assert_eq!(m.wait_parked(1), shot);
             let sent = !m.shootdowns.lock().unwrap().is_empty();

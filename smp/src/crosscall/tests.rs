@@ -166,3 +166,70 @@ fn target_stuck_in_the_function_is_reported_as_stuck() {
     assert_eq!(calls.call(0, CpuSet::single(1), |_| {}, 0, SECOND, &p), Ok(()));
     served.join().unwrap();
 }
+
+/// CPUs in different words of the sets: the first and last of word 0, the
+/// first of word 1, and two in the last word.
+const SPREAD: [usize; 5] = [0, 63, 64, 200, MAX_CPUS - 1];
+
+#[test]
+fn calls_between_cpus_in_different_words_run_once_each() {
+    const ROUNDS: usize = 100;
+    let calls = Arc::new(CrossCalls::<MAX_CPUS>::new());
+    let ran: Arc<[StdAtomicUsize; MAX_CPUS]> = Arc::new([const { StdAtomicUsize::new(0) }; MAX_CPUS]);
+    let finished = Arc::new(StdAtomicUsize::new(0));
+    let all: CpuSet = SPREAD.into_iter().collect();
+    let threads: Vec<_> = SPREAD
+        .into_iter()
+        .map(|me| {
+            let (calls, ran, finished) = (calls.clone(), ran.clone(), finished.clone());
+            std::thread::spawn(move || {
+                let p = host();
+                for _ in 0..ROUNDS {
+                    // Counted on each target: every one must run it once.
+                    let record = || {
+                        ran[me].fetch_add(1, O::Relaxed);
+                    };
+                    call_closure(&calls, me, all.without(me), &record, 5 * SECOND, &p).unwrap();
+                }
+                finished.fetch_add(1, O::SeqCst);
+                while finished.load(O::SeqCst) < SPREAD.len() {
+                    calls.service(me);
+                    std::thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for me in SPREAD {
+        assert_eq!(ran[me].load(O::Relaxed), ROUNDS * (SPREAD.len() - 1), "calls issued by cpu {me}");
+    }
+}
+
+#[test]
+fn a_silent_target_in_another_word_is_withdrawn_alone() {
+    let calls = CrossCalls::<MAX_CPUS>::new();
+    let hits = StdAtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // CPU 255 calls 0 (answers) and 130 (never does).
+    let r = std::thread::scope(|s| {
+        let (calls, stop) = (&calls, &stop);
+        s.spawn(move || {
+            while !stop.load(O::SeqCst) {
+                calls.service(0);
+            }
+        });
+        let targets: CpuSet = [0, 130].into_iter().collect();
+        let f = || {
+            hits.fetch_add(1, O::Relaxed);
+        };
+        let r = call_closure(calls, MAX_CPUS - 1, targets, &f, 20_000_000, &host());
+        stop.store(true, O::SeqCst);
+        r
+    });
+    assert_eq!(r, Err(CallError::Timeout { missing: CpuSet::single(130) }));
+    assert_eq!(hits.load(O::Relaxed), 1, "CPU 0 ran it");
+    assert!(!calls.has_pending(130) && !calls.has_pending(0));
+    assert_eq!(calls.service(130), 0, "withdrawn: never runs later");
+}
