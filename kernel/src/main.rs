@@ -57,7 +57,11 @@ const BOOTLOADER_CONFIG: BootloaderConfig = {
     config.mappings.physical_memory = Some(Mapping::Dynamic);
     config.mappings.dynamic_range_start = Some(0xFFFF_8000_0000_0000);
     config.mappings.dynamic_range_end = Some(0xFFFF_FEFF_FFFF_FFFF);
-    config.kernel_stack_size = 256 * 1024;
+    // The BSP's stack. 1 MiB: `Vm::new` returns the kernel's `Vm` by value
+    // (100 KiB at 256 CPUs in the test kernel: three `PerCpu`s of 128-byte
+    // elements), and its copies on the way into the `Once` overflowed
+    // 256 KiB.
+    config.kernel_stack_size = 1024 * 1024;
     // Pinned where the bootloader's dynamic choice put it anyway (the first
     // free PML4 slot), so `cargo xtask run --gdb` knows the offset of the
     // ELF's symbols (see `record::KERNEL_BASE`).
