@@ -49,28 +49,45 @@ fn consistent(r: Result<(), CallError>, hits: usize, target: usize) {
     }
 }
 
-#[test]
-fn mutual_calls_never_deadlock_or_double_run() {
-    model(|| {
-        let calls = Arc::new(CrossCalls::<2>::new());
+/// CPUs `a` and `b` call each other at once, on `N`-CPU mailboxes.
+fn mutual<const N: usize>(a: usize, b: usize) {
+    model(move || {
+        // Built in a thread with a large stack: a `CrossCalls<65>` of loom
+        // atomics overflows the model's own coroutine stack on its way
+        // into the `Arc`.
+        let build = loom::thread::Builder::new().stack_size(4 << 20).spawn(|| Arc::new(CrossCalls::<N>::new()));
+        let calls = build.unwrap().join().unwrap();
         let hits = Arc::new([LoomUsize::new(0), LoomUsize::new(0)]);
         let other = {
             let (calls, hits) = (calls.clone(), hits.clone());
             loom::thread::spawn(move || {
                 let clock = Ticks(LoomUsize::new(0));
-                calls.call(1, CpuSet::single(0), bump, &hits[1] as *const _ as usize, 3, &clock)
+                calls.call(b, CpuSet::single(a), bump, &hits[1] as *const _ as usize, 3, &clock)
             })
         };
         let clock = Ticks(LoomUsize::new(0));
-        let mine = calls.call(0, CpuSet::single(1), bump, &hits[0] as *const _ as usize, 3, &clock);
+        let mine = calls.call(a, CpuSet::single(b), bump, &hits[0] as *const _ as usize, 3, &clock);
         let theirs = other.join().unwrap();
         // Anything still queued runs now; withdrawn calls must not.
-        calls.service(0);
-        calls.service(1);
-        consistent(mine, hits[0].load(O::Relaxed), 1);
-        consistent(theirs, hits[1].load(O::Relaxed), 0);
-        assert!(!calls.has_pending(0) && !calls.has_pending(1));
+        calls.service(a);
+        calls.service(b);
+        consistent(mine, hits[0].load(O::Relaxed), b);
+        consistent(theirs, hits[1].load(O::Relaxed), a);
+        assert!(!calls.has_pending(a) && !calls.has_pending(b));
     });
+}
+
+#[test]
+fn mutual_calls_never_deadlock_or_double_run() {
+    mutual::<2>(0, 1);
+}
+
+/// The same with the two CPUs in different words of every set: each
+/// one's bit sits in a word the other's inbox take and outstanding loads
+/// reach only after an empty one.
+#[test]
+fn mutual_calls_across_set_words() {
+    mutual::<65>(0, 64);
 }
 
 #[test]
