@@ -33,7 +33,7 @@ use crate::MAX_CPUS;
 
 /// Words in a set.
 const WORDS: usize = MAX_CPUS / 64;
-const _: () = assert!(MAX_CPUS % 64 == 0 && WORDS > 0, "a CpuSet is whole 64-bit words");
+const _: () = assert!(MAX_CPUS.is_multiple_of(64) && WORDS > 0, "a CpuSet is whole 64-bit words");
 
 /// `(word, bit)` of `cpu`, which must be below `MAX_CPUS`.
 const fn place(cpu: usize) -> (usize, u64) {
