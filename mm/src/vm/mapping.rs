@@ -397,8 +397,13 @@ impl<P: VmPlatform> Vm<P> {
 
     /// What `virt` translates to in `space`, any size class.
     pub fn map_get(&self, space: &Space, virt: u64) -> Result<Translation, VmError> {
-        // Shared: a prune must not free a table this walk is reading.
+        // Shared: a sweep must not free a table this walk is reading.
         let _shared = self.shared(space)?;
+        self.translation(space, virt)
+    }
+
+    /// `map_get` for a caller that holds the table lock.
+    fn translation(&self, space: &Space, virt: u64) -> Result<Translation, VmError> {
         match table::lookup(&self.p, space.root, virt, 0) {
             Lookup::Entry { entry, level } => {
                 let e = entry.load(Ordering::Acquire);
@@ -453,13 +458,13 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::NotAligned { value: virt });
         }
         space.check_range(virt, bytes / PAGE_SIZE)?;
-        let t = self.map_get(space, virt)?;
-        if t.size != size {
-            return Err(VmError::SizeMismatch { virt, mapped: t.size });
-        }
-        let op = self.begin_unmap();
-        let old = {
+        let (old, op) = {
             let _shared = self.shared(space)?;
+            let t = self.translation(space, virt)?;
+            if t.size != size {
+                return Err(VmError::SizeMismatch { virt, mapped: t.size });
+            }
+            let op = self.begin_unmap();
             let Lookup::Entry { entry, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
@@ -491,7 +496,7 @@ impl<P: VmPlatform> Vm<P> {
                 let holders = self.holders(space, virt, virt + bytes);
                 self.unlink(space, holders, virt, size.level(), old);
             }
-            old
+            (old, op)
         };
         self.finish_unmap(space, op, virt, 1, size)?;
         // In huge entries bit 12 is the PAT bit, not address.
