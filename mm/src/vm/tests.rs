@@ -1,7 +1,7 @@
 // Host tests map and free frames by address: host memory is a vector of
 // atomics, so a wrong address is test data, never undefined behaviour.
 #![allow(unsafe_code)]
-use super::testing::{boot, SimMachine};
+use super::testing::{access, boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -14,6 +14,10 @@ fn machine(cpus: usize) -> Vm<SimMachine> {
 
 fn free(vm: &Vm<SimMachine>) -> u64 {
     vm.platform().free_bytes()
+}
+
+fn cpus_of(cpus: &[usize]) -> CpuSet {
+    cpus.iter().copied().collect()
 }
 
 fn shootdowns(vm: &Vm<SimMachine>) -> Vec<(CpuSet, u64, u64)> {
@@ -41,9 +45,11 @@ fn map_get_and_unmap_one_page() {
     );
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size2M), Err(VmError::NotAligned { value: SEED + 0x5000 }));
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(PhysAddr::new(frame)));
-    assert_eq!(free(&vm), before, "empty tables freed");
+    assert!(free(&vm) < before, "empty tables stay for the next map");
     assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
     assert_eq!(shootdowns(&vm), vec![(CpuSet::first(2), SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
+    assert!(vm.sweep(k).unwrap() > 0);
+    assert_eq!(free(&vm), before, "a sweep frees the empty tables");
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
 }
 
@@ -168,34 +174,52 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     assert_eq!(vm.umap_single(&user, b + 2 * PAGE_SIZE, PageSize::Size4K), Ok(PhysAddr::new(0x1000)));
     vm.vmfree(&user, a, 3).unwrap();
     vm.vmfree(&user, b, 2).unwrap();
+    vm.sweep(&user).unwrap();
     assert_eq!(free(&vm), before);
     assert!(shootdowns(&vm).is_empty(), "a space active nowhere needs no shootdown");
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
 }
 
 #[test]
-fn user_shootdowns_target_only_cpus_running_the_space() {
-    let vm = machine(4);
+fn user_shootdowns_target_only_cpus_whose_replicas_reach_the_range() {
+    let vm = machine(5);
     let user = vm.new_user_space().unwrap();
-    for cpu in [1, 3] {
+    for cpu in [1, 3, 4] {
         on_cpu(cpu);
         // Left active past the guard, so that destroying the space is
         // refused at run time: a leaked guard must not free its tables.
-        core::mem::forget(vm.activate(&user));
-        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root));
+        core::mem::forget(vm.activate(&user).unwrap());
+        let replica = user.replicas.root(cpu);
+        assert!(replica != 0 && replica != user.root, "cpu {cpu} runs a replica of its own");
+        assert_eq!(vm.platform().loaded_root(cpu), Some(replica));
     }
     on_cpu(0);
     let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();
+    // CPUs 1 and 3 read the range (soft faults link its table); 4 runs the
+    // space but never touches it, 2 does not run it.
+    for cpu in [1, 3] {
+        assert!(access(&vm, cpu, a + 39 * PAGE_SIZE).is_some());
+    }
+    assert!(vm.platform().may_hold(4, a + 39 * PAGE_SIZE).is_empty());
     vm.vmfree(&user, a, 40).unwrap();
-    assert_eq!(shootdowns(&vm), vec![([1, 3].into_iter().collect(), a, 40)], "one batched shootdown to CPUs 1 and 3");
+    assert_eq!(shootdowns(&vm), vec![(cpus_of(&[1, 3]), a, 40)], "one batched shootdown to CPUs 1 and 3");
+    // Sets only grow while the table lives: a CPU that touched it once
+    // stays a target until the table is swept.
+    let b = vm.vmalloc(&user, 0x1000, USER_END, 1, Flags::WRITE | Flags::USER).unwrap();
+    vm.vmfree(&user, b, 1).unwrap();
+    assert_eq!(shootdowns(&vm)[1], (cpus_of(&[1, 3]), b, 1));
+    // A sweep takes the table out of both replicas and flushes them.
+    assert!(vm.sweep(&user).unwrap() > 0);
+    assert_eq!(shootdowns(&vm)[2].0, cpus_of(&[1, 3]));
+    assert_eq!(access(&vm, 1, a), None);
     let user = match vm.destroy_space(user) {
-        Err((VmError::SpaceActive { cpus }, s)) if cpus == [1, 3].into_iter().collect() => s,
+        Err((VmError::SpaceActive { cpus }, s)) if cpus == cpus_of(&[1, 3, 4]) => s,
         other => panic!("destroying an active space: {:?}", other.err().map(|e| e.0)),
     };
-    for cpu in [1, 3] {
+    for cpu in [1, 3, 4] {
         on_cpu(cpu);
         // Activating again is idempotent; the new guard's drop leaves.
-        drop(vm.activate(&user));
+        drop(vm.activate(&user).unwrap());
     }
     on_cpu(0);
     assert_eq!(user.active_cpus(), CpuSet::EMPTY);
@@ -220,7 +244,7 @@ fn destroying_a_space_frees_its_tables_and_owned_frames() {
 fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
     let vm = machine(2);
     let before = free(&vm);
-    let mut first = None;
+    let (mut first, mut tables) = (None, None);
     for round in 0..10 {
         let a = vm.k_mem_map(3 * PAGE_SIZE, KMemFlags::RW).unwrap();
         assert_eq!(*first.get_or_insert(a), a, "round {round}: same address reused");
@@ -232,9 +256,13 @@ fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
         }
         assert!(free(&vm) <= before - 3 * PAGE_SIZE);
         vm.k_mem_unmap(a, 3 * PAGE_SIZE).unwrap();
-        assert_eq!(free(&vm), before, "round {round}");
+        // The region's tables stay, and the next round reuses them.
+        assert_eq!(*tables.get_or_insert(before - free(&vm)), before - free(&vm), "round {round}: tables churned");
     }
+    assert!(tables.is_some_and(|t| t > 0));
     assert_eq!(vm.region_bytes(), 0);
+    vm.sweep(vm.kernel()).unwrap();
+    assert_eq!(free(&vm), before);
 }
 
 #[test]
@@ -286,6 +314,7 @@ fn fault_injection_sweep_rolls_back_every_failure_point() {
     }
     // 700 frames plus a page directory and two page tables.
     assert_eq!(failures, 703);
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(free(&vm), before);
 }
 
@@ -324,8 +353,9 @@ fn a_failed_shootdown_quarantines_the_frames() {
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     let u = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::USER).unwrap();
     on_cpu(1);
-    // Active for the rest of the test.
-    core::mem::forget(vm.activate(&user));
+    // Active for the rest of the test, and holding the pages.
+    core::mem::forget(vm.activate(&user).unwrap());
+    assert!(access(&vm, 1, u).is_some());
     on_cpu(0);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: CpuSet::single(1) }));
@@ -359,6 +389,7 @@ fn concurrent_unmaps_of_one_region_free_it_once() {
         assert_eq!(ok, 1, "exactly one unmap wins");
     }
     on_cpu(0);
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
 }
@@ -369,8 +400,9 @@ fn protect_downgrades_and_shoots_down() {
     let user = vm.new_user_space().unwrap();
     let a = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::WRITE | Flags::USER).unwrap();
     on_cpu(1);
-    // Active for the rest of the test.
-    core::mem::forget(vm.activate(&user));
+    // Active for the rest of the test, and holding the pages.
+    core::mem::forget(vm.activate(&user).unwrap());
+    assert!(access(&vm, 1, a).is_some());
     on_cpu(0);
     vm.protect(&user, a, 2, Flags::USER).unwrap();
     assert_eq!(vm.map_get(&user, a + PAGE_SIZE).unwrap().flags, Flags::USER);
@@ -426,9 +458,7 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
         h.join().unwrap();
     }
     on_cpu(0);
-    // A prune that lost the race to a mapper is left to the next unmap.
-    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
-    vm.k_mem_unmap(a, PAGE_SIZE).unwrap();
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
 }
@@ -457,4 +487,75 @@ fn a_mapped_frame_is_the_entrys_until_umap_owned_gives_it_back() {
     assert_eq!(vm.umap_single(k, SEED, PageSize::Size4K), Ok(PhysAddr::new(addr)));
     vm.platform().free_phys(addr).unwrap();
     assert!(vm.platform().frames.audit().is_ok());
+}
+
+#[test]
+fn a_sweep_that_takes_over_a_huge_unmap_shoots_its_copiers_down() {
+    use super::marker::FrameTo;
+    use super::table::{lookup, Lookup};
+    use core::sync::atomic::Ordering;
+    let vm = machine(3);
+    let m = vm.platform();
+    let user = vm.new_user_space().unwrap();
+    on_cpu(1);
+    let guard = vm.activate(&user).unwrap();
+    on_cpu(0);
+    // 1 GiB in: alone in its PD and PDPT, so a sweep detaches both.
+    let virt = 0x4000_0000u64;
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(&user, virt, PhysAddr::new(0x40_0000), Flags::USER, PageSize::Size2M) }.unwrap();
+    assert_eq!(access(&vm, 1, virt), Some(0x40_0000), "CPU 1 copies the huge leaf into its replica");
+    // What `umap_single` does before it drops the lock: the marker, the
+    // fence, the copies taken out of the replicas.
+    let op = vm.begin_unmap();
+    {
+        let _shared = vm.shared(&user).unwrap();
+        let Lookup::Entry { entry, .. } = lookup(m, user.root, virt, 1) else { panic!("no PD entry") };
+        let e = entry.load(Ordering::Acquire);
+        entry.store(op.marker(e, 2 << 20, FrameTo::Caller), Ordering::Release);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        let holders = vm.holders(&user, virt, virt + (2 << 20));
+        assert!(holders.contains(1));
+        vm.unlink(&user, holders, virt, 1, e);
+    }
+    // A sweep gets in before the unmap's finish: it takes the marker over
+    // with its table, and must shoot down the CPU that copied the leaf.
+    assert_eq!(vm.sweep(&user), Ok(2));
+    assert_eq!(shootdowns(&vm).iter().map(|s| s.0).collect::<Vec<_>>(), vec![CpuSet::single(1)]);
+    vm.finish_unmap(&user, op, virt, 1, PageSize::Size2M).unwrap();
+    assert!(m.may_hold(1, virt).is_empty(), "CPU 1 still holds {:x?}", m.may_hold(1, virt));
+    on_cpu(1);
+    drop(guard);
+    on_cpu(0);
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+}
+
+#[test]
+fn a_huge_page_maps_where_emptied_small_pages_left_their_table() {
+    let vm = machine(1);
+    let user = vm.new_user_space().unwrap();
+    let window = 0x4000_0000u64;
+    let a = vm.vmalloc(&user, window, window + (2 << 20), 3, Flags::USER).unwrap();
+    vm.vmfree(&user, a, 3).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    let mapped = unsafe { vm.map_single(&user, window, PhysAddr::new(0x40_0000), Flags::USER, PageSize::Size2M) };
+    assert_eq!(mapped, Ok(()), "the empty page table was in the way");
+    assert_eq!(vm.map_get(&user, window + 0x1234).unwrap().phys.as_u64(), 0x40_1234);
+    vm.umap_single(&user, window, PageSize::Size2M).unwrap();
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+}
+
+#[test]
+fn a_rollback_that_cannot_sweep_leaves_it_to_the_next_unmap() {
+    let vm = machine(2);
+    let before = free(&vm);
+    let reader = vm.kernel().tables.read(vm.platform(), &crate::lock_count::LockCounts::new()).unwrap();
+    vm.inject().arm(0, 3);
+    assert_eq!(vm.k_mem_map(8 * PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK), Err(VmError::OutOfFrames));
+    vm.inject().arm(0, 0);
+    assert!(free(&vm) < before, "setup: the rollback could not sweep its tables while the lock was held");
+    drop(reader);
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    vm.k_mem_unmap(a, PAGE_SIZE).unwrap();
+    assert_eq!(free(&vm), before, "the next unmap swept");
 }
