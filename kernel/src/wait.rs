@@ -17,7 +17,7 @@
 use mm::vm::Waited;
 
 /// Steps that only check (and answer cross-calls) before a wait naps.
-pub const SPIN_STEPS: u32 = 32;
+pub const SPIN_STEPS: u32 = 64;
 /// One nap of a wait (the timer, or any IPI, ends it sooner).
 pub const NAP_US: u32 = 5;
 

@@ -50,9 +50,11 @@ pub fn send_all_but_self(vector: u8) {
 static CALLS: CrossCalls<MAX_CPUS> = CrossCalls::new();
 
 /// Iterations a cross-call waiter only checks for its acknowledgements
-/// (no `PAUSE`) before it naps: a spinning target answers within a few
-/// (each iteration reads the clock, about 0.3-2 µs under TCG).
-pub const ACK_SPIN_STEPS: u32 = 16;
+/// (no `PAUSE`) before it naps: a running target answers within a few
+/// (each iteration reads the clock, about 0.3-2 µs under TCG). Not fewer:
+/// a napping waiter wakes at its timer, which a loaded host may deliver
+/// milliseconds late (16 made floor.ipi running at 8 CPUs 8 ms at p50).
+pub const ACK_SPIN_STEPS: u32 = 64;
 /// One nap of a cross-call waiter: its timer, or any IPI, ends it. Short,
 /// since nothing wakes the waiter when the last target acknowledges (a
 /// wake-up IPI would cost one IPI per call): the nap's length is the

@@ -238,18 +238,22 @@ fn spin_until<M: Machine>(
     Ok(())
 }
 
-/// Checks `doze_until` makes before it dozes, and one doze.
-const DOZE_AFTER: u32 = 64;
+/// Checks `doze_until` makes before it dozes, and after each doze (an IPI
+/// that woke it is the unmap's shootdown, and the new round follows within
+/// microseconds), and one doze.
+const DOZE_AFTER: u32 = 4096;
 const DOZE_US: u32 = 20;
 
-/// `spin_until`, but after `DOZE_AFTER` checks each wait step is a doze
-/// (halted on the space, not lazy; an IPI or the timer ends it).
+/// `spin_until`, but after `DOZE_AFTER` checks a wait step is a doze
+/// (halted on the space, not lazy; an IPI or the timer ends it), and then
+/// `DOZE_AFTER` checks again.
 fn doze_until<M: Machine>(m: &M, team: &Team, what: &str, mut done: impl FnMut() -> bool) -> Result<(), Failure> {
     let mut checks = 0u32;
     spin_until(m, team, what, || {
-        checks = checks.saturating_add(1);
+        checks += 1;
         if checks > DOZE_AFTER {
             m.doze(DOZE_US);
+            checks = 0;
         }
         Ok(done())
     })
