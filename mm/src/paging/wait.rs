@@ -74,6 +74,17 @@ mod tests {
     }
 
     #[test]
+    fn each_step_is_told_how_far_the_wait_has_got() {
+        let mut w = WaitBound::new();
+        let told: Vec<u32> = (0..100).map(|_| w.step().steps()).collect();
+        assert_eq!(
+            told,
+            (0..100).collect::<Vec<_>>(),
+            "the kernel's step naps from its 64th: it must see the count grow"
+        );
+    }
+
+    #[test]
     fn a_wait_that_never_steps_never_reads_the_clock() {
         let w = WaitBound::new();
         assert_eq!(w.deadline, None);
