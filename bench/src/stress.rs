@@ -317,6 +317,13 @@ fn mix_step<M: Machine>(
             }
             1
         }
+        6..=7 if op % 32 == 0 => {
+            // Now and then a sweep of both spaces, racing the other CPUs'
+            // maps, unmaps and soft faults (it frees only empty tables).
+            vm.sweep(space).map_err(|e| fails("sweep", e))?;
+            vm.sweep(vm.kernel()).map_err(|e| fails("sweep kernel space", e))?;
+            2
+        }
         6..=7 => {
             if held.mapped.is_full() || (coin && !held.mapped.is_empty()) {
                 held.unmap_oldest(m, space)?;

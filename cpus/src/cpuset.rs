@@ -123,6 +123,12 @@ impl AtomicCpuSet {
         CpuSet(self.0.fetch_or(1 << cpu, order))
     }
 
+    /// Makes the set `set` (for a set nobody else changes at the moment,
+    /// such as a page table's before it is published).
+    pub fn store(&self, set: CpuSet, order: Ordering) {
+        self.0.store(set.0, order)
+    }
+
     /// Adds every CPU in `set`; returns the set as it was before.
     pub fn insert_all(&self, set: CpuSet, order: Ordering) -> CpuSet {
         CpuSet(self.0.fetch_or(set.0, order))

@@ -151,8 +151,12 @@ pub fn page_fault_depth() -> u32 {
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, code: PageFaultErrorCode) {
     let depth = PAGE_FAULT_DEPTH.unguarded(smp::percpu::current_index());
     depth.fetch_add(1, Ordering::Relaxed);
-    // Kernel code touching an on-demand page: page it in and retry.
-    let resolved = !usermode::from_ring3(&frame) && crate::paging::resolve_fault(Cr2::read_raw(), code.bits());
+    let addr = Cr2::read_raw();
+    // A user address the running space maps but this CPU's replica does
+    // not link yet (either ring); else kernel code touching an on-demand
+    // page: page it in. Either way, retry the access.
+    let resolved = crate::vm::try_get().is_some_and(|vm| vm.soft_fault(addr))
+        || (!usermode::from_ring3(&frame) && crate::paging::resolve_fault(addr, code.bits()));
     if !resolved {
         exception(&mut frame, 14, "page fault", Some(code.bits()));
     }

@@ -8,13 +8,24 @@ use x86_64::instructions::interrupts;
 /// Halts this CPU until an interrupt: the one-shot timer after about `us`
 /// microseconds, or sooner an IPI (a shootdown is served by its handler
 /// meanwhile). Interrupts are back in their state on entry afterwards.
+///
+/// Lazy TLB: a CPU running a user space leaves it for the kernel root
+/// while it naps (`Vm::idle`), so shootdowns of that space skip it.
 pub fn nap(us: u32) {
     let enabled = interrupts::are_enabled();
     interrupts::disable();
-    smp::percpu::with_local_apic(|l| l.one_shot(us.saturating_mul(1000)));
-    // `sti; hlt` is atomic: an interrupt due before the `hlt` still ends it.
-    interrupts::enable_and_hlt();
-    if !enabled {
+    let halt = || {
+        smp::percpu::with_local_apic(|l| l.one_shot(us.saturating_mul(1000)));
+        // `sti; hlt` is atomic: an interrupt due before the `hlt` still
+        // ends it. Off again after, so the space is rejoined with them off.
+        interrupts::enable_and_hlt();
         interrupts::disable();
+    };
+    match crate::vm::try_get() {
+        Some(vm) => vm.idle(halt),
+        None => halt(),
+    }
+    if enabled {
+        interrupts::enable();
     }
 }

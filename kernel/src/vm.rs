@@ -25,6 +25,12 @@ pub fn get() -> &'static Vm<KernelVm> {
     VM.get().expect("vm used before vm::init")
 }
 
+/// The virtual-memory manager, once `init` has run (for handlers that may
+/// run before: page faults, naps).
+pub fn try_get() -> Option<&'static Vm<KernelVm>> {
+    VM.get()
+}
+
 /// Adopts the running page tables as the kernel space.
 ///
 /// # Safety
@@ -67,6 +73,11 @@ impl VmPlatform for KernelVm {
             return Err(FrameError::Reserved { phys: frame.into_phys() });
         }
         frames::get().free_page(frame)
+    }
+
+    fn table_cpus(&self, table: x86_64::PhysAddr) -> Option<&cpus::AtomicCpuSet> {
+        let db = frames::ready().then(|| frames::get().db())?;
+        db.index_of(table).ok().map(|i| &db.entry(i).table_cpus)
     }
 
     fn cpu_index(&self) -> usize {

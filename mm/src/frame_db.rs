@@ -11,6 +11,7 @@
 use crate::frame::{FrameError, FrameKind, Pfn, PhysAddr};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::PAGE_SIZE;
+use cpus::{AtomicCpuSet, CpuSet};
 
 /// Bits 8..16 of the state word: the CPU that allocated the frame.
 const CPU_SHIFT: u32 = 8;
@@ -51,6 +52,12 @@ pub struct FrameEntry {
     /// Backing-store slot + 1 holding a valid copy of this frame's page
     /// (0: none), so a clean eviction needs no write.
     pub copy: AtomicU64,
+    /// While the frame is a user space's page table: the CPUs whose
+    /// page-table replica references it (links it, or copied a huge leaf
+    /// out of it), which are the only CPUs that can cache what it maps
+    /// (`vm::replica`). A table's own field, as Linux keeps page-table
+    /// state in its `struct page`; cleared when a table is made.
+    pub table_cpus: AtomicCpuSet,
 }
 
 impl FrameEntry {
@@ -60,6 +67,7 @@ impl FrameEntry {
             state: AtomicU32::new(FrameKind::Reserved as u32),
             vaddr: AtomicU64::new(0),
             copy: AtomicU64::new(0),
+            table_cpus: AtomicCpuSet::new(CpuSet::EMPTY),
         }
     }
 
@@ -69,6 +77,7 @@ impl FrameEntry {
             state: AtomicU32::new(FrameKind::Reserved as u32),
             vaddr: AtomicU64::new(0),
             copy: AtomicU64::new(0),
+            table_cpus: AtomicCpuSet::new(CpuSet::EMPTY),
         }
     }
 }

@@ -181,6 +181,9 @@ mod tests {
         fn free_frame(&self, _: Frame) -> Result<(), FrameError> {
             match *self {}
         }
+        fn table_cpus(&self, _: mm::frame::PhysAddr) -> Option<&cpus::AtomicCpuSet> {
+            match *self {}
+        }
         fn cpu_index(&self) -> usize {
             match *self {}
         }

@@ -57,9 +57,14 @@ pub fn unmap_poison_keep<M: Machine>(m: &M, space: &AddressSpace, virt: u64, phy
 pub const POISON: u8 = 0xEE;
 
 /// Runs `f` with `space` active on this CPU and leaves the space after,
-/// whatever `f` returned.
-pub fn within<M: Machine, R>(m: &M, space: &AddressSpace, f: impl FnOnce() -> R) -> R {
-    let _active = m.vm().activate(space);
+/// whatever `f` returned (activating makes this CPU's replica of the
+/// space the first time, which may find no frame).
+pub fn within<M: Machine, R>(
+    m: &M,
+    space: &AddressSpace,
+    f: impl FnOnce() -> Result<R, Failure>,
+) -> Result<R, Failure> {
+    let _active = m.vm().activate(space).map_err(|e| fails("activate", e))?;
     f()
 }
 

@@ -24,6 +24,12 @@ static ADDR: AtomicU64 = AtomicU64::new(0);
 static ROUND: AtomicU64 = AtomicU64::new(0);
 static UNMAPPED: AtomicBool = AtomicBool::new(false);
 
+/// Bytes free or taken by the heap (which keeps the pages it grew by: the
+/// first storm on a CPU grows that CPU's pools).
+fn accounted() -> u64 {
+    frames::get().free_bytes() + crate::heap::HEAP.stats().pages * PAGE_SIZE
+}
+
 fn spin_until(cond: impl Fn() -> bool) -> bool {
     let deadline = drivers::tsc::now_ns() + 5_000_000_000;
     while !cond() {
@@ -228,7 +234,7 @@ register!(Test::new("vm_smp::map_unmap_storm_one_space", storm_one_space));
 /// kernel space; afterwards every frame and range is back.
 fn storm_one_space() -> TestResult {
     let vm = vm::get();
-    let before = (frames::get().free_bytes(), vm.region_bytes());
+    let before = (accounted(), vm.region_bytes());
     let targets_before: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).targets).sum();
     UNMAPS.store(0, Ordering::Relaxed);
     let r = run(|cpu| {
@@ -257,10 +263,6 @@ fn storm_one_space() -> TestResult {
         }
     });
     r?;
-    // A prune that lost the table lock to a mapper is finished by the
-    // next unmap.
-    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).map_err(fails)?;
-    vm.k_mem_unmap(a, PAGE_SIZE).map_err(fails)?;
     let targets: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).targets).sum::<u64>() - targets_before;
     let unmaps = UNMAPS.load(Ordering::Relaxed);
     log::info!(
@@ -268,7 +270,9 @@ fn storm_one_space() -> TestResult {
         percpu::online_count(),
         targets as f64 / unmaps as f64
     );
-    let after = (frames::get().free_bytes(), vm.region_bytes());
+    // The emptied tables stay until a sweep, which frees them all.
+    vm.sweep(vm.kernel()).map_err(fails)?;
+    let after = (accounted(), vm.region_bytes());
     ensure!(after == before, "free bytes/regions {before:?} before, {after:?} after");
     frames::get().audit().map_err(|v| failure(format_args!("frame audit: {v:?}")))?;
     vm.audit_tables(&[]).map_err(|v| failure(format_args!("page-table audit: {v:?}")))?;
@@ -281,7 +285,7 @@ register!(Test::new("vm_smp::vmalloc_storm_shared_tables", storm_shared_tables))
 /// and in-transit entries of neighbours interleave.
 fn storm_shared_tables() -> TestResult {
     let vm = vm::get();
-    let before = frames::get().free_bytes();
+    let before = accounted();
     run(|cpu| {
         let vm = vm::get();
         let area = mm::vm::KERNEL_SEED_AREA;
@@ -310,12 +314,10 @@ fn storm_shared_tables() -> TestResult {
             }
         }
     })?;
-    let a = vm
-        .vmalloc(vm.kernel(), mm::vm::KERNEL_SEED_AREA.start, mm::vm::KERNEL_SEED_AREA.end, 1, Flags::WRITE)
-        .map_err(fails)?;
-    vm.vmfree(vm.kernel(), a, 1).map_err(fails)?;
-    let now = frames::get().free_bytes();
-    ensure!(now == before, "free bytes {before} before, {now} after");
+    // The emptied tables stay until a sweep, which frees them all.
+    vm.sweep(vm.kernel()).map_err(fails)?;
+    let now = accounted();
+    ensure!(now == before, "free or heap bytes {before} before, {now} after");
     Ok(())
 }
 
@@ -323,7 +325,7 @@ register!(Test::new("vm_smp::map_unmap_storm_separate_spaces", storm_separate_sp
 /// Each CPU runs in its own user space and vmallocs/vmfrees there: its
 /// shootdowns target only itself, so no IPI is sent at all.
 fn storm_separate_spaces() -> TestResult {
-    let before = frames::get().free_bytes();
+    let before = accounted();
     let counters: [tlb::TlbSnapshot; MAX_CPUS] = core::array::from_fn(tlb::counters);
     let r = run(|cpu| {
         let vm = vm::get();
@@ -331,13 +333,22 @@ fn storm_separate_spaces() -> TestResult {
             Ok(s) => s,
             Err(e) => return fail(format_args!("cpu {cpu}: new space: {e:?}")),
         };
-        let active = vm.activate(&space);
+        let active = match vm.activate(&space) {
+            Ok(a) => a,
+            Err(e) => return fail(format_args!("cpu {cpu}: activate: {e:?}")),
+        };
         let mut rng = Rng::new(super::seed() ^ !(cpu as u64));
         for round in 0..STORM_ROUNDS {
             let pages = 1 + rng.below(40);
-            let r = vm.vmalloc(&space, USER_START, USER_END, pages, Flags::USER | Flags::WRITE).and_then(|a| {
-                let t = vm.map_get(&space, a + (pages - 1) * PAGE_SIZE)?;
-                if !t.flags.contains(Flags::USER | Flags::WRITE) {
+            // Supervisor pages, which the CPU reads (no SMAP window): its
+            // replica links their table, so their unmap shoots it down.
+            let r = vm.vmalloc(&space, USER_START, USER_END, pages, Flags::WRITE).and_then(|a| {
+                let last = a + (pages - 1) * PAGE_SIZE;
+                let t = vm.map_get(&space, last)?;
+                // SAFETY: `last` is mapped, writable and zeroed in the
+                // space active here; nothing else uses it.
+                let word = unsafe { (last as *const u64).read_volatile() };
+                if !t.flags.contains(Flags::WRITE) || word != 0 {
                     return Err(VmError::NotMapped { virt: a });
                 }
                 vm.vmfree(&space, a, pages)
@@ -367,8 +378,8 @@ fn storm_separate_spaces() -> TestResult {
             "cpu {cpu}: unmaps not shot down locally"
         );
     }
-    let now = frames::get().free_bytes();
-    ensure!(now == before, "free bytes {before} before, {now} after the spaces were destroyed");
+    let now = accounted();
+    ensure!(now == before, "free or heap bytes {before} before, {now} after the spaces were destroyed");
     Ok(())
 }
 
@@ -391,7 +402,8 @@ struct Targeted {
 }
 
 register!(Test::new("vm_smp::shootdowns_reach_only_active_cpus", targeted_shootdowns));
-/// A user space active on CPU 0 and one other CPU: its unmaps send one IPI
+/// A user space active on CPU 0 and one other CPU, which has read a page in
+/// the table CPU 0 maps and unmaps in: its unmaps send one IPI
 /// each, to that CPU only; CPUs not running it invalidate nothing. Both
 /// CPUs hold their activation in one `run` (the guard is left on the CPU
 /// that took it): the other CPU waits on the space, answering its
@@ -403,7 +415,10 @@ fn targeted_shootdowns() -> TestResult {
         log::info!("vm_smp: one CPU: no remote CPU to target");
         return Ok(());
     };
-    *TARGETED.write() = Some(vm.new_user_space().map_err(fails)?);
+    let space = vm.new_user_space().map_err(fails)?;
+    let bait = vm.vmalloc(&space, USER_START, USER_END, 1, Flags::WRITE).map_err(fails)?;
+    ensure!(bait == USER_START, "bait page at {bait:#x}");
+    *TARGETED.write() = Some(space);
     OTHER.store(other as u64, Ordering::Relaxed);
     OTHER_ACTIVE.store(false, Ordering::Relaxed);
     MEASURED.store(false, Ordering::Relaxed);
@@ -415,8 +430,23 @@ fn targeted_shootdowns() -> TestResult {
         let vm = vm::get();
         let space = TARGETED.read();
         let space = space.as_ref().expect("space set");
-        let _active = vm.activate(space);
+        let _active = match vm.activate(space) {
+            Ok(a) => a,
+            Err(e) => {
+                MEASURED.store(true, Ordering::Release);
+                return fail(format_args!("cpu {cpu}: activate: {e:?}"));
+            }
+        };
         if cpu == other {
+            // Read the bait page: the soft fault links its table into this
+            // CPU's replica, so unmaps in that table now target it.
+            // SAFETY: CPU 0 mapped the bait page (writable, zeroed) before
+            // the run and unmaps it only after it.
+            let bait = unsafe { (USER_START as *const u64).read_volatile() };
+            if bait != 0 {
+                MEASURED.store(true, Ordering::Release);
+                return fail(format_args!("cpu {cpu}: bait page reads {bait:#x}"));
+            }
             OTHER_ACTIVE.store(true, Ordering::Release);
             while !MEASURED.load(Ordering::Acquire) {
                 core::hint::spin_loop();
@@ -438,6 +468,7 @@ fn targeted_shootdowns() -> TestResult {
     ran?;
     let measured = MEASUREMENT.lock().take();
     let space = TARGETED.write().take().expect("space set");
+    vm.vmfree(&space, USER_START, 1).map_err(fails)?;
     vm.destroy_space(space).map_err(|(e, _)| failure(format_args!("destroy: {e:?}")))?;
     let Targeted { active, before, after, result } = measured.expect("CPU 0 measured");
     result.map_err(fails)?;

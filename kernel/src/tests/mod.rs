@@ -28,6 +28,7 @@ mod paging_stall;
 mod paging_store;
 mod probe;
 mod registry;
+mod replica;
 mod rng;
 mod smp_tests;
 mod time;

@@ -36,6 +36,7 @@ pub const SUITES: &[&str] = &[
     "tlb",
     "mapping",
     "mapping_smp",
+    "replica",
     "paging",
     "paging_smp",
     "paging_store",

@@ -82,7 +82,7 @@ impl UserPages {
     /// Runs `f` with this space active on the running CPU (for kernel
     /// accesses to user addresses, which SMAP and SMEP must stop).
     pub fn while_active<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _active = vm::get().activate(self.space());
+        let _active = vm::get().activate(self.space()).expect("a replica for the user space");
         f()
     }
 

@@ -58,7 +58,7 @@ impl<P: VmPlatform> Paging<'_, P> {
                 drop(shared);
                 pg.committed.fetch_sub(pages, Ordering::Relaxed);
                 // Tables made on the way go after a shootdown.
-                self.vm.finish_rollback(self.vm.kernel(), self.vm.begin_unmap(), virt, i)?;
+                self.vm.finish_rollback(self.vm.kernel(), self.vm.begin_unmap(), virt, i, pages)?;
                 return Err(e);
             }
         }

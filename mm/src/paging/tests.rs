@@ -149,6 +149,7 @@ fn overcommit(lru: bool) {
     assert_eq!(used_slots(vm), 0, "unmapping frees every slot");
     assert_eq!(paging(vm).pager().resident(), 0);
     assert_eq!(paging(vm).pager().committed(), 0);
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(vm.platform().free_bytes(), free_before, "every frame came back");
     paging(vm).audit().unwrap();
 }

@@ -2,16 +2,24 @@
 //! dropping it goes back to the kernel space on that CPU, so an
 //! activation cannot be left behind on an early return and a space
 //! cannot be destroyed while a guard still borrows it.
+//!
+//! Lazy TLB (`Vm::idle`): a CPU that naps or halts inside an activation
+//! loads the kernel root first and leaves the space's active set, so
+//! shootdowns skip it meanwhile; it joins again and loads its replica when
+//! it wakes. Without PCIDs, loading a root drops every translation of the
+//! old one, so a CPU outside the active set holds none of the space's.
 
 use core::marker::PhantomData;
 use core::sync::atomic::Ordering;
 
 use super::mapping::Vm;
-use super::space::{AddressSpace, SpaceKind};
-use super::VmPlatform;
+use super::space::{AddressSpace, Space};
+use super::{Root, VmError, VmPlatform};
 
-/// `space` is loaded (CR3) on the CPU that activated it, and in its active
-/// set, until this is dropped. Not `Send`: it is left on the same CPU.
+/// `space` is loaded (CR3: in a user space, this CPU's replica) on the CPU
+/// that activated it, and in its active set, until this is dropped (but
+/// while the CPU naps in `Vm::idle`). Not `Send`: it is left on the same
+/// CPU.
 #[must_use = "dropping the guard deactivates the space at once"]
 pub struct Active<'a, P: VmPlatform> {
     vm: &'a Vm<P>,
@@ -21,19 +29,16 @@ pub struct Active<'a, P: VmPlatform> {
 }
 
 impl<'a, P: VmPlatform> Active<'a, P> {
-    /// Runs `space` on this CPU, coming from the kernel space. Its bit in
-    /// the active set is set before the load, so an unmapper that reads
-    /// the set after changing an entry either targets this CPU or this
-    /// CPU loads the changed tables.
-    pub(super) fn new(vm: &'a Vm<P>, space: &'a AddressSpace) -> Active<'a, P> {
+    /// Runs user space `space` on this CPU, coming from the kernel space.
+    /// Its replica is made at the first activation on a CPU (hence
+    /// `OutOfFrames`).
+    pub(super) fn new(vm: &'a Vm<P>, space: &'a AddressSpace) -> Result<Active<'a, P>, VmError> {
         let cpu = vm.p.cpu_index();
-        if space.kind() == SpaceKind::User {
-            space.active.insert(cpu, Ordering::SeqCst);
-        }
-        // Every user root is a PML4 `new_user_space` made with the kernel
-        // space's upper half; the kernel root is the running one.
-        vm.p.load_root(&super::Root::new(space.root));
-        Active { vm, space, cpu, _on_this_cpu: PhantomData }
+        let root = vm.replica_root(space, cpu)?;
+        vm.current.set(cpu, space);
+        join(space, cpu);
+        vm.p.load_root(&Root::new(root));
+        Ok(Active { vm, space, cpu, _on_this_cpu: PhantomData })
     }
 
     pub fn space(&self) -> &'a AddressSpace {
@@ -41,14 +46,44 @@ impl<'a, P: VmPlatform> Active<'a, P> {
     }
 }
 
+/// Puts `cpu` in the active set before its root is loaded: an unmapper
+/// that reads the set after changing an entry (and fencing) either targets
+/// this CPU or this CPU's walks, after this locked RMW, see the change.
+fn join(space: &Space, cpu: usize) {
+    space.active.insert(cpu, Ordering::SeqCst);
+}
+
+/// Takes `cpu` out of the set after the kernel root is loaded (which
+/// dropped the space's translations here).
+fn leave(space: &Space, cpu: usize) {
+    space.active.remove(cpu, Ordering::SeqCst);
+}
+
 impl<P: VmPlatform> Drop for Active<'_, P> {
-    /// Leaves the space for the kernel space on this CPU. Loading the root
-    /// drops the space's translations here, so the bit is cleared after.
     fn drop(&mut self) {
         debug_assert_eq!(self.vm.p.cpu_index(), self.cpu, "a space is left on the CPU that activated it");
-        self.vm.p.load_root(&super::Root::new(self.vm.kernel().root));
-        if self.space.kind() == SpaceKind::User {
-            self.space.active.remove(self.cpu, Ordering::SeqCst);
-        }
+        self.vm.p.load_root(&Root::new(self.vm.kernel().root));
+        leave(self.space, self.cpu);
+        self.vm.current.clear(self.cpu);
+    }
+}
+
+impl<P: VmPlatform> Vm<P> {
+    /// Runs `f` (a nap, a halt) with the running CPU lazy: if it runs a
+    /// user space, it loads the kernel root and leaves the space's active
+    /// set first, so no shootdown of the space waits for it, and comes back
+    /// (joins, then loads its replica) after. Call with interrupts off, so
+    /// that nothing runs on this CPU between the switches but `f`; `f` may
+    /// enable them (`sti; hlt`): cross-calls that come then find the
+    /// kernel root loaded, which is fine for every one of them.
+    pub fn idle<R>(&self, f: impl FnOnce() -> R) -> R {
+        let cpu = self.p.cpu_index();
+        let Some(space) = self.current.get(cpu) else { return f() };
+        self.p.load_root(&Root::new(self.kernel().root));
+        leave(space, cpu);
+        let r = f();
+        join(space, cpu);
+        self.p.load_root(&Root::new(space.replicas.root(cpu)));
+        r
     }
 }

@@ -56,7 +56,7 @@ impl<P: VmPlatform> Vm<P> {
     pub fn audit_tables(&self, users: &[&AddressSpace]) -> Result<AuditReport, PtViolation> {
         let mut report = AuditReport::default();
         let mut frames: Vec<(u64, u64, bool)> = Vec::new();
-        let spaces = core::iter::once(self.kernel()).chain(users.iter().copied());
+        let spaces = core::iter::once(self.kernel()).chain(users.iter().map(|u| &***u));
         for space in spaces {
             if self.map_get(space, 0).is_ok() {
                 return Err(PtViolation::NullPageMapped { root: space.root() });

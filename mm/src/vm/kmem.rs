@@ -239,7 +239,7 @@ impl<P: VmPlatform> Vm<P> {
                 self.mark_mapped(self.kernel(), &op, virt, i);
                 drop(shared);
                 // A failed rollback shootdown returns here: region kept.
-                self.finish_rollback(self.kernel(), op, virt, i)?;
+                self.finish_rollback(self.kernel(), op, virt, i, len / PAGE_SIZE)?;
                 self.region_free(region, total, RegionKind::Phys);
                 return Err(e);
             }

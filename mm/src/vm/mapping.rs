@@ -19,7 +19,7 @@ use super::inject::Inject;
 use super::marker::FrameTo;
 use super::pte::{self, CacheMode, Flags, PageSize, HUGE, SW_OWNED, SW_PINNED};
 use super::region::{RegionKind, Regions};
-use super::space::{check_range_in, AddressSpace, SpaceKind};
+use super::space::{check_range_in, AddressSpace, Space, SpaceKind};
 use super::table::{self, Lookup, TOP};
 use super::{ShootdownFailed, VmError, VmPlatform, KERNEL_AREA_START, KERNEL_REGION_AREA, PAGE_SIZE, STACK_AREA};
 use cpus::{CpuSet, PerCpu};
@@ -40,7 +40,7 @@ pub struct Translation {
 
 pub struct Vm<P: VmPlatform> {
     pub(crate) p: P,
-    kernel: AddressSpace,
+    kernel: Space,
     /// Demand paging, once enabled (the hook `paging` installs).
     demand: spin::Once<alloc::boxed::Box<dyn DemandPaging<P>>>,
     /// The kernel's region allocator: written by every region map and
@@ -58,6 +58,8 @@ pub struct Vm<P: VmPlatform> {
     pub(super) unmap_generation: PerCpu<AtomicU8>,
     /// Per CPU: tables allocated, zeroed, freed; table-lock acquisitions.
     counts: super::counts::VmCounts,
+    /// Per CPU: the user space it runs (`current`).
+    pub(super) current: super::current::Current,
 }
 
 impl<P: VmPlatform> Vm<P> {
@@ -68,7 +70,7 @@ impl<P: VmPlatform> Vm<P> {
         let root = root.as_u64();
         let vm = Vm {
             p,
-            kernel: AddressSpace::new(root, SpaceKind::Kernel),
+            kernel: Space::new(root, SpaceKind::Kernel),
             demand: spin::Once::new(),
             regions: CachePadded::new(Regions::new(KERNEL_REGION_AREA)),
             #[cfg(any(test, feature = "test-hooks"))]
@@ -77,6 +79,7 @@ impl<P: VmPlatform> Vm<P> {
             quarantined: AtomicU64::new(0),
             unmap_generation: cpus::per_cpu![AtomicU8::new(0)],
             counts: super::counts::VmCounts::new(),
+            current: super::current::Current::new(),
         };
         // `new` runs once, at boot, on the bootstrap CPU (index 0).
         table::entry_for(&vm.p, root, KERNEL_AREA_START, TOP - 1, vm.counts.running(0), &mut || vm.alloc())?;
@@ -132,7 +135,7 @@ impl<P: VmPlatform> Vm<P> {
         r
     }
 
-    pub fn kernel(&self) -> &AddressSpace {
+    pub fn kernel(&self) -> &Space {
         &self.kernel
     }
 
@@ -189,7 +192,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// The shared side of `space`'s table lock, counted for this CPU.
-    pub(crate) fn shared<'s>(&self, space: &'s AddressSpace) -> Result<super::table_lock::Shared<'s>, VmError> {
+    pub(crate) fn shared<'s>(&self, space: &'s Space) -> Result<super::table_lock::Shared<'s>, VmError> {
         space.tables.read(&self.p, &self.my_counts().table_lock)
     }
 
@@ -207,11 +210,26 @@ impl<P: VmPlatform> Vm<P> {
         self.p.alloc_frame().map_err(|_| VmError::OutOfFrames)
     }
 
-    /// CPUs that may cache translations of `space`.
-    pub fn shootdown_targets(&self, space: &AddressSpace) -> CpuSet {
+    /// CPUs that may cache translations of `space` (any of them).
+    pub fn shootdown_targets(&self, space: &Space) -> CpuSet {
         match space.kind() {
             SpaceKind::Kernel => self.p.online_cpus(),
             SpaceKind::User => space.active_cpus(),
+        }
+    }
+
+    /// CPUs that may cache translations of `pages` pages from `start` in
+    /// `space`: every online CPU for the kernel space; for a user space
+    /// those whose replicas reference the tables mapping the range
+    /// (`replica`) and that run the space now. The caller holds the table
+    /// lock (the walk reads master tables) and has fenced.
+    fn range_targets(&self, space: &Space, start: u64, pages: u64) -> CpuSet {
+        match space.kind() {
+            SpaceKind::Kernel => self.p.online_cpus(),
+            SpaceKind::User => {
+                let end = start.saturating_add(pages.saturating_mul(PAGE_SIZE));
+                self.holders(space, start, end).intersect(space.active_cpus())
+            }
         }
     }
 
@@ -228,9 +246,17 @@ impl<P: VmPlatform> Vm<P> {
     /// cache. With it, either this load sees the CPU (it is shot down), or
     /// the CPU's `fetch_or` comes later in the total order of fences and
     /// locked operations, so its walk after loading CR3 sees the change.
-    pub(crate) fn shoot_down(&self, space: &AddressSpace, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
+    ///
+    /// The caller holds the table lock, so the walk of a user space's
+    /// tables for its targets is safe.
+    pub(crate) fn shoot_down(&self, space: &Space, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
         fence(Ordering::SeqCst);
-        let targets = self.shootdown_targets(space);
+        let targets = self.range_targets(space, start, pages);
+        self.shoot_down_to(targets, start, pages)
+    }
+
+    /// Shoots `pages` pages from `start` down on `targets`.
+    pub(super) fn shoot_down_to(&self, targets: CpuSet, start: u64, pages: u64) -> Result<(), ShootdownFailed> {
         if targets.is_empty() {
             return Ok(()); // active nowhere: no TLB can hold it (no PCIDs)
         }
@@ -245,8 +271,14 @@ impl<P: VmPlatform> Vm<P> {
 
     // ---- spaces ----
 
-    /// A new user space: an empty lower half and the kernel's upper half.
+    /// A new user space: an empty lower half and the kernel's upper half
+    /// (its master tree; CPUs that run it get replicas of their own).
     pub fn new_user_space(&self) -> Result<AddressSpace, VmError> {
+        Ok(AddressSpace::new_user(self.new_root()?))
+    }
+
+    /// A fresh PML4: an empty lower half and the kernel's upper half.
+    pub(super) fn new_root(&self) -> Result<u64, VmError> {
         let mut root = self.alloc()?;
         self.p.fill_frame(&mut root, 0);
         let root = root.into_phys().as_u64();
@@ -257,7 +289,7 @@ impl<P: VmPlatform> Vm<P> {
         for i in 256..512 {
             u[i].store(k[i].load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        Ok(AddressSpace::new(root, SpaceKind::User))
+        Ok(root)
     }
 
     /// Frees a user space's tables, its root and the frames its mappings
@@ -267,21 +299,26 @@ impl<P: VmPlatform> Vm<P> {
     #[allow(clippy::result_large_err)]
     pub fn destroy_space(&self, space: AddressSpace) -> Result<(), (VmError, AddressSpace)> {
         let cpus = space.active_cpus();
-        if space.kind() == SpaceKind::Kernel || !cpus.is_empty() {
+        // A CPU that runs the space holds a reference to it (`current`),
+        // napping ones (out of the active set) and leaked guards too.
+        if space.kind() == SpaceKind::Kernel || !cpus.is_empty() || alloc::sync::Arc::strong_count(&space.0) > 1 {
             return Err((VmError::SpaceActive { cpus: cpus.bits() }, space));
         }
         let (mut tables, mut owned) = (Vec::new(), Vec::new());
         table::collect_all(&self.p, space.root, TOP, 0, (super::USER_START, super::USER_END), &mut tables, &mut owned);
-        self.my_counts().tables_freed(tables.len() as u64 + 1);
+        let replicas = self.free_replicas(&space);
+        self.my_counts().tables_freed(tables.len() as u64 + 1 + replicas);
         for f in owned.into_iter().chain(tables).chain([space.root]) {
             self.free_kept(f);
         }
         Ok(())
     }
 
-    /// Runs `space` on this CPU (loads its root) until the guard is
-    /// dropped, which goes back to the kernel space (`Active`).
-    pub fn activate<'a>(&'a self, space: &'a AddressSpace) -> Active<'a, P> {
+    /// Runs `space` on this CPU (loads its root: for a user space, this
+    /// CPU's replica, made at its first activation here, hence
+    /// `OutOfFrames`) until the guard is dropped, which goes back to the
+    /// kernel space (`Active`).
+    pub fn activate<'a>(&'a self, space: &'a AddressSpace) -> Result<Active<'a, P>, VmError> {
         Active::new(self, space)
     }
 
@@ -301,7 +338,7 @@ impl<P: VmPlatform> Vm<P> {
     #[allow(unsafe_code)]
     pub unsafe fn map_single(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         virt: u64,
         phys: PhysAddr,
         flags: Flags,
@@ -322,13 +359,7 @@ impl<P: VmPlatform> Vm<P> {
     /// Maps `frame` at `virt` (4 KiB) and keeps it: the entry owns the
     /// frame (as `vmalloc`'s do) until `umap_owned` hands it back, or
     /// `vmfree` frees it. On failure the frame comes back with the error.
-    pub fn map_frame(
-        &self,
-        space: &AddressSpace,
-        virt: u64,
-        frame: Frame,
-        flags: Flags,
-    ) -> Result<(), (VmError, Frame)> {
+    pub fn map_frame(&self, space: &Space, virt: u64, frame: Frame, flags: Flags) -> Result<(), (VmError, Frame)> {
         if !virt.is_multiple_of(PAGE_SIZE) {
             return Err((VmError::NotAligned { value: virt }, frame));
         }
@@ -349,7 +380,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Sets the entry at `level` for `virt` to `value` if it is empty,
     /// creating tables on the way. Holds no lock itself.
-    pub(crate) fn install(&self, space: &AddressSpace, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
+    pub(crate) fn install(&self, space: &Space, virt: u64, value: u64, level: usize) -> Result<(), VmError> {
         let entry = table::entry_for(&self.p, space.root, virt, level, self.my_counts(), &mut || self.alloc())?;
         if level > 0 {
             // A table below this entry means smaller pages may be mapped.
@@ -365,9 +396,14 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// What `virt` translates to in `space`, any size class.
-    pub fn map_get(&self, space: &AddressSpace, virt: u64) -> Result<Translation, VmError> {
-        // Shared: a prune must not free a table this walk is reading.
+    pub fn map_get(&self, space: &Space, virt: u64) -> Result<Translation, VmError> {
+        // Shared: a sweep must not free a table this walk is reading.
         let _shared = self.shared(space)?;
+        self.translation(space, virt)
+    }
+
+    /// `map_get` for a caller that holds the table lock.
+    fn translation(&self, space: &Space, virt: u64) -> Result<Translation, VmError> {
         match table::lookup(&self.p, space.root, virt, 0) {
             Lookup::Entry { entry, level } => {
                 let e = entry.load(Ordering::Acquire);
@@ -392,7 +428,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Unmaps the page of size class `size` at `virt` and returns its
     /// frame, after every CPU that may cache it has dropped it.
-    pub fn umap_single(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<PhysAddr, VmError> {
+    pub fn umap_single(&self, space: &Space, virt: u64, size: PageSize) -> Result<PhysAddr, VmError> {
         // An entry holds at most 52 address bits.
         self.umap_checked(space, virt, size, &|_| Ok(())).map(PhysAddr::new_truncate)
     }
@@ -400,7 +436,7 @@ impl<P: VmPlatform> Vm<P> {
     /// `umap_single` of a page `vmalloc` mapped (`NotOwned` otherwise,
     /// changing nothing): the mapping owned its frame, so the caller gets
     /// the frame's handle and gives it back (`free_page`) itself.
-    pub fn umap_owned(&self, space: &AddressSpace, virt: u64, size: PageSize) -> Result<Frame, VmError> {
+    pub fn umap_owned(&self, space: &Space, virt: u64, size: PageSize) -> Result<Frame, VmError> {
         let phys = self.umap_checked(space, virt, size, &|e| match e & SW_OWNED {
             0 => Err(VmError::NotOwned { virt }),
             _ => Ok(()),
@@ -412,7 +448,7 @@ impl<P: VmPlatform> Vm<P> {
     /// changes) an entry `check` rejects.
     fn umap_checked(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         virt: u64,
         size: PageSize,
         check: &dyn Fn(u64) -> Result<(), VmError>,
@@ -422,18 +458,18 @@ impl<P: VmPlatform> Vm<P> {
             return Err(VmError::NotAligned { value: virt });
         }
         space.check_range(virt, bytes / PAGE_SIZE)?;
-        let t = self.map_get(space, virt)?;
-        if t.size != size {
-            return Err(VmError::SizeMismatch { virt, mapped: t.size });
-        }
-        let op = self.begin_unmap();
-        let old = {
+        let (old, op) = {
             let _shared = self.shared(space)?;
+            let t = self.translation(space, virt)?;
+            if t.size != size {
+                return Err(VmError::SizeMismatch { virt, mapped: t.size });
+            }
+            let op = self.begin_unmap();
             let Lookup::Entry { entry, level } = table::lookup(&self.p, space.root, virt, size.level()) else {
                 return Err(VmError::NotMapped { virt });
             };
             let mut e = entry.load(Ordering::Acquire);
-            loop {
+            let old = loop {
                 // Re-check under the lock: the mapping may have changed
                 // since `map_get` (a table now where a huge page was), or
                 // a concurrent unmap won.
@@ -452,7 +488,15 @@ impl<P: VmPlatform> Vm<P> {
                     Ok(_) => break e,
                     Err(now) => e = now, // accessed/dirty bits, or a protect
                 }
+            };
+            if space.kind() == SpaceKind::User && size != PageSize::Size4K {
+                // Replicas copied the huge leaf: take the copies out before
+                // the shootdown (after a fence: `replica`'s ordering).
+                fence(Ordering::SeqCst);
+                let holders = self.holders(space, virt, virt + bytes);
+                self.unlink(space, holders, virt, size.level(), old);
             }
+            (old, op)
         };
         self.finish_unmap(space, op, virt, 1, size)?;
         // In huge entries bit 12 is the PAT bit, not address.
@@ -461,7 +505,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Changes the access of `npages` mapped 4 KiB pages from `virt` and
     /// shoots them down, so a downgrade holds on every CPU on return.
-    pub fn protect(&self, space: &AddressSpace, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
+    pub fn protect(&self, space: &Space, virt: u64, npages: u64, flags: Flags) -> Result<(), VmError> {
         check_range_in(space.protectable(), virt, npages)?;
         let shared = self.shared(space)?;
         // The pager owns the permissions of on-demand pages (their tokens
@@ -497,12 +541,14 @@ impl<P: VmPlatform> Vm<P> {
                 }
             }
         }
+        // Under the lock still: a user space's targets come from a walk.
+        let flushed = self.shoot_down(space, virt, npages);
         drop(shared);
-        Ok(self.shoot_down(space, virt, npages)?)
+        Ok(flushed?)
     }
 
     /// The first `npages` unmapped pages in `from..to` of `space`.
-    pub fn vmfind(&self, space: &AddressSpace, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
+    pub fn vmfind(&self, space: &Space, from: u64, to: u64, npages: u64) -> Result<u64, VmError> {
         if !from.is_multiple_of(PAGE_SIZE) || !to.is_multiple_of(PAGE_SIZE) {
             return Err(VmError::NotAligned { value: if !from.is_multiple_of(PAGE_SIZE) { from } else { to } });
         }
@@ -525,7 +571,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// Finds `npages` free pages in `from..to`, backs them with fresh
     /// zeroed frames and maps them with `flags`. All or nothing.
-    pub fn vmalloc(&self, space: &AddressSpace, from: u64, to: u64, npages: u64, flags: Flags) -> Result<u64, VmError> {
+    pub fn vmalloc(&self, space: &Space, from: u64, to: u64, npages: u64, flags: Flags) -> Result<u64, VmError> {
         // Two CPUs may find the same range; the loser sees AlreadyMapped
         // part-way, rolls back and looks again.
         for _ in 0..16 {
@@ -542,7 +588,7 @@ impl<P: VmPlatform> Vm<P> {
     /// zeroed if `zero`. On any failure undoes what it did.
     pub(super) fn populate(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         virt: u64,
         npages: u64,
         bits: u64,
@@ -575,7 +621,7 @@ impl<P: VmPlatform> Vm<P> {
                 let op = self.begin_unmap();
                 self.mark_mapped(space, &op, virt, i);
                 drop(shared);
-                self.finish_rollback(space, op, virt, i)?;
+                self.finish_rollback(space, op, virt, i, npages)?;
                 return Err(e);
             }
         }
@@ -586,7 +632,7 @@ impl<P: VmPlatform> Vm<P> {
     /// their frames. Checks every page first: on error nothing changes.
     /// A page another call is unmapping at the same time fails the whole
     /// call (`NotMapped`): the pages this call had taken are put back.
-    pub fn vmfree(&self, space: &AddressSpace, virt: u64, npages: u64) -> Result<(), VmError> {
+    pub fn vmfree(&self, space: &Space, virt: u64, npages: u64) -> Result<(), VmError> {
         space.check_range(virt, npages)?;
         self.unmap_all(space, virt, npages, &|va, e| match e & SW_OWNED {
             0 => Err(VmError::NotOwned { virt: va }),

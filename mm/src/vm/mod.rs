@@ -21,6 +21,7 @@ mod audit;
 pub mod counts;
 #[cfg(test)]
 mod counts_tests;
+mod current;
 pub(crate) mod demand;
 mod direct;
 #[cfg(any(test, feature = "test-hooks"))]
@@ -32,6 +33,7 @@ pub mod pte;
 #[cfg(test)]
 mod race_tests;
 pub mod region;
+mod replica;
 #[cfg(test)]
 mod same_page_tests;
 #[cfg(test)]
@@ -58,11 +60,11 @@ pub use direct::DirectWindow;
 pub use kmem::{region_align, KMemFlags};
 pub use mapping::Vm;
 pub use pte::{CacheMode, Flags, PageSize};
-pub use space::{AddressSpace, SpaceKind};
+pub use space::{AddressSpace, Space, SpaceKind};
 pub use table::Table;
 pub use wait::Waited;
 
-use cpus::CpuSet;
+use cpus::{AtomicCpuSet, CpuSet};
 
 use crate::frame::{Frame, FrameError, PhysAddr};
 pub use x86_64::VirtAddr;
@@ -99,6 +101,11 @@ pub trait VmPlatform: Sync {
     fn copy_frame(&self, from: &Frame, to: &mut Frame);
     fn alloc_frame(&self) -> Result<Frame, FrameError>;
     fn free_frame(&self, frame: Frame) -> Result<(), FrameError>;
+    /// The CPU set kept with page-table frame `table`
+    /// (`FrameEntry::table_cpus`): which CPUs' replicas reference it.
+    /// `None` for a frame the frame database does not cover (tables made
+    /// at boot, which are the kernel space's and need no set).
+    fn table_cpus(&self, table: PhysAddr) -> Option<&AtomicCpuSet>;
     /// Index of the running CPU, `0..MAX_CPUS`.
     fn cpu_index(&self) -> usize;
     /// The online CPUs.

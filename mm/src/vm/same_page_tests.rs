@@ -35,7 +35,7 @@ fn racing_unmaps_of_the_same_pages_have_one_winner_each() {
     let before = free(&vm);
     let user = Arc::new(vm.new_user_space().unwrap());
     on_cpu(4);
-    let active = vm.activate(&user); // so every unmap shoots down
+    let active = vm.activate(&user).unwrap();
     on_cpu(0);
     let (mut contested, mut lost) = (0, 0);
     for round in 0..400 {
@@ -132,9 +132,9 @@ fn a_quarantine_is_held_for_good_and_counted_exactly() {
     let held = (free(&vm), vm.region_bytes());
     // A sweep of the whole kernel area after a good flush may take over
     // markers in flight, never quarantined ones (nor their table).
-    vm.kernel().prune_pending.store(true, core::sync::atomic::Ordering::Relaxed);
     let b = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
     vm.k_mem_unmap(b, PAGE_SIZE).unwrap();
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!((free(&vm), vm.region_bytes()), held, "the sweep reused quarantined memory");
     assert_eq!(vm.quarantined_frames(), 2);
     assert_eq!(

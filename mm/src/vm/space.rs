@@ -1,11 +1,15 @@
-//! An address space: a root page table, what part of the address space
-//! callers may map in it, and the set of CPUs on which it is active (the
-//! targets of its shootdowns).
+//! An address space: a root page table (in a user space, the master tree
+//! that each CPU's replica links: `replica`), what part of the address
+//! space callers may map in it, and the set of CPUs on which it is active
+//! (its shootdowns go to CPUs in both that set and the sets of the tables
+//! they change).
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
 
 use cpus::{AtomicCpuSet, CachePadded, CpuSet};
 
+use super::replica::Replicas;
 use super::table_lock::TableLock;
 use super::{VmError, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE, USER_END, USER_START};
 
@@ -20,8 +24,25 @@ pub enum SpaceKind {
 
 /// Dropping a space without `Vm::destroy_space` leaks its tables and
 /// frames: destroy it.
+///
+/// The state is shared (`Arc`) with the CPUs running the space: each keeps
+/// a reference in its `current` slot for as long as it runs it, so a CPU's
+/// soft faults and naps reach a live space however the owner's handle
+/// moves, and `destroy_space` refuses while any CPU still has one (an
+/// activation guard that was leaked keeps the space, safely, for good).
 #[must_use = "a user space must be destroyed with Vm::destroy_space"]
-pub struct AddressSpace {
+pub struct AddressSpace(pub(super) Arc<Space>);
+
+impl core::ops::Deref for AddressSpace {
+    type Target = Space;
+
+    fn deref(&self) -> &Space {
+        &self.0
+    }
+}
+
+/// What an `AddressSpace` is (reached through it).
+pub struct Space {
     pub(crate) root: u64,
     kind: SpaceKind,
     /// CPUs that run on this space now (user spaces; the kernel space is
@@ -32,20 +53,27 @@ pub struct AddressSpace {
     /// and the lock word is written by every map and unmap (`fault.anon`
     /// at 8 CPUs: about 6 conflicting reads per fault on the shared line).
     pub(crate) tables: CachePadded<TableLock>,
-    /// An unmap could not prune (lock busy, or too many tables at once);
-    /// the next prune sweeps the whole space. Written by unmaps: its own
-    /// line too.
-    pub(super) prune_pending: CachePadded<AtomicBool>,
+    /// Each CPU's replica of the tables (user spaces: `replica`).
+    pub(super) replicas: Replicas,
 }
 
 impl AddressSpace {
-    pub(super) fn new(root: u64, kind: SpaceKind) -> AddressSpace {
-        AddressSpace {
+    pub(super) fn new_user(root: u64) -> AddressSpace {
+        AddressSpace(Arc::new(Space::new(root, SpaceKind::User)))
+    }
+}
+
+impl Space {
+    pub(super) fn new(root: u64, kind: SpaceKind) -> Space {
+        Space {
             root,
             kind,
             active: CachePadded::new(AtomicCpuSet::new(CpuSet::EMPTY)),
             tables: CachePadded::new(TableLock::new()),
-            prune_pending: CachePadded::new(AtomicBool::new(false)),
+            replicas: match kind {
+                SpaceKind::Kernel => Replicas::none(),
+                SpaceKind::User => Replicas::per_cpu(),
+            },
         }
     }
 
@@ -112,13 +140,12 @@ mod layout_tests {
 
     #[test]
     fn the_root_every_walk_reads_shares_no_line_with_written_fields() {
-        let s = AddressSpace::new(0x1000, SpaceKind::Kernel);
+        let s = Space::new(0x1000, SpaceKind::Kernel);
         let line = |p: usize| p / 128;
         let root = line(&s.root as *const u64 as usize);
         for (name, p) in [
             ("tables", &*s.tables as *const TableLock as usize),
             ("active", &*s.active as *const AtomicCpuSet as usize),
-            ("prune_pending", &*s.prune_pending as *const AtomicBool as usize),
         ] {
             assert_ne!(line(p), root, "{name} shares the root's line");
         }

@@ -89,6 +89,12 @@ pub fn entry_for<'p, P: VmPlatform>(
             counts.table_allocated();
             p.fill_frame(&mut fresh, 0);
             counts.table_zeroed();
+            // No replica references a new table: its CPU set starts empty
+            // (a set left from the frame's last use as a table would only
+            // add targets). Published by the compare-and-swap below.
+            if let Some(set) = p.table_cpus(fresh.phys()) {
+                set.store(cpus::CpuSet::EMPTY, Ordering::Relaxed);
+            }
             let addr = fresh.phys().as_u64();
             match entry.compare_exchange(0, addr | TABLE_FLAGS, Ordering::AcqRel, Ordering::Acquire) {
                 // The parent entry owns it now.
@@ -120,8 +126,17 @@ fn entry_in(base: u64, i: usize, level: usize, range: (u64, u64)) -> Option<u64>
     (!(hi <= range.0 && hi != 0 || lo >= range.1)).then_some(lo)
 }
 
-/// Page tables one unmap may detach; more wait for a later prune.
+/// Page tables one sweep batch may detach; more wait for the next batch.
 pub const PRUNE_MAX: usize = 64;
+
+/// A table `prune` detached: the parent entry (at `level`, for addresses
+/// from `virt`) and the value it held.
+pub struct Detached<'p> {
+    pub entry: &'p AtomicU64,
+    pub old: u64,
+    pub virt: u64,
+    pub level: usize,
+}
 
 /// Whether the table in frame `phys` (entries at `level`, covering from
 /// `base`) maps nothing any more: every entry is zero, or a removed
@@ -148,8 +163,8 @@ pub fn is_reclaimable<P: VmPlatform>(p: &P, phys: u64, level: usize, base: u64, 
 /// back).
 /// The caller holds the space's table lock exclusively and keeps it until
 /// it has shot the range down and freed what `out` holds, so no CPU can
-/// install into a detached entry while another may still cache the old
-/// pointer. `keep_children` protects the tables directly below (a root's
+/// install into a detached entry (or link it into a replica) while another
+/// may still cache the old pointer. `keep_children` protects the tables directly below (a root's
 /// kernel half, shared with every space). Returns false if `out` filled
 /// up before the walk was done.
 pub fn prune<'p, P: VmPlatform>(
@@ -159,7 +174,7 @@ pub fn prune<'p, P: VmPlatform>(
     base: u64,
     range: (u64, u64),
     keep_children: bool,
-    out: &mut ArrayVec<(&'p AtomicU64, u64), PRUNE_MAX>,
+    out: &mut ArrayVec<Detached<'p>, PRUNE_MAX>,
 ) -> bool {
     if level == 0 {
         return true;
@@ -180,7 +195,7 @@ pub fn prune<'p, P: VmPlatform>(
                 return false;
             }
             entry.store(0, Ordering::Release);
-            out.push((entry, e));
+            out.push(Detached { entry, old: e, virt: lo, level });
         }
     }
     true
@@ -212,6 +227,33 @@ pub fn collect_all<P: VmPlatform>(
         }
         collect_all(p, pte::addr(e), level - 1, lo, range, tables, owned);
         tables.push(pte::addr(e));
+    }
+}
+
+/// Calls `f(phys)` for every table below `table` (at `level`, from
+/// `base`) that maps part of `range`, a non-empty range of the lower half
+/// (user spaces). Visits only the entries the range covers: an unmap of one
+/// page reads one entry per level.
+pub fn for_each_table<P: VmPlatform>(
+    p: &P,
+    table: u64,
+    level: usize,
+    base: u64,
+    range: (u64, u64),
+    f: &mut dyn FnMut(u64),
+) {
+    if level == 0 || range.1 <= base || range.0 >= base.saturating_add(span(level + 1)) {
+        return;
+    }
+    let first = (range.0.saturating_sub(base) / span(level)) as usize;
+    let last = (((range.1 - 1 - base) / span(level)) as usize).min(511);
+    let t = at(p, table);
+    for (i, entry) in t.iter().enumerate().take(last + 1).skip(first) {
+        let e = entry.load(Ordering::Acquire);
+        if pte::is_present(e) && e & HUGE == 0 {
+            f(pte::addr(e));
+            for_each_table(p, pte::addr(e), level - 1, base + i as u64 * span(level), range, f);
+        }
     }
 }
 

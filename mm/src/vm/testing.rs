@@ -185,6 +185,11 @@ impl VmPlatform for SimMachine {
         self.frames.free_page(frame)
     }
 
+    fn table_cpus(&self, table: PhysAddr) -> Option<&cpus::AtomicCpuSet> {
+        let db = self.frames.db();
+        db.index_of(table).ok().map(|i| &db.entry(i).table_cpus)
+    }
+
     fn cpu_index(&self) -> usize {
         crate::testing::current_cpu()
     }
@@ -249,4 +254,18 @@ pub fn boot(frames: usize, cpus: usize) -> Vm<SimMachine> {
     let vm = Vm::new(m, PhysAddr::new(root)).unwrap();
     vm.platform().load_root_on(vm.platform().online.load(Ordering::Relaxed), root);
     vm
+}
+
+/// An access by `cpu` to `virt` as the hardware makes it: a miss in the
+/// CPU's replica takes a soft fault there (`Vm::soft_fault`) and retries.
+/// Returns the physical address reached, `None` where the access faults.
+pub fn access(vm: &Vm<SimMachine>, cpu: usize, virt: u64) -> Option<u64> {
+    let m = vm.platform();
+    m.touch(cpu, virt).or_else(|| {
+        let was = crate::testing::current_cpu();
+        on_cpu(cpu);
+        let linked = vm.soft_fault(virt);
+        on_cpu(was);
+        linked.then(|| m.touch(cpu, virt)).flatten()
+    })
 }

@@ -1,7 +1,7 @@
 // Host tests map and free frames by address: host memory is a vector of
 // atomics, so a wrong address is test data, never undefined behaviour.
 #![allow(unsafe_code)]
-use super::testing::{boot, SimMachine};
+use super::testing::{access, boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -41,9 +41,11 @@ fn map_get_and_unmap_one_page() {
     );
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size2M), Err(VmError::NotAligned { value: SEED + 0x5000 }));
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Ok(PhysAddr::new(frame)));
-    assert_eq!(free(&vm), before, "empty tables freed");
+    assert!(free(&vm) < before, "empty tables stay for the next map");
     assert_eq!(vm.map_get(k, SEED + 0x5000), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
     assert_eq!(shootdowns(&vm), vec![(0b11, SEED + 0x5000, 1)], "kernel unmaps reach every online CPU");
+    assert!(vm.sweep(k).unwrap() > 0);
+    assert_eq!(free(&vm), before, "a sweep frees the empty tables");
     assert_eq!(vm.umap_single(k, SEED + 0x5000, PageSize::Size4K), Err(VmError::NotMapped { virt: SEED + 0x5000 }));
 }
 
@@ -168,34 +170,52 @@ fn vmalloc_zeroes_and_vmfree_returns_every_frame() {
     assert_eq!(vm.umap_single(&user, b + 2 * PAGE_SIZE, PageSize::Size4K), Ok(PhysAddr::new(0x1000)));
     vm.vmfree(&user, a, 3).unwrap();
     vm.vmfree(&user, b, 2).unwrap();
+    vm.sweep(&user).unwrap();
     assert_eq!(free(&vm), before);
     assert!(shootdowns(&vm).is_empty(), "a space active nowhere needs no shootdown");
     vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
 }
 
 #[test]
-fn user_shootdowns_target_only_cpus_running_the_space() {
-    let vm = machine(4);
+fn user_shootdowns_target_only_cpus_whose_replicas_reach_the_range() {
+    let vm = machine(5);
     let user = vm.new_user_space().unwrap();
-    for cpu in [1, 3] {
+    for cpu in [1, 3, 4] {
         on_cpu(cpu);
         // Left active past the guard, so that destroying the space is
         // refused at run time: a leaked guard must not free its tables.
-        core::mem::forget(vm.activate(&user));
-        assert_eq!(vm.platform().loaded_root(cpu), Some(user.root));
+        core::mem::forget(vm.activate(&user).unwrap());
+        let replica = user.replicas.root(cpu);
+        assert!(replica != 0 && replica != user.root, "cpu {cpu} runs a replica of its own");
+        assert_eq!(vm.platform().loaded_root(cpu), Some(replica));
     }
     on_cpu(0);
     let a = vm.vmalloc(&user, 0x1000, USER_END, 40, Flags::WRITE | Flags::USER).unwrap();
+    // CPUs 1 and 3 read the range (soft faults link its table); 4 runs the
+    // space but never touches it, 2 does not run it.
+    for cpu in [1, 3] {
+        assert!(access(&vm, cpu, a + 39 * PAGE_SIZE).is_some());
+    }
+    assert!(vm.platform().may_hold(4, a + 39 * PAGE_SIZE).is_empty());
     vm.vmfree(&user, a, 40).unwrap();
     assert_eq!(shootdowns(&vm), vec![(0b1010, a, 40)], "one batched shootdown to CPUs 1 and 3");
+    // Sets only grow while the table lives: a CPU that touched it once
+    // stays a target until the table is swept.
+    let b = vm.vmalloc(&user, 0x1000, USER_END, 1, Flags::WRITE | Flags::USER).unwrap();
+    vm.vmfree(&user, b, 1).unwrap();
+    assert_eq!(shootdowns(&vm)[1], (0b1010, b, 1));
+    // A sweep takes the table out of both replicas and flushes them.
+    assert!(vm.sweep(&user).unwrap() > 0);
+    assert_eq!(shootdowns(&vm)[2].0, 0b1010);
+    assert_eq!(access(&vm, 1, a), None);
     let user = match vm.destroy_space(user) {
-        Err((VmError::SpaceActive { cpus: 0b1010 }, s)) => s,
+        Err((VmError::SpaceActive { cpus: 0b11010 }, s)) => s,
         other => panic!("destroying an active space: {:?}", other.err().map(|e| e.0)),
     };
-    for cpu in [1, 3] {
+    for cpu in [1, 3, 4] {
         on_cpu(cpu);
         // Activating again is idempotent; the new guard's drop leaves.
-        drop(vm.activate(&user));
+        drop(vm.activate(&user).unwrap());
     }
     on_cpu(0);
     assert_eq!(user.active_cpus(), CpuSet::EMPTY);
@@ -220,7 +240,7 @@ fn destroying_a_space_frees_its_tables_and_owned_frames() {
 fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
     let vm = machine(2);
     let before = free(&vm);
-    let mut first = None;
+    let (mut first, mut tables) = (None, None);
     for round in 0..10 {
         let a = vm.k_mem_map(3 * PAGE_SIZE, KMemFlags::RW).unwrap();
         assert_eq!(*first.get_or_insert(a), a, "round {round}: same address reused");
@@ -232,9 +252,13 @@ fn k_mem_map_has_guards_zeroes_and_reuses_its_address() {
         }
         assert!(free(&vm) <= before - 3 * PAGE_SIZE);
         vm.k_mem_unmap(a, 3 * PAGE_SIZE).unwrap();
-        assert_eq!(free(&vm), before, "round {round}");
+        // The region's tables stay, and the next round reuses them.
+        assert_eq!(*tables.get_or_insert(before - free(&vm)), before - free(&vm), "round {round}: tables churned");
     }
+    assert!(tables.is_some_and(|t| t > 0));
     assert_eq!(vm.region_bytes(), 0);
+    vm.sweep(vm.kernel()).unwrap();
+    assert_eq!(free(&vm), before);
 }
 
 #[test]
@@ -286,6 +310,7 @@ fn fault_injection_sweep_rolls_back_every_failure_point() {
     }
     // 700 frames plus a page directory and two page tables.
     assert_eq!(failures, 703);
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(free(&vm), before);
 }
 
@@ -324,8 +349,9 @@ fn a_failed_shootdown_quarantines_the_frames() {
     vm.platform().fail_shootdowns.store(false, core::sync::atomic::Ordering::Relaxed);
     let u = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::USER).unwrap();
     on_cpu(1);
-    // Active for the rest of the test.
-    core::mem::forget(vm.activate(&user));
+    // Active for the rest of the test, and holding the pages.
+    core::mem::forget(vm.activate(&user).unwrap());
+    assert!(access(&vm, 1, u).is_some());
     on_cpu(0);
     vm.platform().fail_shootdowns.store(true, core::sync::atomic::Ordering::Relaxed);
     assert_eq!(vm.vmfree(&user, u, 2), Err(VmError::Shootdown { cpus: 0b10 }));
@@ -359,6 +385,7 @@ fn concurrent_unmaps_of_one_region_free_it_once() {
         assert_eq!(ok, 1, "exactly one unmap wins");
     }
     on_cpu(0);
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
 }
@@ -369,8 +396,9 @@ fn protect_downgrades_and_shoots_down() {
     let user = vm.new_user_space().unwrap();
     let a = vm.vmalloc(&user, 0x1000, USER_END, 2, Flags::WRITE | Flags::USER).unwrap();
     on_cpu(1);
-    // Active for the rest of the test.
-    core::mem::forget(vm.activate(&user));
+    // Active for the rest of the test, and holding the pages.
+    core::mem::forget(vm.activate(&user).unwrap());
+    assert!(access(&vm, 1, a).is_some());
     on_cpu(0);
     vm.protect(&user, a, 2, Flags::USER).unwrap();
     assert_eq!(vm.map_get(&user, a + PAGE_SIZE).unwrap().flags, Flags::USER);
@@ -426,9 +454,7 @@ fn cpus_map_and_unmap_in_one_space_at_once() {
         h.join().unwrap();
     }
     on_cpu(0);
-    // A prune that lost the race to a mapper is left to the next unmap.
-    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW).unwrap();
-    vm.k_mem_unmap(a, PAGE_SIZE).unwrap();
+    vm.sweep(vm.kernel()).unwrap();
     assert_eq!(free(&vm), before);
     assert!(vm.platform().frames.audit().is_ok());
 }

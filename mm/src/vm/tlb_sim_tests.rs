@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 
 use super::shootdown_gate::{Park, Shot};
 use super::table::{lookup, Lookup};
-use super::testing::{boot, SimMachine};
+use super::testing::{access, boot, SimMachine};
 use super::*;
 use crate::testing::on_cpu;
 
@@ -118,12 +118,12 @@ fn only_cpus_running_a_space_hold_it_and_loading_a_root_drops_it() {
     let m = vm.platform();
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
-    let active = vm.activate(&user);
+    let active = vm.activate(&user).unwrap();
     on_cpu(0);
     let u = vm.vmalloc(&user, PAGE_SIZE, USER_END, 1, Flags::USER).unwrap();
     let f = vm.map_get(&user, u).unwrap().phys.as_u64();
-    assert_eq!(m.touch(1, u), Some(f));
-    assert_eq!(m.touch(2, u), None, "CPU 2 runs the kernel space");
+    assert_eq!(access(&vm, 1, u), Some(f));
+    assert_eq!(access(&vm, 2, u), None, "CPU 2 runs the kernel space");
     assert!(m.may_hold(2, u).is_empty());
     let kernel_page = SEED + 8 * PAGE_SIZE;
     let k = map(&vm, kernel_page);
@@ -142,8 +142,8 @@ fn freeing_a_loaded_root_panics() {
     let vm = boot(256, 2);
     let user = vm.new_user_space().unwrap();
     on_cpu(1);
-    let _active = vm.activate(&user);
-    let _ = vm.platform().free_phys(user.root);
+    let _active = vm.activate(&user).unwrap();
+    let _ = vm.platform().free_phys(user.replicas.root(1));
 }
 
 #[test]

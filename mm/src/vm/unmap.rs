@@ -25,17 +25,20 @@
 //! exactly those pages. (If a sweep already took every one of them over,
 //! its own flush covered them and the call succeeds.)
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+
+use cpus::CpuSet;
 
 use arrayvec::ArrayVec;
 
 use super::mapping::Vm;
 use super::marker::{self, FrameTo, UnmapOp};
 use super::pte::{self, PageSize};
-use super::space::{AddressSpace, SpaceKind};
-use super::table::{self, Lookup, PRUNE_MAX, TOP};
+use super::space::{Space, SpaceKind};
+use super::table::{self, Detached, Lookup, PRUNE_MAX, TOP};
 use super::table_lock::Exclusive;
 use super::{VmError, VmPlatform, KERNEL_REGION_AREA, KERNEL_SEED_AREA, PAGE_SIZE, USER_END, USER_START};
+use crate::frame::PhysAddr;
 
 /// Attempts at the exclusive table lock before pruning is left to a later
 /// unmap (mappers hold the shared lock only briefly).
@@ -60,7 +63,7 @@ impl<P: VmPlatform> Vm<P> {
     /// holds the shared table lock.
     pub(super) fn for_each_leaf(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         virt: u64,
         npages: u64,
         f: &mut dyn FnMut(u64, &AtomicU64, u64) -> Result<(), VmError>,
@@ -87,7 +90,7 @@ impl<P: VmPlatform> Vm<P> {
     /// own once no CPU can reach them. On an error nothing has changed.
     pub(super) fn unmap_all(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         virt: u64,
         npages: u64,
         check: &dyn Fn(u64, u64) -> Result<(), VmError>,
@@ -125,24 +128,27 @@ impl<P: VmPlatform> Vm<P> {
     /// still mapped, undoing a mapping call that failed part-way (a racing
     /// unmap of a page it made may have won). The caller holds the shared
     /// table lock, then calls `finish_rollback`.
-    pub(super) fn mark_mapped(&self, space: &AddressSpace, op: &UnmapOp, virt: u64, npages: u64) {
+    pub(super) fn mark_mapped(&self, space: &Space, op: &UnmapOp, virt: u64, npages: u64) {
         for i in 0..npages {
             let _ = self.take_leaf(space, op, virt + i * PAGE_SIZE, &|_, _| Ok(()));
         }
     }
 
-    /// Finishes a rollback's `op` over `npages` pages from `virt`. Tables
-    /// made for the page that failed lie past the range: the next unmap
-    /// sweeps them.
+    /// Finishes a rollback's `op` over the `mapped` pages from `virt` of a
+    /// call that was to map `total`, and sweeps that range: a failed call
+    /// leaves the free count as it was, so the tables it made go too
+    /// (opportunistically, as every sweep: not while another CPU holds the
+    /// table lock).
     pub(crate) fn finish_rollback(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         op: UnmapOp,
         virt: u64,
-        npages: u64,
+        mapped: u64,
+        total: u64,
     ) -> Result<(), VmError> {
-        space.prune_pending.store(true, Ordering::Relaxed);
-        self.finish_unmap(space, op, virt, npages, PageSize::Size4K)
+        self.finish_unmap(space, op, virt, mapped, PageSize::Size4K)?;
+        self.sweep_range(space, (virt, virt + total * PAGE_SIZE)).map(|_| ())
     }
 
     /// Turns the present 4 KiB entry at `va` into a marker of `op` (owning
@@ -151,7 +157,7 @@ impl<P: VmPlatform> Vm<P> {
     /// caller holds the shared table lock.
     fn take_leaf(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         op: &UnmapOp,
         va: u64,
         check: &dyn Fn(u64, u64) -> Result<(), VmError>,
@@ -175,7 +181,7 @@ impl<P: VmPlatform> Vm<P> {
     /// holds the shared table lock since it placed the marker, so no sweep
     /// can have taken it (a `protect` may have changed its access bits:
     /// the entry comes back with those).
-    fn restore_leaf(&self, space: &AddressSpace, op: &UnmapOp, va: u64) {
+    fn restore_leaf(&self, space: &Space, op: &UnmapOp, va: u64) {
         if let Lookup::Entry { entry, level: 0 } = table::lookup(&self.p, space.root, va, 0) {
             let back = Self::settle(entry, op, &marker::restored);
             debug_assert!(back.is_some(), "marker at {va:#x} vanished under the shared lock");
@@ -196,63 +202,30 @@ impl<P: VmPlatform> Vm<P> {
         None
     }
 
-    /// Steps 2-4 for `count` entries of size `size` from `virt`, of which
-    /// those `op` turned into markers are finished (entries others hold,
-    /// or that a sweep took over, are left alone).
+    /// Steps 2 and 3 for `count` entries of size `size` from `virt`, of
+    /// which those `op` turned into markers are finished (entries others
+    /// hold, or that a sweep took over, are left alone).
     pub(crate) fn finish_unmap(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         op: UnmapOp,
         virt: u64,
         count: u64,
         size: PageSize,
     ) -> Result<(), VmError> {
         let pages = count * (size.bytes() / PAGE_SIZE);
-        let mut tables = ArrayVec::<(&AtomicU64, u64), PRUNE_MAX>::new();
-        let exclusive = self.lock_exclusive(space);
-        let mut flush = (virt, pages);
-        if exclusive.is_some() {
-            let area = Self::prune_area(space);
-            let sweep = space.prune_pending.swap(false, Ordering::Relaxed);
-            let range = if sweep { area } else { (virt, virt + pages.max(1) * PAGE_SIZE) };
-            let keep = space.kind() == SpaceKind::Kernel;
-            if !table::prune(&self.p, space.root, TOP, 0, range, keep, &mut tables) {
-                space.prune_pending.store(true, Ordering::Relaxed);
-            }
-            if sweep && !tables.is_empty() {
-                // Tables far from this range went: flush everything.
-                flush = (area.0, (area.1 - area.0) / PAGE_SIZE);
-            }
-        } else {
-            space.prune_pending.store(true, Ordering::Relaxed);
-        }
-        // Nothing detached: mappers need not wait for the flush.
-        let exclusive = exclusive.filter(|_| !tables.is_empty());
-        if pages == 0 && tables.is_empty() {
+        if pages == 0 {
             return Ok(());
         }
-        // `shoot_down` fences before it reads who is active (invariant 8).
-        let flushed = self.shoot_down(space, flush.0, flush.1.max(1));
-        if flushed.is_err() && !tables.is_empty() {
-            // Put the tables back, so their markers keep the range
-            // reserved and their placers find them; nothing is freed. A
-            // later unmap prunes them.
-            for (entry, old) in tables.iter().rev() {
-                entry.store(*old, Ordering::Release);
-            }
-            space.prune_pending.store(true, Ordering::Relaxed);
-        }
-        // The walks below need the lock: the exclusive side we hold, or
-        // else the shared one (a pruner must not free a table under us).
-        // That wait is bounded by the pruner's own shootdown; should it
-        // still time out, this call's markers stay in transit, holding
-        // their frames and range (safely: a later sweep over them may
-        // take them over after its own flush).
-        let _shared = match exclusive {
-            Some(_) => None,
-            None => Some(self.shared(space)?),
-        };
-        if let Err(e) = flushed {
+        // The shared side for the walks below: a sweep must not free a
+        // table under them. Its wait is bounded by a sweep's own
+        // shootdown; should it still time out, this call's markers stay in
+        // transit, holding their frames and range (safely: a later sweep
+        // over them may take them over after its own flush).
+        let _shared = self.shared(space)?;
+        // `shoot_down` fences before it reads who may hold the range
+        // (invariant 8).
+        if let Err(e) = self.shoot_down(space, virt, pages) {
             let held = self.settle_own(space, &op, virt, count, size, &marker::quarantined, &|_| {});
             if held == 0 {
                 // Every marker was taken over by sweeps whose flushes
@@ -263,12 +236,79 @@ impl<P: VmPlatform> Vm<P> {
             return Err(e.into());
         }
         self.settle_own(space, &op, virt, count, size, &|_| 0, &|m| self.release(m));
-        for &(_, old) in &tables {
-            let t = pte::addr(old);
-            // Every marker in a table this call detached is taken over:
-            // the flush above covered it (the table was detached after the
-            // marker was placed), and its placer will not find it.
-            for e in super::table::at(&self.p, t).iter().map(|e| e.load(Ordering::Acquire)) {
+        Ok(())
+    }
+
+    /// Frees the page tables of `space` that map nothing any more, in
+    /// batches of up to `PRUNE_MAX` tables, each with one shootdown: empty
+    /// tables stay where an unmap left them (the next map there reuses
+    /// them) until a sweep, so no map or unmap allocates, zeroes or frees
+    /// a table of a range in steady use. Returns how many tables went;
+    /// a sweep is only ever tried, so 0 too when another CPU held the
+    /// table lock throughout.
+    ///
+    /// Under the exclusive table lock, each batch detaches the tables, takes
+    /// them out of every replica whose CPU is in their sets, shoots down
+    /// the CPUs that may hold them (every online CPU for the kernel space;
+    /// for a user space those in the sets that run it now), and only then
+    /// frees them, with the markers of other unmaps they held (taken over:
+    /// the flush covered them; invariant 7).
+    pub fn sweep(&self, space: &Space) -> Result<u64, VmError> {
+        self.sweep_range(space, Self::prune_area(space))
+    }
+
+    /// `sweep` of the tables inside `range` only.
+    pub(crate) fn sweep_range(&self, space: &Space, range: (u64, u64)) -> Result<u64, VmError> {
+        let mut freed = 0;
+        loop {
+            let Some(exclusive) = self.lock_exclusive(space) else { return Ok(freed) };
+            let (tables, more) = self.sweep_batch(space, range)?;
+            drop(exclusive);
+            freed += tables;
+            if !more {
+                return Ok(freed);
+            }
+        }
+    }
+
+    /// One batch of `sweep`; the caller holds the exclusive lock. Returns
+    /// the tables freed and whether more may be left.
+    fn sweep_batch(&self, space: &Space, area: (u64, u64)) -> Result<(u64, bool), VmError> {
+        let keep = space.kind() == SpaceKind::Kernel;
+        let mut tables = ArrayVec::<Detached, PRUNE_MAX>::new();
+        let done = table::prune(&self.p, space.root, TOP, 0, area, keep, &mut tables);
+        if tables.is_empty() {
+            return Ok((0, false));
+        }
+        // Invariant 8: the detaching stores before the reads of who holds.
+        fence(Ordering::SeqCst);
+        let targets = match space.kind() {
+            SpaceKind::Kernel => self.p.online_cpus(),
+            SpaceKind::User => {
+                let mut holders = CpuSet::EMPTY;
+                // Replicas link only page tables (level-1 entries).
+                for d in tables.iter().filter(|d| d.level == 1) {
+                    if let Some(set) = self.p.table_cpus(PhysAddr::new_truncate(pte::addr(d.old))) {
+                        let cpus = set.load(Ordering::SeqCst);
+                        self.unlink(space, cpus, d.virt, 1, d.old);
+                        holders = holders.union(cpus);
+                    }
+                }
+                holders.intersect(space.active_cpus())
+            }
+        };
+        if let Err(e) = self.shoot_down_to(targets, area.0, (area.1 - area.0) / PAGE_SIZE) {
+            // Put the tables back, so their markers keep the range reserved
+            // and their placers find them; nothing is freed. Replicas link
+            // them again at their next soft faults.
+            for d in tables.iter().rev() {
+                d.entry.store(d.old, Ordering::Release);
+            }
+            return Err(e.into());
+        }
+        for d in &tables {
+            let t = pte::addr(d.old);
+            for e in table::at(&self.p, t).iter().map(|e| e.load(Ordering::Acquire)) {
                 if marker::is_marker(e) {
                     debug_assert!(!marker::is_quarantined(e), "a quarantined marker's table was pruned");
                     self.release(e);
@@ -277,8 +317,7 @@ impl<P: VmPlatform> Vm<P> {
             self.free_kept(t);
         }
         self.my_counts().tables_freed(tables.len() as u64);
-        drop(exclusive);
-        Ok(())
+        Ok((tables.len() as u64, !done))
     }
 
     /// Replaces each marker `op` placed among `count` entries of size
@@ -291,7 +330,7 @@ impl<P: VmPlatform> Vm<P> {
     #[allow(clippy::too_many_arguments)]
     fn settle_own(
         &self,
-        space: &AddressSpace,
+        space: &Space,
         op: &UnmapOp,
         virt: u64,
         count: u64,
@@ -323,7 +362,7 @@ impl<P: VmPlatform> Vm<P> {
 
     /// The exclusive table lock, if it comes free within a bounded number
     /// of attempts.
-    fn lock_exclusive<'s>(&self, space: &'s AddressSpace) -> Option<Exclusive<'s>> {
+    fn lock_exclusive<'s>(&self, space: &'s Space) -> Option<Exclusive<'s>> {
         let counts = &self.my_counts().table_lock;
         for failed in 0..PRUNE_ATTEMPTS {
             if let Some(g) = space.tables.try_write() {
@@ -337,7 +376,7 @@ impl<P: VmPlatform> Vm<P> {
     }
 
     /// Where tables of `space` may be pruned: never the stack area.
-    fn prune_area(space: &AddressSpace) -> (u64, u64) {
+    fn prune_area(space: &Space) -> (u64, u64) {
         match space.kind() {
             SpaceKind::Kernel => (KERNEL_SEED_AREA.start, KERNEL_REGION_AREA.end),
             SpaceKind::User => (USER_START, USER_END),
