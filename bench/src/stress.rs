@@ -317,7 +317,7 @@ fn mix_step<M: Machine>(
             }
             1
         }
-        6..=7 if op % 32 == 0 => {
+        6..=7 if op.is_multiple_of(32) => {
             // Now and then a sweep of both spaces, racing the other CPUs'
             // maps, unmaps and soft faults (it frees only empty tables).
             vm.sweep(space).map_err(|e| fails("sweep", e))?;
