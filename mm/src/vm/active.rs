@@ -35,9 +35,12 @@ impl<'a, P: VmPlatform> Active<'a, P> {
     pub(super) fn new(vm: &'a Vm<P>, space: &'a AddressSpace) -> Result<Active<'a, P>, VmError> {
         let cpu = vm.p.cpu_index();
         let root = vm.replica_root(space, cpu)?;
-        vm.current.set(cpu, space);
         join(space, cpu);
         vm.p.load_root(&Root::new(root));
+        // Last: a nap before this (a page fault on pageable memory may nap)
+        // finds no space to leave and halts with the replica loaded and
+        // the CPU in the active set, which is safe.
+        vm.current.set(cpu, space);
         Ok(Active { vm, space, cpu, _on_this_cpu: PhantomData })
     }
 
@@ -62,9 +65,12 @@ fn leave(space: &Space, cpu: usize) {
 impl<P: VmPlatform> Drop for Active<'_, P> {
     fn drop(&mut self) {
         debug_assert_eq!(self.vm.p.cpu_index(), self.cpu, "a space is left on the CPU that activated it");
+        // First: a nap after this leaves nothing (and cannot load the
+        // replica again behind this drop); the guard's borrow keeps the
+        // space alive until the end.
+        self.vm.current.clear(self.cpu);
         self.vm.p.load_root(&Root::new(self.vm.kernel().root));
         leave(self.space, self.cpu);
-        self.vm.current.clear(self.cpu);
     }
 }
 

@@ -352,8 +352,21 @@ impl<P: VmPlatform> Vm<P> {
         check_phys(phys, bytes, bytes)?;
         space.check_range(virt, bytes / PAGE_SIZE)?;
         let huge = if size == PageSize::Size4K { 0 } else { HUGE };
-        let _shared = self.shared(space)?;
-        self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
+        let install = || {
+            let _shared = self.shared(space)?;
+            self.install(space, virt, phys | flags.pte_bits() | huge, size.level())
+        };
+        match install() {
+            // Unmaps leave emptied tables until a sweep: one may be in the
+            // way of the huge page. Sweep its range (no lock held) and try
+            // once more.
+            Err(VmError::AlreadyMapped { .. })
+                if huge != 0 && self.sweep_range(space, (virt, virt + bytes))?.is_some_and(|n| n > 0) =>
+            {
+                install()
+            }
+            r => r,
+        }
     }
 
     /// Maps `frame` at `virt` (4 KiB) and keeps it: the entry owns the

@@ -82,6 +82,18 @@ impl Replicas {
     }
 }
 
+/// Clears replica entry `slot` if it still refers to frame `target`. A
+/// loop: the hardware may set accessed or dirty in a copied leaf meanwhile.
+fn take_out(slot: &AtomicU64, target: u64) {
+    let mut e = slot.load(Ordering::Acquire);
+    while pte::is_present(e) && pte::addr(e) == pte::addr(target) {
+        match slot.compare_exchange(e, 0, Ordering::SeqCst, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(now) => e = now,
+        }
+    }
+}
+
 impl<P: VmPlatform> Vm<P> {
     /// `cpu`'s replica of user space `space`, made at its first activation
     /// there: the kernel half copied, the user half empty.
@@ -144,7 +156,7 @@ impl<P: VmPlatform> Vm<P> {
                 {
                     // Changed since it was read: take the link back; the
                     // retried access faults again and sees what is there.
-                    let _ = r.compare_exchange(e, 0, Ordering::SeqCst, Ordering::Relaxed);
+                    take_out(r, e);
                 }
                 return Ok(true);
             }
@@ -193,15 +205,7 @@ impl<P: VmPlatform> Vm<P> {
                 }
                 t = pte::addr(e);
             }
-            let slot = &table::at(&self.p, t)[index(virt, level)];
-            let mut e = slot.load(Ordering::Acquire);
-            // Loop: the hardware may set accessed/dirty in a copied leaf.
-            while pte::is_present(e) && pte::addr(e) == pte::addr(target) {
-                match slot.compare_exchange(e, 0, Ordering::SeqCst, Ordering::Acquire) {
-                    Ok(_) => break,
-                    Err(now) => e = now,
-                }
-            }
+            take_out(&table::at(&self.p, t)[index(virt, level)], target);
         }
     }
 

@@ -5,7 +5,7 @@
 //! they change).
 
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use cpus::{AtomicCpuSet, CachePadded, CpuSet};
 
@@ -55,6 +55,9 @@ pub struct Space {
     pub(crate) tables: CachePadded<TableLock>,
     /// Each CPU's replica of the tables (user spaces: `replica`).
     pub(super) replicas: Replicas,
+    /// A sweep was left undone (the table lock was busy): the next unmap
+    /// sweeps. Its own line: read by every unmap, written only then.
+    pub(super) sweep_pending: CachePadded<AtomicBool>,
 }
 
 impl AddressSpace {
@@ -74,6 +77,7 @@ impl Space {
                 SpaceKind::Kernel => Replicas::none(),
                 SpaceKind::User => Replicas::per_cpu(),
             },
+            sweep_pending: CachePadded::new(AtomicBool::new(false)),
         }
     }
 
@@ -146,6 +150,7 @@ mod layout_tests {
         for (name, p) in [
             ("tables", &*s.tables as *const TableLock as usize),
             ("active", &*s.active as *const AtomicCpuSet as usize),
+            ("sweep_pending", &*s.sweep_pending as *const AtomicBool as usize),
         ] {
             assert_ne!(line(p), root, "{name} shares the root's line");
         }

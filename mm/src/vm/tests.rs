@@ -484,3 +484,74 @@ fn a_mapped_frame_is_the_entrys_until_umap_owned_gives_it_back() {
     vm.platform().free_phys(addr).unwrap();
     assert!(vm.platform().frames.audit().is_ok());
 }
+
+#[test]
+fn a_sweep_that_takes_over_a_huge_unmap_shoots_its_copiers_down() {
+    use super::marker::FrameTo;
+    use super::table::{lookup, Lookup};
+    use core::sync::atomic::Ordering;
+    let vm = machine(3);
+    let m = vm.platform();
+    let user = vm.new_user_space().unwrap();
+    on_cpu(1);
+    let guard = vm.activate(&user).unwrap();
+    on_cpu(0);
+    // 1 GiB in: alone in its PD and PDPT, so a sweep detaches both.
+    let virt = 0x4000_0000u64;
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    unsafe { vm.map_single(&user, virt, PhysAddr::new(0x40_0000), Flags::USER, PageSize::Size2M) }.unwrap();
+    assert_eq!(access(&vm, 1, virt), Some(0x40_0000), "CPU 1 copies the huge leaf into its replica");
+    // What `umap_single` does before it drops the lock: the marker, the
+    // fence, the copies taken out of the replicas.
+    let op = vm.begin_unmap();
+    {
+        let _shared = vm.shared(&user).unwrap();
+        let Lookup::Entry { entry, .. } = lookup(m, user.root, virt, 1) else { panic!("no PD entry") };
+        let e = entry.load(Ordering::Acquire);
+        entry.store(op.marker(e, 2 << 20, FrameTo::Caller), Ordering::Release);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        let holders = vm.holders(&user, virt, virt + (2 << 20));
+        assert!(holders.contains(1));
+        vm.unlink(&user, holders, virt, 1, e);
+    }
+    // A sweep gets in before the unmap's finish: it takes the marker over
+    // with its table, and must shoot down the CPU that copied the leaf.
+    assert_eq!(vm.sweep(&user), Ok(2));
+    assert_eq!(shootdowns(&vm).iter().map(|s| s.0).collect::<Vec<_>>(), vec![0b10]);
+    vm.finish_unmap(&user, op, virt, 1, PageSize::Size2M).unwrap();
+    assert!(m.may_hold(1, virt).is_empty(), "CPU 1 still holds {:x?}", m.may_hold(1, virt));
+    on_cpu(1);
+    drop(guard);
+    on_cpu(0);
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+}
+
+#[test]
+fn a_huge_page_maps_where_emptied_small_pages_left_their_table() {
+    let vm = machine(1);
+    let user = vm.new_user_space().unwrap();
+    let window = 0x4000_0000u64;
+    let a = vm.vmalloc(&user, window, window + (2 << 20), 3, Flags::USER).unwrap();
+    vm.vmfree(&user, a, 3).unwrap();
+    // SAFETY: host memory is a vector of atomics: mapping any address is test data, not aliasing.
+    let mapped = unsafe { vm.map_single(&user, window, PhysAddr::new(0x40_0000), Flags::USER, PageSize::Size2M) };
+    assert_eq!(mapped, Ok(()), "the empty page table was in the way");
+    assert_eq!(vm.map_get(&user, window + 0x1234).unwrap().phys.as_u64(), 0x40_1234);
+    vm.umap_single(&user, window, PageSize::Size2M).unwrap();
+    vm.destroy_space(user).map_err(|(e, _)| e).unwrap();
+}
+
+#[test]
+fn a_rollback_that_cannot_sweep_leaves_it_to_the_next_unmap() {
+    let vm = machine(2);
+    let before = free(&vm);
+    let reader = vm.kernel().tables.read(vm.platform(), &crate::lock_count::LockCounts::new()).unwrap();
+    vm.inject().arm(0, 3);
+    assert_eq!(vm.k_mem_map(8 * PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK), Err(VmError::OutOfFrames));
+    vm.inject().arm(0, 0);
+    assert!(free(&vm) < before, "setup: the rollback could not sweep its tables while the lock was held");
+    drop(reader);
+    let a = vm.k_mem_map(PAGE_SIZE, KMemFlags::RW | KMemFlags::LOCK).unwrap();
+    vm.k_mem_unmap(a, PAGE_SIZE).unwrap();
+    assert_eq!(free(&vm), before, "the next unmap swept");
+}

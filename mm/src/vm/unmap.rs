@@ -148,7 +148,12 @@ impl<P: VmPlatform> Vm<P> {
         total: u64,
     ) -> Result<(), VmError> {
         self.finish_unmap(space, op, virt, mapped, PageSize::Size4K)?;
-        self.sweep_range(space, (virt, virt + total * PAGE_SIZE)).map(|_| ())
+        if !matches!(self.sweep_range(space, (virt, virt + total * PAGE_SIZE)), Ok(Some(_))) {
+            // Busy, or its flush failed (nothing freed): a later unmap
+            // sweeps. The caller reports its own error either way.
+            space.sweep_pending.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Turns the present 4 KiB entry at `va` into a marker of `op` (owning
@@ -222,7 +227,7 @@ impl<P: VmPlatform> Vm<P> {
         // shootdown; should it still time out, this call's markers stay in
         // transit, holding their frames and range (safely: a later sweep
         // over them may take them over after its own flush).
-        let _shared = self.shared(space)?;
+        let shared = self.shared(space)?;
         // `shoot_down` fences before it reads who may hold the range
         // (invariant 8).
         if let Err(e) = self.shoot_down(space, virt, pages) {
@@ -236,6 +241,11 @@ impl<P: VmPlatform> Vm<P> {
             return Err(e.into());
         }
         self.settle_own(space, &op, virt, count, size, &|_| 0, &|m| self.release(m));
+        drop(shared);
+        // A plain load of a line written only when a sweep was left undone.
+        if space.sweep_pending.load(Ordering::Relaxed) {
+            self.sweep(space)?;
+        }
         Ok(())
     }
 
@@ -253,20 +263,31 @@ impl<P: VmPlatform> Vm<P> {
     /// for a user space those in the sets that run it now), and only then
     /// frees them, with the markers of other unmaps they held (taken over:
     /// the flush covered them; invariant 7).
+    ///
+    /// A sweep that cannot have the lock leaves `sweep_pending` set, and
+    /// the next unmap of the space sweeps (so a failed call's tables go
+    /// soon even while other CPUs keep the lock busy).
     pub fn sweep(&self, space: &Space) -> Result<u64, VmError> {
-        self.sweep_range(space, Self::prune_area(space))
+        let area = Self::prune_area(space);
+        space.sweep_pending.store(false, Ordering::Relaxed);
+        let swept = self.sweep_range(space, area);
+        if !matches!(swept, Ok(Some(_))) {
+            space.sweep_pending.store(true, Ordering::Relaxed);
+        }
+        Ok(swept?.unwrap_or(0))
     }
 
-    /// `sweep` of the tables inside `range` only.
-    pub(crate) fn sweep_range(&self, space: &Space, range: (u64, u64)) -> Result<u64, VmError> {
+    /// `sweep` of the tables inside `range` only: how many went, `None` if
+    /// the lock stayed busy (before or between batches).
+    pub(crate) fn sweep_range(&self, space: &Space, range: (u64, u64)) -> Result<Option<u64>, VmError> {
         let mut freed = 0;
         loop {
-            let Some(exclusive) = self.lock_exclusive(space) else { return Ok(freed) };
+            let Some(exclusive) = self.lock_exclusive(space) else { return Ok(None) };
             let (tables, more) = self.sweep_batch(space, range)?;
             drop(exclusive);
             freed += tables;
             if !more {
-                return Ok(freed);
+                return Ok(Some(freed));
             }
         }
     }
@@ -286,13 +307,17 @@ impl<P: VmPlatform> Vm<P> {
             SpaceKind::Kernel => self.p.online_cpus(),
             SpaceKind::User => {
                 let mut holders = CpuSet::EMPTY;
-                // Replicas link only page tables (level-1 entries).
-                for d in tables.iter().filter(|d| d.level == 1) {
-                    if let Some(set) = self.p.table_cpus(PhysAddr::new_truncate(pte::addr(d.old))) {
-                        let cpus = set.load(Ordering::SeqCst);
+                for d in &tables {
+                    let Some(set) = self.p.table_cpus(PhysAddr::new_truncate(pte::addr(d.old))) else { continue };
+                    let cpus = set.load(Ordering::SeqCst);
+                    // Replicas link only page tables (level-1 entries). A
+                    // detached PD or PDPT adds the CPUs that copied huge
+                    // leaves from it: one may hold a leaf whose unmap this
+                    // sweep takes over (its marker is in the table).
+                    if d.level == 1 {
                         self.unlink(space, cpus, d.virt, 1, d.old);
-                        holders = holders.union(cpus);
                     }
+                    holders = holders.union(cpus);
                 }
                 holders.intersect(space.active_cpus())
             }
