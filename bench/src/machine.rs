@@ -35,6 +35,10 @@ pub trait Machine: Clock + Sync + 'static {
     /// (an IPI is answered meanwhile), giving its host core back under
     /// QEMU.
     fn nap(&self, us: u32);
+    /// `nap` that stays on the running space: the CPU keeps its
+    /// translations and stays a shootdown target (a nap may go lazy:
+    /// switch to the kernel root and leave the space's active set).
+    fn doze(&self, us: u32);
     /// A cross-call to `cpu` that runs nothing and returns once `cpu`
     /// answered (bounded); `Err` holds the CPUs that did not.
     fn ipi_round_trip(&self, cpu: usize) -> Result<(), CpuSet>;

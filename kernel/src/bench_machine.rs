@@ -93,13 +93,20 @@ impl Machine for KernelMachine {
         workers::run_on_all(f, timeout_ns).map_err(|e| e.cpus)
     }
 
+    /// No `PAUSE` (under TCG it retakes QEMU's big lock, which the CPUs
+    /// waited for need): the callers decide when to nap (`Team`'s
+    /// barrier after a while; the tlb workload's readers, which must stay
+    /// awake, never).
     fn wait_step(&self) {
         smp::ipi::service_pending();
-        core::hint::spin_loop();
     }
 
     fn nap(&self, us: u32) {
         crate::nap::nap(us);
+    }
+
+    fn doze(&self, us: u32) {
+        smp::ipi::doze(us);
     }
 
     fn ipi_round_trip(&self, cpu: usize) -> Result<(), smp::CpuSet> {

@@ -35,6 +35,7 @@ mod user_program;
 mod usermode;
 mod virtio_hal;
 mod vm;
+mod wait;
 mod workers;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};

@@ -90,6 +90,8 @@ impl VmPlatform for KernelVm {
 
     fn shootdown(&self, targets: CpuSet, start: mm::vm::VirtAddr, pages: u64) -> Result<(), ShootdownFailed> {
         let start = start.as_u64();
+        #[cfg(feature = "test-hooks")]
+        let targets = skip_hook::apply(targets, start);
         tlb::shootdown(targets, start, pages).map_err(|e| {
             log::error!("shootdown of {pages} pages at {start:#x} to {targets:?} failed: {e:?}");
             ShootdownFailed { cpus: e.unconfirmed(targets) }
@@ -108,9 +110,8 @@ impl VmPlatform for KernelVm {
         drivers::tsc::now_ns()
     }
 
-    fn wait_step(&self) {
-        smp::ipi::service_pending();
-        core::hint::spin_loop();
+    fn wait_step(&self, waited: mm::vm::Waited) {
+        crate::wait::step(waited);
     }
 
     fn without_interrupts<R>(&self, f: impl FnOnce() -> R) -> R {
@@ -124,5 +125,30 @@ impl VmPlatform for KernelVm {
         // own), so the code, stack and data running now stay mapped across
         // the switch.
         unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    }
+}
+
+/// Test hook: user-space shootdowns leave out one CPU, so a test can show
+/// that a workload's stale-translation check catches a shootdown that
+/// skips a CPU (`bench::vm_global_catches_a_skipped_cpu`). Only user
+/// addresses: a kernel translation left behind could write freed memory.
+#[cfg(feature = "test-hooks")]
+pub mod skip_hook {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use smp::CpuSet;
+
+    const NONE: usize = usize::MAX;
+    static SKIP: AtomicUsize = AtomicUsize::new(NONE);
+
+    /// From now on user-space shootdowns skip `cpu` (`None`: none).
+    pub fn set(cpu: Option<usize>) {
+        SKIP.store(cpu.unwrap_or(NONE), Ordering::SeqCst);
+    }
+
+    pub(super) fn apply(targets: CpuSet, start: u64) -> CpuSet {
+        match SKIP.load(Ordering::Relaxed) {
+            cpu if cpu != NONE && start < mm::vm::USER_END => targets.without(cpu),
+            _ => targets,
+        }
     }
 }

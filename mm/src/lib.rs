@@ -46,12 +46,16 @@ mod sync;
 mod testing;
 #[cfg(not(loom))]
 pub mod vm;
-/// Under loom, only what the paging model needs: the entry layout and the
-/// page-state steps (the rest of `vm` and `paging` uses core atomics and
-/// spin locks loom cannot see).
+/// Under loom, only what the models need: the entry layout and the
+/// page-state steps for the paging model, the table lock for its own (the
+/// rest of `vm` and `paging` uses core atomics and spin locks loom cannot
+/// see).
 #[cfg(loom)]
 pub mod vm {
     pub mod pte;
+    pub mod table_lock;
+    mod wait;
+    pub use wait::Waited;
 }
 #[cfg(loom)]
 pub mod paging {

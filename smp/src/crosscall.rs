@@ -37,8 +37,11 @@ pub trait CallPlatform {
     fn signal(&self, targets: CpuSet);
     /// A monotonic clock in nanoseconds for the wait bound.
     fn now_ns(&self) -> u64;
-    /// Called on every iteration of a wait loop.
-    fn relax(&self) {
+    /// Called on every iteration of a wait loop; `spins` iterations of
+    /// this wait came before (so a platform can check a few times, then
+    /// give the core away).
+    fn relax(&self, spins: u32) {
+        let _ = spins;
         core::hint::spin_loop();
     }
 }
@@ -193,6 +196,7 @@ impl<const N: usize> CrossCalls<N> {
     /// incoming calls meanwhile. Returns false at the deadline.
     fn wait_acked(&self, me: usize, deadline: u64, platform: &impl CallPlatform) -> bool {
         let mailbox = self.mailboxes.unguarded(me);
+        let mut spins = 0u32;
         loop {
             // Word by word; fine because the set only shrinks meanwhile.
             if mailbox.outstanding.load(Ordering::Acquire).is_empty() {
@@ -202,7 +206,8 @@ impl<const N: usize> CrossCalls<N> {
             if platform.now_ns() >= deadline {
                 return mailbox.outstanding.load(Ordering::Acquire).is_empty();
             }
-            platform.relax();
+            platform.relax(spins);
+            spins = spins.saturating_add(1);
         }
     }
 

@@ -202,7 +202,7 @@ mod tests {
         fn now_ns(&self) -> u64 {
             match *self {}
         }
-        fn wait_step(&self) {
+        fn wait_step(&self, _: mm::vm::Waited) {
             match *self {}
         }
         fn without_interrupts<R>(&self, _: impl FnOnce() -> R) -> R {
@@ -238,6 +238,9 @@ mod tests {
             match *self {}
         }
         fn nap(&self, _: u32) {
+            match *self {}
+        }
+        fn doze(&self, _: u32) {
             match *self {}
         }
         fn ipi_round_trip(&self, _: usize) -> Result<(), cpus::CpuSet> {

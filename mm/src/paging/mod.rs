@@ -442,7 +442,7 @@ impl<P: VmPlatform> Paging<'_, P> {
         if bound.expired(BUSY_WAIT_NS, || self.vm.p.now_ns()) {
             return Err(PagingError::BusyTimeout { virt });
         }
-        self.vm.p.wait_step();
+        self.vm.p.wait_step(bound.step());
         Ok(())
     }
 }

@@ -8,20 +8,31 @@
 //! cross-calls, spin), so looking at the clock every `CLOCK_EVERY` steps
 //! overshoots the bound by microseconds, not more.
 
+use crate::vm::Waited;
+
 /// Steps between two looks at the clock.
 pub(crate) const CLOCK_EVERY: u32 = 64;
 
 /// A wait's deadline, set at its first step (so an operation that never
-/// waits never reads the clock), and the steps since the last look.
+/// waits never reads the clock), the steps since the last look, and the
+/// steps in all (for `wait_step`, which naps once a wait goes on).
 #[derive(Debug, Default)]
 pub(crate) struct WaitBound {
     deadline: Option<u64>,
     steps: u32,
+    waited: Waited,
 }
 
 impl WaitBound {
     pub(crate) const fn new() -> WaitBound {
-        WaitBound { deadline: None, steps: 0 }
+        WaitBound { deadline: None, steps: 0, waited: Waited::FIRST }
+    }
+
+    /// The steps taken before the one about to be taken; advances.
+    pub(crate) fn step(&mut self) -> Waited {
+        let w = self.waited;
+        self.waited = w.next();
+        w
     }
 
     /// One step: `true` once `bound_ns` have passed since the first step.
@@ -60,6 +71,17 @@ mod tests {
         }
         assert!((10_000..10_000 + CLOCK_EVERY as u64 + 1).contains(&steps), "expired after {steps} steps");
         assert!(reads.get() <= steps / CLOCK_EVERY as u64 + 2, "{} clock reads for {steps} steps", reads.get());
+    }
+
+    #[test]
+    fn each_step_is_told_how_far_the_wait_has_got() {
+        let mut w = WaitBound::new();
+        let told: Vec<u32> = (0..100).map(|_| w.step().steps()).collect();
+        assert_eq!(
+            told,
+            (0..100).collect::<Vec<_>>(),
+            "the kernel's step naps from its 64th: it must see the count grow"
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub(crate) mod tlb_sim;
 #[cfg(test)]
 mod tlb_sim_tests;
 pub(crate) mod unmap;
+mod wait;
 
 pub use active::Active;
 pub use audit::{AuditReport, PtViolation};
@@ -61,6 +62,7 @@ pub use mapping::Vm;
 pub use pte::{CacheMode, Flags, PageSize};
 pub use space::{AddressSpace, Space, SpaceKind};
 pub use table::Table;
+pub use wait::Waited;
 
 use cpus::{AtomicCpuSet, CpuSet};
 
@@ -118,10 +120,14 @@ pub trait VmPlatform: Sync {
     fn free_frames(&self) -> u64;
     /// Nanoseconds from a monotonic clock (timing and wait bounds).
     fn now_ns(&self) -> u64;
-    /// One step of a wait on another CPU: runs the cross-calls (TLB
-    /// shootdowns) aimed at this CPU, then pauses. Waits with interrupts
-    /// off use it, so no CPU ever waits with requests to it unanswered.
-    fn wait_step(&self);
+    /// One step of a wait on another CPU, `waited` steps into it: runs
+    /// the cross-calls (TLB shootdowns) aimed at this CPU, then gives the
+    /// CPU a moment (the kernel: nothing for the first steps, then a nap
+    /// that answers IPIs, so the core goes to the CPU waited for). Waits
+    /// with interrupts off use it, so no CPU ever waits with requests to
+    /// it unanswered; a caller must tolerate interrupt handlers running in
+    /// it (the kernel's nap enables interrupts inside `sti; hlt`).
+    fn wait_step(&self, waited: Waited);
     /// Runs `f` with interrupts off on this CPU. The paging code runs so:
     /// a CPU answers a shootdown only between walks, which is what keeps
     /// the page tables it walks from being freed under it (tables are freed

@@ -231,7 +231,7 @@ impl VmPlatform for SimMachine {
         START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
     }
 
-    fn wait_step(&self) {
+    fn wait_step(&self, _: super::Waited) {
         self.tlb.refill(&self.memory);
         std::thread::yield_now();
     }

@@ -14,7 +14,7 @@ impl CallPlatform for Ticks {
     fn now_ns(&self) -> u64 {
         self.0.fetch_add(1, O::Relaxed) as u64
     }
-    fn relax(&self) {
+    fn relax(&self, _: u32) {
         loom::thread::yield_now();
     }
 }

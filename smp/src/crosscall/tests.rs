@@ -12,7 +12,7 @@ impl CallPlatform for HostPlatform {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
-    fn relax(&self) {
+    fn relax(&self, _: u32) {
         std::thread::yield_now();
     }
 }

@@ -8,7 +8,11 @@
 //!   accesses per operation in all (see there);
 //! - `tlb.shootdown`: the IPIs the tracer saw sent (ICR writes, every
 //!   vector) equal the kernel's own `ipis` counter, which counts the same
-//!   writes where the kernel makes them.
+//!   writes where the kernel makes them; and each `cached-K` unmap asked
+//!   exactly the K - 1 other readers (the kernel's `targets`) and sent
+//!   them their cross-call IPIs ([`shootdown_icr_writes`] per operation,
+//!   seen by the tracer): the K readers stay awake until the unmap, so
+//!   none has gone lazy and dropped out.
 
 use crate::bench::report_json::BenchRow;
 
@@ -45,6 +49,17 @@ pub struct Verdict {
 fn verdict(name: String, problems: Vec<String>, fine: String) -> Verdict {
     let ok = problems.is_empty();
     Verdict { name, ok, detail: if ok { fine } else { problems.join("; ") } }
+}
+
+/// Cross-call ICR writes of one `cached-k` shootdown on an `smp`-CPU
+/// boot: one per other reader, or one all-but-self broadcast when the
+/// readers are every CPU and more than two (`smp::counts::use_shorthand`).
+pub fn shootdown_icr_writes(k: u64, smp: u64) -> u64 {
+    if k == smp && smp > 2 {
+        1
+    } else {
+        k.saturating_sub(1)
+    }
 }
 
 fn per_op(n: u64, ops: u64) -> f64 {
@@ -136,8 +151,29 @@ pub fn calibrate(rows: &[BenchRow]) -> Vec<Verdict> {
             problems
                 .push(format!("{} rep {}: tracer saw {seen} IPIs sent, kernel counted {kernel:?}", r.variant, r.rep));
         }
-        if r.variant != "cached-1" && cross == 0 {
-            problems.push(format!("{} rep {}: no shootdown IPI in the window", r.variant, r.rep));
+        let Some(k) = r.variant.strip_prefix("cached-").and_then(|k| k.parse::<u64>().ok()) else {
+            problems.push(format!("{} rep {}: not a cached-K variant", r.variant, r.rep));
+            continue;
+        };
+        // The traced boot's own unmaps (its repetition ran its own count).
+        let want = t.ops * shootdown_icr_writes(k, u64::from(r.smp));
+        if cross != want {
+            problems.push(format!(
+                "{} rep {}: {cross} shootdown IPIs for {} unmaps at {} CPUs, want {want} ({} readers awake)",
+                r.variant, r.rep, t.ops, r.smp, k
+            ));
+        }
+        // The plain boot's kernel counters, over its own unmaps.
+        if let Some(&asked) = r.counters.get("targets") {
+            if asked != r.ops * k.saturating_sub(1) {
+                problems.push(format!(
+                    "{} rep {}: {asked} CPUs asked for {} unmaps, want {} each",
+                    r.variant,
+                    r.rep,
+                    r.ops,
+                    k.saturating_sub(1)
+                ));
+            }
         }
     }
     if tlb.is_empty() {

@@ -1,4 +1,4 @@
-use super::check::{calibrate, CROSS_CALL_VECTOR, PRIVATE_BOUND, SHARED_SYMBOL};
+use super::check::{calibrate, shootdown_icr_writes, CROSS_CALL_VECTOR, PRIVATE_BOUND, SHARED_SYMBOL};
 use super::*;
 use crate::bench::report_json::tests_support::sample;
 use crate::bench::report_json::Report;
@@ -219,6 +219,8 @@ fn calibration_passes_on_the_expected_figures() {
         traced(("tlb.shootdown", "cached-1", 0), 10, 0, None, (0, Some(1))),
     ];
     let v = calibrate(&rows);
+    assert_eq!((shootdown_icr_writes(1, 8), shootdown_icr_writes(4, 8), shootdown_icr_writes(8, 8)), (0, 3, 1));
+    assert_eq!(shootdown_icr_writes(2, 2), 1, "one other CPU: no broadcast");
     assert!(v.iter().all(|v| v.ok), "{v:?}");
     assert_eq!(v.len(), 3);
 }
@@ -232,6 +234,12 @@ fn calibration_fails_on_each_wrong_figure() {
         traced(("floor.rmw", "private", 1), 1000, 0, Some("bench::workloads::floor::PRIVATE+0x40"), (0, None)),
         traced(("tlb.shootdown", "cached-2", 0), 10, 0, None, (9, Some(11))),
         traced(("tlb.shootdown", "cached-2", 1), 10, 0, None, (0, Some(1))),
+        // A reader that went lazy would be asked less; one asked twice more.
+        {
+            let mut r = traced(("tlb.shootdown", "cached-2", 2), 10, 0, None, (10, Some(11)));
+            r.counters.insert("targets".into(), 20);
+            r
+        },
     ];
     let v = calibrate(&rows);
     assert!(v.iter().all(|v| !v.ok), "{v:?}");
@@ -240,7 +248,9 @@ fn calibration_fails_on_each_wrong_figure() {
     assert!(v[1].detail.contains("bound 0.05"), "{}", v[1].detail);
     assert!(v[1].detail.contains("private counter line"), "{}", v[1].detail);
     assert!(v[2].detail.contains("rep 0: tracer saw 10 IPIs sent, kernel counted Some(11)"), "{}", v[2].detail);
-    assert!(v[2].detail.contains("rep 1: no shootdown IPI in the window"), "{}", v[2].detail);
+    assert!(v[2].detail.contains("rep 0: 9 shootdown IPIs for 10 unmaps at 2 CPUs, want 10"), "{}", v[2].detail);
+    assert!(v[2].detail.contains("rep 1: 0 shootdown IPIs for 10 unmaps at 2 CPUs, want 10"), "{}", v[2].detail);
+    assert!(v[2].detail.contains("rep 2: 20 CPUs asked for 10 unmaps, want 1 each"), "{}", v[2].detail);
     // Not running is not passing.
     assert!(calibrate(&[]).iter().all(|v| !v.ok));
 }
