@@ -83,6 +83,11 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
     let (mut audits, mut round) = (0u64, 0u32);
     let result = (|| -> Result<(), Failure> {
         let pg = paged::pager(m)?;
+        // Tables emptied before the run (by earlier tests) stay until a
+        // sweep; the rounds sweep now and then, so sweep first, and once
+        // more at the end, to compare like with like.
+        let sweep = || m.vm().sweep(m.vm().kernel()).map_err(|e| fails("sweep kernel space", e));
+        sweep()?;
         let ledger = || frame_ledger(m);
         let before = ledger();
         let limit = pg.resident_limit();
@@ -131,6 +136,7 @@ pub fn run<M: Machine>(m: &'static M, seconds: u64, seed: u64) -> bool {
         // The rounds' own error first: a failed round leaves things held.
         r?;
         teardown.map_err(|e| failure(format_args!("after the last round: {e}")))?;
+        sweep()?;
         let after = ledger();
         check!(after == before, "frames (free, heap, region tables): {before} before the run, {after} after");
         audits += 1;

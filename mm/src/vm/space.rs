@@ -72,7 +72,10 @@ impl Space {
             root,
             kind,
             active: CachePadded::new(AtomicCpuSet::new(CpuSet::EMPTY)),
-            tables: CachePadded::new(TableLock::new()),
+            tables: CachePadded::new(match kind {
+                SpaceKind::Kernel => TableLock::new(),
+                SpaceKind::User => TableLock::on_heap(),
+            }),
             replicas: match kind {
                 SpaceKind::Kernel => Replicas::none(),
                 SpaceKind::User => Replicas::per_cpu(),

@@ -65,6 +65,7 @@
 //! acquisition is two locked RMWs on the CPU's own line and a read of the
 //! writer's line, which stays shared in every cache until a prune.
 
+use alloc::boxed::Box;
 use cpus::{CachePadded, PerCpu, MAX_CPUS};
 
 use super::Waited;
@@ -90,7 +91,32 @@ pub struct TableLock<const N: usize = MAX_CPUS> {
     /// reader, written only by pruners: a line of its own.
     writer: CachePadded<AtomicBool>,
     /// Per CPU: how many shared holders it has now.
-    readers: PerCpu<AtomicU32, N>,
+    readers: Slots<N>,
+}
+
+/// The per-CPU reader counts: inline for the kernel space (made at boot,
+/// before there is a heap), on the heap for user spaces (`MAX_CPUS` padded
+/// slots are 32 KiB at 256 CPUs: too big to build on a 64 KiB CPU stack
+/// and move into a space).
+enum Slots<const N: usize> {
+    Inline(PerCpu<AtomicU32, N>),
+    Heap(Box<[CachePadded<AtomicU32>]>),
+}
+
+impl<const N: usize> Slots<N> {
+    fn get(&self, cpu: usize) -> &AtomicU32 {
+        match self {
+            Slots::Inline(s) => s.unguarded(cpu),
+            Slots::Heap(s) => &s[cpu],
+        }
+    }
+
+    fn any_held(&self, order: Ordering) -> bool {
+        match self {
+            Slots::Inline(s) => s.iter().any(|r| r.load(order) != 0),
+            Slots::Heap(s) => s.iter().any(|r| r.load(order) != 0),
+        }
+    }
 }
 
 /// `read_on` waited `TABLE_WAIT_NS` in vain (`read`: `TablesBusy`).
@@ -127,12 +153,25 @@ impl Drop for Exclusive<'_> {
 impl<const N: usize> TableLock<N> {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        TableLock { writer: CachePadded::new(AtomicBool::new(false)), readers: cpus::per_cpu![AtomicU32::new(0); N] }
+        TableLock {
+            writer: CachePadded::new(AtomicBool::new(false)),
+            readers: Slots::Inline(cpus::per_cpu![AtomicU32::new(0); N]),
+        }
     }
 
     #[cfg(loom)]
     pub fn new() -> Self {
-        TableLock { writer: CachePadded::new(AtomicBool::new(false)), readers: PerCpu::from_fn(|_| AtomicU32::new(0)) }
+        TableLock {
+            writer: CachePadded::new(AtomicBool::new(false)),
+            readers: Slots::Inline(PerCpu::from_fn(|_| AtomicU32::new(0))),
+        }
+    }
+
+    /// A lock whose reader counts are on the heap (user spaces).
+    pub fn on_heap() -> Self {
+        // Collected straight into their allocation: never on the stack.
+        let slots = (0..N).map(|_| CachePadded::new(AtomicU32::new(0))).collect();
+        TableLock { writer: CachePadded::new(AtomicBool::new(false)), readers: Slots::Heap(slots) }
     }
 
     /// The shared side: at once unless a pruner holds the lock; then waits,
@@ -156,7 +195,7 @@ impl<const N: usize> TableLock<N> {
         // The running CPU's slot, reached by index: every access to it is
         // one atomic RMW, which an interrupt handler on this CPU taking the
         // shared side too cannot tear.
-        let slot = self.readers.unguarded(cpu);
+        let slot = self.readers.get(cpu);
         if let Some(g) = self.try_read(slot) {
             counts.taken(0);
             return Ok(g);
@@ -203,7 +242,7 @@ impl<const N: usize> TableLock<N> {
     /// about 13 writes per fault on the lock's line, nearly all failed
     /// tries).
     pub fn try_write(&self) -> Option<Exclusive<'_>> {
-        if self.writer.load(Ordering::Relaxed) || self.readers.iter().any(|r| r.load(Ordering::Relaxed) != 0) {
+        if self.writer.load(Ordering::Relaxed) || self.readers.any_held(Ordering::Relaxed) {
             return None;
         }
         if self.writer.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
@@ -211,7 +250,7 @@ impl<const N: usize> TableLock<N> {
         }
         // Dekker: the flag before the look at the counts (module comment).
         fence(Ordering::SeqCst);
-        if self.readers.iter().any(|r| r.load(Ordering::Acquire) != 0) {
+        if self.readers.any_held(Ordering::Acquire) {
             self.writer.store(false, Ordering::Release);
             return None;
         }

@@ -60,7 +60,7 @@ fn readers_on_many_cpus_and_a_pruner_never_hold_the_lock_at_once() {
     });
     assert!(reads.load(Ordering::Relaxed) > 0, "no reader got in");
     assert!(!lock.writer.load(Ordering::SeqCst));
-    assert!(lock.readers.iter().all(|s| s.load(Ordering::SeqCst) == 0), "a count was left behind");
+    assert!(!lock.readers.any_held(Ordering::SeqCst), "a count was left behind");
     assert!(lock.try_write().is_some(), "a free lock refused its pruner");
 }
 
@@ -98,7 +98,7 @@ fn a_reader_waits_answering_steps_while_a_pruner_holds_then_gets_in() {
     assert_eq!(seen, (0..10).collect::<Vec<_>>(), "each step is told how far the wait has got");
     assert_eq!(counts.snapshot(), crate::lock_count::LockSnapshot { acquired: 1, contended: 1, spins: 10 });
     // While it waited its count was withdrawn: the slot holds one reader.
-    assert_eq!(lock.readers.remote(3).load(Ordering::SeqCst), 1);
+    assert_eq!(lock.readers.get(3).load(Ordering::SeqCst), 1);
     drop(g);
 }
 
@@ -119,9 +119,21 @@ fn a_reader_past_the_bound_is_refused_and_leaves_no_count() {
         |_| clock.set(clock.get() + 1_000_000_000),
     );
     assert!(matches!(r, Err(TimedOut)));
-    assert!(lock.readers.iter().all(|s| s.load(Ordering::SeqCst) == 0), "a refused reader left its count");
+    assert!(!lock.readers.any_held(Ordering::SeqCst), "a refused reader left its count");
     let spins = counts.snapshot().spins;
     // 60 s at 1 s per step, the clock read every CLOCK_EVERY steps.
     assert_eq!(spins, u64::from(CLOCK_EVERY), "{spins} steps");
     assert_eq!(looks, 2, "the clock is read at the start and every {CLOCK_EVERY} steps");
+}
+
+#[test]
+fn a_lock_on_the_heap_excludes_as_the_inline_one() {
+    let lock: TableLock = TableLock::on_heap();
+    let counts = LockCounts::new();
+    let g = lock.read_on(crate::MAX_CPUS - 1, &counts, || 0, |_| {}).unwrap();
+    assert!(lock.try_write().is_none(), "the last CPU's slot on the heap holds a reader");
+    drop(g);
+    let w = lock.try_write().expect("a free lock");
+    assert!(lock.try_read(lock.readers.get(0)).is_none(), "a reader got in past the pruner");
+    drop(w);
 }
