@@ -50,6 +50,14 @@ impl Current {
         }
     }
 
+    /// Whether `cpu` runs `space` now; called on `cpu` only (a CPU that
+    /// asks is not napping, so it runs the space exactly while the slot
+    /// points at it: `Active` sets the slot after joining and loading the
+    /// replica, and clears it before leaving).
+    pub fn runs(&self, cpu: usize, space: &Space) -> bool {
+        ptr::eq(self.0.unguarded(cpu).load(Ordering::Relaxed), space)
+    }
+
     /// The user space `cpu` runs; called on `cpu` only, and not kept past
     /// the caller's own call.
     pub fn get(&self, cpu: usize) -> Option<&Space> {
