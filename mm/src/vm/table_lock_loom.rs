@@ -37,49 +37,46 @@ fn pruner(g: &Guarded) -> bool {
     true
 }
 
-#[test]
-fn loom_a_reader_and_a_pruner_never_both_hold_the_table_lock() {
+/// One model run: a reader on CPU 0 and a pruner on threads of their own,
+/// and a reader on CPU `main_cpu` on the model's thread. Returns the state
+/// after and whether the pruner got in.
+fn race(main_cpu: usize) -> (Arc<Guarded>, bool) {
+    let g = Arc::new(Guarded { lock: TableLock::new(), pruned: AtomicUsize::new(0), inside: AtomicUsize::new(0) });
+    let r = {
+        let g = g.clone();
+        loom::thread::spawn(move || reader(&g, 0))
+    };
+    let p = {
+        let g = g.clone();
+        loom::thread::spawn(move || pruner(&g))
+    };
+    reader(&g, main_cpu);
+    r.join().unwrap();
+    let pruned = p.join().unwrap();
+    assert_eq!(g.pruned.load(Ordering::Relaxed), usize::from(pruned));
+    (g, pruned)
+}
+
+fn model() -> loom::model::Builder {
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(2);
     model.max_branches = 100_000;
-    model.check(|| {
-        let g = Arc::new(Guarded { lock: TableLock::new(), pruned: AtomicUsize::new(0), inside: AtomicUsize::new(0) });
-        let r = {
-            let g = g.clone();
-            loom::thread::spawn(move || reader(&g, 0))
-        };
-        let p = {
-            let g = g.clone();
-            loom::thread::spawn(move || pruner(&g))
-        };
-        reader(&g, 1);
-        r.join().unwrap();
-        let pruned = p.join().unwrap();
-        assert_eq!(g.pruned.load(Ordering::Relaxed), usize::from(pruned));
+    model
+}
+
+#[test]
+fn loom_a_reader_and_a_pruner_never_both_hold_the_table_lock() {
+    model().check(|| {
+        let (g, _) = race(1);
         assert!(!g.lock.writer.load(Ordering::SeqCst));
-        assert!(g.lock.readers.iter().all(|s| s.load(Ordering::SeqCst) == 0));
+        assert!(!g.lock.readers.any_held(Ordering::SeqCst));
     });
 }
 
 #[test]
 fn loom_two_readers_sharing_a_cpu_slot_keep_a_pruner_out() {
-    let mut model = loom::model::Builder::new();
-    model.preemption_bound = Some(2);
-    model.max_branches = 100_000;
-    model.check(|| {
-        let g = Arc::new(Guarded { lock: TableLock::new(), pruned: AtomicUsize::new(0), inside: AtomicUsize::new(0) });
-        let r = {
-            let g = g.clone();
-            loom::thread::spawn(move || reader(&g, 0))
-        };
-        let p = {
-            let g = g.clone();
-            loom::thread::spawn(move || pruner(&g))
-        };
-        reader(&g, 0);
-        r.join().unwrap();
-        let pruned = p.join().unwrap();
-        assert_eq!(g.pruned.load(Ordering::Relaxed), usize::from(pruned));
+    model().check(|| {
+        let (g, _) = race(0);
         // With both readers gone the pruner must be able to get in.
         assert!(pruner(&g), "a free lock refused its pruner");
     });
