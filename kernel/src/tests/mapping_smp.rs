@@ -234,6 +234,8 @@ register!(Test::new("vm_smp::map_unmap_storm_one_space", storm_one_space));
 /// kernel space; afterwards every frame and range is back.
 fn storm_one_space() -> TestResult {
     let vm = vm::get();
+    // Tables earlier tests emptied stay until a sweep: sweep them first.
+    vm.sweep(vm.kernel()).map_err(fails)?;
     let before = (accounted(), vm.region_bytes());
     let targets_before: u64 = (0..MAX_CPUS).map(|c| tlb::counters(c).targets).sum();
     UNMAPS.store(0, Ordering::Relaxed);
@@ -285,6 +287,7 @@ register!(Test::new("vm_smp::vmalloc_storm_shared_tables", storm_shared_tables))
 /// and in-transit entries of neighbours interleave.
 fn storm_shared_tables() -> TestResult {
     let vm = vm::get();
+    vm.sweep(vm.kernel()).map_err(fails)?;
     let before = accounted();
     run(|cpu| {
         let vm = vm::get();
