@@ -14,13 +14,9 @@ use x86_64::instructions::interrupts;
 pub fn nap(us: u32) {
     let enabled = interrupts::are_enabled();
     interrupts::disable();
-    let halt = || {
-        smp::percpu::with_local_apic(|l| l.one_shot(us.saturating_mul(1000)));
-        // `sti; hlt` is atomic: an interrupt due before the `hlt` still
-        // ends it. Off again after, so the space is rejoined with them off.
-        interrupts::enable_and_hlt();
-        interrupts::disable();
-    };
+    // Entered with interrupts off, the doze leaves them off: the space is
+    // rejoined with them off.
+    let halt = || smp::ipi::doze(us);
     match crate::vm::try_get() {
         Some(vm) => vm.idle(halt),
         None => halt(),

@@ -41,6 +41,7 @@ pub(crate) mod shootdown_gate;
 pub(crate) mod space;
 pub(crate) mod table;
 pub mod table_lock;
+mod targets;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]

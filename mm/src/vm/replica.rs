@@ -49,7 +49,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use cpus::CpuSet;
 
 use super::mapping::Vm;
-use super::pte::{self, HUGE, TABLE_FLAGS};
+use super::pte::{self, HUGE};
 use super::space::{Space, SpaceKind};
 use super::table::{self, index, TOP};
 use super::{VmError, VmPlatform, USER_END};
@@ -131,60 +131,42 @@ impl<P: VmPlatform> Vm<P> {
         }
         // Shared: no sweep detaches and frees a master table this walks.
         let _shared = self.shared(space)?;
-        let (mut master, mut own) = (space.root, replica);
-        for level in (1..=TOP).rev() {
-            let i = index(virt, level);
-            let (m, r) = (&table::at(&self.p, master)[i], &table::at(&self.p, own)[i]);
-            let e = m.load(Ordering::Acquire);
+        // The master entry replicas share: a link to a page table (level
+        // 1), or a huge leaf; and the table holding it.
+        let (mut master, mut level) = (space.root, TOP);
+        let e = loop {
+            let e = table::at(&self.p, master)[index(virt, level)].load(Ordering::Acquire);
             if !pte::is_present(e) {
                 return Ok(false);
             }
             if level == 1 || e & HUGE != 0 {
-                // The entry replicas share with the master: a link to a
-                // page table, or a huge leaf.
-                if r.load(Ordering::Acquire) != 0 {
-                    return Ok(false); // linked already: the master faults
-                }
-                // The set that says who may hold what the link reaches:
-                // the linked table's, or for a huge leaf its own table's.
-                let holder = if e & HUGE != 0 { master } else { pte::addr(e) };
-                if let Some(set) = self.p.table_cpus(PhysAddr::new_truncate(holder)) {
-                    set.insert(cpu, Ordering::SeqCst);
-                }
-                if r.compare_exchange(0, e, Ordering::SeqCst, Ordering::Relaxed).is_ok()
-                    && m.load(Ordering::SeqCst) != e
-                {
-                    // Changed since it was read: take the link back; the
-                    // retried access faults again and sees what is there.
-                    take_out(r, e);
-                }
-                return Ok(true);
-            }
-            // A master table below: the replica has its own table here.
-            let mut mine = r.load(Ordering::Acquire);
-            if !pte::is_present(mine) {
-                let mut fresh = self.alloc()?;
-                self.p.fill_frame(&mut fresh, 0);
-                let counts = self.my_counts();
-                counts.table_allocated();
-                counts.table_zeroed();
-                let new = fresh.phys().as_u64() | TABLE_FLAGS;
-                match r.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        let _ = fresh.into_phys();
-                        mine = new;
-                    }
-                    Err(now) => {
-                        let _ = self.p.free_frame(fresh);
-                        counts.tables_freed(1);
-                        mine = now;
-                    }
-                }
+                break e;
             }
             master = pte::addr(e);
-            own = pte::addr(mine);
+            level -= 1;
+        };
+        let m = &table::at(&self.p, master)[index(virt, level)];
+        // The replica's own tables above it, made as any table is.
+        let r = match table::entry_for(&self.p, replica, virt, level, self.my_counts(), &mut || self.alloc()) {
+            Ok(r) => r,
+            Err(VmError::AlreadyMapped { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if r.load(Ordering::Acquire) != 0 {
+            return Ok(false); // linked already: the master faults
         }
-        Ok(false)
+        // The set that says who may hold what the link reaches: the linked
+        // table's, or for a huge leaf its own table's.
+        let holder = if e & HUGE != 0 { master } else { pte::addr(e) };
+        if let Some(set) = self.p.table_cpus(PhysAddr::new_truncate(holder)) {
+            set.insert(cpu, Ordering::SeqCst);
+        }
+        if r.compare_exchange(0, e, Ordering::SeqCst, Ordering::Relaxed).is_ok() && m.load(Ordering::SeqCst) != e {
+            // Changed since it was read: take the link back; the retried
+            // access faults again and sees what is there.
+            take_out(r, e);
+        }
+        Ok(true)
     }
 
     /// Takes out of the replica of every CPU in `cpus` its entry at
